@@ -1,0 +1,49 @@
+"""netcompress: network compression for PyTorch.
+
+Prune, quantize, distil, factorise and measure a model, then export it to ONNX Runtime::
+
+    import netcompress as nc
+    model = nc.models.create("cifar_vgg", cfg=[64, 64, "M", 128, "M"], num_classes=10)
+    stats = nc.profile(model, torch.randn(1, 3, 32, 32))
+    nc.prune_unstructured(model, amount=0.5, method="l1", scope="global")
+
+Public verbs are imported lazily so ``netcompress --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "models": ("netcompress.models", None),
+    "data": ("netcompress.data", None),
+    "fit": ("netcompress.training", "fit"),
+    "TrainConfig": ("netcompress.training", "TrainConfig"),
+    "evaluate": ("netcompress.evaluation", "evaluate"),
+    "profile": ("netcompress.evaluation", "profile"),
+    "prune_unstructured": ("netcompress.pruning", "prune_unstructured"),
+    "prune_channels": ("netcompress.pruning", "prune_channels"),
+    "quantize": ("netcompress.quantization", "quantize"),
+    "export_onnx": ("netcompress.export", "export_onnx"),
+    "distill": ("netcompress.distillation", "distill"),
+    "run_recipe": ("netcompress.recipes", "run_recipe"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'netcompress' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,23 @@
+"""Errors netcompress raises on bad input: each names the thing that is wrong."""
+
+from __future__ import annotations
+
+
+class NetcompressError(Exception):
+    """Base class of every error netcompress raises on purpose."""
+
+
+class ConfigError(NetcompressError, ValueError):
+    """A recipe or config has an unknown key, a wrong type or an invalid value."""
+
+
+class DataError(NetcompressError, OSError):
+    """A data set path is missing, unreadable or corrupt."""
+
+
+class CheckpointError(NetcompressError, OSError):
+    """A checkpoint or saved model is missing, corrupt or of the wrong kind."""
+
+
+class UnsupportedModelError(NetcompressError, TypeError):
+    """A model holds a layer or op that a method cannot handle; the message names it."""

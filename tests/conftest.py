@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to the real data sets beside the project, skipped when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NETCOMPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    path = SHARED_DATA / "cifar10-jpg.tar.gz"
+    if not path.exists():
+        pytest.skip(f"CIFAR-10 archive not found at {path} (set NETCOMPRESS_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsdd_archive() -> Path:
+    path = SHARED_DATA / "fsdd.tar.gz"
+    if not path.exists():
+        pytest.skip(f"FSDD archive not found at {path} (set NETCOMPRESS_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
