@@ -1,0 +1,43 @@
+"""Data sets: the embedded ``digits`` default, CIFAR-10, FSDD audio and a synthetic set.
+
+``load(name, **config)`` returns a :class:`DataBundle`; ``list()`` names what exists::
+
+    import netcompress as nc
+    bundle = nc.data.load("cifar10", train_subset=10000)
+    train_loader, test_loader = bundle.loaders(batch_size=128, seed=0)
+"""
+
+from __future__ import annotations
+
+# Importing the data-set modules registers them in DATASETS.
+from netcompress.data import cifar10, digits, fsdd, synthetic  # noqa: F401
+from netcompress.data.augment import normalize, random_crop_flip
+from netcompress.data.bundle import DataBundle
+from netcompress.data.catalog import DATASETS, config_for, list_names, load, register_dataset
+from netcompress.data.cifar10 import Cifar10Config, balanced_subset
+from netcompress.data.digits import DigitsConfig
+from netcompress.data.fsdd import FsddConfig
+from netcompress.data.in_memory import FloatTensorDataset, ImageTensorDataset, WaveformDataset
+from netcompress.data.synthetic import SyntheticConfig
+
+list = list_names  # noqa: A001 - the contract's name: netcompress.data.list()
+
+__all__ = [
+    "DATASETS",
+    "Cifar10Config",
+    "DataBundle",
+    "DigitsConfig",
+    "FloatTensorDataset",
+    "FsddConfig",
+    "ImageTensorDataset",
+    "SyntheticConfig",
+    "WaveformDataset",
+    "balanced_subset",
+    "config_for",
+    "list",
+    "list_names",
+    "load",
+    "normalize",
+    "random_crop_flip",
+    "register_dataset",
+]
