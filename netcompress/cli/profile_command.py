@@ -1,0 +1,106 @@
+"""``netcompress profile``: parameters, MACs, bytes, latency and a per-layer table of a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure a model: parameters, non-zeros, MACs, bytes on disk, CPU latency, per-layer table",
+        description="Profile a registry model (by name, with KEY=VALUE model arguments) or a saved model (.pt holding a pickled model).",
+    )
+    p.add_argument(
+        "model", help="a model name (see `netcompress list models`) or a .pt file holding a saved model"
+    )
+    p.add_argument(
+        "kwargs", nargs="*", metavar="KEY=VALUE", help="model arguments, e.g. num_classes=11 width=0.5"
+    )
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="input shape with batch, e.g. 1,3,32,32 (default: the model's usual input)",
+    )
+    p.add_argument("--no-latency", action="store_true", help="skip timing (fast)")
+    p.add_argument("--layers", action="store_true", help="also print the per-layer table")
+    p.set_defaults(func=run)
+
+
+DEFAULT_SHAPES = {
+    "digits_cnn": (1, 1, 8, 8),
+    "mlp": (1, 64),
+    "sincnet": (1, 1, 8000),
+    "lenet": (1, 1, 28, 28),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from netcompress import models
+    from netcompress.core.errors import ConfigError
+    from netcompress.core.io import load_checkpoint
+    from netcompress.evaluation import layer_table, profile
+
+    kwargs = {}
+    for item in args.kwargs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"model argument {item!r} must look like key=value")
+        kwargs[key] = yaml.safe_load(value)
+    path = Path(args.model)
+    if path.suffix in (".pt", ".pth") or path.exists():
+        model = load_checkpoint(path)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                f"{path} holds a {type(model).__name__}, not a saved model (torch.save(model, path))"
+            )
+        name = path.stem
+    else:
+        model = models.create(args.model, **kwargs)
+        name = args.model
+    if args.input_shape:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--input-shape {args.input_shape!r} must be integers separated by commas"
+            ) from None
+    else:
+        shape = DEFAULT_SHAPES.get(name, (1, kwargs.get("in_channels", 3), 32, 32))
+    x = torch.randn(*shape)
+    try:
+        stats = profile(model, x, latency=not args.no_latency)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the model does not accept input of shape {tuple(shape)}: {exc}; pass --input-shape"
+        ) from None
+    console = Console()
+    table = Table(title=f"profile: {name}, input {tuple(shape)}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(
+            key,
+            f"{value:,.3f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value),
+        )
+    console.print(table)
+    if args.layers:
+        rows = layer_table(model, x)
+        lt = Table(title="per layer", title_justify="left")
+        cols = list(rows[0]) if rows else []
+        for c in cols:
+            lt.add_column(c)
+        for row in rows:
+            lt.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+        console.print(lt)
+    return 0

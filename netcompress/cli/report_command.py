@@ -1,0 +1,41 @@
+"""``netcompress report``: rebuild a run's report, or compare several runs in one table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="print a run's stage table, or compare several runs (a table over their final stages)",
+        description="Read metrics.json from each run folder. One folder: print its stages. Several: compare them.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (holding metrics.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the comparison as Markdown + HTML into this folder"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from netcompress.core.errors import ConfigError
+    from netcompress.reporting import compare_runs, print_stage_table, write_report
+
+    for folder in args.runs:
+        if not (folder / "metrics.json").exists():
+            raise ConfigError(f"{folder} is not a run folder: it has no metrics.json")
+    if len(args.runs) == 1:
+        metrics = json.loads((args.runs[0] / "metrics.json").read_text())
+        print_stage_table(metrics["stages"])
+        stages = metrics["stages"]
+    else:
+        stages = compare_runs(args.runs)
+        print_stage_table(stages)
+    if args.out:
+        md, html = write_report(args.out, title="netcompress comparison", stages=stages, plots={})
+        print(f"wrote {md} and {html}")
+    return 0

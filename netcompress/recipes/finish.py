@@ -1,0 +1,183 @@
+"""The end of a run: export, the deployed model's measurements, metrics.json, plots and report."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.io import atomic_write_json
+from netcompress.recipes.runner import RunResult, _jsonable, _loaders, _say
+
+
+def finish_run(
+    run_dir: Path,
+    resolved: dict[str, Any],
+    state: dict[str, Any],
+    model: nn.Module,
+    bundle: Any,
+    example_inputs: torch.Tensor,
+    *,
+    progress: bool,
+) -> RunResult:
+    stages = list(state["stages"])
+    export_cfg = resolved["export"]
+    exports: dict[str, Any] = {}
+    if export_cfg.get("sparse"):
+        from netcompress.pruning.sparse_storage import save_sparse
+
+        exports["sparse"] = save_sparse(model, run_dir / "export" / "model.ncz")
+    if export_cfg.get("onnx"):
+        from netcompress.export import export_onnx
+
+        int8 = bool(export_cfg.get("int8"))
+        path = run_dir / "export" / ("model_int8.onnx" if int8 else "model.onnx")
+        summary = export_onnx(model, path, example_inputs, int8=int8, check=True)
+        exports["onnx"] = _jsonable(summary)
+        _, test_loader = _loaders(bundle, resolved["data"], resolved["seed"])
+        stages.append(
+            measure_onnx_stage(
+                Path(summary.get("path", path)), test_loader, example_inputs, resolved["evaluate"], int8=int8
+            )
+        )
+
+    metrics = {
+        "name": resolved["name"],
+        "stages": stages,
+        "steps": state["finished_steps"],
+        "exports": exports,
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+    from netcompress.reporting import print_stage_table
+
+    if progress:
+        print_stage_table(stages)
+    md = html = None
+    if resolved["report"].get("plots", True) or resolved["report"].get("title"):
+        md, html = write_run_report(run_dir, resolved, state, stages, model, exports)
+        _say(progress, f"report: {md}  and  {html}")
+    return RunResult(run_dir, resolved, stages, state["finished_steps"], md, html)
+
+
+def measure_onnx_stage(
+    path: Path, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, int8: bool
+) -> dict[str, Any]:
+    """Accuracy and latency of an exported model run in ONNX Runtime."""
+    from netcompress.export import OrtModel
+
+    ort_model = OrtModel(path)
+    correct = total = 0
+    for i, (x, y) in enumerate(loader):
+        if cfg.get("max_batches") is not None and i >= cfg["max_batches"]:
+            break
+        pred = ort_model(x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += len(y)
+    row: dict[str, Any] = {
+        "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
+        "accuracy": correct / max(total, 1),
+        "size_bytes": path.stat().st_size,
+    }
+    if cfg.get("latency", True):
+        for batch, key in ((1, "latency_ms"), (64, "latency_b64_ms")):
+            x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
+            row[key] = _median_ms(ort_model, x, repeats=cfg.get("repeats", 20))
+    return row
+
+
+def _median_ms(fn: Any, x: torch.Tensor, *, repeats: int) -> float:
+    for _ in range(3):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Share of exactly-zero weights per Conv/Linear layer."""
+    out = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(weight, torch.Tensor):
+            out[name] = float((weight == 0).sum()) / weight.numel()
+    return out
+
+
+def write_run_report(
+    run_dir: Path,
+    resolved: dict[str, Any],
+    state: dict[str, Any],
+    stages: list[dict[str, Any]],
+    model: nn.Module,
+    exports: dict[str, Any],
+) -> tuple[Path, Path]:
+    from netcompress import reporting
+
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    plots: dict[str, Path] = {}
+    for step in state["finished_steps"]:
+        if not step.get("has_history"):
+            continue
+        rows = json.loads((run_dir / step["dir"] / "history.json").read_text())
+        if not rows:
+            continue
+        stem = Path(step["dir"]).name
+        secondary = [k for k in ("bn_sparsity", "sparsity") if k in rows[0]] or None
+        metrics = [k for k in ("train_acc", "val_acc") if k in rows[0]]
+        path = plots_dir / f"{stem}-accuracy.png"
+        reporting.plot_history(
+            rows, path, metrics=metrics, secondary=secondary, title=f"{step['label']}: accuracy vs epoch"
+        )
+        plots[f"{step['label']} (step {step['index'] + 1}): accuracy vs epoch"] = path
+        if "lr" in rows[0]:
+            path = plots_dir / f"{stem}-lr.png"
+            reporting.plot_lr(rows, path)
+            plots[f"{step['label']} (step {step['index'] + 1}): learning rate"] = path
+    sparsity = layer_sparsity(model)
+    if sparsity:
+        path = plots_dir / "layer-sparsity.png"
+        reporting.plot_layer_sparsity(sparsity, path)
+        plots["Per-layer sparsity of the final model"] = path
+    path = plots_dir / "stages.png"
+    reporting.plot_stage_bars(stages, path)
+    plots["Accuracy, size and latency per stage"] = path
+
+    sections = []
+    if resolved.get("description"):
+        sections.append(("About this run", str(resolved["description"])))
+    step_lines = []
+    for step in state["finished_steps"]:
+        summary = {k: v for k, v in step["summary"].items() if not isinstance(v, (dict, list))}
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(summary.items())[:12])
+        step_lines.append(f"{step['index'] + 1}. **{step['label']}**: {shown}")
+    if step_lines:
+        sections.append(("Steps", "\n".join(step_lines)))
+    for step in state["finished_steps"]:
+        text = step["summary"].get("architecture")
+        if isinstance(text, list):
+            sections.append(
+                (
+                    f"Architecture after step {step['index'] + 1}",
+                    "```\n" + "\n".join(map(str, text)) + "\n```",
+                )
+            )
+    if exports:
+        sections.append(("Exports", "```json\n" + json.dumps(exports, indent=2)[:4000] + "\n```"))
+    title = resolved["report"].get("title") or f"netcompress run: {resolved['name']}"
+    return reporting.write_report(run_dir, title=title, stages=stages, plots=plots, sections=sections)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,327 @@
+"""Running a recipe: build the model and data, run each step, measure, checkpoint, report.
+
+A run writes one folder::
+
+    <run>/recipe.yaml            the fully resolved recipe (every default filled in)
+    <run>/state.json             which steps finished (what --resume reads)
+    <run>/steps/01-train-supervised/{model.pt, summary.json, history.json, metrics.json, ...}
+    <run>/metrics.json           {"stages": [...], "steps": [...]} - one stage per finished step
+    <run>/plots/*.png, report.md, report.html, export/*
+
+Each step is seeded with ``seed + step index`` and its data loaders are rebuilt from that
+seed, so a run killed after step k and resumed produces the same numbers as one that never
+stopped. Every file is written atomically; the input model checkpoint and the data are only read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from netcompress.core.errors import CheckpointError, ConfigError
+from netcompress.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from netcompress.recipes.schema import LOADER_KEYS, apply_overrides, load_recipe_file, resolve_recipe
+from netcompress.recipes.steps import StepContext, get_step
+
+STATE_FILE = "state.json"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced: its folder, the measured stages and the report files."""
+
+    run_dir: Path
+    recipe: dict[str, Any]
+    stages: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    report_md: Path | None = None
+    report_html: Path | None = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.stages[-1]
+
+
+def run_recipe(
+    recipe: str | Path | dict[str, Any],
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    runs_root: str | Path = "runs",
+) -> RunResult:
+    """Run a recipe end to end and return its stages (one measurement per finished step).
+
+    Example:
+        >>> result = nc.run_recipe("recipes/quickstart.yaml", overrides=["seed=1"])
+        >>> result.final["accuracy"]
+    """
+    raw = load_recipe_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe)
+    resolved = resolve_recipe(apply_overrides(raw, list(overrides)))
+    run_dir = _choose_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
+    state = _load_or_start_state(run_dir, resolved, resume=resume)
+    atomic_write_text(
+        run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)
+    )
+
+    from netcompress import data as data_mod
+    from netcompress.training import seed_everything
+
+    seed = resolved["seed"]
+    data_cfg = resolved["data"]
+    bundle = data_mod.load(
+        data_cfg["name"], **{k: v for k, v in data_cfg.items() if k != "name" and k not in LOADER_KEYS}
+    )
+    example_inputs = _example_inputs(bundle)
+
+    done = state["finished_steps"]
+    if done:
+        model = _load_step_model(run_dir / done[-1]["dir"] / "model.pt")
+    else:
+        seed_everything(seed)
+        model = build_model(resolved["model"], num_classes=bundle.num_classes)
+        _, test_loader = _loaders(bundle, data_cfg, seed)
+        stage = measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name="initial")
+        state["stages"] = [stage]
+        atomic_write_json(run_dir / STATE_FILE, state)
+
+    for index, step in enumerate(resolved["steps"]):
+        if index < len(done):
+            continue
+        model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
+
+    from netcompress.recipes.finish import finish_run
+
+    return finish_run(run_dir, resolved, state, model, bundle, example_inputs, progress=progress)
+
+
+def _run_step(
+    model: nn.Module,
+    index: int,
+    step: dict[str, Any],
+    resolved: dict[str, Any],
+    bundle: Any,
+    example_inputs: torch.Tensor,
+    run_dir: Path,
+    state: dict[str, Any],
+    progress: bool,
+) -> nn.Module:
+    from netcompress.training import seed_everything
+
+    spec = get_step(step["op"], step["method"], where=f"step {index + 1}")
+    config = spec.config.from_dict(
+        {k: v for k, v in step.items() if k not in ("op", "method", "label")}, where=f"step {index + 1}"
+    )
+    step_name = f"{index + 1:02d}-{spec.op}-{spec.method}"
+    step_dir = run_dir / "steps" / step_name
+    step_dir.mkdir(parents=True, exist_ok=True)
+    step_seed = resolved["seed"] + index + 1
+    seed_everything(step_seed)
+    train_loader, test_loader = _loaders(bundle, resolved["data"], step_seed)
+    ctx = StepContext(
+        train_loader=train_loader,
+        val_loader=test_loader,
+        calib_loader=_LimitedLoader(train_loader, resolved["data"]["calib_batches"]),
+        example_inputs=example_inputs,
+        step_dir=step_dir,
+        run_dir=run_dir,
+        num_classes=bundle.num_classes,
+        seed=step_seed,
+        progress=progress,
+    )
+    label = step.get("label") or f"{spec.op}/{spec.method}"
+    _say(progress, f"[step {index + 1}/{len(resolved['steps'])}] {label}")
+    started = time.perf_counter()
+    result = spec.handler(model, config, ctx)
+    elapsed_s = time.perf_counter() - started
+    model = result.model
+    summary = _jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
+    atomic_write_json(step_dir / "summary.json", summary)
+    if result.history is not None:
+        atomic_write_json(step_dir / "history.json", result.history)
+    stage = measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name=label)
+    atomic_write_json(step_dir / "metrics.json", stage)
+    atomic_torch_save(model, step_dir / "model.pt")
+    # The state is written last: a run killed before this line redoes the step on resume.
+    state["finished_steps"].append(
+        {
+            "index": index,
+            "dir": f"steps/{step_name}",
+            "label": label,
+            "summary": summary,
+            "has_history": result.history is not None,
+        }
+    )
+    state["stages"].append(stage)
+    atomic_write_json(run_dir / STATE_FILE, state)
+    return model
+
+
+def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
+    """Create a registry model, or load a checkpoint (a pickled model, or a state dict for ``name``)."""
+    from netcompress import models as models_mod
+
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "checkpoint")}
+    checkpoint = spec.get("checkpoint")
+    model = None
+    if spec.get("name"):
+        kwargs.setdefault("num_classes", num_classes)
+        model = models_mod.create(spec["name"], **kwargs)
+    if checkpoint:
+        loaded = load_checkpoint(checkpoint)
+        if isinstance(loaded, nn.Module):
+            return loaded
+        if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+            loaded = loaded["model"]
+        if model is None or not isinstance(loaded, dict):
+            raise CheckpointError(
+                f"checkpoint {checkpoint} holds a {type(loaded).__name__}; a state dict needs model.name to build the model into"
+            )
+        try:
+            model.load_state_dict(loaded)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not fit model {spec['name']!r}: {exc}"
+            ) from None
+    assert model is not None
+    return model
+
+
+def measure_stage(
+    model: nn.Module, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, name: str
+) -> dict[str, Any]:
+    """Accuracy on ``loader`` plus ``profile`` figures, as one JSON-able row."""
+    from netcompress.evaluation import evaluate, profile
+
+    metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
+    prof = profile(model, example_inputs, latency=cfg.get("latency", True), repeats=cfg.get("repeats", 20))
+    return _jsonable({"name": name, "accuracy": metrics["accuracy"], "loss": metrics["loss"], **prof})
+
+
+class _LimitedLoader:
+    """Iterates over the first ``max_batches`` batches of a loader (a calibration set)."""
+
+    def __init__(self, loader: Any, max_batches: int) -> None:
+        self.loader, self.max_batches = loader, max_batches
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.max_batches:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return min(self.max_batches, len(self.loader))
+
+
+def _loaders(bundle: Any, data_cfg: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    return bundle.loaders(
+        batch_size=data_cfg["batch_size"],
+        eval_batch_size=data_cfg["eval_batch_size"],
+        num_workers=data_cfg["num_workers"],
+        seed=seed,
+    )
+
+
+def _example_inputs(bundle: Any) -> torch.Tensor:
+    sample = bundle.test[0][0]
+    return sample.unsqueeze(0).clone()
+
+
+def _recipe_hash(resolved: dict[str, Any]) -> str:
+    body = {
+        k: v
+        for k, v in resolved.items()
+        if k not in ("evaluate", "report", "export", "description", "output")
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _choose_run_dir(resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path) -> Path:
+    if out_dir is None and resolved.get("output"):
+        out_dir = resolved["output"]
+    if out_dir is not None:
+        path = Path(out_dir)
+        if not resume and path.exists() and any(path.iterdir()):
+            raise ConfigError(
+                f"run folder {path} already exists and is not empty; pass --resume to continue it or choose another --out"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    name = resolved["name"]
+    candidates = sorted(
+        (p for p in runs_root.glob(f"{name}*") if p.is_dir() and (p / STATE_FILE).exists()),
+        key=lambda p: (p / STATE_FILE).stat().st_mtime,
+    )
+    if resume:
+        if not candidates:
+            raise ConfigError(
+                f"--resume: no earlier run of {name!r} under {runs_root}/ to resume; pass --out to name one"
+            )
+        return candidates[-1]
+    path, n = runs_root / name, 2
+    while path.exists():
+        path, n = runs_root / f"{name}-{n}", n + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def _load_or_start_state(run_dir: Path, resolved: dict[str, Any], *, resume: bool) -> dict[str, Any]:
+    state_path = run_dir / STATE_FILE
+    digest = _recipe_hash(resolved)
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("recipe_hash") != digest:
+            raise ConfigError(
+                f"--resume: the recipe differs from the one {run_dir} was started with "
+                f"(compare with {run_dir / 'recipe.yaml'}); start a new run instead"
+            )
+        return state
+    state = {"recipe_hash": digest, "finished_steps": [], "stages": []}
+    atomic_write_json(state_path, state)
+    return state
+
+
+def _load_step_model(path: Path) -> nn.Module:
+    model = load_checkpoint(path)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{path} does not hold a model; delete the step folder and resume again")
+    return model
+
+
+def _recipe_header(recipe: Any) -> str:
+    if isinstance(recipe, (str, Path)):
+        return f"# resolved from {recipe}; rerun with: netcompress run {Path(recipe).name} --out <folder>\n"
+    return "# resolved recipe\n"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=_default))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=False).print(f"[bold cyan]{text}[/]")

@@ -1,0 +1,222 @@
+"""The recipe schema: loading YAML, applying ``key=value`` overrides, validating every key.
+
+A recipe is a mapping with these top-level keys::
+
+    name: quickstart            # names the run folder
+    seed: 0
+    model: {name: digits_cnn, num_classes: 10}     # or {checkpoint: path/to/model.pt}
+    data: {name: digits, batch_size: 64}
+    steps:                      # ordered; each is op + method + that method's config fields
+      - {op: train, method: supervised, epochs: 5}
+      - {op: prune, method: l1_unstructured, amount: 0.5}
+    evaluate: {latency: true}
+    export: {onnx: true, int8: false}
+    report: {title: "Quickstart"}
+
+Every mapping is checked against the fields it may hold, and an unknown key is a
+:class:`~netcompress.core.ConfigError` naming the key and where it was found.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from netcompress.core.config import Config
+from netcompress.core.errors import ConfigError
+
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "model",
+    "data",
+    "steps",
+    "evaluate",
+    "export",
+    "report",
+    "output",
+)
+LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "calib_batches")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(Config):
+    """What to measure after every step."""
+
+    latency: bool = True
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
+    repeats: int = 20
+    max_batches: int | None = None  # limit the evaluation set (None = all of it)
+    every_step: bool = True
+
+
+@dataclasses.dataclass
+class ExportConfig(Config):
+    """What to export at the end of the run."""
+
+    onnx: bool = False
+    int8: bool = False
+    sparse: bool = False
+
+
+@dataclasses.dataclass
+class ReportConfig(Config):
+    title: str | None = None
+    plots: bool = True
+
+
+def load_recipe_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe; a missing file or bad YAML is a ConfigError naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping with keys such as model, data, steps")
+    return data
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML); ``steps.1.amount=0.7`` indexes lists.
+
+    Example:
+        >>> apply_overrides({"seed": 0}, ["seed=3"])["seed"]
+        3
+    """
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. seed=1 or steps.0.epochs=3)")
+        value = yaml.safe_load(raw) if raw else None
+        parts = key.split(".")
+        node: Any = recipe
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), item)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, key)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:-1])} is not a mapping or list")
+    return recipe
+
+
+def _index(node: list, part: str, where: str) -> int:
+    try:
+        idx = int(part)
+        node[idx]
+    except (ValueError, IndexError):
+        raise ConfigError(
+            f"override path {where!r}: {part!r} is not an index of a list of {len(node)}"
+        ) from None
+    return idx
+
+
+def _child(node: Any, part: str, where: str, item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where)]
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            node[part] = {}
+        return node[part]
+    raise ConfigError(f"override {item!r}: {where} is not a mapping or list")
+
+
+def _check_keys(mapping: Any, allowed: tuple[str, ...] | list[str], where: str) -> dict[str, Any]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}")
+    return dict(mapping)
+
+
+def _callable_keys(fn: Any) -> tuple[list[str], bool]:
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    return names, var_kw
+
+
+def _validate_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
+    names, var_kw = _callable_keys(fn)
+    if var_kw:
+        return
+    for key in kwargs:
+        if key not in names:
+            raise ConfigError(f"unknown key {key!r} in {where}; allowed: {', '.join(names) or '(none)'}")
+
+
+def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Validate a recipe and fill every default, returning the fully resolved mapping.
+
+    The result is what the run folder records as ``recipe.yaml``: every step lists every
+    config field, so a run can be reproduced from that file alone.
+    """
+    from netcompress import data as data_mod
+    from netcompress import models as models_mod
+    from netcompress.recipes.registry_imports import import_step_modules
+    from netcompress.recipes.steps import get_step
+
+    import_step_modules()
+    recipe = _check_keys(recipe, TOP_LEVEL_KEYS, "the recipe")
+    out: dict[str, Any] = {
+        "name": str(recipe.get("name") or "run"),
+        "description": recipe.get("description", ""),
+        "seed": int(recipe.get("seed", 0)),
+    }
+    model = recipe.get("model")
+    if not isinstance(model, dict) or not (model.get("name") or model.get("checkpoint")):
+        raise ConfigError(
+            "the recipe needs 'model' with a 'name' (see `netcompress list models`) or a 'checkpoint'"
+        )
+    if model.get("name"):
+        factory = models_mod.MODELS.get(model["name"])
+        _validate_kwargs(
+            factory, {k: v for k, v in model.items() if k not in ("name", "checkpoint")}, "model"
+        )
+    out["model"] = dict(model)
+
+    data = recipe.get("data")
+    if not isinstance(data, dict) or not data.get("name"):
+        raise ConfigError("the recipe needs 'data' with a 'name' (see `netcompress list data`)")
+    loader = data_mod.DATASETS.get(data["name"])
+    ds_kwargs = {k: v for k, v in data.items() if k != "name" and k not in LOADER_KEYS}
+    _validate_kwargs(loader, ds_kwargs, "data")
+    out["data"] = {"batch_size": 128, "eval_batch_size": 256, "num_workers": 0, "calib_batches": 16, **data}
+
+    steps = recipe.get("steps") or []
+    if not isinstance(steps, list):
+        raise ConfigError("'steps' must be a list of mappings, each with an 'op'")
+    resolved_steps = []
+    for i, step in enumerate(steps):
+        where = f"step {i + 1}"
+        if not isinstance(step, dict) or "op" not in step:
+            raise ConfigError(f"{where} must be a mapping with an 'op' (and usually a 'method')")
+        spec = get_step(step["op"], step.get("method"), where=where)
+        where = f"step {i + 1} ({spec.op}/{spec.method})"
+        fields = {k: v for k, v in step.items() if k not in ("op", "method", "label")}
+        cfg = spec.config.from_dict(fields, where=where)
+        resolved_steps.append(
+            {"op": spec.op, "method": spec.method, "label": step.get("label"), **cfg.to_dict()}
+        )
+    out["steps"] = resolved_steps
+    out["evaluate"] = EvaluateConfig.from_dict(recipe.get("evaluate"), where="evaluate").to_dict()
+    out["export"] = ExportConfig.from_dict(recipe.get("export"), where="export").to_dict()
+    out["report"] = ReportConfig.from_dict(recipe.get("report"), where="report").to_dict()
+    if recipe.get("output") is not None:
+        out["output"] = str(recipe["output"])
+    return out
