@@ -1,0 +1,158 @@
+"""One call that measures what compression changes: parameters, zeros, MACs, bytes, latency, memory.
+
+Every number is measured, not estimated from a formula: ``size_bytes`` is the length of the
+file ``torch.save(model.state_dict())`` writes, MACs come from the ops the model really runs,
+latency from timed forwards. ``profile`` never changes the model: eval mode is restored and
+the hooks it attaches are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import ConfigError
+from netcompress.evaluation.harness import as_input_tuple, expand_batch, model_device
+from netcompress.evaluation.latency import time_forward
+from netcompress.evaluation.macs import count_macs
+from netcompress.evaluation.memory import peak_activation_bytes, tensor_bytes
+
+# torch.nn.utils.prune-style masking keeps ``<name>_orig`` as the parameter and ``<name>_mask``
+# as a buffer; the effective weight is their product, so zeros must be counted on that.
+_ORIG_SUFFIX = "_orig"
+
+
+def parameter_counts(module: nn.Module, *, recurse: bool = True) -> dict[str, int]:
+    """Count parameters and the non-zero ones, seeing through ``<name>_orig``/``<name>_mask`` pruning.
+
+    Shared parameters are counted once. ``recurse=False`` counts only the module's own.
+
+    Example:
+        >>> layer = nn.Linear(4, 3)
+        >>> with torch.no_grad():
+        ...     layer.weight[0].zero_()
+        >>> parameter_counts(layer)
+        {'params': 15, 'nonzero_params': 11}
+    """
+    seen: set[int] = set()
+    params = nonzero = 0
+    modules = module.modules() if recurse else [module]
+    for owner in modules:
+        buffers = dict(owner.named_buffers(recurse=False))
+        for name, param in owner.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            values = param.detach()
+            if name.endswith(_ORIG_SUFFIX):
+                mask = buffers.get(name[: -len(_ORIG_SUFFIX)] + "_mask")
+                if mask is not None:
+                    values = values * mask
+            params += param.numel()
+            nonzero += int(torch.count_nonzero(values))
+    return {"params": params, "nonzero_params": nonzero}
+
+
+def state_dict_size_bytes(model: nn.Module) -> int:
+    """Bytes of the file ``torch.save(model.state_dict(), f)`` writes (the size on disk).
+
+    Example:
+        >>> state_dict_size_bytes(nn.Linear(1000, 100)) > 400_000
+        True
+    """
+    with tempfile.TemporaryDirectory(prefix="netcompress-size-") as folder:
+        path = Path(folder) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        return os.path.getsize(path)
+
+
+def profile(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    latency: bool = True,
+    batch_sizes: tuple[int, ...] | list[int] = (1, 64),
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+    max_seconds: float | None = 10.0,
+    memory: bool = True,
+) -> dict[str, Any]:
+    """Measure a model; returns a JSON-able dict.
+
+    Keys: ``params``, ``nonzero_params``, ``sparsity`` (share of parameters that are zero),
+    ``macs`` (per sample: one forward on the first sample of ``example_inputs``),
+    ``size_bytes`` (bytes of the saved state dict), ``latency_ms`` / ``latency_p95_ms``
+    (batch 1, p50 and p95), ``latency_b<N>_ms`` / ``latency_b<N>_p95_ms`` for every other
+    batch size (the batch repeats the first sample), ``latency_repeats``,
+    ``peak_memory_bytes`` (parameter and buffer bytes plus the peak bytes of tensors alive at
+    once during a batch-1 forward, see :mod:`netcompress.evaluation.memory`),
+    ``peak_activation_bytes`` (that peak alone), ``threads`` (``torch.get_num_threads()``
+    during timing). With ``latency=False`` timing is skipped and the latency keys are None;
+    ``memory=False`` likewise skips the memory trace. ``max_seconds`` caps each batch size's
+    timed loop; ``threads`` sets torch's thread count for the timing and restores it after.
+
+    Example:
+        >>> stats = profile(model, torch.randn(1, 3, 32, 32), latency=False)
+        >>> stats["params"], stats["macs"], stats["size_bytes"]
+    """
+    args = as_input_tuple(example_inputs)
+    device = model_device(model)
+    sample = tuple(t.to(device) for t in expand_batch(args, 1))
+    sizes = sorted({int(b) for b in batch_sizes})
+    if any(b < 1 for b in sizes):
+        raise ConfigError(f"batch_sizes={list(batch_sizes)} must all be >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads} must be >= 1")
+
+    counts = parameter_counts(model)
+    macs, _ = count_macs(model, sample)
+    stats: dict[str, Any] = {
+        **counts,
+        "sparsity": 1.0 - counts["nonzero_params"] / counts["params"] if counts["params"] else 0.0,
+        "macs": int(macs),
+        "size_bytes": state_dict_size_bytes(model),
+        "latency_ms": None,
+        "latency_p95_ms": None,
+    }
+    for batch in sizes:
+        if batch != 1:
+            stats[f"latency_b{batch}_ms"] = None
+            stats[f"latency_b{batch}_p95_ms"] = None
+    if 64 not in sizes:  # the contract always names the batch-64 keys
+        stats["latency_b64_ms"] = stats["latency_b64_p95_ms"] = None
+    stats["latency_repeats"] = {}
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        stats["threads"] = torch.get_num_threads()
+        if latency:
+            for batch in sizes:
+                timing = time_forward(
+                    model,
+                    expand_batch(sample, batch),
+                    warmup=warmup,
+                    repeats=repeats,
+                    max_seconds=max_seconds,
+                )
+                prefix = "latency" if batch == 1 else f"latency_b{batch}"
+                stats[f"{prefix}_ms"] = timing["p50_ms"]
+                stats[f"{prefix}_p95_ms"] = timing["p95_ms"]
+                stats["latency_repeats"][str(batch)] = timing["repeats"]
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    if memory:
+        activation = peak_activation_bytes(model, sample)
+        stats["peak_activation_bytes"] = activation
+        stats["peak_memory_bytes"] = tensor_bytes(model) + activation
+    else:
+        stats["peak_activation_bytes"] = stats["peak_memory_bytes"] = None
+    return stats
