@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -144,22 +143,6 @@ def _check_keys(mapping: Any, allowed: tuple[str, ...] | list[str], where: str) 
     return dict(mapping)
 
 
-def _callable_keys(fn: Any) -> tuple[list[str], bool]:
-    params = inspect.signature(fn).parameters.values()
-    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
-    return names, var_kw
-
-
-def _validate_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
-    names, var_kw = _callable_keys(fn)
-    if var_kw:
-        return
-    for key in kwargs:
-        if key not in names:
-            raise ConfigError(f"unknown key {key!r} in {where}; allowed: {', '.join(names) or '(none)'}")
-
-
 def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """Validate a recipe and fill every default, returning the fully resolved mapping.
 
@@ -184,18 +167,17 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             "the recipe needs 'model' with a 'name' (see `netcompress list models`) or a 'checkpoint'"
         )
     if model.get("name"):
-        factory = models_mod.MODELS.get(model["name"])
-        _validate_kwargs(
-            factory, {k: v for k, v in model.items() if k not in ("name", "checkpoint")}, "model"
+        models_mod.MODELS.get(model["name"]).resolve(
+            {k: v for k, v in model.items() if k not in ("name", "checkpoint")}
         )
     out["model"] = dict(model)
 
     data = recipe.get("data")
     if not isinstance(data, dict) or not data.get("name"):
         raise ConfigError("the recipe needs 'data' with a 'name' (see `netcompress list data`)")
-    loader = data_mod.DATASETS.get(data["name"])
-    ds_kwargs = {k: v for k, v in data.items() if k != "name" and k not in LOADER_KEYS}
-    _validate_kwargs(loader, ds_kwargs, "data")
+    data_mod.config_for(
+        data["name"], **{k: v for k, v in data.items() if k != "name" and k not in LOADER_KEYS}
+    )
     out["data"] = {"batch_size": 128, "eval_batch_size": 256, "num_workers": 0, "calib_batches": 16, **data}
 
     steps = recipe.get("steps") or []

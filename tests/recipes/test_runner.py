@@ -1,0 +1,112 @@
+"""Recipe runs: unknown keys named, overrides, resume after a kill gives the same final metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from netcompress.core import Config, ConfigError
+from netcompress.recipes import StepResult, apply_overrides, register_step, resolve_recipe, run_recipe
+from netcompress.recipes.steps import STEPS
+
+
+@dataclasses.dataclass
+class _FailConfig(Config):
+    flag: str = ""
+
+
+class _Killed(Exception):
+    pass
+
+
+if "test/fail_if_flag" not in STEPS:
+
+    @register_step("test", "fail_if_flag", config=_FailConfig)
+    def _fail_step(model, config, ctx):
+        """Raises while the flag file exists: stands in for a run killed during a step."""
+        from pathlib import Path
+
+        if config.flag and Path(config.flag).exists():
+            raise _Killed("simulated kill")
+        return StepResult(model=model, summary={"passed": True})
+
+
+def _recipe(flag: str = "") -> dict:
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "model": {"name": "mlp", "in_features": 48, "hidden": [16], "num_classes": 4},
+        "data": {"name": "synthetic", "num_samples": 96, "input_shape": [48], "num_classes": 4, "batch_size": 32},
+        "steps": [
+            {"op": "train", "method": "supervised", "epochs": 2, "lr": 0.05, "progress": False},
+            {"op": "test", "method": "fail_if_flag", "flag": flag},
+            {"op": "train", "method": "supervised", "epochs": 1, "lr": 0.01, "progress": False},
+        ],
+        "evaluate": {"latency": False},
+        "report": {"plots": False},
+    }
+
+
+def test_unknown_keys_are_named_with_their_step():
+    recipe = _recipe()
+    recipe["steps"][0]["epohcs"] = 3
+    with pytest.raises(ConfigError, match=r"'epohcs'.*step 1 \(train/supervised\)"):
+        resolve_recipe(recipe)
+    with pytest.raises(ConfigError, match="unknown key 'modle'"):
+        resolve_recipe({**_recipe(), "modle": {}})
+    with pytest.raises(ConfigError, match="unknown op 'prnue'"):
+        resolve_recipe({**_recipe(), "steps": [{"op": "prnue", "method": "x"}]})
+
+
+def test_overrides_set_nested_values_and_reject_bad_paths():
+    recipe = apply_overrides(_recipe(), ["seed=7", "steps.0.epochs=5", "data.batch_size=16"])
+    assert recipe["seed"] == 7 and recipe["steps"][0]["epochs"] == 5 and recipe["data"]["batch_size"] == 16
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(_recipe(), ["steps.9.epochs=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(_recipe(), ["seed"])
+
+
+def test_resolved_recipe_lists_every_default():
+    resolved = resolve_recipe(_recipe())
+    assert resolved["steps"][0]["momentum"] == 0.9  # a TrainConfig default, filled in
+    assert resolved["data"]["eval_batch_size"] == 256
+
+
+def test_killed_run_resumes_at_step_2_with_same_final_metrics(tmp_path):
+    flag = tmp_path / "kill-now"
+    full = run_recipe(_recipe(str(flag)), out_dir=tmp_path / "full", progress=False)
+
+    flag.touch()
+    with pytest.raises(_Killed):
+        run_recipe(_recipe(str(flag)), out_dir=tmp_path / "killed", progress=False)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert [s["index"] for s in state["finished_steps"]] == [0]
+    flag.unlink()
+    resumed = run_recipe(_recipe(str(flag)), out_dir=tmp_path / "killed", resume=True, progress=False)
+
+    keys = ("accuracy", "loss", "params", "nonzero_params", "macs")
+    assert [{k: s[k] for k in keys} for s in resumed.stages] == [{k: s[k] for k in keys} for s in full.stages]
+    assert len(resumed.stages) == 4  # initial + three steps
+    for sub in ("recipe.yaml", "metrics.json", "steps/01-train-supervised/model.pt", "steps/03-train-supervised/history.json"):
+        assert (tmp_path / "killed" / sub).exists(), sub
+    assert yaml.safe_load((tmp_path / "killed" / "recipe.yaml").read_text())["seed"] == 3
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("user data")
+    with pytest.raises(ConfigError, match="already exists"):
+        run_recipe(_recipe(), out_dir=out, progress=False)
+    assert (out / "precious.txt").read_text() == "user data"
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    run_recipe(_recipe(), out_dir=tmp_path / "r", progress=False)
+    changed = apply_overrides(_recipe(), ["seed=4"])
+    with pytest.raises(ConfigError, match="differs"):
+        run_recipe(changed, out_dir=tmp_path / "r", resume=True, progress=False)
