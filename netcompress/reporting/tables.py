@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def print_table(
     recorder = Console(record=True, width=200, file=io.StringIO())
     recorder.print(table)
     text = recorder.export_text()
-    (console or Console()).print(table)
+    # Redirected output (CI logs, files) would otherwise be squeezed into 80 columns.
+    (console or Console(width=None if sys.stdout.isatty() else 160)).print(table)
     return text
 
 
@@ -96,8 +98,8 @@ STAGE_COLUMNS = (
 )
 
 
-def stage_table_rows(stages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Format stages for display, with columns relative to the first stage.
+def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) -> list[dict[str, str]]:
+    """Format stages for display, with columns relative to the stage at index ``baseline``.
 
     ``Δ accuracy`` is in percentage points, ``size ×`` is size / first size, ``speed-up`` is
     first latency / latency (above 1 is faster). Missing values show as ``-``.
@@ -109,7 +111,9 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]
     """
     if not stages:
         raise ConfigError("stage table needs at least one stage")
-    base = stages[0]
+    if not 0 <= baseline < len(stages):
+        raise ConfigError(f"baseline stage {baseline} is not one of the {len(stages)} stages")
+    base = stages[baseline]
     rows = []
     for index, stage in enumerate(stages):
         accuracy = stage.get("accuracy")
@@ -134,14 +138,20 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]
 
 
 def print_stage_table(
-    stages: Sequence[Mapping[str, Any]], *, title: str = "Stages", console: Console | None = None
+    stages: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Stages",
+    console: Console | None = None,
+    baseline: int = 0,
 ) -> str:
     """Print the stage table (accuracy %, params, MACs, bytes, latency, ratios) and return its text.
 
     Example:
         >>> print_stage_table(result["stages"], title="quickstart")
     """
-    rows = stage_table_rows(stages)
+    rows = stage_table_rows(stages, baseline=baseline)
+    if baseline:
+        title = f"{title} (ratios relative to '{rows[baseline]['stage']}')"
     return print_table(rows, list(STAGE_COLUMNS), title, console=console)
 
 

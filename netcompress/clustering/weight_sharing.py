@@ -1,0 +1,228 @@
+"""Weight clustering: each layer's weights share a small codebook (k-means weight sharing).
+
+``cluster_weights`` replaces every weight of a chosen layer by the nearest of ``k``
+centroids and stores, on the module, the ``weight_codebook`` (k floats) and
+``weight_indices`` (one small integer per weight) as buffers. A picklable forward pre-hook
+(:class:`ClusterSharing`) keeps the sharing during fine-tuning: when the weight has changed
+since the last forward (an optimiser step), each centroid moves to the mean of its weights
+and the weights snap back onto the codebook. For plain SGD that is exactly a step with the
+per-centroid averaged gradient; :class:`ClusterPreserving` averages the gradients
+themselves, which keeps the sharing exact under any optimiser (momentum, Adam).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from math import ceil, log2
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d
+from netcompress.core.config import check_choice, check_range
+from netcompress.core.errors import ConfigError
+from netcompress.core.selection import select_modules
+
+CODEBOOK = "weight_codebook"
+INDICES = "weight_indices"
+
+
+def index_bits(clusters: int) -> int:
+    """Bits per stored index for a codebook of ``clusters`` entries (at least 1).
+
+    Example:
+        >>> index_bits(16), index_bits(17), index_bits(1)
+        (4, 5, 1)
+    """
+    return max(1, ceil(log2(clusters))) if clusters > 1 else 1
+
+
+def _index_dtype(clusters: int) -> torch.dtype:
+    return torch.uint8 if clusters <= 256 else torch.int32
+
+
+def snap_module(module: nn.Module) -> None:
+    """Move each centroid to the mean of its weights, then set every weight to its centroid."""
+    with torch.no_grad():
+        weight, codebook = module.weight, getattr(module, CODEBOOK)
+        idx = getattr(module, INDICES).long().flatten()
+        flat = weight.detach().flatten().double()
+        sums = torch.zeros(codebook.numel(), dtype=torch.float64, device=flat.device).index_add_(0, idx, flat)
+        counts = torch.bincount(idx, minlength=codebook.numel())
+        means = (sums / counts.clamp_min(1)).to(codebook.dtype)
+        codebook.copy_(torch.where(counts > 0, means, codebook))
+        weight.copy_(codebook[idx].view_as(weight))
+
+
+class ClusterSharing:
+    """Forward pre-hook keeping a clustered layer's weights on its codebook.
+
+    It re-snaps only when the weight tensor changed since its last visit (tracked through the
+    tensor's version counter), so inference and ONNX tracing of an unchanged model run no
+    extra ops. A module-level class, so clustered models deepcopy and pickle.
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[int, int] | None = None
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        weight = module.weight
+        if self._seen == (weight._version, weight.data_ptr()):
+            return None
+        snap_module(module)
+        self._seen = (weight._version, weight.data_ptr())
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_seen": None}  # a copy has new tensors: check again on its first forward
+
+
+def _sharing_keys(module: nn.Module) -> list[int]:
+    return [k for k, hook in module._forward_pre_hooks.items() if isinstance(hook, ClusterSharing)]
+
+
+def clustered_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of every layer carrying a codebook and indices.
+
+    Example:
+        >>> [name for name, _ in clustered_modules(model)]
+    """
+    for name, module in model.named_modules():
+        if hasattr(module, CODEBOOK) and hasattr(module, INDICES):
+            yield name, module
+
+
+def cluster_module(
+    module: nn.Module, *, clusters: int, init: str = "linear", seed: int = 0
+) -> dict[str, Any]:
+    """Cluster one layer's weight IN PLACE (see :func:`cluster_weights`); return its summary row.
+
+    Example:
+        >>> cluster_module(nn.Linear(64, 32), clusters=16)["clusters"]
+        16
+    """
+    weight = module.weight
+    for key in _sharing_keys(module):
+        del module._forward_pre_hooks[key]
+    codebook, idx = kmeans_1d(weight, clusters=clusters, init=init, seed=seed)
+    with torch.no_grad():
+        before = weight.detach().clone()
+        weight.copy_(codebook[idx].view_as(weight))
+        mse = float((weight.detach() - before).double().pow(2).mean())
+    module.register_buffer(CODEBOOK, codebook.to(weight.device))
+    module.register_buffer(INDICES, idx.view_as(weight).to(_index_dtype(codebook.numel())).to(weight.device))
+    module.register_forward_pre_hook(ClusterSharing())
+    k = codebook.numel()
+    return {
+        "weights": weight.numel(),
+        "clusters": k,
+        "bits": index_bits(k),
+        "weight_mse": mse,
+        "dense_bits": weight.numel() * weight.element_size() * 8,
+        "clustered_bits": weight.numel() * index_bits(k) + k * codebook.element_size() * 8,
+    }
+
+
+def cluster_weights(
+    model: nn.Module,
+    *,
+    clusters: int = 16,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    init: str = "linear",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
+
+    Per layer, 1-D k-means (``init``: "linear" between min and max, or "kmeans++") finds
+    ``clusters`` centroids; every weight becomes its centroid, and ``weight_codebook`` /
+    ``weight_indices`` buffers plus a :class:`ClusterSharing` pre-hook keep it that way through
+    fine-tuning. Biases are left alone. Clustering a clustered layer again replaces its codebook.
+    The summary estimates storage: ``ceil(log2 k)`` bits per weight plus the codebook.
+
+    Example:
+        >>> summary = cluster_weights(model, clusters=16, exclude=["classifier"])
+        >>> summary["compression_ratio"]  # dense bits / (index bits + codebook bits)
+    """
+    check_range("clusters", clusters, 1)
+    check_choice("init", init, KMEANS_INITS.names())
+    chosen = select_modules(model, include=include, exclude=exclude)
+    if not chosen:
+        raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
+    layers = [
+        {"name": name, **cluster_module(m, clusters=clusters, init=init, seed=seed)}
+        for name, m in chosen.items()
+    ]
+    dense = sum(r["dense_bits"] for r in layers)
+    packed = sum(r["clustered_bits"] for r in layers)
+    return {
+        "method": "kmeans",
+        "clusters": clusters,
+        "init": init,
+        "layers": layers,
+        "clustered_weights": sum(r["weights"] for r in layers),
+        "dense_weight_bytes": dense // 8,
+        "clustered_weight_bytes": ceil(packed / 8),
+        "compression_ratio": dense / packed,
+    }
+
+
+def snap_clusters(model: nn.Module) -> int:
+    """Re-snap every clustered layer of ``model`` IN PLACE (centroid = mean of its weights);
+    return how many layers. Call before reading weights outside a forward pass.
+
+    Example:
+        >>> snap_clusters(model)
+    """
+    count = 0
+    for _, module in clustered_modules(model):
+        snap_module(module)
+        count += 1
+    return count
+
+
+def strip_clustering(model: nn.Module) -> int:
+    """Remove codebooks, indices and pre-hooks IN PLACE, leaving plain layers whose weights
+    still hold the shared values (for export, or a ``state_dict`` an unclustered model loads).
+
+    Example:
+        >>> strip_clustering(model)  # number of layers stripped
+    """
+    count = 0
+    for _, module in list(clustered_modules(model)):
+        snap_module(module)
+        for key in _sharing_keys(module):
+            del module._forward_pre_hooks[key]
+        del module._buffers[CODEBOOK], module._buffers[INDICES]
+        count += 1
+    return count
+
+
+class ClusterPreserving:
+    """Training hook for cluster-preserving fine-tuning with any optimiser.
+
+    ``after_backward`` replaces every clustered weight's gradient by its cluster's mean
+    gradient, so weights that share a value receive identical updates (momentum, Adam and
+    weight decay included) and stay shared; ``after_step`` re-snaps as a guard.
+
+    Example:
+        >>> fit(model, loader, hooks=[ClusterPreserving()], config=TrainConfig(optimizer="adam"))
+    """
+
+    def after_backward(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for _, module in clustered_modules(model):
+                grad = module.weight.grad
+                if grad is None:
+                    continue
+                idx = getattr(module, INDICES).long().flatten()
+                k = getattr(module, CODEBOOK).numel()
+                sums = torch.zeros(k, dtype=torch.float64, device=grad.device).index_add_(
+                    0, idx, grad.flatten().double()
+                )
+                means = sums / torch.bincount(idx, minlength=k).clamp_min(1)
+                grad.copy_(means[idx].view_as(grad).to(grad.dtype))
+
+    def after_step(self, model: nn.Module) -> None:
+        snap_clusters(model)

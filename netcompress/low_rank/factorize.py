@@ -1,0 +1,162 @@
+"""The ``factorize`` verb: replace chosen Linear/conv layers by truncated-SVD pairs.
+
+Rank per layer, in order of precedence: a fixed ``rank``; else the largest rank within
+``param_budget`` (a fraction of the layer's parameters); else the smallest rank keeping
+``energy`` of the squared singular values. A layer whose factorised form would not have
+fewer parameters than the original is left alone and reported under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from netcompress.architecture.layer_costs import macs_by_layer, param_count
+from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.selection import select_modules, set_submodule
+from netcompress.low_rank.layers import FACTORIZATIONS, LowRank, factorize_layer, svd_factors
+from netcompress.low_rank.rank import energy_kept, rank_for_budget, rank_for_energy
+
+CONV_MODES = ("channel", "spatial")
+
+
+@dataclasses.dataclass
+class FactorizeConfig(Config):
+    """Which layers to factorise and how to pick their ranks.
+
+    Example:
+        >>> FactorizeConfig(energy=0.95, conv_mode="spatial", exclude=["classifier"])
+    """
+
+    include: list[str] | None = None
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    rank: int | None = None
+    energy: float = 0.9
+    param_budget: float | None = None
+    conv_mode: str = "channel"
+
+    def __post_init__(self) -> None:
+        check_choice("conv_mode", self.conv_mode, CONV_MODES)
+        check_range("energy", self.energy, 1e-6, 1.0)
+        if self.rank is not None:
+            check_range("rank", self.rank, 1)
+        if self.param_budget is not None:
+            check_range("param_budget", self.param_budget, 1e-6, 1.0)
+
+
+def _method_for(layer: nn.Module, conv_mode: str) -> tuple[str | None, str | None]:
+    """(registered factorisation name, or None with the reason it cannot be factorised)."""
+    if isinstance(layer, nn.Linear):
+        return "linear", None
+    if layer.groups != 1:
+        return None, f"grouped convolution (groups={layer.groups})"
+    spatial_ok = isinstance(layer, nn.Conv2d) and min(layer.kernel_size) > 1
+    # spatial mode needs a 2-D kernel in both axes; other convs fall back to channel mode
+    return ("conv_spatial" if conv_mode == "spatial" and spatial_ok else "conv_channel"), None
+
+
+def _choose_rank(s, params_at, dense: int, cfg: FactorizeConfig) -> tuple[int, str]:
+    full = len(s)
+    if cfg.rank is not None:
+        return min(cfg.rank, full), "fixed"
+    if cfg.param_budget is not None:
+        return rank_for_budget(params_at, budget_params=cfg.param_budget * dense, max_rank=full), "budget"
+    return rank_for_energy(s, cfg.energy), "energy"
+
+
+def factorize(
+    model: nn.Module,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    rank: int | None = None,
+    energy: float = 0.9,
+    param_budget: float | None = None,
+    conv_mode: str = "channel",
+    example_inputs: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return a copy of ``model`` with Linear/Conv1d/Conv2d layers replaced by low-rank pairs,
+    and a summary (per layer: method, full rank, chosen rank, energy kept, parameters, and
+    MACs when ``example_inputs`` is given). The input model is not modified.
+
+    ``conv_mode="channel"``: ``k x k`` conv to ``r`` channels then ``1 x 1``; ``"spatial"``:
+    ``k x 1`` to ``r`` channels then ``1 x k`` (Conv2d with both kernel sides > 1).
+
+    Example:
+        >>> small, summary = factorize(model, energy=0.95, exclude=["features.0"])
+        >>> summary["params_before"], summary["params_after"]
+    """
+    cfg = FactorizeConfig(
+        include=list(include) if include is not None else None,
+        exclude=list(exclude),
+        rank=rank,
+        energy=energy,
+        param_budget=param_budget,
+        conv_mode=conv_mode,
+    )
+    new_model = copy.deepcopy(model)
+    chosen = select_modules(new_model, include=cfg.include, exclude=cfg.exclude)
+    layers, skipped = [], []
+    for name, layer in chosen.items():
+        method, reason = _method_for(layer, cfg.conv_mode)
+        if method is None:
+            skipped.append({"name": name, "reason": reason})
+            continue
+        spec = FACTORIZATIONS.get(method)
+        _, s, _ = svd_factors(spec.matrix(layer))
+        dense = param_count(layer)
+
+        def params_at(r: int, layer=layer, spec=spec) -> int:
+            return spec.params_at_rank(layer, r)
+
+        r, policy = _choose_rank(s, params_at, dense, cfg)
+        if r < 1:
+            skipped.append({"name": name, "reason": f"param_budget {cfg.param_budget} is below rank 1"})
+            continue
+        if params_at(r) >= dense:
+            skipped.append(
+                {
+                    "name": name,
+                    "reason": f"rank {r} needs {params_at(r)} params, not fewer than {dense}",
+                    "rank": r,
+                }
+            )
+            continue
+        block = factorize_layer(layer, rank=r, method=method)
+        set_submodule(new_model, name, block)
+        layers.append(
+            {
+                "name": name,
+                "method": method,
+                "weight_shape": list(layer.weight.shape),
+                "full_rank": len(s),
+                "rank": r,
+                "rank_policy": policy,
+                "energy_kept": round(energy_kept(s, r), 6),
+                "params_before": dense,
+                "params_after": param_count(block),
+            }
+        )
+    summary: dict[str, Any] = {
+        "method": "svd",
+        **cfg.to_dict(),
+        "factorized": len(layers),
+        "layers": layers,
+        "skipped": skipped,
+        "params_before": param_count(model),
+        "params_after": param_count(new_model),
+    }
+    if example_inputs is not None:
+        names = [row["name"] for row in layers]
+        summary["macs_before"], before = macs_by_layer(model, example_inputs, names)
+        summary["macs_after"], after = macs_by_layer(new_model, example_inputs, names)
+        for row in layers:
+            row["macs_before"], row["macs_after"] = before[row["name"]], after[row["name"]]
+    return new_model, summary
+
+
+__all__ = ["CONV_MODES", "FactorizeConfig", "LowRank", "factorize"]
