@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -13,6 +16,10 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 @dataclasses.dataclass
 class TrainConfig(Config):
     """How to train: optimiser, schedule, epochs, seeding.
+
+    ``schedule`` is followed per batch (``cosine``, ``onecycle``, the linear warm-up) or per
+    epoch (``step``: the rate is multiplied by ``gamma`` every ``step_size`` epochs);
+    ``onecycle`` has its own warm-up, so ``warmup_epochs`` must stay 0 with it.
 
     Example:
         >>> TrainConfig(epochs=5, lr=0.05, schedule="cosine")
@@ -40,5 +47,24 @@ class TrainConfig(Config):
         check_choice("schedule", self.schedule, SCHEDULES)
         check_range("epochs", self.epochs, 0)
         check_range("lr", self.lr, 0.0)
+        check_range("momentum", self.momentum, 0.0, 1.0)
         check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("step_size", self.step_size, 1)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("warmup_epochs", self.warmup_epochs, 0, max(self.epochs, 0))
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        if self.grad_clip_norm is not None:
+            check_range("grad_clip_norm", self.grad_clip_norm, 1e-12)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov=True needs optimizer='sgd' with momentum > 0")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError(
+                f"warmup_epochs={self.warmup_epochs} does not apply to schedule='onecycle' "
+                "(it ramps up on its own); set warmup_epochs=0"
+            )
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(
+                f"device={self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+            ) from None

@@ -1,0 +1,316 @@
+"""``fit``: the one training loop every method trains through.
+
+Read top to bottom it is the loop you would write by hand (forward, loss, backward, step),
+with the seams a compression method needs: hooks (penalties, gradient edits, mask keeping,
+per-epoch metrics), extra trainable parameters (learned quantizer step sizes, projection
+heads), per-batch schedules, best-epoch keeping, and resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import CheckpointError, ConfigError, DataError
+from netcompress.training import checkpointing as ckpt
+from netcompress.training.config import TrainConfig
+from netcompress.training.history import History
+from netcompress.training.hooks import (
+    CORE_ROW_KEYS,
+    call_hooks,
+    call_loss_hooks,
+    hook_states,
+    load_hook_states,
+)
+from netcompress.training.optimizers import build_optimizer, trainable_parameters
+from netcompress.training.progress import SilentReporter, make_reporter
+from netcompress.training.runtime import Runtime, rng_state, seed_everything, set_rng_state
+from netcompress.training.schedules import LRSchedule
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one fit call trains and what a checkpoint must capture of it."""
+
+    config: TrainConfig
+    model: nn.Module
+    extra: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    hooks: list[Any]
+    loader: Iterable
+    history: History = dataclasses.field(default_factory=History)
+    # best validation epoch so far: epoch, val_acc, and a weights snapshot
+    best: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"epoch": None, "val_acc": float("-inf"), "weights": None}
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    val_loader: Iterable | None = None,
+    config: TrainConfig | dict[str, Any] | None = None,
+    hooks: Sequence[Any] = (),
+    extra_parameters: Iterable[nn.Parameter] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    loss_fn: LossFn | None = None,
+    runtime: Runtime | None = None,
+) -> History:
+    """Train ``model`` IN PLACE on ``(inputs, targets)`` batches; return the per-epoch :class:`History`.
+
+    - ``config`` (:class:`TrainConfig` or a dict of its fields): optimiser, schedule, epochs, seed...
+      Fit starts with ``seed_everything(config.seed)``; for repeatable shuffles give the loader
+      its own seeded generator (see :mod:`netcompress.training.runtime`).
+    - ``loss_fn(outputs, targets)``: default cross entropy with ``config.label_smoothing``.
+      ``train_loss`` in the history is the loss that was back-propagated (after loss hooks).
+    - ``hooks``: objects with any of the methods of :class:`netcompress.training.hooks.TrainingHook`.
+    - ``extra_parameters``: trained along with the model's own parameters (and checkpointed).
+    - ``val_loader``: evaluated after every epoch (``val_loss`` is plain cross entropy);
+      with ``config.keep_best`` the weights of the best ``val_acc`` epoch (earliest on ties) are
+      put back at the end and ``history.best_epoch`` names it.
+    - ``checkpoint_dir``: ``last.pt``, ``best.pt`` and ``history.json`` written atomically every
+      epoch; ``resume=True`` continues from ``last.pt`` (or starts fresh if there is none) and
+      ends with the same weights and history as an uninterrupted run.
+    - ``runtime``: device and process group (single process; see :class:`Runtime`).
+
+    Example:
+        >>> history = fit(model, train_loader, val_loader=test_loader,
+        ...               config=TrainConfig(epochs=3, lr=0.05, schedule="cosine", progress=False))
+        >>> history.last["val_acc"], history.best_epoch
+    """
+    config = _as_config(config)
+    hooks, extra = list(hooks), list(extra_parameters)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and directory is None:
+        raise ConfigError("resume=True needs checkpoint_dir (the folder holding last.pt)")
+    steps_per_epoch = _num_batches(train_loader)
+    runtime = runtime or Runtime.from_env(device=config.device)
+    device = torch.device(runtime.device)
+
+    seed_everything(config.seed)
+    was_training = model.training
+    model.to(device)
+    with torch.no_grad():
+        for p in extra:
+            p.data = p.data.to(device)
+    net = runtime.wrap_model(model)
+    params = trainable_parameters(model, extra)
+    if not params:
+        raise ConfigError("fit: the model has no parameter with requires_grad=True and no extra_parameters")
+    optimizer = build_optimizer(params, config)
+    schedule = LRSchedule(optimizer, config, steps_per_epoch=steps_per_epoch)
+    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader)
+    history, best = run.history, run.best
+    criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    start_epoch = 0
+    if resume and (directory / ckpt.LAST_FILE).exists():
+        start_epoch = _resume(directory, run)
+
+    reporter = make_reporter(progress=config.progress and runtime.is_main)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            model.train()
+            call_hooks(hooks, "epoch_start", model, epoch)
+            reporter.epoch_start(epoch, config.epochs, steps_per_epoch)
+            train = _train_one_epoch(run, net, criterion, params, device, reporter)
+            val_acc, val_loss = (None, None) if val_loader is None else _validate(model, val_loader, device)
+            row = {"epoch": epoch, **train, "val_loss": val_loss, "val_acc": val_acc}
+            row["time_s"] = round(time.perf_counter() - started, 4)
+            row.update(_hook_metrics(hooks, model, epoch))
+            history.append(row)
+            if val_acc is not None and val_acc > best["val_acc"]:
+                best.update(epoch=epoch, val_acc=val_acc, weights=ckpt.weights_snapshot(model, extra))
+                history.best_epoch = epoch
+                if directory is not None and runtime.is_main:
+                    ckpt.save_best(directory, best["weights"], epoch=epoch, val_acc=val_acc)
+            if directory is not None and runtime.is_main:
+                _save_last(directory, run)
+            reporter.epoch_end(row, config.epochs)
+    finally:
+        reporter.close()
+
+    if config.keep_best and best["weights"] is not None:
+        ckpt.load_weights(model, extra, best["weights"])
+    model.train(was_training)
+    return history
+
+
+def _train_one_epoch(
+    run: _Run,
+    net: nn.Module,
+    criterion: LossFn,
+    params: list[nn.Parameter],
+    device: torch.device,
+    reporter: SilentReporter,
+) -> dict[str, Any]:
+    model, optimizer, schedule, hooks = run.model, run.optimizer, run.schedule, run.hooks
+    clip_norm = run.config.grad_clip_norm
+    # Hook methods are looked up once per epoch, not once per batch.
+    loss_hooks = [h for h in hooks if hasattr(h, "loss")]
+    after_backward = [h.after_backward for h in hooks if hasattr(h, "after_backward")]
+    after_step = [h.after_step for h in hooks if hasattr(h, "after_step")]
+    # Sums stay on the device: reading them every batch would force a sync.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen, counted, first_lr = 0, 0, None
+    for batch in run.loader:
+        inputs, targets = _split_batch(batch, device)
+        lr = schedule.apply()
+        first_lr = lr if first_lr is None else first_lr
+        optimizer.zero_grad(set_to_none=True)
+        outputs = net(inputs)
+        loss = criterion(outputs, targets)
+        if loss_hooks:
+            loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
+        loss.backward()
+        for fn in after_backward:
+            fn(model)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+        schedule.advance()
+        for fn in after_step:
+            fn(model)
+
+        n = len(targets)
+        seen += n
+        loss_sum += loss.detach() * n
+        if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and targets.dim() == 1:
+            correct += (outputs.detach().argmax(dim=1) == targets).sum()
+            counted += n
+        reporter.batch(loss_sum, correct, seen)
+    if seen == 0:
+        raise DataError("train_loader yielded no batches")
+    return {
+        "lr": first_lr,
+        "train_loss": float(loss_sum) / seen,
+        # None when the outputs are not (N, classes) logits with integer targets
+        "train_acc": int(correct) / counted if counted else None,
+    }
+
+
+def _validate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
+    try:
+        from netcompress.evaluation import evaluate
+    except ImportError:  # evaluation is optional for the loop: fall back to a plain pass
+        return _evaluate_fallback(model, loader, device)
+    result = evaluate(model, loader, device=str(device))
+    return float(result["accuracy"]), float(result["loss"])
+
+
+def _evaluate_fallback(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            inputs, targets = _split_batch(batch, device)
+            outputs = model(inputs)
+            loss_sum += float(nn.functional.cross_entropy(outputs, targets, reduction="sum"))
+            correct += int((outputs.argmax(dim=1) == targets).sum())
+            seen += len(targets)
+    model.train(was_training)
+    if seen == 0:
+        raise DataError("val_loader yielded no batches")
+    return correct / seen, loss_sum / seen
+
+
+def _hook_metrics(hooks: list[Any], model: nn.Module, epoch: int) -> dict[str, Any]:
+    metrics = call_hooks(hooks, "epoch_end", model, epoch)
+    clash = [k for k in metrics if k in CORE_ROW_KEYS]
+    if clash:
+        raise ConfigError(f"a hook's epoch_end returned {clash}, which fit writes itself; rename the key")
+    return {k: _plain(v) for k, v in metrics.items()}
+
+
+def _plain(value: Any) -> Any:
+    # history rows go to JSON: tensors and NumPy scalars become Python numbers/lists
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return value.item()
+    return value
+
+
+def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
+    try:
+        inputs, targets = batch
+    except (TypeError, ValueError):
+        raise DataError(
+            f"the loader must yield (inputs, targets) pairs; got a {type(batch).__name__}"
+        ) from None
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.to(device, non_blocking=True)
+    return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
+
+
+def _num_batches(loader: Iterable) -> int:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(
+            "train_loader has no len(); fit needs the number of batches per epoch for the schedule"
+        ) from None
+    if n == 0:
+        raise DataError("train_loader is empty (0 batches per epoch)")
+    return n
+
+
+def _as_config(config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config, where="fit config")
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    return config
+
+
+def _save_last(directory: Path, run: _Run) -> None:
+    state = {
+        "config": run.config.to_dict(),
+        **ckpt.weights_snapshot(run.model, run.extra),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "epochs_done": run.history.last["epoch"] + 1,
+        "history": run.history.to_dict(),
+        "best": {"epoch": run.best["epoch"], "val_acc": run.best["val_acc"]},
+        "hooks": hook_states(run.hooks),
+        "rng": rng_state(run.loader),
+    }
+    ckpt.save_last(directory, state)
+    run.history.to_json(directory / ckpt.HISTORY_FILE)
+
+
+def _resume(directory: Path, run: _Run) -> int:
+    """Load ``last.pt`` into ``run``; return the number of epochs already done."""
+    state = ckpt.load_last(directory, config_dict=run.config.to_dict())
+    ckpt.load_weights(run.model, run.extra, state)
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"optimizer state in {directory / ckpt.LAST_FILE} does not fit: {exc}"
+        ) from None
+    run.schedule.load_state_dict(state["schedule"])
+    run.history.rows[:] = state["history"]["rows"]
+    run.history.best_epoch = state["history"].get("best_epoch")
+    run.best.update(epoch=state["best"]["epoch"], val_acc=state["best"]["val_acc"])
+    if run.best["epoch"] is not None:
+        run.best["weights"] = ckpt.load_best(directory)
+    load_hook_states(run.hooks, state.get("hooks", []))
+    set_rng_state(state["rng"], run.loader)
+    return int(state["epochs_done"])
