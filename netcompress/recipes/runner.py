@@ -44,6 +44,7 @@ class RunResult:
     steps: list[dict[str, Any]]
     report_md: Path | None = None
     report_html: Path | None = None
+    points: list[RunResult] | None = None  # a sweep's runs, one per combination
 
     @property
     def final(self) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def run_recipe(
     resume: bool = False,
     progress: bool = True,
     runs_root: str | Path = "runs",
+    _reuse_from: tuple[Path, ...] = (),
 ) -> RunResult:
     """Run a recipe end to end and return its stages (one measurement per finished step).
 
@@ -65,8 +67,25 @@ def run_recipe(
         >>> result = nc.run_recipe("recipes/quickstart.yaml", overrides=["seed=1"])
         >>> result.final["accuracy"]
     """
-    raw = load_recipe_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe)
-    resolved = resolve_recipe(apply_overrides(raw, list(overrides)))
+    raw = apply_overrides(
+        load_recipe_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe), list(overrides)
+    )
+    resolved = resolve_recipe({k: v for k, v in raw.items() if k != "sweep"})
+    if raw.get("sweep") is not None:
+        from netcompress.recipes.sweep import run_sweep, sweep_points
+
+        for _, point_overrides in sweep_points(raw["sweep"]):  # validate every point before running any
+            resolve_recipe(apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, point_overrides))
+        run_dir = _choose_run_dir(
+            resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root), sweep=True
+        )
+        return run_sweep(
+            raw,
+            run_dir=run_dir,
+            resume=resume,
+            progress=progress,
+            source=recipe if not isinstance(recipe, dict) else "a recipe",
+        )
     run_dir = _choose_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
     state = _load_or_start_state(run_dir, resolved, resume=resume)
     atomic_write_text(
@@ -96,6 +115,13 @@ def run_recipe(
 
     for index, step in enumerate(resolved["steps"]):
         if index < len(done):
+            continue
+        reused = _reuse_step(index, resolved, run_dir, state, _reuse_from)
+        if reused is not None:
+            model = reused
+            _say(
+                progress, f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run"
+            )
             continue
         model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
 
@@ -159,11 +185,49 @@ def _run_step(
             "label": label,
             "summary": summary,
             "has_history": result.history is not None,
+            "prefix_hash": _prefix_hash(resolved, index),
         }
     )
     state["stages"].append(stage)
     atomic_write_json(run_dir / STATE_FILE, state)
     return model
+
+
+def _prefix_hash(resolved: dict[str, Any], index: int) -> str:
+    """Identifies the model after step ``index``: everything that determines it, and how it was measured."""
+    body = {k: resolved[k] for k in ("model", "data", "seed", "evaluate")}
+    body["steps"] = [{k: v for k, v in s.items() if k != "label"} for s in resolved["steps"][: index + 1]]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _reuse_step(
+    index: int, resolved: dict[str, Any], run_dir: Path, state: dict[str, Any], sources: tuple[Path, ...]
+) -> nn.Module | None:
+    """Copy step ``index`` from an earlier run that finished the very same step; None if none did."""
+    import shutil
+
+    digest = _prefix_hash(resolved, index)
+    for source in sources:
+        try:
+            other = json.loads((source / STATE_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for pos, entry in enumerate(other["finished_steps"]):
+            if entry.get("prefix_hash") != digest:
+                continue
+            target = run_dir / entry["dir"]
+            if target.exists():
+                shutil.rmtree(target)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source / entry["dir"], tmp)
+            tmp.rename(target)
+            label = resolved["steps"][index].get("label") or entry["label"]
+            state["finished_steps"].append({**entry, "label": label, "reused_from": str(source)})
+            state["stages"].append({**other["stages"][pos + 1], "name": label})
+            atomic_write_json(run_dir / STATE_FILE, state)
+            return _load_step_model(target / "model.pt")
+    return None
 
 
 def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
@@ -246,7 +310,9 @@ def _recipe_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _choose_run_dir(resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path) -> Path:
+def _choose_run_dir(
+    resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path, sweep: bool = False
+) -> Path:
     if out_dir is None and resolved.get("output"):
         out_dir = resolved["output"]
     if out_dir is not None:
@@ -259,8 +325,12 @@ def _choose_run_dir(resolved: dict[str, Any], *, out_dir: Any, resume: bool, run
         return path
     name = resolved["name"]
     candidates = sorted(
-        (p for p in runs_root.glob(f"{name}*") if p.is_dir() and (p / STATE_FILE).exists()),
-        key=lambda p: (p / STATE_FILE).stat().st_mtime,
+        (
+            p
+            for p in runs_root.glob(f"{name}*")
+            if p.is_dir() and ((p / STATE_FILE).exists() or (sweep and (p / "points").is_dir()))
+        ),
+        key=lambda p: p.stat().st_mtime,
     )
     if resume:
         if not candidates:

@@ -156,6 +156,8 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
 
     import_step_modules()
     recipe = _check_keys(recipe, TOP_LEVEL_KEYS, "the recipe")
+    if recipe.get("sweep") is not None:
+        raise ConfigError("resolve_recipe takes one point of a sweep: remove 'sweep' (run_recipe expands it)")
     out: dict[str, Any] = {
         "name": str(recipe.get("name") or "run"),
         "description": recipe.get("description", ""),

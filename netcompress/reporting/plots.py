@@ -255,6 +255,7 @@ def plot_accuracy_vs_params(
     title: str | None = None,
     log_x: bool = False,
     percent: bool = True,
+    xlabel: str = "parameters",
     width_px: int = 800,
     height_px: int = 500,
 ) -> Path:
@@ -278,8 +279,9 @@ def plot_accuracy_vs_params(
         ax.plot(params, accuracy, marker="o", markersize=4, label=label)
     if log_x:
         ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(_count_tick)
-    ax.set_xlabel("parameters")
+    if xlabel in ("parameters", "MACs"):
+        ax.xaxis.set_major_formatter(_count_tick)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)" if percent else "accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")

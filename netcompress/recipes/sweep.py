@@ -1,0 +1,155 @@
+"""Sweeps: one recipe run per combination of values, sharing every identical leading step.
+
+A recipe may hold ``sweep:``, a mapping from override paths to lists of values::
+
+    sweep:
+      steps.0.lambda_: [0, 1.0e-4, 1.0e-2]
+      steps.1.percent: [0.5, 0.9]
+
+Each combination runs as its own run folder under ``<run>/points/``. Points whose leading steps
+are identical (same model, data, seed and step configs up to that step) reuse the finished
+step of an earlier point instead of recomputing it, so sweeping a pruning rate after a training
+step trains once. The sweep writes a table of every point's final stage, the histograms and
+curves that steps publish in their summaries (``histograms``, ``curves``) drawn across points,
+and links to each point's own report.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from netcompress.core.errors import ConfigError
+from netcompress.core.io import atomic_write_json, atomic_write_text
+
+
+def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
+    """``[(label, overrides)]`` for every combination, in a stable order."""
+    if not isinstance(sweep, dict) or not sweep:
+        raise ConfigError("'sweep' must map override paths (e.g. steps.0.lambda_) to lists of values")
+    for path, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep {path!r} must be a non-empty list of values")
+    keys = list(sweep)
+    points = []
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, combo))
+        overrides = [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in zip(keys, combo)
+        ]
+        points.append((label, overrides))
+    return points
+
+
+def run_sweep(raw: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool, source: Any) -> Any:
+    from netcompress.recipes.runner import RunResult, run_recipe
+
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    points = sweep_points(raw["sweep"])
+    results = []
+    for i, (label, overrides) in enumerate(points):
+        point_dir = run_dir / "points" / f"{i:02d}-{_slug(label)}"
+        if progress:
+            print(f"\n=== sweep point {i + 1}/{len(points)}: {label} ===")
+        reuse = tuple(r.run_dir for r in results)
+        result = run_recipe(
+            {**base, "name": f"{base.get('name', 'run')} [{label}]"},
+            overrides=overrides,
+            out_dir=point_dir,
+            resume=resume and point_dir.exists(),
+            progress=progress,
+            _reuse_from=reuse,
+        )
+        results.append(result)
+    stages = [{**r.final, "name": label} for (label, _), r in zip(points, results)]
+    metrics = {
+        "name": base.get("name"),
+        "sweep": raw["sweep"],
+        "points": [
+            {
+                "label": label,
+                "overrides": ov,
+                "run_dir": str(r.run_dir.relative_to(run_dir)),
+                "stages": r.stages,
+            }
+            for (label, ov), r in zip(points, results)
+        ],
+        "stages": stages,
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(
+        run_dir / "recipe.yaml", f"# sweep of {source}\n" + yaml.safe_dump(raw, sort_keys=False)
+    )
+    from netcompress.reporting import print_stage_table
+
+    if progress:
+        print_stage_table(stages, title="Sweep: final stage of each point")
+    md, html = _write_sweep_report(run_dir, raw, points, results, stages)
+    if progress:
+        print(f"sweep report: {md}  and  {html}")
+    return RunResult(run_dir, raw, stages, [], md, html, points=results)
+
+
+def _write_sweep_report(
+    run_dir: Path,
+    raw: dict[str, Any],
+    points: list[tuple[str, list[str]]],
+    results: list[Any],
+    stages: list[dict],
+) -> tuple[Path, Path]:
+    from netcompress import reporting
+
+    plots: dict[str, Path] = {}
+    plots_dir = run_dir / "plots"
+    histograms: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    for (label, _), result in zip(points, results):
+        for step in result.steps:
+            for name, values in (step["summary"].get("histograms") or {}).items():
+                histograms.setdefault(name, {})[label] = values
+            for name, curve in (step["summary"].get("curves") or {}).items():
+                curves.setdefault(name, {"curve": curve, "series": {}})["series"][label] = list(
+                    zip(curve["x"], curve["y"])
+                )
+    for name, data in histograms.items():
+        path = plots_dir / f"hist-{_slug(name)}.png"
+        reporting.plot_histograms(data, path, title=name, xlabel=name)
+        plots[f"{name}, one panel per sweep point"] = path
+    for name, entry in curves.items():
+        path = plots_dir / f"curve-{_slug(name)}.png"
+        reporting.plot_accuracy_vs_params(
+            entry["series"], path, title=name, xlabel=entry["curve"].get("x_label", "parameters")
+        )
+        plots[f"{name}, one line per sweep point"] = path
+    for (label, _), result in zip(points, results):
+        for step in result.steps:
+            if step.get("has_history"):
+                rel = Path(step["dir"]).name
+                for png in sorted((result.run_dir / "plots").glob(f"{rel}-accuracy.png")):
+                    plots[f"{label}: {step['label']} (accuracy vs epoch)"] = png
+    path = plots_dir / "points.png"
+    reporting.plot_stage_bars(stages, path)
+    plots["Final stage of every sweep point"] = path
+    links = "\n".join(
+        f"- **{label}**: `{result.run_dir.relative_to(run_dir)}/report.md` (overrides: {' '.join(ov)})"
+        for (label, ov), result in zip(points, results)
+    )
+    sections = [("Sweep", f"```yaml\n{yaml.safe_dump(raw['sweep'], sort_keys=False)}```"), ("Points", links)]
+    if raw.get("description"):
+        sections.insert(0, ("About this sweep", str(raw["description"])))
+    title = (raw.get("report") or {}).get("title") or f"netcompress sweep: {raw.get('name', 'run')}"
+    return reporting.write_report(run_dir, title=title, stages=stages, plots=plots, sections=sections)
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_")[:60]

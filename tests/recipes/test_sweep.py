@@ -1,0 +1,51 @@
+"""Sweeps: one run per value, identical leading steps computed once, a combined report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from netcompress.core import ConfigError
+from netcompress.recipes import run_recipe
+
+
+def _recipe() -> dict:
+    return {
+        "name": "sw",
+        "seed": 1,
+        "model": {"name": "mlp", "in_features": 48, "hidden": [16], "num_classes": 4},
+        "data": {"name": "synthetic", "num_samples": 96, "input_shape": [48], "num_classes": 4, "batch_size": 32},
+        "steps": [
+            {"op": "train", "method": "supervised", "epochs": 1, "progress": False},
+            {"op": "prune", "method": "l1_unstructured", "amount": 0.3},
+        ],
+        "sweep": {"steps.1.amount": [0.25, 0.75]},
+        "evaluate": {"latency": False},
+    }
+
+
+def test_sweep_runs_each_point_and_trains_once(tmp_path):
+    result = run_recipe(_recipe(), out_dir=tmp_path / "sweep", progress=False)
+    assert [s["name"] for s in result.stages] == ["amount=0.25", "amount=0.75"]
+    weights = 48 * 16 + 16 * 4
+    # the prune step counts zeros over the selected weights; nonzero params also hold the biases
+    assert [s["nonzero_params"] for s in result.stages] == [
+        weights - round(0.25 * weights) + 20,
+        weights - round(0.75 * weights) + 20,
+    ]
+    first, second = result.points
+    state = json.loads((second.run_dir / "state.json").read_text())
+    assert "reused_from" in state["finished_steps"][0] and "reused_from" not in state["finished_steps"][1]
+    assert first.stages[1]["accuracy"] == second.stages[1]["accuracy"]  # the shared trained model
+    metrics = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
+    assert [p["label"] for p in metrics["points"]] == ["amount=0.25", "amount=0.75"]
+    assert (tmp_path / "sweep" / "report.html").stat().st_size > 0
+
+
+def test_sweep_with_a_bad_value_fails_before_running(tmp_path):
+    recipe = _recipe()
+    recipe["sweep"] = {"steps.1.amout": [0.1]}
+    with pytest.raises(ConfigError, match="amout"):
+        run_recipe(recipe, out_dir=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
