@@ -30,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the latest run of this recipe (or --out) from its last finished step",
     )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="apply a named set of overrides from the recipe's profiles (e.g. full)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.set_defaults(func=run)
 
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         out_dir=args.out,
         resume=args.resume,
+        profile=args.profile,
         progress=not args.quiet,
     )
     print(f"run folder: {result.run_dir}")

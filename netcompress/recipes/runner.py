@@ -28,7 +28,13 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
-from netcompress.recipes.schema import LOADER_KEYS, apply_overrides, load_recipe_file, resolve_recipe
+from netcompress.recipes.schema import (
+    LOADER_KEYS,
+    apply_overrides,
+    apply_profile,
+    load_recipe_file,
+    resolve_recipe,
+)
 from netcompress.recipes.steps import StepContext, get_step
 
 STATE_FILE = "state.json"
@@ -59,6 +65,7 @@ def run_recipe(
     resume: bool = False,
     progress: bool = True,
     runs_root: str | Path = "runs",
+    profile: str | None = None,
     _reuse_from: tuple[Path, ...] = (),
 ) -> RunResult:
     """Run a recipe end to end and return its stages (one measurement per finished step).
@@ -67,9 +74,9 @@ def run_recipe(
         >>> result = nc.run_recipe("recipes/quickstart.yaml", overrides=["seed=1"])
         >>> result.final["accuracy"]
     """
-    raw = apply_overrides(
-        load_recipe_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe), list(overrides)
-    )
+    raw = load_recipe_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe)
+    raw = apply_overrides(apply_profile(raw, profile), list(overrides))
+    raw.pop("profiles", None)
     resolved = resolve_recipe({k: v for k, v in raw.items() if k != "sweep"})
     if raw.get("sweep") is not None:
         from netcompress.recipes.sweep import run_sweep, sweep_points

@@ -111,6 +111,25 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
     return recipe
 
 
+def apply_profile(recipe: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """Apply a named set of overrides from the recipe's ``profiles:`` (e.g. ``full`` for full scale).
+
+    Example (in a recipe)::
+
+        profiles:
+          full: [data.train_subset=null, steps.0.epochs=160]
+    """
+    profiles = recipe.get("profiles") or {}
+    if profile is None:
+        return recipe
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile {profile!r}; this recipe has: {', '.join(profiles) or '(none)'}")
+    overrides = profiles[profile]
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"profile {profile!r} must be a list of key=value strings")
+    return apply_overrides(recipe, overrides)
+
+
 def _index(node: list, part: str, where: str) -> int:
     try:
         idx = int(part)
@@ -156,6 +175,7 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
 
     import_step_modules()
     recipe = _check_keys(recipe, TOP_LEVEL_KEYS, "the recipe")
+    recipe.pop("profiles", None)  # applied by apply_profile before resolving
     if recipe.get("sweep") is not None:
         raise ConfigError("resolve_recipe takes one point of a sweep: remove 'sweep' (run_recipe expands it)")
     out: dict[str, Any] = {

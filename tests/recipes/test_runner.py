@@ -110,3 +110,14 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     changed = apply_overrides(_recipe(), ["seed=4"])
     with pytest.raises(ConfigError, match="differs"):
         run_recipe(changed, out_dir=tmp_path / "r", resume=True, progress=False)
+
+
+def test_profiles_apply_named_overrides():
+    from netcompress.recipes.schema import apply_profile
+
+    recipe = {**_recipe(), "profiles": {"full": ["data.num_samples=512", "steps.0.epochs=9"]}}
+    full = apply_profile(recipe, "full")
+    assert full["data"]["num_samples"] == 512 and full["steps"][0]["epochs"] == 9
+    assert apply_profile(recipe, None)["steps"][0]["epochs"] == 2
+    with pytest.raises(ConfigError, match="unknown profile 'ful'.*full"):
+        apply_profile(recipe, "ful")
