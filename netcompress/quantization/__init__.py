@@ -1,0 +1,71 @@
+"""Quantization: fake quantization at 2-16 bits, PTQ (static, dynamic, weight-only), QAT (STE, LSQ),
+mixed precision under a byte budget and a bit-packed file format.
+
+Example:
+    >>> import netcompress as nc
+    >>> qmodel = nc.quantize(model, calib_loader, bits=8, granularity="per_channel", scheme="symmetric")
+    >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
+"""
+
+from netcompress.quantization.bn_folding import fold_bn, fold_bn_with_summary
+from netcompress.quantization.equalization import equalize_cross_layer_
+from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
+from netcompress.quantization.mixed_precision import (
+    allocate_bits,
+    layer_sensitivity,
+    mixed_precision_quantize,
+)
+from netcompress.quantization.modules import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantFilterBank,
+    QuantLayer,
+    QuantLinear,
+    wrap_module,
+)
+from netcompress.quantization.observers import OBSERVERS
+from netcompress.quantization.ptq import (
+    calibrate_,
+    correct_bias_,
+    freeze_quantizers_,
+    quantization_summary,
+    quantize,
+    quantize_with_summary,
+)
+from netcompress.quantization.qat import prepare_qat, qat_summary
+from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequantize_tensor, quantize_tensor
+from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
+
+__all__ = [
+    "OBSERVERS",
+    "FakeQuantize",
+    "LSQFakeQuantize",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantFilterBank",
+    "QuantLayer",
+    "QuantLinear",
+    "QuantSpec",
+    "allocate_bits",
+    "calibrate_",
+    "compute_qparams",
+    "correct_bias_",
+    "dequantize_tensor",
+    "equalize_cross_layer_",
+    "fold_bn",
+    "fold_bn_with_summary",
+    "freeze_quantizers_",
+    "layer_sensitivity",
+    "load_quantized",
+    "mixed_precision_quantize",
+    "pack_bits",
+    "prepare_qat",
+    "qat_summary",
+    "quantization_summary",
+    "quantize",
+    "quantize_tensor",
+    "quantize_with_summary",
+    "save_quantized",
+    "unpack_bits",
+    "wrap_module",
+]

@@ -1,0 +1,55 @@
+"""Recipe steps of the quantization area: registered, validated, runnable on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from netcompress.core.errors import ConfigError
+from netcompress.quantization import steps  # noqa: F401  (registers the steps)
+from netcompress.recipes.steps import STEPS, StepContext, get_step
+
+METHODS = ["ptq_static", "ptq_dynamic", "weight_only", "mixed_precision", "qat"]
+
+
+def _ctx(tmp_path, batches):
+    return StepContext(
+        train_loader=batches,
+        val_loader=batches,
+        example_inputs=batches[0][0][:1],
+        step_dir=tmp_path,
+        run_dir=tmp_path,
+        num_classes=10,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_registered_and_rejects_unknown_keys(method):
+    spec = get_step("quantize", method, where="steps[0]")
+    assert f"quantize/{method}" in STEPS
+    with pytest.raises(ConfigError, match="unknown key 'bitz'"):
+        spec.config.from_dict({"bitz": 4}, where="steps[0]")
+
+
+@pytest.mark.parametrize("method", ["ptq_static", "ptq_dynamic", "weight_only", "mixed_precision"])
+def test_steps_run_and_return_json_summaries(method, small_cnn, image_batches, tmp_path):
+    import json
+
+    spec = get_step("quantize", method, where="steps[0]")
+    fields = {"budget_bytes": 6_000} if method == "mixed_precision" else {"bits": 8}
+    result = spec.handler(small_cnn, spec.config.from_dict(fields), _ctx(tmp_path, image_batches))
+    json.dumps(result.summary)
+    assert result.summary["num_quantized_layers"] >= 1
+    with torch.no_grad():
+        assert result.model(image_batches[0][0]).shape == (8, 10)
+    if method == "mixed_precision":
+        assert result.summary["file"]["size_bytes"] <= 6_000
+        assert (tmp_path / "model.ncq").exists()
+
+
+def test_qat_config_holds_training_fields():
+    cfg = steps.QATConfig.from_dict({"epochs": 2, "lr": 0.01, "bits": 4, "method": "lsq"})
+    assert (cfg.epochs, cfg.bits, cfg.method) == (2, 4, "lsq")
+    with pytest.raises(ConfigError, match="method"):
+        steps.QATConfig(method="lsqq")
