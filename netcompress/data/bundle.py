@@ -24,7 +24,7 @@ class DataBundle:
     def loaders(
         self, *, batch_size: int = 128, eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0
     ) -> tuple[DataLoader, DataLoader]:
-        """Seeded shuffling train loader and an ordered test loader."""
+        """Seeded shuffling train loader and a test loader in a fixed, class-mixed order."""
         gen = torch.Generator().manual_seed(seed)
         train = DataLoader(
             self.train,
@@ -34,7 +34,10 @@ class DataBundle:
             generator=gen,
             drop_last=False,
         )
-        test = DataLoader(self.test, batch_size=eval_batch_size, shuffle=False, num_workers=num_workers)
+        # A fixed interleaving (not the file order, which is often sorted by class), so that an
+        # evaluation limited to the first few batches still sees every class.
+        order = torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0)).tolist()
+        test = DataLoader(self.test, batch_size=eval_batch_size, sampler=order, num_workers=num_workers)
         return train, test
 
     def example_inputs(self, batch_size: int = 1) -> torch.Tensor:

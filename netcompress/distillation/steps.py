@@ -28,7 +28,7 @@ from netcompress.distillation.teacher_student import distill_with_history
 from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
-TEACHER_KEYS = ("model", "kwargs", "checkpoint")
+TEACHER_KEYS = ("model", "kwargs", "checkpoint", "train", "step")
 
 
 @dataclasses.dataclass
@@ -54,8 +54,11 @@ class SoftTargetsStepConfig(TrainConfig):
             for key in self.teacher:
                 if key not in TEACHER_KEYS:
                     raise ConfigError(f"unknown key {key!r} in teacher; accepted: {', '.join(TEACHER_KEYS)}")
-            if "model" not in self.teacher and "checkpoint" not in self.teacher:
-                raise ConfigError("teacher needs 'model' (a registered name) and/or 'checkpoint' (a path)")
+            if not {"model", "checkpoint", "step"} & set(self.teacher):
+                raise ConfigError(
+                    "teacher needs 'model' (a registered name), 'checkpoint' (a path) "
+                    "or 'step' (the model after that step of this run, e.g. step: 1)"
+                )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.field_names()})
@@ -117,6 +120,43 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
     return teacher
 
 
+def _teacher_for_step(spec: Mapping[str, Any], ctx: StepContext) -> nn.Module:
+    """Load the teacher; with ``train:`` and no checkpoint, train it first on the step's data.
+
+    A teacher trained here is saved as ``teacher.pt`` in the step folder and evaluated into
+    ``teacher_metrics.json``, so a resumed run reuses it and the report can quote its accuracy.
+    """
+    if "step" in spec:
+        return _teacher_from_step(int(spec["step"]), ctx)
+    if "train" not in spec or "checkpoint" in spec:
+        return load_teacher(spec, num_classes=ctx.num_classes)
+    from netcompress.core.io import atomic_torch_save, atomic_write_json
+    from netcompress.evaluation import evaluate
+    from netcompress.training import TrainConfig, fit
+
+    cached = ctx.step_dir / "teacher.pt"
+    if cached.exists():
+        return load_teacher({"checkpoint": str(cached)}, num_classes=ctx.num_classes)
+    teacher = load_teacher({k: v for k, v in spec.items() if k != "train"}, num_classes=ctx.num_classes)
+    train_cfg = TrainConfig.from_dict(spec["train"] or {}, where="teacher.train")
+    train_cfg = train_cfg.replace(device=ctx.device, progress=train_cfg.progress and ctx.progress)
+    history = fit(teacher, ctx.train_loader, val_loader=ctx.val_loader, config=train_cfg)
+    atomic_write_json(ctx.step_dir / "teacher_history.json", history.rows)
+    atomic_write_json(ctx.step_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
+    atomic_torch_save(teacher, cached)
+    return teacher
+
+
+def _teacher_from_step(step: int, ctx: StepContext) -> nn.Module:
+    """The model as it was after step ``step`` (1-based) of this run: pruning + KD in one recipe."""
+    found = sorted((ctx.run_dir / "steps").glob(f"{step:02d}-*/model.pt"))
+    if not found or ctx.step_dir.name.startswith(f"{step:02d}-"):
+        raise ConfigError(
+            f"teacher: step {step} has no finished model in {ctx.run_dir / 'steps'} (use an earlier step)"
+        )
+    return load_teacher({"checkpoint": str(found[0])}, num_classes=ctx.num_classes)
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -125,7 +165,7 @@ def _params(model: nn.Module) -> int:
 def _soft_targets_step(model: nn.Module, config: SoftTargetsStepConfig, ctx: StepContext) -> StepResult:
     """Knowledge distillation with soft targets (temperature, alpha) from a teacher model."""
     if config.teacher is not None:
-        teacher = load_teacher(config.teacher, num_classes=ctx.num_classes)
+        teacher = _teacher_for_step(config.teacher, ctx)
     elif "teacher" in ctx.extras:
         teacher = ctx.extras["teacher"]
     else:
@@ -159,4 +199,9 @@ def _soft_targets_step(model: nn.Module, config: SoftTargetsStepConfig, ctx: Ste
         "best_val_acc": max(val_accs) if val_accs else None,
         "teacher_train_acc": rows[-1].get("teacher_train_acc") if rows else None,
     }
+    metrics_path = ctx.step_dir / "teacher_metrics.json"
+    if metrics_path.exists():
+        import json
+
+        summary["teacher_val_acc"] = json.loads(metrics_path.read_text())["accuracy"]
     return StepResult(model=student, summary=summary, history=rows)

@@ -94,7 +94,8 @@ class QATConfig(TrainConfig):
 
     bits: int = 8
     act_bits: int = 8
-    method: str = "ste"
+    # "quantizer", not "method": a recipe step's "method" key already names the step (quantize/qat)
+    quantizer: str = "ste"
     granularity: str = "per_channel"
     scheme: str = "symmetric"
     freeze_scales: bool = False
@@ -106,7 +107,7 @@ class QATConfig(TrainConfig):
         super().__post_init__()
         _check_common(self)
         check_range("act_bits", self.act_bits, 2, 16)
-        check_choice("method", self.method, QUANTIZERS.names())
+        check_choice("quantizer", self.quantizer, QUANTIZERS.names())
 
 
 @dataclasses.dataclass
@@ -169,7 +170,7 @@ def _qat(model: nn.Module, config: QATConfig, ctx: StepContext) -> StepResult:
         model,
         bits=config.bits,
         act_bits=config.act_bits,
-        method=config.method,
+        method=config.quantizer,
         freeze_scales=config.freeze_scales,
         fold_bn=config.fold_bn,
         layers=config.layers or None,

@@ -83,6 +83,8 @@ def measure_onnx_stage(
         "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
         "accuracy": correct / max(total, 1),
         "size_bytes": path.stat().st_size,
+        "latency_ms": None,
+        "latency_b64_ms": None,
     }
     if cfg.get("latency", True):
         for batch, key in ((1, "latency_ms"), (64, "latency_b64_ms")):

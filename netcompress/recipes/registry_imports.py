@@ -10,6 +10,7 @@ STEP_MODULES = (
     "netcompress.training.steps",
     "netcompress.pruning.steps_unstructured",
     "netcompress.pruning.steps_structured",
+    "netcompress.pruning.iterative_channel",
     "netcompress.quantization.steps",
     "netcompress.distillation.steps",
     "netcompress.low_rank.steps",

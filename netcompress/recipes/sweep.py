@@ -29,9 +29,24 @@ from netcompress.core.io import atomic_write_json, atomic_write_text
 
 
 def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
-    """``[(label, overrides)]`` for every combination, in a stable order."""
+    """``[(label, overrides)]`` for every point, in a stable order.
+
+    ``sweep`` is either a mapping ``path -> [values]`` (every combination is a point) or a list
+    of points, each a mapping ``path -> value`` with an optional ``label``.
+    """
+    if isinstance(sweep, list) and sweep:
+        points = []
+        for i, point in enumerate(sweep):
+            if not isinstance(point, dict) or not point:
+                raise ConfigError(f"sweep point {i + 1} must be a mapping of override paths to values")
+            pairs = [(k, v) for k, v in point.items() if k != "label"]
+            label = str(point.get("label") or ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in pairs))
+            points.append((label, [_override(k, v) for k, v in pairs]))
+        return points
     if not isinstance(sweep, dict) or not sweep:
-        raise ConfigError("'sweep' must map override paths (e.g. steps.0.lambda_) to lists of values")
+        raise ConfigError(
+            "'sweep' must map override paths (e.g. steps.0.lambda_) to lists of values, or list the points"
+        )
     for path, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep {path!r} must be a non-empty list of values")
@@ -39,12 +54,12 @@ def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
     points = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, combo))
-        overrides = [
-            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in zip(keys, combo)
-        ]
-        points.append((label, overrides))
+        points.append((label, [_override(k, v) for k, v in zip(keys, combo)]))
     return points
+
+
+def _override(path: str, value: Any) -> str:
+    return f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
 
 
 def run_sweep(raw: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool, source: Any) -> Any:
@@ -148,7 +163,17 @@ def _write_sweep_report(
 
 
 def _short(value: Any) -> str:
-    return json.dumps(value) if not isinstance(value, str) else value
+    """A readable label for a value: a mapping's label or name (with its other scalars), else JSON."""
+    if isinstance(value, dict):
+        head = value.get("label") or value.get("name") or value.get("model")
+        if head is not None:
+            rest = [
+                f"{k}={v}"
+                for k, v in value.items()
+                if k not in ("label", "name") and not isinstance(v, (dict, list))
+            ]
+            return f"{_short(head)}" + (f" ({', '.join(rest)})" if rest and not value.get("label") else "")
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _slug(text: str) -> str:

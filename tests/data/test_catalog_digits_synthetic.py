@@ -89,7 +89,11 @@ def test_loaders_batch_through_getitems_and_shuffle_seeded() -> None:
     y_again = next(iter(bundle.loaders(batch_size=32, seed=3)[0]))[1]
     assert torch.equal(y, y_again)
     xs = torch.cat([b[0] for b in test])
-    assert xs.shape == (360, 1, 8, 8) and torch.equal(xs[:5], bundle.test.batch(range(5))[0])
+    order = list(test.sampler)  # a fixed class-mixed order covering every test image once
+    assert sorted(order) == list(range(360)) and order != list(range(360))
+    assert xs.shape == (360, 1, 8, 8) and torch.equal(xs[:5], bundle.test.batch(order[:5])[0])
+    ys = torch.cat([b[1] for b in test])
+    assert len(set(ys[:100].tolist())) == 10  # the first batch already holds every class
 
 
 def test_synthetic_is_seeded_balanced_and_learnable() -> None:

@@ -49,7 +49,7 @@ def test_steps_run_and_return_json_summaries(method, small_cnn, image_batches, t
 
 
 def test_qat_config_holds_training_fields():
-    cfg = steps.QATConfig.from_dict({"epochs": 2, "lr": 0.01, "bits": 4, "method": "lsq"})
-    assert (cfg.epochs, cfg.bits, cfg.method) == (2, 4, "lsq")
-    with pytest.raises(ConfigError, match="method"):
-        steps.QATConfig(method="lsqq")
+    cfg = steps.QATConfig.from_dict({"epochs": 2, "lr": 0.01, "bits": 4, "quantizer": "lsq"})
+    assert (cfg.epochs, cfg.bits, cfg.quantizer) == (2, 4, "lsq")
+    with pytest.raises(ConfigError, match="quantizer"):
+        steps.QATConfig(quantizer="lsqq")
