@@ -57,12 +57,18 @@ def finish_run(
     from netcompress.reporting import print_stage_table
 
     if progress:
-        print_stage_table(stages)
+        print_stage_table(stages, baseline=baseline_stage(resolved))
     md = html = None
     if resolved["report"].get("plots", True) or resolved["report"].get("title"):
         md, html = write_run_report(run_dir, resolved, state, stages, model, exports)
         _say(progress, f"report: {md}  and  {html}")
     return RunResult(run_dir, resolved, stages, state["finished_steps"], md, html)
+
+
+def baseline_stage(resolved: dict[str, Any]) -> int:
+    """The stage ratios are taken against: the trained model when the run starts by training."""
+    steps = resolved.get("steps") or []
+    return 1 if steps and steps[0]["op"] in ("train", "distill") else 0
 
 
 def measure_onnx_stage(
@@ -176,7 +182,9 @@ def write_run_report(
     if exports:
         sections.append(("Exports", "```json\n" + json.dumps(exports, indent=2)[:4000] + "\n```"))
     title = resolved["report"].get("title") or f"netcompress run: {resolved['name']}"
-    return reporting.write_report(run_dir, title=title, stages=stages, plots=plots, sections=sections)
+    return reporting.write_report(
+        run_dir, title=title, stages=stages, plots=plots, sections=sections, baseline=baseline_stage(resolved)
+    )
 
 
 def _fmt(value: Any) -> str:

@@ -275,7 +275,33 @@ def measure_stage(
 
     metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
     prof = profile(model, example_inputs, latency=cfg.get("latency", True), repeats=cfg.get("repeats", 20))
-    return _jsonable({"name": name, "accuracy": metrics["accuracy"], "loss": metrics["loss"], **prof})
+    return _jsonable(
+        {"name": name, "accuracy": metrics["accuracy"], "loss": metrics["loss"], **prof, **stored_size(model)}
+    )
+
+
+def stored_size(model: nn.Module) -> dict[str, Any]:
+    """Bytes of the compact file netcompress writes for this model, where one beats the dense state dict.
+
+    A quantized model is measured as its bit-packed file (``.ncq``), a pruned (masked) model as its
+    sparse file (``.ncz``); the stage's ``size_bytes`` stays the dense ``state_dict`` size.
+    """
+    import tempfile
+
+    from netcompress.pruning.masks import masked_parameters
+    from netcompress.quantization.modules import QuantLayer
+    from netcompress.quantization.storage import serialize_quantized
+
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        payload, _ = serialize_quantized(model)
+        return {"stored_bytes": len(payload), "stored_format": "ncq"}
+    if masked_parameters(model):
+        from netcompress.pruning.sparse_storage import save_sparse
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = save_sparse(model, Path(tmp) / "model.ncz")
+        return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
+    return {}
 
 
 class _LimitedLoader:

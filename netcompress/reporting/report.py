@@ -88,6 +88,7 @@ def write_report(
     sections: Sequence[tuple[str, str]] = (),
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     basename: str = "report",
+    baseline: int = 0,
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/report.md`` and ``<out_dir>/report.html``; returns their paths.
 
@@ -116,9 +117,10 @@ def write_report(
     md: list[str] = [f"# {title}", ""]
     body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
     if stages:
-        rows = stage_table_rows(stages)
-        md += ["## Stages", "", _markdown_table(rows, STAGE_COLUMNS), ""]
-        body += ["<h2>Stages</h2>", _html_table(rows, STAGE_COLUMNS)]
+        rows = stage_table_rows(stages, baseline=baseline)
+        note = f"Ratios (size ×, speed-up, Δ accuracy) are relative to '{rows[baseline]['stage']}'."
+        md += ["## Stages", "", _markdown_table(rows, STAGE_COLUMNS), "", note, ""]
+        body += ["<h2>Stages</h2>", _html_table(rows, STAGE_COLUMNS), f"<p>{html.escape(note)}</p>"]
     for heading, text in sections:
         md += [f"## {heading}", "", text.strip(), ""]
         body += [f"<h2>{inline_html(heading)}</h2>", markdown_to_html(text, heading_offset=2)]

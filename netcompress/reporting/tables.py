@@ -98,10 +98,16 @@ STAGE_COLUMNS = (
 )
 
 
+def _size(stage: Mapping[str, Any]) -> Any:
+    """Bytes on disk: the compact file (sparse .ncz, bit-packed .ncq) when the stage has one."""
+    return stage.get("stored_bytes") or stage.get("size_bytes")
+
+
 def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) -> list[dict[str, str]]:
     """Format stages for display, with columns relative to the stage at index ``baseline``.
 
-    ``Δ accuracy`` is in percentage points, ``size ×`` is size / first size, ``speed-up`` is
+    ``size`` is the compact file's bytes where a stage has one (``stored_bytes``, marked with its
+    format), else the dense state dict's. ``Δ accuracy`` is in percentage points, ``size ×`` is size / first size, ``speed-up`` is
     first latency / latency (above 1 is faster). Missing values show as ``-``.
 
     Example:
@@ -118,7 +124,7 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) 
     for index, stage in enumerate(stages):
         accuracy = stage.get("accuracy")
         delta = None if accuracy is None or base.get("accuracy") is None else accuracy - base["accuracy"]
-        size_ratio = _ratio(stage.get("size_bytes"), base.get("size_bytes"))
+        size_ratio = _ratio(_size(stage), _size(base))
         speedup = _ratio(base.get("latency_ms"), stage.get("latency_ms"))
         rows.append(
             {
@@ -128,7 +134,8 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) 
                 "params": format_count(stage.get("params")),
                 "nonzero": format_count(stage.get("nonzero_params")),
                 "MACs": format_count(stage.get("macs")),
-                "size": format_bytes(stage.get("size_bytes")),
+                "size": format_bytes(_size(stage))
+                + (f" ({stage['stored_format']})" if stage.get("stored_bytes") else ""),
                 "size ×": "-" if size_ratio is None else f"{size_ratio:.2f}×",
                 "latency": format_ms(stage.get("latency_ms")),
                 "speed-up": "-" if speedup is None else f"{speedup:.2f}×",
