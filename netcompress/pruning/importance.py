@@ -1,0 +1,186 @@
+"""Channel importance criteria: which pruning units of a :class:`ChannelGroup` matter least.
+
+Each criterion in :data:`IMPORTANCES` returns scores per layer along that layer's output channels
+(``{layer_name: Tensor[out_channels]}``); :func:`unit_scores` sums them over every layer of a
+coupled unit, so a residual channel is judged by all the filters that write it. Larger = keep.
+
+- ``l1`` / ``l2``: norm of each output filter (Conv, Linear, protocol module weights);
+- ``fpgm``: distance of each filter to the others in its layer (filters near the geometric
+  median are replaceable, so they score low);
+- ``taylor``: first-order Taylor ``sum |w * dL/dw|`` over filter and BatchNorm parameters,
+  accumulated over ``max_batches`` batches of ``loader`` (a copy of the model is used);
+- ``bn_scale``: ``|gamma|`` of the BatchNorm on the channel (network slimming);
+- ``random``: a seeded baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netcompress.core.errors import ConfigError
+from netcompress.core.registry import Registry
+from netcompress.pruning.graph import ChannelGraph
+
+ImportanceFn = Callable[..., dict[str, torch.Tensor]]
+IMPORTANCES: Registry[ImportanceFn] = Registry("channel importance")
+
+_FILTER_KINDS = ("conv", "linear", "custom")
+
+
+def filter_weights(module: nn.Module, *, kind: str, out_channels: int) -> torch.Tensor | None:
+    """The weights of each output channel as rows of a (out_channels, -1) matrix, or None.
+
+    Protocol modules may define ``channel_weights()``; otherwise their parameters whose first
+    dimension equals ``out_channels`` are concatenated.
+    """
+    if kind in ("conv", "linear"):
+        return module.weight.detach().flatten(1)
+    if kind == "custom":
+        if callable(getattr(module, "channel_weights", None)):
+            return module.channel_weights().detach().reshape(out_channels, -1)
+        rows = [
+            p.detach().reshape(out_channels, -1)
+            for p in module.parameters()
+            if p.dim() and p.shape[0] == out_channels
+        ]
+        return torch.cat(rows, dim=1) if rows else None
+    return None
+
+
+def _filter_layers(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, layer in graph.layers.items():
+        if layer.kind in _FILTER_KINDS and layer.out_labels:
+            rows = filter_weights(
+                model.get_submodule(name), kind=layer.kind, out_channels=len(layer.out_labels)
+            )
+            if rows is not None:
+                out[name] = rows.float()
+    return out
+
+
+@IMPORTANCES.register("l1")
+def l1_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """Sum of |w| per output filter. Example: ``l1_importance(model, graph)["conv1"].shape == (16,)``."""
+    return {name: rows.abs().sum(1) for name, rows in _filter_layers(model, graph).items()}
+
+
+@IMPORTANCES.register("l2")
+def l2_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """Euclidean norm per output filter."""
+    return {name: rows.norm(dim=1) for name, rows in _filter_layers(model, graph).items()}
+
+
+@IMPORTANCES.register("fpgm")
+def fpgm_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """Sum of distances from each filter to the layer's other filters (He et al., FPGM)."""
+    return {name: torch.cdist(rows, rows).sum(1) for name, rows in _filter_layers(model, graph).items()}
+
+
+@IMPORTANCES.register("bn_scale")
+def bn_scale_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """|gamma| of every affine BatchNorm; groups without BatchNorm get no score and are not pruned."""
+    out = {}
+    for name, layer in graph.layers.items():
+        module = model.get_submodule(name)
+        if layer.kind == "batchnorm" and getattr(module, "weight", None) is not None:
+            out[name] = module.weight.detach().abs().float()
+    return out
+
+
+@IMPORTANCES.register("random")
+def random_importance(
+    model: nn.Module, graph: ChannelGraph, *, seed: int = 0, **_: Any
+) -> dict[str, torch.Tensor]:
+    """Uniform random scores from a generator seeded with ``seed`` (a baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.rand(len(layer.out_labels), generator=gen)
+        for name, layer in graph.layers.items()
+        if layer.kind in _FILTER_KINDS and layer.out_labels
+    }
+
+
+@IMPORTANCES.register("taylor")
+def taylor_importance(
+    model: nn.Module, graph: ChannelGraph, *, loader: Any = None, max_batches: int = 4, **_: Any
+) -> dict[str, torch.Tensor]:
+    """First-order Taylor ``sum |w * grad|`` per output channel, over ``max_batches`` of ``loader``.
+
+    A deep copy in eval mode is used, so the caller's model (weights, grads, BN statistics) is
+    untouched. Cross-entropy against the loader's labels is the loss.
+    """
+    if loader is None:
+        raise ConfigError(
+            "importance='taylor' needs loader= (batches of (inputs, targets)) to compute gradients"
+        )
+    work = copy.deepcopy(model).eval()
+    params: dict[str, list[nn.Parameter]] = {}
+    for name, layer in graph.layers.items():
+        if layer.out_labels:
+            n_out = len(layer.out_labels)
+            module = work.get_submodule(name)
+            params[name] = [
+                p for p in module.parameters() if p.dim() and p.shape[0] == n_out and p.requires_grad
+            ]
+    totals = {name: torch.zeros(len(graph.layers[name].out_labels)) for name, ps in params.items() if ps}
+    seen = 0
+    for inputs, targets in loader:
+        if seen >= max_batches:
+            break
+        work.zero_grad(set_to_none=True)
+        F.cross_entropy(work(inputs), targets).backward()
+        for name in totals:
+            for p in params[name]:
+                if p.grad is not None:
+                    totals[name] += (p.detach() * p.grad).abs().reshape(p.shape[0], -1).sum(1)
+        seen += 1
+    if seen == 0:
+        raise ConfigError("importance='taylor': the loader yielded no batches")
+    return totals
+
+
+def layer_scores(
+    name: str,
+    model: nn.Module,
+    graph: ChannelGraph,
+    *,
+    loader: Any = None,
+    max_batches: int = 4,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Run criterion ``name`` from :data:`IMPORTANCES`; unknown names raise ConfigError listing them.
+
+    Example:
+        >>> scores = layer_scores("l1", model, build_channel_graph(model, x))
+    """
+    fn = IMPORTANCES.get(name)
+    return fn(model, graph, loader=loader, max_batches=max_batches, seed=seed)
+
+
+def unit_scores(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Score of every unit of every group: the sum over the unit's output-channel members.
+
+    Groups none of whose layers carry a score are left out (they are not pruned).
+
+    Example:
+        >>> unit_scores(graph, layer_scores("l1", model, graph))[0].shape  # (units of group 0,)
+    """
+    out: dict[int, torch.Tensor] = {}
+    for group in graph.groups:
+        values = torch.zeros(group.num_units)
+        scored = False
+        for k, unit in enumerate(group.units):
+            for layer, dim, idx in unit:
+                if dim == "out" and layer in scores:
+                    values[k] += float(scores[layer][idx])
+                    scored = True
+        if scored:
+            out[group.id] = values
+    return out

@@ -1,0 +1,178 @@
+"""Unstructured (weight) pruning: zero the least important individual weights, through masks.
+
+Scores come from a registry (``SCORES``: ``l1`` = |w|, ``random`` = seeded uniform noise).
+``scope="layer"`` prunes ``amount`` of every selected layer; ``scope="global"`` ranks all
+selected weights together (one threshold on the score), so layers with small weights lose more.
+Exactly ``round(amount * n)`` weights are pruned (ties broken by position, not by a ``<=``
+threshold that could take more). Weights already masked count as pruned and are taken first,
+so calling again with a larger amount prunes only the difference: schedules rely on that.
+
+Example:
+    >>> summary = prune_unstructured(model, amount=0.5, method="l1", scope="global")
+    >>> summary["global_sparsity"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.errors import ConfigError
+from netcompress.core.registry import Registry
+from netcompress.core.selection import select_modules
+from netcompress.pruning.masks import MASK_SUFFIX, PRUNABLE_TYPES, apply_mask, enforce_masks, sparsity_report
+
+ScoreFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+SCORES: Registry[ScoreFn] = Registry("unstructured pruning method")
+SCOPES = ("global", "layer")
+
+
+@SCORES.register("l1")
+def _l1_score(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Magnitude |w|: the smallest weights change the output least (Han et al. 2015)."""
+    return weight.detach().abs().float().cpu()
+
+
+@SCORES.register("random")
+def _random_score(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise: the baseline a criterion must beat."""
+    return torch.rand(weight.shape, generator=generator)
+
+
+@dataclasses.dataclass
+class UnstructuredConfig(Config):
+    """Settings of :func:`prune_unstructured`.
+
+    Example:
+        >>> UnstructuredConfig(amount=0.7, method="l1", scope="layer", exclude=["classifier"])
+    """
+
+    amount: float = 0.5
+    method: str = "l1"
+    scope: str = "global"
+    include: list[str] | None = None
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
+            raise ConfigError(f"amount={self.amount!r} must be a number in [0, 1]")
+        check_range("amount", self.amount, 0.0, 1.0)
+        check_choice("method", self.method, SCORES.names())
+        check_choice("scope", self.scope, SCOPES)
+        if isinstance(self.include, str) or isinstance(self.exclude, str):
+            raise ConfigError("include/exclude must be lists of layer names or 're:' patterns, not a string")
+        self.exclude = list(self.exclude)
+        self.include = None if self.include is None else list(self.include)
+
+
+def _selected_weights(model: nn.Module, config: UnstructuredConfig) -> dict[str, nn.Module]:
+    layers = select_modules(model, types=PRUNABLE_TYPES, include=config.include, exclude=config.exclude)
+    layers = {n: m for n, m in layers.items() if m._parameters.get("weight") is not None}
+    if not layers:
+        raise ConfigError(
+            f"no Conv1d/Conv2d/Linear weight selected (include={config.include}, exclude={config.exclude})"
+        )
+    return layers
+
+
+def _scores(layer: nn.Module, config: UnstructuredConfig, generator: torch.Generator) -> torch.Tensor:
+    weight = layer.weight
+    score = SCORES.get(config.method)(weight, generator).flatten().clone()
+    mask = layer._buffers.get("weight" + MASK_SUFFIX)
+    if mask is not None:
+        # already pruned weights rank below every live one, so they are "pruned first"
+        score[~mask.flatten().cpu()] = -1.0
+    return score
+
+
+def _prune_lowest(scores: torch.Tensor, amount: float) -> torch.Tensor:
+    """Boolean keep-mask that drops exactly round(amount * n) lowest scores."""
+    k = int(round(amount * scores.numel()))
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    if k > 0:
+        # stable sort: equal scores are taken in position order, so the count is exact
+        order = torch.sort(scores, stable=True).indices
+        keep[order[:k]] = False
+    return keep
+
+
+def prune_unstructured(
+    model: nn.Module,
+    *,
+    amount: float = 0.5,
+    method: str = "l1",
+    scope: str = "global",
+    include: list[str] | None = None,
+    exclude: list[str] | tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mask the lowest-scoring weights of Conv1d/Conv2d/Linear layers IN PLACE; return a summary.
+
+    ``amount`` is the sparsity reached over the selected weights (already-zero/masked weights
+    count as pruned). ``include``/``exclude`` take layer names or ``re:`` patterns. The summary
+    holds per-layer and global sparsity of the selected weights and the model's non-zero count.
+
+    Example:
+        >>> s = prune_unstructured(model, amount=0.9, scope="layer", exclude=["re:classifier.*"])
+        >>> s["per_layer"]["features.0"]
+        0.9
+    """
+    config = UnstructuredConfig(
+        amount=amount, method=method, scope=scope, include=include, exclude=exclude, seed=seed
+    )
+    return prune_unstructured_with_config(model, config=config)
+
+
+def prune_unstructured_with_config(model: nn.Module, *, config: UnstructuredConfig) -> dict[str, Any]:
+    """:func:`prune_unstructured` driven by an :class:`UnstructuredConfig` (IN PLACE).
+
+    Example:
+        >>> prune_unstructured_with_config(model, config=UnstructuredConfig(amount=0.3))
+    """
+    layers = _selected_weights(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    scores = {name: _scores(layer, config, generator) for name, layer in layers.items()}
+    if config.scope == "global":
+        keep_all = _prune_lowest(torch.cat(list(scores.values())), config.amount)
+        keeps = dict(zip(scores, torch.split(keep_all, [s.numel() for s in scores.values()])))
+    else:
+        keeps = {name: _prune_lowest(s, config.amount) for name, s in scores.items()}
+    for name, layer in layers.items():
+        apply_mask(layer, "weight", keeps[name].view_as(layer.weight))
+    return _summary(model, layers, config)
+
+
+def _summary(model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig) -> dict[str, Any]:
+    for module in model.modules():
+        enforce_masks(module)  # so the zero counts below see every mask, not only this call's
+    report = sparsity_report(model)
+    per_layer = {name: report["per_layer"][name] for name in layers}
+    selected = sum(layers[n].weight.numel() for n in layers)
+    zeros = _zero_count(layer.weight for layer in layers.values())
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "method": config.method,
+        "scope": config.scope,
+        "amount": config.amount,
+        "per_layer": per_layer,
+        "global_sparsity": zeros / max(1, selected),
+        "selected_params": selected,
+        "zero_params": zeros,
+        "params": params,
+        "nonzero_params": params - _zero_count(model.parameters()),
+        "model_sparsity": report["global"],
+    }
+
+
+@torch.no_grad()
+def _zero_count(tensors: Any) -> int:
+    """Zero entries over ``tensors`` (masks are enforced, so pruned weights are real zeros)."""
+    return sum(int(t.numel() - torch.count_nonzero(t)) for t in tensors)

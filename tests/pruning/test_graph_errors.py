@@ -1,0 +1,135 @@
+"""The channel graph refuses what it cannot handle, with errors that name the op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netcompress.core.errors import UnsupportedModelError
+from netcompress.pruning.channel import prune_channels
+from netcompress.pruning.graph import build_channel_graph
+
+X = torch.randn(2, 3, 8, 8)
+
+
+class DataDependentIf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+class WithOp(nn.Module):
+    """conv -> <op> -> conv -> pool -> fc, with the op under test in the middle."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.c1, self.c2, self.fc = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Linear(8, 2),
+        )
+        self.norm = nn.GroupNorm(2, 8)
+
+    def forward(self, x):
+        x = self.c1(x)
+        if self.op == "cumsum":
+            x = torch.cumsum(x, dim=1)
+        elif self.op == "slice":
+            x = torch.cat([x[:, :4], x[:, 4:]], dim=1)
+        elif self.op == "groupnorm":
+            x = self.norm(x)
+        elif self.op == "channel_mean":
+            x = x - x.mean(1, keepdim=True)
+        elif self.op == "transpose":
+            x = x.transpose(1, 2).transpose(1, 2)
+        return self.fc(F.relu(self.c2(x)).mean((2, 3)))
+
+
+def test_untraceable_model_names_the_line() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"cannot trace DataDependentIf.*if x\.sum\(\) > 0"):
+        prune_channels(DataDependentIf(), X, ratio=0.5)
+
+
+@pytest.mark.parametrize(
+    ("op", "named"),
+    [
+        ("cumsum", "cumsum"),
+        ("slice", "getitem"),
+        ("groupnorm", "GroupNorm"),
+        ("channel_mean", "mean"),
+        ("transpose", "transpose"),
+    ],
+)
+def test_unsupported_op_is_named(op: str, named: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=named) as info:
+        build_channel_graph(WithOp(op), X)
+    assert "fx node" in str(info.value)
+
+
+class HardCodedView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(8, 4, 3, padding=1),
+            nn.Linear(256, 2),
+        )
+
+    def forward(self, x):
+        x = self.c2(F.relu(self.c1(x)))
+        return self.fc(x.view(-1, 256))  # 4 channels * 8 * 8 baked into the code
+
+
+def test_hard_coded_view_freezes_its_channels() -> None:
+    model = HardCodedView()
+    graph = build_channel_graph(model, X)
+    c2_group = next(g for g in graph.groups if g.producers == ["c2"])
+    assert not c2_group.prunable
+    pruned = prune_channels(model, X, ratio=0.5)
+    assert (pruned.c1.out_channels, pruned.c2.out_channels, pruned.fc.in_features) == (4, 4, 256)
+
+
+class SharedConv(nn.Module):
+    """One conv applied twice: both calls' inputs are coupled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.shared, self.fc = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.relu(self.shared(x))
+        x = F.relu(self.shared(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_shared_conv_called_twice_prunes_consistently() -> None:
+    model = SharedConv()
+    graph = build_channel_graph(model, X)
+    group = next(g for g in graph.groups if "c1" in g.producers)
+    assert group.producers == ["c1", "shared"] and group.num_units == 6
+    pruned = prune_channels(model, X, ratio=0.5)
+    assert (pruned.c1.out_channels, pruned.shared.in_channels, pruned.shared.out_channels) == (3, 3, 3)
+    assert pruned(X).shape == (2, 2)
+
+
+def test_model_output_and_input_are_never_pruned() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+    pruned = prune_channels(model, X, ratio=0.9)
+    assert (pruned[0].in_channels, pruned[0].out_channels, pruned[2].out_channels) == (3, 1, 5)
+    assert pruned(X).shape == (2, 5, 8, 8)
+
+
+def test_channel_softmax_at_output_is_allowed_but_frozen() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Softmax(dim=1))
+    pruned = prune_channels(model, X, ratio=0.5)
+    assert (pruned[0].out_channels, pruned[2].out_channels) == (4, 4)
