@@ -56,3 +56,10 @@ def test_atomic_writes_and_checked_loading(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_every_public_verb_resolves():
+    import netcompress as nc
+
+    for name in nc.__all__:
+        assert getattr(nc, name) is not None, name
