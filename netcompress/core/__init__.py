@@ -14,6 +14,7 @@ from netcompress.core.io import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    to_jsonable,
 )
 from netcompress.core.registry import Registry
 from netcompress.core.selection import get_submodule, select_modules, set_submodule
@@ -36,4 +37,5 @@ __all__ = [
     "load_checkpoint",
     "select_modules",
     "set_submodule",
+    "to_jsonable",
 ]

@@ -41,13 +41,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def to_jsonable(obj: Any) -> Any:
+    """A deep copy of ``obj`` made of JSON types (tensors and arrays as lists, paths as strings).
+
+    Anything else becomes its ``str``: a summary with an odd value must not end a long run.
+    """
+    return json.loads(json.dumps(obj, default=_jsonable_or_str))
+
+
+def _jsonable_or_str(obj: Any) -> Any:
+    try:
+        return _jsonable(obj)
+    except TypeError:
+        return str(obj)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "item"):
+    if hasattr(obj, "item") and getattr(obj, "size", 1) == 1:
         return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.io import atomic_write_json
-from netcompress.recipes.runner import RunResult, _jsonable, _loaders, _say
+from netcompress.core.io import atomic_write_json, to_jsonable
+from netcompress.recipes.runner import RunResult, _loaders, _say
 
 
 def finish_run(
@@ -38,7 +38,7 @@ def finish_run(
         int8 = bool(export_cfg.get("int8"))
         path = run_dir / "export" / ("model_int8.onnx" if int8 else "model.onnx")
         summary = export_onnx(model, path, example_inputs, int8=int8, check=True)
-        exports["onnx"] = _jsonable(summary)
+        exports["onnx"] = to_jsonable(summary)
         _, test_loader = _loaders(bundle, resolved["data"], resolved["seed"])
         stages.append(
             measure_onnx_stage(

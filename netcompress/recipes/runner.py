@@ -27,7 +27,13 @@ import yaml
 from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError
-from netcompress.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from netcompress.core.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    to_jsonable,
+)
 from netcompress.recipes.schema import (
     LOADER_KEYS,
     apply_overrides,
@@ -177,7 +183,7 @@ def _run_step(
     result = spec.handler(model, config, ctx)
     elapsed_s = time.perf_counter() - started
     model = result.model
-    summary = _jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
+    summary = to_jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
     atomic_write_json(step_dir / "summary.json", summary)
     if result.history is not None:
         atomic_write_json(step_dir / "history.json", result.history)
@@ -275,7 +281,7 @@ def measure_stage(
 
     metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
     prof = profile(model, example_inputs, latency=cfg.get("latency", True), repeats=cfg.get("repeats", 20))
-    return _jsonable(
+    return to_jsonable(
         {"name": name, "accuracy": metrics["accuracy"], "loss": metrics["loss"], **prof, **stored_size(model)}
     )
 
@@ -405,22 +411,6 @@ def _recipe_header(recipe: Any) -> str:
     if isinstance(recipe, (str, Path)):
         return f"# resolved from {recipe}; rerun with: netcompress run {Path(recipe).name} --out <folder>\n"
     return "# resolved recipe\n"
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def _say(progress: bool, text: str) -> None:
