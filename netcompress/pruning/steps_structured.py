@@ -68,7 +68,7 @@ class AutoPruneConfig(Config):
     target: str = "macs"
     reduction: float = 2.0
     importance: str = "l1"
-    method: str = "global"
+    strategy: str = "global"  # the function's ``method``; a step's "method" key names the step itself
     max_batches: int = 2
     min_channels: int = 1
     round_to: int = 1
@@ -77,7 +77,7 @@ class AutoPruneConfig(Config):
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, list(TARGETS))
-        check_choice("method", self.method, METHODS)
+        check_choice("strategy", self.strategy, METHODS)
         check_choice("importance", self.importance, IMPORTANCES.names())
         check_range("reduction", self.reduction, 1.0)
         check_range("max_batches", self.max_batches, 1)
@@ -152,8 +152,8 @@ def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: StepContext) -> St
         target=config.target,
         reduction=config.reduction,
         importance=config.importance,
-        method=config.method,
-        loader=ctx.val_loader if config.method == "sensitivity" else ctx.train_loader,
+        method=config.strategy,
+        loader=ctx.val_loader if config.strategy == "sensitivity" else ctx.train_loader,
         max_batches=config.max_batches,
         min_channels=config.min_channels,
         round_to=config.round_to,

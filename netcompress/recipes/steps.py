@@ -70,6 +70,13 @@ STEPS: Registry[StepSpec] = Registry("recipe step (op/method)")
 def register_step(op: str, method: str, *, config: type[Config]) -> Callable[[StepHandler], StepHandler]:
     """Decorator registering ``handler`` as recipe step ``op: <op>, method: <method>``."""
 
+    reserved = {"op", "method", "label"} & set(config.field_names())
+    if reserved:
+        # these keys belong to the recipe step itself; a config field of that name could never be set
+        raise ValueError(
+            f"step {op}/{method}: config {config.__name__} may not have fields named {sorted(reserved)}"
+        )
+
     def _add(handler: StepHandler) -> StepHandler:
         doc = (handler.__doc__ or config.__doc__ or "").strip().splitlines()
         STEPS.register(f"{op}/{method}", StepSpec(op, method, config, handler, doc[0] if doc else ""))

@@ -39,7 +39,13 @@ def _recipe(flag: str = "") -> dict:
         "name": "tiny",
         "seed": 3,
         "model": {"name": "mlp", "in_features": 48, "hidden": [16], "num_classes": 4},
-        "data": {"name": "synthetic", "num_samples": 96, "input_shape": [48], "num_classes": 4, "batch_size": 32},
+        "data": {
+            "name": "synthetic",
+            "num_samples": 96,
+            "input_shape": [48],
+            "num_classes": 4,
+            "batch_size": 32,
+        },
         "steps": [
             {"op": "train", "method": "supervised", "epochs": 2, "lr": 0.05, "progress": False},
             {"op": "test", "method": "fail_if_flag", "flag": flag},
@@ -91,7 +97,12 @@ def test_killed_run_resumes_at_step_2_with_same_final_metrics(tmp_path):
     keys = ("accuracy", "loss", "params", "nonzero_params", "macs")
     assert [{k: s[k] for k in keys} for s in resumed.stages] == [{k: s[k] for k in keys} for s in full.stages]
     assert len(resumed.stages) == 4  # initial + three steps
-    for sub in ("recipe.yaml", "metrics.json", "steps/01-train-supervised/model.pt", "steps/03-train-supervised/history.json"):
+    for sub in (
+        "recipe.yaml",
+        "metrics.json",
+        "steps/01-train-supervised/model.pt",
+        "steps/03-train-supervised/history.json",
+    ):
         assert (tmp_path / "killed" / sub).exists(), sub
     assert yaml.safe_load((tmp_path / "killed" / "recipe.yaml").read_text())["seed"] == 3
 
@@ -121,3 +132,26 @@ def test_profiles_apply_named_overrides():
     assert apply_profile(recipe, None)["steps"][0]["epochs"] == 2
     with pytest.raises(ConfigError, match="unknown profile 'ful'.*full"):
         apply_profile(recipe, "ful")
+
+
+def _all_steps() -> list[str]:
+    from netcompress.recipes.registry_imports import import_step_modules
+
+    import_step_modules()
+    return [n for n in STEPS.names() if not n.startswith("test/")]
+
+
+@pytest.mark.parametrize("key", _all_steps())
+def test_every_registered_step_resolves_with_its_defaults(key):
+    op, method = key.split("/")
+    resolved = resolve_recipe({**_recipe(), "steps": [{"op": op, "method": method}]})
+    assert (resolved["steps"][0]["op"], resolved["steps"][0]["method"]) == (op, method)
+
+
+def test_a_step_config_may_not_shadow_the_step_keys():
+    @dataclasses.dataclass
+    class _Shadow(Config):
+        method: str = "x"
+
+    with pytest.raises(ValueError, match="method"):
+        register_step("test", "shadow", config=_Shadow)

@@ -11,7 +11,9 @@ from netcompress.recipes.schema import apply_profile
 from netcompress.recipes.sweep import sweep_points
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "netcompress/recipes/builtin").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + sorted(
+    (REPO / "netcompress/recipes/builtin").glob("*.yaml")
+)
 
 
 def _points(raw: dict) -> list[dict]:

@@ -15,7 +15,13 @@ def _recipe() -> dict:
         "name": "sw",
         "seed": 1,
         "model": {"name": "mlp", "in_features": 48, "hidden": [16], "num_classes": 4},
-        "data": {"name": "synthetic", "num_samples": 96, "input_shape": [48], "num_classes": 4, "batch_size": 32},
+        "data": {
+            "name": "synthetic",
+            "num_samples": 96,
+            "input_shape": [48],
+            "num_classes": 4,
+            "batch_size": 32,
+        },
         "steps": [
             {"op": "train", "method": "supervised", "epochs": 1, "progress": False},
             {"op": "prune", "method": "l1_unstructured", "amount": 0.3},
