@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = models.create(args.model, **kwargs)
         name = args.model
+        default_shape = (1, *models.input_shape(args.model, **kwargs))
     if args.input_shape:
         try:
             shape = tuple(int(s) for s in args.input_shape.split(","))
@@ -71,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--input-shape {args.input_shape!r} must be integers separated by commas"
             ) from None
+    elif default_shape is not None:
+        shape = default_shape
     else:
-        shape = DEFAULT_SHAPES.get(name, (1, kwargs.get("in_channels", 3), 32, 32))
+        raise ConfigError(f"give --input-shape for the saved model {path} (e.g. 1,3,32,32)")
     x = torch.randn(*shape)
     try:
         stats = profile(model, x, latency=not args.no_latency)
