@@ -338,13 +338,19 @@ def plot_stage_bars(
     fig = _new_figure(width_px or 80 + 320 * len(metrics), height_px)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, key in zip(axes, metrics):
-        raw = [stage.get(key) for stage in stages]
+        # bytes on disk: the compact file (sparse .ncz, bit-packed .ncq) where a stage has one
+        raw = [
+            (stage.get("stored_bytes") or stage.get(key)) if key == "size_bytes" else stage.get(key)
+            for stage in stages
+        ]
         scale = 100.0 if key == "accuracy" else 1.0
         heights = [float(v) * scale if v is not None else 0.0 for v in raw]
         bars = ax.bar(range(len(names)), heights, color=[f"C{i % 10}" for i in range(len(names))])
         formatter = _STAGE_FORMATTERS.get(key)
         labels = ["" if v is None else formatter(v) if formatter else f"{float(v):.4g}" for v in raw]
-        ax.bar_label(bars, labels=labels, fontsize=8)
+        # vertical labels: with many stages, horizontal ones run into their neighbours
+        ax.bar_label(bars, labels=labels, fontsize=7, rotation=90 if len(names) > 4 else 0, padding=2)
+        ax.margins(y=0.25 if len(names) > 4 else 0.1)
         if key in _STAGE_TICKS:
             ax.yaxis.set_major_formatter(_STAGE_TICKS[key])
         ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
