@@ -151,6 +151,16 @@ def write_run_report(
             path = plots_dir / f"{stem}-lr.png"
             reporting.plot_lr(rows, path)
             plots[f"{step['label']} (step {step['index'] + 1}): learning rate"] = path
+    for step in state["finished_steps"]:
+        for name, curve in (step["summary"].get("curves") or {}).items():
+            path = plots_dir / f"{Path(step['dir']).name}-curve.png"
+            reporting.plot_accuracy_vs_params(
+                {step["label"]: list(zip(curve["x"], curve["y"]))},
+                path,
+                title=name,
+                xlabel=curve.get("x_label", "parameters"),
+            )
+            plots[f"{step['label']} (step {step['index'] + 1}): {name}"] = path
     sparsity = layer_sparsity(model)
     if sparsity:
         path = plots_dir / "layer-sparsity.png"

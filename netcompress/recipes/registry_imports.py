@@ -16,6 +16,7 @@ STEP_MODULES = (
     "netcompress.low_rank.steps",
     "netcompress.architecture.steps",
     "netcompress.clustering.steps",
+    "netcompress.dynamic.steps",
 )
 
 

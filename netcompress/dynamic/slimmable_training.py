@@ -1,0 +1,203 @@
+"""Training slimmable models (weighted sum of losses over widths) and measuring every width.
+
+:class:`SlimmableHook` plugs into ``fit``: ``fit`` runs the batch at the widest width and
+computes its loss; the hook runs the same batch at the other widths and returns
+``sum_w weight_w * loss_w``, so one backward pass trains every width (slimmable networks,
+Yu et al. 2019). With ``sandwich=True`` each batch uses the widest, the narrowest and
+``num_random`` random middle widths ("sandwich rule", Yu & Huang 2019); with
+``inplace_distillation=True`` the narrower widths learn the widest width's soft predictions
+instead of the labels.
+
+Example::
+
+    slim = make_slimmable(model, widths=(0.25, 0.5, 1.0), example_inputs=x)
+    fit(slim, loader, hooks=[SlimmableHook(weights=[1.0, 1.0, 1.0])], config=TrainConfig(epochs=3))
+    rows = evaluate_widths(slim, test_loader)       # width, accuracy, macs, params per width
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netcompress.core.config import check_range
+from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.dynamic.slimmable import SlimmableModel, extract_width
+
+
+def _as_slimmable(model: nn.Module) -> SlimmableModel:
+    if not isinstance(model, SlimmableModel):
+        raise UnsupportedModelError(f"expected a SlimmableModel (make_slimmable), got {type(model).__name__}")
+    return model
+
+
+def width_key(width: float) -> str:
+    """The history/summary key fragment of a width: ``0.5`` -> ``"w0.5"``.
+
+    Example:
+        >>> width_key(0.25)
+        'w0.25'
+    """
+    return f"w{float(width):g}"
+
+
+class SlimmableHook:
+    """``fit`` hook: loss = ``sum_w weights[w] * loss at width w`` over the model's widths.
+
+    ``weights`` lists one weight per width of the model, narrowest first (default all 1.0).
+    ``epoch_end`` reports ``w<width>_train_acc`` for every width trained that epoch.
+
+    Example:
+        >>> fit(slim, loader, hooks=[SlimmableHook(sandwich=True, num_random=1)], config=cfg)
+    """
+
+    def __init__(
+        self,
+        *,
+        weights: Sequence[float] | None = None,
+        sandwich: bool = False,
+        num_random: int = 1,
+        inplace_distillation: bool = False,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        check_range("num_random", num_random, 0)
+        check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.weights = None if weights is None else [float(w) for w in weights]
+        for w in self.weights or []:
+            check_range("width weight", w, 0.0)
+        self.sandwich = bool(sandwich)
+        self.num_random = int(num_random)
+        self.inplace_distillation = bool(inplace_distillation)
+        self.label_smoothing = float(label_smoothing)
+        self._correct: dict[float, int] = {}
+        self._seen: dict[float, int] = {}
+
+    def _weight_of(self, model: SlimmableModel) -> dict[float, float]:
+        if self.weights is None:
+            return dict.fromkeys(model.widths, 1.0)
+        if len(self.weights) != len(model.widths):
+            raise ConfigError(f"{len(self.weights)} width weights for widths {list(model.widths)}")
+        return dict(zip(model.widths, self.weights))
+
+    def _widths_this_batch(self, model: SlimmableModel) -> list[float]:
+        others = list(model.widths[:-1])  # the widest ran in fit's own forward
+        if not self.sandwich or len(others) <= 1:
+            return others
+        middle = others[1:]
+        # Python's RNG, seeded by fit's seed_everything: repeatable runs pick the same widths
+        return [others[0], *sorted(random.sample(middle, min(self.num_random, len(middle))))]
+
+    def epoch_start(self, model: nn.Module, epoch: int) -> None:
+        model = _as_slimmable(model)
+        model.set_width(max(model.widths))
+        self._correct = dict.fromkeys(model.widths, 0)
+        self._seen = dict.fromkeys(model.widths, 0)
+
+    def _count(self, width: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self._correct[width] += int((logits.detach().argmax(dim=1) == targets).sum())
+        self._seen[width] += len(targets)
+
+    def loss(self, model: nn.Module, inputs: Any, outputs: Any, targets: torch.Tensor, loss: torch.Tensor):
+        model = _as_slimmable(model)
+        weights = self._weight_of(model)
+        widest = max(model.widths)
+        self._count(widest, outputs, targets)
+        total = weights[widest] * loss
+        soft_targets = F.softmax(outputs.detach(), dim=1) if self.inplace_distillation else None
+        try:
+            for width in self._widths_this_batch(model):
+                model.set_width(width)
+                logits = model(inputs)
+                self._count(width, logits, targets)
+                if soft_targets is not None:
+                    term = F.cross_entropy(logits, soft_targets)
+                else:
+                    term = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+                total = total + weights[width] * term
+        finally:
+            model.set_width(widest)
+        return total
+
+    def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        return {
+            f"{width_key(w)}_train_acc": self._correct[w] / self._seen[w] for w in self._seen if self._seen[w]
+        }
+
+
+def train_slimmable(
+    model: SlimmableModel,
+    train_loader: Iterable,
+    *,
+    config: Any = None,
+    val_loader: Iterable | None = None,
+    hook: SlimmableHook | None = None,
+    hooks: Sequence[Any] = (),
+    checkpoint_dir: Any = None,
+    resume: bool = False,
+) -> Any:
+    """Train every width of ``model`` IN PLACE through ``fit``; return the History.
+
+    ``train_acc``/``val_acc`` are the widest width's; rows carry ``w<width>_train_acc``.
+
+    Example:
+        >>> history = train_slimmable(slim, loader, config=TrainConfig(epochs=3), val_loader=test)
+    """
+    from netcompress.training.loop import fit  # training area, imported when used
+
+    model = _as_slimmable(model)
+    label_smoothing = getattr(config, "label_smoothing", 0.0) if config is not None else 0.0
+    hook = hook or SlimmableHook(label_smoothing=label_smoothing)
+    model.set_width(max(model.widths))
+    return fit(
+        model,
+        train_loader,
+        val_loader=val_loader,
+        config=config,
+        hooks=[hook, *hooks],
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
+
+
+def evaluate_widths(
+    model: SlimmableModel,
+    loader: Iterable,
+    *,
+    widths: Sequence[float] | None = None,
+    device: str = "cpu",
+    max_batches: int | None = None,
+) -> list[dict[str, Any]]:
+    """Accuracy, loss, MACs and parameters (of the extracted model) at each width, narrowest first.
+
+    The model's current width is restored afterwards.
+
+    Example:
+        >>> [(r["width"], r["macs"], r["accuracy"]) for r in evaluate_widths(slim, test_loader)]
+    """
+    from netcompress.evaluation import count_macs, evaluate
+
+    model = _as_slimmable(model)
+    previous = model.width
+    rows = []
+    try:
+        for width in sorted(widths or model.widths):
+            model.set_width(width)
+            metrics = evaluate(model, loader, device=device, max_batches=max_batches)
+            example = torch.zeros(1, *model.input_shape, device=device)
+            rows.append(
+                {
+                    "width": float(model.width),
+                    "accuracy": metrics["accuracy"],
+                    "loss": metrics["loss"],
+                    "macs": count_macs(model, example)[0],
+                    "params": sum(p.numel() for p in extract_width(model, width).parameters()),
+                }
+            )
+    finally:
+        model.set_width(previous)
+    return rows
