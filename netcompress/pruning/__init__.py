@@ -7,7 +7,9 @@ Example:
 """
 
 # structured channel pruning, network slimming, automatic rates
+from netcompress.pruning.auto import STRATEGIES as AUTO_STRATEGIES
 from netcompress.pruning.auto import prune_to_target
+from netcompress.pruning.bn_recalibration import recalibrate_bn
 from netcompress.pruning.channel import (
     ChannelPlan,
     apply_channel_plan,
@@ -49,6 +51,7 @@ from netcompress.pruning.unstructured import UnstructuredConfig, prune_unstructu
 
 __all__ = [
     # structured channel pruning, network slimming, automatic rates
+    "AUTO_STRATEGIES",
     "IMPORTANCES",
     "BNL1Penalty",
     "ChannelGraph",
@@ -62,6 +65,7 @@ __all__ = [
     "prune_channels",
     "prune_channels_with_summary",
     "prune_to_target",
+    "recalibrate_bn",
     "slim",
     # unstructured and neuron pruning, schedules, sparse storage
     "NEURON_CRITERIA",

@@ -78,16 +78,23 @@ def select_global(
     *,
     min_channels: int = 1,
     round_to: int = 1,
+    unit_costs: Mapping[int, float] | None = None,
 ) -> tuple[set[int], dict[int, int]]:
     """Remove up to ``count`` units over all groups in ``scores``, ranked by score / group mean.
 
-    Per-group normalisation makes layers of different weight scales comparable. Returns the
-    pruned unit ids and the number pruned per group.
+    Per-group normalisation makes layers of different weight scales comparable. With
+    ``unit_costs`` (what removing one unit of a group saves, e.g. MACs) the rank is
+    ``(score / group mean) / (cost / mean cost)``: importance per unit of resource saved, so a
+    budget is met by removing fewer, cheaper-to-lose channels. Returns the pruned unit ids and
+    the number pruned per group.
     """
+    mean_cost = sum(unit_costs.values()) / len(unit_costs) if unit_costs else 0.0
     ranked = []
     for gid, values in scores.items():
         mean = float(values.mean())
         norm = values / mean if mean > 0 else torch.ones_like(values)
+        if unit_costs and mean_cost > 0:
+            norm = norm / max(unit_costs[gid] / mean_cost, 1e-12)
         ranked += [(float(norm[k]), gid, k) for k in range(len(values))]
     ranked.sort()
     pruned: dict[int, list[int]] = {gid: [] for gid in scores}

@@ -27,11 +27,14 @@ class IterativeChannelConfig(Config):
     scope: str = "local"
     ignore: list[str] = dataclasses.field(default_factory=list)
     min_channels: int = 1
+    # BatchNorm statistics re-estimated on this many training batches after every prune (0 = off)
+    recalibrate_bn_batches: int = 10
     train: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 2, "lr": 0.01})
 
     def __post_init__(self) -> None:
         check_range("keep_per_round", self.keep_per_round, 0.0, 1.0)
         check_range("rounds", self.rounds, 1)
+        check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         TrainConfig.from_dict(self.train, where="train")
 
 
@@ -40,6 +43,7 @@ def prune_channels_iteratively(
 ) -> tuple[nn.Module, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the rounds; returns the final model, one row per round, and the training history."""
     from netcompress.evaluation import evaluate
+    from netcompress.pruning.bn_recalibration import recalibrate_after_pruning
     from netcompress.pruning.channel import prune_channels_with_summary
     from netcompress.training import fit
     from netcompress.training.steps import run_config
@@ -58,6 +62,9 @@ def prune_channels_iteratively(
             ignore=config.ignore,
             min_channels=config.min_channels,
         )
+        recal = recalibrate_after_pruning(
+            model, train_loader=ctx.train_loader, num_batches=config.recalibrate_bn_batches
+        )
         pruned_acc = evaluate(model, ctx.val_loader)["accuracy"]
         rows = fit(model, ctx.train_loader, val_loader=ctx.val_loader, config=train_cfg).rows
         history += [{**row, "round": r, "epoch": len(history) + i} for i, row in enumerate(rows)]
@@ -69,6 +76,7 @@ def prune_channels_iteratively(
                 "accuracy_pruned": pruned_acc,
                 "accuracy": accuracy,
                 "macs": summary.get("macs_after"),
+                "bn_recalibration_batches": recal["batches"],
             }
         )
     return model, rounds, history

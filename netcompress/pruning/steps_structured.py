@@ -7,7 +7,10 @@ Example recipe steps (E1, network slimming)::
     - {op: train, method: finetune, epochs: 20}
 
 Each step returns the smaller model and a JSON-able summary; BN scaling-factor histograms are
-written to ``ctx.step_dir / "bn_gammas.json"`` for the report.
+written to ``ctx.step_dir / "bn_gammas.json"`` for the report. The prune steps then re-estimate
+BatchNorm statistics on ``recalibrate_bn_batches`` training batches (default 10, 0 = off): after
+channel removal they are stale and a pruned model scores at chance until they are; the summary's
+``bn_recalibration`` holds the accuracy on a few validation batches before and after.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.io import atomic_write_json
 from netcompress.pruning.auto import DEFAULT_RATE_GRID, METHODS, TARGETS, prune_to_target
+from netcompress.pruning.bn_recalibration import recalibrate_after_pruning
 from netcompress.pruning.channel import SCOPES, prune_channels_with_summary
 from netcompress.pruning.importance import IMPORTANCES
 from netcompress.pruning.slimming import BNL1Penalty, bn_gammas, gamma_histogram, slim
@@ -39,8 +43,11 @@ class ChannelPruneConfig(Config):
     round_to: int = 1
     min_channels: int = 1
     max_batches: int = 4  # batches of the training data used by importance="taylor"
+    # BatchNorm statistics re-estimated on this many training batches after the prune (0 = off)
+    recalibrate_bn_batches: int = 10
 
     def __post_init__(self) -> None:
+        check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         check_range("ratio", self.ratio, 0.0, 1.0)
         check_choice("importance", self.importance, IMPORTANCES.names())
         check_choice("scope", self.scope, SCOPES)
@@ -55,8 +62,11 @@ class SlimmingConfig(Config):
 
     percent: float = 0.5
     min_channels: int = 1
+    # BatchNorm statistics re-estimated on this many training batches after the prune (0 = off)
+    recalibrate_bn_batches: int = 10
 
     def __post_init__(self) -> None:
+        check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         check_range("percent", self.percent, 0.0, 1.0)
         check_range("min_channels", self.min_channels, 1)
 
@@ -74,8 +84,11 @@ class AutoPruneConfig(Config):
     round_to: int = 1
     ignore: list[str] = dataclasses.field(default_factory=list)
     rate_grid: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_RATE_GRID))
+    # BatchNorm statistics re-estimated on this many training batches after the prune (0 = off)
+    recalibrate_bn_batches: int = 10
 
     def __post_init__(self) -> None:
+        check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         check_choice("target", self.target, list(TARGETS))
         check_choice("strategy", self.strategy, METHODS)
         check_choice("importance", self.importance, IMPORTANCES.names())
@@ -108,6 +121,15 @@ def _write_gammas(model: nn.Module, ctx: StepContext, name: str) -> dict[str, An
     return gamma_histogram(model)
 
 
+def _recalibrated(small: nn.Module, summary: dict[str, Any], batches: int, ctx: StepContext) -> StepResult:
+    """Re-estimate BatchNorm statistics of the pruned model (stale after channel removal); summary gains
+    ``bn_recalibration`` with the accuracy on a few validation batches before and after."""
+    summary["bn_recalibration"] = recalibrate_after_pruning(
+        small, train_loader=ctx.train_loader, val_loader=ctx.val_loader, num_batches=batches
+    )
+    return StepResult(model=small, summary=summary)
+
+
 def _lean(summary: dict[str, Any]) -> dict[str, Any]:
     """Drop the per-group member lists from the recipe summary; metrics.json stays readable."""
     return {k: v for k, v in summary.items() if k != "groups"}
@@ -130,7 +152,7 @@ def channel_step(model: nn.Module, config: ChannelPruneConfig, ctx: StepContext)
         max_batches=config.max_batches,
         seed=ctx.seed,
     )
-    return StepResult(model=small, summary=_lean(summary))
+    return _recalibrated(small, _lean(summary), config.recalibrate_bn_batches, ctx)
 
 
 @register_step("prune", "slimming", config=SlimmingConfig)
@@ -140,7 +162,7 @@ def slimming_step(model: nn.Module, config: SlimmingConfig, ctx: StepContext) ->
     small, summary = slim(model, ctx.example_inputs, percent=config.percent, min_channels=config.min_channels)
     summary = _lean(summary)
     summary["bn_gamma_histogram"] = histogram
-    return StepResult(model=small, summary=summary)
+    return _recalibrated(small, summary, config.recalibrate_bn_batches, ctx)
 
 
 @register_step("prune", "auto", config=AutoPruneConfig)
@@ -161,7 +183,7 @@ def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: StepContext) -> St
         rate_grid=config.rate_grid,
         seed=ctx.seed,
     )
-    return StepResult(model=small, summary=_lean(summary))
+    return _recalibrated(small, _lean(summary), config.recalibrate_bn_batches, ctx)
 
 
 @register_step("train", "slimming", config=SlimmingTrainConfig)

@@ -68,3 +68,41 @@ def test_unreachable_target_and_bad_input_are_errors() -> None:
         prune_to_target(net(), X, method="sensitivity")
     with pytest.raises(ConfigError, match="target"):
         prune_to_target(net(), X, target="latency")
+
+
+@pytest.mark.parametrize(("target", "reduction"), [("macs", 3.5), ("params", 2.0)])
+def test_uniform_prunes_every_group_by_the_same_share_and_reaches_the_target(
+    target: str, reduction: float
+) -> None:
+    model = net()
+    small, summary = prune_to_target(model, X, target=target, reduction=reduction, method="uniform")
+    assert summary["strategy"] == "uniform"
+    ratio = summary["search_value"]
+    # every group keeps channels - floor(ratio * channels): the same share up to one channel of rounding
+    for row in summary["rates"]:
+        assert row["kept"] == row["channels"] - int(ratio * row["channels"] + 1e-9)
+    assert reduction <= summary["achieved_reduction"] <= reduction * 1.25
+    measure = count_total_macs if target == "macs" else (lambda m, _x: count_params(m))
+    assert measure(model, X) / measure(small, X) == pytest.approx(summary["achieved_reduction"])
+
+
+def test_uniform_ratio_on_the_test_net_is_exact() -> None:
+    # net(): 16/32/32 channels; at 3.5x fewer MACs the search lands on ratio 0.5 -> 8/16/16 kept
+    _, summary = prune_to_target(net(), X, target="macs", reduction=3.5, method="uniform")
+    assert summary["search_value"] == 0.5
+    assert [r["kept"] for r in summary["rates"]] == [8, 16, 16]
+    assert summary["achieved_reduction"] == pytest.approx(3.775, abs=1e-3)
+
+
+def test_global_cost_ranks_by_importance_per_mac() -> None:
+    model = net()
+    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="global_cost")
+    costs = {tuple(r["layers"]): r["cost"] for r in summary["unit_costs"]}
+    # per image (X holds 2), one channel of conv "0" (8x8 maps): 3*9*64 MACs of its filter + 32*9*64 of
+    # conv "3"'s input = 20,160; of conv "7" (4x4 maps): 32*9*16 + 10 of the Linear = 4,618
+    assert costs[("0",)] == 2 * (3 * 9 * 64 + 32 * 9 * 64)
+    assert costs[("7",)] == 2 * (32 * 9 * 16 + 10)
+    assert 3.5 <= summary["achieved_reduction"] <= 3.5 * 1.1
+    kept = {tuple(r["layers"]): r["kept"] for r in summary["rates"]}
+    # the expensive early channels go first: conv "0" loses a larger share than the cheap conv "7"
+    assert kept[("0",)] / 16 < kept[("7",)] / 32
