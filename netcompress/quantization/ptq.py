@@ -227,7 +227,7 @@ def quantize_with_summary(
     scheme: str = "symmetric",
     mode: str = "static",
     observer: str = "minmax",
-    act_observer: str = "percentile",
+    act_observer: str = "mse",
     act_scheme: str = "asymmetric",
     fold_bn: bool = True,
     layers: dict[str, dict[str, Any]] | None = None,
