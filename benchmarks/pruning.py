@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -257,12 +256,23 @@ def _nc_slimming(base: nn.Module, ctx: Context) -> Pruned:
     return Pruned(small, epochs_used=epochs, info=info)
 
 
+def _tp() -> Any:
+    """Torch-Pruning, imported when a peer row runs: the peer is an optional extra (pip install -e ".[bench]")."""
+    try:
+        import torch_pruning
+    except ModuleNotFoundError:
+        raise SystemExit(
+            'Torch-Pruning is not installed: pip install -e ".[bench]" (or skip its rows with --methods)'
+        ) from None
+    return torch_pruning
+
+
 def _tp_method(importance: Callable[[], Any], label: str) -> MethodFn:
     def _run(base: nn.Module, ctx: Context) -> Pruned:
         def prune_at(ratio: float) -> nn.Module:
             model = copy.deepcopy(base).eval()
             final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-            pruner = tp.pruner.MetaPruner(
+            pruner = _tp().pruner.MetaPruner(
                 model, ctx.example, importance=importance(), pruning_ratio=ratio, ignored_layers=[final]
             )
             pruner.step()
@@ -276,12 +286,13 @@ def _tp_method(importance: Callable[[], Any], label: str) -> MethodFn:
 
 
 METHODS.register(
-    "tp_bn_scale", _tp_method(tp.importance.BNScaleImportance, "Torch-Pruning BNScaleImportance (local)")
+    "tp_bn_scale",
+    _tp_method(lambda: _tp().importance.BNScaleImportance(), "Torch-Pruning BNScaleImportance (local)"),
 )
 METHODS.register(
     "tp_magnitude",
     _tp_method(
-        lambda: tp.importance.MagnitudeImportance(p=2), "Torch-Pruning MagnitudeImportance p=2 (local)"
+        lambda: _tp().importance.MagnitudeImportance(p=2), "Torch-Pruning MagnitudeImportance p=2 (local)"
     ),
 )
 
