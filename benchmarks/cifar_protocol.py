@@ -211,6 +211,21 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def train_config(protocol: ProtocolConfig, *, epochs: int, lr: float, progress: bool = False) -> TrainConfig:
+    """The settings every protocol training run uses (baselines, and benchmarks that must match them)."""
+    return TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay,
+        schedule="cosine",
+        seed=protocol.seed,
+        device=protocol.device,
+        progress=progress,
+        keep_best=False,
+    )
+
+
 def train_baseline(
     name: str,
     *,
@@ -250,17 +265,7 @@ def train_baseline(
             model.load_state_dict(saved["state_dict"])
             return model.eval(), {**saved["info"], "cache_hit": True, "path": str(path)}
         train_loader, _ = loaders(bundle, protocol)
-        config = TrainConfig(
-            epochs=epochs,
-            lr=lr,
-            momentum=protocol.momentum,
-            weight_decay=protocol.weight_decay,
-            schedule="cosine",
-            seed=protocol.seed,
-            device=protocol.device,
-            progress=progress,
-            keep_best=False,
-        )
+        config = train_config(protocol, epochs=epochs, lr=lr, progress=progress)
         started = time.perf_counter()
         history = fit(model, train_loader, config=config)
         model.to("cpu")

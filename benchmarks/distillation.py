@@ -118,17 +118,7 @@ BENCH_CONFIGS = {
 
 def train_config(protocol: cp.ProtocolConfig, *, epochs: int, lr: float) -> TrainConfig:
     """The settings ``train_baseline`` trains with, so KD and scratch runs differ only in the loss."""
-    return TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        momentum=protocol.momentum,
-        weight_decay=protocol.weight_decay,
-        schedule="cosine",
-        seed=protocol.seed,
-        device=protocol.device,
-        progress=False,
-        keep_best=False,
-    )
+    return cp.train_config(protocol, epochs=epochs, lr=lr)
 
 
 def reference_kd_fit(

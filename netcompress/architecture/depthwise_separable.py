@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.architecture.layer_costs import macs_by_layer, param_count
+from netcompress.architecture.layer_costs import add_layer_macs, param_count
 from netcompress.core.config import check_choice
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules, set_submodule
@@ -167,9 +167,5 @@ def to_depthwise_separable(
         "params_after": param_count(new_model),
     }
     if example_inputs is not None:
-        names = [row["name"] for row in converted]
-        summary["macs_before"], before = macs_by_layer(model, example_inputs, names)
-        summary["macs_after"], after = macs_by_layer(new_model, example_inputs, names)
-        for row in converted:
-            row["macs_before"], row["macs_after"] = before[row["name"]], after[row["name"]]
+        add_layer_macs(summary, converted, model, new_model, example_inputs)
     return new_model, summary

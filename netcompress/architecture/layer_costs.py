@@ -39,3 +39,18 @@ def macs_by_layer(model: nn.Module, example_inputs: Any, names: Iterable[str]) -
         prefix = name + "."
         result[name] = sum(m for layer, m in per_layer.items() if layer == name or layer.startswith(prefix))
     return total, result
+
+
+def add_layer_macs(
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    model: nn.Module,
+    new_model: nn.Module,
+    example_inputs: Any,
+) -> None:
+    """Fill ``macs_before``/``macs_after`` in ``summary`` and in each changed layer's row (keyed by ``name``)."""
+    names = [row["name"] for row in rows]
+    summary["macs_before"], before = macs_by_layer(model, example_inputs, names)
+    summary["macs_after"], after = macs_by_layer(new_model, example_inputs, names)
+    for row in rows:
+        row["macs_before"], row["macs_after"] = before[row["name"]], after[row["name"]]

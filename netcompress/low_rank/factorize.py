@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from netcompress.architecture.layer_costs import macs_by_layer, param_count
+from netcompress.architecture.layer_costs import add_layer_macs, param_count
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.selection import select_modules, set_submodule
 from netcompress.low_rank.layers import FACTORIZATIONS, LowRank, factorize_layer, svd_factors
@@ -151,11 +151,7 @@ def factorize(
         "params_after": param_count(new_model),
     }
     if example_inputs is not None:
-        names = [row["name"] for row in layers]
-        summary["macs_before"], before = macs_by_layer(model, example_inputs, names)
-        summary["macs_after"], after = macs_by_layer(new_model, example_inputs, names)
-        for row in layers:
-            row["macs_before"], row["macs_after"] = before[row["name"]], after[row["name"]]
+        add_layer_macs(summary, layers, model, new_model, example_inputs)
     return new_model, summary
 
 
