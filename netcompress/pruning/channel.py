@@ -312,7 +312,8 @@ def prune_channels(
 
     Args:
         ratio: share of channels removed per group (local) or over all groups (global).
-        importance: a name in ``IMPORTANCES`` (l1, l2, fpgm, taylor, bn_scale, random).
+        importance: a name in ``IMPORTANCES`` (l1, l2, fpgm, taylor, bn_scale,
+            group_l1, group_l2, random).
         scope: "local" ranks inside each group; "global" ranks all units by score / group mean.
         ignore: layer names or ``re:`` patterns whose output channels are never pruned.
         ratios: per-layer ratios ``{name or "re:pattern": ratio}`` overriding ``ratio``.

@@ -10,7 +10,15 @@ coupled unit, so a residual channel is judged by all the filters that write it. 
 - ``taylor``: first-order Taylor ``sum |w * dL/dw|`` over filter and BatchNorm parameters,
   accumulated over ``max_batches`` batches of ``loader`` (a copy of the model is used);
 - ``bn_scale``: ``|gamma|`` of the BatchNorm on the channel (network slimming);
+- ``group_l1`` / ``group_l2``: the whole coupled group's weights that vanish with a channel: the
+  producers' filters, the BatchNorm scale (gamma) on it, and the consumers' input-channel
+  weights (``sum |w|`` or ``sum w^2``, as Torch-Pruning's group magnitude). A channel whose outgoing
+  weights are small is cheap to remove even when its filter is large;
 - ``random``: a seeded baseline.
+
+A criterion may also score input-channel members: key ``"<layer>:in"`` holds one value per input
+channel (per input feature for a Linear after a flatten) and :func:`unit_scores` adds it to the
+units those channels belong to.
 """
 
 from __future__ import annotations
@@ -81,6 +89,44 @@ def l2_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, 
 def fpgm_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
     """Sum of distances from each filter to the layer's other filters (He et al., FPGM)."""
     return {name: torch.cdist(rows, rows).sum(1) for name, rows in _filter_layers(model, graph).items()}
+
+
+def _group_magnitude(model: nn.Module, graph: ChannelGraph, power: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in graph.layers.items():
+        module = model.get_submodule(name)
+        if layer.out_labels:
+            if layer.kind in _FILTER_KINDS:
+                rows = filter_weights(module, kind=layer.kind, out_channels=len(layer.out_labels))
+            else:  # BatchNorm / PReLU: the per-channel scale (gamma), as Torch-Pruning; biases are left out
+                weight = getattr(module, "weight", None)
+                fits = (
+                    isinstance(weight, torch.Tensor)
+                    and weight.dim()
+                    and weight.shape[0] == len(layer.out_labels)
+                )
+                rows = weight.detach().reshape(len(layer.out_labels), -1) if fits else None
+            if rows is not None:
+                out[name] = rows.float().abs().pow(power).sum(1)
+        grouped = (
+            getattr(module, "groups", 1) != 1
+        )  # a grouped conv's input channels share its filters' score
+        if layer.in_labels and layer.kind in ("conv", "linear") and not grouped:
+            weight = module.weight.detach().float().abs().pow(power)
+            out[f"{name}:in"] = weight.transpose(0, 1).reshape(weight.shape[1], -1).sum(1)
+    return out
+
+
+@IMPORTANCES.register("group_l1")
+def group_l1_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """``sum |w|`` over the producers' filters, the BatchNorm gammas and the consumers' input weights."""
+    return _group_magnitude(model, graph, 1)
+
+
+@IMPORTANCES.register("group_l2")
+def group_l2_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str, torch.Tensor]:
+    """``sum w^2`` over every weight of the coupled group that a channel carries (Torch-Pruning's p=2)."""
+    return _group_magnitude(model, graph, 2)
 
 
 @IMPORTANCES.register("bn_scale")
@@ -165,7 +211,10 @@ def layer_scores(
 
 
 def unit_scores(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Score of every unit of every group: the sum over the unit's output-channel members.
+    """Score of every unit of every group: the sum over the unit's scored members.
+
+    Output-channel members read ``scores[layer]``; input-channel members read ``scores["layer:in"]``
+    where the criterion gives one (the group criteria).
 
     Groups none of whose layers carry a score are left out (they are not pruned).
 
@@ -178,8 +227,9 @@ def unit_scores(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[in
         scored = False
         for k, unit in enumerate(group.units):
             for layer, dim, idx in unit:
-                if dim == "out" and layer in scores:
-                    values[k] += float(scores[layer][idx])
+                key = layer if dim == "out" else f"{layer}:in"
+                if key in scores:
+                    values[k] += float(scores[key][idx])
                     scored = True
         if scored:
             out[group.id] = values

@@ -19,7 +19,7 @@ from netcompress.pruning.channel import (
     prune_channels_with_summary,
 )
 from netcompress.pruning.graph import build_channel_graph
-from netcompress.pruning.importance import IMPORTANCES, fpgm_importance
+from netcompress.pruning.importance import IMPORTANCES, fpgm_importance, layer_scores, unit_scores
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -118,6 +118,36 @@ def test_fpgm_scores_are_distances_to_other_filters() -> None:
     graph = build_channel_graph(conv, torch.randn(2, 1, 4, 4))
     scores = fpgm_importance(conv, graph)["0"]
     assert torch.allclose(scores, torch.tensor([4.0, 3.0, 5.0]))  # |0-1|+|0-3|, |1-0|+|1-3|, |3-0|+|3-1|
+
+
+def test_group_l2_adds_bn_and_consumer_input_weights() -> None:
+    model = small_vgg()
+    graph = build_channel_graph(model, X)
+    scores = unit_scores(graph, layer_scores("group_l2", model, graph))
+    (gid,) = [g.id for g in graph.groups if "0" in g.producers]
+    w0, bn, w1 = model[0].weight.detach(), model[1], model[4].weight.detach()
+    by_hand = (
+        w0.pow(2).flatten(1).sum(1)  # the filter (biases are left out, as in Torch-Pruning)
+        + bn.weight.detach().pow(2)  # BatchNorm gamma
+        + w1.pow(2).sum(dim=(0, 2, 3))  # conv 4's input-channel slice
+    )  # fmt: skip
+    assert torch.allclose(scores[gid], by_hand, rtol=1e-5)
+    # the Linear after the flatten: each conv-4 channel owns 2x2 = 4 input features of layer 9
+    (gid2,) = [g.id for g in graph.groups if "4" in g.producers]
+    w9 = model[9].weight.detach().pow(2).sum(0).view(16, 4).sum(1)
+    w4 = model[4].weight.detach().pow(2).flatten(1).sum(1)
+    bn2 = model[5].weight.detach().pow(2)
+    assert torch.allclose(scores[gid2], w4 + bn2 + w9, rtol=1e-5)
+
+
+def test_group_l2_keeps_channels_whose_outgoing_weights_are_large() -> None:
+    model = small_vgg()
+    with torch.no_grad():
+        model[0].weight.fill_(0.1)  # equal filters: l1/l2 cannot tell the channels apart
+        model[4].weight.mul_(0.01)
+        model[4].weight[:, [1, 3, 5, 7]] = 1.0  # only these channels feed conv 4 strongly
+    plan = plan_channel_pruning(model, X, ratio=0.5, importance="group_l2")
+    assert plan.keep_indices()["0"]["out"] == [1, 3, 5, 7]
 
 
 def _loader(n_batches: int = 2):
