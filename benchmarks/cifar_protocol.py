@@ -126,10 +126,7 @@ def load_data(protocol: ProtocolConfig, *, root: str | None = None) -> DataBundl
         >>> bundle = load_data(PROTOCOLS["cpu"]); len(bundle.train), len(bundle.test)
         (10000, 10000)
     """
-    if root is None and not os.environ.get("NETCOMPRESS_DATA"):
-        found = [SHARED_DATA / n for n in CIFAR_DEFAULT_NAMES if (SHARED_DATA / n).exists()]
-        root = str(found[0]) if found else None
-    bundle = netcompress.data.load("cifar10", root=root, train_subset=protocol.train_subset)
+    bundle = netcompress.data.load("cifar10", root=_data_root(root), train_subset=protocol.train_subset)
     if protocol.test_subset is not None and protocol.test_subset < len(bundle.test):
         # the test images are stored class by class: take a balanced subset, not the first N
         keep = balanced_subset(
@@ -137,6 +134,32 @@ def load_data(protocol: ProtocolConfig, *, root: str | None = None) -> DataBundl
         )
         bundle = dataclasses.replace(bundle, test=Subset(bundle.test, keep.tolist()))
     return bundle
+
+
+def _data_root(root: str | None) -> str | None:
+    if root is None and not os.environ.get("NETCOMPRESS_DATA"):
+        found = [SHARED_DATA / n for n in CIFAR_DEFAULT_NAMES if (SHARED_DATA / n).exists()]
+        root = str(found[0]) if found else None
+    return root
+
+
+def heldout_loader(protocol: ProtocolConfig, *, size: int = 5000, root: str | None = None) -> DataLoader:
+    """``size`` class-balanced training images *outside* the protocol's subset, unaugmented.
+
+    A validation split for choosing a method or its settings without looking at the test set
+    (the protocol trains on 10k of CIFAR-10's 50k training images; these come from the other 40k).
+    """
+    if protocol.train_subset is None:
+        raise ConfigError("the protocol trains on every training image: there is no held-out split")
+    full = netcompress.data.load("cifar10", root=_data_root(root), augment=False)
+    labels = full.train.labels.numpy()
+    used = set(
+        balanced_subset(labels, size=protocol.train_subset, num_classes=full.num_classes, seed=0).tolist()
+    )
+    rest = [i for i in range(len(labels)) if i not in used]
+    pick = balanced_subset(labels[rest], size=size, num_classes=full.num_classes, seed=1)
+    subset = Subset(full.train, [rest[i] for i in pick.tolist()])
+    return DataLoader(subset, batch_size=protocol.eval_batch_size, shuffle=False)
 
 
 def loaders(bundle: DataBundle, protocol: ProtocolConfig) -> tuple[DataLoader, DataLoader]:

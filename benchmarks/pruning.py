@@ -54,10 +54,12 @@ import cifar_protocol as cp  # noqa: E402
 
 from netcompress.core import Config, Registry, atomic_torch_save, atomic_write_text, check_range  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
+from netcompress.distillation import SoftTargetDistillation  # noqa: E402
 from netcompress.evaluation import count_macs, evaluate, parameter_counts, state_dict_size_bytes  # noqa: E402
 from netcompress.pruning import (  # noqa: E402
     BNL1Penalty,
     MaskKeeper,
+    prune_channels,
     prune_to_target,
     prune_unstructured,
     recalibrate_bn,
@@ -123,6 +125,7 @@ class Context:
     example: torch.Tensor
     mac_budget: int
     work_dir: Path
+    seed: int = 0  # added to the protocol's seed for everything a method trains (a second fine-tune seed)
 
 
 @dataclasses.dataclass
@@ -165,7 +168,7 @@ def finetune_config(ctx: Context, *, epochs: int) -> TrainConfig:
         momentum=ctx.protocol.momentum,
         weight_decay=ctx.protocol.weight_decay,
         schedule="cosine",
-        seed=ctx.protocol.seed,
+        seed=ctx.protocol.seed + ctx.seed,
         device=ctx.protocol.device,
         progress=False,
         keep_best=False,  # no selection on the test set
@@ -304,6 +307,84 @@ def _tp_magnitude_recal(base: nn.Module, ctx: Context) -> Pruned:
     return with_recalibration(pruned, ctx)
 
 
+# KD from the unpruned model during the same fine-tuning epochs; T and alpha as the distillation
+# benchmark (fixed there before any run), not tuned here
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
+
+
+def kd_hook(base: nn.Module) -> SoftTargetDistillation:
+    return SoftTargetDistillation(copy.deepcopy(base).eval(), temperature=KD_TEMPERATURE, alpha=KD_ALPHA)
+
+
+def _with_kd(method: str) -> MethodFn:
+    def _run(base: nn.Module, ctx: Context) -> Pruned:
+        pruned = METHODS.get(method)(base, ctx)
+        pruned.hooks = (*pruned.hooks, kd_hook(base))
+        pruned.info["label"] += " + KD from the unpruned model"
+        return pruned
+
+    return _run
+
+
+def _progressive(importance: str, strategy: str, *, stages: int, kd: bool) -> MethodFn:
+    """The one-shot method's final widths (``prune_to_target`` on the baseline, channels x8), reached in
+    ``stages`` equal steps per group with the importance re-scored on the current model each time; one
+    epoch at the constant fine-tune lr between steps, the rest of the budget (cosine) after the last."""
+
+    def _run(base: nn.Module, ctx: Context) -> Pruned:
+        _, target = prune_to_target(
+            base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance=importance,
+            method=strategy, round_to=8,
+        )  # fmt: skip
+        widths = {
+            g["producers"][0]: (g["channels"], g["channels_after"]) for g in target["groups"] if g["prunable"]
+        }
+        model, hooks = copy.deepcopy(base), [kd_hook(base)] if kd else []
+        stages_here = max(1, min(stages, ctx.config.finetune_epochs))  # a 1-epoch smoke budget: one step
+        between = dataclasses.replace(finetune_config(ctx, epochs=1), schedule="constant")
+        current = dict.fromkeys(widths, 0)
+        for stage in range(1, stages_here + 1):
+            if stage > 1:
+                fit(model, ctx.train_loader, config=between, hooks=hooks)
+            ratios = {}
+            for layer, (before, after) in widths.items():
+                now = before - current[layer]
+                keep = before - round((before - after) * stage / stages_here)
+                ratios[layer] = (now - keep) / now
+                current[layer] = before - keep
+            model = prune_channels(model, ctx.example, ratios=ratios, importance=importance)
+            recalibrate_bn(model, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+        label = f"netcompress {importance}, {strategy} widths x8, in {stages_here} steps" + (
+            " + KD" if kd else ""
+        )
+        return Pruned(model, hooks=tuple(hooks), epochs_used=stages_here - 1, info={"label": label})
+
+    return _run
+
+
+for _name, (_strategy, _importance) in {
+    "nc_group_l2_uniform_r8_recal": ("uniform", "group_l2"),
+    "nc_group_l2_global_r8_recal": ("global", "group_l2"),
+    "nc_group_l2_uniform_recal": ("uniform", "group_l2"),
+}.items():
+    _x8 = "_r8" in _name
+    _label = f"netcompress group L2, {_strategy}{', channels x8' if _x8 else ''} + BN recal."
+    METHODS.register(
+        _name, _nc_auto(_strategy, _importance, _label, recalibrate=True, round_to=8 if _x8 else 1)
+    )
+for _name in (
+    "nc_l1_global_r8_recal",
+    "nc_group_l2_uniform_r8_recal",
+    "nc_group_l2_global_r8_recal",
+    "tp_magnitude",
+):
+    METHODS.register(f"{_name}_kd", _with_kd(_name))
+for _strategy in ("uniform", "global"):
+    for _kd in (False, True):
+        _name = f"nc_group_l2_{_strategy}_3steps" + ("_kd" if _kd else "")
+        METHODS.register(_name, _progressive("group_l2", _strategy, stages=3, kd=_kd))
+
+
 def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -351,7 +432,12 @@ def _finish_nc_masks(model: nn.Module, ctx: Context, name: str) -> dict[str, Any
 
 
 def run_method(name: str, base: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune, evaluate, fine-tune for the shared budget, finish, measure; returns (model, row)."""
+    """Prune, evaluate, fine-tune for the shared budget, finish, measure; returns (model, row).
+
+    The training loader's shuffle is re-seeded first, so a row does not depend on which rows ran
+    before it in the same process (or came from the cache).
+    """
+    ctx.train_loader.generator.manual_seed(ctx.protocol.seed + ctx.seed)
     started = time.perf_counter()
     pruned = METHODS.get(name)(base, ctx)
     prune_s = time.perf_counter() - started
@@ -379,16 +465,36 @@ def run_method(name: str, base: nn.Module, ctx: Context) -> tuple[nn.Module, dic
     return model, row
 
 
+def _cached_run(name: str, base: nn.Module, ctx: Context, *, fresh: bool) -> tuple[nn.Module, dict[str, Any]]:
+    path = ctx.work_dir / (f"{name}.pt" if ctx.seed == 0 else f"{name}-seed{ctx.seed}.pt")
+    if path.exists() and not fresh:
+        saved = load_checkpoint(path)
+        return saved["model"], saved["row"]
+    model, row = run_method(name, base, ctx)
+    atomic_torch_save({"model": model, "row": row}, path)
+    return model, row
+
+
 def benchmark_model(
     model_name: str, *, methods: list[str], protocol: cp.ProtocolConfig, config: PruningBenchConfig,
-    bundle: Any, fresh: bool,
+    bundle: Any, fresh: bool, heldout: bool = False, seeds: int = 1, seed_methods: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """All ``methods`` on one protocol model, then interleaved latency; returns table rows."""
+    """All ``methods`` on one protocol model, then interleaved latency; returns table rows.
+
+    ``heldout``: every accuracy is measured on 5,000 training images outside the protocol's subset
+    (``cp.heldout_loader``) instead of the test set - for choosing methods and settings.
+    ``seeds``: the methods in ``seed_methods`` are also fine-tuned with ``seeds - 1`` other seeds
+    (shuffle order and anything else random in training); their rows get ``acc_seeds``.
+    """
     base, base_info = cp.train_baseline(model_name, protocol=protocol, bundle=bundle)
     train_loader, test_loader = cp.loaders(bundle, protocol)
+    if heldout:
+        test_loader = cp.heldout_loader(protocol)
     example = cp.example_input(bundle)
     base_macs = macs_of(base, example)
-    key = cp.cache_key({"bench": config.to_dict(), "baseline": base_info["settings"], "v": 1})
+    # v2: the training loader is re-seeded before every method (v1 rows depended on the run order)
+    settings = {"bench": config.to_dict(), "baseline": base_info["settings"], "v": 2}
+    key = cp.cache_key({**settings, "eval": "heldout"} if heldout else settings)
     work_dir = cp.CACHE_DIR / "pruning" / protocol.name / f"{model_name}-{key}"
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(bundle, protocol, config, train_loader, test_loader, example,
@@ -399,13 +505,13 @@ def benchmark_model(
              "sparse_size_bytes": None, "train_s": base_info["train_time_s"]}]  # fmt: skip
     models: dict[str, nn.Module] = {"unpruned": base}
     for name in methods:
-        path = work_dir / f"{name}.pt"
-        if path.exists() and not fresh:
-            saved = load_checkpoint(path)
-            model, row = saved["model"], saved["row"]
-        else:
-            model, row = run_method(name, base, ctx)
-            atomic_torch_save({"model": model, "row": row}, path)
+        model, row = _cached_run(name, base, ctx, fresh=fresh)
+        if name in seed_methods and seeds > 1:
+            others = [
+                _cached_run(name, base, dataclasses.replace(ctx, seed=s), fresh=fresh)[1]
+                for s in range(1, seeds)
+            ]
+            row["acc_seeds"] = [row["acc_after"]] + [r["acc_after"] for r in others]
         print(
             f"[{model_name}] {name}: {json.dumps({k: v for k, v in row.items() if k != 'arch'})}", flush=True
         )
@@ -429,6 +535,7 @@ COLUMNS: list[cp.Column] = [
     ("method", "label", cp.fmt_text),
     ("acc before FT %", "acc_before", cp.fmt_percent),
     ("acc after FT %", "acc_after", cp.fmt_percent),
+    ("seeds: mean ± sd %", "acc_seeds_text", cp.fmt_text),
     ("params", "params", cp.fmt_number()),
     ("non-zero", "nonzero_params", cp.fmt_number()),
     ("MMACs", "mmacs", cp.fmt_number(2)),
@@ -442,34 +549,52 @@ COLUMNS: list[cp.Column] = [
 ]
 
 
+def accuracy(row: dict[str, Any]) -> float:
+    """The row's accuracy after fine-tuning: the mean over its seeds when it has several."""
+    seeds = row.get("acc_seeds") or [row["acc_after"]]
+    return sum(seeds) / len(seeds)
+
+
+def seeds_text(row: dict[str, Any]) -> str | None:
+    seeds = row.get("acc_seeds")
+    if not seeds:
+        return None
+    mean = sum(seeds) / len(seeds)
+    sd = (sum((a - mean) ** 2 for a in seeds) / max(len(seeds) - 1, 1)) ** 0.5
+    return f"{100 * mean:.2f} ± {100 * sd:.2f} (n={len(seeds)})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     view = [
         {**r, "mmacs": r["macs"] / 1e6, "size_kb": r["size_bytes"] / 1e3,
-         "sparse_kb": None if r.get("sparse_size_bytes") is None else r["sparse_size_bytes"] / 1e3}
+         "sparse_kb": None if r.get("sparse_size_bytes") is None else r["sparse_size_bytes"] / 1e3,
+         "acc_seeds_text": seeds_text(r)}
         for r in rows
     ]  # fmt: skip
     return cp.markdown_table(view, COLUMNS)
 
 
 def target_checks(rows: list[dict[str, Any]], config: PruningBenchConfig) -> list[str]:
-    """The issue's targets, checked on the measured rows (one line each, PASS/MISS with numbers)."""
+    """The issue's targets, checked on the measured rows (one line each, PASS/MISS with numbers).
+
+    Accuracy is the mean over a row's seeds where it has several (``accuracy``)."""
     by = {r["method"]: r for r in rows}
     lines = []
     # every structured netcompress row; peers include Torch-Pruning given our BN recalibration (the stronger)
     ours = [r for r in rows if r["method"].startswith("nc_") and r["method"] != "nc_unstructured"]
     peers = [r for r in rows if r["method"].startswith("tp_")]
     if ours:
-        best = max(ours, key=lambda r: r["acc_after"])
+        best = max(ours, key=accuracy)
         if peers:
-            peer = max(peers, key=lambda r: r["acc_after"])
-            gap = 100 * (best["acc_after"] - peer["acc_after"])
+            peer = max(peers, key=accuracy)
+            gap = 100 * (accuracy(best) - accuracy(peer))
             lines.append(f"best netcompress structured ({best['method']}) vs best Torch-Pruning ({peer['method']}): "
                          f"{gap:+.2f} points (target >= +2): {'PASS' if gap >= 2 else 'MISS'}")  # fmt: skip
         references = [("unpruned baseline", by["unpruned"])]
         if "dense_finetune" in by:
             references.append(("dense_finetune", by["dense_finetune"]))
         for name, reference in references:
-            drop = 100 * (reference["acc_after"] - best["acc_after"])
+            drop = 100 * (accuracy(reference) - accuracy(best))
             lines.append(f"{best['method']} vs {name}: {drop:.2f} points lower (target <= 1): "
                          f"{'PASS' if drop <= 1 else 'MISS'}")  # fmt: skip
         for r in ours:
@@ -503,9 +628,14 @@ def report(
 
 
 def write_outputs(
-    body: str, rows: list[dict[str, Any]], protocol: cp.ProtocolConfig, *, write_results: bool
+    body: str,
+    rows: list[dict[str, Any]],
+    protocol: cp.ProtocolConfig,
+    *,
+    write_results: bool,
+    heldout: bool = False,
 ) -> None:
-    out_dir = cp.CACHE_DIR / "pruning" / protocol.name
+    out_dir = cp.CACHE_DIR / "pruning" / (protocol.name + ("-heldout" if heldout else ""))
     atomic_write_text(out_dir / "results.md", body + "\n")
     payload = {"machine": cp.machine_description(), "rows": rows}
     atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=1) + "\n")
@@ -538,9 +668,17 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads for training (1: two spin against each other under load)",
     )
     parser.add_argument("--fresh", action="store_true", help="ignore cached per-method results")
+    parser.add_argument("--seeds", type=int, default=1, help="fine-tune seeds for the --seed-methods rows")
+    parser.add_argument("--seed-methods", nargs="*", default=[], choices=METHODS.names())
+    parser.add_argument(
+        "--heldout", action="store_true",
+        help="measure accuracy on 5,000 held-out training images, not the test set (to choose methods)",
+    )  # fmt: skip
     parser.add_argument("--write-results", action="store_true", help=f"replace {SECTION!r} in RESULTS.md")
     args = parser.parse_args(argv)
     protocol = cp.protocol_from_flags(quick=args.quick, full=args.full)
+    if args.heldout and args.write_results:
+        parser.error("--heldout measures on a validation split: its rows do not go into RESULTS.md")
     defaults = {"finetune_epochs": 1, "slim_sparsity_epochs": 0, "latency_rounds": 1} if args.quick else {}
     if args.full:
         defaults = {
@@ -558,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     for index, model_name in enumerate(args.models):
         model_rows = benchmark_model(model_name, methods=args.methods, protocol=protocol, config=config,
-                                     bundle=bundle, fresh=args.fresh)  # fmt: skip
+                                     bundle=bundle, fresh=args.fresh, heldout=args.heldout,
+                                     seeds=args.seeds, seed_methods=tuple(args.seed_methods))  # fmt: skip
         rows += model_rows
         checks = "\n".join(f"- {line}" for line in target_checks(model_rows, config))
         sections.append(f"### {model_name}\n\n{table(model_rows)}\n\nTargets, as measured:\n\n{checks}")
@@ -566,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         body = report(argv, protocol, config, bundle, sections, seconds=time.perf_counter() - started)
         if index < len(args.models) - 1:
             body = f"**Partial**: {', '.join(args.models[index + 1 :])} still running.\n\n{body}"
-        write_outputs(body, rows, protocol, write_results=args.write_results)
+        write_outputs(body, rows, protocol, write_results=args.write_results, heldout=args.heldout)
     print(body)
     return 0
 

@@ -171,3 +171,20 @@ def test_kept_reading_survives_a_table_rewrite(tmp_path):
     assert pr.kept_reading(path) == "\n\n### Reading\n\nmine\n- x"
     path.write_text(f"# R\n\n{pr.SECTION}\n\nold table\n\n## Next\n\n### Reading\nnot ours\n")
     assert pr.kept_reading(path) == ""
+
+
+def test_heldout_split_is_balanced_and_disjoint_from_the_training_subset(cifar_archive):
+    protocol = cp.ProtocolConfig(name="t", train_subset=1000)
+    bundle = cp.load_data(protocol, root=str(cifar_archive))
+    loader = cp.heldout_loader(protocol, size=500, root=str(cifar_archive))
+    images = torch.cat([x for x, _ in loader])
+    labels = torch.cat([y for _, y in loader])
+    assert images.shape == (500, 3, 32, 32)
+    assert torch.bincount(labels, minlength=10).tolist() == [50] * 10
+    # no held-out image is one of the training subset's (compare the stored uint8 pixels)
+    held_out = loader.dataset.dataset.images[loader.dataset.indices]
+    training = {img.numpy().tobytes() for img in bundle.train.images}
+    assert len(training) == 1000
+    assert not any(img.numpy().tobytes() in training for img in held_out)
+    with pytest.raises(ConfigError, match="held-out"):
+        cp.heldout_loader(cp.ProtocolConfig(name="all", train_subset=None))
