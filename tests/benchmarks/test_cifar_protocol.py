@@ -158,6 +158,29 @@ def test_target_checks_report_pass_and_miss_with_numbers():
     assert lines[4] == "nc_unstructured .ncz file = 20.0% of the dense unpruned file (target <= 25%): PASS"
 
 
+def test_target_checks_use_the_seed_mean_where_a_row_has_seeds():
+    pr = _load("pruning")
+    rows = [
+        {"method": "unpruned", "acc_after": 0.80},
+        # seed 0 alone would win by 3 points; the mean over three seeds is 0.79
+        {
+            "method": "nc_a",
+            "acc_after": 0.81,
+            "acc_seeds": [0.81, 0.78, 0.78],
+            "mac_reduction": 3.5,
+            "speedup_b64": 3,
+        },
+        {"method": "nc_b", "acc_after": 0.80, "mac_reduction": 3.5, "speedup_b64": 3},
+        {"method": "tp_magnitude", "acc_after": 0.78, "acc_seeds": [0.78, 0.80, 0.79]},
+    ]
+    lines = pr.target_checks(rows, pr.PruningBenchConfig())
+    assert lines[0].startswith(
+        "best netcompress structured (nc_b) vs best Torch-Pruning (tp_magnitude): +1.00 points"
+    )
+    assert pr.seeds_text(rows[1]) == "79.00 ± 1.73 (n=3)"
+    assert pr.seeds_text(rows[2]) is None
+
+
 @pytest.mark.slow
 def test_quick_pruning_benchmark_runs_end_to_end(cifar_archive):
     pr = _load("pruning")
