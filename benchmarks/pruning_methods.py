@@ -153,7 +153,7 @@ def _dense(base: nn.Module, ctx: Context) -> Pruned:
 @METHODS.register("nc_l1_global")
 def _nc_l1(base: nn.Module, ctx: Context) -> Pruned:
     small, summary = prune_to_target(
-        base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance="l1"
+        base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance="l1", method="global"
     )
     return Pruned(
         small, info={"label": "netcompress L1, global (prune_to_target)", "arch": summary["architecture"]}

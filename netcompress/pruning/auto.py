@@ -16,7 +16,9 @@ chooses them for a requested reduction factor (``macs_before / macs_after >= red
   (running-max) accuracy drop first, taking the fewest steps that reach the target.
 
 All report the chosen per-layer rates and the measured reduction. The strategies live in the
-:data:`STRATEGIES` registry.
+:data:`STRATEGIES` registry. The defaults, ``method="uniform"`` with ``importance="group_l2"``, are
+the best measured on the CIFAR-10 CPU protocol (benchmarks/RESULTS.md, narrow VGG at 3.5x fewer MACs,
+5 fine-tune epochs, three seeds): 73.46 % against 72.83 % for ``global`` + ``l1`` with channels x8.
 """
 
 from __future__ import annotations
@@ -222,8 +224,8 @@ def prune_to_target(
     *,
     target: str = "macs",
     reduction: float = 3.5,
-    importance: str = "l1",
-    method: str = "global",
+    importance: str = "group_l2",
+    method: str = "uniform",
     loader: Any = None,
     max_batches: int = 2,
     min_channels: int = 1,

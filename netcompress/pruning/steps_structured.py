@@ -77,8 +77,9 @@ class AutoPruneConfig(Config):
 
     target: str = "macs"
     reduction: float = 2.0
-    importance: str = "l1"
-    strategy: str = "global"  # the function's ``method``; a step's "method" key names the step itself
+    # the defaults of prune_to_target (see there for what was measured)
+    importance: str = "group_l2"
+    strategy: str = "uniform"  # the function's ``method``; a step's "method" key names the step itself
     max_batches: int = 2
     min_channels: int = 1
     round_to: int = 1
