@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from netcompress import models as nc_models
 from netcompress.core.errors import ConfigError
 from netcompress.pruning.auto import prune_to_target
 from netcompress.pruning.channel import count_params, count_total_macs
@@ -78,20 +79,38 @@ def test_uniform_prunes_every_group_by_the_same_share_and_reaches_the_target(
     small, summary = prune_to_target(model, X, target=target, reduction=reduction, method="uniform")
     assert summary["strategy"] == "uniform"
     ratio = summary["search_value"]
-    # every group keeps channels - floor(ratio * channels): the same share up to one channel of rounding
+    # every group keeps channels - floor(ratio * channels), or the channels the last ratio step took given
+    # back by the top-up: the same share up to the step's channels
     for row in summary["rates"]:
-        assert row["kept"] == row["channels"] - int(ratio * row["channels"] + 1e-9)
+        at_ratio = row["channels"] - int(ratio * row["channels"] + 1e-9)
+        at_previous = row["channels"] - int((ratio - 1e-3) * row["channels"] + 1e-9)
+        assert at_ratio <= row["kept"] <= at_previous
     assert reduction <= summary["achieved_reduction"] <= reduction * 1.25
     measure = count_total_macs if target == "macs" else (lambda m, _x: count_params(m))
     assert measure(model, X) / measure(small, X) == pytest.approx(summary["achieved_reduction"])
 
 
-def test_uniform_ratio_on_the_test_net_is_exact() -> None:
-    # net(): 16/32/32 channels; at 3.5x fewer MACs the search lands on ratio 0.5 -> 8/16/16 kept
-    _, summary = prune_to_target(net(), X, target="macs", reduction=3.5, method="uniform")
+def test_uniform_ratio_on_the_test_net_then_top_up() -> None:
+    # net(): 16/32/32 channels; at 3.5x fewer MACs the search lands on ratio 0.5 -> 8/16/16 (3.775x);
+    # the step from ratio 0.499 took one channel from each of the three groups (9/17/17 = 3.26x does not
+    # fit), and giving back the two 32-channel groups' channel still fits: 8/17/17
+    model = net()
+    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="uniform")
     assert summary["search_value"] == 0.5
-    assert [r["kept"] for r in summary["rates"]] == [8, 16, 16]
-    assert summary["achieved_reduction"] == pytest.approx(3.775, abs=1e-3)
+    assert [r["kept"] for r in summary["rates"]] == [8, 17, 17]
+    assert 3.5 <= summary["achieved_reduction"] < 3.775
+    assert count_total_macs(model, X) / count_total_macs(small, X) == pytest.approx(
+        summary["achieved_reduction"]
+    )
+
+
+def test_uniform_top_up_brings_a_resnet_close_to_the_budget() -> None:
+    # one ratio step drops a channel from every 16-channel group of a ResNet-20 at once (3.96x for 3.5x)
+    model = nc_models.create("cifar_resnet20", num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    _, summary = prune_to_target(model, x, target="macs", reduction=3.5)
+    assert summary["strategy"] == "uniform" and summary["importance"] == "group_l2"  # the defaults
+    assert 3.5 <= summary["achieved_reduction"] < 3.6
 
 
 def test_global_cost_ranks_by_importance_per_mac() -> None:
