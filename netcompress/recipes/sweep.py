@@ -111,6 +111,18 @@ def run_sweep(raw: dict[str, Any], *, run_dir: Path, resume: bool, progress: boo
     return RunResult(run_dir, raw, stages, [], md, html, points=results)
 
 
+def shared_label(labels: list[str]) -> str:
+    """The ``key=value`` parts every label has: points that share a result are named by what they share.
+
+    Example:
+        >>> shared_label(["lambda_=0.0, percent=0.5", "lambda_=0.0, percent=0.9"])
+        'lambda_=0.0'
+    """
+    parts = [label.split(", ") for label in labels]
+    common = [p for p in parts[0] if all(p in other for other in parts[1:])]
+    return ", ".join(common) or " / ".join(labels)
+
+
 def _write_sweep_report(
     run_dir: Path,
     raw: dict[str, Any],
@@ -122,20 +134,26 @@ def _write_sweep_report(
 
     plots: dict[str, Path] = {}
     plots_dir = run_dir / "plots"
-    histograms: dict[str, dict[str, Any]] = {}
+    histograms: dict[str, list[tuple[list[str], Any]]] = {}
     curves: dict[str, dict[str, Any]] = {}
     for (label, _), result in zip(points, results):
         for step in result.steps:
             for name, values in (step["summary"].get("histograms") or {}).items():
-                histograms.setdefault(name, {})[label] = values
+                panels = histograms.setdefault(name, [])
+                same = next((labels for labels, seen in panels if seen == values), None)
+                if same is None:
+                    panels.append(([label], values))
+                else:  # a step the points share (reused): one panel, not one per point
+                    same.append(label)
             for name, curve in (step["summary"].get("curves") or {}).items():
                 curves.setdefault(name, {"curve": curve, "series": {}})["series"][label] = list(
                     zip(curve["x"], curve["y"])
                 )
-    for name, data in histograms.items():
+    for name, panels in histograms.items():
         path = plots_dir / f"hist-{_slug(name)}.png"
+        data = {shared_label(labels): values for labels, values in panels}
         reporting.plot_histograms(data, path, title=name, xlabel=name)
-        plots[f"{name}, one panel per sweep point"] = path
+        plots[f"{name}, one panel per distinct result"] = path
     for name, entry in curves.items():
         path = plots_dir / f"curve-{_slug(name)}.png"
         reporting.plot_accuracy_vs_params(

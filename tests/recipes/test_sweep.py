@@ -55,3 +55,39 @@ def test_sweep_with_a_bad_value_fails_before_running(tmp_path):
     with pytest.raises(ConfigError, match="amout"):
         run_recipe(recipe, out_dir=tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_sweep_histograms_get_one_panel_per_distinct_result(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from netcompress import reporting
+    from netcompress.recipes import sweep
+
+    drawn = {}
+    monkeypatch.setattr(reporting, "plot_histograms", lambda data, path, **_: drawn.update(data))
+    monkeypatch.setattr(reporting, "plot_stage_bars", lambda *a, **k: None)
+    monkeypatch.setattr(
+        reporting, "write_report", lambda run_dir, **k: (run_dir / "r.md", run_dir / "r.html")
+    )
+
+    def point(gammas):
+        step = {
+            "summary": {"histograms": {"gamma": gammas}},
+            "label": "t",
+            "dir": "01-t",
+            "has_history": False,
+        }
+        return SimpleNamespace(steps=[step], run_dir=tmp_path)
+
+    labels = [
+        "lambda_=0, percent=0.5",
+        "lambda_=0, percent=0.9",
+        "lambda_=1, percent=0.5",
+        "lambda_=1, percent=0.9",
+    ]
+    points = [(label, []) for label in labels]
+    results = [point([0.9, 0.8]), point([0.9, 0.8]), point([0.0, 0.1]), point([0.0, 0.1])]
+    sweep._write_sweep_report(tmp_path, {"sweep": {}}, points, results, [])
+    assert drawn == {"lambda_=0": [0.9, 0.8], "lambda_=1": [0.0, 0.1]}
+    assert sweep.shared_label(["a=1, b=2", "a=3, b=2"]) == "b=2"
+    assert sweep.shared_label(["a=1", "a=2"]) == "a=1 / a=2"
