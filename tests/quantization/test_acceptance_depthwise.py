@@ -21,19 +21,10 @@ from netcompress.quantization import freeze_quantizers_, prepare_qat, quantize_w
 BLOCKS = [[32, 1], [64, 2], [64, 1], [128, 2]]  # at width 0.25: 8-16-16-32 channels, 9 convs + fc
 
 
-def _student() -> nn.Module:
+def _student(nets) -> nn.Module:
     """Tiny registered mobilenet_student with non-trivial BN statistics (so folding matters)."""
     torch.manual_seed(0)
-    model = nc.models.create("mobilenet_student", num_classes=10, width=0.25, blocks=BLOCKS)
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
-    return model.eval()
+    return nets.randomise_bn(nc.models.create("mobilenet_student", num_classes=10, width=0.25, blocks=BLOCKS))
 
 
 @pytest.fixture
@@ -59,9 +50,9 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.argmax(1) == b.argmax(1)).float().mean())
 
 
-def test_depthwise_student_w8a8_deploys_every_conv_as_int8_and_agrees(tmp_path, data):
+def test_depthwise_student_w8a8_deploys_every_conv_as_int8_and_agrees(tmp_path, data, nets):
     calib, test = data
-    model = _student()
+    model = _student(nets)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     assert (convs, depthwise) == (9, 4)
@@ -85,9 +76,9 @@ def test_depthwise_student_w8a8_deploys_every_conv_as_int8_and_agrees(tmp_path, 
         assert int(per_channel_max.min()) >= 126, per_channel_max
 
 
-def test_w4a8_qat_weights_sit_on_a_4bit_grid_in_the_int8_file(tmp_path, data):
+def test_w4a8_qat_weights_sit_on_a_4bit_grid_in_the_int8_file(tmp_path, data, nets):
     calib, test = data
-    model = _student()
+    model = _student(nets)
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     ends = {names[0]: {"bits": 8}, names[-1]: {"bits": 8}}
     qat = prepare_qat(
