@@ -153,8 +153,11 @@ def heldout_loader(protocol: ProtocolConfig, *, size: int = 5000, root: str | No
         raise ConfigError("the protocol trains on every training image: there is no held-out split")
     full = netcompress.data.load("cifar10", root=_data_root(root), augment=False)
     labels = full.train.labels.numpy()
+    subset_seed = netcompress.data.config_for("cifar10").subset_seed  # the seed load_data's subset uses
     used = set(
-        balanced_subset(labels, size=protocol.train_subset, num_classes=full.num_classes, seed=0).tolist()
+        balanced_subset(
+            labels, size=protocol.train_subset, num_classes=full.num_classes, seed=subset_seed
+        ).tolist()
     )
     rest = [i for i in range(len(labels)) if i not in used]
     pick = balanced_subset(labels[rest], size=size, num_classes=full.num_classes, seed=1)

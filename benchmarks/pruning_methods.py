@@ -132,17 +132,9 @@ def bisect_ratio(
 
 
 def finetune_config(ctx: Context, *, epochs: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs,
-        lr=ctx.config.finetune_lr,
-        momentum=ctx.protocol.momentum,
-        weight_decay=ctx.protocol.weight_decay,
-        schedule="cosine",
-        seed=ctx.protocol.seed + ctx.seed,
-        device=ctx.protocol.device,
-        progress=False,
-        keep_best=False,  # no selection on the test set
-    )
+    """The protocol's training settings (``cp.train_config``) at the fine-tune lr, seeded by ``ctx.seed``."""
+    config = cp.train_config(ctx.protocol, epochs=epochs, lr=ctx.config.finetune_lr)
+    return dataclasses.replace(config, seed=ctx.protocol.seed + ctx.seed)
 
 
 @METHODS.register("dense_finetune")

@@ -92,28 +92,19 @@ def fpgm_importance(model: nn.Module, graph: ChannelGraph, **_: Any) -> dict[str
 
 
 def _group_magnitude(model: nn.Module, graph: ChannelGraph, power: int) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+    out = {name: rows.abs().pow(power).sum(1) for name, rows in _filter_layers(model, graph).items()}
     for name, layer in graph.layers.items():
         module = model.get_submodule(name)
-        if layer.out_labels:
-            if layer.kind in _FILTER_KINDS:
-                rows = filter_weights(module, kind=layer.kind, out_channels=len(layer.out_labels))
-            else:  # BatchNorm / PReLU: the per-channel scale (gamma), as Torch-Pruning; biases are left out
-                weight = getattr(module, "weight", None)
-                fits = (
-                    isinstance(weight, torch.Tensor)
-                    and weight.dim()
-                    and weight.shape[0] == len(layer.out_labels)
-                )
-                rows = weight.detach().reshape(len(layer.out_labels), -1) if fits else None
-            if rows is not None:
-                out[name] = rows.float().abs().pow(power).sum(1)
-        grouped = (
-            getattr(module, "groups", 1) != 1
-        )  # a grouped conv's input channels share its filters' score
-        if layer.in_labels and layer.kind in ("conv", "linear") and not grouped:
-            weight = module.weight.detach().float().abs().pow(power)
-            out[f"{name}:in"] = weight.transpose(0, 1).reshape(weight.shape[1], -1).sum(1)
+        weight = getattr(module, "weight", None)
+        if layer.out_labels and layer.kind not in _FILTER_KINDS:
+            # BatchNorm / PReLU: the per-channel scale (gamma), as Torch-Pruning; biases are left out
+            n_out = len(layer.out_labels)
+            if isinstance(weight, torch.Tensor) and weight.dim() and weight.shape[0] == n_out:
+                out[name] = weight.detach().float().reshape(n_out, -1).abs().pow(power).sum(1)
+        # a grouped conv's input channels share its filters' score
+        if layer.in_labels and layer.kind in ("conv", "linear") and getattr(module, "groups", 1) == 1:
+            magnitude = weight.detach().float().abs().pow(power)
+            out[f"{name}:in"] = magnitude.transpose(0, 1).reshape(magnitude.shape[1], -1).sum(1)
     return out
 
 
