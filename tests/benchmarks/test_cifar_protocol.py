@@ -146,7 +146,14 @@ def test_target_checks_report_pass_and_miss_with_numbers():
     rows = [
         base,
         {"method": "dense_finetune", "acc_after": 0.81},
-        {"method": "nc_l1_global", "acc_after": 0.795, "mac_reduction": 3.6, "speedup_b64": 2.0},
+        {
+            "method": "nc_l1_global",
+            "acc_after": 0.795,
+            "mac_reduction": 3.6,
+            "speedup_b64": 2.0,
+            "folded_speedup_b64": 2.52,
+            "ort_speedup_b64": 2.51,
+        },
         {"method": "tp_magnitude", "acc_after": 0.78},
         {"method": "nc_unstructured", "acc_after": 0.7, "sparse_ratio": 0.2},
     ]
@@ -154,7 +161,10 @@ def test_target_checks_report_pass_and_miss_with_numbers():
     assert lines[0].endswith("+1.50 points (target >= +2): MISS")
     assert lines[1] == "nc_l1_global vs unpruned baseline: 0.50 points lower (target <= 1): PASS"
     assert lines[2] == "nc_l1_global vs dense_finetune: 1.50 points lower (target <= 1): MISS"
-    assert lines[3] == "nc_l1_global batch-64 speed-up 2.00x vs 0.7 x 3.60 = 2.52x: MISS"
+    assert lines[3] == (
+        "nc_l1_global batch-64 speed-up vs 0.7 x 3.60 = 2.52x: "
+        "eager 2.00x MISS, BN folded 2.52x PASS, ONNX Runtime 2.51x MISS"
+    )
     assert lines[4] == "nc_unstructured .ncz file = 20.0% of the dense unpruned file (target <= 25%): PASS"
 
 
@@ -211,3 +221,21 @@ def test_heldout_split_is_balanced_and_disjoint_from_the_training_subset(cifar_a
     assert not any(img.numpy().tobytes() in training for img in held_out)
     with pytest.raises(ConfigError, match="held-out"):
         cp.heldout_loader(cp.ProtocolConfig(name="all", train_subset=None))
+
+
+def test_deployed_forms_compute_what_the_model_computes(tmp_path):
+    pr = _load("pruning")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(5, 3, 8, 8)
+    forms = pr.deployed_forms({"m": model}, x[:1], tmp_path, threads=1)
+    assert sorted(forms) == ["m|folded", "m|ort"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in forms["m|folded"].modules())
+    with torch.no_grad():
+        reference = model(x)
+        for form in forms.values():
+            assert (form(x) - reference).abs().max().item() < 1e-4
+    assert (tmp_path / "m.onnx").is_file()
