@@ -226,7 +226,9 @@ def test_heldout_split_is_balanced_and_disjoint_from_the_training_subset(cifar_a
 def test_deployed_forms_compute_what_the_model_computes(tmp_path):
     pr = _load("pruning")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     model[1].running_mean.uniform_(-1, 1)
     model[1].running_var.uniform_(0.5, 2)
     model.eval()
