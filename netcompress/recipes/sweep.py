@@ -11,7 +11,8 @@ are identical (same model, data, seed and step configs up to that step) reuse th
 step of an earlier point instead of recomputing it, so sweeping a pruning rate after a training
 step trains once. The sweep writes a table of every point's final stage, the histograms and
 curves that steps publish in their summaries (``histograms``, ``curves``) drawn across points,
-and links to each point's own report.
+final accuracy against a swept number (E2: accuracy vs pruning amount, one line per model and
+scope), and links to each point's own report.
 """
 
 from __future__ import annotations
@@ -123,6 +124,44 @@ def shared_label(labels: list[str]) -> str:
     return ", ".join(common) or " / ".join(labels)
 
 
+def numeric_axis_series(
+    sweep: Any, stages: list[dict[str, Any]], *, metric: str = "accuracy"
+) -> tuple[str, dict[str, list[tuple[float, float]]]] | None:
+    """``(axis, {line label: [(value, metric)]})`` for a sweep over numbers, else None.
+
+    The axis is the last swept path whose values are all numbers (at least two); every combination
+    of the other paths is one line, named by their values. ``stages`` are the points' final stages
+    in :func:`sweep_points` order. Points missing the metric are left out of their line.
+
+    Example:
+        >>> numeric_axis_series({"model": ["a", "b"], "steps.1.amount": [0.0, 0.5]},
+        ...                     [{"accuracy": a} for a in (0.9, 0.8, 0.7, 0.6)])
+        ('amount', {'model=a': [(0.0, 0.9), (0.5, 0.8)], 'model=b': [(0.0, 0.7), (0.5, 0.6)]})
+    """
+    if not isinstance(sweep, dict):
+        return None
+    numeric = [
+        key
+        for key, values in sweep.items()
+        if isinstance(values, list)
+        and len(values) >= 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ]
+    if not numeric:
+        return None
+    axis = numeric[-1]
+    keys = list(sweep)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for combo, stage in zip(itertools.product(*(sweep[k] for k in keys)), stages):
+        value = dict(zip(keys, combo))
+        line = ", ".join(f"{k.split('.')[-1]}={_short(value[k])}" for k in keys if k != axis)
+        points = series.setdefault(line or axis.split(".")[-1], [])
+        if stage.get(metric) is not None:
+            points.append((float(value[axis]), float(stage[metric])))
+    series = {line: points for line, points in series.items() if points}
+    return (axis.split(".")[-1], series) if series else None
+
+
 def _write_sweep_report(
     run_dir: Path,
     raw: dict[str, Any],
@@ -160,6 +199,12 @@ def _write_sweep_report(
             entry["series"], path, title=name, xlabel=entry["curve"].get("x_label", "parameters")
         )
         plots[f"{name}, one line per sweep point"] = path
+    by_axis = numeric_axis_series(raw["sweep"], stages)
+    if by_axis is not None:
+        axis, series = by_axis
+        path = plots_dir / f"accuracy-vs-{_slug(axis)}.png"
+        reporting.plot_accuracy_vs_params(series, path, title=f"final accuracy vs {axis}", xlabel=axis)
+        plots[f"final accuracy vs {axis}, one line per setting of the other swept values"] = path
     for (label, _), result in zip(points, results):
         for step in result.steps:
             if step.get("has_history"):

@@ -314,6 +314,17 @@ _STAGE_TICKS = {
 }
 
 
+# more stages than this are drawn as horizontal bars (a sweep's points: long names, many rows)
+HORIZONTAL_BARS_FROM = 8
+# a stage name longer than this (characters) would not fit slanted under its bar: horizontal bars too
+LONG_STAGE_NAME = 28
+
+
+def _stage_value(stage: Mapping[str, Any], key: str) -> Any:
+    # bytes on disk: the compact file (sparse .ncz, bit-packed .ncq) where a stage has one
+    return (stage.get("stored_bytes") or stage.get(key)) if key == "size_bytes" else stage.get(key)
+
+
 def plot_stage_bars(
     stages: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -326,7 +337,9 @@ def plot_stage_bars(
     """One bar panel per metric, one bar per stage (e.g. original, pruned, quantized).
 
     ``accuracy`` is drawn in percent; bytes and counts are labelled in human units on the bars.
-    A stage missing a metric gets no bar in that panel.
+    A stage missing a metric gets no bar in that panel; a metric no stage has gets no panel. More
+    than ``HORIZONTAL_BARS_FROM`` stages, or names longer than ``LONG_STAGE_NAME`` characters, are
+    drawn as horizontal bars, one row per stage.
 
     Example:
         >>> plot_stage_bars(stages, "stages.png", metrics=("accuracy", "size_bytes", "latency_ms"))
@@ -334,28 +347,49 @@ def plot_stage_bars(
     if not stages:
         raise ConfigError("plot_stage_bars needs at least one stage")
     _check_keys(stages, metrics)
+    # a metric no stage measured (latency with evaluate.latency off) gets no empty panel
+    metrics = [k for k in metrics if any(_stage_value(stage, k) is not None for stage in stages)] or list(
+        metrics[:1]
+    )
     names = [str(stage.get("name", f"stage {i}")) for i, stage in enumerate(stages)]
-    fig = _new_figure(width_px or 80 + 320 * len(metrics), height_px)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    # many stages (a sweep's points): horizontal bars, names read on the left, one row per stage
+    longest = max(len(n) for n in names)
+    horizontal = len(names) > HORIZONTAL_BARS_FROM or longest > LONG_STAGE_NAME
+    if horizontal:
+        fig = _new_figure(
+            width_px or 40 + 6 * longest + 280 * len(metrics), max(height_px, 90 + 18 * len(names))
+        )
+        axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
+    else:
+        fig = _new_figure(width_px or 80 + 320 * len(metrics), height_px)
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, key in zip(axes, metrics):
-        # bytes on disk: the compact file (sparse .ncz, bit-packed .ncq) where a stage has one
-        raw = [
-            (stage.get("stored_bytes") or stage.get(key)) if key == "size_bytes" else stage.get(key)
-            for stage in stages
-        ]
+        raw = [_stage_value(stage, key) for stage in stages]
         scale = 100.0 if key == "accuracy" else 1.0
         heights = [float(v) * scale if v is not None else 0.0 for v in raw]
-        bars = ax.bar(range(len(names)), heights, color=[f"C{i % 10}" for i in range(len(names))])
+        colors = [f"C{i % 10}" for i in range(len(names))]
         formatter = _STAGE_FORMATTERS.get(key)
         labels = ["" if v is None else formatter(v) if formatter else f"{float(v):.4g}" for v in raw]
-        # vertical labels: with many stages, horizontal ones run into their neighbours
-        ax.bar_label(bars, labels=labels, fontsize=7, rotation=90 if len(names) > 4 else 0, padding=2)
-        ax.margins(y=0.25 if len(names) > 4 else 0.1)
-        if key in _STAGE_TICKS:
-            ax.yaxis.set_major_formatter(_STAGE_TICKS[key])
-        ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+        if horizontal:
+            bars = ax.barh(range(len(names)), heights, color=colors)
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+            ax.margins(x=0.3)
+            if key in _STAGE_TICKS:
+                ax.xaxis.set_major_formatter(_STAGE_TICKS[key])
+            ax.set_yticks(range(len(names)), labels=names, fontsize=8)
+            ax.grid(axis="x", alpha=0.3)
+        else:
+            bars = ax.bar(range(len(names)), heights, color=colors)
+            # vertical labels: with many stages, horizontal ones run into their neighbours
+            ax.bar_label(bars, labels=labels, fontsize=7, rotation=90 if len(names) > 4 else 0, padding=2)
+            ax.margins(y=0.25 if len(names) > 4 else 0.1)
+            if key in _STAGE_TICKS:
+                ax.yaxis.set_major_formatter(_STAGE_TICKS[key])
+            ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+            ax.grid(axis="y", alpha=0.3)
         ax.set_title(_label(key) + (" (%)" if key == "accuracy" else ""))
-        ax.grid(axis="y", alpha=0.3)
+    if horizontal:
+        axes[0].invert_yaxis()  # the first stage on top, as in the table (shared y: once for all)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,21 @@ CASES = {
     ),
     "stage_bars": (lambda p: plot_stage_bars(STAGES, p), (1040, 400)),
 }
+
+
+def test_stage_bars_of_a_large_sweep_are_horizontal_and_skip_unmeasured_metrics(tmp_path: Path) -> None:
+    # 24 points with long names and no latency (E2's sweep): vertical bars with slanted names
+    # collapsed the layout (matplotlib warned and drew an empty latency panel)
+    stages = [
+        {"name": f"model=cifar_vgg (cfg=narrow), scope=layer, amount=0.{i}", "accuracy": 0.7, "size_bytes": 10**6,
+         "latency_ms": None}
+        for i in range(24)
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_stage_bars(stages, tmp_path / "points.png")
+    longest = max(len(s["name"]) for s in stages)
+    assert _png_size(path) == (40 + 6 * longest + 280 * 2, 90 + 18 * 24)  # two panels, a row per stage
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
