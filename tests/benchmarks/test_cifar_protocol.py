@@ -241,3 +241,14 @@ def test_deployed_forms_compute_what_the_model_computes(tmp_path):
         for form in forms.values():
             assert (form(x) - reference).abs().max().item() < 1e-4
     assert (tmp_path / "m.onnx").is_file()
+
+
+def test_baseline_training_variants_parse_as_yaml_values():
+    bt = _load("baseline_training")
+    assert bt.parse_variant(["lr=0.02", "augment=false", "optimizer=adam"]) == {
+        "lr": 0.02,
+        "augment": False,
+        "optimizer": "adam",
+    }
+    with pytest.raises(ConfigError, match="'lr0.02' is not key=value"):
+        bt.parse_variant(["lr0.02"])
