@@ -307,12 +307,14 @@ def report(
     """The Markdown body of the RESULTS.md section: command, machine, protocol, one table per model."""
     machine = cp.machine_description()
     command = "python benchmarks/pruning.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lrs = ", ".join(f"{name} lr {cp.model_spec(name)['lr']}" for name in cp.PROTOCOL_MODELS)
     return "\n\n".join([
         f"Command: `{command.strip()}` ({time.strftime('%Y-%m-%d')}), {seconds:.0f} s of wall time "
         "(baselines loaded from the cache if present).",
         cp.describe_machine(machine, timing_threads=config.timing_threads),
         f"Protocol `{protocol.name}`: CIFAR-10, {len(bundle.train)} training images, {len(bundle.test)} test "
-        f"images; baselines {protocol.epochs} epochs SGD+cosine (VGG lr 0.05, ResNet-20 lr 0.1), wd 5e-4, "
+        f"images; baselines {protocol.epochs} epochs SGD+cosine "
+        f"({lrs}), wd 5e-4, "
         f"batch {protocol.batch_size}. Every method then gets {config.finetune_epochs} epochs at lr "
         f"{config.finetune_lr} (cosine) in total. Settings: `{json.dumps(config.to_dict())}`.",
         *sections,
