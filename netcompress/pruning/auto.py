@@ -266,8 +266,8 @@ def prune_to_target(
     A target the model cannot reach raises ConfigError naming the largest reachable reduction.
 
     For deployment pass ``round_to=8``: at 3.5x fewer MACs on the narrow VGG and ResNet-20 it kept
-    accuracy within fine-tune seed noise and raised the batch-64 speed-up from 1.59x / 1.47x to
-    2.45x / 1.90x in PyTorch and from 1.36x / 1.14x to 2.57x / 1.80x in ONNX Runtime
+    accuracy within fine-tune seed noise and raised the batch-64 speed-up from 1.66x / 1.52x to
+    2.54x / 2.08x in PyTorch and from 1.39x / 1.11x to 2.57x / 1.71x in ONNX Runtime
     (``benchmarks/RESULTS.md``). It is not the default because small models (layers of 8-16
     channels) cannot reach a target in blocks of 8.
 
