@@ -155,14 +155,13 @@ def benchmark_model(
             f"[{model_name}] {name}: {json.dumps({k: v for k, v in row.items() if k != 'arch'})}", flush=True
         )
         models[name], rows = model, [*rows, row]
+    repeats = {1: 20, 64: 5} if protocol.name != "quick" else {1: 3, 64: 1}
     timings = cp.time_alternating(
-        models, example, rounds=config.latency_rounds, threads=config.timing_threads,
-        repeats={1: 20 if protocol.name != "quick" else 3, 64: 5 if protocol.name != "quick" else 1},
-    )  # fmt: skip
+        models, example, rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats
+    )
     deployed = cp.time_alternating(
         deployed_forms(models, example, work_dir / "onnx", threads=config.timing_threads), example,
-        batch_sizes=(64,), rounds=config.latency_rounds, threads=config.timing_threads,
-        repeats={64: 5 if protocol.name != "quick" else 1},
+        batch_sizes=(64,), rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats,
     )  # fmt: skip
     for row in rows:
         row.update(timings[row["method"]])
@@ -195,10 +194,11 @@ def deployed_forms(
     forms: dict[str, nn.Module] = {}
     for name, model in models.items():
         forms[f"{name}|folded"] = fold_bn(model)
-        summary = export_onnx(model, onnx_dir / f"{name}.onnx", example, check=True)
+        path = onnx_dir / f"{name}.onnx"
+        summary = export_onnx(model, path, example, check=True)
         if summary["check"]["max_abs_diff"] > 1e-3:
             raise RuntimeError(f"{name}: ONNX Runtime output differs from PyTorch ({summary['check']})")
-        forms[f"{name}|ort"] = OrtModel(onnx_dir / f"{name}.onnx", threads=threads)
+        forms[f"{name}|ort"] = OrtModel(path, threads=threads)
     return forms
 
 

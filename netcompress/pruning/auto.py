@@ -19,7 +19,7 @@ chooses them for a requested reduction factor (``macs_before / macs_after >= red
 All report the chosen per-layer rates and the measured reduction. The strategies live in the
 :data:`STRATEGIES` registry. The defaults, ``method="uniform"`` with ``importance="group_l2"``, are
 the best measured on the CIFAR-10 CPU protocol (benchmarks/RESULTS.md, narrow VGG at 3.5x fewer MACs,
-5 fine-tune epochs, three seeds): 73.46 % against 72.83 % for ``global`` + ``l1`` with channels x8.
+5 fine-tune epochs, three seeds): 73.62 % against 72.83 % for ``global`` + ``l1`` with channels x8.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
             if not isinstance(point, dict) or not point:
                 raise ConfigError(f"sweep point {i + 1} must be a mapping of override paths to values")
             pairs = [(k, v) for k, v in point.items() if k != "label"]
-            label = str(point.get("label") or ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in pairs))
+            label = str(point.get("label") or _label(pairs))
             points.append((label, [_override(k, v) for k, v in pairs]))
         return points
     if not isinstance(sweep, dict) or not sweep:
@@ -54,9 +55,14 @@ def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
     keys = list(sweep)
     points = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
-        label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in zip(keys, combo))
+        label = _label(zip(keys, combo))
         points.append((label, [_override(k, v) for k, v in zip(keys, combo)]))
     return points
+
+
+def _label(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A point's name: ``last-path-part=value`` for each swept path, e.g. ``lambda_=0.0, percent=0.5``."""
+    return ", ".join(f"{path.split('.')[-1]}={_short(value)}" for path, value in pairs)
 
 
 def _override(path: str, value: Any) -> str:
@@ -154,7 +160,7 @@ def numeric_axis_series(
     series: dict[str, list[tuple[float, float]]] = {}
     for combo, stage in zip(itertools.product(*(sweep[k] for k in keys)), stages):
         value = dict(zip(keys, combo))
-        line = ", ".join(f"{k.split('.')[-1]}={_short(value[k])}" for k in keys if k != axis)
+        line = _label((k, value[k]) for k in keys if k != axis)
         points = series.setdefault(line or axis.split(".")[-1], [])
         if stage.get(metric) is not None:
             points.append((float(value[axis]), float(stage[metric])))
