@@ -72,6 +72,9 @@ class PruningBenchConfig(Config):
     # ~lr*lambda*steps = 0.6; 5e-2 over 2 epochs (158 steps, mean lr 0.01) moves it by ~0.08
     slim_lambda: float = 5e-2
     slim_sparsity_epochs: int = 2
+    # torch threads for everything a method trains (part of the cache key: another count, another trajectory);
+    # one, because two threads spin against each other when the two cores are shared
+    train_threads: int = 1
     latency_rounds: int = 5
     timing_threads: int = 1
 
@@ -81,6 +84,8 @@ class PruningBenchConfig(Config):
         check_range("slim_sparsity_epochs", self.slim_sparsity_epochs, 0, self.finetune_epochs)
         check_range("unstructured_amount", self.unstructured_amount, 0.0, 1.0)
         check_range("latency_rounds", self.latency_rounds, 1)
+        check_range("train_threads", self.train_threads, 1)
+        check_range("timing_threads", self.timing_threads, 1)
 
 
 @dataclasses.dataclass

@@ -79,6 +79,43 @@ def test_train_baseline_caches_and_reloads_the_same_weights(tmp_path):
     assert sum(p.numel() for p in second.parameters()) == 585_450
 
 
+def test_baseline_trains_on_the_protocol_threads_and_keys_on_them(tmp_path, monkeypatch):
+    bundle = _tiny_bundle()
+    one = cp.ProtocolConfig(name="t", train_subset=None, epochs=1, batch_size=8, train_threads=1)
+    two = cp.ProtocolConfig(name="t", train_subset=None, epochs=1, batch_size=8, train_threads=2)
+    settings = [cp.baseline_settings("narrow_vgg", p, epochs=1, lr=0.05, bundle=bundle) for p in (one, two)]
+    assert [s["threads"] for s in settings] == [1, 2]
+    assert cp.cache_key(settings[0]) != cp.cache_key(settings[1])
+    seen = []
+    monkeypatch.setattr(cp, "fit", lambda *a, **k: seen.append(torch.get_num_threads()) or _History())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, info = cp.train_baseline("narrow_vgg", protocol=two, bundle=bundle, cache_dir=tmp_path)
+        assert seen == [2] and info["threads"] == 2
+        assert torch.get_num_threads() == 1  # the caller's count is back
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(ConfigError, match="train_threads"):
+        cp.ProtocolConfig(train_threads=0)
+
+
+class _History:
+    rows: list = []
+
+
+def test_pruning_rows_cache_key_ignores_how_models_are_timed():
+    pr = _load("pruning")
+    base = {"model": "cifar_vgg", "threads": 2}
+    key = pr.rows_cache_key(pr.PruningBenchConfig(), base, heldout=False)
+    timing = pr.PruningBenchConfig(latency_rounds=9, timing_threads=2)
+    assert pr.rows_cache_key(timing, base, heldout=False) == key
+    for changed in (pr.PruningBenchConfig(train_threads=2), pr.PruningBenchConfig(finetune_epochs=4)):
+        assert pr.rows_cache_key(changed, base, heldout=False) != key
+    assert pr.rows_cache_key(pr.PruningBenchConfig(), {**base, "threads": 1}, heldout=False) != key
+    assert pr.rows_cache_key(pr.PruningBenchConfig(), base, heldout=True) != key
+
+
 def test_unknown_model_and_conflicting_flags_are_errors():
     with pytest.raises(ConfigError, match="unknown protocol model 'vgg99'"):
         cp.model_spec("vgg99")
