@@ -267,6 +267,8 @@ def pruning_summary(
         "channels_pruned": sum(g["channels"] - g["channels_after"] for g in groups),
         "layers": layers,
         "groups": groups,
+        # per layer, the original indices of the input / output channels that survive (None: not channel-wise)
+        "kept_indices": keep,
         "architecture": architecture_lines(pruned),
     }
 

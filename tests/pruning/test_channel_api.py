@@ -72,6 +72,23 @@ def test_vgg_parameter_and_mac_counts_are_exact() -> None:
     assert n_params(prune_channels(model, X, ratio=0.25)) == vgg_params(6, 12) == 1354
 
 
+def test_summary_names_the_surviving_channels_of_every_layer() -> None:
+    model = small_vgg()
+    small, summary = prune_channels_with_summary(model, X, ratio=0.5, importance="l1")
+    kept = summary["kept_indices"]
+    conv1, conv2, fc = kept["0"], kept["4"], kept["9"]
+    assert len(conv1["out"]) == 4 and conv2["in"] == conv1["out"] and len(conv2["out"]) == 8
+    # the pruned weights are the original ones at exactly those indices
+    assert torch.equal(small[0].weight, model[0].weight[conv1["out"]])
+    assert torch.equal(small[4].weight, model[4].weight[conv2["out"]][:, conv2["in"]])
+    assert torch.equal(small[1].running_mean, model[1].running_mean[conv1["out"]])
+    # the Linear keeps the 4 flattened features (2x2) of each surviving channel, and all its outputs
+    assert fc["in"] == [c * 4 + k for c in conv2["out"] for k in range(4)] and fc["out"] == list(range(10))
+    # top-1 by L1 norm: conv1's kept filters are its largest
+    norms = model[0].weight.abs().sum((1, 2, 3))
+    assert set(conv1["out"]) == set(norms.argsort(descending=True)[:4].tolist())
+
+
 def test_keep_count_rounding() -> None:
     assert keep_count(64, 0.5) == 32
     assert keep_count(10, 0.95) == 1  # min_channels
