@@ -18,7 +18,9 @@ Methods (registry ``METHODS``; ``--methods`` picks some):
   is also saved as a sparse ``.ncz`` file.
 - ``nc_group_l2_*``: ``importance="group_l2"`` (filters + BN gamma + the consumers' input weights, the
   criterion of Torch-Pruning's MagnitudeImportance); ``_3steps`` reaches the same widths in three
-  steps with an epoch of fine-tuning between them; ``_kd``: fine-tuned with KD from the unpruned model.
+  steps with an epoch of fine-tuning between them; ``_kd``: fine-tuned with KD from the unpruned model;
+  ``_recon``: instead of BN recalibration, ``reconstruct_weights`` refits every layer to the unpruned
+  model's outputs on 10 training batches.
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ from netcompress.pruning import (
     prune_to_target,
     prune_unstructured,
     recalibrate_bn,
+    reconstruct_weights,
     remove_masks,
     save_sparse,
     slim,
 )
 from netcompress.training import TrainConfig, fit
 
-# a constant, not a PruningBenchConfig field: the config is part of the cache key of every cached row
+# constants, not PruningBenchConfig fields: the config is part of the cache key of every cached row
 RECALIBRATE_BN_BATCHES = 10
+RECONSTRUCT_BATCHES = 10
 
 
 @dataclasses.dataclass
@@ -169,7 +173,27 @@ def with_recalibration(pruned: Pruned, ctx: Context) -> Pruned:
     return pruned
 
 
-def _nc_auto(strategy: str, importance: str, label: str, *, recalibrate: bool, round_to: int = 1) -> MethodFn:
+def with_reconstruction(pruned: Pruned, base: nn.Module, ctx: Context, kept: dict[str, Any]) -> Pruned:
+    """Refit the pruned weights to the unpruned model's layer outputs (``reconstruct_weights``) on
+    ``RECONSTRUCT_BATCHES`` training batches; records the accuracy before and the per-layer errors."""
+    acc_stale = evaluate(pruned.model, ctx.test_loader)["accuracy"]
+    report = reconstruct_weights(
+        pruned.model, base, ctx.train_loader, kept_indices=kept, num_batches=RECONSTRUCT_BATCHES
+    )
+    errors = {row["name"]: round(row["error_after"], 4) for row in report["layers"]}
+    pruned.info.update(acc_stale_bn=acc_stale, reconstruction_errors=errors)
+    return pruned
+
+
+def _nc_auto(
+    strategy: str,
+    importance: str,
+    label: str,
+    *,
+    recalibrate: bool,
+    round_to: int = 1,
+    reconstruct: bool = False,
+) -> MethodFn:
     def _run(base: nn.Module, ctx: Context) -> Pruned:
         small, summary = prune_to_target(
             base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance=importance,
@@ -177,6 +201,8 @@ def _nc_auto(strategy: str, importance: str, label: str, *, recalibrate: bool, r
         )  # fmt: skip
         info = {"label": label, "arch": summary["architecture"], "search_value": summary["search_value"]}
         pruned = Pruned(small, info=info)
+        if reconstruct:
+            return with_reconstruction(pruned, base, ctx, summary["kept_indices"])
         return with_recalibration(pruned, ctx) if recalibrate else pruned
 
     return _run
@@ -339,6 +365,13 @@ for _name, (_strategy, _importance) in {
     METHODS.register(
         _name, _nc_auto(_strategy, _importance, _label, recalibrate=True, round_to=8 if _x8 else 1)
     )
+METHODS.register(
+    "nc_group_l2_uniform_r8_recon",
+    _nc_auto(
+        "uniform", "group_l2", "netcompress group L2, uniform, channels x8 + weight reconstruction",
+        recalibrate=False, round_to=8, reconstruct=True,
+    ),
+)  # fmt: skip
 for _name in (
     "nc_l1_global_r8_recal",
     "nc_group_l2_uniform_r8_recal",

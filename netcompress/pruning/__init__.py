@@ -29,6 +29,7 @@ from netcompress.pruning.masks import (
 )
 from netcompress.pruning.neuron import CRITERIA as NEURON_CRITERIA
 from netcompress.pruning.neuron import NeuronPruneConfig, neuron_statistics, prune_neurons
+from netcompress.pruning.reconstruction import reconstruct_weights
 from netcompress.pruning.schedules import (
     GradualConfig,
     GradualPruner,
@@ -66,6 +67,7 @@ __all__ = [
     "prune_channels_with_summary",
     "prune_to_target",
     "recalibrate_bn",
+    "reconstruct_weights",
     "slim",
     # unstructured and neuron pruning, schedules, sparse storage
     "NEURON_CRITERIA",

@@ -87,7 +87,8 @@ def recalibrate_bn(model: nn.Module, loader: Any, *, num_batches: int = 10) -> d
     return summary
 
 
-def _top1(model: nn.Module, loader: Any, max_batches: int) -> float | None:
+def top1_on_batches(model: nn.Module, loader: Any, max_batches: int) -> float | None:
+    """Top-1 accuracy of ``model`` on the first ``max_batches`` batches of ``loader`` (None if it yields none)."""
     correct = total = 0
     flags = {m: m.training for m in model.modules()}
     model.eval()
@@ -123,7 +124,7 @@ def recalibrate_after_pruning(
         return {"batches": 0, "skipped": "recalibrate_bn_batches=0"}
     if train_loader is None:
         raise DataError("BatchNorm recalibration needs the training loader; set recalibrate_bn_batches=0")
-    before = _top1(model, val_loader, num_batches) if val_loader is not None else None
+    before = top1_on_batches(model, val_loader, num_batches) if val_loader is not None else None
     summary = recalibrate_bn(model, train_loader, num_batches=num_batches)
-    after = _top1(model, val_loader, num_batches) if val_loader is not None else None
+    after = top1_on_batches(model, val_loader, num_batches) if val_loader is not None else None
     return {**summary, "accuracy_stale_bn": before, "accuracy_recalibrated": after}
