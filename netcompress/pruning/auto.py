@@ -36,8 +36,10 @@ from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.pruning.channel import (
     ChannelPlan,
+    RoundTo,
     _matches,
     apply_channel_plan,
+    check_round_to,
     count_params,
     count_total_macs,
     keep_count,
@@ -100,7 +102,7 @@ class Search:
     target: str
     inputs: Any
     min_channels: int
-    round_to: int
+    round_to: RoundTo
 
     def at_rate(self, gid: int, rate: float) -> set[int]:
         """The lowest-scoring units of group ``gid`` that pruning ``rate`` of it removes."""
@@ -253,7 +255,7 @@ def prune_to_target(
     loader: Any = None,
     max_batches: int = 2,
     min_channels: int = 1,
-    round_to: int = 1,
+    round_to: RoundTo = "auto",
     ignore: Iterable[str] = (),
     rate_grid: Sequence[float] = DEFAULT_RATE_GRID,
     seed: int = 0,
@@ -265,11 +267,12 @@ def prune_to_target(
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
     A target the model cannot reach raises ConfigError naming the largest reachable reduction.
 
-    For deployment pass ``round_to=8``: at 3.5x fewer MACs on the narrow VGG and ResNet-20 it kept
-    accuracy within fine-tune seed noise and raised the batch-64 speed-up from 1.66x / 1.52x to
-    2.54x / 2.08x in PyTorch and from 1.39x / 1.11x to 2.57x / 1.71x in ONNX Runtime
-    (``benchmarks/RESULTS.md``). It is not the default because small models (layers of 8-16
-    channels) cannot reach a target in blocks of 8.
+    ``round_to="auto"`` (the default) keeps multiples of 8 channels in groups of 16 or more and any
+    count in smaller ones. Rounding to 8 kept accuracy within fine-tune seed noise at 3.5x fewer MACs
+    on the narrow VGG and ResNet-20 and raised the batch-64 speed-up from 1.66x / 1.52x (no
+    rounding, ``round_to=1``) to 2.54x / 2.08x in PyTorch and from 1.39x / 1.11x to 2.57x / 1.71x in
+    ONNX Runtime (``benchmarks/RESULTS.md``); a plain ``round_to=8`` cannot reach a target on small
+    models (layers of 8-16 channels), which ``"auto"`` leaves free.
 
     Example:
         >>> small, summary = prune_to_target(model, x, target="macs", reduction=2.0)
@@ -279,6 +282,7 @@ def prune_to_target(
     check_choice("target", target, list(TARGETS))
     check_choice("method", method, METHODS)
     check_range("reduction", reduction, 1.0)
+    check_round_to(round_to)
     if method == "sensitivity" and loader is None:
         raise ConfigError("method='sensitivity' needs loader= to measure the accuracy drop of each layer")
     ignore = list(ignore)

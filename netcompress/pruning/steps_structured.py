@@ -29,7 +29,7 @@ from netcompress.core.errors import DataError
 from netcompress.core.io import atomic_write_json
 from netcompress.pruning.auto import DEFAULT_RATE_GRID, METHODS, TARGETS, prune_to_target
 from netcompress.pruning.bn_recalibration import recalibrate_after_pruning, top1_on_batches
-from netcompress.pruning.channel import SCOPES, prune_channels_with_summary
+from netcompress.pruning.channel import SCOPES, check_round_to, prune_channels_with_summary
 from netcompress.pruning.importance import IMPORTANCES
 from netcompress.pruning.reconstruction import reconstruct_weights
 from netcompress.pruning.slimming import BNL1Penalty, bn_gammas, gamma_histogram, slim
@@ -46,7 +46,7 @@ class ChannelPruneConfig(Config):
     scope: str = "local"
     ignore: list[str] = dataclasses.field(default_factory=list)
     ratios: dict[str, float] | None = None
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto": multiples of 8 in groups of >= 16 channels (see prune_to_target)
     min_channels: int = 1
     max_batches: int = 4  # batches of the training data used by importance="taylor"
     # BatchNorm statistics re-estimated on this many training batches after the prune (0 = off)
@@ -61,7 +61,7 @@ class ChannelPruneConfig(Config):
         check_range("ratio", self.ratio, 0.0, 1.0)
         check_choice("importance", self.importance, IMPORTANCES.names())
         check_choice("scope", self.scope, SCOPES)
-        check_range("round_to", self.round_to, 1)
+        check_round_to(self.round_to)
         check_range("min_channels", self.min_channels, 1)
         check_range("max_batches", self.max_batches, 1)
 
@@ -96,7 +96,7 @@ class AutoPruneConfig(Config):
     strategy: str = "uniform"  # the function's ``method``; a step's "method" key names the step itself
     max_batches: int = 2
     min_channels: int = 1
-    round_to: int = 1
+    round_to: int | str = "auto"  # multiples of 8 in groups of >= 16 channels; 1 = any count
     ignore: list[str] = dataclasses.field(default_factory=list)
     rate_grid: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_RATE_GRID))
     # BatchNorm statistics re-estimated on this many training batches after the prune (0 = off)
@@ -108,6 +108,7 @@ class AutoPruneConfig(Config):
     def __post_init__(self) -> None:
         check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         check_range("reconstruct_batches", self.reconstruct_batches, 0)
+        check_round_to(self.round_to)
         check_choice("target", self.target, list(TARGETS))
         check_choice("strategy", self.strategy, METHODS)
         check_choice("importance", self.importance, IMPORTANCES.names())

@@ -26,7 +26,9 @@ def net() -> nn.Sequential:
 @pytest.mark.parametrize(("target", "reduction"), [("macs", 3.5), ("macs", 2.0), ("params", 2.5)])
 def test_global_reaches_the_target_within_tolerance(target: str, reduction: float) -> None:
     model = net()
-    small, summary = prune_to_target(model, X, target=target, reduction=reduction, method="global")
+    small, summary = prune_to_target(
+        model, X, target=target, reduction=reduction, method="global", round_to=1
+    )
     measure = count_total_macs if target == "macs" else (lambda m, _x: count_params(m))
     achieved = measure(model, X) / measure(small, X)
     assert achieved == pytest.approx(summary["achieved_reduction"])
@@ -53,6 +55,7 @@ def test_sensitivity_reaches_the_target_and_reports_drops() -> None:
         method="sensitivity",
         loader=_loader(),
         rate_grid=(0.25, 0.5, 0.75),
+        round_to=1,
     )
     assert 2.0 <= summary["achieved_reduction"] <= 3.0  # one grid step of one layer past the target at most
     assert len(summary["sensitivity"]) == 3 and all(
@@ -76,7 +79,9 @@ def test_uniform_prunes_every_group_by_the_same_share_and_reaches_the_target(
     target: str, reduction: float
 ) -> None:
     model = net()
-    small, summary = prune_to_target(model, X, target=target, reduction=reduction, method="uniform")
+    small, summary = prune_to_target(
+        model, X, target=target, reduction=reduction, method="uniform", round_to=1
+    )
     assert summary["strategy"] == "uniform"
     ratio = summary["search_value"]
     # every group keeps channels - floor(ratio * channels), or the channels the last ratio step took given
@@ -95,13 +100,40 @@ def test_uniform_ratio_on_the_test_net_then_top_up() -> None:
     # the step from ratio 0.499 took one channel from each of the three groups (9/17/17 = 3.26x does not
     # fit), and giving back the two 32-channel groups' channel still fits: 8/17/17
     model = net()
-    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="uniform")
+    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="uniform", round_to=1)
     assert summary["search_value"] == 0.5
     assert [r["kept"] for r in summary["rates"]] == [8, 17, 17]
     assert 3.5 <= summary["achieved_reduction"] < 3.775
     assert count_total_macs(model, X) / count_total_macs(small, X) == pytest.approx(
         summary["achieved_reduction"]
     )
+
+
+@pytest.mark.parametrize("method", ["uniform", "global"])
+def test_auto_rounding_keeps_multiples_of_8_in_groups_of_16_or_more(method: str) -> None:
+    # net() with a first layer of 12 channels: below 16, so "auto" leaves it free
+    torch.manual_seed(0)
+    model = net()
+    model[0], model[1], model[3] = (
+        nn.Conv2d(3, 12, 3, padding=1),
+        nn.BatchNorm2d(12),
+        nn.Conv2d(12, 32, 3, padding=1),
+    )
+    model.eval()
+    small, summary = prune_to_target(model, X, target="macs", reduction=2.5, method=method)
+    kept = {tuple(r["layers"]): (r["channels"], r["kept"]) for r in summary["rates"]}
+    assert kept[("3",)][1] % 8 == 0 and kept[("7",)][1] % 8 == 0
+    assert summary["achieved_reduction"] >= 2.5
+    free, _ = prune_to_target(model, X, target="macs", reduction=2.5, method=method, round_to=1)
+    assert small(X).shape == free(X).shape == (2, 10)
+    # a plain 8 could only keep 8 or 12 of the 12; "auto" kept 6 (uniform) / 5 (global) there
+    assert kept[("0",)][1] == {"uniform": 6, "global": 5}[method]
+
+
+def test_round_to_must_be_a_positive_int_or_auto() -> None:
+    for bad in (0, "fast", 2.5, True):
+        with pytest.raises(ConfigError, match="round_to"):
+            prune_to_target(net(), X, round_to=bad)
 
 
 def test_uniform_top_up_brings_a_resnet_close_to_the_budget() -> None:
@@ -115,7 +147,7 @@ def test_uniform_top_up_brings_a_resnet_close_to_the_budget() -> None:
 
 def test_global_cost_ranks_by_importance_per_mac() -> None:
     model = net()
-    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="global_cost")
+    small, summary = prune_to_target(model, X, target="macs", reduction=3.5, method="global_cost", round_to=1)
     costs = {tuple(r["layers"]): r["cost"] for r in summary["unit_costs"]}
     # per image (X holds 2), one channel of conv "0" (8x8 maps): 3*9*64 MACs of its filter + 32*9*64 of
     # conv "3"'s input = 20,160; of conv "7" (4x4 maps): 32*9*16 + 10 of the Linear = 4,618
