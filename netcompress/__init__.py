@@ -28,6 +28,7 @@ _LAZY = {
     "prune_channels": ("netcompress.pruning", "prune_channels"),
     "prune_neurons": ("netcompress.pruning", "prune_neurons"),
     "prune_to_target": ("netcompress.pruning", "prune_to_target"),
+    "reconstruct_weights": ("netcompress.pruning", "reconstruct_weights"),
     "slim": ("netcompress.pruning", "slim"),
     "save_sparse": ("netcompress.pruning", "save_sparse"),
     "load_sparse": ("netcompress.pruning", "load_sparse"),

@@ -169,6 +169,17 @@ def test_machine_description_names_cpu_and_torch():
     assert f"{machine['cpu_count']} CPUs" in line and "1 for timing" in line
 
 
+def test_heap_is_kept_warm_for_timing_where_glibc_allows():
+    import platform
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert cp.keep_heap_warm() is glibc
+    machine = cp.machine_description()
+    assert machine["heap_kept_warm"] is glibc
+    line = cp.describe_machine(machine, timing_threads=1)
+    assert ("heap kept warm" in line) is glibc
+
+
 def test_bisect_ratio_finds_the_smallest_fitting_ratio():
     pr = _load("pruning")
     ratio = pr.bisect_ratio(lambda r: r, lambda r: r >= 0.3)
