@@ -121,7 +121,10 @@ def test_bad_input_is_named() -> None:
 def test_prune_steps_reconstruct_before_recalibrating(tmp_path, key: str, params: dict) -> None:
     import json
 
+    from netcompress.recipes.registry_imports import import_step_modules
     from netcompress.recipes.steps import STEPS, StepContext
+
+    import_step_modules()
 
     torch.manual_seed(5)
     model = _cnn().eval()
@@ -147,3 +150,18 @@ def test_prune_steps_reconstruct_before_recalibrating(tmp_path, key: str, params
     assert _max_diff(result.model, model, x) < 0.8 * _max_diff(plain.model, model, x)
     with pytest.raises(ConfigError, match="reconstruct_batches"):
         spec.config.from_dict({**params, "reconstruct_batches": -1}, where=key)
+
+
+def test_large_batches_are_subsampled_evenly(monkeypatch) -> None:
+    from netcompress.pruning import reconstruction
+
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    monkeypatch.setattr(reconstruction, "MAX_ROWS_PER_BATCH", 10)  # 10 of each 32-row batch: still exact
+    reconstruct_weights(small, model, _loader((32, 4)), kept_indices=summary["kept_indices"], ridge=0.0)
+    assert _max_diff(small, model, torch.randn(64, 4)) < 1e-4
+    monkeypatch.setattr(reconstruction, "MAX_ROWS_PER_BATCH", 1)  # 4 rows in all: too few for 5 unknowns
+    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    reconstruct_weights(small, model, _loader((32, 4)), kept_indices=summary["kept_indices"])
+    assert _max_diff(small, model, torch.randn(64, 4)) > 1e-3
