@@ -29,6 +29,11 @@ def test_demo_quick_writes_table_report_and_plots(tmp_path, capsys):
     trained = metrics["stages"][1]
     assert trained["accuracy"] > 0.8  # 3 epochs on digits
     assert metrics["stages"][-1]["size_bytes"] < 0.5 * trained["size_bytes"]
+    pruned = metrics["stages"][2]
+    assert pruned["name"] == "channel pruning 50% (L2) + weight reconstruction"
+    assert (
+        pruned["params"] < 0.3 * trained["params"] and pruned["accuracy"] > 0.9 * trained["accuracy"]
+    )  # 0.74x with BN recalibration alone
     report = (out_dir / "report.md").read_text()
     assert "| train |" in report
     pngs = sorted((out_dir / "plots").glob("*.png"))
