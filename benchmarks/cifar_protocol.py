@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -375,6 +376,7 @@ def measure(
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+@functools.cache  # once per process: the setting holds until exit
 def keep_heap_warm() -> bool:
     """Serve large tensors from the heap and keep it, so timings measure compute, not page faults.
 

@@ -29,14 +29,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
+from pruning import DEPLOY_FORMS, deployed_forms  # noqa: E402
 
 from netcompress.evaluation import count_macs  # noqa: E402
-from netcompress.export import OrtModel, export_onnx  # noqa: E402
 from netcompress.pruning import prune_channels  # noqa: E402
-from netcompress.quantization import fold_bn  # noqa: E402
 
 SECTION = "## ResNet-20 stage widths vs batch-64 latency (CPU)"
 FULL = (16, 32, 64)
+# timed beside the allocations in range, whatever their MAC reduction
+REFERENCES = {"unpruned": (FULL, FULL), "uniform 1/2": ((8, 16, 32), (8, 16, 32))}
 # stage 1 streams of 16 cannot shrink below 8 in blocks of 8; internal widths of 4 are allowed there
 CHOICES = {
     "s": [(8, 16), (16, 24, 32), (32, 40, 48, 56, 64)],
@@ -87,7 +88,7 @@ def conv_macs(stream: tuple[int, ...], internal: tuple[int, ...]) -> int:
 def allocations(lo: float, hi: float, example: torch.Tensor) -> dict[str, dict[str, Any]]:
     """Every allocation whose MAC reduction is in [lo, hi], plus the unpruned and uniform references."""
     dense_macs = int(count_macs(build(FULL, FULL, example), example)[0])
-    named = {"unpruned": (FULL, FULL), "uniform 1/2": ((8, 16, 32), (8, 16, 32))}
+    named = dict(REFERENCES)
     for s in itertools.product(*CHOICES["s"]):
         for i in itertools.product(*CHOICES["i"]):
             # 1 % margin: the filter leaves out the classifier
@@ -97,7 +98,7 @@ def allocations(lo: float, hi: float, example: torch.Tensor) -> dict[str, dict[s
     for name, (s, i) in named.items():
         model = build(s, i, example)
         reduction = dense_macs / int(count_macs(model, example)[0])
-        if name in ("unpruned", "uniform 1/2") or lo <= reduction <= hi:
+        if name in REFERENCES or lo <= reduction <= hi:
             out[name] = {"stream": s, "internal": i, "model": model, "mac_reduction": reduction}
     return out
 
@@ -113,24 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     example = torch.randn(1, 3, 32, 32)
     found = allocations(args.min_reduction, args.max_reduction, example)
-    onnx_dir = cp.CACHE_DIR / "resnet_widths"
-    forms: dict[str, nn.Module] = {}
-    for index, (name, entry) in enumerate(found.items()):
-        forms[f"{name}|folded"] = fold_bn(entry["model"])
-        path = onnx_dir / f"model{index}.onnx"
-        export_onnx(entry["model"], path, example, check=True)
-        forms[f"{name}|ort"] = OrtModel(path, threads=1)
+    # the pruning benchmark's deployed forms (BN folded, ONNX Runtime checked against PyTorch), keyed by
+    # index: the allocation names are no file names
+    keys = {name: f"m{index}" for index, name in enumerate(found)}
+    forms = deployed_forms(
+        {keys[name]: entry["model"] for name, entry in found.items()}, example,
+        cp.CACHE_DIR / "resnet_widths", threads=1,
+    )  # fmt: skip
     timings = cp.time_alternating(forms, example, batch_sizes=(64,), rounds=args.rounds, threads=1)
     rows = []
     for name, entry in found.items():
         row = {"name": name, "mac_reduction": entry["mac_reduction"]}
-        for form in ("folded", "ort"):
-            ms = timings[f"{name}|{form}"]["latency_b64_ms"]
+        for form in DEPLOY_FORMS:
+            ms = timings[f"{keys[name]}|{form}"]["latency_b64_ms"]
             row[f"{form}_ms"] = ms
-            row[f"{form}_speedup"] = timings[f"unpruned|{form}"]["latency_b64_ms"] / ms
+            row[f"{form}_speedup"] = timings[f"{keys['unpruned']}|{form}"]["latency_b64_ms"] / ms
             row[f"{form}_ratio"] = row[f"{form}_speedup"] / entry["mac_reduction"]
         rows.append(row)
-    refs = [r for r in rows if r["name"] in ("unpruned", "uniform 1/2")]
+    refs = [r for r in rows if r["name"] in REFERENCES]
     ranked = sorted((r for r in rows if r not in refs), key=lambda r: -r["folded_ratio"])
     columns: list[cp.Column] = [
         ("allocation (stream s, internal i per stage)", "name", cp.fmt_text),
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ONNX Runtime speed-up", "ort_speedup", cp.fmt_number(2)),
         ("speed-up / MAC red. (ORT)", "ort_ratio", cp.fmt_number(2)),
     ]
-    best = {form: max(r[f"{form}_ratio"] for r in ranked) for form in ("folded", "ort")}
+    best = {form: max(r[f"{form}_ratio"] for r in ranked) for form in DEPLOY_FORMS}
     machine = cp.machine_description()
     command = "python benchmarks/resnet_widths.py " + " ".join(sys.argv[1:] if argv is None else argv)
     body = "\n\n".join([

@@ -88,7 +88,10 @@ def recalibrate_bn(model: nn.Module, loader: Any, *, num_batches: int = 10) -> d
 
 
 def top1_on_batches(model: nn.Module, loader: Any, max_batches: int) -> float | None:
-    """Top-1 accuracy of ``model`` on the first ``max_batches`` batches of ``loader`` (None if it yields none)."""
+    """Top-1 accuracy of ``model`` on the first ``max_batches`` batches of ``loader`` (None without a
+    loader or when it yields no batch)."""
+    if loader is None:
+        return None
     correct = total = 0
     flags = {m: m.training for m in model.modules()}
     model.eval()
@@ -124,7 +127,7 @@ def recalibrate_after_pruning(
         return {"batches": 0, "skipped": "recalibrate_bn_batches=0"}
     if train_loader is None:
         raise DataError("BatchNorm recalibration needs the training loader; set recalibrate_bn_batches=0")
-    before = top1_on_batches(model, val_loader, num_batches) if val_loader is not None else None
+    before = top1_on_batches(model, val_loader, num_batches)
     summary = recalibrate_bn(model, train_loader, num_batches=num_batches)
-    after = top1_on_batches(model, val_loader, num_batches) if val_loader is not None else None
+    after = top1_on_batches(model, val_loader, num_batches)
     return {**summary, "accuracy_stale_bn": before, "accuracy_recalibrated": after}

@@ -63,9 +63,7 @@ RoundTo = int | str
 
 def check_round_to(round_to: RoundTo) -> None:
     """``round_to`` is a positive int or ``"auto"``; anything else is a ConfigError naming it."""
-    if isinstance(round_to, str):
-        if round_to != "auto":
-            raise ConfigError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
+    if round_to == "auto":
         return
     if isinstance(round_to, bool) or not isinstance(round_to, int):
         raise ConfigError(f"round_to must be a positive integer or 'auto', got {round_to!r}")

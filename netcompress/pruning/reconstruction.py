@@ -156,18 +156,18 @@ def reconstruct_weights(
         for name in names:
             layer = pruned.get_submodule(name)
             reason = _why_skipped(layer)
-            if reason is None and name not in original_names:
+            if reason is not None:
+                skipped.append({"name": name, "reason": reason})
+                continue
+            if name not in original_names:
                 raise ConfigError(
                     f"reconstruct_weights: layer {name!r} of the pruned model is not in the original"
                 )
-            if reason is None and type(original_names[name]) is not type(layer):
+            if type(original_names[name]) is not type(layer):
                 raise ConfigError(
                     f"reconstruct_weights: layer {name!r} is a {type(layer).__name__} in the pruned model "
                     f"and a {type(original_names[name]).__name__} in the original"
                 )
-            if reason is not None:
-                skipped.append({"name": name, "reason": reason})
-                continue
             layers.append(
                 {"name": name, **_refit(layer, name, pruned, original, batches, kept_indices, ridge)}
             )

@@ -150,20 +150,12 @@ def _finished(
     if config.reconstruct_batches:
         if ctx.train_loader is None:
             raise DataError("weight reconstruction needs the training loader; set reconstruct_batches=0")
-        before = (
-            top1_on_batches(small, ctx.val_loader, config.reconstruct_batches)
-            if ctx.val_loader is not None
-            else None
-        )
+        before = top1_on_batches(small, ctx.val_loader, config.reconstruct_batches)
         report = reconstruct_weights(
             small, original, ctx.train_loader, kept_indices=summary["kept_indices"],
             num_batches=config.reconstruct_batches,
         )  # fmt: skip
-        after = (
-            top1_on_batches(small, ctx.val_loader, config.reconstruct_batches)
-            if ctx.val_loader is not None
-            else None
-        )
+        after = top1_on_batches(small, ctx.val_loader, config.reconstruct_batches)
         summary["reconstruction"] = {**report, "accuracy_before": before, "accuracy_after": after}
     summary["bn_recalibration"] = recalibrate_after_pruning(
         small,
