@@ -314,7 +314,7 @@ def train_baseline(
     lock = contextlib.nullcontext() if path is None else _file_lock(path.with_suffix(".lock"))
     with lock:
         if path is not None and path.exists():
-            saved = load_checkpoint(path, weights_only=False)
+            saved = load_checkpoint(path)
             model.load_state_dict(saved["state_dict"])
             return model.eval(), {**saved["info"], "cache_hit": True, "path": str(path)}
         train_loader, _ = loaders(bundle, protocol)

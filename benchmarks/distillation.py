@@ -209,12 +209,12 @@ def cached_model(
     """Load the pickled model of ``kind`` + ``settings`` from the cache, or produce and save it."""
     path = cp.CACHE_DIR / f"distill-{kind}-{cp.cache_key({**settings, 'version': FORMAT_VERSION})}.pt"
     if path.exists():
-        saved = load_checkpoint(path, weights_only=False)
+        saved = load_checkpoint(path)  # signed by atomic_torch_save below
         return saved["model"].eval(), {**saved["info"], "cache_hit": True}
     started = time.perf_counter()
     model, info = produce()
     info = {**info, "train_time_s": round(time.perf_counter() - started, 1)}
-    atomic_torch_save({"model": model.cpu(), "info": info}, path)
+    atomic_torch_save({"model": model.cpu(), "info": info}, path, sign=True)
     return model.eval(), {**info, "cache_hit": False}
 
 

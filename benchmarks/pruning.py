@@ -112,7 +112,7 @@ def _cached_run(name: str, base: nn.Module, ctx: Context, *, fresh: bool) -> tup
         saved = load_checkpoint(path)
         return saved["model"], saved["row"]
     model, row = run_method(name, base, ctx)
-    atomic_torch_save({"model": model, "row": row}, path)
+    atomic_torch_save({"model": model, "row": row}, path, sign=True)
     return model, row
 
 

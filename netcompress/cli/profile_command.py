@@ -10,10 +10,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile",
         help="measure a model: parameters, non-zeros, MACs, bytes on disk, CPU latency, per-layer table",
-        description="Profile a registry model (by name, with KEY=VALUE model arguments) or a saved model (.pt holding a pickled model).",
+        description=(
+            "Profile a registry model (by name, with KEY=VALUE model arguments), optionally with a state dict "
+            "(--checkpoint), or a whole pickled model (.pt) when you trust it (--trust-checkpoint)."
+        ),
     )
     p.add_argument(
-        "model", help="a model name (see `netcompress list models`) or a .pt file holding a saved model"
+        "model",
+        help="a model name (see `netcompress list models`), or a .pt file holding a pickled model (needs --trust-checkpoint)",
     )
     p.add_argument(
         "kwargs", nargs="*", metavar="KEY=VALUE", help="model arguments, e.g. num_classes=11 width=0.5"
@@ -22,6 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--input-shape",
         default=None,
         help="input shape with batch, e.g. 1,3,32,32 (default: the model's usual input)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a state dict (.pt) or .safetensors file to load into the named model",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loading a pickled model; unpickling runs any code stored in the file, so only for files you trust",
     )
     p.add_argument("--no-latency", action="store_true", help="skip timing (fast)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
@@ -44,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from netcompress import models
     from netcompress.core.errors import ConfigError
-    from netcompress.core.io import load_checkpoint
+    from netcompress.core.io import load_checkpoint, load_state_dict_file
     from netcompress.evaluation import layer_table, profile
 
     kwargs = {}
@@ -54,17 +68,21 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"model argument {item!r} must look like key=value")
         kwargs[key] = yaml.safe_load(value)
     path = Path(args.model)
+    default_shape = None
     if path.suffix in (".pt", ".pth") or path.exists():
-        model = load_checkpoint(path)
+        model = load_checkpoint(path, trust=args.trust_checkpoint)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(
-                f"{path} holds a {type(model).__name__}, not a saved model (torch.save(model, path))"
+                f"{path} holds a {type(model).__name__}, not a whole model; give the model's name and "
+                f"--checkpoint {path} to load a state dict into it"
             )
         name = path.stem
     else:
         model = models.create(args.model, **kwargs)
         name = args.model
         default_shape = (1, *models.input_shape(args.model, **kwargs))
+        if args.checkpoint:
+            load_state_dict_file(model, args.checkpoint)
     if args.input_shape:
         try:
             shape = tuple(int(s) for s in args.input_shape.split(","))

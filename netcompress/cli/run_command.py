@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="apply a named set of overrides from the recipe's profiles (e.g. full)",
     )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow the recipe's model checkpoint to be a pickled model (same as model.trust=true); "
+        "unpickling runs any code stored in the file",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.set_defaults(func=run)
 
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_recipe(
         resolve_recipe_arg(args.recipe),
-        overrides=args.overrides,
+        overrides=[*args.overrides, *(["model.trust=true"] if args.trust_checkpoint else [])],
         out_dir=args.out,
         resume=args.resume,
         profile=args.profile,

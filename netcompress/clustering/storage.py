@@ -9,7 +9,6 @@ indices and codebook, and loads back into a working, still-clustered model, bit 
 from __future__ import annotations
 
 import copy
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from netcompress.clustering.weight_sharing import (
     snap_module,
 )
 from netcompress.core.errors import CheckpointError, ConfigError
-from netcompress.core.io import atomic_write_bytes, load_checkpoint
+from netcompress.core.io import atomic_torch_save, load_checkpoint
 
 FORMAT = "netcompress.clustered"
 VERSION = 1
@@ -86,9 +85,9 @@ def save_clustered(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         setattr(module, CODEBOOK, torch.empty(0, dtype=codebook.dtype))
     if not layers:
         raise ConfigError("save_clustered: the model has no clustered layer; run cluster_weights first")
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, "model": skeleton, "layers": layers}, buffer)
-    written = atomic_write_bytes(path, buffer.getvalue())
+    # the skeleton is a pickled module: signed, so this machine loads it back without an opt-in
+    blob = {"format": FORMAT, "version": VERSION, "model": skeleton, "layers": layers}
+    written = atomic_torch_save(blob, path, sign=True)
     return {
         "path": str(written),
         "size_bytes": written.stat().st_size,
@@ -96,13 +95,16 @@ def save_clustered(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def load_clustered(path: str | os.PathLike) -> nn.Module:
+def load_clustered(path: str | os.PathLike, *, trust: bool = False) -> nn.Module:
     """Load a file written by :func:`save_clustered` into a working (still clustered) model.
+
+    The file pickles the model's structure: it loads where it was written (signed), elsewhere only
+    with ``trust=True``.
 
     Example:
         >>> model = load_clustered("model.clustered.pt")
     """
-    blob = load_checkpoint(Path(path))
+    blob = load_checkpoint(Path(path), trust=trust)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a clustered-model file (format {FORMAT!r})")
     if blob.get("version") != VERSION:

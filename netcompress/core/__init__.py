@@ -7,6 +7,7 @@ from netcompress.core.errors import (
     DataError,
     NetcompressError,
     UnsupportedModelError,
+    UntrustedCheckpointError,
 )
 from netcompress.core.io import (
     atomic_torch_save,
@@ -27,6 +28,7 @@ __all__ = [
     "NetcompressError",
     "Registry",
     "UnsupportedModelError",
+    "UntrustedCheckpointError",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",

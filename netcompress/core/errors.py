@@ -19,5 +19,9 @@ class CheckpointError(NetcompressError, OSError):
     """A checkpoint or saved model is missing, corrupt or of the wrong kind."""
 
 
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint needs pickle (which runs code when loaded) and the caller did not opt in."""
+
+
 class UnsupportedModelError(NetcompressError, TypeError):
     """A model holds a layer or op that a method cannot handle; the message names it."""

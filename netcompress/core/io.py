@@ -6,15 +6,22 @@ killed process leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import json
 import os
+import pickle
+import re
+import secrets
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from netcompress.core.errors import CheckpointError
+from netcompress.core.errors import CheckpointError, UntrustedCheckpointError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -26,11 +33,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; a written file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -70,22 +84,33 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, sign: bool = False) -> Path:
+    """``torch.save`` through a temporary file; with ``sign`` also write ``<path>.sig``.
+
+    Sign what only netcompress itself will load back with pickle (a run's step models, a cached
+    teacher): :func:`load_checkpoint` then loads it whole on this machine without an opt-in.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    path = atomic_write_bytes(path, data)
+    if sign:
+        atomic_write_text(signature_path(path), checkpoint_signature(data) + "\n")
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = False) -> Any:
-    """``torch.load`` with errors that name the file: missing, empty or corrupt."""
+def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
+    """``torch.load`` that runs no code from the file unless the caller opted in.
+
+    Tensors, state dicts and plain containers load as they are (``weights_only=True``). A file
+    that also pickles Python objects (a whole ``nn.Module``) loads only when it carries this
+    machine's signature (see :func:`atomic_torch_save`) or with ``trust=True``, which warns:
+    unpickling a file runs whatever code its author put in it.
+
+    Example:
+        >>> state = load_checkpoint("state_dict.pt")          # safe
+        >>> model = load_checkpoint("model.pt", trust=True)   # a pickled model you trust
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -93,7 +118,120 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = False) -> A
         raise CheckpointError(f"checkpoint path is a folder, not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    data = path.read_bytes()
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not _needs_trust(exc):
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        blocked = exc
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not trust and not _signed_here(path, data):
+        raise UntrustedCheckpointError(
+            f"{path} holds pickled Python objects ({_blocked_name(blocked)}), and loading it would run "
+            "whatever code its author put in it. Safe ways to load a model: a state dict "
+            "(torch.save(model.state_dict(), path)) or a .safetensors file, together with the model's name "
+            "or factory (model: {factory: 'file.py:build', checkpoint: ...}). If you wrote this file "
+            "yourself and trust it, opt in with --trust-checkpoint or model: {trust: true}."
+        )
+    if trust:
+        warnings.warn(
+            f"loading the pickled checkpoint {path} with trust: this runs any code stored in the file",
+            stacklevel=2,
+        )
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _needs_trust(exc: pickle.UnpicklingError) -> bool:
+    # torch's weights_only unpickler says "Weights only load failed" for a global it does not allow
+    return "weights only" in str(exc).lower() or "weights_only" in str(exc)
+
+
+def _blocked_name(exc: BaseException) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f"e.g. {found.group(1)}" if found else "not only tensors"
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        raise CheckpointError(f"{path} is a safetensors file: pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"cannot read safetensors file {path}: {type(exc).__name__}: {exc}") from None
+
+
+# --- signatures of the files netcompress pickles for itself ---------------------------------
+
+KEY_ENV = "NETCOMPRESS_KEY_FILE"
+
+
+def signature_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sig")
+
+
+def checkpoint_signature(data: bytes) -> str:
+    """HMAC-SHA256 of ``data`` under this user's key: a file from anyone else does not match."""
+    return hmac.new(_signing_key(), data, hashlib.sha256).hexdigest()
+
+
+def _signed_here(path: Path, data: bytes) -> bool:
+    sig = signature_path(path)
+    if not sig.is_file():
+        return False
+    return hmac.compare_digest(sig.read_text().strip(), checkpoint_signature(data))
+
+
+def _signing_key() -> bytes:
+    """A random key made once per user (mode 0600); it never leaves this machine."""
+    key_file = Path(os.environ.get(KEY_ENV) or Path.home() / ".config" / "netcompress" / "signing.key")
+    if key_file.is_file():
+        key = key_file.read_bytes()
+        if len(key) >= 32:
+            return key
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".signing.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    os.chmod(tmp, 0o600)
+    try:
+        os.link(tmp, key_file)  # another process may have made one meanwhile: keep the first
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return key_file.read_bytes()
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_state_dict_file(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a state dict file (``.pt`` or ``.safetensors``, plain or under ``state_dict``/``model``)
+    into ``model`` safely (no pickle); an error names the file and the keys that do not fit.
+
+    Example:
+        >>> load_state_dict_file(model, "weights.safetensors")
+    """
+    loaded = load_checkpoint(path)
+    if isinstance(loaded, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
+    try:
+        model.load_state_dict(loaded)
+    except RuntimeError as exc:
+        raise CheckpointError(f"state dict {path} does not fit the model: {exc}") from None
+    return model

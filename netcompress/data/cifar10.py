@@ -96,10 +96,31 @@ def resolve_source(root: Path) -> tuple[str, Path]:
     )
 
 
+# What the official batches pickle: dicts, lists, bytes and numpy arrays. Nothing else may be built,
+# so a crafted "batch" cannot call a function while it is read.
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 writes bytes under Python 3
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+
+
 def _unpickle_batch(data: bytes, *, where: str) -> dict[bytes, Any]:
-    # The official CIFAR-10 python release is pickled; only load files the user points us at.
+    import io
+
     try:
-        batch = pickle.loads(data, encoding="bytes")
+        batch = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # pickle raises many types for a bad file
         raise DataError(f"cannot read CIFAR-10 batch {where}: {type(exc).__name__}: {exc}") from None
     if not isinstance(batch, dict):

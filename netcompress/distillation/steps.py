@@ -28,7 +28,7 @@ from netcompress.distillation.teacher_student import distill_with_history
 from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
-TEACHER_KEYS = ("model", "kwargs", "checkpoint", "train", "step")
+TEACHER_KEYS = ("model", "kwargs", "checkpoint", "trust", "train", "step")
 
 
 @dataclasses.dataclass
@@ -77,8 +77,9 @@ def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
 def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
     """Build a teacher from ``{model: name | {name: ..., **kwargs}, kwargs: {...}, checkpoint: path}``.
 
-    A checkpoint may hold a whole pickled model, ``{"model": module}``, or a state dict (plain or
-    under ``state_dict``/``model_state_dict``/``model``); a state dict needs ``model``.
+    A checkpoint may hold a state dict (plain or under ``state_dict``/``model_state_dict``/``model``),
+    which needs ``model``; a whole pickled model, ``{"model": module}``, loads only with ``trust: true``
+    (unpickling runs code) or when netcompress wrote and signed it on this machine.
     ``num_classes`` defaults to the data set's.
 
     Example:
@@ -97,7 +98,7 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
         teacher = models.create(model_spec, **kwargs)
     if "checkpoint" in spec:
         path = spec["checkpoint"]
-        obj = load_checkpoint(path)
+        obj = load_checkpoint(path, trust=bool(spec.get("trust", False)))
         if isinstance(obj, Mapping) and isinstance(obj.get("model"), nn.Module):
             obj = obj["model"]
         if isinstance(obj, nn.Module):
@@ -143,7 +144,7 @@ def _teacher_for_step(spec: Mapping[str, Any], ctx: StepContext) -> nn.Module:
     history = fit(teacher, ctx.train_loader, val_loader=ctx.val_loader, config=train_cfg)
     atomic_write_json(ctx.step_dir / "teacher_history.json", history.rows)
     atomic_write_json(ctx.step_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
-    atomic_torch_save(teacher, cached)
+    atomic_torch_save(teacher, cached, sign=True)
     return teacher
 
 

@@ -32,10 +32,12 @@ from netcompress.core.io import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    load_state_dict_file,
     to_jsonable,
 )
 from netcompress.recipes.schema import (
     LOADER_KEYS,
+    MODEL_SPEC_KEYS,
     apply_overrides,
     apply_profile,
     load_recipe_file,
@@ -189,7 +191,7 @@ def _run_step(
         atomic_write_json(step_dir / "history.json", result.history)
     stage = measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name=label)
     atomic_write_json(step_dir / "metrics.json", stage)
-    atomic_torch_save(model, step_dir / "model.pt")
+    atomic_torch_save(model, step_dir / "model.pt", sign=True)
     # The state is written last: a run killed before this line redoes the step on resume.
     state["finished_steps"].append(
         {
@@ -244,32 +246,32 @@ def _reuse_step(
 
 
 def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
-    """Create a registry model, or load a checkpoint (a pickled model, or a state dict for ``name``)."""
+    """Build the recipe's model: a registry ``name`` or a ``factory`` (with ``kwargs``), optionally with
+    a state dict ``checkpoint`` (.pt or .safetensors); or a pickled whole model with ``trust: true``."""
     from netcompress import models as models_mod
+    from netcompress.core.factory import call_factory
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "checkpoint")}
+    kwargs = {**{k: v for k, v in spec.items() if k not in MODEL_SPEC_KEYS}, **(spec.get("kwargs") or {})}
     checkpoint = spec.get("checkpoint")
-    model = None
     if spec.get("name"):
         kwargs.setdefault("num_classes", num_classes)
         model = models_mod.create(spec["name"], **kwargs)
-    if checkpoint:
-        loaded = load_checkpoint(checkpoint)
-        if isinstance(loaded, nn.Module):
-            return loaded
-        if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
-            loaded = loaded["model"]
-        if model is None or not isinstance(loaded, dict):
-            raise CheckpointError(
-                f"checkpoint {checkpoint} holds a {type(loaded).__name__}; a state dict needs model.name to build the model into"
+    elif spec.get("factory"):
+        model = call_factory(spec["factory"], spec.get("kwargs") or {}, where="model.factory")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model.factory {spec['factory']} returned a {type(model).__name__}, not an nn.Module"
             )
-        try:
-            model.load_state_dict(loaded)
-        except RuntimeError as exc:
+    else:
+        loaded = load_checkpoint(checkpoint, trust=bool(spec.get("trust", False)))
+        if not isinstance(loaded, nn.Module):
             raise CheckpointError(
-                f"checkpoint {checkpoint} does not fit model {spec['name']!r}: {exc}"
-            ) from None
-    assert model is not None
+                f"checkpoint {checkpoint} holds a {type(loaded).__name__}, not a whole model; a state dict "
+                "needs model.name or model.factory to build the model into"
+            )
+        return loaded
+    if checkpoint:
+        load_state_dict_file(model, checkpoint)
     return model
 
 

@@ -162,6 +162,9 @@ def _check_keys(mapping: Any, allowed: tuple[str, ...] | list[str], where: str) 
     return dict(mapping)
 
 
+MODEL_SPEC_KEYS = ("name", "factory", "kwargs", "checkpoint", "trust")
+
+
 def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """Validate a recipe and fill every default, returning the fully resolved mapping.
 
@@ -184,14 +187,29 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         "seed": int(recipe.get("seed", 0)),
     }
     model = recipe.get("model")
-    if not isinstance(model, dict) or not (model.get("name") or model.get("checkpoint")):
+    if not isinstance(model, dict) or not (
+        model.get("name") or model.get("factory") or model.get("checkpoint")
+    ):
         raise ConfigError(
-            "the recipe needs 'model' with a 'name' (see `netcompress list models`) or a 'checkpoint'"
+            "the recipe needs 'model' with a 'name' (see `netcompress list models`), a 'factory' "
+            "('file.py:function' or 'package.module:function') or a 'checkpoint'"
         )
+    if model.get("name") and model.get("factory"):
+        raise ConfigError("model: give either 'name' or 'factory', not both")
     if model.get("name"):
         models_mod.MODELS.get(model["name"]).resolve(
-            {k: v for k, v in model.items() if k not in ("name", "checkpoint")}
+            {**{k: v for k, v in model.items() if k not in MODEL_SPEC_KEYS}, **(model.get("kwargs") or {})}
         )
+    elif model.get("factory"):
+        extra = sorted(set(model) - {"factory", "kwargs", "checkpoint", "trust"})
+        if extra:
+            raise ConfigError(
+                f"unknown key {extra[0]!r} in model; a factory model takes factory, kwargs, checkpoint, trust"
+            )
+        if not isinstance(model.get("kwargs") or {}, dict):
+            raise ConfigError("model.kwargs must be a mapping of keyword arguments")
+    if "trust" in model and not isinstance(model["trust"], bool):
+        raise ConfigError(f"model.trust must be true or false, got {model['trust']!r}")
     out["model"] = dict(model)
 
     data = recipe.get("data")

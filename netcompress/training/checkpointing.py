@@ -52,12 +52,12 @@ def load_weights(model: nn.Module, extra_parameters: list[nn.Parameter], snapsho
 
 def save_best(directory: Path, snapshot: dict[str, Any], *, epoch: int, val_acc: float) -> Path:
     return atomic_torch_save(
-        {"format": FORMAT, **snapshot, "epoch": epoch, "val_acc": val_acc}, directory / BEST_FILE
+        {"format": FORMAT, **snapshot, "epoch": epoch, "val_acc": val_acc}, directory / BEST_FILE, sign=True
     )
 
 
 def save_last(directory: Path, state: dict[str, Any]) -> Path:
-    return atomic_torch_save({"format": FORMAT, **state}, directory / LAST_FILE)
+    return atomic_torch_save({"format": FORMAT, **state}, directory / LAST_FILE, sign=True)
 
 
 def load_last(directory: Path, *, config_dict: dict[str, Any]) -> dict[str, Any]:

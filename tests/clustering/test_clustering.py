@@ -161,8 +161,13 @@ def test_saved_file_is_smaller_and_loads_back_exactly(tmp_path: Path):
     x = torch.randn(3, 256)
     assert torch.equal(loaded(x), model(x))
     assert model[0].weight.numel() == 65536  # saving did not empty the caller's model
+    with pytest.raises(CheckpointError, match="holds pickled Python objects"):
+        load_clustered(tmp_path / "dense.pt")  # a pickled module from elsewhere: refused unless trusted
     with pytest.raises(CheckpointError, match="not a clustered-model file"):
-        load_clustered(tmp_path / "dense.pt")
+        load_clustered(tmp_path / "dense.pt", trust=True)
+    (tmp_path / "clustered.pt.sig").write_text("0" * 64)  # a tampered signature: no longer loads by default
+    with pytest.raises(CheckpointError, match="holds pickled Python objects"):
+        load_clustered(tmp_path / "clustered.pt")
 
 
 def test_strip_clustering_gives_plain_state_dict():

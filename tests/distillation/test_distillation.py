@@ -227,7 +227,10 @@ def test_distill_calls_teacher_once_per_batch_and_student_moves_towards_teacher(
 def test_load_teacher_from_whole_model_checkpoint_and_errors(tmp_path: Path):
     teacher = ConvNet(4)
     torch.save(teacher, tmp_path / "t.pt")
-    loaded = load_teacher({"checkpoint": str(tmp_path / "t.pt")}, num_classes=3)
+    with pytest.raises(CheckpointError, match="trust"):  # a pickled model runs code: only with the opt-in
+        load_teacher({"checkpoint": str(tmp_path / "t.pt")}, num_classes=3)
+    with pytest.warns(UserWarning, match="runs any code"):
+        loaded = load_teacher({"checkpoint": str(tmp_path / "t.pt"), "trust": True}, num_classes=3)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(loaded(x), teacher(x))
     torch.save(teacher.state_dict(), tmp_path / "sd.pt")

@@ -1,0 +1,74 @@
+"""Factory specs: a user's own model or data set named as ``package.module:function`` or
+``path/to/file.py:function``, imported from the current folder without ``PYTHONPATH``.
+
+Example:
+    >>> build = import_factory("mymodel.py:build")
+    >>> model = build(num_classes=10)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from netcompress.core.errors import ConfigError
+
+
+def import_factory(spec: str, *, where: str = "factory") -> Callable[..., Any]:
+    """The callable named by ``spec``; an error names the spec and what is missing."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ConfigError(
+            f"{where}: {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'"
+        )
+    target, name = spec.split(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _module_from_file(Path(target), where=where)
+    else:
+        cwd = str(Path.cwd())
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)  # the user's own modules live where they run netcompress
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{where}: cannot import module {target!r} ({exc})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"{where}: {target!r} has no callable named {name!r}")
+    return fn
+
+
+def call_factory(spec: str, kwargs: dict[str, Any] | None = None, *, where: str = "factory") -> Any:
+    fn = import_factory(spec, where=where)
+    try:
+        return fn(**(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(
+            f"{where}: {spec} rejected its keyword arguments {sorted(kwargs or {})}: {exc}"
+        ) from None
+
+
+def _module_from_file(path: Path, *, where: str) -> Any:
+    path = path.expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{where}: file {path} not found (relative paths start at {Path.cwd()})")
+    name = f"netcompress_user_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{where}: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    parent = str(path.resolve().parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module
