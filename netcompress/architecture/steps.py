@@ -16,7 +16,7 @@ from torch import nn
 
 from netcompress.architecture.depthwise_separable import ACTIVATIONS, INITS, to_depthwise_separable
 from netcompress.core.config import Config, check_choice
-from netcompress.recipes.steps import StepContext, StepResult, register_step
+from netcompress.core.methods import MethodData, Result, register_method
 
 
 @dataclasses.dataclass
@@ -39,10 +39,8 @@ class DepthwiseSeparableConfig(Config):
         check_choice("init", self.init, INITS)
 
 
-@register_step("architecture", "depthwise_separable", config=DepthwiseSeparableConfig)
-def _depthwise_separable_step(
-    model: nn.Module, config: DepthwiseSeparableConfig, ctx: StepContext
-) -> StepResult:
+@register_method("architecture", "depthwise_separable", config=DepthwiseSeparableConfig)
+def _depthwise_separable_step(model: nn.Module, config: DepthwiseSeparableConfig, ctx: MethodData) -> Result:
     """Replace k x k convolutions by depthwise k x k + BN + activation + pointwise 1 x 1."""
     new_model, summary = to_depthwise_separable(
         model,
@@ -54,4 +52,4 @@ def _depthwise_separable_step(
         init=config.init,
         example_inputs=ctx.example_inputs,
     )
-    return StepResult(model=new_model, summary=summary)
+    return Result(model=new_model, summary=summary)

@@ -54,16 +54,19 @@ def run(args: argparse.Namespace) -> int:
             for name in data.list():
                 table.add_row(name)
         elif kind == "methods":
-            from netcompress.recipes.registry_imports import import_step_modules
-            from netcompress.recipes.steps import STEPS
+            from netcompress.core.methods import METHODS, describe_method, find_method
 
-            import_step_modules()
+            find_method("train", "supervised", where="list")  # imports every method package
             table.add_column("op")
             table.add_column("method")
             table.add_column("what it does")
-            for key in STEPS.names():
-                spec = STEPS.get(key)
-                table.add_row(spec.op, spec.method, spec.doc)
+            table.add_column("fields (type = default)")
+            for key in METHODS.names():
+                spec = METHODS.get(key)
+                fields = "\n".join(
+                    f"{f['name']}: {f['type']} = {f['default']!r}" for f in describe_method(spec)
+                )
+                table.add_row(spec.op, spec.name, spec.doc, fields)
         else:
             table.add_column("recipe")
             table.add_column("run it with")

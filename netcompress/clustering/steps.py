@@ -18,7 +18,7 @@ from netcompress.clustering.kmeans import KMEANS_INITS
 from netcompress.clustering.storage import save_clustered
 from netcompress.clustering.weight_sharing import cluster_weights
 from netcompress.core.config import Config, check_choice, check_range
-from netcompress.recipes.steps import StepContext, StepResult, register_step
+from netcompress.core.methods import MethodData, Result, register_method
 
 
 @dataclasses.dataclass
@@ -41,8 +41,8 @@ class ClusterConfig(Config):
         check_choice("init", self.init, KMEANS_INITS.names())
 
 
-@register_step("cluster", "kmeans", config=ClusterConfig)
-def _kmeans_step(model: nn.Module, config: ClusterConfig, ctx: StepContext) -> StepResult:
+@register_method("cluster", "kmeans", config=ClusterConfig)
+def _kmeans_step(model: nn.Module, config: ClusterConfig, ctx: MethodData) -> Result:
     """Per-layer k-means weight sharing (codebook + indices), kept through fine-tuning."""
     summary = cluster_weights(
         model,
@@ -53,7 +53,7 @@ def _kmeans_step(model: nn.Module, config: ClusterConfig, ctx: StepContext) -> S
         seed=config.seed,
     )
     if config.save:
-        saved = save_clustered(model, ctx.step_dir / "clustered.pt")
+        saved = save_clustered(model, ctx.out_dir / "clustered.pt")
         summary["file"] = saved["path"]
         summary["size_bytes"] = saved["size_bytes"]
-    return StepResult(model=model, summary=summary)
+    return Result(model=model, summary=summary)

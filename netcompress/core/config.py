@@ -7,8 +7,10 @@ recipe never silently falls back to a default.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -38,6 +40,11 @@ class Config:
                 raise ConfigError(
                     f"unknown key {key!r}{place}{hint}; {cls.__name__} accepts: {', '.join(known)}"
                 )
+        hints = _field_types(cls)
+        for key, value in data.items():
+            problem = type_problem(value, hints.get(key, Any))
+            if problem:
+                raise ConfigError(f"{key}={value!r}{place}: {problem}")
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
@@ -63,3 +70,79 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
     """Raise ConfigError unless lo <= value <= hi (either bound optional)."""
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{name}={value!r} must be within [{lo}, {hi}]")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved is not checked
+        return {}
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` does not fit ``annotation`` (None when it does), for the types configs use.
+
+    ``bool`` is not an ``int`` here (``epochs: true`` is a mistake), an ``int`` is a ``float``, and
+    ``None`` fits only an optional field.
+    """
+    if annotation is Any or isinstance(annotation, typing.TypeVar):
+        return None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [type_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else f"expected {type_label(annotation)}"
+    if origin is typing.Literal:
+        return None if value in args else f"expected one of {list(args)}"
+    if value is None:
+        return f"expected {type_label(annotation)}, got null"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {type(value).__name__}"
+        item = (
+            args[0]
+            if args and origin is not tuple
+            else (args[0] if len(args) == 2 and args[1] is Ellipsis else Any)
+        )
+        for element in value:
+            if type_problem(element, item) is not None:
+                return f"expected {type_label(annotation)}, got an element {element!r}"
+        return None
+    elif origin in (dict, collections.abc.Mapping) or annotation is dict:
+        ok = isinstance(value, dict)
+    elif isinstance(annotation, type):
+        ok = isinstance(value, annotation)
+    else:
+        return None
+    return None if ok else f"expected {type_label(annotation)}, got {type(value).__name__}"
+
+
+def type_label(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_fields(cls: type) -> list[dict[str, Any]]:
+    """Each field of a config class: name, type and default (``netcompress list methods``)."""
+    hints = _field_types(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rows.append({"name": f.name, "type": type_label(hints.get(f.name, Any)), "default": default})
+    return rows

@@ -23,9 +23,9 @@ from torch import nn
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import load_checkpoint
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.distillation.hooks import ADAPTERS
 from netcompress.distillation.teacher_student import distill_with_history
-from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
 TEACHER_KEYS = ("model", "kwargs", "checkpoint", "trust", "train", "step")
@@ -121,7 +121,7 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
     return teacher
 
 
-def _teacher_for_step(spec: Mapping[str, Any], ctx: StepContext) -> nn.Module:
+def _teacher_for_step(spec: Mapping[str, Any], ctx: MethodData) -> nn.Module:
     """Load the teacher; with ``train:`` and no checkpoint, train it first on the step's data.
 
     A teacher trained here is saved as ``teacher.pt`` in the step folder and evaluated into
@@ -135,35 +135,33 @@ def _teacher_for_step(spec: Mapping[str, Any], ctx: StepContext) -> nn.Module:
     from netcompress.evaluation import evaluate
     from netcompress.training import TrainConfig, fit
 
-    cached = ctx.step_dir / "teacher.pt"
+    cached = ctx.out_dir / "teacher.pt"
     if cached.exists():
         return load_teacher({"checkpoint": str(cached)}, num_classes=ctx.num_classes)
     teacher = load_teacher({k: v for k, v in spec.items() if k != "train"}, num_classes=ctx.num_classes)
     train_cfg = TrainConfig.from_dict(spec["train"] or {}, where="teacher.train")
     train_cfg = train_cfg.replace(device=ctx.device, progress=train_cfg.progress and ctx.progress)
     history = fit(teacher, ctx.train_loader, val_loader=ctx.val_loader, config=train_cfg)
-    atomic_write_json(ctx.step_dir / "teacher_history.json", history.rows)
-    atomic_write_json(ctx.step_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
+    atomic_write_json(ctx.out_dir / "teacher_history.json", history.rows)
+    atomic_write_json(ctx.out_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
     atomic_torch_save(teacher, cached, sign=True)
     return teacher
 
 
-def _teacher_from_step(step: int, ctx: StepContext) -> nn.Module:
+def _teacher_from_step(step: int, ctx: MethodData) -> nn.Module:
     """The model as it was after step ``step`` (1-based) of this run: pruning + KD in one recipe."""
-    found = sorted((ctx.run_dir / "steps").glob(f"{step:02d}-*/model.pt"))
-    if not found or ctx.step_dir.name.startswith(f"{step:02d}-"):
-        raise ConfigError(
-            f"teacher: step {step} has no finished model in {ctx.run_dir / 'steps'} (use an earlier step)"
-        )
-    return load_teacher({"checkpoint": str(found[0])}, num_classes=ctx.num_classes)
+    path = ctx.extras.get("step_models", {}).get(step)
+    if path is None:
+        raise ConfigError(f"teacher: step {step} has no finished model in this run (use an earlier step)")
+    return load_teacher({"checkpoint": str(path)}, num_classes=ctx.num_classes)
 
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@register_step("distill", "soft_targets", config=SoftTargetsStepConfig)
-def _soft_targets_step(model: nn.Module, config: SoftTargetsStepConfig, ctx: StepContext) -> StepResult:
+@register_method("distill", "soft_targets", config=SoftTargetsStepConfig)
+def _soft_targets_step(model: nn.Module, config: SoftTargetsStepConfig, ctx: MethodData) -> Result:
     """Knowledge distillation with soft targets (temperature, alpha) from a teacher model."""
     if config.teacher is not None:
         teacher = _teacher_for_step(config.teacher, ctx)
@@ -200,9 +198,9 @@ def _soft_targets_step(model: nn.Module, config: SoftTargetsStepConfig, ctx: Ste
         "best_val_acc": max(val_accs) if val_accs else None,
         "teacher_train_acc": rows[-1].get("teacher_train_acc") if rows else None,
     }
-    metrics_path = ctx.step_dir / "teacher_metrics.json"
+    metrics_path = ctx.out_dir / "teacher_metrics.json"
     if metrics_path.exists():
         import json
 
         summary["teacher_val_acc"] = json.loads(metrics_path.read_text())["accuracy"]
-    return StepResult(model=student, summary=summary, history=rows)
+    return Result(model=student, summary=summary, history=rows)

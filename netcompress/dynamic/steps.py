@@ -20,6 +20,7 @@ from torch import nn
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.io import atomic_write_json
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.dynamic.early_exit import EXIT_CRITERIA, HEADS, EarlyExitModel, add_early_exits
 from netcompress.dynamic.exit_training import evaluate_early_exit, train_early_exit
 from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable
@@ -29,7 +30,6 @@ from netcompress.dynamic.slimmable_training import (
     train_slimmable,
     width_key,
 )
-from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
 
@@ -114,13 +114,13 @@ def _train_summary(history: Any, config: TrainConfig) -> dict[str, Any]:
     return summarize(history, config) if history is not None else {"epochs": 0}
 
 
-def _plot_curve(curve: dict[str, Any], label: str, ctx: StepContext, *, title: str) -> str:
+def _plot_curve(curve: dict[str, Any], label: str, ctx: MethodData, *, title: str) -> str:
     """Draw the accuracy-vs-MACs curve into the step folder (single-run reports do not draw curves)."""
     from netcompress.reporting import plot_accuracy_vs_params
 
     points = list(zip(curve["x"], curve["y"]))
     path = plot_accuracy_vs_params(
-        {label: points}, ctx.step_dir / "accuracy_vs_macs.png", title=title, xlabel="MACs"
+        {label: points}, ctx.out_dir / "accuracy_vs_macs.png", title=title, xlabel="MACs"
     )
     return str(path)
 
@@ -129,8 +129,8 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@register_step("dynamic", "early_exit", config=EarlyExitStepConfig)
-def early_exit_step(model: nn.Module, config: EarlyExitStepConfig, ctx: StepContext) -> StepResult:
+@register_method("dynamic", "early_exit", config=EarlyExitStepConfig)
+def early_exit_step(model: nn.Module, config: EarlyExitStepConfig, ctx: MethodData) -> Result:
     """Attach early-exit heads, train them (or jointly), sweep thresholds: accuracy vs expected MACs."""
     from netcompress.training.steps import run_config
 
@@ -149,7 +149,7 @@ def early_exit_step(model: nn.Module, config: EarlyExitStepConfig, ctx: StepCont
             weights=config.exit_weights,
             freeze_backbone=config.freeze_backbone,
             hooks=list(ctx.extras.get("hooks", [])),
-            checkpoint_dir=ctx.step_dir / "checkpoints",
+            checkpoint_dir=ctx.out_dir / "checkpoints",
             resume=True,
         )
     rows = evaluate_early_exit(
@@ -161,7 +161,7 @@ def early_exit_step(model: nn.Module, config: EarlyExitStepConfig, ctx: StepCont
         device=ctx.device,
         max_batches=config.max_eval_batches,
     )
-    atomic_write_json(ctx.step_dir / "early_exit.json", rows)
+    atomic_write_json(ctx.out_dir / "early_exit.json", rows)
     ee.set_policy(criterion=config.criterion, threshold=config.deploy_threshold)
     curve = {"x": [r["expected_macs"] for r in rows], "y": [r["accuracy"] for r in rows], "x_label": "MACs"}
     plot = _plot_curve(
@@ -183,11 +183,11 @@ def early_exit_step(model: nn.Module, config: EarlyExitStepConfig, ctx: StepCont
         curves={"accuracy vs MACs": curve},
         plot=plot,
     )
-    return StepResult(model=ee, summary=summary, history=history.rows if history is not None else None)
+    return Result(model=ee, summary=summary, history=history.rows if history is not None else None)
 
 
-@register_step("dynamic", "slimmable", config=SlimmableStepConfig)
-def slimmable_step(model: nn.Module, config: SlimmableStepConfig, ctx: StepContext) -> StepResult:
+@register_method("dynamic", "slimmable", config=SlimmableStepConfig)
+def slimmable_step(model: nn.Module, config: SlimmableStepConfig, ctx: MethodData) -> Result:
     """Train a slimmable (switchable-width) model; accuracy vs MACs per width; optionally extract one width."""
     from netcompress.training.steps import run_config
 
@@ -211,11 +211,11 @@ def slimmable_step(model: nn.Module, config: SlimmableStepConfig, ctx: StepConte
             val_loader=ctx.val_loader,
             hook=hook,
             hooks=list(ctx.extras.get("hooks", [])),
-            checkpoint_dir=ctx.step_dir / "checkpoints",
+            checkpoint_dir=ctx.out_dir / "checkpoints",
             resume=True,
         )
     rows = evaluate_widths(slim, ctx.val_loader, device=ctx.device, max_batches=config.max_eval_batches)
-    atomic_write_json(ctx.step_dir / "widths.json", rows)
+    atomic_write_json(ctx.out_dir / "widths.json", rows)
     curve = {"x": [r["macs"] for r in rows], "y": [r["accuracy"] for r in rows], "x_label": "MACs"}
     summary = _train_summary(history, train_config)
     summary.update(
@@ -231,6 +231,4 @@ def slimmable_step(model: nn.Module, config: SlimmableStepConfig, ctx: StepConte
         summary["deployed_params"] = _params(result_model)
     else:
         slim.set_width(max(slim.widths))
-    return StepResult(
-        model=result_model, summary=summary, history=history.rows if history is not None else None
-    )
+    return Result(model=result_model, summary=summary, history=history.rows if history is not None else None)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from netcompress.core.config import Config, check_range
-from netcompress.recipes.steps import StepContext, StepResult, register_step
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.training.config import TrainConfig
 
 
@@ -39,7 +39,7 @@ class IterativeChannelConfig(Config):
 
 
 def prune_channels_iteratively(
-    model: nn.Module, ctx: StepContext, *, config: IterativeChannelConfig
+    model: nn.Module, ctx: MethodData, *, config: IterativeChannelConfig
 ) -> tuple[nn.Module, list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the rounds; returns the final model, one row per round, and the training history."""
     from netcompress.evaluation import evaluate
@@ -82,8 +82,8 @@ def prune_channels_iteratively(
     return model, rounds, history
 
 
-@register_step("prune", "iterative_channel", config=IterativeChannelConfig)
-def _iterative_channel_step(model: nn.Module, config: IterativeChannelConfig, ctx: StepContext) -> StepResult:
+@register_method("prune", "iterative_channel", config=IterativeChannelConfig)
+def _iterative_channel_step(model: nn.Module, config: IterativeChannelConfig, ctx: MethodData) -> Result:
     """Iterative channel pruning: keep a share per round, fine-tune, repeat; accuracy-vs-params curve."""
     model, rounds, history = prune_channels_iteratively(model, ctx, config=config)
     curve = {
@@ -98,7 +98,7 @@ def _iterative_channel_step(model: nn.Module, config: IterativeChannelConfig, ct
         "params_after": rounds[-1]["params"],
         "curves": {"validation accuracy vs parameters": curve},
     }
-    return StepResult(model=model, summary=summary, history=history)
+    return Result(model=model, summary=summary, history=history)
 
 
 def _params(model: nn.Module) -> int:

@@ -7,7 +7,7 @@ Example recipe steps (E1, network slimming)::
     - {op: train, method: finetune, epochs: 20}
 
 Each step returns the smaller model and a JSON-able summary; BN scaling-factor histograms are
-written to ``ctx.step_dir / "bn_gammas.json"`` for the report. The prune steps then re-estimate
+written to ``ctx.out_dir / "bn_gammas.json"`` for the report. The prune steps then re-estimate
 BatchNorm statistics on ``recalibrate_bn_batches`` training batches (default 10, 0 = off): after
 channel removal they are stale and a pruned model scores at chance until they are; the summary's
 ``bn_recalibration`` holds the accuracy on a few validation batches before and after. With
@@ -27,13 +27,13 @@ from torch import nn
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import DataError
 from netcompress.core.io import atomic_write_json
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.pruning.auto import DEFAULT_RATE_GRID, METHODS, TARGETS, prune_to_target
 from netcompress.pruning.bn_recalibration import recalibrate_after_pruning, top1_on_batches
 from netcompress.pruning.channel import SCOPES, check_round_to, prune_channels_with_summary
 from netcompress.pruning.importance import IMPORTANCES
 from netcompress.pruning.reconstruction import reconstruct_weights
 from netcompress.pruning.slimming import BNL1Penalty, bn_gammas, gamma_histogram, slim
-from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
 
@@ -135,15 +135,15 @@ class SlimmingTrainConfig(TrainConfig):
         return TrainConfig(**{k: v for k, v in self.to_dict().items() if k in fields})
 
 
-def _write_gammas(model: nn.Module, ctx: StepContext, name: str) -> dict[str, Any]:
+def _write_gammas(model: nn.Module, ctx: MethodData, name: str) -> dict[str, Any]:
     """BN scaling factors to ``step_dir/name`` (for histograms) and a compact histogram for the summary."""
-    atomic_write_json(ctx.step_dir / name, {k: v.tolist() for k, v in bn_gammas(model).items()})
+    atomic_write_json(ctx.out_dir / name, {k: v.tolist() for k, v in bn_gammas(model).items()})
     return gamma_histogram(model)
 
 
 def _finished(
-    small: nn.Module, original: nn.Module, summary: dict[str, Any], config: Any, ctx: StepContext
-) -> StepResult:
+    small: nn.Module, original: nn.Module, summary: dict[str, Any], config: Any, ctx: MethodData
+) -> Result:
     """After the prune: weight reconstruction (``reconstruct_batches``), then BatchNorm recalibration
     (``recalibrate_bn_batches``; stale after channel removal). The summary gains ``reconstruction`` and
     ``bn_recalibration``, each with the accuracy on a few validation batches before and after."""
@@ -163,7 +163,7 @@ def _finished(
         val_loader=ctx.val_loader,
         num_batches=config.recalibrate_bn_batches,
     )
-    return StepResult(model=small, summary=_lean(summary))
+    return Result(model=small, summary=_lean(summary))
 
 
 def _lean(summary: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +171,8 @@ def _lean(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k not in ("groups", "kept_indices")}
 
 
-@register_step("prune", "channel", config=ChannelPruneConfig)
-def channel_step(model: nn.Module, config: ChannelPruneConfig, ctx: StepContext) -> StepResult:
+@register_method("prune", "channel", config=ChannelPruneConfig)
+def channel_step(model: nn.Module, config: ChannelPruneConfig, ctx: MethodData) -> Result:
     """Remove channels physically (L1/L2/FPGM/Taylor/BN-scale/random importance)."""
     small, summary = prune_channels_with_summary(
         model,
@@ -191,8 +191,8 @@ def channel_step(model: nn.Module, config: ChannelPruneConfig, ctx: StepContext)
     return _finished(small, model, summary, config, ctx)
 
 
-@register_step("prune", "slimming", config=SlimmingConfig)
-def slimming_step(model: nn.Module, config: SlimmingConfig, ctx: StepContext) -> StepResult:
+@register_method("prune", "slimming", config=SlimmingConfig)
+def slimming_step(model: nn.Module, config: SlimmingConfig, ctx: MethodData) -> Result:
     """Network slimming: prune channels whose BN |gamma| is under a global threshold."""
     histogram = _write_gammas(model, ctx, "bn_gammas_before.json")
     small, summary = slim(model, ctx.example_inputs, percent=config.percent, min_channels=config.min_channels)
@@ -200,8 +200,8 @@ def slimming_step(model: nn.Module, config: SlimmingConfig, ctx: StepContext) ->
     return _finished(small, model, summary, config, ctx)
 
 
-@register_step("prune", "auto", config=AutoPruneConfig)
-def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: StepContext) -> StepResult:
+@register_method("prune", "auto", config=AutoPruneConfig)
+def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: MethodData) -> Result:
     """Choose per-layer rates automatically to reach a MAC or parameter reduction."""
     small, summary = prune_to_target(
         model,
@@ -221,8 +221,8 @@ def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: StepContext) -> St
     return _finished(small, model, summary, config, ctx)
 
 
-@register_step("train", "slimming", config=SlimmingTrainConfig)
-def slimming_train_step(model: nn.Module, config: SlimmingTrainConfig, ctx: StepContext) -> StepResult:
+@register_method("train", "slimming", config=SlimmingTrainConfig)
+def slimming_train_step(model: nn.Module, config: SlimmingTrainConfig, ctx: MethodData) -> Result:
     """Sparsity training: fit with the BN L1 penalty; history rows carry bn_sparsity per epoch."""
     from netcompress.training.loop import fit  # the training area; imported when the step runs
     from netcompress.training.steps import run_config, summarize
@@ -235,7 +235,7 @@ def slimming_train_step(model: nn.Module, config: SlimmingTrainConfig, ctx: Step
         val_loader=ctx.val_loader,
         config=train_config,
         hooks=[hook, *ctx.extras.get("hooks", [])],
-        checkpoint_dir=ctx.step_dir / "checkpoints",
+        checkpoint_dir=ctx.out_dir / "checkpoints",
         resume=True,
     )
     summary = summarize(history, train_config)
@@ -245,4 +245,4 @@ def slimming_train_step(model: nn.Module, config: SlimmingTrainConfig, ctx: Step
     # every |gamma| at the end: a sweep over lambda draws these as one histogram panel per lambda (E1)
     gammas = [abs(float(g)) for values in bn_gammas(model).values() for g in values.reshape(-1).tolist()]
     summary["histograms"] = {"BN scaling factor |gamma|": gammas}
-    return StepResult(model=model, summary=summary, history=history.rows)
+    return Result(model=model, summary=summary, history=history.rows)

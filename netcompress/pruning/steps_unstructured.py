@@ -22,6 +22,7 @@ from torch import nn
 
 from netcompress.core.config import Config, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.pruning.neuron import NeuronPruneConfig
 from netcompress.pruning.schedules import (
     GradualConfig,
@@ -32,12 +33,11 @@ from netcompress.pruning.schedules import (
 )
 from netcompress.pruning.sparse_storage import save_sparse
 from netcompress.pruning.unstructured import UnstructuredConfig, prune_unstructured_with_config
-from netcompress.recipes.steps import StepContext, StepResult, register_step
 
 SPARSE_FILE = "sparse.ncz"
 
 
-def _train_config(train: dict[str, Any], ctx: StepContext | None = None, **changes: Any) -> Any:
+def _train_config(train: dict[str, Any], ctx: MethodData | None = None, **changes: Any) -> Any:
     """The step's nested ``train:`` mapping as a TrainConfig (run seed/device, no bar unless asked)."""
     from netcompress.training.config import TrainConfig
 
@@ -153,10 +153,10 @@ class NeuronStep(Config):
 
 
 def _with_storage(
-    model: nn.Module, summary: dict[str, Any], ctx: StepContext, *, save: bool
+    model: nn.Module, summary: dict[str, Any], ctx: MethodData, *, save: bool
 ) -> dict[str, Any]:
     if save:
-        info = save_sparse(model, ctx.step_dir / SPARSE_FILE)
+        info = save_sparse(model, ctx.out_dir / SPARSE_FILE)
         summary.update(
             sparse_file=SPARSE_FILE,
             sparse_size_bytes=info["size_bytes"],
@@ -166,25 +166,25 @@ def _with_storage(
     return summary
 
 
-@register_step("prune", "l1_unstructured", config=L1UnstructuredStep)
-def _l1_step(model: nn.Module, config: L1UnstructuredStep, ctx: StepContext) -> StepResult:
+@register_method("prune", "l1_unstructured", config=L1UnstructuredStep)
+def _l1_step(model: nn.Module, config: L1UnstructuredStep, ctx: MethodData) -> Result:
     """Magnitude (L1) unstructured pruning through masks."""
     summary = prune_unstructured_with_config(
         model, config=config.prune_config(method="l1", amount=config.amount)
     )
-    return StepResult(model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse))
+    return Result(model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse))
 
 
-@register_step("prune", "random_unstructured", config=RandomUnstructuredStep)
-def _random_step(model: nn.Module, config: RandomUnstructuredStep, ctx: StepContext) -> StepResult:
+@register_method("prune", "random_unstructured", config=RandomUnstructuredStep)
+def _random_step(model: nn.Module, config: RandomUnstructuredStep, ctx: MethodData) -> Result:
     """Random unstructured pruning through masks (baseline)."""
     prune = config.prune_config(method="random", amount=config.amount, seed=config.seed)
     summary = prune_unstructured_with_config(model, config=prune)
-    return StepResult(model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse))
+    return Result(model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse))
 
 
-@register_step("prune", "gradual", config=GradualStep)
-def _gradual_step(model: nn.Module, config: GradualStep, ctx: StepContext) -> StepResult:
+@register_method("prune", "gradual", config=GradualStep)
+def _gradual_step(model: nn.Module, config: GradualStep, ctx: MethodData) -> Result:
     """Gradual magnitude pruning during training (Zhu & Gupta)."""
     summary = prune_gradual(
         model,
@@ -195,13 +195,13 @@ def _gradual_step(model: nn.Module, config: GradualStep, ctx: StepContext) -> St
         train_config=_train_config(config.train, ctx),
     )
     history = summary.pop("history")
-    return StepResult(
+    return Result(
         model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse), history=history
     )
 
 
-@register_step("prune", "iterative", config=IterativeStep)
-def _iterative_step(model: nn.Module, config: IterativeStep, ctx: StepContext) -> StepResult:
+@register_method("prune", "iterative", config=IterativeStep)
+def _iterative_step(model: nn.Module, config: IterativeStep, ctx: MethodData) -> Result:
     """Iterative prune-and-fine-tune rounds (Han et al.)."""
     summary = prune_iterative(
         model,
@@ -212,12 +212,12 @@ def _iterative_step(model: nn.Module, config: IterativeStep, ctx: StepContext) -
         train_config=_train_config(config.train, ctx, epochs=config.epochs_per_round),
     )
     history = summary.pop("history")
-    return StepResult(
+    return Result(
         model=model, summary=_with_storage(model, summary, ctx, save=config.save_sparse), history=history
     )
 
 
-def _neuron_step(model: nn.Module, config: NeuronStep, ctx: StepContext, *, criterion: str) -> StepResult:
+def _neuron_step(model: nn.Module, config: NeuronStep, ctx: MethodData, *, criterion: str) -> Result:
     loader = ctx.calib_loader if ctx.calib_loader is not None else ctx.train_loader
     if loader is None:
         raise ConfigError(f"prune/{criterion} needs data to measure activations (no calib or train loader)")
@@ -234,16 +234,26 @@ def _neuron_step(model: nn.Module, config: NeuronStep, ctx: StepContext, *, crit
         train_config=_train_config(config.train, ctx, epochs=config.epochs_per_round),
     )
     history = summary.pop("history")
-    return StepResult(model=new, summary=summary, history=history or None)
+    return Result(model=new, summary=summary, history=history or None)
 
 
-@register_step("prune", "apoz", config=NeuronStep)
-def _apoz_step(model: nn.Module, config: NeuronStep, ctx: StepContext) -> StepResult:
+@dataclasses.dataclass
+class APoZStep(NeuronStep):
+    """Remove the neurons/channels with the highest average percentage of zeros after the activation."""
+
+
+@dataclasses.dataclass
+class MeanActivationStep(NeuronStep):
+    """Remove the neurons/channels with the lowest mean activation."""
+
+
+@register_method("prune", "apoz", config=APoZStep)
+def _apoz_step(model: nn.Module, config: APoZStep, ctx: MethodData) -> Result:
     """Neuron pruning by APoZ (average percentage of zeros after the activation)."""
     return _neuron_step(model, config, ctx, criterion="apoz")
 
 
-@register_step("prune", "mean_activation", config=NeuronStep)
-def _mean_activation_step(model: nn.Module, config: NeuronStep, ctx: StepContext) -> StepResult:
+@register_method("prune", "mean_activation", config=MeanActivationStep)
+def _mean_activation_step(model: nn.Module, config: MeanActivationStep, ctx: MethodData) -> Result:
     """Neuron pruning by mean activation."""
     return _neuron_step(model, config, ctx, criterion="mean_activation")

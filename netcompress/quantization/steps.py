@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.quantization.mixed_precision import SENSITIVITY_METRICS, mixed_precision_quantize
 from netcompress.quantization.modules import QUANTIZERS
 from netcompress.quantization.observers import OBSERVERS
@@ -25,7 +26,6 @@ from netcompress.quantization.ptq import freeze_quantizers_, quantize_with_summa
 from netcompress.quantization.qat import prepare_qat, qat_summary
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
 from netcompress.quantization.storage import save_quantized
-from netcompress.recipes.steps import StepContext, StepResult, register_step
 from netcompress.training.config import TrainConfig
 
 
@@ -132,35 +132,35 @@ class MixedPrecisionConfig(Config):
         check_choice("scheme", self.scheme, SCHEMES)
 
 
-def _calib(ctx: StepContext) -> Any:
+def _calib(ctx: MethodData) -> Any:
     return ctx.calib_loader if ctx.calib_loader is not None else ctx.train_loader
 
 
-@register_step("quantize", "ptq_static", config=PTQStaticConfig)
-def _ptq_static(model: nn.Module, config: PTQStaticConfig, ctx: StepContext) -> StepResult:
+@register_method("quantize", "ptq_static", config=PTQStaticConfig)
+def _ptq_static(model: nn.Module, config: PTQStaticConfig, ctx: MethodData) -> Result:
     """Static post-training quantization with calibration batches."""
     qmodel, summary = quantize_with_summary(model, _calib(ctx), mode="static", **config.to_dict())
-    return StepResult(model=qmodel, summary=summary)
+    return Result(model=qmodel, summary=summary)
 
 
-@register_step("quantize", "ptq_dynamic", config=PTQDynamicConfig)
-def _ptq_dynamic(model: nn.Module, config: PTQDynamicConfig, ctx: StepContext) -> StepResult:
+@register_method("quantize", "ptq_dynamic", config=PTQDynamicConfig)
+def _ptq_dynamic(model: nn.Module, config: PTQDynamicConfig, ctx: MethodData) -> Result:
     """Dynamic quantization of Linear layers."""
     qmodel, summary = quantize_with_summary(model, None, mode="dynamic", act_bits=8, **config.to_dict())
-    return StepResult(model=qmodel, summary=summary)
+    return Result(model=qmodel, summary=summary)
 
 
-@register_step("quantize", "weight_only", config=WeightOnlyConfig)
-def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: StepContext) -> StepResult:
+@register_method("quantize", "weight_only", config=WeightOnlyConfig)
+def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: MethodData) -> Result:
     """Weight-only quantization."""
     qmodel, summary = quantize_with_summary(
         model, None, mode="weight_only", act_bits=None, **config.to_dict()
     )
-    return StepResult(model=qmodel, summary=summary)
+    return Result(model=qmodel, summary=summary)
 
 
-@register_step("quantize", "qat", config=QATConfig)
-def _qat(model: nn.Module, config: QATConfig, ctx: StepContext) -> StepResult:
+@register_method("quantize", "qat", config=QATConfig)
+def _qat(model: nn.Module, config: QATConfig, ctx: MethodData) -> Result:
     """Quantization-aware training with netcompress.training.fit, then frozen scales."""
     from netcompress.training import fit  # being written in parallel; imported when the step runs
 
@@ -186,15 +186,15 @@ def _qat(model: nn.Module, config: QATConfig, ctx: StepContext) -> StepResult:
     summary = qat_summary(qmodel)
     if rows:
         summary["final_val_acc"] = rows[-1].get("val_acc")
-    return StepResult(model=qmodel, summary=summary, history=rows)
+    return Result(model=qmodel, summary=summary, history=rows)
 
 
-@register_step("quantize", "mixed_precision", config=MixedPrecisionConfig)
-def _mixed_precision(model: nn.Module, config: MixedPrecisionConfig, ctx: StepContext) -> StepResult:
+@register_method("quantize", "mixed_precision", config=MixedPrecisionConfig)
+def _mixed_precision(model: nn.Module, config: MixedPrecisionConfig, ctx: MethodData) -> Result:
     """Per-layer bit widths under a byte budget; writes the bit-packed file."""
     values = config.to_dict()
     save = values.pop("save")
     qmodel, summary = mixed_precision_quantize(model, _calib(ctx), **values)
     if save:
-        summary["file"] = save_quantized(qmodel, ctx.step_dir / "model.ncq")
-    return StepResult(model=qmodel, summary=summary)
+        summary["file"] = save_quantized(qmodel, ctx.out_dir / "model.ncq")
+    return Result(model=qmodel, summary=summary)

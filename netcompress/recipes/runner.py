@@ -35,6 +35,7 @@ from netcompress.core.io import (
     load_state_dict_file,
     to_jsonable,
 )
+from netcompress.core.methods import MethodData
 from netcompress.recipes.schema import (
     LOADER_KEYS,
     MODEL_SPEC_KEYS,
@@ -43,7 +44,7 @@ from netcompress.recipes.schema import (
     load_recipe_file,
     resolve_recipe,
 )
-from netcompress.recipes.steps import StepContext, get_step
+from netcompress.recipes.steps import find_method
 
 STATE_FILE = "state.json"
 
@@ -158,31 +159,31 @@ def _run_step(
 ) -> nn.Module:
     from netcompress.training import seed_everything
 
-    spec = get_step(step["op"], step["method"], where=f"step {index + 1}")
+    spec = find_method(step["op"], step["method"], where=f"step {index + 1}")
     config = spec.config.from_dict(
         {k: v for k, v in step.items() if k not in ("op", "method", "label")}, where=f"step {index + 1}"
     )
-    step_name = f"{index + 1:02d}-{spec.op}-{spec.method}"
+    step_name = f"{index + 1:02d}-{spec.op}-{spec.name}"
     step_dir = run_dir / "steps" / step_name
     step_dir.mkdir(parents=True, exist_ok=True)
     step_seed = resolved["seed"] + index + 1
     seed_everything(step_seed)
     train_loader, test_loader = _loaders(bundle, resolved["data"], step_seed)
-    ctx = StepContext(
+    ctx = MethodData(
         train_loader=train_loader,
         val_loader=test_loader,
         calib_loader=_LimitedLoader(train_loader, resolved["data"]["calib_batches"]),
         example_inputs=example_inputs,
-        step_dir=step_dir,
-        run_dir=run_dir,
+        out_dir=step_dir,
         num_classes=bundle.num_classes,
         seed=step_seed,
         progress=progress,
+        extras={"step_models": _step_models(run_dir, state)},
     )
-    label = step.get("label") or f"{spec.op}/{spec.method}"
+    label = step.get("label") or f"{spec.op}/{spec.name}"
     _say(progress, f"[step {index + 1}/{len(resolved['steps'])}] {label}")
     started = time.perf_counter()
-    result = spec.handler(model, config, ctx)
+    result = spec.fn(model, config, ctx)
     elapsed_s = time.perf_counter() - started
     model = result.model
     summary = to_jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
@@ -206,6 +207,11 @@ def _run_step(
     state["stages"].append(stage)
     atomic_write_json(run_dir / STATE_FILE, state)
     return model
+
+
+def _step_models(run_dir: Path, state: dict[str, Any]) -> dict[int, Path]:
+    """The saved model of every finished step, by step number (from 1): what ``teacher: {step: N}`` reads."""
+    return {entry["index"] + 1: run_dir / entry["dir"] / "model.pt" for entry in state["finished_steps"]}
 
 
 def _prefix_hash(resolved: dict[str, Any], index: int) -> str:

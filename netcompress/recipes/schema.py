@@ -173,10 +173,8 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """
     from netcompress import data as data_mod
     from netcompress import models as models_mod
-    from netcompress.recipes.registry_imports import import_step_modules
-    from netcompress.recipes.steps import get_step
+    from netcompress.recipes.steps import find_method
 
-    import_step_modules()
     recipe = _check_keys(recipe, TOP_LEVEL_KEYS, "the recipe")
     recipe.pop("profiles", None)  # applied by apply_profile before resolving
     if recipe.get("sweep") is not None:
@@ -228,12 +226,12 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         where = f"step {i + 1}"
         if not isinstance(step, dict) or "op" not in step:
             raise ConfigError(f"{where} must be a mapping with an 'op' (and usually a 'method')")
-        spec = get_step(step["op"], step.get("method"), where=where)
-        where = f"step {i + 1} ({spec.op}/{spec.method})"
+        spec = find_method(step["op"], step.get("method"), where=where)
+        where = f"step {i + 1} ({spec.op}/{spec.name})"
         fields = {k: v for k, v in step.items() if k not in ("op", "method", "label")}
         cfg = spec.config.from_dict(fields, where=where)
         resolved_steps.append(
-            {"op": spec.op, "method": spec.method, "label": step.get("label"), **cfg.to_dict()}
+            {"op": spec.op, "method": spec.name, "label": step.get("label"), **cfg.to_dict()}
         )
     out["steps"] = resolved_steps
     out["evaluate"] = EvaluateConfig.from_dict(recipe.get("evaluate"), where="evaluate").to_dict()

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from netcompress.recipes.steps import StepContext, StepResult, register_step
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.training.config import TrainConfig
 from netcompress.training.history import History
 from netcompress.training.loop import fit
@@ -20,7 +20,7 @@ from netcompress.training.loop import fit
 _DEFAULTS = TrainConfig()
 
 
-def run_config(config: TrainConfig, ctx: StepContext) -> TrainConfig:
+def run_config(config: TrainConfig, ctx: MethodData) -> TrainConfig:
     """The config a step trains with: the run's seed and device unless the step set its own.
 
     A step's ``seed``/``device`` left at the defaults follow the run (``ctx.seed``, ``ctx.device``),
@@ -60,8 +60,8 @@ def summarize(history: History, config: TrainConfig) -> dict[str, Any]:
     }
 
 
-@register_step("train", "supervised", config=TrainConfig)
-def train_step(model: nn.Module, config: TrainConfig, ctx: StepContext) -> StepResult:
+@register_method("train", "supervised", config=TrainConfig)
+def train_step(model: nn.Module, config: TrainConfig, ctx: MethodData) -> Result:
     """Train the model with cross entropy (the fit loop); resumes inside the step after a kill."""
     config = run_config(config, ctx)
     history = fit(
@@ -71,13 +71,18 @@ def train_step(model: nn.Module, config: TrainConfig, ctx: StepContext) -> StepR
         config=config,
         hooks=list(ctx.extras.get("hooks", [])),
         # a run killed mid-step continues from the last finished epoch
-        checkpoint_dir=ctx.step_dir / "checkpoints",
+        checkpoint_dir=ctx.out_dir / "checkpoints",
         resume=True,
     )
-    return StepResult(model=model, summary=summarize(history, config), history=history.rows)
+    return Result(model=model, summary=summarize(history, config), history=history.rows)
 
 
-@register_step("train", "finetune", config=TrainConfig)
-def finetune_step(model: nn.Module, config: TrainConfig, ctx: StepContext) -> StepResult:
+@dataclasses.dataclass
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning after compression: the fields and defaults of TrainConfig."""
+
+
+@register_method("train", "finetune", config=FinetuneConfig)
+def finetune_step(model: nn.Module, config: FinetuneConfig, ctx: MethodData) -> Result:
     """Fine-tune after compression: the same loop as ``train/supervised``."""
     return train_step(model, config, ctx)

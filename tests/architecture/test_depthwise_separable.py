@@ -11,7 +11,7 @@ from torch import nn
 
 from netcompress.architecture import DepthwiseSeparable, to_depthwise_separable
 from netcompress.core.errors import ConfigError
-from netcompress.recipes.steps import STEPS, StepContext
+from netcompress.core.methods import METHODS, MethodData
 
 
 class Small(nn.Module):
@@ -105,10 +105,10 @@ def test_conv1d_include_pickling_and_errors():
 
 
 def test_step_registered_and_uses_example_inputs(tmp_path):
-    spec = STEPS.get("architecture/depthwise_separable")
+    spec = METHODS.get("architecture/depthwise_separable")
     cfg = spec.config.from_dict({"activation": "relu6", "exclude": ["conv3"]})
-    ctx = StepContext(None, None, torch.randn(1, 3, 16, 16), tmp_path, tmp_path, 10)
-    result = spec.handler(Small(), cfg, ctx)
+    ctx = MethodData(example_inputs=torch.randn(1, 3, 16, 16), out_dir=tmp_path, num_classes=10)
+    result = spec.fn(Small(), cfg, ctx)
     assert [r["name"] for r in result.summary["layers"]] == ["conv1"]
     assert result.summary["params_after"] == 15002 - 1152 + 216
     assert result.summary["macs_after"] < result.summary["macs_before"]

@@ -25,7 +25,7 @@ from netcompress.clustering import (
     unpack_indices,
 )
 from netcompress.core.errors import CheckpointError, ConfigError
-from netcompress.recipes.steps import STEPS, StepContext
+from netcompress.core.methods import METHODS, MethodData
 
 
 class Net(nn.Module):
@@ -181,10 +181,10 @@ def test_strip_clustering_gives_plain_state_dict():
 
 
 def test_kmeans_step_writes_packed_file(tmp_path: Path):
-    spec = STEPS.get("cluster/kmeans")
+    spec = METHODS.get("cluster/kmeans")
     cfg = spec.config.from_dict({"clusters": 4, "include": ["fc"]})
-    ctx = StepContext(None, None, torch.randn(1, 3, 6, 6), tmp_path, tmp_path, 10)
-    result = spec.handler(Net(), cfg, ctx)
+    ctx = MethodData(example_inputs=torch.randn(1, 3, 6, 6), out_dir=tmp_path, num_classes=10)
+    result = spec.fn(Net(), cfg, ctx)
     assert _distinct(result.model.fc.weight) == 4 and result.summary["layers"][0]["bits"] == 2
     assert result.summary["size_bytes"] == (tmp_path / "clustered.pt").stat().st_size
     with pytest.raises(ConfigError, match="unknown key 'cluster'"):

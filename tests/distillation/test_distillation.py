@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core.errors import CheckpointError, ConfigError
+from netcompress.core.methods import METHODS, MethodData
 from netcompress.distillation import (
     FeatureDistillation,
     SoftTargetDistillation,
@@ -26,7 +27,6 @@ from netcompress.distillation import (
     kd_loss,
     load_teacher,
 )
-from netcompress.recipes.steps import STEPS, StepContext
 from netcompress.training.config import TrainConfig
 
 
@@ -246,20 +246,19 @@ def test_load_teacher_from_whole_model_checkpoint_and_errors(tmp_path: Path):
 
 def test_soft_targets_step_with_teacher_in_extras(tmp_path: Path):
     _fit_or_skip()
-    spec = STEPS.get("distill/soft_targets")
+    spec = METHODS.get("distill/soft_targets")
     cfg = spec.config.from_dict({"epochs": 1, "lr": 0.1, "alpha": 0.5, "keep_best": False})
     teacher = CountingTeacher()
-    ctx = StepContext(
+    ctx = MethodData(
         train_loader=_loader(),
         val_loader=_loader(seed=5),
         example_inputs=torch.randn(1, 8),
-        step_dir=tmp_path,
-        run_dir=tmp_path,
+        out_dir=tmp_path,
         num_classes=3,
         progress=False,
         extras={"teacher": teacher},
     )
-    result = spec.handler(nn.Linear(8, 3), cfg, ctx)
+    result = spec.fn(nn.Linear(8, 3), cfg, ctx)
     assert result.summary["teacher_params"] == 27 and result.summary["student_params"] == 27
     assert result.summary["epochs"] == 1 and len(result.history) == 1
     assert 0.0 <= result.summary["final_val_acc"] <= 1.0 and math.isfinite(result.history[0]["kd_soft_loss"])

@@ -10,23 +10,22 @@ import torch
 import netcompress.dynamic  # noqa: F401  (registers the steps)
 from netcompress import data, models
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import METHODS, MethodData
 from netcompress.dynamic import EarlyExitModel, SlimmableModel, exit_path_macs
-from netcompress.recipes.steps import STEPS, StepContext
 
 
-def _context(tmp_path) -> StepContext:
+def _context(tmp_path) -> MethodData:
     bundle = data.load("synthetic", num_samples=128, input_shape=(1, 8, 8), num_classes=4, separation=2.0)
     train, test = bundle.loaders(batch_size=32, eval_batch_size=64)
-    return StepContext(
-        train_loader=train, val_loader=test, example_inputs=torch.randn(2, 1, 8, 8), step_dir=tmp_path,
-        run_dir=tmp_path, num_classes=4, progress=False,
+    return MethodData(
+        train_loader=train, val_loader=test, example_inputs=torch.randn(2, 1, 8, 8), out_dir=tmp_path, num_classes=4, progress=False,
     )  # fmt: skip
 
 
 def _run(key: str, params: dict, tmp_path, model=None):
-    spec = STEPS.get(key)
+    spec = METHODS.get(key)
     config = spec.config.from_dict(params, where=f"step {key}")
-    result = spec.handler(model or models.create("digits_cnn", num_classes=4), config, _context(tmp_path))
+    result = spec.fn(model or models.create("digits_cnn", num_classes=4), config, _context(tmp_path))
     assert json.loads(json.dumps(result.summary)) == result.summary  # JSON-able as it stands
     return result
 
@@ -106,4 +105,4 @@ def test_slimmable_step_keeps_slimmable_model_without_deploy_width(tmp_path):
 )
 def test_config_errors_name_the_key(key, params, message):
     with pytest.raises(ConfigError, match=message):
-        STEPS.get(key).config.from_dict(params, where=f"step {key}")
+        METHODS.get(key).config.from_dict(params, where=f"step {key}")

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import METHODS, MethodData
 from netcompress.low_rank import LowRank, factorize, factorize_layer, rank_for_budget, rank_for_energy
-from netcompress.recipes.steps import STEPS, StepContext
 
 
 def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -131,10 +131,10 @@ def test_model_level_counts_macs_input_untouched_and_pickles():
 
 
 def test_svd_step_registered(tmp_path):
-    spec = STEPS.get("low_rank/svd")
+    spec = METHODS.get("low_rank/svd")
     cfg = spec.config.from_dict({"rank": 4, "include": ["re:.*"]})
-    ctx = StepContext(None, None, torch.randn(1, 16), tmp_path, tmp_path, 4)
-    result = spec.handler(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4)), cfg, ctx)
+    ctx = MethodData(example_inputs=torch.randn(1, 16), out_dir=tmp_path, num_classes=4)
+    result = spec.fn(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4)), cfg, ctx)
     # rank 4 of the 16x16 layer: 4 * 32 + 16 = 144 < 272; of the 4x16 layer: 4 * 20 + 4 = 84 >= 68, kept
     assert [r["name"] for r in result.summary["layers"]] == ["0"]
     assert [r["name"] for r in result.summary["skipped"]] == ["1"]

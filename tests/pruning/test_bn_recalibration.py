@@ -101,11 +101,10 @@ def test_bad_num_batches_is_a_config_error() -> None:
 
 
 def _context(tmp_path, data):
-    from netcompress.recipes.steps import StepContext
+    from netcompress.core.methods import MethodData
 
-    return StepContext(
-        train_loader=data, val_loader=data, example_inputs=data[0][0][:2], step_dir=tmp_path,
-        run_dir=tmp_path, num_classes=4, progress=False,
+    return MethodData(
+        train_loader=data, val_loader=data, example_inputs=data[0][0][:2], out_dir=tmp_path, num_classes=4, progress=False,
     )  # fmt: skip
 
 
@@ -113,14 +112,14 @@ def _context(tmp_path, data):
 def test_channel_and_auto_steps_recalibrate_after_the_prune(tmp_path, batches_: int) -> None:
     import json
 
-    from netcompress.recipes.steps import STEPS
+    from netcompress.core.methods import METHODS
 
     data = batches(3, size=16)
     for key, params in [("prune/channel", {"ratio": 0.5}), ("prune/auto", {"reduction": 2.0})]:
-        spec = STEPS.get(key)
+        spec = METHODS.get(key)
         config = spec.config.from_dict({**params, "recalibrate_bn_batches": batches_}, where=key)
         model = net()
-        result = spec.handler(model, config, _context(tmp_path, data))
+        result = spec.fn(model, config, _context(tmp_path, data))
         recal = json.loads(json.dumps(result.summary["bn_recalibration"]))
         assert recal["batches"] == batches_
         small_bn = result.model[1]
@@ -138,7 +137,7 @@ def test_channel_and_auto_steps_recalibrate_after_the_prune(tmp_path, batches_: 
 
 def test_step_config_rejects_negative_batches() -> None:
     from netcompress.core.errors import ConfigError
-    from netcompress.recipes.steps import STEPS
+    from netcompress.core.methods import METHODS
 
     with pytest.raises(ConfigError, match="recalibrate_bn_batches"):
-        STEPS.get("prune/slimming").config.from_dict({"recalibrate_bn_batches": -1}, where="s")
+        METHODS.get("prune/slimming").config.from_dict({"recalibrate_bn_batches": -1}, where="s")

@@ -10,7 +10,7 @@ from torch import nn
 
 import netcompress.pruning.steps_structured  # noqa: F401  (registers the steps)
 from netcompress.core.errors import ConfigError
-from netcompress.recipes.steps import STEPS, StepContext
+from netcompress.core.methods import METHODS, MethodData
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -23,21 +23,21 @@ def vgg() -> nn.Sequential:
     )  # fmt: skip
 
 
-def context(tmp_path) -> StepContext:
+def context(tmp_path) -> MethodData:
     gen = torch.Generator().manual_seed(0)
     batches = [
         (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)) for _ in range(2)
     ]
-    return StepContext(
-        train_loader=batches, val_loader=batches, example_inputs=X, step_dir=tmp_path, run_dir=tmp_path,
+    return MethodData(
+        train_loader=batches, val_loader=batches, example_inputs=X, out_dir=tmp_path,
         num_classes=10, progress=False,
     )  # fmt: skip
 
 
 def run(key: str, params: dict, tmp_path, model: nn.Module | None = None):
-    spec = STEPS.get(key)
+    spec = METHODS.get(key)
     config = spec.config.from_dict(params, where=f"step {key}")
-    result = spec.handler(model or vgg(), config, context(tmp_path))
+    result = spec.fn(model or vgg(), config, context(tmp_path))
     json.dumps(result.summary)  # every summary is JSON-able
     return result
 
@@ -71,13 +71,13 @@ def test_prune_auto_step(tmp_path) -> None:
 
 def test_step_configs_reject_unknown_and_bad_keys() -> None:
     with pytest.raises(ConfigError, match="'ratoi'"):
-        STEPS.get("prune/channel").config.from_dict({"ratoi": 0.5}, where="step 1")
+        METHODS.get("prune/channel").config.from_dict({"ratoi": 0.5}, where="step 1")
     with pytest.raises(ConfigError, match="importance"):
-        STEPS.get("prune/channel").config.from_dict({"importance": "magic"})
+        METHODS.get("prune/channel").config.from_dict({"importance": "magic"})
     with pytest.raises(ConfigError, match="percent"):
-        STEPS.get("prune/slimming").config.from_dict({"percent": 2.0})
+        METHODS.get("prune/slimming").config.from_dict({"percent": 2.0})
     with pytest.raises(ConfigError, match="lambda_"):
-        STEPS.get("train/slimming").config.from_dict({"lambda_": -1.0})
+        METHODS.get("train/slimming").config.from_dict({"lambda_": -1.0})
 
 
 def test_train_slimming_step_records_bn_sparsity(tmp_path) -> None:

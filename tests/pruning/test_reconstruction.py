@@ -121,26 +121,25 @@ def test_bad_input_is_named() -> None:
 def test_prune_steps_reconstruct_before_recalibrating(tmp_path, key: str, params: dict) -> None:
     import json
 
-    from netcompress.recipes.registry_imports import import_step_modules
-    from netcompress.recipes.steps import STEPS, StepContext
+    from netcompress.core.methods import METHODS, MethodData
+    from netcompress.core.methods import _ensure_registered as import_step_modules
 
     import_step_modules()
 
     torch.manual_seed(5)
     model = _cnn().eval()
     data = [(x, torch.randint(0, 5, (16,))) for x, _ in _loader((16, 3, 8, 8), batches=3)]
-    ctx = StepContext(
-        train_loader=data, val_loader=data, example_inputs=data[0][0][:2], step_dir=tmp_path,
-        run_dir=tmp_path, num_classes=5, progress=False,
+    ctx = MethodData(
+        train_loader=data, val_loader=data, example_inputs=data[0][0][:2], out_dir=tmp_path, num_classes=5, progress=False,
     )  # fmt: skip
-    spec = STEPS.get(key)
-    plain = spec.handler(
+    spec = METHODS.get(key)
+    plain = spec.fn(
         model, spec.config.from_dict({**params, "recalibrate_bn_batches": 0}, where=key), ctx
     )
     config = spec.config.from_dict(
         {**params, "reconstruct_batches": 3, "recalibrate_bn_batches": 0}, where=key
     )
-    result = spec.handler(model, config, ctx)
+    result = spec.fn(model, config, ctx)
     summary = json.loads(json.dumps(result.summary))  # JSON-able, without the kept indices
     assert "kept_indices" not in summary and summary["bn_recalibration"]["batches"] == 0
     recon = summary["reconstruction"]

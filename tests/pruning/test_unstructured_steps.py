@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core import ConfigError
+from netcompress.core.methods import METHODS, MethodData
 from netcompress.pruning import steps_unstructured  # noqa: F401  (registers the steps)
 from netcompress.pruning.sparse_storage import load_sparse
-from netcompress.recipes.steps import STEPS, StepContext
 
 OUR_STEPS = {
     "prune/l1_unstructured": {"amount": 0.75, "scope": "layer"},
@@ -29,24 +29,23 @@ def _mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))  # 192 weights, 212 params
 
 
-def _ctx(tmp_path) -> StepContext:
+def _ctx(tmp_path) -> MethodData:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     y = (x[:, 0] > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    return StepContext(
+    return MethodData(
         train_loader=loader,
         val_loader=loader,
         example_inputs=x[:1],
-        step_dir=tmp_path,
-        run_dir=tmp_path,
+        out_dir=tmp_path,
         num_classes=4,
         progress=False,
     )
 
 
 def test_all_our_steps_are_registered():
-    assert set(OUR_STEPS) <= set(STEPS.names())
+    assert set(OUR_STEPS) <= set(METHODS.names())
 
 
 @pytest.mark.parametrize("key", sorted(OUR_STEPS))
@@ -55,10 +54,10 @@ def test_step_runs_and_summary_is_json(tmp_path, key):
         training = pytest.importorskip("netcompress.training")
         if not hasattr(training, "fit"):
             pytest.skip("netcompress.training.fit has not landed yet")
-    spec = STEPS.get(key)
+    spec = METHODS.get(key)
     config = spec.config.from_dict(OUR_STEPS[key], where=key)
     assert spec.config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    result = spec.handler(_mlp(), config, _ctx(tmp_path))
+    result = spec.fn(_mlp(), config, _ctx(tmp_path))
     json.dumps(result.summary)
     params = sum(p.numel() for p in result.model.parameters())
     if key in ("prune/apoz", "prune/mean_activation"):
@@ -87,4 +86,4 @@ def test_step_runs_and_summary_is_json(tmp_path, key):
 )
 def test_step_configs_reject_bad_fields(key, fields, named):
     with pytest.raises(ConfigError, match=named):
-        STEPS.get(key).config.from_dict(fields, where=key)
+        METHODS.get(key).config.from_dict(fields, where=key)

@@ -6,28 +6,27 @@ import pytest
 import torch
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import METHODS, MethodData, find_method
 from netcompress.quantization import steps  # noqa: F401  (registers the steps)
-from netcompress.recipes.steps import STEPS, StepContext, get_step
 
-METHODS = ["ptq_static", "ptq_dynamic", "weight_only", "mixed_precision", "qat"]
+QUANT_METHODS = ["ptq_static", "ptq_dynamic", "weight_only", "mixed_precision", "qat"]
 
 
 def _ctx(tmp_path, batches):
-    return StepContext(
+    return MethodData(
         train_loader=batches,
         val_loader=batches,
         example_inputs=batches[0][0][:1],
-        step_dir=tmp_path,
-        run_dir=tmp_path,
+        out_dir=tmp_path,
         num_classes=10,
         progress=False,
     )
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", QUANT_METHODS)
 def test_step_registered_and_rejects_unknown_keys(method):
-    spec = get_step("quantize", method, where="steps[0]")
-    assert f"quantize/{method}" in STEPS
+    spec = find_method("quantize", method, where="steps[0]")
+    assert f"quantize/{method}" in METHODS
     with pytest.raises(ConfigError, match="unknown key 'bitz'"):
         spec.config.from_dict({"bitz": 4}, where="steps[0]")
 
@@ -36,9 +35,9 @@ def test_step_registered_and_rejects_unknown_keys(method):
 def test_steps_run_and_return_json_summaries(method, small_cnn, image_batches, tmp_path):
     import json
 
-    spec = get_step("quantize", method, where="steps[0]")
+    spec = find_method("quantize", method, where="steps[0]")
     fields = {"budget_bytes": 6_000} if method == "mixed_precision" else {"bits": 8}
-    result = spec.handler(small_cnn, spec.config.from_dict(fields), _ctx(tmp_path, image_batches))
+    result = spec.fn(small_cnn, spec.config.from_dict(fields), _ctx(tmp_path, image_batches))
     json.dumps(result.summary)
     assert result.summary["num_quantized_layers"] >= 1
     with torch.no_grad():

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from netcompress.core import Config, ConfigError
-from netcompress.recipes import StepResult, apply_overrides, register_step, resolve_recipe, run_recipe
-from netcompress.recipes.steps import STEPS
+from netcompress.core.methods import METHODS, Result, register_method
+from netcompress.recipes import apply_overrides, resolve_recipe, run_recipe
 
 
 @dataclasses.dataclass
@@ -22,16 +22,16 @@ class _Killed(Exception):
     pass
 
 
-if "test/fail_if_flag" not in STEPS:
+if "test/fail_if_flag" not in METHODS:
 
-    @register_step("test", "fail_if_flag", config=_FailConfig)
+    @register_method("test", "fail_if_flag", config=_FailConfig)
     def _fail_step(model, config, ctx):
         """Raises while the flag file exists: stands in for a run killed during a step."""
         from pathlib import Path
 
         if config.flag and Path(config.flag).exists():
             raise _Killed("simulated kill")
-        return StepResult(model=model, summary={"passed": True})
+        return Result(model=model, summary={"passed": True})
 
 
 def _recipe(flag: str = "") -> dict:
@@ -135,10 +135,10 @@ def test_profiles_apply_named_overrides():
 
 
 def _all_steps() -> list[str]:
-    from netcompress.recipes.registry_imports import import_step_modules
+    from netcompress.core.methods import _ensure_registered as import_step_modules
 
     import_step_modules()
-    return [n for n in STEPS.names() if not n.startswith("test/")]
+    return [n for n in METHODS.names() if not n.startswith("test/")]
 
 
 @pytest.mark.parametrize("key", _all_steps())
@@ -155,4 +155,4 @@ def test_a_step_config_may_not_shadow_the_step_keys():
         method: str = "x"
 
     with pytest.raises(ValueError, match="method"):
-        register_step("test", "shadow", config=_Shadow)
+        register_method("test", "shadow", config=_Shadow)

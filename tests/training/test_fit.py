@@ -395,19 +395,18 @@ def test_rich_reporter_advances_once_per_batch(monkeypatch):
 
 def test_train_step_runs_fit_and_returns_a_json_summary(tmp_path):
     import netcompress.training.steps  # noqa: F401  (registers the steps)
-    from netcompress.recipes.steps import StepContext, get_step
+    from netcompress.core.methods import MethodData, find_method
 
     train, val = make_loaders()
-    ctx = StepContext(
-        train_loader=train, val_loader=val, example_inputs=torch.zeros(1, NUM_FEATURES), step_dir=tmp_path,
-        run_dir=tmp_path, num_classes=NUM_CLASSES, seed=11, progress=False,
+    ctx = MethodData(
+        train_loader=train, val_loader=val, example_inputs=torch.zeros(1, NUM_FEATURES), out_dir=tmp_path, num_classes=NUM_CLASSES, seed=11, progress=False,
     )  # fmt: skip
     for method, step_dir in (("supervised", tmp_path), ("finetune", tmp_path / "ft")):
-        spec = get_step("train", method, where="test")
+        spec = find_method("train", method, where="test")
         config = spec.config.from_dict({"epochs": 2, "lr": 0.1, "progress": True})
         hook = CountingHook()
-        result = spec.handler(
-            make_model(), config, dataclasses.replace(ctx, step_dir=step_dir, extras={"hooks": [hook]})
+        result = spec.fn(
+            make_model(), config, dataclasses.replace(ctx, out_dir=step_dir, extras={"hooks": [hook]})
         )
         summary = json.loads(json.dumps(result.summary))
         assert summary["epochs"] == 2 and summary["config"]["seed"] == 11
