@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import struct
@@ -117,9 +118,11 @@ def serialize_quantized(model: nn.Module) -> tuple[bytes, dict[str, Any]]:
         name: {"spec": q.spec.to_dict(), "quantizing": q.quantizing, "dynamic": q.dynamic, "role": q.role}
         for name, q in quantizers(model).items()
     }
-    header = json.dumps({"version": 1, "entries": entries, "quantizers": quant_state}, separators=(",", ":"))
-    head = header.encode("utf-8")
-    payload = MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
+    body = b"".join(blobs)
+    fields = {"version": 1, "entries": entries, "quantizers": quant_state}
+    # the checksum makes a flipped bit an error on load instead of a silently other model
+    head = json.dumps({**fields, "blake2b": _checksum(fields, body)}, separators=(",", ":")).encode("utf-8")
+    payload = MAGIC + struct.pack("<I", len(head)) + head + body
     return payload, {
         "size_bytes": len(payload),
         "packed_weight_bytes": weight_bytes,
@@ -138,9 +141,31 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     (head_len,) = struct.unpack("<I", blob[4:8])
     try:
         header = json.loads(blob[8 : 8 + head_len].decode("utf-8"))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: corrupt header: {exc}") from exc
-    return header, blob[8 + head_len :]
+        end = max((e["offset"] + e["nbytes"] for e in header["entries"]), default=0)
+        header["quantizers"]  # noqa: B018 - a header without it is not one of ours
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated header: {exc}") from None
+    payload = blob[8 + head_len :]
+    if len(payload) != end:
+        raise CheckpointError(
+            f"{path} is truncated or padded: {len(payload)} data bytes, the header lists {end}"
+        )
+    if "blake2b" in header and header["blake2b"] != _checksum(
+        {k: v for k, v in header.items() if k != "blake2b"}, payload
+    ):
+        raise CheckpointError(
+            f"{path}: checksum mismatch, the file was changed or damaged after it was written"
+        )
+    return header, payload
+
+
+def _checksum(fields: dict[str, Any], body: bytes) -> str:
+    """A 128-bit BLAKE2b of the header fields (as written) and the data: every byte that matters.
+
+    Against damage, not forgery (anyone can recompute it); 32 hex characters keep the file small.
+    """
+    data = json.dumps(fields, separators=(",", ":")).encode("utf-8") + body
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def load_quantized(path: str | os.PathLike, model_template: nn.Module) -> nn.Module:
