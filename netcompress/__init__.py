@@ -41,6 +41,9 @@ _LAZY = {
     "cluster_weights": ("netcompress.clustering", "cluster_weights"),
     "quantize": ("netcompress.quantization", "quantize"),
     "export_onnx": ("netcompress.export", "export_onnx"),
+    "save": ("netcompress.export.model_file", "save"),
+    "load": ("netcompress.export.model_file", "load"),
+    "apply": ("netcompress.core.methods", "apply"),
     "distill": ("netcompress.distillation", "distill"),
     "run_recipe": ("netcompress.recipes", "run_recipe"),
 }

@@ -1,0 +1,276 @@
+"""A model as data: every module, its attributes and its hooks written as JSON, tensors kept apart.
+
+This is what lets ``nc.save`` avoid pickle. Encoding walks the objects a model is made of and writes
+each as plain data; decoding rebuilds them without running any code from the file:
+
+- classes are looked up only in ``torch.nn``, ``netcompress`` and the modules the caller names
+  (``allow_modules``, e.g. the user's own ``mymodel``); an object is made with ``cls.__new__`` and its
+  attributes restored (``__init__`` is not called, so pruned shapes come back as they were);
+- functions (activation attributes, graph calls) only from ``torch``, ``torch.nn.functional``,
+  ``operator`` and ``math``, never a name that starts with ``_`` or reads or writes files;
+- tensors are references into the safetensors part of the file, shared tensors and modules stay shared.
+
+Anything else (a lambda, an open file, a class from elsewhere) is an error that names where it sits.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import importlib
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from netcompress.core.errors import CheckpointError, ConfigError
+
+TRUSTED_CLASS_ROOTS = ("torch.nn.", "netcompress.")
+FUNCTION_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "math": math}
+# torch functions a saved graph may never call: they touch files, processes or global state
+FORBIDDEN_FUNCTIONS = {
+    "load",
+    "save",
+    "from_file",
+    "set_default_device",
+    "set_default_dtype",
+    "manual_seed",
+    "compile",
+}
+
+
+class Encoder:
+    """Turns a module into JSON-able data; ``tensors`` collects what goes into safetensors."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._tensor_keys: dict[int, str] = {}
+        self._objects: dict[int, int] = {}
+        self.objects: list[Any] = []  # each module / object once; references by index keep sharing
+
+    def encode(self, value: Any, where: str) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"__float__": repr(value)}
+        if isinstance(value, torch.Tensor):
+            return self._tensor(value, where)
+        if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+            return {"__torch__": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.Size):
+            return {"__size__": list(value)}
+        if isinstance(value, collections.OrderedDict):
+            return {
+                "__odict__": [
+                    [self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in value.items()
+                ]
+            }
+        if isinstance(value, dict):
+            return {
+                "__dict__": [
+                    [self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in value.items()
+                ]
+            }
+        if isinstance(value, tuple):
+            return {"__tuple__": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [self.encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, (set, frozenset)):
+            return {"__set__": sorted((self.encode(v, where) for v in value), key=repr)}
+        if isinstance(value, slice):
+            return {"__slice__": [self.encode(v, where) for v in (value.start, value.stop, value.step)]}
+        if value is Ellipsis:
+            return {"__ellipsis__": True}
+        if isinstance(value, enum.Enum):
+            return {"__enum__": class_name(type(value)), "name": value.name}
+        if isinstance(value, type):
+            return {"__class__": class_name(value)}
+        if _is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
+            return {"__function__": function_name(value, where)}
+        return self._object(value, where)
+
+    def _tensor(self, tensor: torch.Tensor, where: str) -> dict[str, Any]:
+        key = self._tensor_keys.get(id(tensor))
+        if key is None:
+            key = f"t{len(self.tensors)}"
+            self._tensor_keys[id(tensor)] = key
+            self.tensors[key] = tensor.detach().cpu().contiguous().clone()
+        out: dict[str, Any] = {"__tensor__": key}
+        if isinstance(tensor, nn.Parameter):
+            out["parameter"] = True
+            out["requires_grad"] = tensor.requires_grad
+        return out
+
+    def _object(self, obj: Any, where: str) -> dict[str, Any]:
+        if id(obj) in self._objects:
+            return {"__ref__": self._objects[id(obj)]}
+        if isinstance(obj, fx.GraphModule):
+            from netcompress.export.graph_codec import encode_graph_module
+
+            index = self._reserve(obj)
+            self.objects[index] = encode_graph_module(obj, self, where)
+            return {"__ref__": index}
+        cls = type(obj)
+        if not hasattr(obj, "__dict__") or getattr(cls, "__slots__", None):
+            raise ConfigError(f"cannot save {where}: a {cls.__name__} has no attribute dict to write as data")
+        index = self._reserve(obj)
+        state = {k: self.encode(v, f"{where}.{k}") for k, v in vars(obj).items()}
+        self.objects[index] = {"class": class_name(cls), "state": state}
+        return {"__ref__": index}
+
+    def _reserve(self, obj: Any) -> int:
+        self._objects[id(obj)] = len(self.objects)
+        self.objects.append(None)
+        return len(self.objects) - 1
+
+
+class Decoder:
+    """Rebuilds what :class:`Encoder` wrote; ``allow_modules`` adds the user's own module names."""
+
+    def __init__(
+        self, objects: list[Any], tensors: dict[str, torch.Tensor], *, allow_modules: tuple[str, ...] = ()
+    ):
+        self.objects, self.tensors, self.allow_modules = objects, tensors, allow_modules
+        self._built: dict[int, Any] = {}
+        self._tensor_objects: dict[str, torch.Tensor] = {}
+
+    def decode(self, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, list):
+            return [self.decode(v) for v in value]
+        if not isinstance(value, dict) or len(value) == 0:
+            raise CheckpointError(f"unexpected value in the model description: {value!r:.80}")
+        tag = next(iter(value))
+        if tag == "__ref__":
+            return self.build(value["__ref__"])
+        if tag == "__tensor__":
+            return self._tensor(value)
+        if tag == "__tuple__":
+            return tuple(self.decode(v) for v in value[tag])
+        if tag == "__odict__":
+            return collections.OrderedDict((self.decode(k), self.decode(v)) for k, v in value[tag])
+        if tag == "__dict__":
+            return {self.decode(k): self.decode(v) for k, v in value[tag]}
+        if tag == "__set__":
+            return {self.decode(v) for v in value[tag]}
+        if tag == "__slice__":
+            return slice(*(self.decode(v) for v in value[tag]))
+        if tag == "__ellipsis__":
+            return Ellipsis
+        if tag == "__float__":
+            return float(value[tag])
+        if tag == "__size__":
+            return torch.Size(value[tag])
+        if tag == "__torch__":
+            return _torch_constant(value[tag])
+        if tag == "__enum__":
+            return self.find_class(value[tag])[value["name"]]
+        if tag == "__class__":
+            return self.find_class(value[tag])
+        if tag == "__function__":
+            return find_function(value[tag])
+        raise CheckpointError(f"unknown entry {tag!r} in the model description")
+
+    def _tensor(self, value: dict[str, Any]) -> torch.Tensor:
+        key = value["__tensor__"]
+        if key not in self.tensors:
+            raise CheckpointError(f"the model description names tensor {key!r}, which the file does not hold")
+        if key not in self._tensor_objects:
+            tensor = self.tensors[key]
+            if value.get("parameter"):
+                tensor = nn.Parameter(tensor, requires_grad=bool(value.get("requires_grad", True)))
+            self._tensor_objects[key] = tensor
+        return self._tensor_objects[key]
+
+    def build(self, index: int) -> Any:
+        if index in self._built:
+            return self._built[index]
+        if not isinstance(index, int) or not 0 <= index < len(self.objects):
+            raise CheckpointError(f"the model description refers to object {index!r}, which it does not hold")
+        entry = self.objects[index]
+        if "graph" in entry:
+            from netcompress.export.graph_codec import decode_graph_module
+
+            self._built[index] = module = decode_graph_module(entry, self)
+            return module
+        cls = self.find_class(entry["class"])
+        obj = cls.__new__(cls)
+        self._built[index] = obj  # before the attributes: a child may refer back to its parent
+        obj.__dict__.update({k: self.decode(v) for k, v in entry["state"].items()})
+        return obj
+
+    def find_class(self, name: str) -> type:
+        module_name, _, qualname = name.rpartition(":")
+        allowed = module_name.startswith(TRUSTED_CLASS_ROOTS) or module_name in self.allow_modules
+        if not allowed:
+            raise CheckpointError(
+                f"the file's model uses class {qualname} from module {module_name!r}; netcompress rebuilds only "
+                f"torch.nn and netcompress classes unless you name your module: "
+                f"nc.load(path, allow_modules=[{module_name!r}])"
+            )
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise CheckpointError(f"cannot find class {qualname} in {module_name}: {exc}") from None
+        if not isinstance(obj, type):
+            raise CheckpointError(f"{name} is not a class")
+        return obj
+
+
+def class_name(cls: type) -> str:
+    """``module:qualname`` of a class a file can name; one that could not be found again is an error now."""
+    if "<locals>" in cls.__qualname__:
+        raise ConfigError(
+            f"cannot save an object of class {cls.__qualname__}: a class defined inside a function"
+        )
+    if cls.__module__ in ("__main__", "builtins") or cls.__module__.startswith("netcompress_user_"):
+        raise ConfigError(
+            f"cannot save an object of class {cls.__qualname__} from {cls.__module__}: define it in an importable "
+            "module (e.g. mymodel.py) so the file can name it"
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _is_function(value: Any) -> bool:
+    import types
+
+    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType))
+
+
+def function_name(fn: Any, where: str) -> str:
+    for module_name, module in FUNCTION_MODULES.items():
+        for name in dir(module):
+            if not name.startswith("_") and getattr(module, name, None) is fn:
+                return f"{module_name}:{name}"
+    raise ConfigError(
+        f"cannot save {where}: {getattr(fn, '__name__', fn)!r} is not a function of torch, "
+        "torch.nn.functional, operator or math"
+    )
+
+
+def find_function(name: str) -> Any:
+    module_name, _, attr = name.partition(":")
+    module = FUNCTION_MODULES.get(module_name)
+    if module is None or attr.startswith("_") or "." in attr or attr in FORBIDDEN_FUNCTIONS:
+        raise CheckpointError(
+            f"the file's model calls {name!r}, which netcompress does not allow in a saved model"
+        )
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise CheckpointError(f"the file's model calls {name!r}, which this torch does not have")
+    return fn
+
+
+def _torch_constant(name: str) -> Any:
+    if name.startswith(("cpu", "cuda", "mps", "meta")):
+        return torch.device(name)
+    value = getattr(torch, name, None)
+    if not isinstance(value, (torch.dtype, torch.memory_format, torch.layout)):
+        raise CheckpointError(f"unknown torch constant {name!r} in the model description")
+    return value
