@@ -1,4 +1,5 @@
-"""The accuracy-vs-MACs curve both dynamic methods publish: its summary entry and its plot."""
+"""What both dynamic methods put in their summaries: the accuracy-vs-MACs curve and its plot,
+the training figures and parameter counts."""
 
 from __future__ import annotations
 
