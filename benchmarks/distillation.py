@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader
 
 from netcompress.core import Config, atomic_torch_save, atomic_write_json, check_choice, check_range
 from netcompress.core.io import load_checkpoint
-from netcompress.distillation import distill_with_history
+from netcompress.core.methods import MethodData, apply
+from netcompress.distillation import SoftTargetsConfig
 from netcompress.low_rank import CONV_MODES, factorize
 from netcompress.pruning import prune_channels_with_summary
 from netcompress.training import TrainConfig, fit
@@ -119,6 +120,16 @@ BENCH_CONFIGS = {
 def train_config(protocol: cp.ProtocolConfig, *, epochs: int, lr: float) -> TrainConfig:
     """The settings ``train_baseline`` trains with, so KD and scratch runs differ only in the loss."""
     return cp.train_config(protocol, epochs=epochs, lr=lr)
+
+
+def distill_with_history(
+    student: nn.Module, teacher: nn.Module, train_loader: Any, config: TrainConfig, **kd: Any
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """``netcompress.distill`` through ``apply``, keeping the per-epoch rows: (student, rows)."""
+    cfg = SoftTargetsConfig.from_dict({**config.to_dict(), **kd}, where="distill")
+    data = MethodData(train_loader=train_loader, device=cfg.device, extras={"teacher": teacher})
+    result = apply(student, cfg, data)
+    return result.model, result.history
 
 
 def reference_kd_fit(
@@ -287,15 +298,11 @@ class Bench:
         def produce() -> tuple[nn.Module, dict]:
             student = copy.deepcopy(init) if init is not None else self.fresh_student()
             train_loader, _ = cp.loaders(self.bundle, self.protocol)
-            student, history = distill_with_history(
-                student,
-                teacher,
-                train_loader,
-                temperature=cfg.temperature,
-                alpha=cfg.alpha,
-                config=train_config(self.protocol, epochs=epochs, lr=lr),
+            config = train_config(self.protocol, epochs=epochs, lr=lr)
+            student, rows = distill_with_history(
+                student, teacher, train_loader, config, temperature=cfg.temperature, alpha=cfg.alpha
             )
-            return student, {"history": history.rows}
+            return student, {"history": rows}
 
         return cached_model(kind, settings, produce)
 
@@ -456,7 +463,7 @@ def step_check(bench: Bench, teacher: nn.Module, *, steps: int = 20) -> dict[str
     def loader() -> DataLoader:
         return DataLoader(bench.bundle.train, batch_size=protocol.batch_size, sampler=sampler)
 
-    ours, _ = distill_with_history(bench.fresh_student(), teacher, loader(), config=config, **kd)
+    ours, _ = distill_with_history(bench.fresh_student(), teacher, loader(), config, **kd)
     result: dict[str, Any] = {"steps": steps}
     for form in KL_FORMS:
         ref = bench.fresh_student()

@@ -39,12 +39,14 @@ _LAZY = {
     "factorize": ("netcompress.low_rank", "factorize"),
     "to_depthwise_separable": ("netcompress.architecture", "to_depthwise_separable"),
     "cluster_weights": ("netcompress.clustering", "cluster_weights"),
+    "cluster_weights_": ("netcompress.clustering", "cluster_weights_"),
     "quantize": ("netcompress.quantization", "quantize"),
     "export_onnx": ("netcompress.export", "export_onnx"),
     "save": ("netcompress.export.model_file", "save"),
     "load": ("netcompress.export.model_file", "load"),
     "apply": ("netcompress.core.methods", "apply"),
     "distill": ("netcompress.distillation", "distill"),
+    "distill_": ("netcompress.distillation", "distill_"),
     "run_recipe": ("netcompress.recipes", "run_recipe"),
 }
 

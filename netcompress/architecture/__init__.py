@@ -6,15 +6,14 @@ Example::
     student, summary = to_depthwise_separable(model, activation="relu6", example_inputs=x)
 """
 
-from netcompress.architecture import steps as _steps  # noqa: F401  (registers architecture/depthwise_separable)
 from netcompress.architecture.depthwise_separable import (
     ACTIVATIONS,
     DepthwiseSeparable,
+    DepthwiseSeparableConfig,
     separable_from,
     to_depthwise_separable,
 )
 from netcompress.architecture.layer_costs import macs_by_layer, param_count
-from netcompress.architecture.steps import DepthwiseSeparableConfig
 
 __all__ = [
     "ACTIVATIONS",

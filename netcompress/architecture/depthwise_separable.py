@@ -5,20 +5,26 @@ weights. Replacing it by a depthwise ``k x k`` convolution (one filter per input
 BatchNorm, an activation, and a pointwise ``1 x 1`` convolution costs
 ``C_in * k * k + 2 * C_in + C_in * C_out``: roughly ``1/C_out + 1/k^2`` of the original, with
 the same output shape (stride, padding and dilation stay on the depthwise part).
+
+:class:`DepthwiseSeparableConfig`, the method ``architecture/depthwise_separable`` and the
+``to_depthwise_separable`` verb (a new model; the input is not modified) live here. In a recipe::
+
+    - {op: architecture, method: depthwise_separable, activation: relu6, skip_first: true}
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from netcompress.architecture.layer_costs import add_layer_macs, param_count
-from netcompress.core.config import check_choice
+from netcompress.core.config import Config, check_choice
+from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules, set_submodule
 
@@ -30,6 +36,31 @@ ACTIVATIONS.register("hardswish", nn.Hardswish)
 # conv type -> the BatchNorm that follows its depthwise part
 _BATCH_NORMS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d}
 INITS = ("default", "svd")
+
+
+@dataclasses.dataclass
+class DepthwiseSeparableConfig(Config):
+    """Which convolutions become depthwise-separable, and what goes between the two parts.
+
+    ``skip_first`` keeps the model's first convolution (the stem, which sees few channels and
+    gains little). ``activation``: "relu6" (E3's choice), "relu", "hardswish" or None; ``bn``
+    adds BatchNorm after the depthwise part. ``init="svd"`` starts from the per-channel rank-1
+    approximation of the original weights instead of fresh random weights.
+
+    Example:
+        >>> DepthwiseSeparableConfig(activation="relu6", exclude=["features.0"])
+    """
+
+    include: list[str] | None = None
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    skip_first: bool = True
+    activation: str | None = "relu6"
+    bn: bool = True
+    init: str = "default"
+
+    def __post_init__(self) -> None:
+        check_choice("activation", self.activation, [*ACTIVATIONS.names(), None])
+        check_choice("init", self.init, INITS)
 
 
 class DepthwiseSeparable(nn.Sequential):
@@ -104,32 +135,14 @@ def _skip_reason(conv: nn.Module) -> str | None:
     return None
 
 
-def to_depthwise_separable(
-    model: nn.Module,
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    skip_first: bool = True,
-    activation: str | None = "relu6",
-    bn: bool = True,
-    init: str = "default",
-    example_inputs: Any = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Return a copy of ``model`` whose ``k x k`` convolutions (groups=1, C_in > 1) are
-    depthwise-separable blocks, and a summary. The input model is not modified.
+@register_method("architecture", "depthwise_separable", config=DepthwiseSeparableConfig)
+def depthwise_separable(model: nn.Module, config: DepthwiseSeparableConfig, data: MethodData) -> Result:
+    """Replace k x k convolutions by depthwise k x k + BN + activation + pointwise 1 x 1.
 
-    ``skip_first`` keeps the model's first convolution (the stem, which sees few channels and
-    gains little). ``activation``: "relu6" (E3's choice), "relu", "hardswish" or None;
-    ``bn`` adds BatchNorm after the depthwise part. ``init="svd"`` starts from the per-channel
-    rank-1 approximation of the original weights instead of fresh random weights. With
-    ``example_inputs`` the summary also holds MACs, per layer and in total.
-
-    Example:
-        >>> student, summary = to_depthwise_separable(model, activation="relu6", example_inputs=x)
-        >>> summary["params_before"], summary["params_after"]
+    Returns a new model; MACs are added to the summary when ``data.example_inputs`` is given.
     """
-    check_choice("activation", activation, [*ACTIVATIONS.names(), None])
-    check_choice("init", init, INITS)
+    include, exclude, skip_first = config.include, config.exclude, config.skip_first
+    activation, bn, init = config.activation, config.bn, config.init
     conv_types = tuple(_BATCH_NORMS)
     new_model = copy.deepcopy(model)
     all_convs = [n for n, m in new_model.named_modules() if isinstance(m, conv_types)]
@@ -166,6 +179,30 @@ def to_depthwise_separable(
         "params_before": param_count(model),
         "params_after": param_count(new_model),
     }
-    if example_inputs is not None:
-        add_layer_macs(summary, converted, model, new_model, example_inputs)
-    return new_model, summary
+    if data.example_inputs is not None:
+        add_layer_macs(summary, converted, model, new_model, data.example_inputs)
+    return Result(model=new_model, summary=summary)
+
+
+def to_depthwise_separable(
+    model: nn.Module,
+    config: DepthwiseSeparableConfig | None = None,
+    *,
+    example_inputs: Any = None,
+    **fields: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return a copy of ``model`` whose ``k x k`` convolutions (groups=1, C_in > 1) are
+    depthwise-separable blocks, and a summary. The input model is not modified.
+
+    ``fields`` are :class:`DepthwiseSeparableConfig` fields (``include``, ``exclude``,
+    ``skip_first``, ``activation``, ``bn``, ``init``); they override ``config``. With
+    ``example_inputs`` the summary also holds MACs, per layer and in total.
+
+    Example:
+        >>> student, summary = nc.to_depthwise_separable(model, activation="relu6", example_inputs=x)
+        >>> summary["params_before"], summary["params_after"]
+    """
+    base = config.to_dict() if config is not None else {}
+    cfg = DepthwiseSeparableConfig.from_dict({**base, **fields}, where="to_depthwise_separable")
+    result = apply(model, cfg, MethodData(example_inputs=example_inputs))
+    return result.model, result.summary

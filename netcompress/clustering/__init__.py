@@ -3,21 +3,19 @@ and a packed file format.
 
 Example::
 
-    from netcompress.clustering import cluster_weights, save_clustered
-    summary = cluster_weights(model, clusters=16)   # in place
+    from netcompress.clustering import cluster_weights_, save_clustered
+    summary = cluster_weights_(model, clusters=16)  # in place
     save_clustered(model, "model.clustered.pt")     # indices at 4 bits + codebooks
 """
 
-from netcompress.clustering import steps as _steps  # noqa: F401  (registers cluster/kmeans)
 from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d, nearest_centroid
+from netcompress.clustering.model_clustering import ClusterConfig, cluster_weights, cluster_weights_
 from netcompress.clustering.regularizer import ClusterLoss, cluster_distance
-from netcompress.clustering.steps import ClusterConfig
 from netcompress.clustering.storage import load_clustered, pack_indices, save_clustered, unpack_indices
 from netcompress.clustering.weight_sharing import (
     ClusterPreserving,
     ClusterSharing,
     cluster_module,
-    cluster_weights,
     clustered_modules,
     index_bits,
     snap_clusters,
@@ -33,6 +31,7 @@ __all__ = [
     "cluster_distance",
     "cluster_module",
     "cluster_weights",
+    "cluster_weights_",
     "clustered_modules",
     "index_bits",
     "kmeans_1d",

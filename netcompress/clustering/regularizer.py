@@ -40,7 +40,7 @@ class ClusterLoss:
 
     Example:
         >>> fit(model, loader, hooks=[ClusterLoss(1e-3, clusters=16)])
-        >>> cluster_weights(model, clusters=16)  # snapping now moves the weights little
+        >>> cluster_weights_(model, clusters=16)  # snapping now moves the weights little
     """
 
     def __init__(

@@ -63,7 +63,7 @@ def save_clustered(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     (``size_bytes`` of the file, bits per layer). ``model`` is not modified.
 
     Example:
-        >>> cluster_weights(model, clusters=16)
+        >>> cluster_weights_(model, clusters=16)
         >>> save_clustered(model, "model.clustered.pt")["size_bytes"]
     """
     skeleton = copy.deepcopy(model).cpu()
@@ -84,7 +84,7 @@ def save_clustered(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         setattr(module, INDICES, torch.empty(0, dtype=idx.dtype))
         setattr(module, CODEBOOK, torch.empty(0, dtype=codebook.dtype))
     if not layers:
-        raise ConfigError("save_clustered: the model has no clustered layer; run cluster_weights first")
+        raise ConfigError("save_clustered: the model has no clustered layer; run cluster_weights_ first")
     # the skeleton is a pickled module: signed, so this machine loads it back without an opt-in
     blob = {"format": FORMAT, "version": VERSION, "model": skeleton, "layers": layers}
     written = atomic_torch_save(blob, path, sign=True)

@@ -1,6 +1,6 @@
 """Weight clustering: each layer's weights share a small codebook (k-means weight sharing).
 
-``cluster_weights`` replaces every weight of a chosen layer by the nearest of ``k``
+``cluster_weights_`` (:mod:`netcompress.clustering.model_clustering`) replaces every weight of a chosen layer by the nearest of ``k``
 centroids and stores, on the module, the ``weight_codebook`` (k floats) and
 ``weight_indices`` (one small integer per weight) as buffers. A picklable forward pre-hook
 (:class:`ClusterSharing`) keeps the sharing during fine-tuning: when the weight has changed
@@ -12,17 +12,14 @@ themselves, which keeps the sharing exact under any optimiser (momentum, Adam).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from math import ceil, log2
 from typing import Any
 
 import torch
 from torch import nn
 
-from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d
-from netcompress.core.config import check_choice, check_range
-from netcompress.core.errors import ConfigError
-from netcompress.core.selection import select_modules
+from netcompress.clustering.kmeans import kmeans_1d
 
 CODEBOOK = "weight_codebook"
 INDICES = "weight_indices"
@@ -96,7 +93,7 @@ def clustered_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def cluster_module(
     module: nn.Module, *, clusters: int, init: str = "linear", seed: int = 0
 ) -> dict[str, Any]:
-    """Cluster one layer's weight IN PLACE (see :func:`cluster_weights`); return its summary row.
+    """Cluster one layer's weight IN PLACE (see ``cluster_weights_``); return its summary row.
 
     Example:
         >>> cluster_module(nn.Linear(64, 32), clusters=16)["clusters"]
@@ -121,50 +118,6 @@ def cluster_module(
         "weight_mse": mse,
         "dense_bits": weight.numel() * weight.element_size() * 8,
         "clustered_bits": weight.numel() * index_bits(k) + k * codebook.element_size() * 8,
-    }
-
-
-def cluster_weights(
-    model: nn.Module,
-    *,
-    clusters: int = 16,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    init: str = "linear",
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
-
-    Per layer, 1-D k-means (``init``: "linear" between min and max, or "kmeans++") finds
-    ``clusters`` centroids; every weight becomes its centroid, and ``weight_codebook`` /
-    ``weight_indices`` buffers plus a :class:`ClusterSharing` pre-hook keep it that way through
-    fine-tuning. Biases are left alone. Clustering a clustered layer again replaces its codebook.
-    The summary estimates storage: ``ceil(log2 k)`` bits per weight plus the codebook.
-
-    Example:
-        >>> summary = cluster_weights(model, clusters=16, exclude=["classifier"])
-        >>> summary["compression_ratio"]  # dense bits / (index bits + codebook bits)
-    """
-    check_range("clusters", clusters, 1)
-    check_choice("init", init, KMEANS_INITS.names())
-    chosen = select_modules(model, include=include, exclude=exclude)
-    if not chosen:
-        raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
-    layers = [
-        {"name": name, **cluster_module(m, clusters=clusters, init=init, seed=seed)}
-        for name, m in chosen.items()
-    ]
-    dense = sum(r["dense_bits"] for r in layers)
-    packed = sum(r["clustered_bits"] for r in layers)
-    return {
-        "method": "kmeans",
-        "clusters": clusters,
-        "init": init,
-        "layers": layers,
-        "clustered_weights": sum(r["weights"] for r in layers),
-        "dense_weight_bytes": dense // 8,
-        "clustered_weight_bytes": ceil(packed / 8),
-        "compression_ratio": dense / packed,
     }
 
 

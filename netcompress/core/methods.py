@@ -176,16 +176,17 @@ def describe_method(spec: MethodSpec) -> list[dict[str, Any]]:
 
 # The modules that define methods. Importing one registers its methods (and loads no runner).
 METHOD_MODULES = (
-    "netcompress.training.steps",
+    "netcompress.training.supervised",
     "netcompress.pruning.steps_unstructured",
     "netcompress.pruning.steps_structured",
     "netcompress.pruning.iterative_channel",
     "netcompress.quantization.steps",
-    "netcompress.distillation.steps",
-    "netcompress.low_rank.steps",
-    "netcompress.architecture.steps",
-    "netcompress.clustering.steps",
-    "netcompress.dynamic.steps",
+    "netcompress.distillation.teacher_student",
+    "netcompress.low_rank.factorize",
+    "netcompress.architecture.depthwise_separable",
+    "netcompress.clustering.model_clustering",
+    "netcompress.dynamic.exit_training",
+    "netcompress.dynamic.slimmable_training",
 )
 
 

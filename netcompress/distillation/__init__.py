@@ -3,10 +3,10 @@
 Example::
 
     import netcompress as nc
-    student = nc.distill(student, teacher, train_loader, temperature=4.0, alpha=0.9, epochs=10)
+    summary = nc.distill_(student, teacher, train_loader, temperature=4.0, alpha=0.9, epochs=10)
+    student = nc.distill(student, teacher, train_loader, epochs=10)   # alias: returns the student
 """
 
-from netcompress.distillation import steps as _steps  # noqa: F401  (registers distill/soft_targets)
 from netcompress.distillation.hooks import (
     ADAPTERS,
     FeatureDistillation,
@@ -14,17 +14,18 @@ from netcompress.distillation.hooks import (
     TeacherForward,
 )
 from netcompress.distillation.losses import kd_loss, soft_target_loss
-from netcompress.distillation.steps import SoftTargetsStepConfig, load_teacher
-from netcompress.distillation.teacher_student import distill, distill_with_history
+from netcompress.distillation.teacher_loading import TEACHER_KEYS, load_teacher
+from netcompress.distillation.teacher_student import SoftTargetsConfig, distill, distill_
 
 __all__ = [
     "ADAPTERS",
+    "TEACHER_KEYS",
     "FeatureDistillation",
     "SoftTargetDistillation",
-    "SoftTargetsStepConfig",
+    "SoftTargetsConfig",
     "TeacherForward",
     "distill",
-    "distill_with_history",
+    "distill_",
     "kd_loss",
     "load_teacher",
     "soft_target_loss",

@@ -7,9 +7,9 @@ Example::
     rows = evaluate_early_exit(ee, test_loader, criterion="confidence", thresholds=[0.5, 0.9])
     slim = make_slimmable(model, widths=(0.25, 0.5, 1.0), example_inputs=torch.randn(1, 1, 8, 8))
     small = extract_width(slim, 0.5)
+    ee, summary = with_early_exits(model, train, val_loader=val, example_inputs=x, exits=["features.5"])
 """
 
-from netcompress.dynamic import steps as _steps  # noqa: F401  (registers dynamic/early_exit, dynamic/slimmable)
 from netcompress.dynamic.early_exit import (
     DEFAULT_THRESHOLDS,
     EXIT_CRITERIA,
@@ -20,25 +20,28 @@ from netcompress.dynamic.early_exit import (
     add_early_exits,
     route_exits,
 )
-from netcompress.dynamic.exit_training import (
-    EarlyExitHook,
-    MultiExitLoss,
+from netcompress.dynamic.exit_evaluation import (
     collect_exit_logits,
     evaluate_early_exit,
     exit_path_macs,
     trade_off_rows,
+)
+from netcompress.dynamic.exit_training import (
+    EarlyExitConfig,
+    EarlyExitHook,
+    MultiExitLoss,
     train_early_exit,
+    with_early_exits,
 )
-from netcompress.dynamic.slimmable import (
-    SlimmableModel,
-    SwitchableBatchNorm,
-    active_channels,
-    extract_width,
-    make_slimmable,
-    set_width,
+from netcompress.dynamic.slim_layers import SwitchableBatchNorm, active_channels
+from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable, set_width
+from netcompress.dynamic.slimmable_training import (
+    SlimmableConfig,
+    SlimmableHook,
+    evaluate_widths,
+    train_slimmable,
+    with_slimmable_width,
 )
-from netcompress.dynamic.slimmable_training import SlimmableHook, evaluate_widths, train_slimmable
-from netcompress.dynamic.steps import EarlyExitStepConfig, SlimmableStepConfig
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -46,13 +49,13 @@ __all__ = [
     "HEADS",
     "EarlyExitHook",
     "EarlyExitModel",
-    "EarlyExitStepConfig",
+    "EarlyExitConfig",
     "MultiExitLoss",
     "PoolLinearHead",
     "PoolMLPHead",
     "SlimmableHook",
     "SlimmableModel",
-    "SlimmableStepConfig",
+    "SlimmableConfig",
     "SwitchableBatchNorm",
     "active_channels",
     "add_early_exits",
@@ -67,4 +70,6 @@ __all__ = [
     "trade_off_rows",
     "train_early_exit",
     "train_slimmable",
+    "with_early_exits",
+    "with_slimmable_width",
 ]

@@ -239,6 +239,15 @@ class EarlyExitModel(nn.Module):
         return {**super().__getstate__(), "_stashed": None}
 
 
+def as_early_exit(model: nn.Module) -> EarlyExitModel:
+    """``model`` itself, checked to be an EarlyExitModel (else UnsupportedModelError)."""
+    if not isinstance(model, EarlyExitModel):
+        raise UnsupportedModelError(
+            f"expected an EarlyExitModel (from add_early_exits), got {type(model).__name__}"
+        )
+    return model
+
+
 class _ExitTracer(fx.Tracer):
     """Keeps the exit layers whole (leaves), so an exit may name a block such as ``layer2``."""
 

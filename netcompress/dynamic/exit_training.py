@@ -1,4 +1,5 @@
-"""Training and measuring early-exit models: the multi-exit loss and the accuracy-vs-MACs sweep.
+"""Training early-exit models: the multi-exit loss, :class:`EarlyExitConfig`, the method
+``dynamic/early_exit`` and its verb :func:`with_early_exits`.
 
 Two ways to train an :class:`~netcompress.dynamic.early_exit.EarlyExitModel` with ``fit``:
 
@@ -14,10 +15,17 @@ Example::
     ee = add_early_exits(model, exits=["features.5"], example_inputs=x)
     history = train_early_exit(ee, train_loader, config=TrainConfig(epochs=3), weights=[0.5, 1.0])
     rows = evaluate_early_exit(ee, test_loader, criterion="confidence", thresholds=[0.5, 0.9, 1.01])
+
+In a recipe::
+
+    - {op: dynamic, method: early_exit, exits: [features.5], criterion: confidence,
+       thresholds: [0.0, 0.5, 0.8, 0.9, 0.99, 1.01], epochs: 5, lr: 0.05, deploy_threshold: 0.9}
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,8 +34,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.config import check_choice, check_range
-from netcompress.core.errors import ConfigError, DataError, UnsupportedModelError
-from netcompress.dynamic.early_exit import DEFAULT_THRESHOLDS, EXIT_CRITERIA, EarlyExitModel, route_exits
+from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.io import atomic_write_json
+from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
+from netcompress.dynamic.early_exit import (
+    EXIT_CRITERIA,
+    HEADS,
+    EarlyExitModel,
+    add_early_exits,
+    as_early_exit,
+)
+from netcompress.dynamic.exit_evaluation import evaluate_early_exit
+from netcompress.training.config import TrainConfig
 
 
 def _check_weights(weights: Sequence[float] | None, num_exits: int | None) -> list[float] | None:
@@ -96,13 +115,13 @@ class EarlyExitHook:
         self._seen = 0
 
     def epoch_start(self, model: nn.Module, epoch: int) -> None:
-        _as_early_exit(model).stash_exit_logits = True
+        as_early_exit(model).stash_exit_logits = True
         if self.freeze_backbone:
             model.segments.eval()
         self._correct, self._seen = [0] * model.num_exits, 0
 
     def loss(self, model: nn.Module, inputs: Any, outputs: Any, targets: torch.Tensor, loss: torch.Tensor):
-        exit_logits = _as_early_exit(model).pop_exit_logits()
+        exit_logits = as_early_exit(model).pop_exit_logits()
         if exit_logits is None:
             raise UnsupportedModelError(
                 "EarlyExitHook: the model kept no exit logits (was it in train mode?)"
@@ -113,16 +132,8 @@ class EarlyExitHook:
         return self.criterion(exit_logits, targets)
 
     def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        _as_early_exit(model).stash_exit_logits = False
+        as_early_exit(model).stash_exit_logits = False
         return {f"exit{i}_train_acc": c / max(self._seen, 1) for i, c in enumerate(self._correct)}
-
-
-def _as_early_exit(model: nn.Module) -> EarlyExitModel:
-    if not isinstance(model, EarlyExitModel):
-        raise UnsupportedModelError(
-            f"expected an EarlyExitModel (from add_early_exits), got {type(model).__name__}"
-        )
-    return model
 
 
 def train_early_exit(
@@ -148,7 +159,7 @@ def train_early_exit(
     """
     from netcompress.training.loop import fit  # training area, imported when used
 
-    model = _as_early_exit(model)
+    model = as_early_exit(model)
     _check_weights(weights, model.num_exits)
     label_smoothing = getattr(config, "label_smoothing", 0.0) if config is not None else 0.0
     hook = EarlyExitHook(weights=weights, label_smoothing=label_smoothing, freeze_backbone=freeze_backbone)
@@ -171,141 +182,139 @@ def train_early_exit(
             p.requires_grad_(True)
 
 
-class _ExitPath(nn.Module):
-    """What a sample leaving at exit ``index`` runs: segments up to it and every head up to it."""
+@dataclasses.dataclass
+class EarlyExitConfig(TrainConfig):
+    """Early exit: every TrainConfig field plus where the heads go and how samples leave.
 
-    def __init__(self, model: EarlyExitModel, index: int) -> None:
-        super().__init__()
-        self.model = model
-        self.index = index
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x
-        for i in range(self.index + 1):
-            x = self.model.segments[i](x)
-            # earlier heads ran and were not confident enough: their cost is paid too
-            logits = self.model.heads[i](x) if i < len(self.model.heads) else x
-        return logits
-
-
-def exit_path_macs(model: EarlyExitModel, example_inputs: torch.Tensor) -> list[int]:
-    """MACs per sample of leaving at each exit (the segments and every head evaluated on the way).
+    ``freeze_backbone`` trains the heads only (the model as trained so far stays as it is);
+    False trains heads and backbone jointly. ``deploy_threshold`` is the rule the returned
+    model uses in eval mode (None: the full network for every sample). ``thresholds`` None
+    uses the criterion's default grid.
 
     Example:
-        >>> exit_path_macs(ee, torch.randn(1, 1, 8, 8))
-        [15360, 140160, 160010]
+        >>> EarlyExitConfig(exits=["features.5"], epochs=5, deploy_threshold=0.9)
     """
-    from netcompress.evaluation import count_macs
 
-    model = _as_early_exit(model)
-    sample = example_inputs[:1]
-    return [count_macs(_ExitPath(model, i), sample)[0] for i in range(model.num_exits)]
+    exits: list[str] = dataclasses.field(default_factory=list)
+    head: str = "pool_linear"
+    criterion: str = "confidence"
+    thresholds: list[float] | None = None
+    exit_weights: list[float] | None = None
+    freeze_backbone: bool = False
+    deploy_threshold: float | None = None
+    max_eval_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.exits:
+            raise ConfigError("exits is empty: list the layers after which to attach exit heads")
+        check_choice("head", self.head, HEADS.names())
+        check_choice("criterion", self.criterion, EXIT_CRITERIA.names())
+        for w in self.exit_weights or []:
+            check_range("exit_weights entry", w, 0.0)
+        if self.exit_weights is not None and len(self.exit_weights) != len(self.exits) + 1:
+            raise ConfigError(
+                f"exit_weights has {len(self.exit_weights)} entries; it needs {len(self.exits) + 1} "
+                "(one per exit plus the final classifier)"
+            )
+        if self.max_eval_batches is not None:
+            check_range("max_eval_batches", self.max_eval_batches, 1)
 
 
-@torch.no_grad()
-def collect_exit_logits(
-    model: EarlyExitModel, loader: Iterable, *, device: str = "cpu", max_batches: int | None = None
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every exit's logits for every sample of ``loader`` (eval mode), and the labels.
+@register_method("dynamic", "early_exit", config=EarlyExitConfig)
+def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodData) -> Result:
+    """Attach early-exit heads, train them (or jointly), sweep thresholds: accuracy vs expected MACs.
 
-    Example:
-        >>> exit_logits, labels = collect_exit_logits(ee, test_loader, max_batches=2)
+    An EarlyExitModel given is trained in place; any other model is copied by ``add_early_exits``.
+    With ``data.out_dir`` the rows go to ``early_exit.json`` and the curve to a plot there.
     """
-    model = _as_early_exit(model)
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    per_exit: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
-    labels = []
-    try:
-        for index, (inputs, targets) in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            for bucket, logits in zip(per_exit, model.forward_all(inputs.to(device))):
-                bucket.append(logits.float().cpu())
-            labels.append(torch.as_tensor(targets).cpu())
-    finally:
-        for module, flag in was_training.items():
-            module.training = flag
-    if not labels:
-        raise DataError("evaluate_early_exit: the loader yielded no batches")
-    return [torch.cat(b) for b in per_exit], torch.cat(labels)
+    from netcompress.training.supervised import run_config
 
-
-def trade_off_rows(
-    exit_logits: Sequence[torch.Tensor],
-    labels: torch.Tensor,
-    *,
-    exit_macs: Sequence[int],
-    criterion: str,
-    thresholds: Sequence[float],
-) -> list[dict[str, Any]]:
-    """One row per threshold: accuracy, exit shares and expected MACs per sample.
-
-    ``expected_macs = sum_i share_i * exit_macs[i]``; ``macs_fraction`` divides it by the
-    cost of the last exit (the full network plus every head).
-
-    Example:
-        >>> trade_off_rows([head_logits, final_logits], labels, exit_macs=[100, 400],
-        ...                criterion="confidence", thresholds=[0.9])[0]["expected_macs"]
-    """
-    if len(exit_macs) != len(exit_logits):
-        raise ConfigError(f"{len(exit_macs)} MAC counts for {len(exit_logits)} exits")
-    count = len(labels)
-    stacked = torch.stack(list(exit_logits))  # (exits, N, classes)
-    rows = []
-    for threshold in thresholds:
-        chosen = route_exits(exit_logits, criterion=criterion, threshold=float(threshold))
-        predictions = stacked[chosen, torch.arange(count)].argmax(dim=1)
-        counts = torch.bincount(chosen, minlength=len(exit_logits)).tolist()
-        shares = [c / count for c in counts]
-        expected = sum(s * m for s, m in zip(shares, exit_macs))
-        rows.append(
-            {
-                "criterion": criterion,
-                "threshold": float(threshold),
-                "accuracy": float((predictions == labels).float().mean()),
-                "exit_counts": counts,
-                "exit_shares": shares,
-                "expected_macs": float(expected),
-                "macs_fraction": float(expected / exit_macs[-1]) if exit_macs[-1] else None,
-            }
+    data.require("train_loader", "val_loader", "example_inputs", method="dynamic/early_exit")
+    example = data.example_inputs[:1]
+    ee = model if isinstance(model, EarlyExitModel) else add_early_exits(
+        model, exits=config.exits, example_inputs=example, head=config.head
+    )  # fmt: skip
+    train_config = run_config(TrainConfig(**{n: getattr(config, n) for n in TrainConfig.field_names()}), data)
+    history = None
+    if train_config.epochs > 0:
+        history = train_early_exit(
+            ee,
+            data.train_loader,
+            config=train_config,
+            val_loader=data.val_loader,
+            weights=config.exit_weights,
+            freeze_backbone=config.freeze_backbone,
+            hooks=list(data.extras.get("hooks", [])),
+            checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
+            resume=data.out_dir is not None,
         )
-    return rows
+    rows = evaluate_early_exit(
+        ee,
+        data.val_loader,
+        criterion=config.criterion,
+        thresholds=config.thresholds,
+        example_inputs=example,
+        device=data.device,
+        max_batches=config.max_eval_batches,
+    )
+    if data.out_dir is not None:
+        atomic_write_json(data.out_dir / "early_exit.json", rows)
+    ee.set_policy(criterion=config.criterion, threshold=config.deploy_threshold)
+    curve = accuracy_vs_macs(rows, "expected_macs")
+    title = "Early exit: accuracy vs expected MACs"
+    plot = plot_curve(curve, f"{config.criterion} threshold", data.out_dir, title=title)
+    summary = train_summary(history, train_config)
+    summary.update(
+        exits=list(ee.exit_names),
+        head=config.head,
+        criterion=config.criterion,
+        deploy_threshold=config.deploy_threshold,
+        params=param_count(ee),
+        head_params=param_count(ee.heads),
+        exit_accuracies=rows[0]["exit_accuracies"],
+        exit_macs=rows[0]["exit_macs"],
+        trade_off=[
+            {k: r[k] for k in ("threshold", "accuracy", "expected_macs", "exit_shares")} for r in rows
+        ],
+        curves={"accuracy vs MACs": curve},
+        plot=plot,
+    )
+    return Result(model=ee, summary=summary, history=history.rows if history is not None else None)
 
 
-def evaluate_early_exit(
-    model: EarlyExitModel,
-    loader: Iterable,
+def with_early_exits(
+    model: nn.Module,
+    train_loader: Iterable,
     *,
-    criterion: str = "confidence",
-    thresholds: Sequence[float] | None = None,
-    example_inputs: torch.Tensor | None = None,
-    device: str = "cpu",
-    max_batches: int | None = None,
-) -> list[dict[str, Any]]:
-    """The accuracy-vs-MACs trade-off: one row per threshold (see :func:`trade_off_rows`).
+    val_loader: Iterable,
+    example_inputs: torch.Tensor,
+    config: EarlyExitConfig | None = None,
+    hooks: Sequence[Any] = (),
+    **fields: Any,
+) -> tuple[EarlyExitModel, dict[str, Any]]:
+    """The method ``dynamic/early_exit`` as a verb: a new EarlyExitModel (trained, its exit rule
+    set to ``deploy_threshold``) and the summary with the accuracy-vs-expected-MACs trade-off.
 
-    Every exit's logits are computed once; each threshold then routes them exactly as the
-    model's eval forward would. Each row also carries ``exit_accuracies`` (each exit alone)
-    and ``exit_macs``. ``example_inputs`` (default: the first sample of ``loader``) sizes
-    the MAC count. ``thresholds`` default to :data:`DEFAULT_THRESHOLDS` of the criterion.
+    ``fields`` are :class:`EarlyExitConfig` fields (``exits``, ``epochs``, ``criterion``, ...);
+    they override ``config``. The input model is not modified.
 
     Example:
-        >>> rows = evaluate_early_exit(ee, test_loader, criterion="entropy", thresholds=[0.1, 0.3])
-        >>> [(r["expected_macs"], r["accuracy"]) for r in rows]
+        >>> ee, summary = with_early_exits(model, train, val_loader=val, example_inputs=x,
+        ...                               exits=["features.5"], epochs=3, deploy_threshold=0.9)
+        >>> summary["trade_off"][0]["expected_macs"]
     """
-    check_choice("criterion", criterion, EXIT_CRITERIA.names())
-    thresholds = list(DEFAULT_THRESHOLDS[criterion] if thresholds is None else thresholds)
-    if not thresholds:
-        raise ConfigError("thresholds is empty")
-    exit_logits, labels = collect_exit_logits(model, loader, device=device, max_batches=max_batches)
-    if example_inputs is None:
-        example_inputs = next(iter(loader))[0][:1]
-    exit_macs = exit_path_macs(model, example_inputs.to(device))
-    exit_accuracies = [float((lg.argmax(dim=1) == labels).float().mean()) for lg in exit_logits]
-    rows = trade_off_rows(
-        exit_logits, labels, exit_macs=exit_macs, criterion=criterion, thresholds=thresholds
+    base = config.to_dict() if config is not None else {}
+    cfg = EarlyExitConfig.from_dict({**base, **fields}, where="with_early_exits")
+    if isinstance(model, EarlyExitModel):
+        model = copy.deepcopy(model)  # the method trains an EarlyExitModel in place
+    data = MethodData(
+        train_loader=train_loader,
+        val_loader=val_loader,
+        example_inputs=example_inputs,
+        seed=cfg.seed,
+        device=cfg.device,
+        extras={"hooks": list(hooks)},
     )
-    for row in rows:
-        row.update(exit_accuracies=exit_accuracies, exit_macs=list(exit_macs), num_samples=len(labels))
-    return rows
+    result = apply(model, cfg, data)
+    return result.model, result.summary

@@ -21,158 +21,28 @@ Example::
 from __future__ import annotations
 
 import copy
-import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.selection import set_submodule
-
-
-def active_channels(full: int, width: float) -> int:
-    """Channels used at ``width``: ``ceil(width * full)``, at least 1 (rounding noise ignored).
-
-    Example:
-        >>> active_channels(30, 0.1), active_channels(64, 0.25)
-        (3, 16)
-    """
-    return max(1, math.ceil(width * full - 1e-6))
-
-
-class _SlimWeightLayer:
-    """Shared state of slimmable Conv/Linear layers: the current width and whether outputs are fixed."""
-
-    width: float = 1.0
-    fixed_out: bool = False  # the model's last layer keeps every output (the classes)
-
-    def active_out(self, full: int) -> int:
-        return full if self.fixed_out else active_channels(full, self.width)
-
-
-class SlimConv2d(_SlimWeightLayer, nn.Conv2d):
-    """Conv2d (groups=1) using its first ``ceil(width * out)`` filters on the channels it receives."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_channels)
-        bias = None if self.bias is None else self.bias[:out]
-        return self._conv_forward(x, self.weight[:out, : x.shape[1]], bias)
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    """A convolution with one filter per channel (groups == in == out), whose width follows its input."""
-    groups = getattr(module, "groups", 1)
-    return groups > 1 and groups == module.in_channels == module.out_channels
-
-
-class SlimDepthwiseConv(_SlimWeightLayer, nn.Module):
-    """Mixin body of slimmable depthwise convs: ``c`` channels in, ``c`` filters, ``groups=c``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
-        bias = None if self.bias is None else self.bias[:channels]
-        conv = F.conv2d if isinstance(self, nn.Conv2d) else F.conv1d
-        return conv(x, self.weight[:channels], bias, self.stride, self.padding, self.dilation, channels)
-
-
-class SlimDepthwiseConv2d(SlimDepthwiseConv, nn.Conv2d):
-    """Depthwise Conv2d running on however many (leading) channels arrive."""
-
-
-class SlimDepthwiseConv1d(SlimDepthwiseConv, nn.Conv1d):
-    """Depthwise Conv1d running on however many (leading) channels arrive."""
-
-
-class SlimConv1d(_SlimWeightLayer, nn.Conv1d):
-    """Conv1d (groups=1) using its first ``ceil(width * out)`` filters on the channels it receives."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_channels)
-        bias = None if self.bias is None else self.bias[:out]
-        return self._conv_forward(x, self.weight[:out, : x.shape[1]], bias)
-
-
-class SlimLinear(_SlimWeightLayer, nn.Linear):
-    """Linear using its first ``ceil(width * out)`` rows and the first columns it receives."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_features)
-        bias = None if self.bias is None else self.bias[:out]
-        return F.linear(x, self.weight[:out, : x.shape[-1]], bias)
-
-
-class SwitchableBatchNorm(nn.Module):
-    """One BatchNorm per width (private statistics and affine parameters); ``width`` picks it."""
-
-    def __init__(self, source: nn.modules.batchnorm._BatchNorm, widths: Sequence[float]) -> None:
-        super().__init__()
-        self.widths = tuple(float(w) for w in widths)
-        self.width = max(self.widths)
-        self.num_features = source.num_features
-        bns = []
-        for w in self.widths:
-            c = active_channels(source.num_features, w)
-            bn = type(source)(c, eps=source.eps, momentum=source.momentum, affine=source.affine,
-                              track_running_stats=source.track_running_stats)  # fmt: skip
-            _copy_bn(source, bn, c)
-            bns.append(bn)
-        self.bns = nn.ModuleList(bns)
-
-    def current(self) -> nn.Module:
-        return self.bns[self.widths.index(self.width)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.current()(x)
-
-
-def _copy_bn(source: nn.Module, target: nn.Module, channels: int) -> None:
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            src, dst = getattr(source, name, None), getattr(target, name, None)
-            if src is not None and dst is not None:
-                dst.copy_(src[:channels])
-        if (
-            getattr(source, "num_batches_tracked", None) is not None
-            and target.num_batches_tracked is not None
-        ):
-            target.num_batches_tracked.copy_(source.num_batches_tracked)
-
-
-def _slim_weight_layer(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """A slimmable copy of a Conv/Linear: same class hierarchy, same tensors."""
-    new = copy.deepcopy(module)
-    new.__class__ = cls  # the slim classes add no state of their own beyond two class defaults
-    return new
-
-
-# layer type -> slimmable class; the plain type is checked exactly, so subclasses are refused
-WEIGHT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv2d: SlimConv2d,
-    nn.Conv1d: SlimConv1d,
-    nn.Linear: SlimLinear,
-}
-DEPTHWISE_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv2d: SlimDepthwiseConv2d,
-    nn.Conv1d: SlimDepthwiseConv1d,
-}
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# layers that act per channel or per position and so work at any width unchanged
-PASSTHROUGH = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.ELU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity,
-)  # fmt: skip
-PASSTHROUGH_FUNCTIONS = {
-    F.relu, F.relu6, torch.relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.max_pool1d, F.avg_pool1d, F.dropout, torch.flatten,
-    operator.getitem,
-}  # fmt: skip
-PASSTHROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "flatten", "size", "view", "reshape"}
+from netcompress.dynamic.slim_layers import (
+    BATCH_NORMS,
+    DEPTHWISE_LAYERS,
+    PASSTHROUGH,
+    PASSTHROUGH_FUNCTIONS,
+    PASSTHROUGH_METHODS,
+    WEIGHT_LAYERS,
+    SlimDepthwiseConv,
+    SlimWeightLayer,
+    SwitchableBatchNorm,
+    is_depthwise,
+    slim_weight_layer,
+)
 
 
 class SlimmableModel(nn.Module):
@@ -192,9 +62,7 @@ class SlimmableModel(nn.Module):
 
     def slim_layers(self) -> dict[str, nn.Module]:
         return {
-            n: m
-            for n, m in self.net.named_modules()
-            if isinstance(m, (_SlimWeightLayer, SwitchableBatchNorm))
+            n: m for n, m in self.net.named_modules() if isinstance(m, (SlimWeightLayer, SwitchableBatchNorm))
         }
 
     def set_width(self, width: float) -> SlimmableModel:
@@ -314,7 +182,7 @@ def make_slimmable(
     for name, module in list(net.named_modules()):
         if name in weight_layers:
             table = DEPTHWISE_LAYERS if is_depthwise(module) else WEIGHT_LAYERS
-            new = _slim_weight_layer(module, table[type(module)])
+            new = slim_weight_layer(module, table[type(module)])
             new.fixed_out = name == weight_layers[-1]
             set_submodule(net, name, new)
     _swap_batch_norms(gm, net, weight_layers[-1], widths)
@@ -360,7 +228,7 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
     model.set_width(width)
     recorder = _InputWidths()
     handles = [
-        m.register_forward_pre_hook(recorder) for m in model.net.modules() if isinstance(m, _SlimWeightLayer)
+        m.register_forward_pre_hook(recorder) for m in model.net.modules() if isinstance(m, SlimWeightLayer)
     ]
     flags = {m: m.training for m in model.modules()}
     try:
@@ -370,7 +238,7 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
         net = copy.deepcopy(model.net)
         originals = dict(model.net.named_modules())
         for name, layer in list(net.named_modules()):
-            if isinstance(layer, _SlimWeightLayer):
+            if isinstance(layer, SlimWeightLayer):
                 set_submodule(net, name, _plain_weight_layer(layer, recorder.seen[originals[name]]))
             elif isinstance(layer, SwitchableBatchNorm):
                 set_submodule(net, name, copy.deepcopy(layer.current()))

@@ -1,4 +1,5 @@
-"""Training slimmable models (weighted sum of losses over widths) and measuring every width.
+"""Training slimmable models (weighted sum of losses over widths) and measuring every width;
+:class:`SlimmableConfig`, the method ``dynamic/slimmable`` and its verb :func:`with_slimmable_width`.
 
 :class:`SlimmableHook` plugs into ``fit``: ``fit`` runs the batch at the widest width and
 computes its loss; the hook runs the same batch at the other widths and returns
@@ -13,10 +14,16 @@ Example::
     slim = make_slimmable(model, widths=(0.25, 0.5, 1.0), example_inputs=x)
     fit(slim, loader, hooks=[SlimmableHook(weights=[1.0, 1.0, 1.0])], config=TrainConfig(epochs=3))
     rows = evaluate_widths(slim, test_loader)       # width, accuracy, macs, params per width
+
+In a recipe::
+
+    - {op: dynamic, method: slimmable, widths: [0.25, 0.5, 0.75, 1.0], epochs: 5, deploy_width: 0.5}
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,7 +34,11 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
-from netcompress.dynamic.slimmable import SlimmableModel, extract_width
+from netcompress.core.io import atomic_write_json
+from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
+from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable
+from netcompress.training.config import TrainConfig
 
 
 def _as_slimmable(model: nn.Module) -> SlimmableModel:
@@ -201,3 +212,133 @@ def evaluate_widths(
     finally:
         model.set_width(previous)
     return rows
+
+
+@dataclasses.dataclass
+class SlimmableConfig(TrainConfig):
+    """Slimmable width: every TrainConfig field plus the widths, their loss weights and the deploy width.
+
+    ``width_weights`` follows ``widths`` sorted narrowest first. ``deploy_width`` extracts a
+    plain model at that width at the end (None: return the slimmable model at full width).
+
+    Example:
+        >>> SlimmableConfig(widths=[0.25, 0.5, 1.0], epochs=5, deploy_width=0.5)
+    """
+
+    widths: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    width_weights: list[float] | None = None
+    sandwich: bool = False
+    num_random: int = 1
+    inplace_distillation: bool = False
+    deploy_width: float | None = None
+    max_eval_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.widths:
+            raise ConfigError("widths is empty")
+        for w in self.widths:
+            check_range("widths entry", w, 1e-6, 1.0)
+        if 1.0 not in [float(w) for w in self.widths]:
+            raise ConfigError(f"widths {self.widths} must include 1.0 (the full model)")
+        if self.width_weights is not None and len(self.width_weights) != len(set(self.widths)):
+            raise ConfigError(f"width_weights has {len(self.width_weights)} entries for widths {self.widths}")
+        for w in self.width_weights or []:
+            check_range("width_weights entry", w, 0.0)
+        check_range("num_random", self.num_random, 0)
+        if self.deploy_width is not None and float(self.deploy_width) not in [float(w) for w in self.widths]:
+            raise ConfigError(f"deploy_width={self.deploy_width} is not one of widths {self.widths}")
+        if self.max_eval_batches is not None:
+            check_range("max_eval_batches", self.max_eval_batches, 1)
+
+
+@register_method("dynamic", "slimmable", config=SlimmableConfig)
+def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData) -> Result:
+    """Train a slimmable (switchable-width) model; accuracy vs MACs per width; optionally extract one width.
+
+    A SlimmableModel given is trained in place; any other model is copied by ``make_slimmable``.
+    With ``data.out_dir`` the rows go to ``widths.json`` and the curve to a plot there.
+    """
+    from netcompress.training.supervised import run_config
+
+    data.require("train_loader", "val_loader", "example_inputs", method="dynamic/slimmable")
+    slim = model if isinstance(model, SlimmableModel) else make_slimmable(
+        model, widths=config.widths, example_inputs=data.example_inputs[:1]
+    )  # fmt: skip
+    train_config = run_config(TrainConfig(**{n: getattr(config, n) for n in TrainConfig.field_names()}), data)
+    history = None
+    if train_config.epochs > 0:
+        hook = SlimmableHook(
+            weights=config.width_weights,
+            sandwich=config.sandwich,
+            num_random=config.num_random,
+            inplace_distillation=config.inplace_distillation,
+            label_smoothing=train_config.label_smoothing,
+        )
+        history = train_slimmable(
+            slim,
+            data.train_loader,
+            config=train_config,
+            val_loader=data.val_loader,
+            hook=hook,
+            hooks=list(data.extras.get("hooks", [])),
+            checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
+            resume=data.out_dir is not None,
+        )
+    rows = evaluate_widths(slim, data.val_loader, device=data.device, max_batches=config.max_eval_batches)
+    if data.out_dir is not None:
+        atomic_write_json(data.out_dir / "widths.json", rows)
+    curve = accuracy_vs_macs(rows, "macs")
+    summary = train_summary(history, train_config)
+    summary.update(
+        widths=list(slim.widths),
+        per_width={width_key(r["width"]): r for r in rows},
+        deploy_width=config.deploy_width,
+        curves={"accuracy vs MACs": curve},
+        plot=plot_curve(curve, "width", data.out_dir, title="Slimmable width: accuracy vs MACs"),
+    )
+    result_model: nn.Module = slim
+    if config.deploy_width is not None:
+        result_model = extract_width(slim, config.deploy_width)
+        summary["deployed_params"] = param_count(result_model)
+    else:
+        slim.set_width(max(slim.widths))
+    return Result(model=result_model, summary=summary, history=history.rows if history is not None else None)
+
+
+def with_slimmable_width(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    val_loader: Iterable,
+    example_inputs: torch.Tensor,
+    config: SlimmableConfig | None = None,
+    hooks: Sequence[Any] = (),
+    **fields: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The method ``dynamic/slimmable`` as a verb: a new trained slimmable model (or, with
+    ``deploy_width``, the plain model extracted at that width) and the summary (per width:
+    accuracy, MACs, parameters).
+
+    ``fields`` are :class:`SlimmableConfig` fields (``widths``, ``epochs``, ``sandwich``, ...);
+    they override ``config``. The input model is not modified.
+
+    Example:
+        >>> small, summary = with_slimmable_width(model, train, val_loader=val, example_inputs=x,
+        ...                                       widths=[0.5, 1.0], epochs=3, deploy_width=0.5)
+        >>> summary["per_width"]["w0.5"]["accuracy"]
+    """
+    base = config.to_dict() if config is not None else {}
+    cfg = SlimmableConfig.from_dict({**base, **fields}, where="with_slimmable_width")
+    if isinstance(model, SlimmableModel):
+        model = copy.deepcopy(model)  # the method trains a SlimmableModel in place
+    data = MethodData(
+        train_loader=train_loader,
+        val_loader=val_loader,
+        example_inputs=example_inputs,
+        seed=cfg.seed,
+        device=cfg.device,
+        extras={"hooks": list(hooks)},
+    )
+    result = apply(model, cfg, data)
+    return result.model, result.summary

@@ -6,7 +6,6 @@ Example::
     small, summary = factorize(model, energy=0.9, conv_mode="channel")
 """
 
-from netcompress.low_rank import steps as _steps  # noqa: F401  (registers low_rank/svd)
 from netcompress.low_rank.factorize import CONV_MODES, FactorizeConfig, factorize
 from netcompress.low_rank.layers import FACTORIZATIONS, Factorization, LowRank, factorize_layer, svd_factors
 from netcompress.low_rank.rank import energy_kept, rank_for_budget, rank_for_energy

@@ -1,22 +1,27 @@
-"""The ``factorize`` verb: replace chosen Linear/conv layers by truncated-SVD pairs.
+"""Low-rank factorisation of a model: :class:`FactorizeConfig`, the method ``low_rank/svd`` and
+the ``factorize`` verb (a new model; the input is not modified).
 
 Rank per layer, in order of precedence: a fixed ``rank``; else the largest rank within
 ``param_budget`` (a fraction of the layer's parameters); else the smallest rank keeping
 ``energy`` of the squared singular values. A layer whose factorised form would not have
 fewer parameters than the original is left alone and reported under ``skipped``.
+
+In a recipe::
+
+    - {op: low_rank, method: svd, energy: 0.95, conv_mode: channel, exclude: [classifier]}
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from netcompress.architecture.layer_costs import add_layer_macs, param_count
 from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.selection import select_modules, set_submodule
 from netcompress.low_rank.layers import FACTORIZATIONS, LowRank, factorize_layer, svd_factors
 from netcompress.low_rank.rank import energy_kept, rank_for_budget, rank_for_energy
@@ -40,6 +45,8 @@ class FactorizeConfig(Config):
     conv_mode: str = "channel"
 
     def __post_init__(self) -> None:
+        self.include = list(self.include) if self.include is not None else None
+        self.exclude = list(self.exclude)
         check_choice("conv_mode", self.conv_mode, CONV_MODES)
         check_range("energy", self.energy, 1e-6, 1.0)
         if self.rank is not None:
@@ -68,36 +75,13 @@ def _choose_rank(s, params_at, dense: int, cfg: FactorizeConfig) -> tuple[int, s
     return rank_for_energy(s, cfg.energy), "energy"
 
 
-def factorize(
-    model: nn.Module,
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    rank: int | None = None,
-    energy: float = 0.9,
-    param_budget: float | None = None,
-    conv_mode: str = "channel",
-    example_inputs: Any = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Return a copy of ``model`` with Linear/Conv1d/Conv2d layers replaced by low-rank pairs,
-    and a summary (per layer: method, full rank, chosen rank, energy kept, parameters, and
-    MACs when ``example_inputs`` is given). The input model is not modified.
+@register_method("low_rank", "svd", config=FactorizeConfig)
+def svd(model: nn.Module, config: FactorizeConfig, data: MethodData) -> Result:
+    """Truncated-SVD factorisation of Linear and conv layers (rank by energy, budget or fixed).
 
-    ``conv_mode="channel"``: ``k x k`` conv to ``r`` channels then ``1 x 1``; ``"spatial"``:
-    ``k x 1`` to ``r`` channels then ``1 x k`` (Conv2d with both kernel sides > 1).
-
-    Example:
-        >>> small, summary = factorize(model, energy=0.95, exclude=["features.0"])
-        >>> summary["params_before"], summary["params_after"]
+    Returns a new model; MACs are added to the summary when ``data.example_inputs`` is given.
     """
-    cfg = FactorizeConfig(
-        include=list(include) if include is not None else None,
-        exclude=list(exclude),
-        rank=rank,
-        energy=energy,
-        param_budget=param_budget,
-        conv_mode=conv_mode,
-    )
+    cfg, example_inputs = config, data.example_inputs
     new_model = copy.deepcopy(model)
     chosen = select_modules(new_model, include=cfg.include, exclude=cfg.exclude)
     layers, skipped = [], []
@@ -152,7 +136,29 @@ def factorize(
     }
     if example_inputs is not None:
         add_layer_macs(summary, layers, model, new_model, example_inputs)
-    return new_model, summary
+    return Result(model=new_model, summary=summary)
+
+
+def factorize(
+    model: nn.Module, config: FactorizeConfig | None = None, *, example_inputs: Any = None, **fields: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return a copy of ``model`` with Linear/Conv1d/Conv2d layers replaced by low-rank pairs,
+    and a summary (per layer: method, full rank, chosen rank, energy kept, parameters, and
+    MACs when ``example_inputs`` is given). The input model is not modified.
+
+    ``fields`` are :class:`FactorizeConfig` fields (``include``, ``exclude``, ``rank``,
+    ``energy``, ``param_budget``, ``conv_mode``); they override ``config``.
+    ``conv_mode="channel"``: ``k x k`` conv to ``r`` channels then ``1 x 1``; ``"spatial"``:
+    ``k x 1`` to ``r`` channels then ``1 x k`` (Conv2d with both kernel sides > 1).
+
+    Example:
+        >>> small, summary = nc.factorize(model, energy=0.95, exclude=["features.0"])
+        >>> summary["params_before"], summary["params_after"]
+    """
+    base = config.to_dict() if config is not None else {}
+    cfg = FactorizeConfig.from_dict({**base, **fields}, where="factorize")
+    result = apply(model, cfg, MethodData(example_inputs=example_inputs))
+    return result.model, result.summary
 
 
 __all__ = ["CONV_MODES", "FactorizeConfig", "LowRank", "factorize"]

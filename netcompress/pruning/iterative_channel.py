@@ -46,7 +46,7 @@ def prune_channels_iteratively(
     from netcompress.pruning.bn_recalibration import recalibrate_after_pruning
     from netcompress.pruning.channel import prune_channels_with_summary
     from netcompress.training import fit
-    from netcompress.training.steps import run_config
+    from netcompress.training.supervised import run_config
 
     train_cfg = run_config(TrainConfig.from_dict(config.train, where="train"), ctx)
     start = evaluate(model, ctx.val_loader)

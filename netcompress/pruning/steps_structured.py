@@ -225,7 +225,7 @@ def auto_step(model: nn.Module, config: AutoPruneConfig, ctx: MethodData) -> Res
 def slimming_train_step(model: nn.Module, config: SlimmingTrainConfig, ctx: MethodData) -> Result:
     """Sparsity training: fit with the BN L1 penalty; history rows carry bn_sparsity per epoch."""
     from netcompress.training.loop import fit  # the training area; imported when the step runs
-    from netcompress.training.steps import run_config, summarize
+    from netcompress.training.supervised import run_config, summarize
 
     train_config = run_config(config.train_config(), ctx)
     hook = BNL1Penalty(lambda_=config.lambda_, threshold=config.threshold)

@@ -44,7 +44,7 @@ def _train_config(train: dict[str, Any], ctx: MethodData | None = None, **change
     config = TrainConfig.from_dict({"progress": False, **train}, where="train").replace(**changes)
     if ctx is None:
         return config
-    from netcompress.training.steps import run_config
+    from netcompress.training.supervised import run_config
 
     return run_config(config, ctx)
 

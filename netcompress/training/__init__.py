@@ -5,7 +5,7 @@ Example:
     >>> history = fit(model, train_loader, val_loader=test_loader, config=TrainConfig(epochs=3))
 """
 
-from netcompress.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from netcompress.training.config import OPTIMIZERS, SCHEDULES, FinetuneConfig, TrainConfig
 from netcompress.training.history import History
 from netcompress.training.hooks import TrainingHook, call_hooks, call_loss_hooks
 from netcompress.training.loop import fit
@@ -18,6 +18,7 @@ __all__ = [
     "OPTIMIZER_BUILDERS",
     "SCHEDULES",
     "SCHEDULE_FNS",
+    "FinetuneConfig",
     "History",
     "LRSchedule",
     "Runtime",

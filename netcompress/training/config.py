@@ -70,3 +70,11 @@ class TrainConfig(Config):
             raise ConfigError(
                 f"device={self.device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
             ) from None
+
+
+@dataclasses.dataclass
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning after compression (method ``train/finetune``): the fields and defaults of TrainConfig.
+
+    Its own class because each config belongs to one method.
+    """

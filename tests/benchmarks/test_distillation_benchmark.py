@@ -10,7 +10,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core import ConfigError
-from netcompress.distillation import distill_with_history
 
 bench = pytest.importorskip("benchmarks.distillation")
 
@@ -39,8 +38,8 @@ def test_reference_loop_matches_netcompress_distill():
     student = _small_cnn(3)
     start = copy.deepcopy(student.state_dict())
     config = bench.train_config(bench.cp.PROTOCOLS["quick"], epochs=2, lr=0.05)
-    ours, history = distill_with_history(
-        student, teacher, _loader(), temperature=4.0, alpha=0.9, config=config
+    ours, history = bench.distill_with_history(
+        student, teacher, _loader(), config, temperature=4.0, alpha=0.9
     )
     ref = _small_cnn(3)
     rows = bench.reference_kd_fit(ref, teacher, _loader(), temperature=4.0, alpha=0.9, **settings)
@@ -52,7 +51,7 @@ def test_reference_loop_matches_netcompress_distill():
         for a, b in zip(ours.state_dict().values(), ref.state_dict().values())
     )
     assert gap < 1e-5
-    for mine, theirs in zip(history.rows, rows):
+    for mine, theirs in zip(history, rows):
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
         assert mine["train_acc"] == pytest.approx(theirs["train_acc"], abs=1e-9)
 
@@ -60,8 +59,8 @@ def test_reference_loop_matches_netcompress_distill():
 def test_log_target_reference_loop_is_bitwise_equal_to_distill():
     teacher = _small_cnn(7).eval()
     config = bench.train_config(bench.cp.PROTOCOLS["quick"], epochs=1, lr=0.05)
-    ours, _ = distill_with_history(
-        _small_cnn(3), teacher, _loader(), temperature=4.0, alpha=0.9, config=config
+    ours, _ = bench.distill_with_history(
+        _small_cnn(3), teacher, _loader(), config, temperature=4.0, alpha=0.9
     )
     ref = _small_cnn(3)
     bench.reference_kd_fit(

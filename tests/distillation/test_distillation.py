@@ -16,17 +16,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core.errors import CheckpointError, ConfigError
-from netcompress.core.methods import METHODS, MethodData
+from netcompress.core.methods import METHODS, MethodData, apply
 from netcompress.distillation import (
     FeatureDistillation,
     SoftTargetDistillation,
-    SoftTargetsStepConfig,
+    SoftTargetsConfig,
     TeacherForward,
     distill,
-    distill_with_history,
     kd_loss,
     load_teacher,
 )
+from netcompress.distillation.teacher_student import distill_config
 from netcompress.training.config import TrainConfig
 
 
@@ -180,6 +180,14 @@ def test_feature_hook_names_missing_layer_and_wrong_adapter():
         )
 
 
+def distill_with_history(student, teacher, loader, *, config=None, **fields):
+    """The student and its per-epoch rows, through ``apply`` (as a caller needing the history does)."""
+    cfg = distill_config(config, fields)
+    data = MethodData(train_loader=loader, device=cfg.device, extras={"teacher": teacher})
+    result = apply(student, cfg, data)
+    return result.model, result.history
+
+
 def _small_cfg(**kw) -> TrainConfig:
     return TrainConfig(epochs=2, lr=0.1, seed=3, progress=False, keep_best=False, **kw)
 
@@ -193,8 +201,8 @@ def test_distill_alpha_zero_equals_plain_fit():
     kd, h_kd = distill_with_history(kd, CountingTeacher(), _loader(), alpha=0.0, config=_small_cfg())
     for a, b in zip(plain.parameters(), kd.parameters()):
         assert torch.equal(a, b)
-    assert len(h_plain.rows) == len(h_kd.rows) == 2
-    for ra, rb in zip(h_plain.rows, h_kd.rows):
+    assert len(h_plain.rows) == len(h_kd) == 2
+    for ra, rb in zip(h_plain.rows, h_kd):
         for key in ("epoch", "lr", "train_loss", "train_acc"):
             assert ra[key] == rb[key], key
 
@@ -239,9 +247,9 @@ def test_load_teacher_from_whole_model_checkpoint_and_errors(tmp_path: Path):
     with pytest.raises(CheckpointError, match="not found"):
         load_teacher({"checkpoint": str(tmp_path / "missing.pt")}, num_classes=3)
     with pytest.raises(ConfigError, match="unknown key 'modle'"):
-        SoftTargetsStepConfig.from_dict({"teacher": {"modle": "x"}})
+        SoftTargetsConfig.from_dict({"teacher": {"modle": "x"}})
     with pytest.raises(ConfigError, match="unknown key 'temprature'"):
-        SoftTargetsStepConfig.from_dict({"temprature": 2.0})
+        SoftTargetsConfig.from_dict({"temprature": 2.0})
 
 
 def test_soft_targets_step_with_teacher_in_extras(tmp_path: Path):
@@ -275,7 +283,7 @@ def test_distill_with_feature_pairs_trains_adapter_and_removes_hooks():
     student, history = distill_with_history(
         student, teacher, loader, epochs=4, config=cfg, feature_pairs={"conv2": "conv2"}, feature_weight=1.0
     )
-    losses = [row["feature_loss"] for row in history.rows]
+    losses = [row["feature_loss"] for row in history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert not student.conv2._forward_hooks and not teacher.conv2._forward_hooks
 

@@ -394,7 +394,7 @@ def test_rich_reporter_advances_once_per_batch(monkeypatch):
 
 
 def test_train_step_runs_fit_and_returns_a_json_summary(tmp_path):
-    import netcompress.training.steps  # noqa: F401  (registers the steps)
+    import netcompress.training.supervised  # noqa: F401  (registers the steps)
     from netcompress.core.methods import MethodData, find_method
 
     train, val = make_loaders()

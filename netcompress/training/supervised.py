@@ -1,8 +1,16 @@
-"""Recipe steps ``train/supervised`` and ``train/finetune``: run :func:`fit` inside a recipe.
+"""The methods ``train/supervised`` and ``train/finetune``: :func:`fit` as a registered method.
+
+Their configs are :class:`TrainConfig` and :class:`FinetuneConfig` (``training/config.py``);
+``run_config`` and ``summarize`` are the glue every training method shares (the run's seed and
+device, the JSON summary of a History).
 
 Example recipe step::
 
     - {op: train, method: supervised, epochs: 5, lr: 0.05, schedule: cosine}
+
+Example (Python, same weights as the step)::
+
+    result = apply(model, TrainConfig(epochs=5), MethodData(train_loader=train, val_loader=val))
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from netcompress.core.methods import MethodData, Result, register_method
-from netcompress.training.config import TrainConfig
+from netcompress.training.config import FinetuneConfig, TrainConfig
 from netcompress.training.history import History
 from netcompress.training.loop import fit
 
@@ -70,16 +78,11 @@ def train_step(model: nn.Module, config: TrainConfig, ctx: MethodData) -> Result
         val_loader=ctx.val_loader,
         config=config,
         hooks=list(ctx.extras.get("hooks", [])),
-        # a run killed mid-step continues from the last finished epoch
-        checkpoint_dir=ctx.out_dir / "checkpoints",
-        resume=True,
+        # a run killed mid-step continues from the last finished epoch; no folder: nothing written
+        checkpoint_dir=ctx.out_dir / "checkpoints" if ctx.out_dir is not None else None,
+        resume=ctx.out_dir is not None,
     )
     return Result(model=model, summary=summarize(history, config), history=history.rows)
-
-
-@dataclasses.dataclass
-class FinetuneConfig(TrainConfig):
-    """Fine-tuning after compression: the fields and defaults of TrainConfig."""
 
 
 @register_method("train", "finetune", config=FinetuneConfig)

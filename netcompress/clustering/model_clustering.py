@@ -1,0 +1,107 @@
+"""Clustering a whole model: :class:`ClusterConfig`, the method ``cluster/kmeans`` and the
+``cluster_weights_`` verb (``cluster_weights`` is its alias).
+
+In a recipe::
+
+    - op: cluster
+      method: kmeans
+      clusters: 16
+      exclude: [classifier]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from math import ceil
+from typing import Any
+
+from torch import nn
+
+from netcompress.clustering.kmeans import KMEANS_INITS
+from netcompress.clustering.storage import save_clustered
+from netcompress.clustering.weight_sharing import cluster_module
+from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.core.selection import select_modules
+
+
+@dataclasses.dataclass
+class ClusterConfig(Config):
+    """k-means weight sharing: codebook size, layers, initialisation.
+
+    ``save`` writes the packed file ``clustered.pt`` into the method's folder (a recipe step's
+    folder; the Python verb has none and writes nothing).
+
+    Example:
+        >>> ClusterConfig(clusters=16, init="kmeans++")
+    """
+
+    clusters: int = 16
+    include: list[str] | None = None
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    init: str = "linear"
+    seed: int = 0
+    save: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("clusters", self.clusters, 1)
+        check_choice("init", self.init, KMEANS_INITS.names())
+
+
+@register_method("cluster", "kmeans", config=ClusterConfig)
+def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
+    """Per-layer k-means weight sharing (codebook + indices), kept through fine-tuning; in place."""
+    chosen = select_modules(model, include=config.include, exclude=config.exclude)
+    if not chosen:
+        raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
+    layers = [
+        {"name": name, **cluster_module(m, clusters=config.clusters, init=config.init, seed=config.seed)}
+        for name, m in chosen.items()
+    ]
+    dense = sum(r["dense_bits"] for r in layers)
+    packed = sum(r["clustered_bits"] for r in layers)
+    summary: dict[str, Any] = {
+        "method": "kmeans",
+        "clusters": config.clusters,
+        "init": config.init,
+        "layers": layers,
+        "clustered_weights": sum(r["weights"] for r in layers),
+        "dense_weight_bytes": dense // 8,
+        "clustered_weight_bytes": ceil(packed / 8),
+        "compression_ratio": dense / packed,
+    }
+    if config.save and data.out_dir is not None:
+        saved = save_clustered(model, data.out_dir / "clustered.pt")
+        summary["file"] = saved["path"]
+        summary["size_bytes"] = saved["size_bytes"]
+    return Result(model=model, summary=summary)
+
+
+def cluster_weights_(model: nn.Module, config: ClusterConfig | None = None, **fields: Any) -> dict[str, Any]:
+    """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
+
+    ``fields`` are :class:`ClusterConfig` fields (``clusters``, ``include``, ``exclude``,
+    ``init``, ``seed``); they override ``config``. Per layer, 1-D k-means (``init``: "linear"
+    between min and max, or "kmeans++") finds ``clusters`` centroids; every weight becomes its
+    centroid, and ``weight_codebook`` / ``weight_indices`` buffers plus a ``ClusterSharing``
+    pre-hook keep it that way through fine-tuning. Biases are left alone. Clustering a clustered
+    layer again replaces its codebook. The summary estimates storage: ``ceil(log2 k)`` bits per
+    weight plus the codebook.
+
+    Example:
+        >>> summary = nc.cluster_weights_(model, clusters=16, exclude=["classifier"])
+        >>> summary["compression_ratio"]  # dense bits / (index bits + codebook bits)
+    """
+    base = config.to_dict() if config is not None else {}
+    cfg = ClusterConfig.from_dict({**base, **fields}, where="cluster_weights")
+    return apply(model, cfg).summary
+
+
+def cluster_weights(model: nn.Module, config: ClusterConfig | None = None, **fields: Any) -> dict[str, Any]:
+    """Alias of :func:`cluster_weights_` (clusters IN PLACE, returns the summary).
+
+    Example:
+        >>> summary = nc.cluster_weights(model, clusters=16)
+    """
+    return cluster_weights_(model, config, **fields)
