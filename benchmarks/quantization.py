@@ -40,12 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from netcompress.core import Config, atomic_write_text, check_choice, check_range
+from netcompress.core.methods import MethodData, apply
 from netcompress.export.onnx import OrtModel, export_onnx
 from netcompress.quantization import (
+    PTQStaticConfig,
     freeze_quantizers_,
     mixed_precision_quantize,
     prepare_qat,
-    quantize_with_summary,
+    quantize,
     save_quantized,
 )
 from netcompress.training import TrainConfig, fit
@@ -79,7 +81,9 @@ class QuantBenchConfig(Config):
     qat_ends_8bit: bool = True  # first conv and classifier at 8 bits (the usual W4 convention)
     mixed_budget_ratio: float = 0.4  # budget = this share of the W8A8 model's packed bytes
     mixed_bits: tuple[int, ...] = (2, 4, 8)
-    act_observer: str = "mse"  # activation observer of the main W8A8 row (the default's row is beside it)
+    act_observer: str = (
+        PTQStaticConfig.act_observer
+    )  # observer of the main W8A8 row (the percentile row is beside it)
     mixed_qat_epochs: int = 1  # QAT of the mixed-precision model at its bit widths (0: PTQ only)
     timing_rounds: int = 5
     threads: int = 1
@@ -316,11 +320,13 @@ def benchmark_model(
         ("netcompress W8A8 PTQ, percentile observer", "percentile"),
     ):
         kwargs = {} if observer is None else {"act_observer": observer}
-        w8, w8_summary = quantize_with_summary(
-            model, calib, bits=8, act_bits=8, granularity="per_channel", scheme="symmetric",
+        w8_config = PTQStaticConfig(
+            bits=8, act_bits=8, granularity="per_channel", scheme="symmetric",
             num_calib_batches=len(calib), **kwargs,
         )  # fmt: skip
-        used = observer or quantize_with_summary.__kwdefaults__["act_observer"]
+        w8_result = apply(model, w8_config, MethodData(calib_loader=calib))
+        w8, w8_summary = w8_result.model, w8_result.summary
+        used = w8_config.act_observer
         nc_int8(label, w8, "w8a8" if observer else "w8a8_default", {"act_observer": used})
         if observer:
             w8a8_summary = w8_summary
@@ -349,7 +355,7 @@ def benchmark_model(
             label.replace("A8)", "A8) + QAT"), mixed_qat, "mixed_qat", {**mixed_facts, "qat": mixed_qat_info}
         )
 
-    dyn, _ = quantize_with_summary(model, None, mode="dynamic", bits=8)
+    dyn = quantize(model, mode="dynamic", bits=8)
     nc_int8("netcompress dynamic PTQ (Linear)", dyn, "dynamic", {})
 
     ort_path = work / f"{name}_ort_qdq.onnx"

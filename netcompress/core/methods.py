@@ -180,7 +180,7 @@ METHOD_MODULES = (
     "netcompress.pruning.steps_unstructured",
     "netcompress.pruning.steps_structured",
     "netcompress.pruning.iterative_channel",
-    "netcompress.quantization.steps",
+    "netcompress.quantization",
     "netcompress.distillation.teacher_student",
     "netcompress.low_rank.factorize",
     "netcompress.architecture.depthwise_separable",

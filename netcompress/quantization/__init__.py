@@ -1,6 +1,11 @@
 """Quantization: fake quantization at 2-16 bits, PTQ (static, dynamic, weight-only), QAT (STE, LSQ),
 mixed precision under a byte budget and a bit-packed file format.
 
+Methods (``netcompress.core.methods.apply`` with the config, or a recipe step ``op: quantize``):
+``ptq_static`` / ``ptq_dynamic`` / ``weight_only`` (ptq.py), ``qat`` (qat.py), ``mixed_precision``
+(mixed_precision.py). ``quantize`` and ``prepare_qat`` return a new model; ``calibrate_``,
+``correct_bias_`` and ``freeze_quantizers_`` change the model they are given.
+
 Example:
     >>> import netcompress as nc
     >>> qmodel = nc.quantize(model, calib_loader, bits=8, granularity="per_channel", scheme="symmetric")
@@ -8,9 +13,11 @@ Example:
 """
 
 from netcompress.quantization.bn_folding import fold_bn, fold_bn_with_summary
+from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
 from netcompress.quantization.mixed_precision import (
+    MixedPrecisionConfig,
     allocate_bits,
     layer_sensitivity,
     mixed_precision_quantize,
@@ -25,14 +32,14 @@ from netcompress.quantization.modules import (
 )
 from netcompress.quantization.observers import OBSERVERS
 from netcompress.quantization.ptq import (
-    calibrate_,
-    correct_bias_,
+    PTQDynamicConfig,
+    PTQStaticConfig,
+    WeightOnlyConfig,
     freeze_quantizers_,
     quantization_summary,
     quantize,
-    quantize_with_summary,
 )
-from netcompress.quantization.qat import prepare_qat, qat_summary
+from netcompress.quantization.qat import QATConfig, QATPrepareConfig, prepare_qat, qat_summary
 from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequantize_tensor, quantize_tensor
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
@@ -40,12 +47,18 @@ __all__ = [
     "OBSERVERS",
     "FakeQuantize",
     "LSQFakeQuantize",
+    "MixedPrecisionConfig",
+    "PTQDynamicConfig",
+    "PTQStaticConfig",
+    "QATConfig",
+    "QATPrepareConfig",
     "QuantConv1d",
     "QuantConv2d",
     "QuantFilterBank",
     "QuantLayer",
     "QuantLinear",
     "QuantSpec",
+    "WeightOnlyConfig",
     "allocate_bits",
     "calibrate_",
     "compute_qparams",
@@ -64,7 +77,6 @@ __all__ = [
     "quantization_summary",
     "quantize",
     "quantize_tensor",
-    "quantize_with_summary",
     "save_quantized",
     "unpack_bits",
     "wrap_module",

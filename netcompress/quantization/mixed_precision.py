@@ -6,7 +6,7 @@ narrows the layer whose step costs the least added sensitivity per byte saved, u
 weights fit ``budget_bytes`` (a greedy multiple-choice knapsack).
 
 Example:
-    >>> qmodel, summary = mixed_precision_quantize(model, loader, budget_bytes=300_000, bits_options=(4, 8))
+    >>> qmodel, summary = mixed_precision_quantize(model, loader, budget_bytes=300_000, bits_options=[4, 8])
     >>> save_quantized(qmodel, "student.ncq")["size_bytes"] <= 300_000
     True
 """
@@ -14,19 +14,23 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn
+from netcompress.quantization.calibration import batch_inputs
 from netcompress.quantization.observers import build_observer
-from netcompress.quantization.ptq import batch_inputs, quantize_with_summary
-from netcompress.quantization.qparams import QuantSpec, compute_qparams, fake_quantize
-from netcompress.quantization.storage import serialize_quantized
+from netcompress.quantization.ptq import PTQStaticConfig, WeightOnlyConfig
+from netcompress.quantization.qparams import GRANULARITIES, SCHEMES, QuantSpec, compute_qparams, fake_quantize
+from netcompress.quantization.storage import save_quantized, serialize_quantized
 
 # metric name -> fn(reference_outputs, outputs, labels) -> error (higher = worse)
 SENSITIVITY_METRICS: Registry[Any] = Registry("sensitivity metric")
@@ -48,6 +52,40 @@ def _accuracy_drop(ref: torch.Tensor, out: torch.Tensor, labels: torch.Tensor | 
     """Float accuracy minus quantized accuracy (labels from the loader, else the float top-1)."""
     target = labels if labels is not None else ref.argmax(1)
     return float((ref.argmax(1) == target).float().mean() - (out.argmax(1) == target).float().mean())
+
+
+@dataclasses.dataclass
+class MixedPrecisionConfig(Config):
+    """Per-layer weight bits chosen by sensitivity so the saved file fits ``budget_bytes``.
+
+    ``act_bits=None`` quantizes weights only; otherwise activations are statically calibrated.
+    """
+
+    budget_bytes: int = 300_000
+    bits_options: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
+    act_bits: int | None = None
+    num_batches: int = 2  # batches of the sensitivity measurement
+    metric: str = "output_mse"
+    granularity: str = "per_channel"
+    scheme: str = "symmetric"
+    num_calib_batches: int = 8  # activation calibration batches (act_bits set)
+    save: bool = True  # write the bit-packed file (model.ncq) into the out_dir (a recipe step's folder)
+
+    def __post_init__(self) -> None:
+        check_range("budget_bytes", self.budget_bytes, 1)
+        for b in self.bits_options:
+            check_range("bits_options[]", b, 2, 16)
+        if self.act_bits is not None:
+            check_range("act_bits", self.act_bits, 2, 16)
+        check_range("num_batches", self.num_batches, 1)
+        check_choice("metric", self.metric, SENSITIVITY_METRICS.names())
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_range("num_calib_batches", self.num_calib_batches, 1)
+
+
+# layer_sensitivity's keyword defaults are the config's
+_DEFAULTS = MixedPrecisionConfig()
 
 
 def _folded_copy(model: nn.Module) -> nn.Module:
@@ -72,12 +110,12 @@ def layer_sensitivity(
     model: nn.Module,
     loader: Iterable,
     *,
-    bits_options: Sequence[int] = (2, 4, 8),
-    num_batches: int = 2,
-    metric: str = "output_mse",
-    granularity: str = "per_channel",
-    scheme: str = "symmetric",
-    observer: str = "minmax",
+    bits_options: Sequence[int] = tuple(_DEFAULTS.bits_options),
+    num_batches: int = _DEFAULTS.num_batches,
+    metric: str = _DEFAULTS.metric,
+    granularity: str = _DEFAULTS.granularity,
+    scheme: str = _DEFAULTS.scheme,
+    observer: str = WeightOnlyConfig.observer,
     fold_bn_first: bool = True,
 ) -> dict[str, dict[int, float]]:
     """``{layer: {bits: error}}`` with only that layer's weights quantized (``model`` untouched).
@@ -172,38 +210,24 @@ def allocate_bits(
     return bits
 
 
-def mixed_precision_quantize(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    budget_bytes: int,
-    bits_options: Sequence[int] = (2, 4, 8),
-    act_bits: int | None = None,
-    num_batches: int = 2,
-    metric: str = "output_mse",
-    granularity: str = "per_channel",
-    scheme: str = "symmetric",
-    num_calib_batches: int = 8,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Quantize a copy of ``model`` with per-layer bits so its saved file fits ``budget_bytes``.
+@register_method("quantize", "mixed_precision", config=MixedPrecisionConfig)
+def mixed_precision(model: nn.Module, config: MixedPrecisionConfig, data: MethodData) -> Result:
+    """Per-layer bit widths under a byte budget; writes the bit-packed file into out_dir.
 
     The budget covers the whole file written by ``save_quantized``: packed weights, their scales,
     every float tensor left (biases, layers not quantized, activation scales) and the header.
-    ``act_bits=None`` quantizes weights only; otherwise activations are statically calibrated.
-
-    Example:
-        >>> qmodel, summary = mixed_precision_quantize(model, loader, budget_bytes=300_000)
-        >>> summary["bits"]
-        {'features.0': 8, 'features.3': 4, ...}
+    A copy of ``model`` is quantized (``model`` is untouched).
     """
+    c = config
+    loader = data.calibration
     sens = layer_sensitivity(
         model,
         loader,
-        bits_options=bits_options,
-        num_batches=num_batches,
-        metric=metric,
-        granularity=granularity,
-        scheme=scheme,
+        bits_options=c.bits_options,
+        num_batches=c.num_batches,
+        metric=c.metric,
+        granularity=c.granularity,
+        scheme=c.scheme,
     )
     work = _folded_copy(model)
     layers = _weight_layers(work)
@@ -213,34 +237,62 @@ def mixed_precision_quantize(
     fixed = sum(4 * p.numel() for p in work.parameters() if id(p) not in quantized_ids)
     fixed += sum(4 * b.numel() for b in work.buffers())
     # header entries: every state tensor plus two qparams per quantized weight and two per activation quantizer
-    num_entries = len(state) + 2 * len(sizes) + (4 * len(sizes) if act_bits else 0)
-    fixed += HEADER_BYTES_PER_ENTRY * num_entries + 64 + (16 * len(sizes) if act_bits else 0)
-    mode = "static" if act_bits else "weight_only"
+    num_entries = len(state) + 2 * len(sizes) + (4 * len(sizes) if c.act_bits else 0)
+    fixed += HEADER_BYTES_PER_ENTRY * num_entries + 64 + (16 * len(sizes) if c.act_bits else 0)
     # the estimate of the fixed bytes may be short; measure the real file and tighten until it fits
     for _attempt in range(4):
-        bits = allocate_bits(sens, sizes=sizes, budget_bytes=budget_bytes - fixed)
-        qmodel, summary = quantize_with_summary(
-            model,
-            loader if act_bits else None,
-            bits=max(bits_options),
-            act_bits=act_bits,
-            granularity=granularity,
-            scheme=scheme,
-            mode=mode,
-            layers={n: {"bits": b} for n, b in bits.items()},
-            num_calib_batches=num_calib_batches,
-        )
+        bits = allocate_bits(sens, sizes=sizes, budget_bytes=c.budget_bytes - fixed)
+        weights = {
+            "bits": max(c.bits_options),
+            "granularity": c.granularity,
+            "scheme": c.scheme,
+            "layers": {n: {"bits": b} for n, b in bits.items()},
+        }
+        if c.act_bits:
+            ptq = PTQStaticConfig(**weights, act_bits=c.act_bits, num_calib_batches=c.num_calib_batches)
+        else:
+            ptq = WeightOnlyConfig(**weights)
+        result = apply(model, ptq, MethodData(calib_loader=loader))
+        qmodel, summary = result.model, result.summary
         file_bytes = serialize_quantized(qmodel)[1]["size_bytes"]
-        if file_bytes <= budget_bytes:
+        if file_bytes <= c.budget_bytes:
             break
-        fixed += file_bytes - budget_bytes + 64
+        fixed += file_bytes - c.budget_bytes + 64
     else:
-        raise ConfigError(f"budget_bytes={budget_bytes} not met: the file still needs {file_bytes} bytes")
+        raise ConfigError(f"budget_bytes={c.budget_bytes} not met: the file still needs {file_bytes} bytes")
     summary.update(
-        budget_bytes=budget_bytes,
+        budget_bytes=c.budget_bytes,
         bits=bits,
         sensitivity={n: {str(k): v for k, v in s.items()} for n, s in sens.items()},
         file_bytes=file_bytes,
         total_sensitivity=float(sum(sens[n][b] for n, b in bits.items())),
     )
-    return qmodel, summary
+    if c.save and data.out_dir is not None:
+        summary["file"] = save_quantized(qmodel, data.out_dir / "model.ncq")
+    return Result(model=qmodel, summary=summary)
+
+
+def mixed_precision_quantize(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    config: MixedPrecisionConfig | None = None,
+    **fields: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantize a copy of ``model`` with per-layer bits so its saved file fits ``budget_bytes``.
+
+    ``fields`` are those of :class:`MixedPrecisionConfig`; returns ``(qmodel, summary)`` and
+    writes no file (``save_quantized`` does). ``loader`` gives the sensitivity and calibration
+    batches.
+
+    Example:
+        >>> qmodel, summary = mixed_precision_quantize(model, loader, budget_bytes=300_000)
+        >>> summary["bits"]
+        {'features.0': 8, 'features.3': 4, ...}
+    """
+    if config is None:
+        config = MixedPrecisionConfig.from_dict(fields, where="mixed_precision_quantize")
+    elif fields:
+        raise ConfigError("mixed_precision_quantize: pass either config or fields, not both")
+    result = apply(model, config, MethodData(calib_loader=loader))
+    return result.model, result.summary

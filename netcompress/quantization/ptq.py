@@ -1,30 +1,35 @@
 """Post-training quantization: static (calibrated activations), dynamic and weight-only.
 
-``quantize`` copies the model (the input is never modified), folds BatchNorm, optionally
-equalises cross-layer ranges, wraps Conv/Linear layers with fake quantizers, calibrates
-activation ranges on a few batches, freezes every scale and optionally corrects the output bias
-that weight rounding introduces.
+Three methods, ``quantize/ptq_static``, ``quantize/ptq_dynamic`` and ``quantize/weight_only``, each
+with its config below. Each copies the model (the input is never modified), folds BatchNorm,
+optionally equalises cross-layer ranges, wraps Conv/Linear layers with fake quantizers, calibrates
+activation ranges on a few batches (static), freezes every scale and optionally corrects the
+output bias that weight rounding introduces.
 
 Example:
-    >>> qmodel, summary = quantize_with_summary(model, calib_loader, bits=8, granularity="per_channel")
-    >>> summary["num_quantized_layers"], summary["weight_bytes"]
+    >>> qmodel = quantize(model, calib_loader, bits=8, granularity="per_channel")
+    >>> result = apply(model, PTQStaticConfig(bits=8), MethodData(calib_loader=calib_loader))
+    >>> result.summary["num_quantized_layers"], result.summary["weight_bytes"]
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
+from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn_with_summary
+from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
-from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable, quantizers
+from netcompress.quantization.observers import OBSERVERS
 from netcompress.quantization.placement import (
     LayerPlan,
     absorb_relu6_,
@@ -32,6 +37,7 @@ from netcompress.quantization.placement import (
     build_graph_quantized,
     resolve_plan,
 )
+from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
 from netcompress.quantization.tracing import trace_for_quantization
 
 # mode -> (layer types it quantizes or None for all, whether activations get static quantizers)
@@ -39,90 +45,6 @@ MODES: Registry[dict[str, Any]] = Registry("quantization mode")
 MODES.register("static", {"types": None, "activations": "static"})
 MODES.register("dynamic", {"types": (nn.Linear,), "activations": "dynamic"})
 MODES.register("weight_only", {"types": None, "activations": None})
-
-
-def batch_inputs(batch: Any) -> Any:
-    """The model input of a loader batch: ``x`` from ``(x, y)``/``[x, y]``, or the batch itself."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def run_batches(model: nn.Module, loader: Iterable, *, num_batches: int) -> int:
-    """Forward up to ``num_batches`` batches without gradients; returns how many ran."""
-    count = 0
-    with torch.no_grad():
-        for batch in loader:
-            if count >= num_batches:
-                break
-            model(batch_inputs(batch))
-            count += 1
-    return count
-
-
-def activation_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
-    return {n: q for n, q in quantizers(model).items() if q.role == "activation" and not q.dynamic}
-
-
-def calibrate_(model: nn.Module, loader: Iterable, *, num_batches: int = 32) -> dict[str, Any]:
-    """Observe activation ranges on ``num_batches`` batches, then freeze every quantizer (IN PLACE).
-
-    Activations run in float while observed; quantizers never reached (a dead branch) stay
-    disabled and are listed as ``uncalibrated``.
-
-    Example:
-        >>> calibrate_(qmodel, calib_loader, num_batches=8)["num_batches"]
-        8
-    """
-    acts = activation_quantizers(model)
-    model.eval()
-    for q in acts.values():
-        q.observer.reset()
-        q.observing, q.quantizing = True, False
-    ran = run_batches(model, loader, num_batches=num_batches)
-    if ran == 0 and acts:
-        raise ConfigError("calibration loader yielded no batches")
-    uncalibrated = []
-    for name, q in acts.items():
-        q.freeze()
-        q.quantizing = q.calibrated
-        if not q.calibrated:
-            uncalibrated.append(name)
-    for q in quantizers(model).values():
-        if q.role == "weight":
-            q.freeze()
-    return {"num_batches": ran, "uncalibrated": uncalibrated}
-
-
-def correct_bias_(model: nn.Module, loader: Iterable, *, num_batches: int = 8) -> dict[str, Any]:
-    """Empirical bias correction (IN PLACE): add ``E[W x] - E[Q(W) x]`` per channel to each bias.
-
-    Weight rounding shifts each output channel's mean; measured on calibration data with the
-    quantized model's own inputs, that shift is removed through the bias.
-
-    Example:
-        >>> correct_bias_(qmodel, calib_loader, num_batches=4)["layers"]
-    """
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer) and m.weight_fq is not None}
-    for m in layers.values():
-        m.collect_bias_error, m.bias_error_sum, m.bias_error_count = True, None, 0
-    model.eval()
-    try:
-        run_batches(model, loader, num_batches=num_batches)
-    finally:
-        for m in layers.values():
-            m.collect_bias_error = False
-    corrected = {}
-    with torch.no_grad():
-        for name, m in layers.items():
-            if m.bias_error_sum is None:
-                continue
-            shift = m.bias_error_sum / m.bias_error_count
-            if m.layer.bias is None:
-                m.layer.bias = nn.Parameter(shift.clone())
-            else:
-                m.layer.bias.add_(shift)
-            corrected[name] = float(shift.abs().max())
-            m.bias_error_sum = None
-    return {"layers": len(corrected), "max_abs_shift": max(corrected.values(), default=0.0)}
 
 
 def quantization_summary(model: nn.Module) -> dict[str, Any]:
@@ -217,74 +139,153 @@ def prepare_quantized(
     return target, info
 
 
-def quantize_with_summary(
-    model: nn.Module,
-    calib_loader: Iterable | None = None,
-    *,
-    bits: int = 8,
-    act_bits: int | None = 8,
-    granularity: str = "per_channel",
-    scheme: str = "symmetric",
-    mode: str = "static",
-    observer: str = "minmax",
-    act_observer: str = "mse",
-    act_scheme: str = "asymmetric",
-    fold_bn: bool = True,
-    layers: dict[str, dict[str, Any]] | None = None,
-    equalize: bool = False,
-    bias_correction: bool = False,
-    num_calib_batches: int = 32,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Post-training quantization of a copy of ``model``; returns ``(qmodel, summary)``.
+@dataclasses.dataclass
+class PTQWeightConfig(Config):
+    """The weight settings every PTQ method shares (a base, not a method of its own).
 
-    ``mode``: ``static`` (weights + activations, ranges calibrated on ``calib_loader``),
-    ``dynamic`` (Linear weights int8, activation ranges computed per batch at run time) or
-    ``weight_only``. ``layers`` overrides settings per layer by name or ``re:`` pattern, e.g.
-    ``{"re:blocks\\..*": {"bits": 4}, "classifier": {"enabled": False}}``. The calibration loader may
-    yield ``(x, y)`` or ``x``.
-
-    Example:
-        >>> qmodel, summary = quantize_with_summary(model, calib_loader, bits=8, mode="static")
+    ``layers`` overrides settings per layer by name or ``re:`` pattern, e.g.
+    ``{"re:blocks\\..*": {"bits": 4}, "classifier": {"enabled": False}}``.
     """
-    if mode == "static" and act_bits and calib_loader is None:
+
+    bits: int = 8
+    granularity: str = "per_channel"
+    scheme: str = "symmetric"
+    observer: str = "minmax"
+    fold_bn: bool = True
+    equalize: bool = False  # cross-layer range equalisation before quantizing (needs torch.fx)
+    layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_range("bits", self.bits, 2, 16)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_choice("observer", self.observer, OBSERVERS.names())
+
+
+@dataclasses.dataclass
+class PTQStaticConfig(PTQWeightConfig):
+    """Static post-training quantization: weights and calibrated activations.
+
+    The full set of PTQ settings: the dynamic and weight-only methods run with these defaults for
+    the fields they do not expose. ``act_bits=None`` leaves activations float.
+    """
+
+    act_bits: int | None = 8
+    act_observer: str = "mse"  # best agreement on both benchmark models (benchmarks/RESULTS.md)
+    act_scheme: str = "asymmetric"
+    bias_correction: bool = False
+    num_calib_batches: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.act_bits is not None:
+            check_range("act_bits", self.act_bits, 2, 16)
+        check_choice("act_observer", self.act_observer, OBSERVERS.names())
+        check_choice("act_scheme", self.act_scheme, SCHEMES)
+        check_range("num_calib_batches", self.num_calib_batches, 1)
+
+
+@dataclasses.dataclass
+class PTQDynamicConfig(PTQWeightConfig):
+    """Dynamic quantization: Linear weights at ``bits``, int8 activation ranges computed per batch."""
+
+
+@dataclasses.dataclass
+class WeightOnlyConfig(PTQWeightConfig):
+    """Weight-only quantization: every Conv/Linear weight at ``bits``, activations float."""
+
+
+# quantize(mode=...) -> the config of that mode's method
+MODE_CONFIGS: dict[str, type[PTQWeightConfig]] = {
+    "static": PTQStaticConfig,
+    "dynamic": PTQDynamicConfig,
+    "weight_only": WeightOnlyConfig,
+}
+
+
+def run_ptq(
+    model: nn.Module, calib_loader: Iterable | None, settings: PTQStaticConfig, *, mode: str
+) -> Result:
+    """Post-training quantization of a copy of ``model`` in ``mode`` (see :data:`MODES`).
+
+    ``settings`` is the full set of PTQ settings (the dynamic and weight-only methods fill the
+    fields they lack from PTQStaticConfig's defaults). The calibration loader may yield
+    ``(x, y)`` or ``x``.
+    """
+    s = settings
+    if mode == "static" and s.act_bits and calib_loader is None:
         raise ConfigError("mode='static' needs calib_loader (batches to observe activation ranges)")
     defaults = {
-        "bits": bits,
-        "act_bits": act_bits,
-        "granularity": granularity,
-        "scheme": scheme,
-        "observer": observer,
-        "act_observer": act_observer,
-        "act_scheme": act_scheme,
+        "bits": s.bits,
+        "act_bits": s.act_bits,
+        "granularity": s.granularity,
+        "scheme": s.scheme,
+        "observer": s.observer,
+        "act_observer": s.act_observer,
+        "act_scheme": s.act_scheme,
     }
     qmodel, info = prepare_quantized(
-        model, plan_defaults=defaults, layers=layers, mode=mode, fold_bn=fold_bn, equalize=equalize
+        model, plan_defaults=defaults, layers=s.layers, mode=mode, fold_bn=s.fold_bn, equalize=s.equalize
     )
     if mode == "static" and calib_loader is not None:
-        info["calibration"] = calibrate_(qmodel, calib_loader, num_batches=num_calib_batches)
+        info["calibration"] = calibrate_(qmodel, calib_loader, num_batches=s.num_calib_batches)
     for q in quantizers(qmodel).values():
         if q.role == "weight":
             q.freeze()
-    if bias_correction:
+    if s.bias_correction:
         if calib_loader is None:
             raise ConfigError("bias_correction=True needs calib_loader")
-        info["bias_correction"] = correct_bias_(qmodel, calib_loader, num_batches=min(8, num_calib_batches))
+        info["bias_correction"] = correct_bias_(qmodel, calib_loader, num_batches=min(8, s.num_calib_batches))
     qmodel.eval()
     info["relu6_absorbed"] = absorb_relu6_(qmodel)
-    summary = {**info, **quantization_summary(qmodel)}
-    return qmodel, summary
+    return Result(model=qmodel, summary={**info, **quantization_summary(qmodel)})
 
 
-def quantize(model: nn.Module, calib_loader: Iterable | None = None, **kwargs: Any) -> nn.Module:
+@register_method("quantize", "ptq_static", config=PTQStaticConfig)
+def ptq_static(model: nn.Module, config: PTQStaticConfig, data: MethodData) -> Result:
+    """Static post-training quantization with calibration batches."""
+    return run_ptq(model, data.calibration, config, mode="static")
+
+
+@register_method("quantize", "ptq_dynamic", config=PTQDynamicConfig)
+def ptq_dynamic(model: nn.Module, config: PTQDynamicConfig, data: MethodData) -> Result:
+    """Dynamic quantization of Linear layers."""
+    return run_ptq(model, None, PTQStaticConfig(**config.to_dict()), mode="dynamic")
+
+
+@register_method("quantize", "weight_only", config=WeightOnlyConfig)
+def weight_only(model: nn.Module, config: WeightOnlyConfig, data: MethodData) -> Result:
+    """Weight-only quantization."""
+    return run_ptq(model, None, PTQStaticConfig(**config.to_dict()), mode="weight_only")
+
+
+def quantize(
+    model: nn.Module,
+    calib_loader: Iterable | None = None,
+    *,
+    mode: str | None = None,
+    config: PTQWeightConfig | None = None,
+    **fields: Any,
+) -> nn.Module:
     """Post-training quantization; a new fake-quantized model (``model`` is untouched).
 
-    Same keywords as :func:`quantize_with_summary`; :func:`quantization_summary` gives the
-    summary of the result later.
+    ``mode``: ``static`` (the default: weights + activations, ranges calibrated on
+    ``calib_loader``), ``dynamic`` (Linear weights, activation ranges computed per batch at run
+    time) or ``weight_only``; it picks the method and so the config (:data:`MODE_CONFIGS`) that
+    ``fields`` build. Or pass ``config`` itself. The summary comes from
+    :func:`netcompress.core.methods.apply` (or :func:`quantization_summary` of the result).
 
     Example:
         >>> qmodel = nc.quantize(model, calib_loader, bits=8, granularity="per_channel", scheme="symmetric")
     """
-    return quantize_with_summary(model, calib_loader, **kwargs)[0]
+    if fields.get("layers", {}) is None:  # layers=None was the old keyword default
+        del fields["layers"]
+    if config is None:
+        MODES.get(mode or "static")  # an unknown mode names the known ones
+        config = MODE_CONFIGS[mode or "static"].from_dict(fields, where="quantize")
+    elif fields or mode is not None:
+        raise ConfigError("quantize: pass either config or mode/fields, not both")
+    return apply(model, config, MethodData(calib_loader=calib_loader)).model
 
 
 def freeze_quantizers_(model: nn.Module) -> nn.Module:

@@ -14,16 +14,23 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
-from netcompress.core.config import check_choice
+from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.selection import set_submodule
+from netcompress.quantization.calibration import run_batches
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
 from netcompress.quantization.modules import QUANTIZERS, quantizers
-from netcompress.quantization.ptq import prepare_quantized, quantization_summary, run_batches
+from netcompress.quantization.observers import OBSERVERS
+from netcompress.quantization.ptq import freeze_quantizers_, prepare_quantized, quantization_summary
+from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
+from netcompress.training.config import TrainConfig
 
 
 def _to_lsq(q: FakeQuantize) -> LSQFakeQuantize:
@@ -50,25 +57,98 @@ def _apply_qat_state(model: nn.Module, *, method: str, freeze_scales: bool) -> N
             q.unfreeze()
 
 
+@dataclasses.dataclass
+class QATPrepareConfig(Config):
+    """What :func:`prepare_qat` reads: the quantization half of :class:`QATConfig`.
+
+    ``quantizer`` is ``ste`` or ``lsq`` (``prepare_qat`` also takes it as ``method``, its old name;
+    a recipe step's ``method`` key already names the step). ``layers`` sets bits per layer by
+    name or ``re:`` pattern. ``act_bits=None`` leaves activations float.
+    """
+
+    bits: int = 8
+    act_bits: int | None = 8
+    quantizer: str = "ste"
+    granularity: str = "per_channel"
+    scheme: str = "symmetric"
+    observer: str = "minmax"
+    act_observer: str = "moving_average"
+    freeze_scales: bool = False
+    fold_bn: bool = True
+    num_calib_batches: int = 4
+    layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_range("bits", self.bits, 2, 16)
+        if self.act_bits is not None:
+            check_range("act_bits", self.act_bits, 2, 16)
+        check_choice("quantizer", self.quantizer, QUANTIZERS.names())
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_choice("observer", self.observer, OBSERVERS.names())
+        check_choice("act_observer", self.act_observer, OBSERVERS.names())
+        check_range("num_calib_batches", self.num_calib_batches, 1)
+
+
+@dataclasses.dataclass
+class QATConfig(QATPrepareConfig, TrainConfig):
+    """Quantization-aware training: the training fields of TrainConfig, then those of QATPrepareConfig."""
+
+    def __post_init__(self) -> None:
+        TrainConfig.__post_init__(self)
+        QATPrepareConfig.__post_init__(self)
+
+
+def build_qat_model(
+    model: nn.Module,
+    config: QATPrepareConfig,
+    *,
+    calib_loader: Iterable | None = None,
+    from_ptq: nn.Module | None = None,
+) -> nn.Module:
+    """A new fake-quantized model in train mode for QAT, as ``config`` says (``model`` untouched)."""
+    method = config.quantizer
+    if from_ptq is not None:
+        qmodel = copy.deepcopy(from_ptq)
+        info: dict[str, Any] = {"from_ptq": True}
+    else:
+        defaults = {
+            "bits": config.bits,
+            "act_bits": config.act_bits,
+            "granularity": config.granularity,
+            "scheme": config.scheme,
+            "observer": config.observer,
+            "act_observer": config.act_observer,
+            "act_scheme": "asymmetric",
+        }
+        qmodel, info = prepare_quantized(
+            model,
+            plan_defaults=defaults,
+            layers=config.layers,
+            mode="static",
+            method=method,
+            fold_bn=config.fold_bn,
+        )
+    _apply_qat_state(qmodel, method=method, freeze_scales=config.freeze_scales)
+    if calib_loader is not None and not config.freeze_scales:
+        qmodel.eval()
+        run_batches(qmodel, calib_loader, num_batches=config.num_calib_batches)
+    qmodel.train()
+    qmodel.qat_info = {**info, "method": method, "freeze_scales": config.freeze_scales}
+    return qmodel
+
+
 def prepare_qat(
     model: nn.Module,
     *,
-    bits: int = 8,
-    act_bits: int | None = 8,
-    method: str = "ste",
     from_ptq: nn.Module | None = None,
-    freeze_scales: bool = False,
-    fold_bn: bool = True,
-    layers: dict[str, dict[str, Any]] | None = None,
-    granularity: str = "per_channel",
-    scheme: str = "symmetric",
-    observer: str = "minmax",
-    act_observer: str = "moving_average",
     calib_loader: Iterable | None = None,
-    num_calib_batches: int = 4,
+    config: QATPrepareConfig | None = None,
+    **fields: Any,
 ) -> nn.Module:
     """A new fake-quantized model in train mode for quantization-aware training (``model`` untouched).
 
+    ``fields`` are those of :class:`QATPrepareConfig` (``method`` is accepted for ``quantizer``).
     BatchNorm is folded first (``fold_bn=True``) so the weights trained are the ones deployed.
     ``layers`` sets bits per layer by name or ``re:`` pattern (E4: ``{"re:sinc.*": {"bits": 7},
     "re:blocks\\..*": {"bits": 4, "act_bits": 4}, "classifier": {"act_bits": 8}}``). With
@@ -79,30 +159,17 @@ def prepare_qat(
     Example:
         >>> qat_model = prepare_qat(model, bits=4, act_bits=8, method="lsq", calib_loader=loader)
     """
-    check_choice("method", method, QUANTIZERS.names())
-    if from_ptq is not None:
-        qmodel = copy.deepcopy(from_ptq)
-        info: dict[str, Any] = {"from_ptq": True}
-    else:
-        defaults = {
-            "bits": bits,
-            "act_bits": act_bits,
-            "granularity": granularity,
-            "scheme": scheme,
-            "observer": observer,
-            "act_observer": act_observer,
-            "act_scheme": "asymmetric",
-        }
-        qmodel, info = prepare_quantized(
-            model, plan_defaults=defaults, layers=layers, mode="static", method=method, fold_bn=fold_bn
-        )
-    _apply_qat_state(qmodel, method=method, freeze_scales=freeze_scales)
-    if calib_loader is not None and not freeze_scales:
-        qmodel.eval()
-        run_batches(qmodel, calib_loader, num_batches=num_calib_batches)
-    qmodel.train()
-    qmodel.qat_info = {**info, "method": method, "freeze_scales": freeze_scales}
-    return qmodel
+    if "method" in fields:
+        if "quantizer" in fields:
+            raise ConfigError("prepare_qat: pass quantizer or method (its old name), not both")
+        fields["quantizer"] = fields.pop("method")
+    if fields.get("layers", {}) is None:  # layers=None was the old keyword default
+        del fields["layers"]
+    if config is None:
+        config = QATPrepareConfig.from_dict(fields, where="prepare_qat")
+    elif fields:
+        raise ConfigError("prepare_qat: pass either config or fields, not both")
+    return build_qat_model(model, config, calib_loader=calib_loader, from_ptq=from_ptq)
 
 
 def qat_summary(model: nn.Module) -> dict[str, Any]:
@@ -113,3 +180,20 @@ def qat_summary(model: nn.Module) -> dict[str, Any]:
         summary["lsq_quantizers"] = len(lsq)
     summary.update(getattr(model, "qat_info", {}))
     return summary
+
+
+@register_method("quantize", "qat", config=QATConfig)
+def qat(model: nn.Module, config: QATConfig, data: MethodData) -> Result:
+    """Quantization-aware training with netcompress.training.fit, then frozen scales."""
+    from netcompress.training import fit  # the training loop, loaded when the method runs
+
+    qmodel = build_qat_model(model, config, calib_loader=data.calibration)
+    train_fields = TrainConfig.field_names()
+    train_config = TrainConfig(**{k: v for k, v in config.to_dict().items() if k in train_fields})
+    history = fit(qmodel, data.train_loader, val_loader=data.val_loader, config=train_config)
+    freeze_quantizers_(qmodel).eval()
+    rows = list(getattr(history, "rows", []))
+    summary = qat_summary(qmodel)
+    if rows:
+        summary["final_val_acc"] = rows[-1].get("val_acc")
+    return Result(model=qmodel, summary=summary, history=rows)

@@ -15,10 +15,19 @@ from onnx import numpy_helper
 from torch import nn
 
 import netcompress as nc
+from netcompress.core.methods import MethodData, apply
 from netcompress.export.onnx import OrtModel, export_onnx
-from netcompress.quantization import freeze_quantizers_, prepare_qat, quantize_with_summary
+from netcompress.quantization import freeze_quantizers_, prepare_qat
+from netcompress.quantization.ptq import MODE_CONFIGS
 
 BLOCKS = [[32, 1], [64, 2], [64, 1], [128, 2]]  # at width 0.25: 8-16-16-32 channels, 9 convs + fc
+
+
+def ptq_with_summary(model, calib_loader=None, *, mode="static", **fields):
+    """``(qmodel, summary)`` of the registered PTQ method of ``mode`` (what a recipe step runs)."""
+    config = MODE_CONFIGS[mode].from_dict(fields)
+    result = apply(model, config, MethodData(calib_loader=calib_loader))
+    return result.model, result.summary
 
 
 def _student(nets) -> nn.Module:
@@ -56,7 +65,7 @@ def test_depthwise_student_w8a8_deploys_every_conv_as_int8_and_agrees(tmp_path, 
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     assert (convs, depthwise) == (9, 4)
-    qmodel, summary = quantize_with_summary(model, calib, bits=8, act_bits=8, num_calib_batches=4)
+    qmodel, summary = ptq_with_summary(model, calib, bits=8, act_bits=8, num_calib_batches=4)
     assert summary["float_ops"] == {"AdaptiveAvgPool2d": 1}  # nothing else left in float
     exported = export_onnx(qmodel, tmp_path / "student_int8.onnx", test[:1], int8=True)
     # every conv, depthwise included, is an int8 kernel; the classifier an int8 Gemm; no float Conv left

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, apply
 from netcompress.quantization import (
     QuantConv2d,
     QuantSpec,
@@ -17,10 +18,17 @@ from netcompress.quantization import (
     fold_bn,
     fold_bn_with_summary,
     quantize,
-    quantize_with_summary,
     wrap_module,
 )
 from netcompress.quantization.modules import quantizers
+from netcompress.quantization.ptq import MODE_CONFIGS
+
+
+def ptq_with_summary(model, calib_loader=None, *, mode="static", **fields):
+    """``(qmodel, summary)`` of the registered PTQ method of ``mode`` (what a recipe step runs)."""
+    config = MODE_CONFIGS[mode].from_dict(fields)
+    result = apply(model, config, MethodData(calib_loader=calib_loader))
+    return result.model, result.summary
 
 
 def test_sqnr_of_8bit_conv_output_at_least_30db(nets):
@@ -51,7 +59,7 @@ def test_fold_bn_preserves_outputs(small_cnn):
 
 def test_quantize_leaves_input_untouched_and_static_is_close(small_cnn, image_batches, nets):
     before = copy.deepcopy(small_cnn.state_dict())
-    qmodel, summary = quantize_with_summary(small_cnn, image_batches, bits=8, num_calib_batches=4)
+    qmodel, summary = ptq_with_summary(small_cnn, image_batches, bits=8, num_calib_batches=4)
     after = small_cnn.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, nn.BatchNorm2d) for m in small_cnn.modules())
@@ -82,7 +90,7 @@ def test_third_party_model_quantizes_and_runs(nets):
     torch.manual_seed(0)
     model = nets.ThirdParty().eval()
     data = [torch.randn(4, 3, 10, 10) for _ in range(3)]  # loader yielding x only
-    qmodel, summary = quantize_with_summary(model, data)
+    qmodel, summary = ptq_with_summary(model, data)
     assert summary["graph"] == "fx"
     assert sorted(summary["layers"]) == ["branch", "dw", "head", "stem"]
     assert summary["float_ops"].get("add") == 1 and summary["float_ops"].get("cat") == 1
@@ -116,7 +124,7 @@ def test_untraceable_model_falls_back_to_eager_input_quantizers():
             return self.fc(x)
 
     model = Branchy().eval()
-    qmodel, summary = quantize_with_summary(model, [torch.randn(4, 6) for _ in range(2)])
+    qmodel, summary = ptq_with_summary(model, [torch.randn(4, 6) for _ in range(2)])
     assert summary["graph"].startswith("eager (fx failed")
     assert summary["layers"]["fc"]["input_bits"] == 8
     x = torch.randn(3, 6)
@@ -125,11 +133,11 @@ def test_untraceable_model_falls_back_to_eager_input_quantizers():
 
 
 def test_dynamic_and_weight_only_modes(small_cnn):
-    dyn, s_dyn = quantize_with_summary(small_cnn, mode="dynamic")
+    dyn, s_dyn = ptq_with_summary(small_cnn, mode="dynamic")
     assert (
         list(s_dyn["layers"]) == ["classifier"] and s_dyn["layers"]["classifier"]["input_bits"] == "dynamic"
     )
-    wo, s_wo = quantize_with_summary(small_cnn, mode="weight_only", bits=4)
+    wo, s_wo = ptq_with_summary(small_cnn, mode="weight_only", bits=4)
     assert s_wo["num_quantized_layers"] == 3 and s_wo["num_activation_quantizers"] == 0
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -139,7 +147,7 @@ def test_dynamic_and_weight_only_modes(small_cnn):
 
 
 def test_per_layer_overrides_and_errors(small_cnn, image_batches):
-    qmodel, summary = quantize_with_summary(
+    qmodel, summary = ptq_with_summary(
         small_cnn,
         image_batches,
         layers={"re:features\\..*": {"bits": 4}, "classifier": {"enabled": False}},

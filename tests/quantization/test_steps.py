@@ -7,7 +7,7 @@ import torch
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import METHODS, MethodData, find_method
-from netcompress.quantization import steps  # noqa: F401  (registers the steps)
+from netcompress.quantization.qat import QATConfig
 
 QUANT_METHODS = ["ptq_static", "ptq_dynamic", "weight_only", "mixed_precision", "qat"]
 
@@ -48,7 +48,7 @@ def test_steps_run_and_return_json_summaries(method, small_cnn, image_batches, t
 
 
 def test_qat_config_holds_training_fields():
-    cfg = steps.QATConfig.from_dict({"epochs": 2, "lr": 0.01, "bits": 4, "quantizer": "lsq"})
+    cfg = QATConfig.from_dict({"epochs": 2, "lr": 0.01, "bits": 4, "quantizer": "lsq"})
     assert (cfg.epochs, cfg.bits, cfg.quantizer) == (2, 4, "lsq")
     with pytest.raises(ConfigError, match="quantizer"):
-        steps.QATConfig(quantizer="lsqq")
+        QATConfig(quantizer="lsqq")
