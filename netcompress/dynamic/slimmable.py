@@ -33,6 +33,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.selection import set_submodule
+from netcompress.evaluation.harness import eval_mode
 
 
 def active_channels(full: int, width: float) -> int:
@@ -362,12 +363,10 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
     handles = [
         m.register_forward_pre_hook(recorder) for m in model.net.modules() if isinstance(m, _SlimWeightLayer)
     ]
-    flags = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *model.input_shape))
-        net = copy.deepcopy(model.net)
+            net = copy.deepcopy(model.net)  # copied in eval mode
         originals = dict(model.net.named_modules())
         for name, layer in list(net.named_modules()):
             if isinstance(layer, _SlimWeightLayer):
@@ -377,8 +376,6 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
         model.set_width(previous)
     return net
 
