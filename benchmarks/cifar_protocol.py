@@ -27,13 +27,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import platform
 import re
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +46,9 @@ from netcompress.core import Config, ConfigError, atomic_torch_save, atomic_writ
 from netcompress.core.io import load_checkpoint
 from netcompress.data import DataBundle, balanced_subset
 from netcompress.data.cifar10 import DEFAULT_NAMES as CIFAR_DEFAULT_NAMES
-from netcompress.evaluation import evaluate, profile, time_forward
+
+# the timing lessons (warm heap, warm-up, interleaved rounds) live in the package: profile uses them too
+from netcompress.evaluation import evaluate, keep_heap_warm, profile, torch_threads
 from netcompress.training import TrainConfig, fit, seed_everything
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -236,23 +236,6 @@ def baseline_settings(
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block on ``threads`` torch threads, then restore the caller's count.
-
-    Example:
-        >>> with torch_threads(1):
-        ...     torch.get_num_threads()
-        1
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     # Two benchmarks asking for the same baseline at once: the second waits, then loads it.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,83 +353,6 @@ def measure(
         "latency_ms": stats["latency_ms"],
         "latency_b64_ms": stats["latency_b64_ms"],
     }
-
-
-# glibc mallopt parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-@functools.cache  # once per process: the setting holds until exit
-def keep_heap_warm() -> bool:
-    """Serve large tensors from the heap and keep it, so timings measure compute, not page faults.
-
-    glibc hands a block of over 128 KiB to ``mmap`` and returns it on free until a process has freed
-    a big one (then it raises the threshold itself). So the same ResNet-20 timed at batch 64 (4 MiB
-    activation maps) took 48 ms in a process that had already evaluated a model and 72-75 ms in a fresh
-    one, where every forward page-faults its activations back in; the smaller pruned model lost less,
-    so its speed-up moved from 2.1x to 2.5x with the process history. Setting the thresholds (mmap at its
-    32 MiB maximum, trimming at 1 GiB) gives every timing the steady state of a long-running process.
-    Returns False where there is no glibc (the timings then keep the allocator's defaults).
-
-    Example:
-        >>> keep_heap_warm() in (True, False)
-        True
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-        trim_set = libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
-    except (OSError, AttributeError):
-        return False
-    return bool(mmap_set and trim_set)
-
-
-def time_alternating(
-    models: Mapping[str, nn.Module],
-    example: torch.Tensor,
-    *,
-    batch_sizes: Sequence[int] = (1, 64),
-    rounds: int = 5,
-    repeats: Mapping[int, int] | None = None,
-    threads: int = 1,
-) -> dict[str, dict[str, float]]:
-    """Median latency of every model, timed in interleaved rounds so load drift hits all alike.
-
-    Each round times every model (in a rotated order) for ``repeats[batch]`` forwards at each
-    batch size and keeps that round's p50 (with the heap kept warm, :func:`keep_heap_warm`); the
-    result is the median over rounds, in
-    ``latency_ms`` (batch 1) and ``latency_b<N>_ms`` keys, plus ``rounds`` and ``threads``.
-
-    Example:
-        >>> t = time_alternating({"a": nn.Linear(8, 2)}, torch.randn(1, 8), rounds=2)
-        >>> sorted(t["a"])
-        ['latency_b64_ms', 'latency_ms', 'rounds', 'threads']
-    """
-    check_range("rounds", rounds, 1)
-    keep_heap_warm()
-    repeats = {1: 20, **{b: 5 for b in batch_sizes if b != 1}, **dict(repeats or {})}
-    names = list(models)
-    samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in names}
-    with torch_threads(threads):
-        for index in range(rounds):
-            shift = index % max(len(names), 1)
-            for name in names[shift:] + names[:shift]:
-                for batch in batch_sizes:
-                    inputs = example.expand(batch, *example.shape[1:]).contiguous()
-                    timing = time_forward(
-                        models[name], inputs, warmup=2, repeats=repeats[batch], max_seconds=None
-                    )
-                    samples[name][batch].append(timing["p50_ms"])
-    out: dict[str, dict[str, float]] = {}
-    for name in names:
-        row: dict[str, Any] = {"rounds": rounds, "threads": threads}
-        for batch in batch_sizes:
-            key = "latency_ms" if batch == 1 else f"latency_b{batch}_ms"
-            row[key] = statistics.median(samples[name][batch])
-        out[name] = row
-    return out
 
 
 def machine_description() -> dict[str, Any]:

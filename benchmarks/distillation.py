@@ -47,6 +47,7 @@ from netcompress.core import Config, atomic_torch_save, atomic_write_json, check
 from netcompress.core.io import load_checkpoint
 from netcompress.core.methods import MethodData, apply
 from netcompress.distillation import SoftTargetsConfig
+from netcompress.evaluation import time_alternating
 from netcompress.low_rank import CONV_MODES, factorize
 from netcompress.pruning import prune_channels_with_summary
 from netcompress.training import TrainConfig, fit
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
         f"protocol {protocol.name}: {len(bench.bundle.train)} train / {len(bench.bundle.test)} test images"
     )
     run(bench)
-    timings = cp.time_alternating(bench.models, bench.example, rounds=3 if not args.quick else 1)
+    timings = time_alternating(bench.models, bench.example, rounds=3 if not args.quick else 1)
     table = cp.markdown_table(bench.rows, COLUMNS)
     print(table, flush=True)
     out = cp.CACHE_DIR / f"distillation-{protocol.name}.json"

@@ -50,7 +50,12 @@ from pruning_methods import (  # noqa: E402
 
 from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
-from netcompress.evaluation import evaluate, parameter_counts, state_dict_size_bytes  # noqa: E402
+from netcompress.evaluation import (  # noqa: E402
+    evaluate,
+    parameter_counts,
+    state_dict_size_bytes,
+    time_alternating,
+)
 from netcompress.export import OrtModel, export_onnx  # noqa: E402
 from netcompress.quantization import fold_bn  # noqa: E402
 from netcompress.training import fit  # noqa: E402
@@ -168,10 +173,10 @@ def benchmark_model(
         )
         models[name], rows = model, [*rows, row]
     repeats = {1: 20, 64: 5} if protocol.name != "quick" else {1: 3, 64: 1}
-    timings = cp.time_alternating(
+    timings = time_alternating(
         models, example, rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats
     )
-    deployed = cp.time_alternating(
+    deployed = time_alternating(
         deployed_forms(models, example, work_dir / "onnx", threads=config.timing_threads), example,
         batch_sizes=(64,), rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats,
     )  # fmt: skip

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from netcompress.core import Config, atomic_write_text, check_choice, check_range
 from netcompress.core.methods import MethodData, apply
+from netcompress.evaluation import time_alternating
 from netcompress.export.onnx import OrtModel, export_onnx
 from netcompress.quantization import (
     PTQStaticConfig,
@@ -383,7 +384,7 @@ def benchmark_model(
         )
         log(f"{name}: {label}: accuracy {rows[-1]['accuracy']:.4f}, agreement {rows[-1]['agreement']:.4f}")
     load_before = cp.machine_description()["load_average"]
-    timings = cp.time_alternating(
+    timings = time_alternating(
         {label: module for label, (module, _, _) in deployed.items()},
         example,
         rounds=config.timing_rounds,

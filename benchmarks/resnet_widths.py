@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
 from pruning import DEPLOY_FORMS, deployed_forms  # noqa: E402
 
-from netcompress.evaluation import count_macs  # noqa: E402
+from netcompress.evaluation import count_macs, time_alternating  # noqa: E402
 from netcompress.pruning import prune_channels  # noqa: E402
 
 SECTION = "## ResNet-20 stage widths vs batch-64 latency (CPU)"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         {keys[name]: entry["model"] for name, entry in found.items()}, example,
         cp.CACHE_DIR / "resnet_widths", threads=1,
     )  # fmt: skip
-    timings = cp.time_alternating(forms, example, batch_sizes=(64,), rounds=args.rounds, threads=1)
+    timings = time_alternating(forms, example, batch_sizes=(64,), rounds=args.rounds, threads=1)
     rows = []
     for name, entry in found.items():
         row = {"name": name, "mac_reduction": entry["mac_reduction"]}

@@ -1,4 +1,8 @@
-"""Choosing layers by name: exact names or ``re:`` regular expressions, plus module types."""
+"""Choosing layers by name: exact names or ``re:`` regular expressions, plus module types.
+
+:func:`name_matches` is the one name rule of the package (pruning, quantization and the
+steps use it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ from torch import nn
 from netcompress.core.errors import ConfigError
 
 
-def _matches(name: str, pattern: str) -> bool:
+def name_matches(name: str, pattern: str) -> bool:
+    """The one layer-name rule: ``pattern`` is an exact qualified name or ``re:<regex>`` (full match).
+
+    Example:
+        >>> name_matches("features.3", "re:features\\.\\d+"), name_matches("features.3", "features")
+        (True, False)
+    """
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None
     return name == pattern
@@ -36,13 +46,13 @@ def select_modules(
     candidates = {n: m for n, m in model.named_modules() if n and isinstance(m, types)}
     if include is not None:
         for pattern in include:
-            if not any(_matches(n, pattern) for n in candidates):
+            if not any(name_matches(n, pattern) for n in candidates):
                 raise ConfigError(
                     f"layer pattern {pattern!r} matches no {'/'.join(t.__name__ for t in types)} layer; "
                     f"layers: {', '.join(candidates) or '(none)'}"
                 )
-        candidates = {n: m for n, m in candidates.items() if any(_matches(n, p) for p in include)}
-    return {n: m for n, m in candidates.items() if not any(_matches(n, p) for p in exclude)}
+        candidates = {n: m for n, m in candidates.items() if any(name_matches(n, p) for p in include)}
+    return {n: m for n, m in candidates.items() if not any(name_matches(n, p) for p in exclude)}
 
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:

@@ -19,6 +19,7 @@ from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.registry import Registry
 from netcompress.distillation.losses import soft_target_loss
+from netcompress.evaluation.harness import eval_mode
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -67,13 +68,8 @@ class TeacherForward:
         param = next(self.teacher.parameters(), None)
         if param is not None and param.device != device:
             self.teacher.to(device)
-        was_training = self.teacher.training
-        self.teacher.eval()
-        try:
-            with torch.no_grad():
-                out = _call(self.teacher, inputs)
-        finally:
-            self.teacher.train(was_training)
+        with eval_mode(self.teacher), torch.no_grad():
+            out = _call(self.teacher, inputs)
         self.calls += 1
         self._key, self._out = inputs, out
         return out
@@ -261,8 +257,6 @@ class FeatureDistillation:
     def _probe(self, student: nn.Module, teacher: nn.Module, example_inputs: Any):
         shapes = []
         for model, caps in ((student, self._student_caps), (teacher, self._teacher_caps)):
-            was_training = model.training
-            model.eval()
             param = next(model.parameters(), None)
             inputs = example_inputs
             if param is not None:
@@ -271,11 +265,8 @@ class FeatureDistillation:
                     if isinstance(example_inputs, (tuple, list))
                     else example_inputs.to(param.device)
                 )
-            try:
-                with torch.no_grad():
-                    _call(model, inputs)
-            finally:
-                model.train(was_training)
+            with eval_mode(model), torch.no_grad():
+                _call(model, inputs)
             shapes.append([c.value.shape for c in caps])
             for c in caps:
                 c.value = None

@@ -36,6 +36,7 @@ from torch import nn
 from netcompress.core.config import check_choice
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.registry import Registry
+from netcompress.evaluation.harness import eval_mode
 
 ExitCriterion = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -382,15 +383,11 @@ def add_early_exits(
 
 def _feature_shapes(segments: Sequence[nn.Module], example_inputs: torch.Tensor) -> list[tuple[int, ...]]:
     shapes = []
-    flags = [m.training for s in segments for m in s.modules()]
     x = example_inputs
-    with torch.no_grad():
+    with eval_mode(nn.ModuleList(segments)), torch.no_grad():
         for segment in segments:
-            segment.eval()
             x = segment(x)
             if not isinstance(x, torch.Tensor):
                 raise UnsupportedModelError(f"a segment returned {type(x).__name__}, not a tensor")
             shapes.append(tuple(x.shape))
-    for module, flag in zip([m for s in segments for m in s.modules()], flags):
-        module.training = flag
     return shapes

@@ -26,6 +26,7 @@ from netcompress.dynamic.early_exit import (
     as_early_exit,
     route_exits,
 )
+from netcompress.evaluation.harness import eval_mode
 
 
 class _ExitPath(nn.Module):
@@ -69,20 +70,15 @@ def collect_exit_logits(
         >>> exit_logits, labels = collect_exit_logits(ee, test_loader, max_batches=2)
     """
     model = as_early_exit(model)
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
     per_exit: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
     labels = []
-    try:
+    with eval_mode(model):
         for index, (inputs, targets) in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
             for bucket, logits in zip(per_exit, model.forward_all(inputs.to(device))):
                 bucket.append(logits.float().cpu())
             labels.append(torch.as_tensor(targets).cpu())
-    finally:
-        for module, flag in was_training.items():
-            module.training = flag
     if not labels:
         raise DataError("evaluate_early_exit: the loader yielded no batches")
     return [torch.cat(b) for b in per_exit], torch.cat(labels)

@@ -43,6 +43,7 @@ from netcompress.dynamic.slim_layers import (
     is_depthwise,
     slim_weight_layer,
 )
+from netcompress.evaluation.harness import eval_mode
 
 
 class SlimmableModel(nn.Module):
@@ -230,12 +231,10 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
     handles = [
         m.register_forward_pre_hook(recorder) for m in model.net.modules() if isinstance(m, SlimWeightLayer)
     ]
-    flags = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *model.input_shape))
-        net = copy.deepcopy(model.net)
+            net = copy.deepcopy(model.net)  # copied in eval mode
         originals = dict(model.net.named_modules())
         for name, layer in list(net.named_modules()):
             if isinstance(layer, SlimWeightLayer):
@@ -245,8 +244,6 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
         model.set_width(previous)
     return net
 

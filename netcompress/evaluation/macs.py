@@ -45,13 +45,16 @@ class _MacRecorder:
             self.stack[-1][2] += inclusive
 
 
-def count_macs(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
+def count_macs(
+    model: nn.Module, example_inputs: Any, *, per_layer: bool = True
+) -> tuple[int, dict[str, int]]:
     """Count the MACs of one forward pass on ``example_inputs`` (for that batch size).
 
     Returns ``(total, per_layer)``: ``per_layer`` maps qualified module names to the MACs run
     directly in that module's forward (leaf layers, plus a container whose own forward does a
     matmul), in call order; MACs outside any submodule are under ``""``. Layers without
-    MACs are left out. The model is run in eval mode, which is restored afterwards.
+    MACs are left out. ``per_layer=False`` skips the per-layer hooks (faster; the dict is
+    empty). The model is run in eval mode, which is restored afterwards.
 
     Example:
         >>> conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2)
@@ -59,7 +62,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, in
         3600
     """
     args = as_input_tuple(example_inputs)
-    names = {module: name for name, module in model.named_modules()}
+    names = {module: name for name, module in model.named_modules()} if per_layer else {}
     counter = FlopCounterMode(display=False)
     recorder = _MacRecorder(counter, names)
     handles = []
@@ -73,8 +76,20 @@ def count_macs(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, in
         for handle in handles:
             handle.remove()
     total_flops = counter.get_total_flops()
-    per_layer = {name: flops // 2 for name, flops in recorder.exclusive_flops.items() if flops > 0}
+    if not per_layer:
+        return total_flops // 2, {}
+    layers = {name: flops // 2 for name, flops in recorder.exclusive_flops.items() if flops > 0}
     outside = total_flops - sum(recorder.exclusive_flops.values())
     if outside > 0:
-        per_layer[""] = per_layer.get("", 0) + outside // 2
-    return total_flops // 2, per_layer
+        layers[""] = layers.get("", 0) + outside // 2
+    return total_flops // 2, layers
+
+
+def count_total_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Total MACs of one forward pass: ``count_macs(model, example_inputs, per_layer=False)[0]``.
+
+    Example:
+        >>> count_total_macs(nn.Linear(4, 3), torch.randn(1, 4))
+        12
+    """
+    return count_macs(model, example_inputs, per_layer=False)[0]

@@ -1,4 +1,4 @@
-"""Accuracy and loss of a classifier over a data loader."""
+"""Accuracy and loss of a classifier over a data loader: the one top-1 loop of the package."""
 
 from __future__ import annotations
 
@@ -10,30 +10,111 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import DataError, UnsupportedModelError
-from netcompress.evaluation.harness import eval_mode
+from netcompress.evaluation.harness import eval_mode, model_device
 
 
 def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise DataError(
-        f"evaluate expects batches of (inputs, labels); got {type(batch).__name__}"
+        f"top-1 accuracy expects batches of (inputs, labels); got {type(batch).__name__}"
         + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
     )
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to_device(t, device) for t in inputs)
+    return inputs
+
+
+def _forward(model: Callable[..., Any], inputs: Any) -> Any:
+    # a tuple/list of tensors is the model's positional inputs, as example_inputs everywhere
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return model(*inputs)
+    return model(inputs)
+
+
+def top1_counts(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The one top-1 loop: ``{"correct", "total", "loss_sum"}`` of ``model`` over ``loader``.
+
+    Batches are ``(inputs, labels, ...)``; inputs (a tensor, or a tuple of tensors passed as
+    positional arguments) and labels are moved to ``device`` (None: the model's device). The
+    model runs in eval mode under ``torch.no_grad``; every submodule's training flag is restored
+    afterwards. ``loss_sum`` is the sample-weighted sum of ``loss_fn(logits, labels)`` (a batch
+    mean), or None without ``loss_fn``. At most ``max_batches`` batches are read.
+
+    Example:
+        >>> top1_counts(model, test_loader, max_batches=2)
+        {'correct': 480, 'total': 512, 'loss_sum': None}
+    """
+    if max_batches is not None and max_batches < 1:
+        raise DataError(f"max_batches={max_batches} must be >= 1 (or None for the whole loader)")
+    target = model_device(model) if device is None else torch.device(device)
+    correct = total = 0
+    loss_sum = 0.0
+    with eval_mode(model), torch.no_grad():
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            inputs, labels = _split_batch(batch)
+            labels = torch.as_tensor(labels).to(target)
+            logits = _forward(model, _to_device(inputs, target))
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise UnsupportedModelError(
+                    f"top-1 accuracy needs a model returning (batch, classes) logits; it returned {shape}"
+                )
+            count = labels.shape[0]
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(logits, labels)) * count
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            total += count
+    return {"correct": correct, "total": total, "loss_sum": loss_sum if loss_fn is not None else None}
+
+
+def top1_accuracy(
+    model: nn.Module,
+    loader: Iterable[Any] | None,
+    *,
+    max_batches: int | None = None,
+    device: str | torch.device | None = None,
+) -> float | None:
+    """Top-1 accuracy (0..1) on the first ``max_batches`` batches of ``loader``, by :func:`top1_counts`.
+
+    None without a loader or when it yields no sample (callers decide whether that is an error).
+
+    Example:
+        >>> top1_accuracy(model, val_loader, max_batches=4)
+        0.9296875
+    """
+    if loader is None:
+        return None
+    counts = top1_counts(model, loader, device=device, max_batches=max_batches)
+    return counts["correct"] / counts["total"] if counts["total"] else None
 
 
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     max_batches: int | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Top-1 accuracy (a fraction 0..1) and mean loss of ``model`` over ``loader``.
 
-    The model runs in eval mode without gradients; every submodule's training flag is
-    restored afterwards. Batches are moved to ``device``; the model is used where it is.
+    The loop is :func:`top1_counts`: eval mode without gradients, every submodule's training
+    flag restored afterwards; batches are moved to ``device`` (None: the model's device).
     ``loss_fn(logits, labels)`` must return the *mean* loss of a batch (default: cross
     entropy); the result is the sample-weighted mean over all batches.
 
@@ -41,29 +122,10 @@ def evaluate(
         >>> evaluate(model, test_loader, max_batches=2)
         {'accuracy': 0.9375, 'loss': 0.21, 'num_samples': 512}
     """
-    if max_batches is not None and max_batches < 1:
-        raise DataError(f"max_batches={max_batches} must be >= 1 (or None for the whole loader)")
-    loss_fn = loss_fn or F.cross_entropy
-    correct = 0
-    total = 0
-    loss_sum = 0.0
-    with eval_mode(model), torch.no_grad():
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            inputs, labels = _split_batch(batch)
-            inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
-            labels = labels.to(device)
-            logits = model(inputs)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise UnsupportedModelError(
-                    f"evaluate needs a model returning (batch, classes) logits; it returned {shape}"
-                )
-            count = labels.shape[0]
-            loss_sum += float(loss_fn(logits, labels)) * count
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            total += count
+    counts = top1_counts(
+        model, loader, device=device, max_batches=max_batches, loss_fn=loss_fn or F.cross_entropy
+    )
+    total = counts["total"]
     if total == 0:
         raise DataError("evaluate: the loader yielded no samples")
-    return {"accuracy": correct / total, "loss": loss_sum / total, "num_samples": total}
+    return {"accuracy": counts["correct"] / total, "loss": counts["loss_sum"] / total, "num_samples": total}

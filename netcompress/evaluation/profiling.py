@@ -18,7 +18,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.evaluation.harness import as_input_tuple, expand_batch, model_device
-from netcompress.evaluation.latency import time_forward
+from netcompress.evaluation.latency import keep_heap_warm, time_rounds, torch_threads
 from netcompress.evaluation.macs import count_macs
 from netcompress.evaluation.memory import peak_activation_bytes, tensor_bytes
 
@@ -82,6 +82,7 @@ def profile(
     threads: int | None = None,
     max_seconds: float | None = 10.0,
     memory: bool = True,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Measure a model; returns a JSON-able dict.
 
@@ -95,7 +96,14 @@ def profile(
     ``peak_activation_bytes`` (that peak alone), ``threads`` (``torch.get_num_threads()``
     during timing). With ``latency=False`` timing is skipped and the latency keys are None;
     ``memory=False`` likewise skips the memory trace. ``max_seconds`` caps each batch size's
-    timed loop; ``threads`` sets torch's thread count for the timing and restores it after.
+    timed forwards; ``threads`` sets torch's thread count for the timing and restores it after.
+
+    Latency is taken the way the benchmarks take it (:mod:`netcompress.evaluation.latency`): the
+    heap kept warm, ``warmup`` untimed forwards before each round, and the ``repeats`` timed
+    forwards of each batch size split over ``rounds`` interleaved rounds (batch 1, batch 64, batch
+    1, ...) so load drift hits every batch size alike. Also reported: ``latency_spread`` /
+    ``latency_b<N>_spread`` (``(p95 - p5) / p50`` of the timed forwards: how noisy the timing
+    was), ``latency_rounds`` and ``heap_kept_warm``.
 
     Example:
         >>> stats = profile(model, torch.randn(1, 3, 32, 32), latency=False)
@@ -109,6 +117,8 @@ def profile(
         raise ConfigError(f"batch_sizes={list(batch_sizes)} must all be >= 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads={threads} must be >= 1")
+    if repeats < 1 or rounds < 1:
+        raise ConfigError(f"repeats={repeats} and rounds={rounds} must be >= 1")
 
     counts = parameter_counts(model)
     macs, _ = count_macs(model, sample)
@@ -127,27 +137,30 @@ def profile(
     if 64 not in sizes:  # the contract always names the batch-64 keys
         stats["latency_b64_ms"] = stats["latency_b64_p95_ms"] = None
     stats["latency_repeats"] = {}
+    stats["latency_rounds"] = stats["heap_kept_warm"] = None
+    for batch in sizes:
+        stats["latency_spread" if batch == 1 else f"latency_b{batch}_spread"] = None
 
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         stats["threads"] = torch.get_num_threads()
         if latency:
-            for batch in sizes:
-                timing = time_forward(
-                    model,
-                    expand_batch(sample, batch),
-                    warmup=warmup,
-                    repeats=repeats,
-                    max_seconds=max_seconds,
-                )
+            timing = time_rounds(
+                {"model": model},
+                sample,
+                batch_sizes=sizes,
+                rounds=rounds,
+                repeats=repeats,
+                warmup=warmup,
+                max_seconds=max_seconds,
+            )["model"]
+            for batch, summary in timing.items():
                 prefix = "latency" if batch == 1 else f"latency_b{batch}"
-                stats[f"{prefix}_ms"] = timing["p50_ms"]
-                stats[f"{prefix}_p95_ms"] = timing["p95_ms"]
-                stats["latency_repeats"][str(batch)] = timing["repeats"]
-    finally:
-        torch.set_num_threads(previous_threads)
+                stats[f"{prefix}_ms"] = summary["p50_ms"]
+                stats[f"{prefix}_p95_ms"] = summary["p95_ms"]
+                stats[f"{prefix}_spread"] = summary["spread"]
+                stats["latency_repeats"][str(batch)] = summary["repeats"]
+            stats["latency_rounds"] = min(rounds, repeats)
+            stats["heap_kept_warm"] = keep_heap_warm()
 
     if memory:
         activation = peak_activation_bytes(model, sample)

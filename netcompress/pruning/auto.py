@@ -34,6 +34,7 @@ from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning.channel import (
     ChannelPlan,
     RoundTo,
@@ -47,7 +48,7 @@ from netcompress.pruning.channel import (
     select_global,
     select_local,
 )
-from netcompress.pruning.graph import ChannelGraph, build_channel_graph, eval_mode
+from netcompress.pruning.graph import ChannelGraph, build_channel_graph
 from netcompress.pruning.importance import layer_scores, unit_scores
 from netcompress.pruning.surgery import shrink_model_
 
@@ -66,16 +67,10 @@ def _measure(model: nn.Module, graph: ChannelGraph, pruned: set[int], target: st
 
 
 def _accuracy(model: nn.Module, loader: Any, max_batches: int) -> float:
-    correct = total = 0
-    with eval_mode(model), torch.no_grad():
-        for i, (inputs, targets) in enumerate(loader):
-            if i >= max_batches:
-                break
-            correct += int((model(inputs).argmax(1) == targets).sum())
-            total += int(targets.numel())
-    if total == 0:
+    accuracy = top1_accuracy(model, loader, max_batches=max_batches)
+    if accuracy is None:
         raise ConfigError("method='sensitivity': the loader yielded no batches")
-    return correct / total
+    return accuracy
 
 
 def _smallest_passing(candidates: Sequence[Any], passes: Callable[[Any], bool]) -> int | None:

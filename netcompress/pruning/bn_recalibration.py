@@ -16,6 +16,7 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import DataError
+from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning.graph import as_inputs
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -90,23 +91,7 @@ def recalibrate_bn(model: nn.Module, loader: Any, *, num_batches: int = 10) -> d
 def top1_on_batches(model: nn.Module, loader: Any, max_batches: int) -> float | None:
     """Top-1 accuracy of ``model`` on the first ``max_batches`` batches of ``loader`` (None without a
     loader or when it yields no batch)."""
-    if loader is None:
-        return None
-    correct = total = 0
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index, batch in enumerate(loader):
-                if index >= max_batches:
-                    break
-                inputs, targets = batch[0], batch[1]
-                correct += int((model(*as_inputs(inputs)).argmax(1) == targets).sum())
-                total += int(targets.numel())
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-    return correct / total if total else None
+    return top1_accuracy(model, loader, max_batches=max_batches)
 
 
 def recalibrate_after_pruning(

@@ -12,16 +12,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.selection import name_matches as _matches
+from netcompress.evaluation.macs import count_total_macs
 from netcompress.pruning.graph import ChannelGraph, as_inputs, build_channel_graph, eval_mode
 from netcompress.pruning.importance import IMPORTANCES, layer_scores, unit_scores
 from netcompress.pruning.surgery import shrink_model_
@@ -39,10 +39,6 @@ class ChannelPlan:
 
     def keep_indices(self) -> dict[str, dict[str, list[int] | None]]:
         return self.graph.keep_indices(self.pruned_units)
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return re.fullmatch(pattern[3:], name) is not None if pattern.startswith("re:") else name == pattern
 
 
 def _check_patterns(graph: ChannelGraph, patterns: Iterable[str], what: str) -> None:
@@ -234,19 +230,6 @@ def apply_channel_plan(model: nn.Module, plan: ChannelPlan, example_inputs: Any)
             f"pruning changed the output shapes {before} -> {after}; refusing the result"
         )
     return pruned
-
-
-def count_total_macs(model: nn.Module, example_inputs: Any) -> int:
-    """MACs of one forward pass (FLOPs / 2 from torch's FlopCounterMode), in eval mode.
-
-    Example:
-        >>> count_total_macs(nn.Linear(4, 3), torch.randn(1, 4))
-        12
-    """
-    counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter:
-        model(*as_inputs(example_inputs))
-    return counter.get_total_flops() // 2
 
 
 def count_params(model: nn.Module) -> int:

@@ -27,10 +27,8 @@ and ``channel_weights() -> Tensor[out, ...]`` gives importance functions its per
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,6 +37,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.evaluation.harness import eval_mode as eval_mode  # the one eval-mode context
 
 
 def is_prunable_custom(module: nn.Module) -> bool:
@@ -222,17 +221,6 @@ class _LeafTracer(torch.fx.Tracer):
         if id(m) in self.protocol_ids or isinstance(m, LEAF_TYPES):
             return True
         return super().is_leaf_module(m, module_qualified_name)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
 
 
 def _user_frame(exc: BaseException) -> str:

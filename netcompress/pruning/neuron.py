@@ -43,6 +43,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules
+from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.masks import MASK_SUFFIX, masked_parameters
 
 PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -284,9 +285,7 @@ def neuron_statistics(
         >>> 1 - stats["0"].zeros / stats["0"].count   # per-neuron firing rate of layer "0"
     """
     gm, chain = _trace_chain(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         batches = _batches(loader, max_batches)
         first = next(iter(batches), None)
         if first is None:
@@ -299,8 +298,6 @@ def neuron_statistics(
         interp.run(first)
         for inputs in batches:
             interp.run(inputs)
-    finally:
-        model.train(was_training)
     return {name: spans[name] for name in chosen}, stats
 
 

@@ -12,7 +12,6 @@ average pool or an add) gets an input quantizer. Anything else stays float and i
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import Counter
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import fx, nn
 
 from netcompress.core.config import Config
 from netcompress.core.errors import ConfigError
+from netcompress.core.selection import name_matches as _matches
 from netcompress.core.selection import set_submodule
 from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import (
@@ -64,10 +64,6 @@ class LayerPlan:
     name: str
     weight: QuantSpec | None
     activation: QuantSpec | None
-
-
-def _matches(name: str, pattern: str) -> bool:
-    return re.fullmatch(pattern[3:], name) is not None if pattern.startswith("re:") else name == pattern
 
 
 def resolve_plan(

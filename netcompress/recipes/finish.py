@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from netcompress.core.io import atomic_write_json, to_jsonable
+from netcompress.evaluation import time_forward, top1_counts
 from netcompress.recipes.runner import RunResult, _loaders, _say
 
 
@@ -78,16 +77,10 @@ def measure_onnx_stage(
     from netcompress.export import OrtModel
 
     ort_model = OrtModel(path)
-    correct = total = 0
-    for i, (x, y) in enumerate(loader):
-        if cfg.get("max_batches") is not None and i >= cfg["max_batches"]:
-            break
-        pred = ort_model(x).argmax(dim=1)
-        correct += int((pred == y).sum())
-        total += len(y)
+    counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
     row: dict[str, Any] = {
         "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
-        "accuracy": correct / max(total, 1),
+        "accuracy": counts["correct"] / max(counts["total"], 1),
         "size_bytes": path.stat().st_size,
         "latency_ms": None,
         "latency_b64_ms": None,
@@ -95,19 +88,9 @@ def measure_onnx_stage(
     if cfg.get("latency", True):
         for batch, key in ((1, "latency_ms"), (64, "latency_b64_ms")):
             x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
-            row[key] = _median_ms(ort_model, x, repeats=cfg.get("repeats", 20))
+            timing = time_forward(ort_model, x, warmup=3, repeats=cfg.get("repeats", 20), max_seconds=None)
+            row[key] = timing["p50_ms"]
     return row
-
-
-def _median_ms(fn: Any, x: torch.Tensor, *, repeats: int) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:

@@ -153,15 +153,6 @@ def test_replace_section_keeps_other_sections_byte_for_byte():
     assert cp.replace_section("# R\n\n## Pruning\nold\n", "## Pruning", "t") == "# R\n\n## Pruning\n\nt\n"
 
 
-def test_time_alternating_returns_medians_for_every_model():
-    models = {"small": nn.Linear(8, 2), "big": nn.Sequential(nn.Linear(8, 256), nn.Linear(256, 2))}
-    timings = cp.time_alternating(models, torch.randn(1, 8), rounds=3, repeats={1: 2, 64: 2}, threads=1)
-    assert set(timings) == {"small", "big"}
-    for row in timings.values():
-        assert row["rounds"] == 3 and row["threads"] == 1
-        assert 0 < row["latency_ms"] < 1000 and 0 < row["latency_b64_ms"] < 1000
-
-
 def test_machine_description_names_cpu_and_torch():
     machine = cp.machine_description()
     assert machine["cpu_count"] >= 1 and machine["torch"] == torch.__version__
