@@ -47,7 +47,7 @@ from netcompress.core import Config, atomic_torch_save, atomic_write_json, check
 from netcompress.core.io import load_checkpoint
 from netcompress.distillation import distill_with_history
 from netcompress.low_rank import CONV_MODES, factorize
-from netcompress.pruning import prune_channels_with_summary
+from netcompress.pruning.channel import ChannelPruneConfig, channel_prune
 from netcompress.training import TrainConfig, fit
 
 try:
@@ -374,8 +374,8 @@ def run(bench: Bench) -> None:
     kd_weak, info = bench.kd("kd", weak, weak_key, epochs=epochs, lr=cfg.student_lr)
     bench.record("student, KD from weak teacher", kd_weak, info, teacher=weak_key, **student)
 
-    pruned, summary = prune_channels_with_summary(
-        kd_strong, bench.example, ratio=cfg.prune_ratio, importance="l1"
+    pruned, summary = channel_prune(
+        kd_strong, bench.example, ChannelPruneConfig(ratio=cfg.prune_ratio, importance="l1")
     )
     tuned = {"model": "food_cnn_dws pruned", "epochs": cfg.finetune_epochs}
     bench.record(
