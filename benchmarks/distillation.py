@@ -49,7 +49,7 @@ from netcompress.core.methods import MethodData, apply
 from netcompress.distillation import SoftTargetsConfig
 from netcompress.evaluation import time_alternating
 from netcompress.low_rank import CONV_MODES, factorize
-from netcompress.pruning import prune_channels_with_summary
+from netcompress.pruning.channel import ChannelPruneConfig, channel_prune
 from netcompress.training import TrainConfig, fit
 
 try:
@@ -382,8 +382,8 @@ def run(bench: Bench) -> None:
     kd_weak, info = bench.kd("kd", weak, weak_key, epochs=epochs, lr=cfg.student_lr)
     bench.record("student, KD from weak teacher", kd_weak, info, teacher=weak_key, **student)
 
-    pruned, summary = prune_channels_with_summary(
-        kd_strong, bench.example, ratio=cfg.prune_ratio, importance="l1"
+    pruned, summary = channel_prune(
+        kd_strong, bench.example, ChannelPruneConfig(ratio=cfg.prune_ratio, importance="l1")
     )
     tuned = {"model": "food_cnn_dws pruned", "epochs": cfg.finetune_epochs}
     bench.record(

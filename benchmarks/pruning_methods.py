@@ -154,8 +154,9 @@ def _dense(base: nn.Module, ctx: Context) -> Pruned:
 @METHODS.register("nc_l1_global")
 def _nc_l1(base: nn.Module, ctx: Context) -> Pruned:
     small, summary = prune_to_target(
-        base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance="l1", method="global"
-    )
+        base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance="l1", method="global",
+        round_to="auto",
+    )  # fmt: skip
     return Pruned(
         small, info={"label": "netcompress L1, global (prune_to_target)", "arch": summary["architecture"]}
     )
@@ -228,7 +229,7 @@ for _name, _strategy, _importance in [("nc_l2_uniform_r8_recal", "uniform", "l2"
 def _nc_sensitivity(base: nn.Module, ctx: Context) -> Pruned:
     small, summary = prune_to_target(
         base, ctx.example, target="macs", reduction=ctx.config.mac_reduction, importance="l1",
-        method="sensitivity", loader=ctx.train_loader, max_batches=4,
+        method="sensitivity", loader=ctx.train_loader, max_batches=4, round_to="auto",
     )  # fmt: skip
     return Pruned(small, info={"label": "netcompress L1, sensitivity rates", "arch": summary["architecture"]})
 

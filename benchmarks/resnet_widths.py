@@ -66,7 +66,8 @@ def build(stream: tuple[int, ...], internal: tuple[int, ...], example: torch.Ten
     model = cp.create_model("resnet20").eval()
     if (stream, internal) == (FULL, FULL):
         return model
-    return prune_channels(model, example, ratio=0.0, ratios=stage_ratios(stream, internal)).eval()
+    ratios = stage_ratios(stream, internal)
+    return prune_channels(model, example, ratio=0.0, ratios=ratios, importance="l1", round_to=1).eval()
 
 
 def conv_macs(stream: tuple[int, ...], internal: tuple[int, ...]) -> int:

@@ -140,8 +140,8 @@ def apply(model: nn.Module, config: Config, data: MethodData | None = None) -> R
     """Run the method that ``config`` belongs to on ``model``: the one call under every verb and step.
 
     Example:
-        >>> from netcompress.pruning import UnstructuredConfig
-        >>> result = nc.apply(model, UnstructuredConfig(amount=0.5))
+        >>> from netcompress.pruning import L1UnstructuredConfig
+        >>> result = nc.apply(model, L1UnstructuredConfig(amount=0.5))
         >>> result.summary["sparsity"]
     """
     spec = method_for(config)
@@ -177,8 +177,13 @@ def describe_method(spec: MethodSpec) -> list[dict[str, Any]]:
 # The modules that define methods. Importing one registers its methods (and loads no runner).
 METHOD_MODULES = (
     "netcompress.training.supervised",
-    "netcompress.pruning.steps_unstructured",
-    "netcompress.pruning.steps_structured",
+    "netcompress.pruning.unstructured",
+    "netcompress.pruning.schedules",
+    "netcompress.pruning.iterative",
+    "netcompress.pruning.neuron",
+    "netcompress.pruning.channel",
+    "netcompress.pruning.auto",
+    "netcompress.pruning.slimming",
     "netcompress.pruning.iterative_channel",
     "netcompress.quantization",
     "netcompress.distillation.teacher_student",

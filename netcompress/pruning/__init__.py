@@ -1,24 +1,38 @@
 """Pruning: weight masks, unstructured and neuron pruning, schedules, sparse storage, channel pruning.
 
 Example:
-    >>> from netcompress.pruning import prune_unstructured, save_sparse
-    >>> prune_unstructured(model, amount=0.9, scope="global")
+    >>> from netcompress.pruning import prune_unstructured_, save_sparse
+    >>> prune_unstructured_(model, amount=0.9, scope="global")
     >>> save_sparse(model, "model.ncz")["size_bytes"]
+
+In-place verbs end in ``_`` and return their summary (``prune_unstructured_``, ``reconstruct_weights_``,
+``prune_gradual_``, ``prune_iterative_``, ``prune_one_shot_``); their old names are aliases. The others
+(``prune_channels``, ``prune_to_target``, ``prune_neurons``, ``slim``) return a new model and leave
+their argument untouched. Each method's config class sits next to its algorithm.
 """
 
 # structured channel pruning, network slimming, automatic rates
 from netcompress.pruning.auto import STRATEGIES as AUTO_STRATEGIES
-from netcompress.pruning.auto import prune_to_target
+from netcompress.pruning.auto import AutoPruneConfig, prune_to_target
 from netcompress.pruning.bn_recalibration import recalibrate_bn
 from netcompress.pruning.channel import (
     ChannelPlan,
+    ChannelPruneConfig,
+    ChannelSelection,
     apply_channel_plan,
     plan_channel_pruning,
     prune_channels,
-    prune_channels_with_summary,
 )
 from netcompress.pruning.graph import ChannelGraph, ChannelGroup, build_channel_graph
 from netcompress.pruning.importance import IMPORTANCES
+from netcompress.pruning.iterative import (
+    IterativeConfig,
+    prune_iterative,
+    prune_iterative_,
+    prune_one_shot,
+    prune_one_shot_,
+)
+from netcompress.pruning.iterative_channel import IterativeChannelConfig
 from netcompress.pruning.masks import (
     MaskKeeper,
     apply_mask,
@@ -28,19 +42,31 @@ from netcompress.pruning.masks import (
     sparsity_report,
 )
 from netcompress.pruning.neuron import CRITERIA as NEURON_CRITERIA
-from netcompress.pruning.neuron import NeuronPruneConfig, neuron_statistics, prune_neurons
-from netcompress.pruning.reconstruction import reconstruct_weights
+from netcompress.pruning.neuron import (
+    APoZConfig,
+    MeanActivationConfig,
+    NeuronPruneConfig,
+    neuron_statistics,
+    prune_neurons,
+    prune_neurons_iterative,
+)
+from netcompress.pruning.reconstruction import reconstruct_weights, reconstruct_weights_
+from netcompress.pruning.recovery import RecoveryFields
 from netcompress.pruning.schedules import (
     GradualConfig,
     GradualPruner,
-    IterativeConfig,
     polynomial_sparsity,
     prune_gradual,
-    prune_iterative,
-    prune_neurons_iterative,
-    prune_one_shot,
+    prune_gradual_,
 )
-from netcompress.pruning.slimming import BNL1Penalty, bn_gammas, bn_sparsity, slim
+from netcompress.pruning.slimming import (
+    BNL1Penalty,
+    SlimmingConfig,
+    SlimmingTrainConfig,
+    bn_gammas,
+    bn_sparsity,
+    slim,
+)
 from netcompress.pruning.sparse_storage import (
     dense_size_bytes,
     load_sparse,
@@ -48,13 +74,27 @@ from netcompress.pruning.sparse_storage import (
     save_sparse,
 )
 from netcompress.pruning.unstructured import SCORES as UNSTRUCTURED_METHODS
-from netcompress.pruning.unstructured import UnstructuredConfig, prune_unstructured
+from netcompress.pruning.unstructured import (
+    L1UnstructuredConfig,
+    RandomUnstructuredConfig,
+    UnstructuredConfig,
+    WeightSelection,
+    prune_unstructured,
+    prune_unstructured_,
+)
 
 __all__ = [
     # structured channel pruning, network slimming, automatic rates
     "AUTO_STRATEGIES",
     "IMPORTANCES",
+    "AutoPruneConfig",
     "BNL1Penalty",
+    "ChannelPruneConfig",
+    "ChannelSelection",
+    "IterativeChannelConfig",
+    "RecoveryFields",
+    "SlimmingConfig",
+    "SlimmingTrainConfig",
     "ChannelGraph",
     "ChannelGroup",
     "ChannelPlan",
@@ -64,15 +104,20 @@ __all__ = [
     "build_channel_graph",
     "plan_channel_pruning",
     "prune_channels",
-    "prune_channels_with_summary",
     "prune_to_target",
     "recalibrate_bn",
     "reconstruct_weights",
+    "reconstruct_weights_",
     "slim",
     # unstructured and neuron pruning, schedules, sparse storage
     "NEURON_CRITERIA",
     "UNSTRUCTURED_METHODS",
+    "APoZConfig",
     "GradualConfig",
+    "L1UnstructuredConfig",
+    "MeanActivationConfig",
+    "RandomUnstructuredConfig",
+    "WeightSelection",
     "GradualPruner",
     "IterativeConfig",
     "MaskKeeper",
@@ -86,11 +131,15 @@ __all__ = [
     "neuron_statistics",
     "polynomial_sparsity",
     "prune_gradual",
+    "prune_gradual_",
     "prune_iterative",
+    "prune_iterative_",
     "prune_neurons",
     "prune_neurons_iterative",
     "prune_one_shot",
+    "prune_one_shot_",
     "prune_unstructured",
+    "prune_unstructured_",
     "read_sparse_state_dict",
     "remove_masks",
     "save_sparse",

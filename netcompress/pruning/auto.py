@@ -34,22 +34,23 @@ from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning.channel import (
     ChannelPlan,
+    ChannelSelection,
     RoundTo,
     _matches,
     apply_channel_plan,
     check_round_to,
-    count_params,
-    count_total_macs,
     keep_count,
-    pruning_summary,
     select_global,
     select_local,
 )
+from netcompress.pruning.channel_report import count_params, count_total_macs, pruning_summary
 from netcompress.pruning.graph import ChannelGraph, build_channel_graph
 from netcompress.pruning.importance import layer_scores, unit_scores
+from netcompress.pruning.recovery import recover
 from netcompress.pruning.surgery import shrink_model_
 
 
@@ -239,18 +240,41 @@ def _sensitivity(
 METHODS = tuple(STRATEGIES)
 
 
+@dataclasses.dataclass
+class AutoPruneConfig(ChannelSelection):
+    """``prune/auto`` and :func:`prune_to_target`: per-layer rates chosen to reach ``reduction``x fewer
+    ``target`` (``"macs"`` or ``"params"``); ``strategy`` is the verb's ``method`` (a recipe step's
+    ``method`` key names the step itself). ``max_batches`` batches feed ``strategy="sensitivity"``
+    (validation batches) and ``importance="taylor"``."""
+
+    target: str = "macs"
+    reduction: float = 2.0
+    strategy: str = "uniform"
+    max_batches: int = 2
+    rate_grid: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_RATE_GRID))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("target", self.target, list(TARGETS))
+        check_choice("strategy", self.strategy, METHODS)
+        check_range("reduction", self.reduction, 1.0)
+        check_range("max_batches", self.max_batches, 1)
+        for rate in self.rate_grid:
+            check_range("rate_grid entry", rate, 0.0, 1.0)
+
+
 def prune_to_target(
     model: nn.Module,
     example_inputs: Any,
     *,
-    target: str = "macs",
-    reduction: float = 3.5,
-    importance: str = "group_l2",
-    method: str = "uniform",
+    target: str = AutoPruneConfig.target,
+    reduction: float = AutoPruneConfig.reduction,
+    importance: str = ChannelSelection.importance,
+    method: str = AutoPruneConfig.strategy,
     loader: Any = None,
-    max_batches: int = 2,
-    min_channels: int = 1,
-    round_to: RoundTo = "auto",
+    max_batches: int = AutoPruneConfig.max_batches,
+    min_channels: int = ChannelSelection.min_channels,
+    round_to: RoundTo = ChannelSelection.round_to,
     ignore: Iterable[str] = (),
     rate_grid: Sequence[float] = DEFAULT_RATE_GRID,
     seed: int = 0,
@@ -261,13 +285,15 @@ def prune_to_target(
     ``max_batches`` batches) and ``importance="taylor"``. The summary lists the chosen rate of
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
     A target the model cannot reach raises ConfigError naming the largest reachable reduction.
+    The keywords are :class:`AutoPruneConfig`'s fields (``method`` is its ``strategy``), defaults read from it.
 
-    ``round_to="auto"`` (the default) keeps multiples of 8 channels in groups of 16 or more and any
-    count in smaller ones. Rounding to 8 kept accuracy within fine-tune seed noise at 3.5x fewer MACs
-    on the narrow VGG and ResNet-20 and raised the batch-64 speed-up from 1.66x / 1.52x (no
-    rounding, ``round_to=1``) to 2.54x / 2.08x in PyTorch and from 1.39x / 1.11x to 2.57x / 1.71x in
-    ONNX Runtime (``benchmarks/RESULTS.md``); a plain ``round_to=8`` cannot reach a target on small
-    models (layers of 8-16 channels), which ``"auto"`` leaves free.
+    ``round_to="auto"`` keeps multiples of 8 channels in groups of 16 or more and any count in smaller
+    ones (the default, shared with :func:`prune_channels`, is ``round_to=1``: any count). Rounding to 8
+    kept accuracy within fine-tune seed noise at 3.5x fewer MACs on the narrow VGG and ResNet-20 and
+    raised the batch-64 speed-up from 1.66x / 1.52x (``round_to=1``) to 2.54x / 2.08x in PyTorch and
+    from 1.39x / 1.11x to 2.57x / 1.71x in ONNX Runtime (``benchmarks/RESULTS.md``); a plain
+    ``round_to=8`` cannot reach a target on small models (layers of 8-16 channels), which ``"auto"``
+    leaves free.
 
     Example:
         >>> small, summary = prune_to_target(model, x, target="macs", reduction=2.0)
@@ -342,3 +368,24 @@ def prune_to_target(
         **extra,
     )
     return small, summary
+
+
+@register_method("prune", "auto", config=AutoPruneConfig)
+def auto(model: nn.Module, config: AutoPruneConfig, data: MethodData) -> Result:
+    """Choose per-layer rates automatically to reach a MAC or parameter reduction."""
+    small, summary = prune_to_target(
+        model,
+        data.example_inputs,
+        target=config.target,
+        reduction=config.reduction,
+        importance=config.importance,
+        method=config.strategy,
+        loader=data.val_loader if config.strategy == "sensitivity" else data.train_loader,
+        max_batches=config.max_batches,
+        min_channels=config.min_channels,
+        round_to=config.round_to,
+        ignore=config.ignore,
+        rate_grid=config.rate_grid,
+        seed=data.seed,
+    )
+    return recover(small, model, summary, config, data)

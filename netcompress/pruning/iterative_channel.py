@@ -12,8 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from netcompress.core.config import Config, check_range
+from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.pruning.channel import SCOPES, ChannelPruneConfig, channel_prune
+from netcompress.pruning.importance import IMPORTANCES
 from netcompress.training.config import TrainConfig
 
 
@@ -33,6 +35,9 @@ class IterativeChannelConfig(Config):
 
     def __post_init__(self) -> None:
         check_range("keep_per_round", self.keep_per_round, 0.0, 1.0)
+        check_choice("importance", self.importance, IMPORTANCES.names())
+        check_choice("scope", self.scope, SCOPES)
+        check_range("min_channels", self.min_channels, 1)
         check_range("rounds", self.rounds, 1)
         check_range("recalibrate_bn_batches", self.recalibrate_bn_batches, 0)
         TrainConfig.from_dict(self.train, where="train")
@@ -44,24 +49,19 @@ def prune_channels_iteratively(
     """Run the rounds; returns the final model, one row per round, and the training history."""
     from netcompress.evaluation import evaluate
     from netcompress.pruning.bn_recalibration import recalibrate_after_pruning
-    from netcompress.pruning.channel import prune_channels_with_summary
+    from netcompress.pruning.finetune import run_train_config
     from netcompress.training import fit
-    from netcompress.training.supervised import run_config
 
-    train_cfg = run_config(TrainConfig.from_dict(config.train, where="train"), ctx)
+    train_cfg = run_train_config(TrainConfig.from_dict(config.train, where="train"), ctx)
     start = evaluate(model, ctx.val_loader)
     rounds = [{"round": 0, "params": _params(model), "accuracy": start["accuracy"]}]
     history: list[dict[str, Any]] = []
     for r in range(1, config.rounds + 1):
-        model, summary = prune_channels_with_summary(
-            model,
-            ctx.example_inputs,
-            ratio=1.0 - config.keep_per_round,
-            importance=config.importance,
-            scope=config.scope,
-            ignore=config.ignore,
-            min_channels=config.min_channels,
-        )
+        prune = ChannelPruneConfig(
+            ratio=1.0 - config.keep_per_round, importance=config.importance, scope=config.scope,
+            ignore=config.ignore, min_channels=config.min_channels, round_to=1,
+        )  # fmt: skip
+        model, summary = channel_prune(model, ctx.example_inputs, prune)
         recal = recalibrate_after_pruning(
             model, train_loader=ctx.train_loader, num_batches=config.recalibrate_bn_batches
         )
@@ -83,7 +83,7 @@ def prune_channels_iteratively(
 
 
 @register_method("prune", "iterative_channel", config=IterativeChannelConfig)
-def _iterative_channel_step(model: nn.Module, config: IterativeChannelConfig, ctx: MethodData) -> Result:
+def iterative_channel(model: nn.Module, config: IterativeChannelConfig, ctx: MethodData) -> Result:
     """Iterative channel pruning: keep a share per round, fine-tune, repeat; accuracy-vs-params curve."""
     model, rounds, history = prune_channels_iteratively(model, ctx, config=config)
     curve = {

@@ -29,55 +29,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules
 from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.finetune import accuracy, check_train, finetune, method_train_config
+from netcompress.pruning.finetune import train_config as as_train_config
 from netcompress.pruning.masks import MASK_SUFFIX, masked_parameters
-
-PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_MODULE_KINDS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
-    (PRODUCERS, "layer"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d), "bn"),
-    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish), "act"),
-    ((nn.Hardtanh, nn.Mish, nn.Softplus), "act"),
-    (
-        (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
-        "pass",
-    ),
-    (
-        (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
-        "pass",
-    ),
-    ((nn.Flatten,), "flatten"),
-)
-_FUNCTION_KINDS: dict[Any, str] = {
-    **dict.fromkeys((F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish), "act"),
-    **dict.fromkeys((torch.sigmoid, torch.tanh, F.sigmoid, F.tanh), "act"),
-    **dict.fromkeys((F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout), "pass"),
-    **dict.fromkeys((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.nn.functional.dropout1d), "pass"),
-    torch.flatten: "flatten",
-}
-_METHOD_KINDS = {
-    "relu": "act",
-    "sigmoid": "act",
-    "tanh": "act",
-    "flatten": "flatten",
-    "view": "flatten",
-    "reshape": "flatten",
-}
-_SHAPE_QUERIES = {("call_method", "size"), ("call_function", getattr)}
+from netcompress.pruning.neuron_graph import PRODUCERS, Span, spans_of, trace_chain
 
 
 class _Stat:
@@ -114,20 +83,19 @@ def _mean_importance(stat: _Stat) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class NeuronPruneConfig(Config):
-    """Settings of :func:`prune_neurons`.
+class NeuronFields(Config):
+    """The fields of neuron pruning, declared once: ``amount`` of each prunable layer's neurons removed per
+    round (measured on ``max_batches`` batches; None = all), ``rounds`` with ``epochs_per_round`` of
+    fine-tuning between them (``train``: the other TrainConfig fields)."""
 
-    Example:
-        >>> NeuronPruneConfig(criterion="apoz", amount=0.3, layers=["re:classifier\\..*"])
-    """
-
-    criterion: str = "apoz"
     amount: float = 0.2
     layers: list[str] | None = None
-    max_batches: int | None = None
+    max_batches: int | None = 10
+    rounds: int = 1
+    epochs_per_round: int = 0
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("criterion", self.criterion, CRITERIA.names())
         if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
             raise ConfigError(f"amount={self.amount!r} must be a number in [0, 1)")
         check_range("amount", self.amount, 0.0, 0.999)
@@ -135,121 +103,35 @@ class NeuronPruneConfig(Config):
             check_range("max_batches", self.max_batches, 1)
         if isinstance(self.layers, str):
             raise ConfigError("layers must be a list of layer names or 're:' patterns, not a string")
+        check_range("rounds", self.rounds, 1)
+        check_range("epochs_per_round", self.epochs_per_round, 0)
+        check_train(self.train)
 
 
 @dataclasses.dataclass
-class _Span:
-    """What one prunable layer's output passes through before the next layer consumes it."""
-
-    producer: str
-    act_node: str = ""
-    bns: list[str] = dataclasses.field(default_factory=list)
-    flatten_inner: int = 1  # H*W per channel when a flatten sits between conv and Linear
-    act_dim: int = 1
-    consumer: str = ""
-    problem: str = ""  # why this layer cannot be pruned ("" = it can)
-    fatal: bool = False  # the problem is an op we do not understand, not just "nothing to prune"
+class APoZConfig(NeuronFields):
+    """``prune/apoz``: remove the neurons/channels with the highest average percentage of zeros after the
+    activation."""
 
 
-def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        module = modules[node.target]
-        for types, kind in _MODULE_KINDS:
-            if isinstance(module, types):
-                return kind
-        return f"module {node.target!r} ({type(module).__name__})"
-    if node.op == "call_function":
-        return _FUNCTION_KINDS.get(node.target, f"function {getattr(node.target, '__name__', node.target)!r}")
-    if node.op == "call_method":
-        return _METHOD_KINDS.get(node.target, f"method .{node.target}()")
-    return f"{node.op} {node.target!r}"
+@dataclasses.dataclass
+class MeanActivationConfig(NeuronFields):
+    """``prune/mean_activation``: remove the neurons/channels with the lowest mean activation."""
 
 
-def _describe(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"layer {node.target!r}"
-    if node.op == "call_function":
-        return f"function {getattr(node.target, '__name__', str(node.target))!r}"
-    return f"{node.op} {node.target!r}"
+@dataclasses.dataclass
+class NeuronPruneConfig(NeuronFields):
+    """:class:`NeuronFields` with the ``criterion`` named (a recipe step names it by its method instead).
 
+    Example:
+        >>> NeuronPruneConfig(criterion="apoz", amount=0.3, layers=["re:classifier\\..*"])
+    """
 
-def _trace_chain(model: nn.Module) -> tuple[fx.GraphModule, list[fx.Node]]:
-    """Trace ``model`` and return its data nodes in order, checking it is a simple chain."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for untraceable Python
-        raise UnsupportedModelError(
-            f"neuron pruning needs a torch.fx-traceable model; tracing failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    meta: set[fx.Node] = set()
-    for node in gm.graph.nodes:
-        inputs = node.all_input_nodes
-        if (node.op, node.target) in _SHAPE_QUERIES or (
-            inputs and all(i in meta for i in inputs) and node.op != "output"
-        ):
-            meta.add(node)
-    chain = [n for n in gm.graph.nodes if n not in meta and n.op not in ("placeholder", "output", "get_attr")]
-    for node in chain:
-        data_in = [i for i in node.all_input_nodes if i not in meta and i.op != "get_attr"]
-        data_out = [u for u in node.users if u not in meta]
-        if len(data_in) != 1 or len(data_out) != 1:
-            what = _describe(node)
-            raise UnsupportedModelError(
-                f"neuron pruning needs a simple chain of layers, but {what} (node {node.name!r}) has "
-                f"{len(data_in)} tensor inputs and {len(data_out)} users (residual/branching models: "
-                "use prune_channels)"
-            )
-    return gm, chain
+    criterion: str = "apoz"
 
-
-def _spans(gm: fx.GraphModule, chain: list[fx.Node]) -> dict[str, _Span]:
-    modules = dict(gm.named_modules())
-    spans: dict[str, _Span] = {}
-    for i, node in enumerate(chain):
-        if _kind(node, modules) != "layer":
-            continue
-        span = spans.setdefault(node.target, _Span(producer=node.target))
-        if span.act_node or span.problem:
-            span.problem, span.fatal = f"layer {node.target!r} is called more than once", True
-            continue
-        if getattr(modules[node.target], "groups", 1) != 1:
-            span.problem = f"layer {node.target!r} is a grouped/depthwise conv"
-            continue
-        channel_dim = -1 if isinstance(modules[node.target], nn.Linear) else 1
-        for nxt in chain[i + 1 :]:
-            kind = _kind(nxt, modules)
-            if kind == "layer":
-                if getattr(modules[nxt.target], "groups", 1) != 1:
-                    span.problem = f"its consumer {nxt.target!r} is a grouped/depthwise conv"
-                span.consumer = nxt.target
-                break
-            if kind == "bn":
-                span.bns.append(nxt.target)
-            elif kind == "act" and not span.act_node:
-                span.act_node, span.act_dim = nxt.name, channel_dim
-            elif kind == "flatten":
-                shape = nxt.all_input_nodes[0].meta["tensor_meta"].shape
-                out_shape = nxt.meta["tensor_meta"].shape
-                if len(out_shape) != 2 or out_shape[1] != math.prod(shape[1:]):
-                    span.problem = (
-                        f"{nxt.op} {nxt.target!r} (node {nxt.name!r}) is not a flatten to (N, features)"
-                    )
-                    span.fatal = True
-                    break
-                if not span.act_node and len(shape) > 2:
-                    span.problem = f"the flatten at node {nxt.name!r} comes before the activation"
-                    span.fatal = True
-                    break
-                span.flatten_inner *= math.prod(shape[2:])
-            elif kind not in ("act", "pass"):
-                span.problem = f"unsupported {kind} (node {nxt.name!r}) between it and the next layer"
-                span.fatal = True
-                break
-        if not span.problem and not span.consumer:
-            span.problem = f"layer {node.target!r} is the output layer (no layer consumes it)"
-        elif not span.problem and not span.act_node:
-            span.problem = f"layer {node.target!r} has no activation before the next layer"
-    return spans
+    def __post_init__(self) -> None:
+        check_choice("criterion", self.criterion, CRITERIA.names())
+        super().__post_init__()
 
 
 class _StatsInterpreter(fx.Interpreter):
@@ -277,21 +159,21 @@ def _batches(loader: Iterable, max_batches: int | None) -> Iterable[torch.Tensor
 @torch.no_grad()
 def neuron_statistics(
     model: nn.Module, loader: Iterable, *, layers: list[str] | None = None, max_batches: int | None = None
-) -> tuple[dict[str, _Span], dict[str, _Stat]]:
+) -> tuple[dict[str, Span], dict[str, _Stat]]:
     """Trace ``model`` (unchanged), find prunable layers and measure their activation outputs.
 
     Example:
         >>> spans, stats = neuron_statistics(model, loader, max_batches=4)
         >>> 1 - stats["0"].zeros / stats["0"].count   # per-neuron firing rate of layer "0"
     """
-    gm, chain = _trace_chain(model)
+    gm, chain = trace_chain(model)
     with eval_mode(model):
         batches = _batches(loader, max_batches)
         first = next(iter(batches), None)
         if first is None:
             raise ConfigError("neuron pruning needs at least one batch from the loader")
         ShapeProp(gm).propagate(first)
-        spans = _spans(gm, chain)
+        spans = spans_of(gm, chain)
         chosen = _choose(model, spans, layers)
         stats = {name: _Stat(spans[name].act_dim) for name in chosen}
         interp = _StatsInterpreter(gm, {spans[name].act_node: stats[name] for name in chosen})
@@ -301,7 +183,7 @@ def neuron_statistics(
     return {name: spans[name] for name in chosen}, stats
 
 
-def _choose(model: nn.Module, spans: dict[str, _Span], layers: list[str] | None) -> list[str]:
+def _choose(model: nn.Module, spans: dict[str, Span], layers: list[str] | None) -> list[str]:
     if layers is None:
         for span in spans.values():
             if span.fatal:
@@ -357,10 +239,10 @@ def prune_neurons(
     model: nn.Module,
     loader: Iterable,
     *,
-    criterion: str = "apoz",
-    amount: float = 0.2,
+    criterion: str = NeuronPruneConfig.criterion,
+    amount: float = NeuronFields.amount,
     layers: list[str] | None = None,
-    max_batches: int | None = None,
+    max_batches: int | None = NeuronFields.max_batches,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove the ``amount`` least active neurons of each prunable layer; return a NEW model.
 
@@ -407,3 +289,86 @@ def prune_neurons(
         "masked_parameters": len(masked_parameters(new)),
     }
     return new, summary
+
+
+def prune_neurons_iterative(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    train_loader: Iterable | None,
+    val_loader: Iterable | None = None,
+    criterion: str = NeuronPruneConfig.criterion,
+    amount_per_round: float = NeuronFields.amount,
+    rounds: int = NeuronFields.rounds,
+    layers: list[str] | None = None,
+    max_batches: int | None = NeuronFields.max_batches,
+    train_config: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Neuron pruning in rounds (E5): measure on ``loader``, remove, fine-tune, repeat. NEW model.
+
+    Each round removes ``amount_per_round`` of each layer's *remaining* neurons; survivors keep
+    their trained weights. The input model is untouched.
+
+    Example:
+        >>> small, s = prune_neurons_iterative(mlp, val_loader, train_loader=train_loader, rounds=3)
+        >>> [r["params"] for r in s["rounds"]]
+    """
+    check_range("rounds", rounds, 1)
+    tc = as_train_config(train_config)
+    current, rows, history = model, [], []
+    for r in range(1, rounds + 1):
+        current, summary = prune_neurons(
+            current, loader, criterion=criterion, amount=amount_per_round, layers=layers,
+            max_batches=max_batches,
+        )  # fmt: skip
+        row = {
+            "round": r,
+            "params": summary["params_after"],
+            "neurons": {name: s["neurons_after"] for name, s in summary["layers"].items()},
+            "accuracy_pruned": accuracy(current, val_loader),
+        }
+        history.extend(finetune(current, train_loader, val_loader, tc, round_index=r))
+        row["accuracy"] = accuracy(current, val_loader)
+        rows.append(row)
+    params_before = sum(p.numel() for p in model.parameters())
+    return current, {
+        "criterion": criterion,
+        "amount_per_round": amount_per_round,
+        "params_before": params_before,
+        "params_after": rows[-1]["params"],
+        "rounds": rows,
+        "accuracy": rows[-1]["accuracy"],
+        "history": history,
+    }
+
+
+def _neuron_method(model: nn.Module, config: NeuronFields, data: MethodData, *, criterion: str) -> Result:
+    loader = data.calibration
+    if loader is None:
+        raise ConfigError(f"prune/{criterion} needs data to measure activations (no calib or train loader)")
+    new, summary = prune_neurons_iterative(
+        model,
+        loader,
+        train_loader=data.train_loader if config.epochs_per_round > 0 else None,
+        val_loader=data.val_loader,
+        criterion=criterion,
+        amount_per_round=config.amount,
+        rounds=config.rounds,
+        layers=config.layers,
+        max_batches=config.max_batches,
+        train_config=method_train_config(config.train, data, epochs=config.epochs_per_round),
+    )
+    history = summary.pop("history")
+    return Result(model=new, summary=summary, history=history or None)
+
+
+@register_method("prune", "apoz", config=APoZConfig)
+def apoz(model: nn.Module, config: APoZConfig, data: MethodData) -> Result:
+    """Neuron pruning by APoZ (average percentage of zeros after the activation)."""
+    return _neuron_method(model, config, data, criterion="apoz")
+
+
+@register_method("prune", "mean_activation", config=MeanActivationConfig)
+def mean_activation(model: nn.Module, config: MeanActivationConfig, data: MethodData) -> Result:
+    """Neuron pruning by mean activation."""
+    return _neuron_method(model, config, data, criterion="mean_activation")

@@ -114,7 +114,7 @@ def _why_skipped(layer: nn.Module) -> str | None:
     return None
 
 
-def reconstruct_weights(
+def reconstruct_weights_(
     pruned: nn.Module,
     original: nn.Module,
     loader: Any,
@@ -142,8 +142,8 @@ def reconstruct_weights(
     calibration data) before and after, and the layers skipped with the reason.
 
     Example:
-        >>> small, summary = prune_channels_with_summary(model, x, ratio=0.5)
-        >>> report = reconstruct_weights(small, model, train_loader, kept_indices=summary["kept_indices"])
+        >>> small, summary = prune_to_target(model, x, target="macs", reduction=2.0)
+        >>> report = reconstruct_weights_(small, model, train_loader, kept_indices=summary["kept_indices"])
         >>> [(row["name"], round(row["error_after"], 2)) for row in report["layers"]]
     """
     check_range("num_batches", num_batches, 1)
@@ -220,3 +220,8 @@ def _refit(
         "error_before": (error_before / scale) ** 0.5,
         "error_after": (max(error_after, 0.0) / scale) ** 0.5,
     }
+
+
+def reconstruct_weights(pruned: nn.Module, original: nn.Module, loader: Any, **kwargs: Any) -> dict[str, Any]:
+    """Alias of :func:`reconstruct_weights_` (refits ``pruned`` in place, returns the report)."""
+    return reconstruct_weights_(pruned, original, loader, **kwargs)

@@ -1,21 +1,16 @@
-"""When to prune: one shot, iterative prune-and-fine-tune, and gradual (Zhu & Gupta 2017).
+"""Gradual pruning (Zhu & Gupta 2017): train while the sparsity rises (one shot and iterative: ``iterative.py``).
 
-- one shot: prune to the target once, optionally fine-tune;
-- iterative: prune ``amount_per_round`` of the *remaining* weights, fine-tune, repeat
-  ``rounds`` times (sparsity after round r is ``1 - (1 - k)^r``), as in Han et al. 2015;
-- gradual: a :class:`GradualPruner` training hook raises the sparsity every ``frequency_steps``
+A :class:`GradualPruner` training hook raises the sparsity every ``frequency_steps``
   optimiser steps along ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3``: prune fast
   while the network has redundancy, slowly near the end, and train throughout.
 
 Fine-tuning goes through :func:`netcompress.training.fit` with a :class:`MaskKeeper`, and
-accuracy through :func:`netcompress.evaluation.evaluate`. Each function returns a JSON-able
-summary with sparsity and accuracy per round (or per epoch).
+accuracy through :func:`netcompress.evaluation.evaluate`; the summary holds sparsity and accuracy
+per epoch.
 
-Example:
-    >>> summary = prune_iterative(model, train_loader, val_loader=test_loader,
-    ...                           amount_per_round=0.5, rounds=3, train_config=TrainConfig(epochs=2))
-    >>> [r["sparsity"] for r in summary["rounds"]]
-    [0.5, 0.75, 0.875]
+Example recipe step::
+
+    - {op: prune, method: gradual, final_sparsity: 0.9, epochs: 6, train: {lr: 0.01}}
 """
 
 from __future__ import annotations
@@ -26,11 +21,14 @@ from typing import Any
 
 from torch import nn
 
-from netcompress.core.config import Config, check_range
+from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.pruning.finetune import accuracy, check_train, method_train_config
+from netcompress.pruning.finetune import train_config as as_train_config
 from netcompress.pruning.masks import MaskKeeper
-from netcompress.pruning.neuron import prune_neurons
-from netcompress.pruning.unstructured import UnstructuredConfig, prune_unstructured_with_config
+from netcompress.pruning.sparse_storage import write_sparse
+from netcompress.pruning.unstructured import SCORES, UnstructuredConfig, WeightSelection, mask_lowest_
 
 
 def polynomial_sparsity(
@@ -108,7 +106,7 @@ class GradualPruner:
             self.apply(model, target)
 
     def apply(self, model: nn.Module, sparsity: float) -> dict[str, Any]:
-        summary = prune_unstructured_with_config(model, config=self.prune.replace(amount=sparsity))
+        summary = mask_lowest_(model, self.prune.replace(amount=sparsity))
         self.applied = sparsity
         self.updates.append([self.step, round(summary["global_sparsity"], 6)])
         return summary
@@ -128,8 +126,10 @@ class GradualPruner:
 
 
 @dataclasses.dataclass
-class GradualConfig(Config):
-    """Settings of :func:`prune_gradual` (the pruning ramp spans ``ramp_fraction`` of training).
+class GradualConfig(WeightSelection):
+    """``prune/gradual`` and :func:`prune_gradual_`: train while sparsity rises along Zhu & Gupta's cubic
+    schedule to ``final_sparsity`` (the ramp spans ``ramp_fraction`` of training); weights ranked by
+    ``criterion``; ``train`` holds the TrainConfig fields of the training (epochs come from ``epochs``).
 
     Example:
         >>> GradualConfig(final_sparsity=0.9, epochs=10, ramp_fraction=0.7)
@@ -140,34 +140,19 @@ class GradualConfig(Config):
     epochs: int = 5
     ramp_fraction: float = 0.75
     frequency_steps: int | None = None  # None: about 10 mask updates over the ramp
+    criterion: str = "l1"  # the score: a name in unstructured.SCORES
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("criterion", self.criterion, SCORES.names())
+        check_train(self.train)
         check_range("final_sparsity", self.final_sparsity, 0.0, 1.0)
         check_range("initial_sparsity", self.initial_sparsity, 0.0, self.final_sparsity)
         check_range("epochs", self.epochs, 1)
         check_range("ramp_fraction", self.ramp_fraction, 0.01, 1.0)
         if self.frequency_steps is not None:
             check_range("frequency_steps", self.frequency_steps, 1)
-
-
-def _train_config(train_config: Any, **changes: Any) -> Any:
-    from netcompress.training import TrainConfig
-
-    if train_config is None:
-        config = TrainConfig(progress=False)
-    elif isinstance(train_config, dict):
-        config = TrainConfig.from_dict(train_config, where="train_config")
-    else:
-        config = train_config
-    return config.replace(**changes)
-
-
-def _accuracy(model: nn.Module, loader: Iterable | None) -> float | None:
-    if loader is None:
-        return None
-    from netcompress.evaluation import evaluate
-
-    return evaluate(model, loader)["accuracy"]
 
 
 def _num_batches(loader: Iterable) -> int:
@@ -177,7 +162,7 @@ def _num_batches(loader: Iterable) -> int:
         raise ConfigError("gradual pruning needs a train_loader with a length (steps per epoch)") from None
 
 
-def prune_gradual(
+def prune_gradual_(
     model: nn.Module,
     train_loader: Iterable,
     *,
@@ -188,18 +173,19 @@ def prune_gradual(
 ) -> dict[str, Any]:
     """Train ``model`` IN PLACE for ``config.epochs`` while its sparsity rises to ``final_sparsity``.
 
-    ``train_config`` (TrainConfig or dict) sets the optimiser; ``keep_best`` is forced off,
-    since the best early epoch would bring back a less sparse model.
+    ``train_config`` (TrainConfig or dict; default ``config.train``) sets the optimiser; ``keep_best`` is
+    forced off, since the best early epoch would bring back a less sparse model. ``prune`` overrides the
+    weight selection and score of ``config``.
 
     Example:
-        >>> s = prune_gradual(model, train_loader, val_loader=test_loader,
+        >>> s = prune_gradual_(model, train_loader, val_loader=test_loader,
         ...                   config=GradualConfig(final_sparsity=0.9, epochs=6))
         >>> s["sparsity"], s["history"][-1]["sparsity"]
     """
     from netcompress.training import fit
 
     config = config or GradualConfig()
-    prune = prune or UnstructuredConfig()
+    prune = prune or selection(config, config.criterion)
     total_steps = config.epochs * _num_batches(train_loader)
     end_step = max(1, round(config.ramp_fraction * total_steps))
     pruner = GradualPruner(
@@ -209,7 +195,8 @@ def prune_gradual(
         frequency_steps=config.frequency_steps or max(1, end_step // 10),
         prune=prune,
     )
-    tc = _train_config(train_config, epochs=config.epochs, keep_best=False)
+    given = config.train if train_config is None else train_config
+    tc = as_train_config(given, epochs=config.epochs, keep_best=False)
     history = fit(model, train_loader, val_loader=val_loader, config=tc, hooks=[pruner, MaskKeeper()])
     final = pruner.apply(model, config.final_sparsity)  # the ramp's end may fall between steps
     return {
@@ -219,156 +206,30 @@ def prune_gradual(
         "nonzero_params": final["nonzero_params"],
         "updates": pruner.updates,
         "end_step": end_step,
-        "accuracy": _accuracy(model, val_loader),
+        "accuracy": accuracy(model, val_loader),
         "history": list(history.rows),
     }
 
 
-@dataclasses.dataclass
-class IterativeConfig(Config):
-    """Settings of :func:`prune_iterative`: prune ``amount_per_round`` of what remains, ``rounds`` times.
-
-    Example:
-        >>> IterativeConfig(amount_per_round=0.5, rounds=3)   # 50%, 75%, 87.5%
-    """
-
-    amount_per_round: float = 0.2
-    rounds: int = 3
-
-    def __post_init__(self) -> None:
-        check_range("amount_per_round", self.amount_per_round, 0.0, 1.0)
-        check_range("rounds", self.rounds, 1)
+def prune_gradual(model: nn.Module, train_loader: Iterable, **kwargs: Any) -> dict[str, Any]:
+    """Alias of :func:`prune_gradual_` (prunes and trains ``model`` in place, returns the summary)."""
+    return prune_gradual_(model, train_loader, **kwargs)
 
 
-def prune_iterative(
-    model: nn.Module,
-    train_loader: Iterable | None,
-    *,
-    config: IterativeConfig | None = None,
-    prune: UnstructuredConfig | None = None,
-    val_loader: Iterable | None = None,
-    train_config: Any = None,
-) -> dict[str, Any]:
-    """Prune and fine-tune ``model`` IN PLACE round by round; summary per round.
-
-    ``train_loader=None`` (or ``train_config.epochs == 0``) skips fine-tuning, which makes
-    one round a plain one-shot prune with accuracy measured.
-
-    Example:
-        >>> s = prune_iterative(model, train_loader, val_loader=test_loader,
-        ...                     config=IterativeConfig(amount_per_round=0.5, rounds=2))
-        >>> [(r["sparsity"], r["accuracy"]) for r in s["rounds"]]
-    """
-    config = config or IterativeConfig()
-    prune = prune or UnstructuredConfig()
-    tc = _train_config(train_config)
-    rounds: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
-    for r in range(1, config.rounds + 1):
-        target = 1.0 - (1.0 - config.amount_per_round) ** r
-        summary = prune_unstructured_with_config(model, config=prune.replace(amount=target))
-        row = {
-            "round": r,
-            "target_sparsity": round(target, 6),
-            "sparsity": summary["global_sparsity"],
-            "nonzero_params": summary["nonzero_params"],
-            "accuracy_pruned": _accuracy(model, val_loader),
-        }
-        history.extend(_finetune(model, train_loader, val_loader, tc, round_index=r))
-        row["accuracy"] = _accuracy(model, val_loader)
-        rounds.append(row)
-    return {
-        "method": prune.method,
-        "scope": prune.scope,
-        "amount_per_round": config.amount_per_round,
-        "rounds": rounds,
-        "sparsity": rounds[-1]["sparsity"],
-        "accuracy": rounds[-1]["accuracy"],
-        "history": history,
-    }
-
-
-def prune_one_shot(
-    model: nn.Module,
-    train_loader: Iterable | None = None,
-    *,
-    prune: UnstructuredConfig | None = None,
-    val_loader: Iterable | None = None,
-    train_config: Any = None,
-) -> dict[str, Any]:
-    """Prune ``model`` IN PLACE to ``prune.amount`` at once, then fine-tune if a loader is given.
-
-    Example:
-        >>> prune_one_shot(model, train_loader, prune=UnstructuredConfig(amount=0.8))["rounds"][0]
-    """
-    prune = prune or UnstructuredConfig()
-    config = IterativeConfig(amount_per_round=prune.amount, rounds=1)
-    return prune_iterative(
-        model, train_loader, config=config, prune=prune, val_loader=val_loader, train_config=train_config
+def selection(config: WeightSelection, criterion: str) -> UnstructuredConfig:
+    """The :class:`UnstructuredConfig` a schedule re-applies: ``config``'s weights, scored by ``criterion``."""
+    return UnstructuredConfig(
+        method=criterion, scope=config.scope, include=config.include, exclude=config.exclude
     )
 
 
-def _finetune(
-    model: nn.Module, train_loader: Iterable | None, val_loader: Iterable | None, tc: Any, *, round_index: int
-) -> list[dict[str, Any]]:
-    if train_loader is None or tc.epochs == 0:
-        return []
-    from netcompress.training import fit
-
-    rows = fit(model, train_loader, val_loader=val_loader, config=tc, hooks=[MaskKeeper()]).rows
-    return [{**row, "round": round_index} for row in rows]
-
-
-def prune_neurons_iterative(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    train_loader: Iterable | None,
-    val_loader: Iterable | None = None,
-    criterion: str = "apoz",
-    amount_per_round: float = 0.1,
-    rounds: int = 3,
-    layers: list[str] | None = None,
-    max_batches: int | None = None,
-    train_config: Any = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Neuron pruning in rounds (E5): measure on ``loader``, remove, fine-tune, repeat. NEW model.
-
-    Each round removes ``amount_per_round`` of each layer's *remaining* neurons; survivors keep
-    their trained weights. The input model is untouched.
-
-    Example:
-        >>> small, s = prune_neurons_iterative(mlp, val_loader, train_loader=train_loader, rounds=3)
-        >>> [r["params"] for r in s["rounds"]]
-    """
-    check_range("rounds", rounds, 1)
-    tc = _train_config(train_config)
-    current, rows, history = model, [], []
-    for r in range(1, rounds + 1):
-        current, summary = prune_neurons(
-            current,
-            loader,
-            criterion=criterion,
-            amount=amount_per_round,
-            layers=layers,
-            max_batches=max_batches,
-        )
-        row = {
-            "round": r,
-            "params": summary["params_after"],
-            "neurons": {name: s["neurons_after"] for name, s in summary["layers"].items()},
-            "accuracy_pruned": _accuracy(current, val_loader),
-        }
-        history.extend(_finetune(current, train_loader, val_loader, tc, round_index=r))
-        row["accuracy"] = _accuracy(current, val_loader)
-        rows.append(row)
-    params_before = sum(p.numel() for p in model.parameters())
-    return current, {
-        "criterion": criterion,
-        "amount_per_round": amount_per_round,
-        "params_before": params_before,
-        "params_after": rows[-1]["params"],
-        "rounds": rows,
-        "accuracy": rows[-1]["accuracy"],
-        "history": history,
-    }
+@register_method("prune", "gradual", config=GradualConfig)
+def gradual(model: nn.Module, config: GradualConfig, data: MethodData) -> Result:
+    """Gradual magnitude pruning during training (Zhu & Gupta)."""
+    tc = method_train_config(config.train, data)
+    summary = prune_gradual_(
+        model, data.train_loader, config=config, val_loader=data.val_loader, train_config=tc
+    )
+    history = summary.pop("history")
+    summary = write_sparse(model, summary, data.out_dir, save=config.save_sparse)
+    return Result(model=model, summary=summary, history=history)

@@ -9,6 +9,7 @@ dependency graph (so residual and concatenated channels stay consistent).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,8 +19,13 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import UnsupportedModelError
-from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, pruning_summary
+from netcompress.core.io import atomic_write_json
+from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan
+from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph import build_channel_graph
+from netcompress.pruning.recovery import RecoveryFields, recover
+from netcompress.training.config import TrainConfig
 
 
 def _batchnorms(model: nn.Module) -> dict[str, nn.Module]:
@@ -96,8 +102,42 @@ class BNL1Penalty:
         return {"bn_sparsity": bn_sparsity(model, threshold=self.threshold), "bn_gamma_mean_abs": mean_abs}
 
 
+@dataclasses.dataclass
+class SlimmingConfig(RecoveryFields):
+    """``prune/slimming`` and :func:`slim`: global |gamma| threshold at ``percent`` of all prunable BN channels."""
+
+    percent: float = 0.5
+    min_channels: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("percent", self.percent, 0.0, 1.0)
+        check_range("min_channels", self.min_channels, 1)
+
+
+@dataclasses.dataclass
+class SlimmingTrainConfig(TrainConfig):
+    """``train/slimming``: every TrainConfig field plus the BN L1 penalty of :class:`BNL1Penalty`."""
+
+    lambda_: float = 1e-4
+    threshold: float = 1e-2  # |gamma| below this counts as sparse in the per-epoch bn_sparsity
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("lambda_", self.lambda_, 0.0)
+        check_range("threshold", self.threshold, 0.0)
+
+    def train_config(self) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.to_dict().items() if k in fields})
+
+
 def slim(
-    model: nn.Module, example_inputs: Any, *, percent: float = 0.5, min_channels: int = 1
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    percent: float = SlimmingConfig.percent,
+    min_channels: int = SlimmingConfig.min_channels,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove the ``percent`` share of channels with the smallest ``|gamma|``; return (smaller copy, summary).
 
@@ -155,3 +195,50 @@ def slim(
         for row in summary["bn_layers"]
     ]
     return small, summary
+
+
+def write_gammas(model: nn.Module, out_dir: Any, name: str) -> dict[str, Any]:
+    """BN scaling factors to ``out_dir/name`` (for histograms; nothing without an out_dir) and a compact
+    histogram for the summary."""
+    if out_dir is not None:
+        atomic_write_json(out_dir / name, {k: v.tolist() for k, v in bn_gammas(model).items()})
+    return gamma_histogram(model)
+
+
+@register_method("prune", "slimming", config=SlimmingConfig)
+def slimming(model: nn.Module, config: SlimmingConfig, data: MethodData) -> Result:
+    """Network slimming: prune channels whose BN |gamma| is under a global threshold."""
+    histogram = write_gammas(model, data.out_dir, "bn_gammas_before.json")
+    small, summary = slim(
+        model, data.example_inputs, percent=config.percent, min_channels=config.min_channels
+    )
+    summary["bn_gamma_histogram"] = histogram
+    return recover(small, model, summary, config, data)
+
+
+@register_method("train", "slimming", config=SlimmingTrainConfig)
+def slimming_train(model: nn.Module, config: SlimmingTrainConfig, data: MethodData) -> Result:
+    """Sparsity training: fit with the BN L1 penalty; history rows carry bn_sparsity per epoch."""
+    from netcompress.pruning.finetune import run_train_config
+    from netcompress.training.loop import fit  # the training area; imported when the method runs
+    from netcompress.training.supervised import summarize
+
+    train_config = run_train_config(config.train_config(), data)
+    hook = BNL1Penalty(lambda_=config.lambda_, threshold=config.threshold)
+    history = fit(
+        model,
+        data.train_loader,
+        val_loader=data.val_loader,
+        config=train_config,
+        hooks=[hook, *data.extras.get("hooks", [])],
+        checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
+        resume=True,
+    )
+    summary = summarize(history, train_config)
+    summary.update(lambda_=config.lambda_, threshold=config.threshold)
+    summary["final_bn_sparsity"] = history.rows[-1].get("bn_sparsity") if history.rows else None
+    summary["bn_gamma_histogram"] = write_gammas(model, data.out_dir, "bn_gammas.json")
+    # every |gamma| at the end: a sweep over lambda draws these as one histogram panel per lambda (E1)
+    gammas = [abs(float(g)) for values in bn_gammas(model).values() for g in values.reshape(-1).tolist()]
+    summary["histograms"] = {"BN scaling factor |gamma|": gammas}
+    return Result(model=model, summary=summary, history=history.rows)

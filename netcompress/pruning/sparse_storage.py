@@ -312,3 +312,27 @@ def load_sparse(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     except (RuntimeError, ConfigError) as exc:  # shape/key mismatch in load_state_dict or a mask
         raise CheckpointError(f"{path} does not fit this model: {exc}") from exc
     return model
+
+
+SPARSE_FILE = "sparse.ncz"
+
+
+def write_sparse(
+    model: nn.Module, summary: dict[str, Any], out_dir: str | os.PathLike | None, *, save: bool = True
+) -> dict[str, Any]:
+    """A method's glue: write ``model`` to ``out_dir/sparse.ncz`` and add its sizes to ``summary``.
+
+    Nothing is written when ``out_dir`` is None (a Python verb) or ``save`` is False.
+
+    Example:
+        >>> write_sparse(model, {}, step_dir)["sparse_size_bytes"]
+    """
+    if save and out_dir is not None:
+        info = save_sparse(model, Path(out_dir) / SPARSE_FILE)
+        summary.update(
+            sparse_file=SPARSE_FILE,
+            sparse_size_bytes=info["size_bytes"],
+            dense_size_bytes=info["dense_size_bytes"],
+            sparse_ratio=round(info["ratio"], 6),
+        )
+    return summary

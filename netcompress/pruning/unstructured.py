@@ -8,7 +8,7 @@ threshold that could take more). Weights already masked count as pruned and are 
 so calling again with a larger amount prunes only the difference: schedules rely on that.
 
 Example:
-    >>> summary = prune_unstructured(model, amount=0.5, method="l1", scope="global")
+    >>> summary = prune_unstructured_(model, amount=0.5, method="l1", scope="global")
     >>> summary["global_sparsity"]
     0.5
 """
@@ -24,9 +24,11 @@ from torch import nn
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules
 from netcompress.pruning.masks import MASK_SUFFIX, PRUNABLE_TYPES, apply_mask, enforce_masks, sparsity_report
+from netcompress.pruning.sparse_storage import write_sparse
 
 ScoreFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -47,25 +49,20 @@ def _random_score(weight: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 @dataclasses.dataclass
-class UnstructuredConfig(Config):
-    """Settings of :func:`prune_unstructured`.
+class WeightSelection(Config):
+    """Which weights unstructured pruning may mask, and whether a recipe step writes ``sparse.ncz``.
 
-    Example:
-        >>> UnstructuredConfig(amount=0.7, method="l1", scope="layer", exclude=["classifier"])
+    The fields every unstructured method shares (``prune/l1_unstructured``, ``random_unstructured``,
+    ``gradual``, ``iterative``), declared once here.
     """
 
-    amount: float = 0.5
-    method: str = "l1"
     scope: str = "global"
     include: list[str] | None = None
     exclude: list[str] = dataclasses.field(default_factory=list)
-    seed: int = 0
+    # a method given an out_dir writes the masked weights there as sparse.ncz (see sparse_storage)
+    save_sparse: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
-            raise ConfigError(f"amount={self.amount!r} must be a number in [0, 1]")
-        check_range("amount", self.amount, 0.0, 1.0)
-        check_choice("method", self.method, SCORES.names())
         check_choice("scope", self.scope, SCOPES)
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ConfigError("include/exclude must be lists of layer names or 're:' patterns, not a string")
@@ -73,7 +70,61 @@ class UnstructuredConfig(Config):
         self.include = None if self.include is None else list(self.include)
 
 
-def _selected_weights(model: nn.Module, config: UnstructuredConfig) -> dict[str, nn.Module]:
+def _check_amount(amount: Any) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise ConfigError(f"amount={amount!r} must be a number in [0, 1]")
+    check_range("amount", amount, 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class L1UnstructuredConfig(WeightSelection):
+    """``prune/l1_unstructured``: mask the smallest-magnitude weights to ``amount`` sparsity.
+
+    Example:
+        >>> nc.apply(model, L1UnstructuredConfig(amount=0.7, scope="layer")).summary["global_sparsity"]
+    """
+
+    amount: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_amount(self.amount)
+
+
+@dataclasses.dataclass
+class RandomUnstructuredConfig(L1UnstructuredConfig):
+    """``prune/random_unstructured``: mask randomly chosen weights to ``amount`` sparsity (the baseline)."""
+
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class UnstructuredConfig(RandomUnstructuredConfig):
+    """What :func:`mask_lowest_` masks: ``amount`` of the selected weights by score ``method``.
+
+    The settings the schedules (:class:`GradualPruner`, :func:`prune_iterative_`) re-apply at rising
+    amounts; a recipe step uses :class:`L1UnstructuredConfig` or :class:`RandomUnstructuredConfig`
+    (the step's ``method`` key names the step itself).
+
+    Example:
+        >>> UnstructuredConfig(amount=0.7, method="l1", scope="layer", exclude=["classifier"])
+    """
+
+    method: str = "l1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method", self.method, SCORES.names())
+
+
+# the verb's ``method`` -> the config of the registered method it runs
+METHOD_CONFIGS: dict[str, type[L1UnstructuredConfig]] = {
+    "l1": L1UnstructuredConfig,
+    "random": RandomUnstructuredConfig,
+}
+
+
+def _selected_weights(model: nn.Module, config: WeightSelection) -> dict[str, nn.Module]:
     layers = select_modules(model, types=PRUNABLE_TYPES, include=config.include, exclude=config.exclude)
     layers = {n: m for n, m in layers.items() if m._parameters.get("weight") is not None}
     if not layers:
@@ -83,9 +134,9 @@ def _selected_weights(model: nn.Module, config: UnstructuredConfig) -> dict[str,
     return layers
 
 
-def _scores(layer: nn.Module, config: UnstructuredConfig, generator: torch.Generator) -> torch.Tensor:
+def _scores(layer: nn.Module, method: str, generator: torch.Generator) -> torch.Tensor:
     weight = layer.weight
-    score = SCORES.get(config.method)(weight, generator).flatten().clone()
+    score = SCORES.get(method)(weight, generator).flatten().clone()
     mask = layer._buffers.get("weight" + MASK_SUFFIX)
     if mask is not None:
         # already pruned weights rank below every live one, so they are "pruned first"
@@ -104,42 +155,61 @@ def _prune_lowest(scores: torch.Tensor, amount: float) -> torch.Tensor:
     return keep
 
 
-def prune_unstructured(
+def prune_unstructured_(
     model: nn.Module,
     *,
-    amount: float = 0.5,
+    amount: float = L1UnstructuredConfig.amount,
     method: str = "l1",
-    scope: str = "global",
+    scope: str = WeightSelection.scope,
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
-    seed: int = 0,
+    seed: int = RandomUnstructuredConfig.seed,
 ) -> dict[str, Any]:
     """Mask the lowest-scoring weights of Conv1d/Conv2d/Linear layers IN PLACE; return a summary.
 
+    ``method`` picks the registered method (``"l1"``: ``prune/l1_unstructured``, ``"random"``:
+    ``prune/random_unstructured``, seeded by ``seed``); the other keywords are its config's fields.
     ``amount`` is the sparsity reached over the selected weights (already-zero/masked weights
     count as pruned). ``include``/``exclude`` take layer names or ``re:`` patterns. The summary
     holds per-layer and global sparsity of the selected weights and the model's non-zero count.
 
     Example:
-        >>> s = prune_unstructured(model, amount=0.9, scope="layer", exclude=["re:classifier.*"])
+        >>> s = prune_unstructured_(model, amount=0.9, scope="layer", exclude=["re:classifier.*"])
         >>> s["per_layer"]["features.0"]
         0.9
     """
-    config = UnstructuredConfig(
-        amount=amount, method=method, scope=scope, include=include, exclude=exclude, seed=seed
-    )
-    return prune_unstructured_with_config(model, config=config)
+    from netcompress.core.methods import apply
+
+    check_choice("method", method, list(METHOD_CONFIGS))
+    fields: dict[str, Any] = {"amount": amount, "scope": scope, "include": include, "exclude": exclude}
+    if method == "random":
+        fields["seed"] = seed
+    config = METHOD_CONFIGS[method].from_dict(fields, where="prune_unstructured_")
+    return apply(model, config).summary
 
 
-def prune_unstructured_with_config(model: nn.Module, *, config: UnstructuredConfig) -> dict[str, Any]:
-    """:func:`prune_unstructured` driven by an :class:`UnstructuredConfig` (IN PLACE).
+def prune_unstructured(model: nn.Module, **fields: Any) -> dict[str, Any]:
+    """Alias of :func:`prune_unstructured_` (masks ``model`` in place, returns the summary)."""
+    return prune_unstructured_(model, **fields)
+
+
+def mask_lowest_(
+    model: nn.Module, config: L1UnstructuredConfig, *, method: str | None = None
+) -> dict[str, Any]:
+    """Mask ``config.amount`` of the selected weights IN PLACE, lowest score first; return the summary.
+
+    The algorithm under every unstructured method; ``method`` (``"l1"``/``"random"``) defaults to
+    ``config.method`` for an :class:`UnstructuredConfig`, else to the config's own score.
 
     Example:
-        >>> prune_unstructured_with_config(model, config=UnstructuredConfig(amount=0.3))
+        >>> mask_lowest_(model, UnstructuredConfig(amount=0.3))["global_sparsity"]
+        0.3
     """
+    method = method or getattr(config, "method", None) or _score_of(config)
+    seed = getattr(config, "seed", 0)
     layers = _selected_weights(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    scores = {name: _scores(layer, config, generator) for name, layer in layers.items()}
+    generator = torch.Generator().manual_seed(seed)
+    scores = {name: _scores(layer, method, generator) for name, layer in layers.items()}
     if config.scope == "global":
         keep_all = _prune_lowest(torch.cat(list(scores.values())), config.amount)
         keeps = dict(zip(scores, torch.split(keep_all, [s.numel() for s in scores.values()])))
@@ -147,10 +217,33 @@ def prune_unstructured_with_config(model: nn.Module, *, config: UnstructuredConf
         keeps = {name: _prune_lowest(s, config.amount) for name, s in scores.items()}
     for name, layer in layers.items():
         apply_mask(layer, "weight", keeps[name].view_as(layer.weight))
-    return _summary(model, layers, config)
+    return _summary(model, layers, config, method)
 
 
-def _summary(model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig) -> dict[str, Any]:
+def _score_of(config: L1UnstructuredConfig) -> str:
+    return next(name for name, cls in METHOD_CONFIGS.items() if type(config) is cls)
+
+
+def _masked(model: nn.Module, config: L1UnstructuredConfig, data: MethodData) -> Result:
+    summary = mask_lowest_(model, config)
+    return Result(model=model, summary=write_sparse(model, summary, data.out_dir, save=config.save_sparse))
+
+
+@register_method("prune", "l1_unstructured", config=L1UnstructuredConfig)
+def l1_unstructured(model: nn.Module, config: L1UnstructuredConfig, data: MethodData) -> Result:
+    """Magnitude (L1) unstructured pruning through masks."""
+    return _masked(model, config, data)
+
+
+@register_method("prune", "random_unstructured", config=RandomUnstructuredConfig)
+def random_unstructured(model: nn.Module, config: RandomUnstructuredConfig, data: MethodData) -> Result:
+    """Random unstructured pruning through masks (baseline)."""
+    return _masked(model, config, data)
+
+
+def _summary(
+    model: nn.Module, layers: dict[str, nn.Module], config: L1UnstructuredConfig, method: str
+) -> dict[str, Any]:
     for module in model.modules():
         enforce_masks(module)  # so the zero counts below see every mask, not only this call's
     report = sparsity_report(model)
@@ -159,7 +252,7 @@ def _summary(model: nn.Module, layers: dict[str, nn.Module], config: Unstructure
     zeros = _zero_count(layer.weight for layer in layers.values())
     params = sum(p.numel() for p in model.parameters())
     return {
-        "method": config.method,
+        "method": method,
         "scope": config.scope,
         "amount": config.amount,
         "per_layer": per_layer,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import netcompress.pruning.steps_structured  # noqa: F401  (registers the prune steps)
+import netcompress.pruning  # noqa: F401  (registers the methods)
 from netcompress.core.errors import DataError
 from netcompress.pruning import prune_channels, recalibrate_bn
 

@@ -11,12 +11,13 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.pruning.channel import (
+    ChannelPruneConfig,
     apply_channel_plan,
+    channel_prune,
     count_total_macs,
     keep_count,
     plan_channel_pruning,
     prune_channels,
-    prune_channels_with_summary,
 )
 from netcompress.pruning.graph import build_channel_graph
 from netcompress.pruning.importance import IMPORTANCES, fpgm_importance, layer_scores, unit_scores
@@ -45,7 +46,7 @@ def vgg_params(c1: int, c2: int) -> int:
 def test_vgg_parameter_and_mac_counts_are_exact() -> None:
     model = small_vgg()
     assert n_params(model) == vgg_params(8, 16) == 2090
-    small, summary = prune_channels_with_summary(model, X, ratio=0.5)
+    small, summary = channel_prune(model, X, ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1))
     assert n_params(small) == vgg_params(4, 8) == 762
     assert (summary["params_before"], summary["params_after"]) == (2090, 762)
     # MACs per sample x2: conv1 8*8*8*27 + conv2 4*4*16*72 + fc 640 = 32,896 -> pruned 11,840
@@ -74,7 +75,7 @@ def test_vgg_parameter_and_mac_counts_are_exact() -> None:
 
 def test_summary_names_the_surviving_channels_of_every_layer() -> None:
     model = small_vgg()
-    small, summary = prune_channels_with_summary(model, X, ratio=0.5, importance="l1")
+    small, summary = channel_prune(model, X, ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1))
     kept = summary["kept_indices"]
     conv1, conv2, fc = kept["0"], kept["4"], kept["9"]
     assert len(conv1["out"]) == 4 and conv2["in"] == conv1["out"] and len(conv2["out"]) == 8
@@ -252,7 +253,7 @@ def test_registry_models_prune(name: str) -> None:
     except ConfigError as exc:
         pytest.skip(f"model {name} options changed: {exc}")
     x = torch.randn(2, *models.input_shape(name, **REGISTRY_MODELS[name]))
-    small, summary = prune_channels_with_summary(model, x, ratio=0.3)
+    small, summary = channel_prune(model, x, ChannelPruneConfig(ratio=0.3, importance="l1", round_to=1))
     assert small(x).shape == model(x).shape
     assert summary["params_after"] < summary["params_before"]
     assert summary["macs_after"] < summary["macs_before"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import netcompress.pruning.steps_structured  # noqa: F401  (registers the steps)
+import netcompress.pruning  # noqa: F401  (registers the methods)
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import METHODS, MethodData
 

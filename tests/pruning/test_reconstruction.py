@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError, DataError
-from netcompress.pruning import prune_channels_with_summary, reconstruct_weights
+from netcompress.pruning.channel import ChannelPruneConfig, channel_prune
+from netcompress.pruning.reconstruction import reconstruct_weights
 
 
 def _loader(
@@ -26,7 +27,9 @@ def test_linear_network_is_reconstructed_exactly() -> None:
     # no activation: the 4 kept hidden units still span the 4-d input, so the original map is reachable
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
-    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(2, 4), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     assert small[0].out_features == 4
     x = torch.randn(64, 4)  # not the calibration data
     assert _max_diff(small, model, x) > 0.1
@@ -44,7 +47,9 @@ def test_linear_network_is_reconstructed_exactly() -> None:
 def test_nothing_pruned_gives_back_the_same_weights() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2))
-    small, summary = prune_channels_with_summary(model, torch.randn(1, 3, 8, 8), ratio=0.0)
+    small, summary = channel_prune(
+        model, torch.randn(1, 3, 8, 8), ChannelPruneConfig(ratio=0.0, importance="l1", round_to=1)
+    )
     report = reconstruct_weights(
         small, model, _loader((4, 3, 8, 8)), kept_indices=summary["kept_indices"], ridge=0
     )
@@ -67,7 +72,9 @@ def test_cnn_outputs_move_towards_the_original() -> None:
     with torch.no_grad():  # BN statistics that are not the identity
         model(torch.randn(64, 3, 8, 8) * 2 + 1)
     model.eval()
-    small, summary = prune_channels_with_summary(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(1, 3, 8, 8), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     x = torch.randn(32, 3, 8, 8)
     before = _max_diff(small, model, x)
     report = reconstruct_weights(small, model, _loader((16, 3, 8, 8)), kept_indices=summary["kept_indices"])
@@ -87,7 +94,9 @@ def test_conv1d_and_skipped_depthwise_layers() -> None:
         nn.Conv1d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
         nn.Conv1d(8, 4, 3, dilation=2),
     )  # fmt: skip
-    small, summary = prune_channels_with_summary(model, torch.randn(1, 2, 32), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(1, 2, 32), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     x = torch.randn(16, 2, 32)
     before = _max_diff(small, model, x)
     report = reconstruct_weights(small, model, _loader((8, 2, 32)), kept_indices=summary["kept_indices"])
@@ -101,7 +110,9 @@ def test_conv1d_and_skipped_depthwise_layers() -> None:
 def test_bad_input_is_named() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(2, 4), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     kept = summary["kept_indices"]
     with pytest.raises(DataError, match="yielded no batches"):
         reconstruct_weights(small, model, [], kept_indices=kept)
@@ -133,9 +144,7 @@ def test_prune_steps_reconstruct_before_recalibrating(tmp_path, key: str, params
         train_loader=data, val_loader=data, example_inputs=data[0][0][:2], out_dir=tmp_path, num_classes=5, progress=False,
     )  # fmt: skip
     spec = METHODS.get(key)
-    plain = spec.fn(
-        model, spec.config.from_dict({**params, "recalibrate_bn_batches": 0}, where=key), ctx
-    )
+    plain = spec.fn(model, spec.config.from_dict({**params, "recalibrate_bn_batches": 0}, where=key), ctx)
     config = spec.config.from_dict(
         {**params, "reconstruct_batches": 3, "recalibrate_bn_batches": 0}, where=key
     )
@@ -156,11 +165,15 @@ def test_large_batches_are_subsampled_evenly(monkeypatch) -> None:
 
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
-    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(2, 4), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     monkeypatch.setattr(reconstruction, "MAX_ROWS_PER_BATCH", 10)  # 10 of each 32-row batch: still exact
     reconstruct_weights(small, model, _loader((32, 4)), kept_indices=summary["kept_indices"], ridge=0.0)
     assert _max_diff(small, model, torch.randn(64, 4)) < 1e-4
     monkeypatch.setattr(reconstruction, "MAX_ROWS_PER_BATCH", 1)  # 4 rows in all: too few for 5 unknowns
-    small, summary = prune_channels_with_summary(model, torch.randn(2, 4), ratio=0.5)
+    small, summary = channel_prune(
+        model, torch.randn(2, 4), ChannelPruneConfig(ratio=0.5, importance="l1", round_to=1)
+    )
     reconstruct_weights(small, model, _loader((32, 4)), kept_indices=summary["kept_indices"])
     assert _max_diff(small, model, torch.randn(64, 4)) > 1e-3

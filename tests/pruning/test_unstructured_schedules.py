@@ -12,17 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core import ConfigError
+from netcompress.pruning.iterative import IterativeConfig, prune_iterative, prune_one_shot
 from netcompress.pruning.masks import MaskKeeper
-from netcompress.pruning.schedules import (
-    GradualConfig,
-    GradualPruner,
-    IterativeConfig,
-    polynomial_sparsity,
-    prune_gradual,
-    prune_iterative,
-    prune_neurons_iterative,
-    prune_one_shot,
-)
+from netcompress.pruning.neuron import prune_neurons_iterative
+from netcompress.pruning.schedules import GradualConfig, GradualPruner, polynomial_sparsity, prune_gradual
 from netcompress.pruning.unstructured import UnstructuredConfig
 
 training = pytest.importorskip("netcompress.training")

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import netcompress.pruning  # noqa: F401  (registers the methods)
 from netcompress.core import ConfigError
 from netcompress.core.methods import METHODS, MethodData
-from netcompress.pruning import steps_unstructured  # noqa: F401  (registers the steps)
 from netcompress.pruning.sparse_storage import load_sparse
 
 OUR_STEPS = {
