@@ -8,12 +8,15 @@ attribute name that starts with ``_`` is refused, so a crafted graph cannot reac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
 from netcompress.core.errors import CheckpointError
-from netcompress.export.object_codec import Decoder, Encoder, find_function, function_name
+from netcompress.export.allowlist import find_function, function_name
+
+if TYPE_CHECKING:
+    from netcompress.export.object_codec import Decoder, Encoder
 
 OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 

@@ -19,27 +19,20 @@ import collections
 import enum
 import importlib
 import math
-import operator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from netcompress.core.errors import CheckpointError, ConfigError
-
-TRUSTED_CLASS_ROOTS = ("torch.nn.", "netcompress.")
-FUNCTION_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "math": math}
-# torch functions a saved graph may never call: they touch files, processes or global state
-FORBIDDEN_FUNCTIONS = {
-    "load",
-    "save",
-    "from_file",
-    "set_default_device",
-    "set_default_dtype",
-    "manual_seed",
-    "compile",
-}
+from netcompress.export.allowlist import (
+    TRUSTED_CLASS_ROOTS,
+    class_name,
+    find_function,
+    function_name,
+    is_function,
+)
+from netcompress.export.graph_codec import decode_graph_module, encode_graph_module
 
 
 class Encoder:
@@ -88,7 +81,7 @@ class Encoder:
             return {"__enum__": class_name(type(value)), "name": value.name}
         if isinstance(value, type):
             return {"__class__": class_name(value)}
-        if _is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
+        if is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
             return {"__function__": function_name(value, where)}
         return self._object(value, where)
 
@@ -108,8 +101,6 @@ class Encoder:
         if id(obj) in self._objects:
             return {"__ref__": self._objects[id(obj)]}
         if isinstance(obj, fx.GraphModule):
-            from netcompress.export.graph_codec import encode_graph_module
-
             index = self._reserve(obj)
             self.objects[index] = encode_graph_module(obj, self, where)
             return {"__ref__": index}
@@ -193,8 +184,6 @@ class Decoder:
             raise CheckpointError(f"the model description refers to object {index!r}, which it does not hold")
         entry = self.objects[index]
         if "graph" in entry:
-            from netcompress.export.graph_codec import decode_graph_module
-
             self._built[index] = module = decode_graph_module(entry, self)
             return module
         cls = self.find_class(entry["class"])
@@ -221,50 +210,6 @@ class Decoder:
         if not isinstance(obj, type):
             raise CheckpointError(f"{name} is not a class")
         return obj
-
-
-def class_name(cls: type) -> str:
-    """``module:qualname`` of a class a file can name; one that could not be found again is an error now."""
-    if "<locals>" in cls.__qualname__:
-        raise ConfigError(
-            f"cannot save an object of class {cls.__qualname__}: a class defined inside a function"
-        )
-    if cls.__module__ in ("__main__", "builtins") or cls.__module__.startswith("netcompress_user_"):
-        raise ConfigError(
-            f"cannot save an object of class {cls.__qualname__} from {cls.__module__}: define it in an importable "
-            "module (e.g. mymodel.py) so the file can name it"
-        )
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _is_function(value: Any) -> bool:
-    import types
-
-    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.BuiltinMethodType))
-
-
-def function_name(fn: Any, where: str) -> str:
-    for module_name, module in FUNCTION_MODULES.items():
-        for name in dir(module):
-            if not name.startswith("_") and getattr(module, name, None) is fn:
-                return f"{module_name}:{name}"
-    raise ConfigError(
-        f"cannot save {where}: {getattr(fn, '__name__', fn)!r} is not a function of torch, "
-        "torch.nn.functional, operator or math"
-    )
-
-
-def find_function(name: str) -> Any:
-    module_name, _, attr = name.partition(":")
-    module = FUNCTION_MODULES.get(module_name)
-    if module is None or attr.startswith("_") or "." in attr or attr in FORBIDDEN_FUNCTIONS:
-        raise CheckpointError(
-            f"the file's model calls {name!r}, which netcompress does not allow in a saved model"
-        )
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        raise CheckpointError(f"the file's model calls {name!r}, which this torch does not have")
-    return fn
 
 
 def _torch_constant(name: str) -> Any:

@@ -23,7 +23,8 @@ from netcompress.pruning.channel import (
     plan_channel_pruning,
     prune_channels,
 )
-from netcompress.pruning.graph import ChannelGraph, ChannelGroup, build_channel_graph
+from netcompress.pruning.graph import ChannelGraph, ChannelGroup
+from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import IMPORTANCES
 from netcompress.pruning.iterative import (
     IterativeConfig,

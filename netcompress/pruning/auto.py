@@ -48,7 +48,8 @@ from netcompress.pruning.channel import (
     select_local,
 )
 from netcompress.pruning.channel_report import count_params, count_total_macs, pruning_summary
-from netcompress.pruning.graph import ChannelGraph, build_channel_graph
+from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import layer_scores, unit_scores
 from netcompress.pruning.recovery import recover
 from netcompress.pruning.surgery import shrink_model_

@@ -26,7 +26,8 @@ from netcompress.pruning.channel_report import architecture_lines as architectur
 from netcompress.pruning.channel_report import count_params as count_params
 from netcompress.pruning.channel_report import count_total_macs as count_total_macs
 from netcompress.pruning.channel_report import pruning_summary
-from netcompress.pruning.graph import ChannelGraph, as_inputs, build_channel_graph, eval_mode
+from netcompress.pruning.graph import ChannelGraph, as_inputs, eval_mode
+from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import IMPORTANCES, layer_scores, unit_scores
 from netcompress.pruning.recovery import RecoveryFields, recover
 from netcompress.pruning.surgery import shrink_model_

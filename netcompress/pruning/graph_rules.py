@@ -1,4 +1,4 @@
-"""How each traced op moves channel ids: the rules behind :func:`netcompress.pruning.graph.build_channel_graph`.
+"""How each traced op moves channel ids: the rules behind :func:`netcompress.pruning.graph_tracing.build_channel_graph`.
 
 Every rule receives an fx node whose inputs are already labelled and returns the channel ids of
 its output (dim 1), or None for values that are not channel-carrying tensors (sizes, shapes).

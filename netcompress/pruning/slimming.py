@@ -23,7 +23,7 @@ from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.pruning.channel import ChannelPlan, apply_channel_plan
 from netcompress.pruning.channel_report import pruning_summary
-from netcompress.pruning.graph import build_channel_graph
+from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.recovery import RecoveryFields, recover
 from netcompress.training.config import TrainConfig
 

@@ -17,8 +17,9 @@ import math
 import torch
 from torch import nn
 
+from netcompress.quantization.affine import _shape_for, compute_qparams, fake_quantize
 from netcompress.quantization.observers import build_observer
-from netcompress.quantization.qparams import QuantSpec, _shape_for, compute_qparams, fake_quantize
+from netcompress.quantization.qparams import QuantSpec
 
 __all__ = ["FakeQuantize", "LSQFakeQuantize", "QuantSpec"]
 

@@ -14,12 +14,16 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.registry import Registry
-from netcompress.quantization.qparams import QuantSpec, compute_qparams, fake_quantize
+from netcompress.quantization.affine import compute_qparams, fake_quantize
+
+if TYPE_CHECKING:
+    from netcompress.quantization.qparams import QuantSpec
 
 OBSERVERS: Registry[type[Observer]] = Registry("observer")
 

@@ -19,7 +19,7 @@ from netcompress.pruning.channel import (
     plan_channel_pruning,
     prune_channels,
 )
-from netcompress.pruning.graph import build_channel_graph
+from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import IMPORTANCES, fpgm_importance, layer_scores, unit_scores
 
 X = torch.randn(2, 3, 8, 8)

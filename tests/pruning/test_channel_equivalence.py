@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
-from netcompress.pruning.graph import build_channel_graph
+from netcompress.pruning.graph_tracing import build_channel_graph
 
 
 class ConvChain(nn.Module):

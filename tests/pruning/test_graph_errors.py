@@ -9,7 +9,7 @@ from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.channel import prune_channels
-from netcompress.pruning.graph import build_channel_graph
+from netcompress.pruning.graph_tracing import build_channel_graph
 
 X = torch.randn(2, 3, 8, 8)
 

@@ -1,0 +1,84 @@
+"""Tracing a model into its :class:`~netcompress.pruning.graph.ChannelGraph`: torch.fx with the layer
+rules of :mod:`netcompress.pruning.graph_rules` (kept apart from the graph's data structures, which the
+rules themselves build on)."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from netcompress.core.errors import UnsupportedModelError
+from netcompress.pruning.graph import ChannelGraph, as_inputs, eval_mode, is_prunable_custom
+from netcompress.pruning.graph_rules import LEAF_TYPES, label_node
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Keeps standard layers, their subclasses and protocol modules as single call_module nodes.
+
+    Protocol modules are found before tracing: during tracing, parameter access returns proxies,
+    so a property such as ``out_channels = self.weight.shape[0]`` cannot be evaluated then.
+    """
+
+    def __init__(self, protocol_ids: set[int]) -> None:
+        super().__init__()
+        self.protocol_ids = protocol_ids
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self.protocol_ids or isinstance(m, LEAF_TYPES):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch, so a trace error names the user's line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
+
+
+def trace_model(model: nn.Module) -> torch.fx.GraphModule:
+    """Symbolically trace ``model``; an untraceable model raises UnsupportedModelError naming the line."""
+    tracer = _LeafTracer({id(m) for m in model.modules() if is_prunable_custom(m)})
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... for dynamic code
+        raise UnsupportedModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}){_user_frame(exc)}; "
+            "channel pruning needs a traceable forward (no data-dependent if/for on tensor values)"
+        ) from exc
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def build_channel_graph(model: nn.Module, example_inputs: Any) -> ChannelGraph:
+    """Trace ``model`` and return its :class:`ChannelGraph` (the model is not modified).
+
+    ``example_inputs`` is a tensor or tuple of tensors; a batch of 2 or more avoids ambiguous
+    shapes (a batch of 1 cannot tell ``x.squeeze()`` from a channel squeeze).
+
+    Example:
+        >>> graph = build_channel_graph(model, torch.randn(2, 3, 32, 32))
+        >>> [(g.producers, g.num_units, g.prunable) for g in graph.groups]
+    """
+    inputs = as_inputs(example_inputs)
+    gm = trace_model(model)
+    with eval_mode(model), torch.no_grad():
+        try:
+            ShapeProp(gm).propagate(*inputs)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"running {type(model).__name__} on the example inputs failed during shape propagation: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    graph = ChannelGraph()
+    modules = dict(gm.named_modules())
+    env: dict[torch.fx.Node, list[int] | None] = {}
+    for node in gm.graph.nodes:
+        env[node] = label_node(node, env=env, graph=graph, modules=modules)
+    graph.finalize()
+    return graph
