@@ -21,6 +21,7 @@ _LAZY = {
     "models": ("netcompress.models", None),
     "data": ("netcompress.data", None),
     "fit": ("netcompress.training", "fit"),
+    "fit_": ("netcompress.training", "fit_"),
     "TrainConfig": ("netcompress.training", "TrainConfig"),
     "evaluate": ("netcompress.evaluation", "evaluate"),
     "profile": ("netcompress.evaluation", "profile"),

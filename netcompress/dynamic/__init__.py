@@ -69,7 +69,13 @@ __all__ = [
     "set_width",
     "trade_off_rows",
     "train_early_exit",
+    "train_early_exit_",
     "train_slimmable",
+    "train_slimmable_",
     "with_early_exits",
     "with_slimmable_width",
 ]
+
+# the in-place names (they train the model they are given); the old names stay for existing code
+train_early_exit_ = train_early_exit
+train_slimmable_ = train_slimmable
