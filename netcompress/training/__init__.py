@@ -9,8 +9,6 @@ from netcompress.training.config import OPTIMIZERS, SCHEDULES, FinetuneConfig, T
 from netcompress.training.history import History
 from netcompress.training.hooks import TrainingHook, call_hooks, call_loss_hooks
 from netcompress.training.loop import fit
-
-fit_ = fit  # the in-place name (it trains the model it is given); fit stays for existing code
 from netcompress.training.optimizers import OPTIMIZER_BUILDERS, build_optimizer, trainable_parameters
 from netcompress.training.runtime import Runtime, rng_state, seed_everything, set_rng_state
 from netcompress.training.schedules import SCHEDULE_FNS, LRSchedule, lr_at, lr_factor
@@ -38,3 +36,5 @@ __all__ = [
     "set_rng_state",
     "trainable_parameters",
 ]
+
+fit_ = fit  # the in-place name (it trains the model it is given); fit stays for existing code
