@@ -12,7 +12,7 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
-from netcompress.quantization.bn_folding import fold_bn, fold_bn_with_summary
+from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
@@ -66,7 +66,6 @@ __all__ = [
     "dequantize_tensor",
     "equalize_cross_layer_",
     "fold_bn",
-    "fold_bn_with_summary",
     "freeze_quantizers_",
     "layer_sensitivity",
     "load_quantized",

@@ -5,7 +5,7 @@ In inference a BatchNorm is an affine map per channel, so ``Conv -> BN`` equals 
 Quantizing the folded weight is what an int8 runtime executes, so PTQ folds first.
 
 Example:
-    >>> folded, summary = fold_bn_with_summary(model)   # model is untouched
+    >>> folded, summary = fold_bn_and_report(model)   # model is untouched
     >>> summary["folded"]
     [['features.0', 'features.1'], ...]
 """
@@ -59,14 +59,14 @@ def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
     )
 
 
-def fold_bn_with_summary(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]]:
+def fold_bn_and_report(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(graph_module, summary)``.
 
     A pair folds only when the BN is the conv's sole user and the conv module is called once.
     Folding uses running statistics, i.e. eval-mode behaviour; the result is put in eval mode.
 
     Example:
-        >>> folded, summary = fold_bn_with_summary(model); summary["num_folded"]
+        >>> folded, summary = fold_bn_and_report(model); summary["num_folded"]
         7
     """
     gm = trace_for_quantization(copy.deepcopy(model).eval())
@@ -103,4 +103,4 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
         >>> torch.allclose(folded(x), model(x), atol=1e-5)
         True
     """
-    return fold_bn_with_summary(model)[0]
+    return fold_bn_and_report(model)[0]

@@ -25,7 +25,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
-from netcompress.quantization.bn_folding import fold_bn_with_summary
+from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable, quantizers
@@ -114,7 +114,7 @@ def prepare_quantized(
     gm = None
     try:
         if fold_bn:
-            gm, info["fold_bn"] = fold_bn_with_summary(work)
+            gm, info["fold_bn"] = fold_bn_and_report(work)
         else:
             gm = trace_for_quantization(work)
     except UnsupportedModelError as exc:

@@ -108,3 +108,16 @@ def test_apply_refuses_a_config_no_method_owns():
 
     with pytest.raises(ConfigError, match="no method is registered for config Unregistered"):
         apply(torch.nn.Linear(2, 2), Unregistered())
+
+
+def test_every_method_has_a_verb_equivalence_test():
+    """Each area's tests/<area>/test_contract.py checks its verbs give the weights apply gives."""
+    from pathlib import Path
+
+    text = "".join(p.read_text() for p in Path(__file__).resolve().parents[1].glob("*/test_contract.py"))
+    missing = [
+        key
+        for key in METHODS.names()
+        if METHODS.get(key).config.__name__ not in text and f'"{key.split("/")[1]}"' not in text
+    ]
+    assert missing == []

@@ -16,10 +16,10 @@ from netcompress.quantization import (
     QuantSpec,
     equalize_cross_layer_,
     fold_bn,
-    fold_bn_with_summary,
     quantize,
     wrap_module,
 )
+from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.modules import quantizers
 from netcompress.quantization.ptq import MODE_CONFIGS
 
@@ -48,7 +48,7 @@ def test_sqnr_of_8bit_conv_output_at_least_30db(nets):
 
 def test_fold_bn_preserves_outputs(small_cnn):
     x = torch.randn(4, 3, 16, 16)
-    folded, summary = fold_bn_with_summary(small_cnn)
+    folded, summary = fold_bn_and_report(small_cnn)
     assert summary["num_folded"] == 2 and summary["bn_left"] == []
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
