@@ -55,9 +55,16 @@ def _module_from_file(path: Path, *, where: str) -> Any:
     path = path.expanduser()
     if not path.is_file():
         raise ConfigError(f"{where}: file {path} not found (relative paths start at {Path.cwd()})")
-    name = f"netcompress_user_{abs(hash(str(path.resolve())))}"
-    if name in sys.modules:
-        return sys.modules[name]
+    # the file's own name (mymodel.py -> mymodel), so saved models can name its classes; a clash with a
+    # different module of that name falls back to a private name
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
+            return existing
+        name = f"netcompress_user_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"{where}: cannot import {path}")

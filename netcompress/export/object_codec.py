@@ -201,6 +201,12 @@ class Decoder:
                 f"torch.nn and netcompress classes unless you name your module: "
                 f"nc.load(path, allow_modules=[{module_name!r}])"
             )
+        if module_name in self.allow_modules:
+            import sys
+            from pathlib import Path
+
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))  # the user's own modules live where they run netcompress
         try:
             obj: Any = importlib.import_module(module_name)
             for part in qualname.split("."):
