@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     x = torch.randn(*shape)
     try:
         stats = profile(model, x, latency=not args.no_latency)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, IndexError) as exc:
         raise ConfigError(
             f"the model does not accept input of shape {tuple(shape)}: {exc}; pass --input-shape"
         ) from None

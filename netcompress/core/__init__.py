@@ -1,6 +1,6 @@
 """Shared plumbing: configs, registries, layer selection, atomic I/O, errors."""
 
-from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.config import Config, check_choice, check_fraction, check_range
 from netcompress.core.errors import (
     CheckpointError,
     ConfigError,
@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_choice",
+    "check_fraction",
     "check_range",
     "get_submodule",
     "load_checkpoint",

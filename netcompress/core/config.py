@@ -66,6 +66,15 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {choices}")
 
 
+def check_fraction(name: str, value: float) -> None:
+    """A share to remove: ``0 <= value < 1``; 1 would remove everything and leave a model at chance."""
+    check_range(name, value, 0.0, None)
+    if value >= 1.0:
+        raise ConfigError(
+            f"{name}={value!r} would remove everything (the model could only guess); use a value below 1"
+        )
+
+
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
     """Raise ConfigError unless lo <= value <= hi (either bound optional)."""
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.config import check_choice, check_range
+from netcompress.core.config import check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.selection import name_matches as _matches
@@ -116,11 +116,11 @@ class ChannelPruneConfig(ChannelSelection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("ratio", self.ratio, 0.0, 1.0)
+        check_fraction("ratio", self.ratio)
         check_choice("scope", self.scope, SCOPES)
         check_range("max_batches", self.max_batches, 1)
         for pattern, value in (self.ratios or {}).items():
-            check_range(f"ratios[{pattern!r}]", value, 0.0, 1.0)
+            check_fraction(f"ratios[{pattern!r}]", value)
 
 
 def group_multiple(round_to: RoundTo, num_units: int) -> int:
@@ -223,14 +223,14 @@ def plan_channel_pruning(
         >>> plan = plan_channel_pruning(model, x, ratio=0.5)
         >>> plan.keep_indices()["features.0"]["out"][:4]
     """
-    check_range("ratio", ratio, 0.0, 1.0)
+    check_fraction("ratio", ratio)
     check_choice("scope", scope, SCOPES)
     check_choice("importance", importance, IMPORTANCES.names())
     check_round_to(round_to)
     check_range("min_channels", min_channels, 1)
     ignore, ratios = list(ignore), dict(ratios or {})
     for pattern, value in ratios.items():
-        check_range(f"ratios[{pattern!r}]", value, 0.0, 1.0)
+        check_fraction(f"ratios[{pattern!r}]", value)
     graph = graph or build_channel_graph(model, example_inputs)
     _check_patterns(graph, ignore, "ignore")
     _check_patterns(graph, ratios, "ratios")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.config import Config, check_choice, check_fraction
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
@@ -72,8 +72,8 @@ class WeightSelection(Config):
 
 def _check_amount(amount: Any) -> None:
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise ConfigError(f"amount={amount!r} must be a number in [0, 1]")
-    check_range("amount", amount, 0.0, 1.0)
+        raise ConfigError(f"amount={amount!r} must be a number in [0, 1)")
+    check_fraction("amount", amount)
 
 
 @dataclasses.dataclass
