@@ -20,7 +20,7 @@ from netcompress.core.errors import ConfigError
 GRANULARITIES = ("per_tensor", "per_channel")
 SCHEMES = ("symmetric", "asymmetric")
 # The only (quant_min, quant_max) pairs torch.onnx exports as QuantizeLinear/DequantizeLinear
-# (DESIGN fact 1); lower bit widths ride inside one of them.
+# (any other range fails to export); lower bit widths ride inside one of them.
 EXPORTABLE_RANGES = ((-128, 127), (0, 127), (0, 255))
 
 
@@ -145,7 +145,7 @@ def fake_quantize(
 
     Uses ``torch.fake_quantize_per_{tensor,channel}_affine`` on the int8/uint8 container
     range. Below 8 bits, ``x`` is first clamped to the k-bit range so the int8 op lands on
-    the k-bit grid; the exported QDQ pair then carries exactly the k-bit values (DESIGN fact 1).
+    the k-bit grid; the exported QDQ pair then carries exactly the k-bit values.
 
     Example:
         >>> y = fake_quantize(x, scale, zero_point, QuantSpec(bits=4))

@@ -203,29 +203,10 @@ def _train_one_epoch(
 
 
 def _validate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
-    try:
-        from netcompress.evaluation import evaluate
-    except ImportError:  # evaluation is optional for the loop: fall back to a plain pass
-        return _evaluate_fallback(model, loader, device)
+    from netcompress.evaluation import evaluate
+
     result = evaluate(model, loader, device=str(device))
     return float(result["accuracy"]), float(result["loss"])
-
-
-def _evaluate_fallback(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    with torch.inference_mode():
-        for batch in loader:
-            inputs, targets = _split_batch(batch, device)
-            outputs = model(inputs)
-            loss_sum += float(nn.functional.cross_entropy(outputs, targets, reduction="sum"))
-            correct += int((outputs.argmax(dim=1) == targets).sum())
-            seen += len(targets)
-    model.train(was_training)
-    if seen == 0:
-        raise DataError("val_loader yielded no batches")
-    return correct / seen, loss_sum / seen
 
 
 def _hook_metrics(hooks: list[Any], model: nn.Module, epoch: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from netcompress.core.errors import CheckpointError, ConfigError, DataError
 from netcompress.training import History, TrainConfig, fit, lr_at
 from netcompress.training import progress as progress_mod
-from netcompress.training.loop import _evaluate_fallback
+from netcompress.training.loop import _validate
 
 NUM_FEATURES, NUM_CLASSES, BATCH = 8, 3, 16
 
@@ -327,12 +327,12 @@ def test_grad_clip_limits_the_update_norm():
     assert (after - before).norm().item() == pytest.approx(1e-3, rel=1e-4)
 
 
-def test_fallback_evaluate_counts_correct_predictions():
+def test_validate_counts_correct_predictions():
     model, (_, val) = make_model().eval(), make_loaders()
     x, y = make_data()[1].tensors
     with torch.no_grad():
         logits = model(x)
-    acc, loss = _evaluate_fallback(model, val, torch.device("cpu"))
+    acc, loss = _validate(model, val, torch.device("cpu"))
     assert acc == (logits.argmax(1) == y).sum().item() / len(y)
     assert loss == pytest.approx(nn.functional.cross_entropy(logits, y).item(), abs=1e-6)
 
