@@ -58,8 +58,8 @@ def run(model_name: str, variant: dict, *, epochs: int) -> dict:
         raise ConfigError(f"unknown variant keys {unknown}; known: batch_size, {', '.join(DATA_KEYS)}, "
                           f"{', '.join(sorted(known))}")  # fmt: skip
     config = dataclasses.replace(base, **variant)
-    bundle = netcompress.data.load(
-        "cifar10", root=cp._data_root(None), train_subset=protocol.train_subset, **data
+    bundle = netcompress.data.load(  # the protocol trains on its whole subset: no validation split
+        "cifar10", root=cp._data_root(None), train_subset=protocol.train_subset, **{"val_fraction": 0, **data}
     )
     seed_everything(protocol.seed)
     model = cp.create_model(model_name, num_classes=bundle.num_classes)

@@ -1,6 +1,6 @@
 """The CIFAR-10 CPU benchmark protocol shared by the pruning, quantization and distillation benchmarks.
 
-EXPERIMENTS.md "Scale": CIFAR-10 from ``../shared/data``, a fixed class-balanced 10,000-image
+The CPU-scale protocol: CIFAR-10 from ``../shared/data``, a fixed class-balanced 10,000-image
 training subset, the full 10,000-image test set, and two small models (the narrow VGG
 32-32-M-64-64-M-128-128-M-256-M and cifar_resnet20). Every benchmark starts from the same
 baselines: :func:`train_baseline` trains one with ``netcompress.training.fit`` (SGD, cosine,
@@ -54,7 +54,7 @@ from netcompress.training import TrainConfig, fit, seed_everything
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / ".cache"
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
-# The shared data folder beside the project (EXPERIMENTS.md: ``../shared/data``), whatever the cwd.
+# The shared data folder beside the project (``../shared/data``), whatever the cwd.
 SHARED_DATA = BENCH_DIR.parent.parent / "shared" / "data"
 # Bump when train_baseline changes how it trains, so stale checkpoints are not reused.
 BASELINE_FORMAT_VERSION = 1
@@ -135,7 +135,10 @@ def load_data(protocol: ProtocolConfig, *, root: str | None = None) -> DataBundl
         >>> bundle = load_data(PROTOCOLS["cpu"]); len(bundle.train), len(bundle.test)
         (10000, 10000)
     """
-    bundle = netcompress.data.load("cifar10", root=_data_root(root), train_subset=protocol.train_subset)
+    # val_fraction=0: the protocol trains on its whole subset; heldout_loader draws validation from the rest
+    bundle = netcompress.data.load(
+        "cifar10", root=_data_root(root), train_subset=protocol.train_subset, val_fraction=0
+    )
     if protocol.test_subset is not None and protocol.test_subset < len(bundle.test):
         # the test images are stored class by class: take a balanced subset, not the first N
         keep = balanced_subset(
@@ -160,7 +163,7 @@ def heldout_loader(protocol: ProtocolConfig, *, size: int = 5000, root: str | No
     """
     if protocol.train_subset is None:
         raise ConfigError("the protocol trains on every training image: there is no held-out split")
-    full = netcompress.data.load("cifar10", root=_data_root(root), augment=False)
+    full = netcompress.data.load("cifar10", root=_data_root(root), augment=False, val_fraction=0)
     labels = full.train.labels.numpy()
     subset_seed = netcompress.data.config_for("cifar10").subset_seed  # the seed load_data's subset uses
     used = set(

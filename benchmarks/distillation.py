@@ -1,6 +1,6 @@
 """E3 at the CIFAR-10 CPU protocol: knowledge distillation, pruning + KD and low rank.
 
-EXPERIMENTS.md E3 distils an 8-conv food CNN's depthwise-separable student (``food_cnn_dws``)
+Experiment E3, at full scale, distils an 8-conv food CNN's depthwise-separable student (``food_cnn_dws``)
 from a weak and a strong teacher. Here, on the CPU protocol of ``cifar_protocol`` (10,000-image
 class-balanced training subset, full 10,000-image test set, 32x32 inputs, 10 classes):
 

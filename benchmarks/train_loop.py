@@ -1,7 +1,7 @@
 """Training-loop overhead: images/s of ``netcompress.training.fit`` vs a bare PyTorch loop.
 
 Both loops train the same narrow CIFAR VGG (32-32-M-64-64-M-128-128-M-256-M with BN, the
-CPU-protocol model of EXPERIMENTS.md) on the same in-memory synthetic 32x32 batches, with the
+CPU-protocol model of ``cifar_protocol``) on the same in-memory synthetic 32x32 batches, with the
 same optimiser (SGD, momentum 0.9, weight decay 5e-4) and a per-batch cosine schedule, in one
 process. Runs alternate (bare, fit, fit, bare, ...) after one warm-up each, so drift in a shared
 machine's load hits both; the median of the runs is reported. Target: fit within 5% of bare.

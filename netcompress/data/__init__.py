@@ -1,10 +1,13 @@
 """Data sets: the embedded ``digits`` default, CIFAR-10, FSDD audio and a synthetic set.
 
-``load(name, **config)`` returns a :class:`DataBundle`; ``list()`` names what exists::
+``load(name, **config)`` returns a :class:`DataBundle` with train, validation and test splits
+(the validation split is held out of the training data: ``val_fraction`` 0.1 by default);
+``list()`` names what exists::
 
     import netcompress as nc
     bundle = nc.data.load("cifar10", train_subset=10000)
     train_loader, test_loader = bundle.loaders(batch_size=128, seed=0)
+    val_loader = bundle.val_loader()
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 # Importing the data-set modules registers them in DATASETS.
 from netcompress.data import cifar10, digits, fsdd, synthetic  # noqa: F401
 from netcompress.data.augment import normalize, random_crop_flip
-from netcompress.data.bundle import DataBundle
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, validation_indices
 from netcompress.data.catalog import DATASETS, config_for, list_names, load, register_dataset
 from netcompress.data.cifar10 import Cifar10Config, balanced_subset
 from netcompress.data.digits import DigitsConfig
@@ -31,13 +34,16 @@ __all__ = [
     "FsddConfig",
     "ImageTensorDataset",
     "SyntheticConfig",
+    "ValidationSplit",
     "WaveformDataset",
     "balanced_subset",
     "config_for",
     "list",
     "list_names",
+    "hold_out_validation",
     "load",
     "normalize",
     "random_crop_flip",
     "register_dataset",
+    "validation_indices",
 ]

@@ -55,8 +55,8 @@ def load(name: str, /, **kwargs: Any) -> DataBundle:
 
     Example:
         >>> bundle = load("digits")
-        >>> len(bundle.train), len(bundle.test), bundle.input_shape
-        (1437, 360, (1, 8, 8))
+        >>> len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape
+        (1293, 144, 360, (1, 8, 8))
     """
     entry = DATASETS.get(name)
     config = entry.config_cls.from_dict(kwargs, where=f"data set {name!r}")

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from netcompress.core.config import Config, check_range
+from netcompress.core.config import check_range
 from netcompress.core.errors import DataError
 from netcompress.data.archives import iter_tar_members
-from netcompress.data.bundle import DataBundle
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import find_default, register_dataset
 from netcompress.data.image_folders import (
@@ -43,12 +43,14 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclasses.dataclass
-class Cifar10Config(Config):
+class Cifar10Config(ValidationSplit):
     """Settings of the ``cifar10`` data set.
 
     ``train_subset`` keeps a fixed, class-balanced subset of the training images (drawn with
     ``subset_seed``); the test set is always complete. ``augment`` is the standard random crop
-    (``crop_padding``, zero fill) plus horizontal flip, on the training split only.
+    (``crop_padding``, zero fill) plus horizontal flip, on the training split only. The validation
+    split (``val_fraction``, ``val_size``, ``val_seed``) is held out of the (subset of the) training
+    images and never augmented.
 
     Example:
         >>> Cifar10Config(train_subset=10000, augment=True)
@@ -63,6 +65,7 @@ class Cifar10Config(Config):
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.train_subset is not None:
             check_range("train_subset", self.train_subset, 1)
         check_range("crop_padding", self.crop_padding, 0, 16)
@@ -267,8 +270,8 @@ def load_cifar10(config: Cifar10Config) -> DataBundle:
 
     Example:
         >>> bundle = load_cifar10(Cifar10Config(train_subset=10000))
-        >>> len(bundle.train), len(bundle.test), bundle.input_shape
-        (10000, 10000, (3, 32, 32))
+        >>> len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape
+        (9000, 1000, 10000, (3, 32, 32))
     """
     root = Path(config.root).expanduser() if config.root else find_default(DEFAULT_NAMES, what="CIFAR-10")
     arrays, meta, info = read_cifar_arrays(root, cache_dir=config.cache_dir)
@@ -294,19 +297,22 @@ def load_cifar10(config: Cifar10Config) -> DataBundle:
     test = ImageTensorDataset(
         torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]), mean=mean, std=std
     )
+    train, val = hold_out_validation(train, config)
     channels, height, width = (int(s) for s in arrays["test_x"].shape[1:])
     return DataBundle(
         name="cifar10",
         train=train,
         test=test,
+        val=val,
         num_classes=len(classes),
         input_shape=(channels, height, width),
         class_names=classes,
         info={
             **info,
             "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
             "num_test": len(test),
-            "train_per_class": np.bincount(train_y, minlength=len(classes)).tolist(),
+            "train_per_class": torch.bincount(train.labels, minlength=len(classes)).tolist(),
             "mean": list(mean),
             "std": list(std),
             "config": config.to_dict(),

@@ -1,7 +1,8 @@
 """The embedded default data set: scikit-learn's bundled 8x8 handwritten digits (no download).
 
 1,797 real grey-scale images of the digits 0-9 (pixel values 0..16), split once with a seeded,
-stratified split into 1,437 train / 360 test images, so every machine trains on the same data.
+stratified split into 1,437 train / 360 test images, so every machine trains on the same data;
+by default 144 of the 1,437 are held out as the validation split (1,293 train).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from netcompress.core.config import Config, check_range
-from netcompress.data.bundle import DataBundle
+from netcompress.core.config import check_range
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.catalog import register_dataset
 from netcompress.data.in_memory import ImageTensorDataset
 
@@ -21,12 +22,13 @@ DIGITS_TOTAL = 1797
 
 
 @dataclasses.dataclass
-class DigitsConfig(Config):
+class DigitsConfig(ValidationSplit):
     """Settings of the ``digits`` data set.
 
     ``image_size`` resizes (bilinear) from 8x8, e.g. to feed a model built for larger inputs;
     ``augment`` enables random shifts of up to ``shift_pixels`` (never flips: a mirrored digit is
-    not the same digit).
+    not the same digit). The validation split (``val_fraction``, ``val_size``, ``val_seed``, see
+    :class:`~netcompress.data.bundle.ValidationSplit`) is held out of the 1,437 training images.
 
     Example:
         >>> DigitsConfig(image_size=16, augment=True)
@@ -39,6 +41,7 @@ class DigitsConfig(Config):
     shift_pixels: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("test_size", self.test_size, 10, DIGITS_TOTAL - 10)
         check_range("shift_pixels", self.shift_pixels, 0, 4)
         if self.image_size is not None:
@@ -66,8 +69,8 @@ def load_digits(config: DigitsConfig) -> DataBundle:
 
     Example:
         >>> bundle = load_digits(DigitsConfig())
-        >>> len(bundle.train), len(bundle.test), bundle.input_shape
-        (1437, 360, (1, 8, 8))
+        >>> len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape
+        (1293, 144, 360, (1, 8, 8))
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
@@ -93,17 +96,20 @@ def load_digits(config: DigitsConfig) -> DataBundle:
     test = ImageTensorDataset(
         images[torch.from_numpy(test_idx)], labels[torch.from_numpy(test_idx)], **common
     )
+    train, val = hold_out_validation(train, config)
     side = int(images.shape[-1])
     return DataBundle(
         name="digits",
         train=train,
         test=test,
+        val=val,
         num_classes=10,
         input_shape=(1, side, side),
         class_names=[str(d) for d in range(10)],
         info={
             "source": "sklearn.datasets.load_digits",
             "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
             "num_test": len(test),
             "mean": [mean],
             "std": [std],

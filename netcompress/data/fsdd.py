@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from netcompress.core.config import Config, check_range
+from netcompress.core.config import check_range
 from netcompress.core.errors import DataError
 from netcompress.data.archives import iter_tar_members
-from netcompress.data.bundle import DataBundle
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import find_default, register_dataset
 from netcompress.data.in_memory import WaveformDataset
@@ -32,12 +32,13 @@ DEFAULT_NAMES = ("fsdd.tar.gz", "fsdd", "free-spoken-digit-dataset")
 
 
 @dataclasses.dataclass
-class FsddConfig(Config):
+class FsddConfig(ValidationSplit):
     """Settings of the ``fsdd`` data set.
 
     ``length`` samples per clip (8000 = 1 s): shorter clips are zero-padded at the end, longer
     ones cropped around their centre (where the word is). Recordings with index <=
-    ``test_max_index`` form the test set.
+    ``test_max_index`` form the test set. The validation split (``val_fraction``, ``val_size``,
+    ``val_seed``) is held out of the training recordings.
 
     Example:
         >>> FsddConfig(length=16000)
@@ -49,6 +50,7 @@ class FsddConfig(Config):
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("length", self.length, 1)
         check_range("test_max_index", self.test_max_index, 0)
 
@@ -152,8 +154,8 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
 
     Example:
         >>> bundle = load_fsdd(FsddConfig())
-        >>> len(bundle.train), len(bundle.test), bundle.input_shape
-        (2700, 300, (1, 8000))
+        >>> len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape
+        (2430, 270, 300, (1, 8000))
     """
     root = resolve_root(
         Path(config.root).expanduser() if config.root else find_default(DEFAULT_NAMES, what="FSDD")
@@ -170,11 +172,13 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
     is_test = torch.from_numpy(arrays["index"] <= config.test_max_index)
     train = WaveformDataset(clips[~is_test], labels[~is_test])
     test = WaveformDataset(clips[is_test], labels[is_test])
+    train, val = hold_out_validation(train, config)
     lengths = np.diff(arrays["offsets"])
     return DataBundle(
         name="fsdd",
         train=train,
         test=test,
+        val=val,
         num_classes=10,
         input_shape=(1, config.length),
         class_names=[str(d) for d in range(10)],
@@ -183,6 +187,7 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
             "source": str(root),
             "sample_rate_hz": SAMPLE_RATE_HZ,
             "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
             "num_test": len(test),
             "speakers": list(meta["speakers"]),
             "clip_samples_min": int(lengths.min()),

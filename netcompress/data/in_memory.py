@@ -8,13 +8,35 @@ loading must not dominate a small CNN's training step on 2 cores.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.data import Dataset
 
 from netcompress.data.augment import normalize, random_crop_flip
 
 
-class ImageTensorDataset(Dataset):
+class _TensorDataset(Dataset):
+    """What the in-memory datasets share: samples indexed out of tensors named in ``TENSORS``."""
+
+    TENSORS: tuple[str, ...] = ()
+
+    def subset(self, indices: torch.Tensor | list[int], *, augment: bool | None = None) -> _TensorDataset:
+        """The samples at ``indices`` as a dataset of the same kind (``augment`` overrides, where it applies).
+
+        Example:
+            >>> val = ds.subset([0, 5, 9], augment=False)
+        """
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        out = copy.copy(self)
+        for name in self.TENSORS:
+            setattr(out, name, getattr(self, name)[index])
+        if augment is not None and hasattr(out, "augment"):
+            out.augment = augment
+        return out
+
+
+class ImageTensorDataset(_TensorDataset):
     """``(C, H, W)`` images from an ``(N, C, H, W)`` tensor, normalised per channel, optionally augmented.
 
     ``scale`` maps stored values to [0, 1] (255 for uint8 pixels) before ``(x - mean) / std``.
@@ -27,6 +49,8 @@ class ImageTensorDataset(Dataset):
         >>> ds[0][0].shape, ds[0][1]
         (torch.Size([3, 32, 32]), 0)
     """
+
+    TENSORS = ("images", "labels")
 
     def __init__(
         self,
@@ -82,7 +106,7 @@ class ImageTensorDataset(Dataset):
         return images[0], int(labels[0])
 
 
-class WaveformDataset(Dataset):
+class WaveformDataset(_TensorDataset):
     """``(1, L)`` float waveforms in [-1, 1) from an ``(N, L)`` int16 tensor.
 
     Example:
@@ -90,6 +114,8 @@ class WaveformDataset(Dataset):
         >>> ds[1][0].shape, ds[1][1]
         (torch.Size([1, 8000]), 1)
     """
+
+    TENSORS = ("waves", "labels")
 
     def __init__(self, waves: torch.Tensor, labels: torch.Tensor) -> None:
         if waves.dim() != 2:
@@ -120,7 +146,7 @@ class WaveformDataset(Dataset):
         return waves[0], int(labels[0])
 
 
-class FloatTensorDataset(Dataset):
+class FloatTensorDataset(_TensorDataset):
     """Already-prepared float samples ``(N, *shape)`` with labels (the synthetic data set).
 
     Example:
@@ -128,6 +154,8 @@ class FloatTensorDataset(Dataset):
         >>> ds[3][0].shape
         torch.Size([1, 8, 8])
     """
+
+    TENSORS = ("inputs", "labels")
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         if len(labels) != len(inputs):

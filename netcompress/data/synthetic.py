@@ -10,19 +10,20 @@ import dataclasses
 
 import torch
 
-from netcompress.core.config import Config, check_range
-from netcompress.data.bundle import DataBundle
+from netcompress.core.config import check_range
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.catalog import register_dataset
 from netcompress.data.in_memory import FloatTensorDataset
 
 
 @dataclasses.dataclass
-class SyntheticConfig(Config):
+class SyntheticConfig(ValidationSplit):
     """Settings of the ``synthetic`` data set.
 
     ``num_samples`` training samples and ``num_test_samples`` (default a quarter of it, at least
     one per class) test samples, classes balanced. ``separation`` scales the class means
-    relative to the unit noise: larger is easier.
+    relative to the unit noise: larger is easier. The validation split (``val_fraction``,
+    ``val_size``, ``val_seed``) is held out of the ``num_samples`` training samples.
 
     Example:
         >>> SyntheticConfig(num_samples=64, input_shape=(4,), num_classes=2)
@@ -36,6 +37,7 @@ class SyntheticConfig(Config):
     separation: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # YAML gives lists; a tuple keeps the config hashable and the shape immutable.
         self.input_shape = tuple(int(s) for s in self.input_shape)
         check_range("num_classes", self.num_classes, 2)
@@ -60,20 +62,27 @@ def load_synthetic(config: SyntheticConfig) -> DataBundle:
 
     Example:
         >>> bundle = load_synthetic(SyntheticConfig(num_samples=100, input_shape=(8,), num_classes=4))
-        >>> len(bundle.train), len(bundle.test), bundle.input_shape
-        (100, 25, (8,))
+        >>> len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape
+        (90, 10, 25, (8,))
     """
     gen = torch.Generator().manual_seed(config.seed)
     means = config.separation * torch.randn((config.num_classes, *config.input_shape), generator=gen)
     num_test = config.num_test_samples or max(config.num_samples // 4, config.num_classes)
     train_x, train_y = _draw(means, config.num_samples, gen)
     test_x, test_y = _draw(means, num_test, gen)
+    train, val = hold_out_validation(FloatTensorDataset(train_x, train_y), config)
     return DataBundle(
         name="synthetic",
-        train=FloatTensorDataset(train_x, train_y),
+        train=train,
         test=FloatTensorDataset(test_x, test_y),
+        val=val,
         num_classes=config.num_classes,
         input_shape=config.input_shape,
         class_names=[f"class_{i}" for i in range(config.num_classes)],
-        info={"num_train": config.num_samples, "num_test": num_test, "config": config.to_dict()},
+        info={
+            "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
+            "num_test": num_test,
+            "config": config.to_dict(),
+        },
     )

@@ -4,7 +4,7 @@
 ``QuantizeLinear``/``DequantizeLinear`` pairs carrying their fixed scales. With ``int8=True``
 ONNX Runtime's graph optimiser (extended level) then folds the weight QDQ pairs into int8
 initializers and fuses ``QLinearConv``/``QLinearMatMul``; that optimised file is the
-deliverable (DESIGN fact 4: about a quarter of the float file's bytes). The summary lists the
+deliverable (about a quarter of the float file's bytes: 0.27x on a narrow VGG). The summary lists the
 op types so tests can check the int8 kernels really are there, not only the outputs.
 
 Example:

@@ -23,7 +23,7 @@ VGG_CFGS: dict[str, list[CfgItem]] = {
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
-    # the CPU reference model of EXPERIMENTS.md: 585,450 parameters at 10 classes
+    # the CPU reference model of the benchmarks' CIFAR protocol: 585,450 parameters at 10 classes
     "narrow": [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, "M"],
 }
 # fmt: on

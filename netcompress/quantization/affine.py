@@ -89,7 +89,8 @@ def fake_quantize(
 
     Uses ``torch.fake_quantize_per_{tensor,channel}_affine`` on the int8/uint8 container
     range. Below 8 bits, ``x`` is first clamped to the k-bit range so the int8 op lands on
-    the k-bit grid; the exported QDQ pair then carries exactly the k-bit values (DESIGN fact 1).
+    the k-bit grid; the exported QDQ pair then carries exactly the k-bit values (torch.onnx exports only
+    the int8/uint8 ranges, and values already on a 4-bit grid are exact in an int8 pair of the same scale).
 
     Example:
         >>> y = fake_quantize(x, scale, zero_point, QuantSpec(bits=4))

@@ -4,7 +4,7 @@
 patterns) into a weight spec and an activation spec per layer. :func:`build_graph_quantized`
 wraps the layers of a traced model and inserts activation quantizers *after*
 ``Conv(+BN)+ReLU`` (uint8, zero point 0 there) so ONNX Runtime fuses ``QLinearConv``
-(DESIGN fact 3); a layer whose input is not already on a quantization grid (e.g. after an
+(with quantizers only on conv inputs ORT keeps float convolutions); a layer whose input is not already on a quantization grid (e.g. after an
 average pool or an add) gets an input quantizer. Anything else stays float and is counted.
 :func:`build_eager_quantized` is the fallback for models torch.fx cannot trace.
 """
@@ -118,7 +118,7 @@ def resolve_plan(
                 bits=settings["act_bits"],
                 granularity="per_tensor",
                 scheme=settings.get("act_scheme", "asymmetric"),
-                signed=False,  # uint8: zero point 0 after ReLU, so ORT absorbs the ReLU (DESIGN fact 3)
+                signed=False,  # uint8: zero point 0 after ReLU, so ORT absorbs the ReLU
                 observer=settings.get("act_observer", "minmax"),
                 observer_args=dict(settings.get("act_observer_args") or {}),
             )

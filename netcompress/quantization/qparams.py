@@ -25,7 +25,7 @@ from netcompress.quantization.observers import OBSERVERS
 GRANULARITIES = ("per_tensor", "per_channel")
 SCHEMES = ("symmetric", "asymmetric")
 # The only (quant_min, quant_max) pairs torch.onnx exports as QuantizeLinear/DequantizeLinear
-# (DESIGN fact 1); lower bit widths ride inside one of them.
+# (any other range fails to export); lower bit widths ride inside one of them.
 EXPORTABLE_RANGES = ((-128, 127), (0, 127), (0, 255))
 
 

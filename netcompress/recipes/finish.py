@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from netcompress.core.io import atomic_write_json, to_jsonable
-from netcompress.evaluation import time_forward, top1_counts
-from netcompress.recipes.runner import RunResult, _loaders, _say
+from netcompress.recipes.stages import STAGE_SPLIT, RunResult, measure_onnx_stage, say, split_loaders
 
 
 def finish_run(
@@ -38,15 +37,17 @@ def finish_run(
         path = run_dir / "export" / ("model_int8.onnx" if int8 else "model.onnx")
         summary = export_onnx(model, path, example_inputs, int8=int8, check=True)
         exports["onnx"] = to_jsonable(summary)
-        _, test_loader = _loaders(bundle, resolved["data"], resolved["seed"])
+        test_loader = split_loaders(bundle, resolved["data"], resolved["seed"]).test
         stages.append(
             measure_onnx_stage(
                 Path(summary.get("path", path)), test_loader, example_inputs, resolved["evaluate"], int8=int8
             )
         )
 
+    splits = data_splits(bundle)
     metrics = {
         "name": resolved["name"],
+        "splits": splits,
         "stages": stages,
         "steps": state["finished_steps"],
         "exports": exports,
@@ -59,8 +60,8 @@ def finish_run(
         print_stage_table(stages, baseline=baseline_stage(resolved))
     md = html = None
     if resolved["report"].get("plots", True) or resolved["report"].get("title"):
-        md, html = write_run_report(run_dir, resolved, state, stages, model, exports)
-        _say(progress, f"report: {md}  and  {html}")
+        md, html = write_run_report(run_dir, resolved, state, stages, model, exports, splits)
+        say(progress, f"report: {md}  and  {html}")
     return RunResult(run_dir, resolved, stages, state["finished_steps"], md, html)
 
 
@@ -70,27 +71,29 @@ def baseline_stage(resolved: dict[str, Any]) -> int:
     return 1 if steps and steps[0]["op"] in ("train", "distill") else 0
 
 
-def measure_onnx_stage(
-    path: Path, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, int8: bool
-) -> dict[str, Any]:
-    """Accuracy and latency of an exported model run in ONNX Runtime."""
-    from netcompress.export import OrtModel
-
-    ort_model = OrtModel(path)
-    counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
-    row: dict[str, Any] = {
-        "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
-        "accuracy": counts["correct"] / max(counts["total"], 1),
-        "size_bytes": path.stat().st_size,
-        "latency_ms": None,
-        "latency_b64_ms": None,
+def data_splits(bundle: Any) -> dict[str, Any]:
+    """Which split each figure of a run used, and how many samples each split holds."""
+    sizes = bundle.split_sizes()
+    return {
+        "sizes": sizes,
+        "stages": STAGE_SPLIT,  # accuracy and loss of every stage row
+        "choices": "val" if sizes["val"] else None,  # what steps choose on; history rows' val_acc/val_loss
     }
-    if cfg.get("latency", True):
-        for batch, key in ((1, "latency_ms"), (64, "latency_b64_ms")):
-            x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
-            timing = time_forward(ort_model, x, warmup=3, repeats=cfg.get("repeats", 20), max_seconds=None)
-            row[key] = timing["p50_ms"]
-    return row
+
+
+def _splits_text(splits: dict[str, Any]) -> str:
+    sizes = splits["sizes"]
+    if splits["choices"] is None:
+        held = "no validation split (`val_fraction: 0`): steps had no held-out data to choose on"
+    else:
+        held = (
+            f"{sizes['val']:,} validation samples held out of the training data: every choice the steps "
+            "make (rates, thresholds, the best epoch) and `val_acc`/`val_loss` in the training histories"
+        )
+    return (
+        f"- {sizes['train']:,} training samples\n- {held}\n"
+        f"- {sizes['test']:,} test samples: every figure of the stage table ({splits['stages']} split)"
+    )
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
@@ -110,6 +113,7 @@ def write_run_report(
     stages: list[dict[str, Any]],
     model: nn.Module,
     exports: dict[str, Any],
+    splits: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     from netcompress import reporting
 
@@ -126,9 +130,10 @@ def write_run_report(
         secondary = [k for k in ("bn_sparsity", "sparsity") if k in rows[0]] or None
         metrics = [k for k in ("train_acc", "val_acc") if k in rows[0]]
         path = plots_dir / f"{stem}-accuracy.png"
-        reporting.plot_history(
-            rows, path, metrics=metrics, secondary=secondary, title=f"{step['label']}: accuracy vs epoch"
+        title = f"{step['label']}: accuracy vs epoch" + (
+            " (val_acc: validation split)" if "val_acc" in metrics else ""
         )
+        reporting.plot_history(rows, path, metrics=metrics, secondary=secondary, title=title)
         plots[f"{step['label']} (step {step['index'] + 1}): accuracy vs epoch"] = path
         if "lr" in rows[0]:
             path = plots_dir / f"{stem}-lr.png"
@@ -156,6 +161,8 @@ def write_run_report(
     sections = []
     if resolved.get("description"):
         sections.append(("About this run", str(resolved["description"])))
+    if splits is not None:
+        sections.append(("Data splits", _splits_text(splits)))
     step_lines = []
     for step in state["finished_steps"]:
         summary = {k: v for k, v in step["summary"].items() if not isinstance(v, (dict, list))}

@@ -10,12 +10,13 @@ A run writes one folder::
 
 Each step is seeded with ``seed + step index`` and its data loaders are rebuilt from that
 seed, so a run killed after step k and resumed produces the same numbers as one that never
-stopped. Every file is written atomically; the input model checkpoint and the data are only read.
+stopped. A step validates on the data set's validation split (held out of the training data);
+every stage row is measured on the test split. Every file is written atomically; the input
+model checkpoint and the data are only read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -36,6 +37,7 @@ from netcompress.core.io import (
     to_jsonable,
 )
 from netcompress.core.methods import MethodData
+from netcompress.recipes.finish import finish_run
 from netcompress.recipes.schema import (
     LOADER_KEYS,
     MODEL_SPEC_KEYS,
@@ -44,26 +46,11 @@ from netcompress.recipes.schema import (
     load_recipe_file,
     resolve_recipe,
 )
+from netcompress.recipes.stages import RunResult, measure_stage, say, split_loaders
 from netcompress.recipes.steps import find_method
+from netcompress.recipes.sweep import run_sweep, sweep_points
 
 STATE_FILE = "state.json"
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What a finished run produced: its folder, the measured stages and the report files."""
-
-    run_dir: Path
-    recipe: dict[str, Any]
-    stages: list[dict[str, Any]]
-    steps: list[dict[str, Any]]
-    report_md: Path | None = None
-    report_html: Path | None = None
-    points: list[RunResult] | None = None  # a sweep's runs, one per combination
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.stages[-1]
 
 
 def run_recipe(
@@ -88,8 +75,6 @@ def run_recipe(
     raw.pop("profiles", None)
     resolved = resolve_recipe({k: v for k, v in raw.items() if k != "sweep"})
     if raw.get("sweep") is not None:
-        from netcompress.recipes.sweep import run_sweep, sweep_points
-
         for _, point_overrides in sweep_points(raw["sweep"]):  # validate every point before running any
             resolve_recipe(apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, point_overrides))
         run_dir = _choose_run_dir(
@@ -101,6 +86,7 @@ def run_recipe(
             resume=resume,
             progress=progress,
             source=recipe if not isinstance(recipe, dict) else "a recipe",
+            run_point=run_recipe,
         )
     run_dir = _choose_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
     state = _load_or_start_state(run_dir, resolved, resume=resume)
@@ -124,8 +110,13 @@ def run_recipe(
     else:
         seed_everything(seed)
         model = build_model(resolved["model"], num_classes=bundle.num_classes)
-        _, test_loader = _loaders(bundle, data_cfg, seed)
-        stage = measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name="initial")
+        stage = measure_stage(
+            model,
+            split_loaders(bundle, data_cfg, seed).test,
+            example_inputs,
+            resolved["evaluate"],
+            name="initial",
+        )
         state["stages"] = [stage]
         atomic_write_json(run_dir / STATE_FILE, state)
 
@@ -135,13 +126,9 @@ def run_recipe(
         reused = _reuse_step(index, resolved, run_dir, state, _reuse_from)
         if reused is not None:
             model = reused
-            _say(
-                progress, f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run"
-            )
+            say(progress, f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run")
             continue
         model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
-
-    from netcompress.recipes.finish import finish_run
 
     return finish_run(run_dir, resolved, state, model, bundle, example_inputs, progress=progress)
 
@@ -168,11 +155,11 @@ def _run_step(
     step_dir.mkdir(parents=True, exist_ok=True)
     step_seed = resolved["seed"] + index + 1
     seed_everything(step_seed)
-    train_loader, test_loader = _loaders(bundle, resolved["data"], step_seed)
-    ctx = MethodData(
-        train_loader=train_loader,
-        val_loader=test_loader,
-        calib_loader=_LimitedLoader(train_loader, resolved["data"]["calib_batches"]),
+    loaders = split_loaders(bundle, resolved["data"], step_seed)
+    ctx = MethodData(  # choices are made on the validation split; the test split only measures
+        train_loader=loaders.train,
+        val_loader=loaders.val,
+        calib_loader=loaders.calib,
         example_inputs=example_inputs,
         out_dir=step_dir,
         num_classes=bundle.num_classes,
@@ -181,7 +168,7 @@ def _run_step(
         extras={"step_models": _step_models(run_dir, state)},
     )
     label = step.get("label") or f"{spec.op}/{spec.name}"
-    _say(progress, f"[step {index + 1}/{len(resolved['steps'])}] {label}")
+    say(progress, f"[step {index + 1}/{len(resolved['steps'])}] {label}")
     started = time.perf_counter()
     result = spec.fn(model, config, ctx)
     elapsed_s = time.perf_counter() - started
@@ -190,7 +177,7 @@ def _run_step(
     atomic_write_json(step_dir / "summary.json", summary)
     if result.history is not None:
         atomic_write_json(step_dir / "history.json", result.history)
-    stage = measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name=label)
+    stage = measure_stage(model, loaders.test, example_inputs, resolved["evaluate"], name=label)
     atomic_write_json(step_dir / "metrics.json", stage)
     atomic_torch_save(model, step_dir / "model.pt", sign=True)
     # The state is written last: a run killed before this line redoes the step on resume.
@@ -281,68 +268,6 @@ def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
     return model
 
 
-def measure_stage(
-    model: nn.Module, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, name: str
-) -> dict[str, Any]:
-    """Accuracy on ``loader`` plus ``profile`` figures, as one JSON-able row."""
-    from netcompress.evaluation import evaluate, profile
-
-    metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
-    prof = profile(model, example_inputs, latency=cfg.get("latency", True), repeats=cfg.get("repeats", 20))
-    return to_jsonable(
-        {"name": name, "accuracy": metrics["accuracy"], "loss": metrics["loss"], **prof, **stored_size(model)}
-    )
-
-
-def stored_size(model: nn.Module) -> dict[str, Any]:
-    """Bytes of the compact file netcompress writes for this model, where one beats the dense state dict.
-
-    A quantized model is measured as its bit-packed file (``.ncq``), a pruned (masked) model as its
-    sparse file (``.ncz``); the stage's ``size_bytes`` stays the dense ``state_dict`` size.
-    """
-    import tempfile
-
-    from netcompress.pruning.masks import masked_parameters
-    from netcompress.quantization.modules import QuantLayer
-    from netcompress.quantization.storage import serialize_quantized
-
-    if any(isinstance(m, QuantLayer) for m in model.modules()):
-        payload, _ = serialize_quantized(model)
-        return {"stored_bytes": len(payload), "stored_format": "ncq"}
-    if masked_parameters(model):
-        from netcompress.pruning.sparse_storage import save_sparse
-
-        with tempfile.TemporaryDirectory() as tmp:
-            info = save_sparse(model, Path(tmp) / "model.ncz")
-        return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
-    return {}
-
-
-class _LimitedLoader:
-    """Iterates over the first ``max_batches`` batches of a loader (a calibration set)."""
-
-    def __init__(self, loader: Any, max_batches: int) -> None:
-        self.loader, self.max_batches = loader, max_batches
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i >= self.max_batches:
-                return
-            yield batch
-
-    def __len__(self) -> int:
-        return min(self.max_batches, len(self.loader))
-
-
-def _loaders(bundle: Any, data_cfg: dict[str, Any], seed: int) -> tuple[Any, Any]:
-    return bundle.loaders(
-        batch_size=data_cfg["batch_size"],
-        eval_batch_size=data_cfg["eval_batch_size"],
-        num_workers=data_cfg["num_workers"],
-        seed=seed,
-    )
-
-
 def _example_inputs(bundle: Any) -> torch.Tensor:
     sample = bundle.test[0][0]
     return sample.unsqueeze(0).clone()
@@ -419,10 +344,3 @@ def _recipe_header(recipe: Any) -> str:
     if isinstance(recipe, (str, Path)):
         return f"# resolved from {recipe}; rerun with: netcompress run {Path(recipe).name} --out <folder>\n"
     return "# resolved recipe\n"
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        from rich.console import Console
-
-        Console(stderr=False).print(f"[bold cyan]{text}[/]")

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from netcompress.core.config import Config
+from netcompress.core.config import Config, check_range
 from netcompress.core.errors import ConfigError
 
 TOP_LEVEL_KEYS = (
@@ -46,13 +46,22 @@ LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "calib_batches")
 
 @dataclasses.dataclass
 class EvaluateConfig(Config):
-    """What to measure after every step."""
+    """What to measure after every step, on the test split: accuracy, sizes, and latency (when
+    ``latency``) at each of ``batch_sizes``, the median of ``repeats`` timed calls."""
 
     latency: bool = True
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
     repeats: int = 20
-    max_batches: int | None = None  # limit the evaluation set (None = all of it)
-    every_step: bool = True
+    max_batches: int | None = None  # limit the test batches measured (None = all of them)
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            check_range("len(batch_sizes)", 0, 1)
+        for size in self.batch_sizes:
+            check_range("every batch size of batch_sizes", size, 1)
+        check_range("repeats", self.repeats, 1)
+        if self.max_batches is not None:
+            check_range("max_batches", self.max_batches, 1)
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import yaml
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.io import atomic_write_json, atomic_write_text
+from netcompress.recipes.stages import RunResult
 
 
 def sweep_points(sweep: Any) -> list[tuple[str, list[str]]]:
@@ -69,9 +70,16 @@ def _override(path: str, value: Any) -> str:
     return f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
 
 
-def run_sweep(raw: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool, source: Any) -> Any:
-    from netcompress.recipes.runner import RunResult, run_recipe
-
+def run_sweep(
+    raw: dict[str, Any],
+    *,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    source: Any,
+    run_point: Callable[..., RunResult],
+) -> RunResult:
+    """Run every point with ``run_point`` (the runner's ``run_recipe``), then write the sweep's report."""
     base = {k: v for k, v in raw.items() if k != "sweep"}
     points = sweep_points(raw["sweep"])
     results = []
@@ -80,7 +88,7 @@ def run_sweep(raw: dict[str, Any], *, run_dir: Path, resume: bool, progress: boo
         if progress:
             print(f"\n=== sweep point {i + 1}/{len(points)}: {label} ===")
         reuse = tuple(r.run_dir for r in results)
-        result = run_recipe(
+        result = run_point(
             {**base, "name": f"{base.get('name', 'run')} [{label}]"},
             overrides=overrides,
             out_dir=point_dir,
@@ -172,7 +180,7 @@ def _write_sweep_report(
     run_dir: Path,
     raw: dict[str, Any],
     points: list[tuple[str, list[str]]],
-    results: list[Any],
+    results: list[RunResult],
     stages: list[dict],
 ) -> tuple[Path, Path]:
     from netcompress import reporting

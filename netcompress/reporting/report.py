@@ -119,6 +119,9 @@ def write_report(
     if stages:
         rows = stage_table_rows(stages, baseline=baseline)
         note = f"Ratios (size ×, speed-up, Δ accuracy) are relative to '{rows[baseline]['stage']}'."
+        splits = sorted({str(stage["split"]) for stage in stages if stage.get("split")})
+        if splits:  # a run's stage rows say which split they were measured on
+            note += f" Accuracy and loss are measured on the {' / '.join(splits)} split."
         md += ["## Stages", "", _markdown_table(rows, STAGE_COLUMNS), "", note, ""]
         body += ["<h2>Stages</h2>", _html_table(rows, STAGE_COLUMNS), f"<p>{html.escape(note)}</p>"]
     for heading, text in sections:

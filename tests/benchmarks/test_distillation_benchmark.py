@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core import ConfigError
 
-bench = pytest.importorskip("benchmarks.distillation")
+bench = importlib.import_module("benchmarks.distillation")  # on sys.path: see conftest.py
 
 
 def _small_cnn(seed: int) -> nn.Module:

@@ -27,17 +27,20 @@ def test_unknown_name_and_unknown_key_are_named() -> None:
 
 def test_digits_counts_shapes_and_stratified_split() -> None:
     bundle = ncd.load("digits")
-    assert (len(bundle.train), len(bundle.test)) == (1437, 360)
+    # 1,437 training images, of which 10 % (144) are held out as the validation split.
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (1293, 144, 360)
     assert bundle.input_shape == (1, 8, 8) and bundle.num_classes == 10
     x, y = bundle.train[0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and isinstance(y, int)
     test_counts = np.bincount(bundle.test.labels.numpy(), minlength=10)
     # Stratified: every class keeps its share of 360/1797 of its images, within one image.
-    all_counts = np.bincount(np.concatenate([bundle.train.labels.numpy(), bundle.test.labels.numpy()]))
+    splits = (bundle.train, bundle.val, bundle.test)
+    all_counts = np.bincount(np.concatenate([s.labels.numpy() for s in splits]))
     assert all_counts.sum() == 1797
     assert np.abs(test_counts - all_counts * 360 / 1797).max() <= 1.0
-    # Normalised with the training split's statistics.
-    xs, _ = bundle.train.batch(range(len(bundle.train)))
+    # Normalised with the (whole) training split's statistics.
+    xs = torch.cat([bundle.train.images, bundle.val.images]) / 16.0
+    xs = (xs - bundle.train.mean.view(1, -1, 1, 1)) / bundle.train.std.view(1, -1, 1, 1)
     assert abs(xs.mean().item()) < 1e-5 and abs(xs.std().item() - 1.0) < 1e-3
 
 
@@ -99,11 +102,12 @@ def test_loaders_batch_through_getitems_and_shuffle_seeded() -> None:
 def test_synthetic_is_seeded_balanced_and_learnable() -> None:
     a = ncd.load("synthetic", num_samples=200, input_shape=[16], num_classes=4, seed=1)
     b = ncd.load("synthetic", num_samples=200, input_shape=(16,), num_classes=4, seed=1)
-    assert a.input_shape == (16,) and (len(a.train), len(a.test)) == (200, 50)
+    assert a.input_shape == (16,) and (len(a.train), len(a.val), len(a.test)) == (180, 20, 50)
     assert torch.equal(a.train.inputs, b.train.inputs)
-    assert np.bincount(a.train.labels.numpy()).tolist() == [50, 50, 50, 50]
+    assert np.bincount(a.train.labels.numpy()).tolist() == [45, 45, 45, 45]
+    assert np.bincount(a.val.labels.numpy()).tolist() == [5, 5, 5, 5]
     # Class-dependent means: a nearest-class-mean rule fitted on train classifies the test set.
-    x, y = a.train.batch(range(200))
+    x, y = a.train.batch(range(180))
     means = torch.stack([x[y == c].mean(0) for c in range(4)])
     tx, ty = a.test.batch(range(50))
     accuracy = (torch.cdist(tx, means).argmin(1) == ty).float().mean().item()
@@ -120,4 +124,5 @@ def test_bundle_info_is_json_summary() -> None:
 
     for name, kwargs in (("digits", {}), ("synthetic", {"num_samples": 20, "input_shape": (2,)})):
         info = json.loads(json.dumps(ncd.load(name, **kwargs).info))
-        assert info["num_train"] == {"digits": 1437, "synthetic": 20}[name]
+        assert info["num_train"] == {"digits": 1293, "synthetic": 18}[name]
+        assert info["num_val"] == {"digits": 144, "synthetic": 2}[name]

@@ -1,4 +1,8 @@
-"""FSDD reader on tiny generated WAV folders: split, labels, padding/cropping and errors."""
+"""FSDD reader on tiny generated WAV folders: split, labels, padding/cropping and errors.
+
+These tests check how files are read, so they load with the validation split off
+(``val_fraction=0``): the training split is every training recording.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,9 @@ def _recordings(folder: Path) -> Path:
 
 def test_split_labels_padding_and_scale(tmp_path: Path) -> None:
     _recordings(tmp_path / "fsdd" / "recordings")
-    bundle = ncd.load("fsdd", root=str(tmp_path / "fsdd"), length=20, cache_dir=str(tmp_path / "c"))
+    bundle = ncd.load(
+        "fsdd", val_fraction=0, root=str(tmp_path / "fsdd"), length=20, cache_dir=str(tmp_path / "c")
+    )
     assert (len(bundle.train), len(bundle.test)) == (8, 8) and bundle.input_shape == (1, 20)
     assert bundle.info["speakers"] == ["ann", "bob"]
     assert sorted(bundle.train.labels.tolist()) == [3] * 4 + [7] * 4
@@ -54,31 +60,31 @@ def test_tar_matches_folder_and_cache_ignores_length(tmp_path: Path) -> None:
     archive = tmp_path / "fsdd.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder.parent, arcname="fsdd")
-    a = ncd.load("fsdd", root=str(folder), cache_dir=str(tmp_path / "c"))
-    b = ncd.load("fsdd", root=str(archive), cache_dir=str(tmp_path / "c"))
+    a = ncd.load("fsdd", val_fraction=0, root=str(folder), cache_dir=str(tmp_path / "c"))
+    b = ncd.load("fsdd", val_fraction=0, root=str(archive), cache_dir=str(tmp_path / "c"))
     assert np.array_equal(a.train.waves.numpy(), b.train.waves.numpy()) and a.input_shape == (1, 8000)
-    c = ncd.load("fsdd", root=str(archive), cache_dir=str(tmp_path / "c"), length=5)
+    c = ncd.load("fsdd", val_fraction=0, root=str(archive), cache_dir=str(tmp_path / "c"), length=5)
     assert c.info["cache_hit"] is True and c.train.waves.shape == (8, 5)
 
 
 def test_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"FSDD path does not exist: {tmp_path / 'x'}"):
-        ncd.load("fsdd", root=str(tmp_path / "x"))
+        ncd.load("fsdd", val_fraction=0, root=str(tmp_path / "x"))
     bad = _recordings(tmp_path / "bad")
     (bad / "3_ann_0.wav").write_bytes(b"RIFF....not a wav")
     with pytest.raises(DataError, match=f"cannot read WAV {bad / '3_ann_0.wav'}"):
-        ncd.load("fsdd", root=str(bad), cache_dir=str(tmp_path / "c"))
+        ncd.load("fsdd", val_fraction=0, root=str(bad), cache_dir=str(tmp_path / "c"))
     stereo = _recordings(tmp_path / "stereo")
     _wav(stereo / "3_ann_0.wav", np.zeros(20, dtype=np.int16), channels=2)
     with pytest.raises(DataError, match="3_ann_0.wav is 2 channel.*expected mono 16-bit 8000 Hz"):
-        ncd.load("fsdd", root=str(stereo), cache_dir=str(tmp_path / "c"))
+        ncd.load("fsdd", val_fraction=0, root=str(stereo), cache_dir=str(tmp_path / "c"))
     named = _recordings(tmp_path / "named")
     _wav(named / "hello.wav", np.zeros(5, dtype=np.int16))
     with pytest.raises(DataError, match="hello.wav does not follow"):
-        ncd.load("fsdd", root=str(named), cache_dir=str(tmp_path / "c"))
+        ncd.load("fsdd", val_fraction=0, root=str(named), cache_dir=str(tmp_path / "c"))
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=f"no .* recordings found in {tmp_path / 'none'}"):
-        ncd.load("fsdd", root=str(tmp_path / "none"), cache_dir=str(tmp_path / "c"))
+        ncd.load("fsdd", val_fraction=0, root=str(tmp_path / "none"), cache_dir=str(tmp_path / "c"))
 
 
 def test_fit_length_pads_end_and_crops_centre() -> None:

@@ -22,7 +22,7 @@ def _params(model: nn.Module) -> int:
         ("food_cnn_dws", {"num_classes": 11}, 256_779),
         # E3 teacher: torchvision resnet18 without fc (11,176,512) + 512*11+11
         ("resnet18", {"num_classes": 11}, 11_182_155),
-        # EXPERIMENTS.md "0.59 M": 581,472 conv weights + 1,408 BN + 2,570 Linear (no conv bias before BN)
+        # the CPU protocol's "0.59 M": 581,472 conv weights + 1,408 BN + 2,570 Linear (no conv bias before BN)
         ("cifar_vgg", {"cfg": "narrow"}, 585_450),
         # same without BN: conv biases (704) instead of BN (1,408)
         ("cifar_vgg", {"cfg": "narrow", "batch_norm": False}, 584_746),

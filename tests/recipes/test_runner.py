@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 
 from netcompress.core import Config, ConfigError
@@ -156,3 +157,62 @@ def test_a_step_config_may_not_shadow_the_step_keys():
 
     with pytest.raises(ValueError, match="method"):
         register_method("test", "shadow", config=_Shadow)
+
+
+_SEEN: dict = {}
+
+
+@dataclasses.dataclass
+class _RecordConfig(Config):
+    pass
+
+
+if "test/record_data" not in METHODS:
+
+    @register_method("test", "record_data", config=_RecordConfig)
+    def _record_data(model, config, data):
+        """Keeps what the runner handed the step, for the test below."""
+        _SEEN.update(train=data.train_loader, val=data.val_loader)
+        return Result(model=model, summary={})
+
+
+def test_a_step_chooses_on_the_validation_split_and_stages_are_measured_on_test(tmp_path):
+    import netcompress.data as ncd
+
+    recipe = {**_recipe(), "steps": [{"op": "test", "method": "record_data"}]}
+    result = run_recipe(recipe, out_dir=tmp_path / "r", progress=False)
+    data = {k: v for k, v in recipe["data"].items() if k not in ("name", "batch_size")}
+    bundle = ncd.load("synthetic", **data)
+    val = torch.cat([x for x, _ in _SEEN["val"]])
+    # the validation split (10 of the 96 training samples), not the test split (24 samples)
+    assert val.shape[0] == len(bundle.val) == 10
+    assert {tuple(r.tolist()) for r in val} == {tuple(r.tolist()) for r in bundle.val.inputs}
+    train = torch.cat([x for x, _ in _SEEN["train"]])
+    assert train.shape[0] == 86 and not {tuple(r.tolist()) for r in val} & {tuple(r.tolist()) for r in train}
+    assert [s["split"] for s in result.stages] == ["test", "test"]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["splits"] == {
+        "sizes": {"train": 86, "val": 10, "test": 24},
+        "stages": "test",
+        "choices": "val",
+    }
+
+
+def test_without_a_validation_split_steps_get_none(tmp_path):
+    recipe = {**_recipe(), "steps": [{"op": "test", "method": "record_data"}]}
+    recipe["data"] = {**recipe["data"], "val_fraction": 0}
+    run_recipe(recipe, out_dir=tmp_path / "r", progress=False)
+    assert _SEEN["val"] is None
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["splits"]["choices"] is None and metrics["splits"]["sizes"]["val"] == 0
+
+
+def test_evaluate_batch_sizes_are_the_latencies_measured(tmp_path):
+    recipe = {**_recipe(), "steps": [], "evaluate": {"latency": True, "batch_sizes": [1, 8], "repeats": 2}}
+    stage = run_recipe(recipe, out_dir=tmp_path / "r", progress=False).final
+    assert stage["latency_ms"] is not None and stage["latency_b8_ms"] is not None
+    assert stage["latency_b64_ms"] is None  # not asked for
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        resolve_recipe({**_recipe(), "evaluate": {"batch_sizes": [0]}})
+    with pytest.raises(ConfigError, match="every_step"):
+        resolve_recipe({**_recipe(), "evaluate": {"every_step": True}})

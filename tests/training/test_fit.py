@@ -327,7 +327,7 @@ def test_grad_clip_limits_the_update_norm():
     assert (after - before).norm().item() == pytest.approx(1e-3, rel=1e-4)
 
 
-def test_fallback_evaluate_counts_correct_predictions():
+def test_validate_counts_correct_predictions():
     model, (_, val) = make_model().eval(), make_loaders()
     x, y = make_data()[1].tensors
     with torch.no_grad():

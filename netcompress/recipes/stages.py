@@ -1,0 +1,161 @@
+"""What a run measures and hands back: the loaders of each split, one stage row per model, RunResult.
+
+Each step gets the training loader, the validation loader (held out of the training data: every
+choice a step makes is made on it) and a calibration loader (the first ``calib_batches`` training
+batches). The stage rows, the figures a report shows, are measured on the test split only, and
+each row says so (``split: "test"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.io import to_jsonable
+from netcompress.evaluation import time_forward, top1_counts
+
+STAGE_SPLIT = "test"  # the split every stage row (accuracy, loss) is measured on
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced: its folder, the measured stages and the report files."""
+
+    run_dir: Path
+    recipe: dict[str, Any]
+    stages: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    report_md: Path | None = None
+    report_html: Path | None = None
+    points: list[RunResult] | None = None  # a sweep's runs, one per combination
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.stages[-1]
+
+
+@dataclasses.dataclass
+class SplitLoaders:
+    """The loaders of one step: ``train`` (seeded shuffle), ``val`` (None without a validation
+    split), ``test`` (only for the stage rows) and ``calib`` (the first training batches)."""
+
+    train: Any
+    val: Any
+    test: Any
+    calib: Any
+
+
+def split_loaders(bundle: Any, data_cfg: dict[str, Any], seed: int) -> SplitLoaders:
+    """The loaders a step seeded with ``seed`` reads, sized by the recipe's ``data`` block."""
+    train, test = bundle.loaders(
+        batch_size=data_cfg["batch_size"],
+        eval_batch_size=data_cfg["eval_batch_size"],
+        num_workers=data_cfg["num_workers"],
+        seed=seed,
+    )
+    val = bundle.val_loader(eval_batch_size=data_cfg["eval_batch_size"], num_workers=data_cfg["num_workers"])
+    return SplitLoaders(train, val, test, LimitedLoader(train, data_cfg["calib_batches"]))
+
+
+def measure_stage(
+    model: nn.Module, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, name: str
+) -> dict[str, Any]:
+    """Accuracy on ``loader`` (the test split) plus ``profile`` figures, as one JSON-able row."""
+    from netcompress.evaluation import evaluate, profile
+
+    metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
+    prof = profile(
+        model,
+        example_inputs,
+        latency=cfg.get("latency", True),
+        batch_sizes=tuple(cfg.get("batch_sizes") or (1, 64)),
+        repeats=cfg.get("repeats", 20),
+    )
+    return to_jsonable(
+        {
+            "name": name,
+            "split": STAGE_SPLIT,
+            "accuracy": metrics["accuracy"],
+            "loss": metrics["loss"],
+            **prof,
+            **stored_size(model),
+        }
+    )
+
+
+def measure_onnx_stage(
+    path: Path, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, int8: bool
+) -> dict[str, Any]:
+    """Accuracy (on ``loader``, the test split) and latency of an exported model run in ONNX Runtime."""
+    from netcompress.export import OrtModel
+
+    ort_model = OrtModel(path)
+    counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
+    row: dict[str, Any] = {
+        "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
+        "split": STAGE_SPLIT,
+        "accuracy": counts["correct"] / max(counts["total"], 1),
+        "size_bytes": path.stat().st_size,
+        "latency_ms": None,
+        "latency_b64_ms": None,
+    }
+    if cfg.get("latency", True):
+        for batch in sorted({int(b) for b in cfg.get("batch_sizes") or (1, 64)}):
+            x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
+            key = "latency_ms" if batch == 1 else f"latency_b{batch}_ms"
+            row[key] = time_forward(ort_model, x, warmup=3, repeats=cfg.get("repeats", 20), max_seconds=None)[
+                "p50_ms"
+            ]
+    return row
+
+
+def stored_size(model: nn.Module) -> dict[str, Any]:
+    """Bytes of the compact file netcompress writes for this model, where one beats the dense state dict.
+
+    A quantized model is measured as its bit-packed file (``.ncq``), a pruned (masked) model as its
+    sparse file (``.ncz``); the stage's ``size_bytes`` stays the dense ``state_dict`` size.
+    """
+    import tempfile
+
+    from netcompress.pruning.masks import masked_parameters
+    from netcompress.quantization.modules import QuantLayer
+    from netcompress.quantization.storage import serialize_quantized
+
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        payload, _ = serialize_quantized(model)
+        return {"stored_bytes": len(payload), "stored_format": "ncq"}
+    if masked_parameters(model):
+        from netcompress.pruning.sparse_storage import save_sparse
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = save_sparse(model, Path(tmp) / "model.ncz")
+        return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
+    return {}
+
+
+class LimitedLoader:
+    """Iterates over the first ``max_batches`` batches of a loader (a calibration set)."""
+
+    def __init__(self, loader: Any, max_batches: int) -> None:
+        self.loader, self.max_batches = loader, max_batches
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.max_batches:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return min(self.max_batches, len(self.loader))
+
+
+def say(progress: bool, text: str) -> None:
+    """Print one highlighted progress line when ``progress`` is on."""
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=False).print(f"[bold cyan]{text}[/]")
