@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -30,9 +31,13 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any] | None, *, where: str = "") -> C:
         """Build from a mapping; unknown keys raise :class:`ConfigError` naming the key."""
+        place = f" in {where}" if where else ""
+        if data is not None and not isinstance(data, collections.abc.Mapping):
+            raise ConfigError(
+                f"{where or cls.__name__} must be a mapping of keys to values, got {type(data).__name__}"
+            )
         data = dict(data or {})
         known = cls.field_names()
-        place = f" in {where}" if where else ""
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -76,7 +81,9 @@ def check_fraction(name: str, value: float) -> None:
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    """Raise ConfigError unless lo <= value <= hi (either bound optional)."""
+    """Raise ConfigError unless lo <= value <= hi (either bound optional); NaN is never in range."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{name}={value!r} is not a number")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{name}={value!r} must be within [{lo}, {hi}]")
 
@@ -109,6 +116,8 @@ def type_problem(value: Any, annotation: Any) -> str | None:
         return f"expected {type_label(annotation)}, got null"
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return "expected a finite number"
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is bool:

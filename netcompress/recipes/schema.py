@@ -105,7 +105,12 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. seed=1 or steps.0.epochs=3)")
-        value = yaml.safe_load(raw) if raw else None
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})"
+            ) from None
         parts = key.split(".")
         node: Any = recipe
         for depth, part in enumerate(parts[:-1]):
@@ -174,6 +179,12 @@ def _check_keys(mapping: Any, allowed: tuple[str, ...] | list[str], where: str) 
 MODEL_SPEC_KEYS = ("name", "factory", "kwargs", "checkpoint", "trust")
 
 
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"seed={value!r} must be a non-negative integer")
+    return value
+
+
 def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """Validate a recipe and fill every default, returning the fully resolved mapping.
 
@@ -191,7 +202,7 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": str(recipe.get("name") or "run"),
         "description": recipe.get("description", ""),
-        "seed": int(recipe.get("seed", 0)),
+        "seed": _seed(recipe.get("seed", 0)),
     }
     model = recipe.get("model")
     if not isinstance(model, dict) or not (
