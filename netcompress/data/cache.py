@@ -133,8 +133,12 @@ def cached_decode(
     names: list[str],
     decode: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]],
     cache_dir: str | os.PathLike | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Arrays decoded from ``source``: from the cache when present, else ``decode()`` then cached.
+
+    ``settings`` (JSON-able) are part of the key: the same folder decoded at another image size is
+    another entry.
 
     Returns ``(arrays, meta, info)``; ``info`` is JSON-able: cache_hit, cache_path and the seconds
     spent (decode_s on a miss, cache_load_s on a hit). An unwritable cache folder only warns:
@@ -143,7 +147,10 @@ def cached_decode(
     Example:
         >>> arrays, meta, info = cached_decode(kind="fsdd", source=p, names=["audio"], decode=lambda: ...)
     """
-    folder = cache_root(cache_dir) / cache_key(kind, source_fingerprint(source))
+    fingerprint = source_fingerprint(source)
+    if settings:
+        fingerprint["settings"] = settings
+    folder = cache_root(cache_dir) / cache_key(kind, fingerprint)
     start = time.perf_counter()
     hit = load_entry(folder, names)
     if hit is not None:

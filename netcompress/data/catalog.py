@@ -78,7 +78,7 @@ def list_names() -> list[str]:
 
     Example:
         >>> list_names()
-        ['cifar10', 'digits', 'fsdd', 'synthetic']
+        ['cifar10', 'digits', 'factory', 'fsdd', 'image_folder', 'synthetic', 'tensors']
     """
     return DATASETS.names()
 

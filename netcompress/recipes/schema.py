@@ -231,6 +231,8 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     out["model"] = dict(model)
 
     data = recipe.get("data")
+    if isinstance(data, dict) and data.get("factory") and not data.get("name"):
+        data = {"name": "factory", **data}  # a user's own Dataset: data: {factory: "mydata.py:build"}
     if not isinstance(data, dict) or not data.get("name"):
         raise ConfigError("the recipe needs 'data' with a 'name' (see `netcompress list data`)")
     data_mod.config_for(

@@ -1,0 +1,82 @@
+"""Seeded train/test splits and class-label checks shared by the data sets users bring.
+
+A folder of images, a tensor file or a user's own ``Dataset`` often comes as one pile of samples.
+:func:`stratified_split` cuts a test split out of it, class by class, in proportion, so a rare
+class still appears in both; the validation split is then held out of the training part as for
+every other data set (:func:`netcompress.data.bundle.hold_out_validation`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from netcompress.core.errors import DataError
+
+
+def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train indices, test indices)``: ``round(test_fraction * n)`` of each class's ``n`` to test.
+
+    A class keeps at least one training sample; the same seed gives the same split. A split that
+    leaves the test set empty is a DataError (too few samples for ``test_fraction``).
+
+    Example:
+        >>> train, test = stratified_split(np.arange(20) % 2, test_fraction=0.2, seed=0)
+        >>> len(train), len(test), np.bincount(np.arange(20)[test] % 2).tolist()
+        (16, 4, [2, 2])
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    test_parts = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        count = min(int(round(test_fraction * len(members))), len(members) - 1)
+        test_parts.append(rng.permutation(members)[:count])
+    test = np.sort(np.concatenate(test_parts)) if test_parts else np.zeros(0, dtype=np.int64)
+    if len(test) == 0:
+        raise DataError(
+            f"test_fraction={test_fraction} of {len(labels)} samples leaves no test samples; "
+            "raise test_fraction or add samples"
+        )
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    return np.flatnonzero(~is_test), test
+
+
+def class_labels(values: object, *, where: str) -> np.ndarray:
+    """``values`` as a 1-D int64 array of class labels (>= 0); ``where`` names the file and key in errors.
+
+    Integer arrays (or an ``(N, 1)`` column) pass; floats, booleans and negative values are refused:
+    labels index the model's outputs.
+
+    Example:
+        >>> class_labels(np.array([[0], [2]]), where="y.npy").tolist()
+        [0, 2]
+    """
+    array = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise DataError(f"{where}: class labels must be one integer per sample, got shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{where}: class labels must be integers, got dtype {array.dtype}")
+    if len(array) and int(array.min()) < 0:
+        raise DataError(f"{where}: class labels must be >= 0, found {int(array.min())}")
+    return array.astype(np.int64)
+
+
+def count_classes(labels: list[np.ndarray], *, given: int | None, where: str) -> int:
+    """``given`` when set (every label must be below it), else the largest label plus one.
+
+    Example:
+        >>> count_classes([np.array([0, 3]), np.array([1])], given=None, where="data")
+        4
+    """
+    top = max((int(part.max()) for part in labels if len(part)), default=-1)
+    if given is None:
+        if top < 1:
+            raise DataError(f"{where}: the labels hold fewer than two classes; set num_classes")
+        return top + 1
+    if top >= given:
+        raise DataError(f"{where}: label {top} does not fit num_classes={given} (labels are 0..{given - 1})")
+    return given

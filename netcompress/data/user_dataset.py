@@ -1,0 +1,203 @@
+"""The ``factory`` data set: a user's own ``torch.utils.data.Dataset``, built by their own function.
+
+``data: {factory: "mydata.py:build", kwargs: {root: ...}}`` (a recipe may leave out
+``name: factory``) calls ``build(**kwargs)`` through :func:`netcompress.core.factory.call_factory`.
+It returns either one Dataset of ``(input, label)`` pairs, split here into train and test (seeded,
+stratified by ``test_fraction``), or ``{"train": ds, "test": ds}``. The validation split is held out
+of train as for every data set. Labels are read once (from a ``targets`` or ``labels`` attribute
+when the dataset has one, else by reading every sample) and checked: one integer class per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from netcompress.core.config import check_range
+from netcompress.core.errors import ConfigError, DataError
+from netcompress.core.factory import call_factory
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.catalog import register_dataset
+from netcompress.data.splits import class_labels, count_classes, stratified_split
+
+
+@dataclasses.dataclass
+class FactoryDataConfig(ValidationSplit):
+    """Settings of the ``factory`` data set.
+
+    ``factory`` is ``package.module:function`` or ``path/to/file.py:function``, called with
+    ``kwargs``. ``num_classes`` defaults to the largest label plus one. ``test_fraction`` and
+    ``seed`` split a single returned dataset into train and test.
+
+    Example:
+        >>> FactoryDataConfig(factory="mydata.py:build", kwargs={"n": 100})
+    """
+
+    factory: str | None = None
+    kwargs: dict[str, Any] | None = None
+    num_classes: int | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.factory:
+            raise ConfigError("factory is required: 'file.py:function' or 'package.module:function'")
+        if self.num_classes is not None:
+            check_range("num_classes", self.num_classes, 2)
+        if not 0 < self.test_fraction <= 0.9:
+            raise ConfigError(f"test_fraction={self.test_fraction!r} must be within (0, 0.9]")
+
+
+class LabelledDataset(Dataset):
+    """The samples ``indices`` of a user's dataset as ``(input tensor, int label)``, labels known up front.
+
+    ``labels`` (an int64 tensor) lets the validation split and the loaders stratify without reading
+    any input; ``subset`` keeps that for a subset.
+
+    Example:
+        >>> ds = LabelledDataset(user_ds, np.arange(len(user_ds)), labels)
+        >>> ds.subset([0, 1]).labels.tolist()
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[int] | np.ndarray, labels: np.ndarray) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)[self.indices])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        inputs = self.base[int(self.indices[index])][0]
+        return (torch.as_tensor(inputs) if isinstance(inputs, np.ndarray) else inputs), int(
+            self.labels[index]
+        )
+
+    def subset(self, indices: Any, *, augment: bool | None = None) -> LabelledDataset:
+        del augment  # a user's dataset applies its own transforms
+        rows = np.asarray(torch.as_tensor(indices, dtype=torch.int64))
+        out = LabelledDataset.__new__(LabelledDataset)
+        out.base, out.indices, out.labels = self.base, self.indices[rows], self.labels[torch.from_numpy(rows)]
+        return out
+
+
+def _label_of(sample: Any, *, index: int, where: str) -> Any:
+    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        raise DataError(
+            f"{where}: sample {index} is a {type(sample).__name__}; expected an (input, label) pair"
+        )
+    label = sample[1]
+    if isinstance(label, torch.Tensor) and label.numel() == 1:
+        label = label.reshape(()).numpy()
+    return label
+
+
+def dataset_labels(dataset: Any, *, where: str) -> np.ndarray:
+    """The class label of every sample of ``dataset``, checked (see :func:`class_labels`).
+
+    A ``targets`` or ``labels`` attribute of the right length is used as it is (torchvision's
+    datasets have one); otherwise every sample is read once.
+
+    Example:
+        >>> dataset_labels(TensorDataset(torch.randn(4, 2), torch.tensor([0, 1, 1, 0])), where="data").tolist()
+        [0, 1, 1, 0]
+    """
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise DataError(
+            f"{where}: returned a {type(dataset).__name__}, not a Dataset with __len__ and __getitem__"
+        )
+    count = len(dataset)
+    if count == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    first = dataset[0]
+    _label_of(first, index=0, where=where)
+    inputs = first[0]
+    if not isinstance(inputs, (torch.Tensor, np.ndarray)):
+        raise DataError(
+            f"{where}: sample 0's input is a {type(inputs).__name__}; expected a tensor or numpy array"
+        )
+    for attr in ("targets", "labels"):
+        known = getattr(dataset, attr, None)
+        if known is not None and hasattr(known, "__len__") and len(known) == count:
+            return class_labels(known, where=f"{where} ({attr})")
+    labels = [_label_of(dataset[i], index=i, where=where) for i in range(count)]
+    try:
+        array = np.array(labels)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: labels must be integer classes: {exc}") from None
+    return class_labels(array, where=f"{where} (labels)")
+
+
+def build_user_data(config: FactoryDataConfig) -> dict[str, Dataset]:
+    """``{"train": ds}`` or ``{"train": ds, "test": ds}`` from the factory; anything else is a DataError."""
+    where = f"data factory {config.factory}"
+    built = call_factory(config.factory, config.kwargs, where=where)
+    if isinstance(built, dict):
+        keys = set(built)
+        if keys != {"train", "test"}:
+            raise DataError(
+                f"{where}: returned a dict with keys {sorted(keys)}; expected exactly 'train' and 'test'"
+            )
+        return dict(built)
+    return {"train": built}
+
+
+def _class_names(dataset: Any, num_classes: int) -> list[str]:
+    names = getattr(dataset, "classes", None)  # torchvision's convention
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+@register_dataset("factory", config=FactoryDataConfig)
+def load_factory_data(config: FactoryDataConfig) -> DataBundle:
+    """The bundle of a user's own dataset(s) (see :class:`FactoryDataConfig`).
+
+    Example:
+        >>> bundle = load_factory_data(FactoryDataConfig(factory="mydata.py:build"))
+        >>> bundle.split_sizes()
+    """
+    where = f"data factory {config.factory}"
+    parts = build_user_data(config)
+    labels = {name: dataset_labels(ds, where=f"{where} [{name}]") for name, ds in parts.items()}
+    if "test" in parts:
+        train = LabelledDataset(parts["train"], np.arange(len(labels["train"])), labels["train"])
+        test = LabelledDataset(parts["test"], np.arange(len(labels["test"])), labels["test"])
+        split_from = "factory"
+    else:
+        train_idx, test_idx = stratified_split(
+            labels["train"], test_fraction=config.test_fraction, seed=config.seed
+        )
+        train = LabelledDataset(parts["train"], train_idx, labels["train"])
+        test = LabelledDataset(parts["train"], test_idx, labels["train"])
+        split_from = "test_fraction"
+    shapes = {name: tuple(torch.as_tensor(ds[0][0]).shape) for name, ds in parts.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(
+            f"{where}: train inputs have shape {shapes['train']} but test inputs {shapes['test']}"
+        )
+    num_classes = count_classes(list(labels.values()), given=config.num_classes, where=where)
+    train, val = hold_out_validation(train, config)
+    return DataBundle(
+        name="factory",
+        train=train,
+        test=test,
+        val=val,
+        num_classes=num_classes,
+        input_shape=shapes["train"],
+        class_names=_class_names(parts["train"], num_classes),
+        info={
+            "source": config.factory,
+            "split_from": split_from,
+            "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
+            "num_test": len(test),
+            "config": config.to_dict(),
+        },
+    )
