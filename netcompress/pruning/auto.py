@@ -279,6 +279,7 @@ def prune_to_target(
     ignore: Iterable[str] = (),
     rate_grid: Sequence[float] = DEFAULT_RATE_GRID,
     seed: int = 0,
+    config: AutoPruneConfig | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return (pruned copy, summary) with ``target`` ("macs" or "params") reduced by ``reduction``x.
 
@@ -301,6 +302,15 @@ def prune_to_target(
         >>> summary["achieved_reduction"] >= 2.0
         True
     """
+    if config is not None:  # a recipe step's config instead of the keywords
+        target, reduction, importance, method = (
+            config.target,
+            config.reduction,
+            config.importance,
+            config.strategy,
+        )
+        max_batches, min_channels, round_to = config.max_batches, config.min_channels, config.round_to
+        ignore, rate_grid = config.ignore, config.rate_grid
     check_choice("target", target, list(TARGETS))
     check_choice("method", method, METHODS)
     check_range("reduction", reduction, 1.0)
@@ -374,19 +384,6 @@ def prune_to_target(
 @register_method("prune", "auto", config=AutoPruneConfig)
 def auto(model: nn.Module, config: AutoPruneConfig, data: MethodData) -> Result:
     """Choose per-layer rates automatically to reach a MAC or parameter reduction."""
-    small, summary = prune_to_target(
-        model,
-        data.example_inputs,
-        target=config.target,
-        reduction=config.reduction,
-        importance=config.importance,
-        method=config.strategy,
-        loader=data.val_loader if config.strategy == "sensitivity" else data.train_loader,
-        max_batches=config.max_batches,
-        min_channels=config.min_channels,
-        round_to=config.round_to,
-        ignore=config.ignore,
-        rate_grid=config.rate_grid,
-        seed=data.seed,
-    )
+    loader = data.val_loader if config.strategy == "sensitivity" else data.train_loader
+    small, summary = prune_to_target(model, data.example_inputs, loader=loader, seed=data.seed, config=config)
     return recover(small, model, summary, config, data)

@@ -324,6 +324,7 @@ def prune_channels(
     loader: Any = None,
     max_batches: int = ChannelPruneConfig.max_batches,
     seed: int = 0,
+    config: ChannelPruneConfig | None = None,
 ) -> nn.Module:
     """Return a physically smaller copy of ``model`` with ``ratio`` of its channels removed.
 
@@ -343,10 +344,14 @@ def prune_channels(
             in groups of 16 channels or more, any count in smaller ones (fast shapes on CPUs).
         min_channels: at least this many channels stay in every group.
         loader, max_batches: batches of (inputs, targets) for ``importance="taylor"``.
+        config: a :class:`ChannelPruneConfig` (what a recipe step reads) instead of the keywords.
 
     Example:
         >>> small = prune_channels(model, torch.randn(2, 3, 32, 32), ratio=0.5, importance="l1")
+        >>> small = prune_channels(model, x, config=ChannelPruneConfig(ratio=0.5))
     """
+    if config is not None:
+        return channel_prune(model, example_inputs, config, loader=loader, seed=seed)[0]
     config = ChannelPruneConfig.from_dict(
         {
             "ratio": ratio, "importance": importance, "scope": scope, "ignore": list(ignore),

@@ -294,3 +294,25 @@ def test_reconstruct_weights_changes_the_pruned_model_in_place():
 def test_top_level_names():
     assert nc.prune_unstructured_ is prune_unstructured_ and nc.reconstruct_weights_ is reconstruct_weights_
     assert not hasattr(nc.pruning, "prune_channels_with_summary")
+
+
+def test_channel_verbs_take_the_recipe_config_too():
+    import torch
+
+    import netcompress as nc
+    from netcompress.pruning import AutoPruneConfig, ChannelPruneConfig
+
+    torch.manual_seed(0)
+    model = nc.models.create("digits_cnn")
+    x = torch.randn(4, 1, 8, 8)
+    by_keywords = nc.prune_channels(model, x, ratio=0.5, importance="l2")
+    by_config = nc.prune_channels(model, x, config=ChannelPruneConfig(ratio=0.5, importance="l2"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(by_keywords.state_dict().values(), by_config.state_dict().values())
+    )
+    small_k, sum_k = nc.prune_to_target(model, x, reduction=2.0)
+    small_c, sum_c = nc.prune_to_target(model, x, config=AutoPruneConfig(reduction=2.0))
+    assert sum_k["rates"] == sum_c["rates"]
+    assert all(
+        torch.equal(a, b) for a, b in zip(small_k.state_dict().values(), small_c.state_dict().values())
+    )
