@@ -14,12 +14,12 @@ DESCRIPTION = """\
 netcompress: make PyTorch models smaller and faster, and measure what was gained.
 
 Start here:
-  netcompress demo                       train, compress and measure a small CNN (about 2 minutes)
+  netcompress demo                       train, compress and measure a small CNN (about 2 minutes on 2 cores)
   netcompress list recipes               shipped recipes (the reference experiments)
   netcompress run RECIPE.yaml            run a recipe; add key=value to override (e.g. seed=1 steps.0.epochs=3)
   netcompress run RECIPE.yaml --resume   continue a run that was stopped
   netcompress profile cifar_vgg          parameters, MACs, bytes and CPU latency of a model
-  netcompress report runs/demo           rebuild a run's report, or compare several runs
+  netcompress report netcompress-demo    print a run's stage table (the demo writes ./netcompress-demo), or compare runs
 """
 
 

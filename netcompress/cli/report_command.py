@@ -20,22 +20,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from netcompress.core.errors import ConfigError
     from netcompress.reporting import compare_runs, print_stage_table, write_report
+    from netcompress.reporting.tables import read_run_metrics, run_baseline
 
     for folder in args.runs:
         if not (folder / "metrics.json").exists():
             raise ConfigError(f"{folder} is not a run folder: it has no metrics.json")
-    if len(args.runs) == 1:
-        metrics = json.loads((args.runs[0] / "metrics.json").read_text())
-        print_stage_table(metrics["stages"])
-        stages = metrics["stages"]
-    else:
-        stages = compare_runs(args.runs)
-        print_stage_table(stages)
+    if len(args.runs) == 1:  # ratios against the stage `netcompress run` took them against
+        metrics = read_run_metrics(args.runs[0])
+        stages, baseline = metrics["stages"], run_baseline(metrics)
+        title = f"netcompress run: {metrics.get('name') or args.runs[0].name}"
+    else:  # each run's final stage, the ratio columns against the first run's
+        stages, baseline, title = compare_runs(args.runs), 0, "netcompress comparison"
+    print_stage_table(stages, baseline=baseline)
     if args.out:
-        md, html = write_report(args.out, title="netcompress comparison", stages=stages, plots={})
+        md, html = write_report(args.out, title=title, stages=stages, plots={}, baseline=baseline)
         print(f"wrote {md} and {html}")
     return 0

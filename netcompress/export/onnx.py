@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, UnsupportedModelError
+from netcompress.core.io import _file_mode
 
 INT8_OPS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul")
 
@@ -143,6 +144,7 @@ def export_onnx(
             _session(raw, optimized_path=str(final))
         else:
             os.replace(raw, final)
+        os.chmod(final, _file_mode())  # mkstemp makes 0600; the exported file gets the usual mode
         os.replace(final, path)
     finally:
         raw.unlink(missing_ok=True)

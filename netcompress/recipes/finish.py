@@ -47,6 +47,7 @@ def finish_run(
     splits = data_splits(bundle)
     metrics = {
         "name": resolved["name"],
+        "baseline": baseline_stage(resolved),  # the stage ratios are taken against (report reads it)
         "splits": splits,
         "stages": stages,
         "steps": state["finished_steps"],
@@ -66,9 +67,11 @@ def finish_run(
 
 
 def baseline_stage(resolved: dict[str, Any]) -> int:
-    """The stage ratios are taken against: the trained model when the run starts by training."""
-    steps = resolved.get("steps") or []
-    return 1 if steps and steps[0]["op"] in ("train", "distill") else 0
+    """The stage ratios are taken against (:func:`netcompress.reporting.baseline_stage`, the rule
+    ``netcompress report`` follows too): the trained model when the run starts by training."""
+    from netcompress.reporting.tables import baseline_stage as rule
+
+    return rule([step["op"] for step in resolved.get("steps") or []])
 
 
 def data_splits(bundle: Any) -> dict[str, Any]:

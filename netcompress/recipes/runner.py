@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from netcompress.core.errors import CheckpointError, ConfigError
+from netcompress.core.errors import CheckpointError, ConfigError, NetcompressError
 from netcompress.core.io import (
     atomic_torch_save,
     atomic_write_json,
@@ -38,6 +38,15 @@ from netcompress.core.io import (
 )
 from netcompress.core.methods import MethodData
 from netcompress.recipes.finish import finish_run
+from netcompress.recipes.run_folder import (
+    STATE_FILE,
+    create_run_dir,
+    discard_run_dir,
+    has_finished_step,
+    is_run_folder,
+    plan_run_dir,
+    remove_stale_tmp,
+)
 from netcompress.recipes.schema import (
     LOADER_KEYS,
     MODEL_SPEC_KEYS,
@@ -49,8 +58,6 @@ from netcompress.recipes.schema import (
 from netcompress.recipes.stages import RunResult, measure_stage, say, split_loaders
 from netcompress.recipes.steps import find_method
 from netcompress.recipes.sweep import run_sweep, sweep_points
-
-STATE_FILE = "state.json"
 
 
 def run_recipe(
@@ -77,37 +84,41 @@ def run_recipe(
     if raw.get("sweep") is not None:
         for _, point_overrides in sweep_points(raw["sweep"]):  # validate every point before running any
             resolve_recipe(apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, point_overrides))
-        run_dir = _choose_run_dir(
+        run_dir = plan_run_dir(
             resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root), sweep=True
         )
-        return run_sweep(
-            raw,
-            run_dir=run_dir,
-            resume=resume,
-            progress=progress,
-            source=recipe if not isinstance(recipe, dict) else "a recipe",
-            run_point=run_recipe,
-        )
-    run_dir = _choose_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
-    state = _load_or_start_state(run_dir, resolved, resume=resume)
-    atomic_write_text(
-        run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)
-    )
+        made = _open_run_dir(run_dir)
+        try:
+            return run_sweep(
+                raw,
+                run_dir=run_dir,
+                resume=resume,
+                progress=progress,
+                source=recipe if not isinstance(recipe, dict) else "a recipe",
+                run_point=run_recipe,
+            )
+        except NetcompressError:
+            if made is not _EXISTED and not has_finished_step(run_dir):
+                discard_run_dir(run_dir, made)
+            raise
+    run_dir = plan_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
+    state = _load_state(run_dir, resolved) if resume else None  # a changed recipe is refused first
 
     from netcompress import data as data_mod
     from netcompress.training import seed_everything
 
     seed = resolved["seed"]
     data_cfg = resolved["data"]
+    say(progress, f"loading data {data_cfg['name']} ...")
     bundle = data_mod.load(
         data_cfg["name"], **{k: v for k, v in data_cfg.items() if k != "name" and k not in LOADER_KEYS}
     )
     example_inputs = _example_inputs(bundle)
 
-    done = state["finished_steps"]
+    done = state["finished_steps"] if state else []
     if done:
         model = _load_step_model(run_dir / done[-1]["dir"] / "model.pt")
-    else:
+    else:  # everything is checked and built before the run folder is made
         seed_everything(seed)
         model = build_model(resolved["model"], num_classes=bundle.num_classes)
         stage = measure_stage(
@@ -117,20 +128,43 @@ def run_recipe(
             resolved["evaluate"],
             name="initial",
         )
-        state["stages"] = [stage]
-        atomic_write_json(run_dir / STATE_FILE, state)
+        state = {"recipe_hash": _recipe_hash(resolved), "finished_steps": [], "stages": [stage]}
+    made = _open_run_dir(run_dir)
+    atomic_write_json(run_dir / STATE_FILE, state)
+    atomic_write_text(
+        run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)
+    )
 
-    for index, step in enumerate(resolved["steps"]):
-        if index < len(done):
-            continue
-        reused = _reuse_step(index, resolved, run_dir, state, _reuse_from)
-        if reused is not None:
-            model = reused
-            say(progress, f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run")
-            continue
-        model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
+    try:
+        for index, step in enumerate(resolved["steps"]):
+            if index < len(done):
+                continue
+            reused = _reuse_step(index, resolved, run_dir, state, _reuse_from)
+            if reused is not None:
+                model = reused
+                say(
+                    progress,
+                    f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run",
+                )
+                continue
+            model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
+    except NetcompressError:  # a user's error before the first step finished: leave nothing behind
+        if made is not _EXISTED and not state["finished_steps"]:
+            discard_run_dir(run_dir, made)
+        raise
 
     return finish_run(run_dir, resolved, state, model, bundle, example_inputs, progress=progress)
+
+
+_EXISTED = object()  # _open_run_dir's answer for a run folder that was there before this run
+
+
+def _open_run_dir(run_dir: Path) -> Any:
+    """Make the run folder, or tidy an existing one (stale temporary files of a killed write)."""
+    if is_run_folder(run_dir):
+        remove_stale_tmp(run_dir)
+        return _EXISTED
+    return create_run_dir(run_dir)
 
 
 def _run_step(
@@ -282,54 +316,17 @@ def _recipe_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _choose_run_dir(
-    resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path, sweep: bool = False
-) -> Path:
-    if out_dir is None and resolved.get("output"):
-        out_dir = resolved["output"]
-    if out_dir is not None:
-        path = Path(out_dir)
-        if not resume and path.exists() and any(path.iterdir()):
-            raise ConfigError(
-                f"run folder {path} already exists and is not empty; pass --resume to continue it or choose another --out"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    name = resolved["name"]
-    candidates = sorted(
-        (
-            p
-            for p in runs_root.glob(f"{name}*")
-            if p.is_dir() and ((p / STATE_FILE).exists() or (sweep and (p / "points").is_dir()))
-        ),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if resume:
-        if not candidates:
-            raise ConfigError(
-                f"--resume: no earlier run of {name!r} under {runs_root}/ to resume; pass --out to name one"
-            )
-        return candidates[-1]
-    path, n = runs_root / name, 2
-    while path.exists():
-        path, n = runs_root / f"{name}-{n}", n + 1
-    path.mkdir(parents=True)
-    return path
-
-
-def _load_or_start_state(run_dir: Path, resolved: dict[str, Any], *, resume: bool) -> dict[str, Any]:
+def _load_state(run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The state of the run being resumed (None when it has none yet); a changed recipe is refused."""
     state_path = run_dir / STATE_FILE
-    digest = _recipe_hash(resolved)
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state.get("recipe_hash") != digest:
-            raise ConfigError(
-                f"--resume: the recipe differs from the one {run_dir} was started with "
-                f"(compare with {run_dir / 'recipe.yaml'}); start a new run instead"
-            )
-        return state
-    state = {"recipe_hash": digest, "finished_steps": [], "stages": []}
-    atomic_write_json(state_path, state)
+    if not state_path.exists():
+        return None
+    state = json.loads(state_path.read_text())
+    if state.get("recipe_hash") != _recipe_hash(resolved):
+        raise ConfigError(
+            f"--resume: the recipe differs from the one {run_dir} was started with "
+            f"(compare with {run_dir / 'recipe.yaml'}); start a new run instead"
+        )
     return state
 
 

@@ -45,6 +45,23 @@ LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "calib_batches")
 
 
 @dataclasses.dataclass
+class LoaderConfig(Config):
+    """How the ``data`` block's loaders are sized: batches to train on and to measure with, worker
+    processes, and how many training batches calibrate a quantizer."""
+
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    calib_batches: int = 16
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, 1)
+        check_range("eval_batch_size", self.eval_batch_size, 1)
+        check_range("num_workers", self.num_workers, 0)
+        check_range("calib_batches", self.calib_batches, 1)
+
+
+@dataclasses.dataclass
 class EvaluateConfig(Config):
     """What to measure after every step, on the test split: accuracy, sizes, and latency (when
     ``latency``) at each of ``batch_sizes``, the median of ``repeats`` timed calls."""
@@ -194,15 +211,22 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     from netcompress import data as data_mod
     from netcompress import models as models_mod
     from netcompress.recipes.steps import find_method
+    from netcompress.training.config import TrainConfig
 
     recipe = _check_keys(recipe, TOP_LEVEL_KEYS, "the recipe")
     recipe.pop("profiles", None)  # applied by apply_profile before resolving
     if recipe.get("sweep") is not None:
         raise ConfigError("resolve_recipe takes one point of a sweep: remove 'sweep' (run_recipe expands it)")
+    for key, kind in (("name", str), ("description", str), ("seed", int), ("output", str)):
+        value = recipe.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ConfigError(
+                f"{key}={value!r} in the recipe: expected {kind.__name__}, got {type(value).__name__}"
+            )
     out: dict[str, Any] = {
-        "name": str(recipe.get("name") or "run"),
-        "description": recipe.get("description", ""),
-        "seed": _seed(recipe.get("seed", 0)),
+        "name": recipe.get("name") or "run",
+        "description": recipe.get("description") or "",
+        "seed": _seed(0 if recipe.get("seed") is None else recipe["seed"]),
     }
     model = recipe.get("model")
     if not isinstance(model, dict) or not (
@@ -238,11 +262,16 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     data_mod.config_for(
         data["name"], **{k: v for k, v in data.items() if k != "name" and k not in LOADER_KEYS}
     )
-    out["data"] = {"batch_size": 128, "eval_batch_size": 256, "num_workers": 0, "calib_batches": 16, **data}
+    loaders = LoaderConfig.from_dict({k: v for k, v in data.items() if k in LOADER_KEYS}, where="data")
+    out["data"] = {**data, **loaders.to_dict()}
 
-    steps = recipe.get("steps") or []
-    if not isinstance(steps, list):
+    steps = recipe.get("steps")
+    if steps is not None and not isinstance(steps, list):
         raise ConfigError("'steps' must be a list of mappings, each with an 'op'")
+    if not steps:
+        raise ConfigError(
+            "the recipe needs at least one step in 'steps' (e.g. - {op: train, method: supervised, epochs: 5})"
+        )
     resolved_steps = []
     for i, step in enumerate(steps):
         where = f"step {i + 1}"
@@ -252,6 +281,10 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         where = f"step {i + 1} ({spec.op}/{spec.name})"
         fields = {k: v for k, v in step.items() if k not in ("op", "method", "label")}
         cfg = spec.config.from_dict(fields, where=where)
+        # 0 epochs makes a training step do nothing; TrainConfig allows 0 (schedules use it inside a
+        # method), and the dynamic steps take 0 to mean "build the heads/widths, train nothing"
+        if isinstance(cfg, TrainConfig) and spec.op != "dynamic" and cfg.epochs < 1:
+            raise ConfigError(f"epochs={cfg.epochs!r} in {where}: a training step needs at least 1 epoch")
         resolved_steps.append(
             {"op": spec.op, "method": spec.name, "label": step.get("label"), **cfg.to_dict()}
         )

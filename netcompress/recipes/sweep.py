@@ -101,6 +101,7 @@ def run_sweep(
     metrics = {
         "name": base.get("name"),
         "sweep": raw["sweep"],
+        "baseline": 0,  # the points' final stages are compared with the first point's
         "points": [
             {
                 "label": label,

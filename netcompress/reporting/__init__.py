@@ -15,19 +15,23 @@ from netcompress.reporting.plots import (
     plot_history,
     plot_layer_sparsity,
     plot_lr,
-    plot_stage_bars,
 )
 from netcompress.reporting.report import write_report
+from netcompress.reporting.stage_plots import plot_stage_bars
 from netcompress.reporting.tables import (
+    baseline_stage,
     compare_runs,
     format_cell,
     print_stage_table,
     print_table,
     read_run_metrics,
+    run_baseline,
+    run_labels,
     stage_table_rows,
 )
 
 __all__ = [
+    "baseline_stage",
     "compare_runs",
     "format_cell",
     "markdown_to_html",
@@ -40,6 +44,8 @@ __all__ = [
     "print_stage_table",
     "print_table",
     "read_run_metrics",
+    "run_baseline",
+    "run_labels",
     "stage_table_rows",
     "write_report",
 ]

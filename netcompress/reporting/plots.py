@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.io import atomic_write_bytes
-from netcompress.evaluation.units import format_bytes, format_count, format_ms
+from netcompress.evaluation.units import format_count
 
 DPI = 100
 _PRETTY = {
@@ -286,110 +286,4 @@ def plot_accuracy_vs_params(
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     ax.set_title(title or "Accuracy vs parameters")
-    return _save(fig, path)
-
-
-def _bytes_tick(value: float, _position: int) -> str:
-    return format_bytes(value)
-
-
-def _percent_label(value: float) -> str:
-    return f"{100.0 * float(value):.2f}"
-
-
-# bar labels in human units; the axis of bytes and counts gets matching tick labels
-_STAGE_FORMATTERS = {
-    "accuracy": _percent_label,
-    "size_bytes": format_bytes,
-    "params": format_count,
-    "nonzero_params": format_count,
-    "macs": format_count,
-    "latency_ms": format_ms,
-}
-_STAGE_TICKS = {
-    "size_bytes": _bytes_tick,
-    "params": _count_tick,
-    "nonzero_params": _count_tick,
-    "macs": _count_tick,
-}
-
-
-# more stages than this are drawn as horizontal bars (a sweep's points: long names, many rows)
-HORIZONTAL_BARS_FROM = 8
-# a stage name longer than this (characters) would not fit slanted under its bar: horizontal bars too
-LONG_STAGE_NAME = 28
-
-
-def _stage_value(stage: Mapping[str, Any], key: str) -> Any:
-    # bytes on disk: the compact file (sparse .ncz, bit-packed .ncq) where a stage has one
-    return (stage.get("stored_bytes") or stage.get(key)) if key == "size_bytes" else stage.get(key)
-
-
-def plot_stage_bars(
-    stages: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike,
-    *,
-    metrics: Sequence[str] = ("accuracy", "size_bytes", "latency_ms"),
-    title: str | None = None,
-    width_px: int | None = None,
-    height_px: int = 400,
-) -> Path:
-    """One bar panel per metric, one bar per stage (e.g. original, pruned, quantized).
-
-    ``accuracy`` is drawn in percent; bytes and counts are labelled in human units on the bars.
-    A stage missing a metric gets no bar in that panel; a metric no stage has gets no panel. More
-    than ``HORIZONTAL_BARS_FROM`` stages, or names longer than ``LONG_STAGE_NAME`` characters, are
-    drawn as horizontal bars, one row per stage.
-
-    Example:
-        >>> plot_stage_bars(stages, "stages.png", metrics=("accuracy", "size_bytes", "latency_ms"))
-    """
-    if not stages:
-        raise ConfigError("plot_stage_bars needs at least one stage")
-    _check_keys(stages, metrics)
-    # a metric no stage measured (latency with evaluate.latency off) gets no empty panel
-    metrics = [k for k in metrics if any(_stage_value(stage, k) is not None for stage in stages)] or list(
-        metrics[:1]
-    )
-    names = [str(stage.get("name", f"stage {i}")) for i, stage in enumerate(stages)]
-    # many stages (a sweep's points): horizontal bars, names read on the left, one row per stage
-    longest = max(len(n) for n in names)
-    horizontal = len(names) > HORIZONTAL_BARS_FROM or longest > LONG_STAGE_NAME
-    if horizontal:
-        fig = _new_figure(
-            width_px or 40 + 6 * longest + 280 * len(metrics), max(height_px, 90 + 18 * len(names))
-        )
-        axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
-    else:
-        fig = _new_figure(width_px or 80 + 320 * len(metrics), height_px)
-        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, key in zip(axes, metrics):
-        raw = [_stage_value(stage, key) for stage in stages]
-        scale = 100.0 if key == "accuracy" else 1.0
-        heights = [float(v) * scale if v is not None else 0.0 for v in raw]
-        colors = [f"C{i % 10}" for i in range(len(names))]
-        formatter = _STAGE_FORMATTERS.get(key)
-        labels = ["" if v is None else formatter(v) if formatter else f"{float(v):.4g}" for v in raw]
-        if horizontal:
-            bars = ax.barh(range(len(names)), heights, color=colors)
-            ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
-            ax.margins(x=0.3)
-            if key in _STAGE_TICKS:
-                ax.xaxis.set_major_formatter(_STAGE_TICKS[key])
-            ax.set_yticks(range(len(names)), labels=names, fontsize=8)
-            ax.grid(axis="x", alpha=0.3)
-        else:
-            bars = ax.bar(range(len(names)), heights, color=colors)
-            # vertical labels: with many stages, horizontal ones run into their neighbours
-            ax.bar_label(bars, labels=labels, fontsize=7, rotation=90 if len(names) > 4 else 0, padding=2)
-            ax.margins(y=0.25 if len(names) > 4 else 0.1)
-            if key in _STAGE_TICKS:
-                ax.yaxis.set_major_formatter(_STAGE_TICKS[key])
-            ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
-            ax.grid(axis="y", alpha=0.3)
-        ax.set_title(_label(key) + (" (%)" if key == "accuracy" else ""))
-    if horizontal:
-        axes[0].invert_yaxis()  # the first stage on top, as in the table (shared y: once for all)
-    if title:
-        fig.suptitle(title)
     return _save(fig, path)

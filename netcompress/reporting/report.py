@@ -21,7 +21,13 @@ from typing import Any
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.io import atomic_write_text
 from netcompress.reporting.markdown_html import inline_html, markdown_to_html
-from netcompress.reporting.tables import STAGE_COLUMNS, format_cell, stage_table_rows
+from netcompress.reporting.tables import (
+    NOISY_NOTE,
+    STAGE_COLUMNS,
+    format_cell,
+    latency_noisy,
+    stage_table_rows,
+)
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1000px;
@@ -92,8 +98,8 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/report.md`` and ``<out_dir>/report.html``; returns their paths.
 
-    Order: title, the stage table (relative columns vs the first stage, see
-    :func:`stage_table_rows`), ``sections`` (``(heading, markdown_text)``), ``tables``
+    Order: title, the stage table (relative columns vs the stage at index ``baseline``, see
+    :func:`stage_table_rows` and :func:`~netcompress.reporting.tables.baseline_stage`), ``sections`` (``(heading, markdown_text)``), ``tables``
     (``{caption: rows}``, e.g. a layer table or :func:`compare_runs` rows), then ``plots``
     (``{caption: png_path}``).
 
@@ -118,7 +124,14 @@ def write_report(
     body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
     if stages:
         rows = stage_table_rows(stages, baseline=baseline)
-        note = f"Ratios (size ×, speed-up, Δ accuracy) are relative to '{rows[baseline]['stage']}'."
+        note = f"Ratios (size ×, speed-up, Δ accuracy) are relative to '{rows[baseline]['stage']}'" + (
+            ", the model after the first step: a run that starts by training is compared with the trained "
+            "model, not the untrained one."
+            if baseline
+            else "."
+        )
+        if any(latency_noisy(stage) for stage in stages):
+            note += f" {NOISY_NOTE}."
         splits = sorted({str(stage["split"]) for stage in stages if stage.get("split")})
         if splits:  # a run's stage rows say which split they were measured on
             note += f" Accuracy and loss are measured on the {' / '.join(splits)} split."

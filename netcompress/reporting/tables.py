@@ -78,6 +78,49 @@ def print_table(
     return text
 
 
+# a latency whose timed forwards spread wider than this ((p95 - p5) / p50) is re-measured, then flagged
+NOISY_SPREAD = 0.5
+NOISY_MARK = "±"
+NOISY_NOTE = (
+    f"{NOISY_MARK}: the latency's timed forwards spread more than {NOISY_SPREAD:.0%} of their median even "
+    "when re-measured (a busy machine); read its speed-up with care"
+)
+TRAINING_OPS = ("train", "distill")
+
+
+def latency_noisy(stage: Mapping[str, Any]) -> bool:
+    """True when a stage's latency (batch 1, the one tables and plots show) is not to be trusted at a
+    glance: flagged by the run, or its ``latency_spread`` above :data:`NOISY_SPREAD`."""
+    if "latency_noisy" in stage:
+        return bool(stage["latency_noisy"])
+    spread = stage.get("latency_spread")
+    return isinstance(spread, (int, float)) and spread > NOISY_SPREAD
+
+
+def baseline_stage(step_ops: Sequence[str]) -> int:
+    """The one rule ``run`` and ``report`` take ratios by: the stage measured after the first step when
+    the run starts by training (``train``/``distill``: the untrained initial model is no baseline),
+    else the initial stage (index 0). ``step_ops`` are the run's step ops in order.
+
+    Example:
+        >>> baseline_stage(["train", "prune"]), baseline_stage(["prune", "train"])
+        (1, 0)
+    """
+    return 1 if step_ops and step_ops[0] in TRAINING_OPS else 0
+
+
+def run_baseline(metrics: Mapping[str, Any]) -> int:
+    """The baseline stage of a run's ``metrics.json``: the one it recorded, else :func:`baseline_stage`
+    of its steps (runs written before it was recorded), within the stages it has."""
+    stages = metrics.get("stages") or []
+    index = metrics.get("baseline")
+    if not isinstance(index, int) or isinstance(index, bool):
+        steps = metrics.get("steps") or []
+        first = steps[0] if steps and steps[0].get("index") == 0 else {}
+        index = baseline_stage(Path(str(first.get("dir", ""))).name.split("-")[1:2])  # steps/01-train-x
+    return index if 0 <= index < len(stages) else 0
+
+
 def _ratio(value: Any, base: Any) -> float | None:
     if value is None or base in (None, 0):
         return None
@@ -107,8 +150,9 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) 
     """Format stages for display, with columns relative to the stage at index ``baseline``.
 
     ``size`` is the compact file's bytes where a stage has one (``stored_bytes``, marked with its
-    format), else the dense state dict's. ``Δ accuracy`` is in percentage points, ``size ×`` is size / first size, ``speed-up`` is
-    first latency / latency (above 1 is faster). Missing values show as ``-``.
+    format), else the dense state dict's. ``Δ accuracy`` is in percentage points, ``size ×`` is size / baseline size, ``speed-up`` is
+    baseline latency / latency (above 1 is faster). Missing values show as ``-``; a latency
+    :func:`latency_noisy` flags (and any speed-up taken from it) carries :data:`NOISY_MARK`.
 
     Example:
         >>> stage_table_rows([{"name": "original", "accuracy": 0.9, "size_bytes": 2_000_000, ...},
@@ -126,6 +170,7 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) 
         delta = None if accuracy is None or base.get("accuracy") is None else accuracy - base["accuracy"]
         size_ratio = _ratio(_size(stage), _size(base))
         speedup = _ratio(base.get("latency_ms"), stage.get("latency_ms"))
+        noisy = f" {NOISY_MARK}" if latency_noisy(stage) else ""
         rows.append(
             {
                 "stage": str(stage.get("name") or stage.get("stage") or f"stage {index}"),
@@ -137,8 +182,10 @@ def stage_table_rows(stages: Sequence[Mapping[str, Any]], *, baseline: int = 0) 
                 "size": format_bytes(_size(stage))
                 + (f" ({stage['stored_format']})" if stage.get("stored_bytes") else ""),
                 "size ×": "-" if size_ratio is None else f"{size_ratio:.2f}×",
-                "latency": format_ms(stage.get("latency_ms")),
-                "speed-up": "-" if speedup is None else f"{speedup:.2f}×",
+                "latency": format_ms(stage.get("latency_ms")) + (noisy if stage.get("latency_ms") else ""),
+                "speed-up": "-"
+                if speedup is None
+                else f"{speedup:.2f}×" + (f" {NOISY_MARK}" if noisy or latency_noisy(base) else ""),
             }
         )
     return rows
@@ -159,7 +206,11 @@ def print_stage_table(
     rows = stage_table_rows(stages, baseline=baseline)
     if baseline:
         title = f"{title} (ratios relative to '{rows[baseline]['stage']}')"
-    return print_table(rows, list(STAGE_COLUMNS), title, console=console)
+    text = print_table(rows, list(STAGE_COLUMNS), title, console=console)
+    if any(latency_noisy(stage) for stage in stages):
+        (console or Console()).print(NOISY_NOTE)
+        text += NOISY_NOTE + "\n"
+    return text
 
 
 def read_run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -187,10 +238,12 @@ COMPARE_KEYS = ("accuracy", "params", "nonzero_params", "macs", "size_bytes", "l
 def compare_runs(run_dirs: Sequence[str | os.PathLike], *, which: str = "last") -> list[dict[str, Any]]:
     """Rows comparing runs: each run's final stage (``which="last"``) or every stage (``"all"``).
 
-    Each row holds ``name`` ("run: stage"), ``run`` (folder name), ``stage``, the raw
-    measurements and, relative to the run's first stage, ``accuracy_delta`` (fraction),
-    ``size_ratio`` and ``speedup``. Rows are JSON-able; pass them to ``print_table``, to a
-    report's ``tables``, or to ``print_stage_table`` (then ratios are relative to the first run).
+    Each row holds ``name`` ("run: stage"), ``run`` (the folder's name; where two folders share a
+    name, enough of their paths to tell them apart), ``stage``, the raw measurements and, relative to
+    the run's baseline stage (:func:`run_baseline`, the rule ``netcompress run`` prints ratios by),
+    ``accuracy_delta`` (fraction), ``size_ratio`` and ``speedup``. Rows are JSON-able; pass them to
+    ``print_table``, to a report's ``tables``, or to ``print_stage_table`` (then ratios are relative
+    to the first run).
 
     Example:
         >>> print_table(compare_runs(["runs/slim_1e-4", "runs/slim_1e-2"]), title="runs")
@@ -200,13 +253,13 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], *, which: str = "last") 
     if not run_dirs:
         raise ConfigError("compare_runs needs at least one run folder")
     rows = []
-    for run_dir in run_dirs:
-        stages = read_run_metrics(run_dir)["stages"]
+    for run_dir, run in zip(run_dirs, run_labels(run_dirs)):
+        metrics = read_run_metrics(run_dir)
+        stages = metrics["stages"]
         if not stages:
             raise DataError(f"{Path(run_dir) / 'metrics.json'} has an empty 'stages' list")
-        base = stages[0]
+        base = stages[run_baseline(metrics)]
         for stage in stages if which == "all" else stages[-1:]:
-            run = Path(run_dir).name
             # "name" makes the rows printable as stages: print_stage_table(compare_runs(dirs))
             row: dict[str, Any] = {
                 "name": f"{run}: {stage.get('name')}",
@@ -214,11 +267,38 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], *, which: str = "last") 
                 "stage": stage.get("name"),
             }
             row.update({key: stage.get(key) for key in COMPARE_KEYS})
+            if "latency_noisy" in stage or "latency_spread" in stage:
+                row["latency_noisy"] = latency_noisy(stage)
             accuracy, base_accuracy = stage.get("accuracy"), base.get("accuracy")
             row["accuracy_delta"] = (
                 None if accuracy is None or base_accuracy is None else accuracy - base_accuracy
             )
-            row["size_ratio"] = _ratio(stage.get("size_bytes"), base.get("size_bytes"))
+            row["size_ratio"] = _ratio(_size(stage), _size(base))
             row["speedup"] = _ratio(base.get("latency_ms"), stage.get("latency_ms"))
             rows.append(row)
     return rows
+
+
+def run_labels(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """A distinct label per run folder: its name, with as many parent folders as it takes to tell
+    folders of the same name apart (``a/demo``, ``b/demo``), and ``#2``... for a folder given twice.
+
+    Example:
+        >>> run_labels(["x/runs/demo", "y/runs/demo", "runs/tiny"])
+        ['x/runs/demo', 'y/runs/demo', 'tiny']
+    """
+    parts = [Path(os.path.abspath(d)).parts for d in run_dirs]
+    labels = []
+    for own in parts:
+        depth = 1
+        while depth < len(own) and sum(other[-depth:] == own[-depth:] for other in parts) > sum(
+            other == own for other in parts
+        ):
+            depth += 1
+        labels.append("/".join(own[-depth:]))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
+    return labels

@@ -79,3 +79,23 @@ def test_errors_name_the_problem_and_exit_2(tmp_path, capsys):
 def test_bad_overrides_are_errors(bad, capsys, tmp_path):
     assert main(["demo", "--out", str(tmp_path / "d"), bad]) == 2
     assert "override" in capsys.readouterr().err
+
+
+def test_docs_and_help_agree_on_the_demo(capsys):
+    from pathlib import Path
+
+    from netcompress.cli.main import DESCRIPTION, build_parser
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    demo_help = " ".join(capsys.readouterr().out.split())
+    assert "about 2 minutes on 2 CPU cores" in readme and "About 2 minutes on 2 CPU cores" in demo_help
+    assert "about 2 minutes" in DESCRIPTION and "about 10 s" not in readme
+    assert (
+        "netcompress-demo" in DESCRIPTION
+        and "runs/demo" not in DESCRIPTION
+        and "netcompress-demo" in demo_help
+    )
+    ignored = (Path(__file__).parents[2] / ".gitignore").read_text().split()
+    assert "netcompress-demo/" in ignored and ".venv-ci/" in ignored

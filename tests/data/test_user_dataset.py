@@ -125,7 +125,7 @@ def test_recipe_data_block_needs_no_name(spec):
     recipe = {
         "model": {"name": "mlp", "in_features": 4, "hidden": [8], "num_classes": 3},
         "data": {"factory": spec("build"), "kwargs": {"n": 30}, "batch_size": 8},
-        "steps": [],
+        "steps": [{"op": "train", "method": "supervised", "epochs": 1}],
     }
     resolved = resolve_recipe(recipe)
     assert resolved["data"]["name"] == "factory" and resolved["data"]["kwargs"] == {"n": 30}

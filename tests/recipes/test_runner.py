@@ -112,9 +112,12 @@ def test_existing_run_folder_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("user data")
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="not a netcompress run folder"):
         run_recipe(_recipe(), out_dir=out, progress=False)
     assert (out / "precious.txt").read_text() == "user data"
+    run_recipe(_recipe(), out_dir=tmp_path / "made", progress=False)
+    with pytest.raises(ConfigError, match="already exists.*--resume"):  # a run folder: resume or another
+        run_recipe(_recipe(), out_dir=tmp_path / "made", progress=False)
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
@@ -208,7 +211,11 @@ def test_without_a_validation_split_steps_get_none(tmp_path):
 
 
 def test_evaluate_batch_sizes_are_the_latencies_measured(tmp_path):
-    recipe = {**_recipe(), "steps": [], "evaluate": {"latency": True, "batch_sizes": [1, 8], "repeats": 2}}
+    recipe = {
+        **_recipe(),
+        "steps": [{"op": "test", "method": "record_data"}],
+        "evaluate": {"latency": True, "batch_sizes": [1, 8], "repeats": 2},
+    }
     stage = run_recipe(recipe, out_dir=tmp_path / "r", progress=False).final
     assert stage["latency_ms"] is not None and stage["latency_b8_ms"] is not None
     assert stage["latency_b64_ms"] is None  # not asked for

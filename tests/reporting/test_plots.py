@@ -81,7 +81,7 @@ def test_stage_bars_of_a_large_sweep_are_horizontal_and_skip_unmeasured_metrics(
         warnings.simplefilter("error")
         path = plot_stage_bars(stages, tmp_path / "points.png")
     longest = max(len(s["name"]) for s in stages)
-    assert _png_size(path) == (40 + 6 * longest + 280 * 2, 90 + 18 * 24)  # two panels, a row per stage
+    assert _png_size(path) == (40 + 6 * longest + 300 * 2, 90 + 18 * 24)  # two panels, a row per stage
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -156,3 +156,52 @@ def test_write_report_md_and_self_contained_html(tmp_path: Path) -> None:
 def test_write_report_missing_plot(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.png"):
         write_report(tmp_path, title="t", plots={"x": tmp_path / "nope.png"})
+
+
+def test_a_noisy_latency_is_marked_in_the_table_and_noted() -> None:
+    stages = [
+        {"name": "initial", "latency_ms": 100.0, "latency_spread": 3.2},  # spread alone flags it
+        {"name": "train", "latency_ms": 0.129, "latency_spread": 0.1},
+        {
+            "name": "pruned",
+            "latency_ms": 0.107,
+            "latency_noisy": False,
+            "latency_spread": 0.9,
+        },  # re-measured ok
+    ]
+    rows = stage_table_rows(stages, baseline=1)
+    assert [r["latency"] for r in rows] == ["100.0 ms ±", "0.129 ms", "0.107 ms"]
+    assert [r["speed-up"] for r in rows] == ["0.00× ±", "1.00×", "1.21×"]
+    text = print_stage_table(stages, baseline=1, console=_quiet())
+    assert "spread more than 50%" in text
+    assert "spread" not in print_stage_table(stages[1:], console=_quiet())
+
+
+def test_one_baseline_rule_for_run_and_report(tmp_path: Path) -> None:
+    from netcompress.reporting import baseline_stage, run_baseline
+
+    assert baseline_stage(["train", "prune"]) == baseline_stage(["distill"]) == 1
+    assert baseline_stage(["prune", "train"]) == baseline_stage([]) == 0
+    stages = [{"name": "initial"}, {"name": "train"}, {"name": "pruned"}]
+    assert run_baseline({"stages": stages, "baseline": 1}) == 1
+    assert run_baseline({"stages": stages, "baseline": 7}) == 0  # out of range: the first stage
+    # a run written before the baseline was recorded: from its first step's folder name
+    assert run_baseline({"stages": stages, "steps": [{"index": 0, "dir": "steps/01-train-supervised"}]}) == 1
+    assert run_baseline({"stages": stages, "steps": [{"index": 0, "dir": "steps/01-prune-channel"}]}) == 0
+    folder = _write_run(tmp_path / "r", [{**STAGES[0], "name": "initial", "latency_ms": 40.0}, *STAGES])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "baseline": 1}))
+    row = compare_runs([folder])[0]
+    assert row["speedup"] == pytest.approx(4.0)  # against 'original' (the baseline), not 'initial'
+
+
+def test_two_runs_of_one_recipe_get_distinct_labels(tmp_path: Path) -> None:
+    from netcompress.reporting import run_labels
+
+    a = _write_run(tmp_path / "a" / "demo", STAGES)
+    b = _write_run(tmp_path / "b" / "demo", STAGES)
+    rows = compare_runs([a, b])
+    assert [r["run"] for r in rows] == ["a/demo", "b/demo"]
+    assert len({r["name"] for r in rows}) == 2
+    assert run_labels([a, a]) == ["demo", "demo #2"]
+    assert run_labels([a, tmp_path / "x"]) == ["demo", "x"]
