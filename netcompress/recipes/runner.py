@@ -211,7 +211,9 @@ def _run_step(
     atomic_write_json(step_dir / "summary.json", summary)
     if result.history is not None:
         atomic_write_json(step_dir / "history.json", result.history)
-    stage = measure_stage(model, loaders.test, example_inputs, resolved["evaluate"], name=label)
+    stage = measure_stage(
+        model, loaders.test, example_inputs, resolved["evaluate"], name=label, reference=state["stages"][0]
+    )
     atomic_write_json(step_dir / "metrics.json", stage)
     atomic_torch_save(model, step_dir / "model.pt", sign=True)
     # The state is written last: a run killed before this line redoes the step on resume.

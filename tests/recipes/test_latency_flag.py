@@ -49,6 +49,34 @@ def test_a_wide_spread_is_measured_again_then_flagged(spreads, calls, noisy, mon
     assert stage.get("latency_remeasured", False) is (len(calls) == 2)
 
 
+@pytest.mark.parametrize(
+    ("latencies", "macs", "calls", "noisy"),
+    [
+        ([0.2], 100, 1, False),  # as fast as its work
+        ([54.0, 0.2], 100, 2, False),  # a stall: measured again, then fine
+        ([54.0, 50.0], 100, 2, True),  # stays 250x slower than the initial model with no more MACs: flagged
+        ([54.0], 10_000, 1, False),  # more work than the reference: slow is plausible
+    ],
+    ids=["normal", "stall then normal", "stall twice", "more MACs"],
+)
+def test_a_stage_far_slower_than_its_work_is_measured_again_then_flagged(
+    latencies, macs, calls, noisy, monkeypatch
+):
+    seen = []
+
+    def profile(model, example_inputs, *, latency, batch_sizes, repeats, rounds):
+        seen.append(rounds)
+        return {"macs": macs, "latency_ms": latencies[len(seen) - 1], "latency_spread": 0.1}
+
+    monkeypatch.setattr(evaluation, "profile", profile)
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: {"accuracy": 1.0, "loss": 0.0})
+    reference = {"macs": 100, "latency_ms": 0.2}
+    stage = measure_stage(
+        nn.Linear(2, 2), None, torch.zeros(1, 2), {"repeats": 20}, name="s", reference=reference
+    )
+    assert len(seen) == calls and stage["latency_noisy"] is noisy
+
+
 def test_run_and_report_take_ratios_against_the_same_stage(tmp_path, capsys):
     recipe = {
         "name": "tiny",
