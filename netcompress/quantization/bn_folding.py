@@ -92,17 +92,20 @@ def _fold_checked(layer: nn.Module, bn: nn.Module) -> str | None:
     return reason
 
 
-def fold_bn_and_report(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]]:
+def fold_bn_and_report(
+    model: nn.Module, *, example_inputs: Any = None
+) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(graph_module, summary)``.
 
     A pair folds only when the BN is the conv's sole user and the conv module is called once.
     Folding uses running statistics, i.e. eval-mode behaviour; the result is put in eval mode.
+    ``example_inputs`` lets models with shape checks trace (see :func:`trace_for_quantization`).
 
     Example:
         >>> folded, summary = fold_bn_and_report(model); summary["num_folded"]
         7
     """
-    gm = trace_for_quantization(copy.deepcopy(model).eval())
+    gm = trace_for_quantization(copy.deepcopy(model).eval(), example_inputs=example_inputs)
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
