@@ -94,3 +94,26 @@ def probe_input(layer: nn.Module) -> torch.Tensor | None:
         size = max(k * d for k, d in zip(layer.kernel_size, layer.dilation)) + 2 * max(layer.stride) + 3
         return torch.randn(2, layer.in_channels, *([size] * dims), generator=gen, dtype=dtype)
     return None
+
+
+def own_forward_problem(layer: nn.Module, *, observed_later: bool) -> str | None:
+    """Why ``layer``'s own forward cannot be quantized (None when it can, or for stock layers).
+
+    Its forward must make exactly one conv/linear call on a probe input, whose weight the
+    quantizer then covers. When the probe input does not fit the forward, the layer is still
+    quantized if a calibration forward will show the kernel (``observed_later``).
+    """
+    stock_type = isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear))
+    if not stock_type or not has_own_forward(layer) or callable(getattr(type(layer), "filters", None)):
+        return None  # a stock layer, or a filter bank (quantized through its filters())
+    counter = _QuantizeKernel(None, None)
+    try:
+        with torch.no_grad(), counter:
+            layer(probe_input(layer))
+    except Exception as exc:
+        if observed_later:
+            return None
+        return f"its own forward failed on a probe input ({type(exc).__name__}: {exc}) and no calibration runs it"
+    if counter.calls != 1:
+        return f"its own forward makes {counter.calls} conv/linear calls (one is quantizable)"
+    return None

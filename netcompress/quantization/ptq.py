@@ -28,6 +28,7 @@ from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.equalization import equalize_cross_layer_
+from netcompress.quantization.kernel_calls import own_forward_problem
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable, quantizers
 from netcompress.quantization.observers import OBSERVERS
 from netcompress.quantization.placement import (
@@ -128,6 +129,17 @@ def prepare_quantized(
     defaults = dict(plan_defaults)
     if spec["activations"] is None:
         defaults["act_bits"] = None
+    # layers whose own forward cannot be quantized stay float, and the summary says why
+    reasons = {
+        n: r
+        for n, m in target.named_modules()
+        if n
+        and is_quantizable(m)
+        and (spec["types"] is None or isinstance(m, spec["types"]))
+        and (r := own_forward_problem(m, observed_later=spec["activations"] == "static")) is not None
+    }
+    info["float_reasons"] = reasons
+    layers = {**(layers or {}), **{n: {"enabled": False} for n in reasons}}
     plan: dict[str, LayerPlan] = resolve_plan(target, defaults=defaults, layers=layers, types=spec["types"])
     if spec["activations"] == "static" and gm is not None:
         target, placement = build_graph_quantized(gm, plan, method=method)

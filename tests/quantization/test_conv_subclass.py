@@ -89,3 +89,29 @@ def test_own_forward_quantizes_the_effective_kernel_and_exports(tmp_path):
     assert sqnr > 20
     exported = nc.export_onnx(q, tmp_path / "m.onnx", x, int8=True, check=True)
     assert exported["check"]["max_abs_diff"] < 0.05 * float(qout.abs().max()) + 1e-3
+
+
+class TwiceConv(nn.Conv2d):
+    """Calls its kernel twice: no single quantized kernel covers it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self.bias) + self._conv_forward(x, 2 * self.weight, None)
+
+
+class NeedsSixteen(nn.Linear):
+    """Only runs on inputs with a fixed leading size, which a probe input does not have."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == 16
+        return F.linear(x, self.weight, self.bias)
+
+
+def test_layers_whose_own_forward_cannot_be_quantized_stay_float_with_a_reason():
+    net = nn.Sequential(TwiceConv(3, 4, 3), nn.ReLU(), nn.Flatten(), NeedsSixteen(4 * 6 * 6, 3)).eval()
+    calib = [(torch.randn(16, 3, 8, 8), torch.zeros(16)) for _ in range(2)]
+    static = apply(net, PTQStaticConfig(bits=8), MethodData(calib_loader=calib)).summary
+    assert static["float_layers"] == ["0"] and "makes 2 conv/linear calls" in static["float_reasons"]["0"]
+    assert "3" in static["layers"]  # calibration shows its kernel
+    weight_only = apply(net, nc.quantization.WeightOnlyConfig(bits=8), MethodData()).summary
+    assert weight_only["float_layers"] == ["0", "3"]
+    assert "failed on a probe input" in weight_only["float_reasons"]["3"]
