@@ -25,3 +25,7 @@ class UntrustedCheckpointError(CheckpointError):
 
 class UnsupportedModelError(NetcompressError, TypeError):
     """A model holds a layer or op that a method cannot handle; the message names it."""
+
+
+class ExportMismatchError(NetcompressError, RuntimeError):
+    """An exported file's outputs in its runtime differ from the PyTorch model beyond the tolerance."""

@@ -25,8 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.errors import CheckpointError, ConfigError, UnsupportedModelError
+from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
+
+# check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
+# float reassociation only; int8 by a few output quantization steps where ORT requantizes in
+# integer arithmetic (QLinearConv, QLinearAveragePool, ...), each step 1/255 of a tensor's range
+TOLERANCE = {False: 1e-4, True: 0.05}
 
 INT8_OPS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul")
 
@@ -99,13 +104,17 @@ def export_onnx(
     opset: int = 17,
     dynamic_batch: bool = True,
     check_batch_size: int = 8,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` (written atomically); returns a JSON-able summary.
 
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``).
     ``check=True`` runs the file in ONNX Runtime on ``example_inputs`` and on a random batch of
-    ``check_batch_size`` and reports max abs difference and top-1 agreement with PyTorch.
+    ``check_batch_size`` and reports max abs difference and top-1 agreement with PyTorch; it
+    raises :class:`ExportMismatchError` (naming the worst output and the difference) when the
+    max difference exceeds ``tolerance`` (relative to the largest PyTorch output; default
+    :data:`TOLERANCE`: 1e-4 fp32, 0.05 int8). The file is kept for inspection.
     The model is exported from a copy in eval mode; it is never modified.
 
     Example:
@@ -162,15 +171,27 @@ def export_onnx(
     }
     if check:
         summary["check"] = check_onnx(
-            work, path, example_inputs, batch_size=check_batch_size if dynamic_batch else 0
+            work,
+            path,
+            example_inputs,
+            batch_size=check_batch_size if dynamic_batch else 0,
+            tolerance=TOLERANCE[bool(int8)] if tolerance is None else tolerance,
         )
     return summary
 
 
 def check_onnx(
-    model: nn.Module, path: str | os.PathLike, example_inputs: torch.Tensor, *, batch_size: int = 8
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_inputs: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Run ``path`` in ONNX Runtime and compare with ``model`` on the example and a random batch.
+
+    ``max_rel_diff`` is the max abs difference over the largest abs PyTorch output; above
+    ``tolerance`` (when given) :class:`ExportMismatchError` names the worst output.
 
     Example:
         >>> check_onnx(model, "m.onnx", x)["max_abs_diff"] < 1e-4
@@ -187,8 +208,26 @@ def check_onnx(
         for x in inputs:
             ref.append(model.eval()(x).reshape(x.shape[0], -1))
             got.append(ort_model(x).reshape(x.shape[0], -1))
-    result = compare_outputs(torch.cat(ref), torch.cat(got))
+    reference, candidate = torch.cat(ref), torch.cat(got)
+    result = compare_outputs(reference, candidate)
     result["num_samples"] = int(sum(x.shape[0] for x in inputs))
+    if reference.shape != candidate.shape:
+        raise ExportMismatchError(
+            f"{path}: ONNX Runtime output shape {tuple(candidate.shape)} != PyTorch {tuple(reference.shape)}"
+        )
+    peak = float(reference.abs().max()) if reference.numel() else 0.0
+    result["max_rel_diff"] = result["max_abs_diff"] / max(peak, 1e-12)
+    result["tolerance"] = tolerance
+    if tolerance is not None and result["max_rel_diff"] > tolerance:
+        flat = (reference - candidate).abs().flatten().argmax().item()
+        sample, index = divmod(flat, reference.shape[1])
+        raise ExportMismatchError(
+            f"{path}: ONNX Runtime disagrees with the PyTorch model: max |diff| "
+            f"{result['max_abs_diff']:.4g} = {result['max_rel_diff']:.1%} of the largest output "
+            f"{peak:.4g} (tolerance {tolerance:.1%}); worst at sample {sample}, output {index}: "
+            f"PyTorch {float(reference[sample, index]):.5g}, ONNX Runtime {float(candidate[sample, index]):.5g} "
+            f"(file kept for inspection; op types {op_counts(path)})"
+        )
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from netcompress.quantization.kernel_calls import has_own_forward, probe_input
 from netcompress.quantization.tracing import module_of, trace_for_quantization
 
 _FOLDABLE = {
@@ -26,7 +27,6 @@ _FOLDABLE = {
     nn.Conv3d: nn.BatchNorm3d,
     nn.Linear: nn.BatchNorm1d,
 }
-_STOCK = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward}
 
 
 def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -52,29 +52,66 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
 
 
 def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
-    if layer is None or bn is None or type(layer).forward not in _STOCK:
+    if layer is None or bn is None or getattr(layer, "weight", None) is None:
         return False
-    return any(isinstance(layer, c) and isinstance(bn, b) for c, b in _FOLDABLE.items()) and (
-        bn.track_running_stats or bn.running_mean is not None
+    return (
+        any(isinstance(layer, c) and isinstance(bn, b) for c, b in _FOLDABLE.items())
+        and (bn.track_running_stats or bn.running_mean is not None)
+        and bn.num_features == layer.weight.shape[0]
     )
 
 
-def fold_bn_and_report(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]]:
+def _fold_checked(layer: nn.Module, bn: nn.Module) -> str | None:
+    """Fold ``bn`` into ``layer``; for a layer with its own forward, verify on a probe input.
+
+    A forward that pads its input is still affine in (weight, bias), so folding holds; one that
+    normalises its weight (weight standardisation) undoes the fold. Then the layer is restored
+    and the reason returned (``None`` when folded).
+    """
+    if not has_own_forward(layer):
+        fold_bn_into(layer, bn)
+        return None
+    x = probe_input(layer)
+    saved = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    had_bias = layer.bias is not None
+    try:
+        with torch.no_grad():
+            expected = bn(layer(x))
+            fold_bn_into(layer, bn)
+            got = layer(x)
+        tol = 1e-4 * float(expected.abs().max()) + 1e-5
+        if got.shape == expected.shape and float((got - expected).abs().max()) <= tol:
+            return None
+        reason = "its own forward is not affine in (weight, bias): folding changes its output"
+    except Exception as exc:  # a forward that needs other inputs: keep the BN, say why
+        reason = f"its own forward failed on a probe input ({type(exc).__name__}: {exc})"
+    if not had_bias:
+        layer.bias = None
+        saved.pop("bias", None)
+    layer.load_state_dict(saved, strict=False)
+    return reason
+
+
+def fold_bn_and_report(
+    model: nn.Module, *, example_inputs: Any = None
+) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(graph_module, summary)``.
 
     A pair folds only when the BN is the conv's sole user and the conv module is called once.
     Folding uses running statistics, i.e. eval-mode behaviour; the result is put in eval mode.
+    ``example_inputs`` lets models with shape checks trace (see :func:`trace_for_quantization`).
 
     Example:
         >>> folded, summary = fold_bn_and_report(model); summary["num_folded"]
         7
     """
-    gm = trace_for_quantization(copy.deepcopy(model).eval())
+    gm = trace_for_quantization(copy.deepcopy(model).eval(), example_inputs=example_inputs)
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     folded: list[list[str]] = []
+    not_folded: list[list[str]] = []
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or len(node.users) != 1:
             continue
@@ -84,7 +121,10 @@ def fold_bn_and_report(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]
         layer, bn = module_of(gm, node), module_of(gm, user)
         if not _foldable(layer, bn) or user.args[0] is not node:
             continue
-        fold_bn_into(layer, bn)
+        reason = _fold_checked(layer, bn)
+        if reason is not None:
+            not_folded.append([str(node.target), str(user.target), reason])
+            continue
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
         gm.delete_submodule(user.target)
@@ -92,7 +132,8 @@ def fold_bn_and_report(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Any]
     gm.graph.lint()
     gm.recompile()
     remaining = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return gm.eval(), {"folded": folded, "num_folded": len(folded), "bn_left": remaining}
+    summary = {"folded": folded, "num_folded": len(folded), "bn_left": remaining, "not_folded": not_folded}
+    return gm.eval(), summary
 
 
 def fold_bn(model: nn.Module) -> fx.GraphModule:

@@ -24,6 +24,15 @@ def batch_inputs(batch: Any) -> Any:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def first_inputs(loader: Iterable | None) -> Any:
+    """The model input of ``loader``'s first batch (None without a loader or batches)."""
+    if loader is None:
+        return None
+    for batch in loader:
+        return batch_inputs(batch)
+    return None
+
+
 def run_batches(model: nn.Module, loader: Iterable, *, num_batches: int) -> int:
     """Forward up to ``num_batches`` batches without gradients; returns how many ran."""
     count = 0

@@ -20,14 +20,13 @@ from torch import nn
 
 from netcompress.core.registry import Registry
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
+from netcompress.quantization.kernel_calls import has_own_forward, kernel_weight, run_quantized_kernel
 from netcompress.quantization.qparams import QuantSpec
 
 # quantizer kind -> class; "ste" observes and rounds straight-through, "lsq" learns its step size
 QUANTIZERS: Registry[type[FakeQuantize]] = Registry("quantizer method")
 QUANTIZERS.register("ste", FakeQuantize)
 QUANTIZERS.register("lsq", LSQFakeQuantize)
-
-_STOCK_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward}
 
 
 def make_quantizer(
@@ -66,6 +65,16 @@ class QuantLayer(nn.Module):
         self.bias_error_sum: torch.Tensor | None = None
         self.bias_error_count = 0
 
+    def __getattr__(self, name: str) -> Any:
+        # code around the layer may read its attributes through the wrapper (``conv.stride``)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__.get("_modules", {}).get("layer")
+            if layer is None or name.startswith("__"):
+                raise
+            return getattr(layer, name)
+
     @property
     def weight(self) -> torch.Tensor:
         return self.layer.weight
@@ -81,20 +90,20 @@ class QuantLayer(nn.Module):
                 return self.layer.weight.detach().clone()
             return self.weight_fq(self.layer.weight.detach())
 
-    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, weight_fq: FakeQuantize | None) -> torch.Tensor:
         layer = self.layer
-        if type(layer).forward in _STOCK_FORWARDS:
-            if isinstance(layer, nn.Linear):
-                return F.linear(x, weight, layer.bias)
-            return layer._conv_forward(x, weight, layer.bias)
-        # a subclass with its own forward: run it with the quantized weight swapped in
-        return torch.func.functional_call(layer, {"weight": weight}, (x,))
+        if has_own_forward(layer):
+            # the user's forward runs as written; the kernel its conv/linear call receives is quantized
+            return run_quantized_kernel(layer, x, weight_fn=weight_fq)
+        weight = layer.weight if weight_fq is None else weight_fq(layer.weight)
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, weight, layer.bias)
+        return layer._conv_forward(x, weight, layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_fq is not None:
             x = self.input_fq(x)
-        weight = self.layer.weight if self.weight_fq is None else self.weight_fq(self.layer.weight)
-        y = self._run(x, weight)
+        y = self._run(x, self.weight_fq)
         if self.collect_bias_error:
             self._accumulate_bias_error(x, y)
         if self.output_fq is not None:
@@ -103,7 +112,7 @@ class QuantLayer(nn.Module):
 
     def _accumulate_bias_error(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
-            diff = self._run(x, self.layer.weight) - y
+            diff = self._run(x, None) - y
             channel_dim = diff.dim() - 1 if isinstance(self.layer, nn.Linear) else 1
             per_channel = diff.movedim(channel_dim, 0).reshape(diff.shape[channel_dim], -1).mean(dim=1)
             self.bias_error_sum = (
@@ -218,7 +227,11 @@ def wrap_module(
             input_spec, method="ste" if dynamic_input else method, dynamic=dynamic_input
         )
     if observe_weight:
-        weight_fq.observe(module.weight.detach())
+        # a layer with its own forward may transform its parameter (weight standardisation):
+        # observe the kernel its conv/linear call receives; the first forward observes it otherwise
+        effective = kernel_weight(module) if has_own_forward(module) else module.weight.detach()
+        if effective is not None:
+            weight_fq.observe(effective)
     return cls(module, weight_fq=weight_fq, input_fq=input_fq)
 
 

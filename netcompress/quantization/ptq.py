@@ -26,8 +26,9 @@ from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn_and_report
-from netcompress.quantization.calibration import calibrate_, correct_bias_
+from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.equalization import equalize_cross_layer_
+from netcompress.quantization.kernel_calls import own_forward_problem
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable, quantizers
 from netcompress.quantization.observers import OBSERVERS
 from netcompress.quantization.placement import (
@@ -102,6 +103,7 @@ def prepare_quantized(
     method: str = "ste",
     fold_bn: bool = True,
     equalize: bool = False,
+    example_inputs: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Copy, fold, equalise and wrap ``model`` (no calibration). Shared by PTQ and QAT.
 
@@ -114,9 +116,9 @@ def prepare_quantized(
     gm = None
     try:
         if fold_bn:
-            gm, info["fold_bn"] = fold_bn_and_report(work)
+            gm, info["fold_bn"] = fold_bn_and_report(work, example_inputs=example_inputs)
         else:
-            gm = trace_for_quantization(work)
+            gm = trace_for_quantization(work, example_inputs=example_inputs)
     except UnsupportedModelError as exc:
         info["graph"] = f"eager (fx failed: {exc})"
     if equalize:
@@ -127,6 +129,17 @@ def prepare_quantized(
     defaults = dict(plan_defaults)
     if spec["activations"] is None:
         defaults["act_bits"] = None
+    # layers whose own forward cannot be quantized stay float, and the summary says why
+    reasons = {
+        n: r
+        for n, m in target.named_modules()
+        if n
+        and is_quantizable(m)
+        and (spec["types"] is None or isinstance(m, spec["types"]))
+        and (r := own_forward_problem(m, observed_later=spec["activations"] == "static")) is not None
+    }
+    info["float_reasons"] = reasons
+    layers = {**(layers or {}), **{n: {"enabled": False} for n in reasons}}
     plan: dict[str, LayerPlan] = resolve_plan(target, defaults=defaults, layers=layers, types=spec["types"])
     if spec["activations"] == "static" and gm is not None:
         target, placement = build_graph_quantized(gm, plan, method=method)
@@ -225,7 +238,13 @@ def run_ptq(
         "act_scheme": s.act_scheme,
     }
     qmodel, info = prepare_quantized(
-        model, plan_defaults=defaults, layers=s.layers, mode=mode, fold_bn=s.fold_bn, equalize=s.equalize
+        model,
+        plan_defaults=defaults,
+        layers=s.layers,
+        mode=mode,
+        fold_bn=s.fold_bn,
+        equalize=s.equalize,
+        example_inputs=first_inputs(calib_loader),
     )
     if mode == "static" and calib_loader is not None:
         info["calibration"] = calibrate_(qmodel, calib_loader, num_batches=s.num_calib_batches)

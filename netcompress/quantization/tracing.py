@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import fx, nn
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable
+from netcompress.quantization.value_tracing import trace_with_values
 
 _LEAF_TYPES = (nn.modules.batchnorm._BatchNorm, QuantLayer, QuantFilterBank, FakeQuantize)
 
@@ -73,11 +75,13 @@ class QuantTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace_for_quantization(model: nn.Module) -> fx.GraphModule:
+def trace_for_quantization(model: nn.Module, *, example_inputs: Any = None) -> fx.GraphModule:
     """Symbolically trace ``model`` (a copy is not made: the GraphModule shares its submodules).
 
-    Raises :class:`UnsupportedModelError` naming the model and the tracing failure
-    (data-dependent control flow, unsupported ops).
+    When plain tracing fails and ``example_inputs`` is given, the model is traced again with
+    values computed on them, so branches on shapes (input checks, "same" padding) resolve
+    (:mod:`netcompress.quantization.value_tracing`). Raises :class:`UnsupportedModelError`
+    naming the model and the tracing failure (data-dependent control flow, unsupported ops).
 
     Example:
         >>> gm = trace_for_quantization(copy.deepcopy(model))
@@ -86,13 +90,19 @@ def trace_for_quantization(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the message is what the user needs
-        raise UnsupportedModelError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}"
-        ) from exc
+        error = f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}"
+        if example_inputs is None:
+            raise UnsupportedModelError(error) from exc
+        try:
+            graph, _ = trace_with_values(model, example_inputs=example_inputs, tracer_class=QuantTracer)
+        except Exception as exc2:
+            raise UnsupportedModelError(
+                f"{error}; with values on the example input: {type(exc2).__name__}: {exc2}"
+            ) from exc2
     for node in graph.nodes:
         # string annotations (``from __future__ import annotations``) break pickling the GraphModule
         node.type = None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return fx.GraphModule(model, graph, type(model).__name__)
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

@@ -1,0 +1,197 @@
+"""torch.fx tracing that also computes each node's value on an example input.
+
+Plain symbolic tracing fails on ``if x.shape[1] != self.num_channels`` (input validation in
+Hugging Face vision models) and on ``int(x.shape[-1])`` (TF "same" padding computed from the
+input size): a proxy has no truth value. Here every proxy carries the value its node takes on the
+example input, so ``bool``/``int``/``len``/iteration answer concretely and the branch taken on
+that input is recorded. Shapes themselves stay symbolic wherever the model only passes them on,
+so the batch size is not frozen; what *is* specialised is what the model branched on (input
+channels, the image size it pads for), which an exported int8 graph fixes anyway.
+
+Example:
+    >>> gm = trace_with_values(model, example_inputs=torch.randn(1, 3, 32, 32), tracer_class=QuantTracer)
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+_MISSING = object()
+# side-effect free, so safe to drop when unused (setitem and in-place operators are not here)
+_PURE_FUNCTIONS = {
+    getattr,
+    len,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.getitem,
+    operator.mod,
+    operator.floordiv,
+    operator.not_,
+    operator.and_,
+    operator.or_,
+}
+
+
+class ValueProxy(fx.Proxy):
+    """A proxy that knows its value on the example input (``_MISSING`` when it could not run)."""
+
+    @property
+    def value(self) -> Any:
+        return self.node.meta.get("example_value", _MISSING)
+
+    def _concrete(self, what: str) -> Any:
+        value = self.value
+        if value is _MISSING:
+            raise fx.proxy.TraceError(
+                f"{what} of {self.node.name} needs a value the example input did not give"
+            )
+        if isinstance(value, torch.Tensor) or self.node.meta.get("data_dependent"):
+            # a branch on tensor *data* differs from input to input: never bake it in
+            raise fx.proxy.TraceError(
+                f"{what} of {self.node.name} depends on tensor data (data-dependent control flow)"
+            )
+        return value
+
+    def __bool__(self) -> bool:
+        return bool(self._concrete("truth value"))
+
+    def __int__(self) -> int:
+        return int(self._concrete("int()"))
+
+    def __index__(self) -> int:
+        return int(self._concrete("index"))
+
+    def __float__(self) -> float:
+        return float(self._concrete("float()"))
+
+    def __len__(self) -> int:
+        value = self.value
+        return len(value) if isinstance(value, torch.Tensor) else len(self._concrete("len()"))
+
+    def __iter__(self):  # noqa: ANN204
+        return iter([self[i] for i in range(len(self))])
+
+
+def _value(a: Any) -> Any:
+    # create_proxy receives its arguments already turned into graph nodes
+    return fx.node.map_aggregate(
+        a, lambda v: v.meta.get("example_value", _MISSING) if isinstance(v, fx.Node) else v
+    )
+
+
+def _has_missing(a: Any) -> bool:
+    found = []
+    fx.node.map_aggregate(a, lambda v: found.append(v) if v is _MISSING else v)
+    return bool(found)
+
+
+def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
+    """``tracer_class`` extended to compute node values (see :func:`trace_with_values`)."""
+
+    class _ValueTracer(tracer_class):  # type: ignore[misc, valid-type]
+        example_values: dict[str, Any]
+        evaluating = False  # while computing a value, modules run as plain code (no new nodes)
+
+        def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
+            if self.evaluating:
+                return forward(*args, **kwargs)
+            return super().call_module(m, forward, args, kwargs)
+
+        def getattr(self, attr, attr_val, parameter_proxy_cache):  # noqa: ANN001
+            if self.evaluating:
+                return attr_val
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+        def proxy(self, node: fx.Node) -> fx.Proxy:
+            return ValueProxy(node, self)
+
+        def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *a, **kw):  # noqa: ANN001
+            proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *a, **kw)
+            if isinstance(proxy, ValueProxy):
+                node = proxy.node
+                node.meta["example_value"] = self._evaluate(kind, target, node.args, node.kwargs)
+                # a Python number read out of tensor data (``.item()``) taints what is computed from it
+                if (kind == "call_method" and target in ("item", "tolist")) or any(
+                    n.meta.get("data_dependent") for n in node.all_input_nodes
+                ):
+                    node.meta["data_dependent"] = True
+            return proxy
+
+        def _evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+            if kind == "placeholder":
+                return self.example_values.get(str(target).lstrip("*"), _MISSING)
+            values, kw_values = _value(args), _value(kwargs)
+            if _has_missing((values, kw_values)):
+                return _MISSING
+            self.evaluating = True
+            try:
+                with torch.no_grad():
+                    if kind == "call_function":
+                        return target(*values, **kw_values)
+                    if kind == "call_method":
+                        return getattr(values[0], target)(*values[1:], **kw_values)
+                    if kind == "call_module":
+                        return self.root.get_submodule(target)(*values, **kw_values)
+                    if kind == "get_attr":
+                        obj: Any = self.root
+                        for part in str(target).split("."):
+                            obj = getattr(obj, part)
+                        return obj
+            except Exception:  # the node still traces; only its value is unknown
+                return _MISSING
+            finally:
+                self.evaluating = False
+            return _MISSING
+
+    return _ValueTracer
+
+
+def trace_with_values(
+    model: nn.Module, *, example_inputs: Any, tracer_class: type[fx.Tracer]
+) -> tuple[fx.Graph, nn.Module]:
+    """Trace ``model`` with ``tracer_class`` while computing values on ``example_inputs``.
+
+    ``example_inputs``: a tensor (first argument), a tuple (positional) or a dict (keywords);
+    other arguments are fixed to their defaults (``labels=None`` stays None, not a proxy).
+    Returns ``(graph, root)``.
+    """
+    signature = inspect.signature(model.forward)
+    if isinstance(example_inputs, dict):
+        bound = signature.bind_partial(**example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        bound = signature.bind_partial(*example_inputs)
+    else:
+        bound = signature.bind_partial(example_inputs)
+    given = dict(bound.arguments)
+    fixed = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name not in given and p.default is not inspect.Parameter.empty
+    }
+    tracer = value_tracer(tracer_class)()
+    tracer.example_values = given
+    graph = tracer.trace(model, concrete_args=fixed or None)
+    for node in graph.nodes:  # the values were for tracing only; the graph module must not hold them
+        node.meta.pop("example_value", None)
+        node.meta.pop("data_dependent", None)
+    _drop_unused_checks(graph)
+    return graph, tracer.root
+
+
+def _drop_unused_checks(graph: fx.Graph) -> None:
+    """Remove the shape reads and comparisons a branch consumed (they have no users in the graph)."""
+    for node in reversed(list(graph.nodes)):
+        pure = (node.op == "call_function" and node.target in _PURE_FUNCTIONS) or (
+            node.op == "call_method" and node.target in ("size", "dim")
+        )
+        if pure and not node.users:
+            graph.erase_node(node)
