@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "model",
-        help="a model name (see `netcompress list models`), or a .pt file holding a pickled model (needs --trust-checkpoint)",
+        help="a model name (see `netcompress list models`), a factory (mymodel.py:build or package.module:build, "
+        "with KEY=VALUE arguments), or a .pt file holding a pickled model (needs --trust-checkpoint)",
     )
     p.add_argument(
         "kwargs", nargs="*", metavar="KEY=VALUE", help="model arguments, e.g. num_classes=11 width=0.5"
@@ -69,7 +70,16 @@ def run(args: argparse.Namespace) -> int:
         kwargs[key] = yaml.safe_load(value)
     path = Path(args.model)
     default_shape = None
-    if path.suffix in (".pt", ".pth") or path.exists():
+    if ":" in args.model and not path.exists():  # a factory: mymodel.py:build or package.module:build
+        from netcompress.core.factory import call_factory
+
+        model = call_factory(args.model, kwargs, where="profile")
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{args.model} returned a {type(model).__name__}, not an nn.Module")
+        name = args.model
+        if args.checkpoint:
+            load_state_dict_file(model, args.checkpoint)
+    elif path.suffix in (".pt", ".pth") or path.exists():
         model = load_checkpoint(path, trust=args.trust_checkpoint)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(

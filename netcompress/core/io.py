@@ -149,8 +149,10 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
 
 
 def _needs_trust(exc: pickle.UnpicklingError) -> bool:
-    # torch's weights_only unpickler says "Weights only load failed" for a global it does not allow
-    return "weights only" in str(exc).lower() or "weights_only" in str(exc)
+    # a pickle that names a class or function torch's weights-only unpickler does not allow; any other
+    # unpickling error (a text file, a cut-off file) is a corrupt checkpoint, not one to trust
+    text = str(exc)
+    return "Unsupported global" in text or "GLOBAL " in text
 
 
 def _blocked_name(exc: BaseException) -> str:

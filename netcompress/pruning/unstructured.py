@@ -164,11 +164,13 @@ def prune_unstructured_(
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
     seed: int = RandomUnstructuredConfig.seed,
+    config: L1UnstructuredConfig | RandomUnstructuredConfig | None = None,
 ) -> dict[str, Any]:
     """Mask the lowest-scoring weights of Conv1d/Conv2d/Linear layers IN PLACE; return a summary.
 
     ``method`` picks the registered method (``"l1"``: ``prune/l1_unstructured``, ``"random"``:
     ``prune/random_unstructured``, seeded by ``seed``); the other keywords are its config's fields.
+    ``config`` (an :class:`L1UnstructuredConfig` or :class:`RandomUnstructuredConfig`) replaces the keywords.
     ``amount`` is the sparsity reached over the selected weights (already-zero/masked weights
     count as pruned). ``include``/``exclude`` take layer names or ``re:`` patterns. The summary
     holds per-layer and global sparsity of the selected weights and the model's non-zero count.
@@ -180,6 +182,8 @@ def prune_unstructured_(
     """
     from netcompress.core.methods import apply
 
+    if config is not None:  # the recipe step's config instead of the keywords
+        return apply(model, config).summary
     check_choice("method", method, list(METHOD_CONFIGS))
     fields: dict[str, Any] = {"amount": amount, "scope": scope, "include": include, "exclude": exclude}
     if method == "random":

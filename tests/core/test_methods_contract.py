@@ -119,6 +119,7 @@ def test_every_method_has_a_verb_equivalence_test():
         key
         for key in METHODS.names()
         if METHODS.get(key).config.__module__.startswith("netcompress.")  # not the tests' own stand-ins
-        and METHODS.get(key).config.__name__ not in text and f'"{key.split("/")[1]}"' not in text
+        and METHODS.get(key).config.__name__ not in text
+        and f'"{key.split("/")[1]}"' not in text
     ]
     assert missing == []

@@ -163,3 +163,42 @@ def test_written_files_get_normal_modes(tmp_path: Path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_cli_profile_takes_a_factory_and_a_state_dict_from_the_current_folder(tmp_path: Path):
+    (tmp_path / "mymodel.py").write_text(
+        "from torch import nn\n\ndef build(width=8):\n    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))\n"
+    )
+    torch.save(
+        nn.Sequential(nn.Linear(64, 6), nn.ReLU(), nn.Linear(6, 10)).state_dict(), tmp_path / "state.pt"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    base = [
+        sys.executable,
+        "-m",
+        "netcompress.cli.main",
+        "profile",
+        "mymodel.py:build",
+        "width=6",
+        "--no-latency",
+    ]
+    proc = subprocess.run(
+        [*base, "--checkpoint", "state.pt", "--input-shape", "1,64"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "│ params " in proc.stdout and " 460 │" in proc.stdout  # 64*6+6 + 6*10+10: the state dict's widths
+    no_shape = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert (
+        no_shape.returncode == 2 and "--input-shape" in no_shape.stderr and "Traceback" not in no_shape.stderr
+    )
+
+
+def test_a_file_that_is_not_a_checkpoint_is_called_corrupt_not_untrusted(tmp_path: Path):
+    (tmp_path / "notes.pt").write_text("# not a checkpoint\n" * 20)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as err:
+        load_checkpoint(tmp_path / "notes.pt")
+    assert not isinstance(err.value, UntrustedCheckpointError)

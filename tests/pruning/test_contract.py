@@ -316,3 +316,18 @@ def test_channel_verbs_take_the_recipe_config_too():
     assert all(
         torch.equal(a, b) for a, b in zip(small_k.state_dict().values(), small_c.state_dict().values())
     )
+
+
+def test_prune_unstructured_takes_the_recipe_config_too():
+    import torch
+
+    import netcompress as nc
+    from netcompress.pruning import L1UnstructuredConfig
+
+    torch.manual_seed(0)
+    a = nc.models.create("digits_cnn")
+    b = nc.models.create("digits_cnn")
+    b.load_state_dict(a.state_dict())
+    nc.prune_unstructured_(a, amount=0.7, scope="layer")
+    nc.prune_unstructured_(b, config=L1UnstructuredConfig(amount=0.7, scope="layer"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
