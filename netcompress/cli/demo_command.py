@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train a small CNN on scikit-learn's bundled handwritten digits (no download), compress it step by step "
             "(pruning, fine-tuning, quantization, ONNX int8 export), print accuracy/params/MACs/bytes/latency for every "
-            "stage and write a Markdown + HTML report with plots into ./netcompress-demo. About 2 minutes on 2 CPU cores."
+            "stage and write a Markdown + HTML report with plots into ./netcompress-demo. About 15 s on 2 idle CPU cores."
         ),
     )
     p.add_argument(

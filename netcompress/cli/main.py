@@ -14,7 +14,7 @@ DESCRIPTION = """\
 netcompress: make PyTorch models smaller and faster, and measure what was gained.
 
 Start here:
-  netcompress demo                       train, compress and measure a small CNN (about 2 minutes on 2 cores)
+  netcompress demo                       train, compress and measure a small CNN (about 15 s on 2 idle cores)
   netcompress list recipes               shipped recipes (the reference experiments)
   netcompress run RECIPE.yaml            run a recipe; add key=value to override (e.g. seed=1 steps.0.epochs=3)
   netcompress run RECIPE.yaml --resume   continue a run that was stopped

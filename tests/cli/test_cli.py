@@ -90,8 +90,8 @@ def test_docs_and_help_agree_on_the_demo(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--help"])
     demo_help = " ".join(capsys.readouterr().out.split())
-    assert "about 2 minutes on 2 CPU cores" in readme and "About 2 minutes on 2 CPU cores" in demo_help
-    assert "about 2 minutes" in DESCRIPTION and "about 10 s" not in readme
+    assert "about 15 s on 2 idle CPU cores" in readme and "About 15 s on 2 idle CPU cores" in demo_help
+    assert "about 15 s on 2 idle cores" in DESCRIPTION and "about 2 minutes" not in readme
     assert (
         "netcompress-demo" in DESCRIPTION
         and "runs/demo" not in DESCRIPTION
