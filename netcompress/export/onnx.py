@@ -27,13 +27,22 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
+from netcompress.export.onnx_dynamic import swap_dynamic_linears
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
 # float reassociation only; int8 by a few output quantization steps where ORT requantizes in
 # integer arithmetic (QLinearConv, QLinearAveragePool, ...), each step 1/255 of a tensor's range
 TOLERANCE = {False: 1e-4, True: 0.05}
 
-INT8_OPS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul")
+INT8_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+)
 
 
 def _tmp_path(folder: Path, name: str) -> Path:
@@ -134,12 +143,16 @@ def export_onnx(
             "int8=True needs a fake-quantized model (nc.quantize(...)); this one has no quantizers"
         )
     dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    exported, dynamic_info = work, None
+    if int8 and quantizer_counts.get("dynamic"):
+        # dynamic int8 Linears export as DynamicQuantizeLinear + MatMulInteger with their int8 codes
+        exported, dynamic_info = swap_dynamic_linears(copy.deepcopy(work))
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
         with torch.no_grad():
             torch.onnx.export(
-                work,
+                exported,
                 (example_inputs,),
                 str(raw),
                 dynamo=False,
@@ -169,6 +182,8 @@ def export_onnx(
         "int8_op_counts": {k: counts[k] for k in INT8_OPS if k in counts},
         "quantizers": quantizer_counts,
     }
+    if dynamic_info is not None:
+        summary["dynamic_int8"] = dynamic_info
     if check:
         summary["check"] = check_onnx(
             work,
