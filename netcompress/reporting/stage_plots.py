@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator
 
 from netcompress.core.errors import ConfigError
 from netcompress.evaluation.units import format_bytes, format_count, format_ms
@@ -165,6 +165,8 @@ def _draw_panel(
     else:
         value_axis.set_major_locator(MaxNLocator(nbins=4 if horizontal else 6, min_n_ticks=2))
         ax.margins(**({"x": 0.35} if horizontal else {"y": 0.25 if len(names) > 4 else 0.1}))
+    if key == "accuracy" and not log:  # percent: the ticks stop at 100 even where the labels need room past it
+        value_axis.set_major_locator(FixedLocator([0, 25, 50, 75, 100]))
     if key in _TICKS:
         tick = _TICKS[key]
         value_axis.set_major_formatter(FuncFormatter(lambda v, _: tick(v) if v > 0 else "0"))
