@@ -14,6 +14,17 @@ SHARED_DATA = Path(os.environ.get("NETCOMPRESS_SHARED_DATA", REPO.parent / "shar
 # one thread: tests check numbers, not speed, and several may share a 2-core machine
 torch.set_num_threads(1)
 
+# CI replays the same fuzzing cases every run (a red build then means a change broke something, not that
+# the dice found a new case); local runs explore new cases, and a failure prints the case to add
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+    if os.environ.get("CI"):
+        _hypothesis_settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+
 
 @pytest.fixture(scope="session")
 def cifar_archive() -> Path:
