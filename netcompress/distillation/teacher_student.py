@@ -66,9 +66,6 @@ class SoftTargetsConfig(TrainConfig):
         if self.teacher is not None:
             check_teacher_spec(self.teacher)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.field_names()})
-
 
 def _example_inputs(train_loader: Any) -> Any:
     """One sample from the loader's data set, batched; reading the data set (not iterating the
@@ -233,7 +230,7 @@ def distill_config(config: TrainConfig | None, fields: Mapping[str, Any]) -> Sof
     if isinstance(config, SoftTargetsConfig):
         base = config.to_dict()
     elif config is not None:
-        base = {name: getattr(config, name) for name in TrainConfig.field_names()}
+        base = config.train_config().to_dict()
     else:
         base = {}
     return SoftTargetsConfig.from_dict({**base, **fields}, where="distill")

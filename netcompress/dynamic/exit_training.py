@@ -235,7 +235,7 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
     ee = model if isinstance(model, EarlyExitModel) else add_early_exits(
         model, exits=config.exits, example_inputs=example, head=config.head
     )  # fmt: skip
-    train_config = run_config(TrainConfig(**{n: getattr(config, n) for n in TrainConfig.field_names()}), data)
+    train_config = run_config(config.train_config(), data)
     history = None
     if train_config.epochs > 0:
         history = train_early_exit(

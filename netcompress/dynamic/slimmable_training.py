@@ -265,7 +265,7 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
     slim = model if isinstance(model, SlimmableModel) else make_slimmable(
         model, widths=config.widths, example_inputs=data.example_inputs[:1]
     )  # fmt: skip
-    train_config = run_config(TrainConfig(**{n: getattr(config, n) for n in TrainConfig.field_names()}), data)
+    train_config = run_config(config.train_config(), data)
     history = None
     if train_config.epochs > 0:
         hook = SlimmableHook(

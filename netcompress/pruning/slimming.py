@@ -127,10 +127,6 @@ class SlimmingTrainConfig(TrainConfig):
         check_range("lambda_", self.lambda_, 0.0)
         check_range("threshold", self.threshold, 0.0)
 
-    def train_config(self) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in self.to_dict().items() if k in fields})
-
 
 def slim(
     model: nn.Module,

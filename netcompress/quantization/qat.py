@@ -188,8 +188,7 @@ def qat(model: nn.Module, config: QATConfig, data: MethodData) -> Result:
     from netcompress.training import fit  # the training loop, loaded when the method runs
 
     qmodel = build_qat_model(model, config, calib_loader=data.calibration)
-    train_fields = TrainConfig.field_names()
-    train_config = TrainConfig(**{k: v for k, v in config.to_dict().items() if k in train_fields})
+    train_config = config.train_config()
     history = fit(qmodel, data.train_loader, val_loader=data.val_loader, config=train_config)
     freeze_quantizers_(qmodel).eval()
     rows = list(getattr(history, "rows", []))

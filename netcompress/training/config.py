@@ -44,6 +44,11 @@ class TrainConfig(Config):
     # validate on the test split, and choosing an epoch by test accuracy would flatter the result.
     keep_best: bool = False
 
+    def train_config(self) -> TrainConfig:
+        """Just the training fields, as a plain TrainConfig (a method config that extends TrainConfig
+        trains with this)."""
+        return TrainConfig(**{name: getattr(self, name) for name in TrainConfig.field_names()})
+
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
