@@ -15,14 +15,6 @@ from netcompress.export import OrtModel, export_onnx, op_counts
 from netcompress.quantization import quantize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -108,14 +108,6 @@ ZOO: dict[str, Callable[[str], nn.Module]] = {
 CONV_SUBCLASS_MODELS = {"effnet_pt_static", "effnet_pt_dynamic"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = ZOO[name](name).eval()
