@@ -1,0 +1,82 @@
+"""How far a compressed sentence encoder's embeddings moved from the original's.
+
+A sentence encoder is judged by what its users rely on: the direction of each embedding (cosine to
+the original's embedding of the same sentence) and the neighbourhoods (whether a sentence's nearest
+neighbour among the others is still the same one).
+
+Example:
+    >>> ref = embed(original, loader); new = embed(compressed, loader)
+    >>> compare_embeddings(ref, new)["nn_agreement"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.inputs import batch_inputs, call_model, output_tensor
+from netcompress.evaluation.harness import eval_mode
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the token states over the real (mask 1) tokens: (N, L, H) -> (N, H).
+
+    Example:
+        >>> mean_pool(torch.ones(1, 3, 2), torch.tensor([[1, 1, 0]])).tolist()
+        [[1.0, 1.0]]
+    """
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
+
+
+def embed(model: nn.Module | Any, batches: Iterable[Any], *, pool: bool = True) -> torch.Tensor:
+    """Embeddings of every batch, concatenated; token states are mean-pooled over the attention mask.
+
+    ``model`` is a module or any callable (an ONNX Runtime wrapper); a model that already returns
+    (N, H) sentence embeddings is taken as is.
+    """
+    outs = []
+    context = eval_mode(model) if isinstance(model, nn.Module) else torch.inference_mode()
+    with context, torch.inference_mode():
+        for batch in batches:
+            inputs = batch_inputs(batch)
+            hidden = output_tensor(call_model(model, inputs))
+            if pool and hidden.dim() == 3:
+                mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+                hidden = mean_pool(hidden, mask)
+            outs.append(hidden.float())
+    return torch.cat(outs)
+
+
+def compare_embeddings(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+    """Cosine of each candidate embedding to its reference (mean, min) and nearest-neighbour agreement.
+
+    Nearest neighbour: for each sentence, the most cosine-similar OTHER sentence of the same set;
+    agreement is the share of sentences whose neighbour is the same under both encoders.
+
+    Example:
+        >>> e = torch.eye(3)
+        >>> compare_embeddings(e, e)["cosine_mean"]
+        1.0
+    """
+    if reference.shape != candidate.shape:
+        raise ValueError(f"embeddings differ in shape: {tuple(reference.shape)} vs {tuple(candidate.shape)}")
+    ref = nn.functional.normalize(reference.double(), dim=1)
+    new = nn.functional.normalize(candidate.double(), dim=1)
+    cosine = (ref * new).sum(dim=1)
+    agreement = float("nan")
+    if len(ref) > 2:
+        eye = torch.eye(len(ref), dtype=torch.bool)
+        nn_ref = (ref @ ref.T).masked_fill(eye, -2).argmax(dim=1)
+        nn_new = (new @ new.T).masked_fill(eye, -2).argmax(dim=1)
+        agreement = float((nn_ref == nn_new).double().mean())
+    return {
+        "cosine_mean": round(float(cosine.mean()), 6),
+        "cosine_min": round(float(cosine.min()), 6),
+        "nn_agreement": agreement,
+    }
