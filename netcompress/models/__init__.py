@@ -10,7 +10,7 @@ Example:
     (3, 32, 32)
 """
 
-from netcompress.models import food, mobilenet, resnet, sincnet, small, vgg  # noqa: F401  (they register)
+from netcompress.models import food, mobilenet, resnet, sincnet, small, vgg, vit  # noqa: F401  (they register)
 from netcompress.models.catalog import (
     MODELS,
     ModelSpec,

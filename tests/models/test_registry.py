@@ -36,6 +36,7 @@ def test_registry_holds_the_contract_names() -> None:
         "mlp",
         "lenet",
         "digits_cnn",
+        "vit_tiny",
     }
     assert set(NAMES) == expected
     assert NAMES == sorted(NAMES) == models.MODELS.names()
