@@ -401,3 +401,35 @@ def test_hidden_pruning_of_a_model_whose_input_is_the_stream_is_refused():
 def test_no_attention_block_with_heads_requested_is_an_error():
     with pytest.raises(UnsupportedModelError, match="no attention block"):
         prune_transformer(nn.Sequential(MLP()), torch.randn(2, H), heads=0.5)
+
+
+class DecoderModel(nn.Module):
+    """nn.TransformerDecoderLayer: causal self-attention, cross-attention on a memory, FFN."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, H)
+        self.dec = nn.TransformerDecoderLayer(H, 4, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(H, 5)
+
+    def forward(self, ids: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
+        causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1])
+        return self.head(self.dec(self.emb(ids), self.emb(memory_ids), tgt_mask=causal, tgt_is_causal=True))
+
+
+def test_decoder_cross_attention_and_ignore_patterns():
+    import netcompress as nc
+
+    model = DecoderModel().eval()
+    inputs = (IDS[:, :6], IDS[:, 2:])  # two positional inputs
+    small, summary = transformer_prune(model, inputs, TransformerPruneConfig(heads=0.5, ffn=0.5, hidden=0.25))
+    assert [(r["name"], r["after"]) for r in summary["heads"]] == [
+        ("dec.self_attn", 2),
+        ("dec.multihead_attn", 2),
+    ]
+    assert (summary["ffn"][0]["after"], summary["hidden_after"]) == (32, 24)
+    kept = nc.prune_transformer(model, inputs, heads=0.5, ffn=0.0, ignore=["dec.multihead_attn"])
+    assert kept.dec.self_attn.num_heads == 2 and isinstance(kept.dec.multihead_attn, nn.MultiheadAttention)
+    with pytest.raises(ConfigError, match="ignore pattern 'dec.nothing' matches no attention or FFN block"):
+        prune_transformer(model, inputs, ignore=["dec.nothing"])
