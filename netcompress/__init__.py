@@ -51,6 +51,7 @@ _LAZY = {
     "distill": ("netcompress.distillation", "distill"),
     "distill_": ("netcompress.distillation", "distill_"),
     "run_recipe": ("netcompress.recipes", "run_recipe"),
+    "prune_transformer": ("netcompress.pruning", "prune_transformer"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

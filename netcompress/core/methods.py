@@ -192,6 +192,7 @@ METHOD_MODULES = (
     "netcompress.clustering.model_clustering",
     "netcompress.dynamic.exit_training",
     "netcompress.dynamic.slimmable_training",
+    "netcompress.pruning.transformer_pruning",
 )
 
 

@@ -74,6 +74,8 @@ from netcompress.pruning.sparse_storage import (
     read_sparse_state_dict,
     save_sparse,
 )
+from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.pruning.transformer_pruning import TransformerPruneConfig, prune_transformer
 from netcompress.pruning.unstructured import SCORES as UNSTRUCTURED_METHODS
 from netcompress.pruning.unstructured import (
     L1UnstructuredConfig,
@@ -145,4 +147,8 @@ __all__ = [
     "remove_masks",
     "save_sparse",
     "sparsity_report",
+    # transformers: attention heads, FFN neurons, residual-stream width
+    "PrunedMultiheadAttention",
+    "TransformerPruneConfig",
+    "prune_transformer",
 ]

@@ -33,6 +33,7 @@ TINY = {
     "prune/l1_unstructured": {"save_sparse": False},
     "prune/random_unstructured": {"save_sparse": False},
     "cluster/kmeans": {"save": False},
+    "prune/transformer": {"heads": 0.0, "ffn": 0.0},  # a CNN has no attention/FFN block: a checked no-op
 }
 REQUIRED = {"dynamic/early_exit": {"exits": ["features.5"]}}
 

@@ -331,3 +331,27 @@ def test_prune_unstructured_takes_the_recipe_config_too():
     nc.prune_unstructured_(a, amount=0.7, scope="layer")
     nc.prune_unstructured_(b, config=L1UnstructuredConfig(amount=0.7, scope="layer"))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_prune_transformer_verb_equals_the_method():
+    """``prune_transformer`` (keywords or config) and ``apply(TransformerPruneConfig)`` give the same weights."""
+    transformers = pytest.importorskip("transformers")
+    from netcompress.pruning import TransformerPruneConfig, prune_transformer
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
+    )
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batches = [{**inputs, "labels": torch.tensor([0, 1])}]
+    config = TransformerPruneConfig(heads=0.5, ffn=0.5, hidden=0.25, importance="wanda", calib_batches=1)
+    result = apply(model, config, MethodData(example_inputs=inputs, calib_loader=batches))
+    verb = prune_transformer(
+        model, inputs, heads=0.5, ffn=0.5, hidden=0.25, importance="wanda", calib_batches=1, loader=batches
+    )
+    _same(verb, result.model)
+    _same(prune_transformer(model, inputs, config=config, loader=batches), result.model)
+    assert result.summary["hidden_after"] == 24 and [r["after"] for r in result.summary["heads"]] == [2, 2]
+    assert method_for(config).key == "prune/transformer"

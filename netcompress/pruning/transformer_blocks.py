@@ -1,0 +1,268 @@
+"""Find the attention and FFN blocks of a transformer by their structure (no tracing).
+
+Three attention layouts are recognised:
+
+- ``"mha"``: ``nn.MultiheadAttention`` (packed ``in_proj_weight``, ``out_proj``; self-attention widths only,
+  no ``bias_k``/``add_zero_attn``) and :class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention`;
+- ``"linear"``: separate query/key/value ``nn.Linear`` children (``q_proj``/``query``/``q``/``wq``/...) and
+  an output ``nn.Linear`` (a child ``o_proj``/``out_proj``/``out``/``proj``/... or, BERT-style, the parent's
+  ``output.dense``), with a head count attribute (``num_heads``/``num_attention_heads``/``n_heads``/...) and
+  optionally ``head_dim``/``attention_head_size`` and a key/value head count (grouped-query attention,
+  Llama). This covers Hugging Face BERT, ViT, Llama and hand-written blocks;
+- ``"packed"``: GPT-2's ``c_attn`` (transformers ``Conv1D``, transposed weight, q|k|v packed) and ``c_proj``.
+
+FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
+``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
+``dense_h_to_4h -> dense_4h_to_h``, or BERT's ``intermediate.dense -> output.dense``.
+
+Recognising a block is a claim about how its forward uses the weights; every prune checks that claim
+numerically (pruned model == masked original, ``transformer_verify``), so a block whose forward does
+something else is reported by name instead of being pruned wrongly. Attention-like modules (class name
+holding "attention"/"attn") that match no layout are listed in ``Blocks.unknown`` with the reason.
+
+Example:
+    >>> blocks = find_blocks(nn.TransformerEncoderLayer(32, 4, 64))
+    >>> [(u.name, u.layout, u.num_heads) for u in blocks.attention], [u.down for u in blocks.ffn]
+    ([('self_attn', 'mha', 4)], ['linear2'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+
+Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin")
+K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin")
+V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin")
+O_NAMES = ("o_proj", "out_proj", "out", "o", "proj", "wo", "to_out", "out_lin", "dense")
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
+KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+FFN_PATTERNS = (
+    (("gate_proj", "up_proj"), "down_proj"),
+    (("w1", "w3"), "w2"),
+    (("fc1",), "fc2"),
+    (("c_fc",), "c_proj"),
+    (("linear1",), "linear2"),
+    (("lin1",), "lin2"),
+    (("wi",), "wo"),
+    (("dense_h_to_4h",), "dense_4h_to_h"),
+)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def is_dense(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a transformers ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def in_out(module: nn.Module) -> tuple[int, int]:
+    """(input features, output features) of a Linear or Conv1D, read from its weight."""
+    rows, cols = module.weight.shape
+    return (int(rows), int(cols)) if is_conv1d(module) else (int(cols), int(rows))
+
+
+@dataclasses.dataclass
+class AttentionUnit:
+    """One attention block: where its projections are and how its heads are laid out.
+
+    ``q``, ``k``, ``v``, ``o`` are qualified layer names (for ``"mha"`` all are the module itself; for
+    ``"packed"`` q, k and v are the one ``c_attn``). Query head ``h`` uses key/value head ``h // groups``.
+    """
+
+    name: str
+    layout: str
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int
+    q: str
+    k: str
+    v: str
+    o: str
+
+    @property
+    def groups(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.num_heads // self.num_kv_heads
+
+    def layers(self) -> set[str]:
+        return {self.q, self.k, self.v, self.o}
+
+
+@dataclasses.dataclass
+class FFNUnit:
+    """One feed-forward block: ``up`` layers (all produce the ``width`` neurons) and the ``down`` layer."""
+
+    name: str
+    up: list[str]
+    down: str
+    width: int
+
+    def layers(self) -> set[str]:
+        return {*self.up, self.down}
+
+
+@dataclasses.dataclass
+class Blocks:
+    """What :func:`find_blocks` found: attention units, FFN units, and unrecognised attention modules."""
+
+    attention: list[AttentionUnit]
+    ffn: list[FFNUnit]
+    unknown: dict[str, str]
+
+    def layer_names(self) -> set[str]:
+        names: set[str] = set()
+        for unit in [*self.attention, *self.ffn]:
+            names |= unit.layers()
+        return names
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _attr(module: nn.Module, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
+    children = dict(module.named_children())
+    for name in names:
+        if name in children and is_dense(children[name]):
+            return name, children[name]
+    return None
+
+
+def _mha_unit(name: str, module: nn.Module) -> AttentionUnit | str:
+    if isinstance(module, nn.MultiheadAttention):
+        if not module._qkv_same_embed_dim:
+            return "nn.MultiheadAttention with kdim/vdim != embed_dim (separate q/k/v weights)"
+        if module.bias_k is not None or module.add_zero_attn:
+            return "nn.MultiheadAttention with add_bias_kv or add_zero_attn"
+    return AttentionUnit(
+        name, "mha", module.num_heads, module.head_dim, module.num_heads, name, name, name, name
+    )
+
+
+def _packed_unit(name: str, module: nn.Module) -> AttentionUnit | str:
+    heads, head_dim = _attr(module, HEAD_ATTRS), _attr(module, HEAD_DIM_ATTRS)
+    c_attn, c_proj = module.c_attn, module.c_proj
+    if getattr(module, "is_cross_attention", False) or hasattr(module, "q_attn"):
+        return "packed cross-attention (q_attn + c_attn holding k|v) is not supported"
+    if heads is None or head_dim is None or not is_conv1d(c_attn) or not is_conv1d(c_proj):
+        return "packed c_attn/c_proj without Conv1D layers and num_heads/head_dim attributes"
+    inner = heads * head_dim
+    if (
+        in_out(c_attn)[1] != 3 * inner
+        or in_out(c_proj)[0] != inner
+        or getattr(module, "split_size", inner) != inner
+    ):
+        return f"c_attn/c_proj widths do not match {heads} heads x {head_dim}"
+    c, p = _join(name, "c_attn"), _join(name, "c_proj")
+    return AttentionUnit(name, "packed", heads, head_dim, heads, c, c, c, p)
+
+
+def _linear_unit(
+    name: str, module: nn.Module, parent: nn.Module | None, parent_name: str
+) -> AttentionUnit | str:
+    found = [_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)]
+    if any(f is None for f in found):
+        return "no separate query/key/value Linear children (packed qkv layouts are not supported)"
+    (qn, q), (kn, k), (vn, v) = found  # type: ignore[misc]
+    if not all(isinstance(m, nn.Linear) for m in (q, k, v)):
+        return "query/key/value must be nn.Linear"
+    heads, head_dim = _attr(module, HEAD_ATTRS), _attr(module, HEAD_DIM_ATTRS)
+    if heads is None and head_dim is None:
+        return f"no head-count or head-size attribute (one of {', '.join(HEAD_ATTRS + HEAD_DIM_ATTRS)})"
+    heads = heads or q.out_features // head_dim
+    head_dim = head_dim or q.out_features // heads
+    inner = heads * head_dim
+    kv = _attr(module, KV_ATTRS)
+    groups = _attr(module, ("num_key_value_groups",))
+    kv = kv or (heads // groups if groups else k.out_features // head_dim)
+    if q.out_features != inner or k.out_features != kv * head_dim or v.out_features != kv * head_dim:
+        return f"query/key/value widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
+    if heads % kv:
+        return f"{heads} query heads cannot share {kv} key/value heads evenly"
+    out = _child(module, O_NAMES)
+    o_name = _join(name, out[0]) if out else ""
+    if out is None and parent is not None:  # BERT: BertAttention.output.dense
+        dense = getattr(getattr(parent, "output", None), "dense", None)
+        if dense is not None and is_dense(dense):
+            out, o_name = ("dense", dense), _join(parent_name, "output.dense")
+    if out is None or not isinstance(out[1], nn.Linear) or out[1].in_features != inner:
+        return "no output projection Linear (o_proj/out_proj/out/proj or the parent's output.dense) of matching width"
+    return AttentionUnit(name, "linear", heads, head_dim, kv, *(_join(name, n) for n in (qn, kn, vn)), o_name)
+
+
+def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
+    children = dict(module.named_children())
+    for ups, down in FFN_PATTERNS:
+        if all(u in children and is_dense(children[u]) for u in ups) and down in children:
+            layers = [children[u] for u in ups]
+            if not is_dense(children[down]):
+                continue
+            width = in_out(layers[0])[1]
+            if all(in_out(m)[1] == width for m in layers) and in_out(children[down])[0] == width:
+                return FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width)
+    inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
+    up, down = getattr(inter, "dense", None), getattr(out, "dense", None)
+    found = up is not None and down is not None and is_dense(up) and is_dense(down)
+    if found and in_out(up)[1] == in_out(down)[0]:
+        return FFNUnit(name, [_join(name, "intermediate.dense")], _join(name, "output.dense"), in_out(up)[1])
+    return None
+
+
+def _looks_like_attention(module: nn.Module) -> bool:
+    kind = type(module).__name__.lower()
+    return "attention" in kind or "attn" in kind
+
+
+def find_blocks(model: nn.Module) -> Blocks:
+    """All attention and FFN units of ``model`` (see the module docstring for the layouts)."""
+    modules = dict(model.named_modules())
+    attention: list[AttentionUnit] = []
+    ffn: list[FFNUnit] = []
+    reasons: dict[str, str] = {}
+    for name, module in modules.items():
+        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
+        parent = modules.get(parent_name) if name else None
+        unit: AttentionUnit | str | None = None
+        if isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention)):
+            unit = _mha_unit(name, module)
+        elif hasattr(module, "c_attn") and hasattr(module, "c_proj"):
+            unit = _packed_unit(name, module)
+        elif any(_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)) or _looks_like_attention(
+            module
+        ):
+            unit = _linear_unit(name, module, parent, parent_name)
+        if isinstance(unit, AttentionUnit):
+            attention.append(unit)
+        elif isinstance(unit, str):
+            reasons[name] = unit
+        found = _ffn_unit(name, module)
+        if found is not None:
+            ffn.append(found)
+    claimed = {u.name for u in attention}
+    attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
+    ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too
+    unknown = {}
+    for name, reason in reasons.items():
+        related = any(c == name or c.startswith(name + ".") or name.startswith(c + ".") for c in claimed)
+        own_weights = any(is_dense(m) for m in modules[name].children()) or any(
+            True for _ in modules[name].parameters(recurse=False)
+        )
+        if not related and own_weights and _looks_like_attention(modules[name]):
+            unknown[name] = f"{type(modules[name]).__name__}: {reason}"
+    return Blocks(attention, ffn, unknown)

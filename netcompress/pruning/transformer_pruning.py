@@ -1,0 +1,289 @@
+"""Structured pruning of transformers: attention heads, FFN neurons and the residual-stream width.
+
+:func:`prune_transformer` (and the method ``prune/transformer``) returns a physically smaller copy:
+
+1. find the attention and FFN blocks by structure (``transformer_blocks``: ``nn.MultiheadAttention``,
+   ``nn.TransformerEncoderLayer``, hand-written q/k/v/out attention, Hugging Face BERT, ViT, GPT-2, Llama);
+2. score every head, neuron and stream channel (``transformer_importance``: magnitude, Taylor/Fisher on
+   data, Wanda) and keep the best in each block (``heads`` and ``ffn`` are per-block shares, at least
+   ``min_heads`` heads stay); grouped-query attention keeps whole key/value groups (``gqa="groups"``) or
+   the same number of query heads in every group (``gqa="queries"``), so groups stay even;
+3. slice the layers (``transformer_surgery``) and check the result against the masked original on the
+   example inputs (``transformer_verify``): a block whose forward was not followed is an error naming it.
+
+The residual stream (``hidden``) keeps one channel set in every embedding, norm and layer that reads or
+writes it. Pruning it changes LayerNorm/RMSNorm statistics, so the pruned model equals the original with
+those channels zeroed AND its norms computing their statistics over the kept channels only (not the
+original with channels masked); that is what is verified. The model config's ``hidden_size`` is updated;
+head counts differ per layer after a prune, so the HF config's ``num_attention_heads`` is left as it was
+(no forward reads it; the modules' own counts are updated).
+
+Example:
+    >>> small = prune_transformer(model, {"input_ids": ids, "attention_mask": mask}, heads=0.25, ffn=0.5)
+    >>> small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.5, importance="wanda"), loader=dl)
+    >>> summary["heads"][0]  # {'name': ..., 'before': 4, 'after': 2, ...}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from netcompress.core.config import Config, check_choice, check_fraction, check_range
+from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import call_model, check_inputs
+from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.core.selection import name_matches
+from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, find_blocks
+from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
+from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
+from netcompress.pruning.transformer_verify import verify_pruned
+
+GQA_MODES = ("groups", "queries")
+
+
+@dataclasses.dataclass
+class TransformerPruneConfig(Config):
+    """``prune/transformer`` and :func:`prune_transformer`: shares of heads, FFN neurons and stream channels removed.
+
+    ``heads``/``ffn`` apply to every block (each block keeps at least ``min_heads`` heads); ``hidden`` to the
+    one residual stream. ``importance``: ``magnitude``, ``taylor`` (Fisher of unit gates on labelled batches)
+    or ``wanda`` (activation-weighted magnitude); the data-driven ones read ``calib_batches`` batches of the
+    calibration loader (the training loader when there is none). ``gqa``: ``groups`` removes whole key/value
+    groups, ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
+    kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole.
+    """
+
+    heads: float = 0.25
+    ffn: float = 0.25
+    hidden: float = 0.0
+    importance: str = "magnitude"
+    min_heads: int = 1
+    gqa: str = "groups"
+    round_to: int = 1
+    calib_batches: int = 4
+    ignore: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "ffn", "hidden"):
+            check_fraction(name, getattr(self, name))
+        check_choice("importance", self.importance, CRITERIA)
+        check_choice("gqa", self.gqa, GQA_MODES)
+        check_range("min_heads", self.min_heads, 1)
+        check_range("round_to", self.round_to, 1)
+        check_range("calib_batches", self.calib_batches, 1)
+        if isinstance(self.ignore, str):
+            raise ConfigError("ignore must be a list of block names or 're:' patterns, not a string")
+        self.ignore = list(self.ignore)
+
+
+def keep_count(total: int, ratio: float, *, minimum: int = 1, round_to: int = 1) -> int:
+    """Units kept when removing ``ratio`` of ``total``: rounded up to ``round_to``, at least ``minimum``.
+
+    Example:
+        >>> keep_count(4, 0.25), keep_count(4, 0.9), keep_count(37, 0.5, round_to=8)
+        (3, 1, 24)
+    """
+    keep = total - math.floor(ratio * total + 1e-9)
+    keep = math.ceil(keep / round_to) * round_to
+    return min(total, max(keep, minimum))
+
+
+def top_units(scores: torch.Tensor, keep: int) -> list[int]:
+    """The ``keep`` best indices, sorted (ties: the higher index is removed first... kept lower index)."""
+    order = sorted(range(len(scores)), key=lambda k: (-float(scores[k]), k))
+    return sorted(order[:keep])
+
+
+def select_heads(
+    unit: AttentionUnit, scores: torch.Tensor, ratio: float, min_heads: int, gqa: str
+) -> tuple[list[int], list[int]]:
+    """Kept (query heads, key/value heads) of one attention unit."""
+    g = unit.groups
+    if g == 1:
+        kept = top_units(scores, keep_count(unit.num_heads, ratio, minimum=min_heads))
+        return kept, kept
+    if gqa == "groups":
+        group_scores = scores.view(unit.num_kv_heads, g).sum(1)
+        groups = top_units(
+            group_scores, keep_count(unit.num_kv_heads, ratio, minimum=math.ceil(min_heads / g))
+        )
+        return [kv * g + i for kv in groups for i in range(g)], groups
+    per_group = keep_count(g, ratio, minimum=math.ceil(min_heads / unit.num_kv_heads))
+    kept = [
+        kv * g + i
+        for kv in range(unit.num_kv_heads)
+        for i in top_units(scores[kv * g : (kv + 1) * g], per_group)
+    ]
+    return kept, list(range(unit.num_kv_heads))
+
+
+def plan_transformer_pruning(
+    blocks: Blocks, scores: UnitScores, config: TransformerPruneConfig, width: int
+) -> TransformerPlan:
+    """Choose what to keep from ``scores`` (see :class:`TransformerPruneConfig`)."""
+    plan = TransformerPlan(hidden_width=width)
+    skip = lambda name: any(name_matches(name, p) for p in config.ignore)  # noqa: E731
+    if config.heads > 0:
+        for unit in blocks.attention:
+            if not skip(unit.name):
+                q, kv = select_heads(
+                    unit, scores.heads[unit.name], config.heads, config.min_heads, config.gqa
+                )
+                plan.heads[unit.name], plan.kv_heads[unit.name] = q, kv
+    if config.ffn > 0:
+        for unit in blocks.ffn:
+            if not skip(unit.name):
+                keep = keep_count(unit.width, config.ffn, round_to=config.round_to)
+                plan.neurons[unit.name] = top_units(scores.neurons[unit.name], keep)
+    if config.hidden > 0 and scores.hidden is not None:
+        plan.hidden = top_units(scores.hidden, keep_count(width, config.hidden, round_to=config.round_to))
+    return plan
+
+
+def _check_blocks(blocks: Blocks, config: TransformerPruneConfig) -> None:
+    unknown = {
+        n: r
+        for n, r in blocks.unknown.items()
+        if config.hidden > 0 or not any(name_matches(n, p) for p in config.ignore)
+    }
+    if unknown and (config.heads > 0 or config.hidden > 0):
+        listed = "; ".join(f"{n!r} ({r})" for n, r in unknown.items())
+        raise UnsupportedModelError(
+            f"attention modules with a structure the transformer pruner does not recognise: {listed}"
+        )
+    if config.heads > 0 and not blocks.attention:
+        raise UnsupportedModelError(
+            "heads > 0 but the model has no attention block the transformer pruner recognises"
+        )
+    if config.ffn > 0 and not blocks.ffn:
+        raise UnsupportedModelError(
+            "ffn > 0 but the model has no FFN block (fc1/fc2, linear1/linear2, gate/up/down, ...)"
+        )
+    for pattern in config.ignore:
+        if (
+            not any(name_matches(u.name, pattern) for u in [*blocks.attention, *blocks.ffn])
+            and pattern not in blocks.unknown
+        ):
+            raise ConfigError(f"ignore pattern {pattern!r} matches no attention or FFN block")
+
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """MACs of one forward pass on ``example_inputs`` (tensor, tuple or dict), from PyTorch's FLOP counter."""
+    counter = FlopCounterMode(display=False)
+    # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see
+    with eval_mode(model), torch.enable_grad(), counter:
+        call_model(model, example_inputs)
+    return counter.get_total_flops() // 2
+
+
+def _summary(
+    model: nn.Module, small: nn.Module, blocks: Blocks, plan: TransformerPlan, inputs: Any
+) -> dict[str, Any]:
+    heads = []
+    for u in blocks.attention:
+        q, kv = plan.heads.get(u.name), plan.kv_heads.get(u.name)
+        heads.append({
+            "name": u.name, "before": u.num_heads, "after": len(q) if q else u.num_heads,
+            "kv_before": u.num_kv_heads, "kv_after": len(kv) if kv else u.num_kv_heads, "kept": q or list(range(u.num_heads)),
+        })  # fmt: skip
+    ffn = []
+    for u in blocks.ffn:
+        kept = plan.neurons.get(u.name, list(range(u.width)))
+        ffn.append({"name": u.name, "before": u.width, "after": len(kept), "kept": kept})
+    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters()))
+    macs = (count_macs(model, inputs), count_macs(small, inputs))
+    width = plan.hidden_width
+    return {
+        "heads": heads, "ffn": ffn, "hidden_before": width,
+        "hidden_after": width if plan.hidden is None else len(plan.hidden),
+        "params_before": params[0], "params_after": params[1], "param_reduction": params[0] / max(params[1], 1),
+        "macs_before": macs[0], "macs_after": macs[1], "mac_reduction": macs[0] / max(macs[1], 1),
+        "unknown": dict(blocks.unknown),
+    }  # fmt: skip
+
+
+def transformer_prune(
+    model: nn.Module, example_inputs: Any, config: TransformerPruneConfig, *, loader: Any = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The algorithm under :func:`prune_transformer` and ``prune/transformer``: (verified pruned copy, summary)."""
+    if example_inputs is None:
+        raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
+    check_inputs(example_inputs)
+    blocks = find_blocks(model)
+    _check_blocks(blocks, config)
+    stream = stream_layers(model, blocks) if config.hidden > 0 else None
+    width = stream.width if stream is not None else _width(model, blocks)
+    scores = unit_importance(
+        model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
+    )
+    plan = plan_transformer_pruning(blocks, scores, config, width)
+    small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    summary = {
+        "method": "transformer",
+        **config.to_dict(),
+        **_summary(model, small, blocks, plan, example_inputs),
+    }
+    return small, summary
+
+
+def _width(model: nn.Module, blocks: Blocks) -> int:
+    try:
+        return stream_layers(model, blocks, require_source=False).width
+    except UnsupportedModelError:
+        return 0
+
+
+def prune_transformer(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    heads: float = TransformerPruneConfig.heads,
+    ffn: float = TransformerPruneConfig.ffn,
+    hidden: float = TransformerPruneConfig.hidden,
+    importance: str = TransformerPruneConfig.importance,
+    min_heads: int = TransformerPruneConfig.min_heads,
+    gqa: str = TransformerPruneConfig.gqa,
+    round_to: int = TransformerPruneConfig.round_to,
+    calib_batches: int = TransformerPruneConfig.calib_batches,
+    ignore: Iterable[str] = (),
+    loader: Any = None,
+    config: TransformerPruneConfig | None = None,
+) -> nn.Module:
+    """Return a physically smaller, verified copy of ``model`` with heads, FFN neurons and stream channels removed.
+
+    ``model`` is left untouched. Keywords are :class:`TransformerPruneConfig`'s fields; ``loader`` gives the
+    batches for ``importance="taylor"``/``"wanda"``. The summary comes from
+    ``nc.apply(model, TransformerPruneConfig(...), MethodData(example_inputs=...))``.
+
+    Example:
+        >>> small = prune_transformer(bert, {"input_ids": ids, "attention_mask": mask}, heads=0.5, ffn=0.5)
+        >>> small.bert.encoder.layer[0].attention.self.num_attention_heads
+        2
+    """
+    if config is None:
+        config = TransformerPruneConfig.from_dict(
+            {
+                "heads": heads, "ffn": ffn, "hidden": hidden, "importance": importance, "min_heads": min_heads,
+                "gqa": gqa, "round_to": round_to, "calib_batches": calib_batches, "ignore": list(ignore),
+            },
+            where="prune_transformer",
+        )  # fmt: skip
+    return transformer_prune(model, example_inputs, config, loader=loader)[0]
+
+
+@register_method("prune", "transformer", config=TransformerPruneConfig)
+def transformer(model: nn.Module, config: TransformerPruneConfig, data: MethodData) -> Result:
+    """Remove attention heads, FFN neurons and residual-stream channels physically (verified against masking)."""
+    data.require("example_inputs", method="prune/transformer")
+    small, summary = transformer_prune(model, data.example_inputs, config, loader=data.calibration)
+    return Result(model=small, summary=summary)

@@ -1,0 +1,293 @@
+"""Physically remove attention heads, FFN neurons and residual-stream channels from a transformer.
+
+:func:`apply_transformer_plan_` slices a model in place following a :class:`TransformerPlan`:
+
+- heads: the query/key/value rows and output-projection columns of each removed head (key/value heads of
+  grouped-query attention likewise), then the attributes the forward reads (``num_heads``,
+  ``num_attention_heads``, ``all_head_size``, ``split_size``, ``num_key_value_heads``,
+  ``num_key_value_groups``); an ``nn.MultiheadAttention`` becomes a
+  :class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention`;
+- FFN neurons: the rows of the up (and gate) layers and the columns of the down layer;
+- hidden width: one channel set everywhere the residual stream is read or written (:func:`stream_layers`).
+
+Weights shared between layers (GPT-2's tied ``wte``/``lm_head``) are sliced once and stay shared. The
+result is checked by ``transformer_verify`` before anyone sees it.
+
+Example:
+    >>> plan = TransformerPlan(heads={"self_attn": [0, 2]}, kv_heads={"self_attn": [0, 2]})
+    >>> apply_transformer_plan_(layer, find_blocks(layer), plan).self_attn.num_heads
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import UnsupportedModelError
+from netcompress.pruning.transformer_blocks import (
+    HEAD_ATTRS,
+    KV_ATTRS,
+    AttentionUnit,
+    Blocks,
+    FFNUnit,
+    in_out,
+    is_conv1d,
+    is_dense,
+)
+from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+
+
+@dataclasses.dataclass
+class TransformerPlan:
+    """Kept indices: query heads and key/value heads per attention unit, neurons per FFN unit, and the
+    residual-stream channels (``hidden=None``: all kept). Units not named keep everything."""
+
+    heads: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    kv_heads: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    neurons: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    hidden: list[int] | None = None
+    hidden_width: int = 0
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name) if name else model
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(get_module(model, parent), leaf, new)
+
+
+def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    """The channel indices of ``heads`` in a projection of ``head_dim``-wide heads laid out head after head."""
+    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
+
+
+class _Slicer:
+    """Slices parameters, once per parameter object, so tied weights stay tied."""
+
+    def __init__(self) -> None:
+        # id -> (old, new): holding the old parameter keeps its id from being reused by a new object
+        self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
+
+    def __call__(self, module: nn.Module, attr: str, index: dict[int, torch.Tensor]) -> None:
+        param = getattr(module, attr)
+        if param is None:
+            return
+        if id(param) in self.done:
+            setattr(module, attr, self.done[id(param)][1])
+            return
+        value = param.detach()
+        for dim, idx in index.items():
+            value = value.index_select(dim, idx.to(value.device))
+        new = nn.Parameter(value.clone(), requires_grad=param.requires_grad)
+        self.done[id(param)] = (param, new)
+        setattr(module, attr, new)
+
+
+def slice_dense(
+    layer: nn.Module, slicer: _Slicer, *, out: torch.Tensor | None = None, inp: torch.Tensor | None = None
+) -> None:
+    """Keep output features ``out`` and input features ``inp`` of a Linear or transformers Conv1D."""
+    conv1d = is_conv1d(layer)
+    index = {}
+    if out is not None:
+        index[1 if conv1d else 0] = out
+    if inp is not None:
+        index[0 if conv1d else 1] = inp
+    slicer(layer, "weight", index)
+    if out is not None and getattr(layer, "bias", None) is not None:
+        slicer(layer, "bias", {0: out})
+    n_in, n_out = in_out(layer)
+    if conv1d:
+        layer.nf, layer.nx = n_out, n_in
+    else:
+        layer.in_features, layer.out_features = n_in, n_out
+
+
+def _set_head_attrs(module: nn.Module, unit: AttentionUnit, n_q: int, n_kv: int) -> None:
+    for attr in HEAD_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, n_q)
+    for attr in KV_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, n_kv)
+    for attr in ("all_head_size", "split_size", "inner_dim"):
+        if getattr(module, attr, None) == unit.num_heads * unit.head_dim:
+            setattr(module, attr, n_q * unit.head_dim)
+    if isinstance(getattr(module, "num_key_value_groups", None), int):
+        module.num_key_value_groups = n_q // n_kv
+
+
+def prune_heads_(
+    model: nn.Module, unit: AttentionUnit, keep_q: list[int], keep_kv: list[int], slicer: _Slicer
+) -> None:
+    """Remove the heads of ``unit`` not in ``keep_q`` (query heads) / ``keep_kv`` (key/value heads)."""
+    module, d = get_module(model, unit.name), unit.head_dim
+    rows = head_rows(keep_q, d)
+    if unit.layout == "mha":
+        set_module(model, unit.name, PrunedMultiheadAttention.from_attention(module, keep_q))
+        return
+    if unit.layout == "packed":
+        inner = unit.num_heads * d
+        slice_dense(get_module(model, unit.q), slicer, out=torch.cat([rows, rows + inner, rows + 2 * inner]))
+    else:
+        kv_rows = head_rows(keep_kv, d)
+        slice_dense(get_module(model, unit.q), slicer, out=rows)
+        slice_dense(get_module(model, unit.k), slicer, out=kv_rows)
+        slice_dense(get_module(model, unit.v), slicer, out=kv_rows)
+    slice_dense(get_module(model, unit.o), slicer, inp=rows)
+    _set_head_attrs(module, unit, len(keep_q), len(keep_kv))
+
+
+def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Slicer) -> None:
+    """Remove the FFN neurons of ``unit`` not in ``keep``."""
+    idx = torch.tensor(keep, dtype=torch.long)
+    for name in unit.up:
+        slice_dense(get_module(model, name), slicer, out=idx)
+    slice_dense(get_module(model, unit.down), slicer, inp=idx)
+    module = get_module(model, unit.name)
+    if getattr(module, "intermediate_size", None) == unit.width:
+        module.intermediate_size = len(keep)
+
+
+def is_norm(module: nn.Module, width: int) -> bool:
+    """A LayerNorm/RMSNorm over the last dimension of size ``width``."""
+    if isinstance(module, nn.LayerNorm):
+        return tuple(module.normalized_shape) == (width,)
+    kind = type(module).__name__
+    weight = getattr(module, "weight", None)
+    return (
+        kind.endswith(("RMSNorm", "LayerNorm"))
+        and isinstance(weight, torch.Tensor)
+        and weight.shape == (width,)
+    )
+
+
+@dataclasses.dataclass
+class StreamLayers:
+    """Every place the residual stream (``width`` channels) is read or written, by qualified name."""
+
+    width: int
+    embeddings: list[str]
+    norms: list[str]
+    readers: list[str]
+    writers: list[str]
+    convs: list[str]
+    params: list[tuple[str, str]]
+    attention: list[str]
+
+
+def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = True) -> StreamLayers:
+    """Where the residual stream is read and written: the units' input/output layers, every other Linear
+    with ``width`` inputs (reader) or outputs (writer), embeddings, LayerNorm/RMSNorm, convolutions producing
+    ``width`` channels (ViT's patch embedding) and other parameters whose last dimension is ``width``."""
+    widths = {
+        get_module(model, u.name).embed_dim if u.layout == "mha" else in_out(get_module(model, u.q))[0]
+        for u in blocks.attention
+    }
+    widths |= {in_out(get_module(model, u.up[0]))[0] for u in blocks.ffn}
+    if len(widths) != 1:
+        raise UnsupportedModelError(
+            f"hidden-width pruning needs one residual width; the blocks read widths {sorted(widths)}"
+        )
+    width = widths.pop()
+    inside = {n for u in blocks.attention for n in (u.q, u.k, u.v, u.o)} | {
+        n for u in blocks.ffn for n in u.layers()
+    }
+    mha = [u.name for u in blocks.attention if u.layout == "mha"]
+    layers = StreamLayers(width, [], [], [], [], [], [], mha)
+    for u in blocks.attention:
+        if u.layout != "mha":
+            layers.readers += sorted({u.q, u.k, u.v})
+            layers.writers.append(u.o)
+    for u in blocks.ffn:
+        layers.readers += u.up
+        layers.writers.append(u.down)
+    for name, module in model.named_modules():
+        if name in inside or name in mha or any(name.startswith(m + ".") for m in mha):
+            continue
+        if is_dense(module):
+            n_in, n_out = in_out(module)
+            if n_in == width:
+                layers.readers.append(name)
+            if n_out == width:
+                layers.writers.append(name)
+        elif isinstance(module, nn.Embedding):
+            if module.embedding_dim == width:
+                layers.embeddings.append(name)
+        elif is_norm(module, width):
+            layers.norms.append(name)
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            if module.out_channels == width and module.groups == 1:
+                layers.convs.append(name)
+        else:
+            for pname, param in module.named_parameters(recurse=False):
+                if param.dim() >= 1 and param.shape[-1] == width:
+                    layers.params.append((name, pname))
+    inside_writers = {u.o for u in blocks.attention} | {u.down for u in blocks.ffn}
+    if require_source and not (
+        layers.embeddings or layers.convs or layers.params or set(layers.writers) - inside_writers
+    ):
+        raise UnsupportedModelError(
+            f"hidden-width pruning: nothing inside the model writes the {width}-wide residual stream (no embedding, "
+            "input projection or patch convolution), so it is the model's input and cannot be narrowed"
+        )
+    return layers
+
+
+def prune_hidden_(model: nn.Module, layers: StreamLayers, keep: list[int], slicer: _Slicer) -> None:
+    """Keep residual-stream channels ``keep`` everywhere in ``layers``."""
+    idx = torch.tensor(keep, dtype=torch.long)
+    for name in layers.readers:
+        slice_dense(get_module(model, name), slicer, inp=idx)
+    for name in layers.writers:
+        slice_dense(get_module(model, name), slicer, out=idx)
+    for name in layers.embeddings:
+        emb = get_module(model, name)
+        slicer(emb, "weight", {1: idx})
+        emb.embedding_dim = len(keep)
+    for name in layers.norms:
+        norm = get_module(model, name)
+        slicer(norm, "weight", {0: idx})
+        if isinstance(getattr(norm, "bias", None), torch.Tensor):
+            slicer(norm, "bias", {0: idx})
+        if isinstance(getattr(norm, "normalized_shape", None), tuple):
+            norm.normalized_shape = (len(keep),)
+    for name in layers.convs:
+        conv = get_module(model, name)
+        slicer(conv, "weight", {0: idx})
+        slicer(conv, "bias", {0: idx})
+        conv.out_channels = len(keep)
+    for name, pname in layers.params:
+        module = get_module(model, name)
+        slicer(module, pname, {getattr(module, pname).dim() - 1: idx})
+    for name in layers.attention:
+        attn = get_module(model, name)
+        if isinstance(attn, nn.MultiheadAttention):
+            attn = PrunedMultiheadAttention.from_attention(attn, list(range(attn.num_heads)))
+            set_module(model, name, attn)
+        slicer(attn, "in_proj_weight", {1: idx})
+        slice_dense(attn.out_proj, slicer, out=idx)
+        attn.embed_dim = len(keep)
+
+
+def apply_transformer_plan_(model: nn.Module, blocks: Blocks, plan: TransformerPlan) -> nn.Module:
+    """Slice ``model`` in place following ``plan`` (``blocks`` found on this same model); returns it."""
+    slicer = _Slicer()
+    stream = stream_layers(model, blocks) if plan.hidden is not None else None
+    for unit in blocks.attention:
+        if unit.name in plan.heads and len(plan.heads[unit.name]) < unit.num_heads:
+            prune_heads_(model, unit, plan.heads[unit.name], plan.kv_heads[unit.name], slicer)
+    for unit in blocks.ffn:
+        if unit.name in plan.neurons and len(plan.neurons[unit.name]) < unit.width:
+            prune_neurons_(model, unit, plan.neurons[unit.name], slicer)
+    if stream is not None and plan.hidden is not None:
+        prune_hidden_(model, stream, plan.hidden, slicer)
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "hidden_size", None) == stream.width:
+            config.hidden_size = len(plan.hidden)
+    return model
