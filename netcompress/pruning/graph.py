@@ -11,7 +11,12 @@ dimension (dim 1) with an id:
 * ops that keep channels pass ids through; ``add``/``mul``/``sub`` between tensors unite the
   ids of both operands; ``cat`` on dim 1 concatenates id lists; a flatten repeats each id ``H*W``
   times; a depthwise conv unites each input channel with its output channels;
-* the model's inputs and outputs, constants, and channels that broadcast, are *blocked*.
+* a tensor's channels need not sit at dim 1: permute/transpose move them (channels-last
+  ``(N, H, W, C)``, tokens ``(N, L, C)``) and a Linear acts on the last dim;
+* GroupNorm unites the channels of each of its groups, so a group is kept or removed whole;
+* the model's inputs and outputs, constants, channels that broadcast, and channels a LayerNorm
+  (or RMSNorm) normalises over are *blocked*: removing one would change the statistics of the
+  others, so they are kept whole and the group's ``reason`` names the norm.
 
 Ids united by a union-find form *pruning units*: each unit is removed whole or kept whole.
 Units whose members sit in the same layers form a :class:`ChannelGroup` (for example: the
@@ -74,7 +79,7 @@ class UnionFind:
 class LayerChannels:
     """The channel ids along one layer's input and output channel dimensions.
 
-    ``kind`` selects the surgery: "conv", "linear", "batchnorm", "prelu" or "custom".
+    ``kind`` selects the surgery: "conv", "linear", "batchnorm", "groupnorm", "prelu" or "custom".
     ``in_labels`` is None where the input dimension is not pruned by this layer (BatchNorm and
     PReLU keep one per-channel vector, stored in ``out_labels``).
     """
@@ -84,6 +89,10 @@ class LayerChannels:
     module_type: str
     in_labels: list[int] | None
     out_labels: list[int] | None
+
+
+# layers that hold one vector per channel and produce nothing themselves
+PER_CHANNEL_KINDS = ("batchnorm", "groupnorm", "prelu")
 
 
 @dataclasses.dataclass
@@ -125,12 +134,20 @@ class ChannelGraph:
         self.uf = UnionFind()
         self.layers: dict[str, LayerChannels] = {}
         self.blocked: list[int] = []
+        self.block_reasons: list[tuple[int, str]] = []  # (a label, why its channels are kept whole)
         self.groups: list[ChannelGroup] = []
         self.example_output_shapes: list[tuple[int, ...]] = []
 
-    def block(self, labels: list[int] | None) -> None:
+    def block(self, labels: list[int] | None, reason: str = "") -> None:
         if labels:
             self.blocked.extend(labels)
+            if reason:
+                self.block_reasons.append((labels[0], reason))
+
+    def is_blocked(self, labels: list[int]) -> bool:
+        """True when every label is already blocked (blocking is permanent, so this stays true)."""
+        roots = {self.uf.find(b) for b in self.blocked}
+        return all(self.uf.find(label) in roots for label in labels)
 
     def unite(self, a: list[int], b: list[int], *, where: str) -> None:
         if len(a) != len(b):
@@ -141,6 +158,9 @@ class ChannelGraph:
     def finalize(self) -> None:
         """Collect units (union-find roots) into groups of units sharing the same member layers."""
         blocked_roots = {self.uf.find(b) for b in self.blocked}
+        reasons: dict[int, list[str]] = {}
+        for label, why in self.block_reasons:
+            reasons.setdefault(self.uf.find(label), []).append(why)
         members: dict[int, list[tuple[str, str, int]]] = {}
         for layer in self.layers.values():
             for dim, labels in (("out", layer.out_labels), ("in", layer.in_labels)):
@@ -154,11 +174,12 @@ class ChannelGraph:
         for signature, roots in by_signature.items():
             roots.sort(key=lambda r: min((layer, dim, i) for layer, dim, i in members[r]))
             out_layers = sorted({layer for layer, dim in signature if dim == "out"})
-            producers = [n for n in out_layers if self.layers[n].kind not in ("batchnorm", "prelu")]
+            producers = [n for n in out_layers if self.layers[n].kind not in PER_CHANNEL_KINDS]
             blocked = any(r in blocked_roots for r in roots)
             reason = ""
             if blocked:
-                reason = "coupled to the model's input/output, a constant, or a broadcast"
+                named = sorted({why for r in roots for why in reasons.get(r, ())})
+                reason = "; ".join(named) or "coupled to the model's input/output, a constant, or a broadcast"
             elif not producers:
                 reason = "no layer produces these channels"
             groups.append(

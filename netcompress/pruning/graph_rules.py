@@ -29,7 +29,9 @@ from netcompress.pruning.graph_tensor_rules import (
     _norm_dim,
     _shape,
     flatten_like,
+    layer_norm_function,
     same_channels,
+    spatial_channels,
 )
 
 
@@ -41,6 +43,7 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Label
     arg, x = _first(node, ctx)
     if len(_shape(arg)) != len(module.kernel_size) + 2:
         raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
+    x = ctx.labels_on(arg, node, 1)
     name, graph = str(node.target), ctx.graph
     if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
         graph.unite(layer.in_labels, x, where=_describe(node))
@@ -66,11 +69,12 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Label
 
 
 def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
-    arg, x = _first(node, ctx)
-    if len(_shape(arg)) != 2:
-        raise _fail(
-            node, f"Linear on a {len(_shape(arg))}-D input {_shape(arg)}; only (N, features) is supported"
-        )
+    """A Linear acts on the last dim: (N, features), tokens (N, L, C), channels-last (N, H, W, C)."""
+    arg, _ = _first(node, ctx)
+    if len(_shape(arg)) < 2:
+        raise _fail(node, f"Linear on an unbatched input of shape {_shape(arg)}")
+    x = ctx.labels_on(arg, node, -1)
+    ctx.dims[node] = len(_shape(arg)) - 1
     name = str(node.target)
     if (layer := _existing(ctx, name)) is not None:
         ctx.graph.unite(layer.in_labels, x, where=_describe(node))
@@ -84,9 +88,11 @@ def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleConte
     """BatchNorm / PReLU: one parameter vector over the channels, coupled to the input's ids."""
 
     def rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
-        _, x = _first(node, ctx)
+        arg, _ = _first(node, ctx)
         if kind == "prelu" and module.num_parameters == 1:
             return same_channels(node, ctx)
+        x = ctx.labels_on(arg, node, 1)
+        ctx.dims[node] = 1
         name = str(node.target)
         if (layer := _existing(ctx, name)) is not None:
             ctx.graph.unite(layer.out_labels, x, where=_describe(node))
@@ -100,6 +106,7 @@ def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleConte
 def custom_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
     """A module with ``out_channels`` + ``prune_out_channels`` (e.g. a sinc filter bank) is a producer."""
     x = ctx.env.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    x = ctx.labels_on(node.args[0], node, 1) if x is not None else None
     name, out_shape = str(node.target), _shape(node)
     if out_shape is None or len(out_shape) < 2 or out_shape[1] != module.out_channels:
         raise _fail(
@@ -121,6 +128,28 @@ def custom_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Lab
     return out
 
 
+def groupnorm_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    """GroupNorm: each group's statistics stay exact only if the group is kept or removed whole."""
+    arg, _ = _first(node, ctx)
+    x, name = ctx.labels_on(arg, node, 1), str(node.target)
+    ctx.dims[node] = 1
+    per_group = module.num_channels // module.num_groups
+    if module.num_groups == 1:
+        ctx.graph.block(x, f"GroupNorm {name!r} has one group: it normalises all its channels together")
+    for g in range(module.num_groups):
+        for c in range(g * per_group + 1, (g + 1) * per_group):
+            ctx.graph.uf.union(x[g * per_group], x[c])
+    if (layer := _existing(ctx, name)) is not None:
+        ctx.graph.unite(layer.out_labels, x, where=_describe(node))
+        return layer.out_labels
+    ctx.graph.layers[name] = LayerChannels(name, "groupnorm", type(module).__name__, None, list(x))
+    return x
+
+
+def layernorm_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    return layer_norm_function(node, ctx, normalized=tuple(module.normalized_shape), owner=str(node.target))
+
+
 def _module_same(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
     return same_channels(node, ctx)
 
@@ -129,18 +158,41 @@ def _module_flatten(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) ->
     return flatten_like(node, ctx)
 
 
+def _module_spatial(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    return spatial_channels(node, ctx)
+
+
 def _module_softmax(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
     arg, labels = _first(node, ctx)
-    if module.dim is None or _norm_dim(module.dim, len(_shape(arg))) == 1:
-        ctx.graph.block(labels)
+    if module.dim is None or _norm_dim(module.dim, len(_shape(arg))) == ctx.dim(arg):
+        ctx.graph.block(labels, f"{_describe(node)} mixes them")
     return same_channels(node, ctx)
 
 
 _ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.LogSigmoid,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.AlphaDropout,
+)
+_SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
     nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
@@ -152,7 +204,10 @@ MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = 
     ((nn.Linear,), linear_rule),
     ((nn.modules.batchnorm._BatchNorm,), per_channel_rule("batchnorm")),
     ((nn.PReLU,), per_channel_rule("prelu")),
+    ((nn.GroupNorm,), groupnorm_rule),
+    ((nn.LayerNorm, nn.RMSNorm), layernorm_rule),
     (_ELEMENTWISE_MODULES, _module_same),
+    (_SPATIAL_MODULES, _module_spatial),
     ((nn.Flatten,), _module_flatten),
     ((nn.Softmax, nn.LogSoftmax, nn.Softmin), _module_softmax),
 ]
@@ -167,15 +222,19 @@ def label_node(
     env: dict[torch.fx.Node, Labels],
     graph: ChannelGraph,
     modules: dict[str, nn.Module],
+    dims: dict[torch.fx.Node, int] | None = None,
 ) -> Labels:
-    """Channel ids of ``node``'s output, recording layers and couplings in ``graph`` on the way."""
-    ctx = RuleContext(env, graph, modules)
+    """Channel ids of ``node``'s output, recording layers and couplings in ``graph`` on the way.
+
+    ``dims`` (shared across calls) receives the channel dim of every labelled value that is not 1.
+    """
+    ctx = RuleContext(env, graph, modules, {} if dims is None else dims)
     shape = _shape(node)
     if node.op in ("placeholder", "get_attr"):
         return _fresh_blocked(graph, shape)
     if node.op == "output":
         for arg in _flat_nodes(node.args):
-            graph.block(env.get(arg))
+            graph.block(env.get(arg), "they are the model's output")
         return None
     if node.op == "call_module":
         module = modules[str(node.target)]
@@ -184,7 +243,8 @@ def label_node(
         if rule is None:
             raise UnsupportedModelError(
                 f"channel pruning cannot handle module {str(node.target)!r} of type {type(module).__name__} "
-                f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, PReLU, "
+                f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, "
+                "LayerNorm/RMSNorm (channels kept whole), PReLU, "
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)
@@ -204,7 +264,12 @@ def label_node(
                 node, "this op is not known to keep or couple channels; rewrite it with supported ops"
             )
         labels = rule(node, ctx)
-    if labels is not None and (shape is None or len(shape) < 2 or shape[1] != len(labels)):
+    if labels is not None and node not in ctx.dims:
+        source = next((a for a in _flat_nodes((node.args, node.kwargs)) if env.get(a) is not None), None)
+        if source is not None and shape is not None and ctx.dim(source) != 1:
+            ctx.dims[node] = ctx.dim(source) + len(shape) - len(_shape(source))
+    dim = ctx.dim(node)
+    if labels is not None and (shape is None or len(shape) <= dim or shape[dim] != len(labels)):
         raise _fail(node, f"internal channel bookkeeping mismatch ({len(labels)} ids for shape {shape})")
     if labels is None and shape is not None and len(shape) >= 2:
         return _fresh_blocked(graph, shape)

@@ -4,6 +4,7 @@ rules themselves build on)."""
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from typing import Any
 
@@ -15,9 +16,22 @@ from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.graph import ChannelGraph, as_inputs, eval_mode, is_prunable_custom
 from netcompress.pruning.graph_rules import LEAF_TYPES, label_node
 
+_LEAF_FORWARDS = {t.forward for t in LEAF_TYPES}
+
+
+def _keeps_forward(m: nn.Module) -> bool:
+    """A subclass of a known layer is that layer only if it keeps its ``forward``.
+
+    One that overrides it (a weight-standardised conv, a channels-first LayerNorm, a GroupNorm fused
+    with an activation) is traced into instead, so its real ops are checked: treating it as its base
+    class could prune it wrongly.
+    """
+    return isinstance(m, LEAF_TYPES) and type(m).forward in _LEAF_FORWARDS
+
 
 class _LeafTracer(torch.fx.Tracer):
-    """Keeps standard layers, their subclasses and protocol modules as single call_module nodes.
+    """Keeps standard layers, subclasses that keep their forward, and protocol modules as single
+    call_module nodes.
 
     Protocol modules are found before tracing: during tracing, parameter access returns proxies,
     so a property such as ``out_channels = self.weight.shape[0]`` cannot be evaluated then.
@@ -28,8 +42,10 @@ class _LeafTracer(torch.fx.Tracer):
         self.protocol_ids = protocol_ids
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if id(m) in self.protocol_ids or isinstance(m, LEAF_TYPES):
+        if id(m) in self.protocol_ids or _keeps_forward(m):
             return True
+        if isinstance(m, LEAF_TYPES):
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
 
@@ -55,6 +71,19 @@ def trace_model(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+@dataclasses.dataclass
+class TracedChannels:
+    """The traced module, its :class:`ChannelGraph`, and per fx node the channel ids and channel dim."""
+
+    gm: torch.fx.GraphModule
+    graph: ChannelGraph
+    env: dict[torch.fx.Node, list[int] | None]
+    dims: dict[torch.fx.Node, int]
+
+    def channel_dim(self, node: torch.fx.Node) -> int:
+        return self.dims.get(node, 1)
+
+
 def build_channel_graph(model: nn.Module, example_inputs: Any) -> ChannelGraph:
     """Trace ``model`` and return its :class:`ChannelGraph` (the model is not modified).
 
@@ -64,6 +93,17 @@ def build_channel_graph(model: nn.Module, example_inputs: Any) -> ChannelGraph:
     Example:
         >>> graph = build_channel_graph(model, torch.randn(2, 3, 32, 32))
         >>> [(g.producers, g.num_units, g.prunable) for g in graph.groups]
+    """
+    return trace_channels(model, example_inputs).graph
+
+
+def trace_channels(model: nn.Module, example_inputs: Any) -> TracedChannels:
+    """:func:`build_channel_graph` plus the traced module and each node's channel ids (for statistics
+    measured on the running graph, e.g. neuron pruning). The GraphModule shares ``model``'s layers.
+
+    Example:
+        >>> traced = trace_channels(model, x)
+        >>> {n.name: len(ids) for n, ids in traced.env.items() if ids}
     """
     inputs = as_inputs(example_inputs)
     gm = trace_model(model)
@@ -78,7 +118,8 @@ def build_channel_graph(model: nn.Module, example_inputs: Any) -> ChannelGraph:
     graph = ChannelGraph()
     modules = dict(gm.named_modules())
     env: dict[torch.fx.Node, list[int] | None] = {}
+    dims: dict[torch.fx.Node, int] = {}
     for node in gm.graph.nodes:
-        env[node] = label_node(node, env=env, graph=graph, modules=modules)
+        env[node] = label_node(node, env=env, graph=graph, modules=modules, dims=dims)
     graph.finalize()
-    return graph
+    return TracedChannels(gm, graph, env, dims)

@@ -1,23 +1,23 @@
 """Neuron pruning: remove whole neurons / channels that (almost) never fire, physically.
 
-For each prunable layer (a Linear, Conv1d or Conv2d whose output passes an activation and then
-reaches another such layer) the activation outputs are measured over a data loader and every
-channel gets an importance from a registry (``CRITERIA``):
+The model is traced into the channel dependency graph of channel pruning, so residual and concat
+models work: channels that must go together (a residual stage's stream, a GroupNorm group) form one
+*unit* and share one decision. Every activation output carrying a unit's channels is measured over a
+data loader (zeros and sums aggregated over all of them) and the unit gets an importance from a
+registry (``CRITERIA``):
 
 - ``apoz``: 1 - Average Percentage of Zeros after the activation (Hu et al. 2016): a neuron
   whose ReLU output is zero on most inputs carries little information;
 - ``mean_activation``: the mean activation value.
 
-The lowest ``round(amount * n)`` channels of each layer are removed: the layer's out features
-(weight rows, bias), any BatchNorm on the way and the next layer's in features (for a conv
-flattened into a Linear, each channel's H*W consecutive inputs) are cut. Surviving weights are
-kept as they were (E5: re-initialisation from the survivors), so a removed neuron that was
-dead leaves the outputs unchanged.
-
-The model is traced with ``torch.fx`` and must be a simple chain (MLPs, VGG-style nets,
-Sequentials, flatten/view included); a residual add, a concat or an unknown op between two
-layers raises :class:`UnsupportedModelError` naming it. Channel pruning of arbitrary graphs is
-``prune_channels`` (structured pruning) instead.
+The lowest ``round(amount * n)`` of the ``n`` units of each group are removed with the surgery of
+channel pruning: every coupled producer's out features, BatchNorm/GroupNorm entries and consumers'
+in features (a flatten's H*W inputs per channel) are cut, pruning masks along. Surviving weights are
+kept as they were (E5: the smaller network starts from the survivors' weights), so a removed neuron
+that was dead leaves the outputs unchanged; :func:`prune_neurons_iterative` repeats measure, remove,
+fine-tune. Groups that cannot be pruned (coupled to the model's output, kept whole by a LayerNorm)
+or that no activation carries are left whole and listed in ``summary["skipped"]`` with the reason.
+An op the graph does not know raises :class:`UnsupportedModelError` naming it.
 
 Example:
     >>> small, summary = prune_neurons(model, loader, criterion="apoz", amount=0.2)
@@ -27,59 +27,42 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import batch_inputs
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
-from netcompress.core.selection import select_modules
+from netcompress.core.selection import name_matches as _matches
 from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan
 from netcompress.pruning.finetune import accuracy, check_train, finetune, method_train_config
 from netcompress.pruning.finetune import train_config as as_train_config
-from netcompress.pruning.masks import MASK_SUFFIX, masked_parameters
-from netcompress.pruning.neuron_graph import PRODUCERS, Span, spans_of, trace_chain
+from netcompress.pruning.graph import ChannelGraph, ChannelGroup
+from netcompress.pruning.graph_tracing import trace_channels
+from netcompress.pruning.masks import masked_parameters
+from netcompress.pruning.neuron_graph import UnitStat, unit_statistics
 
-
-class _Stat:
-    """Per-channel zero count and sum of one activation output."""
-
-    def __init__(self, channel_dim: int) -> None:
-        self.channel_dim = channel_dim
-        self.zeros: torch.Tensor | None = None
-        self.sums: torch.Tensor | None = None
-        self.count = 0
-
-    def update(self, out: torch.Tensor) -> None:
-        x = out.detach().movedim(self.channel_dim, -1)
-        x = x.reshape(-1, x.shape[-1])
-        zeros, sums = (x == 0).sum(0).double(), x.double().sum(0)
-        self.zeros = zeros if self.zeros is None else self.zeros + zeros
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.count += x.shape[0]
-
-
-CRITERIA: Registry[Callable[[_Stat], torch.Tensor]] = Registry("neuron pruning criterion")
+CRITERIA: Registry[Callable[[UnitStat], torch.Tensor]] = Registry("neuron pruning criterion")
 
 
 @CRITERIA.register("apoz")
-def _apoz_importance(stat: _Stat) -> torch.Tensor:
+def _apoz_importance(stat: UnitStat) -> torch.Tensor:
     """1 - APoZ: the share of inputs on which the neuron fires (higher = keep)."""
-    return 1.0 - stat.zeros / max(1, stat.count)
+    return 1.0 - stat.zeros / stat.count.clamp(min=1)
 
 
 @CRITERIA.register("mean_activation")
-def _mean_importance(stat: _Stat) -> torch.Tensor:
+def _mean_importance(stat: UnitStat) -> torch.Tensor:
     """Mean activation value (higher = keep)."""
-    return stat.sums / max(1, stat.count)
+    return stat.sums / stat.count.clamp(min=1)
 
 
 @dataclasses.dataclass
@@ -134,105 +117,75 @@ class NeuronPruneConfig(NeuronFields):
         super().__post_init__()
 
 
-class _StatsInterpreter(fx.Interpreter):
-    """Runs the traced model, accumulating statistics of the watched activation outputs."""
-
-    def __init__(self, gm: fx.GraphModule, watch: dict[str, _Stat]) -> None:
-        super().__init__(gm)
-        self.watch = watch
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        stat = self.watch.get(n.name)
-        if stat is not None:
-            stat.update(out)
-        return out
-
-
-def _batches(loader: Iterable, max_batches: int | None) -> Iterable[torch.Tensor]:
+def _batches(loader: Iterable, max_batches: int | None) -> Iterable[Any]:
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield batch_inputs(batch)
+
+
+def _group_name(graph: ChannelGraph, group: ChannelGroup) -> str:
+    """A group is reported under its first producer in the model's call order."""
+    order = list(graph.layers)
+    return min(group.producers, key=order.index) if group.producers else f"group{group.id}"
+
+
+def _choose(graph: ChannelGraph, layers: list[str] | None) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+    """The groups to prune by name and the skipped ones with why; asked-for layers that cannot be pruned
+    raise UnsupportedModelError."""
+    named = {_group_name(graph, g): g for g in graph.groups if g.producers}
+    for pattern in layers or ():
+        if not any(_matches(p, pattern) for g in named.values() for p in g.producers):
+            raise ConfigError(
+                f"layer pattern {pattern!r} matches no prunable layer; layers: {', '.join(named)}"
+            )
+    chosen, skipped = {}, {}
+    for name, group in named.items():
+        asked = layers is not None and any(_matches(p, pat) for p in group.producers for pat in layers)
+        if layers is not None and not asked:
+            continue
+        if not group.prunable:
+            if asked:
+                raise UnsupportedModelError(f"cannot prune neurons of layer {name!r}: {group.reason}")
+            skipped[name] = group.reason
+        else:
+            chosen[name] = group
+    return chosen, skipped
 
 
 @torch.no_grad()
 def neuron_statistics(
     model: nn.Module, loader: Iterable, *, layers: list[str] | None = None, max_batches: int | None = None
-) -> tuple[dict[str, Span], dict[str, _Stat]]:
-    """Trace ``model`` (unchanged), find prunable layers and measure their activation outputs.
+) -> tuple[dict[str, ChannelGroup], dict[str, UnitStat]]:
+    """Trace ``model`` (unchanged), choose its prunable groups and measure their activations per unit.
+
+    Returns the chosen groups and their statistics, both keyed by the group's first producer.
 
     Example:
-        >>> spans, stats = neuron_statistics(model, loader, max_batches=4)
+        >>> groups, stats = neuron_statistics(model, loader, max_batches=4)
         >>> 1 - stats["0"].zeros / stats["0"].count   # per-neuron firing rate of layer "0"
     """
-    gm, chain = trace_chain(model)
+    groups, stats, _ = _measure(model, loader, layers=layers, max_batches=max_batches)
+    return groups, stats
+
+
+def _measure(
+    model: nn.Module, loader: Iterable, *, layers: list[str] | None, max_batches: int | None
+) -> tuple[dict[str, ChannelGroup], dict[str, UnitStat], dict[str, Any]]:
+    batches = _batches(loader, max_batches)
+    first = next(iter(batches), None)
+    if first is None:
+        raise ConfigError("neuron pruning needs at least one batch from the loader")
     with eval_mode(model):
-        batches = _batches(loader, max_batches)
-        first = next(iter(batches), None)
-        if first is None:
-            raise ConfigError("neuron pruning needs at least one batch from the loader")
-        ShapeProp(gm).propagate(first)
-        spans = spans_of(gm, chain)
-        chosen = _choose(model, spans, layers)
-        stats = {name: _Stat(spans[name].act_dim) for name in chosen}
-        interp = _StatsInterpreter(gm, {spans[name].act_node: stats[name] for name in chosen})
-        interp.run(first)
-        for inputs in batches:
-            interp.run(inputs)
-    return {name: spans[name] for name in chosen}, stats
-
-
-def _choose(model: nn.Module, spans: dict[str, Span], layers: list[str] | None) -> list[str]:
-    if layers is None:
-        for span in spans.values():
-            if span.fatal:
-                raise UnsupportedModelError(
-                    f"cannot prune neurons of layer {span.producer!r}: {span.problem}"
-                )
-        return [n for n, s in spans.items() if not s.problem]
-    chosen = list(select_modules(model, types=PRODUCERS, include=layers))
-    for name in chosen:
-        span = spans.get(name)
-        if span is None or span.problem:
-            why = span.problem if span else "it is not called in forward"
-            raise UnsupportedModelError(f"cannot prune neurons of layer {name!r}: {why}")
-    return chosen
-
-
-def _slice_(module: nn.Module, names: Iterable[str], dim: int, keep: torch.Tensor) -> None:
-    """Replace ``module.<name>`` by its ``keep`` entries along ``dim`` (parameters stay parameters).
-
-    A pruning mask ``<name>_mask`` is sliced the same way, so weight sparsity from an earlier
-    unstructured step stays enforced in the smaller layer.
-    """
-    names = list(names)
-    names += [n + MASK_SUFFIX for n in names if n + MASK_SUFFIX in module._buffers]
-    for name in names:
-        value = getattr(module, name, None)
-        if value is None:
-            continue
-        sliced = value.detach().index_select(dim, keep.to(value.device)).clone()
-        if isinstance(value, nn.Parameter):
-            setattr(module, name, nn.Parameter(sliced, requires_grad=value.requires_grad))
-        else:
-            module._buffers[name] = sliced
-
-
-def _shrink_out_(module: nn.Module, keep: torch.Tensor) -> None:
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        _slice_(module, ("weight", "bias", "running_mean", "running_var"), 0, keep)
-        module.num_features = len(keep)
-        return
-    _slice_(module, ("weight", "bias"), 0, keep)
-    attr = "out_features" if isinstance(module, nn.Linear) else "out_channels"
-    setattr(module, attr, len(keep))
-
-
-def _shrink_in_(module: nn.Module, keep: torch.Tensor) -> None:
-    _slice_(module, ("weight",), 1, keep)
-    attr = "in_features" if isinstance(module, nn.Linear) else "in_channels"
-    setattr(module, attr, len(keep))
+        traced = trace_channels(model, first)
+        chosen, skipped = _choose(traced.graph, layers)
+        by_id = unit_statistics(traced, itertools.chain([first], batches), {g.id for g in chosen.values()})
+    stats = {name: by_id[g.id] for name, g in chosen.items() if g.id in by_id}
+    for name in [n for n in chosen if n not in stats]:
+        if layers is not None:
+            raise UnsupportedModelError(f"cannot prune neurons of layer {name!r}: no activation follows it")
+        skipped[name] = "no activation carries these channels"
+    return {n: chosen[n] for n in stats}, stats, {"traced": traced, "skipped": skipped, "inputs": first}
 
 
 def prune_neurons(
@@ -244,10 +197,12 @@ def prune_neurons(
     layers: list[str] | None = None,
     max_batches: int | None = NeuronFields.max_batches,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Remove the ``amount`` least active neurons of each prunable layer; return a NEW model.
+    """Remove the ``amount`` least active units of each prunable group; return a NEW model.
 
-    The input model is untouched; pruning masks of the copy are sliced along. ``layers``
-    restricts pruning to names or ``re:`` patterns; the output layer is never pruned.
+    A unit is one neuron/channel, or the channels that must go together (a residual stage's channel in
+    every block writing it, a GroupNorm group); it is judged by its activations aggregated over every
+    activation that carries it. The input model is untouched; pruning masks of the copy are sliced
+    along. ``layers`` restricts pruning to groups with a producer among these names or ``re:`` patterns.
 
     Example:
         >>> small, s = prune_neurons(mlp, test_loader, criterion="apoz", amount=0.25, max_batches=8)
@@ -255,38 +210,36 @@ def prune_neurons(
         48
     """
     config = NeuronPruneConfig(criterion=criterion, amount=amount, layers=layers, max_batches=max_batches)
-    new = copy.deepcopy(model)
-    spans, stats = neuron_statistics(new, loader, layers=config.layers, max_batches=config.max_batches)
-    modules = dict(new.named_modules())
-    params_before = sum(p.numel() for p in new.parameters())
+    groups, stats, extra = _measure(model, loader, layers=config.layers, max_batches=config.max_batches)
+    graph = extra["traced"].graph
     report: dict[str, Any] = {}
-    for name, span in spans.items():
+    pruned_units: set[int] = set()
+    for name, group in groups.items():
         importance = CRITERIA.get(config.criterion)(stats[name]).float().cpu()
         n = importance.numel()
         n_remove = min(n - 1, int(round(config.amount * n)))
         order = torch.sort(importance, stable=True).indices
-        keep = torch.sort(order[n_remove:]).values
         removed = torch.sort(order[:n_remove]).values
-        _shrink_out_(modules[name], keep)
-        for bn in span.bns:
-            _shrink_out_(modules[bn], keep)
-        inner = span.flatten_inner
-        in_keep = (keep[:, None] * inner + torch.arange(inner)).flatten() if inner > 1 else keep
-        _shrink_in_(modules[span.consumer], in_keep)
+        pruned_units |= {group.unit_ids[k] for k in removed.tolist()}
         report[name] = {
+            "producers": list(group.producers),
             "neurons_before": n,
-            "neurons_after": len(keep),
+            "neurons_after": n - n_remove,
             "removed": removed.tolist(),
             "removed_importance": [round(float(v), 6) for v in importance[removed]],
         }
-    params_after = sum(p.numel() for p in new.parameters())
+    plan = ChannelPlan(graph=graph, pruned_units=pruned_units, group_ratios={})
+    new = apply_channel_plan(model, plan, extra["inputs"])
     summary = {
         "criterion": config.criterion,
         "amount": config.amount,
         "layers": report,
-        "params_before": params_before,
-        "params_after": params_after,
+        "skipped": extra["skipped"],
+        "params_before": sum(p.numel() for p in model.parameters()),
+        "params_after": sum(p.numel() for p in new.parameters()),
         "masked_parameters": len(masked_parameters(new)),
+        # per layer, the original indices of the input / output channels that survive (None: not channel-wise)
+        "kept_indices": plan.keep_indices(),
     }
     return new, summary
 

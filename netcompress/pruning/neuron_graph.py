@@ -1,167 +1,124 @@
-"""Where neuron pruning may cut: trace a simple chain of layers and find each layer's span.
+"""Where neuron pruning measures and cuts: activation statistics per pruning unit of the channel graph.
 
-A span is what one prunable layer's output passes through (activation, BatchNorm, pooling, a
-flatten) before the next layer consumes it; a residual add, a concat or an unknown op raises
-:class:`UnsupportedModelError` naming it (see :mod:`netcompress.pruning.neuron`).
+Neuron pruning (:mod:`netcompress.pruning.neuron`) uses the same dependency graph as channel pruning
+(:func:`~netcompress.pruning.graph_tracing.trace_channels`), so residual adds, concatenations,
+depthwise convs, flattens and GroupNorm are handled: channels that must be removed together (the
+output of a residual stage and every block writing into it) form one pruning unit and share one
+decision. Every activation (ReLU, GELU, ...) whose output carries a unit's channels is measured, and
+the unit's statistics aggregate all of them: zeros and sums over every such activation output, so a
+residual channel's APoZ counts its zeros after every block of its stage.
+
+Example:
+    >>> traced = trace_channels(model, x)
+    >>> stats = unit_statistics(traced, batches)   # {group id: UnitStat}
+    >>> 1 - stats[0].zeros / stats[0].count        # per-unit firing rate of group 0
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from netcompress.core.errors import UnsupportedModelError
+from netcompress.pruning.graph import as_inputs
+from netcompress.pruning.graph_tracing import TracedChannels
 
-PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_MODULE_KINDS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
-    (PRODUCERS, "layer"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d), "bn"),
-    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish), "act"),
-    ((nn.Hardtanh, nn.Mish, nn.Softplus), "act"),
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+    nn.Hardtanh, nn.Mish, nn.Softplus,
+)  # fmt: skip
+ACTIVATION_NAMES = frozenset(
     (
-        (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
-        "pass",
-    ),
-    (
-        (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
-        "pass",
-    ),
-    ((nn.Flatten,), "flatten"),
+        "relu",
+        "relu_",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "hardswish",
+        "hardtanh",
+    )
+    + ("mish", "softplus")
 )
-_FUNCTION_KINDS: dict[Any, str] = {
-    **dict.fromkeys((F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish), "act"),
-    **dict.fromkeys((torch.sigmoid, torch.tanh, F.sigmoid, F.tanh), "act"),
-    **dict.fromkeys((F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout), "pass"),
-    **dict.fromkeys((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.nn.functional.dropout1d), "pass"),
-    torch.flatten: "flatten",
-}
-_METHOD_KINDS = {
-    "relu": "act",
-    "sigmoid": "act",
-    "tanh": "act",
-    "flatten": "flatten",
-    "view": "flatten",
-    "reshape": "flatten",
-}
-_SHAPE_QUERIES = {("call_method", "size"), ("call_function", getattr)}
 
 
-@dataclasses.dataclass
-class Span:
-    """What one prunable layer's output passes through before the next layer consumes it."""
+class UnitStat:
+    """Per pruning unit of one group: zeros, sum and count of the activation values measured on it."""
 
-    producer: str
-    act_node: str = ""
-    bns: list[str] = dataclasses.field(default_factory=list)
-    flatten_inner: int = 1  # H*W per channel when a flatten sits between conv and Linear
-    act_dim: int = 1
-    consumer: str = ""
-    problem: str = ""  # why this layer cannot be pruned ("" = it can)
-    fatal: bool = False  # the problem is an op we do not understand, not just "nothing to prune"
+    def __init__(self, num_units: int) -> None:
+        self.zeros = torch.zeros(num_units, dtype=torch.float64)
+        self.sums = torch.zeros(num_units, dtype=torch.float64)
+        self.count = torch.zeros(num_units, dtype=torch.float64)
 
 
-def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+def is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        module = modules[node.target]
-        for types, kind in _MODULE_KINDS:
-            if isinstance(module, types):
-                return kind
-        return f"module {node.target!r} ({type(module).__name__})"
+        return isinstance(modules[str(node.target)], ACTIVATION_MODULES)
     if node.op == "call_function":
-        return _FUNCTION_KINDS.get(node.target, f"function {getattr(node.target, '__name__', node.target)!r}")
-    if node.op == "call_method":
-        return _METHOD_KINDS.get(node.target, f"method .{node.target}()")
-    return f"{node.op} {node.target!r}"
+        return getattr(node.target, "__name__", "") in ACTIVATION_NAMES
+    return node.op == "call_method" and node.target in ACTIVATION_NAMES
 
 
-def _describe(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"layer {node.target!r}"
-    if node.op == "call_function":
-        return f"function {getattr(node.target, '__name__', str(node.target))!r}"
-    return f"{node.op} {node.target!r}"
+class _Watcher(fx.Interpreter):
+    """Runs the traced model and adds every watched activation output to its units' statistics."""
+
+    def __init__(self, traced: TracedChannels, watch: dict[fx.Node, tuple[int, torch.Tensor, torch.Tensor]]):
+        super().__init__(traced.gm)
+        self.traced, self.watch = traced, watch
+        self.stats: dict[int, UnitStat] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n in self.watch:
+            dim, group_ids, unit_ids = self.watch[n]
+            x = out.detach().movedim(dim, -1)
+            x = x.reshape(-1, x.shape[-1]).double()
+            zeros, sums, rows = (x == 0).sum(0).double(), x.sum(0), float(x.shape[0])
+            for gid in group_ids.unique().tolist():
+                if gid < 0:  # channels of a group that is not measured
+                    continue
+                stat = self.stats.setdefault(gid, UnitStat(self.traced.graph.groups[gid].num_units))
+                on = group_ids == gid
+                stat.zeros.index_add_(0, unit_ids[on], zeros[on])
+                stat.sums.index_add_(0, unit_ids[on], sums[on])
+                stat.count.index_add_(
+                    0, unit_ids[on], torch.full((int(on.sum()),), rows, dtype=torch.float64)
+                )
+        return out
 
 
-def trace_chain(model: nn.Module) -> tuple[fx.GraphModule, list[fx.Node]]:
-    """Trace ``model`` and return its data nodes in order, checking it is a simple chain."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for untraceable Python
-        raise UnsupportedModelError(
-            f"neuron pruning needs a torch.fx-traceable model; tracing failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    meta: set[fx.Node] = set()
-    for node in gm.graph.nodes:
-        inputs = node.all_input_nodes
-        if (node.op, node.target) in _SHAPE_QUERIES or (
-            inputs and all(i in meta for i in inputs) and node.op != "output"
-        ):
-            meta.add(node)
-    chain = [n for n in gm.graph.nodes if n not in meta and n.op not in ("placeholder", "output", "get_attr")]
-    for node in chain:
-        data_in = [i for i in node.all_input_nodes if i not in meta and i.op != "get_attr"]
-        data_out = [u for u in node.users if u not in meta]
-        if len(data_in) != 1 or len(data_out) != 1:
-            what = _describe(node)
-            raise UnsupportedModelError(
-                f"neuron pruning needs a simple chain of layers, but {what} (node {node.name!r}) has "
-                f"{len(data_in)} tensor inputs and {len(data_out)} users (residual/branching models: "
-                "use prune_channels)"
-            )
-    return gm, chain
-
-
-def spans_of(gm: fx.GraphModule, chain: list[fx.Node]) -> dict[str, Span]:
-    modules = dict(gm.named_modules())
-    spans: dict[str, Span] = {}
-    for i, node in enumerate(chain):
-        if _kind(node, modules) != "layer":
+def _watch_list(
+    traced: TracedChannels, groups: set[int]
+) -> dict[fx.Node, tuple[int, torch.Tensor, torch.Tensor]]:
+    """For every activation node: its channel dim and, per channel, its group id and unit index (-1: none)."""
+    graph = traced.graph
+    where = {root: (g.id, k) for g in graph.groups if g.id in groups for k, root in enumerate(g.unit_ids)}
+    modules = dict(traced.gm.named_modules())
+    watch = {}
+    for node, labels in traced.env.items():
+        if labels is None or not is_activation(node, modules):
             continue
-        span = spans.setdefault(node.target, Span(producer=node.target))
-        if span.act_node or span.problem:
-            span.problem, span.fatal = f"layer {node.target!r} is called more than once", True
-            continue
-        if getattr(modules[node.target], "groups", 1) != 1:
-            span.problem = f"layer {node.target!r} is a grouped/depthwise conv"
-            continue
-        channel_dim = -1 if isinstance(modules[node.target], nn.Linear) else 1
-        for nxt in chain[i + 1 :]:
-            kind = _kind(nxt, modules)
-            if kind == "layer":
-                if getattr(modules[nxt.target], "groups", 1) != 1:
-                    span.problem = f"its consumer {nxt.target!r} is a grouped/depthwise conv"
-                span.consumer = nxt.target
-                break
-            if kind == "bn":
-                span.bns.append(nxt.target)
-            elif kind == "act" and not span.act_node:
-                span.act_node, span.act_dim = nxt.name, channel_dim
-            elif kind == "flatten":
-                shape = nxt.all_input_nodes[0].meta["tensor_meta"].shape
-                out_shape = nxt.meta["tensor_meta"].shape
-                if len(out_shape) != 2 or out_shape[1] != math.prod(shape[1:]):
-                    span.problem = (
-                        f"{nxt.op} {nxt.target!r} (node {nxt.name!r}) is not a flatten to (N, features)"
-                    )
-                    span.fatal = True
-                    break
-                if not span.act_node and len(shape) > 2:
-                    span.problem = f"the flatten at node {nxt.name!r} comes before the activation"
-                    span.fatal = True
-                    break
-                span.flatten_inner *= math.prod(shape[2:])
-            elif kind not in ("act", "pass"):
-                span.problem = f"unsupported {kind} (node {nxt.name!r}) between it and the next layer"
-                span.fatal = True
-                break
-        if not span.problem and not span.consumer:
-            span.problem = f"layer {node.target!r} is the output layer (no layer consumes it)"
-        elif not span.problem and not span.act_node:
-            span.problem = f"layer {node.target!r} has no activation before the next layer"
-    return spans
+        pairs = [where.get(graph.uf.find(label), (-1, -1)) for label in labels]
+        group_ids = torch.tensor([g for g, _ in pairs])
+        unit_ids = torch.tensor([k for _, k in pairs])
+        if (group_ids >= 0).any():
+            watch[node] = (traced.channel_dim(node), group_ids, unit_ids)
+    return watch
+
+
+@torch.no_grad()
+def unit_statistics(traced: TracedChannels, batches: Iterable[Any], groups: set[int]) -> dict[int, UnitStat]:
+    """Activation statistics per unit of each group in ``groups``, over ``batches`` of model inputs.
+
+    Groups no activation carries are absent from the result (nothing to measure them by).
+    """
+    watcher = _Watcher(traced, _watch_list(traced, groups))
+    for inputs in batches:
+        watcher.run(*as_inputs(inputs))
+    return watcher.stats

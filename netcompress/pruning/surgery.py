@@ -16,6 +16,7 @@ from torch import nn
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.core.registry import Registry
 from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.masks import MASK_SUFFIX
 
 Shrinker = Callable[[nn.Module, list[int] | None, list[int] | None], None]
 SHRINKERS: Registry[Shrinker] = Registry("layer shrinker")
@@ -30,14 +31,23 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
 
 
+def _slice_param(module: nn.Module, name: str, keep: list[int], dim: int = 0) -> None:
+    """Slice parameter ``name`` and its pruning mask ``<name>_mask`` (if any) alike along ``dim``."""
+    _set_param(module, name, _index(getattr(module, name), keep, dim))
+    mask = module._buffers.get(name + MASK_SUFFIX)
+    if mask is not None:
+        module._buffers[name + MASK_SUFFIX] = _index(mask, keep, dim)
+
+
 @SHRINKERS.register("conv")
 def shrink_conv_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
     """Slice a Conv1d/2d/3d; dense, depthwise (groups follow the kept inputs) and grouped convs."""
     groups, c_in, c_out = module.groups, module.in_channels, module.out_channels
     per_in, per_out = c_in // groups, c_out // groups
-    weight = _index(module.weight, out_keep)
+    _slice_param(module, "weight", out_keep)
     if groups == 1:
-        weight, new_groups = _index(weight, in_keep, 1), 1
+        _slice_param(module, "weight", in_keep, 1)
+        new_groups = 1
     elif per_in == 1:
         new_groups = len(in_keep)
         if len(out_keep) != new_groups * per_out:
@@ -46,18 +56,19 @@ def shrink_conv_(module: nn.Module, in_keep: list[int] | None, out_keep: list[in
         positions = [i for i in in_keep if i < per_in]
         if len(in_keep) != groups * len(positions) or len(out_keep) % groups:
             raise UnsupportedModelError(f"grouped conv ({groups} groups): uneven channels kept per group")
-        weight, new_groups = _index(weight, positions, 1), groups
-    _set_param(module, "weight", weight)
+        _slice_param(module, "weight", positions, 1)
+        new_groups = groups
     if module.bias is not None:
-        _set_param(module, "bias", _index(module.bias, out_keep))
+        _slice_param(module, "bias", out_keep)
     module.in_channels, module.out_channels, module.groups = len(in_keep), len(out_keep), new_groups
 
 
 @SHRINKERS.register("linear")
 def shrink_linear_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
-    _set_param(module, "weight", _index(_index(module.weight, out_keep), in_keep, 1))
+    _slice_param(module, "weight", out_keep)
+    _slice_param(module, "weight", in_keep, 1)
     if module.bias is not None:
-        _set_param(module, "bias", _index(module.bias, out_keep))
+        _slice_param(module, "bias", out_keep)
     module.in_features, module.out_features = len(in_keep), len(out_keep)
 
 
@@ -65,16 +76,31 @@ def shrink_linear_(module: nn.Module, in_keep: list[int] | None, out_keep: list[
 def shrink_batchnorm_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
     for name in ("weight", "bias"):
         if getattr(module, name, None) is not None:
-            _set_param(module, name, _index(getattr(module, name), out_keep))
+            _slice_param(module, name, out_keep)
     for name in ("running_mean", "running_var"):
         if getattr(module, name, None) is not None:
             setattr(module, name, _index(getattr(module, name), out_keep))
     module.num_features = len(out_keep)
 
 
+@SHRINKERS.register("groupnorm")
+def shrink_groupnorm_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
+    """Keep whole groups (the graph unites each group's channels): fewer groups, same group size."""
+    per_group = module.num_channels // module.num_groups
+    groups = sorted({c // per_group for c in out_keep})
+    if out_keep != [g * per_group + j for g in groups for j in range(per_group)]:
+        raise UnsupportedModelError(
+            f"GroupNorm: kept channels {out_keep} are not whole groups of {per_group}"
+        )
+    for name in ("weight", "bias"):
+        if getattr(module, name, None) is not None:
+            _slice_param(module, name, out_keep)
+    module.num_groups, module.num_channels = len(groups), len(out_keep)
+
+
 @SHRINKERS.register("prelu")
 def shrink_prelu_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
-    _set_param(module, "weight", _index(module.weight, out_keep))
+    _slice_param(module, "weight", out_keep)
     module.num_parameters = len(out_keep)
 
 

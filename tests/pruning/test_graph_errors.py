@@ -37,7 +37,7 @@ class WithOp(nn.Module):
             nn.Conv2d(8, 8, 3, padding=1),
             nn.Linear(8, 2),
         )
-        self.norm = nn.GroupNorm(2, 8)
+        self.norm = nn.InstanceNorm2d(8)
 
     def forward(self, x):
         x = self.c1(x)
@@ -45,12 +45,12 @@ class WithOp(nn.Module):
             x = torch.cumsum(x, dim=1)
         elif self.op == "slice":
             x = torch.cat([x[:, :4], x[:, 4:]], dim=1)
-        elif self.op == "groupnorm":
+        elif self.op == "instancenorm":
             x = self.norm(x)
         elif self.op == "channel_mean":
             x = x - x.mean(1, keepdim=True)
         elif self.op == "transpose":
-            x = x.transpose(1, 2).transpose(1, 2)
+            x = x.transpose(0, 1).transpose(0, 1)  # moves the batch dim (channel moves are followed)
         return self.fc(F.relu(self.c2(x)).mean((2, 3)))
 
 
@@ -64,7 +64,7 @@ def test_untraceable_model_names_the_line() -> None:
     [
         ("cumsum", "cumsum"),
         ("slice", "getitem"),
-        ("groupnorm", "GroupNorm"),
+        ("instancenorm", "InstanceNorm2d"),
         ("channel_mean", "mean"),
         ("transpose", "transpose"),
     ],

@@ -70,7 +70,7 @@ def test_apoz_statistics_are_exact():
         model[0].bias.zero_()
     x = torch.tensor([[1.0, 1.0], [-1.0, 2.0], [2.0, -1.0], [-3.0, 4.0]])
     spans, stats = neuron_statistics(model, [x[:2], x[2:]])
-    assert list(spans) == ["0"] and stats["0"].count == 4
+    assert list(spans) == ["0"] and stats["0"].count.tolist() == [4.0, 4.0]
     assert stats["0"].zeros.tolist() == [2.0, 1.0]  # APoZ 0.5 and 0.25
     assert CRITERIA.get("mean_activation")(stats["0"]).tolist() == [0.75, 1.75]
 
@@ -142,17 +142,8 @@ def test_masks_are_sliced_with_the_neurons_and_keep_working():
 def test_layers_restricts_and_output_layer_is_refused():
     small, s = prune_neurons(_mlp_with_dead_neurons(), _loader(), amount=0.25, layers=["2"])
     assert list(s["layers"]) == ["2"] and small[0].out_features == 8
-    with pytest.raises(UnsupportedModelError, match="'4' is the output layer"):
+    with pytest.raises(UnsupportedModelError, match="'4': they are the model's output"):
         prune_neurons(_mlp_with_dead_neurons(), _loader(), layers=["4"])
-
-
-class _Residual(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))) + x)
 
 
 class _Cumsum(nn.Module):
@@ -176,7 +167,6 @@ class _DataDependent(nn.Module):
 @pytest.mark.parametrize(
     ("model", "named"),
     [
-        (_Residual(), "function 'add' \\(node 'add'\\) has 2 tensor inputs"),
         (_Cumsum(), "function 'cumsum'"),
         (_DataDependent(), "traceable"),
     ],
