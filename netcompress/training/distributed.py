@@ -11,10 +11,10 @@ The contract every compression step follows (what the recipe runner and ``fit`` 
 1. Every rank runs the same step from the same seed on the same calibration/validation batches, so
    data-dependent decisions (masks, channel choice and surgery, calibration ranges, codebooks,
    thresholds, automatic rates) come out the same; only ``fit`` shards the training data.
-2. After the step, :func:`sync_model_` checks that every rank holds the same structure (names,
+2. After the step, :func:`~netcompress.training.replica_sync.sync_model_` checks that every rank holds the same structure (names,
    shapes, dtypes and module types: a surgery that differed fails here), broadcasts every
    parameter, buffer and tensor-holding attribute (observer ranges kept outside buffers) from
-   rank 0, and :func:`check_consistent` compares per-tensor checksums across ranks; a divergence
+   rank 0, and :func:`~netcompress.training.replica_sync.check_consistent` compares per-tensor checksums across ranks; a divergence
    raises :class:`ReplicaDivergenceError` naming the first differing tensor.
 3. Surgery happens on the plain module; ``fit`` wraps it in DDP for the forward only and drops
    the wrapper when it returns (:func:`wrap_ddp`, :func:`unwrap`). A teacher is never wrapped.
@@ -23,14 +23,15 @@ Example (run with ``torchrun --nproc_per_node=2 script.py``)::
 
     rank, world, local_rank = init_from_env("cpu")
     totals = all_reduce_sums({"correct": 3, "total": 4})   # summed over ranks
-    sync_model_(model)                                      # rank 0's state everywhere, checked
+
+The model-state half of the contract (checksums, :func:`sync_model_`) is in
+:mod:`netcompress.training.replica_sync`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -201,148 +202,6 @@ def on_main(fn: Callable[[], T]) -> T:
     return value
 
 
-# --- model state: what every rank must agree on ----------------------------------------------
-
-
-def _holds_tensors(value: Any) -> bool:
-    if not hasattr(value, "__dict__") or isinstance(value, type) or callable(value):
-        return False
-    return any(isinstance(v, torch.Tensor) for v in vars(value).values())
-
-
-def _loose_state(model: nn.Module) -> dict[str, Any]:
-    """Attributes outside ``state_dict`` that hold tensors: a tensor attribute of a module, or a
-    plain object (an observer's range) with tensors in its ``__dict__``, by dotted name."""
-    found: dict[str, Any] = {}
-    for prefix, module in model.named_modules():
-        for attr, value in vars(module).items():
-            if attr.startswith("_") or isinstance(value, nn.Module):
-                continue
-            name = f"{prefix}.{attr}" if prefix else attr
-            if isinstance(value, torch.Tensor) or _holds_tensors(value):
-                found[name] = value
-    return found
-
-
-def named_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor a replica must hold identically: parameters, buffers (masks, quantizer scales,
-    BN statistics) and tensors kept in attributes (``conv.act_quant.observer.lo``), by name."""
-    state: dict[str, torch.Tensor] = {}
-    state.update((n, p.detach()) for n, p in model.named_parameters())
-    state.update((n, b) for n, b in model.named_buffers() if b is not None)
-    for name, value in _loose_state(model).items():
-        if isinstance(value, torch.Tensor):
-            state[name] = value.detach()
-        else:
-            state.update(
-                (f"{name}.{k}", v.detach()) for k, v in vars(value).items() if isinstance(v, torch.Tensor)
-            )
-    return state
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """A 16-hex-digit hash of a tensor's dtype, shape and exact bytes."""
-    t = tensor.detach().cpu().contiguous()
-    h = hashlib.blake2b(digest_size=8)
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    if t.numel():
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_checksums(model: nn.Module) -> dict[str, str]:
-    """Per-tensor digests of :func:`named_state`, in a fixed order (this rank only, no collective).
-
-    Example:
-        >>> model_checksums(nn.Linear(2, 1))
-        {'weight': '...', 'bias': '...'}
-    """
-    return {name: tensor_digest(t) for name, t in named_state(model).items()}
-
-
-def model_digest(model: nn.Module) -> str:
-    """One hash over :func:`model_checksums` (what a step summary records)."""
-    body = "".join(f"{k}={v};" for k, v in model_checksums(model).items())
-    return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
-
-
-def first_difference(reference: dict[str, str], other: dict[str, str]) -> str | None:
-    """The first tensor name whose digest differs (or that only one side has); None if equal."""
-    for name, digest in reference.items():
-        if other.get(name) != digest:
-            return name
-    extra = [n for n in other if n not in reference]
-    return extra[0] if extra else None
-
-
-def check_consistent(model: nn.Module, *, where: str = "model") -> dict[str, str]:
-    """Compare every rank's :func:`model_checksums` with rank 0's; raise naming the first differing
-    tensor. Returns this rank's checksums. Every rank raises, so none hangs in a later collective.
-
-    Example:
-        >>> check_consistent(model, where="after step 2 (prune/channel)")
-    """
-    mine = model_checksums(model)
-    if not is_distributed():
-        return mine
-    everyone: list[Any] = [None] * world_size()
-    dist.all_gather_object(everyone, mine)
-    for other_rank, theirs in enumerate(everyone[1:], start=1):
-        name = first_difference(everyone[0], theirs)
-        if name is not None:
-            raise ReplicaDivergenceError(
-                f"{where}: rank {other_rank} differs from rank 0 in tensor {name!r} "
-                f"(first of {sum(1 for k in everyone[0] if theirs.get(k) != everyone[0][k])} differing)"
-            )
-    return mine
-
-
-def _structure(model: nn.Module) -> list[tuple[str, ...]]:
-    modules = [(n, type(m).__name__) for n, m in model.named_modules()]
-    tensors = [(n, str(t.dtype), str(tuple(t.shape))) for n, t in model.state_dict(keep_vars=True).items()]
-    return [*modules, *((n, *rest) for n, *rest in tensors)]
-
-
-@torch.no_grad()
-def sync_model_(model: nn.Module, *, where: str = "model") -> list[str]:
-    """Make every rank hold rank 0's model, IN PLACE, and prove it; return the tensors that had differed.
-
-    Structure first (module names and types, state names, shapes, dtypes): a mismatch means the
-    ranks made different decisions (surgery) and raises :class:`ReplicaDivergenceError`. Then every
-    parameter and buffer is broadcast from rank 0, tensor-holding attributes (observers) are sent
-    pickled, and :func:`check_consistent` compares checksums. A no-op returning ``[]`` outside a group.
-
-    Example:
-        >>> resynced = sync_model_(model, where="after step 3")   # e.g. ['bn1.running_mean', ...]
-    """
-    if not is_distributed():
-        return []
-    before = model_checksums(model)
-    reference = broadcast_object(before)
-    shapes: list[Any] = [None] * world_size()
-    dist.all_gather_object(shapes, _structure(model))
-    for other_rank, theirs in enumerate(shapes[1:], start=1):
-        if theirs != shapes[0]:
-            diff = next((a, b) for a, b in zip(shapes[0] + [None], theirs + [None]) if a != b)
-            raise ReplicaDivergenceError(
-                f"{where}: rank {other_rank} has a different model structure from rank 0 at {diff[1]!r} "
-                f"(rank 0: {diff[0]!r}); a step made a different choice on this rank"
-            )
-    device = _coll_device()
-    for tensor in [*(p.data for p in model.parameters()), *(b for b in model.buffers() if b is not None)]:
-        staged = tensor if tensor.device == device else tensor.to(device)
-        dist.broadcast(staged, src=0)
-        if staged is not tensor:
-            tensor.copy_(staged)
-    loose = broadcast_object({k: v for k, v in _loose_state(model).items()} if is_main() else None)
-    for name, value in loose.items():
-        owner, _, attr = name.rpartition(".")
-        module = model.get_submodule(owner) if owner else model
-        setattr(module, attr, value)
-    check_consistent(model, where=where)
-    return [name for name, digest in before.items() if reference.get(name) != digest]
-
-
 # --- DDP, sampling, evaluation ------------------------------------------------------------------
 
 
@@ -355,14 +214,23 @@ def wrap_ddp(model: nn.Module, *, device: str, find_unused_parameters: bool = Fa
     """
     if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
+    import inspect
+
     dev = torch.device(device)
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel
+    # the newer name of broadcast_buffers=False (the init sync from rank 0 stays, as wanted)
+    no_forward_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return ddp(
         model,
         device_ids=[dev.index if dev.index is not None else torch.cuda.current_device()]
         if dev.type == "cuda"
         else None,
-        broadcast_buffers=False,
         find_unused_parameters=find_unused_parameters,
+        **no_forward_sync,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from netcompress.training import distributed as dist_mod
+from netcompress.training import replica_sync
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -143,5 +144,5 @@ class Runtime:
         return dist_mod.broadcast_object(obj) if self.distributed else obj
 
     def sync_model(self, model: nn.Module, *, where: str = "fit") -> list[str]:
-        """Rank 0's model on every rank, checked (:func:`~netcompress.training.distributed.sync_model_`)."""
-        return dist_mod.sync_model_(model, where=where) if self.distributed else []
+        """Rank 0's model on every rank, checked (:func:`~netcompress.training.replica_sync.sync_model_`)."""
+        return replica_sync.sync_model_(model, where=where) if self.distributed else []
