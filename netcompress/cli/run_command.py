@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         *(["model.trust=true"] if args.trust_checkpoint else []),
         *([f"device={args.device}"] if args.device else []),
     ]
+    joined = distributed.is_distributed()  # a caller that joined the group itself also leaves it
     try:
         result = run_recipe(
             resolve_recipe_arg(args.recipe),
@@ -89,5 +90,6 @@ def run(args: argparse.Namespace) -> int:
         if distributed.is_main():
             print(f"run folder: {result.run_dir}")
     finally:
-        distributed.shutdown()
+        if not joined:
+            distributed.shutdown()
     return 0

@@ -132,7 +132,8 @@ def _structure(model: nn.Module) -> list[tuple[str, ...]]:
 
 @torch.no_grad()
 def sync_model_(model: nn.Module, *, where: str = "model") -> list[str]:
-    """Make every rank hold rank 0's model, IN PLACE, and prove it; return the tensors that had differed.
+    """Make every rank hold rank 0's model, IN PLACE, and prove it; return the tensors that had differed
+    on any rank (the same list on every rank).
 
     Structure first (module names and types, state names, shapes, dtypes): a mismatch means the
     ranks made different decisions (surgery) and raises :class:`ReplicaDivergenceError`. Then every
@@ -144,17 +145,17 @@ def sync_model_(model: nn.Module, *, where: str = "model") -> list[str]:
     """
     if not is_distributed():
         return []
-    before = model_checksums(model)
-    reference = broadcast_object(before)
-    shapes: list[Any] = [None] * world_size()
-    dist.all_gather_object(shapes, _structure(model))
-    for other_rank, theirs in enumerate(shapes[1:], start=1):
-        if theirs != shapes[0]:
-            diff = next((a, b) for a, b in zip(shapes[0] + [None], theirs + [None]) if a != b)
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, (_structure(model), model_checksums(model)))
+    (shape0, reference), resynced = gathered[0], []
+    for other_rank, (shape, checksums) in enumerate(gathered[1:], start=1):
+        if shape != shape0:
+            diff = next((a, b) for a, b in zip(shape0 + [None], shape + [None]) if a != b)
             raise ReplicaDivergenceError(
                 f"{where}: rank {other_rank} has a different model structure from rank 0 at {diff[1]!r} "
                 f"(rank 0: {diff[0]!r}); a step made a different choice on this rank"
             )
+        resynced += [n for n, d in checksums.items() if reference.get(n) != d and n not in resynced]
     device = _coll_device()
     for tensor in [*(p.data for p in model.parameters()), *(b for b in model.buffers() if b is not None)]:
         staged = tensor if tensor.device == device else tensor.to(device)
@@ -167,4 +168,4 @@ def sync_model_(model: nn.Module, *, where: str = "model") -> list[str]:
         module = model.get_submodule(owner) if owner else model
         setattr(module, attr, value)
     check_consistent(model, where=where)
-    return [name for name, digest in before.items() if reference.get(name) != digest]
+    return resynced
