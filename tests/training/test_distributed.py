@@ -116,8 +116,7 @@ def test_every_rank_holds_identical_state_after_every_step(ddp_run):
     after = {
         s["where"].split(" (")[0]: s["checksums"] for s in rank0["syncs"] if s["where"].startswith("after")
     }
-    assert any(n.endswith("weight_mask") for n in after["after step 2"]) is False  # channel pruning: no masks
-    assert len(after["after step 2"]) < len(after["after step 1"]) or True
+    assert after["after step 2"] != after["after step 1"]  # the pruned model is what the ranks agreed on
     quant = [n for n in after["after step 4"] if n.endswith((".scale", ".zero_point"))]
     assert quant, "the quantizer buffers are among the checked tensors"
     assert any(".observer." in n for n in after["after step 4"]), (
