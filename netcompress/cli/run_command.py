@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="allow the recipe's model checkpoint to be a pickled model (same as model.trust=true); "
         "unpickling runs any code stored in the file",
     )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="run every step on this device (cpu, cuda; same as device=...); under torchrun "
+        "--nproc_per_node=N each process takes cuda:LOCAL_RANK",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.set_defaults(func=run)
 
@@ -63,15 +69,27 @@ def resolve_recipe_arg(value: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the recipe; under torchrun every process runs this, rank 0 alone writes and prints."""
     from netcompress.recipes import run_recipe
+    from netcompress.training import distributed
 
-    result = run_recipe(
-        resolve_recipe_arg(args.recipe),
-        overrides=[*args.overrides, *(["model.trust=true"] if args.trust_checkpoint else [])],
-        out_dir=args.out,
-        resume=args.resume,
-        profile=args.profile,
-        progress=not args.quiet,
-    )
-    print(f"run folder: {result.run_dir}")
+    flags = [
+        *(["model.trust=true"] if args.trust_checkpoint else []),
+        *([f"device={args.device}"] if args.device else []),
+    ]
+    joined = distributed.is_distributed()  # a caller that joined the group itself also leaves it
+    try:
+        result = run_recipe(
+            resolve_recipe_arg(args.recipe),
+            overrides=[*args.overrides, *flags],
+            out_dir=args.out,
+            resume=args.resume,
+            profile=args.profile,
+            progress=not args.quiet,
+        )
+        if distributed.is_main():
+            print(f"run folder: {result.run_dir}")
+    finally:
+        if not joined:
+            distributed.shutdown()
     return 0

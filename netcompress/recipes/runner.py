@@ -13,6 +13,11 @@ seed, so a run killed after step k and resumed produces the same numbers as one 
 stopped. A step validates on the data set's validation split (held out of the training data);
 every stage row is measured on the test split. Every file is written atomically; the input
 model checkpoint and the data are only read.
+
+Under ``torchrun --nproc_per_node=N`` every rank runs every step (training steps train in DDP, each
+rank on its share of the batches); rank 0 alone plans and writes the run folder, measures and
+prints, and after each step every rank takes rank 0's model, checked by checksums
+(:func:`netcompress.training.replica_sync.sync_model_`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, NetcompressError
 from netcompress.core.io import (
-    atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
@@ -55,9 +59,10 @@ from netcompress.recipes.schema import (
     load_recipe_file,
     resolve_recipe,
 )
-from netcompress.recipes.stages import RunResult, measure_stage, say, split_loaders
+from netcompress.recipes.stages import RunResult, measure_stage, record_step, say, split_loaders
 from netcompress.recipes.steps import find_method
 from netcompress.recipes.sweep import run_sweep, sweep_points
+from netcompress.training import distributed, replica_sync
 
 
 def run_recipe(
@@ -81,7 +86,15 @@ def run_recipe(
     raw = apply_overrides(apply_profile(raw, profile), list(overrides))
     raw.pop("profiles", None)
     resolved = resolve_recipe({k: v for k, v in raw.items() if k != "sweep"})
+    from netcompress.training import Runtime
+
+    runtime = Runtime.from_env(device=resolved["device"])  # joins torchrun's process group, if any
+    progress = progress and runtime.is_main
     if raw.get("sweep") is not None:
+        if runtime.distributed:
+            raise ConfigError(
+                "a recipe with 'sweep' does not run under torchrun yet; run each point's overrides as its own run"
+            )
         for _, point_overrides in sweep_points(raw["sweep"]):  # validate every point before running any
             resolve_recipe(apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, point_overrides))
         run_dir = plan_run_dir(
@@ -101,8 +114,9 @@ def run_recipe(
             if made is not _EXISTED and not has_finished_step(run_dir):
                 discard_run_dir(run_dir, made)
             raise
-    run_dir = plan_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
-    state = _load_state(run_dir, resolved) if resume else None  # a changed recipe is refused first
+    run_dir, state = distributed.on_main(  # rank 0 plans; every rank gets its answer (or its error)
+        lambda: _plan(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
+    )
 
     from netcompress import data as data_mod
     from netcompress.training import seed_everything
@@ -116,24 +130,32 @@ def run_recipe(
     example_inputs = _example_inputs(bundle)
 
     done = state["finished_steps"] if state else []
-    if done:
-        model = _load_step_model(run_dir / done[-1]["dir"] / "model.pt")
+    if done:  # read on rank 0, sent to every rank (a run folder on rank 0's disk is enough)
+        model = distributed.on_main(lambda: _load_step_model(run_dir / done[-1]["dir"] / "model.pt"))
     else:  # everything is checked and built before the run folder is made
         seed_everything(seed)
         model = build_model(resolved["model"], num_classes=bundle.num_classes)
-        stage = measure_stage(
-            model,
-            split_loaders(bundle, data_cfg, seed).test,
-            example_inputs,
-            resolved["evaluate"],
-            name="initial",
+        test_loader = split_loaders(bundle, data_cfg, seed).test
+        state = distributed.on_main(
+            lambda: {
+                "recipe_hash": _recipe_hash(resolved),
+                "finished_steps": [],
+                "stages": [
+                    measure_stage(model, test_loader, example_inputs, resolved["evaluate"], name="initial")
+                ],
+            }
         )
-        state = {"recipe_hash": _recipe_hash(resolved), "finished_steps": [], "stages": [stage]}
-    made = _open_run_dir(run_dir)
-    atomic_write_json(run_dir / STATE_FILE, state)
-    atomic_write_text(
-        run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)
-    )
+    replica_sync.sync_model_(model, where="the initial model")
+
+    def open_folder() -> Any:
+        made = _open_run_dir(run_dir)
+        atomic_write_json(run_dir / STATE_FILE, state)
+        atomic_write_text(
+            run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)
+        )
+        return made
+
+    made = distributed.on_main(open_folder)  # the other ranks wait for the folder to exist
 
     try:
         for index, step in enumerate(resolved["steps"]):
@@ -147,13 +169,22 @@ def run_recipe(
                     f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run",
                 )
                 continue
-            model = _run_step(model, index, step, resolved, bundle, example_inputs, run_dir, state, progress)
+            model, state = _run_step(
+                model, index, step, resolved, bundle, example_inputs, run_dir, state, progress, runtime
+            )
     except NetcompressError:  # a user's error before the first step finished: leave nothing behind
-        if made is not _EXISTED and not state["finished_steps"]:
+        if runtime.is_main and made is not _EXISTED and not state["finished_steps"]:
             discard_run_dir(run_dir, made)
         raise
 
-    return finish_run(run_dir, resolved, state, model, bundle, example_inputs, progress=progress)
+    return distributed.on_main(  # exports, measurements and the report: rank 0's; every rank gets the result
+        lambda: finish_run(run_dir, resolved, state, model, bundle, example_inputs, progress=progress)
+    )
+
+
+def _plan(resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path) -> tuple[Path, Any]:
+    run_dir = plan_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=runs_root)
+    return run_dir, (_load_state(run_dir, resolved) if resume else None)  # a changed recipe is refused first
 
 
 _EXISTED = object()  # _open_run_dir's answer for a run folder that was there before this run
@@ -177,7 +208,8 @@ def _run_step(
     run_dir: Path,
     state: dict[str, Any],
     progress: bool,
-) -> nn.Module:
+    runtime: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
     from netcompress.training import seed_everything
 
     spec = find_method(step["op"], step["method"], where=f"step {index + 1}")
@@ -186,7 +218,8 @@ def _run_step(
     )
     step_name = f"{index + 1:02d}-{spec.op}-{spec.name}"
     step_dir = run_dir / "steps" / step_name
-    step_dir.mkdir(parents=True, exist_ok=True)
+    if runtime.is_main:
+        step_dir.mkdir(parents=True, exist_ok=True)
     step_seed = resolved["seed"] + index + 1
     seed_everything(step_seed)
     loaders = split_loaders(bundle, resolved["data"], step_seed)
@@ -195,9 +228,10 @@ def _run_step(
         val_loader=loaders.val,
         calib_loader=loaders.calib,
         example_inputs=example_inputs,
-        out_dir=step_dir,
+        out_dir=step_dir if runtime.is_main else None,  # only rank 0 writes
         num_classes=bundle.num_classes,
         seed=step_seed,
+        device=runtime.device,
         progress=progress,
         extras={"step_models": _step_models(run_dir, state)},
     )
@@ -207,29 +241,25 @@ def _run_step(
     result = spec.fn(model, config, ctx)
     elapsed_s = time.perf_counter() - started
     model = result.model
-    summary = to_jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
-    atomic_write_json(step_dir / "summary.json", summary)
-    if result.history is not None:
-        atomic_write_json(step_dir / "history.json", result.history)
-    stage = measure_stage(
-        model, loaders.test, example_inputs, resolved["evaluate"], name=label, reference=state["stages"][0]
-    )
-    atomic_write_json(step_dir / "metrics.json", stage)
-    atomic_torch_save(model, step_dir / "model.pt", sign=True)
-    # The state is written last: a run killed before this line redoes the step on resume.
-    state["finished_steps"].append(
-        {
-            "index": index,
-            "dir": f"steps/{step_name}",
-            "label": label,
-            "summary": summary,
-            "has_history": result.history is not None,
-            "prefix_hash": _prefix_hash(resolved, index),
+    # the contract: rank 0's model on every rank, same structure, checked by checksums
+    resynced = replica_sync.sync_model_(model, where=f"after step {index + 1} ({label})")
+    if runtime.distributed:
+        digest = replica_sync.model_digest(model)
+        replicas = {
+            "world_size": runtime.world_size,
+            "model_digest": digest,
+            "resynced_tensors": len(resynced),
         }
+        result.summary = {**(result.summary or {}), "replicas": replicas}
+    summary = to_jsonable({**(result.summary or {}), "time_s": round(elapsed_s, 3)})
+    entry = {"index": index, "dir": f"steps/{step_name}", "label": label, "summary": summary}
+    entry.update(has_history=result.history is not None, prefix_hash=_prefix_hash(resolved, index))
+    state = distributed.on_main(  # rank 0 writes and measures; every rank gets the new state
+        lambda: record_step(
+            model, result.history, entry, state, run_dir, loaders.test, example_inputs, resolved
+        )
     )
-    state["stages"].append(stage)
-    atomic_write_json(run_dir / STATE_FILE, state)
-    return model
+    return model, state
 
 
 def _step_models(run_dir: Path, state: dict[str, Any]) -> dict[int, Path]:
@@ -313,7 +343,7 @@ def _recipe_hash(resolved: dict[str, Any]) -> str:
     body = {
         k: v
         for k, v in resolved.items()
-        if k not in ("evaluate", "report", "export", "description", "output")
+        if k not in ("evaluate", "report", "export", "description", "output", "device")
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -40,6 +40,7 @@ TOP_LEVEL_KEYS = (
     "export",
     "report",
     "output",
+    "device",
 )
 LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "calib_batches")
 
@@ -294,4 +295,15 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     out["report"] = ReportConfig.from_dict(recipe.get("report"), where="report").to_dict()
     if recipe.get("output") is not None:
         out["output"] = str(recipe["output"])
+    out["device"] = _device(recipe.get("device") or "cpu")
     return out
+
+
+def _device(value: Any) -> str:
+    """The run's device (``cpu``, ``cuda``, ``cuda:1``): where every step without its own runs."""
+    import torch
+
+    try:
+        return str(torch.device(str(value)))
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={value!r} in the recipe is not a torch device (e.g. cpu, cuda)") from None

@@ -76,6 +76,7 @@ def measure_stage(
     ``NOISY_SPREAD`` of their median (a busy machine) is measured once more with twice the forwards in more rounds (``latency_remeasured``);
     if it is still that wide the row says ``latency_noisy: true`` and tables and plots mark it."""
     from netcompress.evaluation import evaluate, profile
+    from netcompress.evaluation.harness import model_device
 
     metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
 
@@ -101,6 +102,7 @@ def measure_stage(
         {
             "name": name,
             "split": STAGE_SPLIT,
+            "device": str(model_device(model)),  # where accuracy and latency were measured
             "accuracy": metrics["accuracy"],
             "loss": metrics["loss"],
             **prof,
@@ -184,6 +186,41 @@ def stored_size(model: nn.Module) -> dict[str, Any]:
             info = save_sparse(model, Path(tmp) / "model.ncz")
         return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
     return {}
+
+
+def record_step(
+    model: nn.Module,
+    history: list[dict[str, Any]] | None,
+    entry: dict[str, Any],
+    state: dict[str, Any],
+    run_dir: Path,
+    test_loader: Any,
+    example_inputs: Any,
+    resolved: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a finished step's files (summary, history, metrics, model), measure it, and return the run
+    state with ``entry`` and its stage appended; ``state.json`` is written last, so a run killed before
+    it redoes the step on resume. Rank 0 alone calls this under torchrun."""
+    from netcompress.core.io import atomic_torch_save, atomic_write_json
+
+    step_dir = run_dir / entry["dir"]
+    atomic_write_json(step_dir / "summary.json", entry["summary"])
+    if history is not None:
+        atomic_write_json(step_dir / "history.json", history)
+    stage = measure_stage(
+        model,
+        test_loader,
+        example_inputs,
+        resolved["evaluate"],
+        name=entry["label"],
+        reference=state["stages"][0],
+    )
+    atomic_write_json(step_dir / "metrics.json", stage)
+    atomic_torch_save(model, step_dir / "model.pt", sign=True)
+    state["finished_steps"].append(entry)
+    state["stages"].append(stage)
+    atomic_write_json(run_dir / "state.json", state)
+    return state
 
 
 class LimitedLoader:

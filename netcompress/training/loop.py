@@ -21,6 +21,7 @@ from torch import nn
 from netcompress.core.errors import CheckpointError, ConfigError, DataError
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
+from netcompress.training import distributed as dist_mod
 from netcompress.training.config import TrainConfig
 from netcompress.training.history import History
 from netcompress.training.hooks import (
@@ -49,6 +50,7 @@ class _Run:
     schedule: LRSchedule
     hooks: list[Any]
     loader: Iterable
+    scaler: Any = None  # torch.amp.GradScaler; enabled only for precision="fp16"
     history: History = dataclasses.field(default_factory=History)
     # best validation epoch so far: epoch, val_acc, and a weights snapshot
     best: dict[str, Any] = dataclasses.field(
@@ -84,7 +86,9 @@ def fit(
     - ``checkpoint_dir``: ``last.pt``, ``best.pt`` and ``history.json`` written atomically every
       epoch; ``resume=True`` continues from ``last.pt`` (or starts fresh if there is none) and
       ends with the same weights and history as an uninterrupted run.
-    - ``runtime``: device and process group (single process; see :class:`Runtime`).
+    - ``runtime``: device and process group (default :meth:`Runtime.from_env`: under ``torchrun`` the
+      model trains in DDP, each rank reads its share of the loader, metrics are summed over ranks).
+    - ``config.precision`` (``bf16``/``fp16`` autocast) and ``config.channels_last``: faster on GPUs.
 
     Example:
         >>> history = fit(model, train_loader, val_loader=test_loader,
@@ -96,9 +100,11 @@ def fit(
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and directory is None:
         raise ConfigError("resume=True needs checkpoint_dir (the folder holding last.pt)")
-    steps_per_epoch = _num_batches(train_loader)
     runtime = runtime or Runtime.from_env(device=config.device)
     device = torch.device(runtime.device)
+    # under torchrun each rank reads its share (DistributedSampler); the global batch is unchanged
+    train_loader = runtime.train_loader(train_loader, seed=config.seed)
+    steps_per_epoch = _num_batches(train_loader)
 
     seed_everything(config.seed)
     was_training = model.training
@@ -106,28 +112,38 @@ def fit(
     with torch.no_grad():
         for p in extra:
             p.data = p.data.to(device)
-    net = runtime.wrap_model(model)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # surgery happens on ``model``; the DDP wrapper lives only for this fit call
+    net = runtime.wrap_model(model, find_unused_parameters=config.find_unused_parameters)
     params = trainable_parameters(model, extra)
     if not params:
         raise ConfigError("fit: the model has no parameter with requires_grad=True and no extra_parameters")
     optimizer = build_optimizer(params, config)
     schedule = LRSchedule(optimizer, config, steps_per_epoch=steps_per_epoch)
-    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler)
     history, best = run.history, run.best
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    start_epoch = 0
+    start_epoch, saved = 0, None
     if resume and (directory / ckpt.LAST_FILE).exists():
-        start_epoch = _resume(directory, run)
+        saved = _load_resume_state(directory, run)
+    saved = runtime.broadcast_object(saved)  # rank 0 decides for every rank whether and where to resume
+    if saved is not None:
+        start_epoch = _resume(run, saved)
 
     reporter = make_reporter(progress=config.progress and runtime.is_main)
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             model.train()
+            dist_mod.set_epoch(run.loader, epoch)
             call_hooks(hooks, "epoch_start", model, epoch)
             reporter.epoch_start(epoch, config.epochs, steps_per_epoch)
-            train = _train_one_epoch(run, net, criterion, params, device, reporter)
-            val_acc, val_loss = (None, None) if val_loader is None else _validate(model, val_loader, device)
+            train = _train_one_epoch(run, net, criterion, params, device, reporter, runtime)
+            val_acc, val_loss = (
+                (None, None) if val_loader is None else _validate(model, val_loader, device, runtime)
+            )
             row = {"epoch": epoch, **train, "val_loss": val_loss, "val_acc": val_acc}
             row["time_s"] = round(time.perf_counter() - started, 4)
             row.update(_hook_metrics(hooks, model, epoch))
@@ -145,6 +161,7 @@ def fit(
 
     if config.keep_best and best["weights"] is not None:
         ckpt.load_weights(model, extra, best["weights"])
+    runtime.sync_model(model, where="end of fit")  # rank 0's buffers (BN statistics) everywhere, checked
     model.train(was_training)
     return history
 
@@ -156,8 +173,10 @@ def _train_one_epoch(
     params: list[nn.Parameter],
     device: torch.device,
     reporter: SilentReporter,
+    runtime: Runtime,
 ) -> dict[str, Any]:
     model, optimizer, schedule, hooks = run.model, run.optimizer, run.schedule, run.hooks
+    precision, channels_last = run.config.precision, run.config.channels_last
     clip_norm = run.config.grad_clip_norm
     # Hook methods are looked up once per epoch, not once per batch.
     loss_hooks = [h for h in hooks if hasattr(h, "loss")]
@@ -171,17 +190,24 @@ def _train_one_epoch(
         inputs, targets = _split_batch(batch, device)
         lr = schedule.apply()
         first_lr = lr if first_lr is None else first_lr
+        if channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        outputs = net(inputs)
-        loss = criterion(outputs, targets)
-        if loss_hooks:
-            loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
-        loss.backward()
+        with dist_mod.autocast(device, precision):
+            outputs = net(inputs)
+            loss = criterion(outputs, targets)
+            if loss_hooks:
+                loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(optimizer)  # hooks and clipping see true gradients (no-op without fp16)
+        if runtime.distributed and run.extra:
+            dist_mod.average_gradients(run.extra)  # DDP averages only the model's own parameters
         for fn in after_backward:
             fn(model)
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        optimizer.step()
+        run.scaler.step(optimizer)
+        run.scaler.update()
         schedule.advance()
         for fn in after_step:
             fn(model)
@@ -193,6 +219,12 @@ def _train_one_epoch(
             correct += (outputs.detach().argmax(dim=1) == targets).sum()
             counted += n
         reporter.batch(loss_sum, correct, seen)
+    if runtime.distributed:  # sums and counts over every rank, never an average of averages
+        totals = torch.stack([loss_sum.double(), correct.double()]).to(device)
+        counts = torch.tensor([seen, counted], dtype=torch.float64, device=device)
+        reduced = runtime.all_reduce_sum(torch.cat([totals, counts])).tolist()
+        loss_sum, correct = torch.tensor(reduced[0]), torch.tensor(int(reduced[1]))
+        seen, counted = int(reduced[2]), int(reduced[3])
     if seen == 0:
         raise DataError("train_loader yielded no batches")
     return {
@@ -203,7 +235,15 @@ def _train_one_epoch(
     }
 
 
-def _validate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
+def _validate(
+    model: nn.Module, loader: Iterable, device: torch.device, runtime: Runtime | None = None
+) -> tuple[float, float]:
+    if (
+        runtime is not None and runtime.distributed
+    ):  # rank 0's buffers, then each rank a share of the batches, counts summed
+        runtime.sync_model(model, where="validation")
+        result = dist_mod.evaluate_sharded(model, loader, device=device)
+        return float(result["accuracy"]), float(result["loss"])
     result = evaluate(model, loader, device=str(device))
     return float(result["accuracy"]), float(result["loss"])
 
@@ -270,27 +310,33 @@ def _save_last(directory: Path, run: _Run) -> None:
         "best": {"epoch": run.best["epoch"], "val_acc": run.best["val_acc"]},
         "hooks": hook_states(run.hooks),
         "rng": rng_state(run.loader),
+        "scaler": run.scaler.state_dict(),
     }
     ckpt.save_last(directory, state)
     run.history.to_json(directory / ckpt.HISTORY_FILE)
 
 
-def _resume(directory: Path, run: _Run) -> int:
-    """Load ``last.pt`` into ``run``; return the number of epochs already done."""
+def _load_resume_state(directory: Path, run: _Run) -> dict[str, Any]:
+    """``last.pt`` (and the best weights it refers to), read on rank 0 and sent to every rank."""
     state = ckpt.load_last(directory, config_dict=run.config.to_dict())
+    state["best_weights"] = ckpt.load_best(directory) if state["best"]["epoch"] is not None else None
+    return state
+
+
+def _resume(run: _Run, state: dict[str, Any]) -> int:
+    """Load a ``last.pt`` state into ``run``; return the number of epochs already done."""
     ckpt.load_weights(run.model, run.extra, state)
     try:
         run.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"optimizer state in {directory / ckpt.LAST_FILE} does not fit: {exc}"
-        ) from None
+        raise CheckpointError(f"optimizer state in {ckpt.LAST_FILE} does not fit: {exc}") from None
     run.schedule.load_state_dict(state["schedule"])
     run.history.rows[:] = state["history"]["rows"]
     run.history.best_epoch = state["history"].get("best_epoch")
     run.best.update(epoch=state["best"]["epoch"], val_acc=state["best"]["val_acc"])
-    if run.best["epoch"] is not None:
-        run.best["weights"] = ckpt.load_best(directory)
+    run.best["weights"] = state["best_weights"]
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
     load_hook_states(run.hooks, state.get("hooks", []))
     set_rng_state(state["rng"], run.loader)
     return int(state["epochs_done"])

@@ -1,4 +1,4 @@
-"""Seeding, RNG snapshots and the runtime seam (where multi-process training would plug in).
+"""Seeding, RNG snapshots and the runtime seam (a single process, or DDP under ``torchrun``).
 
 Repeatable runs need three things; ``fit`` does the first two, the caller the third:
 
@@ -15,7 +15,6 @@ Repeatable runs need three things; ``fit`` does the first two, the caller the th
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from typing import Any
 
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.errors import ConfigError
+from netcompress.training import distributed as dist_mod
+from netcompress.training import replica_sync
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -86,14 +86,14 @@ def set_rng_state(state: dict[str, Any], loader: Any = None) -> None:
 
 @dataclasses.dataclass
 class Runtime:
-    """Where the loop runs: device, and (later) the process group.
+    """Where the loop runs: the device and, under ``torchrun``, the process group.
 
-    Single process today: ``wrap_model`` and ``all_reduce_sum`` are identities. Under
-    ``torchrun`` this is the one place to change: ``from_env`` would call
-    ``torch.distributed.init_process_group``, ``wrap_model`` would return
-    ``DistributedDataParallel(model, device_ids=[local_rank])``, ``all_reduce_sum`` would
-    ``dist.all_reduce`` the epoch's loss/correct/count sums, ``is_main`` would gate printing
-    and checkpoint writes, and the caller would give the loader a ``DistributedSampler``.
+    A single process by default: ``wrap_model``, ``train_loader`` and the reductions are
+    identities. Under ``torchrun`` (``WORLD_SIZE > 1``) :meth:`from_env` joins the process group
+    (:mod:`netcompress.training.distributed`), ``wrap_model`` returns PyTorch's
+    ``DistributedDataParallel``, ``train_loader`` gives each rank its share through a seeded
+    ``DistributedSampler`` (the global batch unchanged), ``all_reduce_sum`` sums the epoch's
+    loss/correct/count sums, and ``is_main`` gates printing and checkpoint writes.
 
     Example:
         >>> rt = Runtime.from_env(device="cpu"); rt.world_size
@@ -103,25 +103,46 @@ class Runtime:
     device: str = "cpu"
     world_size: int = 1
     rank: int = 0
+    local_rank: int = 0
 
     @classmethod
     def from_env(cls, *, device: str = "cpu") -> Runtime:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size > 1:
-            raise ConfigError(
-                f"WORLD_SIZE={world_size}: multi-process training is not wired in yet; "
-                "see Runtime in netcompress/training/runtime.py for where it plugs in"
-            )
-        return cls(device=device, world_size=1, rank=0)
+        """The runtime of this process: joins torchrun's process group when ``WORLD_SIZE > 1``;
+        ``device="cuda"`` becomes ``cuda:LOCAL_RANK``."""
+        rank, world_size, local_rank = dist_mod.init_from_env(device)
+        return cls(
+            device=dist_mod.rank_device(device, local_rank),
+            world_size=world_size,
+            rank=rank,
+            local_rank=local_rank,
+        )
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap_model(self, model: nn.Module) -> nn.Module:
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap_model(self, model: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
         """The module the loop calls forward on (DDP wrapper under torchrun)."""
-        return model
+        if not self.distributed:
+            return model
+        return dist_mod.wrap_ddp(model, device=self.device, find_unused_parameters=find_unused_parameters)
+
+    def train_loader(self, loader: Any, *, seed: int) -> Any:
+        """This rank's share of the train loader (the loader itself in a single process)."""
+        return dist_mod.shard_loader(loader, seed=seed) if self.distributed else loader
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of ``tensor`` over processes (itself in a single process)."""
-        return tensor
+        return dist_mod.all_reduce_sum(tensor) if self.distributed else tensor
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return dist_mod.broadcast_object(obj) if self.distributed else obj
+
+    def sync_model(self, model: nn.Module, *, where: str = "fit") -> list[str]:
+        """Rank 0's model on every rank, checked (:func:`~netcompress.training.replica_sync.sync_model_`)."""
+        return replica_sync.sync_model_(model, where=where) if self.distributed else []
