@@ -39,6 +39,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import args_kwargs, batch_inputs
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules
@@ -149,11 +150,31 @@ class _StatsInterpreter(fx.Interpreter):
         return out
 
 
-def _batches(loader: Iterable, max_batches: int | None) -> Iterable[torch.Tensor]:
+def _batches(loader: Iterable, max_batches: int | None) -> Iterable[Any]:
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield batch_inputs(batch)
+
+
+def _positional(gm: fx.GraphModule, inputs: Any) -> tuple[Any, ...]:
+    """``inputs`` (tensor, tuple or dict) as the positional args of the traced graph's placeholders."""
+    args, kwargs = args_kwargs(inputs, "model inputs")
+    if not kwargs:
+        return args
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    unknown = sorted(set(kwargs) - {str(n.target) for n in placeholders})
+    if unknown:
+        raise ConfigError(f"neuron pruning's torch.fx trace of the model has no inputs named {unknown}")
+    out = []
+    for node in placeholders:
+        if str(node.target) in kwargs:
+            out.append(kwargs[str(node.target)])
+        elif node.args:  # the argument's default
+            out.append(node.args[0])
+        else:
+            raise ConfigError(f"neuron pruning: the batch lacks the model input {str(node.target)!r}")
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -172,14 +193,14 @@ def neuron_statistics(
         first = next(iter(batches), None)
         if first is None:
             raise ConfigError("neuron pruning needs at least one batch from the loader")
-        ShapeProp(gm).propagate(first)
+        ShapeProp(gm).propagate(*_positional(gm, first))
         spans = spans_of(gm, chain)
         chosen = _choose(model, spans, layers)
         stats = {name: _Stat(spans[name].act_dim) for name in chosen}
         interp = _StatsInterpreter(gm, {spans[name].act_node: stats[name] for name in chosen})
-        interp.run(first)
+        interp.run(*_positional(gm, first))
         for inputs in batches:
-            interp.run(inputs)
+            interp.run(*_positional(gm, inputs))
     return {name: spans[name] for name in chosen}, stats
 
 
