@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -216,3 +217,35 @@ def test_export_names_inputs_and_checks_dtypes(model, form, tmp_path):
     got = ort(ids[:, :7], mask[:, :7]) if form == "tuple" else ort(ids=ids[:, :7], mask=mask[:, :7])
     with torch.no_grad():
         assert torch.allclose(got, model(ids[:, :7], mask[:, :7]), atol=1e-5)
+
+
+def test_export_refuses_unknown_dynamic_axes_names(model, tmp_path):
+    with pytest.raises(ConfigError, match="dynamic_axes names"):
+        export_onnx(model, tmp_path / "m.onnx", _example("dict"), dynamic_axes={"tokens": {1: "sequence"}})
+    summary = export_onnx(
+        model, tmp_path / "fixed.onnx", _example("dict"), dynamic_axes={"ids": {}, "mask": {}}
+    )
+    assert summary["dynamic_axes"]["ids"] == {"0": "batch"}  # the user's axes: no sequence axis
+    assert summary["check"]["input_sets"] == ["example", "random batch of 8"]
+
+
+def test_profile_command_takes_named_inputs(tmp_path, capsys):
+    from netcompress.cli.main import main
+
+    factory = tmp_path / "bag.py"
+    factory.write_text(
+        "import torch\n\n"
+        "class Bag(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.emb, self.fc = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 3)\n\n"
+        "    def forward(self, ids, mask):\n"
+        "        return self.fc((self.emb(ids) * mask.unsqueeze(-1)).mean(1))\n\n"
+        "def build():\n    return Bag()\n"
+    )
+    args = ["profile", f"{factory}:build", "--no-latency", "--input", f"ids=2,{SEQ}:int64"]
+    assert main([*args, "--input", f"mask=2,{SEQ}:int64"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"│ macs\s+│\s+48 │", out)  # 16 x 3 MACs per sample
+    assert main([*args, "--input", "mask=2,x"]) == 2
+    assert "NAME=SHAPE" in capsys.readouterr().err
