@@ -249,3 +249,26 @@ def test_profile_command_takes_named_inputs(tmp_path, capsys):
     assert re.search(r"│ macs\s+│\s+48 │", out)  # 16 x 3 MACs per sample
     assert main([*args, "--input", "mask=2,x"]) == 2
     assert "NAME=SHAPE" in capsys.readouterr().err
+
+
+class KeywordMLP(nn.Module):
+    """A chain called by keyword: ``model(features=x)`` (a dict batch ``{"features": x}``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(DIM, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, CLASSES)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(features)))
+
+
+def test_neuron_statistics_feed_dict_inputs_to_the_trace():
+    from netcompress.pruning.neuron import neuron_statistics
+
+    torch.manual_seed(0)
+    batches = [({"features": torch.randn(16, DIM)}, torch.zeros(16)) for _ in range(2)]
+    spans, stats = neuron_statistics(KeywordMLP(), batches)
+    assert set(stats) == {"fc1"} and stats["fc1"].count == 32
+    with pytest.raises(ConfigError, match="no inputs named \\['tokens'\\]"):
+        neuron_statistics(KeywordMLP(), [({"tokens": torch.zeros(2, DIM)}, torch.zeros(2))])
