@@ -29,6 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="input shape with batch, e.g. 1,3,32,32 (default: the model's usual input)",
     )
     p.add_argument(
+        "--input",
+        action="append",
+        default=None,
+        metavar="NAME=SHAPE[:DTYPE]",
+        help="one named model input (passed as a keyword argument), repeatable, e.g. "
+        "--input input_ids=1,16:int64 --input attention_mask=1,16:int64; integer inputs are ones, "
+        "float inputs random normal",
+    )
+    p.add_argument(
         "--checkpoint",
         default=None,
         help="a state dict (.pt) or .safetensors file to load into the named model",
@@ -49,6 +58,43 @@ DEFAULT_SHAPES = {
     "sincnet": (1, 1, 8000),
     "lenet": (1, 1, 28, 28),
 }
+
+
+INPUT_DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+def parse_named_inputs(specs: list[str]) -> dict:
+    """``--input NAME=SHAPE[:DTYPE]`` flags as ``{name: tensor}`` (ints are ones, floats random normal).
+
+    Example:
+        >>> parse_named_inputs(["input_ids=1,16:int64"])["input_ids"].dtype
+        torch.int64
+    """
+    import torch
+
+    from netcompress.core.errors import ConfigError
+
+    inputs = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        shape_text, _, dtype_name = rest.partition(":")
+        dtype_name = dtype_name or "float32"
+        try:
+            shape = tuple(int(s) for s in shape_text.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name.isidentifier() or not shape or dtype_name not in INPUT_DTYPES:
+            raise ConfigError(
+                f"--input {spec!r} must look like NAME=SHAPE[:DTYPE], e.g. input_ids=1,16:int64 "
+                f"(DTYPE one of {', '.join(INPUT_DTYPES)})"
+            )
+        if name in inputs:
+            raise ConfigError(f"--input {name} is given twice")
+        dtype = getattr(torch, dtype_name)
+        inputs[name] = (
+            torch.randn(*shape).to(dtype) if dtype.is_floating_point else torch.ones(shape, dtype=dtype)
+        )
+    return inputs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         default_shape = (1, *models.input_shape(args.model, **kwargs))
         if args.checkpoint:
             load_state_dict_file(model, args.checkpoint)
-    if args.input_shape:
+    if args.input and args.input_shape:
+        raise ConfigError("give either --input-shape or --input NAME=SHAPE flags, not both")
+    if args.input:
+        x = parse_named_inputs(args.input)
+        shape = {k: tuple(v.shape) for k, v in x.items()}
+    elif args.input_shape:
         try:
             shape = tuple(int(s) for s in args.input_shape.split(","))
         except ValueError:
@@ -104,15 +155,16 @@ def run(args: argparse.Namespace) -> int:
         shape = default_shape
     else:
         raise ConfigError(f"give --input-shape for the saved model {path} (e.g. 1,3,32,32)")
-    x = torch.randn(*shape)
+    if not args.input:
+        x = torch.randn(*shape)
     try:
         stats = profile(model, x, latency=not args.no_latency)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         raise ConfigError(
-            f"the model does not accept input of shape {tuple(shape)}: {exc}; pass --input-shape"
+            f"the model does not accept input of shape {shape}: {exc}; pass --input-shape or --input"
         ) from None
     console = Console()
-    table = Table(title=f"profile: {name}, input {tuple(shape)}", title_justify="left")
+    table = Table(title=f"profile: {name}, input {shape}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in stats.items():

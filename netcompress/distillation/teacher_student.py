@@ -23,6 +23,7 @@ from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.inputs import map_inputs, split_batch
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.distillation.hooks import (
     ADAPTERS,
@@ -72,13 +73,13 @@ def _example_inputs(train_loader: Any) -> Any:
     loader) leaves the loader's shuffling generator untouched."""
     dataset = getattr(train_loader, "dataset", None)
     try:
-        sample = dataset[0][0]
+        sample = split_batch(dataset[0])[0]
     except Exception as exc:
         raise ConfigError(
             "feature distillation needs an example input: the train loader's dataset cannot be indexed "
             f"({type(exc).__name__}: {exc})"
         ) from None
-    return sample.unsqueeze(0)
+    return map_inputs(sample, lambda t: t.unsqueeze(0))
 
 
 def _fit_student(

@@ -15,10 +15,14 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.inputs import check_inputs, input_tensors, map_inputs
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     """Normalise ``example_inputs`` (a tensor, or a tuple/list of tensors) to positional args.
+
+    For inputs that may also be a dict (keyword arguments) use :func:`model_inputs` and
+    :func:`netcompress.core.inputs.call_model`.
 
     Example:
         >>> as_input_tuple(torch.zeros(1, 3, 32, 32))[0].shape
@@ -37,22 +41,30 @@ def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     )
 
 
-def expand_batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
+def model_inputs(example_inputs: Any) -> Any:
+    """``example_inputs`` checked: a tensor, a tuple/list (positional) or a dict (keyword) of tensors.
+
+    Example:
+        >>> model_inputs({"input_ids": torch.zeros(1, 4, dtype=torch.long)})["input_ids"].dtype
+        torch.int64
+    """
+    return check_inputs(example_inputs, "example_inputs")
+
+
+def expand_batch(inputs: Any, batch_size: int) -> Any:
     """Make a batch of ``batch_size`` by repeating the first sample of every input tensor.
 
-    The copy is contiguous, so timing measures real memory traffic, not a broadcast view.
+    ``inputs`` keeps its form (a tuple stays a tuple, a dict a dict). The copy is contiguous, so
+    timing measures real memory traffic, not a broadcast view.
 
     Example:
         >>> expand_batch((torch.zeros(1, 3, 8, 8),), 64)[0].shape
         torch.Size([64, 3, 8, 8])
     """
-    out = []
-    for tensor in inputs:
-        if tensor.dim() == 0:
-            raise ConfigError("example_inputs must have a batch dimension; got a 0-d tensor")
-        sample = tensor[:1]
-        out.append(sample.expand(batch_size, *sample.shape[1:]).contiguous())
-    return tuple(out)
+    inputs = model_inputs(inputs)
+    if any(t.dim() == 0 for t in input_tensors(inputs)):
+        raise ConfigError("example_inputs must have a batch dimension; got a 0-d tensor")
+    return map_inputs(inputs, lambda t: t[:1].expand(batch_size, *t.shape[1:]).contiguous())
 
 
 @contextlib.contextmanager

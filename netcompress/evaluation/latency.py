@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
-from netcompress.evaluation.harness import as_input_tuple, eval_mode, expand_batch, model_device
+from netcompress.core.inputs import batch_size_of, call_model, move_inputs
+from netcompress.evaluation.harness import eval_mode, expand_batch, model_device, model_inputs
 
 # glibc mallopt parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -121,18 +122,18 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed_forwards(
-    model: nn.Module, args: tuple[torch.Tensor, ...], *, warmup: int, repeats: int, max_seconds: float | None
+    model: nn.Module, inputs: Any, *, warmup: int, repeats: int, max_seconds: float | None
 ) -> list[float]:
     """``warmup`` untimed then up to ``repeats`` timed forwards (at least one); the caller holds the modes."""
     device = model_device(model)
     for _ in range(warmup):
-        model(*args)
+        call_model(model, inputs)
     _sync(device)
     times_ms: list[float] = []
     loop_start = time.perf_counter()
     for _ in range(repeats):
         start = time.perf_counter()
-        model(*args)
+        call_model(model, inputs)
         _sync(device)
         times_ms.append((time.perf_counter() - start) * 1000.0)
         if max_seconds is not None and time.perf_counter() - loop_start > max_seconds:
@@ -177,12 +178,8 @@ def time_rounds(
         raise ConfigError(f"warmup={warmup} must be >= 0")
     if rounds < 1:
         raise ConfigError(f"rounds={rounds} must be >= 1")
-    args = as_input_tuple(example_inputs)
-    sizes = (
-        [int(args[0].shape[0]) if args[0].dim() else 1]
-        if batch_sizes is None
-        else [int(b) for b in batch_sizes]
-    )
+    given = model_inputs(example_inputs)
+    sizes = [batch_size_of(given)] if batch_sizes is None else [int(b) for b in batch_sizes]
     if any(b < 1 for b in sizes):
         raise ConfigError(f"batch_sizes={list(sizes)} must all be >= 1")
     totals = {b: repeats if isinstance(repeats, int) else int(repeats[b]) for b in sizes}
@@ -191,8 +188,8 @@ def time_rounds(
     keep_heap_warm()
     names = list(models)
     inputs = {
-        (name, b): tuple(
-            t.to(model_device(models[name])) for t in (args if batch_sizes is None else expand_batch(args, b))
+        (name, b): move_inputs(
+            given if batch_sizes is None else expand_batch(given, b), model_device(models[name])
         )
         for name in names
         for b in sizes

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from netcompress.evaluation.harness import as_input_tuple, eval_mode
+from netcompress.core.inputs import call_model
+from netcompress.evaluation.harness import eval_mode, model_inputs
 from netcompress.evaluation.macs import count_macs
 from netcompress.evaluation.profiling import parameter_counts
 
@@ -44,17 +45,17 @@ def layer_table(model: nn.Module, example_inputs: Any) -> list[dict[str, Any]]:
         {'name': 'features.0', 'type': 'Conv2d', 'in_shape': [[1, 3, 32, 32]], 'out_shape': [[1, 32, 32, 32]],
          'params': 896, 'nonzero': 896, 'sparsity': 0.0, 'macs': 884736}
     """
-    args = as_input_tuple(example_inputs)
+    inputs = model_inputs(example_inputs)
     names = {module: name for name, module in model.named_modules()}
     recorder = _ShapeRecorder(names)
     handles = [module.register_forward_hook(recorder) for module in names]
     try:
         with eval_mode(model), torch.no_grad():
-            model(*args)
+            call_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
-    _, macs = count_macs(model, args)
+    _, macs = count_macs(model, inputs)
 
     rows_by_name: dict[str, dict[str, Any]] = {}
     for module, name in names.items():

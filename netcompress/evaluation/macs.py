@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from netcompress.evaluation.harness import as_input_tuple, eval_mode
+from netcompress.core.inputs import call_model
+from netcompress.evaluation.harness import eval_mode, model_inputs
 
 
 class _MacRecorder:
@@ -61,7 +62,7 @@ def count_macs(
         >>> count_macs(conv, torch.randn(1, 4, 9, 9))[0]  # 8 * 5 * 5 * (4 / 2) * 3 * 3
         3600
     """
-    args = as_input_tuple(example_inputs)
+    inputs = model_inputs(example_inputs)
     names = {module: name for name, module in model.named_modules()} if per_layer else {}
     counter = FlopCounterMode(display=False)
     recorder = _MacRecorder(counter, names)
@@ -71,7 +72,7 @@ def count_macs(
         handles.append(module.register_forward_hook(recorder.post))
     try:
         with eval_mode(model), torch.no_grad(), counter:
-            model(*args)
+            call_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()

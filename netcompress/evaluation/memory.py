@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from netcompress.evaluation.harness import as_input_tuple, eval_mode
+from netcompress.core.inputs import call_model
+from netcompress.evaluation.harness import eval_mode, model_inputs
 
 
 def _has_storage(value: Any) -> bool:
@@ -83,10 +84,10 @@ def peak_activation_bytes(model: nn.Module, example_inputs: Any) -> int:
         >>> peak_activation_bytes(nn.Linear(1000, 10), torch.randn(1, 1000))  # one 1x10 float output
         40
     """
-    args = as_input_tuple(example_inputs)
+    inputs = model_inputs(example_inputs)
     tracker = _LiveStorageTracker()
     with eval_mode(model), torch.no_grad(), tracker:
-        output = model(*args)
+        output = call_model(model, inputs)
     del output
     return int(tracker.peak_bytes)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -10,31 +10,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import DataError, UnsupportedModelError
+from netcompress.core.inputs import call_model, move_inputs, output_tensor, split_batch
 from netcompress.evaluation.harness import eval_mode, model_device
 
 
 def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """``(inputs, labels)`` of ``(inputs, labels, ...)`` or a dict with ``labels`` (see ``core.inputs``)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    raise DataError(
-        f"top-1 accuracy expects batches of (inputs, labels); got {type(batch).__name__}"
-        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-    )
+    inputs, labels = split_batch(batch) if isinstance(batch, Mapping) else (batch, None)
+    if labels is None:
+        raise DataError(
+            f"top-1 accuracy expects batches of (inputs, labels) or a dict with 'labels'; got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    return inputs, labels
 
 
 def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_to_device(t, device) for t in inputs)
-    return inputs
+    return move_inputs(inputs, device)
 
 
 def _forward(model: Callable[..., Any], inputs: Any) -> Any:
-    # a tuple/list of tensors is the model's positional inputs, as example_inputs everywhere
-    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
-        return model(*inputs)
-    return model(inputs)
+    # a tuple/list of tensors is positional inputs, a dict keyword inputs; HF outputs give .logits
+    out = call_model(model, inputs)
+    return out if isinstance(out, torch.Tensor) else output_tensor(out)
 
 
 def top1_counts(
@@ -47,8 +47,8 @@ def top1_counts(
 ) -> dict[str, Any]:
     """The one top-1 loop: ``{"correct", "total", "loss_sum"}`` of ``model`` over ``loader``.
 
-    Batches are ``(inputs, labels, ...)``; inputs (a tensor, or a tuple of tensors passed as
-    positional arguments) and labels are moved to ``device`` (None: the model's device). The
+    Batches are ``(inputs, labels, ...)`` or dicts holding ``labels``; inputs (a tensor, a tuple
+    of tensors passed as positional arguments or a dict of keyword arguments) and labels are moved to ``device`` (None: the model's device). The
     model runs in eval mode under ``torch.no_grad``; every submodule's training flag is restored
     afterwards. ``loss_sum`` is the sample-weighted sum of ``loss_fn(logits, labels)`` (a batch
     mean), or None without ``loss_fn``. At most ``max_batches`` batches are read.

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
-from netcompress.evaluation.harness import as_input_tuple, expand_batch, model_device
+from netcompress.core.inputs import move_inputs
+from netcompress.evaluation.harness import expand_batch, model_device, model_inputs
 from netcompress.evaluation.latency import keep_heap_warm, time_rounds, torch_threads
 from netcompress.evaluation.macs import count_macs
 from netcompress.evaluation.memory import peak_activation_bytes, tensor_bytes
@@ -109,9 +110,8 @@ def profile(
         >>> stats = profile(model, torch.randn(1, 3, 32, 32), latency=False)
         >>> stats["params"], stats["macs"], stats["size_bytes"]
     """
-    args = as_input_tuple(example_inputs)
     device = model_device(model)
-    sample = tuple(t.to(device) for t in expand_batch(args, 1))
+    sample = move_inputs(expand_batch(model_inputs(example_inputs), 1), device)
     sizes = sorted({int(b) for b in batch_sizes})
     if any(b < 1 for b in sizes):
         raise ConfigError(f"batch_sizes={list(batch_sizes)} must all be >= 1")

@@ -18,22 +18,30 @@ import copy
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
+from netcompress.export.onnx_inputs import (
+    ExportCall,
+    check_input_sets,
+    infer_dynamic_axes,
+    input_spec,
+    ort_feed,
+)
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
 # float reassociation only; int8 by a few output quantization steps where ORT requantizes in
 # integer arithmetic (QLinearConv, QLinearAveragePool, ...), each step 1/255 of a tensor's range
 TOLERANCE = {False: 1e-4, True: 0.05}
 
+# ONNX / ONNX Runtime (com.microsoft) ops that compute on int8/uint8 codes
 INT8_OPS = (
     "QLinearConv",
     "QLinearMatMul",
@@ -42,6 +50,20 @@ INT8_OPS = (
     "QGemm",
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "QLinearConcat",
+    "QLinearLeakyRelu",
+    "QLinearSigmoid",
+    "QLinearSoftmax",
+    "QLinearReduceMean",
+    "QEmbedLayerNormalization",
+    "QOrderedMatMul",
+    "QOrderedAttention",
 )
 
 
@@ -106,7 +128,7 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict[st
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
     *,
     int8: bool = False,
     check: bool = True,
@@ -114,27 +136,39 @@ def export_onnx(
     dynamic_batch: bool = True,
     check_batch_size: int = 8,
     tolerance: float | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` (written atomically); returns a JSON-able summary.
 
+    ``example_inputs``: a tensor, a tuple of tensors (positional) or a dict (keyword arguments,
+    e.g. ``{"input_ids": ids, "attention_mask": mask}``); each input keeps its dtype and is named
+    by ``input_names``, the dict's keys, ``input`` or ``input_0, input_1, ...``. The model's main
+    output tensor (``logits``/``last_hidden_state`` of a Hugging Face output) is exported as
+    ``output``, or the fields/items ``output_names`` names. Dim 0 is dynamic (``dynamic_batch``),
+    and so is dim 1 of 2-D integer inputs (``sequence``), unless ``dynamic_axes`` says otherwise
+    (see :func:`netcompress.export.onnx_inputs.infer_dynamic_axes`).
+
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
-    ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``).
-    ``check=True`` runs the file in ONNX Runtime on ``example_inputs`` and on a random batch of
-    ``check_batch_size`` and reports max abs difference and top-1 agreement with PyTorch; it
-    raises :class:`ExportMismatchError` (naming the worst output and the difference) when the
-    max difference exceeds ``tolerance`` (relative to the largest PyTorch output; default
-    :data:`TOLERANCE`: 1e-4 fp32, 0.05 int8). The file is kept for inspection.
-    The model is exported from a copy in eval mode; it is never modified.
+    ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
+    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``).
+    ``check=True`` runs the file in ONNX Runtime on ``example_inputs``, on a random batch of
+    ``check_batch_size`` and (with a dynamic sequence) on a shorter sequence, and reports max abs
+    difference and top-1 agreement with PyTorch; it raises :class:`ExportMismatchError` (naming
+    the worst output and the difference) when the max difference exceeds ``tolerance`` (relative
+    to the largest PyTorch output; default :data:`TOLERANCE`: 1e-4 fp32, 0.05 int8). The file is
+    kept for inspection. The model is exported from a copy in eval mode; it is never modified.
 
     Example:
         >>> export_onnx(model, "m.onnx", torch.randn(1, 3, 32, 32), int8=False, check=True)["check"]
         {'max_abs_diff': 2.4e-07, 'top1_agreement': 1.0, ...}
+        >>> export_onnx(bert, "b.onnx", {"input_ids": ids, "attention_mask": mask})["dynamic_axes"]
     """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"export path is a folder: {path}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise ConfigError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
+    spec = input_spec(example_inputs, input_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = copy.deepcopy(model).eval()
     quantizer_counts = _check_quantizers(work)
@@ -142,7 +176,14 @@ def export_onnx(
         raise ConfigError(
             "int8=True needs a fake-quantized model (nc.quantize(...)); this one has no quantizers"
         )
-    dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with torch.no_grad():
+        outputs = ExportCall(work, spec, output_names)(*spec.tensors)
+    out_names = list(output_names) if output_names is not None else ["output"]
+    if set(out_names) & set(spec.names):
+        raise ConfigError(f"output_names {out_names} reuse input names {spec.names}")
+    axes = infer_dynamic_axes(
+        spec, out_names, outputs, dynamic_batch=dynamic_batch, dynamic_axes=dynamic_axes
+    )
     exported, dynamic_info = work, None
     if int8 and quantizer_counts.get("dynamic"):
         # dynamic int8 Linears export as DynamicQuantizeLinear + MatMulInteger with their int8 codes
@@ -152,14 +193,14 @@ def export_onnx(
     try:
         with torch.no_grad():
             torch.onnx.export(
-                exported,
-                (example_inputs,),
+                ExportCall(exported, spec, output_names),
+                tuple(spec.tensors),
                 str(raw),
                 dynamo=False,
                 opset_version=opset,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes=dynamic_axes,
+                input_names=spec.names,
+                output_names=out_names,
+                dynamic_axes=axes or None,
             )
         raw_size = raw.stat().st_size
         if int8:
@@ -181,6 +222,9 @@ def export_onnx(
         "op_counts": counts,
         "int8_op_counts": {k: counts[k] for k in INT8_OPS if k in counts},
         "quantizers": quantizer_counts,
+        "input_names": spec.names,
+        "output_names": out_names,
+        "dynamic_axes": {n: {str(d): lb for d, lb in dims.items()} for n, dims in axes.items()},
     }
     if dynamic_info is not None:
         summary["dynamic_int8"] = dynamic_info
@@ -191,56 +235,82 @@ def export_onnx(
             example_inputs,
             batch_size=check_batch_size if dynamic_batch else 0,
             tolerance=TOLERANCE[bool(int8)] if tolerance is None else tolerance,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=axes,
         )
     return summary
+
+
+def _flat_outputs(outputs: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+    return torch.cat([o.detach().float().reshape(batch, -1) for o in outputs], dim=1)
 
 
 def check_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    example_inputs: torch.Tensor,
+    example_inputs: Any,
     *,
     batch_size: int = 8,
     tolerance: float | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> dict[str, Any]:
     """Run ``path`` in ONNX Runtime and compare with ``model`` on the example and a random batch.
 
-    ``max_rel_diff`` is the max abs difference over the largest abs PyTorch output; above
-    ``tolerance`` (when given) :class:`ExportMismatchError` names the worst output.
+    Every input is fed in the dtype the file declares (int64 token ids, float images). With a
+    dynamic dim other than the batch (``dynamic_axes``, as :func:`export_onnx` reports them) the
+    example is also run cut to half its sequence length. ``max_rel_diff`` is the max abs
+    difference over the largest abs PyTorch output; above ``tolerance`` (when given)
+    :class:`ExportMismatchError` names the worst output.
 
     Example:
         >>> check_onnx(model, "m.onnx", x)["max_abs_diff"] < 1e-4
         True
     """
-    ort_model = OrtModel(path)
-    inputs = [example_inputs]
-    if batch_size > 0:
-        gen = torch.Generator().manual_seed(0)
-        inputs.append(torch.randn((batch_size, *example_inputs.shape[1:]), generator=gen))
-    ref = []
-    got = []
+    spec = input_spec(example_inputs, input_names)
+    session = OrtModel(path).session
+    axes = {n: {0: "batch"} for n in spec.names} if dynamic_axes is None else dynamic_axes
+    call = ExportCall(model.eval(), spec, output_names)
+    by_width: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    num_samples, sets = 0, []
     with torch.no_grad():
-        for x in inputs:
-            ref.append(model.eval()(x).reshape(x.shape[0], -1))
-            got.append(ort_model(x).reshape(x.shape[0], -1))
-    reference, candidate = torch.cat(ref), torch.cat(got)
+        for label, tensors in check_input_sets(spec, axes, batch_size):
+            batch = int(tensors[0].shape[0]) if tensors[0].dim() else 1
+            ref = _flat_outputs(call(*tensors), batch)
+            got = _flat_outputs(
+                [torch.from_numpy(o) for o in session.run(None, ort_feed(session, spec.names, tensors))],
+                batch,
+            )
+            if ref.shape != got.shape:
+                raise ExportMismatchError(
+                    f"{path}: ONNX Runtime output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} "
+                    f"on the {label}"
+                )
+            refs, gots = by_width.setdefault(ref.shape[1], ([], []))
+            refs.append(ref)
+            gots.append(got)
+            num_samples += batch
+            sets.append(label)
+    groups = [(torch.cat(r), torch.cat(g)) for r, g in by_width.values()]
+    reference, candidate = groups[0]
     result = compare_outputs(reference, candidate)
-    result["num_samples"] = int(sum(x.shape[0] for x in inputs))
-    if reference.shape != candidate.shape:
-        raise ExportMismatchError(
-            f"{path}: ONNX Runtime output shape {tuple(candidate.shape)} != PyTorch {tuple(reference.shape)}"
-        )
-    peak = float(reference.abs().max()) if reference.numel() else 0.0
+    result["max_abs_diff"] = max(compare_outputs(r, g)["max_abs_diff"] for r, g in groups)
+    result["num_samples"] = num_samples
+    result["input_sets"] = sets
+    peak = max((float(r.abs().max()) for r, _ in groups if r.numel()), default=0.0)
     result["max_rel_diff"] = result["max_abs_diff"] / max(peak, 1e-12)
     result["tolerance"] = tolerance
     if tolerance is not None and result["max_rel_diff"] > tolerance:
-        flat = (reference - candidate).abs().flatten().argmax().item()
-        sample, index = divmod(flat, reference.shape[1])
+        ref, cand = max(groups, key=lambda rg: float((rg[0] - rg[1]).abs().max()) if rg[0].numel() else 0.0)
+        flat = (ref - cand).abs().flatten().argmax().item()
+        sample, index = divmod(flat, ref.shape[1])
         raise ExportMismatchError(
             f"{path}: ONNX Runtime disagrees with the PyTorch model: max |diff| "
             f"{result['max_abs_diff']:.4g} = {result['max_rel_diff']:.1%} of the largest output "
             f"{peak:.4g} (tolerance {tolerance:.1%}); worst at sample {sample}, output {index}: "
-            f"PyTorch {float(reference[sample, index]):.5g}, ONNX Runtime {float(candidate[sample, index]):.5g} "
+            f"PyTorch {float(ref[sample, index]):.5g}, ONNX Runtime {float(cand[sample, index]):.5g} "
             f"(file kept for inspection; op types {op_counts(path)})"
         )
     return result
@@ -277,11 +347,16 @@ class OrtModel(nn.Module):
     def size_bytes(self) -> int:
         return Path(self.path).stat().st_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        """Positional tensors feed the file's inputs in order, keyword tensors by name; each is
+        cast to the dtype the file declares. One output comes back as a tensor, several as a tuple."""
         session = self.session
-        name = session.get_inputs()[0].name
-        out = session.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
-        return torch.from_numpy(out)
+        names = [i.name for i in session.get_inputs()]
+        if len(args) > len(names):
+            raise ConfigError(f"{self.path} takes {len(names)} inputs {names}; got {len(args)} positional")
+        feed = ort_feed(session, [*names[: len(args)], *kwargs], [*args, *kwargs.values()])
+        outs = [torch.from_numpy(o) for o in session.run(None, feed)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

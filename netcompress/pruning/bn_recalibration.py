@@ -16,17 +16,15 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import DataError
+from netcompress.core.inputs import batch_inputs, batch_size_of, call_model
 from netcompress.evaluation.metrics import top1_accuracy
-from netcompress.pruning.graph import as_inputs
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-def _batch_inputs(batch: Any) -> tuple[Any, ...]:
-    """The model inputs of one loader batch: ``(inputs, targets)`` pairs give ``inputs``."""
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return as_inputs(batch[0])
-    return as_inputs(batch)
+def _batch_inputs(batch: Any) -> Any:
+    """The model inputs of one loader batch (a tensor, tuple or dict; see ``core.inputs``)."""
+    return batch_inputs(batch)
 
 
 def recalibrate_bn(model: nn.Module, loader: Any, *, num_batches: int = 10) -> dict[str, Any]:
@@ -69,10 +67,9 @@ def recalibrate_bn(model: nn.Module, loader: Any, *, num_batches: int = 10) -> d
                 if index >= num_batches:
                     break
                 inputs = _batch_inputs(batch)
-                model(*inputs)
+                call_model(model, inputs)
                 summary["batches"] += 1
-                first = inputs[0]
-                summary["samples"] += int(first.shape[0]) if isinstance(first, torch.Tensor) else 0
+                summary["samples"] += batch_size_of(inputs)
     finally:
         for m, flag in training.items():
             m.training = flag

@@ -33,6 +33,7 @@ and ``channel_weights() -> Tensor[out, ...]`` gives importance functions its per
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -224,6 +225,16 @@ class ChannelGraph:
 
 
 def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Positional inputs for the channel tracer (torch.fx ``ShapeProp`` runs on positional args).
+
+    A dict (keyword inputs) is refused naming the tracer; code that only *runs* the model uses
+    :func:`netcompress.core.inputs.call_model`, which takes all three forms.
+    """
+    if isinstance(example_inputs, Mapping):
+        raise ConfigError(
+            "channel pruning's torch.fx channel tracer (netcompress.pruning.graph_tracing) takes a tensor "
+            f"or a tuple of tensors as example_inputs, not a dict (keys {sorted(map(str, example_inputs))})"
+        )
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if (

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.inputs import call_model, output_tensor, split_batch
 from netcompress.core.registry import Registry
 from netcompress.pruning.graph import ChannelGraph
 
@@ -168,11 +169,16 @@ def taylor_importance(
             ]
     totals = {name: torch.zeros(len(graph.layers[name].out_labels)) for name, ps in params.items() if ps}
     seen = 0
-    for inputs, targets in loader:
+    for batch in loader:
         if seen >= max_batches:
             break
+        inputs, targets = split_batch(batch)
+        if targets is None:
+            raise ConfigError(
+                "importance='taylor' needs batches with targets: (inputs, targets) or a dict with labels"
+            )
         work.zero_grad(set_to_none=True)
-        F.cross_entropy(work(inputs), targets).backward()
+        F.cross_entropy(output_tensor(call_model(work, inputs)), targets).backward()
         for name in totals:
             for p in params[name]:
                 if p.grad is not None:

@@ -23,7 +23,8 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError
-from netcompress.pruning.graph import as_inputs, eval_mode
+from netcompress.core.inputs import batch_inputs, call_model
+from netcompress.pruning.graph import eval_mode
 
 Kept = Mapping[str, Mapping[str, Sequence[int] | None]]
 SUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -33,7 +34,7 @@ MAX_ROWS_PER_BATCH = 131072
 
 
 def _inputs_of(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
+    return batch_inputs(batch)
 
 
 def _batches(loader: Any, num_batches: int) -> list[Any]:
@@ -58,7 +59,7 @@ def _call_order(model: nn.Module, inputs: Any) -> list[str]:
     ]
     try:
         with torch.no_grad():
-            model(*as_inputs(inputs))
+            call_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -76,7 +77,7 @@ def _io(model: nn.Module, name: str, inputs: Any) -> tuple[torch.Tensor, torch.T
     handle = model.get_submodule(name).register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model(*as_inputs(inputs))
+            call_model(model, inputs)
     finally:
         handle.remove()
     return seen["x"], seen["y"]

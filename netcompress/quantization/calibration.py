@@ -15,17 +15,13 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.inputs import batch_inputs, call_model
 from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import QuantLayer, quantizers
 
 
-def batch_inputs(batch: Any) -> Any:
-    """The model input of a loader batch: ``x`` from ``(x, y)``/``[x, y]``, or the batch itself."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def first_inputs(loader: Iterable | None) -> Any:
-    """The model input of ``loader``'s first batch (None without a loader or batches)."""
+    """The model inputs of ``loader``'s first batch: a tensor, tuple or dict (None without batches)."""
     if loader is None:
         return None
     for batch in loader:
@@ -40,7 +36,7 @@ def run_batches(model: nn.Module, loader: Iterable, *, num_batches: int) -> int:
         for batch in loader:
             if count >= num_batches:
                 break
-            model(batch_inputs(batch))
+            call_model(model, batch_inputs(batch))
             count += 1
     return count
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import batch_size_of, call_model, output_tensor, split_batch
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn
-from netcompress.quantization.calibration import batch_inputs
 from netcompress.quantization.observers import build_observer
 from netcompress.quantization.ptq import PTQStaticConfig, WeightOnlyConfig
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES, QuantSpec, compute_qparams, fake_quantize
@@ -133,8 +133,7 @@ def layer_sensitivity(
     for batch in loader:
         if len(batches) >= num_batches:
             break
-        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-        batches.append((batch_inputs(batch), labels))
+        batches.append(split_batch(batch))
     if not batches:
         raise ConfigError("sensitivity loader yielded no batches")
     labels = (
@@ -145,7 +144,9 @@ def layer_sensitivity(
 
     def outputs() -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([work(x).reshape(x.shape[0], -1) for x, _ in batches])
+            return torch.cat(
+                [output_tensor(call_model(work, x)).reshape(batch_size_of(x), -1) for x, _ in batches]
+            )
 
     reference = outputs()
     result: dict[str, dict[int, float]] = {}

@@ -94,6 +94,31 @@ def quantization_summary(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def float_modules(model: nn.Module) -> dict[str, int]:
+    """``{type: count}`` of the leaf modules left computing in float (LayerNorm, GELU, Embedding...).
+
+    Functional ops between layers (softmax, attention matmuls, residual adds) stay float too
+    unless a graph placement put quantizers around them. Dropout/Identity are not counted.
+
+    Example:
+        >>> float_modules(quantize(bert, loader))["LayerNorm"]
+        5
+    """
+    from netcompress.quantization.fake_quant import FakeQuantize
+
+    quantized = [
+        n for n, m in model.named_modules() if isinstance(m, (QuantLayer, QuantFilterBank, FakeQuantize))
+    ]
+    counts: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if next(m.children(), None) is not None or isinstance(m, (nn.Dropout, nn.Identity, FakeQuantize)):
+            continue
+        if any(name == q or name.startswith(q + ".") for q in quantized):
+            continue
+        counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def prepare_quantized(
     model: nn.Module,
     *,
@@ -257,6 +282,7 @@ def run_ptq(
         info["bias_correction"] = correct_bias_(qmodel, calib_loader, num_batches=min(8, s.num_calib_batches))
     qmodel.eval()
     info["relu6_absorbed"] = absorb_relu6_(qmodel)
+    info["float_modules"] = float_modules(qmodel)
     return Result(model=qmodel, summary={**info, **quantization_summary(qmodel)})
 
 

@@ -165,7 +165,9 @@ def _draw_panel(
     else:
         value_axis.set_major_locator(MaxNLocator(nbins=4 if horizontal else 6, min_n_ticks=2))
         ax.margins(**({"x": 0.35} if horizontal else {"y": 0.25 if len(names) > 4 else 0.1}))
-    if key == "accuracy" and not log:  # percent: the ticks stop at 100 even where the labels need room past it
+    if (
+        key == "accuracy" and not log
+    ):  # percent: the ticks stop at 100 even where the labels need room past it
         value_axis.set_major_locator(FixedLocator([0, 25, 50, 75, 100]))
     if key in _TICKS:
         tick = _TICKS[key]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, DataError
+from netcompress.core.inputs import call_model, map_inputs, output_tensor, split_batch
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
 from netcompress.training import distributed as dist_mod
@@ -194,7 +195,8 @@ def _train_one_epoch(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with dist_mod.autocast(device, precision):
-            outputs = net(inputs)
+            outputs = call_model(net, inputs)
+            outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
             loss = criterion(outputs, targets)
             if loss_hooks:
                 loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
@@ -266,14 +268,16 @@ def _plain(value: Any) -> Any:
 
 
 def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
+    # inputs: a tensor, a tuple (positional) or a dict (keyword); see netcompress.core.inputs
     try:
-        inputs, targets = batch
-    except (TypeError, ValueError):
+        inputs, targets = split_batch(batch)
+    except ConfigError:
+        targets = None
+    if targets is None:
         raise DataError(
-            f"the loader must yield (inputs, targets) pairs; got a {type(batch).__name__}"
+            f"the loader must yield (inputs, targets) pairs or dicts with labels; got a {type(batch).__name__}"
         ) from None
-    if isinstance(inputs, torch.Tensor):
-        inputs = inputs.to(device, non_blocking=True)
+    inputs = map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
     return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
 
 

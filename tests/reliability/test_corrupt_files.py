@@ -45,7 +45,9 @@ def _write_all(folder: Path) -> dict[str, tuple[Path, object]]:
     quant = nc.quantize(_model(), [(torch.randn(8, 16), torch.zeros(8))], bits=8)
     nc.save_quantized(quant, folder / "m.ncq")
     files["quantized .ncq"] = (folder / "m.ncq", lambda p: nc.load_quantized(p, quant))
-    (folder / "r.yaml").write_text("name: r\nmodel: {name: mlp}\ndata: {name: digits}\nsteps: [{op: train, epochs: 1}]\n")
+    (folder / "r.yaml").write_text(
+        "name: r\nmodel: {name: mlp}\ndata: {name: digits}\nsteps: [{op: train, epochs: 1}]\n"
+    )
     files["recipe"] = (folder / "r.yaml", lambda p: resolve_recipe(load_recipe_file(p)))
     return files
 

@@ -1,0 +1,211 @@
+"""How ONNX export and ONNX Runtime see a model's inputs and outputs.
+
+A model may take one tensor, a tuple of tensors (positional) or a dict (keyword arguments, e.g.
+``input_ids`` and ``attention_mask``), and may return a tensor, a tuple or a Hugging Face
+``ModelOutput``. Export calls it through :class:`ExportCall` (positional tensors in, a tuple of
+tensors out) so every input gets an ONNX name (the dict's keys, ``input`` for one tensor,
+``input_0, input_1, ...`` for a tuple) and its own dtype (int64 token ids stay int64).
+
+Dynamic axes: dim 0 of every input and output is ``batch``; dim 1 of a 2-D integer input (token
+ids, masks) is ``sequence``, and so is dim 1 of an output with 3+ dims as long as that sequence.
+
+Example:
+    >>> spec = input_spec({"input_ids": ids, "attention_mask": mask})
+    >>> spec.names, infer_dynamic_axes(spec, ["output"], [torch.zeros(2, 16, 32)])["output"]
+    (['input_ids', 'attention_mask'], {0: 'batch', 1: 'sequence'})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from netcompress.core.errors import ConfigError
+from netcompress.core.inputs import check_inputs, output_tensor
+
+# ONNX Runtime's input type strings -> the numpy dtype fed to them
+ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclasses.dataclass
+class InputSpec:
+    """The form of a model's inputs (``tensor``, ``tuple`` or ``dict``), their names and tensors."""
+
+    form: str
+    names: list[str]
+    tensors: list[torch.Tensor]
+
+    def rebuild(self, tensors: Sequence[torch.Tensor]) -> Any:
+        """``tensors`` (in :attr:`names` order) back in this form, ready for ``call_model``."""
+        if self.form == "tensor":
+            return tensors[0]
+        if self.form == "dict":
+            return dict(zip(self.names, tensors))
+        return tuple(tensors)
+
+
+def input_spec(example_inputs: Any, input_names: Sequence[str] | None = None) -> InputSpec:
+    """Names and tensors of ``example_inputs`` (a tensor, a tuple, or a dict whose keys name them)."""
+    inputs = check_inputs(example_inputs)
+    if isinstance(inputs, torch.Tensor):
+        form, default, tensors = "tensor", ["input"], [inputs]
+    elif isinstance(inputs, Mapping):
+        if input_names is not None and list(input_names) != list(inputs):
+            raise ConfigError("input_names: a dict's keys name its inputs; leave input_names unset")
+        form, default, tensors = "dict", list(inputs), list(inputs.values())
+    else:
+        form, default, tensors = "tuple", [f"input_{i}" for i in range(len(inputs))], list(inputs)
+    names = list(input_names) if input_names is not None else default
+    if len(names) != len(tensors) or len(set(names)) != len(names):
+        raise ConfigError(f"input_names {names} must name each of the {len(tensors)} inputs once")
+    return InputSpec(form, names, tensors)
+
+
+def select_outputs(output: Any, output_names: Sequence[str] | None) -> tuple[torch.Tensor, ...]:
+    """The tensors exported: the main one (:func:`output_tensor`) or the named fields/items."""
+    if output_names is None:
+        return (output_tensor(output),)
+    if isinstance(output, torch.Tensor):
+        output = (output,)
+    if isinstance(output, (tuple, list)) and not hasattr(output, "keys"):
+        if len(output) != len(output_names):
+            raise ConfigError(
+                f"output_names {list(output_names)} name {len(output_names)} outputs; the model returns {len(output)}"
+            )
+        return tuple(output_tensor(o) for o in output)
+    picked = []
+    for name in output_names:
+        value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"output_names: the model's {type(output).__name__} has no tensor {name!r}")
+        picked.append(value)
+    return tuple(picked)
+
+
+class ExportCall(nn.Module):
+    """``model`` called with positional tensors in ``spec`` order, returning a tuple of tensors."""
+
+    def __init__(self, model: nn.Module, spec: InputSpec, output_names: Sequence[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.output_names = None if output_names is None else list(output_names)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = self.spec.rebuild(tensors)
+        if isinstance(inputs, dict):
+            out = self.model(**inputs)
+        elif isinstance(inputs, tuple):
+            out = self.model(*inputs)
+        else:
+            out = self.model(inputs)
+        return select_outputs(out, self.output_names)
+
+
+def _sequence_length(spec: InputSpec, axes: dict[str, dict[int, str]]) -> int | None:
+    for name, tensor in zip(spec.names, spec.tensors):
+        for dim, label in axes.get(name, {}).items():
+            if label == "sequence" and dim < tensor.dim():
+                return int(tensor.shape[dim])
+    return None
+
+
+def infer_dynamic_axes(
+    spec: InputSpec,
+    output_names: Sequence[str],
+    outputs: Sequence[torch.Tensor],
+    *,
+    dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> dict[str, dict[int, str]]:
+    """``{name: {dim: label}}`` for ``torch.onnx.export`` (see the module docstring).
+
+    ``dynamic_axes`` given by the user replaces the inference (``batch`` is still added to dim 0
+    when ``dynamic_batch``); a name that is neither an input nor an output is an error.
+    """
+    known = [*spec.names, *output_names]
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_axes is not None:
+        unknown = sorted(set(dynamic_axes) - set(known))
+        if unknown:
+            raise ConfigError(f"dynamic_axes names {unknown}, which are not among inputs/outputs {known}")
+        axes = {name: {int(d): str(lb) for d, lb in dims.items()} for name, dims in dynamic_axes.items()}
+    else:
+        for name, tensor in zip(spec.names, spec.tensors):
+            if tensor.dim() == 2 and not tensor.is_floating_point():
+                axes[name] = {1: "sequence"}
+        seq = _sequence_length(spec, axes)
+        for name, out in zip(output_names, outputs):
+            if seq is not None and out.dim() >= 3 and out.shape[1] == seq:
+                axes[name] = {1: "sequence"}
+    if dynamic_batch:
+        for name, tensor in [*zip(spec.names, spec.tensors), *zip(output_names, outputs)]:
+            if tensor.dim() >= 1:
+                axes.setdefault(name, {}).setdefault(0, "batch")
+    return {name: dict(sorted(dims.items())) for name, dims in axes.items() if dims}
+
+
+def check_input_sets(
+    spec: InputSpec, axes: Mapping[str, Mapping[int, str]], batch_size: int, seed: int = 0
+) -> list[tuple[str, list[torch.Tensor]]]:
+    """The input sets a check runs: the example, a random batch, and a shorter sequence.
+
+    The random batch (when ``batch_size`` > 0 and dim 0 is dynamic) draws float inputs from a
+    normal distribution, token ids uniformly between the example's smallest and largest id, and
+    other integer inputs (masks) as rows of the example. The shorter sequence (when an input has
+    a dynamic dim other than 0) cuts the example to half its length along those dims.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sets: list[tuple[str, list[torch.Tensor]]] = [("example", list(spec.tensors))]
+    batched = all(0 in axes.get(n, {}) for n, t in zip(spec.names, spec.tensors) if t.dim())
+    if batch_size > 0 and batched:
+        row_gen = torch.Generator().manual_seed(seed + 1)
+        batch = []
+        for t in spec.tensors:
+            if t.is_floating_point():
+                batch.append(torch.randn((batch_size, *t.shape[1:]), generator=gen).to(t.dtype))
+            elif t.dtype != torch.bool and t.numel() and int(t.max()) > 1:
+                lo, hi = int(t.min()), int(t.max())
+                batch.append(torch.randint(lo, hi + 1, (batch_size, *t.shape[1:]), generator=gen).to(t.dtype))
+            else:
+                batch.append(t[torch.randint(0, t.shape[0], (batch_size,), generator=row_gen)])
+        sets.append((f"random batch of {batch_size}", batch))
+    cut = []
+    for name, t in zip(spec.names, spec.tensors):
+        for dim in (d for d in axes.get(name, {}) if d > 0 and d < t.dim() and t.shape[d] >= 2):
+            t = t.narrow(dim, 0, t.shape[dim] // 2)
+        cut.append(t)
+    if any(c.shape != t.shape for c, t in zip(cut, spec.tensors)):
+        sets.append(("shorter sequence", cut))
+    return sets
+
+
+def ort_feed(session: Any, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """``{input name: array}`` for ``session.run``, each in the dtype the file declares.
+
+    Inputs the exported graph does not use (and so dropped) are left out.
+    """
+    declared = {i.name: i.type for i in session.get_inputs()}
+    feed = {}
+    for name, tensor in zip(names, tensors):
+        if name not in declared:
+            continue
+        dtype = ORT_DTYPES.get(declared[name])
+        if dtype is None:
+            raise ConfigError(f"ONNX input {name!r} has type {declared[name]}, which netcompress cannot feed")
+        feed[name] = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+    return feed
