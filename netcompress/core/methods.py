@@ -192,6 +192,8 @@ METHOD_MODULES = (
     "netcompress.clustering.model_clustering",
     "netcompress.dynamic.exit_training",
     "netcompress.dynamic.slimmable_training",
+    "netcompress.pruning.semi_structured",
+    "netcompress.pruning.one_shot",
 )
 
 
