@@ -193,6 +193,8 @@ METHOD_MODULES = (
     "netcompress.dynamic.exit_training",
     "netcompress.dynamic.slimmable_training",
     "netcompress.pruning.transformer_pruning",
+    "netcompress.pruning.semi_structured",
+    "netcompress.pruning.one_shot",
 )
 
 

@@ -51,6 +51,7 @@ from netcompress.pruning.neuron import (
     prune_neurons,
     prune_neurons_iterative,
 )
+from netcompress.pruning.one_shot import SparseGPTConfig, WandaConfig, prune_sparsegpt_, prune_wanda_
 from netcompress.pruning.reconstruction import reconstruct_weights, reconstruct_weights_
 from netcompress.pruning.recovery import RecoveryFields
 from netcompress.pruning.schedules import (
@@ -60,6 +61,7 @@ from netcompress.pruning.schedules import (
     prune_gradual,
     prune_gradual_,
 )
+from netcompress.pruning.semi_structured import NMConfig, prune_n_m_
 from netcompress.pruning.slimming import (
     BNL1Penalty,
     SlimmingConfig,
@@ -151,4 +153,11 @@ __all__ = [
     "PrunedMultiheadAttention",
     "TransformerPruneConfig",
     "prune_transformer",
+    # semi-structured N:M sparsity and one-shot (Wanda, SparseGPT) pruning
+    "NMConfig",
+    "SparseGPTConfig",
+    "WandaConfig",
+    "prune_n_m_",
+    "prune_sparsegpt_",
+    "prune_wanda_",
 ]

@@ -355,3 +355,38 @@ def test_prune_transformer_verb_equals_the_method():
     _same(prune_transformer(model, inputs, config=config, loader=batches), result.model)
     assert result.summary["hidden_after"] == 24 and [r["after"] for r in result.summary["heads"]] == [2, 2]
     assert method_for(config).key == "prune/transformer"
+
+
+# --- semi-structured N:M and one-shot (Wanda, SparseGPT) pruning: verb == registered method -------------
+
+
+def _calib() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return [torch.randn(16, 8, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("verb", "config"),
+    [
+        (lambda m: nc.prune_n_m_(m, n=1, m=4, exclude=["2"]), nc.pruning.NMConfig(n=1, m=4, exclude=["2"])),
+        (
+            lambda m: nc.prune_n_m_(m, _calib(), importance="wanda", calib_batches=2),
+            nc.pruning.NMConfig(importance="wanda", calib_batches=2),
+        ),
+        (lambda m: nc.prune_wanda_(m, _calib(), amount=0.6), nc.pruning.WandaConfig(amount=0.6)),
+        (
+            lambda m: nc.prune_sparsegpt_(m, _calib(), amount=0.7, block_size=4, damp=0.05),
+            nc.pruning.SparseGPTConfig(amount=0.7, block_size=4, damp=0.05),
+        ),
+        (lambda m: nc.prune_sparsegpt_(m, _calib(), n=2, m=4), nc.pruning.SparseGPTConfig(n=2, m=4)),
+    ],
+    ids=["n_m", "n_m-wanda", "wanda", "sparsegpt", "sparsegpt-2:4"],
+)
+def test_one_shot_verbs_equal_the_methods(verb, config):
+    a = _mlp()
+    before = _state(a)
+    summary = verb(a)
+    result = apply(_mlp(), config, MethodData(calib_loader=_calib()))
+    assert not _unchanged(a, before)  # in place
+    _same(a, result.model)
+    assert summary == result.summary
