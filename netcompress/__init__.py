@@ -52,6 +52,8 @@ _LAZY = {
     "distill_": ("netcompress.distillation", "distill_"),
     "run_recipe": ("netcompress.recipes", "run_recipe"),
     "prune_transformer": ("netcompress.pruning", "prune_transformer"),
+    "distill_embeddings_": ("netcompress.distillation", "distill_embeddings_"),
+    "distill_transformer_": ("netcompress.distillation", "distill_transformer_"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

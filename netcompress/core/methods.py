@@ -193,6 +193,7 @@ METHOD_MODULES = (
     "netcompress.dynamic.exit_training",
     "netcompress.dynamic.slimmable_training",
     "netcompress.pruning.transformer_pruning",
+    "netcompress.distillation.transformer_distillation",
 )
 
 

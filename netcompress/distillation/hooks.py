@@ -17,21 +17,23 @@ from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import call_model, input_tensors, move_inputs, output_tensor
 from netcompress.core.registry import Registry
 from netcompress.distillation.losses import soft_target_loss
 from netcompress.evaluation.harness import eval_mode
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    return call_model(model, inputs)
 
 
 def _device_of(inputs: Any) -> torch.device:
-    first = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
-    return first.device
+    return input_tensors(inputs)[0].device
 
 
 def _logits(out: Any, who: str) -> torch.Tensor:
+    if isinstance(out, Mapping):  # a Hugging Face ModelOutput: its logits
+        out = output_tensor(out)
     if not isinstance(out, torch.Tensor):
         raise UnsupportedModelError(
             f"{who} returned {type(out).__name__}; distillation needs a logits tensor"
@@ -115,7 +117,7 @@ class SoftTargetDistillation:
         self._soft_sum = self._soft_sum + soft.detach()
         self._hard_sum = self._hard_sum + loss.detach()
         self._batches += 1
-        if targets.dim() == 1:
+        if targets is not None and targets.dim() == 1:
             self._teacher_correct = self._teacher_correct + (teacher.argmax(1) == targets).sum()
             self._samples += targets.numel()
         return self.alpha * soft + (1.0 - self.alpha) * loss
@@ -260,11 +262,7 @@ class FeatureDistillation:
             param = next(model.parameters(), None)
             inputs = example_inputs
             if param is not None:
-                inputs = (
-                    [x.to(param.device) for x in example_inputs]
-                    if isinstance(example_inputs, (tuple, list))
-                    else example_inputs.to(param.device)
-                )
+                inputs = move_inputs(example_inputs, param.device)
             with eval_mode(model), torch.no_grad():
                 _call(model, inputs)
             shapes.append([c.value.shape for c in caps])
