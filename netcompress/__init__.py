@@ -55,6 +55,8 @@ _LAZY = {
     "prune_n_m_": ("netcompress.pruning", "prune_n_m_"),
     "prune_wanda_": ("netcompress.pruning", "prune_wanda_"),
     "prune_sparsegpt_": ("netcompress.pruning", "prune_sparsegpt_"),
+    "distill_embeddings_": ("netcompress.distillation", "distill_embeddings_"),
+    "distill_transformer_": ("netcompress.distillation", "distill_transformer_"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

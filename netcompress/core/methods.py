@@ -195,6 +195,7 @@ METHOD_MODULES = (
     "netcompress.pruning.transformer_pruning",
     "netcompress.pruning.semi_structured",
     "netcompress.pruning.one_shot",
+    "netcompress.distillation.transformer_distillation",
 )
 
 

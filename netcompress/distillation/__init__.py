@@ -16,6 +16,14 @@ from netcompress.distillation.hooks import (
 from netcompress.distillation.losses import kd_loss, soft_target_loss
 from netcompress.distillation.teacher_loading import TEACHER_KEYS, load_teacher
 from netcompress.distillation.teacher_student import SoftTargetsConfig, distill, distill_
+from netcompress.distillation.transformer_distillation import (
+    EmbeddingDistillConfig,
+    TransformerDistillConfig,
+    distill_embeddings_,
+    distill_transformer_,
+)
+from netcompress.distillation.transformer_hooks import EmbeddingDistillation, TransformerDistillation
+from netcompress.distillation.transformer_losses import attention_kl, uniform_layer_map
 
 __all__ = [
     "ADAPTERS",
@@ -29,4 +37,12 @@ __all__ = [
     "kd_loss",
     "load_teacher",
     "soft_target_loss",
+    "EmbeddingDistillConfig",
+    "EmbeddingDistillation",
+    "TransformerDistillConfig",
+    "TransformerDistillation",
+    "attention_kl",
+    "distill_embeddings_",
+    "distill_transformer_",
+    "uniform_layer_map",
 ]

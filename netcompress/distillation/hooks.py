@@ -117,7 +117,7 @@ class SoftTargetDistillation:
         self._soft_sum = self._soft_sum + soft.detach()
         self._hard_sum = self._hard_sum + loss.detach()
         self._batches += 1
-        if targets.dim() == 1:
+        if targets is not None and targets.dim() == 1:
             self._teacher_correct = self._teacher_correct + (teacher.argmax(1) == targets).sum()
             self._samples += targets.numel()
         return self.alpha * soft + (1.0 - self.alpha) * loss

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, DataError
-from netcompress.core.inputs import call_model, map_inputs, output_tensor, split_batch
+from netcompress.core.inputs import batch_size_of, call_model, map_inputs, output_tensor, split_batch
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
 from netcompress.training import distributed as dist_mod
@@ -197,7 +197,8 @@ def _train_one_epoch(
         with dist_mod.autocast(device, precision):
             outputs = call_model(net, inputs)
             outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
-            loss = criterion(outputs, targets)
+            # no targets (unlabelled text): the loss comes from the hooks alone
+            loss = criterion(outputs, targets) if targets is not None else _no_target_loss(loss_hooks, device)
             if loss_hooks:
                 loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
         run.scaler.scale(loss).backward()
@@ -214,10 +215,15 @@ def _train_one_epoch(
         for fn in after_step:
             fn(model)
 
-        n = len(targets)
+        n = batch_size_of(inputs)
         seen += n
         loss_sum += loss.detach() * n
-        if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and targets.dim() == 1:
+        if (
+            targets is not None
+            and isinstance(outputs, torch.Tensor)
+            and outputs.dim() == 2
+            and targets.dim() == 1
+        ):
             correct += (outputs.detach().argmax(dim=1) == targets).sum()
             counted += n
         reporter.batch(loss_sum, correct, seen)
@@ -267,18 +273,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
-    # inputs: a tensor, a tuple (positional) or a dict (keyword); see netcompress.core.inputs
+def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor | None]:
+    # inputs: a tensor, a tuple (positional) or a dict (keyword); targets None when the batch has none
     try:
         inputs, targets = split_batch(batch)
-    except ConfigError:
-        targets = None
-    if targets is None:
-        raise DataError(
-            f"the loader must yield (inputs, targets) pairs or dicts with labels; got a {type(batch).__name__}"
-        ) from None
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
     inputs = map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
+    if targets is None:
+        return inputs, None
     return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
+
+
+def _no_target_loss(loss_hooks: list[Any], device: torch.device) -> torch.Tensor:
+    if not loss_hooks:
+        raise DataError(
+            "a batch has no targets and no hook supplies the loss; the loader must yield (inputs, targets) "
+            "pairs or dicts with 'labels' (target-less batches need a distillation hook)"
+        )
+    return torch.zeros((), device=device)
 
 
 def _num_batches(loader: Iterable) -> int:

@@ -34,6 +34,15 @@ TINY = {
     "prune/random_unstructured": {"save_sparse": False},
     "cluster/kmeans": {"save": False},
     "prune/transformer": {"heads": 0.0, "ffn": 0.0},  # a CNN has no attention/FFN block: a checked no-op
+    # on a CNN: the (N, 10) outputs are the embeddings; no transformer layer, so no layer terms
+    "distill/embedding": {"epochs": 1, "progress": False, "teacher": {"model": "digits_cnn"}},
+    "distill/transformer": {
+        "epochs": 1,
+        "progress": False,
+        "teacher": {"model": "digits_cnn"},
+        "hidden_weight": 0.0,
+        "attention_weight": 0.0,
+    },
 }
 REQUIRED = {"dynamic/early_exit": {"exits": ["features.5"]}}
 

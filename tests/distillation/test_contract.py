@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -84,4 +85,64 @@ def test_teacher_from_an_earlier_step_is_the_model_saved_there(tmp_path):
         SoftTargetsConfig.from_dict(FIELDS, where="test"),
         MethodData(train_loader=_loader(), extras={"teacher": teacher}),
     )
+    assert _same(by_step, by_module)
+
+
+def _bert_pair():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
+    )  # fmt: skip
+    teacher = transformers.BertModel(config).eval()
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        {
+            "input_ids": torch.randint(1, 99, (8, 12), generator=gen),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        }
+        for _ in range(3)
+    ]
+    return teacher, nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5), batches
+
+
+@pytest.mark.parametrize(
+    ("name", "config_cls", "verb", "fields"),
+    [
+        ("embedding", "EmbeddingDistillConfig", "distill_embeddings_", {"mse_weight": 0.5}),
+        ("transformer", "TransformerDistillConfig", "distill_transformer_", {"value_weight": 1.0}),
+    ],
+)
+def test_transformer_distillation_verbs_and_apply_give_the_same_student(name, config_cls, verb, fields):
+    teacher, student, batches = _bert_pair()
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    fields = {"epochs": 2, "lr": 3e-3, "seed": 1, "progress": False, **fields}
+    by_verb, by_method = copy.deepcopy(student), copy.deepcopy(student)
+    summary = getattr(nc, verb)(by_verb, teacher, batches, val_loader=batches[:1], **fields)
+    cls = getattr(nc.distillation, config_cls)
+    assert method_for(cls).key == f"distill/{name}"
+    result = apply(
+        by_method,
+        cls.from_dict(fields, where="test"),
+        MethodData(train_loader=batches, val_loader=batches[:1], extras={"teacher": teacher}),
+    )
+    assert _same(by_verb, by_method) and not _same(by_verb, student)
+    assert summary == result.summary
+    # the teacher is frozen: same weights, no gradients, still in eval mode
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+
+
+def test_transformer_distillation_teacher_from_an_earlier_step(tmp_path):
+    teacher, student, batches = _bert_pair()
+    path = atomic_torch_save(teacher, tmp_path / "step1" / "model.pt", sign=True)
+    by_step, by_module = copy.deepcopy(student), copy.deepcopy(student)
+    fields = {"epochs": 1, "lr": 3e-3, "progress": False}
+    apply(
+        by_step,
+        nc.distillation.EmbeddingDistillConfig.from_dict({**fields, "teacher": {"step": 1}}, where="test"),
+        MethodData(train_loader=batches, extras={"step_models": {1: path}}),
+    )
+    nc.distill_embeddings_(by_module, teacher, batches, **fields)
     assert _same(by_step, by_module)

@@ -1,0 +1,141 @@
+"""Losses of transformer distillation: layer mapping, hidden-state MSE, attention/relation KL, embeddings.
+
+- TinyBERT (Jiao et al., 2020): student layer ``i`` learns teacher layer ``g(i)``'s hidden states through
+  a learned projection (widths may differ) and its attention maps;
+- MiniLM (Wang et al., 2020): KL divergence between attention distributions and between value relations
+  ``softmax(V V^T / sqrt(d))``;
+- sentence embeddings: cosine and/or MSE between mean-pooled token states.
+
+Padding tokens (``valid`` False) count neither as queries nor in the means.
+
+Example:
+    >>> uniform_layer_map(3, 6)
+    [2, 4, 6]
+    >>> attention_kl(scores, scores, valid=None)
+    tensor(0.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from netcompress.core.errors import ConfigError
+from netcompress.evaluation.embeddings import mean_pool
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (1-based) of each student layer: ``ceil(i * teacher / student)``.
+
+    Example:
+        >>> uniform_layer_map(4, 6)
+        [2, 3, 5, 6]
+    """
+    return [math.ceil(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
+
+
+def check_layer_map(layer_map: Sequence[int] | None, student_layers: int, teacher_layers: int) -> list[int]:
+    """``layer_map`` checked against the layer counts (``None``: :func:`uniform_layer_map`)."""
+    if layer_map is None:
+        return uniform_layer_map(student_layers, teacher_layers)
+    if len(layer_map) != student_layers:
+        raise ConfigError(
+            f"layer_map has {len(layer_map)} entries but the student has {student_layers} layers "
+            "(one teacher layer, 1-based, per student layer)"
+        )
+    for i, t in enumerate(layer_map):
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= teacher_layers:
+            raise ConfigError(
+                f"layer_map[{i}]={t!r} is out of range: the teacher has {teacher_layers} layers (1..{teacher_layers})"
+            )
+    return list(layer_map)
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` (N, L) over the ``valid`` (N, L) positions (all when None)."""
+    if valid is None:
+        return values.mean()
+    weights = valid.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _heads_mean_log(log_probs: torch.Tensor) -> torch.Tensor:
+    """log of the head-averaged distribution: (N, H, L, S) -> (N, 1, L, S)."""
+    return torch.logsumexp(log_probs, dim=1, keepdim=True) - math.log(log_probs.shape[1])
+
+
+def attention_kl(
+    student_scores: torch.Tensor, teacher_scores: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """``KL(softmax(teacher) || softmax(student))`` per query row, averaged over heads and valid rows.
+
+    Scores are (N, H, L, S) and already masked. With different head counts (a head-pruned student) both
+    sides are compared as head-averaged distributions.
+    """
+    if (
+        student_scores.shape[0] != teacher_scores.shape[0]
+        or student_scores.shape[2:] != teacher_scores.shape[2:]
+    ):
+        raise ConfigError(
+            f"attention maps differ in shape: student {tuple(student_scores.shape)} vs teacher "
+            f"{tuple(teacher_scores.shape)}"
+        )
+    log_s = F.log_softmax(student_scores.float(), dim=-1)
+    log_t = F.log_softmax(teacher_scores.float(), dim=-1)
+    if log_s.shape[1] != log_t.shape[1]:
+        log_s, log_t = _heads_mean_log(log_s), _heads_mean_log(log_t)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean(1)  # (N, L)
+    return masked_mean(kl, valid)
+
+
+def relation_scores(
+    values: torch.Tensor, heads: int, valid: torch.Tensor | None, *, who: str
+) -> torch.Tensor:
+    """MiniLM value relation scores ``V_r V_r^T / sqrt(d_r)`` over ``heads`` relation heads: (N, heads, S, S)."""
+    n, s, width = values.shape
+    if width % heads:
+        raise ConfigError(f"relation_heads={heads} does not divide the {who}'s value width {width}")
+    v = values.float().view(n, s, heads, width // heads).transpose(1, 2)
+    scores = v @ v.transpose(-2, -1) / math.sqrt(width // heads)
+    if valid is not None:
+        scores = scores.masked_fill(~valid.bool().view(n, 1, 1, s), torch.finfo(scores.dtype).min)
+    return scores
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error per token (averaged over channels), averaged over the valid tokens."""
+    if student.shape != teacher.shape:
+        raise ConfigError(f"hidden states differ in shape: {tuple(student.shape)} vs {tuple(teacher.shape)}")
+    return masked_mean((student.float() - teacher.float()).pow(2).mean(-1), valid)
+
+
+def sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pool: str) -> torch.Tensor:
+    """(N, D) sentence embeddings: (N, D) outputs as they are, (N, L, D) token states mean- or CLS-pooled."""
+    if hidden.dim() == 2:
+        return hidden
+    if hidden.dim() != 3:
+        raise ConfigError(
+            f"embedding distillation needs (N, D) or (N, L, D) outputs, got {tuple(hidden.shape)}"
+        )
+    return hidden[:, 0] if pool == "cls" else mean_pool(hidden, attention_mask)
+
+
+def embedding_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, cosine_weight: float, mse_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``cosine_weight * mean(1 - cos) + mse_weight * MSE``, the mean cosine) of (N, D) embeddings."""
+    if student.shape != teacher.shape:
+        raise ConfigError(
+            f"student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ "
+            "(hidden-width pruning changes the embedding width; distil hidden states with distill/transformer "
+            "and a projection instead)"
+        )
+    s, t = student.float(), teacher.float()
+    cosine = F.cosine_similarity(s, t, dim=-1)
+    loss = cosine_weight * (1.0 - cosine).mean()
+    if mse_weight:
+        loss = loss + mse_weight * F.mse_loss(s, t)
+    return loss, cosine.mean()
