@@ -35,6 +35,7 @@ from netcompress.export.onnx_inputs import (
     input_spec,
     ort_feed,
 )
+from netcompress.export.onnx_nbits import swap_nbits_linears
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
 # float reassociation only; int8 by a few output quantization steps where ORT requantizes in
@@ -64,6 +65,7 @@ INT8_OPS = (
     "QEmbedLayerNormalization",
     "QOrderedMatMul",
     "QOrderedAttention",
+    "MatMulNBits",
 )
 
 
@@ -188,6 +190,10 @@ def export_onnx(
     if int8 and quantizer_counts.get("dynamic"):
         # dynamic int8 Linears export as DynamicQuantizeLinear + MatMulInteger with their int8 codes
         exported, dynamic_info = swap_dynamic_linears(copy.deepcopy(work))
+    nbits_info = None
+    if int8 and not quantizer_counts.get("activation") and not quantizer_counts.get("dynamic"):
+        # weight-only Linears export as MatMulNBits with their packed 2-8 bit codes (onnx_nbits.py)
+        exported, nbits_info = swap_nbits_linears(copy.deepcopy(work))
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
@@ -228,6 +234,8 @@ def export_onnx(
     }
     if dynamic_info is not None:
         summary["dynamic_int8"] = dynamic_info
+    if nbits_info is not None:
+        summary["matmul_nbits"] = nbits_info
     if check:
         summary["check"] = check_onnx(
             work,

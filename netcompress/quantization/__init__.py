@@ -12,10 +12,13 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
+from netcompress.quantization.awq import awq_scale
+from netcompress.quantization.blockwise import BlockwiseFakeQuantize
 from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
+from netcompress.quantization.gptq import gptq_quantize_
 from netcompress.quantization.mixed_precision import (
     MixedPrecisionConfig,
     allocate_bits,
@@ -41,6 +44,7 @@ from netcompress.quantization.ptq import (
 )
 from netcompress.quantization.qat import QATConfig, QATPrepareConfig, prepare_qat, qat_summary
 from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequantize_tensor, quantize_tensor
+from netcompress.quantization.smoothing import smooth_activations
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
 __all__ = [
@@ -79,4 +83,8 @@ __all__ = [
     "save_quantized",
     "unpack_bits",
     "wrap_module",
+    "BlockwiseFakeQuantize",
+    "gptq_quantize_",
+    "awq_scale",
+    "smooth_activations",
 ]

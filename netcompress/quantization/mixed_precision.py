@@ -252,7 +252,7 @@ def mixed_precision(model: nn.Module, config: MixedPrecisionConfig, data: Method
         if c.act_bits:
             ptq = PTQStaticConfig(**weights, act_bits=c.act_bits, num_calib_batches=c.num_calib_batches)
         else:
-            ptq = WeightOnlyConfig(**weights)
+            ptq = WeightOnlyConfig(**weights, block_size=0)  # per-channel: the byte model above
         result = apply(model, ptq, MethodData(calib_loader=loader))
         qmodel, summary = result.model, result.summary
         file_bytes = serialize_quantized(qmodel)[1]["size_bytes"]

@@ -39,7 +39,9 @@ from netcompress.quantization.placement import (
     resolve_plan,
 )
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
+from netcompress.quantization.smoothing import smooth_activations
 from netcompress.quantization.tracing import trace_for_quantization
+from netcompress.quantization.weight_nbits import check_weight_only, finish_weight_only_, prepare_weight_only
 
 # mode -> (layer types it quantizes or None for all, whether activations get static quantizers)
 MODES: Registry[dict[str, Any]] = Registry("quantization mode")
@@ -213,6 +215,7 @@ class PTQStaticConfig(PTQWeightConfig):
     act_scheme: str = "asymmetric"
     bias_correction: bool = False
     num_calib_batches: int = 32
+    smooth: float = 0.0  # SmoothQuant migration strength alpha (0: off; smoothing.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,6 +224,7 @@ class PTQStaticConfig(PTQWeightConfig):
         check_choice("act_observer", self.act_observer, OBSERVERS.names())
         check_choice("act_scheme", self.act_scheme, SCHEMES)
         check_range("num_calib_batches", self.num_calib_batches, 1)
+        check_range("smooth", self.smooth, 0.0, 1.0)
 
 
 @dataclasses.dataclass
@@ -230,7 +234,31 @@ class PTQDynamicConfig(PTQWeightConfig):
 
 @dataclasses.dataclass
 class WeightOnlyConfig(PTQWeightConfig):
-    """Weight-only quantization: every Conv/Linear weight at ``bits``, activations float."""
+    """Weight-only quantization: every Conv/Linear weight at ``bits``, activations float.
+
+    Linear layers get ``block_size`` block-wise scales along the input dimension (0: ``granularity``
+    decides, as for Conv layers) and export as ONNX Runtime's ``MatMulNBits``
+    (``export_onnx(..., int8=True)``; ``accuracy_level`` is that node's attribute, 4 = int8 activations
+    inside the kernel). ``rounding="gptq"`` compensates rounding errors layer by layer on calibration
+    data (``gptq_damp``, ``gptq_block_size``, ``act_order``); ``awq=True`` first searches per-input-channel
+    scales on calibration data (``awq_grid`` exponents), folded into the preceding op where the graph allows.
+    See weight_nbits.py, gptq.py, awq.py.
+    """
+
+    bits: int = 4
+    block_size: int = 32
+    rounding: str = "nearest"
+    gptq_damp: float = 0.01
+    gptq_block_size: int = 128
+    act_order: bool = False
+    awq: bool = False
+    awq_grid: int = 20
+    num_calib_batches: int = 8
+    accuracy_level: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_weight_only(self)
 
 
 # quantize(mode=...) -> the config of that mode's method
@@ -262,7 +290,12 @@ def run_ptq(
         "act_observer": s.act_observer,
         "act_scheme": s.act_scheme,
     }
-    qmodel, info = prepare_quantized(
+    info: dict[str, Any] = {}
+    if mode == "static" and s.smooth:
+        model, info["smooth"] = smooth_activations(
+            model, calib_loader, alpha=s.smooth, num_batches=s.num_calib_batches
+        )
+    qmodel, prep = prepare_quantized(
         model,
         plan_defaults=defaults,
         layers=s.layers,
@@ -271,6 +304,7 @@ def run_ptq(
         equalize=s.equalize,
         example_inputs=first_inputs(calib_loader),
     )
+    info = {**prep, **info}
     if mode == "static" and calib_loader is not None:
         info["calibration"] = calibrate_(qmodel, calib_loader, num_batches=s.num_calib_batches)
     for q in quantizers(qmodel).values():
@@ -300,8 +334,15 @@ def ptq_dynamic(model: nn.Module, config: PTQDynamicConfig, data: MethodData) ->
 
 @register_method("quantize", "weight_only", config=WeightOnlyConfig)
 def weight_only(model: nn.Module, config: WeightOnlyConfig, data: MethodData) -> Result:
-    """Weight-only quantization."""
-    return run_ptq(model, None, PTQStaticConfig(**config.to_dict()), mode="weight_only")
+    """Weight-only quantization (block-wise Linear scales, optional AWQ scaling and GPTQ rounding)."""
+    calib = data.calibration
+    model, info = prepare_weight_only(model, config, calib)
+    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(PTQWeightConfig)}
+    result = run_ptq(model, None, PTQStaticConfig(**base), mode="weight_only")
+    info.update(finish_weight_only_(result.model, config, calib))
+    return Result(
+        model=result.model, summary={**result.summary, **info, **quantization_summary(result.model)}
+    )
 
 
 def quantize(

@@ -28,8 +28,9 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError
 from netcompress.core.io import atomic_write_bytes
+from netcompress.quantization.blockwise import weight_codes, weight_from_codes
 from netcompress.quantization.modules import QuantLayer, quantizers
-from netcompress.quantization.qparams import QuantSpec, dequantize_tensor, quantize_tensor
+from netcompress.quantization.qparams import QuantSpec
 
 MAGIC = b"NCQ1"
 
@@ -93,18 +94,18 @@ def serialize_quantized(model: nn.Module) -> tuple[bytes, dict[str, Any]]:
         True
     """
     state = model.state_dict()
-    packed: dict[str, tuple[QuantSpec, torch.Tensor, torch.Tensor]] = {}
+    packed: dict[str, Any] = {}
     for name, m in model.named_modules():
         if isinstance(m, QuantLayer) and m.weight_fq is not None and not m.weight_fq.dynamic:
             fq = m.weight_fq
-            packed[f"{name}.layer.weight" if name else "layer.weight"] = (fq.spec, fq.scale, fq.zero_point)
+            packed[f"{name}.layer.weight" if name else "layer.weight"] = fq
     entries, blobs, offset = [], [], 0
     weight_bytes = 0
     for key, tensor in state.items():
         if key in packed:
-            spec, scale, zp = packed[key]
+            spec = packed[key].spec
             qmin, _ = spec.quant_range
-            codes = quantize_tensor(tensor.detach().float(), scale, zp, spec) - qmin
+            codes = weight_codes(packed[key], tensor) - qmin  # block-wise scales too (blockwise.py)
             data = pack_bits(codes.numpy(), spec.bits)
             entry = {"kind": "packed", "bits": spec.bits, "qmin": qmin, "shape": list(tensor.shape)}
             weight_bytes += len(data)
@@ -211,7 +212,7 @@ def load_quantized(path: str | os.PathLike, model_template: nn.Module) -> nn.Mod
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
         codes = torch.from_numpy(unpack_bits(entry["data"], entry["bits"], count)) + entry["qmin"]
         weight = codes.reshape(entry["shape"]).float()
-        state[key] = dequantize_tensor(weight, fq.scale, fq.zero_point, fq.spec)
+        state[key] = weight_from_codes(fq, weight)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
