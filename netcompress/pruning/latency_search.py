@@ -12,9 +12,11 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    least proxy per unit of cost saved, until the table predicts the target; then
    :func:`give_back` widens groups again where the prediction still fits;
 4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
-   table's error is applied to the budget (``budget * target / measured``) and the search keeps pruning,
-   for at most ``max_rounds`` rounds. A target that cannot be met returns the best model measured with
-   ``met: false`` and the reason.
+   table's error is applied to the budget (``predicted * measured / target`` reduction) and the search
+   keeps pruning; if it overshot by more than ``tolerance``, the same correction widens groups
+   again; at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
+   proxy is returned; a target that cannot be met returns the fastest model measured with ``met: false``
+   and the reason.
 
 The summary lists every candidate measured (predicted and measured cost, proxy), the speed-up (or
 size) of the result in each deployed form, and, with ``out_dir``, a plot of cost vs proxy.
@@ -273,7 +275,7 @@ def search_measured_target(
         proxy, base_accuracy = sensitivity_proxy(variants, loader, config.max_batches)
     else:
         proxy = importance_proxy(variants, scores)
-    slack = 1.0 + config.latency_tolerance if spec.target == "latency" else 1.0
+    slack = 1.0 + config.tolerance if spec.target == "latency" else 1.0
     state = dict.fromkeys(variants.kept, 0)
     budget = table.base / config.reduction
     trajectory: list[dict[str, Any]] = [
@@ -296,10 +298,18 @@ def search_measured_target(
         if base_accuracy is not None:
             row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
         row["met"] = achieved * slack >= config.reduction
+        row["overshoot"] = achieved > config.reduction * (1.0 + config.tolerance)  # more than asked, beyond noise
         rows.append(row)
         results.append((values, dict(state)))
-        if row["met"]:
+        if row["met"] and not row["overshoot"]:
             break
+        if row["met"]:  # the table was pessimistic: widen groups again where the corrected budget allows
+            budget = table.predict(state) * achieved / config.reduction
+            trial = dict(state)
+            give_back(trial, table, proxy, budget)
+            if trial == state:
+                break
+            continue
         if exhausted:
             reason = (f"cannot reach {config.reduction}x lower {spec.target}: every candidate group is at its "
                       f"narrowest useful width (widths down to {min(config.widths)}, min_channels="
@@ -310,7 +320,10 @@ def search_measured_target(
     else:
         reason = (f"{config.reduction}x lower {spec.target} not confirmed within max_rounds={config.max_rounds}; "
                   f"the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
-    pick = len(rows) - 1 if rows[-1]["met"] else max(range(len(rows)), key=lambda k: rows[k]["reduction"])
+    # of the models that met the target, the one that lost the least proxy; else the fastest measured
+    met = [k for k, r in enumerate(rows) if r["met"]]
+    pick = (min(met, key=lambda k: (rows[k]["proxy_lost"], -k)) if met
+            else max(range(len(rows)), key=lambda k: rows[k]["reduction"]))  # fmt: skip
     values, state = results[pick]
     plan = ChannelPlan(graph=graph, pruned_units=variants.units(state), group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)

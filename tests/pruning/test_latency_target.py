@@ -151,12 +151,26 @@ def test_cache_key_changes_with_threads_batch_size_and_runtime(clock, tmp_path) 
 def test_missed_prediction_keeps_pruning_until_the_measurement_meets_it(clock, tmp_path) -> None:
     # a 30 ms penalty when both branches are narrowed, which the per-group table cannot predict
     fake = clock({"a": 5.0, "b": 5.0}, both_pruned_penalty=30.0)
-    small, summary = _latency(TwoBranch().eval(), tmp_path, reduction=2.0, latency_tolerance=0.0)
+    small, summary = _latency(TwoBranch().eval(), tmp_path, reduction=2.0, tolerance=0.0)
     rounds = summary["candidates"]
     assert rounds[0]["met"] is False and rounds[0]["measured"] > rounds[0]["predicted"]
     assert rounds[-1]["met"] is True and len(rounds) >= 2
     assert fake.ms(small) == summary["target_after"] <= summary["target_before"] / 2.0
     assert [r["budget"] for r in rounds] == sorted((r["budget"] for r in rounds), reverse=True)
+
+
+def test_overshoot_is_widened_again_and_the_met_model_losing_least_is_kept(clock, tmp_path) -> None:
+    # 30 ms faster than the table predicts when both branches are narrowed: the first result overshoots
+    clock({"a": 5.0, "b": 5.0}, both_pruned_penalty=-30.0)
+    _, summary = _latency(TwoBranch().eval(), tmp_path, reduction=2.0, tolerance=0.0)
+    rounds = summary["candidates"]
+    assert rounds[0]["met"] is True and rounds[0]["overshoot"] is True and len(rounds) >= 2
+    assert rounds[1]["budget"] > rounds[0]["budget"] and rounds[1]["proxy_lost"] < rounds[0]["proxy_lost"]
+    met = [r for r in rounds if r["met"]]
+    assert summary["met"] is True
+    assert summary["candidates"][summary["chosen_round"] - 1]["proxy_lost"] == min(
+        r["proxy_lost"] for r in met
+    )
 
 
 def test_impossible_target_returns_the_best_model_with_the_reason(clock, tmp_path) -> None:
@@ -222,7 +236,7 @@ def test_recipe_step_accepts_the_measured_fields(clock, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [("runtime", "tpu"), ("batch_size", 0), ("threads", 0), ("widths", [1.5]), ("widths", []),
-     ("max_rounds", 0), ("ship_form", "zip"), ("latency_tolerance", 0.9), ("target", "speed")],
+     ("max_rounds", 0), ("ship_form", "zip"), ("tolerance", 0.9), ("target", "speed")],
 )  # fmt: skip
 def test_bad_values_are_errors_naming_the_key(key, value) -> None:
     with pytest.raises(ConfigError, match=key):
