@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.errors import ConfigError
+from netcompress.core.errors import ConfigError, NetcompressError
 from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, keep_count, select_local
 from netcompress.pruning.channel_report import pruning_summary
@@ -240,7 +240,8 @@ def _plot(out_dir: Any, summary: dict[str, Any], table_points: list[dict[str, An
 def _forms(
     model: nn.Module, small: nn.Module, x: Any, spec: MeasureSpec, last: dict[str, float]
 ) -> dict[str, Any]:
-    """The result against the unpruned model in every deployed form (the asked one reuses its measurement)."""
+    """The result against the unpruned model in every deployed form (the asked one reuses its measurement);
+    a form the model cannot be put in reports its error instead."""
     out = {}
     kinds = RUNTIMES if spec.target == "latency" else SHIP_FORMS
     for kind in kinds:
@@ -248,7 +249,13 @@ def _forms(
             spec, **({"runtime": kind} if spec.target == "latency" else {"ship_form": kind})
         )
         asked = kind == (spec.runtime if spec.target == "latency" else spec.ship_form)
-        values = last if asked else measure({"unpruned": model, "candidate": small}, x, form)
+        try:
+            values = last if asked else measure({"unpruned": model, "candidate": small}, x, form)
+        except (
+            NetcompressError
+        ) as exc:  # another form this model cannot take (an untraceable fold, tuple inputs)
+            out[kind] = {"error": str(exc)}
+            continue
         out[kind] = {f"unpruned_{spec.unit}": values["unpruned"], f"pruned_{spec.unit}": values["candidate"],
                      "reduction": values["unpruned"] / max(values["candidate"], 1e-12)}  # fmt: skip
     return out
@@ -298,7 +305,9 @@ def search_measured_target(
         if base_accuracy is not None:
             row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
         row["met"] = achieved * slack >= config.reduction
-        row["overshoot"] = achieved > config.reduction * (1.0 + config.tolerance)  # more than asked, beyond noise
+        row["overshoot"] = achieved > config.reduction * (
+            1.0 + config.tolerance
+        )  # more than asked, beyond noise
         rows.append(row)
         results.append((values, dict(state)))
         if row["met"] and not row["overshoot"]:
@@ -348,7 +357,9 @@ def search_measured_target(
     )  # fmt: skip
     summary["by_form"] = _forms(model, small, example_inputs, spec, values)
     if spec.target == "latency":
-        summary["speedup_by_form"] = {k: v["reduction"] for k, v in summary["by_form"].items()}
+        summary["speedup_by_form"] = {
+            k: v["reduction"] for k, v in summary["by_form"].items() if "reduction" in v
+        }
     if out_dir is not None:
         summary["plot"] = _plot(out_dir, summary, table_points)
     return small, summary

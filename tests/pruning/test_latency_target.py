@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import netcompress.pruning  # noqa: F401  (registers the methods)
-from netcompress.core.errors import ConfigError
+from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import METHODS, MethodData
 from netcompress.export import export_onnx
 from netcompress.pruning import latency_table
@@ -171,6 +171,20 @@ def test_overshoot_is_widened_again_and_the_met_model_losing_least_is_kept(clock
     assert summary["candidates"][summary["chosen_round"] - 1]["proxy_lost"] == min(
         r["proxy_lost"] for r in met
     )
+
+
+def test_a_form_the_model_cannot_take_reports_its_error(clock, tmp_path) -> None:
+    fake = clock({"a": 10.0, "b": 1.0})
+
+    def no_onnx(models, example_inputs, spec):
+        if spec.runtime == "onnxruntime":
+            raise UnsupportedModelError("cannot export op 'foo'")
+        return fake(models, example_inputs, spec)
+
+    latency_table.time_deployed = no_onnx  # the fixture restores the original
+    _, summary = _latency(TwoBranch().eval(), tmp_path, reduction=1.8)
+    assert summary["met"] is True and summary["by_form"]["onnxruntime"] == {"error": "cannot export op 'foo'"}
+    assert set(summary["speedup_by_form"]) == {"torch"}
 
 
 def test_impossible_target_returns_the_best_model_with_the_reason(clock, tmp_path) -> None:
