@@ -259,3 +259,17 @@ def test_bad_values_are_errors_naming_the_key(key, value) -> None:
         AutoPruneConfig.from_dict({"batchsize": 64})
     with pytest.raises(ConfigError, match="needs loader"):
         prune_to_target(_vgg(), X, target="latency", method="sensitivity", loader=None)
+
+
+def test_sensitivity_proxy_measures_accuracy_drops_on_the_loader(clock, tmp_path) -> None:
+    clock({"a": 10.0, "b": 1.0})
+    gen = torch.Generator().manual_seed(0)
+    loader = [
+        (torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(2)
+    ]
+    _, summary = _latency(TwoBranch().eval(), tmp_path, reduction=1.8, method="sensitivity", loader=loader)
+    assert summary["proxy"] == "sensitivity" and 0.0 <= summary["baseline_accuracy"] <= 1.0
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in summary["candidates"])
+    for entry in summary["cost_table"]["entries"]:  # running max of the drop: never falls as a group narrows
+        same = [e["proxy_lost"] for e in summary["cost_table"]["entries"] if e["group"] == entry["group"]]
+        assert same == sorted(same)
