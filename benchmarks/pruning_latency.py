@@ -79,7 +79,7 @@ def _nc_latency(base: nn.Module, ctx: Context) -> Pruned:
         "label": f"netcompress latency target {ctx.config.latency_reduction}x (ORT b64) + BN recal.",
         "arch": summary["architecture"], "met": summary["met"], "reason": summary["reason"],
         "search_speedup": summary["achieved_reduction"], "speedup_by_form": summary["speedup_by_form"],
-        "rounds": len(summary["candidates"]), "table_cached": summary["cost_table"]["cached"],
+        "search_rounds": len(summary["candidates"]), "table_cached": summary["cost_table"]["cached"],
         "table_s": round(summary["cost_table"]["measured_s"], 1), "plot": summary.get("plot"),
         "candidates": [{k: r[k] for k in ("round", "predicted", "measured", "reduction", "proxy_lost", "met")}
                        for r in summary["candidates"]],
@@ -137,7 +137,7 @@ def latency_checks(
     got = ours["ort_speedup_b64"]
     lines = [f"nc_latency ORT batch-64 speed-up after fine-tuning {got:.2f}x for {target}x (met within 5 %: "
              f"{'PASS' if got >= target / 1.05 else 'MISS'}); search's own confirmation {ours['search_speedup']:.2f}x, "
-             f"met={ours['met']} in {ours['rounds']} round(s)"]  # fmt: skip
+             f"met={ours['met']} in {ours['search_rounds']} round(s)"]  # fmt: skip
     for peer in ("tp_magnitude_at_latency", "nc_uniform_at_latency"):
         if peer in by:
             gap = 100 * (accuracy(ours) - accuracy(by[peer]))
