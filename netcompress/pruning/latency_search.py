@@ -12,9 +12,9 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    least proxy per unit of cost saved, until the table predicts the target; then
    :func:`give_back` widens groups again where the prediction still fits;
 4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
-   table's error is applied to the budget (``predicted * measured / target`` reduction) and the search
-   keeps pruning; if it overshot by more than ``tolerance``, the same correction widens groups
-   again; at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
+   table's savings are rescaled by what the measurement found (measured / predicted saving, all groups
+   alike) and the search keeps pruning; if it overshot by more than ``tolerance``, the same rescaling
+   widens groups again; at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
    proxy is returned; a target that cannot be met returns the fastest model measured with ``met: false``
    and the reason.
 
@@ -299,7 +299,7 @@ def search_measured_target(
         values = measure({"unpruned": model, "candidate": small}, example_inputs, spec)
         achieved = values["unpruned"] / max(values["candidate"], 1e-12)
         row = {"round": round_index, "predicted": table.predict(state), "measured": values["candidate"],
-               "unpruned": values["unpruned"], "reduction": achieved, "budget": budget,
+               "unpruned": values["unpruned"], "reduction": achieved, "scale": table.scale,
                "proxy_lost": sum(proxy[g][i] for g, i in state.items()),
                "widths": {g: table.widths[i] for g, i in state.items() if i}}  # fmt: skip
         if base_accuracy is not None:
@@ -311,20 +311,22 @@ def search_measured_target(
         results.append((values, dict(state)))
         if row["met"] and not row["overshoot"]:
             break
-        if row["met"]:  # the table was pessimistic: widen groups again where the corrected budget allows
-            budget = table.predict(state) * achieved / config.reduction
-            trial = dict(state)
-            give_back(trial, table, proxy, budget)
-            if trial == state:
-                break
-            continue
-        if exhausted:
+        if exhausted and not row["met"]:
             reason = (f"cannot reach {config.reduction}x lower {spec.target}: every candidate group is at its "
                       f"narrowest useful width (widths down to {min(config.widths)}, min_channels="
                       f"{config.min_channels}); the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
             break
-        # the table was optimistic: scale the budget by what it missed by and keep pruning
-        budget = table.predict(state) * min(achieved / config.reduction, 0.999)
+        # the table's savings were worth measured / predicted: rescale them (all groups alike) and go on,
+        # pruning more after a miss, widening again after an overshoot
+        predicted_saving = (table.base - table.predict(state)) / table.scale
+        measured_saving = table.base * (1.0 - 1.0 / achieved)
+        scale = min(max(measured_saving / predicted_saving, 0.02), 50.0) if predicted_saving > 0 else 0.5
+        table.scale = scale if row["met"] else min(scale, 0.999 * table.scale)
+        if row["met"]:
+            trial = dict(state)
+            give_back(trial, table, proxy, budget)
+            if trial == state:
+                break
     else:
         reason = (f"{config.reduction}x lower {spec.target} not confirmed within max_rounds={config.max_rounds}; "
                   f"the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip

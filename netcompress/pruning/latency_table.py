@@ -248,6 +248,8 @@ class CostTable:
     cached: bool = False
     path: str | None = None
     pairs: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
+    # what the end-to-end measurements say the table's savings are worth (1: as measured per group)
+    scale: float = 1.0
 
     def saving(self, label: str, index: int) -> float:
         return self.base - self.costs[label][index]
@@ -259,15 +261,17 @@ class CostTable:
     def predict(self, state: Mapping[str, int]) -> float:
         """The cost with groups at width indices ``state`` (absent groups unpruned): the unpruned cost minus
         every group's measured saving, plus what a layer between two pruned groups was counted twice for
-        (``cost * removed_in * removed_out``)."""
-        total = self.base - sum(self.saving(label, index) for label, index in state.items())
+        (``cost * removed_in * removed_out``); the net saving times ``scale``."""
+        saved = sum(self.saving(label, index) for label, index in state.items())
         for a, b, cost in self.pairs:
             if state.get(a) and state.get(b):
-                total += cost * self.removed(a, state[a]) * self.removed(b, state[b])
-        return total
+                saved -= cost * self.removed(a, state[a]) * self.removed(b, state[b])
+        return self.base - self.scale * saved
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cached", "path", "pairs")}
+        return {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("cached", "path", "pairs", "scale")
+        }
 
 
 def default_cache_dir() -> Path:

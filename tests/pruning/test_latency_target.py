@@ -156,7 +156,9 @@ def test_missed_prediction_keeps_pruning_until_the_measurement_meets_it(clock, t
     assert rounds[0]["met"] is False and rounds[0]["measured"] > rounds[0]["predicted"]
     assert rounds[-1]["met"] is True and len(rounds) >= 2
     assert fake.ms(small) == summary["target_after"] <= summary["target_before"] / 2.0
-    assert [r["budget"] for r in rounds] == sorted((r["budget"] for r in rounds), reverse=True)
+    assert [r["scale"] for r in rounds] == sorted(
+        (r["scale"] for r in rounds), reverse=True
+    )  # savings rescaled down
 
 
 def test_overshoot_is_widened_again_and_the_met_model_losing_least_is_kept(clock, tmp_path) -> None:
@@ -165,7 +167,9 @@ def test_overshoot_is_widened_again_and_the_met_model_losing_least_is_kept(clock
     _, summary = _latency(TwoBranch().eval(), tmp_path, reduction=2.0, tolerance=0.0)
     rounds = summary["candidates"]
     assert rounds[0]["met"] is True and rounds[0]["overshoot"] is True and len(rounds) >= 2
-    assert rounds[1]["budget"] > rounds[0]["budget"] and rounds[1]["proxy_lost"] < rounds[0]["proxy_lost"]
+    assert (
+        rounds[1]["scale"] > rounds[0]["scale"] == 1.0 and rounds[1]["proxy_lost"] < rounds[0]["proxy_lost"]
+    )
     met = [r for r in rounds if r["met"]]
     assert summary["met"] is True
     assert summary["candidates"][summary["chosen_round"] - 1]["proxy_lost"] == min(
