@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,35 @@ def interaction_terms(
             if cost > 0:
                 pairs.append((label_of[gin], label_of[gout], cost))
     return pairs
+
+
+def smooth_savings(variants: Variants, table: CostTable, layer_weights: Mapping[str, float]) -> int:
+    """Make every group's saving non-decreasing as it narrows; an entry timed slower than the unpruned model
+    (below the noise: a ResNet-20 stage group alone on a loaded machine) gets a prior instead, the group's
+    MACs (bytes: parameters) removed times the table's median measured ms per MAC. Returns how many entries
+    took the prior; changes ``table.costs`` in memory only (the cache keeps the timings)."""
+    graph = variants.graph
+    group_of = {graph.uf.find(u): g.id for g in graph.groups for u in g.unit_ids}
+    touching: dict[int, float] = {}
+    for name, layer in graph.layers.items():
+        ids = {group_of.get(graph.uf.find(lb[0])) for lb in (layer.in_labels, layer.out_labels) if lb}
+        for gid in ids - {None}:
+            touching[gid] = touching.get(gid, 0.0) + layer_weights.get(name, 0.0)
+    weight = {label: touching.get(gid, 0.0) for label, gid in variants.labels.items()}
+    rates = [table.saving(g, i) / (weight[g] * table.removed(g, i))
+             for g in table.costs for i in range(1, len(table.widths))
+             if table.saving(g, i) > 0 and weight[g] > 0 and table.removed(g, i) > 0]  # fmt: skip
+    per_unit = statistics.median(rates) if rates else 0.0
+    priors = 0
+    for label, costs in table.costs.items():
+        best = 0.0
+        for i in range(1, len(costs)):
+            saving = table.base - costs[i]
+            if saving < 0 and table.removed(label, i) > 0:
+                saving, priors = per_unit * weight[label] * table.removed(label, i), priors + 1
+            best = max(best, saving)
+            costs[i] = table.base - best
+    return priors
 
 
 def _layer_weights(model: nn.Module, example_inputs: Any, target: str) -> dict[str, float]:
@@ -272,7 +302,9 @@ def search_measured_target(
                            min_channels=config.min_channels)  # fmt: skip
     table = cost_table(model, example_inputs, variants.variant, spec, kept=variants.kept, widths=config.widths,
                        cache_dir=config.cache_dir)  # fmt: skip
-    table.pairs = interaction_terms(variants, table, _layer_weights(model, example_inputs, spec.target))
+    weights = _layer_weights(model, example_inputs, spec.target)
+    priors = smooth_savings(variants, table, weights)
+    table.pairs = interaction_terms(variants, table, weights)
     base_accuracy = None
     if config.strategy == "sensitivity":
         if loader is None:
@@ -352,7 +384,8 @@ def search_measured_target(
         baseline_accuracy=base_accuracy, rates=group_rates(graph, list(variants.labels.values()), plan),
         candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory,
         cost_table={"path": table.path, "cached": table.cached, "measured_s": table.measured_s,
-                    "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs},
+                    "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs,
+                    "prior_entries": priors},
         measure={"runtime": spec.runtime, "batch_size": spec.batch_size, "threads": spec.threads,
                  "ship_form": spec.ship_form, "rounds": spec.rounds},
     )  # fmt: skip

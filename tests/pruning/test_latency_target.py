@@ -277,3 +277,22 @@ def test_sensitivity_proxy_measures_accuracy_drops_on_the_loader(clock, tmp_path
     for entry in summary["cost_table"]["entries"]:  # running max of the drop: never falls as a group narrows
         same = [e["proxy_lost"] for e in summary["cost_table"]["entries"] if e["group"] == entry["group"]]
         assert same == sorted(same)
+
+
+def test_noisy_table_entries_are_made_monotone_and_slower_ones_take_the_mac_prior() -> None:
+    from netcompress.pruning.graph_tracing import build_channel_graph
+    from netcompress.pruning.latency_search import Variants, smooth_savings
+    from netcompress.pruning.latency_table import CostTable
+
+    model = TwoBranch().eval()
+    graph = build_channel_graph(model, X)
+    scores = {g.id: torch.ones(g.num_units) for g in graph.prunable_groups() if g.producers in (["a"], ["b"])}
+    variants = Variants.of(model, graph, scores, [1.0, 0.75, 0.5, 0.25], round_to=1, min_channels=1)
+    table = CostTable(key={}, base=100.0, widths=[1.0, 0.75, 0.5, 0.25], kept=variants.kept,
+                      costs={"a": [100.0, 110.0, 80.0, 90.0], "b": [100.0, 96.0, 92.0, 88.0]})  # fmt: skip
+    weights = {"a": 1000.0, "a_bn": 0.0, "a2": 1000.0, "b": 1000.0, "b2": 1000.0}
+    assert smooth_savings(variants, table, weights) == 1  # a at 0.75 timed slower than unpruned
+    assert table.costs["b"] == [100.0, 96.0, 92.0, 88.0]  # untouched: monotone and positive
+    # ms per MAC removed (a, a2 / b, b2 touch each group: 2000 MACs): b 4 / (2000 * 0.25) = 0.008 at every width,
+    # a 0.02 and 0.0067: median 0.008, so a at 0.75 saves 0.008 * 2000 * 0.25 = 4 ms; at 0.25 it keeps 0.5's 20
+    assert table.costs["a"] == pytest.approx([100.0, 96.0, 80.0, 80.0])
