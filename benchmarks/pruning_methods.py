@@ -81,6 +81,8 @@ class PruningBenchConfig(Config):
     train_threads: int = 1
     latency_rounds: int = 5
     timing_threads: int = 1
+    # the latency-target mode (pruning_latency.py): measured ORT batch-64 speed-up every method reaches
+    latency_reduction: float = 2.5
 
     def __post_init__(self) -> None:
         check_range("mac_reduction", self.mac_reduction, 1.0)
@@ -90,6 +92,7 @@ class PruningBenchConfig(Config):
         check_range("latency_rounds", self.latency_rounds, 1)
         check_range("train_threads", self.train_threads, 1)
         check_range("timing_threads", self.timing_threads, 1)
+        check_range("latency_reduction", self.latency_reduction, 1.0)
 
 
 @dataclasses.dataclass

@@ -34,6 +34,13 @@ from netcompress.pruning.iterative import (
     prune_one_shot_,
 )
 from netcompress.pruning.iterative_channel import IterativeChannelConfig
+from netcompress.pruning.latency_table import (
+    CostTable,
+    MeasuredTargetFields,
+    MeasureSpec,
+    cost_table,
+    time_deployed,
+)
 from netcompress.pruning.masks import (
     MaskKeeper,
     apply_mask,
@@ -160,4 +167,10 @@ __all__ = [
     "prune_n_m_",
     "prune_sparsegpt_",
     "prune_wanda_",
+    # measured targets: latency of the deployed form, bytes of the shipped file
+    "CostTable",
+    "MeasureSpec",
+    "MeasuredTargetFields",
+    "cost_table",
+    "time_deployed",
 ]

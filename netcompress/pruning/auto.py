@@ -1,7 +1,7 @@
-"""Automatic per-layer pruning rates under a MAC or parameter budget.
+"""Automatic per-layer pruning rates under a MAC, parameter, latency or file-size budget.
 
-Hand-set rates were a stated limit of the reference experiments. :func:`prune_to_target`
-chooses them for a requested reduction factor (``macs_before / macs_after >= reduction``):
+:func:`prune_to_target` chooses them for a requested reduction factor (``before / after >= reduction``);
+measured targets (``"latency"``, ``"bytes"``) are searched by :mod:`netcompress.pruning.latency_search`:
 
 - ``method="global"``: one ranking of all channel units by importance normalised per group
   (score / group mean); a binary search finds the fewest units to remove to reach the target.
@@ -42,7 +42,6 @@ from netcompress.pruning.channel import (
     RoundTo,
     _matches,
     apply_channel_plan,
-    check_round_to,
     keep_count,
     select_global,
     select_local,
@@ -51,6 +50,8 @@ from netcompress.pruning.channel_report import count_params, count_total_macs, p
 from netcompress.pruning.graph import ChannelGraph
 from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import layer_scores, unit_scores
+from netcompress.pruning.latency_search import group_rates, search_measured_target
+from netcompress.pruning.latency_table import DEFAULT_WIDTHS, TARGET_KINDS, MeasuredTargetFields
 from netcompress.pruning.recovery import recover
 from netcompress.pruning.surgery import shrink_model_
 
@@ -242,11 +243,12 @@ METHODS = tuple(STRATEGIES)
 
 
 @dataclasses.dataclass
-class AutoPruneConfig(ChannelSelection):
+class AutoPruneConfig(ChannelSelection, MeasuredTargetFields):
     """``prune/auto`` and :func:`prune_to_target`: per-layer rates chosen to reach ``reduction``x fewer
-    ``target`` (``"macs"`` or ``"params"``); ``strategy`` is the verb's ``method`` (a recipe step's
-    ``method`` key names the step itself). ``max_batches`` batches feed ``strategy="sensitivity"``
-    (validation batches) and ``importance="taylor"``."""
+    ``target`` (``"macs"``, ``"params"``, or measured: ``"latency"``, ``"bytes"``, see
+    :class:`MeasuredTargetFields`); ``strategy`` is the verb's ``method`` (a recipe step's ``method`` key
+    names the step itself). ``max_batches`` batches feed ``strategy="sensitivity"`` (validation batches)
+    and ``importance="taylor"``."""
 
     target: str = "macs"
     reduction: float = 2.0
@@ -256,7 +258,8 @@ class AutoPruneConfig(ChannelSelection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("target", self.target, list(TARGETS))
+        self.check_measured()
+        check_choice("target", self.target, [*TARGETS, *TARGET_KINDS])
         check_choice("strategy", self.strategy, METHODS)
         check_range("reduction", self.reduction, 1.0)
         check_range("max_batches", self.max_batches, 1)
@@ -278,15 +281,31 @@ def prune_to_target(
     round_to: RoundTo = ChannelSelection.round_to,
     ignore: Iterable[str] = (),
     rate_grid: Sequence[float] = DEFAULT_RATE_GRID,
+    runtime: str = AutoPruneConfig.runtime,
+    batch_size: int = AutoPruneConfig.batch_size,
+    threads: int = AutoPruneConfig.threads,
+    widths: Sequence[float] = DEFAULT_WIDTHS,
+    max_rounds: int = AutoPruneConfig.max_rounds,
+    tolerance: float = AutoPruneConfig.tolerance,
+    timing_rounds: int = AutoPruneConfig.timing_rounds,
+    ship_form: str = AutoPruneConfig.ship_form,
+    cache_dir: str | None = None,
+    out_dir: Any = None,
     seed: int = 0,
     config: AutoPruneConfig | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (pruned copy, summary) with ``target`` ("macs" or "params") reduced by ``reduction``x.
+    """Return (pruned copy, summary) with ``target`` reduced by ``reduction``x.
 
+    ``target="macs"`` / ``"params"``: counted. ``"latency"``: measured in the deployed form
+    (``runtime="onnxruntime"`` session or BN-folded ``"torch"``, at ``batch_size`` on ``threads``);
+    ``"bytes"``: the size of the shipped file (``ship_form``). Measured targets plan on a cached per-group
+    cost table at ``widths`` and confirm end to end (:mod:`netcompress.pruning.latency_search`); one
+    that cannot be met returns the best model with ``met: False`` and a ``reason``; with ``out_dir`` a
+    plot of the candidates is written there.
     ``loader`` gives (inputs, targets) batches: needed for ``method="sensitivity"`` (accuracy on
     ``max_batches`` batches) and ``importance="taylor"``. The summary lists the chosen rate of
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
-    A target the model cannot reach raises ConfigError naming the largest reachable reduction.
+    A macs/params target the model cannot reach raises ConfigError naming the largest reachable reduction.
     The keywords are :class:`AutoPruneConfig`'s fields (``method`` is its ``strategy``), defaults read from it.
 
     ``round_to="auto"`` keeps multiples of 8 channels in groups of 16 or more and any count in smaller
@@ -301,42 +320,43 @@ def prune_to_target(
         >>> small, summary = prune_to_target(model, x, target="macs", reduction=2.0)
         >>> summary["achieved_reduction"] >= 2.0
         True
+        >>> small, summary = prune_to_target(model, x, target="latency", reduction=2.5, batch_size=64)
     """
-    if config is not None:  # a recipe step's config instead of the keywords
-        target, reduction, importance, method = (
-            config.target,
-            config.reduction,
-            config.importance,
-            config.strategy,
-        )
-        max_batches, min_channels, round_to = config.max_batches, config.min_channels, config.round_to
-        ignore, rate_grid = config.ignore, config.rate_grid
-    check_choice("target", target, list(TARGETS))
-    check_choice("method", method, METHODS)
-    check_range("reduction", reduction, 1.0)
-    check_round_to(round_to)
+    if config is None:  # the keywords, validated as a recipe step's config would be
+        config = AutoPruneConfig.from_dict(
+            {
+                "target": target, "reduction": reduction, "importance": importance, "strategy": method,
+                "max_batches": max_batches, "min_channels": min_channels, "round_to": round_to,
+                "ignore": list(ignore), "rate_grid": list(rate_grid), "runtime": runtime, "batch_size": batch_size,
+                "threads": threads, "widths": list(widths), "max_rounds": max_rounds, "ship_form": ship_form,
+                "tolerance": tolerance, "timing_rounds": timing_rounds,
+                "cache_dir": None if cache_dir is None else str(cache_dir),
+            },
+            where="prune_to_target",
+        )  # fmt: skip
+    target, reduction, method, rate_grid = config.target, config.reduction, config.strategy, config.rate_grid
+    importance, min_channels, round_to = config.importance, config.min_channels, config.round_to
     if method == "sensitivity" and loader is None:
         raise ConfigError("method='sensitivity' needs loader= to measure the accuracy drop of each layer")
-    ignore = list(ignore)
     graph = build_channel_graph(model, example_inputs)
-    for pattern in ignore:
+    for pattern in config.ignore:
         if not any(_matches(name, pattern) for name in graph.layers):
             raise ConfigError(f"ignore pattern {pattern!r} matches no prunable layer")
-    scores = unit_scores(
-        graph, layer_scores(importance, model, graph, loader=loader, max_batches=max_batches, seed=seed)
-    )
+    scores = unit_scores(graph, layer_scores(importance, model, graph, loader=loader, max_batches=config.max_batches, seed=seed))  # fmt: skip
     candidates = {
         g.id: scores[g.id]
         for g in graph.prunable_groups()
-        if g.id in scores and not any(_matches(n, p) for n in g.out_layers for p in ignore)
+        if g.id in scores and not any(_matches(n, p) for n in g.out_layers for p in config.ignore)
     }
     if not candidates:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group for prune_to_target")
+    if target in TARGET_KINDS:
+        return search_measured_target(model, example_inputs, graph, candidates, config, loader=loader, out_dir=out_dir)  # fmt: skip
     before = TARGETS[target](model, example_inputs)
     budget = before / reduction
     search = Search(model, graph, candidates, target, example_inputs, min_channels, round_to)
     values, choose, extra = STRATEGIES[method](
-        search, loader=loader, max_batches=max_batches, rate_grid=rate_grid
+        search, loader=loader, max_batches=config.max_batches, rate_grid=rate_grid
     )
     index = _smallest_passing(
         values, lambda c: _measure(model, graph, choose(c), target, example_inputs) <= budget
@@ -354,36 +374,23 @@ def prune_to_target(
     plan = ChannelPlan(graph=graph, pruned_units=pruned, group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)
     after = TARGETS[target](small, example_inputs)
-    summary = pruning_summary(
-        model, small, plan, example_inputs, method=f"auto_{method}", importance=importance
-    )
-    keep = plan.keep_indices()
-    rates = []
-    for gid in candidates:
-        group = graph.groups[gid]
-        kept = len(keep[group.producers[0]]["out"]) if group.producers else 0
-        total = len(graph.layers[group.producers[0]].out_labels) if group.producers else 0
-        rates.append(
-            {"layers": group.producers, "channels": total, "kept": kept, "rate": 1 - kept / max(total, 1)}
-        )
+    summary = pruning_summary(model, small, plan, example_inputs, method=f"auto_{method}", importance=importance)  # fmt: skip
     summary.update(
-        target=target,
-        requested_reduction=reduction,
-        achieved_reduction=before / max(after, 1),
-        target_before=before,
-        target_after=after,
-        rates=rates,
+        target=target, requested_reduction=reduction, achieved_reduction=before / max(after, 1),
+        target_before=before, target_after=after, rates=group_rates(graph, list(candidates), plan),
         strategy=method,
         # what the search moved: units removed (global), the shared ratio (uniform), steps (sensitivity)
         search_value=values[index],
         **extra,
-    )
+    )  # fmt: skip
     return small, summary
 
 
 @register_method("prune", "auto", config=AutoPruneConfig)
 def auto(model: nn.Module, config: AutoPruneConfig, data: MethodData) -> Result:
-    """Choose per-layer rates automatically to reach a MAC or parameter reduction."""
+    """Choose per-layer rates automatically to reach a MAC, parameter, latency or file-size reduction."""
     loader = data.val_loader if config.strategy == "sensitivity" else data.train_loader
-    small, summary = prune_to_target(model, data.example_inputs, loader=loader, seed=data.seed, config=config)
+    small, summary = prune_to_target(
+        model, data.example_inputs, loader=loader, seed=data.seed, out_dir=data.out_dir, config=config
+    )
     return recover(small, model, summary, config, data)

@@ -1,0 +1,399 @@
+"""Choose per-group widths so the deployed model meets a measured latency or file-size target.
+
+Under ``prune_to_target(target="latency" | "bytes")``:
+
+1. every candidate group gets the widths ``config.widths`` (fractions kept, rounded as ``round_to``),
+   pruning its lowest-importance channels; the :func:`~netcompress.pruning.latency_table.cost_table`
+   of measured costs is read from the cache or measured once;
+2. an accuracy proxy per group and width: ``strategy="sensitivity"`` measures the accuracy drop of
+   pruning the group alone on ``max_batches`` validation batches; otherwise the importance lost (the
+   pruned units' score over their group's mean score, as a share of all candidate units);
+3. :func:`greedy_widths` repeatedly takes the move (one group to a narrower width) that loses the
+   least proxy per unit of cost saved, until the table predicts the target; then
+   :func:`give_back` widens groups again where the prediction still fits;
+4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
+   table's savings are rescaled by what the measurement found (measured / predicted saving, all groups
+   alike) and the search keeps pruning; if it overshot by more than ``tolerance``, the same rescaling
+   widens groups again; at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
+   proxy is returned; a target that cannot be met returns the fastest model measured with ``met: false``
+   and the reason.
+
+The summary lists every candidate measured (predicted and measured cost, proxy), the speed-up (or
+size) of the result in each deployed form, and, with ``out_dir``, a plot of cost vs proxy.
+
+Example:
+    >>> small, summary = prune_to_target(model, x, target="latency", reduction=2.5, runtime="onnxruntime",
+    ...                                  batch_size=64)
+    >>> summary["met"], summary["achieved_reduction"], summary["speedup_by_form"]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import ConfigError, NetcompressError
+from netcompress.evaluation.metrics import top1_accuracy
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, keep_count, select_local
+from netcompress.pruning.channel_report import pruning_summary
+from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.latency_table import (
+    RUNTIMES,
+    SHIP_FORMS,
+    CostTable,
+    MeasureSpec,
+    cost_table,
+    measure,
+)
+from netcompress.pruning.surgery import shrink_model_
+
+
+def group_rates(graph: ChannelGraph, group_ids: Sequence[int], plan: ChannelPlan) -> list[dict[str, Any]]:
+    """Per candidate group: its producers, channels before, kept, and the share removed."""
+    keep = plan.keep_indices()
+    rates = []
+    for gid in group_ids:
+        group = graph.groups[gid]
+        kept = len(keep[group.producers[0]]["out"]) if group.producers else 0
+        total = len(graph.layers[group.producers[0]].out_labels) if group.producers else 0
+        rates.append(
+            {"layers": group.producers, "channels": total, "kept": kept, "rate": 1 - kept / max(total, 1)}
+        )
+    return rates
+
+
+@dataclasses.dataclass
+class Variants:
+    """Per candidate group (by label): the units pruned at each width index, and the channels kept."""
+
+    model: nn.Module
+    graph: ChannelGraph
+    labels: dict[str, int]  # label -> group id
+    pruned: dict[str, list[set[int]]]
+    kept: dict[str, list[int]]
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, graph: ChannelGraph, scores: Mapping[int, torch.Tensor], widths: Sequence[float],
+        *, round_to: int | str, min_channels: int,
+    ) -> Variants:  # fmt: skip
+        labels, pruned, kept = {}, {}, {}
+        for gid, values in scores.items():
+            group = graph.groups[gid]
+            label = "+".join(group.producers) or f"group{gid}"
+            labels[label] = gid
+            counts = [
+                keep_count(group.num_units, 1.0 - w, round_to=round_to, min_channels=min_channels)
+                for w in widths
+            ]
+            kept[label] = counts
+            pruned[label] = [select_local(values, k, group.unit_ids) for k in counts]
+        return cls(model, graph, labels, pruned, kept)
+
+    def units(self, state: Mapping[str, int]) -> set[int]:
+        return set().union(*(self.pruned[label][index] for label, index in state.items()))
+
+    def variant(self, label: str, index: int) -> nn.Module:
+        """The model with group ``label`` alone at width index ``index``."""
+        return self.build({label: index})
+
+    def build(self, state: Mapping[str, int]) -> nn.Module:
+        return shrink_model_(
+            copy.deepcopy(self.model), self.graph, self.graph.keep_indices(self.units(state))
+        )
+
+
+def interaction_terms(
+    variants: Variants, table: CostTable, layer_weights: Mapping[str, float]
+) -> list[tuple[str, str, float]]:
+    """``(in_label, out_label, cost)`` of every layer whose input and output channels are two candidate groups.
+
+    A layer's cost is estimated from the measured saving of each of its two groups at their narrowest
+    width, per share of channels removed, split among the layers touching that group by
+    ``layer_weights`` (MACs for latency, parameters for bytes); the two estimates are averaged.
+    """
+    graph = variants.graph
+    group_of = {graph.uf.find(u): g.id for g in graph.groups for u in g.unit_ids}
+    label_of = {gid: label for label, gid in variants.labels.items()}
+    ends: dict[str, tuple[int | None, int | None]] = {}
+    for name, layer in graph.layers.items():
+        if layer.kind in ("conv", "linear", "custom") and layer.in_labels and layer.out_labels:
+            ends[name] = (
+                group_of.get(graph.uf.find(layer.in_labels[0])),
+                group_of.get(graph.uf.find(layer.out_labels[0])),
+            )
+    per_share = {}
+    for label, gid in variants.labels.items():
+        last = len(table.widths) - 1
+        removed = table.removed(label, last)
+        touching = sum(layer_weights.get(n, 0.0) for n, io in ends.items() if gid in io)
+        if removed > 0 and touching > 0:
+            per_share[gid] = max(table.saving(label, last), 0.0) / removed / touching
+    pairs = []
+    for name, (gin, gout) in ends.items():
+        if gin in per_share and gout in per_share and gin != gout:
+            cost = layer_weights.get(name, 0.0) * (per_share[gin] + per_share[gout]) / 2
+            if cost > 0:
+                pairs.append((label_of[gin], label_of[gout], cost))
+    return pairs
+
+
+def smooth_savings(variants: Variants, table: CostTable, layer_weights: Mapping[str, float]) -> int:
+    """Make every group's saving non-decreasing as it narrows; an entry timed slower than the unpruned model
+    (below the noise: a ResNet-20 stage group alone on a loaded machine) gets a prior instead, the group's
+    MACs (bytes: parameters) removed times the table's median measured ms per MAC. Returns how many entries
+    took the prior; changes ``table.costs`` in memory only (the cache keeps the timings)."""
+    graph = variants.graph
+    group_of = {graph.uf.find(u): g.id for g in graph.groups for u in g.unit_ids}
+    touching: dict[int, float] = {}
+    for name, layer in graph.layers.items():
+        ids = {group_of.get(graph.uf.find(lb[0])) for lb in (layer.in_labels, layer.out_labels) if lb}
+        for gid in ids - {None}:
+            touching[gid] = touching.get(gid, 0.0) + layer_weights.get(name, 0.0)
+    weight = {label: touching.get(gid, 0.0) for label, gid in variants.labels.items()}
+    rates = [table.saving(g, i) / (weight[g] * table.removed(g, i))
+             for g in table.costs for i in range(1, len(table.widths))
+             if table.saving(g, i) > 0 and weight[g] > 0 and table.removed(g, i) > 0]  # fmt: skip
+    per_unit = statistics.median(rates) if rates else 0.0
+    priors = 0
+    for label, costs in table.costs.items():
+        best = 0.0
+        for i in range(1, len(costs)):
+            saving = table.base - costs[i]
+            if saving < 0 and table.removed(label, i) > 0:
+                saving, priors = per_unit * weight[label] * table.removed(label, i), priors + 1
+            best = max(best, saving)
+            costs[i] = table.base - best
+    return priors
+
+
+def _layer_weights(model: nn.Module, example_inputs: Any, target: str) -> dict[str, float]:
+    if target == "latency":
+        from netcompress.evaluation.macs import count_macs
+
+        return {k: float(v) for k, v in count_macs(model, example_inputs)[1].items()}
+    return {n: float(sum(p.numel() for p in m.parameters(recurse=False))) for n, m in model.named_modules()}
+
+
+def importance_proxy(variants: Variants, scores: Mapping[int, torch.Tensor]) -> dict[str, list[float]]:
+    """Share of all candidate units' importance lost at each width (scores over their group's mean)."""
+    total = sum(len(v) for v in scores.values())
+    proxy = {}
+    for label, gid in variants.labels.items():
+        values = scores[gid]
+        mean = float(values.mean())
+        norm = sorted((values / mean).tolist()) if mean > 0 else [1.0] * len(values)
+        proxy[label] = [sum(norm[: len(values) - k]) / total for k in variants.kept[label]]
+    return proxy
+
+
+def sensitivity_proxy(
+    variants: Variants, loader: Any, max_batches: int
+) -> tuple[dict[str, list[float]], float]:
+    """Accuracy drop (running max over narrower widths) of each group pruned alone; and the base accuracy."""
+    base = top1_accuracy(variants.model, loader, max_batches=max_batches)
+    if base is None:
+        raise ConfigError("strategy='sensitivity': the loader yielded no batches")
+    proxy = {}
+    for label, counts in variants.kept.items():
+        drops, worst = [], 0.0
+        for index in range(len(counts)):
+            if index:
+                accuracy = top1_accuracy(variants.variant(label, index), loader, max_batches=max_batches)
+                worst = max(worst, base - float(accuracy or 0.0))
+            drops.append(worst)
+        proxy[label] = drops
+    return proxy, base
+
+
+def greedy_widths(
+    state: dict[str, int], table: CostTable, proxy: Mapping[str, Sequence[float]], budget: float
+) -> list[dict[str, Any]]:
+    """Narrow groups (in place in ``state``) until ``table.predict(state) <= budget``; returns the moves.
+
+    Each move takes one group to any narrower width; the one losing the least proxy per unit of cost
+    saved wins (ties: the smaller saving, which stops closer to the budget, then the earlier group).
+    Moves that save nothing are never taken.
+    """
+    order = {label: k for k, label in enumerate(state)}
+    moves = []
+    while (now := table.predict(state)) > budget:
+        best = None
+        for label, index in state.items():
+            for j in range(index + 1, len(table.widths)):
+                saved = now - table.predict({**state, label: j})
+                if saved <= 0:
+                    continue
+                rank = ((proxy[label][j] - proxy[label][index]) / saved, saved, order[label])
+                if best is None or rank < best[0]:
+                    best = (rank, label, j)
+        if best is None:
+            break  # every group is as narrow as the widths allow, or narrowing saves nothing
+        _, label, j = best
+        state[label] = j
+        moves.append({"group": label, "width": table.widths[j], "predicted": table.predict(state),
+                      "proxy_lost": sum(proxy[g][i] for g, i in state.items())})  # fmt: skip
+    return moves
+
+
+def give_back(
+    state: dict[str, int], table: CostTable, proxy: Mapping[str, Sequence[float]], budget: float
+) -> None:
+    """Widen groups again (in place) while the prediction still fits ``budget``, largest proxy gain first."""
+    while True:
+        options = []
+        for label, index in state.items():
+            for j in range(index):
+                gain = proxy[label][index] - proxy[label][j]
+                if gain > 0 and table.predict({**state, label: j}) <= budget:
+                    options.append((-gain, j, label))
+        if not options:
+            return
+        _, j, label = min(options)
+        state[label] = j
+
+
+def _plot(out_dir: Any, summary: dict[str, Any], table_points: list[dict[str, Any]]) -> str:
+    from netcompress.reporting.latency_plots import plot_cost_candidates
+
+    path = Path(out_dir) / f"{summary['target']}_candidates.png"
+    return str(plot_cost_candidates(summary, table_points, path))
+
+
+def _forms(
+    model: nn.Module, small: nn.Module, x: Any, spec: MeasureSpec, last: dict[str, float]
+) -> dict[str, Any]:
+    """The result against the unpruned model in every deployed form (the asked one reuses its measurement);
+    a form the model cannot be put in reports its error instead."""
+    out = {}
+    kinds = RUNTIMES if spec.target == "latency" else SHIP_FORMS
+    for kind in kinds:
+        form = dataclasses.replace(
+            spec, **({"runtime": kind} if spec.target == "latency" else {"ship_form": kind})
+        )
+        asked = kind == (spec.runtime if spec.target == "latency" else spec.ship_form)
+        try:
+            values = last if asked else measure({"unpruned": model, "candidate": small}, x, form)
+        except (
+            NetcompressError
+        ) as exc:  # another form this model cannot take (an untraceable fold, tuple inputs)
+            out[kind] = {"error": str(exc)}
+            continue
+        out[kind] = {f"unpruned_{spec.unit}": values["unpruned"], f"pruned_{spec.unit}": values["candidate"],
+                     "reduction": values["unpruned"] / max(values["candidate"], 1e-12)}  # fmt: skip
+    return out
+
+
+def search_measured_target(
+    model: nn.Module, example_inputs: Any, graph: ChannelGraph, scores: Mapping[int, torch.Tensor], config: Any,
+    *, loader: Any = None, out_dir: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """The search under ``prune_to_target(target="latency" | "bytes")``; ``config`` is an ``AutoPruneConfig``."""
+    spec = MeasureSpec(target=config.target, runtime=config.runtime, batch_size=config.batch_size,
+                       threads=config.threads, rounds=config.timing_rounds, ship_form=config.ship_form)  # fmt: skip
+    variants = Variants.of(model, graph, scores, config.widths, round_to=config.round_to,
+                           min_channels=config.min_channels)  # fmt: skip
+    table = cost_table(model, example_inputs, variants.variant, spec, kept=variants.kept, widths=config.widths,
+                       cache_dir=config.cache_dir)  # fmt: skip
+    weights = _layer_weights(model, example_inputs, spec.target)
+    priors = smooth_savings(variants, table, weights)
+    table.pairs = interaction_terms(variants, table, weights)
+    base_accuracy = None
+    if config.strategy == "sensitivity":
+        if loader is None:
+            raise ConfigError(
+                "strategy='sensitivity' needs loader= (validation batches) for the accuracy proxy"
+            )
+        proxy, base_accuracy = sensitivity_proxy(variants, loader, config.max_batches)
+    else:
+        proxy = importance_proxy(variants, scores)
+    slack = 1.0 + config.tolerance if spec.target == "latency" else 1.0
+    state = dict.fromkeys(variants.kept, 0)
+    budget = table.base / config.reduction
+    trajectory: list[dict[str, Any]] = [
+        {"group": None, "width": 1.0, "predicted": table.base, "proxy_lost": 0.0}
+    ]
+    rows: list[dict[str, Any]] = []
+    results: list[tuple[dict[str, float], dict[str, int]]] = []
+    reason = None
+    for round_index in range(1, config.max_rounds + 1):
+        trajectory += greedy_widths(state, table, proxy, budget)
+        exhausted = table.predict(state) > budget
+        give_back(state, table, proxy, budget)
+        small = variants.build(state)
+        values = measure({"unpruned": model, "candidate": small}, example_inputs, spec)
+        achieved = values["unpruned"] / max(values["candidate"], 1e-12)
+        row = {"round": round_index, "predicted": table.predict(state), "measured": values["candidate"],
+               "unpruned": values["unpruned"], "reduction": achieved, "scale": table.scale,
+               "proxy_lost": sum(proxy[g][i] for g, i in state.items()),
+               "widths": {g: table.widths[i] for g, i in state.items() if i}}  # fmt: skip
+        if base_accuracy is not None:
+            row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
+        row["met"] = achieved * slack >= config.reduction
+        # faster (smaller) than asked by more than the tolerance: accuracy given away for nothing
+        row["overshoot"] = achieved > config.reduction * (1.0 + config.tolerance)
+        rows.append(row)
+        results.append((values, dict(state)))
+        if row["met"] and not row["overshoot"]:
+            break
+        if exhausted and not row["met"]:
+            reason = (f"cannot reach {config.reduction}x lower {spec.target}: every candidate group is at its "
+                      f"narrowest useful width (widths down to {min(config.widths)}, min_channels="
+                      f"{config.min_channels}); the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
+            break
+        # the table's savings were worth measured / predicted: rescale them (all groups alike) and go on,
+        # pruning more after a miss, widening again after an overshoot
+        predicted_saving = (table.base - table.predict(state)) / table.scale
+        measured_saving = table.base * (1.0 - 1.0 / achieved)
+        scale = min(max(measured_saving / predicted_saving, 0.02), 50.0) if predicted_saving > 0 else 0.5
+        table.scale = scale if row["met"] else min(scale, 0.999 * table.scale)
+        if row["met"]:
+            trial = dict(state)
+            give_back(trial, table, proxy, budget)
+            if trial == state:
+                break
+    else:
+        reason = (f"{config.reduction}x lower {spec.target} not confirmed within max_rounds={config.max_rounds}; "
+                  f"the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
+    # of the models that met the target, the one that lost the least proxy; else the fastest measured
+    met = [k for k, r in enumerate(rows) if r["met"]]
+    pick = (min(met, key=lambda k: (rows[k]["proxy_lost"], -k)) if met
+            else max(range(len(rows)), key=lambda k: rows[k]["reduction"]))  # fmt: skip
+    values, state = results[pick]
+    plan = ChannelPlan(graph=graph, pruned_units=variants.units(state), group_ratios={})
+    small = apply_channel_plan(model, plan, example_inputs)
+    summary = pruning_summary(model, small, plan, example_inputs, method=f"auto_{spec.target}",
+                              importance=config.importance)  # fmt: skip
+    table_points = [
+        {"group": label, "width": table.widths[i], "kept": table.kept[label][i], "cost": table.costs[label][i],
+         "proxy_lost": proxy[label][i]}
+        for label in table.costs for i in range(1, len(table.widths))
+    ]  # fmt: skip
+    summary.update(
+        target=spec.target, unit=spec.unit, requested_reduction=config.reduction,
+        achieved_reduction=rows[pick]["reduction"], target_before=values["unpruned"],
+        target_after=values["candidate"], met=bool(rows[pick]["met"]), reason=None if rows[pick]["met"] else reason,
+        strategy=config.strategy, proxy="sensitivity" if base_accuracy is not None else "importance",
+        baseline_accuracy=base_accuracy, rates=group_rates(graph, list(variants.labels.values()), plan),
+        candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory,
+        cost_table={"path": table.path, "cached": table.cached, "measured_s": table.measured_s,
+                    "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs,
+                    "prior_entries": priors},
+        measure={"runtime": spec.runtime, "batch_size": spec.batch_size, "threads": spec.threads,
+                 "ship_form": spec.ship_form, "rounds": spec.rounds},
+    )  # fmt: skip
+    summary["by_form"] = _forms(model, small, example_inputs, spec, values)
+    if spec.target == "latency":
+        summary["speedup_by_form"] = {
+            k: v["reduction"] for k, v in summary["by_form"].items() if "reduction" in v
+        }
+    if out_dir is not None:
+        summary["plot"] = _plot(out_dir, summary, table_points)
+    return small, summary
