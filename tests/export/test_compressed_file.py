@@ -159,3 +159,28 @@ def test_damaged_files_are_clear_errors_naming_the_file(tmp_path, damage, messag
     assert str(bad) in str(err.value)
     with pytest.raises(CheckpointError, match="not found"):
         load_compressed(tmp_path / "missing.ncz")
+
+
+def test_a_recipe_export_section_writes_the_compressed_file(tmp_path):
+    from netcompress.recipes import run_recipe
+
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"name": "mlp", "in_features": 16, "hidden": [32], "num_classes": 3},
+        "data": {"name": "synthetic", "num_samples": 60, "input_shape": [16], "num_classes": 3, "batch_size": 16},
+        "steps": [
+            {"op": "prune", "method": "l1_unstructured", "amount": 0.8},
+            {"op": "cluster", "method": "kmeans", "clusters": 4, "save": False},
+        ],
+        "evaluate": {"latency": False},
+        "report": {"plots": False},
+        "export": {"compressed": True},
+    }
+    run_recipe(recipe, out_dir=tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "export" / "model.dc"
+    model = load_compressed(path)
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(weights) == 2 and all(w.unique().numel() <= 4 for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.8, abs=0.01)  # pruned positions stayed zero through clustering
