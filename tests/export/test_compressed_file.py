@@ -168,7 +168,13 @@ def test_a_recipe_export_section_writes_the_compressed_file(tmp_path):
         "name": "tiny",
         "seed": 0,
         "model": {"name": "mlp", "in_features": 16, "hidden": [32], "num_classes": 3},
-        "data": {"name": "synthetic", "num_samples": 60, "input_shape": [16], "num_classes": 3, "batch_size": 16},
+        "data": {
+            "name": "synthetic",
+            "num_samples": 60,
+            "input_shape": [16],
+            "num_classes": 3,
+            "batch_size": 16,
+        },
         "steps": [
             {"op": "prune", "method": "l1_unstructured", "amount": 0.8},
             {"op": "cluster", "method": "kmeans", "clusters": 4, "save": False},
