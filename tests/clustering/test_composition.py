@@ -165,3 +165,17 @@ def test_cluster_loss_regulariser_runs_before_clustering_and_pulls_weights_to_ce
         nc.core.errors.ConfigError if hasattr(nc, "core") else Exception, match="train_loader"
     ):
         apply(_bn_net(), ClusterConfig(cluster_loss=1.0), MethodData())
+
+
+def test_prepare_qat_on_a_model_clustered_before_folding_keeps_k_values_per_layer():
+    # the defect: prepare_qat folded BN into clustered weights and the hook snapped them onto the old
+    # codebook (0.19 off); without the hook 8 values became 432 / 4,606 / 320 per layer
+    model = _bn_net()
+    nc.cluster_weights_(model, clusters=K, exclude=["8"])
+    qmodel = nc.prepare_qat(model, bits=8, act_bits=None, calib_loader=[(X, None)])
+    assert qmodel.qat_info["fold_bn"]["reclustered"] == ["0", "3"]
+    dist = _quantized_distinct(qmodel)
+    assert dist["0"] <= K and dist["3"] <= K
+    folded_float = fold_bn(copy.deepcopy(model))  # the re-clustered float model QAT starts from
+    with torch.no_grad():
+        assert float((qmodel.eval()(X) - folded_float(X)).abs().max()) < 0.02
