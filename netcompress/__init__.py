@@ -47,6 +47,8 @@ _LAZY = {
     "export_onnx": ("netcompress.export", "export_onnx"),
     "save": ("netcompress.export.model_file", "save"),
     "load": ("netcompress.export.model_file", "load"),
+    "save_compressed": ("netcompress.export.compressed_file", "save_compressed"),
+    "load_compressed": ("netcompress.export.compressed_file", "load_compressed"),
     "apply": ("netcompress.core.methods", "apply"),
     "distill": ("netcompress.distillation", "distill"),
     "distill_": ("netcompress.distillation", "distill_"),

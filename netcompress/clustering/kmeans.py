@@ -40,6 +40,16 @@ def _kmeanspp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tenso
     return torch.tensor(sorted(centroids), dtype=x.dtype)
 
 
+@KMEANS_INITS.register("density")
+def _density_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Evenly spaced quantiles of the values (Deep Compression's density-based initialisation):
+    more centroids where weights are dense. ``x`` arrives sorted."""
+    if k == 1:
+        return x[x.numel() // 2 : x.numel() // 2 + 1].clone()
+    positions = torch.linspace(0, x.numel() - 1, k).round().long()
+    return x[positions].unique()
+
+
 def nearest_centroid(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of ``sorted_centroids`` (ascending) for every value.
 

@@ -43,20 +43,88 @@ class ClusterConfig(Config):
     init: str = "linear"
     seed: int = 0
     save: bool = True
+    preserve_zeros: bool = True
+    fold_bn: bool = False
+    cluster_loss: float = 0.0
+    cluster_loss_epochs: int = 1
+    lr: float = 0.01
 
     def __post_init__(self) -> None:
         check_range("clusters", self.clusters, 1)
         check_choice("init", self.init, KMEANS_INITS.names())
+        check_range("cluster_loss", self.cluster_loss, 0.0)
+        check_range("cluster_loss_epochs", self.cluster_loss_epochs, 1)
+
+
+def fold_bn_(model: nn.Module) -> list[list[str]]:
+    """Fold every ``Conv/Linear -> BatchNorm`` pair of ``model`` IN PLACE (the BN becomes ``Identity``);
+    return the folded pairs. Clustering after this keeps its sharing through PTQ/QAT, which fold BN.
+
+    Example:
+        >>> fold_bn_(model.eval())
+        [['features.0', 'features.1'], ...]
+    """
+    from netcompress.core.selection import set_submodule
+    from netcompress.quantization.bn_folding import fold_bn_into
+
+    pairs = _bn_pairs(model)
+    for layer_name, bn_name in pairs:
+        fold_bn_into(model.get_submodule(layer_name), model.get_submodule(bn_name))
+        set_submodule(model, bn_name, nn.Identity())
+    return pairs
+
+
+def _bn_pairs(model: nn.Module) -> list[list[str]]:
+    from netcompress.quantization.bn_folding import fold_bn_and_report
+
+    return fold_bn_and_report(model)[1]["folded"]
+
+
+def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: MethodData) -> dict[str, Any]:
+    """Train with the cluster loss (``sum_w min_c (w - c)^2``) so weights gather before snapping."""
+    from netcompress.clustering.regularizer import ClusterLoss
+    from netcompress.training import TrainConfig, fit
+
+    hook = ClusterLoss(
+        config.cluster_loss,
+        clusters=config.clusters,
+        include=config.include,
+        exclude=config.exclude,
+        init=config.init,
+        seed=config.seed,
+    )
+    train = TrainConfig(epochs=config.cluster_loss_epochs, lr=config.lr, seed=config.seed)
+    history = fit(model, data.train_loader, val_loader=data.val_loader, config=train, hooks=[hook])
+    return {
+        "cluster_loss_epochs": config.cluster_loss_epochs,
+        "final_cluster_loss": float(hook.last_penalty),
+        "rows": list(getattr(history, "rows", [])),
+    }
 
 
 @register_method("cluster", "kmeans", config=ClusterConfig)
 def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
     """Per-layer k-means weight sharing (codebook + indices), kept through fine-tuning; in place."""
+    folded = fold_bn_(model) if config.fold_bn else []
     chosen = select_modules(model, include=config.include, exclude=config.exclude)
     if not chosen:
         raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
+    pretraining: dict[str, Any] = {}
+    if config.cluster_loss > 0:
+        if data.train_loader is None:
+            raise ConfigError("cluster_weights: cluster_loss > 0 trains first and needs a train_loader")
+        pretraining = _cluster_loss_training(model, config, data)
     layers = [
-        {"name": name, **cluster_module(m, clusters=config.clusters, init=config.init, seed=config.seed)}
+        {
+            "name": name,
+            **cluster_module(
+                m,
+                clusters=config.clusters,
+                init=config.init,
+                seed=config.seed,
+                preserve_zeros=config.preserve_zeros,
+            ),
+        }
         for name, m in chosen.items()
     ]
     dense = sum(r["dense_bits"] for r in layers)
@@ -70,19 +138,25 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
         "dense_weight_bytes": dense // 8,
         "clustered_weight_bytes": ceil(packed / 8),
         "compression_ratio": dense / packed,
+        "bn_folded": folded,
     }
+    history = pretraining.pop("rows", [])
+    summary.update(pretraining)
     if config.save and data.out_dir is not None:
         saved = save_clustered(model, data.out_dir / "clustered.pt")
         summary["file"] = saved["path"]
         summary["size_bytes"] = saved["size_bytes"]
-    return Result(model=model, summary=summary)
+    return Result(model=model, summary=summary, history=history)
 
 
 def cluster_weights_(model: nn.Module, config: ClusterConfig | None = None, **fields: Any) -> dict[str, Any]:
     """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
 
     ``fields`` are :class:`ClusterConfig` fields (``clusters``, ``include``, ``exclude``,
-    ``init``, ``seed``); they override ``config``. Per layer, 1-D k-means (``init``: "linear"
+    ``init``: linear / kmeans++ / density, ``seed``, ``preserve_zeros``: zero is its own centroid so
+    pruned weights stay zero, ``fold_bn``: fold BatchNorm into the layers first so PTQ/QAT keep the
+    sharing, ``cluster_loss`` > 0: first train ``cluster_loss_epochs`` with that regulariser weight);
+    they override ``config``. Per layer, 1-D k-means (``init``: "linear"
     between min and max, or "kmeans++") finds ``clusters`` centroids; every weight becomes its
     centroid, and ``weight_codebook`` / ``weight_indices`` buffers plus a ``ClusterSharing``
     pre-hook keep it that way through fine-tuning. Biases are left alone. Clustering a clustered

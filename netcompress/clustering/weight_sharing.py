@@ -23,6 +23,7 @@ from netcompress.clustering.kmeans import kmeans_1d
 
 CODEBOOK = "weight_codebook"
 INDICES = "weight_indices"
+KEEP_ZERO = "cluster_keep_zero"  # module attribute: the codebook's 0.0 entry stays 0 (pruned weights)
 
 
 def index_bits(clusters: int) -> int:
@@ -48,7 +49,12 @@ def snap_module(module: nn.Module) -> None:
         sums = torch.zeros(codebook.numel(), dtype=torch.float64, device=flat.device).index_add_(0, idx, flat)
         counts = torch.bincount(idx, minlength=codebook.numel())
         means = (sums / counts.clamp_min(1)).to(codebook.dtype)
-        codebook.copy_(torch.where(counts > 0, means, codebook))
+        pinned = (
+            (codebook == 0)
+            if getattr(module, KEEP_ZERO, False)
+            else torch.zeros_like(counts, dtype=torch.bool)
+        )
+        codebook.copy_(torch.where((counts > 0) & ~pinned, means, codebook))
         weight.copy_(codebook[idx].view_as(weight))
 
 
@@ -90,10 +96,31 @@ def clustered_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def _kmeans_keeping_zero(
+    weight: torch.Tensor, *, clusters: int, init: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on the non-zero weights with ``clusters - 1`` centroids, plus 0.0 for the zeros."""
+    flat = weight.detach().flatten()
+    nonzero = flat != 0
+    if bool(nonzero.all()) or clusters < 2 or not bool(nonzero.any()):
+        return kmeans_1d(weight, clusters=clusters, init=init, seed=seed)
+    others, other_idx = kmeans_1d(flat[nonzero], clusters=clusters - 1, init=init, seed=seed)
+    codebook, order = torch.cat([others.new_zeros(1), others]).sort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    idx = torch.full_like(flat, int(rank[0]), dtype=torch.int64)
+    idx[nonzero] = rank[other_idx + 1]
+    return codebook, idx
+
+
 def cluster_module(
-    module: nn.Module, *, clusters: int, init: str = "linear", seed: int = 0
+    module: nn.Module, *, clusters: int, init: str = "linear", seed: int = 0, preserve_zeros: bool = True
 ) -> dict[str, Any]:
     """Cluster one layer's weight IN PLACE (see ``cluster_weights_``); return its summary row.
+
+    With ``preserve_zeros`` (and a weight holding zeros, e.g. a pruned one) 0.0 is a centroid of its
+    own that fine-tuning never moves, and the other ``clusters - 1`` are fitted to the non-zero
+    weights: pruned positions stay exactly zero.
 
     Example:
         >>> cluster_module(nn.Linear(64, 32), clusters=16)["clusters"]
@@ -102,7 +129,11 @@ def cluster_module(
     weight = module.weight
     for key in _sharing_keys(module):
         del module._forward_pre_hooks[key]
-    codebook, idx = kmeans_1d(weight, clusters=clusters, init=init, seed=seed)
+    if preserve_zeros:
+        codebook, idx = _kmeans_keeping_zero(weight, clusters=clusters, init=init, seed=seed)
+    else:
+        codebook, idx = kmeans_1d(weight, clusters=clusters, init=init, seed=seed)
+    setattr(module, KEEP_ZERO, bool(preserve_zeros and (codebook == 0).any()))
     with torch.no_grad():
         before = weight.detach().clone()
         weight.copy_(codebook[idx].view_as(weight))
@@ -148,6 +179,7 @@ def strip_clustering(model: nn.Module) -> int:
         for key in _sharing_keys(module):
             del module._forward_pre_hooks[key]
         del module._buffers[CODEBOOK], module._buffers[INDICES]
+        module.__dict__.pop(KEEP_ZERO, None)
         count += 1
     return count
 
@@ -175,6 +207,8 @@ class ClusterPreserving:
                     0, idx, grad.flatten().double()
                 )
                 means = sums / torch.bincount(idx, minlength=k).clamp_min(1)
+                if getattr(module, KEEP_ZERO, False):  # the zero centroid (pruned weights) stays zero
+                    means = torch.where(getattr(module, CODEBOOK) == 0, torch.zeros_like(means), means)
                 grad.copy_(means[idx].view_as(grad).to(grad.dtype))
 
     def after_step(self, model: nn.Module) -> None:

@@ -92,12 +92,26 @@ def _fold_checked(layer: nn.Module, bn: nn.Module) -> str | None:
     return reason
 
 
+def _recluster(layer: nn.Module) -> bool:
+    """A clustered layer's folded weights (scaled per channel) are clustered again with the same k,
+    so the sharing survives; its old codebook no longer fits them. Fold BN before clustering
+    (``cluster_weights_(model, fold_bn=True)``) to keep the function exactly."""
+    from netcompress.clustering.weight_sharing import CODEBOOK, KEEP_ZERO, cluster_module
+
+    codebook = getattr(layer, CODEBOOK, None)
+    if codebook is None:
+        return False
+    cluster_module(layer, clusters=codebook.numel(), preserve_zeros=getattr(layer, KEEP_ZERO, False))
+    return True
+
+
 def fold_bn_and_report(
     model: nn.Module, *, example_inputs: Any = None
 ) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(graph_module, summary)``.
 
-    A pair folds only when the BN is the conv's sole user and the conv module is called once.
+    A pair folds only when the BN is the conv's sole user and the conv module is called once. A
+    clustered layer folded into is re-clustered with its k (summary ``reclustered``).
     Folding uses running statistics, i.e. eval-mode behaviour; the result is put in eval mode.
     ``example_inputs`` lets models with shape checks trace (see :func:`trace_for_quantization`).
 
@@ -112,6 +126,7 @@ def fold_bn_and_report(
             calls[node.target] = calls.get(node.target, 0) + 1
     folded: list[list[str]] = []
     not_folded: list[list[str]] = []
+    reclustered: list[str] = []
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or len(node.users) != 1:
             continue
@@ -125,6 +140,8 @@ def fold_bn_and_report(
         if reason is not None:
             not_folded.append([str(node.target), str(user.target), reason])
             continue
+        if _recluster(layer):
+            reclustered.append(str(node.target))
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
         gm.delete_submodule(user.target)
@@ -133,6 +150,8 @@ def fold_bn_and_report(
     gm.recompile()
     remaining = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     summary = {"folded": folded, "num_folded": len(folded), "bn_left": remaining, "not_folded": not_folded}
+    if reclustered:
+        summary["reclustered"] = reclustered
     return gm.eval(), summary
 
 

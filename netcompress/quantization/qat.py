@@ -107,7 +107,15 @@ def build_qat_model(
     from_ptq: nn.Module | None = None,
 ) -> nn.Module:
     """A new fake-quantized model in train mode for QAT, as ``config`` says (``model`` untouched)."""
+    from netcompress.clustering.grid import snap_codebooks_to_grid
+    from netcompress.clustering.weight_sharing import clustered_modules
+
     method = config.quantizer
+    # clustered layers: one weight scale per tensor, so k shared values stay k quantized values
+    layers = {
+        n: {"granularity": "per_tensor", **config.layers.get(n, {})} for n, _ in clustered_modules(model)
+    }
+    layers = {**config.layers, **layers}
     if from_ptq is not None:
         qmodel = copy.deepcopy(from_ptq)
         info: dict[str, Any] = {"from_ptq": True}
@@ -124,7 +132,7 @@ def build_qat_model(
         qmodel, info = prepare_quantized(
             model,
             plan_defaults=defaults,
-            layers=config.layers,
+            layers=layers,
             mode="static",
             method=method,
             fold_bn=config.fold_bn,
@@ -133,6 +141,7 @@ def build_qat_model(
     if calib_loader is not None and not config.freeze_scales:
         qmodel.eval()
         run_batches(qmodel, calib_loader, num_batches=config.num_calib_batches)
+    info["grid_clustered"] = snap_codebooks_to_grid(qmodel)
     qmodel.train()
     qmodel.qat_info = {**info, "method": method, "freeze_scales": config.freeze_scales}
     return qmodel
@@ -185,11 +194,13 @@ def qat_summary(model: nn.Module) -> dict[str, Any]:
 @register_method("quantize", "qat", config=QATConfig)
 def qat(model: nn.Module, config: QATConfig, data: MethodData) -> Result:
     """Quantization-aware training with netcompress.training.fit, then frozen scales."""
+    from netcompress.clustering.grid import GridClusterPreserving
     from netcompress.training import fit  # the training loop, loaded when the method runs
 
     qmodel = build_qat_model(model, config, calib_loader=data.calibration)
     train_config = config.train_config()
-    history = fit(qmodel, data.train_loader, val_loader=data.val_loader, config=train_config)
+    hooks = [GridClusterPreserving()] if qmodel.qat_info["grid_clustered"] else []
+    history = fit(qmodel, data.train_loader, val_loader=data.val_loader, config=train_config, hooks=hooks)
     freeze_quantizers_(qmodel).eval()
     rows = list(getattr(history, "rows", []))
     summary = qat_summary(qmodel)

@@ -30,6 +30,11 @@ def finish_run(
         from netcompress.pruning.sparse_storage import save_sparse
 
         exports["sparse"] = save_sparse(model, run_dir / "export" / "model.ncz")
+    if export_cfg.get("compressed"):
+        from netcompress.export.compressed_file import save_compressed
+
+        path = run_dir / "export" / "model.dc"
+        exports["compressed"] = save_compressed(model, path, example_inputs=example_inputs)
     if export_cfg.get("onnx"):
         from netcompress.export import export_onnx
 

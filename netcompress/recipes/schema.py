@@ -89,6 +89,7 @@ class ExportConfig(Config):
     onnx: bool = False
     int8: bool = False
     sparse: bool = False
+    compressed: bool = False  # the Deep-Compression file (nc.save_compressed): export/model.dc
 
 
 @dataclasses.dataclass

@@ -1,0 +1,86 @@
+"""Deep Compression on the CIFAR-10 CPU protocol: prune + cluster + one entropy-coded file.
+
+From the protocol baseline (``cifar_protocol.train_baseline``, cached): unstructured L1 pruning per
+layer (``--amount``), fine-tuning with the masks kept, sparsity-preserving k-means weight sharing
+(``--clusters``, zero its own centroid), cluster-preserving fine-tuning, then
+``nc.save_compressed``. Reports test accuracy after each stage, the file's bytes by part and the
+ratio against the float32 state dict, and checks that the file reloads to the same accuracy.
+
+    python benchmarks/deep_compression.py --quick          # smoke run, about a minute
+    python benchmarks/deep_compression.py                  # CPU protocol (15-epoch baseline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar_protocol as cp  # noqa: E402
+
+import netcompress as nc  # noqa: E402
+from netcompress.clustering import ClusterPreserving  # noqa: E402
+from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--model", default="narrow_vgg", choices=sorted(cp.PROTOCOL_MODELS))
+    parser.add_argument("--amount", type=float, default=0.9, help="fraction of weights pruned per layer")
+    parser.add_argument("--clusters", type=int, default=32, help="shared values per layer (zero included)")
+    parser.add_argument("--finetune-epochs", type=int, default=3, help="after pruning and after clustering")
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--out", default=None, help="where the .ncz file goes (default: a temp folder)")
+    args = parser.parse_args(argv)
+    protocol = cp.protocol_from_flags(quick=args.quick, full=args.full)
+    bundle = cp.load_data(protocol)
+    train_loader, test_loader = cp.loaders(bundle, protocol)
+    model, info = cp.train_baseline(args.model, protocol=protocol, bundle=bundle)
+    row: dict = {
+        "model": args.model,
+        "protocol": protocol.name,
+        "amount": args.amount,
+        "clusters": args.clusters,
+    }
+    row["acc_baseline"] = evaluate(model, test_loader)["accuracy"]
+    started = time.perf_counter()
+    tune = cp.train_config(protocol, epochs=args.finetune_epochs, lr=args.finetune_lr)
+    with torch_threads(protocol.train_threads):
+        nc.prune_unstructured_(model, amount=args.amount, scope="layer")
+        row["acc_pruned"] = evaluate(model, test_loader)["accuracy"]
+        nc.fit(model.train(), train_loader, config=tune)
+        row["acc_pruned_finetuned"] = evaluate(model.eval(), test_loader)["accuracy"]
+        nc.cluster_weights_(model, clusters=args.clusters, preserve_zeros=True)
+        row["acc_clustered"] = evaluate(model, test_loader)["accuracy"]
+        nc.fit(model.train(), train_loader, config=tune, hooks=[ClusterPreserving()])
+        row["acc_clustered_finetuned"] = evaluate(model.eval(), test_loader)["accuracy"]
+    row["compress_time_s"] = round(time.perf_counter() - started, 1)
+    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp())
+    folder.mkdir(parents=True, exist_ok=True)
+    dense = nc.save(model, folder / "dense.nc")[
+        "size_bytes"
+    ]  # nc.save: every tensor raw (masks, indices too)
+    summary = nc.save_compressed(model, folder / f"{args.model}.ncz", example_inputs=cp.example_input(bundle))
+    reloaded = nc.load_compressed(summary["path"])
+    row["acc_reloaded"] = evaluate(reloaded, test_loader)["accuracy"]
+    row.update(
+        file_bytes=summary["size_bytes"],
+        float32_bytes=summary["float32_bytes"],
+        ratio_vs_float32=round(summary["compression_ratio"], 1),
+        nc_save_bytes=dense,
+        parts=summary["parts"],
+        encodings=summary["encodings"],
+        baseline_cache_hit=info.get("cache_hit"),
+    )
+    print(json.dumps(row, indent=1))
+    return row
+
+
+if __name__ == "__main__":
+    main()

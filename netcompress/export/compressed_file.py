@@ -1,0 +1,305 @@
+"""``nc.save_compressed`` / ``nc.load_compressed``: a Deep-Compression file (Han et al., 2016).
+
+One file holds a pruned, clustered and/or quantized model, each tensor coded the smallest exact way
+(:mod:`netcompress.export.tensor_coding`): pruned positions as Huffman-coded relative gaps with
+filler entries, cluster indices Huffman-coded against their codebook, quantized weights as integer
+codes plus their layer's scales, everything else raw. Redundant tensors are not stored twice: a
+clustered weight is rebuilt as ``codebook[indices]``, a pruning mask as ``weight != 0`` (each only when
+that is exactly true when saving). The model's structure is the same pickle-free description
+``nc.save`` writes (:mod:`netcompress.export.object_codec`).
+
+Layout: ``magic | version | sizes | table (zlib JSON) | structure (zlib JSON) | body | BLAKE2b``; the
+digest covers every byte before it, so a changed, truncated or foreign file is a clear error.
+
+Example:
+    >>> summary = nc.save_compressed(model, "model.ncz", example_inputs=x)
+    >>> summary["compression_ratio"], summary["parts"]
+    >>> same = nc.load_compressed("model.ncz")   # in any process; outputs equal model's
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import CheckpointError, ConfigError
+from netcompress.core.io import atomic_write_bytes
+from netcompress.export.model_file import _decode, _user_modules
+from netcompress.export.object_codec import Encoder
+from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
+
+MAGIC = b"NCDCMP\r\n"
+VERSION = 1
+_FIXED = struct.Struct("<8sHQII")  # magic, version, body bytes, table bytes, structure bytes
+_DIGEST = 32
+_NOT_STATE = ("_mask", "weight_codebook", "weight_indices")  # bookkeeping, not part of a float model
+
+
+def save_compressed(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    example_inputs: Any = None,
+    allow_modules: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write ``model`` as one Deep-Compression file; return sizes by part and the compression ratio.
+
+    The summary's ``parts`` splits the bytes into ``header``, ``structure``, ``positions``,
+    ``indices``, ``codebooks`` (codebooks, fill values, Huffman tables) and ``dense`` (raw tensors);
+    ``compression_ratio`` is the float32 state dict's bytes (masks, codebooks and indices left out)
+    over the file's. Before writing, the bytes are decoded again and compared with ``model`` (every
+    tensor; with ``example_inputs`` also the outputs, which must be equal): anything that would not
+    come back is an error, never a file. Pruned and clustered weights come back bit for bit;
+    a frozen quantized layer's weight comes back as its dequantized integer codes, whose fake-quantized
+    value (what the layer computes with) is identical, so its outputs are too.
+
+    Example:
+        >>> nc.save_compressed(model, "vgg.ncz")["compression_ratio"]
+    """
+    encoder = Encoder()
+    root = encoder.encode(model, "model")
+    description = json.dumps({"root": root, "objects": encoder.objects}, separators=(",", ":"))
+    derived = _derived_entries(model, encoder)
+    writer = SegmentWriter()
+    table: dict[str, Any] = {}
+    for key, tensor in encoder.tensors.items():
+        if key in derived:
+            table[key] = derived[key]
+        else:
+            table[key] = encode_tensor(tensor, writer)
+    for entry in derived.values():
+        if entry["enc"] == "dequant":
+            entry["q"] = encode_tensor(entry.pop("codes"), writer)
+    data = _assemble(table, description, writer)
+    rebuilt = _rebuild(data, "the file being written", allow_modules + _user_modules(model))
+    requantized = {k for k, e in derived.items() if e["enc"] == "dequant"}
+    skip = {i for i, k in encoder._tensor_keys.items() if k in requantized}
+    _check_same(model, rebuilt, example_inputs, skip_ids=skip)
+    written = atomic_write_bytes(path, data)
+    parts = dict(writer.parts)
+    parts["structure"] = len(zlib.compress(description.encode("utf-8"), 9))
+    parts["header"] = len(data) - sum(parts.values())
+    baseline = float32_bytes(model)
+    return {
+        "path": str(written),
+        "size_bytes": len(data),
+        "parts": parts,
+        "float32_bytes": baseline,
+        "compression_ratio": baseline / len(data),
+        "tensors": len(table),
+        "encodings": _encoding_counts(table),
+    }
+
+
+def load_compressed(path: str | os.PathLike, *, allow_modules: tuple[str, ...] | list[str] = ()) -> nn.Module:
+    """Rebuild the model :func:`save_compressed` wrote, in eval mode, without pickle.
+
+    A missing, foreign, truncated or altered file, or one of another format version, is a
+    :class:`CheckpointError` naming the file and the problem.
+
+    Example:
+        >>> model = nc.load_compressed("vgg.ncz")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"compressed model not found: {path}")
+    return _rebuild(path.read_bytes(), str(path), tuple(allow_modules)).eval()
+
+
+def float32_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s state dict with every floating tensor as float32 (the dense baseline).
+
+    Example:
+        >>> float32_bytes(nn.Linear(10, 2))
+        88
+    """
+    total = 0
+    for name, tensor in model.state_dict().items():
+        if name.endswith(_NOT_STATE):
+            continue
+        total += tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
+    return total
+
+
+def _derived_entries(model: nn.Module, encoder: Encoder) -> dict[str, dict[str, Any]]:
+    """Tensors rebuilt from others instead of stored: clustered weights, masks, quantized weights."""
+    from netcompress.clustering.weight_sharing import CODEBOOK, INDICES
+
+    keys = encoder._tensor_keys  # id(tensor) -> key, filled by encode()
+    derived: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor) or id(weight) not in keys:
+                continue
+            wkey = keys[id(weight)]
+            codebook, indices = module._buffers.get(CODEBOOK), module._buffers.get(INDICES)
+            stored = codebook is not None and indices is not None and id(codebook) in keys
+            if stored and id(indices) in keys and _is_gather(weight, codebook, indices):
+                derived[wkey] = {
+                    "enc": "gather",
+                    "codebook": keys[id(codebook)],
+                    "indices": keys[id(indices)],
+                }
+            mask = module._buffers.get("weight_mask")
+            if mask is not None and id(mask) in keys and torch.equal(mask.bool(), weight != 0):
+                derived[keys[id(mask)]] = {"enc": "nonzero", "source": wkey, "dtype": str(mask.dtype)[6:]}
+        for module in model.modules():
+            entry = _quantized_entry(module, keys)
+            if entry is not None and entry["weight"] not in derived:
+                derived[entry.pop("weight")] = entry
+    return derived
+
+
+def _is_gather(weight: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor) -> bool:
+    rebuilt = codebook[indices.long()]
+    return rebuilt.shape == weight.shape and rebuilt.dtype == weight.dtype and torch.equal(rebuilt, weight)
+
+
+def _quantized_entry(module: nn.Module, keys: dict[int, str]) -> dict[str, Any] | None:
+    """A frozen fake-quantized layer's weight as integer codes + its quantizer's scale/zero point."""
+    from netcompress.quantization.affine import dequantize_tensor, quantize_tensor
+    from netcompress.quantization.fake_quant import FakeQuantize
+
+    fq, layer = getattr(module, "weight_fq", None), getattr(module, "layer", None)
+    if not isinstance(fq, FakeQuantize) or fq.dynamic or fq.observing or not fq.quantizing:
+        return None
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or id(weight) not in keys:
+        return None
+    if id(fq.scale) not in keys or id(fq.zero_point) not in keys:
+        return None
+    scale, zero_point = fq.scale.detach(), fq.zero_point.detach()
+    codes = quantize_tensor(weight.detach(), scale, zero_point, fq.spec)
+    rebuilt = dequantize_tensor(codes, scale, zero_point, fq.spec).to(weight.dtype)
+    if not torch.equal(fq(rebuilt), fq(weight.detach())):
+        return None  # the codes would not reproduce what the layer computes with: store the float
+    small = codes.to(torch.int16) if fq.spec.bits <= 15 else codes
+    return {
+        "enc": "dequant",
+        "weight": keys[id(weight)],
+        "codes": small,
+        "scale": keys[id(fq.scale)],
+        "zero_point": keys[id(fq.zero_point)],
+        "granularity": fq.spec.granularity,
+        "axis": fq.spec.axis,
+        "dtype": str(weight.dtype)[6:],
+    }
+
+
+def _assemble(table: dict[str, Any], description: str, writer: SegmentWriter) -> bytes:
+    table_bytes = zlib.compress(json.dumps(table, separators=(",", ":")).encode("utf-8"), 9)
+    structure = zlib.compress(description.encode("utf-8"), 9)
+    head = _FIXED.pack(MAGIC, VERSION, len(writer.body), len(table_bytes), len(structure))
+    data = head + table_bytes + structure + bytes(writer.body)
+    return data + hashlib.blake2b(data, digest_size=_DIGEST).digest()
+
+
+def _rebuild(data: bytes, where: str, allow_modules: tuple[str, ...]) -> nn.Module:
+    if len(data) < _FIXED.size or not data.startswith(MAGIC):
+        raise CheckpointError(
+            f"{where} is not a netcompress compressed model (write one with nc.save_compressed)"
+        )
+    _, version, body_len, table_len, structure_len = _FIXED.unpack_from(data)
+    if version != VERSION:
+        raise CheckpointError(
+            f"{where} has compressed-file version {version}; this netcompress reads {VERSION}"
+        )
+    expected = _FIXED.size + table_len + structure_len + body_len + _DIGEST
+    if len(data) != expected:
+        problem = "is truncated" if len(data) < expected else "has extra bytes"
+        raise CheckpointError(
+            f"{where} {problem}: its header says {expected} bytes, the file has {len(data)}"
+        )
+    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+        raise CheckpointError(
+            f"{where}: checksum mismatch, the file was changed or damaged after it was written"
+        )
+    start = _FIXED.size
+    try:
+        table = json.loads(zlib.decompress(data[start : start + table_len]))
+        description = zlib.decompress(data[start + table_len : start + table_len + structure_len]).decode(
+            "utf-8"
+        )
+    except (ValueError, zlib.error) as exc:
+        raise CheckpointError(f"{where}: the tensor table or structure is damaged: {exc}") from None
+    body = data[start + table_len + structure_len : -_DIGEST]
+    try:
+        tensors = _decode_tensors(table, body)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: a tensor cannot be decoded: {type(exc).__name__}: {exc}") from None
+    return _decode(description, tensors, allow_modules=allow_modules, where=where)
+
+
+def _decode_tensors(table: dict[str, Any], body: bytes) -> dict[str, torch.Tensor]:
+    from netcompress.quantization.affine import dequantize_tensor
+    from netcompress.quantization.qparams import QuantSpec
+
+    out: dict[str, torch.Tensor] = {}
+
+    def get(key: str, stack: tuple[str, ...] = ()) -> torch.Tensor:
+        if key in out:
+            return out[key]
+        if key not in table or key in stack:
+            raise CheckpointError(f"tensor {key!r} is missing or defined through itself")
+        entry, inner = table[key], (*stack, key)
+        if entry["enc"] == "coded":
+            value = decode_tensor(entry, body)
+        elif entry["enc"] == "gather":
+            value = get(entry["codebook"], inner)[get(entry["indices"], inner).long()].contiguous()
+        elif entry["enc"] == "nonzero":
+            value = (get(entry["source"], inner) != 0).to(getattr(torch, entry["dtype"]))
+        elif entry["enc"] == "dequant":
+            spec = QuantSpec(granularity=entry["granularity"], axis=int(entry["axis"]))
+            codes = decode_tensor(entry["q"], body).to(torch.int32)
+            value = dequantize_tensor(
+                codes, get(entry["scale"], inner), get(entry["zero_point"], inner), spec
+            )
+            value = value.to(getattr(torch, entry["dtype"])).contiguous()
+        else:
+            raise CheckpointError(f"tensor {key!r} has unknown encoding {entry['enc']!r}")
+        out[key] = value
+        return value
+
+    for key in table:
+        get(key)
+    return out
+
+
+def _encoding_counts(table: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in table.values():
+        kind = entry["enc"]
+        if kind == "coded":
+            kind = "raw" if "raw" in entry else "sparse" if "fill" in entry else "codebook"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any, *, skip_ids: set[int]) -> None:
+    from netcompress.core.inputs import call_model, output_tensor
+    from netcompress.evaluation.harness import eval_mode
+
+    a, b = model.state_dict(keep_vars=True), rebuilt.state_dict(keep_vars=True)
+    requantized = {k for k, v in a.items() if id(v) in skip_ids}  # compared through the outputs
+    if set(a) != set(b) or any(not torch.equal(a[k], b[k]) for k in a if k not in requantized):
+        raise ConfigError(
+            "save_compressed: the model did not come back the same from the file; nothing was written"
+        )
+    if example_inputs is None:
+        return
+    with torch.no_grad(), eval_mode(model), eval_mode(rebuilt):
+        out_a = output_tensor(call_model(model, example_inputs))
+        out_b = output_tensor(call_model(rebuilt, example_inputs))
+    if not torch.equal(out_a, out_b):
+        raise ConfigError("save_compressed: the rebuilt model computes other outputs; nothing was written")

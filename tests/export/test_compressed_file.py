@@ -1,0 +1,192 @@
+"""nc.save_compressed / nc.load_compressed: the Deep-Compression file (issue 16 item 1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netcompress as nc
+from netcompress.core.errors import CheckpointError
+from netcompress.export.compressed_file import MAGIC, float32_bytes, load_compressed, save_compressed
+from netcompress.export.entropy_coding import code_lengths, huffman_decode, huffman_encode
+from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+
+
+def _deep_compressed() -> nn.Module:
+    model = _net()
+    nc.prune_unstructured_(model, amount=0.9, scope="layer")
+    nc.cluster_weights_(model, clusters=16)
+    return model
+
+
+def test_huffman_round_trip_and_optimal_lengths():
+    rng = np.random.default_rng(0)
+    symbols = np.minimum(rng.geometric(0.4, size=5000) - 1, 30)
+    stream = huffman_encode(symbols, alphabet=31)
+    assert huffman_decode(stream.payload, stream.lengths, count=symbols.size, bits=stream.bits).tolist() == (
+        symbols.tolist()
+    )
+    assert code_lengths(np.array([8, 4, 2, 1, 1])).tolist() == [1, 2, 3, 4, 4]
+    assert code_lengths(np.array([2**i for i in range(30)])).max() == 16  # limited to 16 bits
+    # a stream cut short is an error, not garbage
+    with pytest.raises(CheckpointError, match="ends after"):
+        huffman_decode(stream.payload[:10], stream.lengths, count=symbols.size)
+
+
+def test_tensor_coding_is_bit_exact_and_uses_positions_for_sparse_tensors():
+    torch.manual_seed(0)
+    codebook = torch.randn(8)
+    values = codebook[torch.randint(0, 8, (4096,))] * (torch.rand(4096) < 0.05)
+    values = torch.where(values == 0, 0.0, values)
+    special = torch.tensor([0.5, 0.0, float("nan"), 1.0] * 8)
+    for tensor in (values, special, torch.zeros(0), torch.arange(40, dtype=torch.int64)):
+        writer = SegmentWriter()
+        entry = encode_tensor(tensor, writer)
+        back = decode_tensor(entry, bytes(writer.body))
+        assert back.dtype == tensor.dtype and back.shape == tensor.shape
+        assert back.numpy().tobytes() == tensor.numpy().tobytes()
+    writer = SegmentWriter()
+    entry = encode_tensor(-values, writer)  # -0.0 (negative times mask) stored as 0.0: one fill value
+    assert torch.equal(decode_tensor(entry, bytes(writer.body)), -values)
+    assert "fill" in entry and writer.parts["positions"] > 0
+    assert len(writer.body) < 4096 * 4 / 25  # ~205 kept values: gaps + 3-bit indices, not 16 KB
+
+
+def test_pruned_clustered_model_round_trips_exactly_with_parts(tmp_path):
+    model = _deep_compressed()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    summary = save_compressed(model, tmp_path / "m.ncz", example_inputs=x)
+    assert set(summary["parts"]) == {"header", "structure", "positions", "indices", "codebooks", "dense"}
+    assert sum(summary["parts"].values()) == summary["size_bytes"] == (tmp_path / "m.ncz").stat().st_size
+    assert summary["float32_bytes"] == float32_bytes(_net()) == (3 * 16 * 9 + 16 + 16 * 32 * 9 + 32 + 330) * 4
+    assert summary["compression_ratio"] > 5
+    assert summary["encodings"]["gather"] == 3  # clustered weights rebuilt from codebook[indices]
+    loaded = load_compressed(tmp_path / "m.ncz")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_fresh_interpreter_loads_the_same_outputs(tmp_path):
+    model = _deep_compressed()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.save(model(x), tmp_path / "expected.pt")
+    torch.save(x, tmp_path / "x.pt")
+    save_compressed(model, tmp_path / "m.ncz")
+    script = textwrap.dedent(
+        f"""
+        import torch, netcompress as nc
+        m = nc.load_compressed({str(tmp_path / "m.ncz")!r})
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        with torch.no_grad():
+            ok = torch.equal(m(x), torch.load({str(tmp_path / "expected.pt")!r}))
+        print("EQUAL" if ok else "DIFFERENT")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert out.stdout.strip() == "EQUAL", out.stderr[-2000:]
+
+
+def test_quantized_model_stores_integer_codes_and_computes_the_same(tmp_path):
+    from netcompress.quantization.ptq import freeze_quantizers_
+
+    model = _net()
+    x = torch.randn(2, 3, 8, 8)
+    qmodel = nc.prepare_qat(model, bits=4, act_bits=8, calib_loader=[(x, torch.zeros(2))])
+    freeze_quantizers_(qmodel).eval()
+    with torch.no_grad():
+        expected = qmodel(x)
+    summary = save_compressed(qmodel, tmp_path / "q.ncz", example_inputs=x)
+    assert summary["encodings"]["dequant"] == 3
+    loaded = load_compressed(tmp_path / "q.ncz")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)  # exact: the fake-quantized weights are the same codes
+    assert summary["size_bytes"] < float32_bytes(model) / 3  # 4-bit codes, Huffman-coded, + structure
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: d[: len(d) // 2], "truncated"),
+        (lambda d: d[:-40] + bytes([d[-40] ^ 1]) + d[-39:], "checksum mismatch"),
+        (lambda d: d + b"\0", "extra bytes"),
+        (lambda d: d[:8] + (7).to_bytes(2, "little") + d[10:], "version 7"),
+        (lambda d: b"PK\x03\x04" + d[4:], "not a netcompress compressed model"),
+        (lambda d: d[:5], "not a netcompress compressed model"),
+    ],
+)
+def test_damaged_files_are_clear_errors_naming_the_file(tmp_path, damage, message):
+    path = tmp_path / "m.ncz"
+    save_compressed(_deep_compressed(), path)
+    data = path.read_bytes()
+    assert data.startswith(MAGIC)
+    bad = tmp_path / "bad.ncz"
+    bad.write_bytes(damage(data))
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_compressed(bad)
+    assert str(bad) in str(err.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_compressed(tmp_path / "missing.ncz")
+
+
+def test_a_recipe_export_section_writes_the_compressed_file(tmp_path):
+    from netcompress.recipes import run_recipe
+
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"name": "mlp", "in_features": 16, "hidden": [32], "num_classes": 3},
+        "data": {
+            "name": "synthetic",
+            "num_samples": 60,
+            "input_shape": [16],
+            "num_classes": 3,
+            "batch_size": 16,
+        },
+        "steps": [
+            {"op": "prune", "method": "l1_unstructured", "amount": 0.8},
+            {"op": "cluster", "method": "kmeans", "clusters": 4, "save": False},
+        ],
+        "evaluate": {"latency": False},
+        "report": {"plots": False},
+        "export": {"compressed": True},
+    }
+    run_recipe(recipe, out_dir=tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "export" / "model.dc"
+    model = load_compressed(path)
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(weights) == 2 and all(w.unique().numel() <= 4 for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.8, abs=0.01)  # pruned positions stayed zero through clustering
