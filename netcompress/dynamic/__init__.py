@@ -8,24 +8,22 @@ Example::
     slim = make_slimmable(model, widths=(0.25, 0.5, 1.0), example_inputs=torch.randn(1, 1, 8, 8))
     small = extract_width(slim, 0.5)
     ee, summary = with_early_exits(model, train, val_loader=val, example_inputs=x, exits=["features.5"])
+    calibrate_early_exit(ee, val_loader, max_accuracy_drop=0.01)     # threshold chosen on validation
+    export_early_exit_onnx(ee, "ee_onnx", x[:1]); OrtEarlyExit("ee_onnx")(images)
 """
 
-from netcompress.dynamic.early_exit import (
-    DEFAULT_THRESHOLDS,
-    EXIT_CRITERIA,
-    HEADS,
-    EarlyExitModel,
-    PoolLinearHead,
-    PoolMLPHead,
-    add_early_exits,
-    route_exits,
-)
+from netcompress.dynamic.early_exit import EarlyExitModel
+from netcompress.dynamic.exit_calibration import calibrate_early_exit, candidate_thresholds, choose_threshold
+from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA, route_exits
 from netcompress.dynamic.exit_evaluation import (
     collect_exit_logits,
     evaluate_early_exit,
     exit_path_macs,
     trade_off_rows,
 )
+from netcompress.dynamic.exit_heads import HEADS, PoolLinearHead, PoolMLPHead
+from netcompress.dynamic.exit_onnx import OrtEarlyExit, check_early_exit_onnx, export_early_exit_onnx
+from netcompress.dynamic.exit_points import add_early_exits
 from netcompress.dynamic.exit_training import (
     EarlyExitConfig,
     EarlyExitHook,
@@ -51,6 +49,7 @@ __all__ = [
     "EarlyExitModel",
     "EarlyExitConfig",
     "MultiExitLoss",
+    "OrtEarlyExit",
     "PoolLinearHead",
     "PoolMLPHead",
     "SlimmableHook",
@@ -59,10 +58,15 @@ __all__ = [
     "SwitchableBatchNorm",
     "active_channels",
     "add_early_exits",
+    "calibrate_early_exit",
+    "candidate_thresholds",
+    "check_early_exit_onnx",
+    "choose_threshold",
     "collect_exit_logits",
     "evaluate_early_exit",
     "evaluate_widths",
     "exit_path_macs",
+    "export_early_exit_onnx",
     "extract_width",
     "make_slimmable",
     "route_exits",

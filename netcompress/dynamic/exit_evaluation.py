@@ -19,13 +19,8 @@ from torch import nn
 
 from netcompress.core.config import check_choice
 from netcompress.core.errors import ConfigError, DataError
-from netcompress.dynamic.early_exit import (
-    DEFAULT_THRESHOLDS,
-    EXIT_CRITERIA,
-    EarlyExitModel,
-    as_early_exit,
-    route_exits,
-)
+from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
+from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA, route_exits
 from netcompress.evaluation.harness import eval_mode
 
 
@@ -38,11 +33,11 @@ class _ExitPath(nn.Module):
         self.index = index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x
+        logits, state = x, (x,)
         for i in range(self.index + 1):
-            x = self.model.segments[i](x)
+            state = self.model.run_segment(i, state)
             # earlier heads ran and were not confident enough: their cost is paid too
-            logits = self.model.heads[i](x) if i < len(self.model.heads) else x
+            logits = self.model.exit_logits(i, state)
         return logits
 
 

@@ -38,14 +38,12 @@ from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
-from netcompress.dynamic.early_exit import (
-    EXIT_CRITERIA,
-    HEADS,
-    EarlyExitModel,
-    add_early_exits,
-    as_early_exit,
-)
-from netcompress.dynamic.exit_evaluation import evaluate_early_exit
+from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
+from netcompress.dynamic.exit_calibration import choose_threshold
+from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA
+from netcompress.dynamic.exit_evaluation import collect_exit_logits, exit_path_macs, trade_off_rows
+from netcompress.dynamic.exit_heads import HEADS
+from netcompress.dynamic.exit_points import add_early_exits
 from netcompress.training.config import TrainConfig
 
 
@@ -188,8 +186,10 @@ class EarlyExitConfig(TrainConfig):
 
     ``freeze_backbone`` trains the heads only (the model as trained so far stays as it is);
     False trains heads and backbone jointly. ``deploy_threshold`` is the rule the returned
-    model uses in eval mode (None: the full network for every sample). ``thresholds`` None
-    uses the criterion's default grid.
+    model uses in eval mode (None: the full network for every sample); or let the validation split
+    choose it: ``max_accuracy_drop`` (the fewest average MACs within that accuracy drop from the
+    final exit, a fraction) or ``max_macs_fraction`` (the most accurate threshold within that share
+    of the full path's MACs). ``thresholds`` None uses the criterion's default grid.
 
     Example:
         >>> EarlyExitConfig(exits=["features.5"], epochs=5, deploy_threshold=0.9)
@@ -202,6 +202,8 @@ class EarlyExitConfig(TrainConfig):
     exit_weights: list[float] | None = None
     freeze_backbone: bool = False
     deploy_threshold: float | None = None
+    max_accuracy_drop: float | None = None
+    max_macs_fraction: float | None = None
     max_eval_batches: int | None = None
 
     def __post_init__(self) -> None:
@@ -219,6 +221,16 @@ class EarlyExitConfig(TrainConfig):
             )
         if self.max_eval_batches is not None:
             check_range("max_eval_batches", self.max_eval_batches, 1)
+        bounds = [
+            k
+            for k in ("deploy_threshold", "max_accuracy_drop", "max_macs_fraction")
+            if getattr(self, k) is not None
+        ]
+        if len(bounds) > 1:
+            raise ConfigError(f"{' and '.join(bounds)} both choose the threshold: give one")
+        for key in ("max_accuracy_drop", "max_macs_fraction"):
+            if getattr(self, key) is not None:
+                check_range(key, getattr(self, key), 0.0)
 
 
 @register_method("dynamic", "early_exit", config=EarlyExitConfig)
@@ -249,18 +261,34 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
             checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
             resume=data.out_dir is not None,
         )
-    rows = evaluate_early_exit(
-        ee,
-        data.val_loader,
-        criterion=config.criterion,
-        thresholds=config.thresholds,
-        example_inputs=example,
-        device=data.device,
-        max_batches=config.max_eval_batches,
+    exit_logits, labels = collect_exit_logits(
+        ee, data.val_loader, device=data.device, max_batches=config.max_eval_batches
     )
+    exit_macs = exit_path_macs(ee, example.to(data.device))
+    thresholds = list(
+        DEFAULT_THRESHOLDS[config.criterion] if config.thresholds is None else config.thresholds
+    )
+    rows = trade_off_rows(
+        exit_logits, labels, exit_macs=exit_macs, criterion=config.criterion, thresholds=thresholds
+    )
+    exit_accuracies = [float((lg.argmax(dim=1) == labels).float().mean()) for lg in exit_logits]
+    for row in rows:
+        row.update(exit_accuracies=exit_accuracies, exit_macs=list(exit_macs), num_samples=len(labels))
+    calibration, threshold = None, config.deploy_threshold
+    if config.max_accuracy_drop is not None or config.max_macs_fraction is not None:
+        # chosen on the validation split, never the test split
+        calibration = choose_threshold(
+            exit_logits,
+            labels,
+            exit_macs=exit_macs,
+            criterion=config.criterion,
+            max_accuracy_drop=config.max_accuracy_drop,
+            max_macs_fraction=config.max_macs_fraction,
+        )
+        threshold = calibration["threshold"]
     if data.out_dir is not None:
         atomic_write_json(data.out_dir / "early_exit.json", rows)
-    ee.set_policy(criterion=config.criterion, threshold=config.deploy_threshold)
+    ee.set_policy(criterion=config.criterion, threshold=threshold)
     curve = accuracy_vs_macs(rows, "expected_macs")
     title = "Early exit: accuracy vs expected MACs"
     plot = plot_curve(curve, f"{config.criterion} threshold", data.out_dir, title=title)
@@ -269,7 +297,8 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
         exits=list(ee.exit_names),
         head=config.head,
         criterion=config.criterion,
-        deploy_threshold=config.deploy_threshold,
+        deploy_threshold=threshold,
+        calibration=calibration,
         params=param_count(ee),
         head_params=param_count(ee.heads),
         exit_accuracies=rows[0]["exit_accuracies"],
