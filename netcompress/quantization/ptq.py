@@ -25,6 +25,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
+from netcompress.quantization.adaround import ROUNDINGS, adaround_
 from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.equalization import equalize_cross_layer_
@@ -39,6 +40,7 @@ from netcompress.quantization.placement import (
     resolve_plan,
 )
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
+from netcompress.quantization.range_search import ACT_RANGES, search_activation_ranges_
 from netcompress.quantization.tracing import trace_for_quantization
 
 # mode -> (layer types it quantizes or None for all, whether activations get static quantizers)
@@ -213,6 +215,10 @@ class PTQStaticConfig(PTQWeightConfig):
     act_scheme: str = "asymmetric"
     bias_correction: bool = False
     num_calib_batches: int = 32
+    rounding: str = "nearest"  # "adaround": weights' rounding learned layer by layer (adaround.py)
+    adaround_iterations: int = 300
+    adaround_lr: float = 0.03
+    act_range: str = "observer"  # "search": each range picked by its consumers' error (range_search.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,6 +227,10 @@ class PTQStaticConfig(PTQWeightConfig):
         check_choice("act_observer", self.act_observer, OBSERVERS.names())
         check_choice("act_scheme", self.act_scheme, SCHEMES)
         check_range("num_calib_batches", self.num_calib_batches, 1)
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_range("adaround_iterations", self.adaround_iterations, 1)
+        check_range("adaround_lr", self.adaround_lr, 1e-6, 10.0)
+        check_choice("act_range", self.act_range, ACT_RANGES)
 
 
 @dataclasses.dataclass
@@ -276,6 +286,12 @@ def run_ptq(
     for q in quantizers(qmodel).values():
         if q.role == "weight":
             q.freeze()
+    if (s.act_range != "observer" or s.rounding != "nearest") and calib_loader is None:
+        raise ConfigError(f"act_range={s.act_range!r}, rounding={s.rounding!r} need calib_loader")
+    if s.act_range == "search":
+        info["range_search"] = search_activation_ranges_(qmodel, calib_loader)
+    if s.rounding == "adaround":
+        info["adaround"] = adaround_(qmodel, calib_loader, iterations=s.adaround_iterations, lr=s.adaround_lr)
     if s.bias_correction:
         if calib_loader is None:
             raise ConfigError("bias_correction=True needs calib_loader")
