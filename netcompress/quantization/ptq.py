@@ -289,7 +289,9 @@ def run_ptq(
     if (s.act_range != "observer" or s.rounding != "nearest") and calib_loader is None:
         raise ConfigError(f"act_range={s.act_range!r}, rounding={s.rounding!r} need calib_loader")
     if s.act_range == "search":
-        info["range_search"] = search_activation_ranges_(qmodel, calib_loader)
+        info["range_search"] = search_activation_ranges_(
+            qmodel, calib_loader, num_batches=s.num_calib_batches
+        )
     if s.rounding == "adaround":
         info["adaround"] = adaround_(qmodel, calib_loader, iterations=s.adaround_iterations, lr=s.adaround_lr)
     if s.bias_correction:

@@ -5,8 +5,8 @@ An observer judges a range by the activation's own quantization error; what matt
 of what the next layer computes from it. For every static activation quantizer, in forward order
 (upstream ones already searched), candidates are the current (observer's) range, the min/max,
 percentile and MSE observers' ranges (:data:`~netcompress.quantization.observers.OBSERVERS`) on
-the activation as the quantized model produces it, and min/max scaled by a grid of clipping
-ratios. Each candidate is scored by the output error it causes in the consuming quantized layers,
+the activation as the quantized model produces it, and the calibrated range scaled by a grid of
+clipping ratios. Each candidate is scored by the output error it causes in the consuming quantized layers,
 ``sum_layers ||y(Q(a)) - y(a)||^2 / ||y(a)||^2`` with everything else quantized as it is (weight
 rounding error, which no activation range can remove, is left out of the score); the best is kept.
 The current range is a candidate, so the search never raises that error on the search data.
@@ -79,7 +79,9 @@ def candidate_ranges(q: FakeQuantize, x: torch.Tensor) -> list[tuple[str, torch.
         obs.observe(x)
         label = obs_name + "".join(f"_{v}" for v in kwargs.values())
         out.append((label, *compute_qparams(*obs.range(), q.spec)))
-    lo, hi = x.min().reshape(1), x.max().reshape(1)
+    qmin, qmax = q.spec.quant_range
+    lo = (qmin - q.zero_point.float()) * q.scale  # the calibrated range: ratios clip within it
+    hi = (qmax - q.zero_point.float()) * q.scale
     for r in CLIP_RATIOS:
         out.append((f"clip_{r}", *compute_qparams(lo * r, hi * r, q.spec)))
     return out
@@ -94,11 +96,12 @@ def _error(outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch
 
 
 def search_activation_ranges_(
-    model: nn.Module, loader: Iterable, *, num_batches: int = 8, max_samples: int = 256
+    model: nn.Module, loader: Iterable, *, num_batches: int = 32, max_samples: int = 1024
 ) -> dict[str, Any]:
     """Choose every static activation quantizer's range by its consumers' output error, IN PLACE.
 
-    ``model`` must be calibrated (every quantizer frozen). Returns per quantizer the chosen
+    ``model`` must be calibrated (every quantizer frozen); search on the calibration batches
+    (``num_batches``, at most ``max_samples`` samples). Returns per quantizer the chosen
     candidate and the error before/after, and ``changed``: how many quantizers moved.
 
     Example:
