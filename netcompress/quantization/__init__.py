@@ -12,6 +12,7 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
+from netcompress.quantization.adaround import adaround_
 from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
@@ -41,6 +42,7 @@ from netcompress.quantization.ptq import (
 )
 from netcompress.quantization.qat import QATConfig, QATPrepareConfig, prepare_qat, qat_summary
 from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequantize_tensor, quantize_tensor
+from netcompress.quantization.range_search import search_activation_ranges_
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
 __all__ = [
@@ -79,4 +81,6 @@ __all__ = [
     "save_quantized",
     "unpack_bits",
     "wrap_module",
+    "adaround_",
+    "search_activation_ranges_",
 ]

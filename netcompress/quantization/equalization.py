@@ -106,7 +106,10 @@ def _scales_pass_through(m: nn.Module) -> bool:
                 m.bias.copy_(b)
             in_ok = torch.allclose(y_in, m(x * s_in.reshape(view_in)), rtol=1e-4, atol=1e-5)
     except Exception:  # a forward the probe does not fit: not paired
-        m.weight.data.copy_(w)
+        with torch.no_grad():
+            m.weight.copy_(w)
+            if b is not None:
+                m.bias.copy_(b)
         return False
     return bool(out_ok and in_ok)
 
