@@ -12,6 +12,7 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
+from netcompress.quantization.adaround import adaround_
 from netcompress.quantization.awq import awq_scale
 from netcompress.quantization.blockwise import BlockwiseFakeQuantize
 from netcompress.quantization.bn_folding import fold_bn
@@ -44,6 +45,7 @@ from netcompress.quantization.ptq import (
 )
 from netcompress.quantization.qat import QATConfig, QATPrepareConfig, prepare_qat, qat_summary
 from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequantize_tensor, quantize_tensor
+from netcompress.quantization.range_search import search_activation_ranges_
 from netcompress.quantization.smoothing import smooth_activations
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
@@ -87,4 +89,6 @@ __all__ = [
     "gptq_quantize_",
     "awq_scale",
     "smooth_activations",
+    "adaround_",
+    "search_activation_ranges_",
 ]

@@ -1,10 +1,8 @@
 """Post-training quantization: static (calibrated activations), dynamic and weight-only.
 
-Three methods, ``quantize/ptq_static``, ``quantize/ptq_dynamic`` and ``quantize/weight_only``, each
-with its config below. Each copies the model (the input is never modified), folds BatchNorm,
-optionally equalises cross-layer ranges, wraps Conv/Linear layers with fake quantizers, calibrates
-activation ranges on a few batches (static), freezes every scale and optionally corrects the
-output bias that weight rounding introduces.
+Three methods (``quantize/ptq_static``, ``ptq_dynamic``, ``weight_only``), configs below. Each copies the
+model, folds BatchNorm, optionally equalises ranges, wraps Conv/Linear layers with fake quantizers,
+calibrates activation ranges (static), freezes every scale and optionally corrects the output bias.
 
 Example:
     >>> qmodel = quantize(model, calib_loader, bits=8, granularity="per_channel")
@@ -25,6 +23,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.registry import Registry
+from netcompress.quantization.adaround import ROUNDINGS, adaround_
 from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.equalization import equalize_cross_layer_
@@ -39,6 +38,7 @@ from netcompress.quantization.placement import (
     resolve_plan,
 )
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
+from netcompress.quantization.range_search import ACT_RANGES, search_activation_ranges_
 from netcompress.quantization.smoothing import smooth_activations
 from netcompress.quantization.tracing import trace_for_quantization
 from netcompress.quantization.weight_nbits import check_weight_only, finish_weight_only_, prepare_weight_only
@@ -216,6 +216,10 @@ class PTQStaticConfig(PTQWeightConfig):
     bias_correction: bool = False
     num_calib_batches: int = 32
     smooth: float = 0.0  # SmoothQuant migration strength alpha (0: off; smoothing.py)
+    rounding: str = "nearest"  # "adaround": weights' rounding learned layer by layer (adaround.py)
+    adaround_iterations: int = 300
+    adaround_lr: float = 0.03
+    act_range: str = "observer"  # "search": each range picked by its consumers' error (range_search.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,6 +229,10 @@ class PTQStaticConfig(PTQWeightConfig):
         check_choice("act_scheme", self.act_scheme, SCHEMES)
         check_range("num_calib_batches", self.num_calib_batches, 1)
         check_range("smooth", self.smooth, 0.0, 1.0)
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_range("adaround_iterations", self.adaround_iterations, 1)
+        check_range("adaround_lr", self.adaround_lr, 1e-6, 10.0)
+        check_choice("act_range", self.act_range, ACT_RANGES)
 
 
 @dataclasses.dataclass
@@ -310,6 +318,14 @@ def run_ptq(
     for q in quantizers(qmodel).values():
         if q.role == "weight":
             q.freeze()
+    if (s.act_range != "observer" or s.rounding != "nearest") and calib_loader is None:
+        raise ConfigError(f"act_range={s.act_range!r}, rounding={s.rounding!r} need calib_loader")
+    if s.act_range == "search":
+        info["range_search"] = search_activation_ranges_(
+            qmodel, calib_loader, num_batches=s.num_calib_batches
+        )
+    if s.rounding == "adaround":
+        info["adaround"] = adaround_(qmodel, calib_loader, iterations=s.adaround_iterations, lr=s.adaround_lr)
     if s.bias_correction:
         if calib_loader is None:
             raise ConfigError("bias_correction=True needs calib_loader")
