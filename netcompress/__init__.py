@@ -55,6 +55,7 @@ _LAZY = {
     "prune_n_m_": ("netcompress.pruning", "prune_n_m_"),
     "prune_wanda_": ("netcompress.pruning", "prune_wanda_"),
     "prune_sparsegpt_": ("netcompress.pruning", "prune_sparsegpt_"),
+    "quantize_accuracy_aware": ("netcompress.quantization", "quantize_accuracy_aware"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

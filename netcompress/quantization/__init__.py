@@ -12,6 +12,7 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
+from netcompress.quantization.accuracy_aware import AccuracyAwareConfig, quantize_accuracy_aware
 from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
@@ -44,6 +45,7 @@ from netcompress.quantization.qparams import QuantSpec, compute_qparams, dequant
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
 __all__ = [
+    "AccuracyAwareConfig",
     "OBSERVERS",
     "FakeQuantize",
     "LSQFakeQuantize",
@@ -75,6 +77,7 @@ __all__ = [
     "qat_summary",
     "quantization_summary",
     "quantize",
+    "quantize_accuracy_aware",
     "quantize_tensor",
     "save_quantized",
     "unpack_bits",
