@@ -49,6 +49,7 @@ from netcompress.quantization.fidelity import (
     score_outputs,
     shortfall,
 )
+from netcompress.quantization.input_smoothing import smooth_inputs
 from netcompress.quantization.modules import quant_layers
 from netcompress.quantization.placement import ACT_PREFIX
 from netcompress.quantization.ptq import MODES, PTQStaticConfig, run_ptq
@@ -67,6 +68,8 @@ class AccuracyAwareConfig(PTQStaticConfig):
     embeddings) or ``auto`` (accuracy if ``max_drop`` is set, embedding for token-state outputs or
     ``min_cosine``, else agreement). No bound set: 1 point, 99% agreement, cosine 0.99.
     ``fallback_bits``: a layer's first fallback step (e.g. 8 when ``bits=4``); float after that.
+    ``input_smoothing``: SmoothQuant strength alpha (0: off) for the Linears matching ``smooth_layers``,
+    applied before quantizing (:mod:`netcompress.quantization.input_smoothing`; works untraced).
     """
 
     mode: str = "static"
@@ -83,6 +86,8 @@ class AccuracyAwareConfig(PTQStaticConfig):
     time_int8: bool = False  # time the chosen model's int8 file against float (summary["speed"])
     speed_threads: int = 1
     speed_rounds: int = 3
+    input_smoothing: float = 0.0
+    smooth_layers: list[str] = dataclasses.field(default_factory=lambda: ["re:.*"])
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +106,7 @@ class AccuracyAwareConfig(PTQStaticConfig):
             check_range("fallback_bits", self.fallback_bits, 2, 16)
         check_range("speed_threads", self.speed_threads, 1)
         check_range("speed_rounds", self.speed_rounds, 1)
+        check_range("input_smoothing", self.input_smoothing, 0.0, 1.0)
 
     def ptq_settings(self) -> PTQStaticConfig:
         """The PTQ settings alone (every PTQStaticConfig field, as set here)."""
@@ -197,6 +203,15 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
     bounds = resolve_bounds(metric, config.bounds())
     reference = collect_outputs(model, val, metric=metric, num_batches=config.num_val_batches)
     settings = config.ptq_settings()
+    original, smoothing = model, None
+    if config.input_smoothing:
+        model, smoothing = smooth_inputs(
+            model,
+            data.calibration if data.calibration is not None else val,
+            alpha=config.input_smoothing,
+            num_batches=config.num_calib_batches,
+            layers=config.smooth_layers,
+        )
     example = data.example_inputs if data.example_inputs is not None else batch_inputs(next(iter(val)))
     fallback: dict[str, Any] = {}
     speed_info = None
@@ -220,7 +235,7 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
     best, best_trial, best_levels = current, trials[0], dict(fallback)
     sensitivity: dict[str, float] = {}
     if not trials[0]["met"] and config.max_trials > 0:
-        sens_ref = collect_outputs(model, val, metric=metric, num_batches=config.num_sensitivity_batches)
+        sens_ref = collect_outputs(original, val, metric=metric, num_batches=config.num_sensitivity_batches)
 
         def error(m: nn.Module) -> float:
             out = collect_outputs(m, val, metric=metric, num_batches=config.num_sensitivity_batches)
@@ -259,6 +274,8 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
             "trials": trials,
         },
     )
+    if smoothing is not None:
+        summary["input_smoothing"] = smoothing
     if speed_info is not None:
         summary["speed_fallback"] = speed_info
     if config.time_int8:
@@ -267,7 +284,7 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
         with tempfile.TemporaryDirectory() as tmp:
             folder = data.out_dir if data.out_dir is not None else tmp
             summary["speed"] = time_int8_vs_float(
-                model,
+                original,
                 best.model,
                 example,
                 folder=folder,

@@ -210,3 +210,43 @@ def test_tiny_bert_dynamic_keeps_the_damaged_linear_float_for_cosine():
     assert summary["scores"]["cosine_mean"] >= 0.99 and "nn_agreement" in summary["scores"]
     assert summary["num_quantized_layers"] == 11 and summary["float_layers"] == [damaged]
     assert isinstance(qmodel.get_submodule(damaged), nn.Linear)
+
+
+def test_input_smoothing_keeps_the_function_folds_into_value_and_lowers_int8_error():
+    transformers = pytest.importorskip("transformers")
+    from netcompress.quantization import quantize
+    from netcompress.quantization.input_smoothing import ScaledInputLinear, smooth_inputs
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
+    )
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():  # outlier channels in the residual stream, as trained encoders have
+        for ln in (
+            "embeddings.LayerNorm",
+            "encoder.layer.0.output.LayerNorm",
+            "encoder.layer.1.attention.output.LayerNorm",
+        ):
+            model.get_submodule(ln).weight[3] = 40.0
+    batches = _bert_batches(5)
+    smoothed, info = smooth_inputs(model, batches, alpha=0.8)
+    assert info["folded"] == {
+        f"encoder.layer.{i}.attention.output.dense": f"encoder.layer.{i}.attention.self.value" for i in (0, 1)
+    }
+    assert len(info["scaled"]) == 10 and info["max_rel_diff"] < 1e-5
+    assert isinstance(smoothed.get_submodule("encoder.layer.0.attention.self.query"), ScaledInputLinear)
+    assert isinstance(
+        model.get_submodule("encoder.layer.0.attention.self.query"), nn.Linear
+    )  # input untouched
+    x = _bert_batches(6)[0]
+    with torch.no_grad():
+        ref = model(**x).last_hidden_state
+        assert (smoothed(**x).last_hidden_state - ref).abs().max() < 1e-4 * ref.abs().max()
+        plain = quantize(model, mode="dynamic")(**x).last_hidden_state
+        smooth = quantize(smoothed, mode="dynamic")(**x).last_hidden_state
+    err_plain, err_smooth = (
+        ((plain - ref).norm() / ref.norm()).item(),
+        ((smooth - ref).norm() / ref.norm()).item(),
+    )
+    assert err_smooth < 0.7 * err_plain
