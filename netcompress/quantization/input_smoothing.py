@@ -49,7 +49,7 @@ class ScaledInputLinear(nn.Module):
     def __init__(self, linear: nn.Linear, inv_scale: torch.Tensor) -> None:
         super().__init__()
         self.linear = linear
-        self.register_buffer("inv_scale", inv_scale.detach().float().clone())
+        self.register_buffer("inv_scale", inv_scale.detach().float())  # may be shared with siblings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x * self.inv_scale)
@@ -57,12 +57,15 @@ class ScaledInputLinear(nn.Module):
 
 def input_absmax(
     model: nn.Module, loader: Iterable, names: Sequence[str], *, num_batches: int
-) -> dict[str, torch.Tensor]:
-    """Per input channel max |x| of each named Linear over ``num_batches`` batches."""
+) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+    """Per input channel max |x| of each named Linear over ``num_batches`` batches, and the named
+    Linears grouped by the input tensor they share (query/key/value read one hidden state)."""
     found: dict[str, torch.Tensor] = {}
+    first_inputs: dict[str, torch.Tensor] = {}  # kept alive for the first batch, so identity is meaningful
 
     def keeper(name: str) -> Any:
         def keep(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            first_inputs.setdefault(name, args[0])
             x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
             found[name] = x if name not in found else torch.maximum(found[name], x)
 
@@ -76,7 +79,10 @@ def input_absmax(
     finally:
         for h in hooks:
             h.remove()
-    return found
+    groups: dict[int, list[str]] = {}
+    for name, x in first_inputs.items():
+        groups.setdefault(id(x), []).append(name)
+    return found, list(groups.values())
 
 
 def smoothing_scale(x_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -116,7 +122,7 @@ def smooth_inputs(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` whose Linears (names or ``re:`` patterns in ``layers``) have smoothed inputs.
 
-    Returns ``(smoothed, info)``: ``folded`` (``{o_proj: v_proj}`` folds), ``scaled`` (layers that got a
+    Linears reading the same input tensor share one scale. Returns ``(smoothed, info)``: ``folded`` (``{o_proj: v_proj}`` folds), ``scaled`` (layers that got a
     ``Mul``), ``alpha`` and ``max_rel_diff`` (smoothed vs original on the first batch). ``model`` is
     never modified.
     """
@@ -128,27 +134,29 @@ def smooth_inputs(
         for n, m in work.named_modules()
         if n and type(m) is nn.Linear and any(name_matches(n, p) for p in layers)
     ]
-    stats = input_absmax(work, loader, names, num_batches=num_batches)
+    stats, groups = input_absmax(work, loader, names, num_batches=num_batches)
     folds = _value_folds(work, names) if fold else {}
     folded: dict[str, str] = {}
     scaled: list[str] = []
     with torch.no_grad():
-        for name in names:
-            if name not in stats:
-                continue  # never reached by the batches: left as it is
-            linear = work.get_submodule(name)
-            s = smoothing_scale(stats[name], linear.weight, alpha)
-            linear.weight.mul_(s)
-            if name in folds:
-                value = work.get_submodule(folds[name])
-                value = value.linear if isinstance(value, ScaledInputLinear) else value
-                value.weight.div_(s.unsqueeze(1))
-                if value.bias is not None:
-                    value.bias.div_(s)
-                folded[name] = folds[name]
-            else:
-                set_submodule(work, name, ScaledInputLinear(linear, 1.0 / s))
-                scaled.append(name)
+        for group in groups:
+            # one scale per shared input (the max column of all its readers), so the Linears reading it
+            # share one 1/s buffer: one Mul in the exported graph after ONNX Runtime's common-subexpression pass
+            linears = [work.get_submodule(n) for n in group]
+            s = smoothing_scale(stats[group[0]], torch.cat([m.weight for m in linears]), alpha)
+            inv = 1.0 / s
+            for name, linear in zip(group, linears):
+                linear.weight.mul_(s)
+                if name in folds and len(group) == 1:
+                    value = work.get_submodule(folds[name])
+                    value = value.linear if isinstance(value, ScaledInputLinear) else value
+                    value.weight.div_(s.unsqueeze(1))
+                    if value.bias is not None:
+                        value.bias.div_(s)
+                    folded[name] = folds[name]
+                else:
+                    set_submodule(work, name, ScaledInputLinear(linear, inv))
+                    scaled.append(name)
     first = batch_inputs(next(iter(loader)))
     with torch.no_grad():
         ref = output_tensor(call_model(model.eval(), first)).float()
