@@ -30,14 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
+# this file is named like the Hugging Face package: take its folder off the path so `transformers` is theirs
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences
-from netcompress.evaluation import time_alternating
-from netcompress.evaluation.embeddings import compare_embeddings, embed
-from netcompress.export.onnx import OrtModel, export_onnx, op_counts
-from netcompress.quantization import quantize, quantize_accuracy_aware
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences  # noqa: E402
+from netcompress.evaluation import time_alternating  # noqa: E402
+from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
+from netcompress.export.onnx import OrtModel, export_onnx, op_counts  # noqa: E402
+from netcompress.quantization import quantize, quantize_accuracy_aware  # noqa: E402
 
 INT_OPS = (
     "MatMulInteger",

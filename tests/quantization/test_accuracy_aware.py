@@ -235,7 +235,11 @@ def test_input_smoothing_keeps_the_function_folds_into_value_and_lowers_int8_err
         f"encoder.layer.{i}.attention.output.dense": f"encoder.layer.{i}.attention.self.value" for i in (0, 1)
     }
     assert len(info["scaled"]) == 10 and info["max_rel_diff"] < 1e-5
-    assert isinstance(smoothed.get_submodule("encoder.layer.0.attention.self.query"), ScaledInputLinear)
+    q, k, v = (
+        smoothed.get_submodule(f"encoder.layer.0.attention.self.{n}") for n in ("query", "key", "value")
+    )
+    assert isinstance(q, ScaledInputLinear)
+    assert q.inv_scale.data_ptr() == k.inv_scale.data_ptr() == v.inv_scale.data_ptr()  # one input, one Mul
     assert isinstance(
         model.get_submodule("encoder.layer.0.attention.self.query"), nn.Linear
     )  # input untouched
