@@ -59,6 +59,7 @@ _LAZY = {
     "prune_sparsegpt_": ("netcompress.pruning", "prune_sparsegpt_"),
     "distill_embeddings_": ("netcompress.distillation", "distill_embeddings_"),
     "distill_transformer_": ("netcompress.distillation", "distill_transformer_"),
+    "quantize_accuracy_aware": ("netcompress.quantization", "quantize_accuracy_aware"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -12,6 +12,7 @@ Example:
     >>> nc.export_onnx(qmodel, "model_int8.onnx", example_inputs, int8=True)
 """
 
+from netcompress.quantization.accuracy_aware import AccuracyAwareConfig, quantize_accuracy_aware
 from netcompress.quantization.adaround import adaround_
 from netcompress.quantization.awq import awq_scale
 from netcompress.quantization.blockwise import BlockwiseFakeQuantize
@@ -50,6 +51,7 @@ from netcompress.quantization.smoothing import smooth_activations
 from netcompress.quantization.storage import load_quantized, pack_bits, save_quantized, unpack_bits
 
 __all__ = [
+    "AccuracyAwareConfig",
     "OBSERVERS",
     "FakeQuantize",
     "LSQFakeQuantize",
@@ -81,6 +83,7 @@ __all__ = [
     "qat_summary",
     "quantization_summary",
     "quantize",
+    "quantize_accuracy_aware",
     "quantize_tensor",
     "save_quantized",
     "unpack_bits",

