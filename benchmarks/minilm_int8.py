@@ -14,8 +14,8 @@ static int8 (``nc.quantize``), and netcompress accuracy-aware int8 (``quantize/a
 dynamic, SmoothQuant-style input smoothing, layers falling back to float until cosine >= 0.99 and
 nearest-neighbour agreement >= 0.95 on the validation sentences).
 
-    python benchmarks/transformers.py                       # the table in benchmarks/RESULTS.md
-    python benchmarks/transformers.py --alpha 0.8 --json out.json
+    python benchmarks/minilm_int8.py                       # the table in benchmarks/RESULTS.md
+    python benchmarks/minilm_int8.py --alpha 0.8 --json out.json
 """
 
 from __future__ import annotations
