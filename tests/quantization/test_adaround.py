@@ -57,8 +57,10 @@ def test_adaround_w4_lowers_layer_output_error_and_lands_on_the_grid(small_cnn, 
     # measured 0.60 (150 iterations): learned rounding removes ~40% of the summed layer output MSE
     assert info["output_mse_ratio"] < 0.8
     per_layer = info["per_layer"]
-    assert per_layer["features.4"]["adaround_mse"] < 0.6 * per_layer["features.4"]["nearest_mse"]
-    assert all(v["adaround_mse"] <= v["nearest_mse"] for v in per_layer.values())
+    # measured 0.28 and 0.31; the first conv sees i.i.d. noise pixels, where nearest is already optimal
+    assert per_layer["features.4"]["adaround_mse"] < 0.5 * per_layer["features.4"]["nearest_mse"]
+    assert per_layer["classifier"]["adaround_mse"] < 0.5 * per_layer["classifier"]["nearest_mse"]
+    assert per_layer["features.0"]["adaround_mse"] < 1.01 * per_layer["features.0"]["nearest_mse"]
     assert _on_grid(learned) == 3
     # same scales as nearest rounding, and some weights rounded the other way
     q_near, q_learn = nearest.get_submodule("features.4"), learned.get_submodule("features.4")
