@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -163,6 +164,25 @@ def round_layer_(
     return {"nearest_mse": nearest_mse, "adaround_mse": final_mse, "kept": kept}
 
 
+@contextlib.contextmanager
+def _float_weights(rounded: dict[QuantLayer, torch.Tensor]) -> Iterator[None]:
+    """The float weights back in the layers already rounded: targets come from the float model.
+
+    (Rounded weights are written into ``layer.weight``, so switching quantizers off alone would
+    give later layers targets that carry the upstream rounding error.)
+    """
+    on_grid = {m: m.layer.weight.detach().clone() for m in rounded}
+    try:
+        with torch.no_grad():
+            for m, w in rounded.items():
+                m.layer.weight.copy_(w)
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w in on_grid.items():
+                m.layer.weight.copy_(w)
+
+
 def adaround_(
     model: nn.Module,
     loader: Iterable,
@@ -195,14 +215,16 @@ def adaround_(
     order = [(n, quant_layers[n]) for n in forward_order(model, batches[0], quant_layers)]
     layers: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
+    rounded: dict[QuantLayer, torch.Tensor] = {}  # layers already rounded -> their float weights
     for index, (name, m) in enumerate(order):
         reason = adaroundable(m)
         if reason is not None:
             skipped[name] = reason
             continue
-        with float_mode(model):
+        with float_mode(model), _float_weights(rounded):
             targets = capture(model, batches, [m], want=("output",))[0]["output"]
         inputs = capture(model, batches, [m], want=("input",))[0]["input"]
+        rounded[m] = m.layer.weight.detach().clone()  # the float weight, before this layer is rounded
         layers[name] = round_layer_(
             m, inputs, targets, iterations=iterations, lr=lr, reg_weight=reg_weight, seed=seed + index
         )
