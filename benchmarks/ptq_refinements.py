@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in args.variants:
             cfg = PTQStaticConfig(bits=bits, act_bits=8, num_calib_batches=8, **VARIANTS[name])
             started = time.perf_counter()
-            q = apply(model, cfg, MethodData(calib_loader=calib)).model
+            result = apply(model, cfg, MethodData(calib_loader=calib))
+            q, summary = result.model, result.summary
             out = logits(q, images)
             row = {
                 "variant": name,
@@ -84,6 +85,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "sqnr_db": round(sqnr_db(ref, out), 2),
                 "ptq_s": round(time.perf_counter() - started, 1),
             }
+            if "adaround" in summary:
+                a = summary["adaround"]
+                row["adaround_kept"] = f"{a['kept']}/{a['layers']}"
+                row["adaround_calib_mse_ratio"] = round(a["output_mse_ratio"], 3)
+            if "range_search" in summary:
+                row["ranges_changed"] = (
+                    f"{summary['range_search']['changed']}/{summary['range_search']['quantizers']}"
+                )
+            if "equalize" in summary:
+                row["cle_pairs"] = summary["equalize"]["num_pairs"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"rows": rows, "args": vars(args)}

@@ -5,7 +5,7 @@ Rounding every weight to the nearest grid point minimises each weight's own erro
 output error. AdaRound keeps each layer's scale and zero point and learns, per weight, whether to
 round down or up: ``W~ = s * (clamp(floor(W / s) + h(V) + z, qmin, qmax) - z)`` with the rectified
 sigmoid ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``. ``V`` starts where ``W~ = W``
-and minimises
+and minimises, on three quarters of the calibration samples,
 
     ||layer(x~; W~) - layer_float(x)||^2 / E_nearest  +  lam * mean(1 - |2 h(V) - 1|^beta)
 
@@ -14,7 +14,8 @@ layer's scale and ``lam`` means the same on every layer) where ``x~`` is the lay
 with its learned rounding: the paper's asymmetric reconstruction) and ``x`` the float model's. The
 regulariser's ``beta`` anneals from 20 to 2 after a warm-up so every ``h`` ends at 0 or 1; the
 weight is then set to ``s * (floor(W / s) + [V >= 0] + z - z)``, exactly on the layer's grid,
-and the frozen weight quantizer leaves it unchanged.
+and the frozen weight quantizer leaves it unchanged. Where that rounding does not also lower the
+error on the held-out quarter, the layer keeps round-to-nearest (``kept`` counts the others).
 
 Example:
     >>> qmodel = quantize(model, loader, bits=4, act_bits=8, rounding="adaround")
@@ -23,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -133,16 +135,20 @@ def round_layer_(
     gen = torch.Generator().manual_seed(seed)
     adam = _Adam(v, lr=lr)
     n = x.shape[0]
+    # a quarter of the samples is held out: learned rounding is kept only where it also lowers the
+    # error there (a Linear head with more weights than calibration outputs overfits otherwise)
+    n_fit = n - n // 4 if n >= 8 else n
+    fit, held = torch.arange(n_fit), torch.arange(n_fit, n) if n_fit < n else torch.arange(n)
 
     def output_error(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         xs, ts = (x, targets) if rows is None else (x[rows], targets[rows])
         return (m._run(xs, lambda _w: weight) - ts).pow(2).mean()
 
+    nearest = grid.weight(torch.round(scaled))
     with torch.no_grad():
-        nearest_mse = float(output_error(grid.weight(torch.round(scaled))))
-    norm = max(nearest_mse, 1e-20)
+        norm = max(float(output_error(nearest, fit)), 1e-20)
     for step in range(iterations):
-        rows = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        rows = fit[torch.randint(0, n_fit, (min(batch_size, n_fit),), generator=gen)]
         h = rectified_sigmoid(v)
         rec = output_error(grid.weight(floor + h), rows) / norm
         beta = beta_at(step, iterations, warmup=warmup)
@@ -152,11 +158,29 @@ def round_layer_(
         adam.step(grad)
     with torch.no_grad():
         hard = grid.weight(floor + (v >= 0).float())
-        learned_mse = float(output_error(hard))
-        if learned_mse > nearest_mse:  # a few hundred steps can fail on a tiny layer: keep the better one
-            hard = grid.weight(torch.round(scaled))
-        m.layer.weight.copy_(hard)
-    return {"nearest_mse": nearest_mse, "adaround_mse": min(learned_mse, nearest_mse)}
+        kept = bool(output_error(hard, held) < output_error(nearest, held))
+        m.layer.weight.copy_(hard if kept else nearest)
+        nearest_mse, final_mse = float(output_error(nearest)), float(output_error(m.layer.weight.detach()))
+    return {"nearest_mse": nearest_mse, "adaround_mse": final_mse, "kept": kept}
+
+
+@contextlib.contextmanager
+def _float_weights(rounded: dict[QuantLayer, torch.Tensor]) -> Iterator[None]:
+    """The float weights back in the layers already rounded: targets come from the float model.
+
+    (Rounded weights are written into ``layer.weight``, so switching quantizers off alone would
+    give later layers targets that carry the upstream rounding error.)
+    """
+    on_grid = {m: m.layer.weight.detach().clone() for m in rounded}
+    try:
+        with torch.no_grad():
+            for m, w in rounded.items():
+                m.layer.weight.copy_(w)
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w in on_grid.items():
+                m.layer.weight.copy_(w)
 
 
 def adaround_(
@@ -191,21 +215,25 @@ def adaround_(
     order = [(n, quant_layers[n]) for n in forward_order(model, batches[0], quant_layers)]
     layers: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
+    rounded: dict[QuantLayer, torch.Tensor] = {}  # layers already rounded -> their float weights
     for index, (name, m) in enumerate(order):
         reason = adaroundable(m)
         if reason is not None:
             skipped[name] = reason
             continue
-        with float_mode(model):
+        with float_mode(model), _float_weights(rounded):
             targets = capture(model, batches, [m], want=("output",))[0]["output"]
         inputs = capture(model, batches, [m], want=("input",))[0]["input"]
+        rounded[m] = m.layer.weight.detach().clone()  # the float weight, before this layer is rounded
         layers[name] = round_layer_(
             m, inputs, targets, iterations=iterations, lr=lr, reg_weight=reg_weight, seed=seed + index
         )
     before = sum(v["nearest_mse"] for v in layers.values())
+    kept = sum(v["kept"] for v in layers.values())
     after = sum(v["adaround_mse"] for v in layers.values())
     return {
         "layers": len(layers),
+        "kept": kept,  # layers whose learned rounding beat nearest on held-out calibration samples
         "skipped": skipped,
         "iterations": iterations,
         "output_mse_ratio": after / before if before > 0 else 1.0,
