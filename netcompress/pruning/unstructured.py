@@ -34,6 +34,7 @@ ScoreFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 SCORES: Registry[ScoreFn] = Registry("unstructured pruning method")
 SCOPES = ("global", "layer")
+DEFAULT_MAX_LAYER_SPARSITY = 0.98
 
 
 @SCORES.register("l1")
@@ -57,6 +58,9 @@ class WeightSelection(Config):
     """
 
     scope: str = "global"
+    # the per-layer floor of global pruning: no layer loses more than this fraction of its weights
+    # (a global ranking once emptied a whole conv of the narrow VGG at 90%); 1.0 turns it off
+    max_layer_sparsity: float = DEFAULT_MAX_LAYER_SPARSITY
     include: list[str] | None = None
     exclude: list[str] = dataclasses.field(default_factory=list)
     # a method given an out_dir writes the masked weights there as sparse.ncz (see sparse_storage)
@@ -64,10 +68,16 @@ class WeightSelection(Config):
 
     def __post_init__(self) -> None:
         check_choice("scope", self.scope, SCOPES)
+        _check_cap(self.max_layer_sparsity)
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ConfigError("include/exclude must be lists of layer names or 're:' patterns, not a string")
         self.exclude = list(self.exclude)
         self.include = None if self.include is None else list(self.include)
+
+
+def _check_cap(cap: Any) -> None:
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap <= 1.0:
+        raise ConfigError(f"max_layer_sparsity={cap!r} must be a number in (0, 1] (1.0 turns the floor off)")
 
 
 def _check_amount(amount: Any) -> None:
@@ -155,12 +165,54 @@ def _prune_lowest(scores: torch.Tensor, amount: float) -> torch.Tensor:
     return keep
 
 
+def _prune_lowest_capped(
+    scores: dict[str, torch.Tensor], amount: float, cap: float
+) -> dict[str, torch.Tensor]:
+    """Global keep-masks dropping round(amount * n) lowest scores, at most ``cap`` of any one layer.
+
+    Water-filling: rank globally; a layer that would lose more than its cap loses exactly its cap
+    (its lowest scores) and leaves the ranking; the rest is ranked again, until none overflows.
+    Weights already masked (score -1) count against a layer's cap but are never un-masked.
+    """
+    total = sum(s.numel() for s in scores.values())
+    k = int(round(amount * total))
+    limits = {n: max(int(cap * s.numel() + 1e-9), int((s < 0).sum())) for n, s in scores.items()}
+    if sum(limits.values()) < k:
+        raise ConfigError(
+            f"global amount={amount} cannot be reached with max_layer_sparsity={cap}: at most "
+            f"{sum(limits.values()) / total:.4f} of the selected weights may go; raise max_layer_sparsity "
+            "(1.0 turns the per-layer floor off)"
+        )
+    keeps: dict[str, torch.Tensor] = {}
+    pool = dict(scores)
+    while True:
+        names = list(pool)
+        left = k - sum(int((~keeps[n]).sum()) for n in keeps)
+        keep_all = _keep_exact(torch.cat([pool[n] for n in names]), left)
+        split = dict(zip(names, torch.split(keep_all, [pool[n].numel() for n in names])))
+        over = [n for n in names if int((~split[n]).sum()) > limits[n]]
+        if not over:
+            keeps.update(split)
+            return {n: keeps[n] for n in scores}
+        for n in over:
+            keeps[n] = _keep_exact(pool.pop(n), limits[n])
+
+
+def _keep_exact(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean keep-mask dropping exactly ``count`` lowest scores (stable: ties in position order)."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    if count > 0:
+        keep[torch.sort(scores, stable=True).indices[:count]] = False
+    return keep
+
+
 def prune_unstructured_(
     model: nn.Module,
     *,
     amount: float = L1UnstructuredConfig.amount,
     method: str = "l1",
     scope: str = WeightSelection.scope,
+    max_layer_sparsity: float = WeightSelection.max_layer_sparsity,
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
     seed: int = RandomUnstructuredConfig.seed,
@@ -172,7 +224,8 @@ def prune_unstructured_(
     ``prune/random_unstructured``, seeded by ``seed``); the other keywords are its config's fields.
     ``config`` (an :class:`L1UnstructuredConfig` or :class:`RandomUnstructuredConfig`) replaces the keywords.
     ``amount`` is the sparsity reached over the selected weights (already-zero/masked weights
-    count as pruned). ``include``/``exclude`` take layer names or ``re:`` patterns. The summary
+    count as pruned). With ``scope="global"`` no layer loses more than ``max_layer_sparsity``
+    (default 0.98; 1.0 turns this floor off). ``include``/``exclude`` take layer names or ``re:`` patterns. The summary
     holds per-layer and global sparsity of the selected weights and the model's non-zero count.
 
     Example:
@@ -185,7 +238,13 @@ def prune_unstructured_(
     if config is not None:  # the recipe step's config instead of the keywords
         return apply(model, config).summary
     check_choice("method", method, list(METHOD_CONFIGS))
-    fields: dict[str, Any] = {"amount": amount, "scope": scope, "include": include, "exclude": exclude}
+    fields: dict[str, Any] = {
+        "amount": amount,
+        "scope": scope,
+        "max_layer_sparsity": max_layer_sparsity,
+        "include": include,
+        "exclude": exclude,
+    }
     if method == "random":
         fields["seed"] = seed
     config = METHOD_CONFIGS[method].from_dict(fields, where="prune_unstructured_")
@@ -215,8 +274,7 @@ def mask_lowest_(
     generator = torch.Generator().manual_seed(seed)
     scores = {name: _scores(layer, method, generator) for name, layer in layers.items()}
     if config.scope == "global":
-        keep_all = _prune_lowest(torch.cat(list(scores.values())), config.amount)
-        keeps = dict(zip(scores, torch.split(keep_all, [s.numel() for s in scores.values()])))
+        keeps = _prune_lowest_capped(scores, config.amount, config.max_layer_sparsity)
     else:
         keeps = {name: _prune_lowest(s, config.amount) for name, s in scores.items()}
     for name, layer in layers.items():
@@ -259,6 +317,7 @@ def _summary(
         "method": method,
         "scope": config.scope,
         "amount": config.amount,
+        "max_layer_sparsity": config.max_layer_sparsity if config.scope == "global" else None,
         "per_layer": per_layer,
         "global_sparsity": zeros / max(1, selected),
         "selected_params": selected,

@@ -19,7 +19,7 @@ from netcompress.pruning.masks import (
     remove_masks,
     sparsity_report,
 )
-from netcompress.pruning.unstructured import SCORES, prune_unstructured
+from netcompress.pruning.unstructured import SCORES, prune_unstructured, prune_unstructured_
 
 
 class _Net(nn.Module):
@@ -209,3 +209,45 @@ def test_sparsity_report_counts_all_prunable_weights():
     rep = sparsity_report(model)
     assert rep["per_layer"] == {"conv1d": 0.0, "conv": 0.0, "fc": 0.5}
     assert rep["zeros"] == 32 and rep["total"] == 196 and rep["global"] == 32 / 196
+
+
+def _lopsided_model() -> torch.nn.Module:
+    """Two layers, the first with tiny weights: an uncapped global ranking empties it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 40))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-3)
+    return model
+
+
+def test_global_floor_keeps_every_layer_alive_and_hits_the_amount_exactly() -> None:
+    uncapped = _lopsided_model()
+    s = prune_unstructured_(uncapped, amount=0.5, scope="global", max_layer_sparsity=1.0)
+    assert s["per_layer"]["0"] == 1.0  # the defect: a whole layer gone
+
+    model = _lopsided_model()
+    s = prune_unstructured_(model, amount=0.5, scope="global", max_layer_sparsity=0.9)
+    assert s["per_layer"]["0"] == pytest.approx(0.9)
+    # 90 of layer 0's 100 weights go, so 250 - 90 = 160 of layer 1's 400 (the amount stays exact)
+    assert s["zero_params"] == 250
+    assert s["per_layer"]["1"] == pytest.approx(160 / 400)
+    # the survivors of layer 0 are its 10 largest weights
+    w = _lopsided_model()[0].weight.abs().flatten()
+    kept = model[0].weight.flatten() != 0
+    assert set(torch.nonzero(kept).flatten().tolist()) == set(torch.topk(w, 10).indices.tolist())
+    assert s["max_layer_sparsity"] == 0.9
+
+
+def test_global_floor_is_on_by_default_at_0_98() -> None:
+    model = _lopsided_model()
+    s = prune_unstructured_(model, amount=0.5, scope="global")
+    assert s["per_layer"]["0"] == pytest.approx(0.98)
+    assert s["zero_params"] == 250
+
+
+def test_global_floor_that_cannot_reach_the_amount_is_a_clear_error() -> None:
+    model = _lopsided_model()
+    with pytest.raises(ConfigError, match="max_layer_sparsity=0.5"):
+        prune_unstructured_(model, amount=0.6, scope="global", max_layer_sparsity=0.5)
+    with pytest.raises(ConfigError, match="max_layer_sparsity"):
+        prune_unstructured_(model, amount=0.5, scope="global", max_layer_sparsity=0.0)
