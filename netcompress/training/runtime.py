@@ -139,6 +139,10 @@ class Runtime:
         """Sum of ``tensor`` over processes (itself in a single process)."""
         return dist_mod.all_reduce_sum(tensor) if self.distributed else tensor
 
+    def reduce_metrics(self, metrics: dict[str, Any], *, weight: float) -> dict[str, Any]:
+        """A hook's per-epoch metrics over every rank (:func:`~netcompress.training.distributed.reduce_metrics`)."""
+        return dist_mod.reduce_metrics(metrics, weight=weight) if self.distributed else metrics
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         return dist_mod.broadcast_object(obj) if self.distributed else obj
