@@ -88,7 +88,8 @@ def fit(
       epoch; ``resume=True`` continues from ``last.pt`` (or starts fresh if there is none) and
       ends with the same weights and history as an uninterrupted run.
     - ``runtime``: device and process group (default :meth:`Runtime.from_env`: under ``torchrun`` the
-      model trains in DDP, each rank reads its share of the loader, metrics are summed over ranks).
+      model trains in DDP, each rank reads its share of the loader, metrics are summed over ranks and
+      the hooks' ``epoch_end`` metrics averaged over ranks by samples, so every rank holds one history).
     - ``config.precision`` (``bf16``/``fp16`` autocast) and ``config.channels_last``: faster on GPUs.
 
     Example:

@@ -93,7 +93,8 @@ class Runtime:
     (:mod:`netcompress.training.distributed`), ``wrap_model`` returns PyTorch's
     ``DistributedDataParallel``, ``train_loader`` gives each rank its share through a seeded
     ``DistributedSampler`` (the global batch unchanged), ``all_reduce_sum`` sums the epoch's
-    loss/correct/count sums, and ``is_main`` gates printing and checkpoint writes.
+    loss/correct/count sums, ``reduce_metrics`` averages the hooks' metrics over ranks (weighted by
+    samples), and ``is_main`` gates printing and checkpoint writes.
 
     Example:
         >>> rt = Runtime.from_env(device="cpu"); rt.world_size
