@@ -106,28 +106,54 @@ def teacher_for_step(spec: Mapping[str, Any], ctx: MethodData) -> nn.Module:
     evaluated into ``teacher_metrics.json``, so a resumed run reuses it and the report can quote
     its accuracy. ``{step: N}`` loads ``ctx.extras["step_models"][N]``.
 
+    Under ``torchrun`` every rank ends with rank 0's teacher, checked by checksums: a teacher read
+    from a file (``step``, ``checkpoint``, a cached ``teacher.pt``) is read on rank 0 and sent to
+    the others; whether a cached ``teacher.pt`` is reused or the teacher is trained is decided on
+    rank 0 (the only rank with ``out_dir``) for every rank, and a teacher trained here trains on
+    every rank together (DDP inside ``fit``, which it leaves unwrapped). Only rank 0 writes.
+
     Example:
         >>> teacher_for_step({"step": 1}, MethodData(extras={"step_models": {1: "run/step1/model.pt"}}))
     """
+    from netcompress.training import distributed
+
     if "step" in spec:
-        return _teacher_from_step(int(spec["step"]), ctx)
+        teacher = distributed.on_main(lambda: _teacher_from_step(int(spec["step"]), ctx))
+        return _same_on_every_rank(teacher, f"teacher (model after step {spec['step']})")
     if "train" not in spec or "checkpoint" in spec:
-        return load_teacher(spec, num_classes=ctx.num_classes)
+        teacher = distributed.on_main(lambda: load_teacher(spec, num_classes=ctx.num_classes))
+        return _same_on_every_rank(teacher, "teacher (loaded)")
     from netcompress.core.io import atomic_torch_save, atomic_write_json
     from netcompress.evaluation import evaluate
     from netcompress.training import TrainConfig, fit
 
     cached = ctx.out_dir / "teacher.pt" if ctx.out_dir is not None else None
-    if cached is not None and cached.exists():
-        return load_teacher({"checkpoint": str(cached)}, num_classes=ctx.num_classes)
+    # rank 0 decides for every rank: a rank that retrained while rank 0 reused would diverge (or hang)
+    if distributed.on_main(lambda: cached is not None and cached.exists()):
+        teacher = distributed.on_main(
+            lambda: load_teacher({"checkpoint": str(cached)}, num_classes=ctx.num_classes)
+        )
+        return _same_on_every_rank(teacher, "teacher (reused teacher.pt)")
     teacher = load_teacher({k: v for k, v in spec.items() if k != "train"}, num_classes=ctx.num_classes)
+    _same_on_every_rank(teacher, "teacher (before training)")  # one starting point for DDP
     train_cfg = TrainConfig.from_dict(spec["train"] or {}, where="teacher.train")
     train_cfg = train_cfg.replace(device=ctx.device, progress=train_cfg.progress and ctx.progress)
     history = fit(teacher, ctx.train_loader, val_loader=ctx.val_loader, config=train_cfg)
-    if cached is not None:
+    _same_on_every_rank(teacher, "teacher (trained here)")
+    if cached is not None and distributed.is_main():
         atomic_write_json(ctx.out_dir / "teacher_history.json", history.rows)
         atomic_write_json(ctx.out_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
         atomic_torch_save(teacher, cached, sign=True)
+    return teacher
+
+
+def _same_on_every_rank(teacher: nn.Module, where: str) -> nn.Module:
+    """Rank 0's teacher on every rank, proved by checksums (nothing outside torchrun). A teacher is
+    never wrapped in DistributedDataParallel: it only runs forwards."""
+    from netcompress.training import distributed, replica_sync
+
+    teacher = distributed.unwrap(teacher)
+    replica_sync.sync_model_(teacher, where=where)
     return teacher
 
 

@@ -14,8 +14,11 @@ How a timing is taken (the lessons of the benchmarks, for every caller):
   the relative width of the middle 90 % of them, ``(p95 - p5) / p50`` (0 when every forward took
   the same time): report it next to a speed-up so a reader sees how noisy the machine was.
 
-Each forward is timed whole with ``time.perf_counter`` under ``torch.inference_mode`` (on CUDA the
-device is synchronised around it), in eval mode, which is restored afterwards.
+Each forward is timed whole with ``time.perf_counter`` under ``torch.inference_mode``, in eval mode,
+which is restored afterwards. CUDA kernels run asynchronously, so when the model or its inputs live on
+a GPU every CUDA device they use is synchronised after the warm-up and after each timed forward
+(:func:`cuda_devices`); every summary names where it was timed (``device``: ``"cpu, 2 threads"``,
+``"cuda:0 NVIDIA H200"``, :func:`describe_device`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
-from netcompress.core.inputs import batch_size_of, call_model, move_inputs
+from netcompress.core.inputs import batch_size_of, call_model, input_tensors, move_inputs
 from netcompress.evaluation.harness import eval_mode, expand_batch, model_device, model_inputs
 
 # glibc mallopt parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
@@ -116,25 +119,65 @@ def latency_summary(
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def cuda_devices(model: nn.Module, inputs: Any = None) -> list[torch.device]:
+    """The CUDA devices holding the model's parameters or buffers or the input tensors (in order).
+
+    A forward on any of them runs asynchronously: timing it needs ``torch.cuda.synchronize`` on each.
+
+    Example:
+        >>> cuda_devices(nn.Linear(2, 2), torch.zeros(1, 2))   # on the CPU
+        []
+    """
+    found: list[torch.device] = []
+    tensors = [*model.parameters(), *model.buffers()]
+    if inputs is not None:
+        tensors += list(input_tensors(inputs))
+    for tensor in tensors:
+        if tensor.device.type == "cuda" and tensor.device not in found:
+            found.append(tensor.device)
+    return found
+
+
+def describe_device(model: nn.Module, inputs: Any = None) -> str:
+    """Where a timing runs, for its summary: ``"cpu, 2 threads"`` (torch's thread count now) or
+    ``"cuda:0 NVIDIA H200"`` (the first CUDA device of the model or the inputs, with its name).
+
+    Example:
+        >>> with torch_threads(2):
+        ...     describe_device(nn.Linear(2, 2))
+        'cpu, 2 threads'
+    """
+    devices = cuda_devices(model, inputs)
+    if devices:
+        return f"{devices[0]} {torch.cuda.get_device_name(devices[0])}"
+    device = model_device(model)
+    if device.type != "cpu":  # mps, xpu, ...: named as torch names them
+        return str(device)
+    threads = torch.get_num_threads()
+    return f"cpu, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def _sync(devices: Sequence[torch.device]) -> None:
+    for device in devices:
         torch.cuda.synchronize(device)
 
 
 def _timed_forwards(
     model: nn.Module, inputs: Any, *, warmup: int, repeats: int, max_seconds: float | None
 ) -> list[float]:
-    """``warmup`` untimed then up to ``repeats`` timed forwards (at least one); the caller holds the modes."""
-    device = model_device(model)
+    """``warmup`` untimed then up to ``repeats`` timed forwards (at least one); the caller holds the modes.
+
+    On CUDA the queued work is waited for before the clock starts and before it is read."""
+    devices = cuda_devices(model, inputs)
     for _ in range(warmup):
         call_model(model, inputs)
-    _sync(device)
+    _sync(devices)
     times_ms: list[float] = []
     loop_start = time.perf_counter()
     for _ in range(repeats):
         start = time.perf_counter()
         call_model(model, inputs)
-        _sync(device)
+        _sync(devices)
         times_ms.append((time.perf_counter() - start) * 1000.0)
         if max_seconds is not None and time.perf_counter() - loop_start > max_seconds:
             break
@@ -167,7 +210,8 @@ def time_rounds(
     batch size over all rounds (each round gets its share; the first round times at least one
     forward, later rounds are skipped once the cap is spent). The heap is kept
     warm (:func:`keep_heap_warm`); ``threads`` sets torch's thread count for the timing only.
-    Every summary is :func:`latency_summary` plus ``round_p50_ms`` (each round's median).
+    Every summary is :func:`latency_summary` plus ``round_p50_ms`` (each round's median) and
+    ``device`` (:func:`describe_device`; on CUDA each forward is synchronised before it is read).
 
     Example:
         >>> t = time_rounds({"a": nn.Linear(8, 2)}, torch.randn(1, 8), batch_sizes=(1, 64), repeats=6)
@@ -198,6 +242,7 @@ def time_rounds(
     samples = {(name, b): [] for name in names for b in sizes}
     round_p50s: dict[tuple[str, int], list[float]] = {key: [] for key in samples}
     with torch_threads(threads), contextlib.ExitStack() as stack:
+        where = {name: describe_device(models[name], inputs[name, sizes[0]]) for name in names}
         for model in models.values():
             stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode())
@@ -220,7 +265,11 @@ def time_rounds(
                     round_p50s[name, b].append(float(np.percentile(times, 50)))
     return {
         name: {
-            b: {**latency_summary(samples[name, b], round_p50s[name, b]), "round_p50_ms": round_p50s[name, b]}
+            b: {
+                **latency_summary(samples[name, b], round_p50s[name, b]),
+                "round_p50_ms": round_p50s[name, b],
+                "device": where[name],
+            }
             for b in sizes
         }
         for name in names
@@ -272,7 +321,7 @@ def time_alternating(
 
     ``repeats[batch]`` timed forwards per round (default 20 at batch 1, 5 at others). Each row has
     ``latency_ms`` / ``latency_b<N>_ms`` (median over rounds), ``..._p95_ms`` and ``..._spread``
-    for each batch size, plus ``rounds`` and ``threads``.
+    for each batch size, plus ``rounds``, ``threads`` and ``device``.
 
     Example:
         >>> t = time_alternating({"a": nn.Linear(8, 2)}, torch.randn(1, 8), rounds=2)
@@ -293,6 +342,7 @@ def time_alternating(
     for name, per_batch in timing.items():
         row: dict[str, Any] = {"rounds": rounds, "threads": threads}
         for b, summary in per_batch.items():
+            row["device"] = summary["device"]
             prefix = "latency" if b == 1 else f"latency_b{b}"
             row[f"{prefix}_ms"] = summary["p50_ms"]
             row[f"{prefix}_p95_ms"] = summary["p95_ms"]

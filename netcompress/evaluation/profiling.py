@@ -104,7 +104,8 @@ def profile(
     forwards of each batch size split over ``rounds`` interleaved rounds (batch 1, batch 64, batch
     1, ...) so load drift hits every batch size alike. Also reported: ``latency_spread`` /
     ``latency_b<N>_spread`` (``(p95 - p5) / p50`` of the timed forwards: how noisy the timing
-    was), ``latency_rounds`` and ``heap_kept_warm``.
+    was), ``latency_rounds``, ``heap_kept_warm`` and ``latency_device`` (where the forwards were
+    timed: ``"cpu, 2 threads"`` or ``"cuda:0 <GPU name>"``; CUDA forwards are synchronised).
 
     Example:
         >>> stats = profile(model, torch.randn(1, 3, 32, 32), latency=False)
@@ -137,7 +138,7 @@ def profile(
     if 64 not in sizes:  # the contract always names the batch-64 keys
         stats["latency_b64_ms"] = stats["latency_b64_p95_ms"] = None
     stats["latency_repeats"] = {}
-    stats["latency_rounds"] = stats["heap_kept_warm"] = None
+    stats["latency_rounds"] = stats["heap_kept_warm"] = stats["latency_device"] = None
     for batch in sizes:
         stats["latency_spread" if batch == 1 else f"latency_b{batch}_spread"] = None
 
@@ -160,6 +161,7 @@ def profile(
                 stats[f"{prefix}_spread"] = summary["spread"]
                 stats["latency_repeats"][str(batch)] = summary["repeats"]
             stats["latency_rounds"] = min(rounds, repeats)
+            stats["latency_device"] = timing[sizes[0]]["device"]
             stats["heap_kept_warm"] = keep_heap_warm()
 
     if memory:

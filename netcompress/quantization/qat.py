@@ -199,6 +199,11 @@ def qat(model: nn.Module, config: QATConfig, data: MethodData) -> Result:
 
     qmodel = build_qat_model(model, config, calib_loader=data.calibration)
     train_config = config.train_config()
+    train_config = train_config.replace(
+        # a device left at the default follows the run's (cuda:LOCAL_RANK under torchrun); a quiet run stays quiet
+        device=data.device if train_config.device == "cpu" else train_config.device,
+        progress=train_config.progress and data.progress,
+    )
     hooks = [GridClusterPreserving()] if qmodel.qat_info["grid_clustered"] else []
     history = fit(qmodel, data.train_loader, val_loader=data.val_loader, config=train_config, hooks=hooks)
     freeze_quantizers_(qmodel).eval()

@@ -15,9 +15,9 @@ every stage row is measured on the test split. Every file is written atomically;
 model checkpoint and the data are only read.
 
 Under ``torchrun --nproc_per_node=N`` every rank runs every step (training steps train in DDP, each
-rank on its share of the batches); rank 0 alone plans and writes the run folder, measures and
-prints, and after each step every rank takes rank 0's model, checked by checksums
-(:func:`netcompress.training.replica_sync.sync_model_`).
+rank on its share of the batches) and every point of a sweep, in the same order; rank 0 alone plans
+and writes the run folder, copies reused steps, measures and prints, and after each step every rank
+takes rank 0's model, checked by checksums (:func:`netcompress.training.replica_sync.sync_model_`).
 """
 
 from __future__ import annotations
@@ -90,17 +90,12 @@ def run_recipe(
 
     runtime = Runtime.from_env(device=resolved["device"])  # joins torchrun's process group, if any
     progress = progress and runtime.is_main
-    if raw.get("sweep") is not None:
-        if runtime.distributed:
-            raise ConfigError(
-                "a recipe with 'sweep' does not run under torchrun yet; run each point's overrides as its own run"
-            )
+    if raw.get("sweep") is not None:  # under torchrun: every rank runs every point, in the same order
         for _, point_overrides in sweep_points(raw["sweep"]):  # validate every point before running any
             resolve_recipe(apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, point_overrides))
-        run_dir = plan_run_dir(
-            resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root), sweep=True
+        run_dir, made = distributed.on_main(  # rank 0 plans and makes the sweep folder
+            lambda: _plan_sweep(resolved, out_dir=out_dir, resume=resume, runs_root=Path(runs_root))
         )
-        made = _open_run_dir(run_dir)
         try:
             return run_sweep(
                 raw,
@@ -111,7 +106,7 @@ def run_recipe(
                 run_point=run_recipe,
             )
         except NetcompressError:
-            if made is not _EXISTED and not has_finished_step(run_dir):
+            if runtime.is_main and made is not _EXISTED and not has_finished_step(run_dir):
                 discard_run_dir(run_dir, made)
             raise
     run_dir, state = distributed.on_main(  # rank 0 plans; every rank gets its answer (or its error)
@@ -161,9 +156,12 @@ def run_recipe(
         for index, step in enumerate(resolved["steps"]):
             if index < len(done):
                 continue
-            reused = _reuse_step(index, resolved, run_dir, state, _reuse_from)
+            reused = distributed.on_main(  # rank 0 copies the step; every rank gets its model and state
+                lambda i=index, st=state: _reuse_step(i, resolved, run_dir, st, _reuse_from)
+            )
             if reused is not None:
-                model = reused
+                model, state = reused
+                replica_sync.sync_model_(model, where=f"after step {index + 1} (reused)")
                 say(
                     progress,
                     f"[step {index + 1}/{len(resolved['steps'])}] reused from an identical earlier run",
@@ -185,6 +183,12 @@ def run_recipe(
 def _plan(resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path) -> tuple[Path, Any]:
     run_dir = plan_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=runs_root)
     return run_dir, (_load_state(run_dir, resolved) if resume else None)  # a changed recipe is refused first
+
+
+def _plan_sweep(resolved: dict[str, Any], *, out_dir: Any, resume: bool, runs_root: Path) -> tuple[Path, Any]:
+    """The sweep's folder, made (rank 0 alone calls this; the other ranks never discard it)."""
+    run_dir = plan_run_dir(resolved, out_dir=out_dir, resume=resume, runs_root=runs_root, sweep=True)
+    return run_dir, _open_run_dir(run_dir)
 
 
 _EXISTED = object()  # _open_run_dir's answer for a run folder that was there before this run
@@ -276,8 +280,9 @@ def _prefix_hash(resolved: dict[str, Any], index: int) -> str:
 
 def _reuse_step(
     index: int, resolved: dict[str, Any], run_dir: Path, state: dict[str, Any], sources: tuple[Path, ...]
-) -> nn.Module | None:
-    """Copy step ``index`` from an earlier run that finished the very same step; None if none did."""
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """Copy step ``index`` from an earlier run that finished the very same step; its model and the
+    run state (``state`` itself, appended to), or None if no earlier run did."""
     import shutil
 
     digest = _prefix_hash(resolved, index)
@@ -300,7 +305,7 @@ def _reuse_step(
             state["finished_steps"].append({**entry, "label": label, "reused_from": str(source)})
             state["stages"].append({**other["stages"][pos + 1], "name": label})
             atomic_write_json(run_dir / STATE_FILE, state)
-            return _load_step_model(target / "model.pt")
+            return _load_step_model(target / "model.pt"), state
     return None
 
 

@@ -80,10 +80,12 @@ def run_sweep(
     run_point: Callable[..., RunResult],
 ) -> RunResult:
     """Run every point with ``run_point`` (the runner's ``run_recipe``), then write the sweep's report."""
+    from netcompress.training import distributed
+
     base = {k: v for k, v in raw.items() if k != "sweep"}
     points = sweep_points(raw["sweep"])
     results = []
-    for i, (label, overrides) in enumerate(points):
+    for i, (label, overrides) in enumerate(points):  # under torchrun: every rank, in this order
         point_dir = run_dir / "points" / f"{i:02d}-{_slug(label)}"
         if progress:
             print(f"\n=== sweep point {i + 1}/{len(points)}: {label} ===")
@@ -92,11 +94,27 @@ def run_sweep(
             {**base, "name": f"{base.get('name', 'run')} [{label}]"},
             overrides=overrides,
             out_dir=point_dir,
-            resume=resume and point_dir.exists(),
+            resume=resume and distributed.on_main(point_dir.exists),  # rank 0's disk decides
             progress=progress,
             _reuse_from=reuse,
         )
         results.append(result)
+    return distributed.on_main(  # rank 0 writes the sweep's files; every rank gets the result
+        lambda: _finish_sweep(raw, run_dir, points, results, progress=progress, source=source)
+    )
+
+
+def _finish_sweep(
+    raw: dict[str, Any],
+    run_dir: Path,
+    points: list[tuple[str, list[str]]],
+    results: list[RunResult],
+    *,
+    progress: bool,
+    source: Any,
+) -> RunResult:
+    """Write the sweep's metrics, resolved recipe and report; the sweep's RunResult."""
+    base = {k: v for k, v in raw.items() if k != "sweep"}
     stages = [{**r.final, "name": label} for (label, _), r in zip(points, results)]
     metrics = {
         "name": base.get("name"),

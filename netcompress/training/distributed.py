@@ -166,6 +166,46 @@ def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(names, vec.cpu().tolist()))
 
 
+def _numbers(value: Any) -> list[float] | None:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    return [float(v) for v in items] if ok else None
+
+
+def reduce_metrics(metrics: dict[str, Any], *, weight: float) -> dict[str, Any]:
+    """Per-rank metrics (a hook's ``epoch_end``) as one global row, the same on every rank.
+
+    A number (or list of numbers) that differs between ranks becomes the mean over the ranks that
+    report it, weighted by ``weight`` (the samples each rank trained on): a per-rank mean loss or
+    accuracy becomes the mean over all samples. A value every rank reports alike (computed from the
+    shared model) is kept exactly; anything else is rank 0's. Keys keep rank 0's order.
+
+    Example:
+        >>> reduce_metrics({"kd_soft_loss": 0.5}, weight=16)   # rank 1 had 0.7 over 48 samples
+        {'kd_soft_loss': 0.65}
+    """
+    if not is_distributed():
+        return dict(metrics)
+    everyone: list[Any] = [None] * world_size()
+    dist.all_gather_object(everyone, (float(weight), dict(metrics)))
+    keys = list(dict.fromkeys(k for _, m in everyone for k in m))
+    out: dict[str, Any] = {}
+    for key in keys:
+        given = [(w, m[key]) for w, m in everyone if key in m]
+        first = everyone[0][1].get(key, given[0][1])
+        numbers = [_numbers(v) for _, v in given]
+        if all(v == given[0][1] for _, v in given) or any(n is None for n in numbers):
+            out[key] = first
+            continue
+        if len({len(n) for n in numbers}) > 1:
+            raise ReplicaDivergenceError(f"hook metric {key!r} has a different length on different ranks")
+        total = sum(w for w, _ in given) or float(len(given))
+        weights = [w if sum(w for w, _ in given) else 1.0 for w, _ in given]
+        mean = [sum(w * n[i] for w, n in zip(weights, numbers)) / total for i in range(len(numbers[0]))]
+        out[key] = mean if isinstance(first, (list, tuple)) else mean[0]
+    return out
+
+
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Rank ``src``'s ``obj`` on every rank (pickled); ``obj`` itself in a single process."""
     if not is_distributed():

@@ -88,7 +88,8 @@ def fit(
       epoch; ``resume=True`` continues from ``last.pt`` (or starts fresh if there is none) and
       ends with the same weights and history as an uninterrupted run.
     - ``runtime``: device and process group (default :meth:`Runtime.from_env`: under ``torchrun`` the
-      model trains in DDP, each rank reads its share of the loader, metrics are summed over ranks).
+      model trains in DDP, each rank reads its share of the loader, metrics are summed over ranks and
+      the hooks' ``epoch_end`` metrics averaged over ranks by samples, so every rank holds one history).
     - ``config.precision`` (``bf16``/``fp16`` autocast) and ``config.channels_last``: faster on GPUs.
 
     Example:
@@ -141,13 +142,14 @@ def fit(
             dist_mod.set_epoch(run.loader, epoch)
             call_hooks(hooks, "epoch_start", model, epoch)
             reporter.epoch_start(epoch, config.epochs, steps_per_epoch)
-            train = _train_one_epoch(run, net, criterion, params, device, reporter, runtime)
+            train, local_samples = _train_one_epoch(run, net, criterion, params, device, reporter, runtime)
             val_acc, val_loss = (
                 (None, None) if val_loader is None else _validate(model, val_loader, device, runtime)
             )
             row = {"epoch": epoch, **train, "val_loss": val_loss, "val_acc": val_acc}
             row["time_s"] = round(time.perf_counter() - started, 4)
-            row.update(_hook_metrics(hooks, model, epoch))
+            # a hook sees only this rank's batches: its metrics are averaged over ranks, by samples
+            row.update(runtime.reduce_metrics(_hook_metrics(hooks, model, epoch), weight=local_samples))
             history.append(row)
             if val_acc is not None and val_acc > best["val_acc"]:
                 best.update(epoch=epoch, val_acc=val_acc, weights=ckpt.weights_snapshot(model, extra))
@@ -175,7 +177,8 @@ def _train_one_epoch(
     device: torch.device,
     reporter: SilentReporter,
     runtime: Runtime,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """One pass over this rank's batches: the epoch's row (summed over ranks) and this rank's samples."""
     model, optimizer, schedule, hooks = run.model, run.optimizer, run.schedule, run.hooks
     precision, channels_last = run.config.precision, run.config.channels_last
     clip_norm = run.config.grad_clip_norm
@@ -227,6 +230,7 @@ def _train_one_epoch(
             correct += (outputs.detach().argmax(dim=1) == targets).sum()
             counted += n
         reporter.batch(loss_sum, correct, seen)
+    local_seen = seen
     if runtime.distributed:  # sums and counts over every rank, never an average of averages
         totals = torch.stack([loss_sum.double(), correct.double()]).to(device)
         counts = torch.tensor([seen, counted], dtype=torch.float64, device=device)
@@ -235,12 +239,13 @@ def _train_one_epoch(
         seen, counted = int(reduced[2]), int(reduced[3])
     if seen == 0:
         raise DataError("train_loader yielded no batches")
-    return {
+    row = {
         "lr": first_lr,
         "train_loss": float(loss_sum) / seen,
         # None when the outputs are not (N, classes) logits with integer targets
         "train_acc": int(correct) / counted if counted else None,
     }
+    return row, local_seen
 
 
 def _validate(

@@ -93,7 +93,8 @@ class Runtime:
     (:mod:`netcompress.training.distributed`), ``wrap_model`` returns PyTorch's
     ``DistributedDataParallel``, ``train_loader`` gives each rank its share through a seeded
     ``DistributedSampler`` (the global batch unchanged), ``all_reduce_sum`` sums the epoch's
-    loss/correct/count sums, and ``is_main`` gates printing and checkpoint writes.
+    loss/correct/count sums, ``reduce_metrics`` averages the hooks' metrics over ranks (weighted by
+    samples), and ``is_main`` gates printing and checkpoint writes.
 
     Example:
         >>> rt = Runtime.from_env(device="cpu"); rt.world_size
@@ -138,6 +139,10 @@ class Runtime:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of ``tensor`` over processes (itself in a single process)."""
         return dist_mod.all_reduce_sum(tensor) if self.distributed else tensor
+
+    def reduce_metrics(self, metrics: dict[str, Any], *, weight: float) -> dict[str, Any]:
+        """A hook's per-epoch metrics over every rank (:func:`~netcompress.training.distributed.reduce_metrics`)."""
+        return dist_mod.reduce_metrics(metrics, weight=weight) if self.distributed else metrics
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
