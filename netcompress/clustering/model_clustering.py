@@ -84,6 +84,7 @@ def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: Method
     """Train with the cluster loss (``sum_w min_c (w - c)^2``) so weights gather before snapping."""
     from netcompress.clustering.regularizer import ClusterLoss
     from netcompress.training import TrainConfig, fit
+    from netcompress.training.supervised import run_config
 
     hook = ClusterLoss(
         config.cluster_loss,
@@ -93,7 +94,8 @@ def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: Method
         init=config.init,
         seed=config.seed,
     )
-    train = TrainConfig(epochs=config.cluster_loss_epochs, lr=config.lr, seed=config.seed)
+    # the run's device (cuda:LOCAL_RANK under torchrun) and progress setting, as every other step
+    train = run_config(TrainConfig(epochs=config.cluster_loss_epochs, lr=config.lr, seed=config.seed), data)
     history = fit(model, data.train_loader, val_loader=data.val_loader, config=train, hooks=[hook])
     return {
         "cluster_loss_epochs": config.cluster_loss_epochs,
