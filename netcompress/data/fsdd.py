@@ -2,8 +2,10 @@
 
 Files are ``{digit}_{speaker}_{index}.wav``, in a folder (``recordings/``) or in ``fsdd.tar.gz``
 (``fsdd/recordings/...``), read with the stdlib ``wave`` module. The decoded int16 audio is cached
-at its natural lengths, so changing ``length`` does not re-decode. The usual split: index 0-4 of
-each speaker and digit is the test set (300), 5-49 the training set (2,700).
+at its natural lengths, so changing ``length`` does not re-decode. The usual split (``split:
+index``): index 0-4 of each speaker and digit is the test set (300), 5-49 the training set (2,700);
+every speaker is in both. ``split: speakers`` holds whole speakers out instead (``test_speakers``),
+so the test set measures digits spoken by voices never heard in training.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from netcompress.core.config import check_range
-from netcompress.core.errors import DataError
+from netcompress.core.config import check_choice, check_range
+from netcompress.core.errors import ConfigError, DataError
 from netcompress.data.archives import iter_tar_members
 from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import find_default, register_dataset
 from netcompress.data.in_memory import WaveformDataset
+from netcompress.data.splits import held_out_groups
 
 SAMPLE_RATE_HZ = 8000
 FILE_PATTERN = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)\.wav$")
 DEFAULT_NAMES = ("fsdd.tar.gz", "fsdd", "free-spoken-digit-dataset")
+SPLITS = ("index", "speakers")
+DEFAULT_TEST_MAX_INDEX = 4
 
 
 @dataclasses.dataclass
@@ -36,23 +41,39 @@ class FsddConfig(ValidationSplit):
     """Settings of the ``fsdd`` data set.
 
     ``length`` samples per clip (8000 = 1 s): shorter clips are zero-padded at the end, longer
-    ones cropped around their centre (where the word is). Recordings with index <=
-    ``test_max_index`` form the test set. The validation split (``val_fraction``, ``val_size``,
-    ``val_seed``) is held out of the training recordings.
+    ones cropped around their centre (where the word is). ``split: index`` (the default):
+    recordings with index <= ``test_max_index`` (default 4) form the test set. ``split: speakers``:
+    every recording of the ``test_speakers`` forms the test set, and no recording of theirs is
+    in training. The validation split (``val_fraction``, ``val_size``, ``val_seed``) is held out of
+    the training recordings (so, with ``split: speakers``, it holds training speakers only).
 
     Example:
-        >>> FsddConfig(length=16000)
+        >>> FsddConfig(split="speakers", test_speakers=["george"])
     """
 
     root: str | None = None
     length: int = 8000
-    test_max_index: int = 4
+    split: str = "index"
+    test_max_index: int | None = None
+    test_speakers: list[str] = dataclasses.field(default_factory=list)
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("length", self.length, 1)
-        check_range("test_max_index", self.test_max_index, 0)
+        check_choice("split", self.split, SPLITS)
+        if self.test_max_index is not None:
+            check_range("test_max_index", self.test_max_index, 0)
+        if self.split == "index" and self.test_speakers:
+            raise ConfigError("test_speakers is read only with split: speakers (split is 'index')")
+        if self.split == "speakers":
+            if self.test_max_index is not None:
+                raise ConfigError("test_max_index is read only with split: index (split is 'speakers')")
+            if not self.test_speakers:
+                raise ConfigError("split: speakers needs test_speakers, e.g. test_speakers: [george]")
+            repeated = sorted({n for n in self.test_speakers if self.test_speakers.count(n) > 1})
+            if repeated:
+                raise ConfigError(f"test_speakers names {', '.join(repeated)} more than once")
 
 
 def read_wav(data: bytes, *, where: str) -> np.ndarray:
@@ -148,6 +169,20 @@ def resolve_root(root: Path) -> Path:
     return root
 
 
+def test_mask(arrays: dict[str, np.ndarray], speakers: list[str], config: FsddConfig) -> np.ndarray:
+    """Which recordings form the test set under ``config.split``; an unknown test speaker is a DataError.
+
+    Example:
+        >>> test_mask({"index": np.array([0, 7]), "speaker": np.array([0, 1])}, ["ann", "bob"],
+        ...           FsddConfig(split="speakers", test_speakers=["bob"])).tolist()
+        [False, True]
+    """
+    if config.split == "speakers":
+        return held_out_groups(arrays["speaker"], speakers, config.test_speakers, what="speaker")
+    top = DEFAULT_TEST_MAX_INDEX if config.test_max_index is None else config.test_max_index
+    return arrays["index"] <= top
+
+
 @register_dataset("fsdd", config=FsddConfig)
 def load_fsdd(config: FsddConfig) -> DataBundle:
     """The FSDD bundle: float waveforms (1, length) in [-1, 1), labels 0-9 = the spoken digit.
@@ -169,7 +204,8 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
     )
     clips = torch.from_numpy(fit_length(arrays["audio"], arrays["offsets"], length=config.length))
     labels = torch.from_numpy(arrays["digit"])
-    is_test = torch.from_numpy(arrays["index"] <= config.test_max_index)
+    speakers = list(meta["speakers"])
+    is_test = torch.from_numpy(test_mask(arrays, speakers, config))
     train = WaveformDataset(clips[~is_test], labels[~is_test])
     test = WaveformDataset(clips[is_test], labels[is_test])
     train, val = hold_out_validation(train, config)
@@ -189,7 +225,10 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
             "num_train": len(train),
             "num_val": 0 if val is None else len(val),
             "num_test": len(test),
-            "speakers": list(meta["speakers"]),
+            "speakers": speakers,
+            "split": config.split,
+            "test_speakers": sorted({speakers[i] for i in arrays["speaker"][is_test.numpy()]}),
+            "train_speakers": sorted({speakers[i] for i in arrays["speaker"][~is_test.numpy()]}),
             "clip_samples_min": int(lengths.min()),
             "clip_samples_max": int(lengths.max()),
             "clips_cropped": int((lengths > config.length).sum()),

@@ -4,6 +4,8 @@ A folder of images, a tensor file or a user's own ``Dataset`` often comes as one
 :func:`stratified_split` cuts a test split out of it, class by class, in proportion, so a rare
 class still appears in both; the validation split is then held out of the training part as for
 every other data set (:func:`netcompress.data.bundle.hold_out_validation`).
+:func:`held_out_groups` cuts the test split by group instead (e.g. FSDD's speakers), so no group
+of the test split is ever seen in training.
 """
 
 from __future__ import annotations
@@ -80,3 +82,29 @@ def count_classes(labels: list[np.ndarray], *, given: int | None, where: str) ->
     if top >= given:
         raise DataError(f"{where}: label {top} does not fit num_classes={given} (labels are 0..{given - 1})")
     return given
+
+
+def held_out_groups(
+    groups: np.ndarray, names: list[str], test_names: list[str], *, what: str = "group"
+) -> np.ndarray:
+    """Boolean test mask: True for every sample whose group (an index into ``names``) is in ``test_names``.
+
+    ``what`` names the kind of group in errors. A name not in ``names`` is a DataError naming it and
+    listing the names found; holding out every group (nothing left to train on) is a DataError too.
+
+    Example:
+        >>> held_out_groups(np.array([0, 1, 2, 1]), ["ann", "bob", "cy"], ["bob"]).tolist()
+        [False, True, False, True]
+    """
+    unknown = [name for name in test_names if name not in names]
+    if unknown:
+        raise DataError(
+            f"test {what}(s) {', '.join(map(repr, unknown))} not in the data; "
+            f"{what}s found: {', '.join(names)}"
+        )
+    if set(test_names) >= set(names):
+        raise DataError(
+            f"test {what}s {sorted(test_names)} are every {what} in the data: nothing left to train on"
+        )
+    test_ids = np.array([names.index(name) for name in test_names], dtype=np.int64)
+    return np.isin(np.asarray(groups, dtype=np.int64), test_ids)
