@@ -1,0 +1,51 @@
+"""ONNX Runtime fuses every quantized convolution of a ReLU6 network, saturated ranges included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from netcompress.export.onnx import export_onnx
+from netcompress.quantization import quantize
+from netcompress.quantization.placement import scale_within
+
+pytest.importorskip("onnxruntime")
+
+
+class SaturatingNet(nn.Module):
+    """Conv -> ReLU6 -> Conv -> ReLU6 -> pool -> Linear, the EfficientNet-Lite pattern."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.act = nn.ReLU6()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.b(self.act(self.a(x))))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_scale_within_is_the_largest_float32_scale_under_the_limit():
+    s = scale_within(torch.tensor([6.0 / 255, 0.01, 0.5]), 255)
+    # a saturated ReLU6's scale: above 6 in double (the old test), not in float32 (ORT's test)
+    assert float(torch.tensor(6.0 / 255)) * 255 > 6.0 and float(torch.tensor(6.0 / 255) * 255) <= 6.0
+    assert float(s[0]) == float(torch.tensor(6.0 / 255))  # kept as it is: no code changes
+    assert bool((s * 255 <= 6.0).all())
+    assert float(s[1]) == float(torch.tensor(0.01))  # already under: unchanged
+    assert float(s[2]) == float(s[0])  # a range beyond 6 is narrowed to 6
+
+
+def test_saturated_relu6_ranges_are_absorbed_and_every_conv_runs_int8(tmp_path):
+    torch.manual_seed(0)
+    model = SaturatingNet().eval()
+    data = [torch.randn(8, 3, 8, 8) * 10 for _ in range(2)]  # ReLU6 saturates: ranges end at exactly 6
+    qmodel = quantize(model, data, act_observer="minmax", num_calib_batches=2)
+    assert not any(isinstance(m, nn.ReLU6) for m in qmodel.modules())  # both absorbed
+    summary = export_onnx(qmodel, tmp_path / "q.onnx", data[0][:1], int8=True)
+    # before: scale * 255 tested in double (6.0000001 > 6), ReLU6 kept: ORT ran both convs as float FusedConv
+    assert summary["int8_op_counts"].get("QLinearConv") == 2
+    assert "FusedConv" not in summary["op_counts"] and "Conv" not in summary["op_counts"]
+    assert summary["check"]["max_rel_diff"] <= 0.05
