@@ -49,3 +49,34 @@ def test_saturated_relu6_ranges_are_absorbed_and_every_conv_runs_int8(tmp_path):
     assert summary["int8_op_counts"].get("QLinearConv") == 2
     assert "FusedConv" not in summary["op_counts"] and "Conv" not in summary["op_counts"]
     assert summary["check"]["max_rel_diff"] <= 0.05
+
+
+class Residual(nn.Module):
+    """Two quantized branches added: ORT fuses the QDQ Add into QLinearAdd only with scalar qparams."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = self.b(y) + y
+        return self.head(self.c(y).mean(dim=(2, 3)))
+
+
+def test_per_tensor_qdq_exports_scalar_qparams_and_the_residual_add_runs_int8(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    data = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    qmodel = quantize(Residual().eval(), data, num_calib_batches=2)
+    summary = export_onnx(qmodel, tmp_path / "r.onnx", data[0][:1], int8=True)
+    assert summary["int8_op_counts"].get("QLinearAdd") == 1 and "Add" not in summary["op_counts"]
+    assert summary["check"]["max_rel_diff"] <= 0.05
+    graph = onnx.load(str(tmp_path / "r.onnx")).graph
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    assert qdq and all(inits.get(n.input[1], []) == [] for n in qdq)  # scalar scales
