@@ -12,6 +12,7 @@ average pool or an add) gets an input quantizer. Anything else stays float and i
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import Counter
 from typing import Any
 
@@ -156,6 +157,25 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, target: str, quantizer: nn.
     return q
 
 
+_ADDS = (operator.add, torch.add, "add")
+
+
+def _share_with_residual_adds(source: fx.Node, q: fx.Node, quant_nodes: set[fx.Node]) -> None:
+    """Feed ``q`` (``source`` quantized) to the adds whose other inputs are all quantized already.
+
+    A residual block's input is quantized for its first layer; its skip connection used the float
+    value, so the Add had one float input and ONNX Runtime kept it float between a DequantizeLinear
+    and a QuantizeLinear (7 of the 9 residual Adds of EfficientNet-Lite0). With both inputs quantized it
+    runs as ``QLinearAdd``, as int8 inference computes it.
+    """
+    for user in list(source.users):
+        if user is q or user.op not in ("call_function", "call_method") or user.target not in _ADDS:
+            continue
+        others = [a for a in user.args if isinstance(a, fx.Node) and a is not source]
+        if others and all(a in quant_nodes for a in others):
+            user.replace_input_with(source, q)
+
+
 def build_graph_quantized(
     gm: fx.GraphModule, plan: dict[str, LayerPlan], *, method: str = "ste"
 ) -> tuple[fx.GraphModule, dict[str, Any]]:
@@ -211,6 +231,7 @@ def build_graph_quantized(
                 input_quant[source] = gm.graph.call_module(target, (source,))
             quant_nodes.add(input_quant[source])
             inputs_added += 1
+            _share_with_residual_adds(source, input_quant[source], quant_nodes)
         node.args = (input_quant[source], *node.args[1:])
     gm.graph.lint()
     gm.recompile()

@@ -80,3 +80,30 @@ def test_per_tensor_qdq_exports_scalar_qparams_and_the_residual_add_runs_int8(tm
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     inits = {i.name: list(i.dims) for i in graph.initializer}
     assert qdq and all(inits.get(n.input[1], []) == [] for n in qdq)  # scalar scales
+
+
+class ChainedResiduals(nn.Module):
+    """Two residual blocks in a row: the second block's skip input is the first block's Add output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(8, 8, 1) for _ in range(2))
+        self.out = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        for block in self.blocks:
+            y = block(y) + y
+        return self.head(self.out(y).mean(dim=(2, 3)))
+
+
+def test_a_quantized_block_input_also_feeds_its_skip_add_so_every_add_runs_int8(tmp_path):
+    torch.manual_seed(0)
+    data = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    qmodel = quantize(ChainedResiduals().eval(), data, num_calib_batches=2)
+    summary = export_onnx(qmodel, tmp_path / "c.onnx", data[0][:1], int8=True)
+    # before: the second Add took the first one's float output and ran float
+    assert summary["int8_op_counts"].get("QLinearAdd") == 2 and "Add" not in summary["op_counts"]
+    assert summary["check"]["max_rel_diff"] <= 0.05
