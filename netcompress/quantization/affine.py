@@ -105,4 +105,6 @@ def fake_quantize(
     if per_channel:
         axis = spec.axis if spec.axis >= 0 else x.dim() + spec.axis
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, cmin, cmax)
-    return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zero_point.reshape(1), cmin, cmax)
+    # 0-d scale and zero point: they export as scalar initializers, and ONNX Runtime fuses QDQ around
+    # Add/Mul/pooling (QLinearAdd...) only with scalar ones (with shape (1,) every residual Add stayed float)
+    return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero_point.reshape(()), cmin, cmax)
