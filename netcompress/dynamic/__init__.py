@@ -32,7 +32,7 @@ from netcompress.dynamic.exit_training import (
     with_early_exits,
 )
 from netcompress.dynamic.slim_layers import SwitchableBatchNorm, active_channels
-from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable, set_width
+from netcompress.dynamic.slimmable import SlimmableModel, at_width, extract_width, make_slimmable, set_width
 from netcompress.dynamic.slimmable_training import (
     SlimmableConfig,
     SlimmableHook,
@@ -58,6 +58,7 @@ __all__ = [
     "SwitchableBatchNorm",
     "active_channels",
     "add_early_exits",
+    "at_width",
     "calibrate_early_exit",
     "candidate_thresholds",
     "check_early_exit_onnx",

@@ -199,7 +199,7 @@ def evaluate_widths(
         for width in sorted(widths or model.widths):
             model.set_width(width)
             metrics = evaluate(model, loader, device=device, max_batches=max_batches)
-            example = torch.zeros(1, *model.input_shape, device=device)
+            example = model.example_inputs(1, device)
             rows.append(
                 {
                     "width": float(model.width),
@@ -263,7 +263,7 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
 
     data.require("train_loader", "val_loader", "example_inputs", method="dynamic/slimmable")
     slim = model if isinstance(model, SlimmableModel) else make_slimmable(
-        model, widths=config.widths, example_inputs=data.example_inputs[:1]
+        model, widths=config.widths, example_inputs=data.example_inputs
     )  # fmt: skip
     train_config = run_config(config.train_config(), data)
     history = None

@@ -125,21 +125,33 @@ def test_switchable_bn_keeps_private_statistics_per_width():
     assert not torch.equal(bn.bns[0].running_mean, full_before[:8])
 
 
-def test_unsupported_graphs_name_the_layer():
-    resnet = models.create("cifar_resnet20", num_classes=10)
-    with pytest.raises(UnsupportedModelError, match="add"):
-        make_slimmable(resnet, example_inputs=torch.randn(1, 3, 32, 32))
-    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(72, 3))
-    with pytest.raises(UnsupportedModelError, match="'0' is a grouped convolution"):
-        make_slimmable(grouped, example_inputs=torch.randn(1, 4, 5, 5))
+class _Roll(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.roll(self.conv(x), 1, dims=1).mean((2, 3)))
+
+
+def test_unsupported_graphs_name_the_op_or_layer():
+    with pytest.raises(UnsupportedModelError, match="slimmable width.*'roll'"):
+        make_slimmable(_Roll(), example_inputs=torch.randn(1, 3, 5, 5))
+    lstm = nn.Sequential(nn.Linear(4, 8), nn.LSTM(8, 8))
+    with pytest.raises(UnsupportedModelError, match="'1' of type LSTM"):
+        make_slimmable(lstm, example_inputs=torch.randn(2, 4))
+    # a LayerNorm's channels are kept whole; here that leaves nothing to slim, and the error says why
     ln = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+    with pytest.raises(UnsupportedModelError, match="no channel group can be slimmed.*norm '1'"):
         make_slimmable(ln, example_inputs=torch.randn(1, 4))
     slim = make_slimmable(_digits(), widths=(0.5, 1.0), example_inputs=X[:1])
     with pytest.raises(ConfigError, match="0.75"):
         set_width(slim, 0.75)
     with pytest.raises(ConfigError, match="1.0"):
         make_slimmable(_digits(), widths=(0.5,), example_inputs=X[:1])
+    with pytest.raises(UnsupportedModelError, match="extract_width needs a SlimmableModel"):
+        extract_width(_digits(), 0.5)
 
 
 def test_hook_loss_is_weighted_sum_over_widths():
