@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import batch_inputs, batch_size_of, call_model, move_inputs
 from netcompress.core.selection import set_submodule
 from netcompress.dynamic.slim_layers import (
     BATCH_NORMS,
@@ -303,3 +304,45 @@ def extract_width(model: SlimmableModel, width: float) -> nn.Module:
                 layer.__dict__.pop(attr, None)
             SHRINKERS.get(model.plan.kinds[name])(layer, keep[name]["in"], keep[name]["out"])
     return net
+
+
+def recalibrate_widths_(model: SlimmableModel, loader: Any, *, num_batches: int = 10) -> dict[float, int]:
+    """Re-estimate each width's private BatchNorm statistics on ``num_batches`` batches (in place).
+
+    Per width, only that width's BNs are reset and fed (cumulative average: ``momentum=None`` for the
+    pass), in train mode under ``no_grad``; no weight changes, the other widths' statistics stay as
+    they are. Useful after training, whose running averages lag the final weights. Returns the
+    samples seen per width.
+
+    Example:
+        >>> recalibrate_widths_(slim, train_loader, num_batches=20)
+        {0.25: 2560, 0.5: 2560, 1.0: 2560}
+    """
+    model = _as_slimmable(model, "recalibrate_widths_")
+    if num_batches < 1:
+        raise ConfigError(f"num_batches={num_batches} must be >= 1")
+    switchable = [m for m in model.net.modules() if isinstance(m, SwitchableBatchNorm)]
+    seen: dict[float, int] = {}
+    for width in model.widths:
+        bns = [m.bns[m.widths.index(width)] for m in switchable]
+        saved = [(bn.momentum, bn.training) for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        seen[width] = 0
+        try:
+            with at_width(model, width), eval_mode(model), torch.no_grad():
+                for bn in bns:
+                    bn.train()
+                device = next((p.device for p in model.parameters()), torch.device("cpu"))
+                for index, batch in enumerate(loader):
+                    if index >= num_batches:
+                        break
+                    inputs = move_inputs(batch_inputs(batch), device)
+                    call_model(model, inputs)
+                    seen[width] += batch_size_of(inputs)
+        finally:
+            for bn, (momentum, training) in zip(bns, saved):
+                bn.momentum = momentum
+                bn.train(training)
+    return seen

@@ -37,7 +37,7 @@ from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
-from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable
+from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable, recalibrate_widths_
 from netcompress.training.config import TrainConfig
 
 
@@ -220,6 +220,8 @@ class SlimmableConfig(TrainConfig):
 
     ``width_weights`` follows ``widths`` sorted narrowest first. ``deploy_width`` extracts a
     plain model at that width at the end (None: return the slimmable model at full width).
+    ``recalibrate_batches`` > 0 re-estimates every width's BN statistics on that many training
+    batches after training (:func:`recalibrate_widths_`).
 
     Example:
         >>> SlimmableConfig(widths=[0.25, 0.5, 1.0], epochs=5, deploy_width=0.5)
@@ -232,6 +234,7 @@ class SlimmableConfig(TrainConfig):
     inplace_distillation: bool = False
     deploy_width: float | None = None
     max_eval_batches: int | None = None
+    recalibrate_batches: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -250,6 +253,7 @@ class SlimmableConfig(TrainConfig):
             raise ConfigError(f"deploy_width={self.deploy_width} is not one of widths {self.widths}")
         if self.max_eval_batches is not None:
             check_range("max_eval_batches", self.max_eval_batches, 1)
+        check_range("recalibrate_batches", self.recalibrate_batches, 0)
 
 
 @register_method("dynamic", "slimmable", config=SlimmableConfig)
@@ -285,6 +289,10 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
             checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
             resume=data.out_dir is not None,
         )
+    recalibrated = None
+    if config.recalibrate_batches:
+        seen = recalibrate_widths_(slim, data.train_loader, num_batches=config.recalibrate_batches)
+        recalibrated = {width_key(w): n for w, n in seen.items()}
     rows = evaluate_widths(slim, data.val_loader, device=data.device, max_batches=config.max_eval_batches)
     if data.out_dir is not None:
         atomic_write_json(data.out_dir / "widths.json", rows)
@@ -294,6 +302,7 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
         widths=list(slim.widths),
         per_width={width_key(r["width"]): r for r in rows},
         deploy_width=config.deploy_width,
+        recalibrated_samples=recalibrated,
         curves={"accuracy vs MACs": curve},
         plot=plot_curve(curve, "width", data.out_dir, title="Slimmable width: accuracy vs MACs"),
     )

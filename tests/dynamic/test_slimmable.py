@@ -206,3 +206,18 @@ def _reload(module: nn.Module) -> nn.Module:
     torch.save(module, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=False)
+
+
+def test_grouped_conv_group_norm_and_prelu_slice_whole_groups():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.PReLU(8), nn.Conv2d(8, 12, 3, groups=2), nn.BatchNorm2d(12),
+        nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 9, 9)
+    slim = make_slimmable(model, widths=(0.5, 1.0), example_inputs=x[:1]).eval()
+    assert (slim(x) - model(x)).abs().max().item() == 0.0
+    small = extract_width(slim, 0.5).eval()
+    assert (small(x) - set_width(slim, 0.5)(x)).abs().max().item() < 1e-5
+    assert (small[1].num_groups, small[3].groups, small[3].out_channels, small[6].groups) == (2, 2, 6, 6)
+    # conv 3->4 (+bias), GN 4, PReLU 4, grouped conv 4->6 in 2 groups (+bias), BN 6, depthwise 6, Linear 6->3
+    assert _params(small) == (3 * 4 * 9 + 4) + 8 + 4 + (6 * 2 * 9 + 6) + 12 + (6 * 9 + 6) + (6 * 3 + 3) == 331

@@ -21,6 +21,7 @@ from netcompress.dynamic import (
     at_width,
     extract_width,
     make_slimmable,
+    recalibrate_widths_,
 )
 from netcompress.evaluation import count_macs
 
@@ -205,14 +206,32 @@ def test_method_trains_a_resnet_and_deploys_a_plain_width():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=16)
     model = models.create("cifar_resnet20", num_classes=4)
     config = SlimmableConfig(widths=[0.25, 0.5, 1.0], epochs=1, lr=0.05, sandwich=True, num_random=1,
-                             inplace_distillation=True, deploy_width=0.5, progress=False)  # fmt: skip
+                             inplace_distillation=True, deploy_width=0.5, recalibrate_batches=2,
+                             progress=False)  # fmt: skip
     data = MethodData(train_loader=loader, val_loader=loader, example_inputs=images[:1], seed=0)
     result = apply(model, config, data)
     assert not any(isinstance(m, SwitchableBatchNorm) for m in result.model.modules())
     assert (
         result.summary["deployed_params"] == _params(result.model) == _resnet20_params(8, 16, 32, classes=4)
     )
+    assert result.summary["recalibrated_samples"] == {"w0.25": 32, "w0.5": 32, "w1": 32}
     per_width = result.summary["per_width"]
     assert set(per_width) == {"w0.25", "w0.5", "w1"}
     assert per_width["w0.25"]["macs"] < per_width["w0.5"]["macs"] < per_width["w1"]["macs"]
     assert per_width["w0.5"]["params"] == _resnet20_params(8, 16, 32, classes=4)
+
+
+def test_recalibration_sets_each_width_statistics_from_its_own_forward():
+    model = _randomise_bn(TinyResNet())
+    slim = make_slimmable(model, widths=(0.5, 1.0), example_inputs=torch.randn(1, 3, 8, 8))
+    x = torch.randn(8, 3, 8, 8)
+    loader = [(x, torch.zeros(8, dtype=torch.long))] * 3  # the same batch 3 times: the mean is its mean
+    head_before, flags = slim.net.head.weight.clone(), [m.training for m in slim.modules()]
+    assert recalibrate_widths_(slim, loader, num_batches=2) == {0.5: 16, 1.0: 16}
+    for w, bn in zip((0.5, 1.0), slim.net.stem[1].bns):
+        conv = extract_width(slim, w).stem[0]
+        features = conv(x).detach()
+        assert torch.allclose(bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+        assert torch.allclose(bn.running_var, features.var((0, 2, 3), unbiased=True), atol=1e-4)
+        assert bn.momentum == 0.1 and bn.num_batches_tracked.item() == 2
+    assert torch.equal(slim.net.head.weight, head_before) and [m.training for m in slim.modules()] == flags
