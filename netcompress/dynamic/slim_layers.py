@@ -180,7 +180,7 @@ class SwitchableBatchNorm(nn.Module):
             bn = type(source)(len(keep), eps=source.eps, momentum=source.momentum, affine=source.affine,
                               track_running_stats=source.track_running_stats)  # fmt: skip
             _copy_bn(source, bn, keep)
-            bns.append(bn.to(source.weight.device if source.weight is not None else "cpu"))
+            bns.append(bn.to(next(iter(source.state_dict().values())).device))
         self.bns = nn.ModuleList(bns)
 
     def current(self) -> nn.Module:

@@ -77,11 +77,13 @@ class SlimmableModel(nn.Module):
         widths: Sequence[float],
         input_shapes: Sequence[Sequence[int]],
         plan: WidthPlan,
+        input_dtypes: Sequence[torch.dtype] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.widths = tuple(sorted({float(w) for w in widths}))
         self.input_shapes = [tuple(int(s) for s in shape) for shape in input_shapes]
+        self.input_dtypes = list(input_dtypes or [torch.float32] * len(self.input_shapes))
         self.input_shape = self.input_shapes[0]
         self.plan = plan
         self.width = max(self.widths)
@@ -106,7 +108,10 @@ class SlimmableModel(nn.Module):
 
     def example_inputs(self, batch: int = 1, device: Any = "cpu") -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Zeros shaped like the inputs given to :func:`make_slimmable`, ``batch`` samples."""
-        inputs = tuple(torch.zeros(batch, *shape, device=device) for shape in self.input_shapes)
+        inputs = tuple(
+            torch.zeros(batch, *shape, device=device, dtype=dtype)
+            for shape, dtype in zip(self.input_shapes, self.input_dtypes)
+        )
         return inputs[0] if len(inputs) == 1 else inputs
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -267,13 +272,18 @@ def make_slimmable(
     graph = _trace(net, example_inputs)
     plan = width_plan(graph, widths)
     _swap_layers(net, graph, plan, widths)
-    shapes = [t.shape[1:] for t in as_inputs(example_inputs)]
-    slim = SlimmableModel(net, widths=widths, input_shapes=shapes, plan=plan)
+    given = as_inputs(example_inputs)
+    slim = SlimmableModel(
+        net,
+        widths=widths,
+        input_shapes=[t.shape[1:] for t in given],
+        plan=plan,
+        input_dtypes=[t.dtype for t in given],
+    )
     for w in widths:  # every width must run; an error here names the width instead of surfacing in training
         try:
             with at_width(slim, w), eval_mode(slim), torch.no_grad():
-                example = slim.example_inputs(2, next((p.device for p in slim.parameters()), "cpu"))
-                slim(*example) if isinstance(example, tuple) else slim(example)
+                slim(*given)
         except Exception as exc:
             raise UnsupportedModelError(
                 f"{type(model).__name__} fails at width {w} ({type(exc).__name__}: {exc})"
