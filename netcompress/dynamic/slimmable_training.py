@@ -7,7 +7,8 @@ computes its loss; the hook runs the same batch at the other widths and returns
 Yu et al. 2019). With ``sandwich=True`` each batch uses the widest, the narrowest and
 ``num_random`` random middle widths ("sandwich rule", Yu & Huang 2019); with
 ``inplace_distillation=True`` the narrower widths learn the widest width's soft predictions
-instead of the labels.
+instead of the labels. Works on any model :func:`make_slimmable` accepts (residual ResNets
+included); ``recalibrate_batches`` re-estimates each width's BN statistics after training.
 
 Example::
 
@@ -17,7 +18,8 @@ Example::
 
 In a recipe::
 
-    - {op: dynamic, method: slimmable, widths: [0.25, 0.5, 0.75, 1.0], epochs: 5, deploy_width: 0.5}
+    - {op: dynamic, method: slimmable, widths: [0.25, 0.5, 0.75, 1.0], epochs: 5, sandwich: true,
+       inplace_distillation: true, deploy_width: 0.5}        # recipes/e5_dynamic_width.yaml
 """
 
 from __future__ import annotations

@@ -135,6 +135,10 @@ class _Roll(nn.Module):
         return self.fc(torch.roll(self.conv(x), 1, dims=1).mean((2, 3)))
 
 
+class _MyConv(nn.Conv2d):
+    """A subclass may compute something else: it is refused rather than sliced as a Conv2d."""
+
+
 def test_unsupported_graphs_name_the_op_or_layer():
     with pytest.raises(UnsupportedModelError, match="slimmable width.*'roll'"):
         make_slimmable(_Roll(), example_inputs=torch.randn(1, 3, 5, 5))
@@ -145,6 +149,9 @@ def test_unsupported_graphs_name_the_op_or_layer():
     ln = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     with pytest.raises(UnsupportedModelError, match="no channel group can be slimmed.*norm '1'"):
         make_slimmable(ln, example_inputs=torch.randn(1, 4))
+    subclass = nn.Sequential(_MyConv(3, 8, 3), nn.Flatten(), nn.Linear(8 * 9, 2))
+    with pytest.raises(UnsupportedModelError, match="layer '0' \\(_MyConv\\) sits on channels that change"):
+        make_slimmable(subclass, example_inputs=torch.randn(1, 3, 5, 5))
     slim = make_slimmable(_digits(), widths=(0.5, 1.0), example_inputs=X[:1])
     with pytest.raises(ConfigError, match="0.75"):
         set_width(slim, 0.75)
