@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--write", action="store_true", help="replace the E5 section of RESULTS.md")
+    parser.add_argument("--render", type=Path, default=None, help="write the section from this --json file")
     args = parser.parse_args(argv)
+    if args.render:  # re-render a finished run (pass the flags it ran with)
+        cp.write_results_section(HEADING, report(json.loads(args.render.read_text()), args))
+        return 0
     protocol = cp.protocol_from_flags(quick=args.quick, full=False)
     changes = {
         "train_subset": args.train_subset,
@@ -165,7 +169,14 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     if any("separate_accuracy" in r for r in result["rows"]):
         columns.insert(3, ("trained alone", "separate_accuracy", cp.fmt_percent))
-    flags = " ".join(a for a in result["argv"] if a != "--write")
+    argv, kept = list(result["argv"]), []
+    while argv:  # the command as run, less the output flags
+        arg = argv.pop(0)
+        if arg in ("--json", "--render"):
+            argv.pop(0)
+        elif arg != "--write":
+            kept.append(arg)
+    flags = " ".join(kept)
     p = result["protocol"]
     return "\n\n".join(
         [
@@ -179,9 +190,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             + ("labels for every width" if args.no_distill else "in-place distillation")
             + f", {result['train_s']:.0f} s of training.",
             cp.markdown_table(result["rows"], columns),
-            cp.describe_machine(result["machine"], timing_threads=1),
+            cp.describe_machine({**result["machine"], "torch_threads": p["train_threads"]}, timing_threads=1),
             "Each row is the plain ResNet-20 extracted at that width (real smaller convolutions, that width's "
-            "BN statistics), evaluated on the whole test set; the diff column is its largest output difference "
+            f"BN statistics), evaluated on the {p['test_subset'] or 10000:,} test images; the diff column is its largest output difference "
             "to the slimmable model at the same width on 64 test images. Latencies were measured on a shared, "
             "loaded machine: compare them with each other, not with other tables.",
         ]
