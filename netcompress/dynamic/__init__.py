@@ -32,7 +32,14 @@ from netcompress.dynamic.exit_training import (
     with_early_exits,
 )
 from netcompress.dynamic.slim_layers import SwitchableBatchNorm, active_channels
-from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable, set_width
+from netcompress.dynamic.slimmable import (
+    SlimmableModel,
+    at_width,
+    extract_width,
+    make_slimmable,
+    recalibrate_widths_,
+    set_width,
+)
 from netcompress.dynamic.slimmable_training import (
     SlimmableConfig,
     SlimmableHook,
@@ -58,6 +65,7 @@ __all__ = [
     "SwitchableBatchNorm",
     "active_channels",
     "add_early_exits",
+    "at_width",
     "calibrate_early_exit",
     "candidate_thresholds",
     "check_early_exit_onnx",
@@ -69,6 +77,7 @@ __all__ = [
     "export_early_exit_onnx",
     "extract_width",
     "make_slimmable",
+    "recalibrate_widths_",
     "route_exits",
     "set_width",
     "trade_off_rows",

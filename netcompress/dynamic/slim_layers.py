@@ -1,26 +1,36 @@
-"""The layers of a slimmable model: Conv/Linear layers that run on a prefix of their channels,
-switchable BatchNorm, and the tables of which layers are swapped or pass through unchanged.
+"""The layers of a slimmable model: Conv/Linear/PReLU/GroupNorm layers that run on a per-width
+selection of their channels, and switchable BatchNorm.
 
-At width ``w`` a layer uses its first ``ceil(w * C)`` output channels (and as many input
-channels as arrive); every BatchNorm keeps private statistics and affine parameters per width
-(Yu et al., *Slimmable Neural Networks*, 2019). :mod:`netcompress.dynamic.slimmable` builds
-models from them.
+A slimmable layer holds, per width, which output channels it computes and which input channels
+it reads (:class:`Selection`); :mod:`netcompress.dynamic.slimmable` fills those in from the channel
+dependency graph, so coupled channels (both sides of a residual add, the parts of a concatenation,
+the ``C*H*W`` features after a flatten) are selected together. Selections that are a prefix are
+stored as slices (views, no copy). Every BatchNorm keeps private statistics and affine parameters
+per width ("switchable BN", Yu et al., *Slimmable Neural Networks*, 2019).
+
+Example::
+
+    conv = slim_copy(nn.Conv2d(4, 8, 3))
+    conv.selections = {0.5: Selection(out_sel=slice(0, 4), in_sel=slice(0, 2), groups=1), 1.0: ...}
+    conv.width = 0.5          # now (N, 2, H, W) -> (N, 4, H', W')
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+Index = slice | list[int]
+
 
 def active_channels(full: int, width: float) -> int:
-    """Channels used at ``width``: ``ceil(width * full)``, at least 1 (rounding noise ignored).
+    """Channels (or pruning units) used at ``width``: ``ceil(width * full)``, at least 1.
 
     Example:
         >>> active_channels(30, 0.1), active_channels(64, 0.25)
@@ -29,82 +39,148 @@ def active_channels(full: int, width: float) -> int:
     return max(1, math.ceil(width * full - 1e-6))
 
 
-class SlimWeightLayer:
-    """Shared state of slimmable Conv/Linear layers: the current width and whether outputs are fixed."""
+def as_index(keep: Sequence[int]) -> Index:
+    """A kept-index list as a slice when it is ``0..n-1`` (a view), else the list itself.
+
+    Example:
+        >>> as_index([0, 1, 2]), as_index([0, 2])
+        (slice(0, 3, None), [0, 2])
+    """
+    keep = list(keep)
+    return slice(0, len(keep)) if keep == list(range(len(keep))) else keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """One layer at one width: output channels computed, input channels read (positions within a
+    group for grouped convs; None: all), and the conv ``groups`` to run with."""
+
+    out_sel: Index
+    in_sel: Index | None = None
+    groups: int = 1
+
+
+class SlimLayer:
+    """Shared state of slimmable layers: ``selections`` per width and the current ``width``."""
 
     width: float = 1.0
-    fixed_out: bool = False  # the model's last layer keeps every output (the classes)
+    selections: Mapping[float, Selection] = {}
 
-    def active_out(self, full: int) -> int:
-        return full if self.fixed_out else active_channels(full, self.width)
-
-
-class SlimConv2d(SlimWeightLayer, nn.Conv2d):
-    """Conv2d (groups=1) using its first ``ceil(width * out)`` filters on the channels it receives."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_channels)
-        bias = None if self.bias is None else self.bias[:out]
-        return self._conv_forward(x, self.weight[:out, : x.shape[1]], bias)
+    def selection(self) -> Selection:
+        return self.selections[self.width]
 
 
-def is_depthwise(module: nn.Module) -> bool:
-    """A convolution with one filter per channel (groups == in == out), whose width follows its input."""
-    groups = getattr(module, "groups", 1)
-    return groups > 1 and groups == module.in_channels == module.out_channels
+def _pick(t: torch.Tensor | None, sel: Index | None, dim: int = 0) -> torch.Tensor | None:
+    if t is None or sel is None:
+        return t
+    if isinstance(sel, slice):
+        return t[(slice(None),) * dim + (sel,)]
+    return t.index_select(dim, torch.as_tensor(sel, device=t.device))
 
 
-class SlimDepthwiseConv(SlimWeightLayer, nn.Module):
-    """Mixin body of slimmable depthwise convs: ``c`` channels in, ``c`` filters, ``groups=c``."""
+class SlimConv(SlimLayer):
+    """Body of slimmable Conv1d/2d/3d: the selected filters on the channels that arrive."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
-        bias = None if self.bias is None else self.bias[:channels]
-        conv = F.conv2d if isinstance(self, nn.Conv2d) else F.conv1d
-        return conv(x, self.weight[:channels], bias, self.stride, self.padding, self.dilation, channels)
+        s = self.selection()
+        weight = _pick(_pick(self.weight, s.out_sel), s.in_sel, 1)
+        bias = _pick(self.bias, s.out_sel)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.kernel_size) - 1]
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return conv(x, weight, bias, self.stride, padding, self.dilation, s.groups)
 
 
-class SlimDepthwiseConv2d(SlimDepthwiseConv, nn.Conv2d):
-    """Depthwise Conv2d running on however many (leading) channels arrive."""
+class SlimConv1d(SlimConv, nn.Conv1d):
+    """Slimmable Conv1d (dense, depthwise or grouped)."""
 
 
-class SlimDepthwiseConv1d(SlimDepthwiseConv, nn.Conv1d):
-    """Depthwise Conv1d running on however many (leading) channels arrive."""
+class SlimConv2d(SlimConv, nn.Conv2d):
+    """Slimmable Conv2d (dense, depthwise or grouped)."""
 
 
-class SlimConv1d(SlimWeightLayer, nn.Conv1d):
-    """Conv1d (groups=1) using its first ``ceil(width * out)`` filters on the channels it receives."""
+class SlimConv3d(SlimConv, nn.Conv3d):
+    """Slimmable Conv3d (dense, depthwise or grouped)."""
+
+
+class SlimLinear(SlimLayer, nn.Linear):
+    """Linear using the selected rows on the selected input features (the last dim)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_channels)
-        bias = None if self.bias is None else self.bias[:out]
-        return self._conv_forward(x, self.weight[:out, : x.shape[1]], bias)
+        s = self.selection()
+        return F.linear(x, _pick(_pick(self.weight, s.out_sel), s.in_sel, 1), _pick(self.bias, s.out_sel))
 
 
-class SlimLinear(SlimWeightLayer, nn.Linear):
-    """Linear using its first ``ceil(width * out)`` rows and the first columns it receives."""
+class SlimPReLU(SlimLayer, nn.PReLU):
+    """PReLU with one slope per channel, the selected slopes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.active_out(self.out_features)
-        bias = None if self.bias is None else self.bias[:out]
-        return F.linear(x, self.weight[:out, : x.shape[-1]], bias)
+        return F.prelu(x, _pick(self.weight, self.selection().out_sel))
+
+
+class SlimGroupNorm(SlimLayer, nn.GroupNorm):
+    """GroupNorm on whole kept groups (the channel graph keeps each group whole): fewer groups."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.selection()
+        return F.group_norm(x, s.groups, _pick(self.weight, s.out_sel), _pick(self.bias, s.out_sel), self.eps)
+
+
+# exact layer type -> slimmable class (a subclass may compute something else, so it is refused)
+SLIM_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: SlimConv1d,
+    nn.Conv2d: SlimConv2d,
+    nn.Conv3d: SlimConv3d,
+    nn.Linear: SlimLinear,
+    nn.PReLU: SlimPReLU,
+    nn.GroupNorm: SlimGroupNorm,
+}
+PLAIN_CLASSES = {slim: plain for plain, slim in SLIM_CLASSES.items()}
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def slim_copy(module: nn.Module) -> nn.Module:
+    """A slimmable copy of a Conv/Linear/PReLU/GroupNorm: same tensors, the slim class."""
+    new = copy.deepcopy(module)
+    new.__class__ = SLIM_CLASSES[type(module)]  # the slim classes add no tensors of their own
+    return new
 
 
 class SwitchableBatchNorm(nn.Module):
-    """One BatchNorm per width (private statistics and affine parameters); ``width`` picks it."""
+    """One BatchNorm per width (private statistics and affine parameters); ``width`` picks it.
 
-    def __init__(self, source: nn.modules.batchnorm._BatchNorm, widths: Sequence[float]) -> None:
+    ``channels`` maps each width to the source channels its BN starts from (default: the first
+    ``ceil(width * C)``).
+
+    Example:
+        >>> sbn = SwitchableBatchNorm(nn.BatchNorm2d(8), widths=(0.5, 1.0))
+        >>> [bn.num_features for bn in sbn.bns]
+        [4, 8]
+    """
+
+    def __init__(
+        self,
+        source: nn.modules.batchnorm._BatchNorm,
+        widths: Sequence[float],
+        channels: Mapping[float, Sequence[int]] | None = None,
+    ) -> None:
         super().__init__()
         self.widths = tuple(float(w) for w in widths)
         self.width = max(self.widths)
         self.num_features = source.num_features
         bns = []
         for w in self.widths:
-            c = active_channels(source.num_features, w)
-            bn = type(source)(c, eps=source.eps, momentum=source.momentum, affine=source.affine,
+            keep = (
+                list(channels[w])
+                if channels is not None
+                else list(range(active_channels(source.num_features, w)))
+            )
+            bn = type(source)(len(keep), eps=source.eps, momentum=source.momentum, affine=source.affine,
                               track_running_stats=source.track_running_stats)  # fmt: skip
-            _copy_bn(source, bn, c)
-            bns.append(bn)
+            _copy_bn(source, bn, keep)
+            bns.append(bn.to(next(iter(source.state_dict().values())).device))
         self.bns = nn.ModuleList(bns)
 
     def current(self) -> nn.Module:
@@ -114,46 +190,15 @@ class SwitchableBatchNorm(nn.Module):
         return self.current()(x)
 
 
-def _copy_bn(source: nn.Module, target: nn.Module, channels: int) -> None:
+def _copy_bn(source: nn.Module, target: nn.Module, keep: list[int]) -> None:
+    index = torch.as_tensor(keep, dtype=torch.long)
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             src, dst = getattr(source, name, None), getattr(target, name, None)
             if src is not None and dst is not None:
-                dst.copy_(src[:channels])
+                dst.copy_(src.index_select(0, index.to(src.device)))
         if (
             getattr(source, "num_batches_tracked", None) is not None
             and target.num_batches_tracked is not None
         ):
             target.num_batches_tracked.copy_(source.num_batches_tracked)
-
-
-def slim_weight_layer(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """A slimmable copy of a Conv/Linear: same class hierarchy, same tensors."""
-    new = copy.deepcopy(module)
-    new.__class__ = cls  # the slim classes add no state of their own beyond two class defaults
-    return new
-
-
-# layer type -> slimmable class; the plain type is checked exactly, so subclasses are refused
-WEIGHT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv2d: SlimConv2d,
-    nn.Conv1d: SlimConv1d,
-    nn.Linear: SlimLinear,
-}
-DEPTHWISE_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Conv2d: SlimDepthwiseConv2d,
-    nn.Conv1d: SlimDepthwiseConv1d,
-}
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# layers that act per channel or per position and so work at any width unchanged
-PASSTHROUGH = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.ELU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity,
-)  # fmt: skip
-PASSTHROUGH_FUNCTIONS = {
-    F.relu, F.relu6, torch.relu, F.gelu, F.silu, torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.max_pool1d, F.avg_pool1d, F.dropout, torch.flatten,
-    operator.getitem,
-}  # fmt: skip
-PASSTHROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "flatten", "size", "view", "reshape"}

@@ -7,7 +7,8 @@ computes its loss; the hook runs the same batch at the other widths and returns
 Yu et al. 2019). With ``sandwich=True`` each batch uses the widest, the narrowest and
 ``num_random`` random middle widths ("sandwich rule", Yu & Huang 2019); with
 ``inplace_distillation=True`` the narrower widths learn the widest width's soft predictions
-instead of the labels.
+instead of the labels. Works on any model :func:`make_slimmable` accepts (residual ResNets
+included); ``recalibrate_batches`` re-estimates each width's BN statistics after training.
 
 Example::
 
@@ -17,7 +18,8 @@ Example::
 
 In a recipe::
 
-    - {op: dynamic, method: slimmable, widths: [0.25, 0.5, 0.75, 1.0], epochs: 5, deploy_width: 0.5}
+    - {op: dynamic, method: slimmable, widths: [0.25, 0.5, 0.75, 1.0], epochs: 5, sandwich: true,
+       inplace_distillation: true, deploy_width: 0.5}        # recipes/e5_dynamic_width.yaml
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
-from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable
+from netcompress.dynamic.slimmable import SlimmableModel, extract_width, make_slimmable, recalibrate_widths_
 from netcompress.training.config import TrainConfig
 
 
@@ -199,7 +201,7 @@ def evaluate_widths(
         for width in sorted(widths or model.widths):
             model.set_width(width)
             metrics = evaluate(model, loader, device=device, max_batches=max_batches)
-            example = torch.zeros(1, *model.input_shape, device=device)
+            example = model.example_inputs(1, device)
             rows.append(
                 {
                     "width": float(model.width),
@@ -220,6 +222,8 @@ class SlimmableConfig(TrainConfig):
 
     ``width_weights`` follows ``widths`` sorted narrowest first. ``deploy_width`` extracts a
     plain model at that width at the end (None: return the slimmable model at full width).
+    ``recalibrate_batches`` > 0 re-estimates every width's BN statistics on that many training
+    batches after training (:func:`recalibrate_widths_`).
 
     Example:
         >>> SlimmableConfig(widths=[0.25, 0.5, 1.0], epochs=5, deploy_width=0.5)
@@ -232,6 +236,7 @@ class SlimmableConfig(TrainConfig):
     inplace_distillation: bool = False
     deploy_width: float | None = None
     max_eval_batches: int | None = None
+    recalibrate_batches: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -250,6 +255,7 @@ class SlimmableConfig(TrainConfig):
             raise ConfigError(f"deploy_width={self.deploy_width} is not one of widths {self.widths}")
         if self.max_eval_batches is not None:
             check_range("max_eval_batches", self.max_eval_batches, 1)
+        check_range("recalibrate_batches", self.recalibrate_batches, 0)
 
 
 @register_method("dynamic", "slimmable", config=SlimmableConfig)
@@ -263,7 +269,7 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
 
     data.require("train_loader", "val_loader", "example_inputs", method="dynamic/slimmable")
     slim = model if isinstance(model, SlimmableModel) else make_slimmable(
-        model, widths=config.widths, example_inputs=data.example_inputs[:1]
+        model, widths=config.widths, example_inputs=data.example_inputs
     )  # fmt: skip
     train_config = run_config(config.train_config(), data)
     history = None
@@ -285,6 +291,10 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
             checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
             resume=data.out_dir is not None,
         )
+    recalibrated = None
+    if config.recalibrate_batches:
+        seen = recalibrate_widths_(slim, data.train_loader, num_batches=config.recalibrate_batches)
+        recalibrated = {width_key(w): n for w, n in seen.items()}
     rows = evaluate_widths(slim, data.val_loader, device=data.device, max_batches=config.max_eval_batches)
     if data.out_dir is not None:
         atomic_write_json(data.out_dir / "widths.json", rows)
@@ -294,6 +304,7 @@ def slimmable_method(model: nn.Module, config: SlimmableConfig, data: MethodData
         widths=list(slim.widths),
         per_width={width_key(r["width"]): r for r in rows},
         deploy_width=config.deploy_width,
+        recalibrated_samples=recalibrated,
         curves={"accuracy vs MACs": curve},
         plot=plot_curve(curve, "width", data.out_dir, title="Slimmable width: accuracy vs MACs"),
     )

@@ -125,21 +125,40 @@ def test_switchable_bn_keeps_private_statistics_per_width():
     assert not torch.equal(bn.bns[0].running_mean, full_before[:8])
 
 
-def test_unsupported_graphs_name_the_layer():
-    resnet = models.create("cifar_resnet20", num_classes=10)
-    with pytest.raises(UnsupportedModelError, match="add"):
-        make_slimmable(resnet, example_inputs=torch.randn(1, 3, 32, 32))
-    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(72, 3))
-    with pytest.raises(UnsupportedModelError, match="'0' is a grouped convolution"):
-        make_slimmable(grouped, example_inputs=torch.randn(1, 4, 5, 5))
+class _Roll(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.roll(self.conv(x), 1, dims=1).mean((2, 3)))
+
+
+class _MyConv(nn.Conv2d):
+    """A subclass may compute something else: it is refused rather than sliced as a Conv2d."""
+
+
+def test_unsupported_graphs_name_the_op_or_layer():
+    with pytest.raises(UnsupportedModelError, match="slimmable width.*'roll'"):
+        make_slimmable(_Roll(), example_inputs=torch.randn(1, 3, 5, 5))
+    lstm = nn.Sequential(nn.Linear(4, 8), nn.LSTM(8, 8))
+    with pytest.raises(UnsupportedModelError, match="'1' of type LSTM"):
+        make_slimmable(lstm, example_inputs=torch.randn(2, 4))
+    # a LayerNorm's channels are kept whole; here that leaves nothing to slim, and the error says why
     ln = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+    with pytest.raises(UnsupportedModelError, match="no channel group can be slimmed.*norm '1'"):
         make_slimmable(ln, example_inputs=torch.randn(1, 4))
+    subclass = nn.Sequential(_MyConv(3, 8, 3), nn.Flatten(), nn.Linear(8 * 9, 2))
+    with pytest.raises(UnsupportedModelError, match="layer '0' \\(_MyConv\\) sits on channels that change"):
+        make_slimmable(subclass, example_inputs=torch.randn(1, 3, 5, 5))
     slim = make_slimmable(_digits(), widths=(0.5, 1.0), example_inputs=X[:1])
     with pytest.raises(ConfigError, match="0.75"):
         set_width(slim, 0.75)
     with pytest.raises(ConfigError, match="1.0"):
         make_slimmable(_digits(), widths=(0.5,), example_inputs=X[:1])
+    with pytest.raises(UnsupportedModelError, match="extract_width needs a SlimmableModel"):
+        extract_width(_digits(), 0.5)
 
 
 def test_hook_loss_is_weighted_sum_over_widths():
@@ -194,3 +213,18 @@ def _reload(module: nn.Module) -> nn.Module:
     torch.save(module, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=False)
+
+
+def test_grouped_conv_group_norm_and_prelu_slice_whole_groups():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.PReLU(8), nn.Conv2d(8, 12, 3, groups=2), nn.BatchNorm2d(12),
+        nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 9, 9)
+    slim = make_slimmable(model, widths=(0.5, 1.0), example_inputs=x[:1]).eval()
+    assert (slim(x) - model(x)).abs().max().item() == 0.0
+    small = extract_width(slim, 0.5).eval()
+    assert (small(x) - set_width(slim, 0.5)(x)).abs().max().item() < 1e-5
+    assert (small[1].num_groups, small[3].groups, small[3].out_channels, small[6].groups) == (2, 2, 6, 6)
+    # conv 3->4 (+bias), GN 4, PReLU 4, grouped conv 4->6 in 2 groups (+bias), BN 6, depthwise 6, Linear 6->3
+    assert _params(small) == (3 * 4 * 9 + 4) + 8 + 4 + (6 * 2 * 9 + 6) + 12 + (6 * 9 + 6) + (6 * 3 + 3) == 331
