@@ -67,7 +67,7 @@ def test_targets_pass_and_fail_on_the_stated_bounds():
 def test_quick_run_has_every_row_with_its_integer_kernels():
     pytest.importorskip("transformers")
     args = argparse.Namespace(
-        quick=True, classes=4, calib=16, length=16, heldout=0, block_size="32", rounding="nearest",
+        quick=True, classes=4, calib=16, length=16, heldout=0, block_size="32", rounding="nearest", variants="",
         rounds=1, threads=1, seed=0,
     )  # fmt: skip
     rows = lm.run(args)["rows"]
