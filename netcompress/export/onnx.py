@@ -27,6 +27,7 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
+from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_inputs import (
     ExportCall,
@@ -158,7 +159,7 @@ def export_onnx(
     ``check=True`` runs the file in ONNX Runtime on ``example_inputs``, on a random batch of
     ``check_batch_size`` and (with a dynamic sequence) on a shorter sequence, and reports max abs
     difference and top-1 agreement with PyTorch; it raises :class:`ExportMismatchError` (naming
-    the worst output and the difference) when the max difference exceeds ``tolerance`` (relative
+    the first diverging graph node and its module, the worst output and the difference) when the max difference exceeds ``tolerance`` (relative
     to the largest PyTorch output; default :data:`TOLERANCE`: 1e-4 fp32, 0.05 int8). The file is
     kept for inspection. The model is exported from a copy in eval mode; it is never modified.
 
@@ -271,7 +272,8 @@ def check_onnx(
     dynamic dim other than the batch (``dynamic_axes``, as :func:`export_onnx` reports them) the
     example is also run cut to half its sequence length. ``max_rel_diff`` is the max abs
     difference over the largest abs PyTorch output; above ``tolerance`` (when given)
-    :class:`ExportMismatchError` names the worst output.
+    :class:`ExportMismatchError` names the first diverging node (:func:`first_divergence`) and the
+    worst output.
 
     Example:
         >>> check_onnx(model, "m.onnx", x)["max_abs_diff"] < 1e-4
@@ -314,12 +316,19 @@ def check_onnx(
         ref, cand = max(groups, key=lambda rg: float((rg[0] - rg[1]).abs().max()) if rg[0].numel() else 0.0)
         flat = (ref - cand).abs().flatten().argmax().item()
         sample, index = divmod(flat, ref.shape[1])
+        found = first_divergence(
+            model,
+            path,
+            example_inputs,
+            tolerance=tolerance,
+            input_names=input_names,
+            output_names=output_names,
+        )
         raise ExportMismatchError(
-            f"{path}: ONNX Runtime disagrees with the PyTorch model: max |diff| "
-            f"{result['max_abs_diff']:.4g} = {result['max_rel_diff']:.1%} of the largest output "
-            f"{peak:.4g} (tolerance {tolerance:.1%}); worst at sample {sample}, output {index}: "
-            f"PyTorch {float(ref[sample, index]):.5g}, ONNX Runtime {float(cand[sample, index]):.5g} "
-            f"(file kept for inspection; op types {op_counts(path)})"
+            f"{path}: ONNX Runtime output differs from PyTorch by {result['max_rel_diff']:.1%} of the largest "
+            f"output {peak:.4g} (tolerance {tolerance:.1%}); {divergence_note(found, tolerance)}; worst output "
+            f"at sample {sample}, index {index}: PyTorch {float(ref[sample, index]):.5g}, ONNX Runtime "
+            f"{float(cand[sample, index]):.5g} (file kept for inspection; op types {op_counts(path)})"
         )
     return result
 

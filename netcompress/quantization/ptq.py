@@ -254,7 +254,7 @@ class WeightOnlyConfig(PTQWeightConfig):
     """
 
     bits: int = 4
-    block_size: int = 32
+    block_size: int = 64  # fp32 scales at 32 cost 1 bit/weight: MiniLM Linears 0.65x int8 (0.60x at 64)
     rounding: str = "nearest"
     gptq_damp: float = 0.01
     gptq_block_size: int = 128

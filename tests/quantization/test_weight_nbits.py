@@ -55,9 +55,9 @@ def test_blockwise_quantizer_scales_each_block_of_each_row():
     assert to_blocks(w, 16).shape == (18, 16) and float(to_blocks(w, 16)[2, 5:].abs().sum()) == 0.0
 
 
-def test_weight_only_defaults_are_int4_block32_and_bad_values_are_named():
+def test_weight_only_defaults_are_int4_block64_and_bad_values_are_named():
     cfg = WeightOnlyConfig()
-    assert (cfg.bits, cfg.block_size, cfg.rounding, cfg.scheme) == (4, 32, "nearest", "symmetric")
+    assert (cfg.bits, cfg.block_size, cfg.rounding, cfg.scheme) == (4, 64, "nearest", "symmetric")
     with pytest.raises(ConfigError, match="block_size=48"):
         WeightOnlyConfig(block_size=48)
     with pytest.raises(ConfigError, match="rounding='exact'"):
@@ -87,7 +87,7 @@ def test_bits_round_trip_through_the_packed_file(tmp_path, bits):
     q = quantize(model, mode="weight_only", bits=bits, block_size=32, scheme="asymmetric")
     info = save_quantized(q, tmp_path / "m.ncq")
     restored = load_quantized(
-        tmp_path / "m.ncq", quantize(model, mode="weight_only", bits=bits, scheme="asymmetric")
+        tmp_path / "m.ncq", quantize(model, mode="weight_only", bits=bits, block_size=32, scheme="asymmetric")
     )
     x = torch.randn(5, 64)
     with torch.no_grad():
