@@ -76,7 +76,7 @@ def clock(monkeypatch):
 
 def _joint(tmp_path, **kwargs):
     kwargs = {"target": "latency", "runtime": "onnxruntime", "ignore": ["a2", "b2"], "cache_dir": tmp_path,
-              "quantize": "joint", **kwargs}  # fmt: skip
+              "quantize": "joint", "widths": [1.0, 0.5], **kwargs}  # fmt: skip
     return prune_to_target(TwoBranch().eval(), X, **kwargs)
 
 
@@ -137,11 +137,11 @@ def test_quantize_int8_quantizes_every_layer_even_a_slower_one(clock, tmp_path):
 def test_impossible_target_returns_the_best_with_the_reason(clock, tmp_path):
     fake = clock({"a": 10.0, "b": 1.0}, {"a": 0.5, "b": 0.5})
     qmodel, summary = _joint(tmp_path, reduction=40.0)
-    # the best: both int8 at a quarter width, 4 + 0.5 * (40 + 4) = 26 ms
+    # the best: both int8 at half width, 4 + 0.5 * (80 + 8) = 48 ms
     assert summary["met"] is False and "cannot reach 40.0x lower latency" in summary["reason"]
-    assert fake.ms(qmodel) == summary["target_after"] == 26.0 and summary[
+    assert fake.ms(qmodel) == summary["target_after"] == 48.0 and summary[
         "achieved_reduction"
-    ] == pytest.approx(180 / 26)
+    ] == pytest.approx(180 / 48)
     assert qmodel(X).shape == (2, 10)
 
 
@@ -184,7 +184,7 @@ def test_recipe_step_returns_the_int8_model_after_recovery(clock, tmp_path):
     clock({"a": 10.0, "b": 1.0}, {"a": 0.5, "b": 1.5})
     spec = METHODS.get("prune/auto")
     fields = {"target": "latency", "reduction": 1.8, "runtime": "onnxruntime", "quantize": "joint",
-              "ignore": ["a2", "b2"], "cache_dir": str(tmp_path), "recalibrate_bn_batches": 0}  # fmt: skip
+              "ignore": ["a2", "b2"], "cache_dir": str(tmp_path), "recalibrate_bn_batches": 0, "widths": [1.0, 0.5]}  # fmt: skip
     config = spec.config.from_dict(fields, where="step prune/auto")
     batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(2)]
     data = MethodData(
