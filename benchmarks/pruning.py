@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
-from pruning_latency import LATENCY_ROWS, latency_checks, latency_methods  # noqa: E402
+from pruning_latency import LATENCY_ROWS, latency_checks, latency_methods, latency_table  # noqa: E402
 from pruning_methods import (  # noqa: E402
     FINISHERS,
     METHODS,
@@ -67,7 +67,7 @@ SECTION = "## Pruning (CIFAR-10 CPU protocol)"
 # PruningBenchConfig fields that change only how the models are timed, not the cached rows
 TIMING_FIELDS = ("latency_rounds", "timing_threads")
 # fields added after rows were cached: left out of the key at their defaults, so those rows stay valid
-LATER_FIELDS = {"latency_reduction": 2.5}
+LATER_FIELDS = {"latency_reduction": 2.5, "high_mac_reduction": 8.0}
 # dense_finetune (the unpruned model given the same extra epochs) is left out of the default run only
 # to fit the ~25-minute budget on a shared 2-core machine; pass it in --methods when time allows.
 DEFAULT_METHODS = (
@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
         checks = "\n".join(f"- {line}" for line in target_checks(model_rows, config))
         deploy = cp.markdown_table(model_rows, DEPLOY_COLUMNS)
+        if args.latency_mode:
+            sections.append(f"### {model_name}: ORT batch-64 latency, reduction, MACs, accuracy\n\n"
+                            f"{latency_table(model_rows)}")  # fmt: skip
         sections.append(
             f"### {model_name}\n\n{table(model_rows)}\n\nBatch-64 latency of the forms a model ships in "
             f"(speed-up against the unpruned model in the same form):\n\n{deploy}\n\n"

@@ -9,8 +9,14 @@ lower than the unpruned model (2.5 by default), instead of a MAC budget:
 - ``nc_uniform_at_latency``: one shared ratio for every group (group-L2, channels x8: the MAC-budget
   default, and Torch-Pruning's allocation) with the ratio bisected on the measured ORT latency until it
   reaches the same speed-up, then BN recalibration;
-- ``tp_magnitude_at_latency``: Torch-Pruning ``MagnitudeImportance(p=2)`` with its ratio bisected on the
-  same measured latency (needs ``torch-pruning``; left out of the default run when it is not installed).
+- ``tp_magnitude_at_latency``: Torch-Pruning ``MagnitudeImportance(p=2)`` (its ``MetaPruner``, the
+  magnitude pruner) with its ratio bisected on the same measured latency;
+- ``nc_macs_high`` / ``tp_magnitude_macs_high``: both at ``--high-mac-reduction`` x fewer MACs (8 by
+  default), where allocations differ most: ``prune_to_target(target="macs")`` (uniform group L2, channels
+  x8, BN recal.) against Torch-Pruning's ratio bisected on MACs.
+
+Torch-Pruning is optional: without it its rows are left out of the default run with a message (and
+naming one in ``--methods`` stops with how to install it). Every row gets the same fine-tune budget.
 
 Each bisection step times the candidate against the unpruned model interleaved
 (``netcompress.pruning.latency_table.time_deployed``), so load drift on a shared machine moves both.
@@ -23,14 +29,19 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
-from pruning_methods import METHODS, Context, Pruned, _tp, with_recalibration
+import cifar_protocol as cp
+from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of, with_recalibration
 from torch import nn
 
 from netcompress.pruning import prune_channels, prune_to_target
 from netcompress.pruning.latency_table import MeasureSpec, time_deployed
 
 LATENCY_BATCH = 64
-LATENCY_ROWS = ("nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency")
+LATENCY_ROWS = (
+    "nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency", "nc_macs_high", "tp_magnitude_macs_high",
+)  # fmt: skip
+TP_ROWS = ("tp_magnitude_at_latency", "tp_magnitude_macs_high")
+TP_MISSING = "Torch-Pruning is not installed (pip install torch-pruning): its rows are skipped"
 # a ratio bisection stops when the interval is this narrow (7 timed steps from [0, 0.9])
 RATIO_STEP = 0.01
 
@@ -105,12 +116,7 @@ def _nc_uniform_at_latency(base: nn.Module, ctx: Context) -> Pruned:
 @METHODS.register("tp_magnitude_at_latency")
 def _tp_at_latency(base: nn.Module, ctx: Context) -> Pruned:
     def prune_at(ratio: float) -> nn.Module:
-        model = copy.deepcopy(base).eval()
-        final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        pruner = _tp().pruner.MetaPruner(model, ctx.example, importance=_tp().importance.MagnitudeImportance(p=2),
-                                         pruning_ratio=ratio, ignored_layers=[final])  # fmt: skip
-        pruner.step()
-        return model
+        return _tp_magnitude(base, ctx, ratio)
 
     ratio, speedup, steps = bisect_on_latency(base, prune_at, ctx, hi=0.8)
     label = f"Torch-Pruning MagnitudeImportance p=2, ratio tuned to {ctx.config.latency_reduction}x ORT b64"
@@ -120,10 +126,71 @@ def _tp_at_latency(base: nn.Module, ctx: Context) -> Pruned:
     )
 
 
+def _tp_magnitude(base: nn.Module, ctx: Context, ratio: float) -> nn.Module:
+    model = copy.deepcopy(base).eval()
+    final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    pruner = _tp().pruner.MetaPruner(model, ctx.example, importance=_tp().importance.MagnitudeImportance(p=2),
+                                     pruning_ratio=ratio, ignored_layers=[final])  # fmt: skip
+    pruner.step()
+    return model
+
+
+@METHODS.register("nc_macs_high")
+def _nc_macs_high(base: nn.Module, ctx: Context) -> Pruned:
+    high = ctx.config.high_mac_reduction
+    small, summary = prune_to_target(
+        base,
+        ctx.example,
+        target="macs",
+        reduction=high,
+        importance="group_l2",
+        method="uniform",
+        round_to="auto",
+    )
+    label = f"netcompress group L2, uniform, channels x8 at {high:g}x fewer MACs + BN recal."
+    return with_recalibration(Pruned(small, info={"label": label, "arch": summary["architecture"]}), ctx)
+
+
+@METHODS.register("tp_magnitude_macs_high")
+def _tp_macs_high(base: nn.Module, ctx: Context) -> Pruned:
+    high = ctx.config.high_mac_reduction
+    budget = macs_of(base, ctx.example) / high
+    ratio = bisect_ratio(
+        lambda r: _tp_magnitude(base, ctx, r), lambda m: macs_of(m, ctx.example) <= budget, hi=0.95
+    )
+    label = f"Torch-Pruning MagnitudeImportance p=2 at {high:g}x fewer MACs"
+    return Pruned(_tp_magnitude(base, ctx, ratio), info={"label": label, "pruning_ratio": ratio})
+
+
 def latency_methods() -> list[str]:
-    """The latency mode's default methods; Torch-Pruning's only when it is installed."""
-    names = ["nc_latency", "nc_uniform_at_latency"]
-    return names + (["tp_magnitude_at_latency"] if importlib.util.find_spec("torch_pruning") else [])
+    """The latency mode's default methods; Torch-Pruning's only when it is installed (else a message says so)."""
+    names = [
+        "nc_latency",
+        "nc_uniform_at_latency",
+        "tp_magnitude_at_latency",
+        "nc_macs_high",
+        "tp_magnitude_macs_high",
+    ]
+    if importlib.util.find_spec("torch_pruning") is None:
+        print(TP_MISSING, flush=True)
+        names = [n for n in names if n not in TP_ROWS]
+    return names
+
+
+# the latency mode's own table: the measured ORT batch-64 latency, the reductions, MACs and accuracy
+LATENCY_COLUMNS: list[cp.Column] = [
+    ("method", "label", cp.fmt_text),
+    ("ORT b64 ms", "ort_b64_ms", cp.fmt_number(1)),
+    ("ORT speed-up", "ort_speedup_b64", cp.fmt_number(2)),
+    ("MMACs", "mmacs", cp.fmt_number(2)),
+    ("MAC red. x", "mac_reduction", cp.fmt_number(2)),
+    ("acc after FT %", "acc_after", cp.fmt_percent),
+]
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    """The latency mode's Markdown table."""
+    return cp.markdown_table([{**r, "mmacs": r["macs"] / 1e6} for r in rows], LATENCY_COLUMNS)
 
 
 def latency_checks(
@@ -143,10 +210,13 @@ def latency_checks(
             gap = 100 * (accuracy(ours) - accuracy(by[peer]))
             lines.append(f"nc_latency vs {peer} (ORT b64 {by[peer]['ort_speedup_b64']:.2f}x): {gap:+.2f} points "
                          f"(target >= +1): {'PASS' if gap >= 1 else 'MISS'}")  # fmt: skip
-    if "tp_magnitude_at_latency" not in by:
-        lines.append(
-            "Torch-Pruning is not installed here: its row is missing (pip install torch-pruning to add it)"
-        )
+    if "nc_macs_high" in by and "tp_magnitude_macs_high" in by:
+        ours_high, peer = by["nc_macs_high"], by["tp_magnitude_macs_high"]
+        gap = 100 * (accuracy(ours_high) - accuracy(peer))
+        lines.append(f"nc_macs_high ({ours_high['mac_reduction']:.2f}x fewer MACs) vs tp_magnitude_macs_high "
+                     f"({peer['mac_reduction']:.2f}x): {gap:+.2f} points (target >= +2): {'PASS' if gap >= 2 else 'MISS'}")  # fmt: skip
+    if not any(peer in by for peer in TP_ROWS):
+        lines.append(TP_MISSING)
     drop = 100 * (accuracy(by["unpruned"]) - accuracy(ours))
     lines.append(
         f"nc_latency vs unpruned: {drop:.2f} points lower (target <= 1): {'PASS' if drop <= 1 else 'MISS'}"

@@ -83,6 +83,8 @@ class PruningBenchConfig(Config):
     timing_threads: int = 1
     # the latency-target mode (pruning_latency.py): measured ORT batch-64 speed-up every method reaches
     latency_reduction: float = 2.5
+    # ... and the MAC reduction of its high-compression pair (nc_macs_high vs tp_magnitude_macs_high)
+    high_mac_reduction: float = 8.0
 
     def __post_init__(self) -> None:
         check_range("mac_reduction", self.mac_reduction, 1.0)
@@ -93,6 +95,7 @@ class PruningBenchConfig(Config):
         check_range("train_threads", self.train_threads, 1)
         check_range("timing_threads", self.timing_threads, 1)
         check_range("latency_reduction", self.latency_reduction, 1.0)
+        check_range("high_mac_reduction", self.high_mac_reduction, 1.0)
 
 
 @dataclasses.dataclass

@@ -24,222 +24,39 @@ the best measured on the CIFAR-10 CPU protocol (benchmarks/RESULTS.md, narrow VG
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, register_method
-from netcompress.evaluation.metrics import top1_accuracy
+from netcompress.pruning.auto_strategies import (
+    DEFAULT_RATE_GRID,
+    METHODS,
+    STRATEGIES,
+    TARGETS,
+    Search,
+    measure_pruned,
+    smallest_passing,
+    top_up,
+)
 from netcompress.pruning.channel import (
     ChannelPlan,
     ChannelSelection,
     RoundTo,
     _matches,
     apply_channel_plan,
-    keep_count,
-    select_global,
-    select_local,
 )
-from netcompress.pruning.channel_report import count_params, count_total_macs, pruning_summary
-from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import layer_scores, unit_scores
+from netcompress.pruning.latency_joint import quantize_plan
 from netcompress.pruning.latency_search import group_rates, search_measured_target
 from netcompress.pruning.latency_table import DEFAULT_WIDTHS, TARGET_KINDS, MeasuredTargetFields
 from netcompress.pruning.recovery import recover
-from netcompress.pruning.surgery import shrink_model_
-
-
-def _params_target(model: nn.Module, example_inputs: Any) -> int:
-    return count_params(model)
-
-
-TARGETS: dict[str, Callable[[nn.Module, Any], int]] = {"macs": count_total_macs, "params": _params_target}
-DEFAULT_RATE_GRID = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
-
-
-def _measure(model: nn.Module, graph: ChannelGraph, pruned: set[int], target: str, inputs: Any) -> int:
-    small = shrink_model_(copy.deepcopy(model), graph, graph.keep_indices(pruned))
-    return TARGETS[target](small, inputs)
-
-
-def _accuracy(model: nn.Module, loader: Any, max_batches: int) -> float:
-    accuracy = top1_accuracy(model, loader, max_batches=max_batches)
-    if accuracy is None:
-        raise ConfigError("method='sensitivity': the loader yielded no batches")
-    return accuracy
-
-
-def _smallest_passing(candidates: Sequence[Any], passes: Callable[[Any], bool]) -> int | None:
-    """Index of the first candidate that passes, assuming passing is monotone along the list."""
-    lo, hi = 0, len(candidates) - 1
-    if hi < 0 or not passes(candidates[hi]):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if passes(candidates[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-@dataclasses.dataclass
-class Search:
-    """What every strategy needs: the model, its graph, the candidate groups' scores and the budget rules."""
-
-    model: nn.Module
-    graph: ChannelGraph
-    candidates: dict[int, torch.Tensor]
-    target: str
-    inputs: Any
-    min_channels: int
-    round_to: RoundTo
-
-    def at_rate(self, gid: int, rate: float) -> set[int]:
-        """The lowest-scoring units of group ``gid`` that pruning ``rate`` of it removes."""
-        group = self.graph.groups[gid]
-        keep = keep_count(group.num_units, rate, round_to=self.round_to, min_channels=self.min_channels)
-        return select_local(self.candidates[gid], keep, group.unit_ids)
-
-
-# a strategy returns (search values in increasing pruning order, value -> pruned unit ids, summary extras);
-# prune_to_target binary-searches the values for the first whose pruned model fits the budget
-Strategy = Callable[..., tuple[Sequence[Any], Callable[[Any], set[int]], dict[str, Any]]]
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def _strategy(name: str) -> Callable[[Strategy], Strategy]:
-    def register(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return register
-
-
-@_strategy("global")
-def _global(search: Search, **_: Any) -> tuple[Sequence[int], Callable[[int], set[int]], dict[str, Any]]:
-    """One ranking of all units by score / group mean; the search moves the number removed."""
-    counts = list(range(sum(len(v) for v in search.candidates.values()) + 1))
-
-    def choose(count: int) -> set[int]:
-        return select_global(
-            search.graph, search.candidates, count, min_channels=search.min_channels, round_to=search.round_to
-        )[0]
-
-    return counts, choose, {}
-
-
-def unit_costs(search: Search) -> dict[int, float]:
-    """What removing one unit of each candidate group saves of the target (MACs or parameters).
-
-    Measured on the unpruned model, one shrink per group: a first-order cost that ignores how
-    pruning a neighbour makes a unit cheaper, which is enough to rank layers by price.
-    """
-    before = TARGETS[search.target](search.model, search.inputs)
-    costs = {}
-    for gid in search.candidates:
-        one = {search.graph.groups[gid].unit_ids[0]}
-        costs[gid] = float(before - _measure(search.model, search.graph, one, search.target, search.inputs))
-    return costs
-
-
-@_strategy("global_cost")
-def _global_cost(search: Search, **_: Any) -> tuple[Sequence[int], Callable[[int], set[int]], dict[str, Any]]:
-    """Global ranking by importance per unit of target saved: (score / group mean) / (cost / mean cost)."""
-    costs = unit_costs(search)
-    counts = list(range(sum(len(v) for v in search.candidates.values()) + 1))
-
-    def choose(count: int) -> set[int]:
-        return select_global(
-            search.graph, search.candidates, count, min_channels=search.min_channels,
-            round_to=search.round_to, unit_costs=costs,
-        )[0]  # fmt: skip
-
-    layers = {gid: search.graph.groups[gid].producers for gid in costs}
-    return counts, choose, {"unit_costs": [{"layers": layers[g], "cost": c} for g, c in costs.items()]}
-
-
-@_strategy("uniform")
-def _uniform(search: Search, **_: Any) -> tuple[Sequence[float], Callable[[float], set[int]], dict[str, Any]]:
-    """The same ratio for every group (Torch-Pruning's default); the search moves the ratio (steps of 1e-3)."""
-    ratios = [k / 1000 for k in range(1000)]
-
-    def choose(ratio: float) -> set[int]:
-        return set().union(*(search.at_rate(gid, ratio) for gid in search.candidates))
-
-    return ratios, choose, {}
-
-
-def _top_up(search: Search, pruned: set[int], lighter: set[int], budget: float) -> set[int]:
-    """Give back what the last ratio step took where the budget allows.
-
-    One step of the shared ratio can drop a channel from many groups at once (all 16-channel stages
-    of a ResNet), overshooting the budget (3.96x for a 3.5x request). The units that step removed,
-    group by group (whole ``round_to`` blocks), are restored most important first (score / group
-    mean) while the model still fits the budget.
-    """
-    blocks = []
-    for gid, scores in search.candidates.items():
-        ids = search.graph.groups[gid].unit_ids
-        block = [k for k, uid in enumerate(ids) if uid in pruned and uid not in lighter]
-        if block:
-            mean = float(scores.mean()) or 1.0
-            value = float(scores[block].mean()) / mean
-            blocks.append((-value, gid, {ids[k] for k in block}))
-    for _, _, units in sorted(blocks, key=lambda b: (b[0], b[1])):
-        trial = pruned - units
-        if _measure(search.model, search.graph, trial, search.target, search.inputs) <= budget:
-            pruned = trial
-    return pruned
-
-
-@_strategy("sensitivity")
-def _sensitivity(
-    search: Search, *, loader: Any, max_batches: int, rate_grid: Sequence[float], **_: Any
-) -> tuple[Sequence[int], Callable[[int], set[int]], dict[str, Any]]:
-    """Per-group accuracy drops at each grid rate; least sensitive groups are raised first."""
-    model, graph = search.model, search.graph
-    base = _accuracy(model, loader, max_batches)
-    drops: dict[int, list[float]] = {}
-    for gid in search.candidates:
-        drops[gid] = []
-        for rate in rate_grid:
-            small = shrink_model_(copy.deepcopy(model), graph, graph.keep_indices(search.at_rate(gid, rate)))
-            drops[gid].append(base - _accuracy(small, loader, max_batches))
-    extra = {
-        "baseline_accuracy": base,
-        "sensitivity": [
-            {"layers": graph.groups[g].producers, "rates": list(rate_grid), "accuracy_drop": d}
-            for g, d in drops.items()
-        ],
-    }
-    # one step = raise one group to its next grid rate; steps ordered by the (running-max) accuracy
-    # drop they cost, so the least sensitive layers are pruned first and harder (monotone in k)
-    steps = []
-    for gid, ds in drops.items():
-        worst = -1.0
-        for rate, drop in zip(rate_grid, ds):
-            worst = max(worst, drop)
-            steps.append((worst, rate, gid))
-    steps.sort()
-
-    def choose(k: int) -> set[int]:
-        rates: dict[int, float] = {}
-        for _, rate, gid in steps[:k]:
-            rates[gid] = max(rates.get(gid, 0.0), rate)
-        return set().union(*(search.at_rate(gid, rate) for gid, rate in rates.items()))
-
-    return list(range(len(steps) + 1)), choose, extra
-
-
-METHODS = tuple(STRATEGIES)
 
 
 @dataclasses.dataclass
@@ -290,6 +107,8 @@ def prune_to_target(
     timing_rounds: int = AutoPruneConfig.timing_rounds,
     ship_form: str = AutoPruneConfig.ship_form,
     cache_dir: str | None = None,
+    quantize: str | None = None,
+    calib_loader: Any = None,
     out_dir: Any = None,
     seed: int = 0,
     config: AutoPruneConfig | None = None,
@@ -302,6 +121,10 @@ def prune_to_target(
     cost table at ``widths`` and confirm end to end (:mod:`netcompress.pruning.latency_search`); one
     that cannot be met returns the best model with ``met: False`` and a ``reason``; with ``out_dir`` a
     plot of the candidates is written there.
+    ``quantize="joint"`` (latency on onnxruntime) decides per layer between pruning more and int8 vs float
+    against the measured int8 ORT graph, ``"int8"`` quantizes every layer (:mod:`netcompress.pruning.latency_joint`):
+    the result is the fake-quantized model (export it with ``export_onnx(..., int8=True)``), calibrated on
+    ``calib_loader`` (else ``loader``), its plan and the reasons layers stayed float in ``summary["precision"]``.
     ``loader`` gives (inputs, targets) batches: needed for ``method="sensitivity"`` (accuracy on
     ``max_batches`` batches) and ``importance="taylor"``. The summary lists the chosen rate of
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
@@ -329,11 +152,25 @@ def prune_to_target(
                 "max_batches": max_batches, "min_channels": min_channels, "round_to": round_to,
                 "ignore": list(ignore), "rate_grid": list(rate_grid), "runtime": runtime, "batch_size": batch_size,
                 "threads": threads, "widths": list(widths), "max_rounds": max_rounds, "ship_form": ship_form,
-                "tolerance": tolerance, "timing_rounds": timing_rounds,
+                "tolerance": tolerance, "timing_rounds": timing_rounds, "quantize": quantize,
                 "cache_dir": None if cache_dir is None else str(cache_dir),
             },
             where="prune_to_target",
         )  # fmt: skip
+    calib = calib_loader if calib_loader is not None else loader
+    small, summary = _search(
+        model, example_inputs, config, loader=loader, calib=calib, out_dir=out_dir, seed=seed
+    )
+    if config.quantize:
+        small = quantize_plan(small, summary, calib, example_inputs)
+    return small, summary
+
+
+def _search(
+    model: nn.Module, example_inputs: Any, config: AutoPruneConfig, *, loader: Any, calib: Any, out_dir: Any,
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """:func:`prune_to_target` on a validated config; a ``quantize`` search returns the float pruned model."""
     target, reduction, method, rate_grid = config.target, config.reduction, config.strategy, config.rate_grid
     importance, min_channels, round_to = config.importance, config.min_channels, config.round_to
     if method == "sensitivity" and loader is None:
@@ -351,18 +188,19 @@ def prune_to_target(
     if not candidates:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group for prune_to_target")
     if target in TARGET_KINDS:
-        return search_measured_target(model, example_inputs, graph, candidates, config, loader=loader, out_dir=out_dir)  # fmt: skip
+        return search_measured_target(model, example_inputs, graph, candidates, config, loader=loader,
+                                      out_dir=out_dir, calib=calib)  # fmt: skip
     before = TARGETS[target](model, example_inputs)
     budget = before / reduction
     search = Search(model, graph, candidates, target, example_inputs, min_channels, round_to)
     values, choose, extra = STRATEGIES[method](
         search, loader=loader, max_batches=config.max_batches, rate_grid=rate_grid
     )
-    index = _smallest_passing(
-        values, lambda c: _measure(model, graph, choose(c), target, example_inputs) <= budget
+    index = smallest_passing(
+        values, lambda c: measure_pruned(model, graph, choose(c), target, example_inputs) <= budget
     )
     if index is None:
-        best = _measure(model, graph, choose(values[-1]), target, example_inputs)
+        best = measure_pruned(model, graph, choose(values[-1]), target, example_inputs)
         raise ConfigError(
             f"cannot reach a {reduction}x {target} reduction: at most {before / max(best, 1):.2f}x "
             f"with min_channels={min_channels}"
@@ -370,7 +208,7 @@ def prune_to_target(
         )
     pruned = choose(values[index])
     if method == "uniform" and index > 0:
-        pruned = _top_up(search, pruned, choose(values[index - 1]), budget)
+        pruned = top_up(search, pruned, choose(values[index - 1]), budget)
     plan = ChannelPlan(graph=graph, pruned_units=pruned, group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)
     after = TARGETS[target](small, example_inputs)
@@ -389,8 +227,12 @@ def prune_to_target(
 @register_method("prune", "auto", config=AutoPruneConfig)
 def auto(model: nn.Module, config: AutoPruneConfig, data: MethodData) -> Result:
     """Choose per-layer rates automatically to reach a MAC, parameter, latency or file-size reduction."""
-    loader = data.val_loader if config.strategy == "sensitivity" else data.train_loader
-    small, summary = prune_to_target(
-        model, data.example_inputs, loader=loader, seed=data.seed, out_dir=data.out_dir, config=config
+    loader = data.val_loader if config.strategy == "sensitivity" or config.quantize else data.train_loader
+    calib = data.calibration if config.quantize else None
+    small, summary = _search(
+        model, data.example_inputs, config, loader=loader, calib=calib, out_dir=data.out_dir, seed=data.seed
     )
-    return recover(small, model, summary, config, data)
+    result = recover(small, model, summary, config, data)
+    if config.quantize:  # the recovered float model, int8 where the search chose it
+        result.model = quantize_plan(result.model, result.summary, calib, data.example_inputs)
+    return result

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, keep_count, select_local
 from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.latency_priors import interaction_terms, layer_weights, smooth_savings
 from netcompress.pruning.latency_table import (
     RUNTIMES,
     SHIP_FORMS,
@@ -108,78 +108,6 @@ class Variants:
         return shrink_model_(
             copy.deepcopy(self.model), self.graph, self.graph.keep_indices(self.units(state))
         )
-
-
-def interaction_terms(
-    variants: Variants, table: CostTable, layer_weights: Mapping[str, float]
-) -> list[tuple[str, str, float]]:
-    """``(in_label, out_label, cost)`` of every layer whose input and output channels are two candidate groups.
-
-    A layer's cost is estimated from the measured saving of each of its two groups at their narrowest
-    width, per share of channels removed, split among the layers touching that group by
-    ``layer_weights`` (MACs for latency, parameters for bytes); the two estimates are averaged.
-    """
-    graph = variants.graph
-    group_of = {graph.uf.find(u): g.id for g in graph.groups for u in g.unit_ids}
-    label_of = {gid: label for label, gid in variants.labels.items()}
-    ends: dict[str, tuple[int | None, int | None]] = {}
-    for name, layer in graph.layers.items():
-        if layer.kind in ("conv", "linear", "custom") and layer.in_labels and layer.out_labels:
-            ends[name] = (
-                group_of.get(graph.uf.find(layer.in_labels[0])),
-                group_of.get(graph.uf.find(layer.out_labels[0])),
-            )
-    per_share = {}
-    for label, gid in variants.labels.items():
-        last = len(table.widths) - 1
-        removed = table.removed(label, last)
-        touching = sum(layer_weights.get(n, 0.0) for n, io in ends.items() if gid in io)
-        if removed > 0 and touching > 0:
-            per_share[gid] = max(table.saving(label, last), 0.0) / removed / touching
-    pairs = []
-    for name, (gin, gout) in ends.items():
-        if gin in per_share and gout in per_share and gin != gout:
-            cost = layer_weights.get(name, 0.0) * (per_share[gin] + per_share[gout]) / 2
-            if cost > 0:
-                pairs.append((label_of[gin], label_of[gout], cost))
-    return pairs
-
-
-def smooth_savings(variants: Variants, table: CostTable, layer_weights: Mapping[str, float]) -> int:
-    """Make every group's saving non-decreasing as it narrows; an entry timed slower than the unpruned model
-    (below the noise: a ResNet-20 stage group alone on a loaded machine) gets a prior instead, the group's
-    MACs (bytes: parameters) removed times the table's median measured ms per MAC. Returns how many entries
-    took the prior; changes ``table.costs`` in memory only (the cache keeps the timings)."""
-    graph = variants.graph
-    group_of = {graph.uf.find(u): g.id for g in graph.groups for u in g.unit_ids}
-    touching: dict[int, float] = {}
-    for name, layer in graph.layers.items():
-        ids = {group_of.get(graph.uf.find(lb[0])) for lb in (layer.in_labels, layer.out_labels) if lb}
-        for gid in ids - {None}:
-            touching[gid] = touching.get(gid, 0.0) + layer_weights.get(name, 0.0)
-    weight = {label: touching.get(gid, 0.0) for label, gid in variants.labels.items()}
-    rates = [table.saving(g, i) / (weight[g] * table.removed(g, i))
-             for g in table.costs for i in range(1, len(table.widths))
-             if table.saving(g, i) > 0 and weight[g] > 0 and table.removed(g, i) > 0]  # fmt: skip
-    per_unit = statistics.median(rates) if rates else 0.0
-    priors = 0
-    for label, costs in table.costs.items():
-        best = 0.0
-        for i in range(1, len(costs)):
-            saving = table.base - costs[i]
-            if saving < 0 and table.removed(label, i) > 0:
-                saving, priors = per_unit * weight[label] * table.removed(label, i), priors + 1
-            best = max(best, saving)
-            costs[i] = table.base - best
-    return priors
-
-
-def _layer_weights(model: nn.Module, example_inputs: Any, target: str) -> dict[str, float]:
-    if target == "latency":
-        from netcompress.evaluation.macs import count_macs
-
-        return {k: float(v) for k, v in count_macs(model, example_inputs)[1].items()}
-    return {n: float(sum(p.numel() for p in m.parameters(recurse=False))) for n, m in model.named_modules()}
 
 
 def importance_proxy(variants: Variants, scores: Mapping[int, torch.Tensor]) -> dict[str, list[float]]:
@@ -293,18 +221,17 @@ def _forms(
 
 def search_measured_target(
     model: nn.Module, example_inputs: Any, graph: ChannelGraph, scores: Mapping[int, torch.Tensor], config: Any,
-    *, loader: Any = None, out_dir: Any = None,
+    *, loader: Any = None, out_dir: Any = None, calib: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
-    """The search under ``prune_to_target(target="latency" | "bytes")``; ``config`` is an ``AutoPruneConfig``."""
+    """The search under ``prune_to_target(target="latency" | "bytes")``; ``config`` is an ``AutoPruneConfig``.
+
+    With ``config.quantize`` the search runs on :class:`~netcompress.pruning.latency_joint.JointSearch`'s
+    int8 table (``calib``: calibration batches) and returns the float pruned model; its ``summary["precision"]``
+    says which layers the int8 file keeps float (:func:`~netcompress.pruning.latency_joint.quantize_plan`)."""
     spec = MeasureSpec(target=config.target, runtime=config.runtime, batch_size=config.batch_size,
                        threads=config.threads, rounds=config.timing_rounds, ship_form=config.ship_form)  # fmt: skip
     variants = Variants.of(model, graph, scores, config.widths, round_to=config.round_to,
                            min_channels=config.min_channels)  # fmt: skip
-    table = cost_table(model, example_inputs, variants.variant, spec, kept=variants.kept, widths=config.widths,
-                       cache_dir=config.cache_dir)  # fmt: skip
-    weights = _layer_weights(model, example_inputs, spec.target)
-    priors = smooth_savings(variants, table, weights)
-    table.pairs = interaction_terms(variants, table, weights)
     base_accuracy = None
     if config.strategy == "sensitivity":
         if loader is None:
@@ -314,6 +241,20 @@ def search_measured_target(
         proxy, base_accuracy = sensitivity_proxy(variants, loader, config.max_batches)
     else:
         proxy = importance_proxy(variants, scores)
+    joint = None
+    if config.quantize:  # widths and int8/float per layer against the int8 ONNX Runtime graph
+        from netcompress.pruning.latency_joint import JointSearch
+
+        joint = JointSearch.setup(
+            model, example_inputs, variants, proxy, spec, config, loader=loader, calib=calib
+        )
+        table, variants, proxy, priors = joint.table, joint.variants, joint.proxy, joint.priors
+    else:
+        table = cost_table(model, example_inputs, variants.variant, spec, kept=variants.kept,
+                           widths=config.widths, cache_dir=config.cache_dir)  # fmt: skip
+        weights = layer_weights(model, example_inputs, spec.target)
+        priors = smooth_savings(variants, table, weights)
+        table.pairs = interaction_terms(variants, table, weights)
     slack = 1.0 + config.tolerance if spec.target == "latency" else 1.0
     state = dict.fromkeys(variants.kept, 0)
     budget = table.base / config.reduction
@@ -389,7 +330,10 @@ def search_measured_target(
         measure={"runtime": spec.runtime, "batch_size": spec.batch_size, "threads": spec.threads,
                  "ship_form": spec.ship_form, "rounds": spec.rounds},
     )  # fmt: skip
-    summary["by_form"] = _forms(model, small, example_inputs, spec, values)
+    if joint is not None:
+        joint.finish(summary, state, values, small)
+    else:
+        summary["by_form"] = _forms(model, small, example_inputs, spec, values)
     if spec.target == "latency":
         summary["speedup_by_form"] = {
             k: v["reduction"] for k, v in summary["by_form"].items() if "reduction" in v

@@ -51,6 +51,7 @@ from netcompress.evaluation.latency import time_rounds
 TARGET_KINDS = ("latency", "bytes")
 RUNTIMES = ("onnxruntime", "torch")
 SHIP_FORMS = ("onnx", "onnx_int8")
+QUANTIZE_MODES = ("int8", "joint")
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 # bump when what a table holds or how it is measured changes, so stale caches are not reused
 TABLE_VERSION = 1
@@ -65,7 +66,9 @@ class MeasuredTargetFields(Config):
     ``max_rounds``: end-to-end confirmations before giving up; ``tolerance``: a measured latency reduction
     this share short of the target still meets it (timing noise; a file size must meet it exactly), and a
     result faster or smaller than asked by more than it is widened again; ``timing_rounds``: interleaved rounds per
-    timing; ``ship_form``: the file a bytes target counts; ``cache_dir``: where cost tables are kept.
+    timing; ``ship_form``: the file a bytes target counts; ``cache_dir``: where cost tables are kept;
+    ``quantize``: ``"int8"`` (every layer int8) or ``"joint"`` (int8 or float per layer, chosen with the widths)
+    against the int8 ONNX Runtime graph (:mod:`netcompress.pruning.latency_joint`; latency on onnxruntime only).
     """
 
     runtime: str = "onnxruntime"
@@ -77,11 +80,18 @@ class MeasuredTargetFields(Config):
     timing_rounds: int = 5
     ship_form: str = "onnx"
     cache_dir: str | None = None
+    quantize: str | None = None
 
     def check_measured(self) -> None:
         """Validate the fields (called by the config that mixes them in); errors name the key."""
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("ship_form", self.ship_form, SHIP_FORMS)
+        if self.quantize is not None:
+            check_choice("quantize", self.quantize, QUANTIZE_MODES)
+            if getattr(self, "target", "latency") != "latency" or self.runtime != "onnxruntime":
+                raise ConfigError(
+                    "quantize needs target='latency' and runtime='onnxruntime' (the int8 ORT graph)"
+                )
         for name in ("batch_size", "threads", "max_rounds", "timing_rounds"):
             check_range(name, getattr(self, name), 1)
         check_range("tolerance", self.tolerance, 0.0, 0.5)
@@ -161,7 +171,13 @@ def _first_sample(example_inputs: Any) -> torch.Tensor:
 
 
 def deployed_form(model: nn.Module, example_inputs: Any, spec: MeasureSpec, folder: Path) -> nn.Module:
-    """``model`` as it runs when shipped: BN folded (torch) or its ONNX file in ONNX Runtime."""
+    """``model`` as it runs when shipped: BN folded (torch) or its ONNX file in ONNX Runtime (a fake-quantized
+    model: its int8 file, as ONNX Runtime optimises it)."""
+    from netcompress.quantization.modules import quantizers
+
+    int8 = bool(quantizers(model))
+    if int8 and spec.runtime != "onnxruntime":
+        raise ConfigError(f"runtime={spec.runtime!r} cannot time an int8 model: use runtime='onnxruntime'")
     if spec.runtime == "torch":
         from netcompress.quantization.bn_folding import fold_bn_and_report
 
@@ -170,7 +186,7 @@ def deployed_form(model: nn.Module, example_inputs: Any, spec: MeasureSpec, fold
 
     fd, path = tempfile.mkstemp(dir=folder, suffix=".onnx")
     os.close(fd)
-    export_onnx(model, path, _first_sample(example_inputs), check=False)
+    export_onnx(model, path, _first_sample(example_inputs), int8=int8, check=False)
     return OrtModel(path, threads=spec.threads)
 
 
