@@ -42,7 +42,6 @@ from netcompress.pruning.layer_inputs import InputStats, probe, prune_groups
 from netcompress.pruning.masks import enforce_masks, sparsity_report
 from netcompress.pruning.weight_targets import (
     WeightTarget,
-    install_fast_path_hooks,
     module_target,
     no_fast_path,
     select_targets,
@@ -230,13 +229,12 @@ def sparsity_summary(
     """The one-shot methods' summary: sparsity per pruned weight, skipped ones with the reason, totals.
 
     ``per_layer`` keys are the weights' names (``sparsity_report`` keys: ``"fc"``, ``"h.0.attn.c_attn"``,
-    ``"0.self_attn.in_proj_weight"``). Installs the mask hooks that TransformerEncoderLayer's fast path needs.
+    ``"0.self_attn.in_proj_weight"``).
 
     Example:
         >>> sparsity_summary(model, targets, {"conv": "..."}, method="n_m")["per_layer"]
         {'fc': 0.5}
     """
-    install_fast_path_hooks(model, list(pruned.values()))
     for module in model.modules():
         enforce_masks(module)
     report = sparsity_report(model)

@@ -14,9 +14,10 @@ A :class:`WeightTarget` is one matrix ``W`` with ``y = x W^T`` (rows of ``x`` = 
   reads that weight without calling the module.
 
 Masks are the usual ``<param>_mask`` buffers of :mod:`netcompress.pruning.masks` on the module owning the
-parameter. A :class:`SubtreeMaskHook` on the attention module (and on an enclosing
-``nn.TransformerEncoderLayer``/``DecoderLayer``, whose fast path reads the weights directly) re-applies
-the masks of everything inside it before each call, so ``out_proj``'s mask holds through training too.
+parameter. A :class:`SubtreeMaskHook` on the attention module re-applies the masks of everything inside
+it before each call, so ``out_proj``'s mask holds through training too. (``nn.TransformerEncoderLayer``'s
+fused fast path, which reads the weights without calling the modules, is off while any of its submodules
+has a hook: torch checks that, so the masks' hooks keep it on the module-calling path.)
 
 Selection names are the keys of :func:`~netcompress.pruning.masks.sparsity_report`: the module name for a
 ``weight`` (``"h.0.attn.c_attn"``, ``"0.self_attn.out_proj"``), ``module.param`` otherwise
@@ -47,7 +48,6 @@ from netcompress.pruning.transformer_blocks import is_conv1d
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
 ATTENTION_TYPES = (nn.MultiheadAttention, PrunedMultiheadAttention)
-FAST_PATH_TYPES = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 PARTS = ("query", "key", "value")
 
 
@@ -290,7 +290,19 @@ def select_targets(
         raise ConfigError(
             f"{method}: no Conv1d/Conv2d/Linear weight selected (include={include}, exclude={list(exclude)})"
         )
-    return {t.name: t for t in chosen}, {}
+    holders: dict[int, dict[int, str]] = {}  # a parameter held by two modules (tied embeddings)
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for p_name, param in module.named_parameters(recurse=False):
+            holders.setdefault(id(param), {}).setdefault(id(module), f"{mod_name}.{p_name}".lstrip("."))
+    skipped = {}
+    for t in chosen:
+        shared = holders.get(id(t.weight), {})
+        if len(shared) > 1:
+            names = ", ".join(shared.values())
+            skipped[t.key] = (
+                f"weight tied ({names}): a mask would prune every one of them; untie or exclude it"
+            )
+    return {t.name: t for t in chosen if t.key not in skipped}, skipped
 
 
 def module_target(name: str, module: nn.Module) -> WeightTarget:
@@ -315,11 +327,3 @@ def why_not_calibrated(target: WeightTarget) -> str | None:
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
             return "convolution padding other than zeros with explicit sizes"
     return None
-
-
-def install_fast_path_hooks(model: nn.Module, targets: Sequence[WeightTarget]) -> None:
-    """A :class:`SubtreeMaskHook` on every TransformerEncoder/DecoderLayer holding a masked target."""
-    owners = {id(t.owner) for t in targets}
-    for module in model.modules():
-        if isinstance(module, FAST_PATH_TYPES) and any(id(m) in owners for m in module.modules()):
-            install_subtree_hook(module)
