@@ -39,12 +39,11 @@ from netcompress.pruning.layerwise import (
     check_amount,
     prune_layerwise,
     sparsity_summary,
-    weight_matrix,
 )
-from netcompress.pruning.masks import MASK_SUFFIX, apply_mask
 from netcompress.pruning.semi_structured import check_n_m, select_n_m, wanda_scores
 from netcompress.pruning.sparse_storage import write_sparse
 from netcompress.pruning.sparsegpt import sparsegpt_prune
+from netcompress.pruning.weight_targets import WeightTarget
 
 
 @dataclasses.dataclass
@@ -104,21 +103,16 @@ class SparseGPTConfig(LayerSelection):
         return 0.5 if self.amount is None else self.amount
 
 
-def _old_keep(layer: nn.Module) -> torch.Tensor | None:
-    mask = layer._buffers.get("weight" + MASK_SUFFIX)
-    return None if mask is None else mask.reshape(layer.weight.shape[0], -1)
-
-
-def _wanda_layer(layer: nn.Module, stats: InputStats, amount: float) -> None:
-    """Mask the ``amount`` share of lowest |W| * ||X|| in every output row of ``layer``."""
-    scores = wanda_scores(layer, stats)
+def _wanda_layer(target: WeightTarget, stats: InputStats, amount: float) -> None:
+    """Mask the ``amount`` share of lowest |W| * ||X|| in every output row of ``target``."""
+    scores = wanda_scores(target, stats)
     rows, cols = scores.shape
     count = int(round(amount * cols))
     keep = torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
     if count:
         lowest = torch.sort(scores, dim=1, stable=True).indices[:, :count]
         keep.scatter_(1, lowest, False)
-    apply_mask(layer, "weight", keep.reshape(layer.weight.shape))
+    target.set_keep(keep)
 
 
 def wanda_prune_(model: nn.Module, config: WandaConfig, loader: Iterable | None) -> dict[str, Any]:
@@ -127,15 +121,15 @@ def wanda_prune_(model: nn.Module, config: WandaConfig, loader: Iterable | None)
     layers, skipped = select_n_m(model, config, None, method=method)
     batches = calibration_batches(loader, config.calib_batches, method=method)
 
-    def prune(name: str, layer: nn.Module, stats: InputStats) -> dict[str, Any]:
-        _wanda_layer(layer, stats, config.amount)
+    def prune(name: str, target: WeightTarget, stats: InputStats) -> dict[str, Any]:
+        _wanda_layer(target, stats, config.amount)
         return {}
 
-    done, more = prune_layerwise(model, layers, batches, prune=prune)
+    done, more, path = prune_layerwise(model, layers, batches, prune=prune, calibration=config.calibration)
     skipped.update(more)
     pruned = {name: layers[name] for name in layers if name in done}
     return sparsity_summary(
-        model, pruned, skipped, method="wanda", amount=config.amount, calib_batches=len(batches)
+        model, pruned, skipped, method="wanda", amount=config.amount, calib_batches=len(batches), **path
     )
 
 
@@ -146,23 +140,24 @@ def sparsegpt_prune_(model: nn.Module, config: SparseGPTConfig, loader: Iterable
     batches = calibration_batches(loader, config.calib_batches, method=method)
     amount = None if config.n is not None else config.target_amount
 
-    def prune(name: str, layer: nn.Module, stats: InputStats) -> dict[str, Any]:
+    def prune(name: str, target: WeightTarget, stats: InputStats) -> dict[str, Any]:
         result = sparsegpt_prune(
-            weight_matrix(layer), stats.hessian, amount=amount, n=config.n, m=config.m,
-            block_size=config.block_size, damp=config.damp, keep=_old_keep(layer),
+            target.matrix(), stats.hessian, amount=amount, n=config.n, m=config.m,
+            block_size=config.block_size, damp=config.damp, keep=target.keep(),
         )  # fmt: skip
-        with torch.no_grad():
-            layer.weight.copy_(result.weight.reshape(layer.weight.shape))
-        apply_mask(layer, "weight", result.keep.reshape(layer.weight.shape))
+        target.set_matrix(result.weight)
+        target.set_keep(result.keep)
         return {"error": result.error}
 
-    done, more = prune_layerwise(model, layers, batches, prune=prune, gram=True)
+    done, more, path = prune_layerwise(
+        model, layers, batches, prune=prune, gram=True, calibration=config.calibration
+    )
     skipped.update(more)
     pruned = {name: layers[name] for name in layers if name in done}
     pattern = f"{config.n}:{config.m}" if config.n is not None else "unstructured"
     return sparsity_summary(
         model, pruned, skipped, method="sparsegpt", pattern=pattern, amount=config.target_amount,
-        calib_batches=len(batches), errors={name: done[name]["error"] for name in pruned},
+        calib_batches=len(batches), errors={name: done[name]["error"] for name in pruned}, **path,
     )  # fmt: skip
 
 
@@ -180,8 +175,15 @@ def sparsegpt(model: nn.Module, config: SparseGPTConfig, data: MethodData) -> Re
     return Result(model=model, summary=write_sparse(model, summary, data.out_dir, save=config.save_sparse))
 
 
-def _selection(calib_batches: int, include: list[str] | None, exclude: Any) -> dict[str, Any]:
-    return {"calib_batches": calib_batches, "include": include, "exclude": list(exclude)}
+def _selection(
+    calib_batches: int, include: list[str] | None, exclude: Any, calibration: str
+) -> dict[str, Any]:
+    return {
+        "calib_batches": calib_batches,
+        "include": include,
+        "exclude": list(exclude),
+        "calibration": calibration,
+    }
 
 
 def prune_wanda_(
@@ -192,6 +194,7 @@ def prune_wanda_(
     calib_batches: int = LayerSelection.calib_batches,
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
+    calibration: str = LayerSelection.calibration,
     config: WandaConfig | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` IN PLACE with Wanda (``prune/wanda``) on ``loader``'s batches; return the summary.
@@ -201,7 +204,7 @@ def prune_wanda_(
         0.6
     """
     if config is None:
-        fields = {"amount": amount, **_selection(calib_batches, include, exclude)}
+        fields = {"amount": amount, **_selection(calib_batches, include, exclude, calibration)}
         config = WandaConfig.from_dict(fields, where="prune_wanda_")
     return apply(model, config, MethodData(calib_loader=loader)).summary
 
@@ -218,6 +221,7 @@ def prune_sparsegpt_(
     calib_batches: int = LayerSelection.calib_batches,
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
+    calibration: str = LayerSelection.calibration,
     config: SparseGPTConfig | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` IN PLACE with SparseGPT (``prune/sparsegpt``) on ``loader``'s batches.
@@ -232,7 +236,7 @@ def prune_sparsegpt_(
     if config is None:
         fields = {
             "amount": amount, "n": n, "m": m, "block_size": block_size, "damp": damp,
-            **_selection(calib_batches, include, exclude),
+            **_selection(calib_batches, include, exclude, calibration),
         }  # fmt: skip
         config = SparseGPTConfig.from_dict(fields, where="prune_sparsegpt_")
     return apply(model, config, MethodData(calib_loader=loader)).summary

@@ -36,10 +36,9 @@ from netcompress.pruning.layerwise import (
     prune_layerwise,
     select_layers,
     sparsity_summary,
-    weight_matrix,
 )
-from netcompress.pruning.masks import MASK_SUFFIX, apply_mask
 from netcompress.pruning.sparse_storage import write_sparse
+from netcompress.pruning.weight_targets import WeightTarget
 
 IMPORTANCE = ("magnitude", "wanda")
 
@@ -71,27 +70,27 @@ def n_m_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.reshape(rows, cols)
 
 
-def live_scores(layer: nn.Module, scores: torch.Tensor) -> torch.Tensor:
-    """``scores`` (as the weight matrix) with already-pruned weights ranked below every live one."""
-    mask = layer._buffers.get("weight" + MASK_SUFFIX)
-    if mask is None:
+def live_scores(target: WeightTarget, scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` (as the ``(out, in)`` matrix) with already-pruned weights ranked below every live one."""
+    keep = target.keep()
+    if keep is None:
         return scores
-    return scores.masked_fill(~mask.reshape(scores.shape).to(scores.device), float("-inf"))
+    return scores.masked_fill(~keep.to(scores.device), float("-inf"))
 
 
-def wanda_scores(layer: nn.Module, stats: InputStats) -> torch.Tensor:
-    """|W_ij| * ||X_j||_2 on the weight matrix (out, in * kernel), already-pruned weights lowest."""
-    weight = weight_matrix(layer).to(torch.float64)
-    return live_scores(layer, weight.abs() * stats.norms.to(weight.device).unsqueeze(0))
+def wanda_scores(target: WeightTarget, stats: InputStats) -> torch.Tensor:
+    """|W_ij| * ||X_j||_2 on the ``(out, in)`` matrix (in along the input features), already-pruned lowest."""
+    weight = target.matrix().to(torch.float64)
+    return live_scores(target, weight.abs() * stats.norms.to(weight.device).unsqueeze(0))
 
 
-def magnitude_scores(layer: nn.Module) -> torch.Tensor:
-    return live_scores(layer, weight_matrix(layer).abs().to(torch.float64))
+def magnitude_scores(target: WeightTarget) -> torch.Tensor:
+    return live_scores(target, target.matrix().abs().to(torch.float64))
 
 
-def mask_n_m_(layer: nn.Module, scores: torch.Tensor, n: int, m: int) -> None:
-    """Mask ``layer.weight`` IN PLACE to the N:M pattern chosen by ``scores`` (combined with its mask)."""
-    apply_mask(layer, "weight", n_m_keep(scores, n, m).reshape(layer.weight.shape))
+def mask_n_m_(target: WeightTarget, scores: torch.Tensor, n: int, m: int) -> None:
+    """Mask the target IN PLACE to the N:M pattern chosen by ``scores`` (combined with its mask)."""
+    target.set_keep(n_m_keep(scores, n, m))
 
 
 @dataclasses.dataclass
@@ -117,16 +116,16 @@ class NMConfig(LayerSelection):
 
 
 def _split_by_width(
-    layers: dict[str, nn.Module], m: int | None
-) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Layers whose input size (in * kernel) is a multiple of ``m``, and the others with the reason."""
+    layers: dict[str, WeightTarget], m: int | None
+) -> tuple[dict[str, WeightTarget], dict[str, str]]:
+    """Targets whose input size (in * kernel) is a multiple of ``m``, and the others with the reason."""
     fits, skipped = {}, {}
-    for name, layer in layers.items():
-        cols = weight_matrix(layer).shape[1]
+    for name, target in layers.items():
+        cols = target.matrix().shape[1]
         if m is not None and cols % m:
-            skipped[name] = f"input size {cols} is not a multiple of m={m}"
+            skipped[target.key] = f"input size {cols} is not a multiple of m={m}"
         else:
-            fits[name] = layer
+            fits[name] = target
     return fits, skipped
 
 
@@ -145,22 +144,22 @@ def n_m_prune_(model: nn.Module, config: NMConfig, loader: Iterable | None = Non
     method = "prune/n_m"
     layers, skipped = select_n_m(model, config, config.m, method=method)
     if config.importance == "magnitude":
-        for layer in layers.values():
-            mask_n_m_(layer, magnitude_scores(layer), config.n, config.m)
-        pruned, batches = layers, 0
+        for target in layers.values():
+            mask_n_m_(target, magnitude_scores(target), config.n, config.m)
+        pruned, batches, path = layers, 0, {"calibration": "none"}
     else:
         data = calibration_batches(loader, config.calib_batches, method=method)
 
-        def prune(name: str, layer: nn.Module, stats: InputStats) -> dict[str, Any]:
-            mask_n_m_(layer, wanda_scores(layer, stats), config.n, config.m)
+        def prune(name: str, target: WeightTarget, stats: InputStats) -> dict[str, Any]:
+            mask_n_m_(target, wanda_scores(target, stats), config.n, config.m)
             return {}
 
-        done, more = prune_layerwise(model, layers, data, prune=prune)
+        done, more, path = prune_layerwise(model, layers, data, prune=prune, calibration=config.calibration)
         skipped.update(more)
         pruned, batches = {name: layers[name] for name in layers if name in done}, len(data)
     return sparsity_summary(
         model, pruned, skipped, method="n_m", pattern=f"{config.n}:{config.m}",
-        importance=config.importance, calib_batches=batches,
+        importance=config.importance, calib_batches=batches, **path,
     )  # fmt: skip
 
 
@@ -182,6 +181,7 @@ def prune_n_m_(
     calib_batches: int = LayerSelection.calib_batches,
     include: list[str] | None = None,
     exclude: list[str] | tuple[str, ...] = (),
+    calibration: str = LayerSelection.calibration,
     config: NMConfig | None = None,
 ) -> dict[str, Any]:
     """Mask ``model`` IN PLACE to N:M sparsity (``prune/n_m``); return the summary.
@@ -197,7 +197,7 @@ def prune_n_m_(
     if config is None:
         fields = {
             "n": n, "m": m, "importance": importance, "calib_batches": calib_batches,
-            "include": include, "exclude": list(exclude),
+            "include": include, "exclude": list(exclude), "calibration": calibration,
         }  # fmt: skip
         config = NMConfig.from_dict(fields, where="prune_n_m_")
     return apply(model, config, MethodData(calib_loader=loader)).summary

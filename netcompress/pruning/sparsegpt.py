@@ -85,7 +85,7 @@ def sparsegpt_prune(
         [2]
     """
     dtype = weight.dtype
-    w = weight.detach().to(torch.float64).clone()
+    w = weight.detach().to(torch.float64).clone(memory_format=torch.contiguous_format)
     original = w.clone()
     h = hessian.to(device=w.device, dtype=torch.float64)
     rows, cols = w.shape
