@@ -62,3 +62,16 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(ConfigError, match="needs the 'transformers' package"):
         pretrained(path=str(tmp_path))
+
+
+def test_a_teacher_built_by_a_factory(folder):
+    from netcompress.distillation.teacher_loading import check_teacher_spec, load_teacher
+
+    spec = {"factory": FACTORY, "kwargs": {"path": str(folder)}}
+    check_teacher_spec(spec)
+    teacher = load_teacher(spec, num_classes=0)
+    assert type(teacher).__name__ == "BertModel" and teacher.config.num_hidden_layers == 2
+    with pytest.raises(ConfigError, match="either 'model' or 'factory'"):
+        check_teacher_spec({**spec, "model": "digits_cnn"})
+    with pytest.raises(ConfigError, match="returned a dict, not an nn.Module"):
+        load_teacher({"factory": "json:loads", "kwargs": {"s": "{}"}}, num_classes=0)
