@@ -10,7 +10,7 @@ sentence is the same one).
 
 Rows: PyTorch float, ORT float, ORT ``quantize_dynamic`` (int8 weights, its defaults), ORT
 ``quantize_static`` (QDQ, per-channel, calibrated on the same sentences), netcompress dynamic and
-static int8 (``nc.quantize``), and netcompress accuracy-aware int8 (``quantize/accuracy_aware``:
+static int8 (``nc.quantize``), dynamic int8 with int8 embedding tables (``embeddings="int8"``), and netcompress accuracy-aware int8 (``quantize/accuracy_aware``:
 dynamic, SmoothQuant-style input smoothing, layers falling back to float until cosine >= 0.99 and
 nearest-neighbour agreement >= 0.95 on the validation sentences).
 
@@ -42,6 +42,14 @@ from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa:
 from netcompress.export.onnx import OrtModel, export_onnx, op_counts  # noqa: E402
 from netcompress.quantization import quantize, quantize_accuracy_aware  # noqa: E402
 
+# export_onnx's check (max |ORT - PyTorch| at real tokens over the largest output) for the int8 files.
+# int8 token states are not continuous in float rounding: scaling the word-embedding table by (1 + 1e-7
+# noise) moves the PyTorch dynamic-int8 model's states by up to 5.5% of the largest (every activation
+# range shifts, codes near a rounding edge flip, and the flips compound over 6 layers), and ORT vs
+# PyTorch differs by as much (5.6% on this example batch). Padding positions, where it reached 10%, are
+# masked by the check. Embedding cosine of ORT int8 vs PyTorch int8 stays >= 0.99 (rows below).
+INT8_TOLERANCE = 0.1
+
 INT_OPS = (
     "MatMulInteger",
     "DynamicQuantizeMatMul",
@@ -49,6 +57,7 @@ INT_OPS = (
     "QLinearMatMul",
     "QGemm",
     "QAttention",
+    "GatherBlockQuantized",
 )
 
 
@@ -132,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
         notes: dict[str, Any] = {}
         qdyn = quantize(model, mode="dynamic")
-        notes["nc dynamic"] = export_onnx(qdyn, folder / "nc_dyn.onnx", example, int8=True)["check"]
+        int8 = {"int8": True, "tolerance": INT8_TOLERANCE}
+        notes["nc dynamic"] = export_onnx(qdyn, folder / "nc_dyn.onnx", example, **int8)["check"]
         files["netcompress dynamic int8"] = folder / "nc_dyn.onnx"
+        qdyn_emb = quantize(model, mode="dynamic", embeddings="int8")
+        notes["nc dynamic emb8"] = export_onnx(qdyn_emb, folder / "nc_dyn_emb.onnx", example, **int8)["check"]
+        files["netcompress dynamic int8 + int8 embeddings"] = folder / "nc_dyn_emb.onnx"
         qstat = quantize(model, calib, num_calib_batches=len(calib))
-        notes["nc static"] = export_onnx(qstat, folder / "nc_static.onnx", example, int8=True)["check"]
+        notes["nc static"] = export_onnx(qstat, folder / "nc_static.onnx", example, **int8)["check"]
         files["netcompress static int8"] = folder / "nc_static.onnx"
         tuned, summary = quantize_accuracy_aware(
             model,
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         notes["accuracy_aware"]["trials"] = summary["search"]["trials"]
         notes["accuracy_aware"]["sensitivity_top"] = dict(list(summary["search"]["sensitivity"].items())[:8])
-        notes["nc accuracy-aware"] = export_onnx(tuned, folder / "nc_aa.onnx", example, int8=True)["check"]
+        notes["nc accuracy-aware"] = export_onnx(tuned, folder / "nc_aa.onnx", example, **int8)["check"]
         files["netcompress accuracy-aware int8"] = folder / "nc_aa.onnx"
 
         for name, path in files.items():
@@ -206,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\naccuracy-aware: met {aa['met']} on validation {aa['scores']}; float layers {list(aa['fallback_layers'])}"
     )
     print(f"integer kernels: { {n: r.get('int_ops') for n, r in rows.items() if r.get('int_ops')} }")
+    checks = {
+        k: (round(v["max_rel_diff"], 4), v["padding_positions_masked"])
+        for k, v in notes.items()
+        if "max_rel_diff" in v
+    }
+    print(f"export checks (max rel diff at real tokens, padding positions masked): {checks}")
     if args.json:
         args.json.write_text(
             json.dumps(

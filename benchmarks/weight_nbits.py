@@ -3,12 +3,16 @@
 The sentence encoder (token ids + attention mask in, mean-pooled embedding out) is exported as float
 and as netcompress weight-only 4-bit (block 32; round-to-nearest and GPTQ, optionally AWQ) with
 ``MatMulNBits`` at accuracy levels 0 (float activations) and 4 (int8 activations inside the kernel).
+A variant is its parts joined by ``+``: ``rtn``, ``gptq``, ``awq`` and the embedding tables ``emb8``
+(int8 per row, ``Gather``) or ``emb4`` (int4 blocks of 32, ``GatherBlockQuantized``); without them the
+30,522 x 384 word-embedding table stays float.
 Sentences come from the docstrings of Python's standard library (offline): calibration sentences are
 disjoint from the 512 evaluation sentences. Timing: ONNX Runtime, batch 32, sequence length 64, 2
 threads, interleaved rounds, median. Fidelity: cosine of each embedding to float's, and how often a
 sentence's nearest neighbour among the evaluation sentences is the same as with float.
 
     PYTHONPATH=$PWD python benchmarks/weight_nbits.py [--rounds 5] [--calib 64]
+    PYTHONPATH=$PWD python benchmarks/weight_nbits.py --variants gptq,gptq+emb8,gptq+emb4 --levels 0
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.export.onnx_embeddings import swap_quant_embeddings
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.quantization import quantize
 
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64, help="calibration sentences (GPTQ/AWQ)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="rtn,gptq,awq+gptq")
+    parser.add_argument("--levels", default="0,4", help="MatMulNBits accuracy levels to export")
     parser.add_argument("--folder", default=None, help="write (or reuse, when present) the ONNX files here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -156,16 +162,18 @@ def main() -> None:
     files: dict[str, Path] = {"float": folder / "float.onnx"}
     if not files["float"].is_file():
         export(model, files["float"], ev_ids[:2], ev_mask[:2])
-    settings = {
+    parts = {
         "rtn": {},
         "gptq": {"rounding": "gptq"},
-        "awq+gptq": {"rounding": "gptq", "awq": True},
         "awq": {"awq": True},
+        "emb8": {"embeddings": "int8"},
+        "emb4": {"embeddings": "int4"},
     }
+    levels = [int(v) for v in args.levels.split(",")]
     notes: dict[str, str] = {}
     for variant in args.variants.split(","):
         names = {
-            level: (f"int4 {variant} acc{level}", folder / f"{variant}_{level}.onnx") for level in (0, 4)
+            level: (f"int4 {variant} acc{level}", folder / f"{variant}_{level}.onnx") for level in levels
         }
         if all(p.is_file() for _, p in names.values()):
             files.update(dict(names.values()))
@@ -179,11 +187,14 @@ def main() -> None:
             bits=4,
             block_size=32,
             num_calib_batches=len(calib),
-            **settings[variant],
+            **{k: v for part in variant.split("+") for k, v in parts[part].items()},
         )
         notes[variant] = f"quantize {time.perf_counter() - t0:.1f} s"
-        for level in (0, 4):
+        for level in levels:
             work, info = swap_nbits_linears(copy.deepcopy(q), accuracy_level=level)
+            work, emb = swap_quant_embeddings(work)
+            if emb["layers"]:
+                notes[variant] += f"; tables {emb['ops']}"
             name = f"int4 {variant} acc{level}"
             files[name] = folder / f"{variant}_{level}.onnx"
             export(work, files[name], ev_ids[:2], ev_mask[:2])

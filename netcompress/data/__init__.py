@@ -19,6 +19,7 @@ from netcompress.data import (  # noqa: F401
     digits,
     fsdd,
     image_folder,
+    sentence_data,
     synthetic,
     tensor_files,
     user_dataset,

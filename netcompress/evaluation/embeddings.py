@@ -80,3 +80,37 @@ def compare_embeddings(reference: torch.Tensor, candidate: torch.Tensor) -> dict
         "cosine_min": round(float(cosine.min()), 6),
         "nn_agreement": agreement,
     }
+
+
+def embedding_metrics(
+    model: nn.Module | Any, loader: Iterable[Any], *, max_batches: int | None = None
+) -> dict[str, Any]:
+    """How far ``model``'s embeddings are from the references a loader's batches carry as targets.
+
+    Batches are ``(inputs, reference_embeddings)`` (the ``sentences`` data set's test split). Returns
+    :func:`compare_embeddings`'s figures plus the fields a recipe's stage row needs: ``accuracy`` is the
+    nearest-neighbour agreement (a share of sentences, like an accuracy; ``accuracy_metric`` says so),
+    ``loss`` is ``1 - cosine_mean``.
+
+    Example:
+        >>> embedding_metrics(pruned, bundle_test_loader)["cosine_mean"]
+    """
+    from netcompress.core.inputs import split_batch
+
+    inputs, references = [], []
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, ref = split_batch(batch)
+        if ref is None:
+            raise ValueError("embedding_metrics needs batches of (inputs, reference embeddings)")
+        inputs.append(x)
+        references.append(ref.float())
+    scores = compare_embeddings(torch.cat(references), embed(model, inputs))
+    return {
+        **scores,
+        "accuracy": scores["nn_agreement"],
+        "accuracy_metric": "nn_agreement",
+        "loss": round(1.0 - scores["cosine_mean"], 6),
+        "num_samples": sum(len(r) for r in references),
+    }

@@ -29,11 +29,13 @@ from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatch
 from netcompress.core.io import _file_mode
 from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
+from netcompress.export.onnx_embeddings import swap_quant_embeddings
 from netcompress.export.onnx_inputs import (
     ExportCall,
     check_input_sets,
     infer_dynamic_axes,
     input_spec,
+    mask_padding,
     ort_feed,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
@@ -67,6 +69,7 @@ INT8_OPS = (
     "QOrderedMatMul",
     "QOrderedAttention",
     "MatMulNBits",
+    "GatherBlockQuantized",
 )
 
 
@@ -195,6 +198,11 @@ def export_onnx(
     if int8 and not quantizer_counts.get("activation") and not quantizer_counts.get("dynamic"):
         # weight-only Linears export as MatMulNBits with their packed 2-8 bit codes (onnx_nbits.py)
         exported, nbits_info = swap_nbits_linears(copy.deepcopy(work))
+    embedding_info = None
+    if int8:  # quantized tables export as integer Gather / GatherBlockQuantized (onnx_embeddings.py)
+        exported, embedding_info = swap_quant_embeddings(
+            exported if exported is not work else copy.deepcopy(work)
+        )
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
@@ -237,6 +245,8 @@ def export_onnx(
         summary["dynamic_int8"] = dynamic_info
     if nbits_info is not None:
         summary["matmul_nbits"] = nbits_info
+    if embedding_info and embedding_info["layers"]:
+        summary["quantized_embeddings"] = embedding_info
     if check:
         summary["check"] = check_onnx(
             work,
@@ -270,10 +280,11 @@ def check_onnx(
 
     Every input is fed in the dtype the file declares (int64 token ids, float images). With a
     dynamic dim other than the batch (``dynamic_axes``, as :func:`export_onnx` reports them) the
-    example is also run cut to half its sequence length. ``max_rel_diff`` is the max abs
-    difference over the largest abs PyTorch output; above ``tolerance`` (when given)
-    :class:`ExportMismatchError` names the first diverging node (:func:`first_divergence`) and the
-    worst output.
+    example is also run cut to half its sequence length. With an ``attention_mask`` input, outputs
+    with a (batch, sequence) axis are compared at real tokens only (``padding_positions_masked``
+    counts the others). ``max_rel_diff`` is the max abs difference over the largest abs PyTorch
+    output; above ``tolerance`` (when given) :class:`ExportMismatchError` names the first diverging
+    node (:func:`first_divergence`) and the worst output.
 
     Example:
         >>> check_onnx(model, "m.onnx", x)["max_abs_diff"] < 1e-4
@@ -284,15 +295,14 @@ def check_onnx(
     axes = {n: {0: "batch"} for n in spec.names} if dynamic_axes is None else dynamic_axes
     call = ExportCall(model.eval(), spec, output_names)
     by_width: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    num_samples, sets = 0, []
+    num_samples, sets, padding = 0, [], 0
     with torch.no_grad():
         for label, tensors in check_input_sets(spec, axes, batch_size):
             batch = int(tensors[0].shape[0]) if tensors[0].dim() else 1
-            ref = _flat_outputs(call(*tensors), batch)
-            got = _flat_outputs(
-                [torch.from_numpy(o) for o in session.run(None, ort_feed(session, spec.names, tensors))],
-                batch,
-            )
+            outs = [torch.from_numpy(o) for o in session.run(None, ort_feed(session, spec.names, tensors))]
+            ref_outs, got_outs, masked = mask_padding(spec.names, tensors, call(*tensors), outs)
+            ref, got = _flat_outputs(ref_outs, batch), _flat_outputs(got_outs, batch)
+            padding += masked
             if ref.shape != got.shape:
                 raise ExportMismatchError(
                     f"{path}: ONNX Runtime output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} "
@@ -309,6 +319,7 @@ def check_onnx(
     result["max_abs_diff"] = max(compare_outputs(r, g)["max_abs_diff"] for r, g in groups)
     result["num_samples"] = num_samples
     result["input_sets"] = sets
+    result["padding_positions_masked"] = padding
     peak = max((float(r.abs().max()) for r, _ in groups if r.numel()), default=0.0)
     result["max_rel_diff"] = result["max_abs_diff"] / max(peak, 1e-12)
     result["tolerance"] = tolerance

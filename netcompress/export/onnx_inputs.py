@@ -209,3 +209,35 @@ def ort_feed(session: Any, names: Sequence[str], tensors: Sequence[torch.Tensor]
             raise ConfigError(f"ONNX input {name!r} has type {declared[name]}, which netcompress cannot feed")
         feed[name] = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
     return feed
+
+
+def mask_padding(
+    names: Sequence[str],
+    tensors: Sequence[torch.Tensor],
+    reference: Sequence[torch.Tensor],
+    candidate: Sequence[torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Both output lists with padding positions zeroed, and how many positions that was.
+
+    With an input named ``attention_mask`` (2-D), every output whose first two dims are the mask's
+    (batch, sequence) is multiplied by it: the model's result at a padding position is never used
+    (pooling and attention mask it out), so a check compares real tokens only. Other outputs
+    (pooled embeddings, logits) pass unchanged.
+
+    Example:
+        >>> ref, got, n = mask_padding(["input_ids", "attention_mask"], [ids, mask], [h], [h_ort])
+    """
+    if "attention_mask" not in names:
+        return list(reference), list(candidate), 0
+    mask = tensors[list(names).index("attention_mask")]
+    if mask.dim() != 2:
+        return list(reference), list(candidate), 0
+    masked, count = ([], []), 0
+    for ref, got in zip(reference, candidate):
+        if ref.dim() >= 2 and tuple(ref.shape[:2]) == tuple(mask.shape) and ref.shape == got.shape:
+            keep = (mask != 0).reshape(*mask.shape, *[1] * (ref.dim() - 2))
+            ref, got = torch.where(keep, ref, 0.0), torch.where(keep, got, 0.0)  # NaN at padding too
+            count += int((mask == 0).sum())
+        masked[0].append(ref)
+        masked[1].append(got)
+    return masked[0], masked[1], count

@@ -26,9 +26,10 @@ from netcompress.core.registry import Registry
 from netcompress.quantization.adaround import ROUNDINGS, adaround_
 from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
+from netcompress.quantization.embeddings import EMBEDDING_MODES, check_embedding_options, quantize_embeddings_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.kernel_calls import own_forward_problem
-from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable, quantizers
+from netcompress.quantization.modules import is_quantizable, quantizers
 from netcompress.quantization.observers import OBSERVERS
 from netcompress.quantization.placement import (
     LayerPlan,
@@ -40,6 +41,7 @@ from netcompress.quantization.placement import (
 from netcompress.quantization.qparams import GRANULARITIES, SCHEMES
 from netcompress.quantization.range_search import ACT_RANGES, search_activation_ranges_
 from netcompress.quantization.smoothing import smooth_activations
+from netcompress.quantization.summary import float_modules, quantization_summary
 from netcompress.quantization.tracing import trace_for_quantization
 from netcompress.quantization.weight_nbits import check_weight_only, finish_weight_only_, prepare_weight_only
 
@@ -48,77 +50,6 @@ MODES: Registry[dict[str, Any]] = Registry("quantization mode")
 MODES.register("static", {"types": None, "activations": "static"})
 MODES.register("dynamic", {"types": (nn.Linear,), "activations": "dynamic"})
 MODES.register("weight_only", {"types": None, "activations": None})
-
-
-def quantization_summary(model: nn.Module) -> dict[str, Any]:
-    """Per-layer bits and the estimated weight bytes of a quantized model (JSON-able).
-
-    ``weight_bytes`` = sum over quantized weights of ``params * bits / 8`` plus 4 bytes per scale
-    and 4 per zero point (as stored by ``save_quantized``), plus 4 bytes per remaining float parameter (biases, float layers).
-
-    Example:
-        >>> quantization_summary(qmodel)["weight_bytes"]
-    """
-    layers: dict[str, dict[str, Any]] = {}
-    quantized_param_ids: set[int] = set()
-    packed_bytes = 0.0
-    for name, m in model.named_modules():
-        if not isinstance(m, (QuantLayer, QuantFilterBank)):
-            continue
-        fq = m.weight_fq
-        entry: dict[str, Any] = {"type": type(m.layer).__name__}
-        if fq is not None:
-            entry.update(weight_bits=fq.bits, granularity=fq.spec.granularity, scheme=fq.spec.scheme)
-            if isinstance(m, QuantLayer):
-                numel = m.layer.weight.numel()
-                quantized_param_ids.add(id(m.layer.weight))
-                packed_bytes += numel * fq.bits / 8 + fq.scale.numel() * 8
-                entry["params"] = numel
-        for role in ("input_fq", "output_fq"):
-            q = getattr(m, role, None)
-            if q is not None:
-                entry[role.replace("_fq", "_bits")] = "dynamic" if q.dynamic else q.bits
-        layers[name] = entry
-    float_params = sum(p.numel() for p in model.parameters() if id(p) not in quantized_param_ids)
-    float_layers = [
-        n
-        for n, m in model.named_modules()
-        if n and is_quantizable(m) and not any(n.startswith(q + ".") for q in layers)
-    ]
-    acts = [q for n, q in quantizers(model).items() if q.role == "activation"]
-    return {
-        "num_quantized_layers": len(layers),
-        "layers": layers,
-        "float_layers": float_layers,
-        "num_activation_quantizers": len(acts),
-        "weight_bytes": int(round(packed_bytes + 4 * float_params)),
-        "float_weight_bytes": 4 * sum(p.numel() for p in model.parameters()),
-    }
-
-
-def float_modules(model: nn.Module) -> dict[str, int]:
-    """``{type: count}`` of the leaf modules left computing in float (LayerNorm, GELU, Embedding...).
-
-    Functional ops between layers (softmax, attention matmuls, residual adds) stay float too
-    unless a graph placement put quantizers around them. Dropout/Identity are not counted.
-
-    Example:
-        >>> float_modules(quantize(bert, loader))["LayerNorm"]
-        5
-    """
-    from netcompress.quantization.fake_quant import FakeQuantize
-
-    quantized = [
-        n for n, m in model.named_modules() if isinstance(m, (QuantLayer, QuantFilterBank, FakeQuantize))
-    ]
-    counts: dict[str, int] = {}
-    for name, m in model.named_modules():
-        if next(m.children(), None) is not None or isinstance(m, (nn.Dropout, nn.Identity, FakeQuantize)):
-            continue
-        if any(name == q or name.startswith(q + ".") for q in quantized):
-            continue
-        counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def prepare_quantized(
@@ -184,7 +115,9 @@ class PTQWeightConfig(Config):
     """The weight settings every PTQ method shares (a base, not a method of its own).
 
     ``layers`` overrides settings per layer by name or ``re:`` pattern, e.g.
-    ``{"re:blocks\\..*": {"bits": 4}, "classifier": {"enabled": False}}``.
+    ``{"re:blocks\\..*": {"bits": 4}, "classifier": {"enabled": False}}``. ``embeddings``: ``int8`` or
+    ``int4`` quantizes every ``nn.Embedding`` table too (per row, or ``embedding_block_size`` blocks;
+    exported as integer ``Gather`` / ``GatherBlockQuantized``: quantization/embeddings.py).
     """
 
     bits: int = 8
@@ -194,9 +127,12 @@ class PTQWeightConfig(Config):
     fold_bn: bool = True
     equalize: bool = False  # cross-layer range equalisation before quantizing (needs torch.fx)
     layers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    embeddings: str = "float"  # "int8" / "int4": nn.Embedding tables too (embeddings.py)
+    embedding_block_size: int | None = None  # None: per row at int8, 32 at int4
 
     def __post_init__(self) -> None:
         check_range("bits", self.bits, 2, 16)
+        check_embedding_options(self.embeddings, self.embedding_block_size)
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("scheme", self.scheme, SCHEMES)
         check_choice("observer", self.observer, OBSERVERS.names())
@@ -313,6 +249,10 @@ def run_ptq(
         example_inputs=first_inputs(calib_loader),
     )
     info = {**prep, **info}
+    if s.embeddings != "float":
+        info["embeddings"] = quantize_embeddings_(
+            qmodel, bits=EMBEDDING_MODES[s.embeddings], block_size=s.embedding_block_size, scheme=s.scheme
+        )
     if mode == "static" and calib_loader is not None:
         info["calibration"] = calibrate_(qmodel, calib_loader, num_batches=s.num_calib_batches)
     for q in quantizers(qmodel).values():

@@ -339,9 +339,11 @@ def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
     return model
 
 
-def _example_inputs(bundle: Any) -> torch.Tensor:
-    sample = bundle.test[0][0]
-    return sample.unsqueeze(0).clone()
+def _example_inputs(bundle: Any) -> Any:
+    from netcompress.core.inputs import map_inputs
+
+    sample = bundle.test[0][0]  # a tensor, or a dict of tensors (token ids and attention mask)
+    return map_inputs(sample, lambda t: t.unsqueeze(0).clone())
 
 
 def _recipe_hash(resolved: dict[str, Any]) -> str:

@@ -78,7 +78,19 @@ def measure_stage(
     from netcompress.evaluation import evaluate, profile
     from netcompress.evaluation.harness import model_device
 
-    metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
+    if (
+        getattr(getattr(loader, "dataset", None), "task", None) == "embedding"
+    ):  # a sentence encoder's test split
+        from netcompress.evaluation.embeddings import embedding_metrics
+
+        metrics = embedding_metrics(model, loader, max_batches=cfg.get("max_batches"))
+    else:
+        metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
+    scores = {
+        k: metrics[k]
+        for k in ("cosine_mean", "cosine_min", "nn_agreement", "accuracy_metric")
+        if k in metrics
+    }
 
     def measure(rounds: int, repeats: int) -> dict[str, Any]:
         return profile(
@@ -105,6 +117,7 @@ def measure_stage(
             "device": str(model_device(model)),  # where accuracy and latency were measured
             "accuracy": metrics["accuracy"],
             "loss": metrics["loss"],
+            **scores,
             **prof,
             **stored_size(model),
         }
