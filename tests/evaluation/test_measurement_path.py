@@ -144,11 +144,11 @@ def test_name_rule() -> None:
 def test_the_old_copies_are_gone() -> None:
     """The modules that had their own copy now hold the one function (or call it)."""
     from netcompress.evaluation import harness, macs
-    from netcompress.pruning import auto, bn_recalibration, channel, graph
+    from netcompress.pruning import auto_strategies, bn_recalibration, channel, graph
     from netcompress.quantization import placement
 
     assert graph.eval_mode is harness.eval_mode
     assert channel.count_total_macs is macs.count_total_macs
     assert channel._matches is name_matches and placement._matches is name_matches
     assert bn_recalibration.top1_on_batches(_picker(), _loader(), 1) == 2 / 3
-    assert auto._accuracy(_picker(), _loader(), 2) == 3 / 5
+    assert auto_strategies._accuracy(_picker(), _loader(), 2) == 3 / 5
