@@ -37,7 +37,8 @@ from netcompress.export.object_codec import Encoder
 from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
 
 MAGIC = b"NCDCMP\r\n"
-VERSION = 1
+VERSION = 2  # 2: position fillers hold no value (tensor_coding); 1 still loads
+READABLE_VERSIONS = (1, 2)
 _FIXED = struct.Struct("<8sHQII")  # magic, version, body bytes, table bytes, structure bytes
 _DIGEST = 32
 _NOT_STATE = ("_mask", "weight_codebook", "weight_indices")  # bookkeeping, not part of a float model
@@ -209,9 +210,9 @@ def _rebuild(data: bytes, where: str, allow_modules: tuple[str, ...]) -> nn.Modu
             f"{where} is not a netcompress compressed model (write one with nc.save_compressed)"
         )
     _, version, body_len, table_len, structure_len = _FIXED.unpack_from(data)
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{where} has compressed-file version {version}; this netcompress reads {VERSION}"
+            f"{where} has compressed-file version {version}; this netcompress reads {READABLE_VERSIONS}"
         )
     expected = _FIXED.size + table_len + structure_len + body_len + _DIGEST
     if len(data) != expected:

@@ -8,9 +8,11 @@ patterns, so NaN payloads survive; ``-0.0`` is stored as ``0.0``, which every op
   (``indices``);
 - sparse: the most common value (zero in a pruned layer) is left out; the others are kept with
   their relative positions (Han et al., Deep Compression): each gap to the previous kept entry is
-  stored in ``gap_bits`` bits, a gap too long for them is bridged by filler entries holding the
-  fill value, and the gaps are Huffman-coded (``positions``); kept values go through a codebook
-  (or raw when they are too many distinct ones).
+  a symbol below ``2**skip_bits - 1``; the top symbol is a filler that skips ``2**skip_bits - 1``
+  positions and holds no value (format 2: Han's fillers carry a zero value, which costs an index
+  each; format-1 files, ``gap_bits``, still decode). The symbols are Huffman-coded
+  (``positions``) with the width whose code plus table is smallest; kept values go through a
+  codebook (or raw when they are too many distinct ones).
 
 Example:
     >>> writer = SegmentWriter()
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from netcompress.core.errors import CheckpointError
-from netcompress.export.entropy_coding import huffman_decode, huffman_encode
+from netcompress.export.entropy_coding import code_lengths, huffman_decode, huffman_encode
 
 MAX_CODEBOOK = 4096  # more distinct values than this are stored raw
 MAX_GAP_BITS = 12
@@ -96,25 +98,42 @@ def _segment(body: bytes, seg: list[int]) -> bytes:
     return body[start : start + length]
 
 
-def _best_gap_bits(gaps: np.ndarray) -> int:
-    """Gap width minimising (entries including fillers) x (bits per entry), as Deep Compression chose."""
+def _best_skip_bits(gaps: np.ndarray) -> int:
+    """Filler width whose Huffman-coded symbols plus code table take the fewest bits."""
     if gaps.size == 0:
         return 1
-    costs = [(int((gaps >> b).sum() + gaps.size) * b, b) for b in range(1, MAX_GAP_BITS + 1)]
-    return min(costs)[1]
+    best: tuple[int, int] | None = None
+    for b in range(1, MAX_GAP_BITS + 1):
+        span = (1 << b) - 1
+        if best is not None and span > 4 * int(gaps.max()) + 4:
+            break  # wider fillers only grow the table
+        symbols, _ = _skip_entries(gaps, b)
+        freqs = np.bincount(symbols, minlength=span + 1)
+        lengths = code_lengths(freqs)
+        cost = int((freqs * lengths).sum()) + 8 * (int(np.flatnonzero(lengths)[-1]) + 1)
+        if best is None or cost < best[0]:
+            best = (cost, b)
+    return best[1]
 
 
-def _gap_entries(positions: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(gap symbol per entry, index into ``positions`` or -1 for a filler entry)."""
-    gaps = np.diff(positions, prepend=-1) - 1
-    span = 1 << gap_bits  # a filler covers span - 1 skipped entries plus itself
+def _skip_entries(gaps: np.ndarray, skip_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol per entry, True where the entry is a kept value and not a filler) for ``gaps``."""
+    span = (1 << skip_bits) - 1  # a filler (symbol ``span``) skips this many positions
     fillers = gaps // span
     counts = fillers + 1
-    owner = np.repeat(np.arange(positions.size), counts)
+    owner = np.repeat(np.arange(gaps.size), counts)
     within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     last = within == fillers[owner]
-    symbols = np.where(last, (gaps % span)[owner], span - 1)
-    return symbols, np.where(last, owner, -1)
+    return np.where(last, (gaps % span)[owner], span), last
+
+
+def _skip_positions(symbols: np.ndarray, skip_bits: int) -> np.ndarray:
+    """Inverse of :func:`_skip_entries`: the kept positions."""
+    span = (1 << skip_bits) - 1
+    if symbols.size and symbols.max() > span:
+        raise CheckpointError("a position symbol lies outside its alphabet")
+    filler = symbols == span
+    return (np.cumsum(np.where(filler, span, symbols + 1)) - 1)[~filler]
 
 
 def encode_tensor(tensor: torch.Tensor, writer: SegmentWriter, *, part: str = "indices") -> dict[str, Any]:
@@ -192,17 +211,19 @@ def _sparse(head, bits, uniq, counts, view, part):
         return None
     fill = int(uniq[mode])
     positions = np.flatnonzero(bits != fill)
-    gap_bits = _best_gap_bits(np.diff(positions, prepend=-1) - 1)
-    symbols, owner = _gap_entries(positions, gap_bits)
-    kept = np.where(owner >= 0, bits[positions][np.maximum(owner, 0)], fill)
+    gaps = np.diff(positions, prepend=-1) - 1
+    skip_bits = _best_skip_bits(gaps)
+    symbols, _ = _skip_entries(gaps, skip_bits)
+    kept = bits[positions]
 
     def write(w: SegmentWriter) -> dict[str, Any]:
         entry = {
             **head,
             "fill": w.add(_codebook_bytes(np.array([fill]), view), "codebooks"),
-            "gap_bits": gap_bits,
+            "skip_bits": skip_bits,
             "entries": int(symbols.size),
-            "positions": _huffman(symbols, 1 << gap_bits, w, "positions"),
+            "kept": int(positions.size),
+            "positions": _huffman(symbols, 1 << skip_bits, w, "positions"),
         }
         kept_uniq, kept_inverse = np.unique(kept, return_inverse=True)
         if kept_uniq.size <= MAX_CODEBOOK:
@@ -234,10 +255,15 @@ def decode_tensor(entry: dict[str, Any], body: bytes) -> torch.Tensor:
     if "fill" in entry:
         entries = int(entry["entries"])
         gaps = _unhuffman(entry["positions"], body, entries)
-        positions = np.cumsum(gaps + 1) - 1
+        if "skip_bits" in entry:  # format 2: fillers hold no value
+            positions = _skip_positions(gaps, int(entry["skip_bits"]))
+            if positions.size != int(entry["kept"]):
+                raise CheckpointError("the pruned positions do not match their count")
+        else:  # format 1: every entry, filler or not, has a value (the fill value for a filler)
+            positions = np.cumsum(gaps + 1) - 1
         if positions.size and positions[-1] >= count:
             raise CheckpointError("pruned positions run past the end of the tensor")
-        kept = _decode_values(entry["values"], body, entries, np_dtype)
+        kept = _decode_values(entry["values"], body, positions.size, np_dtype)
         out = np.full(count, np.frombuffer(_segment(body, entry["fill"]), dtype=np_dtype)[0], dtype=np_dtype)
         out[positions] = kept
     else:

@@ -190,3 +190,47 @@ def test_a_recipe_export_section_writes_the_compressed_file(tmp_path):
     assert len(weights) == 2 and all(w.unique().numel() <= 4 for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.8, abs=0.01)  # pruned positions stayed zero through clustering
+
+
+def test_format2_fillers_skip_positions_without_a_value():
+    from netcompress.export.tensor_coding import _skip_entries, _skip_positions
+
+    rng = np.random.default_rng(1)
+    positions = np.unique(rng.integers(0, 5000, size=60))
+    positions = np.concatenate([positions, [6000, 6001, 9999]])  # long gaps and a gap of zero
+    gaps = np.diff(positions, prepend=-1) - 1
+    for bits in (1, 2, 3, 5, 12):
+        symbols, real = _skip_entries(gaps, bits)
+        assert int(real.sum()) == positions.size and symbols.max() <= (1 << bits) - 1
+        assert _skip_positions(symbols, bits).tolist() == positions.tolist()
+    # 40 kept values of two kinds, 1,000 apart: the value stream holds 40 one-bit codes, no filler values
+    tensor = torch.zeros(40_000)
+    tensor[::1000] = torch.tensor([0.25, -0.5] * 20)
+    writer = SegmentWriter()
+    entry = encode_tensor(tensor, writer)
+    assert entry["kept"] == 40 and entry["entries"] > 40  # fillers bridge the gaps
+    assert writer.parts["indices"] == 5  # 40 bits
+    assert torch.equal(decode_tensor(entry, bytes(writer.body)), tensor)
+
+
+def test_format1_sparse_entries_still_decode():
+    from netcompress.export.tensor_coding import _huffman, writer_codebook
+
+    # format 1, gap_bits=2 (span 4): gaps 9 and 7 are fillers (symbol 3, holding the fill value) + 1 and 3
+    tensor = torch.tensor([0.0] * 9 + [0.5] + [0.0] * 7 + [-1.0])
+    writer = SegmentWriter()
+    book = np.array([-1.0, 0.0, 0.5], dtype=np.float32).view(np.int32)
+    entry = {
+        "enc": "coded",
+        "dtype": "float32",
+        "shape": [18],
+        "fill": writer.add(np.array([0], dtype=np.int32).tobytes(), "codebooks"),
+        "gap_bits": 2,
+        "entries": 5,
+        "positions": _huffman(np.array([3, 3, 1, 3, 3]), 4, writer, "positions"),
+        "values": {
+            "codebook": writer_codebook(writer, book, torch.int32),
+            "huffman": _huffman(np.array([1, 1, 2, 1, 0]), 3, writer, "indices"),
+        },
+    }
+    assert torch.equal(decode_tensor(entry, bytes(writer.body)), tensor)
