@@ -297,7 +297,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning row")
     p.add_argument("--json", default=None, help="write the rows and targets here")
-    p.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.quick:
         args.synthetic, args.epochs, args.finetune_epochs = True, 2, 1
