@@ -17,7 +17,8 @@ within 1.5 points of the unpruned model after the same budget, and ahead of Torc
 
 The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), so reruns reuse it.
 
-    nice -n 10 timeout 900 python benchmarks/vit_pruning.py --epochs 4 --finetune-epochs 1
+    nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --baseline-only
+    nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --finetune-epochs 3
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
