@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -71,6 +72,18 @@ INT8_OPS = (
     "MatMulNBits",
     "GatherBlockQuantized",
 )
+
+
+@contextlib.contextmanager
+def no_mha_fastpath() -> Any:
+    """Keep ``nn.TransformerEncoderLayer``/``MultiheadAttention`` off their fused inference kernel, which
+    ONNX cannot express (``aten::_transformer_encoder_layer_fwd``), while tracing."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _tmp_path(folder: Path, name: str) -> Path:
@@ -206,7 +219,7 @@ def export_onnx(
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), no_mha_fastpath():
             torch.onnx.export(
                 ExportCall(exported, spec, output_names),
                 tuple(spec.tensors),

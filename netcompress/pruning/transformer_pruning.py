@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.config import Config, check_choice, check_fraction, check_range
@@ -59,7 +60,10 @@ class TransformerPruneConfig(Config):
     or ``wanda`` (activation-weighted magnitude); the data-driven ones read ``calib_batches`` batches of the
     calibration loader (the training loader when there is none). ``gqa``: ``groups`` removes whole key/value
     groups, ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
-    kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole.
+    kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole. ``mac_target``
+    (e.g. 2.0; 0 = off): scale ``heads``/``ffn``/``hidden`` by one factor (they set the split, each capped at
+    0.95), the smallest that leaves ``mac_target`` times fewer MACs on the example inputs; the summary holds
+    the shares used and the MACs reached.
     """
 
     heads: float = 0.25
@@ -71,6 +75,7 @@ class TransformerPruneConfig(Config):
     round_to: int = 1
     calib_batches: int = 4
     ignore: list[str] = dataclasses.field(default_factory=list)
+    mac_target: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("heads", "ffn", "hidden"):
@@ -80,6 +85,10 @@ class TransformerPruneConfig(Config):
         check_range("min_heads", self.min_heads, 1)
         check_range("round_to", self.round_to, 1)
         check_range("calib_batches", self.calib_batches, 1)
+        if self.mac_target and self.mac_target <= 1.0:
+            raise ConfigError(
+                f"mac_target={self.mac_target!r} must be above 1 (e.g. 2.0 for half the MACs), or 0"
+            )
         if isinstance(self.ignore, str):
             raise ConfigError("ignore must be a list of block names or 're:' patterns, not a string")
         self.ignore = list(self.ignore)
@@ -176,9 +185,23 @@ def _check_blocks(blocks: Blocks, config: TransformerPruneConfig) -> None:
             raise ConfigError(f"ignore pattern {pattern!r} matches no attention or FFN block")
 
 
+def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# the CPU attention kernel PyTorch's counter has no formula for (it would count attention as free)
+_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+EXTRA_FLOPS = (
+    {} if _CPU_SDPA is None or _CPU_SDPA.default in flop_counter.flop_registry else {_CPU_SDPA: _sdpa_flops}
+)
+
+
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """MACs of one forward pass on ``example_inputs`` (tensor, tuple or dict), from PyTorch's FLOP counter."""
-    counter = FlopCounterMode(display=False)
+    """MACs of one forward pass on ``example_inputs`` (tensor, tuple or dict), from PyTorch's FLOP counter.
+
+    Attention's ``softmax(QK^T)V`` products count too (PyTorch's counter misses the CPU kernel).
+    """
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
     # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see
     with eval_mode(model), torch.enable_grad(), counter:
         call_model(model, example_inputs)
@@ -225,8 +248,11 @@ def transformer_prune(
     scores = unit_importance(
         model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
     )
-    plan = plan_transformer_pruning(blocks, scores, config, width)
-    small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    if config.mac_target:
+        config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
+    else:
+        plan = plan_transformer_pruning(blocks, scores, config, width)
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
     verify_pruned(model, small, blocks, plan, example_inputs, stream)
     summary = {
         "method": "transformer",
@@ -234,6 +260,52 @@ def transformer_prune(
         **_summary(model, small, blocks, plan, example_inputs),
     }
     return small, summary
+
+
+MAX_SHARE = 0.95
+
+
+def _plan_for_macs(
+    model: nn.Module,
+    blocks: Blocks,
+    scores: UnitScores,
+    config: TransformerPruneConfig,
+    width: int,
+    inputs: Any,
+) -> tuple[TransformerPruneConfig, TransformerPlan, nn.Module]:
+    """Bisect one factor on the configured shares: the smallest reaching ``config.mac_target``."""
+    shares = {n: getattr(config, n) for n in ("heads", "ffn", "hidden") if getattr(config, n) > 0}
+    if not shares:
+        raise ConfigError("mac_target needs heads, ffn or hidden above 0: their values set the split")
+    base = count_macs(model, inputs)
+
+    seen: dict[str, tuple[float, nn.Module]] = {}  # plans repeat: counts move in whole units
+
+    def trial(factor: float) -> tuple[float, TransformerPruneConfig, TransformerPlan, nn.Module]:
+        scaled = {n: min(v * factor, MAX_SHARE) for n, v in shares.items()}
+        cfg = dataclasses.replace(config, **scaled)
+        plan = plan_transformer_pruning(blocks, scores, cfg, width)
+        key = repr((plan.heads, plan.kv_heads, plan.neurons, plan.hidden))
+        if key not in seen:
+            small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+            seen[key] = (base / max(count_macs(small, inputs), 1), small)
+        return seen[key][0], cfg, plan, seen[key][1]
+
+    lo, hi = 0.0, MAX_SHARE / min(shares.values())
+    best = trial(hi)
+    if best[0] < config.mac_target:
+        raise ConfigError(
+            f"mac_target={config.mac_target} is out of reach: removing up to {MAX_SHARE:.0%} of "
+            f"{', '.join(shares)} leaves {best[0]:.2f}x fewer MACs (prune more kinds of unit, e.g. hidden)"
+        )
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        found = trial(mid)
+        if found[0] >= config.mac_target:
+            hi, best = mid, found
+        else:
+            lo = mid
+    return best[1], best[2], best[3]
 
 
 def _width(model: nn.Module, blocks: Blocks) -> int:
@@ -256,6 +328,7 @@ def prune_transformer(
     round_to: int = TransformerPruneConfig.round_to,
     calib_batches: int = TransformerPruneConfig.calib_batches,
     ignore: Iterable[str] = (),
+    mac_target: float = TransformerPruneConfig.mac_target,
     loader: Any = None,
     config: TransformerPruneConfig | None = None,
 ) -> nn.Module:
@@ -274,7 +347,7 @@ def prune_transformer(
         config = TransformerPruneConfig.from_dict(
             {
                 "heads": heads, "ffn": ffn, "hidden": hidden, "importance": importance, "min_heads": min_heads,
-                "gqa": gqa, "round_to": round_to, "calib_batches": calib_batches, "ignore": list(ignore),
+                "gqa": gqa, "round_to": round_to, "calib_batches": calib_batches, "ignore": list(ignore), "mac_target": mac_target,
             },
             where="prune_transformer",
         )  # fmt: skip
