@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.errors import CheckpointError, ConfigError, ExportMismatchError, UnsupportedModelError
+from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
 from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
@@ -40,6 +40,7 @@ from netcompress.export.onnx_inputs import (
     ort_feed,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
+from netcompress.export.ort_model import OrtModel, ort_session
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
 # float reassociation only; int8 by a few output quantization steps where ORT requantizes in
@@ -119,20 +120,6 @@ def op_counts(path: str | os.PathLike) -> dict[str, int]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return dict(sorted(Counter(node.op_type for node in graph.node).items()))
-
-
-def _session(path: str | os.PathLike, *, threads: int = 1, optimized_path: str | None = None) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    if optimized_path is not None:
-        # extended level: QDQ fusion and constant folding of weight QDQ into int8 initializers,
-        # but no hardware-specific layout transforms, so the saved file stays portable
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
@@ -232,7 +219,7 @@ def export_onnx(
             )
         raw_size = raw.stat().st_size
         if int8:
-            _session(raw, optimized_path=str(final))
+            ort_session(raw, optimized_path=str(final))
         else:
             os.replace(raw, final)
         os.chmod(final, _file_mode())  # mkstemp makes 0600; the exported file gets the usual mode
@@ -355,57 +342,3 @@ def check_onnx(
             f"{float(cand[sample, index]):.5g} (file kept for inspection; op types {op_counts(path)})"
         )
     return result
-
-
-class OrtModel(nn.Module):
-    """An ONNX file run by ONNX Runtime, callable like a model: ``tensor -> tensor``.
-
-    Being an ``nn.Module`` (without parameters) it plugs into ``netcompress.evaluation`` for
-    accuracy and latency. The session is rebuilt after unpickling or deepcopy.
-
-    Example:
-        >>> ort_model = OrtModel("model_int8.onnx"); logits = ort_model(torch.randn(4, 3, 32, 32))
-    """
-
-    def __init__(self, path: str | os.PathLike, *, threads: int = 1) -> None:
-        super().__init__()
-        self.path = str(path)
-        self.threads = threads
-        if not Path(self.path).is_file():
-            raise CheckpointError(f"ONNX file not found: {self.path}")
-        self._session = None
-
-    @property
-    def session(self) -> Any:
-        if self._session is None:
-            try:
-                self._session = _session(self.path, threads=self.threads)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise CheckpointError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
-        return self._session
-
-    @property
-    def size_bytes(self) -> int:
-        return Path(self.path).stat().st_size
-
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
-        """Positional tensors feed the file's inputs in order, keyword tensors by name; each is
-        cast to the dtype the file declares. One output comes back as a tensor, several as a tuple."""
-        session = self.session
-        names = [i.name for i in session.get_inputs()]
-        if len(args) > len(names):
-            raise ConfigError(f"{self.path} takes {len(names)} inputs {names}; got {len(args)} positional")
-        feed = ort_feed(session, [*names[: len(args)], *kwargs], [*args, *kwargs.values()])
-        outs = [torch.from_numpy(o) for o in session.run(None, feed)]
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_session"] = None
-        return state
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> OrtModel:
-        return OrtModel(self.path, threads=self.threads)
-
-    def extra_repr(self) -> str:
-        return f"path={self.path!r}, threads={self.threads}"
