@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
-from e5_rows import RowStore  # noqa: E402
+from e5_rows import FirstBatches, RowStore, add_shortening_flags, shortened  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
@@ -67,6 +67,7 @@ def run(args, protocol, store: RowStore) -> list[dict]:
     name, layer = TARGETS[args.target]
     bundle = cp.load_data(protocol)
     train_loader, test_loader = cp.loaders(bundle, protocol)
+    full_loader, train_loader = train_loader, FirstBatches(train_loader, args.train_batches)
     if protocol.train_subset is None:
         raise SystemExit("the full protocol has no held-out split for APoZ; use --quick or the CPU protocol")
     val = cp.heldout_loader(protocol, size=args.val_images)
@@ -108,9 +109,10 @@ def run(args, protocol, store: RowStore) -> list[dict]:
             row.update(apoz_stats(current, layer, val, args.max_batches))
             if args.scratch_rounds is None or r in args.scratch_rounds:
                 # the same total training as the "with init" model: the baseline's epochs + fine-tuning so far
-                scratch_epochs = protocol.epochs + epochs_so_far
+                tuned = round(epochs_so_far * len(train_loader) / len(full_loader))  # in full epochs
+                scratch_epochs = protocol.epochs + max(1, tuned)
                 scratch_cfg = cp.train_config(protocol, epochs=scratch_epochs, lr=args.scratch_lr)
-                nc.fit(scratch.train(), train_loader, config=scratch_cfg)
+                nc.fit(scratch.train(), full_loader, config=scratch_cfg)
                 row["acc_without_init"] = evaluate(scratch.eval(), test_loader)["accuracy"]
                 row["scratch_epochs"] = scratch_epochs
             row["time_s"] = round(time.perf_counter() - started, 1)
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     parser.add_argument("--start-round", type=int, default=1, help="continue a previous run's rounds")
     parser.add_argument("--redo", action="store_true", help="measure the baseline row again")
     parser.add_argument("--report", action="store_true")
+    add_shortening_flags(parser)
     args = parser.parse_args(argv)
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    protocol = shortened(cp.protocol_from_flags(quick=args.quick, full=False), args)
     store = RowStore("apoz", protocol.name)
     if args.report:
         report(store)

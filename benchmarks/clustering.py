@@ -3,6 +3,7 @@
 From the protocol's narrow-VGG baseline (``cifar_protocol.train_baseline``, cached), for every
 ``--clusters`` k, one row per variant:
 
+- ``snap``: k-means per layer, no training: accuracy and file only;
 - ``ft``: k-means per layer (every Conv/Linear), accuracy right after snapping, then
   ``--finetune-epochs`` of cluster-preserving fine-tuning (``ClusterPreserving``: per-cluster mean
   gradients); the file is ``nc.save_compressed`` (indices + codebooks, entropy coded);
@@ -10,8 +11,8 @@ From the protocol's narrow-VGG baseline (``cifar_protocol.train_baseline``, cach
   ``--cluster-loss``), then the same as ``ft``;
 - ``qat``: BN folded before clustering, then ``--finetune-epochs`` of 8-bit QAT (W8A8) with
   centroids on the integer grid (``GridClusterPreserving``);
-- ``control``: the unclustered model fine-tuned (and QAT-trained) the same epochs at the same rate,
-  the reference for "within 0.5 points".
+- ``control`` / ``control_qat``: the unclustered model fine-tuned / QAT-trained the same epochs at the
+  same rate, the reference for "within 0.5 points".
 
 Rows merge into ``benchmarks/.cache/e5-clustering-<protocol>.json`` (one run may measure a part:
 ``--variants ft --clusters 4,8``); ``--report`` prints the table (for RESULTS.md) and draws the figure.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
-from e5_rows import RowStore, max_distinct  # noqa: E402
+from e5_rows import FirstBatches, RowStore, add_shortening_flags, max_distinct, shortened  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.clustering import ClusterLoss, ClusterPreserving  # noqa: E402
@@ -41,7 +42,7 @@ from netcompress.core.methods import MethodData, apply  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.quantization.qat import QATConfig  # noqa: E402
 
-VARIANTS = ("control", "ft", "loss", "qat")
+VARIANTS = ("control", "control_qat", "snap", "ft", "loss", "qat")
 HEADING = "## E5: weight clustering, accuracy vs clusters per layer (CIFAR-10 CPU protocol, shortened)"
 
 
@@ -58,11 +59,16 @@ def run_variant(variant: str, k: int | None, base, ctx: dict, args) -> dict:
     tune = cp.train_config(protocol, epochs=args.finetune_epochs, lr=args.lr)
     row: dict = {"variant": variant, "clusters": k, "epochs": args.finetune_epochs, "lr": args.lr}
     started = time.perf_counter()
-    if variant == "control":  # the unclustered model, fine-tuned and QAT-trained the same way
+    if variant == "control":  # the unclustered model, fine-tuned the same way
         nc.fit(model.train(), train_loader, config=tune)
         row["acc_after"] = evaluate(model.eval(), test_loader)["accuracy"]
-        qat = _qat(copy.deepcopy(base), ctx, args)
-        row["acc_qat"] = evaluate(qat, test_loader)["accuracy"]
+    elif variant == "control_qat":  # the unclustered model, QAT-trained the same way
+        row["acc_qat"] = evaluate(_qat(model, ctx, args), test_loader)["accuracy"]
+    elif variant == "snap":  # clustered, no training: accuracy and file only
+        nc.cluster_weights_(model.eval(), clusters=k, init=args.init)
+        row["acc_clustered"] = evaluate(model, test_loader)["accuracy"]
+        row["max_distinct"] = max_distinct(model)
+        row.update(_file_bytes(model, ctx["bundle"]))
     elif variant in ("ft", "loss"):
         if variant == "loss":
             hook = ClusterLoss(args.cluster_loss, clusters=k)
@@ -111,14 +117,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--init", default="linear")
     parser.add_argument("--redo", action="store_true", help="measure rows already in the store again")
     parser.add_argument("--report", action="store_true", help="write the table and figure, measure nothing")
+    add_shortening_flags(parser)
     args = parser.parse_args(argv)
-    protocol = cp.protocol_from_flags(quick=args.quick, full=args.full)
+    protocol = shortened(cp.protocol_from_flags(quick=args.quick, full=args.full), args)
     store = RowStore("clustering", protocol.name)
     if args.report:
         return report(store, protocol.name)
     bundle = cp.load_data(protocol)
     train_loader, test_loader = cp.loaders(bundle, protocol)
     base, info = cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle)
+    train_loader = FirstBatches(train_loader, args.train_batches)
     ctx = {"train": train_loader, "test": test_loader, "protocol": protocol, "bundle": bundle}
     rows = []
     with torch_threads(protocol.train_threads):
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for variant in args.variants.split(","):
             if variant not in VARIANTS:
                 raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-            for k in [None] if variant == "control" else [int(c) for c in args.clusters.split(",")]:
+            for k in [None] if variant.startswith("control") else [int(c) for c in args.clusters.split(",")]:
                 key = (variant, k, args.finetune_epochs)
                 if store.get(key) is not None and not args.redo:
                     continue
@@ -143,11 +151,12 @@ def report(store: RowStore, protocol: str, *, figures: Path = cp.BENCH_DIR / "fi
     """The Markdown table and the accuracy-vs-clusters figure from the stored rows."""
     base = store.get(("baseline",))["acc"]
     rows = [r for k, r in sorted(store.rows.items()) if k != "baseline"]
-    control = next((r for r in rows if r["variant"] == "control"), {})
+    control = {k: v for r in rows if r["variant"].startswith("control") for k, v in r.items()}
     table = []
     for k in sorted({r["clusters"] for r in rows if r["clusters"] is not None}):
         by = {r["variant"]: r for r in rows if r["clusters"] == k}
-        ft, loss, qat = by.get("ft", {}), by.get("loss", {}), by.get("qat", {})
+        ft, loss, qat, snap = by.get("ft", {}), by.get("loss", {}), by.get("qat", {}), by.get("snap", {})
+        ft = {**snap, **ft}  # a snap-only row gives the clustered accuracy and the file
         table.append(
             {
                 "k": k,

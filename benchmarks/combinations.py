@@ -5,9 +5,10 @@ From the protocol's narrow-VGG baseline (cached), every part trained ``--epochs`
 - ``pkd`` pruning + KD: L1 channel pruning (``--ratio`` of every layer's channels) then fine-tuning with
   cross entropy ("pruning alone") or with soft targets from the unpruned baseline ("pruning + KD"); "KD
   alone": the pruned architecture re-initialised and distilled as long as the baseline trained;
-- ``qpc`` QAT + PTQ + clustering: W8A8 static PTQ alone; 8-bit QAT alone; clustering alone (16 per
-  layer, BN folded first, cluster-preserving fine-tuning); PTQ then QAT with PTQ's scales frozen;
-  clustering then PTQ; clustering then PTQ then QAT (frozen scales, centroids on the grid);
+- ``qpc`` QAT + PTQ (+ clustering in ``qpcc``): W8A8 static PTQ alone; 8-bit QAT alone; PTQ then QAT
+  with PTQ's scales frozen; ``qpcc``: clustering alone (16 per layer, BN folded first,
+  cluster-preserving fine-tuning); clustering then PTQ; clustering then PTQ then QAT (frozen scales,
+  centroids on the grid);
 - ``ppk`` pruning + PTQ + KD: PTQ of the pruned models of ``pkd`` (with and without KD).
 
 Rows merge into ``benchmarks/.cache/e5-combinations-<protocol>.json``; ``--report`` prints the table.
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
 from apoz import reinitialised  # noqa: E402
-from e5_rows import RowStore, max_distinct  # noqa: E402
+from e5_rows import FirstBatches, RowStore, add_shortening_flags, max_distinct, shortened  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.clustering import ClusterPreserving  # noqa: E402
@@ -38,7 +39,7 @@ from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.quantization.ptq import PTQStaticConfig  # noqa: E402
 from netcompress.quantization.qat import QATConfig  # noqa: E402
 
-PARTS = ("pkd", "qpc", "ppk")
+PARTS = ("pkd", "ppk", "qpc", "qpcc")
 
 
 def _ptq(model, ctx):
@@ -55,10 +56,10 @@ def _qat(model, ctx, args, *, freeze_scales: bool):
     return apply(model, cfg, MethodData(train_loader=ctx["train"], calib_loader=ctx["train"])).model.eval()
 
 
-def _distill(student, teacher, ctx, args, *, epochs: int, lr: float):
+def _distill(student, teacher, ctx, args, *, epochs: int, lr: float, loader=None):
     p = ctx["protocol"]
     nc.distill_(
-        student.train(), teacher.eval(), ctx["train"], epochs=epochs, lr=lr, temperature=4.0, alpha=0.9,
+        student.train(), teacher.eval(), ctx["train"] if loader is None else loader, epochs=epochs, lr=lr, temperature=4.0, alpha=0.9,
         momentum=p.momentum, weight_decay=p.weight_decay, seed=p.seed, schedule="cosine", progress=False,
     )  # fmt: skip
     return student.eval()
@@ -91,7 +92,9 @@ def part_pkd(base, ctx, args, emit) -> None:
     if args.kd_alone:
         t = time.perf_counter()
         epochs = ctx["protocol"].epochs
-        alone = _distill(reinitialised(pruned, 0), base, ctx, args, epochs=epochs, lr=0.05)
+        alone = _distill(
+            reinitialised(pruned, 0), base, ctx, args, epochs=epochs, lr=0.05, loader=ctx["full_train"]
+        )
         emit(
             "pkd",
             "KD alone",
@@ -118,22 +121,25 @@ def part_qpc(base, ctx, args, emit) -> None:
         "PTQ + QAT",
         _row("PTQ then QAT, scales frozen", _qat(ptq, ctx, args, freeze_scales=True), ctx, t),
     )
+
+
+def part_qpc_clustered(base, ctx, args, emit) -> None:
     t = time.perf_counter()
     clustered = copy.deepcopy(base)
     nc.cluster_weights_(clustered, clusters=args.clusters, fold_bn=True)
     tune = cp.train_config(ctx["protocol"], epochs=args.epochs, lr=args.lr)
     nc.fit(clustered.train(), ctx["train"], config=tune, hooks=[ClusterPreserving()])
     emit(
-        "qpc",
+        "qpcc",
         "clustering alone",
         _row(f"clustering alone ({args.clusters}/layer) + FT", clustered.eval(), ctx, t),
     )
     t = time.perf_counter()
     cptq = _ptq(clustered, ctx)
-    emit("qpc", "clustering + PTQ", _row("clustering + PTQ", cptq, ctx, t))
+    emit("qpcc", "clustering + PTQ", _row("clustering + PTQ", cptq, ctx, t))
     t = time.perf_counter()
     emit(
-        "qpc", "clustering + PTQ + QAT",
+        "qpcc", "clustering + PTQ + QAT",
         _row("clustering + PTQ + QAT (frozen scales)", _qat(cptq, ctx, args, freeze_scales=True), ctx, t),
     )  # fmt: skip
 
@@ -151,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         "--kd-alone", action="store_true", help="also distil the pruned architecture from scratch"
     )
     parser.add_argument("--report", action="store_true")
+    add_shortening_flags(parser)
     args = parser.parse_args(argv)
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    protocol = shortened(cp.protocol_from_flags(quick=args.quick, full=False), args)
     store = RowStore("combinations", protocol.name)
     if args.report:
         report(store)
@@ -160,7 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     bundle = cp.load_data(protocol)
     train_loader, test_loader = cp.loaders(bundle, protocol)
     base, info = cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle)
-    ctx = {"train": train_loader, "test": test_loader, "protocol": protocol, "bundle": bundle, "store": store}
+    full_loader, train_loader = train_loader, FirstBatches(train_loader, args.train_batches)
+    ctx = {
+        "full_train": full_loader,
+        "train": train_loader,
+        "test": test_loader,
+        "protocol": protocol,
+        "bundle": bundle,
+        "store": store,
+    }
 
     def emit(part: str, key: str, row: dict) -> None:
         row = {"part": part, "epochs": args.epochs, **row}
@@ -171,11 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         if store.get(("base", "baseline")) is None:
             emit("base", "baseline", _row("baseline (float)", base, ctx, time.perf_counter()))
         for part in args.parts.split(","):
-            {"pkd": part_pkd, "qpc": part_qpc, "ppk": part_ppk}[part](base, ctx, args, emit)
+            {"pkd": part_pkd, "qpc": part_qpc, "qpcc": part_qpc_clustered, "ppk": part_ppk}[part](
+                base, ctx, args, emit
+            )
 
 
 def report(store: RowStore) -> None:
-    order = ["base", "pkd", "ppk", "qpc"]
+    order = ["base", "pkd", "ppk", "qpc", "qpcc"]
     rows = sorted(store.rows.values(), key=lambda r: order.index(r["part"]))
     columns = [
         ("combination", "combination", cp.fmt_text),

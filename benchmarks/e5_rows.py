@@ -61,3 +61,51 @@ def max_distinct(model: torch.nn.Module) -> int:
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
         ]
     return max(counts)
+
+
+class FirstBatches:
+    """The first ``n`` batches of ``loader``, re-iterable, with ``len`` (a fine-tuning budget below an epoch).
+
+    Example:
+        >>> len(FirstBatches(train_loader, 20))
+        20
+    """
+
+    def __init__(self, loader: Any, n: int | None) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.n is None else min(self.n, len(self.loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= len(self):
+                return
+            yield batch
+
+
+def add_shortening_flags(parser: Any) -> None:
+    """``--baseline-epochs``, ``--test-subset``, ``--train-batches``: the shortened CPU protocol."""
+    parser.add_argument("--baseline-epochs", type=int, default=None, help="baseline epochs (protocol's: 15)")
+    parser.add_argument("--test-subset", type=int, default=None, help="balanced test images (default all)")
+    parser.add_argument("--train-batches", type=int, default=None, help="batches per fine-tuning 'epoch'")
+
+
+def shortened(protocol: cp.ProtocolConfig, args: Any) -> cp.ProtocolConfig:
+    """``protocol`` with the shortening flags applied; its name (and so the row store) says which.
+
+    Example:
+        >>> shortened(cp.PROTOCOLS["cpu"], args).name   # --baseline-epochs 2 --test-subset 2000 --train-batches 40
+        'cpu-e2-t2000-b40'
+    """
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    name = protocol.name
+    if args.baseline_epochs is not None:
+        changes["epochs"], name = args.baseline_epochs, f"{name}-e{args.baseline_epochs}"
+    if args.test_subset is not None:
+        changes["test_subset"], name = args.test_subset, f"{name}-t{args.test_subset}"
+    if args.train_batches is not None:
+        name = f"{name}-b{args.train_batches}"
+    return dataclasses.replace(protocol, name=name, **changes)
