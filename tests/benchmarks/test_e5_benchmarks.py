@@ -45,6 +45,7 @@ def test_clustering_report_gives_the_delta_to_the_baseline_and_draws_the_figure(
     (row,) = clustering.report(store, "quick", figures=tmp_path)
     assert row["bits"] == 4 and row["distinct"] == 16 and row["ratio"] == 24.0
     assert row["delta"] == pytest.approx(-0.38) and row["qat"] == 0.79 and row["loss_ft"] is None
+    assert row["delta_ft"] == pytest.approx(-1.38)  # against the unclustered model fine-tuned the same way
     assert (tmp_path / "e5_quick_clustering_accuracy_vs_clusters.png").stat().st_size > 0
 
 
