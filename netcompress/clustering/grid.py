@@ -16,7 +16,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress.clustering.weight_sharing import CODEBOOK, INDICES, ClusterPreserving, snap_clusters
+from netcompress.clustering.weight_sharing import (
+    CODEBOOK,
+    INDICES,
+    ClusterPreserving,
+    clustered_modules,
+    snap_clusters,
+)
+
+
+def per_tensor_for_clustered(model: nn.Module, layers: dict[str, dict] | None) -> dict[str, dict]:
+    """``layers`` (per-layer quantization settings) with ``granularity: per_tensor`` for every clustered
+    layer of ``model`` unless set there: one scale per tensor keeps k shared values k quantized values
+    (per-channel scales would give up to k per channel). PTQ and QAT plan with this.
+
+    Example:
+        >>> per_tensor_for_clustered(clustered_model, {})
+        {'features.0': {'granularity': 'per_tensor'}, ...}
+    """
+    layers = dict(layers or {})
+    for name, _ in clustered_modules(model):
+        layers[name] = {"granularity": "per_tensor", **layers.get(name, {})}
+    return layers
 
 
 def snap_codebooks_to_grid(model: nn.Module) -> list[str]:

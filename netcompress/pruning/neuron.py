@@ -77,6 +77,8 @@ class NeuronFields(Config):
     rounds: int = 1
     epochs_per_round: int = 0
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # E5's control: the pruned architecture with every weight drawn afresh (not the survivors') at the end
+    reinitialise: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
@@ -312,7 +314,30 @@ def _neuron_method(model: nn.Module, config: NeuronFields, data: MethodData, *, 
         train_config=method_train_config(config.train, data, epochs=config.epochs_per_round),
     )
     history = summary.pop("history")
+    if config.reinitialise:
+        summary["reinitialised"] = reinitialise_(new, seed=data.seed)
     return Result(model=new, summary=summary, history=history or None)
+
+
+def reinitialise_(model: nn.Module, *, seed: int = 0) -> int:
+    """Draw every parameter of ``model`` afresh IN PLACE (each module's ``reset_parameters``, seeded; BN
+    running statistics reset); return how many modules were reset. E5's "without initialisation from the
+    surviving weights": the pruned architecture trained from scratch.
+
+    Example:
+        >>> reinitialise_(small, seed=0)
+        7
+    """
+    count = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+                count += 1
+            if callable(getattr(module, "reset_running_stats", None)):
+                module.reset_running_stats()
+    return count
 
 
 @register_method("prune", "apoz", config=APoZConfig)

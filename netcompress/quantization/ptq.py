@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from netcompress.clustering.grid import per_tensor_for_clustered
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
@@ -242,7 +243,7 @@ def run_ptq(
     qmodel, prep = prepare_quantized(
         model,
         plan_defaults=defaults,
-        layers=s.layers,
+        layers=per_tensor_for_clustered(model, s.layers),  # k shared values stay k quantized values
         mode=mode,
         fold_bn=s.fold_bn,
         equalize=s.equalize,

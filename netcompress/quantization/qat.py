@@ -107,15 +107,13 @@ def build_qat_model(
     from_ptq: nn.Module | None = None,
 ) -> nn.Module:
     """A new fake-quantized model in train mode for QAT, as ``config`` says (``model`` untouched)."""
-    from netcompress.clustering.grid import snap_codebooks_to_grid
-    from netcompress.clustering.weight_sharing import clustered_modules
+    from netcompress.clustering.grid import per_tensor_for_clustered, snap_codebooks_to_grid
 
     method = config.quantizer
     # clustered layers: one weight scale per tensor, so k shared values stay k quantized values
-    layers = {
-        n: {"granularity": "per_tensor", **config.layers.get(n, {})} for n, _ in clustered_modules(model)
-    }
-    layers = {**config.layers, **layers}
+    layers = per_tensor_for_clustered(model, config.layers)
+    if from_ptq is None and quantizers(model):
+        from_ptq = model  # a model from a PTQ step (E5: QAT after PTQ) trains with its calibrated scales
     if from_ptq is not None:
         qmodel = copy.deepcopy(from_ptq)
         info: dict[str, Any] = {"from_ptq": True}

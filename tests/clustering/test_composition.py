@@ -179,3 +179,63 @@ def test_prepare_qat_on_a_model_clustered_before_folding_keeps_k_values_per_laye
     folded_float = fold_bn(copy.deepcopy(model))  # the re-clustered float model QAT starts from
     with torch.no_grad():
         assert float((qmodel.eval()(X) - folded_float(X)).abs().max()) < 0.02
+
+
+def _per_channel_distinct(model: nn.Module) -> int:
+    """Distinct deployed values of layer "0" when every channel had its own scale (the old PTQ plan)."""
+    qmodel = nc.quantize(model, calib_loader=[(X, None)], bits=8, act_bits=None, granularity="per_channel",
+                         layers={"0": {"granularity": "per_channel"}})  # fmt: skip
+    return _quantized_distinct(qmodel)["0"]
+
+
+def test_ptq_of_a_clustered_model_gives_clustered_layers_one_scale_per_tensor():
+    # per-channel scales (PTQ's default) turned K shared values into up to K per channel
+    model = _bn_net()
+    nc.cluster_weights_(model, clusters=K, fold_bn=True, exclude=["8"])
+    assert _per_channel_distinct(model) > K  # what a per-channel plan would give this layer
+    qmodel = nc.quantize(model, calib_loader=[(X, None)], bits=8, act_bits=None)
+    layers = {n: q for n, q in quant_layers(qmodel).items()}
+    assert layers["0"].weight_fq.spec.granularity == "per_tensor"
+    assert layers["8"].weight_fq.spec.granularity == "per_channel"  # not clustered: the default
+    dist = _quantized_distinct(qmodel)
+    assert dist["0"] <= K and dist["3"] <= K
+
+
+def test_qat_step_after_a_ptq_step_starts_from_its_scales_and_keeps_k_values():
+    # E5's QAT + PTQ + clustering: quantize/qat on a PTQ model raised "layer pattern '0' matches no
+    # quantizable layer"; it now trains the PTQ model with its calibrated (here frozen) scales
+    model = _bn_net()
+    nc.cluster_weights_(model, clusters=K, fold_bn=True, exclude=["8"])
+    loader = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))) for _ in range(3)]
+    data = MethodData(train_loader=loader, calib_loader=loader)
+    from netcompress.quantization.ptq import PTQStaticConfig
+
+    ptq = apply(model, PTQStaticConfig(bits=8, act_bits=8), data).model
+    scales = {n: q.weight_fq.scale.clone() for n, q in quant_layers(ptq).items()}
+    qat = apply(ptq, QATConfig(epochs=1, lr=0.05, freeze_scales=True, progress=False), data)
+    assert qat.summary["from_ptq"] is True and qat.summary["grid_clustered"] == ["0", "3"]
+    for name, q in quant_layers(qat.model).items():
+        assert torch.equal(q.weight_fq.scale, scales[name])  # frozen: PTQ's scales, untouched
+    dist = _quantized_distinct(qat.model)
+    assert dist["0"] <= K and dist["3"] <= K
+    assert quant_layers(ptq)["0"].layer.weight is not quant_layers(qat.model)["0"].layer.weight  # a copy
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cluster_preserving_gradient_is_the_cluster_mean_or_sum(reduction):
+    # "sum" is the gradient with respect to the shared value (Deep Compression); "mean" moves a centroid
+    # 1/size as fast, so fine-tuning barely trains clustered layers
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    nc.cluster_weights_(model, clusters=3)
+    layer = model[0]
+    grad = torch.randn(5, 6)
+    layer.weight.grad = grad.clone()
+    ClusterPreserving(reduction).after_backward(model)
+    idx = layer.weight_indices.long()
+    for c in range(3):
+        members = grad[idx == c]
+        want = members.sum() if reduction == "sum" else members.mean()
+        assert torch.allclose(layer.weight.grad[idx == c], want.expand(members.numel()), atol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        ClusterPreserving("max")

@@ -188,3 +188,24 @@ def test_bad_arguments_raise_config_error(kwargs, named):
 def test_empty_loader_is_an_error():
     with pytest.raises(ConfigError, match="at least one batch"):
         prune_neurons(_mlp_with_dead_neurons(), [])
+
+
+def test_reinitialise_option_keeps_the_pruned_architecture_and_draws_fresh_seeded_weights():
+    # E5's "without initialisation from the surviving weights": same shapes, new weights, same seed -> same draw
+    from netcompress.core.methods import MethodData, apply
+    from netcompress.pruning.neuron import APoZConfig
+
+    data = MethodData(calib_loader=_loader(), seed=3)
+    kept = apply(_mlp_with_dead_neurons(), APoZConfig(amount=0.25), data)
+    fresh = apply(_mlp_with_dead_neurons(), APoZConfig(amount=0.25, reinitialise=True), data)
+    again = apply(_mlp_with_dead_neurons(), APoZConfig(amount=0.25, reinitialise=True), data)
+    assert "reinitialised" not in kept.summary and fresh.summary["reinitialised"] == 3
+    shapes = {k: v.shape for k, v in kept.model.state_dict().items()}
+    assert {k: v.shape for k, v in fresh.model.state_dict().items()} == shapes
+    assert not torch.equal(fresh.model[0].weight, kept.model[0].weight)
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.model.parameters(), again.model.parameters(), strict=True)
+    )
+    # the survivors' weights are the original rows without the dead ones
+    live = [i for i in range(8) if i not in DEAD["0"]]
+    assert torch.equal(kept.model[0].weight, _mlp_with_dead_neurons()[0].weight[live])

@@ -25,7 +25,7 @@ def _points(raw: dict) -> list[dict]:
 
 def test_there_is_a_recipe_per_reference_experiment():
     names = {p.stem.split("_")[0] for p in RECIPES}
-    assert {"e1", "e2", "e3", "e4", "demo"} <= names
+    assert {"e1", "e2", "e3", "e4", "e5", "demo"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
