@@ -11,6 +11,10 @@ clipping ratios. Each candidate is scored by the output error it causes in the c
 rounding error, which no activation range can remove, is left out of the score); the best is kept.
 The current range is a candidate, so the search never raises that error on the search data.
 
+Cost: per quantizer, one forward over the search batches, stopped as soon as the inputs of the
+region between the quantizer and its consumers exist; each candidate then replays only that region
+(:class:`~netcompress.quantization.subgraph.LocalReplay`), not the model.
+
 Example:
     >>> qmodel = quantize(model, loader, act_range="search")
     >>> search_activation_ranges_(qmodel, loader)["changed"]     # or in place on a calibrated model
@@ -28,9 +32,10 @@ from netcompress.core.errors import ConfigError
 from netcompress.quantization.affine import compute_qparams
 from netcompress.quantization.calibration import activation_quantizers
 from netcompress.quantization.fake_quant import FakeQuantize
-from netcompress.quantization.layer_capture import calibration_inputs, capture, forward_order
+from netcompress.quantization.layer_capture import calibration_inputs, forward_order
 from netcompress.quantization.modules import QuantLayer
 from netcompress.quantization.observers import OBSERVERS
+from netcompress.quantization.subgraph import LocalReplay
 from netcompress.quantization.tracing import module_of
 
 ACT_RANGES = ("observer", "search")  # PTQStaticConfig.act_range
@@ -87,11 +92,10 @@ def candidate_ranges(q: FakeQuantize, x: torch.Tensor) -> list[tuple[str, torch.
     return out
 
 
-def _error(outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
+def _error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
     total = 0.0
-    for o, t in zip(outputs, targets):
-        ref = t["output"]
-        total += float((o["output"] - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-20))
+    for out, ref in zip(outputs, targets):
+        total += float((out - ref).pow(2).mean() / ref.pow(2).mean().clamp(min=1e-20))
     return total
 
 
@@ -118,18 +122,19 @@ def search_activation_ranges_(
     chosen: dict[str, dict[str, Any]] = {}
     for name in order:
         q = acts[name]
-        layers = consumers(model, name, q)
+        # one forward (stopped early) caches the region's inputs; candidates replay only the region
+        replay = LocalReplay(model, name, consumers(model, name, q), batches)
         q.quantizing = False  # the target: this activation in float, everything else as quantized
         try:
-            targets = capture(model, batches, layers, want=("output",))
+            targets = replay.outputs()
         finally:
             q.quantizing = True
-        x = capture(model, batches, [q], want=("input",))[0]["input"]
+        x = torch.cat(replay.inputs, dim=0)
         best: tuple[float, str, torch.Tensor, torch.Tensor] | None = None
         first_error = None
         for label, scale, zp in candidate_ranges(q, x):
             q.set_qparams(scale, zp)
-            err = _error(capture(model, batches, layers, want=("output",)), targets)
+            err = _error(replay.outputs(), targets)
             first_error = err if first_error is None else first_error
             if best is None or err < best[0]:
                 best = (err, label, scale, zp)
