@@ -31,6 +31,7 @@ from netcompress.core.selection import set_submodule
 from netcompress.quantization.affine import fake_quantize, quantize_tensor
 from netcompress.quantization.blockwise import BlockwiseFakeQuantize, check_block_size, from_blocks, to_blocks
 from netcompress.quantization.fake_quant import FakeQuantize
+from netcompress.quantization.modules import LayerWrapper
 from netcompress.quantization.qparams import SCHEMES, QuantSpec
 
 # the ``embeddings`` option of the PTQ configs -> bits (None: tables stay float)
@@ -57,7 +58,7 @@ def resolved_block_size(bits: int, block_size: int | None) -> int:
     return int(block_size)
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(LayerWrapper):
     """``layer`` (an ``nn.Embedding``) whose rows come out fake-quantized by ``weight_fq``.
 
     ``weight_fq`` is a per-row :class:`FakeQuantize` (``per_channel``, axis 0) or a
@@ -68,20 +69,6 @@ class QuantEmbedding(nn.Module):
         super().__init__()
         self.layer = layer
         self.weight_fq = weight_fq
-
-    def __getattr__(self, name: str) -> Any:
-        # code around the table may read its attributes through the wrapper (``padding_idx``)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            layer = self.__dict__.get("_modules", {}).get("layer")
-            if layer is None or name.startswith("__"):
-                raise
-            return getattr(layer, name)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.layer.weight
 
     @property
     def block_size(self) -> int:

@@ -41,7 +41,25 @@ def make_quantizer(
     return cls(spec, dynamic=True, role=role) if dynamic else cls(spec, role=role)
 
 
-class QuantLayer(nn.Module):
+class LayerWrapper(nn.Module):
+    """A module wrapping ``self.layer``: reads of attributes it lacks (``conv.stride``, ``padding_idx``)
+    and of ``weight`` go to the wrapped layer."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__.get("_modules", {}).get("layer")
+            if layer is None or name.startswith("__"):
+                raise
+            return getattr(layer, name)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.layer.weight
+
+
+class QuantLayer(LayerWrapper):
     """``layer`` run with ``weight_fq(layer.weight)``; ``input_fq``/``output_fq`` wrap its activations.
 
     While ``collect_bias_error`` is on, the mean per-channel output shift caused by weight
@@ -64,20 +82,6 @@ class QuantLayer(nn.Module):
         self.collect_bias_error = False
         self.bias_error_sum: torch.Tensor | None = None
         self.bias_error_count = 0
-
-    def __getattr__(self, name: str) -> Any:
-        # code around the layer may read its attributes through the wrapper (``conv.stride``)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            layer = self.__dict__.get("_modules", {}).get("layer")
-            if layer is None or name.startswith("__"):
-                raise
-            return getattr(layer, name)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.layer.weight
 
     @property
     def bias(self) -> torch.Tensor | None:
