@@ -40,6 +40,7 @@ from netcompress.export.onnx_inputs import (
     ort_feed,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
+from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
 from netcompress.export.ort_model import OrtModel, ort_session
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
@@ -218,7 +219,9 @@ def export_onnx(
                 dynamic_axes=axes or None,
             )
         raw_size = raw.stat().st_size
+        rewrites = {}
         if int8:
+            rewrites = rewrite_for_qdq_fusion(raw)  # e.g. Flatten -> Reshape: ORT fuses across the latter
             ort_session(raw, optimized_path=str(final))
         else:
             os.replace(raw, final)
@@ -241,6 +244,8 @@ def export_onnx(
         "output_names": out_names,
         "dynamic_axes": {n: {str(d): lb for d, lb in dims.items()} for n, dims in axes.items()},
     }
+    if rewrites:
+        summary["qdq_rewrites"] = rewrites
     if dynamic_info is not None:
         summary["dynamic_int8"] = dynamic_info
     if nbits_info is not None:

@@ -107,3 +107,55 @@ def test_a_quantized_block_input_also_feeds_its_skip_add_so_every_add_runs_int8(
     # before: the second Add took the first one's float output and ran float
     assert summary["int8_op_counts"].get("QLinearAdd") == 2 and "Add" not in summary["op_counts"]
     assert summary["check"]["max_rel_diff"] <= 0.05
+
+
+class PoolFlattenHead(nn.Module):
+    """torchvision's head: conv -> ReLU -> adaptive avgpool -> torch.flatten(x, 1) -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def test_flatten_before_a_quantized_linear_lets_global_pooling_run_int8(tmp_path):
+    torch.manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    qmodel = quantize(PoolFlattenHead().eval(), data, num_calib_batches=2)
+    summary = export_onnx(qmodel, tmp_path / "q.onnx", data[0][:1], int8=True)
+    # before: DQ -> GlobalAveragePool -> Flatten -> Q; ORT does not move a Q across a Flatten, so the
+    # pooling ran float between an extra DQ and Q (ORT's own quantizer's file: QLinearGlobalAveragePool)
+    assert summary["qdq_rewrites"] == {"flatten_to_reshape": 1}
+    ops = summary["op_counts"]
+    assert ops.get("QLinearGlobalAveragePool") == 1 and "GlobalAveragePool" not in ops
+    assert ops.get("QuantizeLinear") == 1 and ops.get("DequantizeLinear") == 1  # graph input and output only
+    assert ops.get("QLinearConv") == 1 and ops.get("QGemm") == 1 and "Flatten" not in ops
+    assert summary["check"]["max_rel_diff"] <= 0.05
+
+
+def test_flatten_to_reshape_gives_the_same_outputs_and_leaves_other_axes():
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from netcompress.export.onnx_rewrites import flatten_to_reshape
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 5])
+    outs = [helper.make_tensor_value_info(f"y{a}", TensorProto.FLOAT, [None, None]) for a in (1, 2)]
+    nodes = [helper.make_node("Flatten", ["x"], [f"y{a}"], axis=a, name=f"f{a}") for a in (1, 2)]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    assert flatten_to_reshape(model) == 1  # axis=2 gives (n*3, 20): no Reshape to [0, -1] writes that
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Flatten"]
+    onnx.checker.check_model(model)
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    assert [a.shape for a in after] == [(2, 60), (6, 20)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))

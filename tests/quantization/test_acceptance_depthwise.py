@@ -68,8 +68,9 @@ def test_depthwise_student_w8a8_deploys_every_conv_as_int8_and_agrees(tmp_path, 
     qmodel, summary = ptq_with_summary(model, calib, bits=8, act_bits=8, num_calib_batches=4)
     assert summary["float_ops"] == {"AdaptiveAvgPool2d": 1}  # nothing else left in float
     exported = export_onnx(qmodel, tmp_path / "student_int8.onnx", test[:1], int8=True)
-    # every conv, depthwise included, is an int8 kernel; the classifier an int8 Gemm; no float Conv left
-    assert exported["int8_op_counts"] == {"QLinearConv": 9, "QGemm": 1}
+    # every conv, depthwise included, is an int8 kernel; the classifier an int8 Gemm; no float Conv left;
+    # the pooling before the flatten too (Flatten exported as Reshape, which ORT moves the Q across)
+    assert exported["int8_op_counts"] == {"QLinearConv": 9, "QGemm": 1, "QLinearGlobalAveragePool": 1}
     assert "Conv" not in exported["op_counts"] and "FusedConv" not in exported["op_counts"]
     with torch.no_grad():
         ref, fake, deployed = model(test), qmodel(test), OrtModel(tmp_path / "student_int8.onnx")(test)
@@ -105,7 +106,7 @@ def test_w4a8_qat_weights_sit_on_a_4bit_grid_in_the_int8_file(tmp_path, data, ne
     assert losses[-1] < losses[0]
     freeze_quantizers_(qat.eval())
     exported = export_onnx(qat, tmp_path / "qat.onnx", test[:1], int8=True)
-    assert exported["int8_op_counts"] == {"QLinearConv": 9, "QGemm": 1}
+    assert exported["int8_op_counts"] == {"QLinearConv": 9, "QGemm": 1, "QLinearGlobalAveragePool": 1}
     assert exported["check"]["max_abs_diff"] < 1e-3
     ranges = sorted((int(w.min()), int(w.max())) for w in _int8_weights(tmp_path / "qat.onnx").values())
     four_bit = [r for r in ranges if r[0] >= -8 and r[1] <= 7]
