@@ -32,10 +32,12 @@ from typing import Any
 
 # this file is named like the Hugging Face package: take its folder off the path so `transformers` is theirs
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks.ort_peers
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.ort_peers import ort_quantize_static  # noqa: E402
 from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences  # noqa: E402
 from netcompress.evaluation import time_alternating  # noqa: E402
 from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
@@ -71,26 +73,9 @@ def load_minilm() -> tuple[torch.nn.Module, Any]:
 
 
 def ort_static(float_path: Path, out: Path, calib: DataLoader) -> str | None:
-    """ONNX Runtime's quantize_static (QDQ, per-channel int8 weights, uint8 activations); None if it ran."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{k: v.numpy() for k, v in b.items()} for b in calib])
-
-        def get_next(self) -> dict | None:
-            return next(self.batches, None)
-
+    """ONNX Runtime's quantize_static (ort_peers.py: QDQ, per-channel int8 weights, uint8 activations); None if it ran."""
     try:
-        quantize_static(
-            str(float_path),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        ort_quantize_static(float_path, out, [{k: v.numpy() for k, v in b.items()} for b in calib])
     except Exception as exc:  # noqa: BLE001 -- a peer's failure is a result to report
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return None

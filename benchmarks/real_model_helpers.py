@@ -20,6 +20,11 @@ from torch import nn
 
 from netcompress.export.onnx import op_counts
 
+try:
+    from benchmarks.ort_peers import ort_quantize_static
+except ModuleNotFoundError:  # imported from benchmarks/ itself (`python benchmarks/real_models.py`)
+    from ort_peers import ort_quantize_static
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -109,36 +114,9 @@ def logits_of(model: nn.Module, images: torch.Tensor, resolution: int) -> torch.
 def ort_static(
     float_path: Path, out: Path, calib: list[torch.Tensor], *, pre_process: bool
 ) -> dict[str, Any]:
-    """ONNX Runtime's quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": x.numpy()} for x in calib])
-
-        def get_next(self) -> dict | None:
-            return next(self.batches, None)
-
-    source = float_path
-    if pre_process:
-        source = out.with_name(out.stem + "_pre.onnx")
-        quant_pre_process(str(float_path), str(source))
-    quantize_static(
-        str(source),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return {"source": source.name}
+    """ONNX Runtime's quantize_static (ort_peers.py: QDQ, per-channel int8 weights, uint8 activations)."""
+    feeds = [{"input": x.numpy()} for x in calib]
+    return ort_quantize_static(float_path, out, feeds, pre_process=pre_process)
 
 
 def optimized_ops(path: Path, threads: int) -> dict[str, int]:

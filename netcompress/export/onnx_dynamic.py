@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.selection import set_submodule
+from netcompress.export.onnx_contrib import StandIn, replace_module
 
 
 class _Codes:
@@ -39,41 +39,32 @@ class _Codes:
         self.zero_point = zero_point.detach().reshape(-1).to(torch.int8).clone()
         self.bias = None if bias is None else bias.detach().float().clone()
 
+    def symbolic(self, g: Any, x: Any, reference: Any) -> Any:
+        """``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add]`` (:class:`StandIn` calls it)."""
 
-class _DynamicInt8LinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, reference: torch.Tensor, codes: _Codes) -> torch.Tensor:  # noqa: D401
-        return reference.clone()
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, reference: Any, codes: _Codes) -> Any:
         def const(t: torch.Tensor) -> Any:
             return g.op("Constant", value_t=t)
 
         x_q, x_scale, x_zp = g.op("DynamicQuantizeLinear", x, outputs=3)
-        w_zp = codes.zero_point if codes.zero_point.numel() > 1 else codes.zero_point.reshape(())
-        acc = g.op("MatMulInteger", x_q, const(codes.codes_t), x_zp, const(w_zp))
+        w_zp = self.zero_point if self.zero_point.numel() > 1 else self.zero_point.reshape(())
+        acc = g.op("MatMulInteger", x_q, const(self.codes_t), x_zp, const(w_zp))
         acc_f = g.op("Cast", acc, to_i=1)  # 1 = FLOAT
-        w_scale = codes.scale if codes.scale.numel() > 1 else codes.scale.reshape(())
-        scale = g.op("Mul", x_scale, const(w_scale))
-        y = g.op("Mul", acc_f, scale)
-        if codes.bias is not None:
-            y = g.op("Add", y, const(codes.bias))
+        w_scale = self.scale if self.scale.numel() > 1 else self.scale.reshape(())
+        y = g.op("Mul", acc_f, g.op("Mul", x_scale, const(w_scale)))
+        if self.bias is not None:
+            y = g.op("Add", y, const(self.bias))
         return y
 
 
-class DynamicInt8Linear(nn.Module):
-    """Stands in for a dynamic :class:`QuantLinear` during export: same output, int8 ONNX nodes."""
+class DynamicInt8Linear(StandIn):
+    """Stands in for a dynamic :class:`QuantLinear` during export: same output, int8 ONNX nodes.
+
+    The PyTorch layer's output gives the traced value its shape; :meth:`_Codes.symbolic` replaces its
+    nodes, so its float nodes are dead in the exported graph (onnx_contrib.py).
+    """
 
     def __init__(self, quant_layer: nn.Module, codes: _Codes) -> None:
-        super().__init__()
-        self.quant_layer = quant_layer
-        self.codes = codes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the PyTorch layer's output gives the traced value its shape; symbolic() ignores it, so
-        # its float nodes are dead in the exported graph
-        return _DynamicInt8LinearFn.apply(x, self.quant_layer(x), self.codes)
+        super().__init__(quant_layer, codes)
 
 
 def dynamic_int8_problem(module: nn.Module) -> str | None:
@@ -137,11 +128,7 @@ def swap_dynamic_linears(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         if problem is not None:
             kept[name] = problem
             continue
-        replacement = DynamicInt8Linear(module, layer_codes(module))
-        if name:
-            set_submodule(model, name, replacement)
-        else:
-            model = replacement
+        model = replace_module(model, name, DynamicInt8Linear(module, layer_codes(module)))
         swapped.append(name)
     return model, {"layers": swapped, "kept_float": kept}
 

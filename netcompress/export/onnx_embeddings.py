@@ -23,12 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.selection import set_submodule
-from netcompress.export.onnx_nbits import _pack_rows
+from netcompress.export.onnx_contrib import StandIn, contrib_node, pack_offset_codes, replace_module
 
 
 class EmbeddingCodes:
@@ -42,19 +40,11 @@ class EmbeddingCodes:
         self.symmetric = fq.spec.scheme == "symmetric"
         codes = module.codes()
         if self.block_size:
-            offset = 2 ** (self.bits - 1)
             n_blocks = int(codes.shape[1])
-            flat = (codes.to(torch.int64) + offset).reshape(rows, -1)[:, :dim].numpy()
-            self.data = torch.from_numpy(
-                _pack_rows(flat, self.bits) if self.bits < 8 else flat.astype(np.uint8)
-            )
+            self.data = pack_offset_codes(codes.reshape(rows, -1)[:, :dim], self.bits)
             self.scales = fq.scale.detach().float().reshape(rows, n_blocks).clone()
-            zp = (fq.zero_point.to(torch.int64).reshape(rows, n_blocks) + offset).numpy()
-            self.zero_points = (
-                None
-                if self.symmetric
-                else torch.from_numpy(_pack_rows(zp, self.bits) if self.bits < 8 else zp.astype(np.uint8))
-            )
+            zp = fq.zero_point.reshape(rows, n_blocks)
+            self.zero_points = None if self.symmetric else pack_offset_codes(zp, self.bits)
         else:
             self.data = codes.to(torch.int8).contiguous()
             self.scales = fq.scale.detach().float().reshape(rows, 1).clone()
@@ -69,48 +59,28 @@ class EmbeddingCodes:
         zp = 0 if self.zero_points is None else self.zero_points.numel() * (1 if self.block_size else 4)
         return self.data.numel() + 4 * self.scales.numel() + zp
 
+    def symbolic(self, g: Any, ids: Any, reference: Any) -> Any:
+        """``GatherBlockQuantized``, or ``Gather -> Cast [-> Sub] -> Mul`` per row (:class:`StandIn` calls it)."""
+        if self.block_size:
+            return contrib_node(
+                g, "GatherBlockQuantized", self.data, ids, self.scales, self.zero_points, like=reference,
+                bits_i=self.bits, block_size_i=self.block_size, gather_axis_i=0, quantize_axis_i=1,
+            )  # fmt: skip
 
-class _QuantGatherFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, ids: torch.Tensor, reference: torch.Tensor, c: EmbeddingCodes) -> torch.Tensor:  # noqa: D401
-        return reference.clone()
+        def gather(table: torch.Tensor) -> Any:
+            return g.op("Gather", g.op("Constant", value_t=table), ids, axis_i=0)
 
-    @staticmethod
-    def symbolic(g: Any, ids: Any, reference: Any, c: EmbeddingCodes) -> Any:
-        def const(t: torch.Tensor) -> Any:
-            return g.op("Constant", value_t=t)
-
-        if c.block_size:
-            inputs = [const(c.data), ids, const(c.scales)]
-            if c.zero_points is not None:
-                inputs.append(const(c.zero_points))
-            out = g.op(
-                "com.microsoft::GatherBlockQuantized",
-                *inputs,
-                bits_i=c.bits,
-                block_size_i=c.block_size,
-                gather_axis_i=0,
-                quantize_axis_i=1,
-            )
-            out.setType(reference.type())  # the exporter has no shape inference for contrib ops
-            return out
-        rows = g.op("Cast", g.op("Gather", const(c.data), ids, axis_i=0), to_i=1)  # 1 = FLOAT
-        if c.zero_points is not None:
-            rows = g.op("Sub", rows, g.op("Gather", const(c.zero_points), ids, axis_i=0))
-        return g.op("Mul", rows, g.op("Gather", const(c.scales), ids, axis_i=0))
+        rows = g.op("Cast", gather(self.data), to_i=1)  # 1 = FLOAT
+        if self.zero_points is not None:
+            rows = g.op("Sub", rows, gather(self.zero_points))
+        return g.op("Mul", rows, gather(self.scales))
 
 
-class QuantGather(nn.Module):
+class QuantGather(StandIn):
     """Stands in for a :class:`QuantEmbedding` during export: same rows, integer table in the file."""
 
     def __init__(self, quant_embedding: nn.Module, codes: EmbeddingCodes) -> None:
-        super().__init__()
-        self.quant_embedding = quant_embedding
-        self.codes = codes
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # the PyTorch lookup gives the traced value its shape; symbolic() replaces its nodes
-        return _QuantGatherFn.apply(ids, self.quant_embedding(ids), self.codes)
+        super().__init__(quant_embedding, codes)
 
 
 def swap_quant_embeddings(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
@@ -123,11 +93,7 @@ def swap_quant_embeddings(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     info: dict[str, Any] = {"layers": [], "ops": {}, "packed_bytes": 0}
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantEmbedding)]:
         codes = EmbeddingCodes(module)
-        replacement = QuantGather(module, codes)
-        if name:
-            set_submodule(model, name, replacement)
-        else:
-            model = replacement
+        model = replace_module(model, name, QuantGather(module, codes))
         info["layers"].append(name)
         info["ops"][name] = codes.op
         info["packed_bytes"] += codes.size_bytes

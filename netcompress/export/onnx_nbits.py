@@ -27,35 +27,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.selection import set_submodule
+from netcompress.export.onnx_contrib import StandIn, contrib_node, pack_offset_codes, replace_module
 
 # widths ORT's MatMulNBits kernels run; any other k-bit grid is exported in the next one up
 CONTAINER_BITS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-
-
-def _pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned ``codes`` ``(rows, n)`` at ``bits`` per value, LSB first, each row padded to whole bytes."""
-    per_byte = 8 // bits
-    rows, n = codes.shape
-    pad = (-n) % per_byte
-    if pad:
-        codes = np.concatenate([codes, np.zeros((rows, pad), dtype=codes.dtype)], axis=1)
-    groups = codes.reshape(rows, -1, per_byte).astype(np.uint16)
-    shifts = (np.arange(per_byte) * bits).astype(np.uint16)
-    return (groups << shifts).sum(axis=2).astype(np.uint8)
-
-
-def unpack_rows(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of the packing: ``(rows, count)`` unsigned codes (for checking exported files)."""
-    per_byte = 8 // bits
-    shifts = np.arange(per_byte) * bits
-    vals = (packed.astype(np.int64)[..., None] >> shifts) & (2**bits - 1)
-    return vals.reshape(packed.shape[0], -1)[:, :count]
 
 
 class NBitsWeight:
@@ -70,7 +49,6 @@ class NBitsWeight:
         self.N, self.K = (int(d) for d in weight.shape)
         self.weight_bits = fq.bits
         self.bits = CONTAINER_BITS[fq.bits]
-        offset = 2 ** (self.bits - 1)
         if isinstance(fq, BlockwiseFakeQuantize):
             self.block_size = fq.block_size
             codes = fq.codes(weight)  # (N, n_blocks, block), padding rounds to the zero point
@@ -86,19 +64,11 @@ class NBitsWeight:
             scale = fq.scale.reshape(-1, 1).expand(self.N, n_blocks)
             zp = zp_row.expand(self.N, n_blocks)
         self.n_blocks = int(codes.shape[1])
-        unsigned = (codes.to(torch.int64) + offset).numpy()
-        self.packed = torch.from_numpy(
-            _pack_rows(unsigned.reshape(self.N * self.n_blocks, -1), self.bits).reshape(
-                self.N, self.n_blocks, -1
-            )
-        )
+        packed = pack_offset_codes(codes.reshape(self.N * self.n_blocks, -1), self.bits)
+        self.packed = packed.reshape(self.N, self.n_blocks, -1)
         self.scales = scale.detach().float().contiguous().clone()
         self.symmetric = fq.spec.scheme == "symmetric"
-        self.zero_points = (
-            None
-            if self.symmetric
-            else torch.from_numpy(_pack_rows((zp.to(torch.int64) + offset).numpy(), self.bits))
-        )
+        self.zero_points = None if self.symmetric else pack_offset_codes(zp, self.bits)
         bias = module.layer.bias
         self.bias = None if bias is None else bias.detach().float().clone()
         level = getattr(fq, "accuracy_level", 0) if accuracy_level is None else accuracy_level
@@ -109,42 +79,23 @@ class NBitsWeight:
         zp = 0 if self.zero_points is None else self.zero_points.numel()
         return self.packed.numel() + 4 * self.scales.numel() + zp
 
-
-class _MatMulNBitsFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, reference: torch.Tensor, w: NBitsWeight) -> torch.Tensor:  # noqa: D401
-        return reference.clone()
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, reference: Any, w: NBitsWeight) -> Any:
-        inputs = [x, g.op("Constant", value_t=w.packed), g.op("Constant", value_t=w.scales)]
-        if w.zero_points is not None:
-            inputs.append(g.op("Constant", value_t=w.zero_points))
-        y = g.op(
-            "com.microsoft::MatMulNBits",
-            *inputs,
-            K_i=w.K,
-            N_i=w.N,
-            bits_i=w.bits,
-            block_size_i=w.block_size,
-            accuracy_level_i=w.accuracy_level,
-        )
-        if w.bias is not None:
-            y = g.op("Add", y, g.op("Constant", value_t=w.bias))
+    def symbolic(self, g: Any, x: Any, reference: Any) -> Any:
+        """``MatMulNBits(x, B, scales[, zero_points]) [+ bias]`` (:class:`StandIn` calls it)."""
+        y = contrib_node(
+            g, "MatMulNBits", x, self.packed, self.scales, self.zero_points,
+            K_i=self.K, N_i=self.N, bits_i=self.bits, block_size_i=self.block_size,
+            accuracy_level_i=self.accuracy_level,
+        )  # fmt: skip
+        if self.bias is not None:
+            y = g.op("Add", y, g.op("Constant", value_t=self.bias))
         return y
 
 
-class NBitsLinear(nn.Module):
+class NBitsLinear(StandIn):
     """Stands in for a weight-only :class:`QuantLinear` during export: same output, one ``MatMulNBits``."""
 
     def __init__(self, quant_layer: nn.Module, weight: NBitsWeight) -> None:
-        super().__init__()
-        self.quant_layer = quant_layer
-        self.nbits = weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the PyTorch output gives the traced value its shape; symbolic() replaces its nodes
-        return _MatMulNBitsFn.apply(x, self.quant_layer(x), self.nbits)
+        super().__init__(quant_layer, weight)
 
 
 def nbits_problem(module: nn.Module) -> str | None:
@@ -191,11 +142,7 @@ def swap_nbits_linears(
             info["kept_float"][name] = problem
             continue
         weight = NBitsWeight(module, accuracy_level=accuracy_level)
-        replacement = NBitsLinear(module, weight)
-        if name:
-            set_submodule(model, name, replacement)
-        else:
-            model = replacement
+        model = replace_module(model, name, NBitsLinear(module, weight))
         info["layers"].append(name)
         info["container_bits"][name] = weight.bits
         info["packed_bytes"] += weight.size_bytes

@@ -12,7 +12,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from netcompress.export import export_onnx
-from netcompress.export.onnx_nbits import CONTAINER_BITS, swap_nbits_linears, unpack_rows
+from netcompress.export.onnx_contrib import unpack_rows
+from netcompress.export.onnx_nbits import CONTAINER_BITS, swap_nbits_linears
 from netcompress.quantization import quantize
 from netcompress.quantization.blockwise import BlockwiseFakeQuantize, weight_codes
 

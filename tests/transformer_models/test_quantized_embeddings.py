@@ -14,7 +14,7 @@ from torch import nn
 import netcompress as nc
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, apply
-from netcompress.export.onnx_nbits import unpack_rows
+from netcompress.export.onnx_contrib import unpack_rows
 from netcompress.quantization.embeddings import QuantEmbedding, quantize_embeddings_
 from netcompress.quantization.ptq import WeightOnlyConfig
 from netcompress.quantization.summary import quantization_summary
