@@ -247,34 +247,13 @@ def conv_pairs(pa: dict, pb: dict) -> list[str]:
 
 
 def ort_quantize_pre_processed(float_path: Path, out: Path, calib: list[np.ndarray]) -> None:
-    """ONNX Runtime's quantizer as the benchmark's peer row runs it: ``quant_pre_process``, then
-    ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, MinMax) on ``calib``."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter([{"input": x} for x in calib])
-
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
-    pre = out.with_name(out.stem + "_pre.onnx")
-    quant_pre_process(str(float_path), str(pre))
-    quantize_static(
-        str(pre),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    """ONNX Runtime's quantizer as the benchmark's peer row runs it (``benchmarks/ort_peers.py``:
+    ``quant_pre_process``, then QDQ per-channel ``quantize_static``) on the images ``calib``."""
+    try:
+        from benchmarks.ort_peers import ort_quantize_static
+    except ModuleNotFoundError:
+        from ort_peers import ort_quantize_static
+    ort_quantize_static(float_path, out, [{"input": x} for x in calib], pre_process=True)
 
 
 def build(folder: Path, argv: list[str]) -> None:
