@@ -8,13 +8,14 @@
    validation batches by switching quantizers off and on in that model: ``leave_one_out`` (the error
    removed when the layer alone goes back to float) or ``one_at_a_time`` (the error of the float model
    with that layer alone quantized).
-3. Re-quantize with the worst layer kept float (or first at ``fallback_bits``, then float), then the
-   two worst, and so on, measuring each candidate, until the bound holds or ``max_trials`` is spent.
+3. Re-quantize with the worst layer kept float (or first at ``fallback_bits``, and/or with its few
+   outlier input channels split off to float, ``outlier_channels``, then float), then the two worst,
+   and so on, measuring each candidate, until the bound holds or ``max_trials`` is spent.
 
 It always returns the best model it found: the first (so fewest float layers) that meets the bound,
 else the one closest to it; the summary says ``met``, the scores, and which layers the search kept
-float (``fallback_layers``). With ``speed_fallback`` the layers whose int8 form is measured slower than
-float in ONNX Runtime (:mod:`netcompress.export.int8_speed`) stay float from the start; with
+float or split (``fallback_layers``: name -> ``"float"``, ``"split"`` or bits). With
+``speed_fallback`` the layers whose int8 form is measured slower than float in ONNX Runtime (:mod:`netcompress.export.int8_speed`) stay float from the start; with
 ``time_int8`` the chosen model's int8 file is timed against float and the summary states the speed-up.
 
 Example:
