@@ -43,7 +43,7 @@ from netcompress.data.sentences import TokenizedSentences, python_doc_sentences,
 from netcompress.evaluation import time_alternating  # noqa: E402
 from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
 from netcompress.export.onnx import OrtModel, export_onnx, op_counts  # noqa: E402
-from netcompress.quantization import quantize, quantize_accuracy_aware  # noqa: E402
+from netcompress.quantization import quantize, quantize_accuracy_aware, split_outliers  # noqa: E402
 
 # export_onnx's check (max |ORT - PyTorch| at real tokens over the largest output) for the int8 files.
 # int8 token states are not continuous in float rounding: scaling the word-embedding table by (1 + 1e-7
@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outlier-channels", type=int, default=4, help="k of the outlier-split row")
     parser.add_argument("--split-alpha", type=float, default=0.0, help="input smoothing of the split row")
     parser.add_argument("--split-trials", type=int, default=40)
+    parser.add_argument(
+        "--split-layers",
+        default="",
+        help="comma list of Linears (names or re: patterns) to split without searching: the layers an "
+        "earlier search chose on the validation sentences (its search costs 15+ minutes under load)",
+    )
     parser.add_argument(
         "--skip",
         default="",
@@ -190,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.split_trials,
             ),
         }
+        if args.split_layers and "split" not in skip:
+            skip.add("split")
+            chosen = args.split_layers.split(",")
+            split, info = split_outliers(
+                model, calib, layers=chosen, channels=args.outlier_channels, num_batches=len(calib)
+            )
+            notes["outlier_split"] = {"layers": chosen, "max_rel_diff": info["max_rel_diff"]}
+            row = f"netcompress dynamic int8, outlier split k={args.outlier_channels} on {len(info['layers'])} layers"
+            notes["nc split"] = export_onnx(
+                quantize(split, mode="dynamic"), folder / "nc_split.onnx", example, **int8
+            )["check"]
+            files[row] = folder / "nc_split.onnx"
         for key, (note, row, stem, alpha, channels, trials) in searches.items():
             if key in skip:
                 continue
