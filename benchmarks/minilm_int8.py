@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             split, info = split_outliers(
                 model, calib, layers=chosen, channels=args.outlier_channels, num_batches=len(calib)
             )
-            notes["outlier_split"] = {"layers": chosen, "max_rel_diff": info["max_rel_diff"]}
+            notes["outlier_split"] = {"layers": chosen, "float_diff": info["max_rel_diff"]}
             row = f"netcompress dynamic int8, outlier split k={args.outlier_channels} on {len(info['layers'])} layers"
             notes["nc split"] = export_onnx(
                 quantize(split, mode="dynamic"), folder / "nc_split.onnx", example, **int8
