@@ -12,10 +12,13 @@ Rows: PyTorch float, ORT float, ORT ``quantize_dynamic`` (int8 weights, its defa
 ``quantize_static`` (QDQ, per-channel, calibrated on the same sentences), netcompress dynamic and
 static int8 (``nc.quantize``), dynamic int8 with int8 embedding tables (``embeddings="int8"``), and netcompress accuracy-aware int8 (``quantize/accuracy_aware``:
 dynamic, SmoothQuant-style input smoothing, layers falling back to float until cosine >= 0.99 and
-nearest-neighbour agreement >= 0.95 on the validation sentences).
+nearest-neighbour agreement >= 0.95 on the validation sentences), and the same search whose first
+fallback step is an outlier split (``outlier_channels``: a layer's k largest-range input channels in
+float, the rest int8, LLM.int8()-style, before a layer goes float).
 
     python benchmarks/minilm_int8.py                       # the table in benchmarks/RESULTS.md
     python benchmarks/minilm_int8.py --alpha 0.8 --json out.json
+    python benchmarks/minilm_int8.py --skip torch,static,emb8  # fewer rows on a loaded machine
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from netcompress.data.sentences import TokenizedSentences, python_doc_sentences,
 from netcompress.evaluation import time_alternating  # noqa: E402
 from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
 from netcompress.export.onnx import OrtModel, export_onnx, op_counts  # noqa: E402
-from netcompress.quantization import quantize, quantize_accuracy_aware  # noqa: E402
+from netcompress.quantization import quantize, quantize_accuracy_aware, split_outliers  # noqa: E402
 
 # export_onnx's check (max |ORT - PyTorch| at real tokens over the largest output) for the int8 files.
 # int8 token states are not continuous in float rounding: scaling the word-embedding table by (1 + 1e-7
@@ -91,11 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=128)
     parser.add_argument("--alpha", type=float, default=0.8, help="input smoothing of the accuracy-aware row")
     parser.add_argument("--max-trials", type=int, default=12)
+    parser.add_argument("--outlier-channels", type=int, default=4, help="k of the outlier-split row")
+    parser.add_argument("--split-alpha", type=float, default=0.0, help="input smoothing of the split row")
+    parser.add_argument("--split-trials", type=int, default=40)
+    parser.add_argument(
+        "--split-layers",
+        default="",
+        help="comma list of Linears (names or re: patterns) to split without searching: the layers an "
+        "earlier search chose on the validation sentences (its search costs 15+ minutes under load)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of rows to leave out: torch, static (both peers' and ours), emb8, aa, split",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    started = time.time()
+    started, load_start = time.time(), os.getloadavg()
     model, tokenizer = load_minilm()
     parts = split_sentences(python_doc_sentences(), val=args.val, test=args.test, seed=args.seed)
 
@@ -109,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         fsum = export_onnx(model, folder / "float.onnx", example)
-        runners: dict[str, torch.nn.Module] = {"PyTorch float": model}
+        runners: dict[str, torch.nn.Module] = {} if "torch" in skip else {"PyTorch float": model}
         files = {"ORT float": folder / "float.onnx"}
 
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -118,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             str(folder / "float.onnx"), str(folder / "ort_dyn.onnx"), weight_type=QuantType.QInt8
         )
         files["ORT quantize_dynamic"] = folder / "ort_dyn.onnx"
-        failed = ort_static(folder / "float.onnx", folder / "ort_static.onnx", calib)
-        if failed is None:
+        failed = (
+            "skipped"
+            if "static" in skip
+            else ort_static(folder / "float.onnx", folder / "ort_static.onnx", calib)
+        )
+        if failed == "skipped":
+            pass
+        elif failed is None:
             files["ORT quantize_static (QDQ)"] = folder / "ort_static.onnx"
         else:
             rows["ORT quantize_static (QDQ)"] = {"failed": failed}
@@ -129,31 +153,67 @@ def main(argv: list[str] | None = None) -> int:
         int8 = {"int8": True, "tolerance": INT8_TOLERANCE}
         notes["nc dynamic"] = export_onnx(qdyn, folder / "nc_dyn.onnx", example, **int8)["check"]
         files["netcompress dynamic int8"] = folder / "nc_dyn.onnx"
-        qdyn_emb = quantize(model, mode="dynamic", embeddings="int8")
-        notes["nc dynamic emb8"] = export_onnx(qdyn_emb, folder / "nc_dyn_emb.onnx", example, **int8)["check"]
-        files["netcompress dynamic int8 + int8 embeddings"] = folder / "nc_dyn_emb.onnx"
-        qstat = quantize(model, calib, num_calib_batches=len(calib))
-        notes["nc static"] = export_onnx(qstat, folder / "nc_static.onnx", example, **int8)["check"]
-        files["netcompress static int8"] = folder / "nc_static.onnx"
-        tuned, summary = quantize_accuracy_aware(
-            model,
-            calib,
-            val,
-            mode="dynamic",
-            input_smoothing=args.alpha,
-            min_cosine=0.99,
-            min_agreement=0.95,
-            num_calib_batches=len(calib),
-            num_val_batches=len(val),
-            max_trials=args.max_trials,
-        )
-        notes["accuracy_aware"] = {
-            k: summary[k] for k in ("met", "scores", "fallback_layers", "bounds", "input_smoothing")
+        if "emb8" not in skip:
+            qdyn_emb = quantize(model, mode="dynamic", embeddings="int8")
+            notes["nc dynamic emb8"] = export_onnx(qdyn_emb, folder / "nc_dyn_emb.onnx", example, **int8)[
+                "check"
+            ]
+            files["netcompress dynamic int8 + int8 embeddings"] = folder / "nc_dyn_emb.onnx"
+        if "static" not in skip:
+            qstat = quantize(model, calib, num_calib_batches=len(calib))
+            notes["nc static"] = export_onnx(qstat, folder / "nc_static.onnx", example, **int8)["check"]
+            files["netcompress static int8"] = folder / "nc_static.onnx"
+        searches = {
+            "aa": (
+                "accuracy_aware",
+                "netcompress accuracy-aware int8",
+                "nc_aa",
+                args.alpha,
+                0,
+                args.max_trials,
+            ),
+            "split": (
+                "accuracy_aware_split",
+                f"netcompress accuracy-aware int8, outlier split k={args.outlier_channels}",
+                "nc_split",
+                args.split_alpha,
+                args.outlier_channels,
+                args.split_trials,
+            ),
         }
-        notes["accuracy_aware"]["trials"] = summary["search"]["trials"]
-        notes["accuracy_aware"]["sensitivity_top"] = dict(list(summary["search"]["sensitivity"].items())[:8])
-        notes["nc accuracy-aware"] = export_onnx(tuned, folder / "nc_aa.onnx", example, **int8)["check"]
-        files["netcompress accuracy-aware int8"] = folder / "nc_aa.onnx"
+        if args.split_layers and "split" not in skip:
+            skip.add("split")
+            chosen = args.split_layers.split(",")
+            split, info = split_outliers(
+                model, calib, layers=chosen, channels=args.outlier_channels, num_batches=len(calib)
+            )
+            notes["outlier_split"] = {"layers": chosen, "float_diff": info["max_rel_diff"]}
+            row = f"netcompress dynamic int8, outlier split k={args.outlier_channels} on {len(info['layers'])} layers"
+            notes["nc split"] = export_onnx(
+                quantize(split, mode="dynamic"), folder / "nc_split.onnx", example, **int8
+            )["check"]
+            files[row] = folder / "nc_split.onnx"
+        for key, (note, row, stem, alpha, channels, trials) in searches.items():
+            if key in skip:
+                continue
+            tuned, summary = quantize_accuracy_aware(
+                model,
+                calib,
+                val,
+                mode="dynamic",
+                input_smoothing=alpha,
+                outlier_channels=channels,
+                min_cosine=0.99,
+                min_agreement=0.95,
+                num_calib_batches=len(calib),
+                num_val_batches=len(val),
+                max_trials=trials,
+            )
+            notes[note] = {k: summary.get(k) for k in ("met", "scores", "fallback_layers", "bounds")}
+            notes[note]["trials"] = summary["search"]["trials"]
+            notes[note]["sensitivity_top"] = dict(list(summary["search"]["sensitivity"].items())[:8])
+            notes[f"nc {stem}"] = export_onnx(tuned, folder / f"{stem}.onnx", example, **int8)["check"]
+            files[row] = folder / f"{stem}.onnx"
 
         for name, path in files.items():
             runners[name] = OrtModel(path, threads=args.threads)
@@ -172,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             runners, example, batch_sizes=(32,), rounds=args.rounds, threads=args.threads
         )
     base = timing["ORT float"]["latency_b32_ms"]
+    peer = timing["ORT quantize_dynamic"]["latency_b32_ms"]
     for name, t in timing.items():
         rows[name].update(
-            ms=t["latency_b32_ms"], spread=t["latency_b32_spread"], speedup=base / t["latency_b32_ms"]
+            ms=t["latency_b32_ms"],
+            spread=t["latency_b32_spread"],
+            speedup=base / t["latency_b32_ms"],
+            vs_peer=t["latency_b32_ms"] / peer,
         )
     load = os.getloadavg()
     print(
@@ -188,21 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         f"float file {fsum['size_bytes']:,} bytes; wall {time.time() - started:.0f} s"
     )
     print(
-        "\n| model | ms / batch | speed-up vs ORT float | spread | bytes | cosine mean | cosine min | NN agreement |"
+        "\n| model | ms / batch | speed-up vs ORT float | time / quantize_dynamic's | spread | bytes "
+        "| cosine mean | cosine min | NN agreement |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         if "failed" in r:
-            print(f"| {name} | failed: {r['failed']} | | | | | | |")
+            print(f"| {name} | failed: {r['failed']} | | | | | | | |")
             continue
         print(
-            f"| {name} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['spread']:.2f} | {r['bytes']:,} | "
+            f"| {name} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['vs_peer']:.3f} | {r['spread']:.2f} | {r['bytes']:,} | "
             f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} |"
         )
-    aa = notes["accuracy_aware"]
-    print(
-        f"\naccuracy-aware: met {aa['met']} on validation {aa['scores']}; float layers {list(aa['fallback_layers'])}"
-    )
+    print(f"load average at the start {load_start[0]:.1f} / {load_start[2]:.1f} (1 / 15 min)")
+    for note in ("accuracy_aware", "accuracy_aware_split"):
+        if note in notes:
+            aa = notes[note]
+            print(f"\n{note}: met {aa['met']} on validation {aa['scores']}; fallback {aa['fallback_layers']}")
     print(f"integer kernels: { {n: r.get('int_ops') for n, r in rows.items() if r.get('int_ops')} }")
     checks = {
         k: (round(v["max_rel_diff"], 4), v["padding_positions_masked"])

@@ -36,6 +36,7 @@ from netcompress.quantization.modules import (
     wrap_module,
 )
 from netcompress.quantization.observers import OBSERVERS
+from netcompress.quantization.outlier_split import OutlierSplitLinear, split_outliers
 from netcompress.quantization.ptq import (
     PTQDynamicConfig,
     PTQStaticConfig,
@@ -94,4 +95,6 @@ __all__ = [
     "smooth_activations",
     "adaround_",
     "search_activation_ranges_",
+    "OutlierSplitLinear",
+    "split_outliers",
 ]

@@ -8,13 +8,14 @@
    validation batches by switching quantizers off and on in that model: ``leave_one_out`` (the error
    removed when the layer alone goes back to float) or ``one_at_a_time`` (the error of the float model
    with that layer alone quantized).
-3. Re-quantize with the worst layer kept float (or first at ``fallback_bits``, then float), then the
-   two worst, and so on, measuring each candidate, until the bound holds or ``max_trials`` is spent.
+3. Re-quantize with the worst layer kept float (or first at ``fallback_bits``, and/or with its few
+   outlier input channels split off to float, ``outlier_channels``, then float), then the two worst,
+   and so on, measuring each candidate, until the bound holds or ``max_trials`` is spent.
 
 It always returns the best model it found: the first (so fewest float layers) that meets the bound,
 else the one closest to it; the summary says ``met``, the scores, and which layers the search kept
-float (``fallback_layers``). With ``speed_fallback`` the layers whose int8 form is measured slower than
-float in ONNX Runtime (:mod:`netcompress.export.int8_speed`) stay float from the start; with
+float or split (``fallback_layers``: name -> ``"float"``, ``"split"`` or bits). With
+``speed_fallback`` the layers whose int8 form is measured slower than float in ONNX Runtime (:mod:`netcompress.export.int8_speed`) stay float from the start; with
 ``time_int8`` the chosen model's int8 file is timed against float and the summary states the speed-up.
 
 Example:
@@ -51,6 +52,7 @@ from netcompress.quantization.fidelity import (
 )
 from netcompress.quantization.input_smoothing import smooth_inputs
 from netcompress.quantization.modules import quant_layers
+from netcompress.quantization.outlier_split import apply_splits, prepare_split_layers
 from netcompress.quantization.placement import ACT_PREFIX
 from netcompress.quantization.ptq import MODES, PTQStaticConfig, run_ptq
 
@@ -61,15 +63,18 @@ SENSITIVITY_MODES = ("leave_one_out", "one_at_a_time")
 class AccuracyAwareConfig(PTQStaticConfig):
     """PTQ whose most harmful layers fall back to float until a bound on the validation split holds.
 
-    ``mode``: static, dynamic or weight_only (the PTQ fields above apply as in those methods).
-    ``metric``: ``accuracy`` (bound ``max_drop``, float minus quantized accuracy on labelled
-    validation batches), ``agreement`` (``min_agreement``, top-1 agreement with float), ``embedding``
-    (``min_cosine`` mean cosine and/or ``min_agreement`` nearest-neighbour agreement of mean-pooled
-    embeddings) or ``auto`` (accuracy if ``max_drop`` is set, embedding for token-state outputs or
-    ``min_cosine``, else agreement). No bound set: 1 point, 99% agreement, cosine 0.99.
-    ``fallback_bits``: a layer's first fallback step (e.g. 8 when ``bits=4``); float after that.
-    ``input_smoothing``: SmoothQuant strength alpha (0: off) for the Linears matching ``smooth_layers``,
-    applied before quantizing (:mod:`netcompress.quantization.input_smoothing`; works untraced).
+        ``mode``: static, dynamic or weight_only (the PTQ fields above apply as in those methods).
+        ``metric``: ``accuracy`` (bound ``max_drop``, float minus quantized accuracy on labelled
+        validation batches), ``agreement`` (``min_agreement``, top-1 agreement with float), ``embedding``
+        (``min_cosine`` mean cosine and/or ``min_agreement`` nearest-neighbour agreement of mean-pooled
+        embeddings) or ``auto`` (accuracy if ``max_drop`` is set, embedding for token-state outputs or
+        ``min_cosine``, else agreement). No bound set: 1 point, 99% agreement, cosine 0.99.
+        ``fallback_bits``: a layer's first fallback step (e.g. 8 when ``bits=4``); float after that.
+    ``outlier_channels``: k > 0 adds a cheaper step before float: the layer's k largest-range input
+    channels (on the calibration batches) computed in float, the rest int8
+    (:mod:`netcompress.quantization.outlier_split`, LLM.int8()-style).
+        ``input_smoothing``: SmoothQuant strength alpha (0: off) for the Linears matching ``smooth_layers``,
+        applied before quantizing (:mod:`netcompress.quantization.input_smoothing`; works untraced).
     """
 
     mode: str = "static"
@@ -82,6 +87,7 @@ class AccuracyAwareConfig(PTQStaticConfig):
     num_sensitivity_batches: int = 2
     max_trials: int = 16
     fallback_bits: int | None = None
+    outlier_channels: int = 0
     speed_fallback: bool = False  # keep float the layers whose int8 form ONNX Runtime runs slower
     time_int8: bool = False  # time the chosen model's int8 file against float (summary["speed"])
     speed_threads: int = 1
@@ -104,6 +110,7 @@ class AccuracyAwareConfig(PTQStaticConfig):
         check_range("max_trials", self.max_trials, 0)
         if self.fallback_bits is not None:
             check_range("fallback_bits", self.fallback_bits, 2, 16)
+        check_range("outlier_channels", self.outlier_channels, 0)
         check_range("speed_threads", self.speed_threads, 1)
         check_range("speed_rounds", self.speed_rounds, 1)
         check_range("input_smoothing", self.input_smoothing, 0.0, 1.0)
@@ -164,15 +171,19 @@ def toggle_sensitivity(
     return dict(sorted(harm.items(), key=lambda kv: -kv[1]))
 
 
-def _moves(order: list[str], fallback_bits: int | None) -> list[tuple[str, Any]]:
-    """The fallback steps in order: every layer to ``fallback_bits`` (worst first), then to float."""
-    levels: list[Any] = ([fallback_bits] if fallback_bits is not None else []) + ["float"]
+def _moves(order: list[str], fallback_bits: int | None, split: bool = False) -> list[tuple[str, Any]]:
+    """The fallback steps in order: every layer to ``fallback_bits`` (worst first), then to an outlier
+    split (``split``), then to float."""
+    levels: list[Any] = ([fallback_bits] if fallback_bits is not None else []) + (["split"] if split else [])
+    levels.append("float")
     return [(name, level) for level in levels for name in order]
 
 
 def _overrides(fallback: dict[str, Any], act_bits: int | None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, level in fallback.items():
+        if level == "split":
+            continue  # the split layer's Linear is quantized as set (it is renamed `<name>.linear`)
         if level == "float":
             out[name] = {"enabled": False}
         else:
@@ -219,9 +230,25 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
         speed_info = _speed_fallback(model, settings, config, calib, example)
         fallback = {n: "float" for n in speed_info["kept_float"]}
 
+    splits: dict[str, Any] = {}  # quantized layer name -> its outlier split, prepared on first use
+
     def build(levels: dict[str, Any]) -> Result:
         layers = {**settings.layers, **_overrides(levels, settings.act_bits)}
-        return run_ptq(model, calib, dataclasses.replace(settings, layers=layers), mode=config.mode)
+        base = model
+        split_names = [n for n, lv in levels.items() if lv == "split"]
+        if split_names:
+            if not splits:
+                splits.update(
+                    prepare_split_layers(
+                        model,
+                        data.calibration if data.calibration is not None else val,
+                        names,
+                        channels=config.outlier_channels,
+                        num_batches=config.num_calib_batches,
+                    )
+                )
+            base = apply_splits(model, {t: sp for n in split_names for t, sp in [splits[n]]})
+        return run_ptq(base, calib, dataclasses.replace(settings, layers=layers), mode=config.mode)
 
     def measure(result: Result, levels: dict[str, Any], added: str | None) -> dict[str, Any]:
         scores = score_outputs(
@@ -230,6 +257,7 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
         gap = shortfall(scores, bounds, metric)
         return {"fallback": len(levels), "added": added, **scores, "shortfall": gap, "met": gap == 0.0}
 
+    names: list[str] = []
     current = build(fallback)
     trials = [measure(current, fallback, None)]
     best, best_trial, best_levels = current, trials[0], dict(fallback)
@@ -241,11 +269,11 @@ def run_accuracy_aware(model: nn.Module, config: AccuracyAwareConfig, data: Meth
             out = collect_outputs(m, val, metric=metric, num_batches=config.num_sensitivity_batches)
             return score_outputs(sens_ref, out)["error"]
 
-        names = [n for n in quant_layers(current.model) if n not in fallback]
+        names[:] = [n for n in quant_layers(current.model) if n not in fallback]
         sensitivity = toggle_sensitivity(current.model, names, error, mode=config.sensitivity)
         levels = dict(fallback)
         for name, level in itertools.islice(
-            _moves(list(sensitivity), config.fallback_bits), config.max_trials
+            _moves(list(sensitivity), config.fallback_bits, config.outlier_channels > 0), config.max_trials
         ):
             levels[name] = level
             candidate = build(levels)
