@@ -6,7 +6,8 @@ gets the shared ``--finetune-epochs`` at ``--finetune-lr`` and BN recalibration,
 - ``nc_macs_high_fill``: ``prune_to_target(target="macs")`` at ``--high-mac-reduction`` (uniform group L2,
   channels x8) with the library's fill-up, which gives whole 8-channel blocks back while the MAC budget
   holds (the old ``nc_macs_high`` row went to 9.10x for 8x); ``_recon``: ``reconstruct_weights`` refits every
-  layer to the unpruned model's outputs on 10 training batches instead of BN recalibration;
+  layer to the unpruned model's outputs on 10 training batches instead of BN recalibration; ``nc_macs_high_fine``:
+  the same with any channel count (``round_to=1``, Torch-Pruning's granularity);
 - ``nc_macs_high_sens``: the same budget with per-group rates chosen by sensitivity: each group pruned
   alone at the rate grid, accuracy drop measured on ``VALIDATION_BATCHES`` batches of the VALIDATION split
   (``cp.heldout_loader``: training images outside the protocol's subset, never the test set);
@@ -34,7 +35,9 @@ from netcompress.pruning import prune_to_target
 VALIDATION_IMAGES, VALIDATION_BATCHES = 1000, 2
 LATENCY_BATCH = 64
 KD_NOTE = " + KD from the unpruned model (T 4, alpha 0.9)"
-RECOVERY_ROWS = ("nc_macs_high_fill", "nc_macs_high_fill_recon", "nc_macs_high_sens", "nc_latency_sens")
+RECOVERY_ROWS = (
+    "nc_macs_high_fill", "nc_macs_high_fine", "nc_macs_high_fill_recon", "nc_macs_high_sens", "nc_latency_sens",
+)  # fmt: skip
 _VALIDATION: dict[str, Any] = {}
 
 
@@ -45,7 +48,9 @@ def validation_loader(ctx: Context) -> Any:
     return _VALIDATION[ctx.protocol.name]
 
 
-def _macs_high(base: nn.Module, ctx: Context, *, strategy: str, reconstruct: bool = False) -> Pruned:
+def _macs_high(
+    base: nn.Module, ctx: Context, *, strategy: str, reconstruct: bool = False, round_to: int | str = "auto"
+) -> Pruned:
     high = ctx.config.high_mac_reduction
     extra = (
         {"loader": validation_loader(ctx), "max_batches": VALIDATION_BATCHES}
@@ -54,10 +59,11 @@ def _macs_high(base: nn.Module, ctx: Context, *, strategy: str, reconstruct: boo
     )
     small, summary = prune_to_target(
         base, ctx.example, target="macs", reduction=high, importance="group_l2", method=strategy,
-        round_to="auto", **extra,
+        round_to=round_to, **extra,
     )  # fmt: skip
     how = "uniform" if strategy == "uniform" else "sensitivity rates (validation split)"
-    label = f"netcompress group L2, {how}, channels x8 + fill-up at {high:g}x fewer MACs + BN recal."
+    channels = "channels x8" if round_to == "auto" else "any channel count"
+    label = f"netcompress group L2, {how}, {channels} + fill-up at {high:g}x fewer MACs + BN recal."
     info = {"label": label, "arch": summary["architecture"], "rates": summary["rates"],
             "search_macs_reduction": summary["achieved_reduction"], "filled_units": summary["filled_units"]}  # fmt: skip
     if reconstruct:  # refit every layer to the unpruned model's outputs instead of BN recalibration
@@ -69,6 +75,11 @@ def _macs_high(base: nn.Module, ctx: Context, *, strategy: str, reconstruct: boo
 @METHODS.register("nc_macs_high_fill_recon")
 def _nc_macs_high_fill_recon(base: nn.Module, ctx: Context) -> Pruned:
     return _macs_high(base, ctx, strategy="uniform", reconstruct=True)
+
+
+@METHODS.register("nc_macs_high_fine")
+def _nc_macs_high_fine(base: nn.Module, ctx: Context) -> Pruned:
+    return _macs_high(base, ctx, strategy="uniform", round_to=1)
 
 
 @METHODS.register("nc_macs_high_fill")
