@@ -16,7 +16,10 @@ measured targets (``"latency"``, ``"bytes"``) are searched by :mod:`netcompress.
   drop on a few batches of ``loader``; then raise groups one grid step at a time, cheapest
   (running-max) accuracy drop first, taking the fewest steps that reach the target.
 
-All report the chosen per-layer rates and the measured reduction. The strategies live in the
+After any strategy, :func:`~netcompress.pruning.auto_strategies.fill_up` gives pruned channels back in
+whole rounding blocks (8 under ``round_to="auto"``), most important first, while the budget holds: rounding
+never overshoots by more than one block (the uniform ratio alone went to 9.10x for 8x on the narrow VGG;
+with the fill-up 8.07x). All report the chosen per-layer rates and the measured reduction. The strategies live in the
 :data:`STRATEGIES` registry. The defaults, ``method="uniform"`` with ``importance="group_l2"``, are
 the best measured on the CIFAR-10 CPU protocol (benchmarks/RESULTS.md, narrow VGG at 3.5x fewer MACs,
 5 fine-tune epochs, three seeds): 73.62 % against 72.83 % for ``global`` + ``l1`` with channels x8.
@@ -39,6 +42,7 @@ from netcompress.pruning.auto_strategies import (
     STRATEGIES,
     TARGETS,
     Search,
+    fill_up,
     measure_pruned,
     smallest_passing,
     top_up,
@@ -209,6 +213,8 @@ def _search(
     pruned = choose(values[index])
     if method == "uniform" and index > 0:
         pruned = top_up(search, pruned, choose(values[index - 1]), budget)
+    before_fill = len(pruned)
+    pruned = fill_up(search, pruned, budget)  # whole rounding blocks back while the budget holds
     plan = ChannelPlan(graph=graph, pruned_units=pruned, group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)
     after = TARGETS[target](small, example_inputs)
@@ -218,7 +224,7 @@ def _search(
         target_before=before, target_after=after, rates=group_rates(graph, list(candidates), plan),
         strategy=method,
         # what the search moved: units removed (global), the shared ratio (uniform), steps (sensitivity)
-        search_value=values[index],
+        search_value=values[index], filled_units=before_fill - len(pruned),
         **extra,
     )  # fmt: skip
     return small, summary

@@ -21,7 +21,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.evaluation.metrics import top1_accuracy
-from netcompress.pruning.channel import RoundTo, keep_count, select_global, select_local
+from netcompress.pruning.channel import RoundTo, group_multiple, keep_count, select_global, select_local
 from netcompress.pruning.channel_report import count_params, count_total_macs
 from netcompress.pruning.graph import ChannelGraph
 from netcompress.pruning.surgery import shrink_model_
@@ -171,6 +171,39 @@ def top_up(search: Search, pruned: set[int], lighter: set[int], budget: float) -
         if measure_pruned(search.model, search.graph, trial, search.target, search.inputs) <= budget:
             pruned = trial
     return pruned
+
+
+def fill_up(search: Search, pruned: set[int], budget: float) -> set[int]:
+    """Give pruned channels back, one rounding block at a time, while the model still fits ``budget``.
+
+    Rounding kept channels up to multiples of 8 (``round_to="auto"``) moves a ratio in coarse steps: at
+    8x fewer MACs on the narrow VGG the shared ratio landed on 9.10x. Each pass offers, per group, its
+    best-scoring pruned units in one block of the group's multiple (fewer where fewer are pruned) and
+    restores the most valuable block (mean score / group mean) that fits; it stops when none fits, so
+    the result is as close to the budget as whole blocks allow and kept counts stay multiples.
+
+    Example:
+        >>> pruned = fill_up(search, pruned, budget=before / 8.0)
+    """
+    while True:
+        blocks = []
+        for gid, scores in search.candidates.items():
+            group = search.graph.groups[gid]
+            gone = [k for k, uid in enumerate(group.unit_ids) if uid in pruned]
+            if not gone:
+                continue
+            size = group_multiple(search.round_to, group.num_units)
+            block = sorted(gone, key=lambda k: (-float(scores[k]), k))[:size]
+            mean = float(scores.mean()) or 1.0
+            value = float(scores[block].mean()) / mean
+            blocks.append((-value, gid, {group.unit_ids[k] for k in block}))
+        for _, _, units in sorted(blocks, key=lambda b: (b[0], b[1])):
+            trial = pruned - units
+            if measure_pruned(search.model, search.graph, trial, search.target, search.inputs) <= budget:
+                pruned = trial
+                break
+        else:
+            return pruned
 
 
 @_strategy("sensitivity")

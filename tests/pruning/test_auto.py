@@ -126,8 +126,9 @@ def test_auto_rounding_keeps_multiples_of_8_in_groups_of_16_or_more(method: str)
     assert summary["achieved_reduction"] >= 2.5
     free, _ = prune_to_target(model, X, target="macs", reduction=2.5, method=method, round_to=1)
     assert small(X).shape == free(X).shape == (2, 10)
-    # a plain 8 could only keep 8 or 12 of the 12; "auto" kept 6 (uniform) / 5 (global) there
-    assert kept[("0",)][1] == {"uniform": 6, "global": 5}[method]
+    # a plain 8 could only keep 8 or 12 of the 12; "auto" kept 6 there (global: 5, then the fill-up gave
+    # one back within the budget)
+    assert kept[("0",)][1] == 6
 
 
 def test_round_to_must_be_a_positive_int_or_auto() -> None:
@@ -157,3 +158,28 @@ def test_global_cost_ranks_by_importance_per_mac() -> None:
     kept = {tuple(r["layers"]): r["kept"] for r in summary["rates"]}
     # the expensive early channels go first: conv "0" loses a larger share than the cheap conv "7"
     assert kept[("0",)] / 16 < kept[("7",)] / 32
+
+
+def _wide_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    ).eval()  # fmt: skip
+
+
+def test_fill_up_gives_whole_blocks_back_until_none_fits() -> None:
+    # 32/64/128 channels, multiples of 8: the shared ratio alone lands on 16/32/72 = 3.688x for 3.0x;
+    # the fill-up gives four 8-channel blocks of the cheap last layer back: 16/32/104 = 3.009x
+    model, x = _wide_net(), torch.randn(1, 3, 8, 8)
+    small, summary = prune_to_target(model, x, target="macs", reduction=3.0, round_to="auto")
+    assert [r["kept"] for r in summary["rates"]] == [16, 32, 104]
+    assert summary["filled_units"] == 32
+    assert 3.0 <= summary["achieved_reduction"] < 3.02
+    budget = count_total_macs(model, x) / 3.0
+    assert count_total_macs(small, x) <= budget
+    # the cheapest block left, 8 more channels of conv "7" (4x4 maps, 32 inputs) and the Linear's 8 inputs,
+    # no longer fits: the fill-up stopped as close to the budget as whole blocks allow
+    assert budget - count_total_macs(small, x) < 8 * 32 * 9 * 16 + 8 * 10
