@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
+import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
@@ -49,7 +50,7 @@ from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.export.compressed_file import float32_bytes  # noqa: E402
 
 # flags that do not change the result (where it runs, what it prints): left out of the cache key
-NOT_IN_KEY = {"quick", "full", "out", "report"}
+NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
 # flags of the clustering stage: its cache file is keyed by them, so variants share the pruning stages
 CLUSTER_FLAGS = {"clusters", "big_clusters", "fold_bn", "cluster_epochs", "cluster_lr", "centroid_grad"}
 
@@ -77,6 +78,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=2000, help="held-out validation images")
     parser.add_argument("--test-subset", type=int, default=None, help="SHORTENED: N balanced test images")
     parser.add_argument("--baseline-epochs", type=int, default=None, help="SHORTENED baseline (cached)")
+    parser.add_argument(
+        "--chunks", type=int, default=4, help="checkpoint every 1/N epoch (a killed run loses at most that)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: two threads spin against each other under load)",
+    )
     parser.add_argument("--out", default=None, help="copy the .ncz file here too")
     parser.add_argument("--report", action="store_true", help="print the rows of every cached run")
     return parser.parse_args(argv)
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     row["rates"] = rates
     teacher = copy.deepcopy(base).eval()
     kd = args.kd_alpha > 0
-    with torch_threads(protocol.train_threads):
+    train_loader = ChunkedLoader(train_loader, args.chunks, seed=protocol.seed)
+    with torch_threads(args.threads):
         if "acc_val_baseline" not in shared:
             shared["acc_val_baseline"] = evaluate(base, val_loader)["accuracy"]
             run.write()
@@ -121,20 +132,24 @@ def main(argv: list[str] | None = None) -> dict:
             if run.load(stage, model):
                 continue
             hooks = [SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)]
-            shared[f"acc_val_{stage}_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
-            tune = cp.train_config(protocol, epochs=args.prune_epochs, lr=args.prune_lr)
+            if f"acc_val_{stage}_before_ft" not in shared:  # not again when a killed run resumes
+                shared[f"acc_val_{stage}_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.write()
+            tune = cp.train_config(protocol, epochs=args.prune_epochs * args.chunks, lr=args.prune_lr)
             run.fit(stage, model, train_loader, tune, hooks if kd else [])
             shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
             run.save(stage, model)
         cluster(model, rates, args)
         if not run.load(variant, model):
-            row["acc_val_clustered_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+            if "acc_val_clustered_before_ft" not in row:
+                row["acc_val_clustered_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.write()
             hooks = [ClusterPreserving(args.centroid_grad)]
             if kd:
                 hooks.append(
                     SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)
                 )
-            tune = cp.train_config(protocol, epochs=args.cluster_epochs, lr=args.cluster_lr)
+            tune = cp.train_config(protocol, epochs=args.cluster_epochs * args.chunks, lr=args.cluster_lr)
             run.fit(variant, model, train_loader, tune, hooks)
             row["acc_val_clustered"] = evaluate(model.eval(), val_loader)["accuracy"]
             run.save(variant, model)
@@ -184,6 +199,42 @@ class Run:
         self.rows[f"history_{stage}"] = history.rows
         self.rows["summary"][f"time_s_{stage}"] = round(time.perf_counter() - started, 1)
         self.write()
+
+
+class ChunkedLoader:
+    """Each pass yields the next ``1/chunks`` of an epoch's shuffled batches, so ``fit`` checkpoints (and
+    resumes) every part epoch; ``fit(epochs=E * chunks)`` sees every image E times, in the same order after
+    a resume (epoch ``e`` is part ``e % chunks`` of shuffle ``e // chunks``, told through ``set_epoch``).
+
+    Example:
+        >>> loader = ChunkedLoader(DataLoader(data, batch_size=128), 4)
+        >>> loader.set_epoch(5); len(list(loader))  # the second quarter of the second shuffle
+    """
+
+    def __init__(self, loader: DataLoader, chunks: int, *, seed: int = 0) -> None:
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+        self.chunks, self.seed, self.epoch = chunks, seed, 0
+        self.sampler = self  # fit calls loader.sampler.set_epoch(epoch) before each pass
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _bounds(self) -> list[int]:
+        batches = -(-len(self.dataset) // self.batch_size)
+        return [round(i * batches / self.chunks) * self.batch_size for i in range(self.chunks + 1)]
+
+    def __len__(self) -> int:
+        bounds = self._bounds()
+        return max(-(-(b - a) // self.batch_size) for a, b in zip(bounds, bounds[1:], strict=False))
+
+    def __iter__(self):
+        shuffle, part = divmod(self.epoch, self.chunks)
+        order = torch.randperm(
+            len(self.dataset), generator=torch.Generator().manual_seed(self.seed + shuffle)
+        )
+        bounds = self._bounds()
+        picked = order[bounds[part] : min(bounds[part + 1], len(order))].tolist()
+        return iter(DataLoader(Subset(self.dataset, picked), batch_size=self.batch_size, shuffle=False))
 
 
 def structure(model: nn.Module, rates: dict[str, float], step: int, args) -> None:

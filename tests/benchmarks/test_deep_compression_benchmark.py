@@ -77,3 +77,21 @@ def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, fold)
     for name in rates:
         layer = again.get_submodule(name)
         assert layer.weight.unique().numel() <= 4 and _sparsity(again, name) >= rates[name] - 0.01
+
+
+def test_chunked_loader_covers_each_shuffle_once_and_repeats_after_a_resume() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(50).float(), torch.arange(50))
+    loader = dc.ChunkedLoader(DataLoader(data, batch_size=4), 3, seed=7)
+    assert len(loader) == 5  # 13 batches in three parts: 4, 5, 4
+
+    def seen(epoch: int) -> list[int]:
+        loader.sampler.set_epoch(epoch)
+        return [int(i) for _, y in loader for i in y]
+
+    first, second = [seen(e) for e in range(3)], [seen(e) for e in range(3, 6)]
+    assert sorted(sum(first, [])) == list(range(50)) == sorted(sum(second, []))
+    assert [len(p) for p in first] == [16, 20, 14]
+    assert sum(first, []) != sum(second, [])  # a new shuffle each epoch
+    assert seen(4) == second[1]  # a resumed run draws the same part again
