@@ -52,7 +52,16 @@ from netcompress.export.compressed_file import float32_bytes  # noqa: E402
 # flags that do not change the result (where it runs, what it prints): left out of the cache key
 NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
 # flags of the clustering stage: its cache file is keyed by them, so variants share the pruning stages
-CLUSTER_FLAGS = {"clusters", "big_clusters", "fold_bn", "cluster_epochs", "cluster_lr", "centroid_grad"}
+# (and --extra-epochs: the pruning rounds are shared by every length of the extra fine-tuning)
+CLUSTER_FLAGS = {
+    "clusters",
+    "big_clusters",
+    "fold_bn",
+    "cluster_epochs",
+    "cluster_lr",
+    "centroid_grad",
+    "extra_epochs",
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +76,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="prune to the rates in this many rounds")
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs after each round")
     parser.add_argument("--prune-lr", type=float, default=0.01)
+    parser.add_argument(
+        "--extra-epochs",
+        type=int,
+        default=0,
+        help="more pruned fine-tuning after the last round (its own stage)",
+    )
     parser.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the teacher's soft targets")
     parser.add_argument("--kd-temperature", type=float, default=4.0)
     parser.add_argument("--clusters", type=int, default=16, help="shared values per layer (zero included)")
@@ -139,6 +154,16 @@ def main(argv: list[str] | None = None) -> dict:
             run.fit(stage, model, train_loader, tune, hooks if kd else [])
             shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
             run.save(stage, model)
+        if args.extra_epochs:
+            stage = f"extra{args.extra_epochs}"
+            if not run.load(stage, model):
+                hooks = [
+                    SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)
+                ]
+                tune = cp.train_config(protocol, epochs=args.extra_epochs * args.chunks, lr=args.prune_lr)
+                run.fit(stage, model, train_loader, tune, hooks if kd else [])
+                shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.save(stage, model)
         cluster(model, rates, args)
         if not run.load(variant, model):
             if "acc_val_clustered_before_ft" not in row:
