@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--init", default="linear")
     parser.add_argument(
-        "--centroid-grad", choices=("mean", "sum"), default="mean", help="ClusterPreserving's reduction"
+        "--centroid-grad",
+        choices=ClusterPreserving.REDUCTIONS,
+        default="mean",
+        help="ClusterPreserving's reduction",
     )
     parser.add_argument("--redo", action="store_true", help="measure rows already in the store again")
     parser.add_argument("--report", action="store_true", help="write the table and figure, measure nothing")
@@ -148,7 +151,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
             for k in [None] if variant.startswith("control") else [int(c) for c in args.clusters.split(",")]:
                 key = (variant, k, args.finetune_epochs) + ((args.init,) if args.init != "linear" else ())
-                key += ("sum",) if args.centroid_grad == "sum" and variant in ("ft", "loss") else ()
+                key += (
+                    (args.centroid_grad,)
+                    if args.centroid_grad != "mean" and variant in ("ft", "loss")
+                    else ()
+                )
+                key += (f"lr{args.lr}",) if args.lr != 0.01 else ()
                 if store.get(key) is not None and not args.redo:
                     continue
                 row = run_variant(variant, k, base, ctx, args)

@@ -1,21 +1,35 @@
 """Deep Compression on the CIFAR-10 CPU protocol: prune + cluster + one entropy-coded file.
 
-From the protocol baseline (``cifar_protocol.train_baseline``, cached): unstructured L1 pruning per
-layer (``--amount``), fine-tuning with the masks kept, sparsity-preserving k-means weight sharing
-(``--clusters``, zero its own centroid), cluster-preserving fine-tuning, then
-``nc.save_compressed``. Reports test accuracy after each stage, the file's bytes by part and the
-ratio against the float32 state dict, and checks that the file reloads to the same accuracy.
+From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stages:
 
-    python benchmarks/deep_compression.py --quick          # smoke run, about a minute
-    python benchmarks/deep_compression.py                  # CPU protocol (15-epoch baseline)
+1. ``prune-r<i>``: ``--rounds`` rounds of per-layer L1 unstructured pruning to the layer's rate
+   (``--rates first/middle/big``: the first conv, the others, the layers >= ``--big-size`` weights;
+   geometric steps, the same share each round), each followed by ``--prune-epochs`` of fine-tuning
+   with the masks kept, distilled from the unpruned model (``--kd-alpha``, ``--kd-temperature``;
+   ``--kd-alpha 0`` is plain cross entropy), then ``--extra-epochs`` more as a stage of its own;
+2. ``cluster``: BatchNorm folded into the convs when ``--fold-bn`` (after the pruning fine-tuning, which
+   trains with BN), sparsity-preserving k-means per layer (``--clusters``, ``--big-clusters``; zero its own
+   centroid), then ``--cluster-epochs`` of cluster-preserving fine-tuning at ``--cluster-lr`` with the
+   centroid gradient ``--centroid-grad`` (mean / sqrt / sum, see ``ClusterPreserving``), distilled too;
+3. ``nc.save_compressed``, reloaded with ``nc.load_compressed`` and evaluated again.
+
+Every choice is read on the validation split (``cp.heldout_loader``: ``--val-size`` training images outside
+the protocol's subset); the test set is read once, at the end (and for the baseline, cached). Each stage's
+weights, and each fine-tuning epoch (``fit``'s resumable checkpoint), are cached under
+``benchmarks/.cache/dc-<settings hash>/``: a run killed by ``timeout 900`` resumes where it stopped.
+
+    python benchmarks/deep_compression.py --quick            # smoke run
+    python benchmarks/deep_compression.py --rates 0.5/0.9/0.93 --rounds 2 --prune-epochs 2 --extra-epochs 8 \\
+        --cluster-epochs 1 --cluster-lr 0.01 --centroid-grad mean    # CPU protocol, 72.07 % at 36.5x (RESULTS.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,144 +42,310 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 import netcompress as nc  # noqa: E402
 from netcompress.clustering import ClusterPreserving  # noqa: E402
 from netcompress.clustering.model_clustering import fold_bn_  # noqa: E402
+from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
+from netcompress.core.io import load_checkpoint  # noqa: E402
 from netcompress.data import balanced_subset  # noqa: E402
+from netcompress.distillation.hooks import SoftTargetDistillation  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.export.compressed_file import float32_bytes  # noqa: E402
 
+# flags that do not change the result (where it runs, what it prints): left out of the cache key
+NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
+# flags of the clustering stage: its cache file is keyed by them, so variants share the pruning stages
+# (and --extra-epochs: the pruning rounds are shared by every length of the extra fine-tuning)
+CLUSTER_FLAGS = {
+    "clusters",
+    "big_clusters",
+    "fold_bn",
+    "cluster_epochs",
+    "cluster_lr",
+    "centroid_grad",
+    "extra_epochs",
+}
 
-def main(argv: list[str] | None = None) -> dict:
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--model", default="narrow_vgg", choices=sorted(cp.PROTOCOL_MODELS))
-    parser.add_argument("--amount", type=float, default=0.9, help="fraction of weights pruned per layer")
     parser.add_argument(
-        "--first-amount", type=float, default=None, help="the first conv's rate (default --amount)"
+        "--rates", default="0.5/0.9/0.93", help="pruning rate: first conv / others / big layers"
     )
-    parser.add_argument("--big-amount", type=float, default=None, help="rate of layers >= --big-size weights")
-    parser.add_argument("--big-size", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=1, help="prune to the rates in this many steps")
-    parser.add_argument("--clusters", type=int, default=32, help="shared values per layer (zero included)")
+    parser.add_argument("--big-size", type=int, default=100_000, help="weights from which a layer is big")
+    parser.add_argument("--rounds", type=int, default=2, help="prune to the rates in this many rounds")
+    parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs after each round")
+    parser.add_argument("--prune-lr", type=float, default=0.01)
+    parser.add_argument(
+        "--extra-epochs",
+        type=int,
+        default=0,
+        help="more pruned fine-tuning after the last round (its own stage)",
+    )
+    parser.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the teacher's soft targets")
+    parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument("--clusters", type=int, default=16, help="shared values per layer (zero included)")
     parser.add_argument("--big-clusters", type=int, default=None, help="clusters of the big layers")
+    parser.add_argument("--fold-bn", action="store_true", help="fold BN into the convs before clustering")
+    parser.add_argument("--cluster-epochs", type=int, default=2)
+    parser.add_argument("--cluster-lr", type=float, default=0.002)
+    parser.add_argument("--centroid-grad", choices=("mean", "sqrt", "sum"), default="sqrt")
+    parser.add_argument("--val-size", type=int, default=2000, help="held-out validation images")
+    parser.add_argument("--test-subset", type=int, default=None, help="SHORTENED: N balanced test images")
+    parser.add_argument("--baseline-epochs", type=int, default=None, help="SHORTENED baseline (cached)")
     parser.add_argument(
-        "--fold-bn", action="store_true", help="fold BatchNorm into the convs before clustering"
+        "--chunks", type=int, default=4, help="checkpoint every 1/N epoch (a killed run loses at most that)"
     )
-    parser.add_argument("--cluster-lr", type=float, default=None, help="cluster fine-tuning lr")
-    parser.add_argument("--finetune-subset", type=int, default=None, help="fine-tune on N train images")
-    parser.add_argument("--test-subset", type=int, default=None, help="evaluate on N balanced test images")
-    parser.add_argument("--skip-stage-evals", action="store_true", help="test accuracy only at the ends")
-    parser.add_argument("--baseline-epochs", type=int, default=None, help="shortened baseline (cached)")
-    parser.add_argument("--finetune-epochs", type=int, default=3, help="after pruning and after clustering")
-    parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--out", default=None, help="where the .ncz file goes (default: a temp folder)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: two threads spin against each other under load)",
+    )
+    parser.add_argument("--out", default=None, help="copy the .ncz file here too")
+    parser.add_argument("--report", action="store_true", help="print the rows of every cached run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    if args.report:
+        return report()
     protocol = cp.protocol_from_flags(quick=args.quick, full=args.full)
     bundle = cp.load_data(protocol)
     train_loader, test_loader = cp.loaders(bundle, protocol)
-    train_loader, test_loader = shortened(bundle, protocol, args, train_loader, test_loader)
-    model, info = cp.train_baseline(args.model, protocol=protocol, bundle=bundle, epochs=args.baseline_epochs)
-    row: dict = {
-        "model": args.model,
-        "protocol": protocol.name,
-        "amount": args.amount,
-        "clusters": args.clusters,
-        "baseline_epochs": info["settings"]["epochs"],
-        "finetune_epochs": args.finetune_epochs,
-        "fold_bn": args.fold_bn,
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-    }
-    row["acc_baseline"] = evaluate(model, test_loader)["accuracy"]
-    dense_float32 = float32_bytes(model)  # the unpruned, unfolded model's float file
-    started = time.perf_counter()
-    tune = cp.train_config(protocol, epochs=args.finetune_epochs, lr=args.finetune_lr)
-    with torch_threads(protocol.train_threads):
-        rates = layer_rates(model, args)
-        row["rates"] = rates
-        for step in range(1, args.rounds + 1):
-            for name, rate in rates.items():
-                frac = 1 - (1 - rate) ** (step / args.rounds)  # geometric: the same share each round
-                nc.prune_unstructured_(model, amount=frac, scope="layer", include=[name])
-            if not args.skip_stage_evals:
-                row[f"acc_pruned_r{step}"] = evaluate(model, test_loader)["accuracy"]
-            nc.fit(model.train(), train_loader, config=tune)
-        row["acc_pruned_finetuned"] = evaluate(model.eval(), test_loader)["accuracy"]
-        if args.fold_bn:  # after the BN-trained pruning fine-tuning: a BN-free VGG diverged at lr 0.01
-            fold_bn_(model.eval())
-        big = [n for n in rates if model.get_submodule(n).weight.numel() >= args.big_size]
-        if args.big_clusters is None:
-            nc.cluster_weights_(model, clusters=args.clusters, preserve_zeros=True)
-        else:
-            nc.cluster_weights_(model, clusters=args.clusters, preserve_zeros=True, exclude=big)
-            nc.cluster_weights_(model, clusters=args.big_clusters, preserve_zeros=True, include=big)
-        if not args.skip_stage_evals:
-            row["acc_clustered"] = evaluate(model, test_loader)["accuracy"]
-        tune = cp.train_config(protocol, epochs=args.finetune_epochs, lr=args.cluster_lr or args.finetune_lr)
-        nc.fit(model.train(), train_loader, config=tune, hooks=[ClusterPreserving()])
-        row["acc_clustered_finetuned"] = evaluate(model.eval(), test_loader)["accuracy"]
-    row["compress_time_s"] = round(time.perf_counter() - started, 1)
-    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp())
-    folder.mkdir(parents=True, exist_ok=True)
-    dense = nc.save(model, folder / "dense.nc")[
-        "size_bytes"
-    ]  # nc.save: every tensor raw (masks, indices too)
-    summary = nc.save_compressed(model, folder / f"{args.model}.ncz", example_inputs=cp.example_input(bundle))
-    reloaded = nc.load_compressed(summary["path"])
-    row["acc_reloaded"] = evaluate(reloaded, test_loader)["accuracy"]
-    row.update(
-        file_bytes=summary["size_bytes"],
-        float32_bytes=dense_float32,
-        ratio_vs_float32=round(dense_float32 / summary["size_bytes"], 1),
-        nc_save_bytes=dense,
-        parts=summary["parts"],
-        encodings=summary["encodings"],
-        baseline_cache_hit=info.get("cache_hit"),
-    )
-    row["bits_per_kept_weight"] = {
-        k: round(8 * summary["parts"][k] / max(1, nonzero_weights(model)), 2)
-        for k in ("positions", "indices")
-    }
-    print(json.dumps(row, indent=1))
-    return row
-
-
-def shortened(bundle, protocol, args, train_loader, test_loader):
-    """Fine-tuning / test loaders on subsets (``--finetune-subset``, ``--test-subset``) for a loaded machine."""
-    if args.finetune_subset is not None:
-        keep = balanced_subset(
-            bundle.train.labels.numpy(), size=args.finetune_subset, num_classes=bundle.num_classes, seed=0
-        )
-        train_loader = DataLoader(
-            Subset(bundle.train, keep.tolist()),
-            batch_size=protocol.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(protocol.seed),
-        )
     if args.test_subset is not None:
-        keep = balanced_subset(
-            bundle.test.labels.numpy(), size=args.test_subset, num_classes=bundle.num_classes, seed=0
-        )
+        keep = balanced_subset(bundle.test.labels.numpy(), size=args.test_subset, num_classes=10, seed=0)
         test_loader = DataLoader(Subset(bundle.test, keep.tolist()), batch_size=protocol.eval_batch_size)
-    return train_loader, test_loader
+    base, info = cp.train_baseline(args.model, protocol=protocol, bundle=bundle, epochs=args.baseline_epochs)
+    val_size = min(args.val_size, 1000) if args.quick else args.val_size
+    val_loader = cp.heldout_loader(protocol, size=val_size)
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_KEY | CLUSTER_FLAGS}
+    settings.update(protocol=protocol.name, baseline=Path(info["path"] or "").name)
+    clustering = {k: v for k, v in vars(args).items() if k in CLUSTER_FLAGS}
+    run = Run(cp.CACHE_DIR / f"dc-{args.model}-{cp.cache_key(settings)}", settings)
+    variant = f"cluster-{cp.cache_key(clustering)}"
+    run.note_invocation("start")
+    shared = run.rows["summary"]
+    row = run.rows.setdefault(variant, {"clustering": clustering})
+    rates = layer_rates(base, args)
+    row["rates"] = rates
+    teacher = copy.deepcopy(base).eval()
+    kd = args.kd_alpha > 0
+    train_loader = ChunkedLoader(train_loader, args.chunks, seed=protocol.seed)
+    with torch_threads(args.threads):
+        if "acc_val_baseline" not in shared:
+            shared["acc_val_baseline"] = evaluate(base, val_loader)["accuracy"]
+            run.write()
+        if "acc_test_baseline" not in shared:
+            shared["acc_test_baseline"] = baseline_test_acc(info, base, test_loader, args.test_subset)
+            run.write()
+        model = copy.deepcopy(base)
+        for step in range(1, args.rounds + 1):
+            stage = f"prune-r{step}"
+            structure(model, rates, step, args)
+            if run.load(stage, model):
+                continue
+            hooks = [SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)]
+            if f"acc_val_{stage}_before_ft" not in shared:  # not again when a killed run resumes
+                shared[f"acc_val_{stage}_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.write()
+            tune = cp.train_config(protocol, epochs=args.prune_epochs * args.chunks, lr=args.prune_lr)
+            run.fit(stage, model, train_loader, tune, hooks if kd else [])
+            shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
+            run.save(stage, model)
+        if args.extra_epochs:
+            stage = f"extra{args.extra_epochs}"
+            if not run.load(stage, model):
+                hooks = [
+                    SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)
+                ]
+                tune = cp.train_config(protocol, epochs=args.extra_epochs * args.chunks, lr=args.prune_lr)
+                run.fit(stage, model, train_loader, tune, hooks if kd else [])
+                shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.save(stage, model)
+        cluster(model, rates, args)
+        if not run.load(variant, model):
+            if "acc_val_clustered_before_ft" not in row:
+                row["acc_val_clustered_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+                run.write()
+            hooks = [ClusterPreserving(args.centroid_grad)]
+            if kd:
+                hooks.append(
+                    SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)
+                )
+            tune = cp.train_config(protocol, epochs=args.cluster_epochs * args.chunks, lr=args.cluster_lr)
+            run.fit(variant, model, train_loader, tune, hooks)
+            row["acc_val_clustered"] = evaluate(model.eval(), val_loader)["accuracy"]
+            run.save(variant, model)
+        if "acc_test_reloaded" not in row:
+            row.update(finish(model.eval(), base, bundle, test_loader, run, args, variant))
+            run.write()
+    run.note_invocation("end")
+    print(json.dumps({**shared, **row}, indent=1))
+    return {**shared, **row}
 
 
-def layer_rates(model, args) -> dict[str, float]:
-    """Pruning rate per Conv/Linear: ``--first-amount`` for the first, ``--big-amount`` for the big ones."""
+class Run:
+    """One configuration's folder: each stage's weights, ``fit`` checkpoints, and ``rows.json``."""
+
+    def __init__(self, folder: Path, settings: dict) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "rows.json"
+        self.rows = json.loads(path.read_text()) if path.exists() else {}
+        self.rows.setdefault("summary", {"settings": settings})
+
+    def write(self) -> None:
+        atomic_write_text(self.folder / "rows.json", json.dumps(self.rows, indent=1, sort_keys=True))
+
+    def note_invocation(self, what: str) -> None:
+        calls = self.rows.setdefault("invocations", [])
+        calls.append({"at": time.strftime("%H:%M:%S"), what: Path("/proc/loadavg").read_text().split()[:3]})
+        self.write()
+
+    def load(self, stage: str, model: nn.Module) -> bool:
+        path = self.folder / f"{stage}.pt"
+        if not path.exists():
+            return False
+        model.load_state_dict(load_checkpoint(path))
+        return True
+
+    def save(self, stage: str, model: nn.Module) -> None:
+        atomic_torch_save(model.state_dict(), self.folder / f"{stage}.pt")
+        self.write()
+
+    def fit(self, stage: str, model, loader, config, hooks) -> None:
+        started = time.perf_counter()
+        history = nc.fit(
+            model.train(), loader, config=config, hooks=hooks, checkpoint_dir=self.folder / f"fit-{stage}",
+            resume=True,
+        )  # fmt: skip
+        self.rows[f"history_{stage}"] = history.rows
+        self.rows["summary"][f"time_s_{stage}"] = round(time.perf_counter() - started, 1)
+        self.write()
+
+
+class ChunkedLoader:
+    """Each pass yields the next ``1/chunks`` of an epoch's shuffled batches, so ``fit`` checkpoints (and
+    resumes) every part epoch; ``fit(epochs=E * chunks)`` sees every image E times, in the same order after
+    a resume (epoch ``e`` is part ``e % chunks`` of shuffle ``e // chunks``, told through ``set_epoch``).
+
+    Example:
+        >>> loader = ChunkedLoader(DataLoader(data, batch_size=128), 4)
+        >>> loader.set_epoch(5); len(list(loader))  # the second quarter of the second shuffle
+    """
+
+    def __init__(self, loader: DataLoader, chunks: int, *, seed: int = 0) -> None:
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+        self.chunks, self.seed, self.epoch = chunks, seed, 0
+        self.sampler = self  # fit calls loader.sampler.set_epoch(epoch) before each pass
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _bounds(self) -> list[int]:
+        batches = -(-len(self.dataset) // self.batch_size)
+        return [round(i * batches / self.chunks) * self.batch_size for i in range(self.chunks + 1)]
+
+    def __len__(self) -> int:
+        bounds = self._bounds()
+        return max(-(-(b - a) // self.batch_size) for a, b in zip(bounds, bounds[1:], strict=False))
+
+    def __iter__(self):
+        shuffle, part = divmod(self.epoch, self.chunks)
+        order = torch.randperm(
+            len(self.dataset), generator=torch.Generator().manual_seed(self.seed + shuffle)
+        )
+        bounds = self._bounds()
+        picked = order[bounds[part] : min(bounds[part + 1], len(order))].tolist()
+        return iter(DataLoader(Subset(self.dataset, picked), batch_size=self.batch_size, shuffle=False))
+
+
+def structure(model: nn.Module, rates: dict[str, float], step: int, args) -> None:
+    """Prune ``model`` IN PLACE to round ``step``'s rates (geometric: the same share each round)."""
+    for name, rate in rates.items():
+        frac = 1 - (1 - rate) ** (step / args.rounds)
+        nc.prune_unstructured_(model, amount=frac, scope="layer", include=[name])
+
+
+def cluster(model: nn.Module, rates: dict[str, float], args) -> None:
+    """Fold BN (``--fold-bn``) and cluster every pruned layer IN PLACE, zero kept as its own centroid."""
+    if args.fold_bn:
+        fold_bn_(model.eval())
+    big = [n for n in rates if model.get_submodule(n).weight.numel() >= args.big_size]
+    if args.big_clusters is None or not big:
+        nc.cluster_weights_(model.eval(), clusters=args.clusters, preserve_zeros=True)
+    else:
+        nc.cluster_weights_(model.eval(), clusters=args.clusters, preserve_zeros=True, exclude=big)
+        nc.cluster_weights_(model.eval(), clusters=args.big_clusters, preserve_zeros=True, include=big)
+
+
+def finish(model, base, bundle, test_loader, run: Run, args, variant: str) -> dict:
+    """Test accuracy, the file (bytes by part, ratio to the dense float32 file) and the reloaded model's accuracy."""
+    path = run.folder / f"{variant}.ncz"
+    summary = nc.save_compressed(model, path, example_inputs=cp.example_input(bundle))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"{args.model}.ncz").write_bytes(path.read_bytes())
+    reloaded = nc.load_compressed(summary["path"])
+    dense = float32_bytes(base)  # the unpruned, unfolded model's float file
+    kept = nonzero_weights(model)
+    return {
+        "acc_test": evaluate(model, test_loader)["accuracy"],
+        "acc_test_reloaded": evaluate(reloaded, test_loader)["accuracy"],
+        "file_bytes": summary["size_bytes"],
+        "float32_bytes": dense,
+        "ratio_vs_float32": round(dense / summary["size_bytes"], 2),
+        "parts": summary["parts"],
+        "kept_weights": kept,
+        "bits_per_kept_weight": {k: round(8 * summary["parts"][k] / max(1, kept), 2) for k in ("positions", "indices")},
+    }  # fmt: skip
+
+
+def baseline_test_acc(info: dict, base: nn.Module, test_loader, test_subset: int | None) -> float:
+    """The baseline's test accuracy, cached beside its checkpoint (the full test set takes minutes under load)."""
+    path = cp.CACHE_DIR / "dc-baseline-test-acc.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{Path(info['path'] or '').name}/test{test_subset}"
+    if key not in known:
+        known[key] = evaluate(base, test_loader)["accuracy"]
+        atomic_write_text(path, json.dumps(known, indent=1))
+    return known[key]
+
+
+def layer_rates(model: nn.Module, args) -> dict[str, float]:
+    """Pruning rate per Conv/Linear from ``--rates first/middle/big``.
+
+    Example:
+        >>> layer_rates(vgg, parse(["--rates", "0.5/0.9/0.93"]))["features.0"]
+        0.5
+    """
+    first, middle, big = (float(r) for r in args.rates.split("/"))
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     rates = {}
     for i, name in enumerate(layers):
         size = model.get_submodule(name).weight.numel()
-        rate = args.amount
-        if i == 0 and args.first_amount is not None:
-            rate = args.first_amount
-        elif size >= args.big_size and args.big_amount is not None:
-            rate = args.big_amount
-        rates[name] = rate
+        rates[name] = first if i == 0 else big if size >= args.big_size else middle
     return rates
 
 
-def nonzero_weights(model) -> int:
+def nonzero_weights(model: nn.Module) -> int:
     return sum(int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
 
 
+def report() -> dict:
+    """Every cached run's settings and figures, one JSON line each."""
+    out = {}
+    for folder in sorted(cp.CACHE_DIR.glob("dc-*/")):
+        path = folder / "rows.json"
+        if path.exists():
+            rows = json.loads(path.read_text())
+            out[folder.name] = {k: v for k, v in rows.items() if not k.startswith(("history", "invocations"))}
+            print(folder.name, json.dumps(out[folder.name]))
+    return out
+
+
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()

@@ -195,15 +195,19 @@ class ClusterPreserving:
     loss with respect to the shared value itself (Deep Compression's centroid update), so a centroid
     moves as one parameter would, not ``1/size`` as fast. It needs a learning rate about ``1/size``
     smaller: at the weights' lr 0.01 the narrow VGG (16 clusters per layer) fell to 12.3 % in 12 batches
-    (benchmarks/RESULTS.md, E5).
+    (benchmarks/RESULTS.md, E5). ``reduction="sqrt"`` sits between the two: the summed gradient over
+    ``sqrt(members)`` (the mean times ``sqrt(members)``), a per-centroid learning rate scaled by
+    ``1/sqrt(members)``, so a big cluster moves faster than under the mean without the sum's blow-up.
 
     Example:
         >>> fit(model, loader, hooks=[ClusterPreserving()], config=TrainConfig(optimizer="adam"))
     """
 
+    REDUCTIONS = ("mean", "sqrt", "sum")
+
     def __init__(self, reduction: str = "mean") -> None:
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction={reduction!r} must be 'mean' or 'sum'")
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r} must be one of {', '.join(self.REDUCTIONS)}")
         self.reduction = reduction
 
     def after_backward(self, model: nn.Module) -> None:
@@ -217,8 +221,10 @@ class ClusterPreserving:
                 sums = torch.zeros(k, dtype=torch.float64, device=grad.device).index_add_(
                     0, idx, grad.flatten().double()
                 )
+                counts = torch.bincount(idx, minlength=k).clamp_min(1).double()
                 means = (
-                    sums if self.reduction == "sum" else sums / torch.bincount(idx, minlength=k).clamp_min(1)
+                    sums
+                    / {"sum": torch.ones_like(counts), "sqrt": counts.sqrt(), "mean": counts}[self.reduction]
                 )
                 if getattr(module, KEEP_ZERO, False):  # the zero centroid (pruned weights) stays zero
                     means = torch.where(getattr(module, CODEBOOK) == 0, torch.zeros_like(means), means)

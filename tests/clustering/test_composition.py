@@ -221,10 +221,10 @@ def test_qat_step_after_a_ptq_step_starts_from_its_scales_and_keeps_k_values():
     assert quant_layers(ptq)["0"].layer.weight is not quant_layers(qat.model)["0"].layer.weight  # a copy
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sqrt", "sum"])
 def test_cluster_preserving_gradient_is_the_cluster_mean_or_sum(reduction):
     # "sum" is the gradient with respect to the shared value (Deep Compression); "mean" moves a centroid
-    # 1/size as fast, so fine-tuning barely trains clustered layers
+    # 1/size as fast, so fine-tuning barely trains clustered layers; "sqrt" = sum / sqrt(size)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5))
     nc.cluster_weights_(model, clusters=3)
@@ -235,7 +235,9 @@ def test_cluster_preserving_gradient_is_the_cluster_mean_or_sum(reduction):
     idx = layer.weight_indices.long()
     for c in range(3):
         members = grad[idx == c]
-        want = members.sum() if reduction == "sum" else members.mean()
+        want = {"sum": members.sum(), "mean": members.mean(), "sqrt": members.sum() / members.numel() ** 0.5}
+        want = want[reduction]
+        assert members.numel() > 1  # the three reductions differ
         assert torch.allclose(layer.weight.grad[idx == c], want.expand(members.numel()), atol=1e-6)
     with pytest.raises(ValueError, match="reduction"):
         ClusterPreserving("max")

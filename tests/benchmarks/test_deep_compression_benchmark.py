@@ -1,0 +1,97 @@
+"""benchmarks/deep_compression.py: per-layer rates, geometric rounds, and stages that resume from the cache."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+dc = pytest.importorskip("deep_compression")
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # first conv: 216 weights
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),  # big (>= 1,000): 1,152 weights
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),  # middle: 160 weights
+    )
+
+
+def _args(*extra: str):
+    return dc.parse(["--rates", "0.5/0.8/0.9", "--big-size", "1000", "--rounds", "2", *extra])
+
+
+def test_layer_rates_give_the_first_conv_the_big_layers_and_the_rest_their_rate() -> None:
+    assert dc.layer_rates(_net(), _args()) == {"0": 0.5, "3": 0.9, "8": 0.8}
+
+
+def _sparsity(model: nn.Module, name: str) -> float:
+    weight = model.get_submodule(name).weight
+    return float((weight == 0).sum()) / weight.numel()
+
+
+def test_rounds_take_the_same_share_each_and_end_at_the_rate() -> None:
+    model, args = _net(), _args()
+    rates = dc.layer_rates(model, args)
+    dc.structure(model, rates, 1, args)
+    # round 1 of 2 keeps sqrt(1 - rate) of the weights: 1 - sqrt(0.1) = 0.684 of the big conv pruned
+    assert _sparsity(model, "3") == pytest.approx(1 - 0.1**0.5, abs=1 / 1152)
+    assert _sparsity(model, "0") == pytest.approx(1 - 0.5**0.5, abs=1 / 216)
+    dc.structure(model, rates, 2, args)
+    assert _sparsity(model, "3") == pytest.approx(0.9, abs=1 / 1152)
+    assert _sparsity(model, "0") == pytest.approx(0.5, abs=1 / 216)
+    assert _sparsity(model, "8") == pytest.approx(0.8, abs=1 / 160)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, fold) -> None:
+    args = _args("--clusters", "4", *(["--fold-bn"] if fold else []))
+    model = _net()
+    rates = dc.layer_rates(model, args)
+    for step in (1, 2):
+        dc.structure(model, rates, step, args)
+    with torch.no_grad():  # the trained stage differs from what pruning alone gives
+        model[0].weight.mul_(1.5)
+    dc.cluster(model, rates, args)
+    run = dc.Run(tmp_path / "run", {"x": 1})
+    run.save("cluster-a", model)
+
+    again = _net()  # a fresh process: rebuild the structure, then load the stage
+    for step in (1, 2):
+        dc.structure(again, rates, step, args)
+    dc.cluster(again, rates, args)
+    assert dc.Run(tmp_path / "run", {"x": 1}).load("cluster-a", again)
+    assert not run.load("cluster-b", copy.deepcopy(again))  # no such stage: nothing loaded
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(again.eval()(x), model.eval()(x))
+    assert isinstance(again[1], nn.Identity) == fold
+    for name in rates:
+        layer = again.get_submodule(name)
+        assert layer.weight.unique().numel() <= 4 and _sparsity(again, name) >= rates[name] - 0.01
+
+
+def test_chunked_loader_covers_each_shuffle_once_and_repeats_after_a_resume() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(50).float(), torch.arange(50))
+    loader = dc.ChunkedLoader(DataLoader(data, batch_size=4), 3, seed=7)
+    assert len(loader) == 5  # 13 batches in three parts: 4, 5, 4
+
+    def seen(epoch: int) -> list[int]:
+        loader.sampler.set_epoch(epoch)
+        return [int(i) for _, y in loader for i in y]
+
+    first, second = [seen(e) for e in range(3)], [seen(e) for e in range(3, 6)]
+    assert sorted(sum(first, [])) == list(range(50)) == sorted(sum(second, []))
+    assert [len(p) for p in first] == [16, 20, 14]
+    assert sum(first, []) != sum(second, [])  # a new shuffle each epoch
+    assert seen(4) == second[1]  # a resumed run draws the same part again
