@@ -45,6 +45,7 @@ from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, find_blocks
 from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
+from netcompress.pruning.transformer_reconstruction import reconstruct_outputs_
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
 from netcompress.pruning.transformer_verify import verify_pruned
 
@@ -63,7 +64,9 @@ class TransformerPruneConfig(Config):
     kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole. ``mac_target``
     (e.g. 2.0; 0 = off): scale ``heads``/``ffn``/``hidden`` by one factor (they set the split, each capped at
     0.95), the smallest that leaves ``mac_target`` times fewer MACs on the example inputs; the summary holds
-    the shares used and the MACs reached.
+    the shares used and the MACs reached. ``reconstruct``: after the verified prune, refit each pruned block's
+    output projection (attention out, FFN down) by least squares to the unpruned model's outputs on
+    ``calib_batches`` batches (``transformer_reconstruction``); the summary gains ``reconstruction``.
     """
 
     heads: float = 0.25
@@ -76,6 +79,7 @@ class TransformerPruneConfig(Config):
     calib_batches: int = 4
     ignore: list[str] = dataclasses.field(default_factory=list)
     mac_target: float = 0.0
+    reconstruct: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heads", "ffn", "hidden"):
@@ -241,6 +245,8 @@ def transformer_prune(
     if example_inputs is None:
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
     check_inputs(example_inputs)
+    if config.reconstruct and loader is None:
+        raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
     _check_blocks(blocks, config)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
@@ -259,6 +265,9 @@ def transformer_prune(
         **config.to_dict(),
         **_summary(model, small, blocks, plan, example_inputs),
     }
+    if config.reconstruct:
+        report = reconstruct_outputs_(model, small, blocks, plan, loader, batches=config.calib_batches)
+        summary["reconstruction"] = report
     return small, summary
 
 
@@ -329,6 +338,7 @@ def prune_transformer(
     calib_batches: int = TransformerPruneConfig.calib_batches,
     ignore: Iterable[str] = (),
     mac_target: float = TransformerPruneConfig.mac_target,
+    reconstruct: bool = TransformerPruneConfig.reconstruct,
     loader: Any = None,
     config: TransformerPruneConfig | None = None,
 ) -> nn.Module:
@@ -348,6 +358,7 @@ def prune_transformer(
             {
                 "heads": heads, "ffn": ffn, "hidden": hidden, "importance": importance, "min_heads": min_heads,
                 "gqa": gqa, "round_to": round_to, "calib_batches": calib_batches, "ignore": list(ignore), "mac_target": mac_target,
+                "reconstruct": reconstruct,
             },
             where="prune_transformer",
         )  # fmt: skip
