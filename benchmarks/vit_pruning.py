@@ -170,16 +170,73 @@ def prune_torch_pruning(
         pruner.step()
         return small
 
-    lo, hi = 0.0, 0.9
-    best = pruned(hi)
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        small = pruned(mid)
-        if base / count_macs(small, x) >= args.mac_reduction:
-            hi, best = mid, small
+    def smallest(make: Any) -> tuple[float, nn.Module]:
+        lo, hi = 0.0, 0.9
+        best = make(hi)
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            small = make(mid)
+            if base / count_macs(small, x) >= args.mac_reduction:
+                hi, best = mid, small
+            else:
+                lo = mid
+        return hi, best
+
+    ratio, best = smallest(pruned)
+    info = {"pruning_ratio": round(ratio, 4), "mac_reduction": base / count_macs(best, x)}
+    if getattr(args, "tp_exact", False):
+        best, info = _torch_pruning_exact(args, model, x, ratio, pruned, base)
+    return best.eval(), info
+
+
+def _torch_pruning_exact(
+    args: argparse.Namespace, model: nn.Module, x: torch.Tensor, ratio: float, pruned: Any, base: int
+) -> tuple[nn.Module, dict]:
+    """Torch-Pruning at the MAC target, not one ``round_to`` step past it.
+
+    The embedding width one step wider than ``ratio`` gives (MetaPruner, as above), then in every layer the
+    same number of FFN neurons removed through Torch-Pruning's own dependency graph (``linear1`` output group,
+    ``GroupMagnitudeImportance(p=2)``, one neuron at a time): the fewest reaching ``args.mac_reduction``.
+    """
+    import torch_pruning as tp
+
+    from netcompress.pruning.transformer_pruning import count_macs
+
+    dim = pruned(ratio).cls_token.shape[-1]
+    wide_ratio = ratio
+    while wide_ratio > 0:  # ratios map to widths in steps of round_to: step back to the next wider one
+        wide_ratio = max(0.0, wide_ratio - 0.25 / model.cls_token.shape[-1])
+        if pruned(wide_ratio).cls_token.shape[-1] > dim:
+            break
+    wide = pruned(wide_ratio)
+    ffn = wide.encoder.layers[0].linear1.out_features
+
+    def with_ffn(remove: int) -> nn.Module:
+        small = copy.deepcopy(wide)
+        graph = tp.DependencyGraph().build_dependency(
+            small, example_inputs=x, unwrapped_parameters=[(small.cls_token, 2), (small.pos_embed, 2)]
+        )
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        for layer in small.encoder.layers:
+            full = graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=list(range(ffn)))
+            scores = importance(full)
+            drop = scores.argsort()[:remove].tolist()
+            graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=drop).prune()
+        return small
+
+    lo, hi = 0, ffn - 1
+    while lo < hi:  # the fewest neurons per layer reaching the target
+        mid = (lo + hi) // 2
+        if base / count_macs(with_ffn(mid), x) >= args.mac_reduction:
+            hi = mid
         else:
-            lo = mid
-    return best.eval(), {"pruning_ratio": round(hi, 4), "mac_reduction": base / count_macs(best, x)}
+            lo = mid + 1
+    best = with_ffn(lo)
+    info = {
+        "pruning_ratio": round(wide_ratio, 4), "width": best.cls_token.shape[-1],
+        "ffn_after": ffn - lo, "mac_reduction": base / count_macs(best, x),
+    }  # fmt: skip
+    return best, info
 
 
 def int8_onnx(args: argparse.Namespace, model: nn.Module, train: Any, x: torch.Tensor, folder: Path) -> Path:
@@ -296,6 +353,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=os.environ.get("NETCOMPRESS_VIT_CACHE", "/tmp/netcompress-vit"))
     p.add_argument("--baseline-only", action="store_true", help="train and cache the baseline, then stop")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument(
+        "--tp-exact", action="store_true",
+        help="Torch-Pruning at the target: width one round_to step wider, then FFN neurons to reach it",
+    )  # fmt: skip
     p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning row")
     p.add_argument("--json", default=None, help="write the rows and targets here")
     args = p.parse_args(argv)
