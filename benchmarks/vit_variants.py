@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from netcompress.distillation.hooks import SoftTargetDistillation, TeacherForward
 from netcompress.distillation.transformer_hooks import TransformerDistillation
 from netcompress.evaluation import evaluate
-from netcompress.training import fit
+from netcompress.training import fit, seed_everything
 
 try:
     from benchmarks import cifar_protocol as cp
@@ -67,6 +67,7 @@ def prune(
         heads=float(m["h"]), ffn=float(m["f"]), hidden=float(m["d"] or 0), importance=m["imp"],
         mac_target=args.mac_reduction, calib_batches=8, reconstruct=m["rec"] == "+rec",
     )  # fmt: skip
+    seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
     small, s = transformer_prune(model, x, config, loader=vp.train_loader(args, train))
     rec = s.get("reconstruction")
     if m["rec"] == "+recall":  # every Linear layer refitted, 10 batches (the first measurement)
@@ -133,11 +134,40 @@ def finetune(
     return model.eval()
 
 
+def iterative(
+    args: argparse.Namespace,
+    spec: str,
+    steps: int,
+    ft_spec: str,
+    model: nn.Module,
+    train: Any,
+    x: torch.Tensor,
+) -> tuple[nn.Module, dict]:
+    """Prune in ``steps`` steps (MACs reduced geometrically: 2x as sqrt(2)x twice for 2 steps), the
+    fine-tune epochs shared between the steps (same total budget); the teacher stays the original."""
+    from netcompress.pruning.transformer_pruning import count_macs
+
+    base, current = count_macs(model, x), model
+    epochs = [args.finetune_epochs // steps + (i < args.finetune_epochs % steps) for i in range(steps)]
+    for k in range(1, steps + 1):
+        target = args.mac_reduction ** (k / steps)
+        small, summary = prune(
+            argparse.Namespace(**{**vars(args), "mac_reduction": target * count_macs(current, x) / base}),
+            spec, current, train, x,
+        )  # fmt: skip
+        step_args = argparse.Namespace(**{**vars(args), "finetune_epochs": epochs[k - 1]})
+        current = finetune(step_args, ft_spec, small, model, train, x) if epochs[k - 1] else small
+    return current, summary
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", required=True, help="'prune|finetune' specs")
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--out", default=None, help="append one JSON line per variant here")
+    p.add_argument(
+        "--run-seed", type=int, default=None, help="seed after the baseline (pruning data, fine-tune)"
+    )
     own, rest = p.parse_known_args(argv)
     args = vp.parse_args(rest)
     torch.set_num_threads(args.threads)
@@ -148,6 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     train, test = vp.data(args)
     model, info = vp.trained_baseline(args, vit, train)
+    if own.run_seed is not None:  # the baseline (cached under --seed) stays; everything after it re-seeded
+        args.seed = own.run_seed
     print(f"baseline: {info['path']} (cache hit: {info['cache_hit']}), load {os.getloadavg()}", flush=True)
     if args.synthetic:
         val = DataLoader(test, batch_size=250)  # synthetic: no held-out training images
@@ -163,6 +195,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in own.variants:
         started = time.perf_counter()
         prune_spec, ft_spec = variant.split("|")
+        if "*" in prune_spec:  # iterative: prune and fine-tune in steps, same total budget
+            spec, steps = prune_spec.split("*")
+            tuned, summary = iterative(args, spec, int(steps), ft_spec, model, train, x)
+            r = {
+                "variant": variant, "val_before_ft": None, "val_acc": evaluate(tuned, val)["accuracy"],
+                "mac_reduction": round(base / count_macs(tuned, x), 3), "prune": summary,
+                "wall_s": round(time.perf_counter() - started), "load": os.getloadavg(),
+                "finetune_epochs": args.finetune_epochs, "val_size": own.val_size, "seed": args.seed,
+            }  # fmt: skip
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+            if own.out:
+                with open(own.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            continue
         if prune_spec not in pruned:
             pruned[prune_spec] = prune(args, prune_spec, model, train, x)
         small, summary = pruned[prune_spec]
@@ -172,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "variant": variant, "val_before_ft": before, "val_acc": evaluate(tuned, val)["accuracy"],
             "mac_reduction": round(base / count_macs(tuned, x), 3), "prune": summary,
             "wall_s": round(time.perf_counter() - started), "load": os.getloadavg(),
-            "finetune_epochs": args.finetune_epochs, "val_size": own.val_size,
+            "finetune_epochs": args.finetune_epochs, "val_size": own.val_size, "seed": args.seed,
         }  # fmt: skip
         print(json.dumps(r), flush=True)
         rows.append(r)

@@ -11,8 +11,9 @@ Measured on the ViT of ``benchmarks/vit_pruning.py`` (heads + FFN at 2x fewer MA
 right after pruning 32.7 % -> 42.0 % (unpruned 46.5 %), and +0.6 points after the same 3-epoch fine-tune.
 
 ``nn.MultiheadAttention`` runs its output projection inside a fused function (no module call to observe),
-so the reference is a copy of the original whose ``nn.MultiheadAttention`` blocks are
-:class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention` keeping every head (same outputs).
+so both models are observed through copies whose ``nn.MultiheadAttention`` blocks are
+:class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention` keeping every head (same outputs);
+the refitted weights are copied back into the pruned model, whose module types stay as they were.
 
 Example:
     >>> small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.5, ffn=0.5, reconstruct=True), loader=dl)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
@@ -45,11 +47,17 @@ def reference_copy(model: nn.Module, blocks: Blocks) -> nn.Module:
 
 
 def output_layers(blocks: Blocks, plan: TransformerPlan) -> list[str]:
-    """Names of the layers whose inputs lost units: output projections of pruned attention / FFN blocks."""
-    names = [
-        f"{u.name}.out_proj" if u.layout == "mha" else u.o for u in blocks.attention if u.name in plan.heads
-    ]
-    return names + [u.down for u in blocks.ffn if u.name in plan.neurons]
+    """Names of the output projections of blocks that lost heads, neurons or stream channels."""
+    names = []
+    for u in blocks.attention:
+        kept = plan.heads.get(u.name)
+        if kept is not None and (len(kept) < u.num_heads or plan.hidden is not None):
+            names.append(f"{u.name}.out_proj" if u.layout == "mha" else u.o)
+    for u in blocks.ffn:
+        kept = plan.neurons.get(u.name)
+        if kept is not None and (len(kept) < u.width or plan.hidden is not None):
+            names.append(u.down)
+    return names
 
 
 def reconstruct_outputs_(
@@ -75,7 +83,17 @@ def reconstruct_outputs_(
                 f"prune/transformer reconstruct=True: {name!r} is a transformers Conv1D, which is not refitted"
             )
     kept = {name: {"out": plan.hidden} for name in names}  # None: every output channel kept
-    return reconstruct_weights_(
-        small, reference_copy(original, blocks), loader, kept_indices=kept, num_batches=batches,
+    # refit on an observable copy (an nn.MultiheadAttention left whole, or an nn.TransformerEncoderLayer on its
+    # fused path, calls no Linear module), then copy the refitted weights into ``small`` (same names)
+    work = reference_copy(small, blocks)
+    report = reconstruct_weights_(
+        work, reference_copy(original, blocks), loader, kept_indices=kept, num_batches=batches,
         ridge=ridge, only=names,
     )  # fmt: skip
+    with torch.no_grad():
+        for name in names:
+            source, target = get_module(work, name), get_module(small, name)
+            target.weight.copy_(source.weight)
+            if target.bias is not None:
+                target.bias.copy_(source.bias)
+    return report

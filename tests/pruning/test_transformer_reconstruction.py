@@ -96,3 +96,16 @@ def test_reconstruct_on_a_hugging_face_bert():
         "encoder.layer.1.attention.output.dense", "encoder.layer.1.output.dense",
     ]  # fmt: skip
     assert all(r["error_after"] < r["error_before"] for r in s["reconstruction"]["layers"])
+
+
+def test_reconstruct_when_attention_stays_whole_refits_the_ffn_through_an_observable_copy():
+    model, x, loader = _vit(), torch.randn(1, 3, 32, 32), _loader()
+    # heads=0.1 keeps all 4 heads: the blocks stay nn.MultiheadAttention (fused path in eval, no module calls)
+    config = TransformerPruneConfig(heads=0.1, ffn=0.5, reconstruct=True, calib_batches=2)
+    small, s = transformer_prune(model, x, config, loader=loader)
+    assert type(small.encoder.layers[0].self_attn) is torch.nn.MultiheadAttention
+    names = [r["name"] for r in s["reconstruction"]["layers"]]
+    assert names == ["encoder.layers.0.linear2", "encoder.layers.1.linear2"]
+    plain = transformer_prune(model, x, TransformerPruneConfig(heads=0.1, ffn=0.5))[0]
+    assert not torch.equal(small.encoder.layers[1].linear2.weight, plain.encoder.layers[1].linear2.weight)
+    assert _error(small, model, loader) < _error(plain, model, loader)
