@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # run as `python benchmarks/vit_variants.py`
     import vit_pruning as vp
 
 PRUNE = re.compile(
-    r"^h(?P<h>[\d.]+)f(?P<f>[\d.]+)(?:d(?P<d>[\d.]+))?-(?P<imp>[a-z]+)(?P<rec>\+rec(?:all)?)?$"
+    r"^(?:(?P<glob>global)|h(?P<h>[\d.]+)f(?P<f>[\d.]+)(?:d(?P<d>[\d.]+))?)-(?P<imp>[a-z]+)(?P<rec>\+rec(?:all)?)?$"
 )
 FT = re.compile(
     r"^(?P<base>ce|kd(?P<a>[\d.]+)t(?P<t>[\d.]+))(?P<extra>(?:\+(?:hs|at)[\d.]+)*)(?:@(?P<lr>[\d.e-]+))?$"
@@ -64,7 +64,8 @@ def prune(
     if m is None:
         raise SystemExit(f"bad prune spec {spec!r}")
     config = TransformerPruneConfig(
-        heads=float(m["h"]), ffn=float(m["f"]), hidden=float(m["d"] or 0), importance=m["imp"],
+        heads=float(m["h"] or 0.5), ffn=float(m["f"] or 0.5), hidden=float(m["d"] or 0), importance=m["imp"],
+        allocation="global" if m["glob"] else "uniform",
         mac_target=args.mac_reduction, calib_batches=8, reconstruct=m["rec"] == "+rec",
     )  # fmt: skip
     seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
