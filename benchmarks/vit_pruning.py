@@ -140,7 +140,7 @@ def prune_ours(
 
     config = TransformerPruneConfig(
         heads=args.heads_share, ffn=args.ffn_share, importance=args.importance, mac_target=args.mac_reduction,
-        calib_batches=8, reconstruct=args.reconstruct,
+        calib_batches=8, reconstruct=args.reconstruct, allocation=args.allocation,
     )  # fmt: skip
     seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
     return transformer_prune(model, x, config, loader=train_loader(args, train))
@@ -353,11 +353,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads-share", type=float, default=0.5, help="heads share (the split mac_target scales)")
     p.add_argument("--ffn-share", type=float, default=0.5, help="FFN share (the split mac_target scales)")
     p.add_argument("--reconstruct", action="store_true", help="prune/transformer reconstruct=True")
+    p.add_argument("--allocation", choices=("uniform", "global"), default="uniform", help="prune/transformer")
     p.add_argument("--headline", choices=("ce", "kd"), default="kd", help="our row the targets judge")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight of the soft targets")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a loaded machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--run-seed", type=int, default=None, help="seed after the baseline (pruning data, fine-tunes)"
+    )
     p.add_argument("--cache", default=os.environ.get("NETCOMPRESS_VIT_CACHE", "/tmp/netcompress-vit"))
     p.add_argument("--baseline-only", action="store_true", help="train and cache the baseline, then stop")
     p.add_argument("--no-latency", action="store_true")
@@ -384,6 +388,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"baseline: {info['path']} (cache hit: {info['cache_hit']})", flush=True)
     if args.baseline_only:
         return {"baseline": info}
+    if (
+        args.run_seed is not None
+    ):  # the baseline (cached under --seed) stays; pruning data and fine-tunes re-seeded
+        args.seed = args.run_seed
     from netcompress.export import export_onnx
     from netcompress.pruning.transformer_pruning import count_macs
 

@@ -7,8 +7,9 @@ layer's inputs *in the pruned model*, already refitted upstream, against the sam
 original: :func:`netcompress.pruning.reconstruction.reconstruct_weights_` restricted to these layers).
 The idea of Kwon et al. 2022 ("A fast post-training pruning framework for transformers") and of ThiNet.
 
-Measured on the ViT of ``benchmarks/vit_pruning.py`` (heads + FFN at 2x fewer MACs): validation accuracy
-right after pruning 32.7 % -> 42.0 % (unpruned 46.5 %), and +0.6 points after the same 3-epoch fine-tune.
+Measured on the ViT of ``benchmarks/vit_pruning.py`` (8x8 patches, 2x fewer MACs, 3 heads of 4 and 32 of
+192 FFN neurons kept per block; held-out validation split): 35.8 % -> 40.7 % right after pruning (unpruned
+46.5 %); after the same 3-epoch fine-tune +0.1 to +0.6 points (benchmarks/RESULTS.md, issue 15 session 8).
 
 ``nn.MultiheadAttention`` runs its output projection inside a fused function (no module call to observe),
 so both models are observed through copies whose ``nn.MultiheadAttention`` blocks are
