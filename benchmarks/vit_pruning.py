@@ -4,12 +4,15 @@ One trained ``vit_tiny`` (dim 96, depth 4, 4 heads, MLP 192, 4x4 patches; AdamW,
 CPU protocol (10,000-image class-balanced training subset, the 10,000-image test set). Rows:
 
 - unpruned, and unpruned after the same fine-tune budget as every pruned row (the fair reference);
-- ours: ``prune/transformer`` (attention heads + FFN neurons) at 2x fewer MACs, fine-tuned with plain
-  cross entropy and with KD from the unpruned model (``distill/soft_targets``), same budget;
+- ours: ``prune/transformer`` (attention heads + FFN neurons, split ``--heads-share``/``--ffn-share``,
+  ``--reconstruct``, ``--allocation``) at 2x fewer MACs, fine-tuned with plain cross entropy and with KD
+  from the unpruned model (``distill/soft_targets``, ``--alpha``/``--temperature``), same budget;
 - Torch-Pruning (``tp.pruner.MetaPruner``, group magnitude importance, optional import) on the same model
-  at the same MACs, same budget. On ``nn.MultiheadAttention`` Torch-Pruning prunes the embedding width
-  (head_dim shrinks, heads stay) together with the residual stream, plus FFN neurons;
-- ours, KD, then static int8 (ONNX Runtime, QDQ).
+  at the same MACs (``--tp-exact``: one width step wider, then FFN neurons, to land on the target), the
+  same budget and the same two fine-tunes. On ``nn.MultiheadAttention`` Torch-Pruning prunes the embedding
+  width (head_dim shrinks, heads stay) together with the residual stream, plus FFN neurons;
+- our ``--headline`` row (ce or kd, chosen on the validation split with ``vit_variants.py``), then static
+  int8 (ONNX Runtime, QDQ).
 
 Columns: MACs, params, test accuracy, ONNX Runtime latency at batch 64 (median of interleaved rounds,
 labelled with the load average: the machine is shared). Targets printed PASS/FAIL: ours at <= 0.5x MACs
@@ -19,6 +22,9 @@ The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), 
 
     nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --baseline-only
     nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --finetune-epochs 3
+    nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --finetune-epochs 3 \
+        --heads-share 0.25 --ffn-share 0.75 --reconstruct --finetune-lr 1e-3 --alpha 0.5 --temperature 2 \
+        --headline ce --tp-exact [--run-seed 1 --no-latency]     # session 8
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
