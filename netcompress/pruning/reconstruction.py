@@ -123,6 +123,7 @@ def reconstruct_weights_(
     kept_indices: Kept,
     num_batches: int = 10,
     ridge: float = 1e-3,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Refit ``pruned``'s Conv/Linear weights (in place) so every layer reproduces ``original``'s outputs.
 
@@ -134,6 +135,7 @@ def reconstruct_weights_(
         kept_indices: ``summary["kept_indices"]`` of the pruning call: which output channels of each
             layer survived (their original outputs are the targets).
         ridge: Tikhonov term, relative to the mean diagonal of the inputs' Gram matrix.
+        only: refit only these layers (names; default every Conv/Linear layer the forward calls).
 
     Memory grows with the batch: a layer's inputs are unfolded to (positions, in_channels x kernel) in
     float64, at most ``MAX_ROWS_PER_BATCH`` positions per batch (evenly spaced beyond that). Time: two
@@ -153,6 +155,11 @@ def reconstruct_weights_(
     layers, skipped = [], []
     with eval_mode(pruned), eval_mode(original):
         names = _call_order(pruned, batches[0])
+        if only is not None:
+            missing = sorted(set(only) - set(names))
+            if missing:
+                raise ConfigError(f"reconstruct_weights: layers {missing} are not called by the pruned model")
+            names = [name for name in names if name in set(only)]
         original_names = dict(original.named_modules())
         for name in names:
             layer = pruned.get_submodule(name)

@@ -43,12 +43,15 @@ from netcompress.core.inputs import call_model, check_inputs
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.transformer_allocation import plan_global
 from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, find_blocks
 from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
+from netcompress.pruning.transformer_reconstruction import reconstruct_outputs_
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
 from netcompress.pruning.transformer_verify import verify_pruned
 
 GQA_MODES = ("groups", "queries")
+ALLOCATIONS = ("uniform", "global")
 
 
 @dataclasses.dataclass
@@ -63,7 +66,12 @@ class TransformerPruneConfig(Config):
     kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole. ``mac_target``
     (e.g. 2.0; 0 = off): scale ``heads``/``ffn``/``hidden`` by one factor (they set the split, each capped at
     0.95), the smallest that leaves ``mac_target`` times fewer MACs on the example inputs; the summary holds
-    the shares used and the MACs reached.
+    the shares used and the MACs reached. ``allocation``: ``uniform`` (the shares above, the same in every
+    block) or ``global`` (``transformer_allocation``: with ``mac_target``, heads and neurons ranked over all
+    blocks and the split searched for the largest kept score; ``heads``/``ffn`` = 0 keeps that kind whole,
+    the share values are otherwise unused). ``reconstruct``: after the verified prune, refit each pruned block's
+    output projection (attention out, FFN down) by least squares to the unpruned model's outputs on
+    ``calib_batches`` batches (``transformer_reconstruction``); the summary gains ``reconstruction``.
     """
 
     heads: float = 0.25
@@ -76,6 +84,8 @@ class TransformerPruneConfig(Config):
     calib_batches: int = 4
     ignore: list[str] = dataclasses.field(default_factory=list)
     mac_target: float = 0.0
+    reconstruct: bool = False
+    allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         for name in ("heads", "ffn", "hidden"):
@@ -85,6 +95,11 @@ class TransformerPruneConfig(Config):
         check_range("min_heads", self.min_heads, 1)
         check_range("round_to", self.round_to, 1)
         check_range("calib_batches", self.calib_batches, 1)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        if self.allocation == "global" and (not self.mac_target or self.hidden > 0):
+            raise ConfigError(
+                "allocation='global' spends a mac_target over heads and FFN neurons: set mac_target, hidden=0"
+            )
         if self.mac_target and self.mac_target <= 1.0:
             raise ConfigError(
                 f"mac_target={self.mac_target!r} must be above 1 (e.g. 2.0 for half the MACs), or 0"
@@ -241,6 +256,8 @@ def transformer_prune(
     if example_inputs is None:
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
     check_inputs(example_inputs)
+    if config.reconstruct and loader is None:
+        raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
     _check_blocks(blocks, config)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
@@ -248,7 +265,10 @@ def transformer_prune(
     scores = unit_importance(
         model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
     )
-    if config.mac_target:
+    if config.allocation == "global":
+        plan = plan_global(model, blocks, scores, config, width, lambda m: count_macs(m, example_inputs))
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    elif config.mac_target:
         config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
     else:
         plan = plan_transformer_pruning(blocks, scores, config, width)
@@ -259,6 +279,9 @@ def transformer_prune(
         **config.to_dict(),
         **_summary(model, small, blocks, plan, example_inputs),
     }
+    if config.reconstruct:
+        report = reconstruct_outputs_(model, small, blocks, plan, loader, batches=config.calib_batches)
+        summary["reconstruction"] = report
     return small, summary
 
 
@@ -329,6 +352,8 @@ def prune_transformer(
     calib_batches: int = TransformerPruneConfig.calib_batches,
     ignore: Iterable[str] = (),
     mac_target: float = TransformerPruneConfig.mac_target,
+    reconstruct: bool = TransformerPruneConfig.reconstruct,
+    allocation: str = TransformerPruneConfig.allocation,
     loader: Any = None,
     config: TransformerPruneConfig | None = None,
 ) -> nn.Module:
@@ -348,6 +373,7 @@ def prune_transformer(
             {
                 "heads": heads, "ffn": ffn, "hidden": hidden, "importance": importance, "min_heads": min_heads,
                 "gqa": gqa, "round_to": round_to, "calib_batches": calib_batches, "ignore": list(ignore), "mac_target": mac_target,
+                "reconstruct": reconstruct, "allocation": allocation,
             },
             where="prune_transformer",
         )  # fmt: skip

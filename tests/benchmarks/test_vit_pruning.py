@@ -81,3 +81,33 @@ def test_quick_run_end_to_end(tmp_path):
     names = [r["name"] for r in out["rows"]]
     assert names[:2] == ["unpruned", "unpruned + fine-tune"] and "ours, KD, int8 (static, ORT)" in names
     assert len(out["targets"]) in (2, 3) and (tmp_path / "r.json").exists()
+
+
+def test_headline_ce_judges_the_ce_rows():
+    vp = _load()
+    rows = _rows(0.60, 0.70, 0.70)  # the KD rows: ours behind Torch-Pruning
+    rows["ours"] = {**rows["ours, KD"], "name": "ours", "accuracy": 0.695}
+    rows["Torch-Pruning"] = {**rows["Torch-Pruning, KD"], "name": "Torch-Pruning", "accuracy": 0.69}
+    assert [p for _, p in vp.targets(rows, 1, "kd")] == [True, False, False]
+    assert [p for _, p in vp.targets(rows, 1, "ce")] == [True, True, True]
+
+
+def test_torch_pruning_exact_lands_on_the_target_with_a_wider_stream():
+    pytest.importorskip("torch_pruning")
+    vp = _load()
+    torch.manual_seed(0)
+    model = nc.models.create("vit_tiny", dim=32, depth=2, heads=4, mlp_dim=64, patch_size=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    plain, info = vp.prune_torch_pruning(vp.parse_args(["--quick"]), model, x)
+    exact, exact_info = vp.prune_torch_pruning(vp.parse_args(["--quick", "--tp-exact"]), model, x)
+    assert exact.cls_token.shape[-1] == plain.cls_token.shape[-1] + 4  # one round_to step wider
+    assert 2.0 <= exact_info["mac_reduction"] <= info["mac_reduction"]
+    ffn = exact.encoder.layers[0].linear1.out_features
+    assert exact_info["ffn_after"] == ffn and all(
+        layer.linear1.out_features == ffn for layer in exact.encoder.layers
+    )
+    # one neuron more per layer and the target is missed: the fewest removed
+    macs = count_macs(model, x)
+    per_neuron = 2 * 17 * exact.cls_token.shape[-1] * len(exact.encoder.layers)
+    assert macs / (count_macs(exact, x) + per_neuron) < 2.0
+    assert exact(torch.randn(2, 3, 32, 32)).shape == (2, 10)
