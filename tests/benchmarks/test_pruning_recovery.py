@@ -27,7 +27,8 @@ def test_checks_cover_every_latency_and_8x_row() -> None:
         {"method": "nc_macs_high", "acc_after": 0.6893, "mac_reduction": 9.10},
         {"method": "tp_magnitude_macs_high", "acc_after": 0.6946, "mac_reduction": 8.00},
     ]  # fmt: skip
-    lines = pl.latency_checks(rows, 2.5, _acc, high=8.0)
+    # without torch-pruning installed (CI) the checks also say its rows are skipped: not a row check
+    lines = [line for line in pl.latency_checks(rows, 2.5, _acc, high=8.0) if line != pl.TP_MISSING]
     assert lines[0].startswith("nc_latency_kd ORT batch-64 speed-up after fine-tuning 2.40x for 2.5x")
     assert "PASS" in lines[0]  # 2.40 >= 2.5 / 1.05
     assert (
