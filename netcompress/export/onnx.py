@@ -183,6 +183,11 @@ def export_onnx(
         raise ConfigError(
             "int8=True needs a fake-quantized model (nc.quantize(...)); this one has no quantizers"
         )
+    int8_arithmetic = None
+    if int8:  # the copy computes as ORT's int8 kernels do (int32 biases, their rounding): check compares like
+        from netcompress.quantization.int_arithmetic import match_int8_kernels_
+
+        int8_arithmetic = match_int8_kernels_(work)
     with torch.no_grad():
         outputs = ExportCall(work, spec, output_names)(*spec.tensors)
     out_names = list(output_names) if output_names is not None else ["output"]
@@ -246,6 +251,8 @@ def export_onnx(
     }
     if rewrites:
         summary["qdq_rewrites"] = rewrites
+    if int8_arithmetic is not None:
+        summary["int8_arithmetic"] = int8_arithmetic
     if dynamic_info is not None:
         summary["dynamic_int8"] = dynamic_info
     if nbits_info is not None:
