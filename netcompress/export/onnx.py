@@ -159,7 +159,10 @@ def export_onnx(
 
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
-    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``).
+    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``). The model is
+    exported and checked as a copy that computes what the int8 kernels compute (biases on the int32
+    grid, ``QLinearConv``/``QLinearAdd``/... rounding: :func:`netcompress.quantization.int_arithmetic.
+    match_int8_kernels_`; counts in ``int8_arithmetic``), so the check compares like with like.
     ``check=True`` runs the file in ONNX Runtime on ``example_inputs``, on a random batch of
     ``check_batch_size`` and (with a dynamic sequence) on a shorter sequence, and reports max abs
     difference and top-1 agreement with PyTorch; it raises :class:`ExportMismatchError` (naming

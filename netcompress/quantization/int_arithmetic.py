@@ -14,15 +14,22 @@ raised until it fits, as ONNX Runtime's own quantizer does.
 
 **Requantization.** With biases on the grid, float32 rounding still flips a few codes (3 of
 ~700,000 on that image, each amplified downstream). :func:`match_int8_kernels_` also makes each
-convolution between two static per-tensor quantizers compute as ``QLinearConv`` does in eval mode:
-the exact integer accumulator (float64), times the float32 multiplier ``s_x * s_w / s_y``, rounded
-half to even, plus the output zero point, clamped; the output quantizer then sees values on its
-grid. Tracing for export (and training) uses the plain fake-quant forward. Layers whose input is not
-a static per-tensor quantizer's output are left as they are.
+convolution (and 2-D linear) between two static per-tensor quantizers compute as ``QLinearConv`` /
+``QGemm`` do in eval mode: the exact integer accumulator (integer codes summed in float64), times
+the float32 multiplier ``s_x * s_w / s_y``, rounded half to even, plus the output zero point,
+clamped; the output quantizer then sees values on its grid. Adds and global average pooling
+between quantizers get the same treatment (int_graph_ops.py). Tracing for export, training, and
+quantizers that observe or are off use the plain fake-quant forward.
+
+``export_onnx(int8=True)`` applies it to the copy it exports and checks (the ORT file of
+EfficientNet-Lite0 is then bit-identical to it); apply it to a quantized model to evaluate in
+PyTorch exactly what the file computes. It is the last step: a quantized layer's output is then
+its output quantizer's value, which calibration, range search, AdaRound or sensitivity analysis
+do not expect, so it is not part of ``ptq_static``.
 
 Example:
-    >>> match_int8_kernels_(qmodel)    # after calibration / AdaRound / bias correction
-    {'snapped': 49, 'max_shift': 0.5, 'rescaled': {}, 'integer_requant': 49}
+    >>> match_int8_kernels_(qmodel)    # EfficientNet-Lite0 after ptq_static
+    {'snapped': 50, 'max_shift': 0.5, 'rescaled': {}, 'integer_requant': 50, 'integer_adds': 9, 'integer_pools': 1}
 """
 
 from __future__ import annotations
@@ -236,7 +243,7 @@ def match_int8_kernels_(model: nn.Module) -> dict[str, Any]:
 
     Example:
         >>> match_int8_kernels_(qmodel)["integer_requant"]
-        49
+        50
     """
     info = snap_biases_(model)
     inputs, outputs = input_quantizers(model), output_quantizers(model)

@@ -29,7 +29,6 @@ from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.embeddings import EMBEDDING_MODES, check_embedding_options, quantize_embeddings_
 from netcompress.quantization.equalization import equalize_cross_layer_
-from netcompress.quantization.int_arithmetic import match_int8_kernels_
 from netcompress.quantization.kernel_calls import own_forward_problem
 from netcompress.quantization.modules import is_quantizable, quantizers
 from netcompress.quantization.observers import OBSERVERS
@@ -274,8 +273,6 @@ def run_ptq(
         info["bias_correction"] = correct_bias_(qmodel, calib_loader, num_batches=min(8, s.num_calib_batches))
     qmodel.eval()
     info["relu6_absorbed"] = absorb_relu6_(qmodel)
-    # int32 biases and the int8 kernels' rounding: the model computes what the ONNX Runtime file does
-    info["int8_arithmetic"] = match_int8_kernels_(qmodel)
     info["float_modules"] = float_modules(qmodel)
     return Result(model=qmodel, summary={**info, **quantization_summary(qmodel)})
 

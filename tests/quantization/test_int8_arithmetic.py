@@ -56,19 +56,22 @@ def _model() -> nn.Module:
     return model
 
 
-def _quantized(monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[nn.Module, dict, torch.Tensor]:
+def _quantized() -> tuple[nn.Module, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     calib = [(torch.randn(16, 3, 16, 16, generator=gen), torch.zeros(16)) for _ in range(2)]
     cfg = PTQStaticConfig(
         granularity="per_channel", scheme="symmetric", bias_correction=True, num_calib_batches=2
     )
-    result = apply(_model(), cfg, MethodData(calib_loader=calib))
-    return result.model, result.summary, torch.randn(64, 3, 16, 16, generator=gen)
+    return apply(_model(), cfg, MethodData(calib_loader=calib)).model, torch.randn(
+        64, 3, 16, 16, generator=gen
+    )
 
 
 def test_ort_file_equals_fake_quant_model(tmp_path) -> None:
-    qmodel, summary, images = _quantized()
-    info = summary["int8_arithmetic"]
+    qmodel, images = _quantized()
+    path = tmp_path / "q.onnx"
+    exported = export_onnx(qmodel, path, images[:1], int8=True, check=True, check_batch_size=16)
+    info = exported["int8_arithmetic"]  # export's copy computes as the int8 kernels; qmodel is untouched
     # 4 convs + the linear head; the residual add; the global average pooling
     assert (info["snapped"], info["integer_requant"], info["integer_adds"], info["integer_pools"]) == (
         5,
@@ -77,41 +80,43 @@ def test_ort_file_equals_fake_quant_model(tmp_path) -> None:
         1,
     )
     assert info["max_shift"] <= 0.5 and info["rescaled"] == {}
-    exported = export_onnx(
-        qmodel, tmp_path / "q.onnx", images[:1], int8=True, check=True, check_batch_size=16
-    )
-    assert exported["int8_op_counts"]["QLinearConv"] == 4 and exported["int8_op_counts"]["QLinearAdd"] == 1
-    assert exported["int8_op_counts"]["QLinearGlobalAveragePool"] == 1
+    assert not any(isinstance(m, (Int8Add, Int8GlobalAvgPool)) for m in qmodel.modules())
+    counts = exported["int8_op_counts"]
+    assert (counts["QLinearConv"], counts["QLinearAdd"], counts["QLinearGlobalAveragePool"]) == (4, 1, 1)
     assert exported["check"]["max_abs_diff"] == 0.0  # bit-identical, on the example and a random batch
-    found = first_divergence(qmodel, tmp_path / "q.onnx", images, tolerance=1e-6)
+    match_int8_kernels_(qmodel)
+    found = first_divergence(qmodel, path, images, tolerance=1e-6)
     assert found is not None and not found["exceeds"] and found["rel_diff"] == 0.0, found
+    assert check_onnx(qmodel, path, images, batch_size=0)["max_abs_diff"] == 0.0
 
 
 def test_without_int8_arithmetic_the_file_diverges(tmp_path, monkeypatch) -> None:
-    """The same model with the float32 fake-quant arithmetic (the behaviour before the fix) is codes away."""
-    no_op = lambda model: {}  # noqa: E731
-    monkeypatch.setattr("netcompress.quantization.ptq.match_int8_kernels_", no_op)
-    monkeypatch.setattr("netcompress.quantization.int_arithmetic.match_int8_kernels_", no_op)
-    qmodel, _, images = _quantized()
-    exported = export_onnx(qmodel, tmp_path / "q.onnx", images[:1], int8=True, check=False)
-    assert exported["int8_arithmetic"] == {}  # the patched no-op ran
-    found = first_divergence(qmodel, tmp_path / "q.onnx", images, tolerance=1e-6)
+    """The float32 fake-quant arithmetic (the behaviour before the fix): codes away, amplified by the depthwise conv."""
+    monkeypatch.setattr("netcompress.quantization.int_arithmetic.match_int8_kernels_", lambda model: {})
+    qmodel, images = _quantized()
+    path = tmp_path / "q.onnx"
+    exported = export_onnx(
+        qmodel, path, images[:1], int8=True, check=True, tolerance=0.5, check_batch_size=16
+    )
+    assert exported["int8_arithmetic"] == {} and exported["check"]["max_rel_diff"] > 0.003
+    found = first_divergence(qmodel, path, images, tolerance=1e-6)
     assert found["exceeds"] and found["op_type"] == "QLinearConv", found  # a code flipped at the first conv
-    amplified = first_divergence(qmodel, tmp_path / "q.onnx", images, tolerance=0.01)
+    amplified = first_divergence(qmodel, path, images, tolerance=0.01)
     assert amplified["exceeds"] and amplified["module"] == "act_quant.dw_0_out", (
         amplified
     )  # 3 codes: the gain
-    assert check_onnx(qmodel, tmp_path / "q.onnx", images, batch_size=0)["max_rel_diff"] > 0.003
+    assert check_onnx(qmodel, path, images, batch_size=0)["max_rel_diff"] > 0.003
 
 
 def test_match_is_idempotent_and_survives_deepcopy() -> None:
     import copy
 
-    qmodel, _, images = _quantized()
+    qmodel, images = _quantized()
+    match_int8_kernels_(qmodel)
     with torch.no_grad():
         before = qmodel(images)
     again = match_int8_kernels_(qmodel)
-    assert (again["integer_adds"], again["integer_pools"]) == (1, 1)
+    assert (again["integer_requant"], again["integer_adds"], again["integer_pools"]) == (5, 1, 1)
     assert sum(isinstance(m, (Int8Add, Int8GlobalAvgPool)) for m in qmodel.modules()) == 2
     twin = copy.deepcopy(qmodel)
     with torch.no_grad():
