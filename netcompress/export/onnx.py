@@ -159,7 +159,10 @@ def export_onnx(
 
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
-    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``).
+    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``). The model is
+    exported and checked as a copy that computes what the int8 kernels compute (biases on the int32
+    grid, ``QLinearConv``/``QLinearAdd``/... rounding: :func:`netcompress.quantization.int_arithmetic.
+    match_int8_kernels_`; counts in ``int8_arithmetic``), so the check compares like with like.
     ``check=True`` runs the file in ONNX Runtime on ``example_inputs``, on a random batch of
     ``check_batch_size`` and (with a dynamic sequence) on a shorter sequence, and reports max abs
     difference and top-1 agreement with PyTorch; it raises :class:`ExportMismatchError` (naming
@@ -183,6 +186,11 @@ def export_onnx(
         raise ConfigError(
             "int8=True needs a fake-quantized model (nc.quantize(...)); this one has no quantizers"
         )
+    int8_arithmetic = None
+    if int8:  # the copy computes as ORT's int8 kernels do (int32 biases, their rounding): check compares like
+        from netcompress.quantization.int_arithmetic import match_int8_kernels_
+
+        int8_arithmetic = match_int8_kernels_(work)
     with torch.no_grad():
         outputs = ExportCall(work, spec, output_names)(*spec.tensors)
     out_names = list(output_names) if output_names is not None else ["output"]
@@ -246,6 +254,8 @@ def export_onnx(
     }
     if rewrites:
         summary["qdq_rewrites"] = rewrites
+    if int8_arithmetic is not None:
+        summary["int8_arithmetic"] = int8_arithmetic
     if dynamic_info is not None:
         summary["dynamic_int8"] = dynamic_info
     if nbits_info is not None:
