@@ -199,23 +199,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "*" in prune_spec:  # iterative: prune and fine-tune in steps, same total budget
             spec, steps = prune_spec.split("*")
             tuned, summary = iterative(args, spec, int(steps), ft_spec, model, train, x)
-            r = {
-                "variant": variant, "val_before_ft": None, "val_acc": evaluate(tuned, val)["accuracy"],
-                "mac_reduction": round(base / count_macs(tuned, x), 3), "prune": summary,
-                "wall_s": round(time.perf_counter() - started), "load": os.getloadavg(),
-                "finetune_epochs": args.finetune_epochs, "val_size": own.val_size, "seed": args.seed,
-            }  # fmt: skip
-            print(json.dumps(r), flush=True)
-            rows.append(r)
-            if own.out:
-                with open(own.out, "a") as f:
-                    f.write(json.dumps(r) + "\n")
-            continue
-        if prune_spec not in pruned:
-            pruned[prune_spec] = prune(args, prune_spec, model, train, x)
-        small, summary = pruned[prune_spec]
-        before = evaluate(small, val)["accuracy"]
-        tuned = finetune(args, ft_spec, small, model, train, x)
+            before = None
+        else:
+            if prune_spec not in pruned:
+                pruned[prune_spec] = prune(args, prune_spec, model, train, x)
+            small, summary = pruned[prune_spec]
+            before = evaluate(small, val)["accuracy"]
+            tuned = finetune(args, ft_spec, small, model, train, x)
         r = {
             "variant": variant, "val_before_ft": before, "val_acc": evaluate(tuned, val)["accuracy"],
             "mac_reduction": round(base / count_macs(tuned, x), 3), "prune": summary,
