@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,6 +58,27 @@ from netcompress.quantization.tracing import is_relu, module_of
 INT32_BIAS_LIMIT = 2**31 - 2**16
 
 
+def _layer_quantizers(
+    model: nn.Module, attr: str, from_graph: Callable[[fx.GraphModule, fx.Node], FakeQuantize | None]
+) -> dict[str, FakeQuantize]:
+    """``{layer name: quantizer}``: each QuantLayer's own ``attr`` quantizer if it is static per-tensor,
+    else (traced models) what ``from_graph(model, node)`` finds around the layer's call."""
+    found: dict[str, FakeQuantize] = {}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+    for name, m in layers.items():
+        q = getattr(m, attr)
+        if q is not None and static_per_tensor(q):
+            found[name] = q
+    if isinstance(model, fx.GraphModule):
+        for node in model.graph.nodes:
+            if node.op != "call_module" or node.target not in layers or node.target in found:
+                continue
+            q = from_graph(model, node)
+            if q is not None:
+                found[node.target] = q
+    return found
+
+
 def input_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
     """``{layer name: the quantizer whose output is its input}`` for each QuantLayer that has one.
 
@@ -64,19 +86,9 @@ def input_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
     layer's input through ops that keep the grid (reshapes, flatten, max pooling, zero padding).
     Only static per-tensor quantizers of at most 8 bits count (what an int8 kernel's input is).
     """
-    found: dict[str, FakeQuantize] = {}
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
-    for name, m in layers.items():
-        if m.input_fq is not None and static_per_tensor(m.input_fq):
-            found[name] = m.input_fq
-    if isinstance(model, fx.GraphModule):
-        for node in model.graph.nodes:
-            if node.op != "call_module" or node.target not in layers or node.target in found:
-                continue
-            q = source_quantizer(model, node.args[0]) if node.args else None
-            if q is not None:
-                found[node.target] = q
-    return found
+    return _layer_quantizers(
+        model, "input_fq", lambda gm, node: source_quantizer(gm, node.args[0]) if node.args else None
+    )
 
 
 def _weight_scale(m: QuantLayer, channels: int) -> torch.Tensor | None:
@@ -137,24 +149,17 @@ def snap_biases_(model: nn.Module) -> dict[str, Any]:
 
 def output_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
     """``{layer name: the quantizer its output goes to}`` (through a ReLU at most), static per-tensor only."""
-    found: dict[str, FakeQuantize] = {}
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
-    for name, m in layers.items():
-        if m.output_fq is not None and static_per_tensor(m.output_fq):
-            found[name] = m.output_fq
-    if isinstance(model, fx.GraphModule):
-        for node in model.graph.nodes:
-            if node.op != "call_module" or node.target not in layers or node.target in found:
-                continue
-            cur = node
-            if len(cur.users) == 1 and is_relu(model, next(iter(cur.users))):
-                cur = next(iter(cur.users))
-            if len(cur.users) != 1:
-                continue
-            q = module_of(model, next(iter(cur.users)))
-            if static_per_tensor(q):
-                found[node.target] = q
-    return found
+
+    def from_graph(gm: fx.GraphModule, node: fx.Node) -> FakeQuantize | None:
+        cur = node
+        if len(cur.users) == 1 and is_relu(gm, next(iter(cur.users))):
+            cur = next(iter(cur.users))
+        if len(cur.users) != 1:
+            return None
+        q = module_of(gm, next(iter(cur.users)))
+        return q if static_per_tensor(q) else None
+
+    return _layer_quantizers(model, "output_fq", from_graph)
 
 
 class _IntegerKernel(TorchFunctionMode):
