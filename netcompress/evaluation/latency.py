@@ -9,6 +9,9 @@ How a timing is taken (the lessons of the benchmarks, for every caller):
 - **Interleaved rounds** (:func:`time_rounds`): every model and batch size is timed a few forwards
   at a time, round after round in a rotated order, so load drift on a shared machine hits all of
   them alike instead of whichever happened to run last.
+- **One runtime at a time**: several ONNX Runtime sessions timed in turn in one process are timed
+  without spinning (a model with ``without_spinning()``, e.g. ``OrtModel``, is swapped for that
+  copy): a session's idle threads otherwise spin on the cores the next session needs.
 - **Summary** (:func:`latency_summary`): ``p50_ms`` is the median of the rounds' medians (one round
   hit by load moves it little), ``p95_ms`` the 95th percentile of all timed forwards, and ``spread``
   the relative width of the middle 90 % of them, ``(p95 - p5) / p50`` (0 when every forward took
@@ -189,6 +192,12 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def _quiet(model: nn.Module) -> nn.Module:
+    """``model.without_spinning()`` where the model offers it (an ONNX Runtime session), else ``model``."""
+    quiet = getattr(model, "without_spinning", None)
+    return quiet() if callable(quiet) else model
+
+
 def time_rounds(
     models: Mapping[str, nn.Module],
     example_inputs: Any,
@@ -231,6 +240,8 @@ def time_rounds(
         raise ConfigError(f"repeats={repeats} must be >= 1")
     keep_heap_warm()
     names = list(models)
+    if len(names) > 1:  # spinning runtimes would steal each other's cores: time them quietly
+        models = {name: _quiet(model) for name, model in models.items()}
     inputs = {
         (name, b): move_inputs(
             given if batch_sizes is None else expand_batch(given, b), model_device(models[name])

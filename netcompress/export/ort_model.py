@@ -17,14 +17,19 @@ from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.export.onnx_inputs import ort_feed
 
 
-def ort_session(path: str | os.PathLike, *, threads: int = 1, optimized_path: str | None = None) -> Any:
+def ort_session(
+    path: str | os.PathLike, *, threads: int = 1, optimized_path: str | None = None, spinning: bool = True
+) -> Any:
     """An ONNX Runtime CPU session (``threads`` intra-op); with ``optimized_path`` it also writes the
-    extended-level optimised graph there."""
+    extended-level optimised graph there. ``spinning=False`` makes the intra-op threads sleep between
+    runs instead of spinning (ORT's ``session.intra_op.allow_spinning``; see :class:`OrtModel`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         # extended level: QDQ fusion and constant folding of weight QDQ into int8 initializers,
         # but no hardware-specific layout transforms, so the saved file stays portable
@@ -39,14 +44,22 @@ class OrtModel(nn.Module):
     Being an ``nn.Module`` (without parameters) it plugs into ``netcompress.evaluation`` for
     accuracy and latency. The session is rebuilt after unpickling or deepcopy.
 
+    ``spinning`` (default True, ONNX Runtime's default) lets the intra-op threads spin for work after
+    a run. Several sessions in one process timed in turn should not spin: each session's spinning
+    pool then steals the cores of the next one (EfficientNet-Lite0 at batch 16 on 2 cores: 9.4 ms
+    interleaved with two other sessions vs 5.6 ms alone; 6.5 ms interleaved without spinning, the
+    int8 / float ratio then as measured alone). :func:`~netcompress.evaluation.time_rounds` asks for
+    :meth:`without_spinning` copies when it times more than one model.
+
     Example:
         >>> ort_model = OrtModel("model_int8.onnx"); logits = ort_model(torch.randn(4, 3, 32, 32))
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int = 1, spinning: bool = True) -> None:
         super().__init__()
         self.path = str(path)
         self.threads = threads
+        self.spinning = spinning
         if not Path(self.path).is_file():
             raise CheckpointError(f"ONNX file not found: {self.path}")
         self._session = None
@@ -55,7 +68,7 @@ class OrtModel(nn.Module):
     def session(self) -> Any:
         if self._session is None:
             try:
-                self._session = ort_session(self.path, threads=self.threads)
+                self._session = ort_session(self.path, threads=self.threads, spinning=self.spinning)
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise CheckpointError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         return self._session
@@ -81,7 +94,11 @@ class OrtModel(nn.Module):
         return state
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OrtModel:
-        return OrtModel(self.path, threads=self.threads)
+        return OrtModel(self.path, threads=self.threads, spinning=self.spinning)
+
+    def without_spinning(self) -> OrtModel:
+        """The same file in a session whose threads sleep between runs (for timing beside others)."""
+        return OrtModel(self.path, threads=self.threads, spinning=False)
 
     def extra_repr(self) -> str:
-        return f"path={self.path!r}, threads={self.threads}"
+        return f"path={self.path!r}, threads={self.threads}, spinning={self.spinning}"

@@ -97,3 +97,50 @@ def test_torch_threads_restores_the_count() -> None:
         assert torch.get_num_threads() == before
     with pytest.raises(ConfigError), torch_threads(0):
         pass
+
+
+class _Spinner(nn.Linear):
+    """Stands in for an ONNX Runtime session: offers a quiet copy and counts who ran."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        super().__init__(4, 2)
+        self.log, self.name = log, name
+
+    def without_spinning(self) -> _Spinner:
+        return _Spinner(self.log, self.name + " quiet")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        return super().forward(x)
+
+
+def test_several_runtimes_are_timed_without_spinning_one_alone_as_given() -> None:
+    log: list[str] = []
+    time_rounds(
+        {"a": _Spinner(log, "a"), "b": _Spinner(log, "b"), "t": nn.Linear(4, 2)},
+        torch.randn(1, 4),
+        rounds=2,
+        repeats=2,
+        warmup=1,
+    )
+    assert set(log) == {"a quiet", "b quiet"} and len(log) == 2 * (2 + 2)  # 2 rounds x (1 warm-up + 1 timed)
+    log.clear()
+    time_rounds({"a": _Spinner(log, "a")}, torch.randn(1, 4), rounds=1, repeats=3, warmup=0)
+    assert log == ["a", "a", "a"]
+
+
+def test_ort_model_without_spinning_sets_the_session_entry(tmp_path) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from netcompress.export.onnx import OrtModel, export_onnx
+
+    model = nn.Linear(4, 2).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, torch.randn(1, 4))
+    spinning, quiet = OrtModel(path), OrtModel(path).without_spinning()
+    assert not quiet.spinning and spinning.spinning and quiet.path == spinning.path
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning.session.get_session_options().get_session_config_entry(entry)  # not set: ORT's default
+    x = torch.randn(3, 4)
+    assert torch.allclose(quiet(x), spinning(x))
