@@ -150,3 +150,25 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def tiny_bert() -> nn.Module:
+    """A 2-layer Hugging Face BERT (hidden 32, 4 heads, FFN 37, vocabulary 99) with seed-0 weights, eval mode."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
+    )
+    return transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def bert_batches(seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
+    """``n`` dict batches for :func:`tiny_bert`: 8 x 12 token ids and a mask with one padded row."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 99, (8, 12), generator=gen)
+        mask = torch.ones(8, 12, dtype=torch.long)
+        mask[0, 8:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out

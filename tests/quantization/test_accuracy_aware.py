@@ -16,7 +16,7 @@ from netcompress.quantization.accuracy_aware import _moves
 from netcompress.quantization.fidelity import Outputs, resolve_bounds, score_outputs, shortfall
 from netcompress.quantization.modules import QuantLayer
 
-from .conftest import SmallCNN
+from .conftest import SmallCNN, bert_batches, tiny_bert
 
 
 def _cnn(*, outliers=("classifier",)) -> nn.Module:
@@ -177,24 +177,11 @@ def test_slower_in_int8_margin():
 # --- a tiny Hugging Face BERT: dict batches, embedding metric, dynamic int8 ---
 
 
-def _bert_batches(seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 99, (8, 12), generator=gen)
-        mask = torch.ones(8, 12, dtype=torch.long)
-        mask[0, 8:] = 0
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
+_bert_batches = bert_batches
 
 
 def test_tiny_bert_dynamic_keeps_the_damaged_linear_float_for_cosine():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
-    )
-    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    model = tiny_bert()
     damaged = "encoder.layer.1.output.dense"
     with torch.no_grad():  # a dead FFN neuron (GELU(-10) ~ 0) with a huge outgoing weight
         model.get_submodule("encoder.layer.1.intermediate.dense").weight[0] = 0.0
@@ -213,15 +200,10 @@ def test_tiny_bert_dynamic_keeps_the_damaged_linear_float_for_cosine():
 
 
 def test_input_smoothing_keeps_the_function_folds_into_value_and_lowers_int8_error():
-    transformers = pytest.importorskip("transformers")
     from netcompress.quantization import quantize
     from netcompress.quantization.input_smoothing import ScaledInputLinear, smooth_inputs
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
-    )
-    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    model = tiny_bert()
     with torch.no_grad():  # outlier channels in the residual stream, as trained encoders have
         for ln in (
             "embeddings.LayerNorm",

@@ -12,6 +12,8 @@ from netcompress.quantization import quantize
 from netcompress.quantization.input_smoothing import smooth_inputs
 from netcompress.quantization.outlier_split import OutlierSplitLinear, split_linear, split_outliers
 
+from .conftest import bert_batches, tiny_bert
+
 transformers = pytest.importorskip("transformers")
 
 FFN_OUT = r"re:encoder\.layer\.\d+\.output\.dense"
@@ -19,26 +21,14 @@ OUTLIER = 5  # the planted outlier channel of every GELU output
 
 
 def _bert() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
-    )
-    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    model = tiny_bert()
     with torch.no_grad():  # one GELU channel far above the others, as trained encoders have
         for i in (0, 1):
             model.get_submodule(f"encoder.layer.{i}.intermediate.dense").bias[OUTLIER] = 25.0
     return model
 
 
-def _batches(seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 99, (8, 12), generator=gen)
-        mask = torch.ones(8, 12, dtype=torch.long)
-        mask[0, 8:] = 0
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
+_batches = bert_batches
 
 
 def _rel_err(model: nn.Module, ref: torch.Tensor, x: dict) -> float:
