@@ -39,12 +39,12 @@ def _existing(ctx: RuleContext, name: str) -> LayerChannels | None:
     return ctx.graph.layers.get(name)
 
 
-def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext, name: str | None = None) -> Labels:
     arg, x = _first(node, ctx)
     if len(_shape(arg)) != len(module.kernel_size) + 2:
         raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
     x = ctx.labels_on(arg, node, 1)
-    name, graph = str(node.target), ctx.graph
+    name, graph = name or str(node.target), ctx.graph
     if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
         graph.unite(layer.in_labels, x, where=_describe(node))
         return layer.out_labels
@@ -66,6 +66,42 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Label
                 graph.uf.union(out[j], out[k * per_out + j])
     graph.layers[name] = LayerChannels(name, "conv", type(module).__name__, list(x), out)
     return out
+
+
+def _own_parameter(ctx: RuleContext, value: object, attr: str) -> str | None:
+    """The module owning ``value`` when it is that module's parameter ``attr`` read as it is (get_attr)."""
+    if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
+        return None
+    owner, _, leaf = str(value.target).rpartition(".")
+    return owner if leaf == attr and owner in ctx.modules else None
+
+
+def functional_conv_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``F.conv1d/2d/3d`` traced inside a Conv subclass's own forward (TF "same" padding, as in
+    efficientnet-pytorch): that Conv layer, provided the call uses the module's own ``weight`` and
+    ``bias`` unchanged and its ``groups``. A weight transformed in ``forward`` (weight standardisation
+    couples every input channel of a filter) is refused, naming the layer."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    owner = _own_parameter(ctx, weight, "weight")
+    module = ctx.modules.get(owner) if owner is not None else None
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise _fail(
+            node,
+            "its weight is not a Conv layer's own weight parameter used as it is (a weight computed in "
+            "forward, e.g. standardised, ties all input channels of a filter together)",
+        )
+    if (bias is not None and _own_parameter(ctx, bias, "bias") != owner) or groups != module.groups:
+        raise _fail(node, f"it does not use the bias/groups of its layer {owner!r}")
+    return conv_rule(node, module, ctx, name=owner)
+
+
+FUNCTION_LAYER_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
+    "conv1d": functional_conv_rule,
+    "conv2d": functional_conv_rule,
+    "conv3d": functional_conv_rule,
+}
 
 
 def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
@@ -258,7 +294,9 @@ def label_node(
             module_name = getattr(node.target, "__module__", None) or "torch"
             if not module_name.startswith(_TRUSTED_MODULES):
                 name = f"{module_name}.{name}"  # a user function: never matched by name
-        rule = NAMED_RULES.get(name)
+        rule = NAMED_RULES.get(name) or (
+            FUNCTION_LAYER_RULES.get(name) if node.op == "call_function" else None
+        )
         if rule is None:
             raise _fail(
                 node, "this op is not known to keep or couple channels; rewrite it with supported ops"
