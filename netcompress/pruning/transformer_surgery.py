@@ -140,7 +140,26 @@ def prune_heads_(
         slice_dense(get_module(model, unit.k), slicer, out=kv_rows)
         slice_dense(get_module(model, unit.v), slicer, out=kv_rows)
     slice_dense(get_module(model, unit.o), slicer, inp=rows)
+    _slice_head_parameters(model, unit, keep_q, slicer)
     _set_head_attrs(module, unit, len(keep_q), len(keep_kv))
+
+
+def _slice_head_parameters(model: nn.Module, unit: AttentionUnit, keep: list[int], slicer: _Slicer) -> None:
+    """Parameters indexed by query head inside the attention module besides its projections (Swin's and
+    BEiT's relative-position bias tables, ``(positions, heads)``): the kept heads along their one dim of
+    size ``num_heads``. One with several such dims is left as it is; either way ``transformer_verify``
+    compares the result with the masked model and names the module if a table was not followed."""
+    idx = torch.tensor(keep, dtype=torch.long)
+    projections = unit.layers()
+    for sub_name, sub in get_module(model, unit.name).named_modules():
+        if ".".join(p for p in (unit.name, sub_name) if p) in projections:
+            continue
+        for attr, param in list(sub.named_parameters(recurse=False)):
+            dims = [i for i, n in enumerate(param.shape) if n == unit.num_heads]
+            if len(dims) == 1:
+                slicer(sub, attr, {dims[0]: idx})
+        if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
+            sub.out_features = sub.weight.shape[0]
 
 
 def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Slicer) -> None:

@@ -284,3 +284,62 @@ def test_hugging_face_models_save_and_load_with_their_package_allowed(family, tm
         want = output_tensor(model(**x) if isinstance(x, dict) else model(x))
         got = output_tensor(back(**x) if isinstance(x, dict) else back(x))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- transformer pruning on other layouts
+def _text(n: int = 2, seq: int = 7) -> dict[str, torch.Tensor]:
+    ids = torch.randint(2, 50, (n, seq), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[0, seq - 2 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _pruned_params(model: nn.Module, inputs, **shares) -> tuple[int, int, nn.Module]:
+    small = nc.prune_transformer(model, inputs, **shares)  # raises unless pruned == masked original
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters()), small
+
+
+def test_swin_heads_prune_with_their_relative_position_bias_rows():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3,
+    )).eval()  # fmt: skip
+    before, after, small = _pruned_params(model, torch.randn(2, 3, 32, 32), heads=0.5, ffn=0.0)
+    tables = [
+        m.relative_position_bias_table.shape
+        for n, m in small.named_modules()
+        if hasattr(m, "relative_position_bias_table")
+    ]
+    assert tables == [(49, 1), (49, 2)]  # (2 * window - 1)^2 positions, the kept heads
+    assert after < before
+
+
+def test_t5_hidden_width_prunes_through_its_rms_style_layer_norm():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(transformers.T5Config(
+        d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, vocab_size=50, relative_attention_num_buckets=8,
+    )).eval()  # fmt: skip
+    with torch.no_grad():  # trained-like norm weights, so an RMS norm and a LayerNorm differ clearly
+        for m in model.modules():
+            if type(m).__name__ == "T5LayerNorm":
+                m.weight.uniform_(0.5, 1.5)
+    _, _, small = _pruned_params(model, _text(), heads=0.0, ffn=0.0, hidden=0.25)
+    assert small.shared.embedding_dim == 24 and small.encoder.final_layer_norm.weight.shape == (24,)
+
+
+def test_albert_ffn_and_its_shared_layer_prune():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.AlbertModel(transformers.AlbertConfig(
+        embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+        vocab_size=50,
+    )).eval()  # fmt: skip
+    _, _, small = _pruned_params(model, _text(), heads=0.5, ffn=0.5)
+    layer = small.encoder.albert_layer_groups[0].albert_layers[0]  # one layer shared by both depths
+    assert layer.ffn.out_features == 20 == layer.ffn_output.in_features
+    assert layer.attention.num_attention_heads == 2
