@@ -72,8 +72,10 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str) -> None:
         raise Wrong(f"{what}: max diff {diff:.3g} (relative {diff / scale:.3g})")
 
 
-def _linear_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+def _linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [
+        (n, m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+    ]
 
 
 def _export(model: nn.Module, x: Any, tmp: Path, name: str, int8: bool) -> dict[str, Any]:
@@ -206,8 +208,9 @@ def t_prune(hidden: float) -> Callable[[nn.Module, Any, dict], str]:
 
 def t_wanda(model: nn.Module, x: Any, ctx: dict) -> str:
     m = copy.deepcopy(model)
-    nc.prune_wanda_(m, ctx["calib"], amount=0.5, calib_batches=2)
-    zeros = [float((w == 0).float().mean()) for w in _linear_weights(m)]
+    s = nc.prune_wanda_(m, ctx["calib"], amount=0.5, calib_batches=2)
+    skipped = set(s.get("skipped", {}))  # named with a reason (a weight tied to the embedding)
+    zeros = [float((w == 0).float().mean()) for n, w in _linear_weights(m) if n not in skipped]
     pruned = [z for z in zeros if z > 0]
     if not pruned or min(pruned) < 0.45 or not torch.isfinite(_out(m, x)).all():
         raise Wrong(f"sparsity per layer {[round(z, 2) for z in zeros]}")
@@ -217,9 +220,8 @@ def t_wanda(model: nn.Module, x: Any, ctx: dict) -> str:
 def t_n_m(model: nn.Module, x: Any, ctx: dict) -> str:
     m = copy.deepcopy(model)
     s = nc.prune_n_m_(m, ctx["calib"], n=2, m=4, calib_batches=2)
-    layers = [
-        n for n, mod in m.named_modules() if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
-    ]
+    skipped = set(s.get("skipped", {}))
+    layers = [n for n, _ in _linear_weights(m) if n not in skipped]
     masked = 0
     for name in layers:
         w = m.get_submodule(name).weight

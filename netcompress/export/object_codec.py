@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import importlib
 import math
 from typing import Any
@@ -88,6 +89,15 @@ class Encoder:
             return {"__enum__": class_name(type(value)), "name": value.name}
         if isinstance(value, type):
             return {"__class__": class_name(value)}
+        if isinstance(value, functools.partial) and type(value) is functools.partial:
+            # an allowed function with bound arguments (transformers' GELU: partial(F.gelu, approximate="tanh"))
+            return {
+                "__partial__": function_name(value.func, where),
+                "args": [self.encode(v, f"{where}.args[{i}]") for i, v in enumerate(value.args)],
+                "keywords": {
+                    k: self.encode(v, f"{where}.keywords[{k!r}]") for k, v in value.keywords.items()
+                },
+            }
         if is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
             return {"__function__": function_name(value, where)}
         return self._object(value, where)
@@ -149,6 +159,11 @@ class Decoder:
             return self._tensor(value)
         if tag == "__tuple__":
             return tuple(self.decode(v) for v in value[tag])
+        if tag == "__partial__":
+            args = [self.decode(v) for v in value["args"]]
+            return functools.partial(
+                find_function(value[tag]), *args, **{k: self.decode(v) for k, v in value["keywords"].items()}
+            )
         if tag == "__namedtuple__":
             return self.find_class(value[tag])(*(self.decode(v) for v in value["items"]))
         if tag == "__odict__":

@@ -343,3 +343,61 @@ def test_albert_ffn_and_its_shared_layer_prune():
     layer = small.encoder.albert_layer_groups[0].albert_layers[0]  # one layer shared by both depths
     assert layer.ffn.out_features == 20 == layer.ffn_output.in_features
     assert layer.attention.num_attention_heads == 2
+
+
+# ---------------------------------------------------------------- profile, export and save of model code reading odd things
+class SlicedTable(nn.Module):
+    """Feeds a slice of a parameter to a layer (DeBERTa's relative-position embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = nn.Parameter(torch.randn(10, 8))
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.proj(self.table[:4]).t()
+
+
+def test_profile_counts_macs_of_a_layer_fed_a_parameter_slice():
+    stats = nc.profile(SlicedTable(), torch.randn(2, 8), latency=False, memory=False)
+    assert stats["macs"] == 4 * 8 * 8 + 8 * 4  # per sample: the table slice once, x @ (8, 4)
+    assert all(p.requires_grad for p in SlicedTable().parameters())
+
+
+class ReadsWeightDtype(nn.Module):
+    """Casts to its layer's weight dtype in forward (T5's FFN: ``hidden.to(self.wo.weight.dtype)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.wo = nn.Linear(16, 32), nn.Linear(32, 8)
+        self.act = functools.partial(F.gelu, approximate="tanh")  # transformers' GELUTanh holds this
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        return self.wo(h.to(self.wo.weight.dtype))
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
+def test_export_of_a_model_reading_its_layer_weight(mode, tmp_path):
+    model, x = ReadsWeightDtype().eval(), torch.randn(4, 16)
+    q = (
+        nc.quantize(model, mode="dynamic")
+        if mode == "dynamic"
+        else nc.quantize(model, [x], mode=mode, bits=4)
+    )
+    summary = nc.export_onnx(q, tmp_path / "m.onnx", x, int8=True, check=True)
+    kernel = "DynamicQuantizeMatMul" if mode == "dynamic" else "MatMulNBits"
+    assert summary["op_counts"][kernel] == 2
+
+
+def test_a_partial_of_an_allowed_function_saves_and_loads(tmp_path):
+    model, x = ReadsWeightDtype().eval(), torch.randn(4, 16)
+    nc.save(model, tmp_path / "m.nc", example_inputs=x)
+    back = nc.load(tmp_path / "m.nc", allow_modules=[__name__])
+    assert back.act.func is F.gelu and back.act.keywords == {"approximate": "tanh"}
+    torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    model.act = functools.partial(print, "x")  # not a torch/math/operator function: refused by name
+    with pytest.raises(ConfigError, match="'print' is not a function of torch"):
+        nc.save(model, tmp_path / "bad.nc")
