@@ -74,7 +74,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str) -> None:
 
 def _linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [
-        (n, m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+        (n, m.weight)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
     ]
 
 
