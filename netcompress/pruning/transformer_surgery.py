@@ -168,6 +168,11 @@ def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Sl
     for name in unit.up:
         slice_dense(get_module(model, name), slicer, out=idx)
     slice_dense(get_module(model, unit.down), slicer, inp=idx)
+    for name in unit.mid:  # a depthwise conv's channel c is neuron c
+        conv = get_module(model, name)
+        slicer(conv, "weight", {0: idx})
+        slicer(conv, "bias", {0: idx})
+        conv.in_channels = conv.out_channels = conv.groups = len(keep)
     module = get_module(model, unit.name)
     if getattr(module, "intermediate_size", None) == unit.width:
         module.intermediate_size = len(keep)

@@ -401,3 +401,30 @@ def test_a_partial_of_an_allowed_function_saves_and_loads(tmp_path):
     model.act = functools.partial(print, "x")  # not a torch/math/operator function: refused by name
     with pytest.raises(ConfigError, match="'print' is not a function of torch"):
         nc.save(model, tmp_path / "bad.nc")
+
+
+@pytest.mark.parametrize("family", ["segformer", "pvt"])
+def test_dense1_dense2_ffn_prunes_with_its_depthwise_conv(family):
+    """PVT's dense1 -> dense2 FFN; SegFormer's Mix-FFN (fc1 -> fc2) has a depthwise conv over the neurons between."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    common = dict(num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+                  mlp_ratios=[2, 2], num_labels=3)  # fmt: skip
+    if family == "segformer":
+        cfg = transformers.SegformerConfig(sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2], **common)
+        model = transformers.SegformerForImageClassification(cfg).eval()
+    else:
+        cfg = transformers.PvtConfig(image_size=32, sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2],
+                                     strides=[4, 2], **common)  # fmt: skip
+        model = transformers.PvtForImageClassification(cfg).eval()
+    _, _, small = _pruned_params(model, torch.randn(2, 3, 32, 32), heads=0.0, ffn=0.5)
+    mlps = [m for n, m in small.named_modules() if n.endswith(".mlp")]
+    up, down = ("fc1", "fc2") if family == "segformer" else ("dense1", "dense2")
+    assert (
+        [getattr(m, up).out_features for m in mlps]
+        == [16, 32]
+        == [getattr(m, down).in_features for m in mlps]
+    )
+    if family == "segformer":
+        assert [(m.dwconv.dwconv.out_channels, m.dwconv.dwconv.groups) for m in mlps] == [(16, 16), (32, 32)]
