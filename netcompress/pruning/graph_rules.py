@@ -9,6 +9,8 @@ none of them and touches a labelled tensor raises UnsupportedModelError naming i
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable
 
 import torch
@@ -95,6 +97,44 @@ def functional_conv_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     if (bias is not None and _own_parameter(ctx, bias, "bias") != owner) or groups != module.groups:
         raise _fail(node, f"it does not use the bias/groups of its layer {owner!r}")
     return conv_rule(node, module, ctx, name=owner)
+
+
+SPLITS = ("split", "chunk", "tensor_split")
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def split_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``split`` / ``chunk`` / ``tensor_split`` (a tuple of pieces, read by ``getitem``). Along another dim every
+    piece keeps the channels; along the channel dim the piece sizes are constants of the code (FocalNet splits
+    a projection into query, context and gates), so those channels are kept, each piece its slice of them."""
+    arg, labels = _first(node, ctx)
+    metas = node.meta.get("tensor_meta")
+    if not isinstance(metas, (tuple, list)) or not all(hasattr(m, "shape") for m in metas):
+        raise _fail(node, "its output is not a tuple of tensors")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim, channel = _norm_dim(dim, len(_shape(arg))), ctx.dim(arg)
+    if dim != channel:
+        pieces: list[Labels] = [list(labels) for _ in metas]
+    else:
+        ctx.graph.block(labels, f"{_describe(node)} splits them into pieces of sizes fixed in the code")
+        ends = list(itertools.accumulate(m.shape[dim] for m in metas))
+        pieces = [labels[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    if any(len(p) != m.shape[channel] for p, m in zip(pieces, metas, strict=True)):
+        raise _fail(
+            node, f"internal channel bookkeeping mismatch for pieces {[tuple(m.shape) for m in metas]}"
+        )
+    ctx.pieces[node] = pieces
+    return None
+
+
+def _piece(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``pieces[i]`` of a split: that piece's channel ids, on its input's channel dim."""
+    source, index = node.args
+    ctx.dims[node] = ctx.dim(source.args[0])
+    return ctx.pieces[source][index]
 
 
 FUNCTION_LAYER_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
@@ -284,6 +324,14 @@ def label_node(
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)
+    elif node.op == "call_function" and node.target is operator.getitem and node.args[0] in ctx.pieces:
+        labels = _piece(node, ctx)
+    elif (
+        node.op in ("call_function", "call_method")
+        and _op_name(node) in SPLITS
+        and env.get(node.args[0]) is not None
+    ):
+        labels = split_rule(node, ctx)
     elif not any(env.get(a) is not None for a in _flat_nodes((node.args, node.kwargs))):
         return _fresh_blocked(graph, shape)  # built from sizes/constants only: nothing to prune
     else:

@@ -428,3 +428,27 @@ def test_dense1_dense2_ffn_prunes_with_its_depthwise_conv(family):
     )
     if family == "segformer":
         assert [(m.dwconv.dwconv.out_channels, m.dwconv.dwconv.groups) for m in mlps] == [(16, 16), (32, 32)]
+
+
+# ---------------------------------------------------------------- split / chunk in channel pruning
+class Splits(nn.Module):
+    """A channel split into pieces of fixed sizes (FocalNet's query/context/gates) and a spatial chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(4, 6, 1)
+        self.c, self.fc = nn.Conv2d(12, 8, 1), nn.Linear(6 + 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.a(x))
+        q, ctx, gates = torch.split(h, [4, 4, 4], 1)
+        gated = q * ctx + gates[:, 1:2] * gates[:, 0:4]  # a channel slice of a kept piece
+        top, bottom = F.relu(self.c(h)).chunk(2, dim=2)
+        return self.fc(torch.cat([F.relu(self.b(gated)).mean((2, 3)), (top + bottom).mean((2, 3))], 1))
+
+
+def test_split_along_channels_keeps_them_and_a_spatial_chunk_keeps_its_channels_prunable():
+    small = prune_and_compare(Splits().eval(), torch.randn(2, 3, 8, 8))
+    assert small.a.out_channels == 12  # split into fixed sizes: kept
+    assert (small.b.out_channels, small.c.out_channels, small.fc.in_features) == (3, 4, 7)
