@@ -34,9 +34,9 @@ from torch import nn
 
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
-Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin")
-K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin")
-V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin")
+Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj")
+K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin", "key_proj")
+V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin", "value_proj")
 O_NAMES = ("o_proj", "out_proj", "out", "o", "proj", "wo", "to_out", "out_lin", "dense")
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")

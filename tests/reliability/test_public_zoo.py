@@ -452,3 +452,22 @@ def test_split_along_channels_keeps_them_and_a_spatial_chunk_keeps_its_channels_
     small = prune_and_compare(Splits().eval(), torch.randn(2, 3, 8, 8))
     assert small.a.out_channels == 12  # split into fixed sizes: kept
     assert (small.b.out_channels, small.c.out_channels, small.fc.in_features) == (3, 4, 7)
+
+
+def test_deberta_v2_heads_prune_with_its_position_projections():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.DebertaV2Model(transformers.DebertaV2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=50,
+        max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=16,
+        position_buckets=8,
+    )).eval()  # fmt: skip
+    _, _, small = _pruned_params(model, _text(), heads=0.5, ffn=0.0)
+    attn = small.encoder.layer[0].attention.self
+    assert (
+        attn.query_proj.out_features
+        == 16
+        == attn.pos_key_proj.out_features
+        == attn.pos_query_proj.out_features
+    )
