@@ -70,10 +70,18 @@ def count_macs(
     for module in names:
         handles.append(module.register_forward_pre_hook(recorder.pre))
         handles.append(module.register_forward_hook(recorder.post))
+    # FlopCounterMode's module tracker hooks the gradient of every input that requires one; a view of a
+    # parameter taken under no_grad (DeBERTa slices its relative-position table) requires grad yet has no
+    # gradient function, and the tracker fails on it: count with the parameters' requires_grad off
+    frozen = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         with eval_mode(model), torch.no_grad(), counter:
             call_model(model, inputs)
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         for handle in handles:
             handle.remove()
     total_flops = counter.get_total_flops()

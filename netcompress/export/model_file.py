@@ -27,6 +27,7 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import atomic_write_bytes
+from netcompress.export.allowlist import TRUSTED_CLASS_ROOTS
 from netcompress.export.object_codec import Decoder, Encoder
 
 FORMAT = "netcompress.model"
@@ -56,7 +57,9 @@ def save(
     root = encoder.encode(model, "model")
     description = json.dumps({"root": root, "objects": encoder.objects}, separators=(",", ":"))
     tensors = encoder.tensors
-    rebuilt = _decode(description, tensors, allow_modules=allow_modules + _user_modules(model), where="model")
+    # the file needs at load exactly the modules of the classes written (the model's, its config's, ...)
+    needed = tuple(sorted(_class_modules(encoder.objects)))
+    rebuilt = _decode(description, tensors, allow_modules=allow_modules + needed, where="model")
     _check_same(model, rebuilt, example_inputs)
     metadata = {
         "format": FORMAT,
@@ -66,7 +69,8 @@ def save(
     }
     data = to_bytes(tensors, metadata=metadata)
     written = atomic_write_bytes(path, data)
-    return {"path": str(written), "size_bytes": len(data), "tensors": len(tensors)}
+    outside = sorted({m for m in needed if not m.startswith(TRUSTED_CLASS_ROOTS)})
+    return {"path": str(written), "size_bytes": len(data), "tensors": len(tensors), "allow_modules": outside}
 
 
 def load(path: str | os.PathLike, *, allow_modules: tuple[str, ...] | list[str] = ()) -> nn.Module:
@@ -138,6 +142,24 @@ def _user_modules(model: nn.Module) -> tuple[str, ...]:
     return tuple({type(m).__module__ for m in model.modules()})
 
 
+_CLASS_KEYS = ("class", "__class__", "__enum__", "__namedtuple__")
+
+
+def _class_modules(value: Any) -> set[str]:
+    """The modules of the classes an encoded model refers to (what ``load`` must be allowed to import)."""
+    found: set[str] = set()
+    if isinstance(value, list):
+        for v in value:
+            found |= _class_modules(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k in _CLASS_KEYS and isinstance(v, str):
+                found.add(v.rpartition(":")[0])
+            else:
+                found |= _class_modules(v)
+    return found
+
+
 def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any) -> None:
     a, b = model.state_dict(), rebuilt.state_dict()
     if set(a) != set(b) or any(not torch.equal(a[k], b[k]) for k in a):
@@ -154,5 +176,15 @@ def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any) -> No
 
     with torch.no_grad(), eval_mode(model), eval_mode(rebuilt):
         out_a, out_b = run(model), run(rebuilt)
-    if not torch.equal(torch.as_tensor(out_a), torch.as_tensor(out_b)):
+    # every tensor of the output, also inside a Hugging Face output object or a tuple
+    flat_a, flat_b = (torch.utils._pytree.tree_leaves(o) for o in (out_a, out_b))
+    same = len(flat_a) == len(flat_b) and all(
+        type(a) is type(b)
+        and (
+            not isinstance(a, (torch.Tensor, int, float))
+            or torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+        )
+        for a, b in zip(flat_a, flat_b, strict=True)
+    )  # a cache object (DynamicCache) is compared by type; the tensors it fed are compared
+    if not same:
         raise ConfigError("nc.save: the rebuilt model computes other outputs; nothing was written")

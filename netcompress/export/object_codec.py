@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import importlib
 import math
 from typing import Any
@@ -67,6 +68,13 @@ class Encoder:
                     [self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in value.items()
                 ]
             }
+        if isinstance(value, tuple) and hasattr(type(value), "_fields"):  # a namedtuple keeps its class
+            items = [self.encode(v, f"{where}.{f}") for f, v in zip(type(value)._fields, value, strict=True)]
+            return {"__namedtuple__": class_name(type(value)), "items": items}
+        if isinstance(value, (tuple, dict)) and type(value) not in (tuple, dict, collections.OrderedDict):
+            # written as its base type it would come back as another type: a wrong model, not a file
+            raise ConfigError(f"cannot save {where}: a {type(value).__name__} (a {type(value).__base__.__name__} "
+                              "subclass) would load back as its base type")  # fmt: skip
         if isinstance(value, tuple):
             return {"__tuple__": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
         if isinstance(value, list):
@@ -81,6 +89,15 @@ class Encoder:
             return {"__enum__": class_name(type(value)), "name": value.name}
         if isinstance(value, type):
             return {"__class__": class_name(value)}
+        if isinstance(value, functools.partial) and type(value) is functools.partial:
+            # an allowed function with bound arguments (transformers' GELU: partial(F.gelu, approximate="tanh"))
+            return {
+                "__partial__": function_name(value.func, where),
+                "args": [self.encode(v, f"{where}.args[{i}]") for i, v in enumerate(value.args)],
+                "keywords": {
+                    k: self.encode(v, f"{where}.keywords[{k!r}]") for k, v in value.keywords.items()
+                },
+            }
         if is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
             return {"__function__": function_name(value, where)}
         return self._object(value, where)
@@ -142,6 +159,13 @@ class Decoder:
             return self._tensor(value)
         if tag == "__tuple__":
             return tuple(self.decode(v) for v in value[tag])
+        if tag == "__partial__":
+            args = [self.decode(v) for v in value["args"]]
+            return functools.partial(
+                find_function(value[tag]), *args, **{k: self.decode(v) for k, v in value["keywords"].items()}
+            )
+        if tag == "__namedtuple__":
+            return self.find_class(value[tag])(*(self.decode(v) for v in value["items"]))
         if tag == "__odict__":
             return collections.OrderedDict((self.decode(k), self.decode(v)) for k, v in value[tag])
         if tag == "__dict__":
@@ -194,14 +218,15 @@ class Decoder:
 
     def find_class(self, name: str) -> type:
         module_name, _, qualname = name.rpartition(":")
-        allowed = module_name.startswith(TRUSTED_CLASS_ROOTS) or module_name in self.allow_modules
-        if not allowed:
+        # an allowed name is a module or a package: "transformers" allows "transformers.models.vit.modeling_vit"
+        users = any(module_name == a or module_name.startswith(a + ".") for a in self.allow_modules)
+        if not (module_name.startswith(TRUSTED_CLASS_ROOTS) or users):
             raise CheckpointError(
                 f"the file's model uses class {qualname} from module {module_name!r}; netcompress rebuilds only "
-                f"torch.nn and netcompress classes unless you name your module: "
-                f"nc.load(path, allow_modules=[{module_name!r}])"
+                f"torch.nn and netcompress classes unless you name your module or its package: "
+                f"nc.load(path, allow_modules=[{module_name.partition('.')[0]!r}])"
             )
-        if module_name in self.allow_modules:
+        if users:
             import sys
             from pathlib import Path
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,46 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict[st
     return result
 
 
+# an op the exporter has only from a later opset (``aten::col2im`` = ``F.fold`` in MobileViTV2: 18) is
+# exported at that opset, up to this one (ONNX Runtime 1.32 runs opsets up to 21)
+MAX_OPSET = 21
+_TRANSLATING = re.compile(r"Occurred when translating (\w+)")
+_NEEDS_OPSET = re.compile(r"Exporting the operator '([^']+)'.*added in version (\d+)", re.S)
+
+
+def _torch_export(
+    call: nn.Module, spec: Any, raw: Path, opset: int, out_names: list[str], axes: Any, model_name: str
+) -> tuple[int, str | None]:
+    """Run ``torch.onnx.export`` at ``opset``, or at the later opset an operator needs (returned with its
+    name); an operator no opset has is an UnsupportedModelError naming it."""
+    raised_for = None
+    while True:
+        try:
+            with torch.no_grad(), no_mha_fastpath():
+                torch.onnx.export(
+                    call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
+                    input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,
+                )  # fmt: skip
+            return opset, raised_for
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            found = _NEEDS_OPSET.search(str(exc))
+            if found is None or not opset < int(found.group(2)) <= MAX_OPSET:
+                raise UnsupportedModelError(
+                    f"export_onnx cannot export {model_name}: {str(exc).splitlines()[0]}"
+                ) from exc
+            raised_for, opset = found.group(1), int(found.group(2))
+        except (
+            Exception
+        ) as exc:  # a symbolic that cannot convert this call (e.g. col2im with sizes computed in forward)
+            found = _TRANSLATING.search(str(exc))
+            if found is None:
+                raise
+            raise UnsupportedModelError(
+                f"export_onnx cannot export {model_name}: the exporter fails on aten::{found.group(1)} at opset "
+                f"{opset} ({type(exc).__name__}: {str(exc).splitlines()[0]}); keep that op out of the model to export it"
+            ) from exc
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -215,17 +256,8 @@ def export_onnx(
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
-        with torch.no_grad(), no_mha_fastpath():
-            torch.onnx.export(
-                ExportCall(exported, spec, output_names),
-                tuple(spec.tensors),
-                str(raw),
-                dynamo=False,
-                opset_version=opset,
-                input_names=spec.names,
-                output_names=out_names,
-                dynamic_axes=axes or None,
-            )
+        call = ExportCall(exported, spec, output_names)
+        opset, raised_for = _torch_export(call, spec, raw, opset, out_names, axes, type(model).__name__)
         raw_size = raw.stat().st_size
         rewrites = {}
         if int8:
@@ -243,6 +275,7 @@ def export_onnx(
         "path": str(path),
         "int8": int8,
         "opset": opset,
+        **({"opset_raised_for": raised_for} if raised_for else {}),
         "size_bytes": path.stat().st_size,
         "unoptimized_size_bytes": raw_size,
         "op_counts": counts,

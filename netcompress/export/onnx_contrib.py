@@ -103,6 +103,11 @@ class StandIn(nn.Module):
         self.wrapped = wrapped
         self.nodes = nodes
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight: model code reads it (T5's FFN casts to ``wo.weight.dtype``)."""
+        return self.wrapped.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _StandInFn.apply(x, self.wrapped(x), self.nodes)
 

@@ -138,6 +138,7 @@ class ChannelGraph:
         self.block_reasons: list[tuple[int, str]] = []  # (a label, why its channels are kept whole)
         self.groups: list[ChannelGroup] = []
         self.example_output_shapes: list[tuple[int, ...]] = []
+        self.pieces: dict[Any, list[list[int]]] = {}  # fx node of a split/chunk -> each piece's channel ids
 
     def block(self, labels: list[int] | None, reason: str = "") -> None:
         if labels:

@@ -9,6 +9,8 @@ none of them and touches a labelled tensor raises UnsupportedModelError naming i
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable
 
 import torch
@@ -39,12 +41,12 @@ def _existing(ctx: RuleContext, name: str) -> LayerChannels | None:
     return ctx.graph.layers.get(name)
 
 
-def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext, name: str | None = None) -> Labels:
     arg, x = _first(node, ctx)
     if len(_shape(arg)) != len(module.kernel_size) + 2:
         raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
     x = ctx.labels_on(arg, node, 1)
-    name, graph = str(node.target), ctx.graph
+    name, graph = name or str(node.target), ctx.graph
     if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
         graph.unite(layer.in_labels, x, where=_describe(node))
         return layer.out_labels
@@ -66,6 +68,80 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Label
                 graph.uf.union(out[j], out[k * per_out + j])
     graph.layers[name] = LayerChannels(name, "conv", type(module).__name__, list(x), out)
     return out
+
+
+def _own_parameter(ctx: RuleContext, value: object, attr: str) -> str | None:
+    """The module owning ``value`` when it is that module's parameter ``attr`` read as it is (get_attr)."""
+    if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
+        return None
+    owner, _, leaf = str(value.target).rpartition(".")
+    return owner if leaf == attr and owner in ctx.modules else None
+
+
+def functional_conv_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``F.conv1d/2d/3d`` traced inside a Conv subclass's own forward (TF "same" padding, as in
+    efficientnet-pytorch): that Conv layer, provided the call uses the module's own ``weight`` and
+    ``bias`` unchanged and its ``groups``. A weight transformed in ``forward`` (weight standardisation
+    couples every input channel of a filter) is refused, naming the layer."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    owner = _own_parameter(ctx, weight, "weight")
+    module = ctx.modules.get(owner) if owner is not None else None
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise _fail(
+            node,
+            "its weight is not a Conv layer's own weight parameter used as it is (a weight computed in "
+            "forward, e.g. standardised, ties all input channels of a filter together)",
+        )
+    if (bias is not None and _own_parameter(ctx, bias, "bias") != owner) or groups != module.groups:
+        raise _fail(node, f"it does not use the bias/groups of its layer {owner!r}")
+    return conv_rule(node, module, ctx, name=owner)
+
+
+SPLITS = ("split", "chunk", "tensor_split")
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def split_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``split`` / ``chunk`` / ``tensor_split`` (a tuple of pieces, read by ``getitem``). Along another dim every
+    piece keeps the channels; along the channel dim the piece sizes are constants of the code (FocalNet splits
+    a projection into query, context and gates), so those channels are kept, each piece its slice of them."""
+    arg, labels = _first(node, ctx)
+    metas = node.meta.get("tensor_meta")
+    if not isinstance(metas, (tuple, list)) or not all(hasattr(m, "shape") for m in metas):
+        raise _fail(node, "its output is not a tuple of tensors")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim, channel = _norm_dim(dim, len(_shape(arg))), ctx.dim(arg)
+    if dim != channel:
+        pieces: list[Labels] = [list(labels) for _ in metas]
+    else:
+        ctx.graph.block(labels, f"{_describe(node)} splits them into pieces of sizes fixed in the code")
+        ends = list(itertools.accumulate(m.shape[dim] for m in metas))
+        pieces = [labels[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    if any(len(p) != m.shape[channel] for p, m in zip(pieces, metas, strict=True)):
+        raise _fail(
+            node, f"internal channel bookkeeping mismatch for pieces {[tuple(m.shape) for m in metas]}"
+        )
+    ctx.pieces[node] = pieces
+    return None
+
+
+def _piece(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``pieces[i]`` of a split: that piece's channel ids, on its input's channel dim."""
+    source, index = node.args
+    ctx.dims[node] = ctx.dim(source.args[0])
+    return ctx.pieces[source][index]
+
+
+FUNCTION_LAYER_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
+    "conv1d": functional_conv_rule,
+    "conv2d": functional_conv_rule,
+    "conv3d": functional_conv_rule,
+}
 
 
 def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
@@ -248,6 +324,14 @@ def label_node(
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)
+    elif node.op == "call_function" and node.target is operator.getitem and node.args[0] in ctx.pieces:
+        labels = _piece(node, ctx)
+    elif (
+        node.op in ("call_function", "call_method")
+        and _op_name(node) in SPLITS
+        and env.get(node.args[0]) is not None
+    ):
+        labels = split_rule(node, ctx)
     elif not any(env.get(a) is not None for a in _flat_nodes((node.args, node.kwargs))):
         return _fresh_blocked(graph, shape)  # built from sizes/constants only: nothing to prune
     else:
@@ -258,7 +342,9 @@ def label_node(
             module_name = getattr(node.target, "__module__", None) or "torch"
             if not module_name.startswith(_TRUSTED_MODULES):
                 name = f"{module_name}.{name}"  # a user function: never matched by name
-        rule = NAMED_RULES.get(name)
+        rule = NAMED_RULES.get(name) or (
+            FUNCTION_LAYER_RULES.get(name) if node.op == "call_function" else None
+        )
         if rule is None:
             raise _fail(
                 node, "this op is not known to keep or couple channels; rewrite it with supported ops"

@@ -32,6 +32,11 @@ class RuleContext:
     modules: dict[str, nn.Module]
     dims: dict[torch.fx.Node, int] = dataclasses.field(default_factory=dict)
 
+    @property
+    def pieces(self) -> dict[torch.fx.Node, list[list[int]]]:
+        """Each split/chunk node's pieces (kept on the graph: a context lives for one node)."""
+        return self.graph.pieces
+
     def dim(self, node: torch.fx.Node) -> int:
         """The channel dim of a labelled value (1 for inputs, constants and conv outputs)."""
         return self.dims.get(node, 1)
@@ -277,7 +282,9 @@ def index_spatial(node: torch.fx.Node, ctx: RuleContext) -> Labels:
         if item is None:
             new_dim += 1
             continue
-        if position == 0 or position == dim:
+        if position == dim and isinstance(item, slice) and item != full and ctx.graph.is_blocked(labels):
+            labels = labels[item]  # channels kept anyway (e.g. a split's gates): the slice keeps its ids
+        elif position == 0 or position == dim:
             if item != full:
                 raise _fail(node, f"indexing {index!r} selects along the batch or channel dimension")
         elif isinstance(item, int):

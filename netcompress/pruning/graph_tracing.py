@@ -15,6 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.graph import ChannelGraph, as_inputs, eval_mode, is_prunable_custom
 from netcompress.pruning.graph_rules import LEAF_TYPES, label_node
+from netcompress.quantization.value_tracing import trace_with_values
 
 _LEAF_FORWARDS = {t.forward for t in LEAF_TYPES}
 
@@ -58,17 +59,39 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
-def trace_model(model: nn.Module) -> torch.fx.GraphModule:
-    """Symbolically trace ``model``; an untraceable model raises UnsupportedModelError naming the line."""
-    tracer = _LeafTracer({id(m) for m in model.modules() if is_prunable_custom(m)})
+def trace_model(model: nn.Module, example_inputs: Any = None) -> torch.fx.GraphModule:
+    """Symbolically trace ``model``; an untraceable model raises UnsupportedModelError naming the line.
+
+    When plain tracing fails and ``example_inputs`` is given, the model is traced again with values
+    computed on them (:mod:`netcompress.quantization.value_tracing`), so branches on shapes (the input
+    checks of Hugging Face vision models, "same" padding) resolve; branches on tensor data still fail.
+    """
+    protocol_ids = {id(m) for m in model.modules() if is_prunable_custom(m)}
+    tracer = _LeafTracer(protocol_ids)
     try:
         graph = tracer.trace(model)
+        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... for dynamic code
+        error = f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}){_user_frame(exc)}"
+        if example_inputs is None:
+            raise UnsupportedModelError(
+                f"{error}; channel pruning needs a traceable forward (no data-dependent if/for on tensor values)"
+            ) from exc
+
+    class _Bound(_LeafTracer):
+        def __init__(self) -> None:
+            super().__init__(protocol_ids)
+
+    try:
+        graph, root = trace_with_values(model, example_inputs=example_inputs, tracer_class=_Bound)
+    except Exception as exc2:
         raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}){_user_frame(exc)}; "
+            f"{error}; with values on the example input: {type(exc2).__name__}: {exc2}{_user_frame(exc2)}; "
             "channel pruning needs a traceable forward (no data-dependent if/for on tensor values)"
-        ) from exc
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+        ) from exc2
+    for node in graph.nodes:  # string annotations break pickling the GraphModule
+        node.type = None
+    return torch.fx.GraphModule(root, graph, type(model).__name__)
 
 
 @dataclasses.dataclass
@@ -106,7 +129,7 @@ def trace_channels(model: nn.Module, example_inputs: Any) -> TracedChannels:
         >>> {n.name: len(ids) for n, ids in traced.env.items() if ids}
     """
     inputs = as_inputs(example_inputs)
-    gm = trace_model(model)
+    gm = trace_model(model, example_inputs)
     with eval_mode(model), torch.no_grad():
         try:
             ShapeProp(gm).propagate(*inputs)
@@ -116,7 +139,9 @@ def trace_channels(model: nn.Module, example_inputs: Any) -> TracedChannels:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
     graph = ChannelGraph()
-    modules = dict(gm.named_modules())
+    # the model's own modules: the GraphModule holds a bare stand-in for a module whose forward was traced
+    # into (only its parameters), and a conv subclass's F.conv2d call is mapped back to the real layer
+    modules = {**dict(gm.named_modules()), **dict(model.named_modules())}
     env: dict[torch.fx.Node, list[int] | None] = {}
     dims: dict[torch.fx.Node, int] = {}
     for node in gm.graph.nodes:

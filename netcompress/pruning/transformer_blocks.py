@@ -13,7 +13,7 @@ Three attention layouts are recognised:
 
 FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
-``dense_h_to_4h -> dense_4h_to_h``, or BERT's ``intermediate.dense -> output.dense``.
+``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), or BERT's ``intermediate.dense -> output.dense``.
 
 Recognising a block is a claim about how its forward uses the weights; every prune checks that claim
 numerically (pruned model == masked original, ``transformer_verify``), so a block whose forward does
@@ -34,9 +34,9 @@ from torch import nn
 
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
-Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin")
-K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin")
-V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin")
+Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj")
+K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin", "key_proj")
+V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin", "value_proj")
 O_NAMES = ("o_proj", "out_proj", "out", "o", "proj", "wo", "to_out", "out_lin", "dense")
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
@@ -50,6 +50,8 @@ FFN_PATTERNS = (
     (("lin1",), "lin2"),
     (("wi",), "wo"),
     (("dense_h_to_4h",), "dense_4h_to_h"),
+    (("ffn",), "ffn_output"),  # ALBERT
+    (("dense1",), "dense2"),  # PVT
 )
 
 
@@ -104,6 +106,8 @@ class FFNUnit:
     up: list[str]
     down: str
     width: int
+    # depthwise convs between up and down, one channel per neuron (SegFormer's / PVTv2's Mix-FFN)
+    mid: list[str] = dataclasses.field(default_factory=list)
 
     def layers(self) -> set[str]:
         return {*self.up, self.down}
@@ -206,6 +210,17 @@ def _linear_unit(
     return AttentionUnit(name, "linear", heads, head_dim, kv, *(_join(name, n) for n in (qn, kn, vn)), o_name)
 
 
+def _with_depthwise(unit: FFNUnit, module: nn.Module) -> FFNUnit:
+    """Record the depthwise convs over the unit's ``width`` neurons inside its module (Mix-FFN)."""
+    for sub, layer in module.named_modules():
+        if (
+            isinstance(layer, nn.Conv2d)
+            and layer.in_channels == layer.out_channels == layer.groups == unit.width
+        ):
+            unit.mid.append(_join(unit.name, sub))
+    return unit
+
+
 def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
     children = dict(module.named_children())
     for ups, down in FFN_PATTERNS:
@@ -215,7 +230,9 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
                 continue
             width = in_out(layers[0])[1]
             if all(in_out(m)[1] == width for m in layers) and in_out(children[down])[0] == width:
-                return FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width)
+                return _with_depthwise(
+                    FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width), module
+                )
     inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
     up, down = getattr(inter, "dense", None), getattr(out, "dense", None)
     found = up is not None and down is not None and is_dense(up) and is_dense(down)

@@ -123,7 +123,13 @@ def _set_head_attrs(module: nn.Module, unit: AttentionUnit, n_q: int, n_kv: int)
 
 
 def prune_heads_(
-    model: nn.Module, unit: AttentionUnit, keep_q: list[int], keep_kv: list[int], slicer: _Slicer
+    model: nn.Module,
+    unit: AttentionUnit,
+    keep_q: list[int],
+    keep_kv: list[int],
+    slicer: _Slicer,
+    *,
+    with_projections: bool = True,
 ) -> None:
     """Remove the heads of ``unit`` not in ``keep_q`` (query heads) / ``keep_kv`` (key/value heads)."""
     module, d = get_module(model, unit.name), unit.head_dim
@@ -140,7 +146,39 @@ def prune_heads_(
         slice_dense(get_module(model, unit.k), slicer, out=kv_rows)
         slice_dense(get_module(model, unit.v), slicer, out=kv_rows)
     slice_dense(get_module(model, unit.o), slicer, inp=rows)
+    _slice_head_parameters(model, unit, keep_q, slicer, with_projections=with_projections)
     _set_head_attrs(module, unit, len(keep_q), len(keep_kv))
+
+
+def _slice_head_parameters(
+    model: nn.Module, unit: AttentionUnit, keep: list[int], slicer: _Slicer, *, with_projections: bool = True
+) -> None:
+    """Parameters indexed by query head inside the attention module besides its projections (Swin's and
+    BEiT's relative-position bias tables, ``(positions, heads)``): the kept heads along their one dim of
+    size ``num_heads``; other Linear layers producing ``num_heads * head_dim`` features keep the kept
+    heads' rows (not while the hidden width is pruned too: ``stream_layers`` counts such a layer, as wide as
+    the stream, among the stream's writers, and the verification refuses the result). One with several such dims is left as it is; either way ``transformer_verify``
+    compares the result with the masked model and names the module if a table was not followed."""
+    idx = torch.tensor(keep, dtype=torch.long)
+    projections, inner = unit.layers(), unit.num_heads * unit.head_dim
+    for sub_name, sub in get_module(model, unit.name).named_modules():
+        if ".".join(p for p in (unit.name, sub_name) if p) in projections:
+            continue
+        if (
+            with_projections
+            and is_dense(sub)
+            and in_out(sub)[1] == inner
+            and unit.num_kv_heads == unit.num_heads
+        ):
+            # another projection into the heads (DeBERTa's pos_key_proj / pos_query_proj of the position embeddings)
+            slice_dense(sub, slicer, out=head_rows(keep, unit.head_dim))
+            continue
+        for attr, param in list(sub.named_parameters(recurse=False)):
+            dims = [i for i, n in enumerate(param.shape) if n == unit.num_heads]
+            if len(dims) == 1:
+                slicer(sub, attr, {dims[0]: idx})
+        if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
+            sub.out_features = sub.weight.shape[0]
 
 
 def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Slicer) -> None:
@@ -149,6 +187,11 @@ def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Sl
     for name in unit.up:
         slice_dense(get_module(model, name), slicer, out=idx)
     slice_dense(get_module(model, unit.down), slicer, inp=idx)
+    for name in unit.mid:  # a depthwise conv's channel c is neuron c
+        conv = get_module(model, name)
+        slicer(conv, "weight", {0: idx})
+        slicer(conv, "bias", {0: idx})
+        conv.in_channels = conv.out_channels = conv.groups = len(keep)
     module = get_module(model, unit.name)
     if getattr(module, "intermediate_size", None) == unit.width:
         module.intermediate_size = len(keep)
@@ -281,7 +324,8 @@ def apply_transformer_plan_(model: nn.Module, blocks: Blocks, plan: TransformerP
     stream = stream_layers(model, blocks) if plan.hidden is not None else None
     for unit in blocks.attention:
         if unit.name in plan.heads and len(plan.heads[unit.name]) < unit.num_heads:
-            prune_heads_(model, unit, plan.heads[unit.name], plan.kv_heads[unit.name], slicer)
+            keep_q, keep_kv = plan.heads[unit.name], plan.kv_heads[unit.name]
+            prune_heads_(model, unit, keep_q, keep_kv, slicer, with_projections=plan.hidden is None)
     for unit in blocks.ffn:
         if unit.name in plan.neurons and len(plan.neurons[unit.name]) < unit.width:
             prune_neurons_(model, unit, plan.neurons[unit.name], slicer)

@@ -28,7 +28,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
@@ -47,13 +46,17 @@ RTOL = 1e-5
 
 
 class KeptChannelNorm(nn.Module):
-    """A LayerNorm/RMSNorm whose statistics cover only the ``keep`` channels; zero on the others."""
+    """A LayerNorm/RMSNorm whose statistics cover only the ``keep`` channels; zero on the others.
+
+    The norm's own forward runs on the kept channels with its per-channel parameters sliced, so whatever
+    it computes (LayerNorm, RMSNorm, T5's RMS-style ``T5LayerNorm``, Gemma's ``1 + weight``) is followed.
+    """
 
     def __init__(self, norm: nn.Module, keep: list[int]) -> None:
         super().__init__()
         self.norm = norm
         self.register_buffer("keep", torch.tensor(keep, dtype=torch.long))
-        self.rms = not isinstance(norm, nn.LayerNorm) and type(norm).__name__.endswith("RMSNorm")
+        self.kept = _sliced_norm(norm, self.keep)
 
     @property
     def weight(self) -> torch.Tensor | None:
@@ -64,24 +67,29 @@ class KeptChannelNorm(nn.Module):
         return getattr(self.norm, "bias", None)
 
     @property
-    def eps(self) -> float | None:
+    def eps(self) -> float | None:  # nn.TransformerEncoderLayer reads its norms' eps
         return getattr(self.norm, "eps", None) or getattr(self.norm, "variance_epsilon", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = self.eps
-        if eps is None:
-            eps = torch.finfo(x.dtype).eps
-        weight = self.weight[self.keep] if self.weight is not None else None
-        kept = x[..., self.keep]
-        if self.rms:
-            y = kept.float() * torch.rsqrt(kept.float().pow(2).mean(-1, keepdim=True) + eps)
-            y = y.to(x.dtype) * weight if weight is not None else y.to(x.dtype)
-        else:
-            bias = self.bias
-            y = F.layer_norm(kept, (len(self.keep),), weight, None if bias is None else bias[self.keep], eps)
         out = torch.zeros_like(x)
-        out[..., self.keep] = y
+        out[..., self.keep] = self.kept(x[..., self.keep]).to(x.dtype)
         return out
+
+
+def _sliced_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """A copy of ``norm`` over the ``keep`` channels: every per-channel parameter and buffer sliced."""
+    width = norm.weight.shape[-1]
+    kept = copy.deepcopy(norm)
+    for module in kept.modules():
+        for name, value in list(module.named_parameters(recurse=False)) + list(
+            module.named_buffers(recurse=False)
+        ):
+            if value is not None and value.shape == (width,):
+                sliced = value.detach()[keep].clone()
+                setattr(module, name, nn.Parameter(sliced) if isinstance(value, nn.Parameter) else sliced)
+        if isinstance(module, nn.LayerNorm):
+            module.normalized_shape = (len(keep),)
+    return kept
 
 
 def _zero_in(layer: nn.Module, cols: torch.Tensor) -> None:

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -172,6 +174,9 @@ def trace_with_values(
     else:
         bound = signature.bind_partial(example_inputs)
     given = dict(bound.arguments)
+    for name, p in signature.parameters.items():  # no extra arguments: an empty *args / **kwargs
+        if name not in given and p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            given[name] = () if p.kind == p.VAR_POSITIONAL else {}
     fixed = {
         name: p.default
         for name, p in signature.parameters.items()
@@ -179,19 +184,57 @@ def trace_with_values(
     }
     tracer = value_tracer(tracer_class)()
     tracer.example_values = given
-    graph = tracer.trace(model, concrete_args=fixed or None)
+    with _unwrapped_forward(model) as unwrapped:
+        graph = tracer.trace(model, concrete_args=fixed or None)
     for node in graph.nodes:  # the values were for tracing only; the graph module must not hold them
         node.meta.pop("example_value", None)
         node.meta.pop("data_dependent", None)
     _drop_unused_checks(graph)
+    if unwrapped:
+        _check_same_outputs(model, fx.GraphModule(tracer.root, graph), bound)
     return graph, tracer.root
+
+
+def _check_same_outputs(model: nn.Module, traced: nn.Module, bound: inspect.BoundArguments) -> None:
+    """The graph traced under a decorated forward must compute what the decorated forward returns."""
+    with torch.no_grad():
+        want, got = model(*bound.args, **bound.kwargs), traced(*bound.args, **bound.kwargs)
+    flat_want, flat_got = (torch.utils._pytree.tree_leaves(o) for o in (want, got))
+    same = len(flat_want) == len(flat_got) and all(
+        not isinstance(a, torch.Tensor)
+        or (isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b))
+        for a, b in zip(flat_want, flat_got, strict=True)
+    )
+    if not same:
+        raise fx.proxy.TraceError(
+            f"{type(model).__name__}.forward is decorated and its wrapper changes what the inner forward returns"
+        )
+
+
+@contextlib.contextmanager
+def _unwrapped_forward(model: nn.Module) -> Iterator[bool]:
+    """Trace the function under a decorated ``forward`` (``functools.wraps``), whose names the example
+    inputs were bound to: a ``wrapper(self, *args, **kwargs)`` (Hugging Face's ``can_return_tuple``)
+    cannot be traced (fx makes ``*args`` one proxy). With the model's default settings such a wrapper
+    returns what the inner function returns; :func:`trace_with_values` callers compare the traced
+    graph's output with the model's, so a wrapper that did more is caught there."""
+    cls = type(model)
+    inner = inspect.unwrap(cls.forward)
+    if inner is cls.forward:
+        yield False
+        return
+    model.__class__ = type(cls.__name__, (cls,), {"forward": inner, "__module__": cls.__module__})
+    try:
+        yield True
+    finally:
+        model.__class__ = cls
 
 
 def _drop_unused_checks(graph: fx.Graph) -> None:
     """Remove the shape reads and comparisons a branch consumed (they have no users in the graph)."""
     for node in reversed(list(graph.nodes)):
         pure = (node.op == "call_function" and node.target in _PURE_FUNCTIONS) or (
-            node.op == "call_method" and node.target in ("size", "dim")
+            node.op == "call_method" and node.target in ("size", "dim", "keys", "values", "items")
         )
         if pure and not node.users:
             graph.erase_node(node)

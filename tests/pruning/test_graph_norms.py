@@ -246,8 +246,13 @@ def test_hf_bit_stage_weight_standardized_conv_is_refused_by_name() -> None:
         build_channel_graph(bit.encoder.stages[0], torch.randn(2, 8, 8, 8))
 
 
-def test_hf_convnext_full_model_untraceable_error_names_the_line() -> None:
+def test_hf_convnext_full_model_traces_on_its_example_and_only_the_mlps_are_prunable() -> None:
+    # its input check (`if num_channels != self.num_channels`) branches on a shape: traced with values
     transformers = _hf()
     config = transformers.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])
-    with pytest.raises(UnsupportedModelError, match="cannot trace ConvNextModel"):
-        build_channel_graph(transformers.ConvNextModel(config).eval(), torch.randn(2, 3, 16, 16))
+    graph = build_channel_graph(transformers.ConvNextModel(config).eval(), torch.randn(2, 3, 16, 16))
+    prunable = [(g.producers, g.num_units) for g in graph.groups if g.prunable]
+    assert prunable == [
+        (["encoder.stages.0.layers.0.pwconv1"], 32),
+        (["encoder.stages.1.layers.0.pwconv1"], 64),
+    ]
