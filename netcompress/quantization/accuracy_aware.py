@@ -65,7 +65,8 @@ class AccuracyAwareConfig(PTQStaticConfig):
 
         ``mode``: static, dynamic or weight_only (the PTQ fields above apply as in those methods).
         ``metric``: ``accuracy`` (bound ``max_drop``, float minus quantized accuracy on labelled
-        validation batches), ``agreement`` (``min_agreement``, top-1 agreement with float), ``embedding``
+        validation batches), ``agreement`` (``min_agreement``, top-1 agreement with float; per real token
+        for (batch, tokens, vocab) language-model logits), ``embedding``
         (``min_cosine`` mean cosine and/or ``min_agreement`` nearest-neighbour agreement of mean-pooled
         embeddings) or ``auto`` (accuracy if ``max_drop`` is set, embedding for token-state outputs or
         ``min_cosine``, else agreement). No bound set: 1 point, 99% agreement, cosine 0.99.

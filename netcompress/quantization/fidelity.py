@@ -5,7 +5,8 @@ Three metrics, each judged against the float model's outputs on the same batches
 - ``accuracy``: top-1 accuracy on the loader's labels; the bound is ``max_drop`` (float accuracy minus
   quantized accuracy, e.g. 0.01 for one point);
 - ``agreement``: the share of samples whose top-1 class is the float model's; the bound is
-  ``min_agreement``;
+  ``min_agreement``. For a language model's (batch, tokens, vocab) logits it is per token: the argmax
+  over the vocabulary, counted at the real tokens (``attention_mask`` 1) when the batch gives a mask;
 - ``embedding``: sentence embeddings (token states mean-pooled over the attention mask, as
   :func:`netcompress.evaluation.embeddings.embed` does): mean cosine to the float embedding of the same
   sentence (``min_cosine``) and nearest-neighbour agreement among the batch's sentences
@@ -61,8 +62,10 @@ class Outputs:
 def collect_outputs(model: nn.Module, batches: Iterable, *, metric: str, num_batches: int) -> Outputs:
     """Run ``model`` on the first ``num_batches`` batches (tensor, tuple or dict inputs).
 
-    ``embedding`` mean-pools (N, L, H) token states over the batch's ``attention_mask``; the others keep
-    the model's main output tensor (logits). Labels are kept when every batch has them.
+    ``embedding`` mean-pools (N, L, H) token states over the batch's ``attention_mask``; ``agreement``
+    keeps the (T, vocab) logits of the real tokens of (N, L, vocab) outputs (all N * L without a mask);
+    otherwise the model's main output tensor (logits). Labels are kept when every batch has them
+    (never per token).
     """
     if metric not in METRICS:
         raise ConfigError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
@@ -74,12 +77,33 @@ def collect_outputs(model: nn.Module, batches: Iterable, *, metric: str, num_bat
             if metric == "embedding" and out.dim() == 3:
                 mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
                 out = mean_pool(out, mask)
+            per_token = metric == "agreement" and out.dim() == 3
+            if per_token:
+                out = real_tokens(out, inputs)
             values.append(out)
-            labels.append(targets if isinstance(targets, torch.Tensor) else None)
+            labels.append(targets if isinstance(targets, torch.Tensor) and not per_token else None)
     if not values:
         raise ConfigError("accuracy-aware quantization: the validation loader yielded no batches")
     known = None if any(t is None for t in labels) else torch.cat([t.reshape(-1) for t in labels])
     return Outputs(metric, torch.cat(values), known)
+
+
+def real_tokens(logits: torch.Tensor, inputs: object) -> torch.Tensor:
+    """The (T, vocab) rows of (N, L, vocab) ``logits`` at the tokens the ``attention_mask`` marks real.
+
+    Example:
+        >>> real_tokens(torch.zeros(2, 3, 5), {"attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}).shape
+        torch.Size([3, 5])
+    """
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if mask is None:
+        return logits.flatten(0, 1)
+    if tuple(mask.shape) != tuple(logits.shape[:2]):
+        raise ConfigError(
+            f"metric 'agreement': attention_mask {tuple(mask.shape)} does not match the model's "
+            f"(batch, tokens) {tuple(logits.shape[:2])}"
+        )
+    return logits[mask.to(logits.device).bool()]
 
 
 def _relative_mse(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -104,7 +128,8 @@ def score_outputs(reference: Outputs, candidate: Outputs) -> dict[str, float]:
     if ref.dim() != 2 or ref.shape[1] < 2:
         raise ConfigError(
             f"metric {reference.metric!r} needs (N, classes) outputs, got {tuple(ref.shape)}; "
-            "use metric='embedding' for token states or embeddings"
+            "use metric='agreement' for (batch, tokens, vocab) logits (per token) or "
+            "metric='embedding' for token states or embeddings"
         )
     scores = {
         "agreement": float((ref.argmax(1) == out.argmax(1)).double().mean()),

@@ -52,6 +52,7 @@ class _Run:
     hooks: list[Any]
     loader: Iterable
     scaler: Any = None  # torch.amp.GradScaler; enabled only for precision="fp16"
+    default_loss: bool = True  # no loss_fn given: cross entropy, whose shapes fit checks
     history: History = dataclasses.field(default_factory=History)
     # best validation epoch so far: epoch, val_acc, and a weights snapshot
     best: dict[str, Any] = dataclasses.field(
@@ -124,7 +125,7 @@ def fit(
     optimizer = build_optimizer(params, config)
     schedule = LRSchedule(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler)
+    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler, loss_fn is None)
     history, best = run.history, run.best
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     start_epoch, saved = 0, None
@@ -200,6 +201,8 @@ def _train_one_epoch(
         with dist_mod.autocast(device, precision):
             outputs = call_model(net, inputs)
             outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
+            if targets is not None and run.default_loss:
+                check_cross_entropy_shapes(outputs, targets)
             # no targets (unlabelled text): the loss comes from the hooks alone
             loss = criterion(outputs, targets) if targets is not None else _no_target_loss(loss_hooks, device)
             if loss_hooks:
@@ -288,6 +291,34 @@ def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor | 
     if targets is None:
         return inputs, None
     return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
+
+
+def check_cross_entropy_shapes(outputs: Any, targets: torch.Tensor) -> None:
+    """Refuse outputs and targets the default cross entropy cannot pair, naming both shapes.
+
+    Cross entropy takes (batch, classes, ...) logits with class indices shaped (batch, ...) or
+    probabilities shaped like the logits; anything else (a causal LM's (batch, tokens, vocab) logits
+    with one class label per sample) is a DataError saying what to pass instead.
+
+    Example:
+        >>> check_cross_entropy_shapes(torch.zeros(2, 8, 99), torch.zeros(2, dtype=torch.long))
+        Traceback (most recent call last):
+        netcompress.core.errors.DataError: fit: the model returns (2, 8, 99) ...
+    """
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0:
+        return
+    got, shape = tuple(targets.shape), tuple(outputs.shape)
+    indices = (shape[0], *shape[2:]) if outputs.dim() > 1 else ()
+    if (got == indices and not targets.is_floating_point()) or (got == shape and targets.is_floating_point()):
+        return
+    what = " (batch, tokens, vocab): a language-model head" if outputs.dim() == 3 else ""
+    raise DataError(
+        f"fit: the model returns {shape}{what}, but the batch's targets are {got} "
+        f"({targets.dtype}); the default loss, cross entropy, needs (batch, classes) logits with "
+        f"(batch,) class indices. Pass unlabelled batches (inputs only, the loss from a hook such as "
+        f"distillation), a loss_fn(outputs, targets) for these shapes, or a wrapper model returning "
+        f"(batch, classes) logits"
+    )
 
 
 def _no_target_loss(loss_hooks: list[Any], device: torch.device) -> torch.Tensor:

@@ -471,3 +471,109 @@ def test_deberta_v2_heads_prune_with_its_position_projections():
         == attn.pos_key_proj.out_features
         == attn.pos_query_proj.out_features
     )
+
+
+# ---------------------------------------------------------------- causal LMs: fit with class labels, agreement
+def _tiny_gpt2() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=16)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_fit_of_a_causal_lm_on_class_labels_is_refused_naming_both_shapes():
+    from netcompress.core.errors import DataError
+    from netcompress.training import TrainConfig
+
+    model = _tiny_gpt2()
+    before = copy.deepcopy(model.state_dict())
+    batches = [(_text(), torch.tensor([0, 1]))]
+    config = TrainConfig(epochs=1, lr=0.1, progress=False)
+    with pytest.raises(
+        DataError, match=r"returns \(2, 7, 50\) \(batch, tokens, vocab\).* targets are \(2,\)"
+    ) as info:
+        nc.fit_(model, batches, config=config)
+    assert (
+        "unlabelled batches" in str(info.value)
+        and "loss_fn" in str(info.value)
+        and "\n" not in str(info.value)
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any step
+    # a loss of the user's own is theirs to pair with the outputs: no check, one step taken
+    last_token = lambda out, y: F.cross_entropy(out[:, -1, :2], y)  # noqa: E731
+    history = nc.fit_(model, batches, config=config, loss_fn=last_token)
+    assert torch.isfinite(torch.tensor(history.last["train_loss"]))
+    assert not torch.equal(before["lm_head.weight"], model.state_dict()["lm_head.weight"])
+
+
+@pytest.mark.parametrize(
+    ("outputs", "targets", "ok"),
+    [
+        (torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), True),
+        (torch.zeros(4, 3), torch.zeros(4, 3), True),  # probabilities (mixup, soft labels)
+        (torch.zeros(4, 3, 5, 5), torch.zeros(4, 5, 5, dtype=torch.long), True),  # segmentation
+        (torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long), False),
+        (torch.zeros(4, 3), torch.zeros(4), False),  # float class indices
+        (
+            torch.zeros(4, 7, 50),
+            torch.zeros(4, 7, dtype=torch.long),
+            False,
+        ),  # per-token labels: classes on dim 2
+    ],
+)
+def test_default_loss_shape_check(outputs, targets, ok):
+    from netcompress.core.errors import DataError
+    from netcompress.training.loop import check_cross_entropy_shapes
+
+    if ok:
+        check_cross_entropy_shapes(outputs, targets)
+        F.cross_entropy(outputs, targets)  # what the check lets through, cross entropy takes
+    else:
+        with pytest.raises(
+            DataError, match=rf"returns {tuple(outputs.shape)}".replace("(", r"\(").replace(")", r"\)")
+        ):
+            check_cross_entropy_shapes(outputs, targets)
+
+
+class FixedLogits(nn.Module):
+    """A stand-in language model returning fixed (batch, tokens, vocab) logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits[: input_ids.shape[0]]
+
+
+def test_agreement_of_lm_logits_is_per_real_token():
+    from netcompress.quantization.fidelity import collect_outputs, score_outputs
+
+    ref = torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(0))
+    out = ref.clone()
+    top = ref.argmax(-1)
+    out[1, 0, (top[1, 0] + 1) % 5] += 100.0  # a real token changes its argmax
+    out[0, 6, (top[0, 6] + 1) % 5] += 100.0  # a padded one (mask 0) does not count
+    batches = [(_text(), torch.tensor([0, 1]))]  # class labels are ignored per token
+    a = collect_outputs(FixedLogits(ref), batches, metric="agreement", num_batches=1)
+    b = collect_outputs(FixedLogits(out), batches, metric="agreement", num_batches=1)
+    assert tuple(a.values.shape) == (12, 5) and a.labels is None  # 5 + 7 real tokens
+    assert score_outputs(a, b)["agreement"] == pytest.approx(11 / 12)
+    no_mask = [({"input_ids": _text()["input_ids"]},)]
+    a, b = (collect_outputs(FixedLogits(t), no_mask, metric="agreement", num_batches=1) for t in (ref, out))
+    assert score_outputs(a, b)["agreement"] == pytest.approx(12 / 14)
+    acc = collect_outputs(FixedLogits(ref), batches, metric="accuracy", num_batches=1)
+    with pytest.raises(ConfigError, match=r"metric='agreement' for \(batch, tokens, vocab\)"):
+        score_outputs(acc, acc)
+
+
+def test_accuracy_aware_quantization_of_a_causal_lm_by_token_agreement():
+    model = _tiny_gpt2().eval()
+    batches = [(_text(), torch.tensor([0, 1]))] * 2
+    qmodel, summary = nc.quantize_accuracy_aware(
+        model, batches, batches, mode="dynamic", metric="agreement", min_agreement=0.5, max_trials=1
+    )
+    assert summary["metric"] == "agreement" and summary["met"]
+    assert summary["search"]["num_val_samples"] == 24  # 2 batches x 12 real tokens, not 4 sentences
+    assert 0.5 <= summary["scores"]["agreement"] <= 1.0
