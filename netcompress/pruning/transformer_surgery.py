@@ -130,8 +130,12 @@ def prune_heads_(
     slicer: _Slicer,
     *,
     with_projections: bool = True,
+    alone_in_block: bool = False,
 ) -> None:
-    """Remove the heads of ``unit`` not in ``keep_q`` (query heads) / ``keep_kv`` (key/value heads)."""
+    """Remove the heads of ``unit`` not in ``keep_q`` (query heads) / ``keep_kv`` (key/value heads).
+
+    ``alone_in_block``: ``unit`` is the only attention module of its parent, whose layer-free children
+    may hold per-head tables (:func:`_slice_sibling_head_tables`)."""
     module, d = get_module(model, unit.name), unit.head_dim
     rows = head_rows(keep_q, d)
     if unit.layout == "mha":
@@ -147,6 +151,8 @@ def prune_heads_(
         slice_dense(get_module(model, unit.v), slicer, out=kv_rows)
     slice_dense(get_module(model, unit.o), slicer, inp=rows)
     _slice_head_parameters(model, unit, keep_q, slicer, with_projections=with_projections)
+    if alone_in_block:
+        _slice_sibling_head_tables(model, unit, keep_q, slicer)
     _set_head_attrs(module, unit, len(keep_q), len(keep_kv))
 
 
@@ -179,6 +185,28 @@ def _slice_head_parameters(
                 slicer(sub, attr, {dims[0]: idx})
         if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
             sub.out_features = sub.weight.shape[0]
+
+
+def _slice_sibling_head_tables(
+    model: nn.Module, unit: AttentionUnit, keep: list[int], slicer: _Slicer
+) -> None:
+    """Per-head tables beside the attention module (BEiT's per-layer relative-position bias, a child of
+    the block that hands its (heads, N, N) output to the attention as the mask): in a sibling holding no
+    layer (no Linear, conv, norm or embedding), a parameter with exactly one dim of size ``num_heads``
+    keeps the kept heads. A table shared by several blocks' attention (MPNet's encoder-level bias) is
+    not a sibling and stays refused by the verification, which names the module."""
+    parent_name, _, own_name = unit.name.rpartition(".")
+    parent = get_module(model, parent_name) if parent_name else model
+    layer_types = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
+    idx = torch.tensor(keep, dtype=torch.long)
+    for name, child in parent.named_children():
+        if name == own_name or any(isinstance(m, layer_types) or is_dense(m) for m in child.modules()):
+            continue
+        for sub in child.modules():
+            for attr, param in list(sub.named_parameters(recurse=False)):
+                dims = [i for i, n in enumerate(param.shape) if n == unit.num_heads]
+                if len(dims) == 1:
+                    slicer(sub, attr, {dims[0]: idx})
 
 
 def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Slicer) -> None:
@@ -322,10 +350,14 @@ def apply_transformer_plan_(model: nn.Module, blocks: Blocks, plan: TransformerP
     """Slice ``model`` in place following ``plan`` (``blocks`` found on this same model); returns it."""
     slicer = _Slicer()
     stream = stream_layers(model, blocks) if plan.hidden is not None else None
-    for unit in blocks.attention:
+    parents = [u.name.rpartition(".")[0] for u in blocks.attention]
+    for unit, parent in zip(blocks.attention, parents):
         if unit.name in plan.heads and len(plan.heads[unit.name]) < unit.num_heads:
             keep_q, keep_kv = plan.heads[unit.name], plan.kv_heads[unit.name]
-            prune_heads_(model, unit, keep_q, keep_kv, slicer, with_projections=plan.hidden is None)
+            prune_heads_(
+                model, unit, keep_q, keep_kv, slicer,
+                with_projections=plan.hidden is None, alone_in_block=parents.count(parent) == 1,
+            )  # fmt: skip
     for unit in blocks.ffn:
         if unit.name in plan.neurons and len(plan.neurons[unit.name]) < unit.width:
             prune_neurons_(model, unit, plan.neurons[unit.name], slicer)

@@ -577,3 +577,39 @@ def test_accuracy_aware_quantization_of_a_causal_lm_by_token_agreement():
     assert summary["metric"] == "agreement" and summary["met"]
     assert summary["search"]["num_val_samples"] == 24  # 2 batches x 12 real tokens, not 4 sentences
     assert 0.5 <= summary["scores"]["agreement"] <= 1.0
+
+
+def test_beit_heads_prune_with_the_per_layer_position_bias_beside_the_attention():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.BeitForImageClassification(transformers.BeitConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+        patch_size=8, num_labels=3, use_relative_position_bias=True, layer_scale_init_value=0.1,
+    )).eval()  # fmt: skip
+    for layer in model.beit.encoder.layer if hasattr(model.beit, "encoder") else model.beit.layers:
+        torch.nn.init.normal_(
+            layer.relative_position_bias.relative_position_bias_table, std=1.0
+        )  # not all zero
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    _, _, small = _pruned_params(model, x, heads=0.5, ffn=0.0)  # raises unless pruned == masked original
+    layers = small.beit.encoder.layer if hasattr(small.beit, "encoder") else small.beit.layers
+    assert [tuple(m.relative_position_bias.relative_position_bias_table.shape) for m in layers] == [
+        (52, 2)
+    ] * 2
+    assert layers[0].attention.q_proj.out_features == 16
+    # independently of the built-in check: the original with the removed heads' outputs zeroed
+    masked = copy.deepcopy(model)
+    old_layers = masked.beit.encoder.layer if hasattr(masked.beit, "encoder") else masked.beit.layers
+    for old, new in zip(old_layers, layers):
+        table, kept_table = (
+            old.relative_position_bias.relative_position_bias_table,
+            new.relative_position_bias.relative_position_bias_table,
+        )
+        kept = [h for h in range(4) if any(torch.equal(table[:, h], kept_table[:, j]) for j in range(2))]
+        assert len(kept) == 2
+        with torch.no_grad():
+            for h in set(range(4)) - set(kept):
+                old.attention.o_proj.weight[:, h * 8 : (h + 1) * 8] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(small(x).logits, masked(x).logits, atol=1e-5, rtol=1e-5)
