@@ -257,8 +257,9 @@ def t_int4(model: nn.Module, x: Any, ctx: dict) -> str:
 
 
 def t_accuracy_aware(model: nn.Module, x: Any, ctx: dict) -> str:
-    # (N, classes) logits: top-1 agreement; token states or LM logits: embedding cosine (as the refusal advises)
-    bound = {"metric": "agreement", "min_agreement": 0.99} if _out(model, x).dim() == 2 else {
+    # (N, classes) logits: top-1 agreement; LM logits (N, L, vocab): per-token agreement; token states: cosine
+    lm = "LM" in type(model).__name__
+    bound = {"metric": "agreement", "min_agreement": 0.99} if _out(model, x).dim() == 2 or lm else {
         "metric": "embedding", "min_cosine": 0.99}  # fmt: skip
     q, s = nc.quantize_accuracy_aware(
         model, ctx["calib"], ctx["calib"], mode="dynamic", max_trials=2, **bound
