@@ -44,10 +44,12 @@ from pruning_methods import (
 from pruning_recovery import validation_loader
 from torch import nn
 
+from netcompress.evaluation import count_macs
 from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning import prune_to_target, recalibrate_bn
-from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, select_local
 from netcompress.pruning.graph_tracing import build_channel_graph
+from netcompress.pruning.importance import layer_scores, unit_scores
 from netcompress.training import fit
 
 STAGE_REDUCTIONS = (2.0, 4.0)  # MAC reductions (against the unpruned model) before the final one
@@ -82,37 +84,63 @@ def _nc_macs_high_stages(base: nn.Module, ctx: Context) -> Pruned:
 
 
 class AllocationSearch:
-    """Per-group keep fractions under a MAC budget, scored by BN-recalibrated validation accuracy."""
+    """Per-group channel counts under a MAC budget, scored by BN-recalibrated validation accuracy.
+
+    A candidate is a shape ``u`` (one positive number per group): keep ``c * u_g`` of group ``g``'s channels
+    with the largest ``c`` that fits the budget, then single channels given back while it still fits, the
+    group furthest below its share first. MACs are counted from the plan (every conv / linear's unpruned MACs
+    times its kept input and output shares: exact for ungrouped layers), not by building each model.
+    """
 
     def __init__(self, base: nn.Module, ctx: Context, *, val: Any = None) -> None:
         self.base, self.ctx = base, ctx
         self.graph = build_channel_graph(base, ctx.example)
         self.groups = [g for g in self.graph.prunable_groups() if g.producers]
+        self.scores = unit_scores(self.graph, layer_scores("group_l2", base, self.graph))
+        self.layer_macs = count_macs(base, ctx.example)[1]
         self.base_macs = macs_of(base, ctx.example)
         self.budget = self.base_macs / ctx.config.high_mac_reduction
         self.val = validation_loader(ctx) if val is None else val
 
-    def build(self, fractions: list[float]) -> nn.Module:
-        ratios = {g.out_layers[0]: 1.0 - min(f, 1.0) for g, f in zip(self.groups, fractions, strict=True)}
-        plan = plan_channel_pruning(self.base, self.ctx.example, ratio=0.0, ratios=ratios, importance="group_l2",
-                                    round_to=1, graph=self.graph)  # fmt: skip
-        return apply_channel_plan(self.base, plan, self.ctx.example)
+    def plan(self, keeps: list[int]) -> ChannelPlan:
+        pruned: set[int] = set()
+        for group, keep in zip(self.groups, keeps, strict=True):
+            pruned |= select_local(self.scores[group.id], keep, group.unit_ids)
+        return ChannelPlan(graph=self.graph, pruned_units=pruned, group_ratios={})
 
-    def fit_budget(self, shape: list[float]) -> tuple[list[float], nn.Module]:
-        """Fractions ``c * shape`` with the largest ``c`` (bisected, 12 steps) whose model fits the budget."""
+    def macs(self, keeps: list[int]) -> float:
+        keep = self.plan(keeps).keep_indices()
+        total = 0.0
+        for name, macs in self.layer_macs.items():
+            share, layer = 1.0, self.graph.layers.get(name)
+            for dim, labels in (("in", layer and layer.in_labels), ("out", layer and layer.out_labels)):
+                if labels:
+                    share *= len(keep[name][dim]) / len(labels)  # type: ignore[arg-type]
+            total += macs * share
+        return total
+
+    def build(self, keeps: list[int]) -> nn.Module:
+        return apply_channel_plan(self.base, self.plan(keeps), self.ctx.example)
+
+    def fit_budget(self, shape: list[float]) -> list[int]:
+        """The channel counts of ``shape`` at the budget (bisected scale, then single channels given back)."""
+        sizes = [g.num_units for g in self.groups]
+
+        def at(c: float) -> list[int]:
+            return [min(n, max(1, math.floor(c * u * n + 1e-9))) for u, n in zip(shape, sizes, strict=True)]
+
         lo, hi = 0.0, 1.0 / min(shape)
-        best = None
-        for _ in range(12):
+        for _ in range(20):
             mid = (lo + hi) / 2
-            model = self.build([mid * u for u in shape])
-            if macs_of(model, self.ctx.example) <= self.budget:
-                lo, best = mid, model
-            else:
-                hi = mid
-        if best is None:
-            lo = 1e-3
-            best = self.build([lo * u for u in shape])
-        return [min(lo * u, 1.0) for u in shape], best
+            lo, hi = (mid, hi) if self.macs(at(mid)) <= self.budget else (lo, mid)
+        keeps = at(lo)
+        while True:  # give single channels back, the group furthest below its share of the shape first
+            order = sorted(range(len(keeps)), key=lambda g: keeps[g] / (shape[g] * sizes[g]))
+            grow = next((g for g in order if keeps[g] < sizes[g]
+                         and self.macs([k + (i == g) for i, k in enumerate(keeps)]) <= self.budget), None)  # fmt: skip
+            if grow is None:
+                return keeps
+            keeps[grow] += 1
 
     def proxy(self, model: nn.Module) -> float:
         recalibrate_bn(model, self.ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
@@ -128,9 +156,10 @@ class AllocationSearch:
 
         def score(shape: list[float], kind: str) -> None:
             nonlocal best
-            fractions, model = self.fit_budget(shape)
+            keeps = self.fit_budget(shape)
+            model = self.build(keeps)
             acc = self.proxy(model)
-            tried.append({"kind": kind, "shape": shape, "fractions": fractions, "val_acc": acc,
+            tried.append({"kind": kind, "shape": [round(u, 4) for u in shape], "keeps": keeps, "val_acc": acc,
                           "mac_reduction": self.base_macs / macs_of(model, self.ctx.example)})  # fmt: skip
             if best is None or acc > best[0]:
                 best = (acc, model)

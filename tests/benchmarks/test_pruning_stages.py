@@ -8,7 +8,6 @@ from pathlib import Path
 import cifar_protocol as cp
 import pruning_latency as pl
 import pruning_stages as st
-import pytest
 import torch
 from pruning_methods import METHODS, Context, PruningBenchConfig, macs_of
 from torch import nn
@@ -57,13 +56,13 @@ def test_allocation_search_fits_the_mac_budget_and_keeps_the_best_proxy(tmp_path
     search = st.AllocationSearch(base, ctx, val=batches)
     assert [g.producers for g in search.groups] == [["0"], ["3"]]  # never the classifier's outputs
     budget = macs_of(base, ctx.example) / 4.0
-    fractions, model = search.fit_budget([1.0, 0.5])
-    assert 0.8 * budget <= macs_of(model, ctx.example) <= budget
-    assert fractions[1] == pytest.approx(fractions[0] / 2)  # the shape is kept, the scale bisected
-    assert (
-        abs(model[0].out_channels - 16 * fractions[0]) <= 1
-        and abs(model[3].out_channels - 32 * fractions[1]) <= 1
-    )
+    keeps = search.fit_budget([1.0, 0.5])
+    model = search.build(keeps)
+    assert search.macs(keeps) == macs_of(model, ctx.example) <= budget  # counted from the plan, exactly
+    assert [model[0].out_channels, model[3].out_channels] == keeps
+    # no single channel more fits: the budget is filled
+    assert search.macs([keeps[0] + 1, keeps[1]]) > budget and search.macs([keeps[0], keeps[1] + 1]) > budget
+    assert keeps[1] / 32 < keeps[0] / 16  # the shape: the second group keeps the smaller share
     monkeypatch.setattr(st, "SEARCH_RANDOM", 4)
     monkeypatch.setattr(st, "SEARCH_MUTATIONS", 2)
     best, found = search.run()
@@ -72,4 +71,5 @@ def test_allocation_search_fits_the_mac_budget_and_keeps_the_best_proxy(tmp_path
     assert tried[0]["shape"] == [1.0, 1.0] and found["uniform_val_acc"] == tried[0]["val_acc"]
     assert found["best_val_acc"] == max(t["val_acc"] for t in tried)
     assert all(t["mac_reduction"] >= 4.0 for t in tried) and macs_of(best, ctx.example) <= budget
+    assert [best[0].out_channels, best[3].out_channels] == max(tried, key=lambda t: t["val_acc"])["keeps"]
     assert best[-1].out_features == 10
