@@ -11,7 +11,7 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    VGG at 2.5x lower ORT batch-64 latency the sensitivity proxy (1,000 validation images) kept 73.38 %
    after the 5-epoch fine-tune against 72.04 % for the importance proxy, which had cut one 64-channel
    layer to 16 (benchmarks/RESULTS.md, issue 18 session 8): pass a validation loader where one exists;
-3. :func:`greedy_widths` repeatedly takes the move (one group to a narrower width) that loses the
+3. :func:`~netcompress.pruning.latency_widths.greedy_widths` repeatedly takes the move (one group to a narrower width) that loses the
    least proxy per unit of cost saved, until the table predicts the target; then
    :func:`give_back` widens groups again where the prediction still fits;
 4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
@@ -19,9 +19,9 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    alike) and the search keeps pruning; if it overshot by more than ``tolerance``, the same rescaling
    widens groups again; once a miss and an overshoot are both measured, the scale is bisected between
    them instead (:mod:`~netcompress.pruning.latency_widths`: rescaling by a noisy measurement jumped
-   between the two); at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
-   proxy is returned; a target that cannot be met returns the fastest model measured with ``met: false``
-   and the reason.
+   between the two); at most ``max_rounds`` rounds. Of the models that met the target the one that
+   lost the least proxy is returned; a target that cannot be met returns the fastest model measured
+   with ``met: false`` and the reason.
 
 The summary lists every candidate measured (predicted and measured cost, proxy), the speed-up (or
 size) of the result in each deployed form, and, with ``out_dir``, a plot of cost vs proxy.
