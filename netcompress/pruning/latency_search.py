@@ -13,7 +13,8 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    layer to 16 (benchmarks/RESULTS.md, issue 18 session 8): pass a validation loader where one exists;
 3. :func:`~netcompress.pruning.latency_widths.greedy_widths` repeatedly takes the move (one group to a
    narrower width) that loses the least proxy per unit of cost saved, until the table predicts the
-   target; then :func:`~netcompress.pruning.latency_widths.give_back` widens groups again where the prediction still fits;
+   target; then :func:`~netcompress.pruning.latency_widths.give_back` widens groups again where the
+   prediction still fits;
 4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
    table's savings are rescaled by what the measurement found (measured / predicted saving, all groups
    alike) and the search keeps pruning; if it overshot by more than ``tolerance``, the same rescaling
