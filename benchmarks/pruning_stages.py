@@ -7,6 +7,8 @@ the shared ``--finetune-epochs`` budget in total (epochs spent between stages co
 - ``nc_macs_high_stages``: pruned in stages inside the same budget: 2x fewer MACs, one epoch at the constant
   fine-tune lr, 4x, one epoch, 8x, then the remaining epochs (cosine); group L2 re-scored on the current
   model at each stage, one uniform ratio per stage;
+- ``nc_macs_high_gradual``: the same in 8 smaller steps (geometric MAC reductions to 8x), one at the start of
+  each quarter of the first two epochs;
 - ``nc_macs_high_search``: the per-group widths searched under the MAC budget against a cheap proxy read on
   the VALIDATION split (``cp.heldout_loader``, never the test set): each candidate is pruned (group L2), its
   BatchNorm recalibrated on 10 training batches, and its top-1 on 1,000 validation images read (the
@@ -56,7 +58,8 @@ STAGE_REDUCTIONS = (2.0, 4.0)  # MAC reductions (against the unpruned model) bef
 SEARCH_RANDOM, SEARCH_MUTATIONS, SEARCH_SEED = 48, 16, 0
 LONG_EPOCHS = 15
 BOUND_ROWS = ("tp_magnitude_macs_high_long", "scratch_macs_high")  # what a longer budget / no pruning reach
-STAGES_ROWS = ("nc_macs_high_stages", "nc_macs_high_search", *BOUND_ROWS)
+STAGES_ROWS = ("nc_macs_high_stages", "nc_macs_high_gradual", "nc_macs_high_search", *BOUND_ROWS)
+GRADUAL_STEPS, GRADUAL_EPOCHS = 8, 2
 
 
 @METHODS.register("nc_macs_high_stages")
@@ -81,6 +84,53 @@ def _nc_macs_high_stages(base: nn.Module, ctx: Context) -> Pruned:
              "inside the budget) + BN recal.")  # fmt: skip
     info = {"label": label, "stages": log, "arch": log[-1]["arch"]}
     return Pruned(model, epochs_used=len(stages), info=info)
+
+
+class PartialEpoch:
+    """The next ``count`` batches of ``loader`` (carrying on where the last slice stopped, a new pass of the
+    loader when one ends): ``fit`` on it trains a fraction of an epoch."""
+
+    def __init__(self, loader: Any, count: int) -> None:
+        self.loader, self.count, self._it = loader, count, None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        for _ in range(self.count):
+            try:
+                yield next(self._it)  # type: ignore[arg-type]
+            except (StopIteration, TypeError):
+                self._it = iter(self.loader)
+                yield next(self._it)
+
+
+@METHODS.register("nc_macs_high_gradual")
+def _nc_macs_high_gradual(base: nn.Module, ctx: Context) -> Pruned:
+    """``GRADUAL_STEPS`` prunings at geometric MAC reductions ``high ** (k / steps)``, one at the start of each
+    equal slice of ``GRADUAL_EPOCHS`` epochs (constant lr); then the rest of the budget (cosine)."""
+    high, steps = ctx.config.high_mac_reduction, GRADUAL_STEPS
+    epochs = min(GRADUAL_EPOCHS, max(ctx.config.finetune_epochs - 1, 0))
+    base_macs = macs_of(base, ctx.example)
+    slice_ = PartialEpoch(ctx.train_loader, max(1, len(ctx.train_loader) * epochs // steps))
+    between = dataclasses.replace(finetune_config(ctx, epochs=1), schedule="constant")
+    model, log = copy.deepcopy(base), []
+    for k in range(1, steps + 1):
+        reduction = high ** (k / steps)
+        now = macs_of(model, ctx.example)
+        model, summary = prune_to_target(
+            model, ctx.example, target="macs", reduction=now / (base_macs / reduction), importance="group_l2",
+            method="uniform", round_to=1,
+        )  # fmt: skip
+        recalibrate_bn(model, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+        log.append({"reduction": base_macs / macs_of(model, ctx.example)})
+        if epochs:
+            fit(model, slice_, config=between)
+    label = (f"netcompress group L2, uniform, any channel count, pruned gradually ({steps} steps to {high:g}x "
+             f"in the first {epochs} of the budget's epochs) + BN recal.")  # fmt: skip
+    return Pruned(
+        model, epochs_used=epochs, info={"label": label, "steps": log, "arch": summary["architecture"]}
+    )
 
 
 class AllocationSearch:

@@ -73,3 +73,8 @@ def test_allocation_search_fits_the_mac_budget_and_keeps_the_best_proxy(tmp_path
     assert all(t["mac_reduction"] >= 4.0 for t in tried) and macs_of(best, ctx.example) <= budget
     assert [best[0].out_channels, best[3].out_channels] == max(tried, key=lambda t: t["val_acc"])["keeps"]
     assert best[-1].out_features == 10
+
+
+def test_partial_epochs_carry_on_where_the_last_slice_stopped() -> None:
+    part = st.PartialEpoch([0, 1, 2, 3, 4], 3)
+    assert len(part) == 3 and [list(part) for _ in range(3)] == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
