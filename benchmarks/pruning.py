@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from pruning_methods import (  # noqa: E402
     FINISHERS,
     METHODS,
     Context,
+    Pruned,
     PruningBenchConfig,
     bisect_ratio,
     finetune_config,
@@ -59,7 +61,7 @@ from netcompress.evaluation import (  # noqa: E402
 )
 from netcompress.export import OrtModel, export_onnx  # noqa: E402
 from netcompress.quantization import fold_bn  # noqa: E402
-from netcompress.training import fit  # noqa: E402
+from netcompress.training import fit, rng_state, set_rng_state  # noqa: E402
 
 __all__ = ["METHODS", "PruningBenchConfig", "bisect_ratio", "main", "target_checks"]
 
@@ -80,20 +82,44 @@ DEFAULT_METHODS = (
 )
 
 
-def run_method(name: str, base: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+def run_method(
+    name: str, base: nn.Module, ctx: Context, *, fresh: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """Prune, evaluate, fine-tune for the shared budget, finish, measure; returns (model, row).
 
     The training loader's shuffle is re-seeded first, so a row does not depend on which rows ran
-    before it in the same process (or came from the cache).
+    before it in the same process (or came from the cache). A structured row without training hooks
+    keeps its pruned model (``<name>.pruned.pt``) and fine-tune checkpoints (``<name>.finetune/``) in the
+    work folder, so a run killed while fine-tuning resumes there (``fresh``: start again).
     """
     ctx.train_loader.generator.manual_seed(ctx.protocol.seed + ctx.seed)
-    started = time.perf_counter()
-    pruned = METHODS.get(name)(base, ctx)
-    prune_s = time.perf_counter() - started
-    acc_before = evaluate(pruned.model, ctx.test_loader)["accuracy"]
+    stem = name if ctx.seed == 0 else f"{name}-seed{ctx.seed}"
+    kept = ctx.work_dir / f"{stem}.pruned.pt"
+    if fresh:
+        kept.unlink(missing_ok=True)
+        shutil.rmtree(ctx.work_dir / f"{stem}.finetune", ignore_errors=True)
+    # killed while fine-tuning: the same pruned model, loader state and fine-tune checkpoint
+    if kept.exists():
+        saved = load_checkpoint(kept)
+        pruned = Pruned(saved["model"], epochs_used=saved["epochs_used"], info=saved["info"])
+        prune_s, acc_before = saved["prune_s"], saved["acc_before"]
+        set_rng_state(saved["rng"], ctx.train_loader)
+    else:
+        started = time.perf_counter()
+        pruned = METHODS.get(name)(base, ctx)
+        prune_s = time.perf_counter() - started
+        acc_before = evaluate(pruned.model, ctx.test_loader)["accuracy"]
+    # a structured row without training hooks resumes: its pruned model (a latency search under load would
+    # not find the same one again) and the fine-tune's per-epoch checkpoint are kept under the work folder
+    resumable = pruned.kind == "structured" and not pruned.hooks
+    if resumable and not kept.exists():
+        atomic_torch_save({"model": pruned.model, "epochs_used": pruned.epochs_used, "info": pruned.info,
+                           "prune_s": prune_s, "acc_before": acc_before, "rng": rng_state(ctx.train_loader)},
+                          kept, sign=True)  # fmt: skip
     started = time.perf_counter()
     epochs = ctx.config.finetune_epochs - pruned.epochs_used
-    fit(pruned.model, ctx.train_loader, config=finetune_config(ctx, epochs=epochs), hooks=list(pruned.hooks))
+    fit(pruned.model, ctx.train_loader, config=finetune_config(ctx, epochs=epochs), hooks=list(pruned.hooks),
+        checkpoint_dir=ctx.work_dir / f"{stem}.finetune" if resumable else None, resume=resumable)  # fmt: skip
     finetune_s = time.perf_counter() - started
     model = pruned.model.to("cpu").eval()
     extra = FINISHERS.get(pruned.kind)(model, ctx, name)
@@ -119,7 +145,7 @@ def _cached_run(name: str, base: nn.Module, ctx: Context, *, fresh: bool) -> tup
     if path.exists() and not fresh:
         saved = load_checkpoint(path)
         return saved["model"], saved["row"]
-    model, row = run_method(name, base, ctx)
+    model, row = run_method(name, base, ctx, fresh=fresh)
     atomic_torch_save({"model": model, "row": row}, path, sign=True)
     return model, row
 

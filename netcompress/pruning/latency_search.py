@@ -11,15 +11,18 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    VGG at 2.5x lower ORT batch-64 latency the sensitivity proxy (1,000 validation images) kept 73.38 %
    after the 5-epoch fine-tune against 72.04 % for the importance proxy, which had cut one 64-channel
    layer to 16 (benchmarks/RESULTS.md, issue 18 session 8): pass a validation loader where one exists;
-3. :func:`greedy_widths` repeatedly takes the move (one group to a narrower width) that loses the
-   least proxy per unit of cost saved, until the table predicts the target; then
-   :func:`give_back` widens groups again where the prediction still fits;
+3. :func:`~netcompress.pruning.latency_widths.greedy_widths` repeatedly takes the move (one group to a
+   narrower width) that loses the least proxy per unit of cost saved, until the table predicts the
+   target; then :func:`~netcompress.pruning.latency_widths.give_back` widens groups again where the
+   prediction still fits;
 4. the chosen model is measured end to end against the unpruned one, interleaved. If it missed, the
    table's savings are rescaled by what the measurement found (measured / predicted saving, all groups
    alike) and the search keeps pruning; if it overshot by more than ``tolerance``, the same rescaling
-   widens groups again; at most ``max_rounds`` rounds. Of the models that met the target the one that lost the least
-   proxy is returned; a target that cannot be met returns the fastest model measured with ``met: false``
-   and the reason.
+   widens groups again; once a miss and an overshoot are both measured, the scale is bisected between
+   them instead (:mod:`~netcompress.pruning.latency_widths`: rescaling by a noisy measurement jumped
+   between the two); at most ``max_rounds`` rounds. Of the models that met the target the one that
+   lost the least proxy is returned; a target that cannot be met returns the fastest model measured
+   with ``met: false`` and the reason.
 
 The summary lists every candidate measured (predicted and measured cost, proxy), the speed-up (or
 size) of the result in each deployed form, and, with ``out_dir``, a plot of cost vs proxy.
@@ -50,12 +53,20 @@ from netcompress.pruning.latency_priors import interaction_terms, layer_weights,
 from netcompress.pruning.latency_table import (
     RUNTIMES,
     SHIP_FORMS,
-    CostTable,
     MeasureSpec,
     cost_table,
     measure,
 )
+from netcompress.pruning.latency_widths import (
+    ScaleBracket,
+    bisect_widths,
+    give_back,
+    greedy_widths,
+    state_key,
+)
 from netcompress.pruning.surgery import shrink_model_
+
+__all__ = ["Variants", "give_back", "greedy_widths", "search_measured_target", "smooth_savings"]
 
 
 def group_rates(graph: ChannelGraph, group_ids: Sequence[int], plan: ChannelPlan) -> list[dict[str, Any]]:
@@ -144,53 +155,6 @@ def sensitivity_proxy(
     return proxy, base
 
 
-def greedy_widths(
-    state: dict[str, int], table: CostTable, proxy: Mapping[str, Sequence[float]], budget: float
-) -> list[dict[str, Any]]:
-    """Narrow groups (in place in ``state``) until ``table.predict(state) <= budget``; returns the moves.
-
-    Each move takes one group to any narrower width; the one losing the least proxy per unit of cost
-    saved wins (ties: the smaller saving, which stops closer to the budget, then the earlier group).
-    Moves that save nothing are never taken.
-    """
-    order = {label: k for k, label in enumerate(state)}
-    moves = []
-    while (now := table.predict(state)) > budget:
-        best = None
-        for label, index in state.items():
-            for j in range(index + 1, len(table.widths)):
-                saved = now - table.predict({**state, label: j})
-                if saved <= 0:
-                    continue
-                rank = ((proxy[label][j] - proxy[label][index]) / saved, saved, order[label])
-                if best is None or rank < best[0]:
-                    best = (rank, label, j)
-        if best is None:
-            break  # every group is as narrow as the widths allow, or narrowing saves nothing
-        _, label, j = best
-        state[label] = j
-        moves.append({"group": label, "width": table.widths[j], "predicted": table.predict(state),
-                      "proxy_lost": sum(proxy[g][i] for g, i in state.items())})  # fmt: skip
-    return moves
-
-
-def give_back(
-    state: dict[str, int], table: CostTable, proxy: Mapping[str, Sequence[float]], budget: float
-) -> None:
-    """Widen groups again (in place) while the prediction still fits ``budget``, largest proxy gain first."""
-    while True:
-        options = []
-        for label, index in state.items():
-            for j in range(index):
-                gain = proxy[label][index] - proxy[label][j]
-                if gain > 0 and table.predict({**state, label: j}) <= budget:
-                    options.append((-gain, j, label))
-        if not options:
-            return
-        _, j, label = min(options)
-        state[label] = j
-
-
 def _plot(out_dir: Any, summary: dict[str, Any], table_points: list[dict[str, Any]]) -> str:
     from netcompress.reporting.latency_plots import plot_cost_candidates
 
@@ -266,17 +230,21 @@ def search_measured_target(
     ]
     rows: list[dict[str, Any]] = []
     results: list[tuple[dict[str, float], dict[str, int]]] = []
-    reason = None
+    reason, bracket, bisected = None, ScaleBracket(), None
+    measured: dict[tuple[tuple[str, int], ...], dict[str, Any]] = {}
     for round_index in range(1, config.max_rounds + 1):
-        trajectory += greedy_widths(state, table, proxy, budget)
-        exhausted = table.predict(state) > budget
-        give_back(state, table, proxy, budget)
+        if bisected is None:  # the table rescaled by the last measurement: go on from the last widths
+            trajectory += greedy_widths(state, table, proxy, budget)
+            exhausted = table.predict(state) > budget
+            give_back(state, table, proxy, budget)
+        else:  # widths chosen afresh at the middle of the bracket a miss and an overshoot left
+            state, exhausted = bisected, False
         small = variants.build(state)
         values = measure({"unpruned": model, "candidate": small}, example_inputs, spec)
         achieved = values["unpruned"] / max(values["candidate"], 1e-12)
         row = {"round": round_index, "predicted": table.predict(state), "measured": values["candidate"],
                "unpruned": values["unpruned"], "reduction": achieved, "scale": table.scale,
-               "proxy_lost": sum(proxy[g][i] for g, i in state.items()),
+               "proxy_lost": sum(proxy[g][i] for g, i in state.items()), "bisected": bisected is not None,
                "widths": {g: table.widths[i] for g, i in state.items() if i}}  # fmt: skip
         if base_accuracy is not None:
             row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
@@ -285,6 +253,8 @@ def search_measured_target(
         row["overshoot"] = achieved > config.reduction * (1.0 + config.tolerance)
         rows.append(row)
         results.append((values, dict(state)))
+        measured[state_key(state)] = row
+        bracket.record(table.scale, met=row["met"], overshoot=row["overshoot"])
         if row["met"] and not row["overshoot"]:
             break
         if exhausted and not row["met"]:
@@ -292,6 +262,11 @@ def search_measured_target(
                       f"narrowest useful width (widths down to {min(config.widths)}, min_channels="
                       f"{config.min_channels}); the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
             break
+        if bracket.closed:  # a miss and an overshoot measured: bisect the scale between them
+            bisected = bisect_widths(bracket, list(state), table, proxy, budget, measured)
+            if bisected is None:  # no new widths between them (or noise emptied it): keep the best met
+                break
+            continue
         # the table's savings were worth measured / predicted: rescale them (all groups alike) and go on,
         # pruning more after a miss, widening again after an overshoot
         predicted_saving = (table.base - table.predict(state)) / table.scale
@@ -325,7 +300,7 @@ def search_measured_target(
         achieved_reduction=rows[pick]["reduction"], target_before=values["unpruned"],
         target_after=values["candidate"], met=bool(rows[pick]["met"]), reason=None if rows[pick]["met"] else reason,
         strategy=config.strategy, proxy="sensitivity" if base_accuracy is not None else "importance",
-        baseline_accuracy=base_accuracy, rates=group_rates(graph, list(variants.labels.values()), plan),
+        baseline_accuracy=base_accuracy, bisection=bracket.to_dict(), rates=group_rates(graph, list(variants.labels.values()), plan),
         candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory,
         cost_table={"path": table.path, "cached": table.cached, "measured_s": table.measured_s,
                     "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs,
