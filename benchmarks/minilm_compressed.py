@@ -310,26 +310,14 @@ def stage_distill(
         )  # fmt: skip
     except BudgetReached as exc:
         stopped = str(exc)
-    history = json.loads((folder / "history.json").read_text())
-    rows = history.get("rows", history) if isinstance(history, dict) else history
+    history = folder / "history.json"
+    rows = json.loads(history.read_text())["rows"] if history.exists() else []
     nc.save(student, folder / "student.nc", allow_modules=allowed_modules(teacher))
-    for row in rows[-8:]:
-        print(
-            {
-                k: row.get(k)
-                for k in (
-                    "epoch",
-                    "lr",
-                    "train_loss",
-                    "hidden_loss",
-                    "attention_loss",
-                    "embedding_loss",
-                    "val_cosine",
-                    "val_nn",
-                    "time_s",
-                )
-            }
-        )
+    keys = ("hidden_loss", "attention_loss", "embedding_loss", "val_cosine", "val_cosine_min", "val_nn")
+    print("chunk  lr        " + " ".join(f"{k:>14}" for k in keys) + "  seconds")
+    for row in rows:
+        cells = " ".join(f"{row.get(k, float('nan')):>14.4f}" for k in keys)
+        print(f"{row['epoch']:>5}  {row['lr']:<9.2e} {cells}  {row['time_s']:>7.0f}")
     done = len(rows)
     print(f"{done}/{args.chunks} chunks ({done * sampler.chunk // 32} steps) in {folder}; this run "
           f"{time.perf_counter() - started:.0f} s; {stopped or 'finished'}")  # fmt: skip
