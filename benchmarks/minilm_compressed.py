@@ -29,177 +29,47 @@ timeout loses nothing:
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
-import re
 import sys
-import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 # the folder holds scripts named like packages: take it off the path so `transformers` is theirs
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(
+    str(Path(__file__).resolve().parents[1])
+)  # the repo root, for benchmarks.transformers_distill
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Sampler, default_collate  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import netcompress as nc  # noqa: E402
-from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences  # noqa: E402
+from benchmarks.transformers_distill import (  # noqa: E402
+    BudgetReached,
+    ChunkSampler,
+    TimeBudget,
+    ValidationCurve,
+    corpus,
+    encoder_params,
+    trimmed_collate,
+)
+from netcompress.data.sentences import TokenizedSentences  # noqa: E402
 from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
 from netcompress.pruning.transformer_pruning import count_macs  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "minilm_compressed"
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_MARKUP = set("*=>|[{`")
-_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo"}
-
-
-def docstring_sentences(root: Path | None = None, *, min_chars: int = 40, max_chars: int = 200) -> list[str]:
-    """Prose sentences of the docstrings in ``root``'s ``.py`` files (default: the standard library).
-
-    Parsed with ``ast`` (nothing is imported); the sentence rules of ``python_doc_sentences``: 40-200
-    characters, starting upper-case, no markup characters, no duplicates. Test folders are skipped.
-
-    Example:
-        >>> len(docstring_sentences()) > 5000
-        True
-    """
-    root = Path(root or sysconfig.get_paths()["stdlib"])
-    seen: set[str] = set()
-    out: list[str] = []
-    for path in sorted(root.rglob("*.py")):
-        if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for raw in _SENTENCE_END.split(" ".join((ast.get_docstring(node) or "").split())):
-                s = raw.strip()
-                if (
-                    min_chars <= len(s) <= max_chars
-                    and s[0].isupper()
-                    and not (_MARKUP & set(s))
-                    and s not in seen
-                ):
-                    seen.add(s)
-                    out.append(s)
-    return out
-
-
-def corpus(
-    *, val: int = 256, test: int = 512, seed: int = 0, docstrings: bool = True
-) -> dict[str, list[str]]:
-    """``minilm_int8.py``'s split of the documentation sentences; ``train`` gains the docstring sentences
-    that are not a validation or test sentence."""
-    parts = split_sentences(python_doc_sentences(), val=val, test=test, seed=seed)
-    if docstrings:
-        held = set(parts["val"]) | set(parts["test"]) | set(parts["train"])
-        parts["train"] = parts["train"] + [s for s in docstring_sentences() if s not in held]
-    return parts
-
-
-def trim_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cut a padded dict batch to its longest sentence (exact for a masked encoder: padding is masked)."""
-    length = max(int(batch["attention_mask"].sum(dim=1).max()), 1)
-    return {k: v[:, :length] for k, v in batch.items()}
-
-
-def trimmed_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return trim_batch(default_collate(items))
-
-
-class ChunkSampler(Sampler[int]):
-    """Epoch ``e`` draws chunk ``e % n`` of a seeded permutation (re-drawn every pass over the data).
-
-    Within a chunk the indices are sorted by length and cut into batches of ``batch_size`` (similar
-    lengths, little padding once trimmed); the batches come in a seeded random order. ``set_epoch`` is
-    called by ``fit``, so a resumed run draws the same batches.
-    """
-
-    def __init__(self, lengths: Sequence[int], *, chunk: int, batch_size: int, seed: int = 0) -> None:
-        self.lengths = [int(n) for n in lengths]
-        self.batch_size = batch_size
-        self.chunk = min(chunk, len(self.lengths)) // batch_size * batch_size
-        if self.chunk == 0:
-            raise ValueError(f"{len(self.lengths)} sentences make no batch of {batch_size}")
-        self.chunks = len(self.lengths) // self.chunk
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.chunk
-
-    def __iter__(self) -> Iterator[int]:
-        passes, part = divmod(self.epoch, self.chunks)
-        order = torch.randperm(
-            len(self.lengths), generator=torch.Generator().manual_seed(self.seed * 7919 + passes)
-        )
-        picked = sorted(
-            order[part * self.chunk : (part + 1) * self.chunk].tolist(), key=self.lengths.__getitem__
-        )
-        batches = [picked[i : i + self.batch_size] for i in range(0, self.chunk, self.batch_size)]
-        shuffle = torch.Generator().manual_seed(self.seed * 104729 + self.epoch + 1)
-        for b in torch.randperm(len(batches), generator=shuffle).tolist():
-            yield from batches[b]
-
-
-class BudgetReached(Exception):
-    """Raised at the start of a chunk that would end past ``--max-minutes`` (the last chunk is saved)."""
-
-
-class TimeBudget:
-    """fit hook: stop before an epoch (chunk) that the time left cannot hold (estimate: the longest so far)."""
-
-    def __init__(self, minutes: float, clock: Any = None) -> None:
-        self.clock = clock or time.monotonic
-        self.deadline = self.clock() + 60.0 * minutes
-        self.last: float | None = None
-        self.longest = 0.0
-
-    def epoch_start(self, model: nn.Module, epoch: int) -> None:
-        now = self.clock()
-        if self.last is not None:
-            self.longest = max(self.longest, now - self.last)
-        if now + self.longest > self.deadline:
-            raise BudgetReached(f"stopped before chunk {epoch}")
-        self.last = now
-
-
-class ValidationCurve:
-    """fit hook: after every chunk, the student's validation cosine / agreement to the teacher's embeddings."""
-
-    def __init__(self, reference: torch.Tensor, loader: Any) -> None:
-        self.reference, self.loader = reference, loader
-
-    def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        s = compare_embeddings(self.reference, embed(model, self.loader))
-        return {
-            "val_cosine": s["cosine_mean"],
-            "val_cosine_min": s["cosine_min"],
-            "val_nn": s["nn_agreement"],
-        }
 
 
 def allowed_modules(model: nn.Module) -> tuple[str, ...]:
     """The modules outside torch / netcompress whose classes ``model`` uses: what ``nc.load`` must allow."""
     found = {type(m).__module__ for m in model.modules()} | {type(getattr(model, "config", None)).__module__}
     return tuple(sorted(m for m in found if not m.startswith(("torch", "netcompress", "builtins"))))
-
-
-def encoder_params(model: nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
 
 
 def load_minilm() -> tuple[nn.Module, Any]:
@@ -330,6 +200,7 @@ def stage_final(
 
     from netcompress.evaluation import time_alternating
     from netcompress.export.onnx import OrtModel, export_onnx, op_counts
+    from netcompress.quantization import split_outliers
 
     test = loader(parts["test"], tokenizer)
     example = next(iter(test))
@@ -350,6 +221,19 @@ def stage_final(
         files["ORT quantize_dynamic (peer, unpruned)"] = folder / "peer.onnx"
         export_onnx(student, files["student float (ORT)"], example)
         checks = {}
+        if args.split_layers:  # int8 with each named Linear's k largest-range input channels in float
+            calib = loader(parts["train"][: args.calib], tokenizer)
+            layers = args.split_layers.split(",")
+            split, info = split_outliers(
+                student, calib, layers=layers, channels=args.outlier_channels, num_batches=len(calib)
+            )
+            label = (
+                f"student int8, outlier split k={args.outlier_channels} on {len(info['layers'])} layers (ORT)"
+            )
+            checks[label] = export_onnx(
+                nc.quantize(split, mode="dynamic"), folder / "split.onnx", example, **int8
+            )["check"]
+            files[label] = folder / "split.onnx"
         for label, emb in (("student int8 (ORT)", "float"), ("student int8 + int8 tables (ORT)", "int8")):
             if emb == "int8" and not args.emb8:
                 continue
@@ -432,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-embeddings", action="store_true", help="train the word-embedding table too")
     parser.add_argument("--max-minutes", type=float, default=12.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--split-layers", default="", help="comma list of Linears (names, re: patterns) to split"
+    )
+    parser.add_argument("--outlier-channels", type=int, default=16, help="k of the outlier split")
     parser.add_argument("--emb8", action="store_true", help="also the int8-embedding-table row")
     parser.add_argument("--json", type=Path, default=None)
     return parser

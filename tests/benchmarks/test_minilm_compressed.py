@@ -1,4 +1,4 @@
-"""benchmarks/minilm_compressed.py: corpus, chunked length-bucketed sampling, trimming, the time budget,
+"""benchmarks/minilm_compressed.py (and the helpers it takes from transformers_distill.py): corpus, chunked length-bucketed sampling, trimming, the time budget,
 and the prune -> distill (interrupted and resumed) -> final stages on a tiny BERT."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 bench = importlib.import_module("benchmarks.minilm_compressed")  # on sys.path: see conftest.py
+td = importlib.import_module("benchmarks.transformers_distill")  # the corpus, sampler and hooks it uses
 
 
 def test_docstring_sentences_reads_prose_without_importing(tmp_path):
@@ -34,21 +35,21 @@ def test_docstring_sentences_reads_prose_without_importing(tmp_path):
     (tmp_path / "tests" / "t.py").write_text(
         '"""A sentence in a test folder that is long enough to count."""\n'
     )
-    assert bench.docstring_sentences(tmp_path) == [
+    assert td.docstring_sentences(tmp_path) == [
         "This module docstring has one long enough sentence for the corpus.",
         "Another sentence that is long enough to be kept here.",
     ]
 
 
 def test_corpus_training_part_never_holds_a_held_out_sentence(monkeypatch):
-    plain = bench.split_sentences(bench.python_doc_sentences(), val=256, test=512, seed=0)
+    plain = td.split_sentences(td.python_doc_sentences(), val=256, test=512, seed=0)
     extra = [
         "A docstring sentence that appears nowhere in the documentation topics.",
         plain["test"][3],
         plain["val"][0],
     ]
-    monkeypatch.setattr(bench, "docstring_sentences", lambda: extra)
-    parts = bench.corpus()
+    monkeypatch.setattr(td, "docstring_sentences", lambda: extra)
+    parts = td.corpus()
     assert {k: parts[k] for k in ("test", "val")} == {
         k: plain[k] for k in ("test", "val")
     }  # minilm_int8.py's split
@@ -57,7 +58,7 @@ def test_corpus_training_part_never_holds_a_held_out_sentence(monkeypatch):
 
 def test_chunk_sampler_covers_a_pass_once_in_length_sorted_batches():
     lengths = [int(x) for x in torch.randint(3, 60, (100,), generator=torch.Generator().manual_seed(1))]
-    sampler = bench.ChunkSampler(lengths, chunk=40, batch_size=8, seed=3)
+    sampler = td.ChunkSampler(lengths, chunk=40, batch_size=8, seed=3)
     assert (sampler.chunks, len(sampler)) == (2, 40)
     seen = []
     for epoch in (0, 1):
@@ -80,19 +81,19 @@ def test_trim_batch_cuts_padding_and_keeps_embeddings():
     mask = torch.zeros(3, 16, dtype=torch.long)
     mask[0, :5], mask[1, :9], mask[2, :2] = 1, 1, 1
     batch = {"input_ids": ids * mask, "attention_mask": mask}
-    trimmed = bench.trim_batch(batch)
+    trimmed = td.trim_batch(batch)
     assert trimmed["input_ids"].shape == (3, 9)
-    full = bench.embed(model, [batch])
-    assert torch.allclose(bench.embed(model, [trimmed]), full, atol=1e-5)
+    full = td.embed(model, [batch])
+    assert torch.allclose(td.embed(model, [trimmed]), full, atol=1e-5)
 
 
 def test_time_budget_stops_before_a_chunk_that_would_overrun():
     clock = iter([0.0, 10.0, 40.0, 75.0, 100.0])
-    budget = bench.TimeBudget(2.0, clock=lambda: next(clock))  # deadline 120 s
+    budget = td.TimeBudget(2.0, clock=lambda: next(clock))  # deadline 120 s
     budget.epoch_start(None, 0)  # t 10
     budget.epoch_start(None, 1)  # t 40: longest 30, 70 <= 120
     budget.epoch_start(None, 2)  # t 75: longest 35, 110 <= 120
-    with pytest.raises(bench.BudgetReached, match="chunk 3"):
+    with pytest.raises(td.BudgetReached, match="chunk 3"):
         budget.epoch_start(None, 3)  # t 100: 135 > 120
 
 
