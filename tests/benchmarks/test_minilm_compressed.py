@@ -185,8 +185,16 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
         resumed["embeddings.word_embeddings.weight"], pruned["embeddings.word_embeddings.weight"]
     )
 
+    split = [
+        "--split-layers",
+        r"re:encoder\.layer\.0\.output\.dense",
+        "--outlier-channels",
+        "2",
+        "--calib",
+        "64",
+    ]
     bench.stage_final(
-        args("final", tmp_path, *common, "--rounds", "1", "--json", str(tmp_path / "f.json")),
+        args("final", tmp_path, *common, "--rounds", "1", "--json", str(tmp_path / "f.json"), *split),
         teacher,
         tok,
         parts,
@@ -196,3 +204,5 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
     int8 = rows["student int8 (ORT)"]
     assert int8["int_ops"] and int8["bytes"] < rows["student float (ORT)"]["bytes"]
     assert abs(int8["cosine_mean"] - rows["PyTorch pruned + distilled"]["cosine_mean"]) < 0.05
+    split_row = rows["student int8, outlier split k=2 on 1 layers (ORT)"]
+    assert split_row["int_ops"] and split_row["speedup"] > 0
