@@ -119,6 +119,7 @@ def stage_prune(
     reference = embed(teacher, val)
     example = next(iter(calib))
     rows, best = [], None
+    args.out.mkdir(parents=True, exist_ok=True)
     for text in args.candidates.split(","):
         started = time.perf_counter()
         small = prune_candidate(teacher, example, calib, parse_candidate(text))
@@ -127,21 +128,19 @@ def stage_prune(
             "candidate": text,
             "encoder_params_ratio": round(ratio, 4),
             **compare_embeddings(reference, embed(small, val)),
+            "macs_ratio": round(count_macs(small, example) / count_macs(teacher, example), 4),
+            "seconds": round(time.perf_counter() - started, 1),
         }
-        row["macs_ratio"] = round(count_macs(small, example) / count_macs(teacher, example), 4)
-        row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if ratio <= args.max_params and (best is None or row["cosine_mean"] > best[0]["cosine_mean"]):
-            best = (row, small)
+        if ratio <= args.max_params and (best is None or row["cosine_mean"] > best["cosine_mean"]):
+            best = row  # saved at once: a timeout loses only the candidate in progress
+            nc.save(small, args.out / "pruned.nc", allow_modules=allowed_modules(teacher))
+        record = {"rows": rows, "chosen": best, "calib": args.calib}
+        (args.out / "prune.json").write_text(json.dumps(record, indent=1))
     if best is None:
         raise SystemExit(f"no candidate within {args.max_params}x encoder parameters")
-    args.out.mkdir(parents=True, exist_ok=True)
-    nc.save(best[1], args.out / "pruned.nc", allow_modules=allowed_modules(teacher))
-    (args.out / "prune.json").write_text(
-        json.dumps({"rows": rows, "chosen": best[0], "calib": args.calib}, indent=1)
-    )
-    print(f"chosen on validation: {best[0]['candidate']} -> {args.out / 'pruned.nc'}")
+    print(f"chosen on validation: {best['candidate']} -> {args.out / 'pruned.nc'}")
 
 
 def run_name(args: argparse.Namespace) -> str:
