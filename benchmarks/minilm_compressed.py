@@ -168,7 +168,7 @@ def stage_distill(
     print(
         f"{len(parts['train'])} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
     )
-    hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes)]
+    hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes, stop_at=args.stop_at)]
     started, stopped = time.perf_counter(), None
     try:
         nc.distill_transformer_(
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropout", type=float, default=0.0, help="the student's dropout while it distils")
     parser.add_argument("--train-embeddings", action="store_true", help="train the word-embedding table too")
     parser.add_argument("--max-minutes", type=float, default=12.0)
+    parser.add_argument("--stop-at", type=int, default=None, help="stop before this chunk (a probe)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--split-layers", default="", help="comma list of Linears (names, re: patterns) to split"

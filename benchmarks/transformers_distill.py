@@ -145,11 +145,13 @@ class BudgetReached(Exception):
 
 
 class TimeBudget:
-    """fit hook: stop before an epoch (chunk) that the time left cannot hold (estimate: the longest so far)."""
+    """fit hook: stop before an epoch (chunk) that the time left cannot hold (estimate: the longest so far),
+    or before epoch ``stop_at`` (a probe of a few chunks)."""
 
-    def __init__(self, minutes: float, clock: Any = None) -> None:
+    def __init__(self, minutes: float, clock: Any = None, stop_at: int | None = None) -> None:
         self.clock = clock or time.monotonic
         self.deadline = self.clock() + 60.0 * minutes
+        self.stop_at = stop_at
         self.last: float | None = None
         self.longest = 0.0
 
@@ -157,7 +159,7 @@ class TimeBudget:
         now = self.clock()
         if self.last is not None:
             self.longest = max(self.longest, now - self.last)
-        if now + self.longest > self.deadline:
+        if now + self.longest > self.deadline or (self.stop_at is not None and epoch >= self.stop_at):
             raise BudgetReached(f"stopped before chunk {epoch}")
         self.last = now
 

@@ -95,6 +95,11 @@ def test_time_budget_stops_before_a_chunk_that_would_overrun():
     budget.epoch_start(None, 2)  # t 75: longest 35, 110 <= 120
     with pytest.raises(td.BudgetReached, match="chunk 3"):
         budget.epoch_start(None, 3)  # t 100: 135 > 120
+    probe = td.TimeBudget(60.0, stop_at=2)
+    probe.epoch_start(None, 0)
+    probe.epoch_start(None, 1)
+    with pytest.raises(td.BudgetReached, match="chunk 2"):
+        probe.epoch_start(None, 2)
 
 
 class _Tokenizer:
@@ -162,7 +167,9 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
     ticks = iter(range(0, 10**6, 60))
     real_budget = bench.TimeBudget
     monkeypatch.setattr(
-        bench, "TimeBudget", lambda minutes: real_budget(minutes, clock=lambda: float(next(ticks)))
+        bench,
+        "TimeBudget",
+        lambda minutes, stop_at: real_budget(minutes, clock=lambda: float(next(ticks)), stop_at=stop_at),
     )
     bench.stage_distill(args("distill", tmp_path, *common, "--max-minutes", "1.5"), teacher, tok, parts)
     assert "1/3 chunks" in capsys.readouterr().out
