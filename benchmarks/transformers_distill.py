@@ -7,6 +7,11 @@ or with ``--mode transformer`` also its hidden states and attention maps (``dist
 on the held-out sentences against the teacher: mean/min embedding cosine and nearest-neighbour agreement,
 before and after distillation, with encoder parameters and wall time.
 
+Also the pieces ``minilm_compressed.py`` trains with: more unlabelled text (``docstring_sentences``: the
+standard library's docstrings, read with ``ast``; ``corpus``), batches of similar length trimmed to their
+longest sentence (``ChunkSampler``, ``trimmed_collate``), and ``fit`` hooks for a time budget
+(``TimeBudget``) and a validation curve (``ValidationCurve``).
+
     python benchmarks/transformers_distill.py                          # 3 epochs, every training sentence, lr 5e-4
     python benchmarks/transformers_distill.py --epochs 3 --train 320   # the figures in the report (~5 CPU-minutes)
     python benchmarks/transformers_distill.py --epochs 1 --train 256   # a quick look
@@ -16,17 +21,162 @@ before and after distillation, with encoder parameters and wall time.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import platform
+import re
 import sys
+import sysconfig
 import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 import netcompress as nc
 from netcompress.data.sentences import TokenizedSentences, python_doc_sentences, split_sentences
 from netcompress.evaluation.embeddings import compare_embeddings, embed
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_MARKUP = set("*=>|[{`")
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo"}
+
+
+def docstring_sentences(root: Path | None = None, *, min_chars: int = 40, max_chars: int = 200) -> list[str]:
+    """Prose sentences of the docstrings in ``root``'s ``.py`` files (default: the standard library).
+
+    Parsed with ``ast`` (nothing is imported); the sentence rules of ``python_doc_sentences``: 40-200
+    characters, starting upper-case, no markup characters, no duplicates. Test folders are skipped.
+
+    Example:
+        >>> len(docstring_sentences()) > 5000
+        True
+    """
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for raw in _SENTENCE_END.split(" ".join((ast.get_docstring(node) or "").split())):
+                s = raw.strip()
+                if (
+                    min_chars <= len(s) <= max_chars
+                    and s[0].isupper()
+                    and not (_MARKUP & set(s))
+                    and s not in seen
+                ):
+                    seen.add(s)
+                    out.append(s)
+    return out
+
+
+def corpus(
+    *, val: int = 256, test: int = 512, seed: int = 0, docstrings: bool = True
+) -> dict[str, list[str]]:
+    """``minilm_int8.py``'s split of the documentation sentences; ``train`` gains the docstring sentences
+    that are not a validation or test sentence."""
+    parts = split_sentences(python_doc_sentences(), val=val, test=test, seed=seed)
+    if docstrings:
+        held = set(parts["val"]) | set(parts["test"]) | set(parts["train"])
+        parts["train"] = parts["train"] + [s for s in docstring_sentences() if s not in held]
+    return parts
+
+
+def trim_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut a padded dict batch to its longest sentence (exact for a masked encoder: padding is masked)."""
+    length = max(int(batch["attention_mask"].sum(dim=1).max()), 1)
+    return {k: v[:, :length] for k, v in batch.items()}
+
+
+def trimmed_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return trim_batch(default_collate(items))
+
+
+class ChunkSampler(Sampler[int]):
+    """Epoch ``e`` draws chunk ``e % n`` of a seeded permutation (re-drawn every pass over the data).
+
+    Within a chunk the indices are sorted by length and cut into batches of ``batch_size`` (similar
+    lengths, little padding once trimmed); the batches come in a seeded random order. ``set_epoch`` is
+    called by ``fit``, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], *, chunk: int, batch_size: int, seed: int = 0) -> None:
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.chunk = min(chunk, len(self.lengths)) // batch_size * batch_size
+        if self.chunk == 0:
+            raise ValueError(f"{len(self.lengths)} sentences make no batch of {batch_size}")
+        self.chunks = len(self.lengths) // self.chunk
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.chunk
+
+    def __iter__(self) -> Iterator[int]:
+        passes, part = divmod(self.epoch, self.chunks)
+        order = torch.randperm(
+            len(self.lengths), generator=torch.Generator().manual_seed(self.seed * 7919 + passes)
+        )
+        picked = sorted(
+            order[part * self.chunk : (part + 1) * self.chunk].tolist(), key=self.lengths.__getitem__
+        )
+        batches = [picked[i : i + self.batch_size] for i in range(0, self.chunk, self.batch_size)]
+        shuffle = torch.Generator().manual_seed(self.seed * 104729 + self.epoch + 1)
+        for b in torch.randperm(len(batches), generator=shuffle).tolist():
+            yield from batches[b]
+
+
+class BudgetReached(Exception):
+    """Raised at the start of a chunk that would end past ``--max-minutes`` (the last chunk is saved)."""
+
+
+class TimeBudget:
+    """fit hook: stop before an epoch (chunk) that the time left cannot hold (estimate: the longest so far),
+    or before epoch ``stop_at`` (a probe of a few chunks)."""
+
+    def __init__(self, minutes: float, clock: Any = None, stop_at: int | None = None) -> None:
+        self.clock = clock or time.monotonic
+        self.deadline = self.clock() + 60.0 * minutes
+        self.stop_at = stop_at
+        self.last: float | None = None
+        self.longest = 0.0
+
+    def epoch_start(self, model: nn.Module, epoch: int) -> None:
+        now = self.clock()
+        if self.last is not None:
+            self.longest = max(self.longest, now - self.last)
+        if now + self.longest > self.deadline or (self.stop_at is not None and epoch >= self.stop_at):
+            raise BudgetReached(f"stopped before chunk {epoch}")
+        self.last = now
+
+
+class ValidationCurve:
+    """fit hook: after every chunk, the student's validation cosine / agreement to the teacher's embeddings."""
+
+    def __init__(self, reference: torch.Tensor, loader: Any) -> None:
+        self.reference, self.loader = reference, loader
+
+    def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        s = compare_embeddings(self.reference, embed(model, self.loader))
+        return {
+            "val_cosine": s["cosine_mean"],
+            "val_cosine_min": s["cosine_min"],
+            "val_nn": s["nn_agreement"],
+        }
 
 
 def encoder_params(model: torch.nn.Module) -> int:
