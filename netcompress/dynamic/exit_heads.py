@@ -1,9 +1,11 @@
-"""The small classifiers attached at early exits: global average pool + Linear (or a small MLP).
+"""The small classifiers attached at early exits: global average pool + Linear (or a small MLP),
+or a grid pool + Linear that keeps where things are (``pool_grid_linear``, the SDN head).
 
 Example::
 
     head = HEADS.get("pool_linear")(in_channels=32, num_classes=10)
     head(torch.randn(4, 32, 8, 8)).shape          # torch.Size([4, 10])
+    HEADS.get("pool_grid_linear")(in_channels=16, num_classes=10)(torch.randn(4, 16, 32, 32)).shape
 """
 
 from __future__ import annotations
@@ -43,7 +45,39 @@ class PoolMLPHead(nn.Module):
         return self.fc(F.relu(self.hidden(_pool(x))))
 
 
+class PoolGridLinearHead(nn.Module):
+    """Mixed max/average pooling to a ``grid`` x ``grid`` map, then one Linear to the classes.
+
+    The head of Shallow-Deep Networks (Kaya et al., 2019): a global pool throws away where the
+    features are, which an exit early in a CNN needs; a 4 x 4 grid keeps it for ``C * 16`` weights
+    per class and no convolution. The mix ``sigmoid(a) * max + (1 - sigmoid(a)) * avg`` is learned
+    (``a`` starts at 0). A (N, C, L) input pools to ``grid ** 2`` steps (the same Linear size), a
+    (N, C) input is repeated to that size. The grid must divide the spatial size for an ONNX export.
+
+    Example:
+        >>> PoolGridLinearHead(in_channels=16, num_classes=10)(torch.randn(2, 16, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, *, in_channels: int, num_classes: int, grid: int = 4) -> None:
+        super().__init__()
+        self.grid = int(grid)
+        self.mix = nn.Parameter(torch.zeros(()))
+        self.fc = nn.Linear(in_channels * self.grid**2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            peak, mean = F.adaptive_max_pool2d(x, self.grid), F.adaptive_avg_pool2d(x, self.grid)
+        else:
+            x = x if x.dim() == 3 else x.unsqueeze(-1)
+            peak = F.adaptive_max_pool1d(x, self.grid**2)
+            mean = F.adaptive_avg_pool1d(x, self.grid**2)
+        weight = torch.sigmoid(self.mix)
+        return self.fc((weight * peak + (1 - weight) * mean).flatten(1))
+
+
 # name -> head class built with (in_channels=, num_classes=)
 HEADS: Registry[type[nn.Module]] = Registry("early-exit head")
 HEADS.register("pool_linear", PoolLinearHead)
 HEADS.register("pool_mlp", PoolMLPHead)
+HEADS.register("pool_grid_linear", PoolGridLinearHead)
