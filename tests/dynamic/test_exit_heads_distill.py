@@ -14,21 +14,30 @@ from netcompress.training import TrainConfig
 X = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
 
-def test_grid_head_is_half_max_half_average_pool_then_linear():
+def test_grid_head_is_grid_average_pool_then_linear():
     torch.manual_seed(0)
     head = HEADS.get("pool_grid_linear")(in_channels=5, num_classes=3)
-    assert isinstance(head, PoolGridLinearHead) and head.fc.in_features == 5 * 16
+    assert isinstance(head, PoolGridLinearHead) and head.fc.in_features == 5 * 16 and head.mix is None
+    x = torch.randn(2, 5, 8, 8)
+    assert torch.allclose(head(x), head.fc(F.avg_pool2d(x, 2).flatten(1)), atol=1e-6)
+    # a sequence (N, C, L) pools to grid**2 steps, a vector (N, C) is repeated to that size
+    seq = torch.randn(2, 5, 32)
+    assert torch.allclose(head(seq), head.fc(F.avg_pool1d(seq, 2).flatten(1)), atol=1e-6)
+    vec = torch.randn(2, 5)
+    assert torch.allclose(head(vec), head.fc(vec.repeat_interleave(16, dim=1)), atol=1e-6)
+
+
+def test_mixed_grid_head_is_half_max_half_average_at_start():
+    torch.manual_seed(0)
+    head = HEADS.get("pool_grid_mix_linear")(in_channels=5, num_classes=3)
     x = torch.randn(2, 5, 8, 8)
     by_hand = head.fc((0.5 * F.max_pool2d(x, 2) + 0.5 * F.avg_pool2d(x, 2)).flatten(1))
     assert torch.allclose(head(x), by_hand, atol=1e-6)
     with torch.no_grad():
         head.mix.fill_(30.0)  # sigmoid(30) = 1 in float32: max pooling only
     assert torch.allclose(head(x), head.fc(F.max_pool2d(x, 2).flatten(1)), atol=1e-6)
-    # a sequence (N, C, L) pools to grid**2 steps, a vector (N, C) is repeated to that size
     seq = torch.randn(2, 5, 32)
     assert torch.allclose(head(seq), head.fc(F.max_pool1d(seq, 2).flatten(1)), atol=1e-6)
-    vec = torch.randn(2, 5)
-    assert torch.allclose(head(vec), head.fc(vec.repeat_interleave(16, dim=1)), atol=1e-6)
 
 
 def test_grid_head_on_resnet_exits_costs_its_linear_only():
