@@ -84,6 +84,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--kd-alpha", type=float, default=0.0, help="distil every exit from the unmodified model"
     )
     parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument(
+        "--exit-weights", type=float, nargs="+", default=None,
+        help="loss weight per exit, the final classifier last (default: 1 each)",
+    )  # fmt: skip
     parser.add_argument("--chunks", type=int, default=4, help="checkpoint every 1/N epoch (resumable)")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02])
@@ -101,6 +105,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float]:
     """The early-exit model, trained (heads or jointly) and cached; resumes a killed run."""
     settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
+    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
     settings.update(protocol=protocol.name)
     folder = cp.CACHE_DIR / f"ee-resnet20-{cp.cache_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
         ee, ChunkedLoader(train_loader, args.chunks, seed=protocol.seed), config=config,
         freeze_backbone=args.train == "heads", checkpoint_dir=folder / "fit", resume=True,
         teacher=copy.deepcopy(model).eval() if args.kd_alpha > 0 else None,
-        temperature=args.kd_temperature, alpha=args.kd_alpha,
+        temperature=args.kd_temperature, alpha=args.kd_alpha, weights=args.exit_weights,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     atomic_torch_save(ee.state_dict(), done)
@@ -126,6 +131,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
 
 
 TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
+TRAIN_FLAGS_SINCE = {"exit_weights"}  # in the cache key only when given (older caches stay valid)
 
 
 def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:
