@@ -102,8 +102,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float]:
-    """The early-exit model, trained (heads or jointly) and cached; resumes a killed run."""
+def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float, Path]:
+    """The early-exit model, trained (heads or jointly) and cached, its training seconds and its cache
+    folder; resumes a killed run."""
     settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
     settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
     settings.update(protocol=protocol.name)
@@ -114,7 +115,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
     done = folder / "trained.pt"
     if done.exists():
         ee.load_state_dict(load_checkpoint(done))
-        return ee, json.loads((folder / "time.json").read_text())["seconds"]
+        return ee, json.loads((folder / "time.json").read_text())["seconds"], folder
     epochs = args.head_epochs if args.head_epochs is not None else (1 if args.quick else 5)
     config = cp.train_config(protocol, epochs=epochs * args.chunks, lr=args.lr)
     started = time.perf_counter()
@@ -127,10 +128,11 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
     seconds = time.perf_counter() - started
     atomic_torch_save(ee.state_dict(), done)
     atomic_write_text(folder / "time.json", json.dumps({"seconds": seconds}))
-    return ee, seconds
+    return ee, seconds, folder
 
 
 TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
+EVAL_FLAGS = ("val_size", "drops", "mac_fractions", "thresholds")
 TRAIN_FLAGS_SINCE = {"exit_weights"}  # in the cache key only when given (older caches stay valid)
 
 
@@ -170,12 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     train, test = cp.loaders(bundle, protocol)
     example = cp.example_input(bundle)
     with torch_threads(args.threads):
-        ee, head_time = train_exits(model, args, protocol, train, example)
+        ee, head_time, folder = train_exits(model, args, protocol, train, example)
         ee.eval()
         full_macs = count_macs(model, example)[0]
-        chosen = choose(ee, model, val, full_macs, args)
-        rows = evaluate_early_exit(ee, test, thresholds=list(chosen.values()), example_inputs=example)
-        base_acc = evaluate(model, test)["accuracy"]
+        # the choice and the test rows are cached too: a run killed while timing resumes at the timing
+        evaluated = folder / f"evaluated-{cp.cache_key({k: vars(args)[k] for k in EVAL_FLAGS})}.json"
+        if evaluated.exists():
+            chosen, rows, base_acc = json.loads(evaluated.read_text())
+        else:
+            chosen = choose(ee, model, val, full_macs, args)
+            rows = evaluate_early_exit(ee, test, thresholds=list(chosen.values()), example_inputs=example)
+            base_acc = evaluate(model, test)["accuracy"]
+            atomic_write_text(evaluated, json.dumps([chosen, rows, base_acc]))
     ms: dict[str, float] = {}
     if not args.no_timing:
         images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
