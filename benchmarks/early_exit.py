@@ -175,15 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         ee, head_time, folder = train_exits(model, args, protocol, train, example)
         ee.eval()
         full_macs = count_macs(model, example)[0]
-        # the choice and the test rows are cached too: a run killed while timing resumes at the timing
-        evaluated = folder / f"evaluated-{cp.cache_key({k: vars(args)[k] for k in EVAL_FLAGS})}.json"
-        if evaluated.exists():
-            chosen, rows, base_acc = json.loads(evaluated.read_text())
+        # the choice and the test rows are cached too: a killed run resumes after what it finished
+        key = cp.cache_key({k: vars(args)[k] for k in EVAL_FLAGS})
+        chosen_path, evaluated = folder / f"chosen-{key}.json", folder / f"evaluated-{key}.json"
+        if chosen_path.exists():
+            chosen = json.loads(chosen_path.read_text())
         else:
             chosen = choose(ee, model, val, full_macs, args)
+            atomic_write_text(chosen_path, json.dumps(chosen))
+        if evaluated.exists():
+            rows, base_acc = json.loads(evaluated.read_text())
+        else:
             rows = evaluate_early_exit(ee, test, thresholds=list(chosen.values()), example_inputs=example)
-            base_acc = evaluate(model, test)["accuracy"]
-            atomic_write_text(evaluated, json.dumps([chosen, rows, base_acc]))
+            # heads only: the final exit is the unmodified model itself (its segments, frozen)
+            frozen = args.train == "heads"
+            base_acc = rows[0]["exit_accuracies"][-1] if frozen else evaluate(model, test)["accuracy"]
+            atomic_write_text(evaluated, json.dumps([rows, base_acc]))
     ms: dict[str, float] = {}
     if not args.no_timing:
         images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
