@@ -16,7 +16,9 @@ different exits), against the unmodified model, all timed interleaved round by r
 each round) on ``--threads`` torch threads with the heap kept warm.
 
     python benchmarks/early_exit.py --quick            # smoke run, under two minutes
-    python benchmarks/early_exit.py                    # CPU protocol (trains the cached baseline once)
+    python benchmarks/early_exit.py                    # CPU protocol, heads only (trains the cached baseline once)
+    python benchmarks/early_exit.py --train joint --head-epochs 4 --lr 0.02 --kd-alpha 0.5 \
+        --exit-weights 0.15 0.275 0.4 0.525 0.65 0.775 0.9 1.0     # jointly, every exit distilled
 """
 
 from __future__ import annotations
