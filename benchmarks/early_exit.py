@@ -1,22 +1,30 @@
 """Early exit on ResNet-20 (CIFAR-10, CPU protocol): accuracy, average MACs and measured batch latency per threshold.
 
 The protocol baseline (``cifar_protocol.train_baseline``, cached) gets exit heads after ``--exits``
-(default ``layer1`` and ``layer2``), trained with the backbone frozen (``--head-epochs``). The
-thresholds are then chosen on a held-out VALIDATION split (training images outside the protocol
-subset): one for each accuracy bound (``--drops``, drop vs the final exit) and each MAC budget
-(``--mac-fractions``), beside a fixed grid (``--thresholds``). Every row reports test accuracy,
-per-exit shares, average MACs per sample and the measured wall clock per batch of ``--batch``
-real test images (different images per batch, so samples leave at different exits), against the
-unmodified model, all timed interleaved round by round on ``--threads`` torch threads with the heap
-kept warm.
+(default: after each of the first seven of ResNet-20's nine residual blocks) of kind ``--head``
+(default ``pool_grid_linear``: mixed max/avg pooling to 4 x 4, then a Linear, the Shallow-Deep
+Networks head), trained for ``--head-epochs`` with the backbone frozen (``--train heads``: the final
+exit IS the unmodified model) or jointly (``--train joint``, optionally distilled from the unmodified
+model into every exit, ``--kd-alpha``). Trained weights and every quarter epoch are cached under
+``benchmarks/.cache/ee-resnet20-<settings hash>/`` (a killed run resumes). The thresholds are then
+chosen on a held-out VALIDATION split (training images outside the protocol subset): one for each
+accuracy bound (``--drops``: accuracy at least the UNMODIFIED model's validation accuracy minus the
+drop) and each MAC budget (``--mac-fractions`` of the unmodified model's MACs), beside a fixed grid
+(``--thresholds``). Every row reports test accuracy, per-exit shares, average MACs per sample and the
+measured wall clock per batch of ``--batch`` random test images (classes mixed, so samples leave at
+different exits), against the unmodified model, all timed interleaved round by round (order rotated
+each round) on ``--threads`` torch threads with the heap kept warm.
 
     python benchmarks/early_exit.py --quick            # smoke run, under two minutes
-    python benchmarks/early_exit.py                    # CPU protocol (trains the cached baseline once)
+    python benchmarks/early_exit.py                    # CPU protocol, heads only (trains the cached baseline once)
+    python benchmarks/early_exit.py --train joint --head-epochs 4 --lr 0.02 --kd-alpha 0.5 \
+        --exit-weights 0.15 0.275 0.4 0.525 0.65 0.775 0.9 1.0     # jointly, every exit distilled
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -28,15 +36,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
+from deep_compression import ChunkedLoader  # noqa: E402
 
+from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
+from netcompress.core.io import load_checkpoint  # noqa: E402
 from netcompress.dynamic import (  # noqa: E402
     add_early_exits,
-    calibrate_early_exit,
+    choose_threshold,
+    collect_exit_logits,
     evaluate_early_exit,
+    exit_path_macs,
     train_early_exit,
 )
-from netcompress.evaluation import count_macs, keep_heap_warm, torch_threads  # noqa: E402
-from netcompress.training import TrainConfig  # noqa: E402
+from netcompress.evaluation import count_macs, evaluate, keep_heap_warm, torch_threads  # noqa: E402
 
 
 def time_batches(models: dict[str, Any], batches: list[torch.Tensor], *, rounds: int) -> dict[str, float]:
@@ -56,58 +68,143 @@ def time_batches(models: dict[str, Any], batches: list[torch.Tensor], *, rounds:
     return {n: statistics.median(v) for n, v in per_round.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+RESNET20_EXITS = ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "layer3.0"]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--exits", nargs="+", default=["layer1", "layer2"])
+    parser.add_argument("--exits", nargs="+", default=RESNET20_EXITS)
+    parser.add_argument("--head", default="pool_grid_linear", help="exit head (netcompress.dynamic.HEADS)")
+    parser.add_argument(
+        "--train", choices=("heads", "joint"), default="heads",
+        help="heads: backbone frozen (the final exit IS the unmodified model); joint: backbone trained too",
+    )  # fmt: skip
     parser.add_argument("--head-epochs", type=int, default=None, help="default: 1 quick, 5 otherwise")
-    parser.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.01, 0.02])
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument(
+        "--kd-alpha", type=float, default=0.0, help="distil every exit from the unmodified model"
+    )
+    parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument(
+        "--exit-weights", type=float, nargs="+", default=None,
+        help="loss weight per exit, the final classifier last (default: 1 each)",
+    )  # fmt: skip
+    parser.add_argument("--chunks", type=int, default=4, help="checkpoint every 1/N epoch (resumable)")
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02])
     parser.add_argument("--mac-fractions", type=float, nargs="+", default=[0.5])
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.9, 0.99])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=8, help="real test batches timed per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-timing", action="store_true", help="accuracy and MACs only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float, Path]:
+    """The early-exit model, trained (heads or jointly) and cached, its training seconds and its cache
+    folder; resumes a killed run."""
+    settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
+    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
+    settings.update(protocol=protocol.name)
+    folder = cp.CACHE_DIR / f"ee-resnet20-{cp.cache_key(settings)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ee = add_early_exits(model, exits=args.exits, example_inputs=example, head=args.head)
+    done = folder / "trained.pt"
+    if done.exists():
+        ee.load_state_dict(load_checkpoint(done))
+        return ee, json.loads((folder / "time.json").read_text())["seconds"], folder
+    epochs = args.head_epochs if args.head_epochs is not None else (1 if args.quick else 5)
+    config = cp.train_config(protocol, epochs=epochs * args.chunks, lr=args.lr)
+    started = time.perf_counter()
+    train_early_exit(
+        ee, ChunkedLoader(train_loader, args.chunks, seed=protocol.seed), config=config,
+        freeze_backbone=args.train == "heads", checkpoint_dir=folder / "fit", resume=True,
+        teacher=copy.deepcopy(model).eval() if args.kd_alpha > 0 else None,
+        temperature=args.kd_temperature, alpha=args.kd_alpha, weights=args.exit_weights,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    atomic_torch_save(ee.state_dict(), done)
+    atomic_write_text(folder / "time.json", json.dumps({"seconds": seconds}))
+    return ee, seconds, folder
+
+
+TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
+EVAL_FLAGS = ("val_size", "drops", "mac_fractions", "thresholds")
+TRAIN_FLAGS_SINCE = {"exit_weights"}  # in the cache key only when given (older caches stay valid)
+
+
+def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:
+    """Thresholds chosen on the validation split, bounds measured against the UNMODIFIED model."""
+    exit_logits, labels = collect_exit_logits(ee, val)
+    exit_macs = exit_path_macs(ee, next(iter(val))[0][:1])
+    base_val = evaluate(model, val)["accuracy"]
+    final_val = float((exit_logits[-1].argmax(dim=1) == labels).float().mean())
+    chosen: dict[str, float] = {}
+    for drop in args.drops:
+        # accuracy >= base_val - drop  <=>  drop from the final exit <= drop + final_val - base_val
+        allowed = drop + final_val - base_val
+        if allowed < 0:
+            print(f"val drop <= {drop:g}: the final exit alone is already {base_val - final_val:.4f} below")
+            continue
+        pick = choose_threshold(exit_logits, labels, exit_macs=exit_macs, max_accuracy_drop=allowed)
+        chosen[f"val drop <= {drop:g}"] = pick["threshold"]
+    for fraction in args.mac_fractions:
+        pick = choose_threshold(exit_logits, labels, exit_macs=exit_macs, max_macs=fraction * full_macs)
+        chosen[f"val MACs <= {fraction:g}x"] = pick["threshold"]
+    for t in args.thresholds:
+        chosen[f"fixed {t:g}"] = t
+    print(f"validation ({len(labels)} images): unmodified {base_val:.4f}, exits "
+          f"{[round(float((lg.argmax(1) == labels).float().mean()), 4) for lg in exit_logits]}")  # fmt: skip
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     protocol = cp.protocol_from_flags(quick=args.quick, full=False)
     bundle = cp.load_data(protocol)
     model, info = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
-    val = cp.heldout_loader(protocol, size=1000 if args.quick else 5000)
+    model.eval()
+    val = cp.heldout_loader(protocol, size=1000 if args.quick else args.val_size)
     train, test = cp.loaders(bundle, protocol)
     example = cp.example_input(bundle)
-    torch.manual_seed(0)
-    ee = add_early_exits(model, exits=args.exits, example_inputs=example)
-    epochs = args.head_epochs if args.head_epochs is not None else (1 if args.quick else 5)
-    started = time.perf_counter()
-    train_early_exit(
-        ee, train, config=TrainConfig(epochs=epochs, lr=0.05, progress=False, seed=0), freeze_backbone=True
-    )
-    head_time = time.perf_counter() - started
-    ee.eval()
-    chosen: dict[str, float] = {}
-    for drop in args.drops:
-        chosen[f"val drop <= {drop:g}"] = calibrate_early_exit(ee, val, max_accuracy_drop=drop, apply=False)[
-            "threshold"
-        ]
-    for fraction in args.mac_fractions:
-        chosen[f"val MACs <= {fraction:g}x"] = calibrate_early_exit(
-            ee, val, max_macs_fraction=fraction, apply=False
-        )["threshold"]
-    for t in args.thresholds:
-        chosen[f"fixed {t:g}"] = t
-    rows = evaluate_early_exit(ee, test, thresholds=list(chosen.values()), example_inputs=example)
-    full_macs = count_macs(model, example)[0]
-    images = torch.stack([bundle.test[i][0] for i in range(args.batch * args.batches)])
-    batches = list(images.split(args.batch))
-    runners: dict[str, Any] = {"full model": model.eval()}
-    for name, t in chosen.items():
-        runner = add_early_exits(model, exits=args.exits, example_inputs=example)
-        runner.load_state_dict(ee.state_dict())
-        runners[name] = runner.set_policy(threshold=t).eval()
     with torch_threads(args.threads):
-        ms = time_batches(runners, batches, rounds=args.rounds)
-    base_acc = rows[0]["exit_accuracies"][-1]
+        ee, head_time, folder = train_exits(model, args, protocol, train, example)
+        ee.eval()
+        full_macs = count_macs(model, example)[0]
+        # the choice and the test rows are cached too: a killed run resumes after what it finished
+        key = cp.cache_key({k: vars(args)[k] for k in EVAL_FLAGS})
+        chosen_path, evaluated = folder / f"chosen-{key}.json", folder / f"evaluated-{key}.json"
+        if chosen_path.exists():
+            chosen = json.loads(chosen_path.read_text())
+        else:
+            chosen = choose(ee, model, val, full_macs, args)
+            atomic_write_text(chosen_path, json.dumps(chosen))
+        if evaluated.exists():
+            rows, base_acc = json.loads(evaluated.read_text())
+        else:
+            rows = evaluate_early_exit(ee, test, thresholds=list(chosen.values()), example_inputs=example)
+            # heads only: the final exit is the unmodified model itself (its segments, frozen)
+            frozen = args.train == "heads"
+            base_acc = rows[0]["exit_accuracies"][-1] if frozen else evaluate(model, test)["accuracy"]
+            atomic_write_text(evaluated, json.dumps([rows, base_acc]))
+    ms: dict[str, float] = {}
+    if not args.no_timing:
+        images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[
+            : args.batch * args.batches
+        ]
+        batches = list(images[pick].split(args.batch))  # random test images: classes mixed in every batch
+        runners: dict[str, Any] = {"full model": model}
+        for name, t in chosen.items():
+            runners[name] = copy.deepcopy(ee).set_policy(threshold=t).eval()
+        with torch_threads(args.threads):
+            ms = time_batches(runners, batches, rounds=args.rounds)
     table = []
     for (name, t), row in zip(chosen.items(), rows):
         table.append(
@@ -119,17 +216,23 @@ def main(argv: list[str] | None = None) -> int:
                 "exit_shares": [round(s, 3) for s in row["exit_shares"]],
                 "avg_macs_M": round(row["expected_macs"] / 1e6, 2),
                 "macs_x": round(full_macs / row["expected_macs"], 2),
-                "ms_per_batch": round(ms[name], 1),
-                "latency_x": round(ms["full model"] / ms[name], 2),
+                "ms_per_batch": round(ms[name], 1) if ms else None,
+                "latency_x": round(ms["full model"] / ms[name], 2) if ms else None,
             }
         )
-    print(f"protocol {protocol.name}; baseline test acc {base_acc:.4f}; full {full_macs / 1e6:.2f} MMACs, "
-          f"{ms['full model']:.1f} ms per batch of {args.batch} ({args.threads} thread); head training "
-          f"{head_time:.0f} s; exit accuracies {[round(a, 4) for a in rows[0]['exit_accuracies']]}")  # fmt: skip
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    head = {
+        "protocol": protocol.name, "baseline": Path(info["path"] or "").name, "unmodified_test_acc": base_acc,
+        "exit_test_accs": [round(a, 4) for a in rows[0]["exit_accuracies"]], "exits": ee.exit_names,
+        "exit_macs_M": [round(m / 1e6, 2) for m in rows[0]["exit_macs"]], "full_macs_M": round(full_macs / 1e6, 2),
+        "full_ms": round(ms["full model"], 1) if ms else None, "train_s": round(head_time),
+        "loadavg_before": load_before, "loadavg_after": load_after, "args": {k: str(v) for k, v in vars(args).items()},
+    }  # fmt: skip
+    print(json.dumps(head))
     for row in table:
         print(json.dumps(row))
     if args.json is not None:
-        args.json.write_text(json.dumps({"full_ms": ms["full model"], "rows": table}, indent=1))
+        args.json.write_text(json.dumps({**head, "rows": table}, indent=1))
     return 0
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import call_model, output_tensor
 from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
@@ -95,9 +96,12 @@ class EarlyExitHook:
     measured) and keep the others for :meth:`loss`; with ``freeze_backbone`` the backbone's
     BatchNorm layers stay in eval mode (freeze its parameters before ``fit``, as
     :func:`train_early_exit` does). ``epoch_end`` reports ``exit<i>_train_acc`` per exit.
+    With a ``teacher`` (e.g. the unmodified model) every exit is distilled from it: exit ``i``'s
+    term becomes ``alpha * T^2 * KL(teacher || exit_i) + (1 - alpha) * CE_i`` (``T`` = ``temperature``).
 
     Example:
         >>> fit(ee, loader, hooks=[EarlyExitHook(weights=[0.5, 0.5, 1.0])], config=cfg)
+        >>> fit(ee, loader, hooks=[EarlyExitHook(teacher=model, alpha=0.5)], config=cfg)
     """
 
     def __init__(
@@ -106,9 +110,15 @@ class EarlyExitHook:
         weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         freeze_backbone: bool = False,
+        teacher: nn.Module | None = None,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
     ) -> None:
+        check_range("temperature", temperature, 1e-6)
+        check_range("alpha", alpha, 0.0, 1.0)
         self.criterion = MultiExitLoss(weights=weights, label_smoothing=label_smoothing)
         self.freeze_backbone = bool(freeze_backbone)
+        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
         self._correct: list[int] = []
         self._seen = 0
 
@@ -127,7 +137,18 @@ class EarlyExitHook:
         for i, logits in enumerate(exit_logits):
             self._correct[i] += int((logits.detach().argmax(dim=1) == targets).sum())
         self._seen += len(targets)
-        return self.criterion(exit_logits, targets)
+        if self.teacher is None:
+            return self.criterion(exit_logits, targets)
+        from netcompress.distillation.losses import soft_target_loss  # distillation area, when used
+
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_logits = output_tensor(call_model(self.teacher, inputs))
+        weights = self.criterion.weights or [1.0] * len(exit_logits)
+        hard = self.criterion.per_exit(exit_logits, targets)
+        soft = [soft_target_loss(lg, teacher_logits, temperature=self.temperature) for lg in exit_logits]
+        a = self.alpha
+        return sum(w * (a * s + (1 - a) * h) for w, s, h in zip(weights, soft, hard, strict=True))
 
     def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
         as_early_exit(model).stash_exit_logits = False
@@ -145,11 +166,15 @@ def train_early_exit(
     hooks: Sequence[Any] = (),
     checkpoint_dir: Any = None,
     resume: bool = False,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
 ) -> Any:
     """Train ``model`` IN PLACE with the multi-exit loss through ``fit``; return the History.
 
     ``freeze_backbone=True`` trains only the heads (backbone parameters frozen, its BN
-    statistics kept), the usual route for a pretrained model; False trains jointly.
+    statistics kept), the usual route for a pretrained model; False trains jointly. A
+    ``teacher`` distils into every exit (see :class:`EarlyExitHook`).
 
     Example:
         >>> history = train_early_exit(ee, loader, config=TrainConfig(epochs=2), weights=[0.5, 1.0])
@@ -160,7 +185,14 @@ def train_early_exit(
     model = as_early_exit(model)
     _check_weights(weights, model.num_exits)
     label_smoothing = getattr(config, "label_smoothing", 0.0) if config is not None else 0.0
-    hook = EarlyExitHook(weights=weights, label_smoothing=label_smoothing, freeze_backbone=freeze_backbone)
+    hook = EarlyExitHook(
+        weights=weights,
+        label_smoothing=label_smoothing,
+        freeze_backbone=freeze_backbone,
+        teacher=teacher,
+        temperature=temperature,
+        alpha=alpha,
+    )
     frozen = [p for p in model.segments.parameters() if p.requires_grad] if freeze_backbone else []
     for p in frozen:
         p.requires_grad_(False)
