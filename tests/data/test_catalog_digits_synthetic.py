@@ -13,7 +13,16 @@ from netcompress.core.errors import ConfigError
 
 
 def test_list_names_every_registered_set() -> None:
-    assert ncd.list() == ["cifar10", "digits", "factory", "fsdd", "image_folder", "sentences", "synthetic", "tensors"]
+    assert ncd.list() == [
+        "cifar10",
+        "digits",
+        "factory",
+        "fsdd",
+        "image_folder",
+        "sentences",
+        "synthetic",
+        "tensors",
+    ]
 
 
 def test_unknown_name_and_unknown_key_are_named() -> None:
