@@ -39,11 +39,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# the folder holds scripts named like packages: take it off the path so `transformers` is theirs
+# the folder holds scripts named like packages (benchmarks/transformers.py): import the real `transformers`
+# with the folder off the path, then put the path back as it was (a test collecting several scripts needs it)
+_SAVED_PATH = list(sys.path)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.append(
+import transformers  # noqa: E402, F401
+
+sys.path[:] = _SAVED_PATH + [
     str(Path(__file__).resolve().parents[1])
-)  # the repo root, for benchmarks.transformers_distill
+]  # + the repo root, for benchmarks.<name>
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

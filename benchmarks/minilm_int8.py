@@ -33,9 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-# this file is named like the Hugging Face package: take its folder off the path so `transformers` is theirs
+# the folder holds scripts named like packages (benchmarks/transformers.py): import the real `transformers`
+# with the folder off the path, then put the path back as it was (a test collecting several scripts needs it)
+_SAVED_PATH = list(sys.path)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks.ort_peers
+import transformers  # noqa: E402, F401
+
+sys.path[:] = _SAVED_PATH + [
+    str(Path(__file__).resolve().parents[1])
+]  # + the repo root, for benchmarks.<name>
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
