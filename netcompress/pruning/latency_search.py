@@ -2,9 +2,11 @@
 
 Under ``prune_to_target(target="latency" | "bytes")``:
 
-1. every candidate group gets the widths ``config.widths`` (fractions kept, rounded as ``round_to``),
-   pruning its lowest-importance channels; the :func:`~netcompress.pruning.latency_table.cost_table`
-   of measured costs is read from the cache or measured once;
+1. every candidate group gets the widths ``config.widths`` (fractions kept, rounded as ``round_to``;
+   under ``"auto"`` a width whose multiple of 8 repeats a wider one's takes a finer multiple:
+   :func:`~netcompress.pruning.latency_widths.width_counts`), pruning its lowest-importance channels;
+   the :func:`~netcompress.pruning.latency_table.cost_table` of measured costs is read from the cache
+   or measured once;
 2. an accuracy proxy per group and width: ``strategy="sensitivity"`` measures the accuracy drop of
    pruning the group alone on ``max_batches`` validation batches; otherwise the importance lost (the
    pruned units' score over their group's mean score, as a share of all candidate units). On the narrow
@@ -46,7 +48,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, NetcompressError
 from netcompress.evaluation.metrics import top1_accuracy
-from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, keep_count, select_local
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, select_local
 from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph import ChannelGraph
 from netcompress.pruning.latency_priors import interaction_terms, layer_weights, smooth_savings
@@ -63,6 +65,7 @@ from netcompress.pruning.latency_widths import (
     give_back,
     greedy_widths,
     state_key,
+    width_counts,
 )
 from netcompress.pruning.surgery import shrink_model_
 
@@ -103,10 +106,7 @@ class Variants:
             group = graph.groups[gid]
             label = "+".join(group.producers) or f"group{gid}"
             labels[label] = gid
-            counts = [
-                keep_count(group.num_units, 1.0 - w, round_to=round_to, min_channels=min_channels)
-                for w in widths
-            ]
+            counts = width_counts(group.num_units, widths, round_to=round_to, min_channels=min_channels)
             kept[label] = counts
             pruned[label] = [select_local(values, k, group.unit_ids) for k in counts]
         return cls(model, graph, labels, pruned, kept)

@@ -1,5 +1,10 @@
 """How the measured-target search picks widths from its cost table, and bisects when measurements disagree.
 
+- :func:`width_counts` is the channels a group keeps at each candidate width; under ``round_to="auto"`` a
+  width whose multiple-of-8 count repeats a wider one's takes the coarsest finer multiple (4, 2, 1) that
+  gives a new count: a 16-channel group keeps 16 / 12 / 8 / 4 at widths 1 / 0.75 / 0.5 / 0.25, not
+  16 / 16 / 8 / 8, so a target that needs a narrow small stage (ResNet-20's 16-channel 32x32 groups,
+  issue 18 session 9: the search stopped at 2.1x of 2.5x with those groups at 8) can be reached;
 - :func:`greedy_widths` narrows groups, least proxy lost per unit of predicted cost saved first, until
   the table predicts the budget; :func:`give_back` widens them again while the prediction still fits;
   :func:`widths_at` is both from the unpruned state at the table's current ``scale``;
@@ -26,10 +31,46 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from netcompress.pruning.channel import RoundTo, keep_count
 from netcompress.pruning.latency_table import CostTable
 
 # scale halvings tried for one new width assignment before the search stops: 2**-12 of the bracket
 BISECT_STEPS = 12
+# round_to="auto" in the latency search: a width whose multiple-of-8 count repeats a wider width's tries these
+FINER_MULTIPLES = (4, 2, 1)
+
+
+def width_counts(
+    num_units: int, widths: Sequence[float], *, round_to: RoundTo, min_channels: int
+) -> list[int]:
+    """Channels a group of ``num_units`` keeps at each width (fractions kept, widest first).
+
+    An int ``round_to`` rounds every count up to its multiple. ``"auto"`` rounds as
+    :func:`~netcompress.pruning.channel.keep_count` does (multiples of 8 in groups of 16+), except that a
+    count equal to the previous (wider) width's is taken at the coarsest of ``FINER_MULTIPLES`` that gives
+    a new one: the width stays a real candidate, at the blocking least costly for the CPU kernels; where
+    no multiple gives a new count the any-count one is kept (a repeat). The cost table measures each
+    count, so a finer width that saves nothing is simply not chosen.
+
+    Example:
+        >>> width_counts(16, [1.0, 0.75, 0.5, 0.25], round_to="auto", min_channels=1)
+        [16, 12, 8, 4]
+        >>> width_counts(64, [1.0, 0.75, 0.5, 0.25], round_to="auto", min_channels=1)
+        [64, 48, 32, 16]
+        >>> width_counts(16, [1.0, 0.75, 0.5, 0.25], round_to=8, min_channels=1)
+        [16, 16, 8, 8]
+    """
+    counts: list[int] = []
+    for width in widths:
+        ratio = 1.0 - width
+        keep = keep_count(num_units, ratio, round_to=round_to, min_channels=min_channels)
+        if round_to == "auto" and counts and keep >= counts[-1]:
+            finer = [
+                keep_count(num_units, ratio, round_to=m, min_channels=min_channels) for m in FINER_MULTIPLES
+            ]
+            keep = next((k for k in finer if k < counts[-1]), finer[-1])
+        counts.append(keep)
+    return counts
 
 
 def greedy_widths(

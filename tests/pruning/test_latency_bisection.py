@@ -17,7 +17,7 @@ from torch import nn
 from netcompress.pruning import latency_table
 from netcompress.pruning.auto import prune_to_target
 from netcompress.pruning.latency_table import CostTable
-from netcompress.pruning.latency_widths import ScaleBracket, bisect_widths
+from netcompress.pruning.latency_widths import ScaleBracket, bisect_widths, width_counts
 
 from .conftest import TwoBranch
 
@@ -114,3 +114,67 @@ def test_an_empty_bracket_gives_no_widths_and_leaves_the_table_alone() -> None:
     bracket = ScaleBracket(miss=1.0, overshoot=0.25)
     assert bisect_widths(bracket, ["a"], table, {"a": [0.0, 1.0]}, 50.0, {}) == {"a": 1}
     assert table.scale == 0.5
+
+
+def _fine_search(monkeypatch, tmp_path, *, round_to, reduction: float):
+    clock = LoadClock([])
+    monkeypatch.setattr(latency_table, "time_deployed", clock)
+    _, summary = prune_to_target(
+        TwoBranch().eval(), X, target="latency", runtime="torch", reduction=reduction, tolerance=0.05,
+        max_rounds=8, round_to=round_to, ignore=["a2", "b2"], cache_dir=tmp_path,
+    )  # fmt: skip
+    kept = {(e["group"], e["kept"]) for e in summary["cost_table"]["entries"]}
+    return clock, summary, kept
+
+
+def test_auto_rounding_gives_small_groups_finer_widths_and_reaches_the_target(monkeypatch, tmp_path) -> None:
+    # two 16-channel groups at the default widths 1 / 0.75 / 0.5 / 0.25: multiples of 8 leave 16 or 8 (the
+    # narrowest 4 + 40 + 40 = 84 ms: 1.95x of 164, short of 2.5x); "auto" now offers 12 and 4 as well and
+    # meets 2.5x at a 8, b 4 (4 + 40 + 20 = 64 ms: 2.5625x, within the 5 % tolerance above)
+    clock, summary, kept = _fine_search(monkeypatch, tmp_path / "auto", round_to="auto", reduction=2.5)
+    assert kept == {(g, k) for g in "ab" for k in (12, 8, 4)}
+    assert clock.candidates == [(8, 4)]
+    assert summary["met"] is True and summary["reason"] is None
+    assert summary["achieved_reduction"] == pytest.approx(164 / 64)
+    # an explicit multiple of 8 is kept as asked: the same target stops with the reason
+    clock, summary, kept = _fine_search(monkeypatch, tmp_path / "eight", round_to=8, reduction=2.5)
+    assert kept == {(g, k) for g in "ab" for k in (16, 8)} and clock.candidates == [(8, 8)]
+    assert summary["met"] is False and "narrowest useful width" in summary["reason"]
+    assert summary["achieved_reduction"] == pytest.approx(164 / 84)
+
+
+def test_a_target_past_the_finest_widths_still_stops_with_the_reason(monkeypatch, tmp_path) -> None:
+    # 5x needs 32.8 ms; both groups at 4 channels give 44 ms (3.73x): the best measured, met False
+    clock, summary, _ = _fine_search(monkeypatch, tmp_path, round_to="auto", reduction=5.0)
+    assert clock.candidates == [(4, 4)] and summary["met"] is False
+    assert summary["reason"].startswith(
+        "cannot reach 5.0x lower latency: every candidate group is at its narrowest"
+    )
+    assert "the best measured is 3.73x" in summary["reason"]
+    assert summary["achieved_reduction"] == pytest.approx(164 / 44)
+
+
+@pytest.mark.parametrize(
+    ("units", "round_to", "min_channels", "expected"),
+    [
+        (16, "auto", 1, [16, 12, 8, 4]),  # multiples of 8 repeat at 0.75 and 0.25: multiples of 4 there
+        (24, "auto", 1, [24, 20, 16, 8]),  # only 0.75 repeats (24): 20, a multiple of 4
+        (32, "auto", 1, [32, 24, 16, 8]),  # multiples of 8 already distinct: unchanged
+        (64, "auto", 1, [64, 48, 32, 16]),
+        (12, "auto", 1, [12, 9, 6, 3]),  # under 16 channels "auto" is any count already
+        (16, "auto", 8, [16, 12, 8, 8]),  # min_channels still holds (a repeat where nothing else fits)
+        (16, 8, 1, [16, 16, 8, 8]),  # an explicit multiple is never refined
+        (16, 1, 1, [16, 12, 8, 4]),
+    ],
+)
+def test_width_counts(units, round_to, min_channels, expected) -> None:
+    widths = [1.0, 0.75, 0.5, 0.25]
+    assert width_counts(units, widths, round_to=round_to, min_channels=min_channels) == expected
+
+
+def test_width_counts_take_the_coarsest_new_multiple() -> None:
+    # eighths of 16: each repeat of the multiple-of-8 count takes the coarsest of 4, 2, 1 that is new
+    eighths = [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]
+    assert width_counts(16, eighths, round_to="auto", min_channels=1) == [16, 14, 12, 10, 8, 6, 4]
+    # 0.7 asks for 12 channels again after 0.75's 12: no multiple gives a new count, the repeat is kept
+    assert width_counts(16, [1.0, 0.75, 0.7, 0.5], round_to="auto", min_channels=1) == [16, 12, 12, 8]
