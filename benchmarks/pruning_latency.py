@@ -32,7 +32,7 @@ from typing import Any
 import cifar_protocol as cp
 from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of, with_recalibration
 from pruning_recovery import RECOVERY_ROWS  # registers the session-8 rows (fill-up, sensitivity, KD)
-from pruning_stages import BOUND_ROWS, STAGES_ROWS  # registers the session-9 rows (stages, search, bounds)
+from pruning_stages import BOUND_ROWS, LATENCY_BOUND_ROWS, STAGES_ROWS  # registers session 9-10 rows, bounds
 from torch import nn
 
 from netcompress.pruning import prune_channels, prune_to_target
@@ -220,7 +220,9 @@ def latency_checks(
     Torch-Pruning's row at the same budget (+2 points)."""
     by = {r["method"]: r for r in rows}
     lines = []
-    for ours in (r for r in rows if r["method"].startswith("nc_latency")):
+    for ours in (
+        r for r in rows if r["method"].startswith("nc_latency") and r["method"] not in LATENCY_BOUND_ROWS
+    ):
         name, got = ours["method"], ours["ort_speedup_b64"]
         lines.append(f"{name} ORT batch-64 speed-up after fine-tuning {got:.2f}x for {target}x (met within 5 %: "
                      f"{'PASS' if got >= target / 1.05 else 'MISS'}); search's own confirmation "
@@ -248,6 +250,13 @@ def latency_checks(
         gap = 100 * (accuracy(bound) - accuracy(peer))
         lines.append(f"(bound, not a target) {bound['method']} ({bound['mac_reduction']:.2f}x fewer MACs): "
                      f"{gap:+.2f} points over tp_magnitude_macs_high")  # fmt: skip
+    for bound in (r for r in rows if r["method"] in LATENCY_BOUND_ROWS):
+        drop = 100 * (accuracy(by["unpruned"]) - accuracy(bound))
+        line = (f"(bound, not a target) {bound['method']} (ORT b64 {bound['ort_speedup_b64']:.2f}x): {drop:.2f} "
+                f"points below unpruned")  # fmt: skip
+        if (peer_at := by.get("tp_magnitude_at_latency")) is not None:
+            line += f", {100 * (accuracy(bound) - accuracy(peer_at)):+.2f} over tp_magnitude_at_latency"
+        lines.append(line)
     if lines and importlib.util.find_spec("torch_pruning") is None:
         lines.append(TP_MISSING)
     return lines

@@ -17,6 +17,9 @@ the shared ``--finetune-epochs`` budget in total (epochs spent between stages co
   uniform one), then ``SEARCH_MUTATIONS`` mutations of the best four; the best by proxy is fine-tuned;
 - ``tp_magnitude_macs_high_long``: Torch-Pruning's 8x row fine-tuned ``LONG_EPOCHS`` epochs (3x the budget):
   how much a longer budget alone gives;
+- ``nc_latency_sens_long``: ``nc_latency_sens``'s chosen widths (its pruned model kept in the work folder when
+  that row ran there, else the search again) fine-tuned ``LONG_EPOCHS`` epochs: whether the 5-epoch budget or
+  the widths stop "within 1 point of unpruned" at the latency target (issue 18 session 10);
 - ``scratch_macs_high``: Torch-Pruning's 8x widths re-initialised and trained like the baseline (SGD, lr of
   the protocol model, cosine) for the baseline's epochs plus the fine-tune budget: what those widths reach
   without any pruning (checkpointed every epoch, so a killed run resumes).
@@ -46,6 +49,7 @@ from pruning_methods import (
 from pruning_recovery import validation_loader
 from torch import nn
 
+from netcompress.core.io import load_checkpoint
 from netcompress.evaluation import count_macs
 from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning import prune_to_target, recalibrate_bn
@@ -58,7 +62,14 @@ STAGE_REDUCTIONS = (2.0, 4.0)  # MAC reductions (against the unpruned model) bef
 SEARCH_RANDOM, SEARCH_MUTATIONS, SEARCH_SEED = 48, 16, 0
 LONG_EPOCHS = 15
 BOUND_ROWS = ("tp_magnitude_macs_high_long", "scratch_macs_high")  # what a longer budget / no pruning reach
-STAGES_ROWS = ("nc_macs_high_stages", "nc_macs_high_gradual", "nc_macs_high_search", *BOUND_ROWS)
+LATENCY_BOUND_ROWS = ("nc_latency_sens_long",)  # the same for the latency target's widths
+STAGES_ROWS = (
+    "nc_macs_high_stages",
+    "nc_macs_high_gradual",
+    "nc_macs_high_search",
+    *BOUND_ROWS,
+    *LATENCY_BOUND_ROWS,
+)
 GRADUAL_STEPS, GRADUAL_EPOCHS = 8, 2
 
 
@@ -240,6 +251,22 @@ def _nc_macs_high_search(base: nn.Module, ctx: Context) -> Pruned:
 @METHODS.register("tp_magnitude_macs_high_long")
 def _tp_macs_high_long(base: nn.Module, ctx: Context) -> Pruned:
     pruned = METHODS.get("tp_magnitude_macs_high")(base, ctx)
+    pruned.epochs_used = ctx.config.finetune_epochs - LONG_EPOCHS  # the harness trains LONG_EPOCHS
+    pruned.info["label"] += f", fine-tuned {LONG_EPOCHS} epochs (bound: {LONG_EPOCHS // 5}x the budget)"
+    return pruned
+
+
+@METHODS.register("nc_latency_sens_long")
+def _nc_latency_sens_long(base: nn.Module, ctx: Context) -> Pruned:
+    stem = "nc_latency_sens" if ctx.seed == 0 else f"nc_latency_sens-seed{ctx.seed}"
+    kept = ctx.work_dir / f"{stem}.pruned.pt"  # run_method's copy: pruned, BN recalibrated, not fine-tuned
+    if kept.exists():
+        saved = load_checkpoint(kept)
+        info = {**saved["info"], "widths_from": f"{kept.name} (the row's widths)"}
+        pruned = Pruned(saved["model"], info=info)
+    else:  # a search under load would not find the same widths again: say so in the row
+        pruned = METHODS.get("nc_latency_sens")(base, ctx)
+        pruned.info["widths_from"] = "a new search (no nc_latency_sens pruned model in the work folder)"
     pruned.epochs_used = ctx.config.finetune_epochs - LONG_EPOCHS  # the harness trains LONG_EPOCHS
     pruned.info["label"] += f", fine-tuned {LONG_EPOCHS} epochs (bound: {LONG_EPOCHS // 5}x the budget)"
     return pruned

@@ -78,3 +78,37 @@ def test_allocation_search_fits_the_mac_budget_and_keeps_the_best_proxy(tmp_path
 def test_partial_epochs_carry_on_where_the_last_slice_stopped() -> None:
     part = st.PartialEpoch([0, 1, 2, 3, 4], 3)
     assert len(part) == 3 and [list(part) for _ in range(3)] == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
+
+
+def test_latency_bound_row_is_reported_without_a_target() -> None:
+    rows = [
+        {"method": "unpruned", "acc_after": 0.6785},
+        {"method": "tp_magnitude_at_latency", "acc_after": 0.5925, "ort_speedup_b64": 2.41},
+        {"method": "nc_latency_sens_long", "acc_after": 0.6705, "ort_speedup_b64": 2.47},
+    ]
+    lines = [line for line in pl.latency_checks(rows, 2.5, lambda r: r["acc_after"]) if line != pl.TP_MISSING]
+    assert lines == [
+        "(bound, not a target) nc_latency_sens_long (ORT b64 2.47x): 0.80 points below unpruned, "
+        "+7.80 over tp_magnitude_at_latency"
+    ]
+
+
+def test_latency_bound_fine_tunes_the_latency_rows_kept_pruned_model(tmp_path) -> None:
+    from netcompress.core import atomic_torch_save
+
+    saved = _net()
+    info = {"label": "netcompress latency target 2.5x", "met": True}
+    atomic_torch_save({"model": saved, "epochs_used": 0, "info": info}, tmp_path / "nc_latency_sens.pruned.pt",
+                      sign=True)  # fmt: skip
+    ctx = _ctx(tmp_path, [])
+    pruned = METHODS.get("nc_latency_sens_long")(None, ctx)
+    assert pruned.epochs_used == ctx.config.finetune_epochs - st.LONG_EPOCHS  # the harness trains 15 epochs
+    for got, want in zip(pruned.model.state_dict().values(), saved.state_dict().values(), strict=True):
+        assert torch.equal(got, want)
+    assert (
+        pruned.info["met"] is True
+        and pruned.info["widths_from"] == "nc_latency_sens.pruned.pt (the row's widths)"
+    )
+    assert (
+        pruned.info["label"] == "netcompress latency target 2.5x, fine-tuned 15 epochs (bound: 3x the budget)"
+    )
