@@ -186,6 +186,19 @@ def _forms(
     return out
 
 
+def _exhausted_reason(
+    config: Any, target: str, state: Mapping[str, int], kept: Mapping[str, Sequence[int]], rows: list
+) -> str:
+    """Why the search stopped short: every group at its narrowest width, or the table predicting no saving
+    from narrowing the rest (a group whose narrower widths measured no faster than a wider one)."""
+    narrowest = sum(kept[label][index] == min(kept[label]) for label, index in state.items())
+    why = ("every candidate group is at its narrowest useful width" if narrowest == len(state) else
+           f"the cost table predicts no further saving from narrowing any group ({narrowest} of {len(state)} "
+           "at their narrowest width)")  # fmt: skip
+    return (f"cannot reach {config.reduction}x lower {target}: {why} (widths down to {min(config.widths)}, "
+            f"min_channels={config.min_channels}); the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
+
+
 def search_measured_target(
     model: nn.Module, example_inputs: Any, graph: ChannelGraph, scores: Mapping[int, torch.Tensor], config: Any,
     *, loader: Any = None, out_dir: Any = None, calib: Any = None,
@@ -258,9 +271,7 @@ def search_measured_target(
         if row["met"] and not row["overshoot"]:
             break
         if exhausted and not row["met"]:
-            reason = (f"cannot reach {config.reduction}x lower {spec.target}: every candidate group is at its "
-                      f"narrowest useful width (widths down to {min(config.widths)}, min_channels="
-                      f"{config.min_channels}); the best measured is {max(r['reduction'] for r in rows):.3g}x")  # fmt: skip
+            reason = _exhausted_reason(config, spec.target, state, table.kept, rows)
             break
         if bracket.closed:  # a miss and an overshoot measured: bisect the scale between them
             bisected = bisect_widths(bracket, list(state), table, proxy, budget, measured)

@@ -178,3 +178,22 @@ def test_width_counts_take_the_coarsest_new_multiple() -> None:
     assert width_counts(16, eighths, round_to="auto", min_channels=1) == [16, 14, 12, 10, 8, 6, 4]
     # 0.7 asks for 12 channels again after 0.75's 12: no multiple gives a new count, the repeat is kept
     assert width_counts(16, [1.0, 0.75, 0.7, 0.5], round_to="auto", min_channels=1) == [16, 12, 12, 8]
+
+
+def test_a_group_the_table_sees_no_saving_in_is_named_in_the_reason(monkeypatch, tmp_path) -> None:
+    # b's width costs nothing here (4 + 5 ms per channel of a, + 80): a alone at 4 channels gives 104 ms
+    # (1.58x of 164) and narrowing b is predicted to save nothing, so the search stops with b unpruned
+    def clock(models, example_inputs, spec) -> dict[str, float]:
+        return {name: 84.0 + 5.0 * m.a.out_channels for name, m in models.items()}
+
+    monkeypatch.setattr(latency_table, "time_deployed", clock)
+    _, summary = prune_to_target(
+        TwoBranch().eval(), X, target="latency", runtime="torch", reduction=2.5, tolerance=0.05,
+        max_rounds=8, round_to="auto", ignore=["a2", "b2"], cache_dir=tmp_path,
+    )  # fmt: skip
+    assert [r["widths"] for r in summary["candidates"]] == [{"a": 0.25}]
+    assert summary["met"] is False and summary["achieved_reduction"] == pytest.approx(164 / 104)
+    assert summary["reason"] == (
+        "cannot reach 2.5x lower latency: the cost table predicts no further saving from narrowing any group "
+        "(1 of 2 at their narrowest width) (widths down to 0.25, min_channels=1); the best measured is 1.58x"
+    )
