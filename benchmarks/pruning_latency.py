@@ -252,8 +252,8 @@ def latency_checks(
                      f"{gap:+.2f} points over tp_magnitude_macs_high")  # fmt: skip
     for bound in (r for r in rows if r["method"] in LATENCY_BOUND_ROWS):
         drop = 100 * (accuracy(by["unpruned"]) - accuracy(bound))
-        line = (f"(bound, not a target) {bound['method']} (ORT b64 {bound['ort_speedup_b64']:.2f}x): {drop:.2f} "
-                f"points below unpruned")  # fmt: skip
+        line = (f"(bound, not a target) {bound['method']} (ORT b64 {bound['ort_speedup_b64']:.2f}x): {abs(drop):.2f} "
+                f"points {'below' if drop > 0 else 'above'} unpruned")  # fmt: skip
         if (peer_at := by.get("tp_magnitude_at_latency")) is not None:
             line += f", {100 * (accuracy(bound) - accuracy(peer_at)):+.2f} over tp_magnitude_at_latency"
         lines.append(line)
