@@ -141,7 +141,8 @@ def prune_to_target(
     raised the batch-64 speed-up from 1.66x / 1.52x (``round_to=1``) to 2.54x / 2.08x in PyTorch and
     from 1.39x / 1.11x to 2.57x / 1.71x in ONNX Runtime (``benchmarks/RESULTS.md``); a plain
     ``round_to=8`` cannot reach a target on small models (layers of 8-16 channels), which ``"auto"``
-    leaves free.
+    leaves free. The latency / bytes search refines ``"auto"`` where a width's multiple of 8 repeats a wider
+    one's (a 16-channel group: 16 / 12 / 8 / 4, not 16 / 16 / 8 / 8; ``latency_widths.width_counts``).
 
     Example:
         >>> small, summary = prune_to_target(model, x, target="macs", reduction=2.0)
