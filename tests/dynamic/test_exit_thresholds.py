@@ -10,6 +10,7 @@ import torch
 from netcompress import data, models
 from netcompress.core.errors import ConfigError
 from netcompress.dynamic import (
+    EarlyExitConfig,
     add_early_exits,
     calibrate_exit_thresholds,
     choose_exit_thresholds,
@@ -18,6 +19,7 @@ from netcompress.dynamic import (
     oracle_exit_macs,
     route_exits,
     trade_off_rows,
+    with_early_exits,
 )
 from netcompress.dynamic.exit_thresholds import _ALL, _NONE, _levels, _Routing
 from netcompress.evaluation import evaluate
@@ -174,3 +176,21 @@ def test_calibrating_a_model_sets_one_threshold_per_head_and_the_model_routes_so
     assert row["exit_counts"] == choice["exit_counts"]
     with pytest.raises(ConfigError, match="one number per exit head \\(2 heads\\)"):
         ee.set_policy(threshold=[0.5])
+
+
+def test_method_chooses_one_threshold_per_exit_on_validation():
+    bundle = data.load("synthetic", num_samples=160, input_shape=(1, 8, 8), num_classes=4, separation=2.0)
+    train, val = bundle.loaders(batch_size=32, eval_batch_size=40)
+    torch.manual_seed(0)
+    ee, summary = with_early_exits(
+        models.create("digits_cnn", num_classes=4), train, val_loader=val, example_inputs=torch.randn(2, 1, 8, 8),
+        exits=["features.2", "features.5"], epochs=1, progress=False, max_accuracy_drop=0.02,
+        per_exit_thresholds=True,
+    )  # fmt: skip
+    calibration = summary["calibration"]
+    assert ee.threshold == calibration["thresholds"] == summary["deploy_threshold"]
+    assert len(ee.threshold) == 2 and calibration["accuracy"] >= calibration["final_accuracy"] - 0.02
+    assert calibration["expected_macs"] <= calibration["single"]["expected_macs"] + 1e-9
+    assert evaluate(ee, val)["accuracy"] == pytest.approx(calibration["accuracy"])
+    with pytest.raises(ConfigError, match="per_exit_thresholds needs max_accuracy_drop"):
+        EarlyExitConfig(exits=["features.5"], per_exit_thresholds=True)
