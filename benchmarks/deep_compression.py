@@ -2,6 +2,9 @@
 
 From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stages:
 
+0. ``channels`` (only with ``--channel-ratio R``): structured L1 channel pruning first (``prune_channels``,
+   ``R`` of every group's channels removed: no position bits for them), ``--channel-epochs`` of distilled
+   fine-tuning; the per-layer rates below then apply to the smaller layers;
 1. ``prune-r<i>``: ``--rounds`` rounds of per-layer L1 unstructured pruning to the layer's rate
    (``--rates first/middle/big``: the first conv, the others, the layers >= ``--big-size`` weights;
    geometric steps, the same share each round), each followed by ``--prune-epochs`` of fine-tuning
@@ -90,6 +93,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster-epochs", type=int, default=2)
     parser.add_argument("--cluster-lr", type=float, default=0.002)
     parser.add_argument("--centroid-grad", choices=("mean", "sqrt", "sum"), default="sqrt")
+    parser.add_argument(
+        "--channel-ratio", type=float, default=0.0, help="structured channel pruning first (0: off)"
+    )
+    parser.add_argument("--channel-epochs", type=int, default=2, help="fine-tuning after the channel pruning")
     parser.add_argument("--val-size", type=int, default=2000, help="held-out validation images")
     parser.add_argument("--test-subset", type=int, default=None, help="SHORTENED: N balanced test images")
     parser.add_argument("--baseline-epochs", type=int, default=None, help="SHORTENED baseline (cached)")
@@ -122,17 +129,22 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = cp.heldout_loader(protocol, size=val_size)
     settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_KEY | CLUSTER_FLAGS}
     settings.update(protocol=protocol.name, baseline=Path(info["path"] or "").name)
+    if not args.channel_ratio:  # off: the settings (and the cache keys) of the runs before the flag
+        settings.pop("channel_ratio"), settings.pop("channel_epochs")
     clustering = {k: v for k, v in vars(args).items() if k in CLUSTER_FLAGS}
     run = Run(cp.CACHE_DIR / f"dc-{args.model}-{cp.cache_key(settings)}", settings)
     variant = f"cluster-{cp.cache_key(clustering)}"
     run.note_invocation("start")
     shared = run.rows["summary"]
     row = run.rows.setdefault(variant, {"clustering": clustering})
-    rates = layer_rates(base, args)
-    row["rates"] = rates
     teacher = copy.deepcopy(base).eval()
     kd = args.kd_alpha > 0
     train_loader = ChunkedLoader(train_loader, args.chunks, seed=protocol.seed)
+    model = copy.deepcopy(base)
+    if args.channel_ratio:
+        model = channel_pruned(base, args.channel_ratio, cp.example_input(bundle))
+    rates = layer_rates(model, args)
+    row["rates"] = rates
     with torch_threads(args.threads):
         if "acc_val_baseline" not in shared:
             shared["acc_val_baseline"] = evaluate(base, val_loader)["accuracy"]
@@ -140,7 +152,16 @@ def main(argv: list[str] | None = None) -> dict:
         if "acc_test_baseline" not in shared:
             shared["acc_test_baseline"] = baseline_test_acc(info, base, test_loader, args.test_subset)
             run.write()
-        model = copy.deepcopy(base)
+        if args.channel_ratio and not run.load("channels", model):
+            if "acc_val_channels_before_ft" not in shared:
+                shared["acc_val_channels_before_ft"] = evaluate(model.eval(), val_loader)["accuracy"]
+                shared["channels_weights"] = nonzero_weights(model)
+                run.write()
+            hooks = [SoftTargetDistillation(teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)]
+            tune = cp.train_config(protocol, epochs=args.channel_epochs * args.chunks, lr=args.prune_lr)
+            run.fit("channels", model, train_loader, tune, hooks if kd else [])
+            shared["acc_val_channels"] = evaluate(model.eval(), val_loader)["accuracy"]
+            run.save("channels", model)
         for step in range(1, args.rounds + 1):
             stage = f"prune-r{step}"
             structure(model, rates, step, args)
@@ -267,6 +288,12 @@ def structure(model: nn.Module, rates: dict[str, float], step: int, args) -> Non
     for name, rate in rates.items():
         frac = 1 - (1 - rate) ** (step / args.rounds)
         nc.prune_unstructured_(model, amount=frac, scope="layer", include=[name])
+
+
+def channel_pruned(base: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:
+    """A smaller copy of ``base`` with ``ratio`` of every channel group removed by L1 norm (deterministic:
+    a resumed run rebuilds the same shapes before loading the cached weights)."""
+    return nc.prune_channels(base.eval(), example, ratio=ratio, importance="l1", round_to=1)
 
 
 def cluster(model: nn.Module, rates: dict[str, float], args) -> None:

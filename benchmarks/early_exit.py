@@ -19,6 +19,10 @@ each round) on ``--threads`` torch threads with the heap kept warm.
     python benchmarks/early_exit.py                    # CPU protocol, heads only (trains the cached baseline once)
     python benchmarks/early_exit.py --train joint --head-epochs 4 --lr 0.02 --kd-alpha 0.5 \
         --exit-weights 0.15 0.275 0.4 0.525 0.65 0.775 0.9 1.0     # jointly, every exit distilled
+
+``--per-exit`` adds, for the same bounds, one threshold per exit chosen on the validation split
+(``choose_exit_thresholds``) and the validation oracle (``oracle_exit_macs``: the fewest average MACs any
+routing over these exits reaches within each bound, knowing the labels); cached beside the other choices.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
 from netcompress.dynamic import (  # noqa: E402
     add_early_exits,
+    choose_exit_thresholds,
     choose_threshold,
     collect_exit_logits,
     evaluate_early_exit,
     exit_path_macs,
+    oracle_exit_macs,
     train_early_exit,
 )
 from netcompress.evaluation import count_macs, evaluate, keep_heap_warm, torch_threads  # noqa: E402
@@ -100,6 +106,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-timing", action="store_true", help="accuracy and MACs only")
+    parser.add_argument(
+        "--per-exit", action="store_true", help="also one threshold per exit, and the validation oracle"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return parser.parse_args(argv)
 
@@ -163,6 +172,43 @@ def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:
     return chosen
 
 
+def choose_per_exit(ee, model, val, full_macs: int, args) -> dict[str, Any]:
+    """One threshold per exit for each bound, and the oracle, all on the validation split."""
+    exit_logits, labels = collect_exit_logits(ee, val)
+    exit_macs = exit_path_macs(ee, next(iter(val))[0][:1])
+    base_val = evaluate(model, val)["accuracy"]
+    final_val = float((exit_logits[-1].argmax(dim=1) == labels).float().mean())
+    chosen, val_rows, oracle = {}, {}, {}
+    bounds = [
+        (f"per-exit val drop <= {d:g}", {"max_accuracy_drop": d + final_val - base_val}) for d in args.drops
+    ]
+    bounds += [(f"per-exit val MACs <= {f:g}x", {"max_macs": f * full_macs}) for f in args.mac_fractions]
+    for name, bound in bounds:
+        if bound.get("max_accuracy_drop", 0.0) < 0:
+            continue
+        pick = choose_exit_thresholds(exit_logits, labels, exit_macs=exit_macs, **bound)
+        chosen[name] = pick["thresholds"]
+        val_rows[name] = {
+            "val_acc": round(pick["accuracy"], 4), "val_macs_x": round(full_macs / pick["expected_macs"], 3),
+            "single_val_acc": round(pick["single"]["accuracy"], 4),
+            "single_val_macs_x": round(full_macs / pick["single"]["expected_macs"], 3),
+        }  # fmt: skip
+        if "max_accuracy_drop" in bound:
+            o = oracle_exit_macs(exit_logits, labels, exit_macs=exit_macs, **bound)
+            oracle[name.replace("per-exit ", "oracle ")] = {
+                "val_acc": round(o["accuracy"], 4), "macs_x": round(full_macs / o["macs"], 3),
+                "agree_macs_x": round(full_macs / o["agree_macs"], 3),
+                "correct_anywhere": round(o["correct_anywhere"], 4),
+            }  # fmt: skip
+    return {
+        "chosen": chosen,
+        "val_rows": val_rows,
+        "oracle": oracle,
+        "base_val": base_val,
+        "final_val": final_val,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
@@ -193,6 +239,20 @@ def main(argv: list[str] | None = None) -> int:
             frozen = args.train == "heads"
             base_acc = rows[0]["exit_accuracies"][-1] if frozen else evaluate(model, test)["accuracy"]
             atomic_write_text(evaluated, json.dumps([rows, base_acc]))
+        per_exit_path = folder / f"per-exit-{key}.json"
+        per_exit: dict[str, Any] = {}
+        if args.per_exit and per_exit_path.exists():
+            per_exit = json.loads(per_exit_path.read_text())
+        elif args.per_exit:
+            per_exit = choose_per_exit(ee, model, val, full_macs, args)
+            per_exit["rows"] = evaluate_early_exit(
+                ee, test, thresholds=list(per_exit["chosen"].values()), example_inputs=example
+            )
+            atomic_write_text(per_exit_path, json.dumps(per_exit))
+        if per_exit:
+            chosen = {**chosen, **per_exit["chosen"]}
+            rows = [*rows, *per_exit["rows"]]
+            print(json.dumps({"validation": per_exit["val_rows"], "oracle": per_exit["oracle"]}))
     ms: dict[str, float] = {}
     if not args.no_timing:
         images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
@@ -210,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(
             {
                 "rule": name,
-                "threshold": round(t, 4),
+                "threshold": round(t, 4) if isinstance(t, float) else [round(x, 4) for x in t],
                 "test_acc": round(row["accuracy"], 4),
                 "drop_pts": round(100 * (base_acc - row["accuracy"]), 2),
                 "exit_shares": [round(s, 3) for s in row["exit_shares"]],

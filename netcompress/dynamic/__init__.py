@@ -9,6 +9,7 @@ Example::
     small = extract_width(slim, 0.5)
     ee, summary = with_early_exits(model, train, val_loader=val, example_inputs=x, exits=["features.5"])
     calibrate_early_exit(ee, val_loader, max_accuracy_drop=0.01)     # threshold chosen on validation
+    calibrate_exit_thresholds(ee, val_loader, max_accuracy_drop=0.01)  # one per exit, on validation
     export_early_exit_onnx(ee, "ee_onnx", x[:1]); OrtEarlyExit("ee_onnx")(images)
 """
 
@@ -24,6 +25,11 @@ from netcompress.dynamic.exit_evaluation import (
 from netcompress.dynamic.exit_heads import HEADS, PoolLinearHead, PoolMLPHead
 from netcompress.dynamic.exit_onnx import OrtEarlyExit, check_early_exit_onnx, export_early_exit_onnx
 from netcompress.dynamic.exit_points import add_early_exits
+from netcompress.dynamic.exit_thresholds import (
+    calibrate_exit_thresholds,
+    choose_exit_thresholds,
+    oracle_exit_macs,
+)
 from netcompress.dynamic.exit_training import (
     EarlyExitConfig,
     EarlyExitHook,
@@ -67,8 +73,10 @@ __all__ = [
     "add_early_exits",
     "at_width",
     "calibrate_early_exit",
+    "calibrate_exit_thresholds",
     "candidate_thresholds",
     "check_early_exit_onnx",
+    "choose_exit_thresholds",
     "choose_threshold",
     "collect_exit_logits",
     "evaluate_early_exit",
@@ -77,6 +85,7 @@ __all__ = [
     "export_early_exit_onnx",
     "extract_width",
     "make_slimmable",
+    "oracle_exit_macs",
     "recalibrate_widths_",
     "route_exits",
     "set_width",

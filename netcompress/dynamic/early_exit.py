@@ -34,6 +34,7 @@ from netcompress.dynamic.exit_criteria import (  # noqa: F401  (re-exported: the
     EXIT_CRITERIA,
     confident_by_entropy,
     confident_by_max_prob,
+    per_exit_thresholds,
     route_exits,
 )
 from netcompress.dynamic.exit_heads import HEADS, PoolLinearHead, PoolMLPHead  # noqa: F401
@@ -69,7 +70,7 @@ class EarlyExitModel(nn.Module):
         heads: Sequence[nn.Module],
         exit_names: Sequence[str],
         criterion: str = "confidence",
-        threshold: float | None = None,
+        threshold: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if len(segments) != len(heads) + 1 or len(exit_names) != len(heads):
@@ -81,7 +82,7 @@ class EarlyExitModel(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.exit_names = list(exit_names)
         self.criterion = "confidence"
-        self.threshold: float | None = None
+        self.threshold: float | list[float] | None = None
         self.set_policy(criterion=criterion, threshold=threshold)
         self.stash_exit_logits = False
         self.last_exit_counts: list[int] = []
@@ -93,14 +94,23 @@ class EarlyExitModel(nn.Module):
         """Heads plus the final classifier."""
         return len(self.heads) + 1
 
-    def set_policy(self, *, criterion: str | None = None, threshold: float | None) -> EarlyExitModel:
-        """Choose the eval-time exit rule; ``threshold=None`` always runs the full network."""
+    def set_policy(
+        self, *, criterion: str | None = None, threshold: float | Sequence[float] | None
+    ) -> EarlyExitModel:
+        """Choose the eval-time exit rule: one threshold for every head, one per head (a list,
+        e.g. from :func:`~netcompress.dynamic.exit_thresholds.choose_exit_thresholds`), or
+        ``None`` (always the full network)."""
         if criterion is not None:
             check_choice("criterion", criterion, EXIT_CRITERIA.names())
             self.criterion = criterion
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise ConfigError(f"threshold={threshold!r} must be a number or None")
-        self.threshold = None if threshold is None else float(threshold)
+        if threshold is None:
+            self.threshold = None
+        elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+            self.threshold = float(threshold)
+        elif isinstance(threshold, (list, tuple)):
+            self.threshold = per_exit_thresholds(threshold, len(self.heads))
+        else:
+            raise ConfigError(f"threshold={threshold!r} must be a number, one number per exit head, or None")
         return self
 
     def run_segment(self, index: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -151,6 +161,8 @@ class EarlyExitModel(nn.Module):
     def _forward_routed(self, x: torch.Tensor) -> torch.Tensor:
         count = x.shape[0]
         confident = EXIT_CRITERIA.get(self.criterion)
+        assert self.threshold is not None
+        limits = per_exit_thresholds(self.threshold, len(self.heads))
         exit_index = torch.full((count,), len(self.heads), dtype=torch.long, device=x.device)
         remaining = torch.arange(count, device=x.device)
         state: tuple[torch.Tensor, ...] = (x,)
@@ -163,7 +175,7 @@ class EarlyExitModel(nn.Module):
             if index == len(self.heads):
                 result.index_copy_(0, remaining, logits)
                 break
-            done = confident(logits, self.threshold)
+            done = confident(logits, limits[index])
             leaving = done.nonzero().squeeze(1)
             if leaving.numel():
                 rows = remaining.index_select(0, leaving)

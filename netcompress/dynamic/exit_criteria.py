@@ -83,13 +83,39 @@ def exit_scores(logits: torch.Tensor, criterion: str) -> torch.Tensor:
     return max_probability(logits) if criterion == "confidence" else normalised_entropy(logits)
 
 
+def per_exit_thresholds(threshold: float | Sequence[float], num_heads: int) -> list[float]:
+    """``threshold`` as one float per head: a number is shared by every head, a sequence must
+    hold exactly ``num_heads`` numbers (the final classifier has none: it always answers).
+
+    Example:
+        >>> per_exit_thresholds(0.9, 2), per_exit_thresholds([0.8, 0.95], 2)
+        ([0.9, 0.9], [0.8, 0.95])
+    """
+    if isinstance(threshold, bool):
+        raise ConfigError(f"threshold={threshold!r} must be a number or one number per exit head")
+    if isinstance(threshold, (int, float)):
+        return [float(threshold)] * num_heads
+    values = list(threshold)
+    if len(values) != num_heads or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) for v in values
+    ):
+        raise ConfigError(
+            f"threshold={values!r}: give one number, or one number per exit head ({num_heads} heads)"
+        )
+    return [float(v) for v in values]
+
+
 def route_exits(
-    exit_logits: Sequence[torch.Tensor], *, criterion: str = "confidence", threshold: float
+    exit_logits: Sequence[torch.Tensor],
+    *,
+    criterion: str = "confidence",
+    threshold: float | Sequence[float],
 ) -> torch.Tensor:
     """Index of the exit each sample takes: the first confident head, else the last exit.
 
     ``exit_logits`` holds one ``(N, classes)`` tensor per exit, the last being the final
-    classifier (always taken by the samples no earlier head was sure of).
+    classifier (always taken by the samples no earlier head was sure of). ``threshold`` is one
+    number for every head or one per head (:func:`per_exit_thresholds`).
 
     Example:
         >>> route_exits([torch.tensor([[5.0, 0.0], [0.0, 0.0]]), torch.zeros(2, 2)], threshold=0.9)
@@ -99,7 +125,8 @@ def route_exits(
     if not exit_logits:
         raise ConfigError("route_exits needs at least one exit's logits")
     confident = EXIT_CRITERIA.get(criterion)
-    rows = [confident(logits, threshold) for logits in exit_logits[:-1]]
+    limits = per_exit_thresholds(threshold, len(exit_logits) - 1)
+    rows = [confident(logits, t) for logits, t in zip(exit_logits[:-1], limits)]
     rows.append(torch.ones_like(exit_logits[-1][:, 0], dtype=torch.bool))
     # argmax returns the first maximum: the earliest confident exit
     return torch.stack(rows).to(torch.uint8).argmax(dim=0)

@@ -85,9 +85,10 @@ def trade_off_rows(
     *,
     exit_macs: Sequence[int],
     criterion: str,
-    thresholds: Sequence[float],
+    thresholds: Sequence[float | Sequence[float]],
 ) -> list[dict[str, Any]]:
-    """One row per threshold: accuracy, exit shares and expected MACs per sample.
+    """One row per threshold (a number, or one number per head): accuracy, exit shares and
+    expected MACs per sample.
 
     ``expected_macs = sum_i share_i * exit_macs[i]``; ``macs_fraction`` divides it by the
     cost of the last exit (the full network plus every head).
@@ -102,7 +103,8 @@ def trade_off_rows(
     stacked = torch.stack(list(exit_logits))  # (exits, N, classes)
     rows = []
     for threshold in thresholds:
-        chosen = route_exits(exit_logits, criterion=criterion, threshold=float(threshold))
+        limit = [float(t) for t in threshold] if isinstance(threshold, (list, tuple)) else float(threshold)
+        chosen = route_exits(exit_logits, criterion=criterion, threshold=limit)
         predictions = stacked[chosen, torch.arange(count)].argmax(dim=1)
         counts = torch.bincount(chosen, minlength=len(exit_logits)).tolist()
         shares = [c / count for c in counts]
@@ -110,7 +112,7 @@ def trade_off_rows(
         rows.append(
             {
                 "criterion": criterion,
-                "threshold": float(threshold),
+                "threshold": limit,
                 "accuracy": float((predictions == labels).float().mean()),
                 "exit_counts": counts,
                 "exit_shares": shares,

@@ -30,7 +30,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import atomic_write_json
 from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
-from netcompress.dynamic.exit_criteria import EXIT_CRITERIA
+from netcompress.dynamic.exit_criteria import EXIT_CRITERIA, per_exit_thresholds
 from netcompress.export.onnx import compare_outputs, op_counts
 
 MANIFEST = "early_exit.json"
@@ -250,7 +250,8 @@ class OrtEarlyExit:
                 if index == self.num_exits - 1:
                     result[remaining] = logits
                 continue
-            done = confident(torch.from_numpy(logits), float(self.threshold)).numpy()
+            limit = per_exit_thresholds(self.threshold, self.num_exits - 1)[index]
+            done = confident(torch.from_numpy(logits), limit).numpy()
             result[remaining[done]] = logits[done]
             exit_index[remaining[done]] = index
             if done.all():

@@ -45,6 +45,7 @@ from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA
 from netcompress.dynamic.exit_evaluation import collect_exit_logits, exit_path_macs, trade_off_rows
 from netcompress.dynamic.exit_heads import HEADS
 from netcompress.dynamic.exit_points import add_early_exits
+from netcompress.dynamic.exit_thresholds import choose_exit_thresholds
 from netcompress.training.config import TrainConfig
 
 
@@ -221,7 +222,9 @@ class EarlyExitConfig(TrainConfig):
     model uses in eval mode (None: the full network for every sample); or let the validation split
     choose it: ``max_accuracy_drop`` (the fewest average MACs within that accuracy drop from the
     final exit, a fraction) or ``max_macs_fraction`` (the most accurate threshold within that share
-    of the full path's MACs). ``thresholds`` None uses the criterion's default grid.
+    of the full path's MACs); with ``per_exit_thresholds`` one threshold per head under that bound
+    (:func:`~netcompress.dynamic.exit_thresholds.choose_exit_thresholds`). ``thresholds`` None uses
+    the criterion's default grid.
 
     Example:
         >>> EarlyExitConfig(exits=["features.5"], epochs=5, deploy_threshold=0.9)
@@ -236,6 +239,7 @@ class EarlyExitConfig(TrainConfig):
     deploy_threshold: float | None = None
     max_accuracy_drop: float | None = None
     max_macs_fraction: float | None = None
+    per_exit_thresholds: bool = False
     max_eval_batches: int | None = None
 
     def __post_init__(self) -> None:
@@ -263,6 +267,10 @@ class EarlyExitConfig(TrainConfig):
         for key in ("max_accuracy_drop", "max_macs_fraction"):
             if getattr(self, key) is not None:
                 check_range(key, getattr(self, key), 0.0)
+        if self.per_exit_thresholds and self.max_accuracy_drop is None and self.max_macs_fraction is None:
+            raise ConfigError(
+                "per_exit_thresholds needs max_accuracy_drop or max_macs_fraction to choose them"
+            )
 
 
 @register_method("dynamic", "early_exit", config=EarlyExitConfig)
@@ -309,7 +317,8 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
     calibration, threshold = None, config.deploy_threshold
     if config.max_accuracy_drop is not None or config.max_macs_fraction is not None:
         # chosen on the validation split, never the test split
-        calibration = choose_threshold(
+        choose = choose_exit_thresholds if config.per_exit_thresholds else choose_threshold
+        calibration = choose(
             exit_logits,
             labels,
             exit_macs=exit_macs,
@@ -317,7 +326,7 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
             max_accuracy_drop=config.max_accuracy_drop,
             max_macs_fraction=config.max_macs_fraction,
         )
-        threshold = calibration["threshold"]
+        threshold = calibration["thresholds" if config.per_exit_thresholds else "threshold"]
     if data.out_dir is not None:
         atomic_write_json(data.out_dir / "early_exit.json", rows)
     ee.set_policy(criterion=config.criterion, threshold=threshold)

@@ -95,3 +95,22 @@ def test_chunked_loader_covers_each_shuffle_once_and_repeats_after_a_resume() ->
     assert [len(p) for p in first] == [16, 20, 14]
     assert sum(first, []) != sum(second, [])  # a new shuffle each epoch
     assert seen(4) == second[1]  # a resumed run draws the same part again
+
+
+def test_channel_stage_halves_every_group_and_rebuilds_the_same_shapes(tmp_path) -> None:
+    base = _net().eval()
+    args = _args("--channel-ratio", "0.5")
+    small = dc.channel_pruned(base, args.channel_ratio, torch.randn(1, 3, 8, 8))
+    assert [small[0].out_channels, small[3].out_channels, small[8].in_features] == [4, 8, 8]
+    # the largest-L1 filters stay: the first conv keeps its 4 largest filters, in order
+    norms = base[0].weight.abs().sum(dim=(1, 2, 3))
+    keep = sorted(norms.argsort(descending=True)[:4].tolist())
+    assert torch.equal(small[0].weight, base[0].weight[keep])
+    # rates are read on the smaller layers: conv 3 (8 x 4 x 9 = 288 weights) is no longer big
+    assert dc.layer_rates(small, args) == {"0": 0.5, "3": 0.8, "8": 0.8}
+    run = dc.Run(tmp_path / "run", {"x": 1})
+    run.save("channels", small)
+    again = dc.channel_pruned(base, args.channel_ratio, torch.randn(1, 3, 8, 8))
+    assert run.load("channels", again)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(again.eval()(x), small.eval()(x))

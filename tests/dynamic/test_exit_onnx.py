@@ -94,3 +94,22 @@ def test_wrapper_refuses_a_folder_that_is_not_an_export(tmp_path):
     (tmp_path / "early_exit.json").write_text(json.dumps({"format": "other", "version": 1}))
     with pytest.raises(ConfigError, match="expected 'netcompress-early-exit-onnx'"):
         OrtEarlyExit(tmp_path)
+
+
+def test_one_threshold_per_exit_is_exported_and_routed_alike(tmp_path):
+    ee = _ee()
+    t = _threshold_between(ee)
+    # head 0 lets nobody out, head 1 at the threshold: only exits 1 and 2 are taken
+    ee.set_policy(threshold=[1.01, t])
+    export_early_exit_onnx(ee, tmp_path, X[:1], check=False)
+    assert json.loads((tmp_path / "early_exit.json").read_text())["threshold"] == [1.01, t]
+    with torch.no_grad():
+        expected = ee(X)
+    counts = list(ee.last_exit_counts)
+    assert counts[0] == 0 and counts[1] > 0 and counts[1] + counts[2] == 24
+    runner = OrtEarlyExit(tmp_path)
+    got = runner(X)
+    assert runner.last_exit_counts == counts
+    assert (got - expected).abs().max().item() < 1e-4
+    with pytest.raises(ConfigError, match="one number per exit head \\(2 heads\\)"):
+        OrtEarlyExit(tmp_path, threshold=[0.5, 0.5, 0.5])(X)
