@@ -22,6 +22,14 @@ from netcompress.dynamic.exit_evaluation import (
     exit_path_macs,
     trade_off_rows,
 )
+from netcompress.dynamic.exit_gates import (
+    ExitGates,
+    choose_gate_thresholds,
+    fit_exit_gates,
+    gate_features,
+    gate_trade_off,
+    route_by_scores,
+)
 from netcompress.dynamic.exit_heads import HEADS, PoolLinearHead, PoolMLPHead
 from netcompress.dynamic.exit_onnx import OrtEarlyExit, check_early_exit_onnx, export_early_exit_onnx
 from netcompress.dynamic.exit_points import add_early_exits
@@ -59,6 +67,12 @@ __all__ = [
     "EXIT_CRITERIA",
     "HEADS",
     "EarlyExitHook",
+    "ExitGates",
+    "choose_gate_thresholds",
+    "fit_exit_gates",
+    "gate_features",
+    "gate_trade_off",
+    "route_by_scores",
     "EarlyExitModel",
     "EarlyExitConfig",
     "MultiExitLoss",

@@ -88,6 +88,7 @@ class EarlyExitModel(nn.Module):
         self.last_exit_counts: list[int] = []
         self.last_exit_index: torch.Tensor | None = None
         self._stashed: list[torch.Tensor] | None = None
+        self.exit_gate: nn.Module | None = None  # learned exit decision (exit_gates.ExitGates)
 
     @property
     def num_exits(self) -> int:
@@ -112,6 +113,15 @@ class EarlyExitModel(nn.Module):
         else:
             raise ConfigError(f"threshold={threshold!r} must be a number, one number per exit head, or None")
         return self
+
+    def set_gate(self, gate: nn.Module | None, threshold: Sequence[float] | None) -> EarlyExitModel:
+        """Route by a learned gate (:class:`~netcompress.dynamic.exit_gates.ExitGates`) instead of the
+        criterion: a sample leaves at head ``i`` when ``gate.leave(i, logits, previous_logits, t_i)``;
+        ``threshold`` is one gate-probability threshold per head. ``set_gate(None, None)`` removes it."""
+        if gate is not None and getattr(gate, "num_heads", len(self.heads)) != len(self.heads):
+            raise ConfigError(f"a gate for {gate.num_heads} heads on a model with {len(self.heads)} heads")
+        self.exit_gate = gate
+        return self.set_policy(threshold=None if threshold is None else list(threshold))
 
     def run_segment(self, index: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Segment ``index`` on ``state`` (the previous segment's values; ``(x,)`` for the first)."""
@@ -167,6 +177,7 @@ class EarlyExitModel(nn.Module):
         remaining = torch.arange(count, device=x.device)
         state: tuple[torch.Tensor, ...] = (x,)
         result: torch.Tensor | None = None
+        gate, previous = self.exit_gate, None
         for index in range(self.num_exits):
             state = self.run_segment(index, state)
             logits = self.exit_logits(index, state)
@@ -175,7 +186,11 @@ class EarlyExitModel(nn.Module):
             if index == len(self.heads):
                 result.index_copy_(0, remaining, logits)
                 break
-            done = confident(logits, limits[index])
+            if gate is None:
+                done = confident(logits, limits[index])
+            else:
+                done = gate.leave(index, logits, previous, limits[index])
+                previous = logits
             leaving = done.nonzero().squeeze(1)
             if leaving.numel():
                 rows = remaining.index_select(0, leaving)
@@ -188,6 +203,8 @@ class EarlyExitModel(nn.Module):
                 staying = (~done).nonzero().squeeze(1)
                 state = tuple(s.index_select(0, staying) for s in state)
                 remaining = remaining.index_select(0, staying)
+                if previous is not None:
+                    previous = previous.index_select(0, staying)
         self.last_exit_index = exit_index.cpu()
         self.last_exit_counts = torch.bincount(self.last_exit_index, minlength=self.num_exits).tolist()
         assert result is not None

@@ -81,6 +81,11 @@ def export_early_exit_onnx(
         >>> export_early_exit_onnx(ee, "ee_onnx", torch.randn(1, 1, 8, 8))["check"][0]["max_abs_diff"]
     """
     model = as_early_exit(model)
+    if getattr(model, "exit_gate", None) is not None:
+        raise UnsupportedModelError(
+            "export_early_exit_onnx: this model routes by a learned exit gate, which OrtEarlyExit cannot "
+            "run; route it in PyTorch, or set_gate(None, None) and export a criterion policy"
+        )
     if not isinstance(example_inputs, torch.Tensor):
         raise ConfigError(f"example_inputs must be one tensor, got {type(example_inputs).__name__}")
     folder = Path(folder)
