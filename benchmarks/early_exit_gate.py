@@ -1,7 +1,8 @@
 """Early exit on ResNet-20 routed by a LEARNED gate per exit, against confidence thresholds of the same run.
 
 Takes the same flags as ``early_exit.py`` (which trains / caches the exits and the confidence rows: run it
-first with ``--per-exit``), plus ``--hidden`` (gate variants: 0 = logistic regression, N = 2-layer MLP).
+first with ``--per-exit``), plus ``--hidden`` (gate variants: 0 = logistic regression, N = 2-layer MLP) and ``--auc-only`` (only how well
+confidence and each gate rank "agrees with the final exit" on validation, ROC AUC per exit).
 Per exit a gate (``netcompress.dynamic.fit_exit_gates``) is fitted on the protocol's 10k TRAINING images
 (unaugmented, one pass of the backbone) to predict "this exit's argmax equals the final exit's"; one gate
 threshold per exit is chosen on the VALIDATION split (``choose_gate_thresholds``) for each accuracy bound
@@ -55,9 +56,33 @@ def exit_logits_cached(ee, loaders: dict[str, DataLoader], folder: Path) -> dict
     return out
 
 
+def roc_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """Probability that a random positive scores above a random negative (ties ignored)."""
+    order = score.argsort()
+    ranks = torch.empty(len(score), dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(score) + 1, dtype=torch.float64)
+    p = int(positive.sum())
+    return float((ranks[positive].sum() - p * (p + 1) / 2) / (p * (len(score) - p)))
+
+
+def agreement_auc(gates, logits: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Per head: share agreeing with the final exit, and how well confidence / the gate rank it (ROC AUC)."""
+    final, scores = logits[-1].argmax(1), gates.scores(logits)
+    out: dict[str, list[float]] = {"agree": [], "auc_confidence": [], "auc_gate": []}
+    for i in range(len(logits) - 1):
+        agree = logits[i].argmax(1) == final
+        out["agree"].append(round(float(agree.double().mean()), 3))
+        out["auc_confidence"].append(round(roc_auc(logits[i].float().softmax(1).amax(1), agree), 3))
+        out["auc_gate"].append(round(roc_auc(scores[i], agree), 3))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     hidden = [0, 16]
+    auc_only = "--auc-only" in argv
+    if auc_only:
+        argv.remove("--auc-only")
     if "--hidden" in argv:
         at = argv.index("--hidden")
         hidden = []
@@ -101,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     for h in hidden:
         with torch_threads(args.threads):  # tiny ops: more threads only spin under load
             gates = fit_exit_gates(tr["logits"], hidden=h)
+        print(json.dumps({f"h{h} validation": agreement_auc(gates, va["logits"])}), flush=True)
+        if auc_only:
+            continue
         bounds = [
             (f"gate h{h} val drop <= {d:g}", {"max_accuracy_drop": d + final_val - base_val})
             for d in args.drops
@@ -124,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(json.dumps(table[-1]), flush=True)
             runners[name] = copy.deepcopy(ee).set_gate(gates, pick["thresholds"]).eval()
+    if auc_only:
+        return 0
     conf_rows = {}
     for (name, t), row in zip(single.items(), single_rows):
         conf_rows[name] = (t, row)
