@@ -132,6 +132,22 @@ def choose_threshold(
     }
 
 
+def collect_validation(
+    model: EarlyExitModel,
+    val_loader: Iterable,
+    *,
+    example_inputs: torch.Tensor | None = None,
+    device: str = "cpu",
+    max_batches: int | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor, list[float]]:
+    """``(exit_logits, labels, exit_macs)`` of ``model`` on the validation loader: what every threshold
+    chooser needs (MACs counted on ``example_inputs``, default the loader's first sample)."""
+    exit_logits, labels = collect_exit_logits(model, val_loader, device=device, max_batches=max_batches)
+    if example_inputs is None:
+        example_inputs = next(iter(val_loader))[0][:1]
+    return exit_logits, labels, exit_path_macs(model, example_inputs.to(device))
+
+
 def calibrate_early_exit(
     model: EarlyExitModel,
     val_loader: Iterable,
@@ -155,10 +171,9 @@ def calibrate_early_exit(
     """
     model = as_early_exit(model)
     criterion = model.criterion if criterion is None else criterion
-    exit_logits, labels = collect_exit_logits(model, val_loader, device=device, max_batches=max_batches)
-    if example_inputs is None:
-        example_inputs = next(iter(val_loader))[0][:1]
-    exit_macs = exit_path_macs(model, example_inputs.to(device))
+    exit_logits, labels, exit_macs = collect_validation(
+        model, val_loader, example_inputs=example_inputs, device=device, max_batches=max_batches
+    )
     choice = choose_threshold(
         exit_logits,
         labels,

@@ -36,7 +36,16 @@ from torch import nn
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError
 from netcompress.dynamic.exit_calibration import _per_exit
-from netcompress.dynamic.exit_thresholds import _ALL, _NONE, _better, _greedy_path, _levels, _polish, _Routing
+from netcompress.dynamic.exit_thresholds import (
+    _ALL,
+    _NONE,
+    _best_on_path,
+    _better,
+    _bound_limit,
+    _levels,
+    _polish_better,
+    _Routing,
+)
 
 NUM_FEATURES = 6
 
@@ -243,17 +252,13 @@ def choose_gate_thresholds(
     final_correct = int(routing.correct[-1].sum())
     if max_accuracy_drop is not None:
         check_range("max_accuracy_drop", max_accuracy_drop, 0.0)
-        bound, limit = "correct", math.ceil(final_correct - max_accuracy_drop * routing.count - 1e-9)
         named = {"max_accuracy_drop": max_accuracy_drop}
     else:
-        bound, limit = "macs", float(max_macs) * routing.count
         named = {"max_macs": max_macs}
+    ((name, value),) = named.items()
+    bound, limit = _bound_limit(routing, name, value, exit_macs[-1])
     levels = [_levels(routing.u[i], max_levels) for i in range(routing.heads)]
-    path = _greedy_path(routing, levels)
-    on_path = path[0]
-    for point in path:
-        if _better(bound, limit, point[1], on_path[1]):
-            on_path = point
+    on_path, _ = _best_on_path(routing, levels, bound, limit)
     shared = on_path
     for t in torch.cat(
         [torch.tensor([_ALL]), torch.linspace(0, 1, 101, dtype=torch.float64), torch.tensor([_NONE])]
@@ -262,8 +267,7 @@ def choose_gate_thresholds(
         cost = routing.cost(v)
         if _better(bound, limit, cost, shared[1]):
             shared = (v, cost)
-    results = [_polish(routing, levels, start[0], bound, limit) for start in (on_path, shared)]
-    v, _ = results[0] if not _better(bound, limit, results[1][1], results[0][1]) else results[1]
+    v = _polish_better(routing, levels, bound, limit, (on_path[0], shared[0]))
     row = gate_trade_off(gates, exit_logits, labels, exit_macs=exit_macs, thresholds=v.tolist())
     final_accuracy = final_correct / routing.count
     return {

@@ -30,9 +30,9 @@ import torch
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
-from netcompress.dynamic.exit_calibration import _per_exit, choose_threshold
+from netcompress.dynamic.exit_calibration import _per_exit, choose_threshold, collect_validation
 from netcompress.dynamic.exit_criteria import EXIT_CRITERIA, exit_scores, route_exits
-from netcompress.dynamic.exit_evaluation import collect_exit_logits, exit_path_macs, trade_off_rows
+from netcompress.dynamic.exit_evaluation import trade_off_rows
 
 # internally every criterion reads "leave when u >= v": u = confidence, or minus the normalised
 # entropy (both in [-1, 1]); -1.01 lets everybody leave at that head, 1.01 nobody
@@ -184,6 +184,34 @@ def _polish(routing, levels, v, bound, limit, rounds: int = 20) -> tuple[torch.T
     return v, current
 
 
+def _bound_limit(routing: Any, name: str, value: float, final_macs: float) -> tuple[str, float]:
+    """The search's bound (``"correct"``: samples right, or ``"macs"``: MACs, summed over the samples)
+    and its limit for the named bound (max_accuracy_drop, max_macs_fraction or max_macs)."""
+    if name == "max_accuracy_drop":
+        final_correct = int(routing.correct[-1].sum())
+        return "correct", math.ceil(final_correct - value * routing.count - 1e-9)
+    budget = value * final_macs if name == "max_macs_fraction" else value
+    return "macs", float(budget) * routing.count
+
+
+def _best_on_path(routing: Any, levels: list[torch.Tensor], bound: str, limit: float) -> tuple[tuple, int]:
+    """The best point ``(v, cost)`` of the greedy path under the bound, and the path's step count."""
+    path = _greedy_path(routing, levels)
+    best = path[0]
+    for point in path:
+        if _better(bound, limit, point[1], best[1]):
+            best = point
+    return best, len(path) - 1
+
+
+def _polish_better(
+    routing: Any, levels: list[torch.Tensor], bound: str, limit: float, starts: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Coordinate-descent polish from both starts; the better end point under the bound."""
+    first, second = (_polish(routing, levels, start, bound, limit) for start in starts)
+    return (first if not _better(bound, limit, second[1], first[1]) else second)[0]
+
+
 def choose_exit_thresholds(
     exit_logits: Sequence[torch.Tensor],
     labels: torch.Tensor,
@@ -219,21 +247,11 @@ def choose_exit_thresholds(
     ((name, value),) = single["bound"].items()
     routing = _Routing(exit_logits, labels, exit_macs, criterion)
     final_correct = int(routing.correct[-1].sum())
-    if name == "max_accuracy_drop":
-        bound, limit = "correct", math.ceil(final_correct - value * routing.count - 1e-9)
-    else:
-        budget = value * exit_macs[-1] if name == "max_macs_fraction" else value
-        bound, limit = "macs", budget * routing.count
+    bound, limit = _bound_limit(routing, name, value, exit_macs[-1])
     levels = [_levels(routing.u[i], max_levels) for i in range(routing.heads)]
-    path = _greedy_path(routing, levels)
-    on_path = path[0]
-    for point in path:
-        if _better(bound, limit, point[1], on_path[1]):
-            on_path = point
+    on_path, steps = _best_on_path(routing, levels, bound, limit)
     start_single = torch.tensor([routing.sign * single["threshold"]] * routing.heads, dtype=torch.float64)
-    results = [_polish(routing, levels, start, bound, limit) for start in (on_path[0], start_single)]
-    v, cost = results[0] if not _better(bound, limit, results[1][1], results[0][1]) else results[1]
-    thresholds = routing.thresholds(v)
+    thresholds = routing.thresholds(_polish_better(routing, levels, bound, limit, (on_path[0], start_single)))
     (row,) = trade_off_rows(
         exit_logits, labels, exit_macs=exit_macs, criterion=criterion, thresholds=[thresholds]
     )
@@ -251,7 +269,7 @@ def choose_exit_thresholds(
         "per_exit": _per_exit(chosen, correct, len(exit_logits)),
         "bound": {name: value},
         "single": {k: single[k] for k in ("threshold", "accuracy", "expected_macs", "macs_speedup")},
-        "path_steps": len(path) - 1,
+        "path_steps": steps,
     }
 
 
@@ -319,10 +337,9 @@ def calibrate_exit_thresholds(
         >>> calibrate_exit_thresholds(ee, val_loader, max_accuracy_drop=0.01)["thresholds"]
     """
     model = as_early_exit(model)
-    exit_logits, labels = collect_exit_logits(model, val_loader, device=device, max_batches=max_batches)
-    if example_inputs is None:
-        example_inputs = next(iter(val_loader))[0][:1]
-    exit_macs = exit_path_macs(model, example_inputs.to(device))
+    exit_logits, labels, exit_macs = collect_validation(
+        model, val_loader, example_inputs=example_inputs, device=device, max_batches=max_batches
+    )
     choice = choose_exit_thresholds(
         exit_logits, labels, exit_macs=exit_macs, criterion=model.criterion,
         max_accuracy_drop=max_accuracy_drop, max_macs_fraction=max_macs_fraction, max_macs=max_macs,
