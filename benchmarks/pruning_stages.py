@@ -74,6 +74,17 @@ GRADUAL_STEPS, GRADUAL_EPOCHS = 8, 2
 
 
 @METHODS.register("nc_macs_high_stages")
+def _prune_to(model: nn.Module, ctx: Context, macs: float) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` pruned (group L2, uniform, any channel count) down to ``macs`` MACs, BN recalibrated."""
+    now = macs_of(model, ctx.example)
+    pruned, summary = prune_to_target(
+        model, ctx.example, target="macs", reduction=now / macs, importance="group_l2", method="uniform",
+        round_to=1,
+    )  # fmt: skip
+    recalibrate_bn(pruned, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+    return pruned, summary
+
+
 def _nc_macs_high_stages(base: nn.Module, ctx: Context) -> Pruned:
     high = ctx.config.high_mac_reduction
     budget_base = macs_of(base, ctx.example)
@@ -83,12 +94,7 @@ def _nc_macs_high_stages(base: nn.Module, ctx: Context) -> Pruned:
     for index, reduction in enumerate([*stages, high]):
         if index:
             fit(model, ctx.train_loader, config=between)
-        now = macs_of(model, ctx.example)
-        model, summary = prune_to_target(
-            model, ctx.example, target="macs", reduction=now / (budget_base / reduction), importance="group_l2",
-            method="uniform", round_to=1,
-        )  # fmt: skip
-        recalibrate_bn(model, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+        model, summary = _prune_to(model, ctx, budget_base / reduction)
         log.append({"reduction": budget_base / macs_of(model, ctx.example), "arch": summary["architecture"]})
     steps = " -> ".join(f"{r:g}x" for r in [*stages, high])
     label = (f"netcompress group L2, uniform, any channel count, in stages {steps} (1 epoch between, "
@@ -128,12 +134,7 @@ def _nc_macs_high_gradual(base: nn.Module, ctx: Context) -> Pruned:
     model, log = copy.deepcopy(base), []
     for k in range(1, steps + 1):
         reduction = high ** (k / steps)
-        now = macs_of(model, ctx.example)
-        model, summary = prune_to_target(
-            model, ctx.example, target="macs", reduction=now / (base_macs / reduction), importance="group_l2",
-            method="uniform", round_to=1,
-        )  # fmt: skip
-        recalibrate_bn(model, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+        model, summary = _prune_to(model, ctx, base_macs / reduction)
         log.append({"reduction": base_macs / macs_of(model, ctx.example)})
         if epochs:
             fit(model, slice_, config=between)
