@@ -358,7 +358,7 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
         batches = [(text_inputs(4, 9, seed=s), torch.randint(0, 3, (4,), generator=gen)) for s in (1, 2)]
     model = build().eval()
     if kind != "other" and _out(model, x).dim() == 3:  # token outputs (LM logits, states): unlabelled batches
-        batches = [text_inputs(4, 9, seed=s) for s in (1, 2)]
+        batches = [b[0] for b in batches]
     for m in model.modules():  # trained-like BN statistics
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.3, 0.3, generator=gen)

@@ -38,7 +38,7 @@ from netcompress.export.onnx_inputs import (
     infer_dynamic_axes,
     input_spec,
     mask_padding,
-    ort_feed,
+    run_on_inputs,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
@@ -347,7 +347,7 @@ def check_onnx(
     with torch.no_grad():
         for label, tensors in check_input_sets(spec, axes, batch_size):
             batch = int(tensors[0].shape[0]) if tensors[0].dim() else 1
-            outs = [torch.from_numpy(o) for o in session.run(None, ort_feed(session, spec.names, tensors))]
+            outs = [torch.from_numpy(o) for o in run_on_inputs(session, spec.names, tensors, path, label)]
             ref_outs, got_outs, masked = mask_padding(spec.names, tensors, call(*tensors), outs)
             ref, got = _flat_outputs(ref_outs, batch), _flat_outputs(got_outs, batch)
             padding += masked
