@@ -30,6 +30,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
 from netcompress.export.divergence import divergence_note, first_divergence
+from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
 from netcompress.export.onnx_inputs import (
@@ -248,6 +249,9 @@ def export_onnx(
     if int8 and not quantizer_counts.get("activation") and not quantizer_counts.get("dynamic"):
         # weight-only Linears export as MatMulNBits with their packed 2-8 bit codes (onnx_nbits.py)
         exported, nbits_info = swap_nbits_linears(copy.deepcopy(work))
+    for info in (dynamic_info, nbits_info):  # a layer its parent never calls stays float (onnx_contrib.py)
+        if info:
+            drop_uncalled(exported, info, lambda: ExportCall(exported, spec, output_names)(*spec.tensors))
     embedding_info = None
     if int8:  # quantized tables export as integer Gather / GatherBlockQuantized (onnx_embeddings.py)
         exported, embedding_info = swap_quant_embeddings(
