@@ -181,6 +181,10 @@ def _slice_head_parameters(
             continue
         for attr, param in list(sub.named_parameters(recurse=False)):
             dims = [i for i, n in enumerate(param.shape) if n == unit.num_heads]
+            if isinstance(
+                sub, nn.Linear
+            ):  # its inputs are features, not heads (Swin V2's cpb MLP reads 2 coords)
+                dims = [d for d in dims if d == 0]
             if len(dims) == 1:
                 slicer(sub, attr, {dims[0]: idx})
         if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
@@ -278,6 +282,15 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
     for u in blocks.ffn:
         layers.readers += u.up
         layers.writers.append(u.down)
+    for name, side in [*((n, 0) for n in layers.readers), *((n, 1) for n in layers.writers)]:
+        found = in_out(get_module(model, name))[side]
+        if (
+            found != width
+        ):  # e.g. MobileBERT: value reads the 32-wide stream, query/key/FFN a 16-wide bottleneck
+            raise UnsupportedModelError(
+                f"hidden-width pruning: {name!r} {('reads', 'writes')[side]} {found} channels, not the {width}-wide "
+                "stream its block's other layers use (a bottleneck block): prune heads and FFN neurons only"
+            )
     for name, module in model.named_modules():
         if name in inside or name in mha or any(name.startswith(m + ".") for m in mha):
             continue

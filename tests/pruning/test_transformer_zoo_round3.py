@@ -1,0 +1,67 @@
+"""Transformer pruning on public classes of the zoo sweep's round 3 (session 11).
+
+Hidden-width pruning of a bottleneck transformer block (MobileBERT) is a refusal naming the layer:
+MobileBERT's query/key/FFN read a 16-wide bottleneck while its value reads the 32-wide stream: the
+stream finder took 16 as the residual width and the magnitude scorer CRASHed adding 16- and 32-long
+per-channel sums. Heads and FFN neurons still prune (verified against the masked model inside).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.core.errors import UnsupportedModelError
+
+transformers = pytest.importorskip("transformers")
+
+
+def _mobilebert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.MobileBertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=24, vocab_size=50,
+        max_position_embeddings=16, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
+        num_feedforward_networks=2, num_labels=3,
+    )  # fmt: skip
+    return transformers.MobileBertForSequenceClassification(cfg).eval()
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_hidden_width_of_a_bottleneck_block_is_refused_naming_the_value_layer():
+    model = _mobilebert()
+    with pytest.raises(UnsupportedModelError, match=r"attention\.self\.value' reads 32 channels, not the 16-wide"):
+        nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.5, hidden=0.25)
+
+
+def test_heads_and_ffn_of_a_bottleneck_block_still_prune():
+    model = _mobilebert()
+    small = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.5)
+    attn = small.mobilebert.encoder.layer[0].attention.self
+    assert (attn.query.out_features, attn.value.in_features) == (8, 32)
+    assert small(**_inputs()).logits.shape == (2, 3)
+
+
+def test_swinv2_with_two_heads_prunes_its_position_bias_mlp_by_output_only():
+    """Swin V2's continuous position bias MLP is Linear(2, 512) -> ReLU -> Linear(512, heads): with 2 heads the
+    first layer's 2 input coordinates were taken for heads (refused by the verification); only a Linear's
+    output rows index heads."""
+    torch.manual_seed(0)
+    cfg = transformers.Swinv2Config(
+        image_size=16, patch_size=4, embed_dim=16, depths=[1], num_heads=[2], window_size=4, num_labels=3
+    )
+    model = transformers.Swinv2ForImageClassification(cfg).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    small = nc.prune_transformer(model, x, heads=0.5)  # verified against the masked model inside
+    attn = small.swinv2.encoder.layers[0].blocks[0].attention.self
+    assert attn.num_attention_heads == 1
+    assert tuple(attn.continuous_position_bias_mlp[0].weight.shape) == (512, 2)
+    assert tuple(attn.continuous_position_bias_mlp[2].weight.shape) == (1, 512)
+    assert tuple(attn.logit_scale.shape) == (1, 1, 1)
+    assert small(x).logits.shape == (2, 3)
