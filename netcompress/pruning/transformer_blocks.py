@@ -13,7 +13,8 @@ Three attention layouts are recognised:
 
 FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
-``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), or BERT's ``intermediate.dense -> output.dense``.
+``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), ``fc_in -> fc_out``
+(GPT-J), ``intermediate_dense -> output_dense`` (wav2vec 2.0), or BERT's ``intermediate.dense -> output.dense``.
 
 Recognising a block is a claim about how its forward uses the weights; every prune checks that claim
 numerically (pruned model == masked original, ``transformer_verify``), so a block whose forward does
@@ -52,6 +53,8 @@ FFN_PATTERNS = (
     (("dense_h_to_4h",), "dense_4h_to_h"),
     (("ffn",), "ffn_output"),  # ALBERT
     (("dense1",), "dense2"),  # PVT
+    (("fc_in",), "fc_out"),  # GPT-J, CodeGen
+    (("intermediate_dense",), "output_dense"),  # wav2vec 2.0, HuBERT, WavLM
 )
 
 

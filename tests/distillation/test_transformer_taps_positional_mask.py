@@ -36,7 +36,9 @@ def test_distill_reads_mobilebert_attention_with_its_positional_mask():
     for p in student.parameters():
         p.data.add_(0.05 * torch.randn(p.shape, generator=gen))
     before = copy.deepcopy(student.state_dict())
-    s = nc.distill_transformer_(student, teacher, batches, example_inputs=batches[0][0], epochs=1, progress=False)
+    s = nc.distill_transformer_(
+        student, teacher, batches, example_inputs=batches[0][0], epochs=1, progress=False
+    )
     assert s["final_attention_loss"] > 0  # the maps were read (and verified) and distilled
     assert s["layer_map"] == [1]
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())

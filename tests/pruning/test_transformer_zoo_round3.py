@@ -36,7 +36,9 @@ def _inputs() -> dict[str, torch.Tensor]:
 
 def test_hidden_width_of_a_bottleneck_block_is_refused_naming_the_value_layer():
     model = _mobilebert()
-    with pytest.raises(UnsupportedModelError, match=r"attention\.self\.value' reads 32 channels, not the 16-wide"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"attention\.self\.value' reads 32 channels, not the 16-wide"
+    ):
         nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.5, hidden=0.25)
 
 
@@ -65,3 +67,35 @@ def test_swinv2_with_two_heads_prunes_its_position_bias_mlp_by_output_only():
     assert tuple(attn.continuous_position_bias_mlp[2].weight.shape) == (1, 512)
     assert tuple(attn.logit_scale.shape) == (1, 1, 1)
     assert small(x).logits.shape == (2, 3)
+
+
+def test_gptj_fc_in_fc_out_and_wav2vec2_intermediate_dense_are_ffn_blocks():
+    """GPT-J's ``fc_in -> fc_out`` and wav2vec 2.0's ``intermediate_dense -> output_dense`` were not FFN
+    patterns ("ffn > 0 but the model has no FFN block"); both prune (verified inside) to half the neurons."""
+    torch.manual_seed(0)
+    gptj = transformers.GPTJForCausalLM(
+        transformers.GPTJConfig(
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            n_inner=24,
+            rotary_dim=4,
+            vocab_size=50,
+            n_positions=16,
+            bos_token_id=0,
+            eos_token_id=0,
+        )  # fmt: skip
+    ).eval()
+    small = nc.prune_transformer(gptj, _inputs(), heads=0.0, ffn=0.5)
+    mlp = small.transformer.h[0].mlp
+    assert (mlp.fc_in.out_features, mlp.fc_out.in_features) == (12, 12)
+    w2v = transformers.Wav2Vec2ForSequenceClassification(
+        transformers.Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+                                    conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, num_labels=3)
+    ).eval()  # fmt: skip
+    wave = torch.randn(2, 400, generator=torch.Generator().manual_seed(2))
+    small = nc.prune_transformer(w2v, wave, heads=0.5, ffn=0.5)
+    ff = small.wav2vec2.encoder.layers[0].feed_forward
+    assert (ff.intermediate_dense.out_features, ff.output_dense.in_features) == (12, 12)
+    assert small(wave).logits.shape == (2, 3)
