@@ -36,6 +36,7 @@ from netcompress.pruning.transformer_blocks import (
     in_out,
     is_conv1d,
     is_dense,
+    packed_rows,
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
@@ -141,9 +142,8 @@ def prune_heads_(
     if unit.layout == "mha":
         set_module(model, unit.name, PrunedMultiheadAttention.from_attention(module, keep_q))
         return
-    if unit.layout == "packed":
-        inner = unit.num_heads * d
-        slice_dense(get_module(model, unit.q), slicer, out=torch.cat([rows, rows + inner, rows + 2 * inner]))
+    if unit.layout.startswith("packed"):
+        slice_dense(get_module(model, unit.q), slicer, out=packed_rows(unit, keep_q, keep_kv))
     else:
         kv_rows = head_rows(keep_kv, d)
         slice_dense(get_module(model, unit.q), slicer, out=rows)
@@ -217,7 +217,7 @@ def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Sl
     """Remove the FFN neurons of ``unit`` not in ``keep``."""
     idx = torch.tensor(keep, dtype=torch.long)
     for name in unit.up:
-        slice_dense(get_module(model, name), slicer, out=idx)
+        slice_dense(get_module(model, name), slicer, out=unit.up_rows(idx))
     slice_dense(get_module(model, unit.down), slicer, inp=idx)
     for name in unit.mid:  # a depthwise conv's channel c is neuron c
         conv = get_module(model, name)

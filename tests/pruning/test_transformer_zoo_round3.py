@@ -99,3 +99,59 @@ def test_gptj_fc_in_fc_out_and_wav2vec2_intermediate_dense_are_ffn_blocks():
     ff = small.wav2vec2.encoder.layers[0].feed_forward
     assert (ff.intermediate_dense.out_features, ff.output_dense.in_features) == (12, 12)
     assert small(wave).logits.shape == (2, 3)
+
+
+def _tiny(cls: str, cfg: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    base = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=12, vocab_size=50,
+                max_position_embeddings=16, pad_token_id=0, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    return getattr(transformers, cls)(getattr(transformers, cfg)(**{**base, **kw})).eval()
+
+
+def test_gpt_neox_query_key_value_is_packed_head_after_head():
+    """GPT-NeoX's ``query_key_value`` holds q_h | k_h | v_h head after head ("packed_heads"); heads, FFN and the
+    hidden width prune and the result equals the masked original (checked inside prune_transformer)."""
+    model = _tiny("GPTNeoXForCausalLM", "GPTNeoXConfig", rotary_pct=0.5)
+    small = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.5, hidden=0.25)
+    attn = small.gpt_neox.layers[0].attention
+    assert (attn.query_key_value.out_features, attn.dense.in_features) == (24, 8)  # 2 heads x (q|k|v) x 4
+    assert attn.query_key_value.in_features == 12
+
+
+def test_modernbert_packed_qkv_and_packed_glu_prune_and_phi3_ffn():
+    """ModernBERT: ``Wqkv`` q|k|v ("packed") and ``Wi`` = input | gate chunked in forward (a packed GLU: neuron i
+    is rows i and width + i). Phi-3's ``gate_up_proj`` likewise; its attention reads the config's head count,
+    so its heads stay refused by the verification, naming the module."""
+    mb = _tiny("ModernBertForSequenceClassification", "ModernBertConfig", num_labels=3, global_attn_every_n_layers=1,
+               cls_token_id=0, sep_token_id=0)  # fmt: skip
+    small = nc.prune_transformer(mb, _inputs(), heads=0.5, ffn=0.5)
+    layer = small.model.layers[0]
+    assert (layer.attn.Wqkv.out_features, layer.attn.Wo.in_features) == (24, 8)
+    assert (layer.mlp.Wi.out_features, layer.mlp.Wo.in_features) == (12, 6)
+    phi3 = _tiny("Phi3ForCausalLM", "Phi3Config", num_key_value_heads=2)
+    small = nc.prune_transformer(phi3, _inputs(), heads=0.0, ffn=0.5)
+    mlp = small.model.layers[0].mlp
+    assert (mlp.gate_up_proj.out_features, mlp.down_proj.in_features) == (12, 6)
+    with pytest.raises(
+        UnsupportedModelError, match=r"'model.layers.0.self_attn' \(Phi3Attention\) was not followed"
+    ):
+        nc.prune_transformer(phi3, _inputs(), heads=0.5, ffn=0.0)
+
+
+def test_a_packed_qkv_whose_forward_does_something_else_is_refused_by_the_verification():
+    """Recognising ``qkv``/``proj`` as packed q|k|v is a claim the masked-model check tests: a block that uses
+    only part of ``qkv`` is refused naming the module, never pruned wrongly."""
+    from torch import nn
+
+    class QOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.qkv, self.proj = 4, nn.Linear(16, 48), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return x + self.proj(self.qkv(x)[..., 16:32])  # reads the keys' rows as if they were the context
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), QOnly())
+    with pytest.raises(UnsupportedModelError, match=r"'1' \(QOnly\)"):
+        nc.prune_transformer(model, _inputs()["input_ids"], heads=0.5, ffn=0.0)
