@@ -75,7 +75,7 @@ class _Slicer:
         self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
 
     def __call__(self, module: nn.Module, attr: str, index: dict[int, torch.Tensor]) -> None:
-        param = getattr(module, attr)
+        param = getattr(module, attr, None)
         if param is None:
             return
         if id(param) in self.done:
@@ -235,6 +235,8 @@ def is_norm(module: nn.Module, width: int) -> bool:
         return tuple(module.normalized_shape) == (width,)
     kind = type(module).__name__
     weight = getattr(module, "weight", None)
+    if kind.endswith(("RMSNorm", "LayerNorm")) and next(module.parameters(recurse=False), None) is None:
+        return tuple(getattr(module, "normalized_shape", ())) == (width,)  # OLMo's LayerNorm has no weight
     return (
         kind.endswith(("RMSNorm", "LayerNorm"))
         and isinstance(weight, torch.Tensor)

@@ -155,3 +155,13 @@ def test_a_packed_qkv_whose_forward_does_something_else_is_refused_by_the_verifi
     model = nn.Sequential(nn.Embedding(50, 16), QOnly())
     with pytest.raises(UnsupportedModelError, match=r"'1' \(QOnly\)"):
         nc.prune_transformer(model, _inputs()["input_ids"], heads=0.5, ffn=0.0)
+
+
+def test_olmo_weightless_layer_norms_follow_the_hidden_width():
+    """OLMo's LayerNorm has no weight (``F.layer_norm(x, self.normalized_shape)``): it was not a stream norm, so
+    hidden-width pruning was refused ("a layer outside the attention/FFN blocks was not followed")."""
+    model = _tiny("OlmoForCausalLM", "OlmoConfig", num_key_value_heads=2)
+    small = nc.prune_transformer(model, _inputs(), heads=0.0, ffn=0.0, hidden=0.25)  # verified inside
+    assert small.model.layers[0].input_layernorm.normalized_shape == (12,)
+    assert small.model.norm.normalized_shape == (12,)
+    assert small.model.embed_tokens.embedding_dim == 12
