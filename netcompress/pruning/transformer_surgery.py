@@ -189,6 +189,8 @@ def _slice_head_parameters(
                 slicer(sub, attr, {dims[0]: idx})
         if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
             sub.out_features = sub.weight.shape[0]
+        if isinstance(sub, nn.modules.conv._ConvNd) and sub.groups == sub.in_channels == unit.num_heads:
+            sub.in_channels = sub.out_channels = sub.groups = sub.weight.shape[0]  # per-head (Nystromformer)
 
 
 def _slice_sibling_head_tables(

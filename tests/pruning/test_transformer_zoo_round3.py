@@ -165,3 +165,15 @@ def test_olmo_weightless_layer_norms_follow_the_hidden_width():
     assert small.model.layers[0].input_layernorm.normalized_shape == (12,)
     assert small.model.norm.normalized_shape == (12,)
     assert small.model.embed_tokens.embedding_dim == 12
+
+
+def test_nystromformer_per_head_depthwise_conv_follows_the_kept_heads():
+    """Nystromformer adds a depthwise ``Conv2d(heads, heads, groups=heads)`` over the values: its weight was sliced
+    to the kept heads but its ``groups``/channel counts were not (refused: "Given groups=4, expected weight...")."""
+    model = _tiny("NystromformerForSequenceClassification", "NystromformerConfig", num_labels=3, num_landmarks=16,
+                  segment_means_seq_len=16, conv_kernel_size=3)  # fmt: skip
+    attn = model.nystromformer.encoder.layer[0].attention.self
+    assert attn.conv.groups == 4
+    small = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.0)  # verified inside
+    conv = small.nystromformer.encoder.layer[0].attention.self.conv
+    assert (conv.in_channels, conv.out_channels, conv.groups, conv.weight.shape[0]) == (2, 2, 2, 2)
