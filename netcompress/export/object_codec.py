@@ -134,7 +134,7 @@ class Encoder:
         if not hasattr(obj, "__dict__") or getattr(cls, "__slots__", None):
             raise ConfigError(f"cannot save {where}: a {cls.__name__} has no attribute dict to write as data")
         index = self._reserve(obj)
-        state = {k: self.encode(v, f"{where}.{k}") for k, v in vars(obj).items()}
+        state = {k: self.encode(v, f"{where}.{k}") for k, v in _saved_vars(obj).items()}
         self.objects[index] = {"class": class_name(cls), "state": state}
         return {"__ref__": index}
 
@@ -142,6 +142,28 @@ class Encoder:
         self._objects[id(obj)] = len(self.objects)
         self.objects.append(None)
         return len(self.objects) - 1
+
+
+def _saved_vars(obj: Any) -> dict[str, Any]:
+    """``vars(obj)`` without transformers' output-capturing hooks (and the flag saying they are installed).
+
+    transformers 5 installs them on first ``output_hidden_states=True`` (a distillation's teacher and student);
+    they are inert closures, and the loaded model installs them again when asked for hidden states.
+    """
+    state = vars(obj)
+    if not isinstance(obj, nn.Module):
+        return state
+    drop = {k for k, h in obj._forward_hooks.items() if getattr(h, "__module__", "") == _CAPTURING}
+    if not drop and "_output_capturing_hooks_installed" not in state:
+        return state
+    state = {k: v for k, v in state.items() if k != "_output_capturing_hooks_installed"}
+    for name in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        if name in state:
+            state[name] = type(state[name])((k, v) for k, v in state[name].items() if k not in drop)
+    return state
+
+
+_CAPTURING = "transformers.utils.output_capturing"
 
 
 class Decoder:
