@@ -35,7 +35,10 @@ class Tiny(nn.Module):
 def test_stacked_expert_weights_are_named_as_left_dense():
     torch.manual_seed(0)
     calib = [torch.randn(4, 8) for _ in range(2)]
-    for prune in (lambda m: nc.prune_wanda_(m, calib, amount=0.5), lambda m: nc.prune_n_m_(m, calib, n=2, m=4)):
+    for prune in (
+        lambda m: nc.prune_wanda_(m, calib, amount=0.5),
+        lambda m: nc.prune_n_m_(m, calib, n=2, m=4),
+    ):
         model = Tiny()
         before = model.experts.gate_up_proj.detach().clone()
         s = prune(model)
