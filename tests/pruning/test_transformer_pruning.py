@@ -369,11 +369,8 @@ def test_unknown_attention_structure_is_reported_by_name():
     class PackedAttention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.num_heads, self.fused, self.proj = (
-                4,
-                nn.Linear(H, 3 * H),
-                nn.Linear(H, H),
-            )  # (qkv/proj: "packed")
+            # named qkv/proj it would be a "packed" layout
+            self.num_heads, self.fused, self.proj = 4, nn.Linear(H, 3 * H), nn.Linear(H, H)
 
         def forward(self, x):
             return self.proj(self.fused(x)[..., :H])
