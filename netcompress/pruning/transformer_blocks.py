@@ -12,7 +12,9 @@ Three attention layouts are recognised:
 - ``"packed"``: one layer holding q|k|v one after the other (key/value heads may be fewer) and an output
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
   ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
-- ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM).
+- ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
+- ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
+  its query heads then k_g then v_g.
 
 FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
@@ -201,7 +203,13 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
         return f"packed {qkv_name}/{o_name} without a head-count or head-size attribute"
     inner = in_out(out)[0]
     heads, head_dim = heads or inner // head_dim, head_dim or inner // heads
-    kv = (_attr(module, KV_ATTRS) if layout == "packed" else None) or heads
+    if layout == "packed_heads" and (
+        getattr(module, "new_decoder_architecture", False) or getattr(module, "multi_query", False)
+    ):
+        layout = "packed_groups"  # Falcon
+    kv = (_attr(module, KV_ATTRS) if layout != "packed_heads" else None) or (
+        1 if layout == "packed_groups" else heads
+    )
     if (
         in_out(qkv)[1] != (heads + 2 * kv) * head_dim
         or inner != heads * head_dim
@@ -218,6 +226,13 @@ def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> t
     d, inner, kv_width = unit.head_dim, unit.num_heads * unit.head_dim, unit.num_kv_heads * unit.head_dim
     if unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
         return torch.tensor([h * 3 * d + i for h in keep_q for i in range(3 * d)], dtype=torch.long)
+    if unit.layout == "packed_groups":  # per key/value head g: its query heads, k_g, v_g
+        r, rows = unit.groups, []
+        for g in keep_kv:
+            base = g * (r + 2) * d
+            rows += [base + (h - g * r) * d + i for h in keep_q if h // r == g for i in range(d)]
+            rows += [base + (r + j) * d + i for j in (0, 1) for i in range(d)]
+        return torch.tensor(rows, dtype=torch.long)
     q = torch.tensor([h * d + i for h in keep_q for i in range(d)], dtype=torch.long)
     kv = torch.tensor([h * d + i for h in keep_kv for i in range(d)], dtype=torch.long)
     return torch.cat([q, kv + inner, kv + inner + kv_width])

@@ -69,6 +69,9 @@ def attention_weights(model: nn.Module, unit: AttentionUnit) -> tuple[torch.Tens
             q, k, v = _io(q_layer.weight, q_layer).t().split([inner, kv * d, kv * d])
         elif unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
             q, k, v = _io(q_layer.weight, q_layer).t().reshape(h, 3, d, -1).unbind(1)
+        elif unit.layout == "packed_groups":  # per key/value head: its query heads, k, v (Falcon)
+            w = _io(q_layer.weight, q_layer).t().reshape(kv, unit.groups + 2, d, -1)
+            q, k, v = w[:, : unit.groups], w[:, -2], w[:, -1]
         else:
             q, k, v = (get_module(model, n).weight for n in (unit.q, unit.k, unit.v))
         o = _io(o_layer.weight, o_layer)

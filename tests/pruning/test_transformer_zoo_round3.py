@@ -177,3 +177,28 @@ def test_nystromformer_per_head_depthwise_conv_follows_the_kept_heads():
     small = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.0)  # verified inside
     conv = small.nystromformer.encoder.layer[0].attention.self.conv
     assert (conv.in_channels, conv.out_channels, conv.groups, conv.weight.shape[0]) == (2, 2, 2, 2)
+
+
+def test_falcon_grouped_query_key_value_prunes():
+    """Falcon's ``query_key_value`` holds, per key/value head, its query heads then k then v ("packed_groups"; the
+    old multi-query layout is the one-group case); was "widths do not match". Verified inside."""
+    from netcompress.pruning.transformer_blocks import find_blocks
+
+    model = _tiny(
+        "FalconForCausalLM", "FalconConfig", ffn_hidden_size=24, new_decoder_architecture=True, num_kv_heads=2
+    )
+    small = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.0)
+    attn = small.transformer.h[0].self_attention
+    assert (attn.num_heads, attn.num_kv_heads, attn.dense.in_features) == (2, 1, 8)  # a whole group went
+    assert attn.query_key_value.out_features == (2 + 2) * 4
+    mqa = _tiny(
+        "FalconForCausalLM",
+        "FalconConfig",
+        ffn_hidden_size=24,
+        new_decoder_architecture=False,
+        multi_query=True,
+    )
+    (unit,) = find_blocks(mqa).attention  # one layer
+    assert (unit.layout, unit.num_heads, unit.num_kv_heads) == ("packed_groups", 4, 1)
+    small = nc.prune_transformer(mqa, _inputs(), heads=0.0, ffn=0.0, hidden=0.25)  # its one k, v group stays
+    assert small.transformer.h[0].self_attention.query_key_value.in_features == 12
