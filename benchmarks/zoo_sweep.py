@@ -41,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo_sweep_models import IMAGE_SIZE, LABELS, TEXT, VISION, text_inputs  # noqa: E402
+from zoo_sweep_models2 import IMAGE_SIZE2, OTHER, TEXT2, VISION2  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.core.errors import ExportMismatchError, NetcompressError  # noqa: E402
@@ -199,7 +200,7 @@ def t_prune(hidden: float) -> Callable[[nn.Module, Any, dict], str]:
             raise Wrong(f"nothing removed ({before} -> {after})")
         if _out(small, x).shape[:-1] != _out(model, x).shape[:-1]:
             raise Wrong("output shape changed")
-        other = text_inputs(3, 11, seed=5)  # another length than the example's
+        other = ctx["other"]  # another length than the example's (where the model takes one)
         if not torch.isfinite(_out(small, other)).all():
             raise Wrong("non-finite output at another sequence length")
         ctx.setdefault("small", small)
@@ -339,26 +340,32 @@ def _run_verb(fn: Callable, model: nn.Module, x: Any, ctx: dict, seconds: int) -
 def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    if kind == "vision":
-        build, family = VISION[name]
-        hw = IMAGE_SIZE.get(name, (32, 32))
+    other = text_inputs(3, 11, seed=5)
+    if kind == "other":  # waveforms, spectrograms, (source, target): the transformer verbs
+        build, make, labelled = OTHER[name]
+        family, table, x, other = "transformer", TEXT_VERBS, make(2, False, 0), make(3, True, 5)
+        labels = [torch.randint(0, LABELS, (4,), generator=gen) for _ in range(2)]
+        batches = [(make(4, False, s), y) if labelled else make(4, False, s) for s, y in zip((1, 2), labels)]
+    elif kind == "vision":
+        build, family = {**VISION, **VISION2}[name]
+        hw = {**IMAGE_SIZE, **IMAGE_SIZE2}.get(name, (32, 32))
         x = torch.randn(2, 3, *hw, generator=gen)
         batches = [(torch.randn(4, 3, *hw, generator=gen), torch.randint(0, LABELS, (4,), generator=gen))]
         table = VISION_VERBS
     else:
-        build, family, table = TEXT[name], "transformer", TEXT_VERBS
+        build, family, table = {**TEXT, **TEXT2}[name], "transformer", TEXT_VERBS
         x = text_inputs(2, 9, seed=0)
         batches = [(text_inputs(4, 9, seed=s), torch.randint(0, 3, (4,), generator=gen)) for s in (1, 2)]
     model = build().eval()
-    if kind == "text" and _out(model, x).dim() == 3:  # token outputs (LM logits, states): unlabelled batches
-        batches = [text_inputs(4, 9, seed=s) for s in (1, 2)]
+    if kind != "other" and _out(model, x).dim() == 3:  # token outputs (LM logits, states): unlabelled batches
+        batches = [b[0] for b in batches]
     for m in model.modules():  # trained-like BN statistics
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.3, 0.3, generator=gen)
             m.running_var.uniform_(0.5, 1.5, generator=gen)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = {"tmp": Path(tmp), "calib": batches, "train": batches, "family": family}
+        ctx = {"tmp": Path(tmp), "calib": batches, "train": batches, "family": family, "other": other}
         for verb in verbs:
             if verb not in table:
                 continue
@@ -371,7 +378,7 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
 
 def print_matrix(rows: list[dict[str, Any]]) -> None:
     short = {"ok": "ok", "refused": "ref", "WRONG": "WRONG", "CRASH": "CRASH", "TIMEOUT": "TIME"}
-    for kind, verbs in (("vision", VISION_VERBS), ("text", TEXT_VERBS)):
+    for kind, verbs in (("vision", VISION_VERBS), ("text", TEXT_VERBS), ("other", TEXT_VERBS)):
         mine = [r for r in rows if r["kind"] == kind]
         if not mine:
             continue
@@ -389,7 +396,8 @@ def print_matrix(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated model names (default: all)")
-    p.add_argument("--kinds", default="vision,text")
+    p.add_argument("--kinds", default="vision,text,other")
+    p.add_argument("--round", choices=("all", "1", "3"), default="all", help="1: zoo_sweep_models, 3: ...2")
     p.add_argument("--verbs", default="", help="comma-separated verbs (default: all of each kind)")
     p.add_argument("--verb-seconds", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
@@ -400,7 +408,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     start = time.time()
     for kind in args.kinds.split(","):
-        names = list(VISION if kind == "vision" else TEXT)
+        names = {"vision": [*VISION, *VISION2], "text": [*TEXT, *TEXT2], "other": [*OTHER]}[kind]
+        if args.round != "all":
+            names = [n for n in names if (n in VISION2 or n in TEXT2 or n in OTHER) == (args.round == "3")]
         table = VISION_VERBS if kind == "vision" else TEXT_VERBS
         verbs = [v for v in args.verbs.split(",") if v] or list(table)
         for name in names:

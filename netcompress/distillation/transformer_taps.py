@@ -76,6 +76,16 @@ def _arg(args: tuple, kwargs: dict, index: int, names: tuple[str, ...]) -> Any:
     return args[index] if len(args) > index else None
 
 
+def _fits(t: Any, scores: tuple[int, ...]) -> bool:
+    """Whether ``t`` is a tensor of at most 4 dims that broadcasts to the ``scores`` shape."""
+    if not isinstance(t, torch.Tensor) or not 2 <= t.dim() <= 4:
+        return False
+    try:
+        return torch.broadcast_shapes(t.shape, scores) == torch.Size(scores)
+    except RuntimeError:
+        return False
+
+
 def _additive(mask: torch.Tensor, dtype: torch.dtype, *, true_means_masked: bool) -> torch.Tensor:
     if mask.dtype == torch.bool:
         blocked = mask if true_means_masked else ~mask
@@ -244,8 +254,10 @@ class TransformerTaps:
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         args, kwargs = self._get(f"attn{index}")
         mask = next((kwargs[m] for m in MASK_KWARGS if kwargs.get(m) is not None), None)
-        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            mask = args[1]
+        if (
+            mask is None
+        ):  # the first later positional tensor shaped like the scores (MobileBERT: q, k, v, mask)
+            mask = next((a for a in args[1:] if _fits(a, (n, q.shape[1], lq, ls))), None)
         # Hugging Face masks: additive floats (eager) or booleans where True means attend (sdpa)
         return q, k, None if mask is None else _additive(mask, q.dtype, true_means_masked=False)
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import os
@@ -45,7 +46,8 @@ def save(
 
     Before writing, the file's content is decoded again in memory and compared with ``model`` (every
     tensor, and the outputs on ``example_inputs`` when given): a model that would not come back exactly
-    is an error, never a file. Classes of your own module load back with ``nc.load(path,
+    is an error, never a file. A parametrized weight (``weight_norm``: wav2vec 2.0's positional conv) is
+    written as the weight it computes; the summary's ``parametrizations_removed`` names it. Classes of your own module load back with ``nc.load(path,
     allow_modules=["mymodel"])``; ``allow_modules`` here only checks that they will.
 
     Example:
@@ -53,6 +55,8 @@ def save(
     """
     from safetensors.torch import save as to_bytes
 
+    original = model
+    model, removed = _without_parametrizations(model)
     encoder = Encoder()
     root = encoder.encode(model, "model")
     description = json.dumps({"root": root, "objects": encoder.objects}, separators=(",", ":"))
@@ -60,7 +64,7 @@ def save(
     # the file needs at load exactly the modules of the classes written (the model's, its config's, ...)
     needed = tuple(sorted(_class_modules(encoder.objects)))
     rebuilt = _decode(description, tensors, allow_modules=allow_modules + needed, where="model")
-    _check_same(model, rebuilt, example_inputs)
+    _check_same(model, rebuilt, example_inputs, reference=original)
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -70,7 +74,42 @@ def save(
     data = to_bytes(tensors, metadata=metadata)
     written = atomic_write_bytes(path, data)
     outside = sorted({m for m in needed if not m.startswith(TRUSTED_CLASS_ROOTS)})
-    return {"path": str(written), "size_bytes": len(data), "tensors": len(tensors), "allow_modules": outside}
+    summary = {
+        "path": str(written),
+        "size_bytes": len(data),
+        "tensors": len(tensors),
+        "allow_modules": outside,
+    }
+    return {**summary, "parametrizations_removed": removed} if removed else summary
+
+
+def _without_parametrizations(model: nn.Module) -> tuple[nn.Module, dict[str, list[str]]]:
+    """``model``, or a copy whose parametrized weights are plain tensors holding the value they compute.
+
+    ``torch.nn.utils.parametrize`` makes a class at run time (``ParametrizedConv1d``) that a file cannot
+    name, and ``weight_norm`` adds a state-dict hook for old checkpoints: both go, the outputs stay.
+    """
+    from torch.nn.utils.parametrize import is_parametrized
+
+    names = [n for n, m in model.named_modules() if is_parametrized(m)]
+    if not names:
+        return model, {}
+    model, removed = copy.deepcopy(model), {}
+    for name in names:
+        module = model.get_submodule(name)
+        removed[name] = sorted(module.parametrizations)
+        # not parametrize.remove_parametrizations: it deletes the property from the class the caller's
+        # model shares with this copy
+        with torch.no_grad():
+            values = {a: getattr(module, a).detach().clone() for a in removed[name]}
+        del module._modules["parametrizations"]
+        module.__class__ = type(module).__bases__[0]
+        for attr, value in values.items():
+            module.register_parameter(attr, nn.Parameter(value))
+        hooks = module._load_state_dict_pre_hooks
+        for key in [k for k, h in hooks.items() if "_weight_norm_compat_hook" in repr(getattr(h, "hook", h))]:
+            del hooks[key]
+    return model, removed
 
 
 def load(path: str | os.PathLike, *, allow_modules: tuple[str, ...] | list[str] = ()) -> nn.Module:
@@ -160,7 +199,7 @@ def _class_modules(value: Any) -> set[str]:
     return found
 
 
-def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any) -> None:
+def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any, *, reference: nn.Module) -> None:
     a, b = model.state_dict(), rebuilt.state_dict()
     if set(a) != set(b) or any(not torch.equal(a[k], b[k]) for k in a):
         raise ConfigError(
@@ -174,8 +213,8 @@ def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any) -> No
         x = example_inputs
         return m(**x) if isinstance(x, dict) else m(*x) if isinstance(x, (tuple, list)) else m(x)
 
-    with torch.no_grad(), eval_mode(model), eval_mode(rebuilt):
-        out_a, out_b = run(model), run(rebuilt)
+    with torch.no_grad(), eval_mode(reference), eval_mode(rebuilt):  # the caller's model computes the same
+        out_a, out_b = run(reference), run(rebuilt)
     # every tensor of the output, also inside a Hugging Face output object or a tuple
     flat_a, flat_b = (torch.utils._pytree.tree_leaves(o) for o in (out_a, out_b))
     same = len(flat_a) == len(flat_b) and all(

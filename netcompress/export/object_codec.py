@@ -7,7 +7,8 @@ each as plain data; decoding rebuilds them without running any code from the fil
   (``allow_modules``, e.g. the user's own ``mymodel``); an object is made with ``cls.__new__`` and its
   attributes restored (``__init__`` is not called, so pruned shapes come back as they were);
 - functions (activation attributes, graph calls) only from ``torch``, ``torch.nn.functional``,
-  ``operator`` and ``math``, never a name that starts with ``_`` or reads or writes files;
+  ``operator`` and ``math``, never a name that starts with ``_`` or reads or writes files; a module's own
+  method bound to it (a hook such as Mamba's ``self.load_hook``) by its name on the module's class;
 - tensors are references into the safetensors part of the file, shared tensors and modules stay shared.
 
 Anything else (a lambda, an open file, a class from elsewhere) is an error that names where it sits.
@@ -19,7 +20,9 @@ import collections
 import enum
 import functools
 import importlib
+import inspect
 import math
+import types
 from typing import Any
 
 import torch
@@ -98,6 +101,12 @@ class Encoder:
                     k: self.encode(v, f"{where}.keywords[{k!r}]") for k, v in value.keywords.items()
                 },
             }
+        if isinstance(value, types.MethodType) and isinstance(value.__self__, nn.Module):
+            # a module's own method as a hook (Mamba's load_state_dict pre-hook ``self.load_hook``)
+            name = value.__func__.__name__
+            if name.startswith("__") or getattr(type(value.__self__), name, None) is not value.__func__:
+                raise ConfigError(f"cannot save {where}: method {name!r} is not one of its module's class")
+            return {"__method__": self.encode(value.__self__, f"{where}.__self__"), "name": name}
         if is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
             return {"__function__": function_name(value, where)}
         return self._object(value, where)
@@ -125,7 +134,7 @@ class Encoder:
         if not hasattr(obj, "__dict__") or getattr(cls, "__slots__", None):
             raise ConfigError(f"cannot save {where}: a {cls.__name__} has no attribute dict to write as data")
         index = self._reserve(obj)
-        state = {k: self.encode(v, f"{where}.{k}") for k, v in vars(obj).items()}
+        state = {k: self.encode(v, f"{where}.{k}") for k, v in _saved_vars(obj).items()}
         self.objects[index] = {"class": class_name(cls), "state": state}
         return {"__ref__": index}
 
@@ -133,6 +142,28 @@ class Encoder:
         self._objects[id(obj)] = len(self.objects)
         self.objects.append(None)
         return len(self.objects) - 1
+
+
+def _saved_vars(obj: Any) -> dict[str, Any]:
+    """``vars(obj)`` without transformers' output-capturing hooks (and the flag saying they are installed).
+
+    transformers 5 installs them on first ``output_hidden_states=True`` (a distillation's teacher and student);
+    they are inert closures, and the loaded model installs them again when asked for hidden states.
+    """
+    state = vars(obj)
+    if not isinstance(obj, nn.Module):
+        return state
+    drop = {k for k, h in obj._forward_hooks.items() if getattr(h, "__module__", "") == _CAPTURING}
+    if not drop and "_output_capturing_hooks_installed" not in state:
+        return state
+    state = {k: v for k, v in state.items() if k != "_output_capturing_hooks_installed"}
+    for name in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        if name in state:
+            state[name] = type(state[name])((k, v) for k, v in state[name].items() if k not in drop)
+    return state
+
+
+_CAPTURING = "transformers.utils.output_capturing"
 
 
 class Decoder:
@@ -188,6 +219,18 @@ class Decoder:
             return self.find_class(value[tag])
         if tag == "__function__":
             return find_function(value[tag])
+        if tag == "__method__":  # a method of a module (whose class was allowed) bound to it
+            owner, name = self.decode(value[tag]), value.get("name")
+            func = (
+                getattr(type(owner), name, None)
+                if isinstance(name, str) and not name.startswith("__")
+                else None
+            )
+            if not isinstance(owner, nn.Module) or not inspect.isfunction(func):
+                raise CheckpointError(
+                    f"the model description binds {name!r}, which is not a method of its module"
+                )
+            return types.MethodType(func, owner)
         raise CheckpointError(f"unknown entry {tag!r} in the model description")
 
     def _tensor(self, value: dict[str, Any]) -> torch.Tensor:

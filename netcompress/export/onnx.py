@@ -30,6 +30,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
 from netcompress.export.divergence import divergence_note, first_divergence
+from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
 from netcompress.export.onnx_inputs import (
@@ -38,7 +39,7 @@ from netcompress.export.onnx_inputs import (
     infer_dynamic_axes,
     input_spec,
     mask_padding,
-    ort_feed,
+    run_on_inputs,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
@@ -248,6 +249,9 @@ def export_onnx(
     if int8 and not quantizer_counts.get("activation") and not quantizer_counts.get("dynamic"):
         # weight-only Linears export as MatMulNBits with their packed 2-8 bit codes (onnx_nbits.py)
         exported, nbits_info = swap_nbits_linears(copy.deepcopy(work))
+    for info in (dynamic_info, nbits_info):  # a layer its parent never calls stays float (onnx_contrib.py)
+        if info:
+            drop_uncalled(exported, info, lambda: ExportCall(exported, spec, output_names)(*spec.tensors))
     embedding_info = None
     if int8:  # quantized tables export as integer Gather / GatherBlockQuantized (onnx_embeddings.py)
         exported, embedding_info = swap_quant_embeddings(
@@ -347,7 +351,7 @@ def check_onnx(
     with torch.no_grad():
         for label, tensors in check_input_sets(spec, axes, batch_size):
             batch = int(tensors[0].shape[0]) if tensors[0].dim() else 1
-            outs = [torch.from_numpy(o) for o in session.run(None, ort_feed(session, spec.names, tensors))]
+            outs = [torch.from_numpy(o) for o in run_on_inputs(session, spec.names, tensors, path, label)]
             ref_outs, got_outs, masked = mask_padding(spec.names, tensors, call(*tensors), outs)
             ref, got = _flat_outputs(ref_outs, batch), _flat_outputs(got_outs, batch)
             padding += masked

@@ -108,8 +108,45 @@ class StandIn(nn.Module):
         """The wrapped layer's weight: model code reads it (T5's FFN casts to ``wo.weight.dtype``)."""
         return self.wrapped.weight
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's bias (``nn.MultiheadAttention`` and Mamba read ``out_proj.bias`` / ``dt_proj.bias``)."""
+        return self.wrapped.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _StandInFn.apply(x, self.wrapped(x), self.nodes)
+
+
+def drop_uncalled(model: nn.Module, info: dict[str, Any], run: Any) -> dict[str, Any]:
+    """Move the stand-ins of ``model`` that ``run()`` never calls from ``info["layers"]`` to ``"kept_float"``.
+
+    A parent that reads a layer's ``weight``/``bias`` instead of calling it (``nn.MultiheadAttention``'s
+    ``out_proj``, WavLM's q/k/v/out projections, Mamba's ``dt_proj``) computes with the float weight, in
+    PyTorch and in the file: the summary must not count that layer as an integer one.
+
+    Example:
+        >>> drop_uncalled(model, {"layers": ["self_attn.out_proj"], "kept_float": {}}, lambda: model(x))
+        {'layers': [], 'kept_float': {'self_attn.out_proj': 'not called on the example ...'}}
+    """
+    called: set[str] = set()
+    names = {id(m): n for n, m in model.named_modules() if isinstance(m, StandIn)}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: called.add(names[id(mod)]))
+        for m in model.modules()
+        if isinstance(m, StandIn)
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    for name in [n for n in info["layers"] if n not in called]:
+        info["layers"].remove(name)
+        info["kept_float"][name] = (
+            "not called on the example (its parent reads its weight directly, or a branch skips it): runs in float"
+        )
+    return info
 
 
 def replace_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:

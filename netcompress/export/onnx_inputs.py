@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress.core.errors import ConfigError
+from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import check_inputs, output_tensor
 
 # ONNX Runtime's input type strings -> the numpy dtype fed to them
@@ -209,6 +209,30 @@ def ort_feed(session: Any, names: Sequence[str], tensors: Sequence[torch.Tensor]
             raise ConfigError(f"ONNX input {name!r} has type {declared[name]}, which netcompress cannot feed")
         feed[name] = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
     return feed
+
+
+def run_on_inputs(
+    session: Any, names: Sequence[str], tensors: Sequence[torch.Tensor], path: Any, label: str
+) -> list:
+    """``session.run`` on ``tensors``; a failure of ONNX Runtime itself is an UnsupportedModelError.
+
+    A graph that runs on the example but fails on another input set (a random batch, a shorter
+    sequence) was traced through Python branches on the example's shapes (e.g. Funnel's pooling):
+    the message names the input set and the failing node, and says to export at fixed shapes.
+    """
+    try:
+        return session.run(None, ort_feed(session, names, tensors))
+    except Exception as exc:  # onnxruntime's own exception classes live in its pybind module
+        if "onnxruntime" not in type(exc).__module__:
+            raise
+        first = " ".join(str(exc).split())[:300]
+        fixed = {
+            "example": "",
+            "shorter sequence": "dynamic_axes with the batch dim only (e.g. {'input_ids': {0: 'batch'}} per input)",
+        }.get(label, "dynamic_batch=False")
+        hint = f"; the traced graph holds the example's shapes (the forward branches on them): export with {fixed}"
+        hint = hint if fixed else ""
+        raise UnsupportedModelError(f"{path}: ONNX Runtime fails on the {label}: {first}{hint}") from exc
 
 
 def mask_padding(

@@ -244,6 +244,7 @@ def sparsity_summary(
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     keys = dict.fromkeys(t.key for t in pruned.values())
+    skipped = {**skipped, **_dense_stacked_weights(model, {id(w) for w in params.values()}, skipped)}
     return {
         **fields,
         "per_layer": {key: report["per_layer"][key] for key in keys},
@@ -255,3 +256,20 @@ def sparsity_summary(
         "nonzero_params": nonzero,
         "model_sparsity": report["global"],
     }
+
+
+def _dense_stacked_weights(model: nn.Module, covered: set[int], skipped: dict[str, str]) -> dict[str, str]:
+    """3-D+ weights outside convolutions that nothing pruned (Mixtral's fused ``experts.gate_up_proj``): named,
+    so a summary never hides that most of a mixture-of-experts model stayed dense."""
+    found = {}
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        for p_name, param in module.named_parameters(recurse=False):
+            key = f"{mod_name}.{p_name}" if mod_name else p_name
+            if param.dim() >= 3 and id(param) not in covered and key not in skipped:
+                found[key] = (
+                    f"a {param.dim()}-D weight of {type(module).__name__} (stacked, e.g. mixture-of-experts), "
+                    "not a Linear/Conv weight: left dense"
+                )
+    return found

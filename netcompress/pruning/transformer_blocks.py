@@ -9,11 +9,18 @@ Three attention layouts are recognised:
   ``output.dense``), with a head count attribute (``num_heads``/``num_attention_heads``/``n_heads``/...) and
   optionally ``head_dim``/``attention_head_size`` and a key/value head count (grouped-query attention,
   Llama). This covers Hugging Face BERT, ViT, Llama and hand-written blocks;
-- ``"packed"``: GPT-2's ``c_attn`` (transformers ``Conv1D``, transposed weight, q|k|v packed) and ``c_proj``.
+- ``"packed"``: one layer holding q|k|v one after the other (key/value heads may be fewer) and an output
+  layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
+  ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
+- ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
+- ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
+  its query heads then k_g then v_g.
 
 FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
-``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), or BERT's ``intermediate.dense -> output.dense``.
+``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), ``fc_in -> fc_out``
+(GPT-J), ``intermediate_dense -> output_dense`` (wav2vec 2.0), BERT's ``intermediate.dense -> output.dense``, or a
+packed gated FFN ``gate_up_proj -> down_proj`` (Phi-3), ``Wi -> Wo`` (ModernBERT) whose up layer is twice as wide.
 
 Recognising a block is a claim about how its forward uses the weights; every prune checks that claim
 numerically (pruned model == masked original, ``transformer_verify``), so a block whose forward does
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
@@ -52,7 +60,10 @@ FFN_PATTERNS = (
     (("dense_h_to_4h",), "dense_4h_to_h"),
     (("ffn",), "ffn_output"),  # ALBERT
     (("dense1",), "dense2"),  # PVT
+    (("fc_in",), "fc_out"),  # GPT-J, CodeGen
+    (("intermediate_dense",), "output_dense"),  # wav2vec 2.0, HuBERT, WavLM
 )
+PACKED_GLU = (("gate_up_proj", "down_proj"), ("Wi", "Wo"))  # Phi-3, ModernBERT: up = gate | up, chunked
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -108,6 +119,12 @@ class FFNUnit:
     width: int
     # depthwise convs between up and down, one channel per neuron (SegFormer's / PVTv2's Mix-FFN)
     mid: list[str] = dataclasses.field(default_factory=list)
+    # 2: one up layer holds gate | up (a packed GLU, chunked in forward): neuron i is its rows i and width + i
+    halves: int = 1
+
+    def up_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """The up layers' output rows of the kept neurons ``keep``."""
+        return torch.cat([keep + j * self.width for j in range(self.halves)])
 
     def layers(self) -> set[str]:
         return {*self.up, self.down}
@@ -159,22 +176,66 @@ def _mha_unit(name: str, module: nn.Module) -> AttentionUnit | str:
     )
 
 
-def _packed_unit(name: str, module: nn.Module) -> AttentionUnit | str:
+# (packed q|k|v layer, output layer, layout)
+PACKED = (
+    ("c_attn", "c_proj", "packed"),
+    ("qkv_proj", "o_proj", "packed"),
+    ("qkv_proj", "out_proj", "packed"),
+    ("Wqkv", "Wo", "packed"),
+    ("qkv", "proj", "packed"),
+    ("query_key_value", "dense", "packed_heads"),
+)
+
+
+def _packed_pair(module: nn.Module) -> tuple[str, str, str] | None:
+    return next((p for p in PACKED if hasattr(module, p[0]) and hasattr(module, p[1])), None)
+
+
+def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> AttentionUnit | str:
+    qkv_name, o_name, layout = pair
+    qkv, out = getattr(module, qkv_name), getattr(module, o_name)
     heads, head_dim = _attr(module, HEAD_ATTRS), _attr(module, HEAD_DIM_ATTRS)
-    c_attn, c_proj = module.c_attn, module.c_proj
     if getattr(module, "is_cross_attention", False) or hasattr(module, "q_attn"):
         return "packed cross-attention (q_attn + c_attn holding k|v) is not supported"
-    if heads is None or head_dim is None or not is_conv1d(c_attn) or not is_conv1d(c_proj):
-        return "packed c_attn/c_proj without Conv1D layers and num_heads/head_dim attributes"
-    inner = heads * head_dim
-    if (
-        in_out(c_attn)[1] != 3 * inner
-        or in_out(c_proj)[0] != inner
-        or getattr(module, "split_size", inner) != inner
+    if not (isinstance(qkv, nn.Module) and is_dense(qkv) and isinstance(out, nn.Module) and is_dense(out)):
+        return f"packed {qkv_name}/{o_name} are not Linear/Conv1D layers"
+    if head_dim is None and heads is None:
+        return f"packed {qkv_name}/{o_name} without a head-count or head-size attribute"
+    inner = in_out(out)[0]
+    heads, head_dim = heads or inner // head_dim, head_dim or inner // heads
+    if layout == "packed_heads" and (
+        getattr(module, "new_decoder_architecture", False) or getattr(module, "multi_query", False)
     ):
-        return f"c_attn/c_proj widths do not match {heads} heads x {head_dim}"
-    c, p = _join(name, "c_attn"), _join(name, "c_proj")
-    return AttentionUnit(name, "packed", heads, head_dim, heads, c, c, c, p)
+        layout = "packed_groups"  # Falcon
+    kv = (_attr(module, KV_ATTRS) if layout != "packed_heads" else None) or (
+        1 if layout == "packed_groups" else heads
+    )
+    if (
+        in_out(qkv)[1] != (heads + 2 * kv) * head_dim
+        or inner != heads * head_dim
+        or getattr(module, "split_size", inner) != inner
+        or heads % kv
+    ):
+        return f"{qkv_name}/{o_name} widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
+    c, p = _join(name, qkv_name), _join(name, o_name)
+    return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p)
+
+
+def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> torch.Tensor:
+    """The output rows of a packed q|k|v layer that the kept query / key-value heads use."""
+    d, inner, kv_width = unit.head_dim, unit.num_heads * unit.head_dim, unit.num_kv_heads * unit.head_dim
+    if unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
+        return torch.tensor([h * 3 * d + i for h in keep_q for i in range(3 * d)], dtype=torch.long)
+    if unit.layout == "packed_groups":  # per key/value head g: its query heads, k_g, v_g
+        r, rows = unit.groups, []
+        for g in keep_kv:
+            base = g * (r + 2) * d
+            rows += [base + (h - g * r) * d + i for h in keep_q if h // r == g for i in range(d)]
+            rows += [base + (r + j) * d + i for j in (0, 1) for i in range(d)]
+        return torch.tensor(rows, dtype=torch.long)
+    q = torch.tensor([h * d + i for h in keep_q for i in range(d)], dtype=torch.long)
+    kv = torch.tensor([h * d + i for h in keep_kv for i in range(d)], dtype=torch.long)
+    return torch.cat([q, kv + inner, kv + inner + kv_width])
 
 
 def _linear_unit(
@@ -233,6 +294,11 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
                 return _with_depthwise(
                     FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width), module
                 )
+    for up, down in PACKED_GLU:
+        if up in children and down in children and is_dense(children[up]) and is_dense(children[down]):
+            width = in_out(children[down])[0]
+            if in_out(children[up])[1] == 2 * width:
+                return FFNUnit(name, [_join(name, up)], _join(name, down), width, halves=2)
     inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
     up, down = getattr(inter, "dense", None), getattr(out, "dense", None)
     found = up is not None and down is not None and is_dense(up) and is_dense(down)
@@ -258,8 +324,8 @@ def find_blocks(model: nn.Module) -> Blocks:
         unit: AttentionUnit | str | None = None
         if isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention)):
             unit = _mha_unit(name, module)
-        elif hasattr(module, "c_attn") and hasattr(module, "c_proj"):
-            unit = _packed_unit(name, module)
+        elif (pair := _packed_pair(module)) is not None:
+            unit = _packed_unit(name, module, pair)
         elif any(_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)) or _looks_like_attention(
             module
         ):

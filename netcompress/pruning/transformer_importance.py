@@ -66,7 +66,12 @@ def attention_weights(model: nn.Module, unit: AttentionUnit) -> tuple[torch.Tens
     else:
         q_layer, o_layer = get_module(model, unit.q), get_module(model, unit.o)
         if unit.layout == "packed":
-            q, k, v = _io(q_layer.weight, q_layer).t().split([inner, inner, inner])
+            q, k, v = _io(q_layer.weight, q_layer).t().split([inner, kv * d, kv * d])
+        elif unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
+            q, k, v = _io(q_layer.weight, q_layer).t().reshape(h, 3, d, -1).unbind(1)
+        elif unit.layout == "packed_groups":  # per key/value head: its query heads, k, v (Falcon)
+            w = _io(q_layer.weight, q_layer).t().reshape(kv, unit.groups + 2, d, -1)
+            q, k, v = w[:, : unit.groups], w[:, -2], w[:, -1]
         else:
             q, k, v = (get_module(model, n).weight for n in (unit.q, unit.k, unit.v))
         o = _io(o_layer.weight, o_layer)
@@ -81,6 +86,7 @@ def _head_magnitude(model: nn.Module, unit: AttentionUnit) -> torch.Tensor:
 
 def _ffn_in_out(model: nn.Module, unit: FFNUnit) -> tuple[list[torch.Tensor], torch.Tensor]:
     ups = [_io(get_module(model, n).weight, get_module(model, n)).t() for n in unit.up]  # (width, in)
+    ups = [part for u in ups for part in u.split(unit.width)]  # a packed gate | up: each half
     down = get_module(model, unit.down)
     return ups, _io(down.weight, down)  # down: (width, out)
 

@@ -36,6 +36,7 @@ from netcompress.pruning.transformer_blocks import (
     in_out,
     is_conv1d,
     is_dense,
+    packed_rows,
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
@@ -74,7 +75,7 @@ class _Slicer:
         self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
 
     def __call__(self, module: nn.Module, attr: str, index: dict[int, torch.Tensor]) -> None:
-        param = getattr(module, attr)
+        param = getattr(module, attr, None)
         if param is None:
             return
         if id(param) in self.done:
@@ -141,9 +142,8 @@ def prune_heads_(
     if unit.layout == "mha":
         set_module(model, unit.name, PrunedMultiheadAttention.from_attention(module, keep_q))
         return
-    if unit.layout == "packed":
-        inner = unit.num_heads * d
-        slice_dense(get_module(model, unit.q), slicer, out=torch.cat([rows, rows + inner, rows + 2 * inner]))
+    if unit.layout.startswith("packed"):
+        slice_dense(get_module(model, unit.q), slicer, out=packed_rows(unit, keep_q, keep_kv))
     else:
         kv_rows = head_rows(keep_kv, d)
         slice_dense(get_module(model, unit.q), slicer, out=rows)
@@ -181,10 +181,16 @@ def _slice_head_parameters(
             continue
         for attr, param in list(sub.named_parameters(recurse=False)):
             dims = [i for i, n in enumerate(param.shape) if n == unit.num_heads]
+            if isinstance(
+                sub, nn.Linear
+            ):  # its inputs are features, not heads (Swin V2's cpb MLP reads 2 coords)
+                dims = [d for d in dims if d == 0]
             if len(dims) == 1:
                 slicer(sub, attr, {dims[0]: idx})
         if isinstance(sub, nn.Linear):  # a Linear producing one value per head (Swin V2's position-bias MLP)
             sub.out_features = sub.weight.shape[0]
+        if isinstance(sub, nn.modules.conv._ConvNd) and sub.groups == sub.in_channels == unit.num_heads:
+            sub.in_channels = sub.out_channels = sub.groups = sub.weight.shape[0]  # per-head (Nystromformer)
 
 
 def _slice_sibling_head_tables(
@@ -213,7 +219,7 @@ def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Sl
     """Remove the FFN neurons of ``unit`` not in ``keep``."""
     idx = torch.tensor(keep, dtype=torch.long)
     for name in unit.up:
-        slice_dense(get_module(model, name), slicer, out=idx)
+        slice_dense(get_module(model, name), slicer, out=unit.up_rows(idx))
     slice_dense(get_module(model, unit.down), slicer, inp=idx)
     for name in unit.mid:  # a depthwise conv's channel c is neuron c
         conv = get_module(model, name)
@@ -231,6 +237,8 @@ def is_norm(module: nn.Module, width: int) -> bool:
         return tuple(module.normalized_shape) == (width,)
     kind = type(module).__name__
     weight = getattr(module, "weight", None)
+    if kind.endswith(("RMSNorm", "LayerNorm")) and next(module.parameters(recurse=False), None) is None:
+        return tuple(getattr(module, "normalized_shape", ())) == (width,)  # OLMo's LayerNorm has no weight
     return (
         kind.endswith(("RMSNorm", "LayerNorm"))
         and isinstance(weight, torch.Tensor)
@@ -278,6 +286,15 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
     for u in blocks.ffn:
         layers.readers += u.up
         layers.writers.append(u.down)
+    for name, side in [*((n, 0) for n in layers.readers), *((n, 1) for n in layers.writers)]:
+        found = in_out(get_module(model, name))[side]
+        if (
+            found != width
+        ):  # e.g. MobileBERT: value reads the 32-wide stream, query/key/FFN a 16-wide bottleneck
+            raise UnsupportedModelError(
+                f"hidden-width pruning: {name!r} {('reads', 'writes')[side]} {found} channels, not the {width}-wide "
+                "stream its block's other layers use (a bottleneck block): prune heads and FFN neurons only"
+            )
     for name, module in model.named_modules():
         if name in inside or name in mha or any(name.startswith(m + ".") for m in mha):
             continue

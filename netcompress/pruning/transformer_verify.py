@@ -78,7 +78,8 @@ class KeptChannelNorm(nn.Module):
 
 def _sliced_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
     """A copy of ``norm`` over the ``keep`` channels: every per-channel parameter and buffer sliced."""
-    width = norm.weight.shape[-1]
+    weight = getattr(norm, "weight", None)  # OLMo's LayerNorm / LayerNorm(elementwise_affine=False): none
+    width = weight.shape[-1] if isinstance(weight, torch.Tensor) else norm.normalized_shape[-1]
     kept = copy.deepcopy(norm)
     for module in kept.modules():
         for name, value in list(module.named_parameters(recurse=False)) + list(
@@ -87,7 +88,7 @@ def _sliced_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
             if value is not None and value.shape == (width,):
                 sliced = value.detach()[keep].clone()
                 setattr(module, name, nn.Parameter(sliced) if isinstance(value, nn.Parameter) else sliced)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, nn.LayerNorm) or isinstance(getattr(module, "normalized_shape", None), tuple):
             module.normalized_shape = (len(keep),)
     return kept
 

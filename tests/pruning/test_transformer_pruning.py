@@ -369,10 +369,11 @@ def test_unknown_attention_structure_is_reported_by_name():
     class PackedAttention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.num_heads, self.qkv, self.proj = 4, nn.Linear(H, 3 * H), nn.Linear(H, H)
+            # named qkv/proj it would be a "packed" layout
+            self.num_heads, self.fused, self.proj = 4, nn.Linear(H, 3 * H), nn.Linear(H, H)
 
         def forward(self, x):
-            return self.proj(self.qkv(x)[..., :H])
+            return self.proj(self.fused(x)[..., :H])
 
     model = nn.Sequential(nn.Embedding(50, H))
     model.add_module("blk", PackedAttention())
