@@ -149,11 +149,13 @@ def fit_feature_gates(
     logit_features: bool = True,
     steps: int = 300,
     lr: float = 0.01,
-    weight_decay: float = 1e-3,
+    weight_decay: float = 0.1,
     seed: int = 0,
 ) -> FeatureExitGates:
     """Feature gates trained (full batch, Adam with L2 ``weight_decay``, BCE) to predict, per head,
     whether its argmax equals the final exit's. Fit them on samples the thresholds are NOT chosen on.
+    ``weight_decay=0.1``: the best of 0.01 / 0.1 / 1 by validation AUC on ResNet-20's exits (inputs of
+    256-1030 values fitted on 10k images; at 1e-3 they over-fit).
 
     Example:
         >>> gates = fit_feature_gates([head_features], [head_logits, final_logits])
