@@ -45,6 +45,12 @@ from netcompress.dynamic.exit_training import (
     train_early_exit,
     with_early_exits,
 )
+from netcompress.dynamic.feature_gates import (
+    FeatureExitGates,
+    collect_exit_features,
+    fit_feature_gates,
+    gated_exit_macs,
+)
 from netcompress.dynamic.slim_layers import SwitchableBatchNorm, active_channels
 from netcompress.dynamic.slimmable import (
     SlimmableModel,
@@ -68,6 +74,10 @@ __all__ = [
     "HEADS",
     "EarlyExitHook",
     "ExitGates",
+    "FeatureExitGates",
+    "collect_exit_features",
+    "fit_feature_gates",
+    "gated_exit_macs",
     "choose_gate_thresholds",
     "fit_exit_gates",
     "gate_features",

@@ -117,9 +117,18 @@ class EarlyExitModel(nn.Module):
     def set_gate(self, gate: nn.Module | None, threshold: Sequence[float] | None) -> EarlyExitModel:
         """Route by a learned gate (:class:`~netcompress.dynamic.exit_gates.ExitGates`) instead of the
         criterion: a sample leaves at head ``i`` when ``gate.leave(i, logits, previous_logits, t_i)``;
-        ``threshold`` is one gate-probability threshold per head. ``set_gate(None, None)`` removes it."""
+        ``threshold`` is one gate-probability threshold per head. ``set_gate(None, None)`` removes it.
+        A gate with ``uses_features`` (:class:`~netcompress.dynamic.feature_gates.FeatureExitGates`) also
+        gets the head's pooled input (``head.features``), computed once and shared with the head."""
         if gate is not None and getattr(gate, "num_heads", len(self.heads)) != len(self.heads):
             raise ConfigError(f"a gate for {gate.num_heads} heads on a model with {len(self.heads)} heads")
+        if gate is not None and getattr(gate, "uses_features", False):
+            for name, head in zip(self.exit_names, self.heads):
+                if not (hasattr(head, "features") and hasattr(head, "classify")):
+                    raise UnsupportedModelError(
+                        f"a feature exit gate reads each head's pooled input, but the head at {name!r} "
+                        f"({type(head).__name__}) has no features()/classify(): use a netcompress.dynamic.HEADS head"
+                    )
         self.exit_gate = gate
         return self.set_policy(threshold=None if threshold is None else list(threshold))
 
@@ -180,7 +189,12 @@ class EarlyExitModel(nn.Module):
         gate, previous = self.exit_gate, None
         for index in range(self.num_exits):
             state = self.run_segment(index, state)
-            logits = self.exit_logits(index, state)
+            features = None
+            if index < len(self.heads) and gate is not None and getattr(gate, "uses_features", False):
+                features = self.heads[index].features(state[0])  # pooled once: the head and the gate read it
+                logits = self.heads[index].classify(features)
+            else:
+                logits = self.exit_logits(index, state)
             if result is None:
                 result = logits.new_empty((count, *logits.shape[1:]))
             if index == len(self.heads):
@@ -189,7 +203,7 @@ class EarlyExitModel(nn.Module):
             if gate is None:
                 done = confident(logits, limits[index])
             else:
-                done = gate.leave(index, logits, previous, limits[index])
+                done = gate.leave(index, logits, previous, limits[index], features=features)
                 previous = logits
             leaving = done.nonzero().squeeze(1)
             if leaving.numel():

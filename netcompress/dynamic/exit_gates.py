@@ -112,12 +112,27 @@ class ExitGates(nn.Module):
         return torch.sigmoid(self.gate_logit(index, gate_features(logits, previous)))
 
     def leave(
-        self, index: int, logits: torch.Tensor, previous: torch.Tensor | None, threshold: float
+        self,
+        index: int,
+        logits: torch.Tensor,
+        previous: torch.Tensor | None,
+        threshold: float,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """True per sample whose gate probability is ``>= threshold`` (what the routed forward asks)."""
+        """True per sample whose gate probability is ``>= threshold`` (what the routed forward asks;
+        ``features``, the head's pooled input, is not read by these logit gates)."""
         return self(index, logits, previous) >= threshold
 
-    def scores(self, exit_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def macs(self) -> list[int]:
+        """Multiply-accumulates of each head's gate per sample (its Linear layers)."""
+        return [
+            sum(m.in_features * m.out_features for m in g.modules() if isinstance(m, nn.Linear))
+            for g in self.gates
+        ]
+
+    def scores(
+        self, exit_logits: Sequence[torch.Tensor], exit_features: Sequence[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """Each head's gate probabilities for every sample (one ``(N,)`` tensor per head)."""
         if len(exit_logits) != self.num_heads + 1:
             raise ConfigError(
@@ -185,13 +200,15 @@ def gate_trade_off(
     *,
     exit_macs: Sequence[int],
     thresholds: Sequence[float],
+    exit_features: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, exit shares and expected MACs of routing by ``gates`` at ``thresholds``.
+    """Accuracy, exit shares and expected MACs of routing by ``gates`` at ``thresholds``
+    (``exit_features``: each head's pooled input, for gates that read it).
 
     Example:
         >>> gate_trade_off(gates, test_logits, test_labels, exit_macs=macs, thresholds=[0.9, 0.8])["accuracy"]
     """
-    chosen = route_by_scores(gates.scores(exit_logits), thresholds)
+    chosen = route_by_scores(gates.scores(exit_logits, exit_features), thresholds)
     correct = torch.stack([lg.argmax(dim=1) == labels for lg in exit_logits])[
         chosen, torch.arange(len(labels))
     ]
@@ -233,11 +250,12 @@ def choose_gate_thresholds(
     max_accuracy_drop: float | None = None,
     max_macs: float | None = None,
     max_levels: int = 64,
+    exit_features: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """One gate threshold per head meeting exactly one bound, chosen on these (VALIDATION) samples:
     accuracy >= the final exit's minus ``max_accuracy_drop``, or average MACs <= ``max_macs``.
     Starts from the greedy path point and from the best shared threshold, polishes both by coordinate
-    descent, keeps the better. Returns :func:`gate_trade_off`'s row plus ``final_accuracy``,
+    descent, keeps the better (``exit_features``: for gates that read the heads' pooled input). Returns :func:`gate_trade_off`'s row plus ``final_accuracy``,
     ``accuracy_drop``, ``bound``.
 
     Example:
@@ -247,7 +265,7 @@ def choose_gate_thresholds(
         raise ConfigError("choose_gate_thresholds: give exactly one of max_accuracy_drop, max_macs")
     if len(exit_macs) != len(exit_logits):
         raise ConfigError(f"{len(exit_macs)} MAC counts for {len(exit_logits)} exits")
-    scores = gates.scores(exit_logits)
+    scores = gates.scores(exit_logits, exit_features)
     routing = _ScoreRouting(scores, exit_logits, labels, exit_macs)
     final_correct = int(routing.correct[-1].sum())
     if max_accuracy_drop is not None:
@@ -268,7 +286,9 @@ def choose_gate_thresholds(
         if _better(bound, limit, cost, shared[1]):
             shared = (v, cost)
     v = _polish_better(routing, levels, bound, limit, (on_path[0], shared[0]))
-    row = gate_trade_off(gates, exit_logits, labels, exit_macs=exit_macs, thresholds=v.tolist())
+    row = gate_trade_off(
+        gates, exit_logits, labels, exit_macs=exit_macs, thresholds=v.tolist(), exit_features=exit_features
+    )
     final_accuracy = final_correct / routing.count
     return {
         **row,

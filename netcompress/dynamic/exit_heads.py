@@ -1,6 +1,9 @@
 """The small classifiers attached at early exits: global average pool + Linear (or a small MLP),
 or a grid pool + Linear that keeps where things are (``pool_grid_linear``; ``pool_grid_mix_linear``: SDN's head).
 
+Every head here is ``classify(features(x))``: ``features`` is the pooled, flattened tensor its first
+Linear reads (what a feature exit gate, :mod:`netcompress.dynamic.feature_gates`, also reads).
+
 Example::
 
     head = HEADS.get("pool_linear")(in_channels=32, num_classes=10)
@@ -31,8 +34,14 @@ class PoolLinearHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_channels, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return _pool(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(_pool(x))
+        return self.classify(self.features(x))
 
 
 class PoolMLPHead(nn.Module):
@@ -43,8 +52,14 @@ class PoolMLPHead(nn.Module):
         self.hidden = nn.Linear(in_channels, hidden)
         self.fc = nn.Linear(hidden, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return _pool(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.hidden(features)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.relu(self.hidden(_pool(x))))
+        return self.classify(self.features(x))
 
 
 class PoolGridLinearHead(nn.Module):
@@ -71,6 +86,13 @@ class PoolGridLinearHead(nn.Module):
         self.fc = nn.Linear(in_channels * self.grid**2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled map, flattened: ``(N, C * grid ** 2)`` (what ``fc`` reads)."""
         if x.dim() != 4:
             x = x if x.dim() == 3 else x.unsqueeze(-1)
             pool = (F.adaptive_max_pool1d, F.adaptive_avg_pool1d)
@@ -81,7 +103,7 @@ class PoolGridLinearHead(nn.Module):
         if self.mix is not None:
             weight = torch.sigmoid(self.mix)
             pooled = weight * pool[0](x, size) + (1 - weight) * pooled
-        return self.fc(pooled.flatten(1))
+        return pooled.flatten(1)
 
 
 # name -> head class built with (in_channels=, num_classes=)
