@@ -232,8 +232,65 @@ def load_state_dict_file(model: torch.nn.Module, path: str | os.PathLike) -> tor
                 break
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
+    expected = model.state_dict()
+    loaded = _strip_wrapper_prefix(loaded, expected)
+    problems = state_dict_mismatch(loaded, expected)
+    if problems:
+        raise CheckpointError(f"state dict {path} does not fit the model: {problems}")
     try:
         model.load_state_dict(loaded)
     except RuntimeError as exc:
-        raise CheckpointError(f"state dict {path} does not fit the model: {exc}") from None
+        raise CheckpointError(
+            f"state dict {path} does not fit the model: {' '.join(str(exc).split())}"
+        ) from None
     return model
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, Lightning
+
+
+def _strip_wrapper_prefix(loaded: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """``loaded`` without a prefix every key carries (saved from a DDP/compiled/Lightning wrapper) when the
+    model's own keys lack it and the stripped keys are exactly the model's."""
+    for prefix in WRAPPER_PREFIXES:
+        if (
+            loaded
+            and all(k.startswith(prefix) for k in loaded)
+            and not all(k.startswith(prefix) for k in expected)
+        ):
+            stripped = {k[len(prefix) :]: v for k, v in loaded.items()}
+            if set(stripped) == set(expected):
+                return stripped
+    return loaded
+
+
+def state_dict_mismatch(loaded: dict[str, Any], expected: dict[str, Any], *, shown: int = 3) -> str:
+    """One line naming what keeps ``loaded`` from fitting a model whose state dict is ``expected``
+    (wrong shapes, missing keys, unexpected keys; the first ``shown`` of each), or ``""`` when it fits.
+
+    Example:
+        >>> state_dict_mismatch({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+        '1 tensor of the wrong shape: w (file (2,), model (3,))'
+    """
+
+    def listed(names: list[str], what: str, fmt: Any = str) -> str:
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        return f"{len(names)} {what}: " + ", ".join(fmt(n) for n in names[:shown]) + more
+
+    shapes = [k for k in expected if k in loaded and tuple(loaded[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in loaded]
+    extra = [k for k in loaded if k not in expected]
+    parts = []
+    if shapes:
+        parts.append(
+            listed(
+                shapes,
+                "tensor of the wrong shape" if len(shapes) == 1 else "tensors of the wrong shape",
+                lambda k: f"{k} (file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)})",
+            )
+        )
+    if missing:
+        parts.append(listed(missing, "missing key" if len(missing) == 1 else "missing keys"))
+    if extra:
+        parts.append(listed(extra, "unexpected key" if len(extra) == 1 else "unexpected keys"))
+    return "; ".join(parts)

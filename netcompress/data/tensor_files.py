@@ -40,7 +40,7 @@ class TensorsConfig(ValidationSplit):
     Either ``path`` (a ``.npz`` or ``.pt``/``.pth`` file holding the arrays under ``keys``: roles
     x, y and optionally x_test, y_test, default names = the roles) or ``x`` and ``y`` (``.npy`` files,
     optionally with ``x_test`` and ``y_test``). ``x`` is ``(N, ...)``, ``y`` holds N integer class labels.
-    uint8 inputs are scaled to [0, 1], others become float32 as they are. ``num_classes`` defaults
+    uint8 inputs are scaled to [0, 1], other integer inputs (token ids) become int64, the rest float32. ``num_classes`` defaults
     to the largest label plus one. ``test_fraction``/``seed`` split off a test set when none is given.
 
     Example:
@@ -155,6 +155,8 @@ def _inputs(value: Any, *, where: str) -> torch.Tensor:
         raise DataError(f"{where}: inputs must be real numbers, got dtype {value.dtype}")
     if value.dtype == torch.uint8:
         return value.to(torch.float32).div_(255.0)
+    if not value.is_floating_point() and value.dtype != torch.bool:
+        return value.to(torch.int64)  # token ids for an embedding layer stay integers
     return value.to(torch.float32)
 
 

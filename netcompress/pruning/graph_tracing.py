@@ -91,7 +91,15 @@ def trace_model(model: nn.Module, example_inputs: Any = None) -> torch.fx.GraphM
         ) from exc2
     for node in graph.nodes:  # string annotations break pickling the GraphModule
         node.type = None
-    return torch.fx.GraphModule(root, graph, type(model).__name__)
+    try:
+        return torch.fx.GraphModule(root, graph, type(model).__name__)
+    except (
+        TypeError
+    ) as exc:  # e.g. a submodule named `meta` or `graph` clashes with GraphModule's own attributes
+        raise UnsupportedModelError(
+            f"cannot rebuild {type(model).__name__} as a torch.fx GraphModule ({exc}); rename a submodule "
+            "named like a GraphModule attribute (meta, graph, code)"
+        ) from exc
 
 
 @dataclasses.dataclass

@@ -42,6 +42,7 @@ from netcompress.core.io import (
 )
 from netcompress.core.methods import MethodData
 from netcompress.recipes.finish import finish_run
+from netcompress.recipes.model_check import check_model_on_data, model_label
 from netcompress.recipes.run_folder import (
     STATE_FILE,
     create_run_dir,
@@ -130,6 +131,13 @@ def run_recipe(
     else:  # everything is checked and built before the run folder is made
         seed_everything(seed)
         model = build_model(resolved["model"], num_classes=bundle.num_classes)
+        check_model_on_data(  # a model that does not take this data stops here, before any folder exists
+            model,
+            example_inputs,
+            num_classes=bundle.num_classes,
+            model_name=model_label(resolved["model"]),
+            data_name=f"data {data_cfg['name']}",
+        )
         test_loader = split_loaders(bundle, data_cfg, seed).test
         state = distributed.on_main(
             lambda: {

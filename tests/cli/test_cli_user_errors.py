@@ -1,0 +1,71 @@
+"""The command line when a user's input is not what netcompress expects: one line, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netcompress.cli.main import main
+
+
+def _digits_recipe(path, **extra):
+    recipe = {
+        "name": "cli_user",
+        "model": {"name": "digits_cnn"},
+        "data": {"name": "digits", "batch_size": 64},
+        "steps": [{"op": "prune", "method": "l1_unstructured", "amount": 0.5}],
+        "evaluate": {"latency": False},
+        "report": {"plots": False},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_overrides_after_options_are_overrides(tmp_path, capsys):
+    recipe = _digits_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "run"
+    # argparse alone rejects KEY=VALUE after an option ("unrecognized arguments: seed=3")
+    assert main(["run", str(recipe), "--quiet", "--out", str(out), "seed=3", "steps.0.amount=0.25"]) == 0
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["seed"] == 3 and resolved["steps"][0]["amount"] == 0.25
+
+
+def test_an_unknown_option_is_still_refused(tmp_path, capsys):
+    recipe = _digits_recipe(tmp_path / "r.yaml")
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(recipe), "--quiet", "--bogus", "seed=3"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith("netcompress: error: unrecognized arguments: --bogus\n")
+
+
+def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_file(tmp_path, monkeypatch, capsys):
+    def broken(args):
+        raise TypeError("cannot assign 'dict' as child module 'meta'\nsecond line")
+
+    monkeypatch.delenv("NETCOMPRESS_TRACEBACK", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr("netcompress.cli.list_command.run", broken)
+    assert main(["list", "methods"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "netcompress list: unexpected error at test_cli_user_errors.py:46: "
+        "TypeError: cannot assign 'dict' as child module 'meta'"
+    )
+    log = err[1].split("full traceback in ")[1].rstrip(")")
+    assert log.startswith(str(tmp_path)) and "second line" in Path(log).read_text()
+
+
+def test_netcompress_traceback_prints_it(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setenv("NETCOMPRESS_TRACEBACK", "1")
+    monkeypatch.setattr("netcompress.cli.list_command.run", broken)
+    assert main(["list", "methods"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and err.rstrip().endswith(
+        "RuntimeError: boom"
+    )
