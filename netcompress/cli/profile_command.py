@@ -154,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
     elif default_shape is not None:
         shape = default_shape
     else:
-        raise ConfigError(f"give --input-shape for the saved model {path} (e.g. 1,3,32,32)")
+        kind = "the model built by" if ":" in args.model and not path.exists() else "the saved model"
+        raise ConfigError(
+            f"give --input-shape for {kind} {args.model} (e.g. 1,3,32,32), or --input NAME=SHAPE[:DTYPE] per input"
+        )
     if not args.input:
         x = torch.randn(*shape)
     try:

@@ -181,7 +181,8 @@ def stored_size(model: nn.Module) -> dict[str, Any]:
     """Bytes of the compact file netcompress writes for this model, where one beats the dense state dict.
 
     A quantized model is measured as its bit-packed file (``.ncq``), a pruned (masked) model as its
-    sparse file (``.ncz``); the stage's ``size_bytes`` stays the dense ``state_dict`` size.
+    sparse file (``.ncz``), a clustered one as its codebook file; the stage's ``size_bytes`` stays the
+    dense ``state_dict`` size.
     """
     import tempfile
 
@@ -198,6 +199,14 @@ def stored_size(model: nn.Module) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             info = save_sparse(model, Path(tmp) / "model.ncz")
         return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
+    from netcompress.clustering.weight_sharing import clustered_modules
+
+    if next(clustered_modules(model), None) is not None:  # codebooks + packed indices, not the dense tensors
+        from netcompress.clustering.storage import save_clustered
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = save_clustered(model, Path(tmp) / "model.clustered.pt")
+        return {"stored_bytes": info["size_bytes"], "stored_format": "clustered"}
     return {}
 
 

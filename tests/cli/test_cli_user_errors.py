@@ -69,3 +69,13 @@ def test_netcompress_traceback_prints_it(monkeypatch, capsys):
     assert err.startswith("Traceback (most recent call last):") and err.rstrip().endswith(
         "RuntimeError: boom"
     )
+
+
+def test_profile_of_a_factory_without_a_shape_names_the_flags(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mine.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(4, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", "mine.py:build", "--no-latency"]) == 2
+    assert capsys.readouterr().err == (
+        "netcompress profile: error: give --input-shape for the model built by mine.py:build (e.g. 1,3,32,32), "
+        "or --input NAME=SHAPE[:DTYPE] per input\n"
+    )

@@ -206,3 +206,42 @@ def test_check_model_on_data_names_inputs_and_restores_mode():
     check_model_on_data(model, torch.randn(1, 4), num_classes=0, model_name="m")  # no classes: not checked
     inputs = (torch.zeros(1, 3), {"ids": torch.zeros(1, 5, dtype=torch.long)})
     assert describe_inputs(inputs) == "(float32 (1, 3), {ids: int64 (1, 5)})"
+
+
+def test_a_clustered_stage_is_sized_by_its_codebook_file(tmp_path):
+    import netcompress as nc
+    from netcompress.clustering.storage import save_clustered
+    from netcompress.recipes.stages import stored_size
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    nc.cluster_weights_(model, clusters=8)
+    expected = save_clustered(model, tmp_path / "c.pt")["size_bytes"]
+    # before: the stage showed the dense state dict plus codebooks and indices, bigger than the unclustered model
+    assert stored_size(model) == {"stored_bytes": expected, "stored_format": "clustered"}
+    assert expected < 0.5 * (64 * 64 + 64 * 4) * 4
+
+
+def test_a_read_only_output_folder_stops_the_run_before_any_work(tmp_path, monkeypatch):
+    import os
+
+    read_only = tmp_path / "shared"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(  # chmod does not stop root: stand in for a read-only mount
+        "netcompress.recipes.run_folder.os.access",
+        lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode),
+    )
+    monkeypatch.setattr(  # the data must not even be loaded
+        "netcompress.data.load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded"))
+    )
+    recipe = _recipe(
+        {"name": "digits_cnn"}, {"name": "digits"}, [{"op": "prune", "method": "l1_unstructured"}]
+    )
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, out_dir=read_only / "run" / "a", progress=False)
+    assert str(info.value) == (
+        f"cannot write run folder {read_only / 'run' / 'a'}: {read_only} is read-only (permissions or file "
+        "system); choose another --out"
+    )
+    assert list(read_only.iterdir()) == []
