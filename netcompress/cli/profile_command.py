@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.model} returned a {type(model).__name__}, not an nn.Module")
         name = args.model
         if args.checkpoint:
-            load_state_dict_file(model, args.checkpoint)
+            load_state_dict_file(model, args.checkpoint, trust=args.trust_checkpoint)
     elif path.suffix in (".pt", ".pth") or path.exists():
         model = load_checkpoint(path, trust=args.trust_checkpoint)
         if not isinstance(model, torch.nn.Module):
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         name = args.model
         default_shape = (1, *models.input_shape(args.model, **kwargs))
         if args.checkpoint:
-            load_state_dict_file(model, args.checkpoint)
+            load_state_dict_file(model, args.checkpoint, trust=args.trust_checkpoint)
     if args.input and args.input_shape:
         raise ConfigError("give either --input-shape or --input NAME=SHAPE flags, not both")
     if args.input:

@@ -217,14 +217,18 @@ def _signing_key() -> bytes:
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-def load_state_dict_file(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+def load_state_dict_file(
+    model: torch.nn.Module, path: str | os.PathLike, *, trust: bool = False
+) -> torch.nn.Module:
     """Load a state dict file (``.pt`` or ``.safetensors``, plain or under ``state_dict``/``model``)
     into ``model`` safely (no pickle); an error names the file and the keys that do not fit.
 
     Example:
         >>> load_state_dict_file(model, "weights.safetensors")
     """
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, trust=trust)  # trust: a whole pickled model gives its state dict
+    if isinstance(loaded, torch.nn.Module):
+        loaded = loaded.state_dict()
     if isinstance(loaded, dict):
         for key in STATE_DICT_KEYS:
             if isinstance(loaded.get(key), dict):

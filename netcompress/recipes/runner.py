@@ -343,7 +343,7 @@ def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
             )
         return loaded
     if checkpoint:
-        load_state_dict_file(model, checkpoint)
+        load_state_dict_file(model, checkpoint, trust=bool(spec.get("trust", False)))
     return model
 
 

@@ -79,3 +79,13 @@ def test_profile_of_a_factory_without_a_shape_names_the_flags(tmp_path, monkeypa
         "netcompress profile: error: give --input-shape for the model built by mine.py:build (e.g. 1,3,32,32), "
         "or --input NAME=SHAPE[:DTYPE] per input\n"
     )
+
+
+def test_invalid_yaml_is_one_line_with_its_position(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: x\nsteps: [\n")
+    assert main(["run", str(recipe)]) == 2
+    assert capsys.readouterr().err == (
+        f"netcompress run: error: recipe {recipe} is not valid YAML: expected the node content, but found "
+        "'<stream end>' (line 3, column 1)\n"
+    )

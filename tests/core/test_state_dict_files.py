@@ -66,3 +66,16 @@ def test_a_prefix_is_not_stripped_when_the_rest_does_not_fit(tmp_path):
 
 def test_mismatch_is_empty_when_it_fits():
     assert state_dict_mismatch(_model().state_dict(), _model().state_dict()) == ""
+
+
+def test_a_whole_pickled_model_gives_its_state_dict_only_with_trust(tmp_path):
+    source = _model()
+    with torch.no_grad():
+        source[3].bias.fill_(0.5)
+    path = tmp_path / "whole.pt"
+    torch.save(source, path)
+    with pytest.raises(CheckpointError, match="opt in with --trust-checkpoint"):
+        load_state_dict_file(_model(), path)
+    with pytest.warns(UserWarning, match="with trust"):
+        loaded = load_state_dict_file(_model(), path, trust=True)
+    assert loaded[3].bias.tolist() == [0.5, 0.5, 0.5]
