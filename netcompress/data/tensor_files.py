@@ -157,7 +157,15 @@ def _inputs(value: Any, *, where: str) -> torch.Tensor:
         return value.to(torch.float32).div_(255.0)
     if not value.is_floating_point() and value.dtype != torch.bool:
         return value.to(torch.int64)  # token ids for an embedding layer stay integers
-    return value.to(torch.float32)
+    value = value.to(torch.float32)
+    finite = torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+    if not bool(finite.all()):  # one NaN sample turns every weight NaN in the first epoch
+        bad = torch.nonzero(~finite).flatten()
+        raise DataError(
+            f"{where}: {len(bad)} sample(s) hold NaN or infinite values (first: sample {int(bad[0])}); "
+            "remove or fix them"
+        )
+    return value
 
 
 def _pair(arrays: dict[str, tuple[Any, str]], x_role: str, y_role: str) -> tuple[torch.Tensor, np.ndarray]:

@@ -83,6 +83,10 @@ def check_model_on_data(
         )
     if num_classes <= 0 or scores.dim() != 2:
         return
+    if num_classes == 1:
+        raise ConfigError(
+            f"{data_name} holds one class only (every label is 0); a classifier needs 2 or more"
+        )
     count = int(scores.shape[-1])
     if count != num_classes:
         raise ConfigError(
@@ -90,7 +94,7 @@ def check_model_on_data(
             f"(labels 0-{num_classes - 1}); build the model with {num_classes} outputs (e.g. "
             f"model.kwargs.num_classes={num_classes})"
             + (
-                f" or set data.num_classes={count} if the data lacks some classes"
+                f", or, if the data lacks some classes, give the data set num_classes: {count} (tensors, factory)"
                 if count > num_classes
                 else ""
             )

@@ -88,3 +88,14 @@ def test_integer_tensor_inputs_become_int64_not_float(tmp_path):
     assert sample.dtype == torch.int64 and sample.tolist() in ids.tolist()
     np.savez(tmp_path / "u.npz", x=np.full((20, 4), 255, dtype=np.uint8), y=np.arange(20) % 2)
     assert ncd.load("tensors", path=str(tmp_path / "u.npz"), val_fraction=0).train[0][0].tolist() == [1.0] * 4
+
+
+def test_non_finite_tensor_inputs_are_refused_naming_the_sample(tmp_path):
+    x = np.random.default_rng(0).random((20, 4)).astype(np.float32)
+    x[7, 2], x[11, 0] = np.nan, np.inf
+    np.savez(tmp_path / "n.npz", x=x, y=np.arange(20) % 2)
+    # before: accepted, and the first epoch turned every weight NaN (a model at chance, no error)
+    with pytest.raises(
+        DataError, match=r"n\.npz \(key 'x'\): 2 sample\(s\) hold NaN or infinite values \(first: sample 7\)"
+    ):
+        ncd.load("tensors", path=str(tmp_path / "n.npz"))

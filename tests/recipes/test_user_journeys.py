@@ -245,3 +245,15 @@ def test_a_read_only_output_folder_stops_the_run_before_any_work(tmp_path, monke
         "system); choose another --out"
     )
     assert list(read_only.iterdir()) == []
+
+
+def test_one_class_data_and_the_class_count_hint():
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ConfigError, match="^data d holds one class only"):
+        check_model_on_data(model, torch.randn(1, 4), num_classes=1, model_name="m", data_name="data d")
+    with pytest.raises(ConfigError) as info:
+        check_model_on_data(model, torch.randn(1, 4), num_classes=2, model_name="m", data_name="data d")
+    assert str(info.value).endswith("give the data set num_classes: 3 (tensors, factory)")
+    with pytest.raises(ConfigError) as info:
+        check_model_on_data(model, torch.randn(1, 4), num_classes=4, model_name="m", data_name="data d")
+    assert str(info.value).endswith("(e.g. model.kwargs.num_classes=4)")
