@@ -89,3 +89,18 @@ def test_invalid_yaml_is_one_line_with_its_position(tmp_path, capsys):
         f"netcompress run: error: recipe {recipe} is not valid YAML: expected the node content, but found "
         "'<stream end>' (line 3, column 1)\n"
     )
+
+
+def test_report_names_a_missing_folder_and_an_unfinished_run(tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / ".netcompress-run").write_text('{"format": "netcompress-run", "version": 1}')
+    assert main(["report", str(tmp_path / "nothere")]) == 2
+    assert (
+        capsys.readouterr().err == f"netcompress report: error: run folder {tmp_path / 'nothere'} not found\n"
+    )
+    assert main(["report", str(unfinished)]) == 2
+    assert capsys.readouterr().err == (
+        f"netcompress report: error: {unfinished} is a run that has not finished (no metrics.json yet); "
+        f"continue it with netcompress run RECIPE --resume --out {unfinished}\n"
+    )
