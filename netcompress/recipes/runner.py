@@ -41,8 +41,8 @@ from netcompress.core.io import (
     to_jsonable,
 )
 from netcompress.core.methods import MethodData
+from netcompress.core.model_check import check_model_on_data, model_label
 from netcompress.recipes.finish import finish_run
-from netcompress.recipes.model_check import check_model_on_data, model_label
 from netcompress.recipes.run_folder import (
     STATE_FILE,
     create_run_dir,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from netcompress.core.errors import ConfigError
+from netcompress.core.model_check import check_model_on_data, describe_inputs
 from netcompress.recipes import run_recipe
-from netcompress.recipes.model_check import check_model_on_data, describe_inputs
 
 MODELS = '''
 import torch
