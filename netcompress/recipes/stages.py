@@ -128,6 +128,7 @@ def measure_onnx_stage(
     path: Path, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, int8: bool
 ) -> dict[str, Any]:
     """Accuracy (on ``loader``, the test split) and latency of an exported model run in ONNX Runtime."""
+    from netcompress.core.inputs import map_inputs
     from netcompress.export import OrtModel
 
     ort_model = OrtModel(path)
@@ -142,7 +143,7 @@ def measure_onnx_stage(
     }
     if cfg.get("latency", True):
         for batch in sorted({int(b) for b in cfg.get("batch_sizes") or (1, 64)}):
-            x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
+            x = map_inputs(example_inputs, lambda t, b=batch: t[:1].expand(b, *t.shape[1:]).contiguous())
             prefix = "latency" if batch == 1 else f"latency_b{batch}"
             repeats = cfg.get("repeats", 20)
             timing = time_forward(ort_model, x, warmup=3, repeats=repeats, max_seconds=None, rounds=3)

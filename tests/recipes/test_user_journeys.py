@@ -143,9 +143,15 @@ def test_factory_data_with_dict_samples_and_token_ids(user_project):
         {"factory": "usercode.py:dicts", "kwargs": {"n": 60}, "test_fraction": 0.25},
         [{"op": "train", "method": "supervised", "epochs": 1, "lr": 0.05, "progress": False}],
     )
+    recipe["export"] = {"onnx": True}
+    recipe["evaluate"] = {"latency": True, "batch_sizes": [1, 3], "repeats": 2}
     result = run_recipe(recipe, out_dir=user_project / "run", progress=False)
-    assert [s["name"] for s in result.stages] == ["initial", "train/supervised"]
+    assert [s["name"] for s in result.stages] == ["initial", "train/supervised", "onnx fp32 (ORT)"]
     assert result.stages[1]["params"] == 50 * 8 + 8 * 2 + 2
+    # before: timing the ONNX model sliced the dict of inputs like a tensor (TypeError: unhashable type: 'slice')
+    onnx = result.stages[2]
+    assert onnx["accuracy"] == result.stages[1]["accuracy"]
+    assert onnx["latency_ms"] > 0 and onnx["latency_b3_ms"] > 0
 
 
 def test_integer_tensors_stay_token_ids(user_project):
