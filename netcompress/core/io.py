@@ -121,14 +121,17 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     data = path.read_bytes()
+    if _looks_like_safetensors(data):  # a safetensors file named .bin, .pt, .st, ...
+        return _load_safetensors(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not _needs_trust(exc):
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-        blocked = exc
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(exc, pickle.UnpicklingError) and _needs_trust(exc)):
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: not a file written by torch.save nor a safetensors file, "
+                f"or a damaged one ({_unpickling_detail(exc)})"
+            ) from None
+        blocked = exc
     if not trust and not _signed_here(path, data):
         raise UntrustedCheckpointError(
             f"{path} holds pickled Python objects ({_blocked_name(blocked)}), and loading it would run "
@@ -146,6 +149,30 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON."""
+    if len(data) < 10:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return size >= 2 and data[8:9] == b"{"  # a cut-off one too: safetensors then names the problem
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The reason torch's loader gives, in one line (its advice to pass weights_only=False is left out)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1]
+        reason = next((line.strip() for line in after.splitlines() if line.strip()), "")
+        return f"unpickler: {reason}"
+    first = _first_line(exc)
+    return f"{type(exc).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 
 
 def _needs_trust(exc: pickle.UnpicklingError) -> bool:

@@ -79,3 +79,31 @@ def test_a_whole_pickled_model_gives_its_state_dict_only_with_trust(tmp_path):
     with pytest.warns(UserWarning, match="with trust"):
         loaded = load_state_dict_file(_model(), path, trust=True)
     assert loaded[3].bias.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_a_safetensors_file_under_another_suffix_loads(tmp_path):
+    source = _model()
+    path = tmp_path / "pytorch_model.bin"
+    save_file(source.state_dict(), str(path))
+    # before: torch.load failed with a multi-line message advising weights_only=False
+    loaded = load_state_dict_file(_model(), path)
+    assert torch.equal(loaded[0].weight, source[0].weight)
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"hello, not a checkpoint\n", "(KeyError: 101)"),
+        (b"\x80\x02K\x01.garbage", "(RuntimeError: Invalid magic number; corrupt file?)"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, content, detail):
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_file(_model(), path)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot read checkpoint {path}: not a file written by torch.save nor a safetensors file, or a damaged one "
+    )
+    assert detail in message and "\n" not in message and "weights_only" not in message
