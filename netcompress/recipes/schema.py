@@ -312,6 +312,9 @@ def _device(value: Any) -> str:
     import torch
 
     try:
-        return str(torch.device(str(value)))
+        device = torch.device(str(value))
     except (RuntimeError, TypeError):
         raise ConfigError(f"device={value!r} in the recipe is not a torch device (e.g. cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():  # else a bare AssertionError mid-run
+        raise ConfigError(f"device={value!r}: this torch has no CUDA device here; run with --device cpu")
+    return str(device)

@@ -104,3 +104,16 @@ def test_report_names_a_missing_folder_and_an_unfinished_run(tmp_path, capsys):
         f"netcompress report: error: {unfinished} is a run that has not finished (no metrics.json yet); "
         f"continue it with netcompress run RECIPE --resume --out {unfinished}\n"
     )
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recipe = _digits_recipe(tmp_path / "r.yaml")
+    # before: training started, then "AssertionError: Torch not compiled with CUDA enabled", the folder left behind
+    assert main(["run", str(recipe), "--quiet", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "netcompress run: error: device='cuda': this torch has no CUDA device here; run with --device cpu\n"
+    )
+    assert not (tmp_path / "run").exists()
