@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import netcompress.data as ncd
-from netcompress.core.errors import DataError
+from netcompress.core.errors import ConfigError, DataError
 
 SOURCE = """
 import numpy as np
@@ -99,3 +99,45 @@ def test_non_finite_tensor_inputs_are_refused_naming_the_sample(tmp_path):
         DataError, match=r"n\.npz \(key 'x'\): 2 sample\(s\) hold NaN or infinite values \(first: sample 7\)"
     ):
         ncd.load("tensors", path=str(tmp_path / "n.npz"))
+
+
+def test_tensors_with_named_inputs_give_keyword_batches(tmp_path):
+    ids = np.arange(120).reshape(20, 6)  # unique rows: a row names its sample
+    mask = np.ones((20, 6), dtype=np.int64)
+    mask[:, 4:] = 0
+    np.savez(tmp_path / "tok.npz", input_ids=ids, attention_mask=mask, labels=np.arange(20) % 2)
+    bundle = ncd.load(
+        "tensors",
+        path=str(tmp_path / "tok.npz"),
+        inputs=["input_ids", "attention_mask"],
+        keys={"y": "labels"},
+    )
+    assert bundle.split_sizes() == {"train": 14, "val": 2, "test": 4}
+    inputs, label = bundle.test[0]
+    assert sorted(inputs) == ["attention_mask", "input_ids"] and inputs["input_ids"].dtype == torch.int64
+    assert inputs["attention_mask"].tolist() == [1, 1, 1, 1, 0, 0]
+    assert ids.tolist().index(inputs["input_ids"].tolist()) % 2 == label
+    batch, labels = next(iter(torch.utils.data.DataLoader(bundle.train, batch_size=5)))
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {"input_ids": (5, 6), "attention_mask": (5, 6)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"inputs": ["input_ids", "mask"], "keys": {"y": "labels"}},
+            DataError,
+            r"has no key 'mask'; it holds",
+        ),
+        (
+            {"inputs": ["input_ids"], "keys": {"x": "input_ids", "y": "labels"}},
+            ConfigError,
+            "give inputs or keys.x",
+        ),
+        ({"inputs": []}, ConfigError, "inputs names the arrays"),
+    ],
+)
+def test_bad_named_inputs_are_named(tmp_path, kwargs, error, message):
+    np.savez(tmp_path / "tok.npz", input_ids=np.zeros((10, 3), dtype=np.int64), labels=np.arange(10) % 2)
+    with pytest.raises(error, match=message):
+        ncd.load("tensors", path=str(tmp_path / "tok.npz"), **kwargs)
