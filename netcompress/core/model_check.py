@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -101,4 +102,37 @@ def check_model_on_data(
         )
 
 
-__all__ = ["check_model_on_data", "describe_inputs", "model_label"]
+def check_last_batch(model: nn.Module, example_inputs: Any, *, train_size: int, batch_size: int) -> None:
+    """A training split that leaves a last batch of one sample, for a model that cannot train on one
+    (BatchNorm over a single value per channel), is a ConfigError naming the counts and a batch size that
+    avoids it, instead of a ValueError in the first epoch. Tried on a copy, in train mode.
+
+    Example:
+        >>> check_last_batch(nn.BatchNorm1d(4), torch.randn(1, 4), train_size=17, batch_size=16)
+        Traceback (most recent call last):
+        ConfigError: the training split holds 17 samples = 1 batch(es) of 16 + 1, ...
+    """
+    if batch_size <= 1 or train_size <= 1 or train_size % batch_size != 1:
+        return
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    try:
+        call_model(copy.deepcopy(model).train(), example_inputs)  # a batch of one, as the last one will be
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            return
+    else:
+        return
+    fits = [
+        b
+        for b in (batch_size - 1, batch_size + 1, batch_size - 2, batch_size + 2)
+        if b > 1 and train_size % b != 1
+    ]
+    raise ConfigError(
+        f"the training split holds {train_size} samples = {train_size // batch_size} batch(es) of {batch_size} + 1, "
+        "and the model's BatchNorm cannot train on a batch of one sample; choose another data.batch_size "
+        f"(e.g. {fits[0]})"
+    )
+
+
+__all__ = ["check_last_batch", "check_model_on_data", "describe_inputs", "model_label"]

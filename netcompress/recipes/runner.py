@@ -41,7 +41,7 @@ from netcompress.core.io import (
     to_jsonable,
 )
 from netcompress.core.methods import MethodData
-from netcompress.core.model_check import check_model_on_data, model_label
+from netcompress.core.model_check import check_last_batch, check_model_on_data, model_label
 from netcompress.recipes.finish import finish_run
 from netcompress.recipes.run_folder import (
     STATE_FILE,
@@ -138,6 +138,10 @@ def run_recipe(
             model_name=model_label(resolved["model"]),
             data_name=f"data {data_cfg['name']}",
         )
+        if not distributed.is_distributed() and any((s.get("epochs") or 0) > 0 for s in resolved["steps"]):
+            check_last_batch(
+                model, example_inputs, train_size=len(bundle.train), batch_size=data_cfg["batch_size"]
+            )
         test_loader = split_loaders(bundle, data_cfg, seed).test
         state = distributed.on_main(
             lambda: {

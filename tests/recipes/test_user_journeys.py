@@ -263,3 +263,39 @@ def test_one_class_data_and_the_class_count_hint():
     with pytest.raises(ConfigError) as info:
         check_model_on_data(model, torch.randn(1, 4), num_classes=4, model_name="m", data_name="data d")
     assert str(info.value).endswith("(e.g. model.kwargs.num_classes=4)")
+
+
+def test_a_last_training_batch_of_one_with_batchnorm_is_refused_before_training(user_project):
+    (user_project / "bn.py").write_text(
+        "import torch\nfrom torch import nn\nfrom torch.utils.data import TensorDataset\n\n"
+        "def build():\n    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))\n\n"
+        "def data():\n    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))\n"
+        "    y = (x[:, 0] > 0).long()\n    return {'train': TensorDataset(x[:17], y[:17]), 'test': TensorDataset(x[17:], y[17:])}\n"
+    )
+    recipe = _recipe(
+        {"factory": "bn.py:build"},
+        {"factory": "bn.py:data", "batch_size": 16, "val_fraction": 0},
+        [{"op": "train", "method": "supervised", "epochs": 1, "progress": False}],
+    )
+    # before: "ValueError: Expected more than 1 value per channel when training" in the first epoch
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, progress=False)
+    assert str(info.value) == (
+        "the training split holds 17 samples = 1 batch(es) of 16 + 1, and the model's BatchNorm cannot train on a "
+        "batch of one sample; choose another data.batch_size (e.g. 15)"
+    )
+    assert not (user_project / "runs").exists()
+    recipe["data"]["batch_size"] = 15
+    assert run_recipe(recipe, progress=False).stages[1]["name"] == "train/supervised"
+    recipe["steps"] = [{"op": "prune", "method": "l1_unstructured"}]  # no training: batch 16 is fine
+    recipe["data"]["batch_size"] = 16
+    assert run_recipe(recipe, progress=False).stages[1]["name"] == "prune/l1_unstructured"
+
+
+def test_batchnorm_over_space_trains_on_one_sample_and_is_not_refused():
+    from netcompress.core.model_check import check_last_batch
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    check_last_batch(conv, torch.randn(1, 1, 8, 8), train_size=17, batch_size=16)  # 36 values per channel
+    with pytest.raises(ConfigError, match="e.g. 15"):
+        check_last_batch(torch.nn.BatchNorm1d(4), torch.randn(1, 4), train_size=17, batch_size=16)
