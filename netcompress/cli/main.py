@@ -76,9 +76,13 @@ def _unexpected(command: str, exc: Exception) -> int:
         return 1
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    fd, log = tempfile.mkstemp(prefix="netcompress-error-", suffix=".log")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    try:
+        fd, log = tempfile.mkstemp(prefix="netcompress-error-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    except OSError:  # no writable temp folder: the traceback goes to the terminal after all
+        print(text, file=sys.stderr, end="")
+        return 1
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     print(
         f"netcompress {command}: unexpected error{where}: {type(exc).__name__}: {message}\n"
