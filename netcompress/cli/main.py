@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from netcompress import __version__
 
@@ -37,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE after an option (`run r.yaml --quiet seed=1`) is an override like any other
+        loose = [a for a in extra if not a.startswith("-") and "=" in a]
+        if len(loose) < len(extra) or not hasattr(args, "overrides") and not hasattr(args, "kwargs"):
+            parser.error(
+                f"unrecognized arguments: {' '.join(a for a in extra if a not in loose) or extra[0]}"
+            )
+        getattr(args, "overrides" if hasattr(args, "overrides") else "kwargs").extend(loose)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -51,6 +59,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; a recipe run continues where it stopped with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - not a user error we know: one line here, the traceback in a file
+        return _unexpected(args.command, exc)
+
+
+def _unexpected(command: str, exc: Exception) -> int:
+    """Report an error netcompress did not foresee in one line naming where it happened; the full
+    traceback goes to a log file (NETCOMPRESS_TRACEBACK=1 prints it instead)."""
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    if os.environ.get("NETCOMPRESS_TRACEBACK"):
+        print(text, file=sys.stderr, end="")
+        return 1
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    try:
+        fd, log = tempfile.mkstemp(prefix="netcompress-error-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    except OSError:  # no writable temp folder: the traceback goes to the terminal after all
+        print(text, file=sys.stderr, end="")
+        return 1
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(
+        f"netcompress {command}: unexpected error{where}: {type(exc).__name__}: {message}\n"
+        f"  (a bug in netcompress or a model it cannot handle; full traceback in {log})",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.model} returned a {type(model).__name__}, not an nn.Module")
         name = args.model
         if args.checkpoint:
-            load_state_dict_file(model, args.checkpoint)
+            load_state_dict_file(model, args.checkpoint, trust=args.trust_checkpoint)
     elif path.suffix in (".pt", ".pth") or path.exists():
         model = load_checkpoint(path, trust=args.trust_checkpoint)
         if not isinstance(model, torch.nn.Module):
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         name = args.model
         default_shape = (1, *models.input_shape(args.model, **kwargs))
         if args.checkpoint:
-            load_state_dict_file(model, args.checkpoint)
+            load_state_dict_file(model, args.checkpoint, trust=args.trust_checkpoint)
     if args.input and args.input_shape:
         raise ConfigError("give either --input-shape or --input NAME=SHAPE flags, not both")
     if args.input:
@@ -154,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
     elif default_shape is not None:
         shape = default_shape
     else:
-        raise ConfigError(f"give --input-shape for the saved model {path} (e.g. 1,3,32,32)")
+        kind = "the model built by" if ":" in args.model and not path.exists() else "the saved model"
+        raise ConfigError(
+            f"give --input-shape for {kind} {args.model} (e.g. 1,3,32,32), or --input NAME=SHAPE[:DTYPE] per input"
+        )
     if not args.input:
         x = torch.randn(*shape)
     try:

@@ -21,10 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from netcompress.core.errors import ConfigError
+    from netcompress.recipes.run_folder import is_run_folder
     from netcompress.reporting import compare_runs, print_stage_table, write_report
     from netcompress.reporting.tables import read_run_metrics, run_baseline
 
     for folder in args.runs:
+        if not folder.exists():
+            raise ConfigError(f"run folder {folder} not found")
+        if is_run_folder(folder) and not (folder / "metrics.json").exists():
+            raise ConfigError(
+                f"{folder} is a run that has not finished (no metrics.json yet); continue it with "
+                f"netcompress run RECIPE --resume --out {folder}"
+            )
         if not (folder / "metrics.json").exists():
             raise ConfigError(f"{folder} is not a run folder: it has no metrics.json")
     if len(args.runs) == 1:  # ratios against the stage `netcompress run` took them against

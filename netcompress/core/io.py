@@ -121,14 +121,17 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     data = path.read_bytes()
+    if _looks_like_safetensors(data):  # a safetensors file named .bin, .pt, .st, ...
+        return _load_safetensors(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not _needs_trust(exc):
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-        blocked = exc
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(exc, pickle.UnpicklingError) and _needs_trust(exc)):
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: not a file written by torch.save nor a safetensors file, "
+                f"or a damaged one ({_unpickling_detail(exc)})"
+            ) from None
+        blocked = exc
     if not trust and not _signed_here(path, data):
         raise UntrustedCheckpointError(
             f"{path} holds pickled Python objects ({_blocked_name(blocked)}), and loading it would run "
@@ -146,6 +149,30 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON."""
+    if len(data) < 10:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return size >= 2 and data[8:9] == b"{"  # a cut-off one too: safetensors then names the problem
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The reason torch's loader gives, in one line (its advice to pass weights_only=False is left out)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1]
+        reason = next((line.strip() for line in after.splitlines() if line.strip()), "")
+        return f"unpickler: {reason}"
+    first = _first_line(exc)
+    return f"{type(exc).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 
 
 def _needs_trust(exc: pickle.UnpicklingError) -> bool:
@@ -217,14 +244,18 @@ def _signing_key() -> bytes:
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-def load_state_dict_file(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+def load_state_dict_file(
+    model: torch.nn.Module, path: str | os.PathLike, *, trust: bool = False
+) -> torch.nn.Module:
     """Load a state dict file (``.pt`` or ``.safetensors``, plain or under ``state_dict``/``model``)
     into ``model`` safely (no pickle); an error names the file and the keys that do not fit.
 
     Example:
         >>> load_state_dict_file(model, "weights.safetensors")
     """
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, trust=trust)  # trust: a whole pickled model gives its state dict
+    if isinstance(loaded, torch.nn.Module):
+        loaded = loaded.state_dict()
     if isinstance(loaded, dict):
         for key in STATE_DICT_KEYS:
             if isinstance(loaded.get(key), dict):
@@ -232,8 +263,65 @@ def load_state_dict_file(model: torch.nn.Module, path: str | os.PathLike) -> tor
                 break
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
+    expected = model.state_dict()
+    loaded = _strip_wrapper_prefix(loaded, expected)
+    problems = state_dict_mismatch(loaded, expected)
+    if problems:
+        raise CheckpointError(f"state dict {path} does not fit the model: {problems}")
     try:
         model.load_state_dict(loaded)
     except RuntimeError as exc:
-        raise CheckpointError(f"state dict {path} does not fit the model: {exc}") from None
+        raise CheckpointError(
+            f"state dict {path} does not fit the model: {' '.join(str(exc).split())}"
+        ) from None
     return model
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, Lightning
+
+
+def _strip_wrapper_prefix(loaded: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """``loaded`` without a prefix every key carries (saved from a DDP/compiled/Lightning wrapper) when the
+    model's own keys lack it and the stripped keys are exactly the model's."""
+    for prefix in WRAPPER_PREFIXES:
+        if (
+            loaded
+            and all(k.startswith(prefix) for k in loaded)
+            and not all(k.startswith(prefix) for k in expected)
+        ):
+            stripped = {k[len(prefix) :]: v for k, v in loaded.items()}
+            if set(stripped) == set(expected):
+                return stripped
+    return loaded
+
+
+def state_dict_mismatch(loaded: dict[str, Any], expected: dict[str, Any], *, shown: int = 3) -> str:
+    """One line naming what keeps ``loaded`` from fitting a model whose state dict is ``expected``
+    (wrong shapes, missing keys, unexpected keys; the first ``shown`` of each), or ``""`` when it fits.
+
+    Example:
+        >>> state_dict_mismatch({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+        '1 tensor of the wrong shape: w (file (2,), model (3,))'
+    """
+
+    def listed(names: list[str], what: str, fmt: Any = str) -> str:
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        return f"{len(names)} {what}: " + ", ".join(fmt(n) for n in names[:shown]) + more
+
+    shapes = [k for k in expected if k in loaded and tuple(loaded[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in loaded]
+    extra = [k for k in loaded if k not in expected]
+    parts = []
+    if shapes:
+        parts.append(
+            listed(
+                shapes,
+                "tensor of the wrong shape" if len(shapes) == 1 else "tensors of the wrong shape",
+                lambda k: f"{k} (file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)})",
+            )
+        )
+    if missing:
+        parts.append(listed(missing, "missing key" if len(missing) == 1 else "missing keys"))
+    if extra:
+        parts.append(listed(extra, "unexpected key" if len(extra) == 1 else "unexpected keys"))
+    return "; ".join(parts)

@@ -160,7 +160,8 @@ class FloatTensorDataset(_TensorDataset):
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         if len(labels) != len(inputs):
             raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        self.inputs = inputs.to(torch.float32)
+        # int64 inputs are token ids (embedding lookups), kept as they are; everything else is float32
+        self.inputs = inputs if inputs.dtype == torch.int64 else inputs.to(torch.float32)
         self.labels = labels.to(torch.int64)
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ held out of the rest as for every data set.
     data: {name: tensors, x: x.npy, y: y.npy}
     data: {name: tensors, path: data.npz, keys: {x: images, y: labels}}
     data: {name: tensors, path: data.pt}       # {"x": tensor, "y": tensor, optionally "x_test", "y_test"}
+    data: {name: tensors, path: tokens.npz, inputs: [input_ids, attention_mask], keys: {y: labels}}
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError
@@ -40,15 +42,20 @@ class TensorsConfig(ValidationSplit):
     Either ``path`` (a ``.npz`` or ``.pt``/``.pth`` file holding the arrays under ``keys``: roles
     x, y and optionally x_test, y_test, default names = the roles) or ``x`` and ``y`` (``.npy`` files,
     optionally with ``x_test`` and ``y_test``). ``x`` is ``(N, ...)``, ``y`` holds N integer class labels.
-    uint8 inputs are scaled to [0, 1], others become float32 as they are. ``num_classes`` defaults
-    to the largest label plus one. ``test_fraction``/``seed`` split off a test set when none is given.
+    uint8 inputs are scaled to [0, 1], other integer inputs (token ids) become int64, the rest float32.
+    ``num_classes`` defaults to the largest label plus one. ``test_fraction``/``seed`` split off a test
+    set when none is given. ``inputs`` names several arrays of ``path`` passed to the model as keyword
+    arguments (``input_ids``, ``attention_mask``) instead of one ``x``; the test split then comes from
+    ``test_fraction``.
 
     Example:
         >>> TensorsConfig(path="digits.npz", keys={"x": "images", "y": "labels"})
+        >>> TensorsConfig(path="tokens.npz", inputs=["input_ids", "attention_mask"], keys={"y": "labels"})
     """
 
     path: str | None = None
     keys: dict[str, str] | None = None
+    inputs: list[str] | None = None
     x: str | None = None
     y: str | None = None
     x_test: str | None = None
@@ -80,6 +87,16 @@ class TensorsConfig(ValidationSplit):
             check_range("num_classes", self.num_classes, 2)
         if not 0 < self.test_fraction <= 0.9:
             raise ConfigError(f"test_fraction={self.test_fraction!r} must be within (0, 0.9]")
+        if self.inputs is not None:
+            if not self.inputs or not self.path:
+                raise ConfigError(
+                    "inputs names the arrays of a .npz/.pt file given as path, e.g. [input_ids, attention_mask]"
+                )
+            clash = sorted(set(self.keys or {}) - {"y"})
+            if clash:
+                raise ConfigError(
+                    f"give inputs or keys.{clash[0]}, not both (with inputs, keys holds only y)"
+                )
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -155,7 +172,17 @@ def _inputs(value: Any, *, where: str) -> torch.Tensor:
         raise DataError(f"{where}: inputs must be real numbers, got dtype {value.dtype}")
     if value.dtype == torch.uint8:
         return value.to(torch.float32).div_(255.0)
-    return value.to(torch.float32)
+    if not value.is_floating_point() and value.dtype != torch.bool:
+        return value.to(torch.int64)  # token ids for an embedding layer stay integers
+    value = value.to(torch.float32)
+    finite = torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+    if not bool(finite.all()):  # one NaN sample turns every weight NaN in the first epoch
+        bad = torch.nonzero(~finite).flatten()
+        raise DataError(
+            f"{where}: {len(bad)} sample(s) hold NaN or infinite values (first: sample {int(bad[0])}); "
+            "remove or fix them"
+        )
+    return value
 
 
 def _pair(arrays: dict[str, tuple[Any, str]], x_role: str, y_role: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -178,6 +205,8 @@ def load_tensors(config: TensorsConfig) -> DataBundle:
         >>> bundle.input_shape, bundle.num_classes
         ((1, 8, 8), 10)
     """
+    if config.inputs:
+        return _load_named_inputs(config)
     arrays = read_tensor_arrays(config)
     x, y = _pair(arrays, "x", "y")
     if "x_test" in arrays:
@@ -209,6 +238,73 @@ def load_tensors(config: TensorsConfig) -> DataBundle:
             "num_train": len(train),
             "num_val": 0 if val is None else len(val),
             "num_test": len(test_y),
+            "config": config.to_dict(),
+        },
+    )
+
+
+class TensorDictDataset(Dataset):
+    """Samples ``({name: tensor[i]}, label)``: several keyword inputs per sample (token ids and a mask).
+
+    Example:
+        >>> ds = TensorDictDataset({"input_ids": torch.zeros(4, 6, dtype=torch.long)}, torch.arange(4) % 2)
+        >>> ds[1][0]["input_ids"].shape, ds[1][1]
+        (torch.Size([6]), 1)
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.tensors, self.labels = tensors, labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        return {name: t[index] for name, t in self.tensors.items()}, int(self.labels[index])
+
+    def subset(self, indices: Any, *, augment: bool | None = None) -> TensorDictDataset:
+        del augment  # nothing to augment in token ids
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return TensorDictDataset({n: t[index] for n, t in self.tensors.items()}, self.labels[index])
+
+
+def _load_named_inputs(config: TensorsConfig) -> DataBundle:
+    """The bundle of ``config.inputs`` (keyword inputs) and ``keys.y`` labels read from ``config.path``."""
+    path = Path(str(config.path)).expanduser()
+    content = _read_archive(path)
+    y_key = (config.keys or {}).get("y", "y")
+    missing = [k for k in [*(config.inputs or []), y_key] if k not in content]
+    if missing:
+        raise DataError(f"{path} has no key {missing[0]!r}; it holds {', '.join(map(repr, sorted(content)))}")
+    tensors = {name: _inputs(content[name], where=f"{path} (key {name!r})") for name in config.inputs or []}
+    y = class_labels(content[y_key], where=f"{path} (key {y_key!r})")
+    for name, tensor in tensors.items():
+        if len(tensor) != len(y):
+            raise DataError(
+                f"{path} (key {name!r}) has {len(tensor)} samples but key {y_key!r} has {len(y)} labels"
+            )
+    train_idx, test_idx = stratified_split(y, test_fraction=config.test_fraction, seed=config.seed)
+    whole = TensorDictDataset(tensors, torch.from_numpy(y))
+    train, test = whole.subset(train_idx), whole.subset(test_idx)
+    num_classes = count_classes(
+        [y[train_idx], y[test_idx]], given=config.num_classes, where=f"{path} ({y_key!r})"
+    )
+    train, val = hold_out_validation(train, config)
+    first = next(iter(tensors.values()))
+    return DataBundle(
+        name="tensors",
+        train=train,
+        test=test,
+        val=val,
+        num_classes=num_classes,
+        input_shape=tuple(int(s) for s in first.shape[1:]),
+        class_names=[f"class_{i}" for i in range(num_classes)],
+        info={
+            "source": str(config.path),
+            "inputs": list(config.inputs or []),
+            "split_from": "test_fraction",
+            "num_train": len(train),
+            "num_val": 0 if val is None else len(val),
+            "num_test": len(test),
             "config": config.to_dict(),
         },
     )

@@ -2,7 +2,9 @@
 
 ``data: {factory: "mydata.py:build", kwargs: {root: ...}}`` (a recipe may leave out
 ``name: factory``) calls ``build(**kwargs)`` through :func:`netcompress.core.factory.call_factory`.
-It returns either one Dataset of ``(input, label)`` pairs, split here into train and test (seeded,
+It returns either one Dataset of ``(input, label)`` pairs (the input a tensor, a tuple of tensors
+passed as positional arguments, or a dict passed as keyword arguments; or dict samples holding the
+inputs and ``labels``), split here into train and test (seeded,
 stratified by ``test_fraction``), or ``{"train": ds, "test": ds}``. The validation split is held out
 of train as for every data set. Labels are read once (from a ``targets`` or ``labels`` attribute
 when the dataset has one, else by reading every sample) and checked: one integer class per sample.
@@ -11,7 +13,7 @@ when the dataset has one, else by reading every sample) and checked: one integer
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.factory import call_factory
+from netcompress.core.inputs import LABEL_KEYS
 from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
 from netcompress.data.catalog import register_dataset
 from netcompress.data.splits import class_labels, count_classes, stratified_split
@@ -73,11 +76,9 @@ class LabelledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        inputs = self.base[int(self.indices[index])][0]
-        return (torch.as_tensor(inputs) if isinstance(inputs, np.ndarray) else inputs), int(
-            self.labels[index]
-        )
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        inputs = sample_inputs(self.base[int(self.indices[index])])
+        return _as_tensors(inputs), int(self.labels[index])
 
     def subset(self, indices: Any, *, augment: bool | None = None) -> LabelledDataset:
         del augment  # a user's dataset applies its own transforms
@@ -87,12 +88,63 @@ class LabelledDataset(Dataset):
         return out
 
 
+def sample_inputs(sample: Any) -> Any:
+    """The model inputs of one sample: ``sample[0]`` of an ``(inputs, label)`` pair, or a dict without its
+    ``labels``/``label`` key (Hugging Face style).
+
+    Example:
+        >>> sample_inputs({"input_ids": ids, "labels": 1}).keys()
+        dict_keys(['input_ids'])
+    """
+    if isinstance(sample, Mapping):
+        return {k: v for k, v in sample.items() if k not in LABEL_KEYS}
+    return sample[0]
+
+
+def _as_tensors(inputs: Any) -> Any:
+    if isinstance(inputs, np.ndarray):
+        return torch.as_tensor(inputs)
+    if isinstance(inputs, Mapping):
+        return {k: _as_tensors(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(_as_tensors(v) for v in inputs)
+    return inputs
+
+
+def _check_sample_inputs(inputs: Any, *, where: str) -> None:
+    """A tensor or array, a tuple/list of them (positional inputs) or a str-keyed dict (keyword inputs)."""
+    arrays = (torch.Tensor, np.ndarray)
+    if isinstance(inputs, Mapping):
+        parts = list(inputs.values())
+        ok = bool(parts) and all(isinstance(k, str) for k in inputs)
+    elif isinstance(inputs, (tuple, list)):
+        parts, ok = list(inputs), bool(inputs)
+    else:
+        parts, ok = [inputs], True
+    if not ok or not all(isinstance(v, arrays) for v in parts):
+        raise DataError(
+            f"{where}: sample 0's input is a {type(inputs).__name__}"
+            + (f" holding {', '.join(sorted({type(v).__name__ for v in parts}))}" if parts else "")
+            + "; expected a tensor or numpy array, a tuple of them (positional model inputs) or a dict of "
+            "them (keyword model inputs)"
+        )
+
+
 def _label_of(sample: Any, *, index: int, where: str) -> Any:
-    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+    if isinstance(sample, Mapping):
+        keys = [k for k in LABEL_KEYS if k in sample]
+        if not keys:
+            raise DataError(
+                f"{where}: sample {index} is a dict without a 'labels' or 'label' key; a dict sample holds the "
+                "model's keyword inputs and its class under 'labels'"
+            )
+        label = sample[keys[0]]
+    elif not isinstance(sample, (tuple, list)) or len(sample) != 2:
         raise DataError(
             f"{where}: sample {index} is a {type(sample).__name__}; expected an (input, label) pair"
         )
-    label = sample[1]
+    else:
+        label = sample[1]
     if isinstance(label, torch.Tensor) and label.numel() == 1:
         label = label.reshape(()).numpy()
     return label
@@ -117,11 +169,7 @@ def dataset_labels(dataset: Any, *, where: str) -> np.ndarray:
         raise DataError(f"{where}: the dataset is empty")
     first = dataset[0]
     _label_of(first, index=0, where=where)
-    inputs = first[0]
-    if not isinstance(inputs, (torch.Tensor, np.ndarray)):
-        raise DataError(
-            f"{where}: sample 0's input is a {type(inputs).__name__}; expected a tensor or numpy array"
-        )
+    _check_sample_inputs(sample_inputs(first), where=where)
     for attr in ("targets", "labels"):
         known = getattr(dataset, attr, None)
         if known is not None and hasattr(known, "__len__") and len(known) == count:
@@ -146,6 +194,22 @@ def build_user_data(config: FactoryDataConfig) -> dict[str, Dataset]:
             )
         return dict(built)
     return {"train": built}
+
+
+def _shapes(inputs: Any) -> Any:
+    """One sample's input shape(s), in the sample's own structure (tuple of shapes, dict of shapes)."""
+    if isinstance(inputs, Mapping):
+        return {k: _shapes(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(_shapes(v) for v in inputs)
+    return tuple(torch.as_tensor(inputs).shape)
+
+
+def _first_shape(shapes: Any) -> tuple[int, ...]:
+    """The bundle's ``input_shape``: the shape of the first input when a sample has several."""
+    while not (isinstance(shapes, tuple) and all(isinstance(d, int) for d in shapes)):
+        shapes = next(iter(shapes.values())) if isinstance(shapes, Mapping) else shapes[0]
+    return shapes
 
 
 def _class_names(dataset: Any, num_classes: int) -> list[str]:
@@ -177,8 +241,8 @@ def load_factory_data(config: FactoryDataConfig) -> DataBundle:
         train = LabelledDataset(parts["train"], train_idx, labels["train"])
         test = LabelledDataset(parts["train"], test_idx, labels["train"])
         split_from = "test_fraction"
-    shapes = {name: tuple(torch.as_tensor(ds[0][0]).shape) for name, ds in parts.items()}
-    if len(set(shapes.values())) > 1:
+    shapes = {name: _shapes(sample_inputs(ds[0])) for name, ds in parts.items()}
+    if len(set(map(str, shapes.values()))) > 1:
         raise DataError(
             f"{where}: train inputs have shape {shapes['train']} but test inputs {shapes['test']}"
         )
@@ -190,7 +254,7 @@ def load_factory_data(config: FactoryDataConfig) -> DataBundle:
         test=test,
         val=val,
         num_classes=num_classes,
-        input_shape=shapes["train"],
+        input_shape=_first_shape(shapes["train"]),
         class_names=_class_names(parts["train"], num_classes),
         info={
             "source": config.factory,

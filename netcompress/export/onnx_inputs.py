@@ -149,6 +149,9 @@ def infer_dynamic_axes(
             if tensor.dim() == 2 and not tensor.is_floating_point():
                 axes[name] = {1: "sequence"}
         seq = _sequence_length(spec, axes)
+        for name, tensor in zip(spec.names, spec.tensors):  # a float mask as long as the token ids
+            if seq is not None and name not in axes and tensor.dim() >= 2 and tensor.shape[1] == seq:
+                axes[name] = {1: "sequence"}
         for name, out in zip(output_names, outputs):
             if seq is not None and out.dim() >= 3 and out.shape[1] == seq:
                 axes[name] = {1: "sequence"}

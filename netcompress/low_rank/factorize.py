@@ -57,6 +57,12 @@ class FactorizeConfig(Config):
 
 def _method_for(layer: nn.Module, conv_mode: str) -> tuple[str | None, str | None]:
     """(registered factorisation name, or None with the reason it cannot be factorised)."""
+    base = next((c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn.")), nn.Module)
+    if type(layer).forward is not base.forward:  # e.g. efficientnet's Conv2dStaticSamePadding pads itself
+        return (
+            None,
+            f"{type(layer).__name__} overrides {base.__name__}.forward; plain layers would change its output",
+        )
     if isinstance(layer, nn.Linear):
         return "linear", None
     if layer.groups != 1:

@@ -82,7 +82,8 @@ FACTORIZATIONS.register(
 
 def _build_conv_channel(conv: nn.Module, left: torch.Tensor, right: torch.Tensor) -> LowRank:
     r = right.shape[0]
-    conv_type = type(conv)
+    # torch's own class: a subclass may take other constructor arguments (its forward is checked by the caller)
+    conv_type = next(c for c in type(conv).__mro__ if c.__module__.startswith("torch.nn."))
     first = conv_type(
         conv.in_channels,
         r,

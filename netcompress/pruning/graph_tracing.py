@@ -91,7 +91,13 @@ def trace_model(model: nn.Module, example_inputs: Any = None) -> torch.fx.GraphM
         ) from exc2
     for node in graph.nodes:  # string annotations break pickling the GraphModule
         node.type = None
-    return torch.fx.GraphModule(root, graph, type(model).__name__)
+    try:  # a submodule named like a GraphModule attribute (`meta`, `graph`) cannot be copied in
+        return torch.fx.GraphModule(root, graph, type(model).__name__)
+    except TypeError as exc:
+        raise UnsupportedModelError(
+            f"cannot rebuild {type(model).__name__} as a torch.fx GraphModule ({exc}); rename a submodule "
+            "named like a GraphModule attribute (meta, graph, code)"
+        ) from exc
 
 
 @dataclasses.dataclass

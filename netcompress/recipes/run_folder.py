@@ -11,6 +11,7 @@ step finishes removes what it made, so the next run takes the same name, not ``<
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -58,7 +59,7 @@ def plan_run_dir(
                     f"run folder {path} already exists and is not empty; pass --resume to continue it "
                     "or choose another --out"
                 )
-        return path
+        return check_writable(path)
     name = resolved["name"]
     candidates = sorted(
         (
@@ -75,10 +76,32 @@ def plan_run_dir(
             raise ConfigError(
                 f"--resume: no earlier run of {name!r} under {runs_root}/ to resume; pass --out to name one"
             )
-        return candidates[-1]
+        return check_writable(candidates[-1])
     path, n = runs_root / name, 2
     while path.exists():
         path, n = runs_root / f"{name}-{n}", n + 1
+    return check_writable(path)
+
+
+def check_writable(path: Path) -> Path:
+    """``path``, once it (or the nearest folder above it that exists) is known to be writable: a
+    read-only folder or file system stops the run before the data is loaded, naming the folder.
+
+    Example:
+        >>> check_writable(Path("runs/e1"))
+        PosixPath('runs/e1')
+    """
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    folder = folder if str(folder) != "." else Path.cwd()
+    if not folder.is_dir():
+        raise ConfigError(f"cannot make run folder {path}: {folder} is a file; choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write run folder {path}: {folder} is read-only (permissions or file system); "
+            "choose another --out"
+        )
     return path
 
 
@@ -90,9 +113,14 @@ def create_run_dir(path: Path) -> Path | None:
         if folder.exists():
             break
         made = folder
-    path.mkdir(parents=True, exist_ok=True)
-    if not is_run_folder(path):
-        atomic_write_json(path / MARKER, {"format": MARKER_FORMAT, "version": MARKER_VERSION})
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not is_run_folder(path):
+            atomic_write_json(path / MARKER, {"format": MARKER_FORMAT, "version": MARKER_VERSION})
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make run folder {path}: {exc.strerror or exc}; choose another --out"
+        ) from None
     return made
 
 

@@ -41,6 +41,7 @@ from netcompress.core.io import (
     to_jsonable,
 )
 from netcompress.core.methods import MethodData
+from netcompress.core.model_check import check_last_batch, check_model_on_data, model_label
 from netcompress.recipes.finish import finish_run
 from netcompress.recipes.run_folder import (
     STATE_FILE,
@@ -130,6 +131,17 @@ def run_recipe(
     else:  # everything is checked and built before the run folder is made
         seed_everything(seed)
         model = build_model(resolved["model"], num_classes=bundle.num_classes)
+        check_model_on_data(  # a model that does not take this data stops here, before any folder exists
+            model,
+            example_inputs,
+            num_classes=bundle.num_classes,
+            model_name=model_label(resolved["model"]),
+            data_name=f"data {data_cfg['name']}",
+        )
+        if not distributed.is_distributed() and any((s.get("epochs") or 0) > 0 for s in resolved["steps"]):
+            check_last_batch(
+                model, example_inputs, train_size=len(bundle.train), batch_size=data_cfg["batch_size"]
+            )
         test_loader = split_loaders(bundle, data_cfg, seed).test
         state = distributed.on_main(
             lambda: {
@@ -335,7 +347,7 @@ def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
             )
         return loaded
     if checkpoint:
-        load_state_dict_file(model, checkpoint)
+        load_state_dict_file(model, checkpoint, trust=bool(spec.get("trust", False)))
     return model
 
 

@@ -106,10 +106,17 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping with keys such as model, data, steps")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (``line 3, column 1``, counted from 1)."""
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -305,6 +312,9 @@ def _device(value: Any) -> str:
     import torch
 
     try:
-        return str(torch.device(str(value)))
+        device = torch.device(str(value))
     except (RuntimeError, TypeError):
         raise ConfigError(f"device={value!r} in the recipe is not a torch device (e.g. cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():  # else a bare AssertionError mid-run
+        raise ConfigError(f"device={value!r}: this torch has no CUDA device here; run with --device cpu")
+    return str(device)

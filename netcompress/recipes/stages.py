@@ -128,6 +128,7 @@ def measure_onnx_stage(
     path: Path, loader: Any, example_inputs: torch.Tensor, cfg: dict[str, Any], *, int8: bool
 ) -> dict[str, Any]:
     """Accuracy (on ``loader``, the test split) and latency of an exported model run in ONNX Runtime."""
+    from netcompress.core.inputs import map_inputs
     from netcompress.export import OrtModel
 
     ort_model = OrtModel(path)
@@ -142,7 +143,7 @@ def measure_onnx_stage(
     }
     if cfg.get("latency", True):
         for batch in sorted({int(b) for b in cfg.get("batch_sizes") or (1, 64)}):
-            x = example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
+            x = map_inputs(example_inputs, lambda t, b=batch: t[:1].expand(b, *t.shape[1:]).contiguous())
             prefix = "latency" if batch == 1 else f"latency_b{batch}"
             repeats = cfg.get("repeats", 20)
             timing = time_forward(ort_model, x, warmup=3, repeats=repeats, max_seconds=None, rounds=3)
@@ -181,7 +182,8 @@ def stored_size(model: nn.Module) -> dict[str, Any]:
     """Bytes of the compact file netcompress writes for this model, where one beats the dense state dict.
 
     A quantized model is measured as its bit-packed file (``.ncq``), a pruned (masked) model as its
-    sparse file (``.ncz``); the stage's ``size_bytes`` stays the dense ``state_dict`` size.
+    sparse file (``.ncz``), a clustered one as its codebook file; the stage's ``size_bytes`` stays the
+    dense ``state_dict`` size.
     """
     import tempfile
 
@@ -198,6 +200,14 @@ def stored_size(model: nn.Module) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             info = save_sparse(model, Path(tmp) / "model.ncz")
         return {"stored_bytes": info["size_bytes"], "stored_format": "ncz"}
+    from netcompress.clustering.weight_sharing import clustered_modules
+
+    if next(clustered_modules(model), None) is not None:  # codebooks + packed indices, not the dense tensors
+        from netcompress.clustering.storage import save_clustered
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = save_clustered(model, Path(tmp) / "model.clustered.pt")
+        return {"stored_bytes": info["size_bytes"], "stored_format": "clustered"}
     return {}
 
 

@@ -133,3 +133,22 @@ def test_channel_softmax_at_output_is_allowed_but_frozen() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Softmax(dim=1))
     pruned = prune_channels(model, X, ratio=0.5)
     assert (pruned[0].out_channels, pruned[2].out_channels) == (4, 4)
+
+
+class SubmoduleNamedMeta(nn.Module):
+    """A submodule named like a torch.fx GraphModule attribute (``meta``): fx cannot rebuild the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.meta, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(5, 4), nn.Linear(8, 2)
+
+    def forward(self, x, features):
+        return self.fc(torch.cat([self.conv(x).mean((2, 3)), self.meta(features)], 1))
+
+
+def test_submodule_named_like_a_graph_module_attribute_is_named() -> None:
+    inputs = (X, torch.randn(2, 5))
+    with pytest.raises(
+        UnsupportedModelError, match=r"cannot rebuild SubmoduleNamedMeta as a torch.fx GraphModule .*'meta'"
+    ):
+        prune_channels(SubmoduleNamedMeta(), inputs, ratio=0.5)
