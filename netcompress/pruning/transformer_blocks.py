@@ -13,6 +13,7 @@ Three attention layouts are recognised:
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
   ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
 - ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
+- ``"packed_mp"``: CodeGen's ``qkv_proj`` with ``mp_num`` shards, each q|v|k of ``inner / mp_num`` channels;
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
 
@@ -99,6 +100,7 @@ class AttentionUnit:
     k: str
     v: str
     o: str
+    shards: int = 1  # "packed_mp" (CodeGen): q|v|k interleaved over this many shards (``mp_num``)
 
     @property
     def groups(self) -> int:
@@ -207,6 +209,11 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
         getattr(module, "new_decoder_architecture", False) or getattr(module, "multi_query", False)
     ):
         layout = "packed_groups"  # Falcon
+    shards = _attr(module, ("mp_num",)) or 1
+    if layout == "packed" and hasattr(module, "mp_num"):
+        layout = "packed_mp"  # CodeGen
+        if (heads * head_dim) % shards:
+            return f"{qkv_name} width {heads * head_dim} is not split evenly over mp_num={shards} shards"
     kv = (_attr(module, KV_ATTRS) if layout != "packed_heads" else None) or (
         1 if layout == "packed_groups" else heads
     )
@@ -218,7 +225,19 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
     ):
         return f"{qkv_name}/{o_name} widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
     c, p = _join(name, qkv_name), _join(name, o_name)
-    return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p)
+    return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p, shards)
+
+
+def mp_rows(unit: AttentionUnit, heads: list[int], part: int) -> torch.Tensor:
+    """CodeGen's ``mp_num`` layout: rows of ``heads`` in q (part 0), v (1) or k (2); each shard holds
+    q|v|k of ``inner / shards`` channels and the heads run across the shards' q (v, k) parts in order."""
+    local = unit.num_heads * unit.head_dim // unit.shards
+    flat = head_rows_of(heads, unit.head_dim)
+    return (flat // local) * 3 * local + part * local + flat % local
+
+
+def head_rows_of(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
 
 
 def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> torch.Tensor:
@@ -226,6 +245,8 @@ def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> t
     d, inner, kv_width = unit.head_dim, unit.num_heads * unit.head_dim, unit.num_kv_heads * unit.head_dim
     if unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
         return torch.tensor([h * 3 * d + i for h in keep_q for i in range(3 * d)], dtype=torch.long)
+    if unit.layout == "packed_mp":  # written back as one shard q|v|k (mp_num becomes 1)
+        return torch.cat([mp_rows(unit, keep_q, 0), mp_rows(unit, keep_kv, 1), mp_rows(unit, keep_kv, 2)])
     if unit.layout == "packed_groups":  # per key/value head g: its query heads, k_g, v_g
         r, rows = unit.groups, []
         for g in keep_kv:
