@@ -259,6 +259,24 @@ def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> t
     return torch.cat([q, kv + inner, kv + inner + kv_width])
 
 
+NORM_PAIRS = (("q_norm", "q_layernorm"), ("k_norm", "k_layernorm"))
+
+
+def kept_heads_norm(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    """A child norm over all heads that hands on only the kept heads' channels (``KeptHeadsNorm``, after
+    OLMo-2 head pruning: its projection still computes every head for the norm's statistic)."""
+    found = (getattr(module, n, None) for n in names)
+    return next(
+        (m for m in found if isinstance(m, nn.Module) and isinstance(getattr(m, "keep", None), torch.Tensor)),
+        None,
+    )
+
+
+def _handed_on(module: nn.Module, names: tuple[str, ...], layer: nn.Linear) -> int:
+    norm = kept_heads_norm(module, names)
+    return len(norm.keep) if norm is not None else layer.out_features
+
+
 def _linear_unit(
     name: str, module: nn.Module, parent: nn.Module | None, parent_name: str
 ) -> AttentionUnit | str:
@@ -271,13 +289,14 @@ def _linear_unit(
     heads, head_dim = _attr(module, HEAD_ATTRS), _attr(module, HEAD_DIM_ATTRS)
     if heads is None and head_dim is None:
         return f"no head-count or head-size attribute (one of {', '.join(HEAD_ATTRS + HEAD_DIM_ATTRS)})"
-    heads = heads or q.out_features // head_dim
-    head_dim = head_dim or q.out_features // heads
+    q_width, k_width = (_handed_on(module, names, layer) for names, layer in zip(NORM_PAIRS, (q, k)))
+    heads = heads or q_width // head_dim
+    head_dim = head_dim or q_width // heads
     inner = heads * head_dim
     kv = _attr(module, KV_ATTRS)
     groups = _attr(module, ("num_key_value_groups",))
-    kv = kv or (heads // groups if groups else k.out_features // head_dim)
-    if q.out_features != inner or k.out_features != kv * head_dim or v.out_features != kv * head_dim:
+    kv = kv or (heads // groups if groups else k_width // head_dim)
+    if q_width != inner or k_width != kv * head_dim or v.out_features != kv * head_dim:
         return f"query/key/value widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
     if heads % kv:
         return f"{heads} query heads cannot share {kv} key/value heads evenly"

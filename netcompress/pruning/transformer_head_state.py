@@ -83,16 +83,20 @@ def all_heads_norms(module: nn.Module, unit: AttentionUnit) -> dict[str, str]:
         for side, name in zip(("q", "k"), names):
             norm = children.get(name)
             weight = getattr(norm, "weight", None)
-            if isinstance(weight, torch.Tensor) and weight.shape == (widths[side],) and heads[side] > 1:
+            full = isinstance(weight, torch.Tensor) and weight.shape == (widths[side],) and heads[side] > 1
+            if full or isinstance(norm, KeptHeadsNorm):  # or pruned before
                 found[side] = name
     return found
 
 
 def wrap_all_heads_norm_(module: nn.Module, child: str, rows: torch.Tensor) -> None:
-    """Make ``module.child`` normalise every head and hand on the channels ``rows`` only. (Its projection
-    then stays wider than its kept heads, so ``find_blocks`` no longer matches the module: a pruned OLMo-2 is
-    not pruned again, the refusal names the widths.)"""
-    setattr(module, child, KeptHeadsNorm(getattr(module, child), rows))
+    """Make ``module.child`` normalise every head and hand on the channels ``rows`` (of what it hands on
+    now) only; ``find_blocks`` reads the handed-on width as the heads' width."""
+    norm = getattr(module, child)
+    if isinstance(norm, KeptHeadsNorm):  # pruned before: ``rows`` index its kept channels
+        norm.keep = norm.keep[rows.to(norm.keep.device)]
+    else:
+        setattr(module, child, KeptHeadsNorm(norm, rows))
 
 
 def _own_config(module: nn.Module, unit: AttentionUnit, n_q: int, n_kv: int) -> None:

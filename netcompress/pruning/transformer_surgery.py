@@ -271,9 +271,10 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
     }
     mha = [u.name for u in blocks.attention if u.layout == "mha"]
     inside |= {  # a q/k norm over all heads (OLMo-2) may be as wide as the stream: it is not on it
-        f"{u.name}.{c}"
+        f"{u.name}.{c}{inner}"
         for u in blocks.attention
         for c in all_heads_norms(get_module(model, u.name), u).values()
+        for inner in ("", ".norm")  # KeptHeadsNorm's own norm
     }
     layers = StreamLayers(width, [], [], [], [], [], [], mha)
     for u in blocks.attention:

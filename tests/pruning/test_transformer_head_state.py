@@ -137,3 +137,20 @@ def test_olmo2_all_heads_q_k_norms_read_every_head_and_hand_on_the_kept():
         model, _inputs(), heads=0.5, ffn=0.5, hidden=0.25
     )  # q_norm is not a stream norm
     assert small.model.layers[0].self_attn.q_norm.norm.weight.shape == (16,)
+
+
+def test_olmo2_pruned_is_found_again_and_prunes_again_against_the_pruned_model():
+    """After head pruning OLMo-2's q_proj still computes every head (for the norm): ``find_blocks`` reads the
+    width the norm hands on, so the model is recognised again (distillation, a second prune)."""
+    model = _tiny("Olmo2ForCausalLM", "Olmo2Config", num_key_value_heads=2)
+    once = nc.prune_transformer(model, _inputs(), heads=0.5, ffn=0.0)
+    (u0, _) = find_blocks(once).attention
+    k_kept = len(once.model.layers[0].self_attn.k_norm.keep)
+    assert (u0.layout, u0.num_heads, u0.num_kv_heads, u0.head_dim) == ("linear", 2, k_kept // 4, 4)
+    kv = [0] if u0.num_kv_heads == 1 else [1]  # head 1 with its own key/value head
+    twice = _pruned_equals_masked(once, {u0.name: [1]}, {u0.name: kv})  # checked against `once`, masked
+    a, b = once.model.layers[0].self_attn, twice.model.layers[0].self_attn
+    assert (len(b.q_norm.keep), b.o_proj.in_features, b.q_proj.out_features) == (4, 4, 16)
+    assert b.q_norm.keep.tolist() == a.q_norm.keep.tolist()[4:]
+    assert nc.prune_transformer(once, _inputs(), heads=0.0, ffn=0.5, hidden=0.25)(**_inputs()).logits.shape == (
+        2, 7, 50)  # fmt: skip
