@@ -36,6 +36,7 @@ from netcompress.pruning.transformer_blocks import (
     is_dense,
     packed_rows,
 )
+from netcompress.pruning.transformer_experts import is_expert_module
 from netcompress.pruning.transformer_head_state import (
     all_heads_norms,
     follow_head_state_,
@@ -198,7 +199,9 @@ def _slice_sibling_head_tables(
     layer_types = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
     idx = torch.tensor(keep, dtype=torch.long)
     for name, child in parent.named_children():
-        if name == own_name or any(isinstance(m, layer_types) or is_dense(m) for m in child.modules()):
+        if name == own_name or any(
+            isinstance(m, layer_types) or is_dense(m) or is_expert_module(m) for m in child.modules()
+        ):  # a mixture-of-experts block: its experts/router index experts (Mixtral: 4 experts, 4 heads)
             continue
         for sub in child.modules():
             for attr, param in list(sub.named_parameters(recurse=False)):
