@@ -13,6 +13,7 @@ Three attention layouts are recognised:
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
   ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
 - ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
+- ``"packed_mp"``: CodeGen's ``qkv_proj`` with ``mp_num`` shards, each q|v|k of ``inner / mp_num`` channels;
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
 
@@ -99,6 +100,7 @@ class AttentionUnit:
     k: str
     v: str
     o: str
+    shards: int = 1  # "packed_mp" (CodeGen): q|v|k interleaved over this many shards (``mp_num``)
 
     @property
     def groups(self) -> int:
@@ -207,6 +209,11 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
         getattr(module, "new_decoder_architecture", False) or getattr(module, "multi_query", False)
     ):
         layout = "packed_groups"  # Falcon
+    shards = _attr(module, ("mp_num",)) or 1
+    if layout == "packed" and hasattr(module, "mp_num"):
+        layout = "packed_mp"  # CodeGen
+        if (heads * head_dim) % shards:
+            return f"{qkv_name} width {heads * head_dim} is not split evenly over mp_num={shards} shards"
     kv = (_attr(module, KV_ATTRS) if layout != "packed_heads" else None) or (
         1 if layout == "packed_groups" else heads
     )
@@ -218,7 +225,19 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
     ):
         return f"{qkv_name}/{o_name} widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
     c, p = _join(name, qkv_name), _join(name, o_name)
-    return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p)
+    return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p, shards)
+
+
+def mp_rows(unit: AttentionUnit, heads: list[int], part: int) -> torch.Tensor:
+    """CodeGen's ``mp_num`` layout: rows of ``heads`` in q (part 0), v (1) or k (2); each shard holds
+    q|v|k of ``inner / shards`` channels and the heads run across the shards' q (v, k) parts in order."""
+    local = unit.num_heads * unit.head_dim // unit.shards
+    flat = head_rows_of(heads, unit.head_dim)
+    return (flat // local) * 3 * local + part * local + flat % local
+
+
+def head_rows_of(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
 
 
 def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> torch.Tensor:
@@ -226,6 +245,8 @@ def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> t
     d, inner, kv_width = unit.head_dim, unit.num_heads * unit.head_dim, unit.num_kv_heads * unit.head_dim
     if unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
         return torch.tensor([h * 3 * d + i for h in keep_q for i in range(3 * d)], dtype=torch.long)
+    if unit.layout == "packed_mp":  # written back as one shard q|v|k (mp_num becomes 1)
+        return torch.cat([mp_rows(unit, keep_q, 0), mp_rows(unit, keep_kv, 1), mp_rows(unit, keep_kv, 2)])
     if unit.layout == "packed_groups":  # per key/value head g: its query heads, k_g, v_g
         r, rows = unit.groups, []
         for g in keep_kv:
@@ -236,6 +257,24 @@ def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> t
     q = torch.tensor([h * d + i for h in keep_q for i in range(d)], dtype=torch.long)
     kv = torch.tensor([h * d + i for h in keep_kv for i in range(d)], dtype=torch.long)
     return torch.cat([q, kv + inner, kv + inner + kv_width])
+
+
+NORM_PAIRS = (("q_norm", "q_layernorm"), ("k_norm", "k_layernorm"))
+
+
+def kept_heads_norm(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    """A child norm over all heads that hands on only the kept heads' channels (``KeptHeadsNorm``, after
+    OLMo-2 head pruning: its projection still computes every head for the norm's statistic)."""
+    found = (getattr(module, n, None) for n in names)
+    return next(
+        (m for m in found if isinstance(m, nn.Module) and isinstance(getattr(m, "keep", None), torch.Tensor)),
+        None,
+    )
+
+
+def _handed_on(module: nn.Module, names: tuple[str, ...], layer: nn.Linear) -> int:
+    norm = kept_heads_norm(module, names)
+    return len(norm.keep) if norm is not None else layer.out_features
 
 
 def _linear_unit(
@@ -250,13 +289,14 @@ def _linear_unit(
     heads, head_dim = _attr(module, HEAD_ATTRS), _attr(module, HEAD_DIM_ATTRS)
     if heads is None and head_dim is None:
         return f"no head-count or head-size attribute (one of {', '.join(HEAD_ATTRS + HEAD_DIM_ATTRS)})"
-    heads = heads or q.out_features // head_dim
-    head_dim = head_dim or q.out_features // heads
+    q_width, k_width = (_handed_on(module, names, layer) for names, layer in zip(NORM_PAIRS, (q, k)))
+    heads = heads or q_width // head_dim
+    head_dim = head_dim or q_width // heads
     inner = heads * head_dim
     kv = _attr(module, KV_ATTRS)
     groups = _attr(module, ("num_key_value_groups",))
-    kv = kv or (heads // groups if groups else k.out_features // head_dim)
-    if q.out_features != inner or k.out_features != kv * head_dim or v.out_features != kv * head_dim:
+    kv = kv or (heads // groups if groups else k_width // head_dim)
+    if q_width != inner or k_width != kv * head_dim or v.out_features != kv * head_dim:
         return f"query/key/value widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
     if heads % kv:
         return f"{heads} query heads cannot share {kv} key/value heads evenly"

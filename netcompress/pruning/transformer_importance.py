@@ -34,7 +34,15 @@ from torch import nn
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import call_model, output_tensor, split_batch
 from netcompress.core.registry import Registry
-from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, FFNUnit, is_conv1d
+from netcompress.pruning.transformer_blocks import (
+    NORM_PAIRS,
+    AttentionUnit,
+    Blocks,
+    FFNUnit,
+    is_conv1d,
+    kept_heads_norm,
+    mp_rows,
+)
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_surgery import StreamLayers, get_module, set_module
 
@@ -69,11 +77,19 @@ def attention_weights(model: nn.Module, unit: AttentionUnit) -> tuple[torch.Tens
             q, k, v = _io(q_layer.weight, q_layer).t().split([inner, kv * d, kv * d])
         elif unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
             q, k, v = _io(q_layer.weight, q_layer).t().reshape(h, 3, d, -1).unbind(1)
+        elif unit.layout == "packed_mp":  # CodeGen: q|v|k per mp_num shard
+            w, every = _io(q_layer.weight, q_layer).t(), list(range(h))
+            q, v, k = (w[mp_rows(unit, every, part)] for part in range(3))
         elif unit.layout == "packed_groups":  # per key/value head: its query heads, k, v (Falcon)
             w = _io(q_layer.weight, q_layer).t().reshape(kv, unit.groups + 2, d, -1)
             q, k, v = w[:, : unit.groups], w[:, -2], w[:, -1]
         else:
             q, k, v = (get_module(model, n).weight for n in (unit.q, unit.k, unit.v))
+            module = get_module(model, unit.name)  # OLMo-2 pruned before: the norm hands on kept rows only
+            q, k = (
+                w if (n := kept_heads_norm(module, names)) is None else w[n.keep]
+                for w, names in zip((q, k), NORM_PAIRS)
+            )
         o = _io(o_layer.weight, o_layer)
     return q.reshape(h, d, -1), k.reshape(kv, d, -1), v.reshape(kv, d, -1), o.reshape(h, d, -1)
 

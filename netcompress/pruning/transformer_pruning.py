@@ -45,6 +45,7 @@ from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_allocation import plan_global
 from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, find_blocks
+from netcompress.pruning.transformer_experts import check_fused_experts
 from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
 from netcompress.pruning.transformer_reconstruction import reconstruct_outputs_
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
@@ -259,6 +260,7 @@ def transformer_prune(
     if config.reconstruct and loader is None:
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
+    dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
     _check_blocks(blocks, config)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
     width = stream.width if stream is not None else _width(model, blocks)
@@ -278,6 +280,7 @@ def transformer_prune(
         "method": "transformer",
         **config.to_dict(),
         **_summary(model, small, blocks, plan, example_inputs),
+        **({"ffn_not_pruned": dense_experts} if dense_experts else {}),
     }
     if config.reconstruct:
         report = reconstruct_outputs_(model, small, blocks, plan, loader, batches=config.calib_batches)

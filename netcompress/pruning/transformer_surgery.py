@@ -28,8 +28,6 @@ from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import (
-    HEAD_ATTRS,
-    KV_ATTRS,
     AttentionUnit,
     Blocks,
     FFNUnit,
@@ -37,6 +35,12 @@ from netcompress.pruning.transformer_blocks import (
     is_conv1d,
     is_dense,
     packed_rows,
+)
+from netcompress.pruning.transformer_experts import is_expert_module
+from netcompress.pruning.transformer_head_state import (
+    all_heads_norms,
+    follow_head_state_,
+    wrap_all_heads_norm_,
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
@@ -109,20 +113,6 @@ def slice_dense(
         layer.in_features, layer.out_features = n_in, n_out
 
 
-def _set_head_attrs(module: nn.Module, unit: AttentionUnit, n_q: int, n_kv: int) -> None:
-    for attr in HEAD_ATTRS:
-        if isinstance(getattr(module, attr, None), int):
-            setattr(module, attr, n_q)
-    for attr in KV_ATTRS:
-        if isinstance(getattr(module, attr, None), int):
-            setattr(module, attr, n_kv)
-    for attr in ("all_head_size", "split_size", "inner_dim"):
-        if getattr(module, attr, None) == unit.num_heads * unit.head_dim:
-            setattr(module, attr, n_q * unit.head_dim)
-    if isinstance(getattr(module, "num_key_value_groups", None), int):
-        module.num_key_value_groups = n_q // n_kv
-
-
 def prune_heads_(
     model: nn.Module,
     unit: AttentionUnit,
@@ -145,15 +135,18 @@ def prune_heads_(
     if unit.layout.startswith("packed"):
         slice_dense(get_module(model, unit.q), slicer, out=packed_rows(unit, keep_q, keep_kv))
     else:
-        kv_rows = head_rows(keep_kv, d)
-        slice_dense(get_module(model, unit.q), slicer, out=rows)
-        slice_dense(get_module(model, unit.k), slicer, out=kv_rows)
+        kv_rows, norms = head_rows(keep_kv, d), all_heads_norms(module, unit)
+        for side, layer, kept in (("q", unit.q, rows), ("k", unit.k, kv_rows)):
+            if side in norms:  # its norm reads every head (OLMo-2): the norm hands on the kept ones
+                wrap_all_heads_norm_(module, norms[side], kept)
+            else:
+                slice_dense(get_module(model, layer), slicer, out=kept)
         slice_dense(get_module(model, unit.v), slicer, out=kv_rows)
     slice_dense(get_module(model, unit.o), slicer, inp=rows)
     _slice_head_parameters(model, unit, keep_q, slicer, with_projections=with_projections)
     if alone_in_block:
         _slice_sibling_head_tables(model, unit, keep_q, slicer)
-    _set_head_attrs(module, unit, len(keep_q), len(keep_kv))
+    follow_head_state_(module, unit, keep_q, keep_kv)
 
 
 def _slice_head_parameters(
@@ -206,7 +199,9 @@ def _slice_sibling_head_tables(
     layer_types = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
     idx = torch.tensor(keep, dtype=torch.long)
     for name, child in parent.named_children():
-        if name == own_name or any(isinstance(m, layer_types) or is_dense(m) for m in child.modules()):
+        if name == own_name or any(
+            isinstance(m, layer_types) or is_dense(m) or is_expert_module(m) for m in child.modules()
+        ):  # a mixture-of-experts block: its experts/router index experts (Mixtral: 4 experts, 4 heads)
             continue
         for sub in child.modules():
             for attr, param in list(sub.named_parameters(recurse=False)):
@@ -278,6 +273,12 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
         n for u in blocks.ffn for n in u.layers()
     }
     mha = [u.name for u in blocks.attention if u.layout == "mha"]
+    inside |= {  # a q/k norm over all heads (OLMo-2) may be as wide as the stream: it is not on it
+        f"{u.name}.{c}{inner}"
+        for u in blocks.attention
+        for c in all_heads_norms(get_module(model, u.name), u).values()
+        for inner in ("", ".norm")  # KeptHeadsNorm's own norm
+    }
     layers = StreamLayers(width, [], [], [], [], [], [], mha)
     for u in blocks.attention:
         if u.layout != "mha":

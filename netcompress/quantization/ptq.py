@@ -274,7 +274,8 @@ def run_ptq(
     qmodel.eval()
     info["relu6_absorbed"] = absorb_relu6_(qmodel)
     info["float_modules"] = float_modules(qmodel)
-    return Result(model=qmodel, summary={**info, **quantization_summary(qmodel)})
+    summary = quantization_summary(qmodel, inputs=first_inputs(calib_loader))
+    return Result(model=qmodel, summary={**info, **summary})
 
 
 @register_method("quantize", "ptq_static", config=PTQStaticConfig)
@@ -298,7 +299,8 @@ def weight_only(model: nn.Module, config: WeightOnlyConfig, data: MethodData) ->
     result = run_ptq(model, None, PTQStaticConfig(**base), mode="weight_only")
     info.update(finish_weight_only_(result.model, config, calib))
     return Result(
-        model=result.model, summary={**result.summary, **info, **quantization_summary(result.model)}
+        model=result.model,
+        summary={**result.summary, **info, **quantization_summary(result.model, inputs=first_inputs(calib))},
     )
 
 
