@@ -38,8 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.config import Config, check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
-from netcompress.core.inputs import call_model, check_inputs
+from netcompress.core.inputs import call_model
 from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.core.model_check import check_model_call
 from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_allocation import plan_global
@@ -196,7 +197,7 @@ def transformer_prune(
     """The algorithm under :func:`prune_transformer` and ``prune/transformer``: (verified pruned copy, summary)."""
     if example_inputs is None:
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
-    check_inputs(example_inputs)
+    check_model_call(model, example_inputs, where="prune_transformer")
     if config.reconstruct and loader is None:
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)

@@ -20,6 +20,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.inputs import batch_size_of, call_model, output_tensor
+from netcompress.core.model_check import call_or_explain, check_loader, check_model
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
 from netcompress.training import distributed as dist_mod
@@ -41,6 +42,7 @@ from netcompress.training.schedules import LRSchedule
 
 __all__ = ["check_cross_entropy_shapes", "fit"]  # the shape check stays importable from here
 
+BATCH = "fit: train_loader's first batch: inputs"
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
@@ -82,6 +84,9 @@ def fit(
         ...               config=TrainConfig(epochs=3, lr=0.05, schedule="cosine", progress=False))
         >>> history.last["val_acc"], history.best_epoch
     """
+    check_model(model, where="fit")
+    check_loader(train_loader, where="fit", argument="train_loader")
+    check_loader(val_loader, where="fit", argument="val_loader")
     config = as_config(config)
     hooks, extra = list(hooks), list(extra_parameters)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -189,7 +194,9 @@ def _train_one_epoch(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with dist_mod.autocast(device, precision):
-            outputs = call_model(net, inputs)
+            # the first batch a model cannot take is one error naming the inputs (nothing trained yet)
+            outputs = call_model(net, inputs) if run.called else call_or_explain(net, inputs, where=BATCH)
+            run.called = True
             outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
             if targets is not None and run.default_loss:
                 check_cross_entropy_shapes(outputs, targets)

@@ -83,12 +83,25 @@ def test_nan_in_the_data_is_named_and_the_weights_stay_as_they_were():
     assert "nothing was saved" in str(pytest.raises(NonFiniteLossError, fit, _net(), _loader(nan_at=3)).value)
 
 
-def test_weights_that_already_diverged_are_named():
+class BreakWeightsAfterFirstStep:
+    """A hook whose after_step sets one weight to inf once: the next loss is not finite."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def after_step(self, model: nn.Module) -> None:
+        if not self.done:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("inf")
+            self.done = True
+
+
+def test_weights_that_diverged_during_training_are_named():
     model = _net()
-    with torch.no_grad():
-        model[0].weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=r"weights already diverged \(1 parameter\(s\).*'0.weight'"):
-        fit(model, _loader(), config=CFG)
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 2/6 .* weights already diverged \(1 parameter\(s\).*'0.weight'"
+    ):
+        fit(model, _loader(), config=CFG, hooks=[BreakWeightsAfterFirstStep()])
 
 
 def test_distillation_stops_on_a_nan_teacher_before_the_student_changes():
@@ -103,26 +116,17 @@ def test_distillation_stops_on_a_nan_teacher_before_the_student_changes():
     assert all(torch.equal(a, b) for a, b in zip(student.parameters(), before.parameters(), strict=True))
 
 
-class Shift(nn.Module):
-    """Adds a learned offset: a layer QAT leaves in float."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.shift = nn.Parameter(torch.tensor(value))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.shift
-
-
 def test_qat_trains_through_the_same_check():
-    # NaN inputs do not reach a QAT loss (the input quantizer clamps them), a diverged float weight does
+    # NaN inputs do not reach a QAT loss (the input quantizer clamps them), NaN soft targets do
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3), Shift(0.0))
-    with torch.no_grad():
-        model[4].shift.fill_(float("inf"))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    soft = torch.softmax(torch.randn(48, 3, generator=torch.Generator().manual_seed(1)), dim=1)
+    soft[20] = float("nan")
+    train = DataLoader(TensorDataset(x, soft), batch_size=8)
     config = QATConfig.from_dict({"epochs": 1, "lr": 0.01, "progress": False}, where="test")
-    data = MethodData(train_loader=_loader(images=True), calib_loader=_loader(images=True))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1/1, step 1/6 .* weights already diverged .*shift"):
+    data = MethodData(train_loader=train, calib_loader=_loader(images=True))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1/1, step 3/6 .* targets hold NaN/inf values"):
         apply(model, config, data)
 
 
