@@ -45,35 +45,31 @@ def mobilebert(*, feedforward_networks: int) -> nn.Module:
     )  # fmt: skip
 
 
+FAMILIES = {  # name: (model class, config class, config), each 2 layers, width 32, 4 heads
+    "bert": ("BertForSequenceClassification", "BertConfig", dict(
+        hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99, num_labels=3,
+    )),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(
+        n_embd=WIDTH, n_layer=2, n_head=4, vocab_size=99, n_positions=16, bos_token_id=0, eos_token_id=0,
+    )),
+    "llama": ("LlamaForCausalLM", "LlamaConfig", dict(
+        hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        vocab_size=99,
+    )),
+    "vit": ("ViTForImageClassification", "ViTConfig", dict(
+        hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16,
+        patch_size=8, num_labels=3,
+    )),
+}  # fmt: skip
+
+
 def hf_family(name: str) -> tuple[nn.Module, Any]:
-    """(model, example inputs) of ``bert``, ``gpt2``, ``llama`` (4 query heads over 2 key/value groups) or
-    ``vit``: 2 layers, width 32, 4 heads; text inputs are 2 x 7 token ids with the second row padded from 4."""
+    """(model, example inputs) of a :data:`FAMILIES` entry (Llama: 4 query heads over 2 key/value groups);
+    text inputs are 2 x 7 token ids with the second row padded from 4, ViT's 2 random 16 x 16 images."""
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
     ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
-    text = {"input_ids": ids, "attention_mask": mask}
-    if name == "bert":
-        cfg = transformers.BertConfig(
-            hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
-            num_labels=3,
-        )  # fmt: skip
-        return transformers.BertForSequenceClassification(cfg).eval(), text
-    if name == "gpt2":
-        cfg = transformers.GPT2Config(
-            n_embd=WIDTH, n_layer=2, n_head=4, vocab_size=99, n_positions=16, bos_token_id=0, eos_token_id=0
-        )
-        return transformers.GPT2LMHeadModel(cfg).eval(), text
-    if name == "llama":
-        cfg = transformers.LlamaConfig(
-            hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-            vocab_size=99,
-        )  # fmt: skip
-        return transformers.LlamaForCausalLM(cfg).eval(), text
-    cfg = transformers.ViTConfig(
-        hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=8,
-        num_labels=3,
-    )  # fmt: skip
-    return transformers.ViTForImageClassification(cfg).eval(), torch.randn(2, 3, 16, 16)
+    model = tiny(*FAMILIES[name][:2], **FAMILIES[name][2])
+    return model, (torch.randn(2, 3, 16, 16) if name == "vit" else {"input_ids": ids, "attention_mask": mask})

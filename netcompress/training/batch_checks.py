@@ -82,17 +82,17 @@ def num_batches(loader: Iterable) -> int:
 
 def check_finite_loss(
     loss: torch.Tensor,
-    *,
     where: dict[str, Any],
-    inputs: Any,
-    targets: torch.Tensor | None,
+    batch: tuple[Any, torch.Tensor | None],
+    *,
     model: nn.Module,
     runtime: Any,
     directory: Path | None,
 ) -> None:
     """Stop training on a NaN or infinite loss, BEFORE it is back-propagated into the weights.
 
-    ``where`` holds ``epoch``, ``epochs``, ``step``, ``steps`` (all counted from 1) and ``lr``. Under
+    ``where`` holds ``epoch``, ``epochs``, ``step``, ``steps`` (all counted from 1) and ``lr``; ``batch`` is
+    the step's ``(inputs, targets)``. Under
     DDP every rank learns whether any rank's loss is not finite, so all stop together. The error says
     which it is, where, what looks like the cause (non-finite inputs or targets, weights that already
     diverged, else the loss itself: lr too high) and that the checkpoints of earlier epochs are kept.
@@ -110,7 +110,7 @@ def check_finite_loss(
     raise NonFiniteLossError(
         f"fit: the training loss is {what} at epoch {where['epoch']}/{where['epochs']}, "
         f"step {where['step']}/{where['steps']} (lr {where['lr']:.4g}); training stopped before this step "
-        f"changed the weights. {_likely_cause(inputs, targets, model)}; {_kept(directory)}"
+        f"changed the weights. {_likely_cause(*batch, model)}; {_kept(directory)}"
     )
 
 

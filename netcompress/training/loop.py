@@ -205,15 +205,7 @@ def _train_one_epoch(
             if loss_hooks:
                 loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
         where = {"epoch": epoch + 1, "epochs": run.config.epochs, "step": step, "steps": steps, "lr": lr}
-        check_finite_loss(
-            loss,
-            where=where,
-            inputs=inputs,
-            targets=targets,
-            model=model,
-            runtime=runtime,
-            directory=directory,
-        )
+        check_finite_loss(loss, where, (inputs, targets), model=model, runtime=runtime, directory=directory)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(optimizer)  # hooks and clipping see true gradients (no-op without fp16)
         if runtime.distributed and run.extra:

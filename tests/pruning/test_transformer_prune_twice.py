@@ -13,7 +13,8 @@ import torch
 
 from netcompress.core.errors import ConfigError
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
-from tests.pruning.test_transformer_pruning import _hf, _masked, _out
+from tests.pruning.test_transformer_pruning import _masked, _out
+from tests.tiny_hf import hf_family as _hf
 
 transformers = pytest.importorskip("transformers")
 HALF = TransformerPruneConfig(heads=0.5, ffn=0.0)
