@@ -256,7 +256,14 @@ def _explain(model: nn.Module, inputs: Any, exc: BaseException) -> str:
 
 
 def _call_in_eval(model: nn.Module, inputs: Any) -> tuple[Any, Exception | None]:
-    """(output, None), or (None, the exception) when the model fails; eval mode, no gradients, mode restored."""
+    """(output, None), or (None, the exception) when the model fails; eval mode, no gradients, mode restored.
+
+    A model holding quantizers that still observe (or learn their first scale) would change with the call:
+    a copy is called instead, so a check never alters the model it checks."""
+    if any(
+        getattr(m, "observing", False) or getattr(m, "initialised", True) is False for m in model.modules()
+    ):
+        model = copy.deepcopy(model)
     was_training = model.training
     model.eval()
     try:

@@ -167,3 +167,25 @@ def test_prune_transformer_names_a_misspelled_keyword_and_the_one_meant():
         match=r"\(\{input_ids: float32 \(2, 7\)\}\) do not fit the model: RuntimeError: .*Long, Int",
     ):
         nc.prune_transformer(model, {"input_ids": inputs["input_ids"].float()}, heads=0.5)
+
+
+@pytest.mark.parametrize("method", ["ste", "lsq"])
+def test_the_check_never_changes_quantizers_that_still_observe(method):
+    from netcompress.core.model_check import check_model_call
+    from netcompress.quantization import prepare_qat
+    from netcompress.quantization.modules import quantizers
+
+    qat = prepare_qat(
+        _cnn(), bits=8, method=method
+    )  # no calibration: observing (ste) / not initialised (lsq)
+    before = copy.deepcopy(qat.state_dict())
+    flags = {
+        n: (getattr(q, "observing", None), getattr(q, "initialised", None))
+        for n, q in quantizers(qat).items()
+    }
+    check_model_call(qat, X * 100, where="test")  # a forward on the model itself would observe these ranges
+    assert all(torch.equal(before[k], v) for k, v in qat.state_dict().items())
+    assert flags == {
+        n: (getattr(q, "observing", None), getattr(q, "initialised", None))
+        for n, q in quantizers(qat).items()
+    }
