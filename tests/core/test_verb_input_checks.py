@@ -189,3 +189,19 @@ def test_the_check_never_changes_quantizers_that_still_observe(method):
         n: (getattr(q, "observing", None), getattr(q, "initialised", None))
         for n, q in quantizers(qat).items()
     }
+
+
+def test_the_other_ptq_verbs_check_model_loaders_and_the_first_batch():
+    batches = _batches(X)
+    with pytest.raises(ConfigError, match=r"^quantize_accuracy_aware: model is the class Conv2d"):
+        nc.quantize_accuracy_aware(nn.Conv2d, batches, batches)
+    with pytest.raises(ConfigError, match=r"^quantize_accuracy_aware: val_loader must yield batches"):
+        nc.quantize_accuracy_aware(_cnn(), batches, X)
+    with pytest.raises(ConfigError, match=r"^mixed_precision_quantize: model is a path \('m.pt'\)"):
+        nc.mixed_precision_quantize("m.pt", batches)
+    with pytest.raises(
+        ConfigError,
+        match=r"^mixed precision: the loader's first batch: inputs \(int64 \(2, 3, 8, 8\)\) do not fit the model: "
+        r"RuntimeError: .*; integer inputs reach a layer that takes floats",
+    ):
+        nc.mixed_precision_quantize(_cnn(), _batches(X.long()))
