@@ -68,7 +68,8 @@ class TransformerPruneConfig(Config):
     one residual stream. ``importance``: ``magnitude``, ``taylor`` (Fisher of unit gates on labelled batches)
     or ``wanda`` (activation-weighted magnitude); the data-driven ones read ``calib_batches`` batches of the
     calibration loader (the training loader when there is none). ``gqa``: ``groups`` removes whole key/value
-    groups, ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
+    groups (where no whole group goes at the share, e.g. one group left, query heads within the groups instead:
+    summary ``gqa_queries_fallback``), ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
     kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole. ``mac_target``
     (e.g. 2.0; 0 = off): scale ``heads``/``ffn``/``hidden`` by one factor (they set the split, each capped at
     0.95), the smallest that leaves ``mac_target`` times fewer MACs on the example inputs; the summary holds
