@@ -36,22 +36,20 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
 import early_exit as eeb  # noqa: E402
-from early_exit_gate import roc_auc  # noqa: E402
+from early_exit_gate import add_confidence_rules, gate_setup, print_and_save, roc_auc, time_rules  # noqa: E402
 
-import netcompress  # noqa: E402
-from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
+from netcompress.core import atomic_torch_save  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
 from netcompress.dynamic import (  # noqa: E402
     choose_gate_thresholds,
     collect_exit_features,
-    exit_path_macs,
     fit_exit_gates,
     fit_feature_gates,
     gate_trade_off,
     gated_exit_macs,
     route_by_scores,
 )
-from netcompress.evaluation import count_macs, torch_threads  # noqa: E402
+from netcompress.evaluation import torch_threads  # noqa: E402
 
 
 def pop_flag(argv: list[str], flag: str, default: list[str] | None) -> list[str] | None:
@@ -131,24 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     wd = float(pop_flag(argv, "--weight-decay", ["0.1"])[0])
     fit_on = pop_flag(argv, "--fit-on", ["train"])[0]
     args = eeb.parse(argv)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
-    bundle = cp.load_data(protocol)
-    model, _ = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
-    model.eval()
-    val = cp.heldout_loader(protocol, size=args.val_size)
-    train, test = cp.loaders(bundle, protocol)
-    plain = netcompress.data.load(
-        "cifar10", root=cp._data_root(None), train_subset=protocol.train_subset, val_fraction=0, augment=False
-    )
-    train_plain = DataLoader(plain.train, batch_size=protocol.eval_batch_size, shuffle=False)
-    example = cp.example_input(bundle)
-    with torch_threads(args.threads):
-        ee, _, folder = eeb.train_exits(model, args, protocol, train, example)
-        ee.eval()
-        full_macs = count_macs(model, example)[0]
-        exit_macs = exit_path_macs(ee, example)
-        data = features_cached(ee, model, {"train": train_plain, "val": val, "test": test}, folder)
+    s = gate_setup(args, features_cached)
+    load_before, bundle, model, ee, folder = s.load_before, s.bundle, s.model, s.ee, s.folder
+    full_macs, exit_macs, data = s.full_macs, s.exit_macs, s.data
     tr, va, te = data["train"], data["val"], data["test"]
     half = torch.randperm(len(va["labels"]), generator=torch.Generator().manual_seed(0))
     va_a, va_b = pick(va, half[: len(half) // 2]), pick(va, half[len(half) // 2 :])
@@ -203,47 +186,26 @@ def main(argv: list[str] | None = None) -> int:
             runners[name] = copy.deepcopy(ee).set_gate(gates, choice["thresholds"]).eval()
     key = cp.cache_key({k: vars(args)[k] for k in eeb.EVAL_FLAGS})
     per_exit = json.loads((folder / f"per-exit-{key}.json").read_text())
-    for (name, t), row in zip(per_exit["chosen"].items(), per_exit["rows"]):
-        table.append(
-            {
-                "rule": f"confidence {name}", "test_acc": round(row["accuracy"], 4),
-                "drop_pts": round(100 * (base_test - row["accuracy"]), 2), "macs_x": round(full_macs / row["expected_macs"], 3),
-            }
-        )  # fmt: skip
-        runners[f"confidence {name}"] = copy.deepcopy(ee).set_policy(threshold=t).eval()
-    ms: dict[str, float] = {}
-    if not args.no_timing:
-        images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[
-            : args.batch * args.batches
-        ]
-        batches = list(images[order].split(args.batch))
-        for name, runner in runners.items():  # the batched gated forward routes exactly as offline
-            if runner.exit_gate is None:
-                continue
-            with torch.inference_mode():
-                out = runner(batches[0])
-                feats, logits, _ = collect_exit_features(ee, [(batches[0], torch.zeros(len(batches[0])))])
-            want = route_by_scores(runner.exit_gate.scores(logits, feats), runner.threshold)
-            assert runner.last_exit_index.tolist() == want.tolist(), name
-            torch.testing.assert_close(
-                out, torch.stack(logits)[want, torch.arange(len(want))], rtol=1e-4, atol=1e-4
-            )
-        with torch_threads(args.threads):
-            ms = eeb.time_batches({"full model": model, **runners}, batches, rounds=args.rounds)
-        for row in table:
-            row["latency_x"] = round(ms["full model"] / ms[row["rule"]], 2)
+    chosen = {name: (t, row) for (name, t), row in zip(per_exit["chosen"].items(), per_exit["rows"])}
+    add_confidence_rules(table, runners, chosen, ee, base_test=base_test, full_macs=full_macs)
+
+    def routes_as_offline(name: str, runner: Any, batch: torch.Tensor) -> None:
+        out = runner(batch)
+        feats, logits, _ = collect_exit_features(ee, [(batch, torch.zeros(len(batch)))])
+        want = route_by_scores(runner.exit_gate.scores(logits, feats), runner.threshold)
+        assert runner.last_exit_index.tolist() == want.tolist(), name
+        torch.testing.assert_close(
+            out, torch.stack(logits)[want, torch.arange(len(want))], rtol=1e-4, atol=1e-4
+        )
+
+    ms = time_rules(args, bundle, model, runners, table, routes_as_offline)
     head = {
         "run": args.train, "fit_on": fit_on, "weight_decay": wd, "unmodified_test_acc": base_test,
         "choice_split_unmodified": base_val, "choice_split_final": final_val, "choice_size": len(choose_on["labels"]),
         "exit_macs_M": [round(m / 1e6, 2) for m in exit_macs], "full_ms": round(ms["full model"], 1) if ms else None,
         "loadavg_before": load_before, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
     }  # fmt: skip
-    print(json.dumps(head))
-    for row in table:
-        print(json.dumps(row))
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps({**head, "rows": table}, indent=1))
+    print_and_save(head, table, args.json)
     return 0
 
 

@@ -21,6 +21,7 @@ import copy
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -54,6 +55,88 @@ def exit_logits_cached(ee, loaders: dict[str, DataLoader], folder: Path) -> dict
         out[name] = {"logits": logits, "labels": labels}
     atomic_torch_save(out, path)
     return out
+
+
+def gate_setup(args: Any, collect: Any) -> SimpleNamespace:
+    """What both gate benchmarks start from: the resnet20 baseline, its trained exits (``args``: the early-exit
+    flags), their MACs and the exit outputs ``collect(ee, model, loaders, folder)`` reads (cached in the exits'
+    folder) for the un-augmented train split, the held-out val split and the test split."""
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    bundle = cp.load_data(protocol)
+    model, _ = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
+    model.eval()
+    val = cp.heldout_loader(protocol, size=args.val_size)
+    train, test = cp.loaders(bundle, protocol)
+    plain = netcompress.data.load(
+        "cifar10", root=cp._data_root(None), train_subset=protocol.train_subset, val_fraction=0, augment=False
+    )
+    train_plain = DataLoader(plain.train, batch_size=protocol.eval_batch_size, shuffle=False)
+    example = cp.example_input(bundle)
+    with torch_threads(args.threads):
+        ee, _, folder = eeb.train_exits(model, args, protocol, train, example)
+        ee.eval()
+        full_macs = count_macs(model, example)[0]
+        exit_macs = exit_path_macs(ee, example)
+        data = collect(ee, model, {"train": train_plain, "val": val, "test": test}, folder)
+    return SimpleNamespace(
+        load_before=load_before, bundle=bundle, model=model, val=val, test=test, ee=ee, folder=folder,
+        full_macs=full_macs, exit_macs=exit_macs, data=data,
+    )  # fmt: skip
+
+
+def add_confidence_rules(
+    table: list[dict[str, Any]],
+    runners: dict[str, Any],
+    chosen: dict[str, Any],
+    ee: Any,
+    *,
+    base_test: float,
+    full_macs: int,
+) -> None:
+    """A table row and a runner for each confidence rule in ``chosen`` (``{name: (threshold, test row)}``)."""
+    for name, (t, row) in chosen.items():
+        table.append(
+            {
+                "rule": f"confidence {name}", "test_acc": round(row["accuracy"], 4),
+                "drop_pts": round(100 * (base_test - row["accuracy"]), 2), "macs_x": round(full_macs / row["expected_macs"], 3),
+            }
+        )  # fmt: skip
+        runners[f"confidence {name}"] = copy.deepcopy(ee).set_policy(threshold=t).eval()
+
+
+def time_rules(
+    args: Any, bundle: Any, model: Any, runners: dict[str, Any], table: list[dict[str, Any]], check_route: Any
+) -> dict[str, float]:
+    """Latency (ms per batch) of the full model and every runner on ``args.batches`` test batches of
+    ``args.batch``, in interleaved rounds; each table row gains ``latency_x``. First, on one batch, every
+    gated runner must route exactly as the offline rows say: ``check_route(name, runner, batch)`` asserts it.
+    ``{}`` with ``--no-timing``."""
+    if args.no_timing:
+        return {}
+    images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[
+        : args.batch * args.batches
+    ]
+    batches = list(images[order].split(args.batch))
+    for name, runner in runners.items():
+        if runner.exit_gate is not None:
+            with torch.inference_mode():
+                check_route(name, runner, batches[0])
+    with torch_threads(args.threads):
+        ms = eeb.time_batches({"full model": model, **runners}, batches, rounds=args.rounds)
+    for row in table:
+        row["latency_x"] = round(ms["full model"] / ms[row["rule"]], 2)
+    return ms
+
+
+def print_and_save(head: dict[str, Any], table: list[dict[str, Any]], path: Any) -> None:
+    """The run's head line and one JSON line per rule; with ``--json PATH`` both written there too."""
+    print(json.dumps(head))
+    for row in table:
+        print(json.dumps(row))
+    if path is not None:
+        atomic_write_text(path, json.dumps({**head, "rows": table}, indent=1))
 
 
 def roc_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
@@ -90,24 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             hidden.append(int(argv.pop(at + 1)))
         argv.pop(at)
     args = eeb.parse(argv)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
-    bundle = cp.load_data(protocol)
-    model, _ = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
-    model.eval()
-    val = cp.heldout_loader(protocol, size=args.val_size)
-    train, test = cp.loaders(bundle, protocol)
-    plain = netcompress.data.load(
-        "cifar10", root=cp._data_root(None), train_subset=protocol.train_subset, val_fraction=0, augment=False
-    )
-    train_plain = DataLoader(plain.train, batch_size=protocol.eval_batch_size, shuffle=False)
-    example = cp.example_input(bundle)
+    s = gate_setup(args, lambda ee, model, loaders, folder: exit_logits_cached(ee, loaders, folder))
+    load_before, bundle, model, val, test = s.load_before, s.bundle, s.model, s.val, s.test
+    ee, folder, full_macs, exit_macs, data = s.ee, s.folder, s.full_macs, s.exit_macs, s.data
     with torch_threads(args.threads):
-        ee, _, folder = eeb.train_exits(model, args, protocol, train, example)
-        ee.eval()
-        full_macs = count_macs(model, example)[0]
-        exit_macs = exit_path_macs(ee, example)
-        data = exit_logits_cached(ee, {"train": train_plain, "val": val, "test": test}, folder)
         base_val = evaluate(model, val)["accuracy"]
     key = cp.cache_key({k: vars(args)[k] for k in eeb.EVAL_FLAGS})
     per_exit = json.loads((folder / f"per-exit-{key}.json").read_text())
@@ -159,47 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         conf_rows[name] = (t, row)
     for (name, t), row in zip(per_exit["chosen"].items(), per_exit["rows"]):
         conf_rows[name] = (t, row)
-    for name, (t, row) in conf_rows.items():
-        if name.startswith("fixed"):
-            continue
-        table.append(
-            {
-                "rule": f"confidence {name}", "test_acc": round(row["accuracy"], 4),
-                "drop_pts": round(100 * (base_test - row["accuracy"]), 2), "macs_x": round(full_macs / row["expected_macs"], 3),
-            }
-        )  # fmt: skip
-        runners[f"confidence {name}"] = copy.deepcopy(ee).set_policy(threshold=t).eval()
-    ms: dict[str, float] = {}
-    if not args.no_timing:
-        images = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
-        pick_idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[
-            : args.batch * args.batches
-        ]
-        batches = list(images[pick_idx].split(args.batch))
-        # the batched gated forward routes exactly as the offline rows: check it on the first batch
-        for name, runner in runners.items():
-            if runner.exit_gate is None:
-                continue
-            with torch.inference_mode():
-                runner(batches[0])
-                logits = ee.forward_all(batches[0])
-            want = route_by_scores(runner.exit_gate.scores(logits), runner.threshold)
-            assert runner.last_exit_index.tolist() == want.tolist(), name
-        with torch_threads(args.threads):
-            ms = eeb.time_batches({"full model": model, **runners}, batches, rounds=args.rounds)
-        for row in table:
-            row["latency_x"] = round(ms["full model"] / ms[row["rule"]], 2)
+    conf_rows = {name: tr for name, tr in conf_rows.items() if not name.startswith("fixed")}
+    add_confidence_rules(table, runners, conf_rows, ee, base_test=base_test, full_macs=full_macs)
+
+    def routes_as_offline(name: str, runner: Any, batch: torch.Tensor) -> None:
+        runner(batch)
+        want = route_by_scores(runner.exit_gate.scores(ee.forward_all(batch)), runner.threshold)
+        assert runner.last_exit_index.tolist() == want.tolist(), name
+
+    ms = time_rules(args, bundle, model, runners, table, routes_as_offline)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     head = {
         "run": "joint" if args.train == "joint" else "heads", "unmodified_test_acc": base_test, "val_unmodified": base_val,
         "final_val": final_val, "exit_macs_M": [round(m / 1e6, 2) for m in exit_macs], "full_ms": round(ms["full model"], 1) if ms else None,
         "loadavg_before": load_before, "loadavg_after": load_after, "hidden": hidden,
     }  # fmt: skip
-    print(json.dumps(head))
-    for row in table:
-        print(json.dumps(row))
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps({**head, "rows": table}, indent=1))
+    print_and_save(head, table, args.json)
     return 0
 
 

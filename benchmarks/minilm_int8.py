@@ -33,15 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-# the folder holds scripts named like packages (benchmarks/transformers.py): import the real `transformers`
-# with the folder off the path, then put the path back as it was (a test collecting several scripts needs it)
-_SAVED_PATH = list(sys.path)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-import transformers  # noqa: E402, F401
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere: script_path beside us
+    sys.path.append(str(Path(__file__).resolve().parent))
+from script_path import import_real_transformers  # noqa: E402
 
-sys.path[:] = _SAVED_PATH + [
-    str(Path(__file__).resolve().parents[1])
-]  # + the repo root, for benchmarks.<name>
+import_real_transformers(__file__)  # the real `transformers`, then the repo root on the path
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402

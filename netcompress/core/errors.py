@@ -29,3 +29,7 @@ class UnsupportedModelError(NetcompressError, TypeError):
 
 class ExportMismatchError(NetcompressError, RuntimeError):
     """An exported file's outputs in its runtime differ from the PyTorch model beyond the tolerance."""
+
+
+class NonFiniteLossError(NetcompressError, FloatingPointError):
+    """Training met a NaN or infinite loss and stopped before that step changed the weights."""

@@ -92,6 +92,11 @@ def hold_out_validation(train: Dataset, split: ValidationSplit) -> tuple[Dataset
     return Subset(train, train_idx.tolist()), Subset(train, val_idx.tolist())
 
 
+def split_counts(train: Dataset, val: Dataset | None, test: Dataset) -> dict[str, int]:
+    """``num_train``, ``num_val`` (0 without a validation split) and ``num_test``: every bundle's info holds them."""
+    return {"num_train": len(train), "num_val": 0 if val is None else len(val), "num_test": len(test)}
+
+
 @dataclasses.dataclass
 class DataBundle:
     """Train/validation/test datasets yielding ``(input_tensor, int_label)``, and their shape facts.

@@ -23,7 +23,7 @@ import torch
 from netcompress.core.config import check_range
 from netcompress.core.errors import DataError
 from netcompress.data.archives import iter_tar_members
-from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import find_default, register_dataset
 from netcompress.data.image_folders import (
@@ -309,9 +309,7 @@ def load_cifar10(config: Cifar10Config) -> DataBundle:
         class_names=classes,
         info={
             **info,
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "train_per_class": torch.bincount(train.labels, minlength=len(classes)).tolist(),
             "mean": list(mean),
             "std": list(std),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from netcompress.core.config import check_range
-from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.catalog import register_dataset
 from netcompress.data.in_memory import ImageTensorDataset
 
@@ -108,9 +108,7 @@ def load_digits(config: DigitsConfig) -> DataBundle:
         class_names=[str(d) for d in range(10)],
         info={
             "source": "sklearn.datasets.load_digits",
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "mean": [mean],
             "std": [std],
             "config": config.to_dict(),

@@ -23,7 +23,7 @@ import torch
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.data.archives import iter_tar_members
-from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import find_default, register_dataset
 from netcompress.data.in_memory import WaveformDataset
@@ -222,9 +222,7 @@ def load_fsdd(config: FsddConfig) -> DataBundle:
             **info,
             "source": str(root),
             "sample_rate_hz": SAMPLE_RATE_HZ,
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "speakers": speakers,
             "split": config.split,
             "test_speakers": sorted({speakers[i] for i in arrays["speaker"][is_test.numpy()]}),

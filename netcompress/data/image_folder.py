@@ -19,7 +19,7 @@ import torch
 
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
-from netcompress.data.bundle import DataBundle, ValidationSplit, validation_indices
+from netcompress.data.bundle import DataBundle, ValidationSplit, split_counts, validation_indices
 from netcompress.data.cache import cached_decode
 from netcompress.data.catalog import register_dataset
 from netcompress.data.image_folders import channel_mean_std
@@ -202,9 +202,7 @@ def load_image_folder(config: ImageFolderConfig) -> DataBundle:
             **cache_info,
             "source": str(layout.root),
             "split_from": how,
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "train_per_class": torch.bincount(train.labels, minlength=num_classes).tolist(),
             "mean": mean,
             "std": std,

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.io import load_checkpoint
-from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.catalog import register_dataset
 from netcompress.data.in_memory import FloatTensorDataset
 from netcompress.data.splits import class_labels, count_classes, stratified_split
@@ -302,9 +302,7 @@ def _load_named_inputs(config: TensorsConfig) -> DataBundle:
             "source": str(config.path),
             "inputs": list(config.inputs or []),
             "split_from": "test_fraction",
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "config": config.to_dict(),
         },
     )

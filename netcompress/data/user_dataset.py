@@ -24,7 +24,7 @@ from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.factory import call_factory
 from netcompress.core.inputs import LABEL_KEYS
-from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation
+from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.catalog import register_dataset
 from netcompress.data.splits import class_labels, count_classes, stratified_split
 
@@ -259,9 +259,7 @@ def load_factory_data(config: FactoryDataConfig) -> DataBundle:
         info={
             "source": config.factory,
             "split_from": split_from,
-            "num_train": len(train),
-            "num_val": 0 if val is None else len(val),
-            "num_test": len(test),
+            **split_counts(train, val, test),
             "config": config.to_dict(),
         },
     )

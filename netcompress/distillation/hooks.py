@@ -18,6 +18,7 @@ from torch import nn
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import call_model, input_tensors, move_inputs, output_tensor
+from netcompress.core.model_check import check_model
 from netcompress.core.registry import Registry
 from netcompress.distillation.losses import soft_target_loss
 from netcompress.evaluation.harness import eval_mode
@@ -56,8 +57,7 @@ class TeacherForward:
     """
 
     def __init__(self, teacher: nn.Module) -> None:
-        if not isinstance(teacher, nn.Module):
-            raise ConfigError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+        check_model(teacher, where="distillation", argument="teacher")
         self.teacher = teacher
         self.calls = 0
         self._key: Any = None

@@ -73,6 +73,19 @@ def gate_features(logits: torch.Tensor, previous: torch.Tensor | None) -> torch.
     return torch.stack([top[:, 0], top[:, 0] - top[:, 1], entropy, *extra], dim=1)
 
 
+def gate_macs(gates: Sequence[nn.Module]) -> list[int]:
+    """Multiply-accumulates per sample of each gate (its Linear layers): shared by every gate kind."""
+    return [
+        sum(m.in_features * m.out_features for m in g.modules() if isinstance(m, nn.Linear)) for g in gates
+    ]
+
+
+def check_exit_count(exit_logits: Sequence[torch.Tensor], num_heads: int, *, kind: str) -> None:
+    """Gates of ``num_heads`` heads score the logits of every exit: one per head plus the final one."""
+    if len(exit_logits) != num_heads + 1:
+        raise ConfigError(f"{len(exit_logits)} exits' logits for {kind} of {num_heads} heads (+ final)")
+
+
 class ExitGates(nn.Module):
     """One gate per head: standardised :func:`gate_features` -> Linear (or Linear-ReLU-Linear) -> logit.
 
@@ -125,19 +138,13 @@ class ExitGates(nn.Module):
 
     def macs(self) -> list[int]:
         """Multiply-accumulates of each head's gate per sample (its Linear layers)."""
-        return [
-            sum(m.in_features * m.out_features for m in g.modules() if isinstance(m, nn.Linear))
-            for g in self.gates
-        ]
+        return gate_macs(self.gates)
 
     def scores(
         self, exit_logits: Sequence[torch.Tensor], exit_features: Sequence[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """Each head's gate probabilities for every sample (one ``(N,)`` tensor per head)."""
-        if len(exit_logits) != self.num_heads + 1:
-            raise ConfigError(
-                f"{len(exit_logits)} exits' logits for gates of {self.num_heads} heads (+ final)"
-            )
+        check_exit_count(exit_logits, self.num_heads, kind="gates")
         with torch.no_grad():
             return [self(i, exit_logits[i], exit_logits[i - 1] if i else None) for i in range(self.num_heads)]
 

@@ -33,7 +33,7 @@ from torch import nn
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, DataError, UnsupportedModelError
 from netcompress.dynamic.early_exit import as_early_exit
-from netcompress.dynamic.exit_gates import NUM_FEATURES, gate_features
+from netcompress.dynamic.exit_gates import NUM_FEATURES, check_exit_count, gate_features, gate_macs
 from netcompress.evaluation.harness import eval_mode
 
 
@@ -116,19 +116,13 @@ class FeatureExitGates(nn.Module):
 
     def macs(self) -> list[int]:
         """Multiply-accumulates of each head's gate per sample (its Linear layers)."""
-        return [
-            sum(m.in_features * m.out_features for m in g.modules() if isinstance(m, nn.Linear))
-            for g in self.gates
-        ]
+        return gate_macs(self.gates)
 
     def scores(
         self, exit_logits: Sequence[torch.Tensor], exit_features: Sequence[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """Each head's gate probabilities for every sample (one ``(N,)`` tensor per head)."""
-        if len(exit_logits) != self.num_heads + 1:
-            raise ConfigError(
-                f"{len(exit_logits)} exits' logits for feature gates of {self.num_heads} heads (+ final)"
-            )
+        check_exit_count(exit_logits, self.num_heads, kind="feature gates")
         if exit_features is None or len(exit_features) != self.num_heads:
             got = "none" if exit_features is None else len(exit_features)
             raise ConfigError(

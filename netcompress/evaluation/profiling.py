@@ -18,6 +18,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import move_inputs
+from netcompress.core.model_check import check_model_call
 from netcompress.evaluation.harness import expand_batch, model_device, model_inputs
 from netcompress.evaluation.latency import keep_heap_warm, time_rounds, torch_threads
 from netcompress.evaluation.macs import count_macs
@@ -111,6 +112,7 @@ def profile(
         >>> stats = profile(model, torch.randn(1, 3, 32, 32), latency=False)
         >>> stats["params"], stats["macs"], stats["size_bytes"]
     """
+    check_model_call(model, example_inputs, where="profile")
     device = model_device(model)
     sample = move_inputs(expand_batch(model_inputs(example_inputs), 1), device)
     sizes = sorted({int(b) for b in batch_sizes})

@@ -29,6 +29,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
+from netcompress.core.model_check import check_model_call
 from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
@@ -217,6 +218,7 @@ def export_onnx(
         {'max_abs_diff': 2.4e-07, 'top1_agreement': 1.0, ...}
         >>> export_onnx(bert, "b.onnx", {"input_ids": ids, "attention_mask": mask})["dynamic_axes"]
     """
+    check_model_call(model, example_inputs, where="export_onnx")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"export path is a folder: {path}")

@@ -36,6 +36,7 @@ from torch import nn
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.core.model_check import check_model_call
 from netcompress.pruning.auto_strategies import (
     DEFAULT_RATE_GRID,
     METHODS,
@@ -176,6 +177,7 @@ def _search(
     seed: int,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """:func:`prune_to_target` on a validated config; a ``quantize`` search returns the float pruned model."""
+    check_model_call(model, example_inputs, where="prune_to_target")
     target, reduction, method, rate_grid = config.target, config.reduction, config.strategy, config.rate_grid
     importance, min_channels, round_to = config.importance, config.min_channels, config.round_to
     if method == "sensitivity" and loader is None:

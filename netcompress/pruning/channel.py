@@ -21,6 +21,7 @@ from torch import nn
 from netcompress.core.config import check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.core.model_check import check_model_call
 from netcompress.core.selection import name_matches as _matches
 from netcompress.pruning.channel_report import architecture_lines as architecture_lines
 from netcompress.pruning.channel_report import count_params as count_params
@@ -301,6 +302,7 @@ def channel_prune(
         >>> small, summary = channel_prune(model, x, ChannelPruneConfig(ratio=0.5))
         >>> summary["params_before"], summary["params_after"], summary["architecture"][:2]
     """
+    check_model_call(model, example_inputs, where="prune_channels")
     fields = {k: getattr(config, k) for k in _SETTINGS}
     plan = plan_channel_pruning(
         model, example_inputs, **fields, loader=loader, max_batches=config.max_batches, seed=seed

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,15 +38,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from netcompress.core.config import Config, check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
-from netcompress.core.inputs import call_model, check_inputs
+from netcompress.core.inputs import call_model
 from netcompress.core.methods import MethodData, Result, register_method
+from netcompress.core.model_check import check_model_call
 from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_allocation import plan_global
-from netcompress.pruning.transformer_blocks import AttentionUnit, Blocks, find_blocks
+from netcompress.pruning.transformer_blocks import Blocks, find_blocks
 from netcompress.pruning.transformer_experts import check_fused_experts
 from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
 from netcompress.pruning.transformer_reconstruction import reconstruct_outputs_
+from netcompress.pruning.transformer_selection import (
+    check_removes_something,
+    plan_transformer_pruning,
+    queries_fallback,
+)
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
 from netcompress.pruning.transformer_verify import verify_pruned
 
@@ -63,7 +68,8 @@ class TransformerPruneConfig(Config):
     one residual stream. ``importance``: ``magnitude``, ``taylor`` (Fisher of unit gates on labelled batches)
     or ``wanda`` (activation-weighted magnitude); the data-driven ones read ``calib_batches`` batches of the
     calibration loader (the training loader when there is none). ``gqa``: ``groups`` removes whole key/value
-    groups, ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
+    groups (where no whole group goes at the share, e.g. one group left, query heads within the groups instead:
+    summary ``gqa_queries_fallback``), ``queries`` the same number of query heads in every group. ``round_to``: FFN and stream widths
     kept in multiples of this. ``ignore``: block names or ``re:`` patterns left whole. ``mac_target``
     (e.g. 2.0; 0 = off): scale ``heads``/``ffn``/``hidden`` by one factor (they set the split, each capped at
     0.95), the smallest that leaves ``mac_target`` times fewer MACs on the example inputs; the summary holds
@@ -108,70 +114,6 @@ class TransformerPruneConfig(Config):
         if isinstance(self.ignore, str):
             raise ConfigError("ignore must be a list of block names or 're:' patterns, not a string")
         self.ignore = list(self.ignore)
-
-
-def keep_count(total: int, ratio: float, *, minimum: int = 1, round_to: int = 1) -> int:
-    """Units kept when removing ``ratio`` of ``total``: rounded up to ``round_to``, at least ``minimum``.
-
-    Example:
-        >>> keep_count(4, 0.25), keep_count(4, 0.9), keep_count(37, 0.5, round_to=8)
-        (3, 1, 24)
-    """
-    keep = total - math.floor(ratio * total + 1e-9)
-    keep = math.ceil(keep / round_to) * round_to
-    return min(total, max(keep, minimum))
-
-
-def top_units(scores: torch.Tensor, keep: int) -> list[int]:
-    """The ``keep`` best indices, sorted (ties: the higher index is removed first... kept lower index)."""
-    order = sorted(range(len(scores)), key=lambda k: (-float(scores[k]), k))
-    return sorted(order[:keep])
-
-
-def select_heads(
-    unit: AttentionUnit, scores: torch.Tensor, ratio: float, min_heads: int, gqa: str
-) -> tuple[list[int], list[int]]:
-    """Kept (query heads, key/value heads) of one attention unit."""
-    g = unit.groups
-    if g == 1:
-        kept = top_units(scores, keep_count(unit.num_heads, ratio, minimum=min_heads))
-        return kept, kept
-    if gqa == "groups":
-        group_scores = scores.view(unit.num_kv_heads, g).sum(1)
-        groups = top_units(
-            group_scores, keep_count(unit.num_kv_heads, ratio, minimum=math.ceil(min_heads / g))
-        )
-        return [kv * g + i for kv in groups for i in range(g)], groups
-    per_group = keep_count(g, ratio, minimum=math.ceil(min_heads / unit.num_kv_heads))
-    kept = [
-        kv * g + i
-        for kv in range(unit.num_kv_heads)
-        for i in top_units(scores[kv * g : (kv + 1) * g], per_group)
-    ]
-    return kept, list(range(unit.num_kv_heads))
-
-
-def plan_transformer_pruning(
-    blocks: Blocks, scores: UnitScores, config: TransformerPruneConfig, width: int
-) -> TransformerPlan:
-    """Choose what to keep from ``scores`` (see :class:`TransformerPruneConfig`)."""
-    plan = TransformerPlan(hidden_width=width)
-    skip = lambda name: any(name_matches(name, p) for p in config.ignore)  # noqa: E731
-    if config.heads > 0:
-        for unit in blocks.attention:
-            if not skip(unit.name):
-                q, kv = select_heads(
-                    unit, scores.heads[unit.name], config.heads, config.min_heads, config.gqa
-                )
-                plan.heads[unit.name], plan.kv_heads[unit.name] = q, kv
-    if config.ffn > 0:
-        for unit in blocks.ffn:
-            if not skip(unit.name):
-                keep = keep_count(unit.width, config.ffn, round_to=config.round_to)
-                plan.neurons[unit.name] = top_units(scores.neurons[unit.name], keep)
-    if config.hidden > 0 and scores.hidden is not None:
-        plan.hidden = top_units(scores.hidden, keep_count(width, config.hidden, round_to=config.round_to))
-    return plan
 
 
 def _check_blocks(blocks: Blocks, config: TransformerPruneConfig) -> None:
@@ -256,7 +198,7 @@ def transformer_prune(
     """The algorithm under :func:`prune_transformer` and ``prune/transformer``: (verified pruned copy, summary)."""
     if example_inputs is None:
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
-    check_inputs(example_inputs)
+    check_model_call(model, example_inputs, where="prune_transformer")
     if config.reconstruct and loader is None:
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
@@ -274,6 +216,7 @@ def transformer_prune(
         config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
     else:
         plan = plan_transformer_pruning(blocks, scores, config, width)
+        check_removes_something(blocks, plan, config)
         small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
     verify_pruned(model, small, blocks, plan, example_inputs, stream)
     summary = {
@@ -281,6 +224,9 @@ def transformer_prune(
         **config.to_dict(),
         **_summary(model, small, blocks, plan, example_inputs),
         **({"ffn_not_pruned": dense_experts} if dense_experts else {}),
+        **(
+            {"gqa_queries_fallback": fallback} if (fallback := queries_fallback(blocks, plan, config)) else {}
+        ),
     }
     if config.reconstruct:
         report = reconstruct_outputs_(model, small, blocks, plan, loader, batches=config.calib_batches)

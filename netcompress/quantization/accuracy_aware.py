@@ -39,6 +39,7 @@ from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import batch_inputs, call_model, output_tensor
 from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.core.model_check import check_loader, check_model
 from netcompress.core.selection import set_submodule
 from netcompress.evaluation.harness import eval_mode
 from netcompress.quantization.fake_quant import FakeQuantize
@@ -344,6 +345,9 @@ def quantize_accuracy_aware(
         >>> qmodel, summary = nc.quantize_accuracy_aware(model, calib, val, max_drop=0.01)
         >>> summary["met"], list(summary["fallback_layers"])
     """
+    check_model(model, where="quantize_accuracy_aware")
+    check_loader(calib_loader, where="quantize_accuracy_aware", argument="calib_loader")
+    check_loader(val_loader, where="quantize_accuracy_aware", argument="val_loader")
     if config is None:
         config = AccuracyAwareConfig.from_dict(fields, where="quantize_accuracy_aware")
     elif fields:

@@ -16,6 +16,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import batch_inputs, call_model
+from netcompress.core.model_check import call_or_explain
 from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import QuantLayer, quantizers
 
@@ -36,7 +37,14 @@ def run_batches(model: nn.Module, loader: Iterable, *, num_batches: int) -> int:
         for batch in loader:
             if count >= num_batches:
                 break
-            call_model(model, batch_inputs(batch))
+            if (
+                count == 0
+            ):  # a first batch the model cannot take: one error naming the inputs, not a traceback
+                call_or_explain(
+                    model, batch_inputs(batch), where="calibration: a calib_loader batch's inputs"
+                )
+            else:
+                call_model(model, batch_inputs(batch))
             count += 1
     return count
 

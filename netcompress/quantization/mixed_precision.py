@@ -25,6 +25,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import batch_size_of, call_model, output_tensor, split_batch
 from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.core.model_check import check_loader, check_model, check_model_call
 from netcompress.core.registry import Registry
 from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.observers import build_observer
@@ -136,6 +137,9 @@ def layer_sensitivity(
         batches.append(split_batch(batch))
     if not batches:
         raise ConfigError("sensitivity loader yielded no batches")
+    check_model_call(
+        work, batches[0][0], where="mixed precision", argument="the loader's first batch: inputs"
+    )
     labels = (
         None
         if any(lb is None for _, lb in batches)
@@ -291,6 +295,8 @@ def mixed_precision_quantize(
         >>> summary["bits"]
         {'features.0': 8, 'features.3': 4, ...}
     """
+    check_model(model, where="mixed_precision_quantize")
+    check_loader(loader, where="mixed_precision_quantize", argument="loader")
     if config is None:
         config = MixedPrecisionConfig.from_dict(fields, where="mixed_precision_quantize")
     elif fields:

@@ -23,6 +23,7 @@ from netcompress.clustering.grid import per_tensor_for_clustered
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, apply, register_method
+from netcompress.core.model_check import check_loader, check_model
 from netcompress.core.registry import Registry
 from netcompress.quantization.adaround import ROUNDINGS, adaround_
 from netcompress.quantization.bn_folding import fold_bn_and_report
@@ -323,6 +324,8 @@ def quantize(
     Example:
         >>> qmodel = nc.quantize(model, calib_loader, bits=8, granularity="per_channel", scheme="symmetric")
     """
+    check_model(model, where="quantize")
+    check_loader(calib_loader, where="quantize", argument="calib_loader")
     if fields.get("layers", {}) is None:  # layers=None was the old keyword default
         del fields["layers"]
     if config is None:

@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from netcompress.core.errors import CheckpointError, ConfigError, NetcompressError
+from netcompress.core.errors import CheckpointError, ConfigError, NetcompressError, NonFiniteLossError
 from netcompress.core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -254,7 +254,10 @@ def _run_step(
     label = step.get("label") or f"{spec.op}/{spec.name}"
     say(progress, f"[step {index + 1}/{len(resolved['steps'])}] {label}")
     started = time.perf_counter()
-    result = spec.fn(model, config, ctx)
+    try:
+        result = spec.fn(model, config, ctx)
+    except NonFiniteLossError as exc:  # the recipe step it diverged in, before fit's epoch and step
+        raise NonFiniteLossError(f"step {index + 1} ({label}): {exc}") from None
     elapsed_s = time.perf_counter() - started
     model = result.model
     # the contract: rank 0's model on every rank, same structure, checked by checksums

@@ -3,12 +3,12 @@
 Read top to bottom it is the loop you would write by hand (forward, loss, backward, step),
 with the seams a compression method needs: hooks (penalties, gradient edits, mask keeping,
 per-epoch metrics), extra trainable parameters (learned quantizer step sizes, projection
-heads), per-batch schedules, best-epoch keeping, and resumable checkpoints.
+heads), per-batch schedules, best-epoch keeping, and resumable checkpoints. A NaN/inf loss stops
+training before it reaches the weights (:func:`~netcompress.training.batch_checks.check_finite_loss`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,46 +18,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.errors import CheckpointError, ConfigError, DataError
-from netcompress.core.inputs import batch_size_of, call_model, map_inputs, output_tensor, split_batch
+from netcompress.core.errors import ConfigError, DataError
+from netcompress.core.inputs import batch_size_of, call_model, output_tensor
+from netcompress.core.model_check import call_or_explain, check_loader, check_model
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
 from netcompress.training import distributed as dist_mod
+from netcompress.training.batch_checks import (
+    check_cross_entropy_shapes,
+    check_finite_loss,
+    no_target_loss,
+    num_batches,
+    split_batch_to,
+)
 from netcompress.training.config import TrainConfig
 from netcompress.training.history import History
-from netcompress.training.hooks import (
-    CORE_ROW_KEYS,
-    call_hooks,
-    call_loss_hooks,
-    hook_states,
-    load_hook_states,
-)
+from netcompress.training.hooks import CORE_ROW_KEYS, call_hooks, call_loss_hooks
 from netcompress.training.optimizers import build_optimizer, trainable_parameters
 from netcompress.training.progress import SilentReporter, make_reporter
-from netcompress.training.runtime import Runtime, rng_state, seed_everything, set_rng_state
+from netcompress.training.run_state import Run, as_config, load_resume_state, resume_run, save_last
+from netcompress.training.runtime import Runtime, seed_everything
 from netcompress.training.schedules import LRSchedule
 
+__all__ = ["check_cross_entropy_shapes", "fit"]  # the shape check stays importable from here
+
+BATCH = "fit: train_loader's first batch: inputs"
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
-
-
-@dataclasses.dataclass
-class _Run:
-    """What one fit call trains and what a checkpoint must capture of it."""
-
-    config: TrainConfig
-    model: nn.Module
-    extra: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    hooks: list[Any]
-    loader: Iterable
-    scaler: Any = None  # torch.amp.GradScaler; enabled only for precision="fp16"
-    default_loss: bool = True  # no loss_fn given: cross entropy, whose shapes fit checks
-    history: History = dataclasses.field(default_factory=History)
-    # best validation epoch so far: epoch, val_acc, and a weights snapshot
-    best: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"epoch": None, "val_acc": float("-inf"), "weights": None}
-    )
 
 
 def fit(
@@ -98,7 +84,10 @@ def fit(
         ...               config=TrainConfig(epochs=3, lr=0.05, schedule="cosine", progress=False))
         >>> history.last["val_acc"], history.best_epoch
     """
-    config = _as_config(config)
+    check_model(model, where="fit")
+    check_loader(train_loader, where="fit", argument="train_loader")
+    check_loader(val_loader, where="fit", argument="val_loader")
+    config = as_config(config)
     hooks, extra = list(hooks), list(extra_parameters)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and directory is None:
@@ -107,7 +96,7 @@ def fit(
     device = torch.device(runtime.device)
     # under torchrun each rank reads its share (DistributedSampler); the global batch is unchanged
     train_loader = runtime.train_loader(train_loader, seed=config.seed)
-    steps_per_epoch = _num_batches(train_loader)
+    steps_per_epoch = num_batches(train_loader)
 
     seed_everything(config.seed)
     was_training = model.training
@@ -125,15 +114,15 @@ def fit(
     optimizer = build_optimizer(params, config)
     schedule = LRSchedule(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    run = _Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler, loss_fn is None)
+    run = Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler, loss_fn is None)
     history, best = run.history, run.best
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     start_epoch, saved = 0, None
     if resume and (directory / ckpt.LAST_FILE).exists():
-        saved = _load_resume_state(directory, run)
+        saved = load_resume_state(directory, run)
     saved = runtime.broadcast_object(saved)  # rank 0 decides for every rank whether and where to resume
     if saved is not None:
-        start_epoch = _resume(run, saved)
+        start_epoch = resume_run(run, saved)
 
     reporter = make_reporter(progress=config.progress and runtime.is_main)
     try:
@@ -143,7 +132,9 @@ def fit(
             dist_mod.set_epoch(run.loader, epoch)
             call_hooks(hooks, "epoch_start", model, epoch)
             reporter.epoch_start(epoch, config.epochs, steps_per_epoch)
-            train, local_samples = _train_one_epoch(run, net, criterion, params, device, reporter, runtime)
+            train, local_samples = _train_one_epoch(
+                run, net, criterion, params, device, reporter, runtime, epoch=epoch, directory=directory
+            )
             val_acc, val_loss = (
                 (None, None) if val_loader is None else _validate(model, val_loader, device, runtime)
             )
@@ -158,7 +149,7 @@ def fit(
                 if directory is not None and runtime.is_main:
                     ckpt.save_best(directory, best["weights"], epoch=epoch, val_acc=val_acc)
             if directory is not None and runtime.is_main:
-                _save_last(directory, run)
+                save_last(directory, run)
             reporter.epoch_end(row, config.epochs)
     finally:
         reporter.close()
@@ -171,13 +162,16 @@ def fit(
 
 
 def _train_one_epoch(
-    run: _Run,
+    run: Run,
     net: nn.Module,
     criterion: LossFn,
     params: list[nn.Parameter],
     device: torch.device,
     reporter: SilentReporter,
     runtime: Runtime,
+    *,
+    epoch: int,
+    directory: Path | None,
 ) -> tuple[dict[str, Any], int]:
     """One pass over this rank's batches: the epoch's row (summed over ranks) and this rank's samples."""
     model, optimizer, schedule, hooks = run.model, run.optimizer, run.schedule, run.hooks
@@ -191,22 +185,27 @@ def _train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen, counted, first_lr = 0, 0, None
-    for batch in run.loader:
-        inputs, targets = _split_batch(batch, device)
+    steps = len(run.loader)  # type: ignore[arg-type]
+    for step, batch in enumerate(run.loader, start=1):
+        inputs, targets = split_batch_to(batch, device)
         lr = schedule.apply()
         first_lr = lr if first_lr is None else first_lr
         if channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with dist_mod.autocast(device, precision):
-            outputs = call_model(net, inputs)
+            # the first batch a model cannot take is one error naming the inputs (nothing trained yet)
+            outputs = call_model(net, inputs) if run.called else call_or_explain(net, inputs, where=BATCH)
+            run.called = True
             outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
             if targets is not None and run.default_loss:
                 check_cross_entropy_shapes(outputs, targets)
             # no targets (unlabelled text): the loss comes from the hooks alone
-            loss = criterion(outputs, targets) if targets is not None else _no_target_loss(loss_hooks, device)
+            loss = criterion(outputs, targets) if targets is not None else no_target_loss(loss_hooks, device)
             if loss_hooks:
                 loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
+        where = {"epoch": epoch + 1, "epochs": run.config.epochs, "step": step, "steps": steps, "lr": lr}
+        check_finite_loss(loss, where, (inputs, targets), model=model, runtime=runtime, directory=directory)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(optimizer)  # hooks and clipping see true gradients (no-op without fp16)
         if runtime.distributed and run.extra:
@@ -279,117 +278,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         return value.item()
     return value
-
-
-def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor | None]:
-    # inputs: a tensor, a tuple (positional) or a dict (keyword); targets None when the batch has none
-    try:
-        inputs, targets = split_batch(batch)
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
-    inputs = map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
-    if targets is None:
-        return inputs, None
-    return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
-
-
-def check_cross_entropy_shapes(outputs: Any, targets: torch.Tensor) -> None:
-    """Refuse outputs and targets the default cross entropy cannot pair, naming both shapes.
-
-    Cross entropy takes (batch, classes, ...) logits with class indices shaped (batch, ...) or
-    probabilities shaped like the logits; anything else (a causal LM's (batch, tokens, vocab) logits
-    with one class label per sample) is a DataError saying what to pass instead.
-
-    Example:
-        >>> check_cross_entropy_shapes(torch.zeros(2, 8, 99), torch.zeros(2, dtype=torch.long))
-        Traceback (most recent call last):
-        netcompress.core.errors.DataError: fit: the model returns (2, 8, 99) ...
-    """
-    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0:
-        return
-    got, shape = tuple(targets.shape), tuple(outputs.shape)
-    indices = (shape[0], *shape[2:]) if outputs.dim() > 1 else ()
-    if (got == indices and not targets.is_floating_point()) or (got == shape and targets.is_floating_point()):
-        return
-    what = " (batch, tokens, vocab): a language-model head" if outputs.dim() == 3 else ""
-    raise DataError(
-        f"fit: the model returns {shape}{what}, but the batch's targets are {got} "
-        f"({targets.dtype}); the default loss, cross entropy, needs (batch, classes) logits with "
-        f"(batch,) class indices. Pass unlabelled batches (inputs only, the loss from a hook such as "
-        f"distillation), a loss_fn(outputs, targets) for these shapes, or a wrapper model returning "
-        f"(batch, classes) logits"
-    )
-
-
-def _no_target_loss(loss_hooks: list[Any], device: torch.device) -> torch.Tensor:
-    if not loss_hooks:
-        raise DataError(
-            "a batch has no targets and no hook supplies the loss; the loader must yield (inputs, targets) "
-            "pairs or dicts with 'labels' (target-less batches need a distillation hook)"
-        )
-    return torch.zeros((), device=device)
-
-
-def _num_batches(loader: Iterable) -> int:
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        raise DataError(
-            "train_loader has no len(); fit needs the number of batches per epoch for the schedule"
-        ) from None
-    if n == 0:
-        raise DataError("train_loader is empty (0 batches per epoch)")
-    return n
-
-
-def _as_config(config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
-    if config is None:
-        return TrainConfig()
-    if isinstance(config, dict):
-        return TrainConfig.from_dict(config, where="fit config")
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
-    return config
-
-
-def _save_last(directory: Path, run: _Run) -> None:
-    state = {
-        "config": run.config.to_dict(),
-        **ckpt.weights_snapshot(run.model, run.extra),
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "epochs_done": run.history.last["epoch"] + 1,
-        "history": run.history.to_dict(),
-        "best": {"epoch": run.best["epoch"], "val_acc": run.best["val_acc"]},
-        "hooks": hook_states(run.hooks),
-        "rng": rng_state(run.loader),
-        "scaler": run.scaler.state_dict(),
-    }
-    ckpt.save_last(directory, state)
-    run.history.to_json(directory / ckpt.HISTORY_FILE)
-
-
-def _load_resume_state(directory: Path, run: _Run) -> dict[str, Any]:
-    """``last.pt`` (and the best weights it refers to), read on rank 0 and sent to every rank."""
-    state = ckpt.load_last(directory, config_dict=run.config.to_dict())
-    state["best_weights"] = ckpt.load_best(directory) if state["best"]["epoch"] is not None else None
-    return state
-
-
-def _resume(run: _Run, state: dict[str, Any]) -> int:
-    """Load a ``last.pt`` state into ``run``; return the number of epochs already done."""
-    ckpt.load_weights(run.model, run.extra, state)
-    try:
-        run.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"optimizer state in {ckpt.LAST_FILE} does not fit: {exc}") from None
-    run.schedule.load_state_dict(state["schedule"])
-    run.history.rows[:] = state["history"]["rows"]
-    run.history.best_epoch = state["history"].get("best_epoch")
-    run.best.update(epoch=state["best"]["epoch"], val_acc=state["best"]["val_acc"])
-    run.best["weights"] = state["best_weights"]
-    if state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    load_hook_states(run.hooks, state.get("hooks", []))
-    set_rng_state(state["rng"], run.loader)
-    return int(state["epochs_done"])

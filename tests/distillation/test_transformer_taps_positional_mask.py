@@ -13,18 +13,13 @@ import pytest
 import torch
 
 import netcompress as nc
+from tests.tiny_hf import mobilebert
 
 transformers = pytest.importorskip("transformers")
 
 
 def test_distill_reads_mobilebert_attention_with_its_positional_mask():
-    torch.manual_seed(0)
-    cfg = transformers.MobileBertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=24, vocab_size=50,
-        max_position_embeddings=16, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
-        num_feedforward_networks=1, num_labels=3,
-    )  # fmt: skip
-    teacher = transformers.MobileBertForSequenceClassification(cfg).eval()
+    teacher = mobilebert(feedforward_networks=1)
     gen = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(2):

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from netcompress import models
-from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.errors import ConfigError
 from netcompress.dynamic import (
     ExitGates,
     add_early_exits,
     choose_exit_thresholds,
     choose_gate_thresholds,
-    export_early_exit_onnx,
     fit_exit_gates,
     gate_features,
     gate_trade_off,
     route_by_scores,
 )
+from tests.dynamic.gate_routing import check_routed_forward
 
 MACS = [10, 20, 40]
 
@@ -111,18 +111,7 @@ def test_routed_forward_uses_the_gate_exactly():
     with torch.no_grad():
         all_logits = ee.forward_all(x)
     gates = fit_exit_gates(all_logits, steps=50)
-    scores = gates.scores(all_logits)
-    thresholds = [float(scores[0].median()), float(scores[1].median())]
-    expected = route_by_scores(scores, thresholds)
-    assert len(set(expected.tolist())) == 3  # every exit taken by someone
-    ee.set_gate(gates, thresholds)
-    with torch.no_grad():
-        out = ee(x)
-    assert ee.last_exit_index.tolist() == expected.tolist()
-    want = torch.stack(all_logits)[expected, torch.arange(64)]
-    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(UnsupportedModelError, match="learned exit gate"):
-        export_early_exit_onnx(ee, "unused", x[:1])
+    check_routed_forward(ee, gates, gates.scores(all_logits), all_logits, x)
     ee.set_gate(None, None)
     with torch.no_grad():
         torch.testing.assert_close(ee(x), all_logits[-1], rtol=1e-4, atol=1e-5)

@@ -16,13 +16,12 @@ from netcompress.dynamic import (
     choose_gate_thresholds,
     collect_exit_features,
     collect_exit_logits,
-    export_early_exit_onnx,
     fit_exit_gates,
     fit_feature_gates,
     gate_trade_off,
     gated_exit_macs,
-    route_by_scores,
 )
+from tests.dynamic.gate_routing import check_routed_forward
 
 MACS = [10, 20, 40]
 
@@ -104,18 +103,8 @@ def test_routed_forward_with_feature_gates_equals_offline_routing():
         torch.testing.assert_close(a, b)
     assert [f.shape[1] for f in feats] == [h.fc.in_features for h in ee.heads]
     gates = fit_feature_gates(feats, logits, hidden=4, steps=30)
-    scores = gates.scores(logits, feats)
-    thresholds = [float(scores[0].median()), float(scores[1].median())]
-    expected = route_by_scores(scores, thresholds)
-    assert len(set(expected.tolist())) == 3  # every exit taken by someone
-    ee.set_gate(gates, thresholds)
-    with torch.no_grad():
-        out = ee(x)
-    assert ee.last_exit_index.tolist() == expected.tolist()
-    torch.testing.assert_close(out, torch.stack(logits)[expected, torch.arange(64)], rtol=1e-4, atol=1e-5)
+    expected = check_routed_forward(ee, gates, gates.scores(logits, feats), logits, x)
     assert ee.last_exit_counts == torch.bincount(expected, minlength=3).tolist()
-    with pytest.raises(UnsupportedModelError, match="learned exit gate"):
-        export_early_exit_onnx(ee, "unused", x[:1])
 
 
 class _OpaqueHead(nn.Module):

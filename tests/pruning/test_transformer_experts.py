@@ -8,16 +8,13 @@ import torch
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_experts import fused_experts
+from tests.tiny_hf import tiny, tiny_decoder
 
 transformers = pytest.importorskip("transformers")
 
 
 def _tiny(cls: str, cfg: str, **kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    base = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=12, vocab_size=50, max_position_embeddings=16, pad_token_id=0,
-                bos_token_id=0, eos_token_id=0, num_experts_per_tok=2)  # fmt: skip
-    return getattr(transformers, cls)(getattr(transformers, cfg)(**{**base, **kw})).eval()
+    return tiny_decoder(cls, cfg, num_key_value_heads=2, num_experts_per_tok=2, **kw)
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -49,14 +46,6 @@ def test_qwen2_moe_shared_expert_prunes_and_the_fused_experts_left_dense_are_nam
     mlp = result.model.model.layers[0].mlp
     assert mlp.shared_expert.down_proj.in_features == 6 and tuple(mlp.experts.down_proj.shape) == (4, 16, 8)
     assert list(result.summary["ffn_not_pruned"]) == ["model.layers.0.mlp.experts"]
-    vit = transformers.ViTForImageClassification(
-        transformers.ViTConfig(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=12,
-            image_size=8,
-            patch_size=4,
-        )  # fmt: skip
-    )
+    vit = tiny("ViTForImageClassification", "ViTConfig", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=12, image_size=8, patch_size=4)  # fmt: skip
     assert fused_experts(vit) == {}  # 3-D position embeddings and cls token are no experts

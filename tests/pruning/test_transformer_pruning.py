@@ -20,6 +20,7 @@ from netcompress.pruning import PrunedMultiheadAttention, TransformerPruneConfig
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_pruning import transformer_prune
 from netcompress.pruning.transformer_verify import KeptChannelNorm
+from tests.tiny_hf import hf_family as _hf
 
 H = 32
 
@@ -92,42 +93,6 @@ class MHAModel(nn.Module):
 
 
 IDS = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(1))
-
-
-def _hf(name: str):
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 4:] = 0
-    text = {"input_ids": ids, "attention_mask": mask}
-    if name == "bert":
-        cfg = transformers.BertConfig(
-            hidden_size=H,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            vocab_size=99,
-            num_labels=3,
-        )
-        return transformers.BertForSequenceClassification(cfg).eval(), text
-    if name == "gpt2":
-        cfg = transformers.GPT2Config(
-            n_embd=H, n_layer=2, n_head=4, vocab_size=99, n_positions=16, bos_token_id=0, eos_token_id=0
-        )
-        return transformers.GPT2LMHeadModel(cfg).eval(), text
-    if name == "llama":
-        cfg = transformers.LlamaConfig(
-            hidden_size=H, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-            vocab_size=99,
-        )  # fmt: skip
-        return transformers.LlamaForCausalLM(cfg).eval(), text
-    cfg = transformers.ViTConfig(
-        hidden_size=H, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=8,
-        num_labels=3,
-    )  # fmt: skip
-    return transformers.ViTForImageClassification(cfg).eval(), torch.randn(2, 3, 16, 16)
 
 
 def _family(name: str):

@@ -1,0 +1,135 @@
+"""What ``fit`` checks on each batch: how it splits and moves, whether the default loss can pair
+its outputs and targets, and whether the loss is finite (a NaN/inf loss stops training)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import ConfigError, DataError, NonFiniteLossError
+from netcompress.core.inputs import input_tensors, map_inputs, split_batch
+
+
+def split_batch_to(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor | None]:
+    """``(inputs, targets)`` of one batch on ``device``; targets None when the batch has none.
+
+    Inputs may be a tensor, a tuple (positional) or a dict (keyword).
+    """
+    try:
+        inputs, targets = split_batch(batch)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    inputs = map_inputs(inputs, lambda t: t.to(device, non_blocking=True))
+    if targets is None:
+        return inputs, None
+    return inputs, torch.as_tensor(targets).to(device, non_blocking=True)
+
+
+def check_cross_entropy_shapes(outputs: Any, targets: torch.Tensor) -> None:
+    """Refuse outputs and targets the default cross entropy cannot pair, naming both shapes.
+
+    Cross entropy takes (batch, classes, ...) logits with class indices shaped (batch, ...) or
+    probabilities shaped like the logits; anything else (a causal LM's (batch, tokens, vocab) logits
+    with one class label per sample) is a DataError saying what to pass instead.
+
+    Example:
+        >>> check_cross_entropy_shapes(torch.zeros(2, 8, 99), torch.zeros(2, dtype=torch.long))
+        Traceback (most recent call last):
+        netcompress.core.errors.DataError: fit: the model returns (2, 8, 99) ...
+    """
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0:
+        return
+    got, shape = tuple(targets.shape), tuple(outputs.shape)
+    indices = (shape[0], *shape[2:]) if outputs.dim() > 1 else ()
+    if (got == indices and not targets.is_floating_point()) or (got == shape and targets.is_floating_point()):
+        return
+    what = " (batch, tokens, vocab): a language-model head" if outputs.dim() == 3 else ""
+    raise DataError(
+        f"fit: the model returns {shape}{what}, but the batch's targets are {got} "
+        f"({targets.dtype}); the default loss, cross entropy, needs (batch, classes) logits with "
+        f"(batch,) class indices. Pass unlabelled batches (inputs only, the loss from a hook such as "
+        f"distillation), a loss_fn(outputs, targets) for these shapes, or a wrapper model returning "
+        f"(batch, classes) logits"
+    )
+
+
+def no_target_loss(loss_hooks: list[Any], device: torch.device) -> torch.Tensor:
+    """The base loss of a batch without targets: zero, the hooks add theirs (or an error if none can)."""
+    if not loss_hooks:
+        raise DataError(
+            "a batch has no targets and no hook supplies the loss; the loader must yield (inputs, targets) "
+            "pairs or dicts with 'labels' (target-less batches need a distillation hook)"
+        )
+    return torch.zeros((), device=device)
+
+
+def num_batches(loader: Iterable) -> int:
+    """Batches per epoch (the schedule needs it); a loader without len() or with none is a DataError."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(
+            "train_loader has no len(); fit needs the number of batches per epoch for the schedule"
+        ) from None
+    if n == 0:
+        raise DataError("train_loader is empty (0 batches per epoch)")
+    return n
+
+
+def check_finite_loss(
+    loss: torch.Tensor,
+    where: dict[str, Any],
+    batch: tuple[Any, torch.Tensor | None],
+    *,
+    model: nn.Module,
+    runtime: Any,
+    directory: Path | None,
+) -> None:
+    """Stop training on a NaN or infinite loss, BEFORE it is back-propagated into the weights.
+
+    ``where`` holds ``epoch``, ``epochs``, ``step``, ``steps`` (all counted from 1) and ``lr``; ``batch`` is
+    the step's ``(inputs, targets)``. Under
+    DDP every rank learns whether any rank's loss is not finite, so all stop together. The error says
+    which it is, where, what looks like the cause (non-finite inputs or targets, weights that already
+    diverged, else the loss itself: lr too high) and that the checkpoints of earlier epochs are kept.
+    One device sync per step (a GPU waits for the loss); on CPU it costs nothing measurable.
+    """
+    bad = (~torch.isfinite(loss.detach())).any().to(torch.float32)
+    if runtime is not None and runtime.distributed:
+        bad = runtime.all_reduce_sum(bad.reshape(1))
+    if not bool(bad.item()):
+        return
+    value = loss.detach().float()
+    what = "nan" if bool(torch.isnan(value).any()) else "inf" if value.numel() == 1 else "not finite"
+    if what == "inf" and float(value) < 0:
+        what = "-inf"
+    raise NonFiniteLossError(
+        f"fit: the training loss is {what} at epoch {where['epoch']}/{where['epochs']}, "
+        f"step {where['step']}/{where['steps']} (lr {where['lr']:.4g}); training stopped before this step "
+        f"changed the weights. {_likely_cause(*batch, model)}; {_kept(directory)}"
+    )
+
+
+def _likely_cause(inputs: Any, targets: torch.Tensor | None, model: nn.Module) -> str:
+    bad_inputs = sum(int((~torch.isfinite(t)).sum()) for t in input_tensors(inputs) if t.is_floating_point())
+    if bad_inputs:
+        return f"This batch's inputs hold {bad_inputs} NaN/inf value(s): clean the data"
+    if targets is not None and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        return "This batch's targets hold NaN/inf values: clean the data"
+    diverged = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if diverged:
+        return (
+            f"The weights already diverged ({len(diverged)} parameter(s) hold NaN/inf, first "
+            f"{diverged[0]!r}): lower the lr or set grad_clip_norm"
+        )
+    return "The inputs and weights are finite: lower the lr, set grad_clip_norm, or check the loss"
+
+
+def _kept(directory: Path | None) -> str:
+    if directory is None:
+        return "nothing was saved"
+    return f"the checkpoints in {directory} (from the last finished epoch, if any) are kept as they were"
