@@ -25,6 +25,7 @@ The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), 
     nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --finetune-epochs 3 \
         --heads-share 0.25 --ffn-share 0.75 --reconstruct --finetune-lr 1e-3 --alpha 0.5 --temperature 2 \
         --headline ce --tp-exact [--run-seed 1 --no-latency]     # session 8
+    ... --extra-unlabelled 10000    # session 12: KD rows on 10,000 extra unlabelled images, equal steps
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
@@ -51,8 +52,12 @@ from netcompress.training import TrainConfig, fit, seed_everything
 
 try:
     from benchmarks import cifar_protocol as cp
+    from benchmarks import vit_extra_data as xd
+    from benchmarks.vit_torch_pruning import prune_torch_pruning
 except ModuleNotFoundError:  # run as `python benchmarks/vit_pruning.py`: its folder is on sys.path
     import cifar_protocol as cp
+    import vit_extra_data as xd
+    from vit_torch_pruning import prune_torch_pruning
 
 SECTION = "## Issue 15: ViT on CIFAR-10"
 QUICK_VIT = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64}
@@ -124,10 +129,24 @@ def trained_baseline(args: argparse.Namespace, vit: dict[str, Any], train: Any) 
     return model.eval(), {**info, "path": str(path), "cache_hit": False}
 
 
-def finetune(args: argparse.Namespace, model: nn.Module, train: Any, teacher: nn.Module | None) -> nn.Module:
-    """The same budget for every row: ``--finetune-epochs`` at ``--finetune-lr``, CE or KD from ``teacher``."""
+def finetune(
+    args: argparse.Namespace, model: nn.Module, train: Any, teacher: nn.Module | None, extra: Any = None
+) -> nn.Module:
+    """The same budget for every row: ``--finetune-epochs`` at ``--finetune-lr``, CE or KD from ``teacher``.
+
+    With ``extra`` unlabelled images (``--extra-unlabelled``) a KD row distils on ``train`` + ``extra`` for
+    ``--finetune-epochs``, and a CE row trains as many optimizer steps on ``train`` (more epochs).
+    """
+    epochs = args.finetune_epochs
+    if extra is not None and teacher is None:
+        epochs = xd.equal_step_epochs(epochs, len(train), len(extra))
+    config = train_config(args, epochs=epochs, lr=args.finetune_lr)
+    if extra is not None and teacher is not None:
+        return xd.kd_finetune_extra(
+            model, teacher, train, extra, lambda d: train_loader(args, d), config,
+            temperature=args.temperature, alpha=args.alpha,
+        )  # fmt: skip
     model = copy.deepcopy(model).train()
-    config = train_config(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     if teacher is None:
         fit(model, train_loader(args, train), config=config)
     else:
@@ -150,101 +169,6 @@ def prune_ours(
     )  # fmt: skip
     seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
     return transformer_prune(model, x, config, loader=train_loader(args, train))
-
-
-def prune_torch_pruning(
-    args: argparse.Namespace, model: nn.Module, x: torch.Tensor
-) -> tuple[nn.Module, dict]:
-    """Torch-Pruning's MetaPruner (group L2 magnitude) at the smallest ratio reaching ``--mac-reduction``.
-
-    On ``nn.MultiheadAttention`` Torch-Pruning prunes the embedding width (with the residual stream:
-    patch embedding, norms, every Linear reading it) and FFN neurons; ``round_to`` = heads keeps the
-    attention width divisible by the head count. Raises ImportError without torch_pruning.
-    """
-    import torch_pruning as tp
-
-    from netcompress.pruning.transformer_pruning import count_macs
-
-    base = count_macs(model, x)
-    heads = max(m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention))
-
-    def pruned(ratio: float) -> nn.Module:
-        small = copy.deepcopy(model)
-        pruner = tp.pruner.MetaPruner(
-            small, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-            ignored_layers=[small.head], round_to=heads,
-            unwrapped_parameters=[(small.cls_token, 2), (small.pos_embed, 2)],
-        )  # fmt: skip
-        pruner.step()
-        return small
-
-    def smallest(make: Any) -> tuple[float, nn.Module]:
-        lo, hi = 0.0, 0.9
-        best = make(hi)
-        for _ in range(10):
-            mid = (lo + hi) / 2
-            small = make(mid)
-            if base / count_macs(small, x) >= args.mac_reduction:
-                hi, best = mid, small
-            else:
-                lo = mid
-        return hi, best
-
-    ratio, best = smallest(pruned)
-    info = {"pruning_ratio": round(ratio, 4), "mac_reduction": base / count_macs(best, x)}
-    if getattr(args, "tp_exact", False):
-        best, info = _torch_pruning_exact(args, model, x, ratio, pruned, base)
-    return best.eval(), info
-
-
-def _torch_pruning_exact(
-    args: argparse.Namespace, model: nn.Module, x: torch.Tensor, ratio: float, pruned: Any, base: int
-) -> tuple[nn.Module, dict]:
-    """Torch-Pruning at the MAC target, not one ``round_to`` step past it.
-
-    The embedding width one step wider than ``ratio`` gives (MetaPruner, as above), then in every layer the
-    same number of FFN neurons removed through Torch-Pruning's own dependency graph (``linear1`` output group,
-    ``GroupMagnitudeImportance(p=2)``, one neuron at a time): the fewest reaching ``args.mac_reduction``.
-    """
-    import torch_pruning as tp
-
-    from netcompress.pruning.transformer_pruning import count_macs
-
-    dim = pruned(ratio).cls_token.shape[-1]
-    wide_ratio = ratio
-    while wide_ratio > 0:  # ratios map to widths in steps of round_to: step back to the next wider one
-        wide_ratio = max(0.0, wide_ratio - 0.25 / model.cls_token.shape[-1])
-        if pruned(wide_ratio).cls_token.shape[-1] > dim:
-            break
-    wide = pruned(wide_ratio)
-    ffn = wide.encoder.layers[0].linear1.out_features
-
-    def with_ffn(remove: int) -> nn.Module:
-        small = copy.deepcopy(wide)
-        graph = tp.DependencyGraph().build_dependency(
-            small, example_inputs=x, unwrapped_parameters=[(small.cls_token, 2), (small.pos_embed, 2)]
-        )
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-        for layer in small.encoder.layers:
-            full = graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=list(range(ffn)))
-            scores = importance(full)
-            drop = scores.argsort()[:remove].tolist()
-            graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=drop).prune()
-        return small
-
-    lo, hi = 0, ffn - 1
-    while lo < hi:  # the fewest neurons per layer reaching the target
-        mid = (lo + hi) // 2
-        if base / count_macs(with_ffn(mid), x) >= args.mac_reduction:
-            hi = mid
-        else:
-            lo = mid + 1
-    best = with_ffn(lo)
-    info = {
-        "pruning_ratio": round(wide_ratio, 4), "width": best.cls_token.shape[-1],
-        "ffn_after": ffn - lo, "mac_reduction": base / count_macs(best, x),
-    }  # fmt: skip
-    return best, info
 
 
 def int8_onnx(args: argparse.Namespace, model: nn.Module, train: Any, x: torch.Tensor, folder: Path) -> Path:
@@ -375,6 +299,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tp-exact", action="store_true",
         help="Torch-Pruning at the target: width one round_to step wider, then FFN neurons to reach it",
     )  # fmt: skip
+    p.add_argument(
+        "--extra-unlabelled", type=int, default=0,
+        help="KD rows also distil on N unlabelled training images (outside subset and validation split); "
+        "CE rows and the unpruned reference get the same optimizer steps on the labelled subset",
+    )  # fmt: skip
     p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning row")
     p.add_argument("--json", default=None, help="write the rows and targets here")
     args = p.parse_args(argv)
@@ -394,18 +323,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"baseline: {info['path']} (cache hit: {info['cache_hit']})", flush=True)
     if args.baseline_only:
         return {"baseline": info}
-    if (
-        args.run_seed is not None
-    ):  # the baseline (cached under --seed) stays; pruning data and fine-tunes re-seeded
+    if args.run_seed is not None:  # the baseline (cached under --seed) stays; the rest re-seeded
         args.seed = args.run_seed
     from netcompress.export import export_onnx
     from netcompress.pruning.transformer_pruning import count_macs
 
     x = test[0][0].unsqueeze(0)
     base = count_macs(model, x)
+    extra = xd.unlabelled_images(args, args.extra_unlabelled) if args.extra_unlabelled else None
+    budget = (
+        xd.equal_step_epochs(args.finetune_epochs, len(train), len(extra)) if extra else args.finetune_epochs
+    )
     rows = [row("unpruned", model, test, x, base)]
     models: dict[str, nn.Module] = {"unpruned": model}
-    models["unpruned + fine-tune"] = finetune(args, model, train, None)
+    models["unpruned + fine-tune"] = finetune(args, model, train, None, extra)
     rows.append(row("unpruned + fine-tune", models["unpruned + fine-tune"], test, x, base))
     small, summary = prune_ours(args, model, train, x)
     print(
@@ -413,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     rows.append(row("ours, pruned (no fine-tune)", small, test, x, base))
     for name, teacher in (("ours", None), ("ours, KD", model)):
-        models[name] = finetune(args, small, train, teacher)
+        models[name] = finetune(args, small, train, teacher, extra)
         rows.append(row(name, models[name], test, x, base))
     tp_info: dict[str, Any] = {}
     if args.no_torch_pruning:
@@ -427,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             rows.append(row("Torch-Pruning, pruned (no fine-tune)", tp_small, test, x, base))
             for name, teacher in (("Torch-Pruning", None), ("Torch-Pruning, KD", model)):
-                models[name] = finetune(args, tp_small, train, teacher)
+                models[name] = finetune(args, tp_small, train, teacher, extra)
                 rows.append(row(name, models[name], test, x, base))
     folder = Path(args.cache) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
@@ -447,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_latency:
         ort_latency(rows, files, args.threads)
     by_name = {r["name"]: r for r in rows}
-    checks = targets(by_name, args.finetune_epochs, args.headline)
+    checks = targets(by_name, budget, args.headline)
     for text, passed in checks:
         print(f"{'PASS' if passed else 'FAIL'}: {text}")
     text = table(rows)
@@ -457,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k: v for k, v in summary.items() if k not in ("heads", "ffn")} | {
             "heads_after": [u["after"] for u in summary["heads"]], "ffn_after": [u["after"] for u in summary["ffn"]]},
         "torch_pruning": tp_info, "baseline": {k: info[k] for k in ("path", "cache_hit", "settings")},
+        "budget": xd.budget_rows(args.finetune_epochs, len(train), args.extra_unlabelled, args.batch_size),
         "load_average": os.getloadavg(), "wall_s": round(time.perf_counter() - started), "argv": argv,
     }  # fmt: skip
     if args.json:
