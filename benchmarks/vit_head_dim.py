@@ -145,7 +145,8 @@ def prune_to_target(
     reconstruct: bool, mac_target: float, seed: int, calib_batches: int = 8,
 ) -> tuple[nn.Module, dict]:  # fmt: skip
     """FFN neurons (``prune/transformer``, heads kept) and head dims, the split ``qk``/``v``/``ffn`` scaled
-    by the smallest factor reaching ``mac_target`` (bisection); ``loader()`` gives a fresh calibration loader."""
+    by the smallest factor reaching ``mac_target`` (bisection), then the FFN share alone lowered to the fewest
+    neurons that still reach it (head dims move in whole channels); ``loader()`` gives a calibration loader."""
     from itertools import islice
 
     from netcompress.pruning.transformer_pruning import TransformerPruneConfig, count_macs, transformer_prune
@@ -153,11 +154,11 @@ def prune_to_target(
 
     base = count_macs(model, x)
 
-    def build(t: float) -> tuple[nn.Module, dict]:
+    def build(t: float, t_ffn: float | None = None) -> tuple[nn.Module, dict]:
         seed_everything(seed)  # the loader's augmentation draws from the global RNG: same batches every time
         config = TransformerPruneConfig(
-            heads=0.0, ffn=min(ffn * t, 0.99), importance=importance, calib_batches=calib_batches,
-            reconstruct=reconstruct,
+            heads=0.0, ffn=min(ffn * (t if t_ffn is None else t_ffn), 0.99), importance=importance,
+            calib_batches=calib_batches, reconstruct=reconstruct,
         )  # fmt: skip
         small, summary = transformer_prune(model, x, config, loader=loader())
         scores = channel_scores(small, islice(loader(), calib_batches))
@@ -176,7 +177,30 @@ def prune_to_target(
             hi, best = mid, candidate
         else:
             lo = mid
+    if ffn > 0:  # head dims step in whole channels: then the fewest FFN neurons that still reach the target
+        lo_f, hi_f = 0.0, hi
+        for _ in range(10):
+            mid = (lo_f + hi_f) / 2
+            candidate = build(hi, mid)
+            if candidate[1]["mac_reduction"] >= mac_target:
+                hi_f, best = mid, candidate
+            else:
+                lo_f = mid
     small, info = best
     attn = [m for m in small.modules() if isinstance(m, HeadDimAttention)]
     info.update(factor=round(hi, 4), qk_dim=[m.qk_dim for m in attn], v_dim=[m.v_dim for m in attn])
     return small, info
+
+
+def prune_for_benchmark(args: Any, model: nn.Module, x: torch.Tensor, loader: Any) -> tuple[nn.Module, dict]:
+    """``vit_pruning``'s ``--head-dim QK,V`` (with ``--ffn-share``, ``--importance``, ``--reconstruct``): the
+    pruned model and a summary shaped like ``prune/transformer``'s (heads kept, FFN widths, head dims)."""
+    qk, v = (float(s) for s in args.head_dim.split(","))
+    small, info = prune_to_target(
+        model, x, loader, qk=qk, v=v, ffn=args.ffn_share, importance=args.importance,
+        reconstruct=args.reconstruct, mac_target=args.mac_reduction, seed=args.seed,
+    )  # fmt: skip
+    attn = [m for m in small.modules() if isinstance(m, HeadDimAttention)]
+    return small, {
+        **info, "heads": [{"after": m.num_heads} for m in attn], "ffn": [{"after": f} for f in info["ffn"]],
+    }  # fmt: skip

@@ -26,6 +26,7 @@ The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), 
         --heads-share 0.25 --ffn-share 0.75 --reconstruct --finetune-lr 1e-3 --alpha 0.5 --temperature 2 \
         --headline ce --tp-exact [--run-seed 1 --no-latency]     # session 8
     ... --extra-unlabelled 10000    # session 12: KD rows on 10,000 extra unlabelled images, equal steps
+    ... --head-dim 0.25,0.25        # session 12: head dims inside heads (vit_head_dim) + FFN, not whole heads
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
@@ -53,10 +54,14 @@ from netcompress.training import TrainConfig, fit, seed_everything
 try:
     from benchmarks import cifar_protocol as cp
     from benchmarks import vit_extra_data as xd
+    from benchmarks import vit_head_dim as hd
+    from benchmarks.vit_report import ort_latency, table, targets
     from benchmarks.vit_torch_pruning import prune_torch_pruning
 except ModuleNotFoundError:  # run as `python benchmarks/vit_pruning.py`: its folder is on sys.path
     import cifar_protocol as cp
     import vit_extra_data as xd
+    import vit_head_dim as hd
+    from vit_report import ort_latency, table, targets
     from vit_torch_pruning import prune_torch_pruning
 
 SECTION = "## Issue 15: ViT on CIFAR-10"
@@ -163,6 +168,8 @@ def prune_ours(
     """``prune/transformer``: heads + FFN neurons, ``--heads-share``/``--ffn-share`` scaled to ``--mac-reduction``."""
     from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
 
+    if args.head_dim:  # head dims inside every head + FFN neurons (vit_head_dim, session 12)
+        return hd.prune_for_benchmark(args, model, x, lambda: train_loader(args, train))
     config = TransformerPruneConfig(
         heads=args.heads_share, ffn=args.ffn_share, importance=args.importance, mac_target=args.mac_reduction,
         calib_batches=8, reconstruct=args.reconstruct, allocation=args.allocation,
@@ -209,58 +216,6 @@ def row(
     return out
 
 
-def ort_latency(rows: list[dict], files: dict[str, Path], threads: int) -> None:
-    """ONNX Runtime latency at batch 64, models timed in interleaved rounds (median per model)."""
-    from netcompress.evaluation import time_alternating
-    from netcompress.export import OrtModel
-
-    models = {name: OrtModel(path, threads=threads) for name, path in files.items()}
-    timings = time_alternating(
-        models, torch.randn(1, 3, 32, 32), batch_sizes=(64,), rounds=5, threads=threads
-    )
-    for r in rows:
-        if r["name"] in timings:
-            r["ort_b64_ms"] = timings[r["name"]]["latency_b64_ms"]
-
-
-def targets(rows: dict[str, dict], budget: int, headline: str = "kd") -> list[tuple[str, bool]]:
-    """The issue's targets on the ViT, each (text, passed): ``headline`` (ce/kd) picks our fine-tune recipe
-    (chosen on the validation split), and Torch-Pruning's row with the same recipe is its peer."""
-    suffix = ", KD" if headline == "kd" else ""
-    ours, reference = rows[f"ours{suffix}"], rows.get("unpruned + fine-tune", rows["unpruned"])
-    out = [
-        (f"ours at >= 2x fewer MACs ({ours['mac_reduction']:.2f}x)", ours["mac_reduction"] >= 1.995),
-        (
-            f"ours within 1.5 points of {reference['name']} after the same {budget}-epoch fine-tune "
-            f"({100 * ours['accuracy']:.2f} vs {100 * reference['accuracy']:.2f} %)",
-            ours["accuracy"] >= reference["accuracy"] - 0.015,
-        ),
-    ]
-    if f"Torch-Pruning{suffix}" in rows:
-        tp_row = rows[f"Torch-Pruning{suffix}"]
-        out.append((
-            f"ours ahead of Torch-Pruning at the same MACs and budget ({100 * ours['accuracy']:.2f} vs "
-            f"{100 * tp_row['accuracy']:.2f} %)",
-            ours["accuracy"] > tp_row["accuracy"],
-        ))  # fmt: skip
-    return out
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| model | MACs | MACs ratio | params | test accuracy | ORT batch 64 (ms, under load) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        params = f"{r['params']:,}" if r.get("params") else "-"
-        ms = f"{r['ort_b64_ms']:.1f}" if r.get("ort_b64_ms") else "-"
-        lines.append(
-            f"| {r['name']} | {r['macs']:,} | {r['mac_reduction']:.2f}x | {params} | "
-            f"{100 * r['accuracy']:.2f} % | {ms} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny ViT on synthetic data, 1 epoch each, seconds")
@@ -283,6 +238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads-share", type=float, default=0.5, help="heads share (the split mac_target scales)")
     p.add_argument("--ffn-share", type=float, default=0.5, help="FFN share (the split mac_target scales)")
     p.add_argument("--reconstruct", action="store_true", help="prune/transformer reconstruct=True")
+    p.add_argument(
+        "--head-dim", default=None, help="'QK,V': head-dim shares inside heads instead of --heads-share"
+    )
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform", help="prune/transformer")
     p.add_argument("--headline", choices=("ce", "kd"), default="kd", help="our row the targets judge")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight of the soft targets")

@@ -79,7 +79,29 @@ def test_prune_to_target_reaches_the_mac_target():
         mac_target=2.0,
         seed=0,
     )
-    assert 2.0 <= info["mac_reduction"] < 2.2 and info["mac_reduction"] == count_macs(model, x) / count_macs(
+    assert 2.0 <= info["mac_reduction"] < 2.05 and info["mac_reduction"] == count_macs(model, x) / count_macs(
         small, x
     )
     assert len(info["qk_dim"]) == 2 and info["qk_dim"][0] < 8 and small(x).shape == (1, 10)
+
+
+def test_vit_pruning_head_dim_flag_prunes_inside_heads_to_the_target():
+    import vit_pruning as vp
+
+    args = vp.parse_args(
+        ["--quick", "--head-dim", "0.5,0.5", "--ffn-share", "0.5", "--importance", "magnitude"]
+    )
+    model = _model()
+    train, _ = vp.synthetic_bundle(n_train=64, n_test=8)
+    x = torch.randn(1, 3, 32, 32)
+    small, summary = vp.prune_ours(args, model, train, x)
+    assert 2.0 <= summary["mac_reduction"] < 2.05
+    assert [u["after"] for u in summary["heads"]] == [4, 4]  # every head stays, narrower
+    assert all(d < 8 for d in summary["qk_dim"] + summary["v_dim"]) and len(summary["ffn"]) == 2
+    assert isinstance(small.encoder.layers[1].self_attn, vp.hd.HeadDimAttention)
+    args.head_dim, args.ffn_share = (
+        "0.25,0.25",
+        0.75,
+    )  # 33 % of each at most: 2x out of reach on this tiny ViT
+    with pytest.raises(ValueError, match="cannot reach 2.0x fewer MACs"):
+        vp.prune_ours(args, model, train, x)
