@@ -25,6 +25,8 @@ The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), 
     nice -n 10 timeout 900 python benchmarks/vit_pruning.py --patch-size 8 --epochs 15 --finetune-epochs 3 \
         --heads-share 0.25 --ffn-share 0.75 --reconstruct --finetune-lr 1e-3 --alpha 0.5 --temperature 2 \
         --headline ce --tp-exact [--run-seed 1 --no-latency]     # session 8
+    ... --extra-unlabelled 10000    # session 12: KD rows on 10,000 extra unlabelled images, equal steps
+    ... --head-dim 0.25,0.25        # session 12: head dims inside heads (vit_head_dim) + FFN, not whole heads
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
@@ -51,8 +53,16 @@ from netcompress.training import TrainConfig, fit, seed_everything
 
 try:
     from benchmarks import cifar_protocol as cp
+    from benchmarks import vit_extra_data as xd
+    from benchmarks import vit_head_dim as hd
+    from benchmarks.vit_report import ort_latency, table, targets
+    from benchmarks.vit_torch_pruning import prune_torch_pruning
 except ModuleNotFoundError:  # run as `python benchmarks/vit_pruning.py`: its folder is on sys.path
     import cifar_protocol as cp
+    import vit_extra_data as xd
+    import vit_head_dim as hd
+    from vit_report import ort_latency, table, targets
+    from vit_torch_pruning import prune_torch_pruning
 
 SECTION = "## Issue 15: ViT on CIFAR-10"
 QUICK_VIT = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64}
@@ -124,10 +134,24 @@ def trained_baseline(args: argparse.Namespace, vit: dict[str, Any], train: Any) 
     return model.eval(), {**info, "path": str(path), "cache_hit": False}
 
 
-def finetune(args: argparse.Namespace, model: nn.Module, train: Any, teacher: nn.Module | None) -> nn.Module:
-    """The same budget for every row: ``--finetune-epochs`` at ``--finetune-lr``, CE or KD from ``teacher``."""
+def finetune(
+    args: argparse.Namespace, model: nn.Module, train: Any, teacher: nn.Module | None, extra: Any = None
+) -> nn.Module:
+    """The same budget for every row: ``--finetune-epochs`` at ``--finetune-lr``, CE or KD from ``teacher``.
+
+    With ``extra`` unlabelled images (``--extra-unlabelled``) a KD row distils on ``train`` + ``extra`` for
+    ``--finetune-epochs``, and a CE row trains as many optimizer steps on ``train`` (more epochs).
+    """
+    epochs = args.finetune_epochs
+    if extra is not None and teacher is None:
+        epochs = xd.equal_step_epochs(epochs, len(train), len(extra))
+    config = train_config(args, epochs=epochs, lr=args.finetune_lr)
+    if extra is not None and teacher is not None:
+        return xd.kd_finetune_extra(
+            model, teacher, train, extra, lambda d: train_loader(args, d), config,
+            temperature=args.temperature, alpha=args.alpha,
+        )  # fmt: skip
     model = copy.deepcopy(model).train()
-    config = train_config(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     if teacher is None:
         fit(model, train_loader(args, train), config=config)
     else:
@@ -144,107 +168,14 @@ def prune_ours(
     """``prune/transformer``: heads + FFN neurons, ``--heads-share``/``--ffn-share`` scaled to ``--mac-reduction``."""
     from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
 
+    if args.head_dim:  # head dims inside every head + FFN neurons (vit_head_dim, session 12)
+        return hd.prune_for_benchmark(args, model, x, lambda: train_loader(args, train))
     config = TransformerPruneConfig(
         heads=args.heads_share, ffn=args.ffn_share, importance=args.importance, mac_target=args.mac_reduction,
         calib_batches=8, reconstruct=args.reconstruct, allocation=args.allocation,
     )  # fmt: skip
     seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
     return transformer_prune(model, x, config, loader=train_loader(args, train))
-
-
-def prune_torch_pruning(
-    args: argparse.Namespace, model: nn.Module, x: torch.Tensor
-) -> tuple[nn.Module, dict]:
-    """Torch-Pruning's MetaPruner (group L2 magnitude) at the smallest ratio reaching ``--mac-reduction``.
-
-    On ``nn.MultiheadAttention`` Torch-Pruning prunes the embedding width (with the residual stream:
-    patch embedding, norms, every Linear reading it) and FFN neurons; ``round_to`` = heads keeps the
-    attention width divisible by the head count. Raises ImportError without torch_pruning.
-    """
-    import torch_pruning as tp
-
-    from netcompress.pruning.transformer_pruning import count_macs
-
-    base = count_macs(model, x)
-    heads = max(m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention))
-
-    def pruned(ratio: float) -> nn.Module:
-        small = copy.deepcopy(model)
-        pruner = tp.pruner.MetaPruner(
-            small, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-            ignored_layers=[small.head], round_to=heads,
-            unwrapped_parameters=[(small.cls_token, 2), (small.pos_embed, 2)],
-        )  # fmt: skip
-        pruner.step()
-        return small
-
-    def smallest(make: Any) -> tuple[float, nn.Module]:
-        lo, hi = 0.0, 0.9
-        best = make(hi)
-        for _ in range(10):
-            mid = (lo + hi) / 2
-            small = make(mid)
-            if base / count_macs(small, x) >= args.mac_reduction:
-                hi, best = mid, small
-            else:
-                lo = mid
-        return hi, best
-
-    ratio, best = smallest(pruned)
-    info = {"pruning_ratio": round(ratio, 4), "mac_reduction": base / count_macs(best, x)}
-    if getattr(args, "tp_exact", False):
-        best, info = _torch_pruning_exact(args, model, x, ratio, pruned, base)
-    return best.eval(), info
-
-
-def _torch_pruning_exact(
-    args: argparse.Namespace, model: nn.Module, x: torch.Tensor, ratio: float, pruned: Any, base: int
-) -> tuple[nn.Module, dict]:
-    """Torch-Pruning at the MAC target, not one ``round_to`` step past it.
-
-    The embedding width one step wider than ``ratio`` gives (MetaPruner, as above), then in every layer the
-    same number of FFN neurons removed through Torch-Pruning's own dependency graph (``linear1`` output group,
-    ``GroupMagnitudeImportance(p=2)``, one neuron at a time): the fewest reaching ``args.mac_reduction``.
-    """
-    import torch_pruning as tp
-
-    from netcompress.pruning.transformer_pruning import count_macs
-
-    dim = pruned(ratio).cls_token.shape[-1]
-    wide_ratio = ratio
-    while wide_ratio > 0:  # ratios map to widths in steps of round_to: step back to the next wider one
-        wide_ratio = max(0.0, wide_ratio - 0.25 / model.cls_token.shape[-1])
-        if pruned(wide_ratio).cls_token.shape[-1] > dim:
-            break
-    wide = pruned(wide_ratio)
-    ffn = wide.encoder.layers[0].linear1.out_features
-
-    def with_ffn(remove: int) -> nn.Module:
-        small = copy.deepcopy(wide)
-        graph = tp.DependencyGraph().build_dependency(
-            small, example_inputs=x, unwrapped_parameters=[(small.cls_token, 2), (small.pos_embed, 2)]
-        )
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-        for layer in small.encoder.layers:
-            full = graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=list(range(ffn)))
-            scores = importance(full)
-            drop = scores.argsort()[:remove].tolist()
-            graph.get_pruning_group(layer.linear1, tp.prune_linear_out_channels, idxs=drop).prune()
-        return small
-
-    lo, hi = 0, ffn - 1
-    while lo < hi:  # the fewest neurons per layer reaching the target
-        mid = (lo + hi) // 2
-        if base / count_macs(with_ffn(mid), x) >= args.mac_reduction:
-            hi = mid
-        else:
-            lo = mid + 1
-    best = with_ffn(lo)
-    info = {
-        "pruning_ratio": round(wide_ratio, 4), "width": best.cls_token.shape[-1],
-        "ffn_after": ffn - lo, "mac_reduction": base / count_macs(best, x),
-    }  # fmt: skip
-    return best, info
 
 
 def int8_onnx(args: argparse.Namespace, model: nn.Module, train: Any, x: torch.Tensor, folder: Path) -> Path:
@@ -285,58 +216,6 @@ def row(
     return out
 
 
-def ort_latency(rows: list[dict], files: dict[str, Path], threads: int) -> None:
-    """ONNX Runtime latency at batch 64, models timed in interleaved rounds (median per model)."""
-    from netcompress.evaluation import time_alternating
-    from netcompress.export import OrtModel
-
-    models = {name: OrtModel(path, threads=threads) for name, path in files.items()}
-    timings = time_alternating(
-        models, torch.randn(1, 3, 32, 32), batch_sizes=(64,), rounds=5, threads=threads
-    )
-    for r in rows:
-        if r["name"] in timings:
-            r["ort_b64_ms"] = timings[r["name"]]["latency_b64_ms"]
-
-
-def targets(rows: dict[str, dict], budget: int, headline: str = "kd") -> list[tuple[str, bool]]:
-    """The issue's targets on the ViT, each (text, passed): ``headline`` (ce/kd) picks our fine-tune recipe
-    (chosen on the validation split), and Torch-Pruning's row with the same recipe is its peer."""
-    suffix = ", KD" if headline == "kd" else ""
-    ours, reference = rows[f"ours{suffix}"], rows.get("unpruned + fine-tune", rows["unpruned"])
-    out = [
-        (f"ours at >= 2x fewer MACs ({ours['mac_reduction']:.2f}x)", ours["mac_reduction"] >= 1.995),
-        (
-            f"ours within 1.5 points of {reference['name']} after the same {budget}-epoch fine-tune "
-            f"({100 * ours['accuracy']:.2f} vs {100 * reference['accuracy']:.2f} %)",
-            ours["accuracy"] >= reference["accuracy"] - 0.015,
-        ),
-    ]
-    if f"Torch-Pruning{suffix}" in rows:
-        tp_row = rows[f"Torch-Pruning{suffix}"]
-        out.append((
-            f"ours ahead of Torch-Pruning at the same MACs and budget ({100 * ours['accuracy']:.2f} vs "
-            f"{100 * tp_row['accuracy']:.2f} %)",
-            ours["accuracy"] > tp_row["accuracy"],
-        ))  # fmt: skip
-    return out
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| model | MACs | MACs ratio | params | test accuracy | ORT batch 64 (ms, under load) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        params = f"{r['params']:,}" if r.get("params") else "-"
-        ms = f"{r['ort_b64_ms']:.1f}" if r.get("ort_b64_ms") else "-"
-        lines.append(
-            f"| {r['name']} | {r['macs']:,} | {r['mac_reduction']:.2f}x | {params} | "
-            f"{100 * r['accuracy']:.2f} % | {ms} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny ViT on synthetic data, 1 epoch each, seconds")
@@ -359,6 +238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads-share", type=float, default=0.5, help="heads share (the split mac_target scales)")
     p.add_argument("--ffn-share", type=float, default=0.5, help="FFN share (the split mac_target scales)")
     p.add_argument("--reconstruct", action="store_true", help="prune/transformer reconstruct=True")
+    p.add_argument(
+        "--head-dim", default=None, help="'QK,V': head-dim shares inside heads instead of --heads-share"
+    )
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform", help="prune/transformer")
     p.add_argument("--headline", choices=("ce", "kd"), default="kd", help="our row the targets judge")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight of the soft targets")
@@ -374,6 +256,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tp-exact", action="store_true",
         help="Torch-Pruning at the target: width one round_to step wider, then FFN neurons to reach it",
+    )  # fmt: skip
+    p.add_argument(
+        "--extra-unlabelled", type=int, default=0,
+        help="KD rows also distil on N unlabelled training images (outside subset and validation split); "
+        "CE rows and the unpruned reference get the same optimizer steps on the labelled subset",
     )  # fmt: skip
     p.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning row")
     p.add_argument("--json", default=None, help="write the rows and targets here")
@@ -394,18 +281,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"baseline: {info['path']} (cache hit: {info['cache_hit']})", flush=True)
     if args.baseline_only:
         return {"baseline": info}
-    if (
-        args.run_seed is not None
-    ):  # the baseline (cached under --seed) stays; pruning data and fine-tunes re-seeded
+    if args.run_seed is not None:  # the baseline (cached under --seed) stays; the rest re-seeded
         args.seed = args.run_seed
     from netcompress.export import export_onnx
     from netcompress.pruning.transformer_pruning import count_macs
 
     x = test[0][0].unsqueeze(0)
     base = count_macs(model, x)
+    extra = xd.unlabelled_images(args, args.extra_unlabelled) if args.extra_unlabelled else None
+    budget = (
+        xd.equal_step_epochs(args.finetune_epochs, len(train), len(extra)) if extra else args.finetune_epochs
+    )
     rows = [row("unpruned", model, test, x, base)]
     models: dict[str, nn.Module] = {"unpruned": model}
-    models["unpruned + fine-tune"] = finetune(args, model, train, None)
+    models["unpruned + fine-tune"] = finetune(args, model, train, None, extra)
     rows.append(row("unpruned + fine-tune", models["unpruned + fine-tune"], test, x, base))
     small, summary = prune_ours(args, model, train, x)
     print(
@@ -413,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     rows.append(row("ours, pruned (no fine-tune)", small, test, x, base))
     for name, teacher in (("ours", None), ("ours, KD", model)):
-        models[name] = finetune(args, small, train, teacher)
+        models[name] = finetune(args, small, train, teacher, extra)
         rows.append(row(name, models[name], test, x, base))
     tp_info: dict[str, Any] = {}
     if args.no_torch_pruning:
@@ -427,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             rows.append(row("Torch-Pruning, pruned (no fine-tune)", tp_small, test, x, base))
             for name, teacher in (("Torch-Pruning", None), ("Torch-Pruning, KD", model)):
-                models[name] = finetune(args, tp_small, train, teacher)
+                models[name] = finetune(args, tp_small, train, teacher, extra)
                 rows.append(row(name, models[name], test, x, base))
     folder = Path(args.cache) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
@@ -447,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_latency:
         ort_latency(rows, files, args.threads)
     by_name = {r["name"]: r for r in rows}
-    checks = targets(by_name, args.finetune_epochs, args.headline)
+    checks = targets(by_name, budget, args.headline)
     for text, passed in checks:
         print(f"{'PASS' if passed else 'FAIL'}: {text}")
     text = table(rows)
@@ -457,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k: v for k, v in summary.items() if k not in ("heads", "ffn")} | {
             "heads_after": [u["after"] for u in summary["heads"]], "ffn_after": [u["after"] for u in summary["ffn"]]},
         "torch_pruning": tp_info, "baseline": {k: info[k] for k in ("path", "cache_hit", "settings")},
+        "budget": xd.budget_rows(args.finetune_epochs, len(train), args.extra_unlabelled, args.batch_size),
         "load_average": os.getloadavg(), "wall_s": round(time.perf_counter() - started), "argv": argv,
     }  # fmt: skip
     if args.json:

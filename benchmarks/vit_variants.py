@@ -6,10 +6,13 @@ class-balanced CIFAR-10 *training* images outside the 10,000-image training subs
 (``cifar_protocol.heldout_loader``). A variant is ``prune|finetune``:
 
 - prune: ``h<heads>f<ffn>[d<hidden>]-<importance>`` (the split that ``mac_target`` scales; e.g.
-  ``h.5f.5-taylor``, ``h.25f.75-wanda``, ``h.3f.6d.1-taylor``) or ``tp`` (Torch-Pruning at >= 2x,
+  ``h.5f.5-taylor``, ``h.25f.75-wanda``, ``h.3f.6d.1-taylor``) or ``q<qk>v<v>f<ffn>-<importance>[+rec]`` (head
+  dims inside every head + FFN neurons, ``vit_head_dim``; e.g. ``q.5v.25f.5-taylor+rec``) or ``tp`` (Torch-Pruning at >= 2x,
   ``vit_pruning.prune_torch_pruning``) or ``none`` (the unpruned model);
 - finetune: ``ce`` | ``kd<alpha>t<T>`` | ``...+hs<w>`` (TinyBERT-style hidden-state MSE to the teacher per
-  layer, weight w) | ``...+at<w>`` (attention-map KL), optionally ``@<lr>``; e.g. ``kd.5t2+hs1@1e-3``.
+  layer, weight w) | ``...+at<w>`` (attention-map KL) | ``kd...+x<N>`` (KD on N extra *unlabelled* training
+  images outside the subset and the validation split, ``vit_extra_data``), optionally ``@<lr>``; e.g.
+  ``kd.5t2+hs1@1e-3``, ``kd.5t2+x10000@1e-3``.
 
     nice -n 10 timeout 900 python benchmarks/vit_variants.py --variants "h.5f.5-taylor|ce" "h.25f.75-taylor|ce"
     python benchmarks/vit_variants.py --quick      # synthetic data, seconds
@@ -37,16 +40,21 @@ from netcompress.training import fit, seed_everything
 
 try:
     from benchmarks import cifar_protocol as cp
+    from benchmarks import vit_extra_data as xd
+    from benchmarks import vit_head_dim as hd
     from benchmarks import vit_pruning as vp
 except ModuleNotFoundError:  # run as `python benchmarks/vit_variants.py`
     import cifar_protocol as cp
+    import vit_extra_data as xd
+    import vit_head_dim as hd
     import vit_pruning as vp
 
 PRUNE = re.compile(
     r"^(?:(?P<glob>global)|h(?P<h>[\d.]+)f(?P<f>[\d.]+)(?:d(?P<d>[\d.]+))?)-(?P<imp>[a-z]+)(?P<rec>\+rec(?:all)?)?$"
 )
+HEAD_DIM = re.compile(r"^q(?P<q>[\d.]+)v(?P<v>[\d.]+)f(?P<f>[\d.]+)-(?P<imp>[a-z]+)(?P<rec>\+rec)?$")
 FT = re.compile(
-    r"^(?P<base>ce|kd(?P<a>[\d.]+)t(?P<t>[\d.]+))(?P<extra>(?:\+(?:hs|at)[\d.]+)*)(?:@(?P<lr>[\d.e-]+))?$"
+    r"^(?P<base>ce|kd(?P<a>[\d.]+)t(?P<t>[\d.]+))(?P<extra>(?:\+(?:hs|at|x)[\d.]+)*)(?:@(?P<lr>[\d.e-]+))?$"
 )
 
 
@@ -60,6 +68,12 @@ def prune(
         return model, {}
     if spec == "tp":
         return vp.prune_torch_pruning(args, model, x)
+    m = HEAD_DIM.match(spec)
+    if m is not None:  # head dims inside every head + FFN neurons (vit_head_dim, session 12)
+        return hd.prune_to_target(
+            model, x, lambda: vp.train_loader(args, train), qk=float(m["q"]), v=float(m["v"]), ffn=float(m["f"]),
+            importance=m["imp"], reconstruct=bool(m["rec"]), mac_target=args.mac_reduction, seed=args.seed,
+        )  # fmt: skip
     m = PRUNE.match(spec)
     if m is None:
         raise SystemExit(f"bad prune spec {spec!r}")
@@ -102,6 +116,9 @@ def reconstruct(model: nn.Module, small: nn.Module, summary: dict, loader: Any, 
     return reconstruct_weights_(small, original, loader, kept_indices=kept, num_batches=batches)
 
 
+_UNLABELLED: dict[int, Any] = {}  # extra unlabelled images by count, loaded once per run
+
+
 def finetune(
     args: argparse.Namespace, spec: str, model: nn.Module, teacher: nn.Module, train: Any, x: torch.Tensor
 ) -> nn.Module:
@@ -116,7 +133,17 @@ def finetune(
     hooks: list[Any] = []
     if m["a"] is not None:
         hooks.append(SoftTargetDistillation(forward, temperature=float(m["t"]), alpha=float(m["a"])))
-    extra = dict(re.findall(r"\+(hs|at)([\d.]+)", m["extra"] or ""))
+    extra = dict(re.findall(r"\+(hs|at|x)([\d.]+)", m["extra"] or ""))
+    if "x" in extra:  # KD on labelled + unlabelled images (soft targets only on the unlabelled ones)
+        if m["a"] is None or len(extra) > 1:
+            raise SystemExit(f"bad finetune spec {spec!r}: +x<N> goes with kd<alpha>t<T> alone")
+        n = int(extra["x"])
+        if n not in _UNLABELLED:
+            _UNLABELLED[n] = xd.unlabelled_images(args, n)
+        return xd.kd_finetune_extra(
+            model, teacher, train, _UNLABELLED[n], lambda d: vp.train_loader(args, d), config,
+            temperature=float(m["t"]), alpha=float(m["a"]),
+        )  # fmt: skip
     layer = None
     if extra:
         layer = TransformerDistillation(
