@@ -98,7 +98,8 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
         build, make, labelled, family = ROUND4[name]
         table, x, other = ALL_VERBS, make(2, False, 0), make(3, True, 5)
         labels = [torch.randint(0, LABELS, (4,), generator=gen) for _ in range(2)]
-        batches = [(make(4, False, s), y) if labelled else make(4, False, s) for s, y in zip((1, 2), labels)]
+        # unlabelled several positional inputs: a 1-tuple (a 2-tuple batch reads as (inputs, targets))
+        batches = [(make(4, False, s), y) if labelled else (make(4, False, s),) for s, y in zip((1, 2), labels)]
         verbs = [v for v in verbs if not (v == "prune_hidden" and family == "cnn")]
     elif kind == "other":  # waveforms, spectrograms, (source, target): the transformer verbs
         build, make, labelled = OTHER[name]
