@@ -160,6 +160,17 @@ def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Lab
     return out
 
 
+def embedding_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    """nn.Embedding / EmbeddingBag: a table lookup, its columns (the last dim) a source kept whole."""
+    shape = _shape(node)
+    if shape is None or len(shape) < 2:
+        return None
+    out = ctx.graph.uf.new(shape[-1])
+    ctx.graph.block(out, f"{type(module).__name__} {str(node.target)!r}: a table's columns are kept whole")
+    ctx.dims[node] = len(shape) - 1
+    return out
+
+
 def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleContext], Labels]:
     """BatchNorm / PReLU: one parameter vector over the channels, coupled to the input's ids."""
 
@@ -278,6 +289,7 @@ _SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
 MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = [
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv_rule),
     ((nn.Linear,), linear_rule),
+    ((nn.Embedding, nn.EmbeddingBag), embedding_rule),
     ((nn.modules.batchnorm._BatchNorm,), per_channel_rule("batchnorm")),
     ((nn.PReLU,), per_channel_rule("prelu")),
     ((nn.GroupNorm,), groupnorm_rule),
@@ -320,7 +332,7 @@ def label_node(
             raise UnsupportedModelError(
                 f"channel pruning cannot handle module {str(node.target)!r} of type {type(module).__name__} "
                 f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, "
-                "LayerNorm/RMSNorm (channels kept whole), PReLU, "
+                "LayerNorm/RMSNorm, Embedding/EmbeddingBag (channels kept whole), PReLU, "
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)
