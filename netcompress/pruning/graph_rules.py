@@ -46,6 +46,7 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext, name: st
     if len(_shape(arg)) != len(module.kernel_size) + 2:
         raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
     x = ctx.labels_on(arg, node, 1)
+    ctx.dims[node] = 1  # a conv's output channels are dim 1, wherever its input's came from (an unsqueeze)
     name, graph = name or str(node.target), ctx.graph
     if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
         graph.unite(layer.in_labels, x, where=_describe(node))
