@@ -97,3 +97,27 @@ def test_a_rebuilt_model_failing_on_the_example_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"rebuilt from its description fails on the example \(KeyError"):
         nc.save(model, tmp_path / "d.nc", example_inputs=torch.randn(2, 4))
     assert not (tmp_path / "d.nc").exists()
+
+
+class Samples(nn.Module):
+    """Draws in forward, as ViLT samples image patches with torch.multinomial even in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        keep = torch.multinomial(torch.ones(x.shape[1]), x.shape[1] - 1)
+        return self.fc(x[:, keep.sort().values].sum(1, keepdim=True).expand(-1, 4))
+
+
+def test_a_forward_that_samples_is_compared_under_one_seed(tmp_path):
+    model, x = Samples().eval(), torch.randn(3, 6)
+    state = torch.random.get_rng_state()
+    saved = nc.save(model, tmp_path / "s.nc", example_inputs=x)  # refused before: "computes other outputs"
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    back = nc.load(tmp_path / "s.nc", allow_modules=saved["allow_modules"])
+    torch.manual_seed(3)
+    a = model(x)
+    torch.manual_seed(3)
+    assert torch.equal(back(x), a)
