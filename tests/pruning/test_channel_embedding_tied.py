@@ -75,3 +75,21 @@ def test_a_tied_head_keeps_its_channels_and_its_tie():
     reasons = " ".join(g.reason for g in plan.graph.groups)
     assert "layer 'head' shares its parameters with 'embed' (tied weights)" in reasons
     assert nc.prune_channels(model, x, ratio=0.5).head.weight.shape == (20, 16)
+
+
+class DotRecommender(Recommender):
+    """With a DLRM-style dot interaction of the two tables' rows: a sum over kept-whole channels."""
+
+    def forward(self, bags, item, dense):
+        u, i = self.users(bags), self.items(item)
+        return self.top(torch.cat([u, i * (u * i).sum(-1, keepdim=True), self.dense(dense)], -1))
+
+
+def test_a_dot_product_of_table_rows_does_not_stop_pruning():
+    torch.manual_seed(0)
+    model = DotRecommender().eval()
+    x = (torch.randint(0, 30, (4, 3)), torch.randint(0, 40, (4,)), torch.randn(4, 4))
+    plan = plan_channel_pruning(model, x, ratio=0.5)
+    small = apply_channel_plan(model, plan, x)
+    assert small.dense[0].out_features == 8 and small.top[0].out_features == 8
+    assert torch.allclose(small(*x), _masked(model, plan.keep_indices())(*x), atol=1e-6)
