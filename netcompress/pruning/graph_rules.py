@@ -172,6 +172,24 @@ def embedding_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> 
     return out
 
 
+def recurrent_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    """nn.LSTM / GRU / RNN: every step reads all input features (kept whole); its (output, state) tuple holds new
+    features, kept whole too (the layer itself is not pruned; the layers around it are)."""
+    arg, x = _first(node, ctx)
+    shape, what = _shape(arg), f"{type(module).__name__} {str(node.target)!r}"
+    metas = node.meta.get("tensor_meta")
+    if len(shape) != 3 or ctx.dim(arg) != 2 or not isinstance(metas, (tuple, list)) or not hasattr(metas[0], "shape"):
+        raise _fail(
+            node, f"{str(node.target)!r} of type {type(module).__name__} is called on {tuple(shape)}, not on a "
+            "batched sequence with its features last"
+        )  # fmt: skip
+    ctx.graph.block(x, f"{what} reads them all")
+    out = ctx.graph.uf.new(metas[0].shape[-1])
+    ctx.graph.block(out, f"{what}: its output features")
+    ctx.pieces[node] = [out, None]  # output[0] keeps the input's feature dim (2); the state is new, kept whole
+    return None
+
+
 def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleContext], Labels]:
     """BatchNorm / PReLU: one parameter vector over the channels, coupled to the input's ids."""
 
@@ -291,6 +309,7 @@ MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = 
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv_rule),
     ((nn.Linear,), linear_rule),
     ((nn.Embedding, nn.EmbeddingBag), embedding_rule),
+    ((nn.LSTM, nn.GRU, nn.RNN), recurrent_rule),
     ((nn.modules.batchnorm._BatchNorm,), per_channel_rule("batchnorm")),
     ((nn.PReLU,), per_channel_rule("prelu")),
     ((nn.GroupNorm,), groupnorm_rule),
@@ -333,7 +352,7 @@ def label_node(
             raise UnsupportedModelError(
                 f"channel pruning cannot handle module {str(node.target)!r} of type {type(module).__name__} "
                 f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, "
-                "LayerNorm/RMSNorm, Embedding/EmbeddingBag (channels kept whole), PReLU, "
+                "LayerNorm/RMSNorm, Embedding/EmbeddingBag, LSTM/GRU/RNN (channels kept whole), PReLU, "
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)
