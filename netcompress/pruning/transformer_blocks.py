@@ -42,6 +42,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from netcompress.pruning.transformer_ffn_forms import sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
 Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj")
@@ -355,7 +356,6 @@ def _looks_like_attention(module: nn.Module) -> bool:
 
 def find_blocks(model: nn.Module) -> Blocks:
     """All attention and FFN units of ``model`` (see the module docstring for the layouts)."""
-    from netcompress.pruning.transformer_ffn_forms import sequential_ffn  # it imports this module's units
     modules = dict(model.named_modules())
     attention: list[AttentionUnit] = []
     ffn: list[FFNUnit] = []
@@ -381,7 +381,7 @@ def find_blocks(model: nn.Module) -> Blocks:
         if found is not None:
             ffn.append(found)
         elif name and (seq := sequential_ffn(name, module)) is not None:
-            sequential.append((parent_name, seq))
+            sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2])))
     # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
     ffn += [f for p, f in sequential if p and any(u.name.startswith(p + ".") for u in attention)]
     claimed = {u.name for u in attention}

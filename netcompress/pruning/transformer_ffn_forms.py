@@ -5,25 +5,24 @@
 layer (a model's MLP head is not an FFN), and every prune checks it against the masked original.
 
 Example:
-    >>> sequential_ffn("ff", nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))).width
-    32
+    >>> sequential_ffn("ff", nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8)))
+    ('ff.0', 'ff.2', 32)
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from netcompress.pruning.transformer_blocks import FFNUnit, in_out, is_dense
 
-
-def sequential_ffn(name: str, module: nn.Module) -> FFNUnit | None:
-    """The FFN unit of a ``Sequential(Linear(d, w), parameter-free modules..., Linear(w, d))``, else None."""
+def sequential_ffn(name: str, module: nn.Module) -> tuple[str, str, int] | None:
+    """(up layer, down layer, width) of a ``Sequential(Linear(d, w), parameter-free modules..., Linear(w, d))``."""
     if not isinstance(module, nn.Sequential) or len(module) < 3:
         return None
     first, last, middle = module[0], module[-1], list(module)[1:-1]
-    if not (is_dense(first) and is_dense(last)) or any(next(m.parameters(), None) is not None for m in middle):
+    if not (isinstance(first, nn.Linear) and isinstance(last, nn.Linear)):
         return None
-    (d_in, width), (w_in, d_out) = in_out(first), in_out(last)
-    if width != w_in or d_in != d_out:
+    if any(next(m.parameters(), None) is not None for m in middle):
         return None
-    return FFNUnit(name, [f"{name}.0"], f"{name}.{len(module) - 1}", width)
+    if first.out_features != last.in_features or first.in_features != last.out_features:
+        return None
+    return f"{name}.0", f"{name}.{len(module) - 1}", first.out_features
