@@ -159,7 +159,11 @@ def batch_inputs(batch: Any) -> Any:
 
 
 def output_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model's output: itself, ``.logits``, ``last_hidden_state``, or the first item.
+    """The main tensor of a model's output: itself, ``.logits``, or the first item that is no loss.
+
+    A Hugging Face ``ModelOutput`` holds its main result first (``last_hidden_state`` of an encoder,
+    ``prediction_outputs`` of PatchTSMixer, ``itm_score`` of BLIP, ``sample`` of a diffusers UNet), after
+    ``loss`` when labels were passed; a later ``last_hidden_state`` is an auxiliary output.
 
     Example:
         >>> output_tensor((torch.ones(1), torch.zeros(1))).tolist()
@@ -167,12 +171,16 @@ def output_tensor(output: Any) -> torch.Tensor:
     """
     if isinstance(output, torch.Tensor):
         return output
-    for key in ("logits", "last_hidden_state"):
-        value = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return value
+    value = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(value, torch.Tensor):
+        return value
     if isinstance(output, Mapping) and output:
-        return output_tensor(next(iter(output.values())))
+        main = [v for k, v in output.items() if k != "loss" and v is not None]
+        if main:
+            return output_tensor(main[0])
+    value = None if isinstance(output, Mapping) else getattr(output, "last_hidden_state", None)
+    if isinstance(value, torch.Tensor):
+        return value
     if isinstance(output, (tuple, list)) and output:
         return output_tensor(output[0])
     raise ConfigError(

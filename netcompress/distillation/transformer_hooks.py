@@ -225,31 +225,37 @@ class TransformerDistillation:
         """The weighted-off terms of the last student and teacher forwards (hidden, attention, value)."""
         s, t = self.student_taps, self.teacher_taps
         out: dict[str, torch.Tensor] = {}
-        if self.weights["hidden"]:
+
+        def ran(i: int, j: int) -> bool:  # a layer LayerDrop skipped this step has no term (only then)
+            return not (s.skips_layers() or t.skips_layers()) or (s.captured(i) and t.captured(j))
+
+        hidden = [(p, ij) for p, ij in zip(self.projections, self.hidden_pairs) if ran(*ij)]
+        pairs = [ij for ij in self.attention_pairs if ran(*ij)]
+        if self.weights["hidden"] and hidden:
             total = 0.0
-            for proj, (i, j) in zip(self.projections, self.hidden_pairs):
+            for proj, (i, j) in hidden:
                 hs = s.hidden(i)
                 if next(proj.parameters(), hs).device != hs.device:
                     proj.to(hs.device)
                 total = total + hidden_mse(proj(hs), t.hidden(j).detach(), token_mask(inputs, hs.shape[1]))
-            out["hidden"] = total / len(self.hidden_pairs)
-        if self.weights["attention"]:
+            out["hidden"] = total / len(hidden)
+        if self.weights["attention"] and pairs:
             total = 0.0
-            for i, j in self.attention_pairs:
+            for i, j in pairs:
                 scores = s.attention_scores(i)
                 total = total + attention_kl(
                     scores, t.attention_scores(j).detach(), token_mask(inputs, scores.shape[2])
                 )
-            out["attention"] = total / len(self.attention_pairs)
-        if self.weights["value"]:
+            out["attention"] = total / len(pairs)
+        if self.weights["value"] and pairs:
             total = 0.0
-            for i, j in self.attention_pairs:
+            for i, j in pairs:
                 vs, vt = s.values(i), t.values(j)
                 valid = token_mask(inputs, vs.shape[1])
                 rs = relation_scores(vs, self.relation_heads, valid, who="student")
                 rt = relation_scores(vt.detach(), self.relation_heads, valid, who="teacher")
                 total = total + attention_kl(rs, rt, valid)
-            out["value"] = total / len(self.attention_pairs)
+            out["value"] = total / len(pairs)
         return out
 
     def loss(

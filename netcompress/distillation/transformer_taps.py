@@ -110,6 +110,10 @@ class TransformerTaps:
 
     def __init__(self, model: nn.Module, *, who: str) -> None:
         self.model, self.who = model, f"{who} {type(model).__name__}"
+        config = getattr(model, "config", None)  # LayerDrop (M2M100, time-series transformers) skips layers
+        self.layer_drop = {
+            k: v for k in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop") if (v := getattr(config, k, 0) or 0)
+        }
         modules = dict(model.named_modules())
         blocks = find_blocks(model)
         self.units: dict[str, list[AttentionUnit]] = {}
@@ -161,7 +165,8 @@ class TransformerTaps:
         if len(units) > 1:
             raise UnsupportedModelError(
                 f"{self.who}: layer {name!r} holds {len(units)} attention blocks "
-                f"({', '.join(u.name for u in units)}); attention distillation reads one self-attention per layer"
+                f"({', '.join(u.name for u in units)}); attention distillation reads one self-attention per layer: "
+                "use hidden-state distillation only (attention_weight=0, value_weight=0)"
             )
         if units[0].layout not in ("linear", "mha"):
             raise UnsupportedModelError(
@@ -178,13 +183,22 @@ class TransformerTaps:
         self._handles.clear()
         self.clear()
 
+    def captured(self, index: int) -> bool:
+        """Whether layer ``index`` (0: the first layer's input) ran in the last forward (LayerDrop skips some)."""
+        return (f"in{max(index, 1)}" if index == 0 else f"out{index}") in self.slots.values
+
+    def skips_layers(self) -> bool:
+        """True while the model may skip layers at random (LayerDrop in training mode)."""
+        return bool(self.layer_drop) and self.model.training
+
     def _get(self, key: str) -> Any:
         try:
             return self.slots.values[key]
         except KeyError:
+            drop = f"; its config drops layers at random in training ({self.layer_drop})" if self.layer_drop else ""
             raise UnsupportedModelError(
                 f"{self.who}: nothing was captured for {key!r} in the last forward "
-                "(the layer was not called through its module, or the model did not run)"
+                f"(the layer was not called through its module, or the model did not run{drop})"
             ) from None
 
     def hidden(self, index: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +34,28 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
 
 
+def padding_mask(inputs: Any) -> torch.Tensor | None:
+    """The (N, L) padding mask of the model's token outputs: an encoder-decoder's (``decoder_input_ids``
+    given) outputs follow the decoder, so its ``decoder_attention_mask`` (none: every position is real);
+    otherwise the ``attention_mask``.
+
+    Example:
+        >>> padding_mask({"input_ids": ids, "attention_mask": m, "decoder_input_ids": d}) is None
+        True
+    """
+    if not isinstance(inputs, Mapping):
+        return None
+    decoder = "decoder_input_ids" in inputs or "decoder_inputs_embeds" in inputs
+    mask = inputs.get("decoder_attention_mask" if decoder else "attention_mask")
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
+def padding_mask_of(inputs: Any, hidden: torch.Tensor) -> torch.Tensor | None:
+    """:func:`padding_mask` where it is as long as ``hidden``'s (N, L, ...) positions, else None."""
+    mask = padding_mask(inputs)
+    return mask if mask is not None and mask.dim() == 2 and mask.shape[1] == hidden.shape[1] else None
+
+
 def embed(model: nn.Module | Any, batches: Iterable[Any], *, pool: bool = True) -> torch.Tensor:
     """Embeddings of every batch, concatenated; token states are mean-pooled over the attention mask.
 
@@ -47,8 +69,7 @@ def embed(model: nn.Module | Any, batches: Iterable[Any], *, pool: bool = True) 
             inputs = batch_inputs(batch)
             hidden = output_tensor(call_model(model, inputs))
             if pool and hidden.dim() == 3:
-                mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-                hidden = mean_pool(hidden, mask)
+                hidden = mean_pool(hidden, padding_mask_of(inputs, hidden))
             outs.append(hidden.float())
     return torch.cat(outs)
 

@@ -59,6 +59,9 @@ class Encoder:
             return {"__torch__": str(value).removeprefix("torch.")}
         if isinstance(value, torch.Size):
             return {"__size__": list(value)}
+        if isinstance(value, dict) and type(value) not in (dict, collections.OrderedDict) and hasattr(value, "__dict__"):
+            # a Python dict subclass (diffusers' FrozenDict config) is rebuilt as its class: items and attributes
+            return self._object(value, where)
         if isinstance(value, collections.OrderedDict):
             return {
                 "__odict__": [
@@ -136,6 +139,9 @@ class Encoder:
         index = self._reserve(obj)
         state = {k: self.encode(v, f"{where}.{k}") for k, v in _saved_vars(obj).items()}
         self.objects[index] = {"class": class_name(cls), "state": state}
+        if isinstance(obj, dict):
+            items = [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]
+            self.objects[index]["items"] = items
         return {"__ref__": index}
 
     def _reserve(self, obj: Any) -> int:
@@ -153,6 +159,8 @@ def _saved_vars(obj: Any) -> dict[str, Any]:
     state = vars(obj)
     if not isinstance(obj, nn.Module):
         return state
+    if isinstance(obj, nn.RNNBase):  # weak references to its own parameters: rebuilt on load (_init_flat_weights)
+        state = {k: v for k, v in state.items() if k not in ("_flat_weights", "_flat_weight_refs")}
     drop = {k for k, h in obj._forward_hooks.items() if getattr(h, "__module__", "") == _CAPTURING}
     if not drop and "_output_capturing_hooks_installed" not in state:
         return state
@@ -256,7 +264,15 @@ class Decoder:
         cls = self.find_class(entry["class"])
         obj = cls.__new__(cls)
         self._built[index] = obj  # before the attributes: a child may refer back to its parent
+        if "items" in entry:  # a dict subclass: the base class's setter (a frozen dict's own refuses)
+            if not isinstance(obj, dict):
+                raise CheckpointError(f"the model description gives items to {entry['class']}, which is no dict")
+            setitem = collections.OrderedDict.__setitem__ if isinstance(obj, collections.OrderedDict) else dict.__setitem__
+            for k, v in entry["items"]:
+                setitem(obj, self.decode(k), self.decode(v))
         obj.__dict__.update({k: self.decode(v) for k, v in entry["state"].items()})
+        if isinstance(obj, nn.RNNBase) and "_flat_weights" not in obj.__dict__:
+            obj._init_flat_weights()  # nn.LSTM/GRU/RNN: the flat list and weak references to its parameters
         return obj
 
     def find_class(self, name: str) -> type:

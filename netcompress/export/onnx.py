@@ -14,10 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -44,6 +42,7 @@ from netcompress.export.onnx_inputs import (
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
+from netcompress.export.onnx_trace import MAX_OPSET, _torch_export, no_mha_fastpath  # noqa: F401 - re-exported
 from netcompress.export.ort_model import OrtModel, ort_session
 
 # check=True fails above this max |ONNX Runtime - PyTorch| / max |PyTorch output|: fp32 differs by
@@ -77,18 +76,6 @@ INT8_OPS = (
     "MatMulNBits",
     "GatherBlockQuantized",
 )
-
-
-@contextlib.contextmanager
-def no_mha_fastpath() -> Any:
-    """Keep ``nn.TransformerEncoderLayer``/``MultiheadAttention`` off their fused inference kernel, which
-    ONNX cannot express (``aten::_transformer_encoder_layer_fwd``), while tracing."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _tmp_path(folder: Path, name: str) -> Path:
@@ -135,46 +122,6 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict[st
     return result
 
 
-# an op the exporter has only from a later opset (``aten::col2im`` = ``F.fold`` in MobileViTV2: 18) is
-# exported at that opset, up to this one (ONNX Runtime 1.32 runs opsets up to 21)
-MAX_OPSET = 21
-_TRANSLATING = re.compile(r"Occurred when translating (\w+)")
-_NEEDS_OPSET = re.compile(r"Exporting the operator '([^']+)'.*added in version (\d+)", re.S)
-
-
-def _torch_export(
-    call: nn.Module, spec: Any, raw: Path, opset: int, out_names: list[str], axes: Any, model_name: str
-) -> tuple[int, str | None]:
-    """Run ``torch.onnx.export`` at ``opset``, or at the later opset an operator needs (returned with its
-    name); an operator no opset has is an UnsupportedModelError naming it."""
-    raised_for = None
-    while True:
-        try:
-            with torch.no_grad(), no_mha_fastpath():
-                torch.onnx.export(
-                    call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
-                    input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,
-                )  # fmt: skip
-            return opset, raised_for
-        except torch.onnx.errors.UnsupportedOperatorError as exc:
-            found = _NEEDS_OPSET.search(str(exc))
-            if found is None or not opset < int(found.group(2)) <= MAX_OPSET:
-                raise UnsupportedModelError(
-                    f"export_onnx cannot export {model_name}: {str(exc).splitlines()[0]}"
-                ) from exc
-            raised_for, opset = found.group(1), int(found.group(2))
-        except (
-            Exception
-        ) as exc:  # a symbolic that cannot convert this call (e.g. col2im with sizes computed in forward)
-            found = _TRANSLATING.search(str(exc))
-            if found is None:
-                raise
-            raise UnsupportedModelError(
-                f"export_onnx cannot export {model_name}: the exporter fails on aten::{found.group(1)} at opset "
-                f"{opset} ({type(exc).__name__}: {str(exc).splitlines()[0]}); keep that op out of the model to export it"
-            ) from exc
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -195,7 +142,7 @@ def export_onnx(
     ``example_inputs``: a tensor, a tuple of tensors (positional) or a dict (keyword arguments,
     e.g. ``{"input_ids": ids, "attention_mask": mask}``); each input keeps its dtype and is named
     by ``input_names``, the dict's keys, ``input`` or ``input_0, input_1, ...``. The model's main
-    output tensor (``logits``/``last_hidden_state`` of a Hugging Face output) is exported as
+    output tensor (``logits`` or the first field of a Hugging Face output) is exported as
     ``output``, or the fields/items ``output_names`` names. Dim 0 is dynamic (``dynamic_batch``),
     and so is dim 1 of 2-D integer inputs (``sequence``), unless ``dynamic_axes`` says otherwise
     (see :func:`netcompress.export.onnx_inputs.infer_dynamic_axes`).
@@ -268,7 +215,13 @@ def export_onnx(
         rewrites = {}
         if int8:
             rewrites = rewrite_for_qdq_fusion(raw)  # e.g. Flatten -> Reshape: ORT fuses across the latter
-            ort_session(raw, optimized_path=str(final))
+            try:
+                ort_session(raw, optimized_path=str(final))
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph: the traced graph is invalid
+                raise UnsupportedModelError(
+                    f"export_onnx: ONNX Runtime cannot load the graph torch traced from {type(model).__name__} "
+                    f"({str(exc).splitlines()[0][:300]}): torch traced no valid ONNX graph from its forward"
+                ) from exc
         else:
             os.replace(raw, final)
         os.chmod(final, _file_mode())  # mkstemp makes 0600; the exported file gets the usual mode

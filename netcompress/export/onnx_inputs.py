@@ -116,12 +116,21 @@ class ExportCall(nn.Module):
         return select_outputs(out, self.output_names)
 
 
-def _sequence_length(spec: InputSpec, axes: dict[str, dict[int, str]]) -> int | None:
+def _sequence_groups(spec: InputSpec) -> dict[tuple[bool, int], str]:
+    """A label per (decoder?, length) of the 2-D integer inputs: ``sequence`` for the first encoder length,
+    ``decoder_sequence`` for the first ``decoder_*`` length, ``<label>_<input name>`` for another length.
+
+    Token ids of an encoder-decoder (``input_ids`` 9 long, ``decoder_input_ids`` 5 long) must not share
+    one symbolic dim: ONNX Runtime takes equal names for equal sizes and fails on the example.
+    """
+    groups: dict[tuple[bool, int], str] = {}
     for name, tensor in zip(spec.names, spec.tensors):
-        for dim, label in axes.get(name, {}).items():
-            if label == "sequence" and dim < tensor.dim():
-                return int(tensor.shape[dim])
-    return None
+        if tensor.dim() == 2 and not tensor.is_floating_point():
+            key = (name.startswith("decoder"), int(tensor.shape[1]))
+            if key not in groups:
+                base = "decoder_sequence" if key[0] else "sequence"
+                groups[key] = base if base not in groups.values() else f"{base}_{name}"
+    return groups
 
 
 def infer_dynamic_axes(
@@ -145,16 +154,21 @@ def infer_dynamic_axes(
             raise ConfigError(f"dynamic_axes names {unknown}, which are not among inputs/outputs {known}")
         axes = {name: {int(d): str(lb) for d, lb in dims.items()} for name, dims in dynamic_axes.items()}
     else:
+        groups = _sequence_groups(spec)
         for name, tensor in zip(spec.names, spec.tensors):
             if tensor.dim() == 2 and not tensor.is_floating_point():
-                axes[name] = {1: "sequence"}
-        seq = _sequence_length(spec, axes)
+                axes[name] = {1: groups[(name.startswith("decoder"), int(tensor.shape[1]))]}
+        encoder_first = {}  # length -> label: a float mask follows the encoder's ids, an output the decoder's
+        decoder_first = {}
+        for (decoder, length), label in groups.items():
+            (decoder_first if decoder else encoder_first)[length] = label
+        encoder_first, decoder_first = {**decoder_first, **encoder_first}, {**encoder_first, **decoder_first}
         for name, tensor in zip(spec.names, spec.tensors):  # a float mask as long as the token ids
-            if seq is not None and name not in axes and tensor.dim() >= 2 and tensor.shape[1] == seq:
-                axes[name] = {1: "sequence"}
+            if name not in axes and tensor.dim() >= 2 and int(tensor.shape[1]) in encoder_first:
+                axes[name] = {1: encoder_first[int(tensor.shape[1])]}
         for name, out in zip(output_names, outputs):
-            if seq is not None and out.dim() >= 3 and out.shape[1] == seq:
-                axes[name] = {1: "sequence"}
+            if out.dim() >= 3 and int(out.shape[1]) in decoder_first:
+                axes[name] = {1: decoder_first[int(out.shape[1])]}
     if dynamic_batch:
         for name, tensor in [*zip(spec.names, spec.tensors), *zip(output_names, outputs)]:
             if tensor.dim() >= 1:

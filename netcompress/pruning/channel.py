@@ -307,6 +307,11 @@ def channel_prune(
     plan = plan_channel_pruning(
         model, example_inputs, **fields, loader=loader, max_batches=config.max_batches, seed=seed
     )
+    if (config.ratio > 0 or any((config.ratios or {}).values())) and not plan.graph.prunable_groups():
+        why = "; ".join(f"{', '.join(g.producers) or '(no producer)'}: {g.reason}" for g in plan.graph.groups)
+        raise UnsupportedModelError(
+            f"channel pruning: no channel group of {type(model).__name__} can be pruned ({why})"
+        )
     pruned = apply_channel_plan(model, plan, example_inputs)
     settings = {**fields, "ratios": dict(config.ratios or {})}
     return pruned, pruning_summary(model, pruned, plan, example_inputs, method="channel", **settings)

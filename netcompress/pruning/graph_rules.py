@@ -46,6 +46,7 @@ def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext, name: st
     if len(_shape(arg)) != len(module.kernel_size) + 2:
         raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
     x = ctx.labels_on(arg, node, 1)
+    ctx.dims[node] = 1  # a conv's output channels are dim 1, wherever its input's came from (an unsqueeze)
     name, graph = name or str(node.target), ctx.graph
     if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
         graph.unite(layer.in_labels, x, where=_describe(node))
@@ -158,6 +159,35 @@ def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Lab
     out = ctx.graph.uf.new(module.out_features)
     ctx.graph.layers[name] = LayerChannels(name, "linear", type(module).__name__, list(x), out)
     return out
+
+
+def embedding_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    """nn.Embedding / EmbeddingBag: a table lookup, its columns (the last dim) a source kept whole."""
+    shape = _shape(node)
+    if shape is None or len(shape) < 2:
+        return None
+    out = ctx.graph.uf.new(shape[-1])
+    ctx.graph.block(out, f"{type(module).__name__} {str(node.target)!r}: a table's columns are kept whole")
+    ctx.dims[node] = len(shape) - 1
+    return out
+
+
+def recurrent_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    """nn.LSTM / GRU / RNN: every step reads all input features (kept whole); its (output, state) tuple holds new
+    features, kept whole too (the layer itself is not pruned; the layers around it are)."""
+    arg, x = _first(node, ctx)
+    shape, what = _shape(arg), f"{type(module).__name__} {str(node.target)!r}"
+    metas = node.meta.get("tensor_meta")
+    if len(shape) != 3 or ctx.dim(arg) != 2 or not isinstance(metas, (tuple, list)) or not hasattr(metas[0], "shape"):
+        raise _fail(
+            node, f"{str(node.target)!r} of type {type(module).__name__} is called on {tuple(shape)}, not on a "
+            "batched sequence with its features last"
+        )  # fmt: skip
+    ctx.graph.block(x, f"{what} reads them all")
+    out = ctx.graph.uf.new(metas[0].shape[-1])
+    ctx.graph.block(out, f"{what}: its output features")
+    ctx.pieces[node] = [out, None]  # output[0] keeps the input's feature dim (2); the state is new, kept whole
+    return None
 
 
 def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleContext], Labels]:
@@ -278,6 +308,8 @@ _SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
 MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = [
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv_rule),
     ((nn.Linear,), linear_rule),
+    ((nn.Embedding, nn.EmbeddingBag), embedding_rule),
+    ((nn.LSTM, nn.GRU, nn.RNN), recurrent_rule),
     ((nn.modules.batchnorm._BatchNorm,), per_channel_rule("batchnorm")),
     ((nn.PReLU,), per_channel_rule("prelu")),
     ((nn.GroupNorm,), groupnorm_rule),
@@ -320,7 +352,7 @@ def label_node(
             raise UnsupportedModelError(
                 f"channel pruning cannot handle module {str(node.target)!r} of type {type(module).__name__} "
                 f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, "
-                "LayerNorm/RMSNorm (channels kept whole), PReLU, "
+                "LayerNorm/RMSNorm, Embedding/EmbeddingBag, LSTM/GRU/RNN (channels kept whole), PReLU, "
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )
         labels = rule(node, module, ctx)

@@ -225,11 +225,15 @@ def _dims_arg(node: torch.fx.Node, position: int, key: str = "dim") -> Any:
 
 
 def reduce_spatial(node: torch.fx.Node, ctx: RuleContext) -> Labels:
-    """mean/sum/amax over spatial dims only (global pooling); reducing N or C is refused."""
+    """mean/sum/amax over spatial dims only (global pooling); reducing N is refused, and C too unless its
+    channels are kept whole anyway (a dot product of embedding rows, ``(u * v).sum(-1)``)."""
     arg, labels = _first(node, ctx)
     dims, ndim, dim = _dims_arg(node, 1), len(_shape(arg)), ctx.dim(arg)
     dims = [dims] if isinstance(dims, int) else dims
-    if not dims or any(_norm_dim(d, ndim) in (0, dim) for d in dims):
+    over = {_norm_dim(d, ndim) for d in dims or ()}
+    if dims and 0 not in over and dim in over and ctx.graph.is_blocked(labels):
+        return None  # nothing prunable is summed: the output's channels are new ones, never pruned
+    if not dims or 0 in over or dim in over:
         raise _fail(node, f"it reduces over dims {dims}, which include the batch or channel dimension")
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
     if not keepdim:

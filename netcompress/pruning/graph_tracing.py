@@ -152,5 +152,25 @@ def trace_channels(model: nn.Module, example_inputs: Any) -> TracedChannels:
     dims: dict[torch.fx.Node, int] = {}
     for node in gm.graph.nodes:
         env[node] = label_node(node, env=env, graph=graph, modules=modules, dims=dims)
+    _block_tied(graph, model)
     graph.finalize()
     return TracedChannels(gm, graph, env, dims)
+
+
+def _block_tied(graph: ChannelGraph, model: nn.Module) -> None:
+    """Keep whole the channels of a layer whose parameter another module shares (a Linear head tied to the
+    embedding): slicing one copy would untie them, or change the other module's table."""
+    holders: dict[int, dict[int, str]] = {}  # parameter -> {module id: a name}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            holders.setdefault(id(param), {}).setdefault(id(module), name)
+    modules = dict(model.named_modules())
+    for name, layer in graph.layers.items():
+        module = modules.get(name)
+        for param in module.parameters(recurse=False) if module is not None else ():
+            others = sorted(n for m, n in holders.get(id(param), {}).items() if m != id(module))
+            if others:
+                why = f"layer {name!r} shares its parameters with {others[0]!r} (tied weights)"
+                graph.block(layer.in_labels, why)
+                graph.block(layer.out_labels, why)
+                break

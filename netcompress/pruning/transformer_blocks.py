@@ -18,6 +18,7 @@ Three attention layouts are recognised:
   its query heads then k_g then v_g.
 
 FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
+an ``nn.Sequential(Linear, activation, Linear)`` beside an attention block (PatchTST's ``ff``),
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
 ``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), ``fc_in -> fc_out``
 (GPT-J), ``intermediate_dense -> output_dense`` (wav2vec 2.0), BERT's ``intermediate.dense -> output.dense``, or a
@@ -41,6 +42,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from netcompress.pruning.transformer_ffn_forms import sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
 Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj")
@@ -358,6 +360,7 @@ def find_blocks(model: nn.Module) -> Blocks:
     attention: list[AttentionUnit] = []
     ffn: list[FFNUnit] = []
     reasons: dict[str, str] = {}
+    sequential: list[tuple[str, FFNUnit]] = []
     for name, module in modules.items():
         parent_name = name.rsplit(".", 1)[0] if "." in name else ""
         parent = modules.get(parent_name) if name else None
@@ -377,6 +380,10 @@ def find_blocks(model: nn.Module) -> Blocks:
         found = _ffn_unit(name, module)
         if found is not None:
             ffn.append(found)
+        elif name and (seq := sequential_ffn(name, module)) is not None:
+            sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2])))
+    # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
+    ffn += [f for p, f in sequential if p and any(u.name.startswith(p + ".") for u in attention)]
     claimed = {u.name for u in attention}
     attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
     ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too

@@ -222,8 +222,11 @@ def verify_pruned(
     try:
         # grad mode keeps nn.TransformerEncoderLayer off its fused fast path (which FLOP counters and
         # forward hooks on the attention cannot see)
-        with eval_mode(ref_model), eval_mode(pruned), torch.enable_grad():
+        # both under one seed: a forward that samples (ViLT's image patches) draws the same for both
+        with eval_mode(ref_model), eval_mode(pruned), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             ref_out = call_model(ref_model, example_inputs)
+            torch.manual_seed(0)
             try:
                 got_out = call_model(pruned, example_inputs)
             except Exception as exc:

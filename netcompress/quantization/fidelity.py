@@ -33,7 +33,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import call_model, output_tensor, split_batch
-from netcompress.evaluation.embeddings import compare_embeddings, mean_pool
+from netcompress.evaluation.embeddings import compare_embeddings, mean_pool, padding_mask, padding_mask_of
 from netcompress.evaluation.harness import eval_mode
 
 METRICS = ("accuracy", "agreement", "embedding")
@@ -75,8 +75,7 @@ def collect_outputs(model: nn.Module, batches: Iterable, *, metric: str, num_bat
             inputs, targets = split_batch(batch)
             out = output_tensor(call_model(model, inputs)).float()
             if metric == "embedding" and out.dim() == 3:
-                mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-                out = mean_pool(out, mask)
+                out = mean_pool(out, padding_mask_of(inputs, out))
             per_token = metric == "agreement" and out.dim() == 3
             if per_token:
                 out = real_tokens(out, inputs)
@@ -95,7 +94,7 @@ def real_tokens(logits: torch.Tensor, inputs: object) -> torch.Tensor:
         >>> real_tokens(torch.zeros(2, 3, 5), {"attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}).shape
         torch.Size([3, 5])
     """
-    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    mask = padding_mask(inputs)  # an encoder-decoder's: the decoder's
     if mask is None:
         return logits.flatten(0, 1)
     if tuple(mask.shape) != tuple(logits.shape[:2]):

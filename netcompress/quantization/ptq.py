@@ -99,6 +99,15 @@ def prepare_quantized(
         and (r := own_forward_problem(m, observed_later=spec["activations"] == "static")) is not None
     }
     info["float_reasons"] = reasons
+    if spec["types"] is not None and not any(
+        is_quantizable(m) and isinstance(m, spec["types"]) for m in target.modules()
+    ):  # e.g. dynamic int8 (Linear only) on a convolutional model: nothing would be quantized
+        weighted = sorted({type(m).__name__ for m in target.modules() if is_quantizable(m)})
+        raise ConfigError(
+            f"mode={mode!r} quantizes {', '.join(t.__name__ for t in spec['types'])} layers; "
+            f"{type(model).__name__} has none (its quantizable layers: {', '.join(weighted) or 'none'}); "
+            "use mode='static' or 'weight_only' for convolutions"
+        )
     layers = {**(layers or {}), **{n: {"enabled": False} for n in reasons}}
     plan: dict[str, LayerPlan] = resolve_plan(target, defaults=defaults, layers=layers, types=spec["types"])
     if spec["activations"] == "static" and gm is not None:

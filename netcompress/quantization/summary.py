@@ -74,6 +74,8 @@ def quantization_summary(model: nn.Module, *, inputs: Any = None) -> dict[str, A
 
     ``weight_bytes`` = sum over quantized weights of ``params * bits / 8`` plus 4 bytes per scale
     and 4 per zero point (as stored by ``save_quantized``), plus 4 bytes per remaining float parameter (biases, float layers).
+    ``not_quantizable``: ``{name: type}`` of layers holding weight matrices that stay float because no wrapper
+    takes their type (``nn.LSTM``, ``ConvTranspose2d``, an ``nn.Embedding`` left float).
     ``kept_float``: wrapped layers that compute in float anyway (:func:`float_by_parent`; ``inputs``, e.g.
     a calibration batch, finds those no forward calls).
 
@@ -108,11 +110,22 @@ def quantization_summary(model: nn.Module, *, inputs: Any = None) -> dict[str, A
         if n and is_quantizable(m) and not any(n.startswith(q + ".") for q in layers)
     ]
     acts = [q for n, q in quantizers(model).items() if q.role == "activation"]
+    # layers with weight matrices no mode quantizes (nn.LSTM/GRU/RNN, ConvTranspose, Embedding tables left float)
+    not_quantizable = {
+        n: type(m).__name__
+        for n, m in model.named_modules()
+        if n
+        and not is_quantizable(m)
+        and not isinstance(m, QUANTIZED_HOLDERS)
+        and not any(n.startswith(q + ".") for q in layers)
+        and any(p.dim() >= 2 and id(p) not in quantized_param_ids for p in m.parameters(recurse=False))
+    }
     return {
         "num_quantized_layers": len(layers),
         "layers": layers,
         "kept_float": kept_float,
         "float_layers": float_layers,
+        "not_quantizable": not_quantizable,
         "num_activation_quantizers": len(acts),
         "weight_bytes": int(round(packed_bytes + 4 * float_params)),
         "float_weight_bytes": 4 * sum(p.numel() for p in model.parameters()),

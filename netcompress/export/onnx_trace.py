@@ -1,0 +1,76 @@
+"""``torch.onnx.export`` as ``export_onnx`` runs it: the opset an operator needs, and what the exporter refuses
+turned into an :class:`UnsupportedModelError` naming the operation (never a raw exporter traceback)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.errors import UnsupportedModelError
+
+
+@contextlib.contextmanager
+def no_mha_fastpath() -> Any:
+    """Keep ``nn.TransformerEncoderLayer``/``MultiheadAttention`` off their fused inference kernel, which
+    ONNX cannot express (``aten::_transformer_encoder_layer_fwd``), while tracing."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+# an op the exporter has only from a later opset (``aten::col2im`` = ``F.fold`` in MobileViTV2: 18) is
+# exported at that opset, up to this one (ONNX Runtime 1.32 runs opsets up to 21)
+MAX_OPSET = 21
+_TRANSLATING = re.compile(r"Occurred when translating (\w+)")
+_EXPORTER_NOISE = re.compile(r"Please feel free|\[Caused by")
+_NEEDS_OPSET = re.compile(r"Exporting the operator '([^']+)'.*added in version (\d+)", re.S)
+
+
+def _torch_export(
+    call: nn.Module, spec: Any, raw: Path, opset: int, out_names: list[str], axes: Any, model_name: str
+) -> tuple[int, str | None]:
+    """Run ``torch.onnx.export`` at ``opset``, or at the later opset an operator needs (returned with its
+    name); an operator no opset has is an UnsupportedModelError naming it."""
+    raised_for = None
+    while True:
+        try:
+            with torch.no_grad(), no_mha_fastpath():
+                torch.onnx.export(
+                    call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
+                    input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,
+                )  # fmt: skip
+            return opset, raised_for
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            found = _NEEDS_OPSET.search(str(exc))
+            if found is None or not opset < int(found.group(2)) <= MAX_OPSET:
+                raise UnsupportedModelError(
+                    f"export_onnx cannot export {model_name}: {str(exc).splitlines()[0]}"
+                ) from exc
+            raised_for, opset = found.group(1), int(found.group(2))
+        except (
+            Exception
+        ) as exc:  # a symbolic that cannot convert this call (e.g. col2im with sizes computed in forward)
+            found = _TRANSLATING.search(str(exc))
+            if found is not None:
+                raise UnsupportedModelError(
+                    f"export_onnx cannot export {model_name}: the exporter fails on aten::{found.group(1)} at opset "
+                    f"{opset} ({type(exc).__name__}: {str(exc).splitlines()[0]}); keep that op out of the model to "
+                    "export it"
+                ) from exc
+            if not isinstance(exc, torch.onnx.errors.OnnxExporterError):
+                raise
+            # e.g. an LSTM with proj_size, multinomial / randint with sizes computed in forward,
+            # adaptive pooling to a size that does not divide the input
+            why = _EXPORTER_NOISE.split(str(exc).splitlines()[0])[0].strip().rstrip(".")
+            raise UnsupportedModelError(
+                f"export_onnx cannot export {model_name} at opset {opset}: torch's ONNX exporter refuses an "
+                f"operation of its forward ({why}); keep that op out of the exported forward to export it"
+            ) from exc
