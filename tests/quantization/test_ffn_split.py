@@ -78,7 +78,9 @@ def test_ffn_split_finds_the_pairs_is_exact_in_float_and_cuts_int8_error():
     assert _rel(_out(qsplit, x), ref) < 0.5 * plain
 
 
-def test_ffn_split_on_smoothed_inputs_stays_exact():
+def test_ffn_split_on_smoothed_inputs_stays_exact_and_exports(tmp_path):
+    from netcompress.export import OrtModel, export_onnx
+
     model = _bert()
     smoothed, sinfo = smooth_inputs(
         model, bert_batches(1), layers=[r"re:.*(query|key|value|attention\.output\.dense)", FFN_IN], outliers=2
@@ -90,6 +92,21 @@ def test_ffn_split_on_smoothed_inputs_stays_exact():
     assert info["max_rel_diff"] < 1e-5
     x = bert_batches(8)[0]
     assert _rel(_out(split, x), _out(model, x)) < 1e-5
+    qmodel = quantize(split, mode="dynamic")
+    summary = export_onnx(qmodel, tmp_path / "s.onnx", bert_batches(3)[0], int8=True, check=True)
+    kernels = summary["int8_op_counts"]
+    assert kernels.get("DynamicQuantizeMatMul", 0) + kernels.get("MatMulIntegerToFloat", 0) == 12
+    # q/k/v read one scaled input: one Mul per block for them, one for the FFN input (the attention
+    # output's scale is folded into the value rows), one DynamicQuantizeLinear shared by q/k/v
+    assert summary["op_counts"]["Mul"] - _graph_counts_plain(model, tmp_path)["Mul"] == 4
+    assert _rel(OrtModel(summary["path"])(**x), _out(qmodel, x)) < 1e-3
+
+
+def _graph_counts_plain(model: nn.Module, tmp_path) -> dict[str, int]:
+    from netcompress.export import export_onnx
+
+    summary = export_onnx(quantize(model, mode="dynamic"), tmp_path / "p.onnx", bert_batches(3)[0], int8=True)
+    return summary["op_counts"]
 
 
 def test_outlier_scale_moves_only_the_largest_channels():
