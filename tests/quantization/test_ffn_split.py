@@ -169,3 +169,17 @@ def test_ffn_split_exports_integer_kernels_with_fewer_mul_and_gather_than_the_ma
     new_counts, new_gathers = _graph_counts(tmp_path / "new.onnx")
     assert len(old_gathers) == 2 and new_gathers == []  # no Gather of channels on the FFN activation
     assert new_counts.get("Mul", 0) <= old_counts.get("Mul", 0) - 2  # nor a keep-mask Mul
+
+
+def test_ffn_split_int8_model_saves_and_loads_with_its_carry_shared(tmp_path):
+    from netcompress.export import model_file
+
+    split, _ = split_ffn_outliers(_bert(), bert_batches(1), layers=[FFN_OUT], channels=2)
+    qmodel = quantize(split, mode="dynamic")
+    model_file.save(qmodel, tmp_path / "q.nc", allow_modules=("transformers",))
+    back = model_file.load(tmp_path / "q.nc", allow_modules=["transformers"])
+    layer = back.encoder.layer[1]
+    assert layer.intermediate.dense.carry is layer.output.dense.carry  # one hand-over per FFN
+    assert layer.intermediate.dense.carry is not back.encoder.layer[0].output.dense.carry
+    x = bert_batches(5)[0]
+    assert torch.equal(_out(back, x), _out(qmodel, x))
