@@ -131,11 +131,16 @@ def find_ffn_pairs(model: nn.Module, loader: Iterable, down: Sequence[str]) -> d
     Linear) whose output, through one of :data:`ACTIVATIONS`, equals ``W2``'s input on the first batch
     of ``loader``. A ``W2`` without such a partner is an error naming it."""
     widths = {model.get_submodule(n).in_features for n in down}
+    modules = dict(model.named_modules())
+
+    def wrapped(name: str) -> bool:  # the Linear inside a smoothing wrapper: the wrapper is the candidate
+        parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+        return parent is not None and type(parent) is not nn.Linear and _plain_linear(parent) is not None
+
     candidates = [
         n
-        for n, m in model.named_modules()
-        if n and (found := _plain_linear(m)) is not None and found[0].out_features in widths
-        and not n.endswith(".linear")
+        for n, m in modules.items()
+        if n and (found := _plain_linear(m)) is not None and found[0].out_features in widths and not wrapped(n)
     ]
     got_in, got_out = _capture(model, next(iter(loader)), down, candidates)
     pairs: dict[str, tuple[str, str]] = {}

@@ -183,3 +183,29 @@ def test_ffn_split_int8_model_saves_and_loads_with_its_carry_shared(tmp_path):
     assert layer.intermediate.dense.carry is not back.encoder.layer[0].output.dense.carry
     x = bert_batches(5)[0]
     assert torch.equal(_out(back, x), _out(qmodel, x))
+
+
+class _ReluFFN(nn.Module):
+    """A hand-written FFN whose first Linear is named ``linear`` (not a wrapper's child), ReLU between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.linear(x)))
+
+
+def test_ffn_split_finds_a_relu_pair_in_a_hand_written_ffn():
+    model = _ReluFFN().eval()
+    with torch.no_grad():
+        model.linear.bias[3] = 30.0  # a ReLU channel far above the others
+    batches = [torch.randn(4, 5, 8) for _ in range(2)]
+    assert find_ffn_pairs(model, batches, ["out"]) == {"out": ("linear", "relu")}
+    split, info = split_ffn_outliers(model, batches, layers=["out"], channels=1)
+    assert info["layers"]["out"]["channels"] == [3] and info["max_rel_diff"] < 1e-6
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(split(x), model(x), atol=1e-5)
