@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    for flag, value in (("--ffn-split", args.ffn_split), ("--outlier-scale", args.outlier_scale)):
+        k, _, patterns = value.partition(":")
+        if value and not (k.isdigit() and int(k) > 0 and patterns):
+            parser.error(f"{flag} {value!r}: expected K:PATTERNS, K a positive integer (e.g. 4:re:.*output.dense)")
+    if args.outlier_scale and not args.ffn_split:
+        parser.error("--outlier-scale is applied to the --ffn-split row: give --ffn-split too")
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
