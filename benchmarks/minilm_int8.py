@@ -19,6 +19,8 @@ float, the rest int8, LLM.int8()-style, before a layer goes float).
     python benchmarks/minilm_int8.py                       # the table in benchmarks/RESULTS.md
     python benchmarks/minilm_int8.py --alpha 0.8 --json out.json
     python benchmarks/minilm_int8.py --skip torch,static,emb8  # fewer rows on a loaded machine
+    python benchmarks/minilm_int8.py --skip torch,static,emb8,aa,split --ffn-split "4:re:.*layer\\.\\d+\\.output\\.dense" \\
+        --outlier-scale "16:re:.*(query|key|value|attention\\.output\\.dense|intermediate\\.dense)"
 """
 
 from __future__ import annotations
@@ -106,12 +108,30 @@ def main(argv: list[str] | None = None) -> int:
         "earlier search chose on the validation sentences (its search costs 15+ minutes under load)",
     )
     parser.add_argument(
+        "--ffn-split",
+        default="",
+        help="K:PATTERNS: the FFN-split row (session 12): the down-projections PATTERNS (comma list) take "
+        "their K outlier input channels from a float path fed by the FFN input (quantization/ffn_split.py)",
+    )
+    parser.add_argument(
+        "--outlier-scale",
+        default="",
+        help="K:PATTERNS: with --ffn-split, the Linears PATTERNS first get their K largest-range input "
+        "channels scaled down to the rest's range (smooth_inputs(outliers=K): one Mul per shared input)",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help="comma list of rows to leave out: torch, static (both peers' and ours), emb8, aa, split",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    for flag, value in (("--ffn-split", args.ffn_split), ("--outlier-scale", args.outlier_scale)):
+        k, _, patterns = value.partition(":")
+        if value and not (k.isdigit() and int(k) > 0 and patterns):
+            parser.error(f"{flag} {value!r}: expected K:PATTERNS, K a positive integer (e.g. 4:re:.*output.dense)")
+    if args.outlier_scale and not args.ffn_split:
+        parser.error("--outlier-scale is applied to the --ffn-split row: give --ffn-split too")
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -195,6 +215,28 @@ def main(argv: list[str] | None = None) -> int:
                 quantize(split, mode="dynamic"), folder / "nc_split.onnx", example, **int8
             )["check"]
             files[row] = folder / "nc_split.onnx"
+        if args.ffn_split:
+            from netcompress.quantization.ffn_split import split_ffn_outliers
+            from netcompress.quantization.input_smoothing import smooth_inputs
+
+            work, label = model, ""
+            if args.outlier_scale:
+                k_scale, patterns = args.outlier_scale.split(":", 1)
+                work, sinfo = smooth_inputs(
+                    model, calib, layers=patterns.split(","), outliers=int(k_scale), num_batches=len(calib)
+                )
+                notes["outlier_scale"] = {"folded": sinfo["folded"], "scaled": sinfo["scaled"], "float_diff": sinfo["max_rel_diff"]}
+                label = f", {k_scale} outlier channels scaled on {len(sinfo['folded']) + len(sinfo['scaled'])} Linears"
+            k_ffn, patterns = args.ffn_split.split(":", 1)
+            work, finfo = split_ffn_outliers(
+                work, calib, layers=patterns.split(","), channels=int(k_ffn), num_batches=len(calib)
+            )
+            notes["ffn_split"] = {"layers": list(finfo["layers"]), "float_diff": finfo["max_rel_diff"]}
+            row = f"netcompress dynamic int8, FFN split k={k_ffn} on {len(finfo['layers'])} FFNs{label}"
+            notes["nc ffn split"] = export_onnx(
+                quantize(work, mode="dynamic"), folder / "nc_ffn_split.onnx", example, **int8
+            )["check"]
+            files[row] = folder / "nc_ffn_split.onnx"
         for key, (note, row, stem, alpha, channels, trials) in searches.items():
             if key in skip:
                 continue

@@ -20,6 +20,7 @@ from netcompress.quantization.bn_folding import fold_bn
 from netcompress.quantization.calibration import calibrate_, correct_bias_
 from netcompress.quantization.equalization import equalize_cross_layer_
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
+from netcompress.quantization.ffn_split import split_ffn_outliers
 from netcompress.quantization.gptq import gptq_quantize_
 from netcompress.quantization.mixed_precision import (
     MixedPrecisionConfig,
@@ -96,5 +97,6 @@ __all__ = [
     "adaround_",
     "search_activation_ranges_",
     "OutlierSplitLinear",
+    "split_ffn_outliers",
     "split_outliers",
 ]

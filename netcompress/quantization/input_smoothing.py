@@ -97,6 +97,26 @@ def smoothing_scale(x_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) 
     return torch.where((x_absmax > 0) & (w_max > 0), s, torch.ones_like(s)).clamp(1e-4, 1e4)
 
 
+def outlier_scale(x_absmax: torch.Tensor, channels: int) -> torch.Tensor:
+    """``s``: 1 on every input channel but the ``channels`` of largest ``x_absmax``, which are scaled
+    down to the largest of the others (``s_j = max|x_j| / max_rest``). The weight columns absorb the
+    growth; unlike :func:`smoothing_scale` no other channel moves.
+
+    Example:
+        >>> outlier_scale(torch.tensor([1.0, 8.0, 2.0]), 1).tolist()
+        [1.0, 4.0, 1.0]
+    """
+    absmax = x_absmax.float().reshape(-1)
+    if not 0 < channels < absmax.numel():
+        raise ConfigError(f"outliers={channels} must be in [1, {absmax.numel() - 1}]")
+    top = absmax.topk(channels).indices
+    rest = absmax.clone()
+    rest[top] = 0.0
+    s = torch.ones_like(absmax)
+    s[top] = (absmax[top] / rest.max().clamp_min(1e-12)).clamp_min(1.0)
+    return s
+
+
 def _value_folds(model: nn.Module, names: Sequence[str]) -> dict[str, str]:
     """``{output projection: value projection}`` of attention blocks whose o-input is the context."""
     from netcompress.pruning.transformer_blocks import find_blocks
@@ -119,8 +139,12 @@ def smooth_inputs(
     num_batches: int = 4,
     layers: Sequence[str] = ("re:.*",),
     fold: bool = True,
+    outliers: int = 0,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` whose Linears (names or ``re:`` patterns in ``layers``) have smoothed inputs.
+
+    ``outliers > 0``: instead of SmoothQuant's scale (``alpha`` unused), only that many input channels
+    of largest range are scaled, down to the largest of the rest (:func:`outlier_scale`).
 
     Linears reading the same input tensor share one scale. Returns ``(smoothed, info)``: ``folded`` (``{o_proj: v_proj}`` folds), ``scaled`` (layers that got a
     ``Mul``), ``alpha`` and ``max_rel_diff`` (smoothed vs original on the first batch). ``model`` is
@@ -143,7 +167,10 @@ def smooth_inputs(
             # one scale per shared input (the max column of all its readers), so the Linears reading it
             # share one 1/s buffer: one Mul in the exported graph after ONNX Runtime's common-subexpression pass
             linears = [work.get_submodule(n) for n in group]
-            s = smoothing_scale(stats[group[0]], torch.cat([m.weight for m in linears]), alpha)
+            if outliers:
+                s = outlier_scale(stats[group[0]], outliers)
+            else:
+                s = smoothing_scale(stats[group[0]], torch.cat([m.weight for m in linears]), alpha)
             inv = 1.0 / s
             for name, linear in zip(group, linears):
                 linear.weight.mul_(s)
@@ -168,4 +195,4 @@ def smooth_inputs(
             f"{folded or 'none'} assume the output projection reads the value projection's channels "
             "(pass fold=False to scale with a Mul instead)"
         )
-    return work, {"alpha": alpha, "folded": folded, "scaled": scaled, "max_rel_diff": rel}
+    return work, {"alpha": alpha, "outliers": outliers, "folded": folded, "scaled": scaled, "max_rel_diff": rel}
