@@ -141,10 +141,16 @@ def _verify(reference: nn.Module, small: nn.Module, example_inputs: Any) -> None
 def _summary(model: nn.Module, small: nn.Module, config: Any, best: dict, base: int) -> dict[str, Any]:
     attn = {n: m for n, m in small.named_modules() if isinstance(m, HeadDimAttention)}
     ffn = (best["ffn_summary"] or {}).get("ffn", [])
+    width = next(iter(attn.values())).embed_dim if attn else 0
     params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters()))
     return {
         "method": "transformer", **config.to_dict(),
-        "heads": [{"name": n, "before": m.num_heads, "after": m.num_heads} for n, m in attn.items()],
+        "heads": [
+            {"name": n, "before": m.num_heads, "after": m.num_heads, "kv_before": m.num_heads,
+             "kv_after": m.num_heads, "kept": list(range(m.num_heads))}
+            for n, m in attn.items()
+        ],
+        "hidden_before": width, "hidden_after": width,
         "head_dims": [
             {"name": n, "head_dim": m.head_dim, "qk_after": m.qk_dim, "v_after": m.v_dim,
              "qk_kept": best["kept"][n][0], "v_kept": best["kept"][n][1]}
