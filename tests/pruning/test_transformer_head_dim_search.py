@@ -101,3 +101,18 @@ def test_magnitude_scores_need_no_data_and_out_of_reach_is_an_error():
 def test_recipe_values_are_checked(values, message):
     with pytest.raises(ConfigError, match=message):
         TransformerPruneConfig.from_dict(values, where="steps[0]")
+
+
+def test_recipe_step_accepts_head_dims_and_names_bad_ones():
+    from netcompress.recipes import resolve_recipe
+
+    def recipe(**step):
+        prune = {"op": "prune", "method": "transformer", "heads": 0.0, **step}
+        return {"model": {"name": "vit_tiny"}, "data": {"name": "cifar10"}, "steps": [prune]}
+
+    ok = resolve_recipe(recipe(head_dim_qk=0.25, head_dim_v=0.25, ffn=0.75, mac_target=2.0))["steps"][0]
+    assert (ok["head_dim_qk"], ok["head_dim_v"], ok["head_dim_importance"]) == (0.25, 0.25, "activation")
+    for bad, named in [({"head_dim_qk": "half"}, "head_dim_qk"), ({"head_dim_v": 1.5}, "head_dim_v"),
+                       ({"head_dim_qk": 0.5, "hidden": 0.2}, "hidden=0.2")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=named):
+            resolve_recipe(recipe(**bad))
