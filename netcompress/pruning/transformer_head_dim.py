@@ -17,9 +17,11 @@ Channel scores (per head, ``(num_heads, head_dim)``):
   of the output); the means run over every token the module sees, padding included;
 - ``magnitude`` (no data): the same with the row norms of ``W_q``/``W_k``/``W_v`` in place of the activations.
 
-Refused with an error naming the module: ``kdim``/``vdim`` other than ``embed_dim`` (separate q/k/v weights),
-``bias_k``/``bias_v``, ``add_zero_attn``, an attention already head-dim pruned, and attention classes other
-than these two (Hugging Face, GPT-2 ``Conv1D``, RoPE, grouped-query).
+Hugging Face BERT/ViT-style self-attention (separate q/k/v ``Linear`` layers, ``attention_head_size``) is
+sliced in place by :mod:`~netcompress.pruning.transformer_head_dim_hf` (equal q/k and v counts). Refused with an
+error naming the module: ``kdim``/``vdim`` other than ``embed_dim`` (separate q/k/v weights), ``bias_k``/
+``bias_v``, ``add_zero_attn``, an attention already head-dim pruned, and other attention classes (GPT-2
+``Conv1D``, RoPE, grouped-query).
 
 Example:
     >>> scores = head_dim_scores(model, batches)  # or head_dim_scores(model) for magnitude scores
@@ -38,6 +40,8 @@ from torch import nn
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import call_model, split_batch
 from netcompress.core.selection import name_matches
+from netcompress.pruning.transformer_blocks import AttentionUnit
+from netcompress.pruning.transformer_head_dim_hf import apply_hf_, check_hf_unit, hf_sums, mask_hf_, out_norms
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 
 SOURCE_TYPES = (nn.MultiheadAttention, PrunedMultiheadAttention)
@@ -155,8 +159,8 @@ def check_source(attn: nn.Module, name: str = "") -> None:
         raise UnsupportedModelError(f"{where}: already head-dim pruned; prune the original model once")
     if not isinstance(attn, SOURCE_TYPES):
         raise UnsupportedModelError(
-            f"{where}: only nn.MultiheadAttention and PrunedMultiheadAttention are supported "
-            "(not Hugging Face, GPT-2 Conv1D, RoPE or grouped-query attention)"
+            f"{where}: only nn.MultiheadAttention, PrunedMultiheadAttention and BERT/ViT-style attention are "
+            "supported (not GPT-2 Conv1D, RoPE or grouped-query attention)"
         )
     if isinstance(attn, nn.MultiheadAttention):
         if not attn._qkv_same_embed_dim:
@@ -167,8 +171,9 @@ def check_source(attn: nn.Module, name: str = "") -> None:
             raise UnsupportedModelError(f"{where}: add_zero_attn=True is not supported")
 
 
-def attention_modules(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """The attention modules head-dim pruning would replace (name -> module), every one checked.
+def attention_modules(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str, nn.Module | AttentionUnit]:
+    """The attention head-dim pruning would prune, every one checked: name -> the ``nn.MultiheadAttention``
+    (or ``PrunedMultiheadAttention``), or the block finder's unit of a BERT/ViT-style attention.
 
     Modules matching ``ignore`` (names or ``re:`` patterns) stay whole; any other attention the transformer
     block finder sees but head-dim pruning cannot follow is an error naming it.
@@ -178,18 +183,29 @@ def attention_modules(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str,
     ignore = list(ignore)
     skip = [n for n, _ in model.named_modules() if any(name_matches(n, p) for p in ignore)]
     blocks = find_blocks(model)
-    names = [u.name for u in blocks.attention] + list(blocks.unknown)
+    units = {u.name: u for u in blocks.attention}
+    names = [*units, *blocks.unknown]
     names += [n for n, m in model.named_modules() if isinstance(m, (*SOURCE_TYPES, HeadDimAttention))]
-    found: dict[str, nn.Module] = {}
+    found: dict[str, nn.Module | AttentionUnit] = {}
     for name in dict.fromkeys(names):
         if name in skip:
             continue
         module = model.get_submodule(name)
+        if name in units and not isinstance(module, (*SOURCE_TYPES, HeadDimAttention)):
+            check_hf_unit(module, units[name])
+            found[name] = units[name]
+            continue
         check_source(module, name)
         found[name] = module
     if not found:
-        raise UnsupportedModelError("head-dim pruning found no nn.MultiheadAttention to prune")
+        raise UnsupportedModelError("head-dim pruning found no attention to prune")
     return found
+
+
+def _run(model: nn.Module, batches: Iterable[Any]) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            call_model(model, split_batch(batch)[0])
 
 
 def head_dim_scores(
@@ -200,7 +216,10 @@ def head_dim_scores(
     With ``batches`` (calibration batches, ``(inputs, target)`` or inputs) the activation scores, else the
     magnitude scores (see the module docstring).
     """
-    attns = attention_modules(model, ignore)
+    found = attention_modules(model, ignore)
+    attns = {n: m for n, m in found.items() if isinstance(m, nn.Module)}
+    units = {n: u for n, u in found.items() if isinstance(u, AttentionUnit)}
+    batches = list(batches) if batches is not None else None
     sums: dict[str, list[torch.Tensor]] = {}
     if batches is None:
         for name, attn in attns.items():
@@ -226,19 +245,22 @@ def head_dim_scores(
 
         handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in attns.items()]
         try:
-            with torch.no_grad():
-                for batch in batches:
-                    call_model(model, split_batch(batch)[0])
+            sums.update(hf_sums(model, units, batches, lambda b: _run(model, b)))
         finally:
             for handle in handles:
                 handle.remove()
-        missed = [n for n in attns if n not in sums]
-        if missed:
-            raise ConfigError(f"head-dim activation scores: the calibration batches never called {missed}")
+    if batches is None:
+        sums.update(hf_sums(model, units, None, None))
+    missed = [n for n in found if n not in sums]
+    if missed:
+        raise ConfigError(f"head-dim activation scores: the calibration batches never called {missed}")
     out = {}
     for name, (q, k, v) in sums.items():
-        attn = attns[name]
-        w_out = attn.out_proj.weight.detach().norm(dim=0).view(attn.num_heads, attn.head_dim)
+        attn = found[name]
+        if isinstance(attn, AttentionUnit):
+            w_out = out_norms(model, attn)
+        else:
+            w_out = attn.out_proj.weight.detach().norm(dim=0).view(attn.num_heads, attn.head_dim)
         out[name] = (q * k, v * w_out)
     return out
 
@@ -257,22 +279,42 @@ def apply_head_dims_(
     Returns the kept channels per module: (q/k per head, v per head), each sorted.
     """
     kept = {}
+    units = _units(model, scores)
     for name, (qk_scores, v_scores) in scores.items():
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         attn = getattr(parent, attr)
-        d = attn.head_dim
+        d = qk_scores.shape[1]
         qk_idx = [sorted(row.topk(kept_channels(qk, d)).indices.tolist()) for row in qk_scores]
         v_idx = [sorted(row.topk(kept_channels(v, d)).indices.tolist()) for row in v_scores]
-        setattr(parent, attr, HeadDimAttention.from_attention(attn, qk_idx, v_idx, name))
+        if name in units:
+            apply_hf_(model, units[name], qk_idx, v_idx)
+        else:
+            setattr(parent, attr, HeadDimAttention.from_attention(attn, qk_idx, v_idx, name))
         kept[name] = (qk_idx, v_idx)
     return kept
 
 
+def _units(model: nn.Module, names: Iterable[str]) -> dict[str, AttentionUnit]:
+    """The block finder's units of the BERT/ViT-style attention among ``names``."""
+    from netcompress.pruning.transformer_blocks import find_blocks
+
+    wanted = set(names)
+    return {
+        u.name: u
+        for u in find_blocks(model).attention
+        if u.name in wanted and not isinstance(model.get_submodule(u.name), SOURCE_TYPES)
+    }
+
+
 def masked_reference(model: nn.Module, kept: dict[str, tuple[list[list[int]], list[list[int]]]]) -> nn.Module:
     """``model`` (in place) with the ``in_proj`` rows head-dim pruning removes zeroed (weights and biases)."""
+    units = _units(model, kept)
     with torch.no_grad():
         for name, (qk_idx, v_idx) in kept.items():
+            if name in units:
+                mask_hf_(model, units[name], qk_idx, v_idx)
+                continue
             attn = model.get_submodule(name)
             d, inner = attn.head_dim, attn.num_heads * attn.head_dim
             for h, (qk_keep, v_keep) in enumerate(zip(qk_idx, v_idx, strict=True)):

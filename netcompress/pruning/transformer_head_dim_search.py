@@ -139,22 +139,26 @@ def _verify(reference: nn.Module, small: nn.Module, example_inputs: Any) -> None
 
 
 def _summary(model: nn.Module, small: nn.Module, config: Any, best: dict, base: int) -> dict[str, Any]:
-    attn = {n: m for n, m in small.named_modules() if isinstance(m, HeadDimAttention)}
+    before = best["before"]
+    dims = {
+        n: getattr(before.get_submodule(n), "head_dim", None) or before.get_submodule(n).attention_head_size
+        for n in best["kept"]
+    }
+    heads = {n: len(qk) for n, (qk, _) in best["kept"].items()}
     ffn = (best["ffn_summary"] or {}).get("ffn", [])
-    width = next(iter(attn.values())).embed_dim if attn else 0
+    widths = [getattr(m, "embed_dim", None) for m in small.modules() if isinstance(m, HeadDimAttention)]
+    width = widths[0] if widths else getattr(getattr(model, "config", None), "hidden_size", 0)
     params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters()))
     return {
         "method": "transformer", **config.to_dict(),
         "heads": [
-            {"name": n, "before": m.num_heads, "after": m.num_heads, "kv_before": m.num_heads,
-             "kv_after": m.num_heads, "kept": list(range(m.num_heads))}
-            for n, m in attn.items()
+            {"name": n, "before": h, "after": h, "kv_before": h, "kv_after": h, "kept": list(range(h))}
+            for n, h in heads.items()
         ],
         "hidden_before": width, "hidden_after": width,
         "head_dims": [
-            {"name": n, "head_dim": m.head_dim, "qk_after": m.qk_dim, "v_after": m.v_dim,
-             "qk_kept": best["kept"][n][0], "v_kept": best["kept"][n][1]}
-            for n, m in attn.items()
+            {"name": n, "head_dim": dims[n], "qk_after": len(qk[0]), "v_after": len(v[0]), "qk_kept": qk, "v_kept": v}
+            for n, (qk, v) in best["kept"].items()
         ],
         "ffn": ffn, "factor": round(best["factor"], 6), "ffn_share_used": best["ffn_share"],
         "params_before": params[0], "params_after": params[1], "param_reduction": params[0] / max(params[1], 1),

@@ -146,7 +146,7 @@ def test_refusals_name_the_module():
     small, _, _ = _prune(_mha(), 0.5, 0.5, x)
     with pytest.raises(UnsupportedModelError, match="'attn' .HeadDimAttention.: already head-dim pruned"):
         head_dim_scores(Holder(small))
-    with pytest.raises(UnsupportedModelError, match="no nn.MultiheadAttention"):
+    with pytest.raises(UnsupportedModelError, match="found no attention to prune"):
         head_dim_scores(nn.Sequential(nn.Linear(E, E)))
     with pytest.raises(ConfigError, match="never called"):
         head_dim_scores(nn.ModuleDict({"a": Holder(_mha())}), [])
