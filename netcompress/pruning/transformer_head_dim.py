@@ -7,7 +7,8 @@ source's ``1/sqrt(head_dim)`` score scale, so it computes exactly what the sourc
 ``in_proj`` rows (and biases) zeroed: query/key channel ``i`` only adds ``q_i * k_i`` to the scores, value
 channel ``i`` only feeds ``out_proj`` column ``i``. Masks (``attn_mask`` 2-D or per-head 3-D,
 ``key_padding_mask``, ``is_causal``), ``batch_first`` both ways, unbatched inputs, ``need_weights`` and attention
-dropout in train mode behave as in ``nn.MultiheadAttention``. It sets ``_qkv_same_embed_dim = False``, so
+dropout in train mode behave as in ``nn.MultiheadAttention`` (``is_causal`` without ``attn_mask`` applies the
+causal mask, as in ``PrunedMultiheadAttention``, where ``nn.MultiheadAttention`` raises). It sets ``_qkv_same_embed_dim = False``, so
 ``nn.TransformerEncoderLayer``/``nn.TransformerEncoder`` never take their fused fast path and call it instead.
 
 Channel scores (per head, ``(num_heads, head_dim)``):
