@@ -116,3 +116,18 @@ def test_recipe_step_accepts_head_dims_and_names_bad_ones():
                        ({"head_dim_qk": 0.5, "hidden": 0.2}, "hidden=0.2")]:  # fmt: skip
         with pytest.raises(ConfigError, match=named):
             resolve_recipe(recipe(**bad))
+
+
+def test_a_result_that_differs_from_the_masked_original_is_refused(monkeypatch):
+    import netcompress.pruning.transformer_head_dim_search as search
+
+    real = search.masked_reference
+
+    def off_by_one_channel(model, kept):  # the reference drops one more q/k channel than the pruned model
+        name = next(iter(kept))
+        qk, v = kept[name]
+        return real(model, {**kept, name: ([qk[0][1:], *qk[1:]], v)})
+
+    monkeypatch.setattr(search, "masked_reference", off_by_one_channel)
+    with pytest.raises(nc.core.errors.UnsupportedModelError, match="differs from the original"):
+        prune_head_dims(_vit(), X, qk=0.5, v=0.5)
