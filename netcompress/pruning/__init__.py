@@ -84,7 +84,7 @@ from netcompress.pruning.sparse_storage import (
     save_sparse,
 )
 from netcompress.pruning.transformer_head_dim import HeadDimAttention, head_dim_scores
-from netcompress.pruning.transformer_head_dim_search import prune_head_dims
+from netcompress.pruning.transformer_head_dim_api import prune_head_dims
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, prune_transformer
 from netcompress.pruning.unstructured import SCORES as UNSTRUCTURED_METHODS

@@ -12,7 +12,7 @@ The calibration batches (``calib_batches`` of the loader) are read once and reus
 the search is deterministic. The result is checked against the FFN-pruned model with the removed ``in_proj``
 rows zeroed on the example inputs: a mismatch is an error, never a wrong model.
 
-Example:
+Example (through :func:`~netcompress.pruning.transformer_head_dim_api.prune_head_dims`):
     >>> small = prune_head_dims(vit, x, qk=0.25, v=0.25, ffn=0.75, mac_target=2.0, calib=loader)
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,11 +54,11 @@ def check_head_dim_config(config: Any) -> None:
 
 
 def head_dim_prune(
-    model: nn.Module, example_inputs: Any, config: Any, *, loader: Any = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(verified pruned copy, summary) for a ``TransformerPruneConfig`` with head-dim shares."""
-    from netcompress.pruning.transformer_pruning import count_macs, transformer_prune
-
+    model: nn.Module, example_inputs: Any, config: Any, *, loader: Any, transformer_prune: Callable[..., Any],
+    count_macs: Callable[[nn.Module, Any], int],
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """(verified pruned copy, summary) for a ``TransformerPruneConfig`` with head-dim shares; ``transformer_prune``
+    and ``count_macs`` are ``transformer_pruning``'s (passed in: that module calls this one)."""
     activation = config.head_dim_importance == "activation"
     needs_data = activation or config.importance != "magnitude" or config.reconstruct
     if needs_data and loader is None:
@@ -166,44 +166,3 @@ def _summary(model: nn.Module, small: nn.Module, config: Any, best: dict, base: 
         **({"reconstruction": best["ffn_summary"]["reconstruction"]}
            if best["ffn_summary"] and "reconstruction" in best["ffn_summary"] else {}),
     }  # fmt: skip
-
-
-def prune_head_dims(
-    model: nn.Module,
-    example_inputs: Any,
-    *,
-    qk: float,
-    v: float,
-    ffn: float = 0.0,
-    mac_target: float = 0.0,
-    calib: Any = None,
-    calib_batches: int = 4,
-    head_dim_importance: str | None = None,
-    importance: str = "magnitude",
-    reconstruct: bool = False,
-    ignore: Iterable[str] = (),
-) -> nn.Module:
-    """A verified copy of ``model`` whose attention heads keep ``1 - qk`` of their query/key and ``1 - v`` of
-    their value channels (every head stays), with ``ffn`` of the FFN neurons removed.
-
-    ``mac_target`` (e.g. 2.0): ``qk``/``v``/``ffn`` set the split and are scaled to the smallest factor
-    reaching it. ``head_dim_importance``: ``activation`` (on ``calib``, the default when ``calib`` is given) or
-    ``magnitude`` (the default without data); ``importance``/``reconstruct`` apply to the FFN neurons as in
-    :func:`~netcompress.pruning.prune_transformer`. ``model`` is left untouched. The summary comes from
-    ``nc.apply(model, TransformerPruneConfig(heads=0, head_dim_qk=..., ...), MethodData(...))``.
-    """
-    from netcompress.pruning.transformer_pruning import TransformerPruneConfig
-
-    if head_dim_importance is None:
-        head_dim_importance = "activation" if calib is not None else "magnitude"
-    config = TransformerPruneConfig.from_dict(
-        {
-            "heads": 0.0, "ffn": ffn, "head_dim_qk": qk, "head_dim_v": v, "mac_target": mac_target,
-            "calib_batches": calib_batches, "head_dim_importance": head_dim_importance, "importance": importance,
-            "reconstruct": reconstruct, "ignore": list(ignore),
-        },
-        where="prune_head_dims",
-    )  # fmt: skip
-    if not (qk or v):
-        raise ConfigError("prune_head_dims: qk and v are both 0, nothing to prune inside the heads")
-    return head_dim_prune(model, example_inputs, config, loader=calib)[0]

@@ -210,7 +210,14 @@ def transformer_prune(
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
     check_model_call(model, example_inputs, where="prune_transformer")
     if config.head_dim_qk or config.head_dim_v:
-        return head_dim_prune(model, example_inputs, config, loader=loader)
+        return head_dim_prune(
+            model,
+            example_inputs,
+            config,
+            loader=loader,
+            transformer_prune=transformer_prune,
+            count_macs=count_macs,
+        )
     if config.reconstruct and loader is None:
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
