@@ -183,6 +183,9 @@ def attention_modules(model: nn.Module, ignore: Iterable[str] = ()) -> dict[str,
 
     ignore = list(ignore)
     skip = [n for n, _ in model.named_modules() if any(name_matches(n, p) for p in ignore)]
+    for pattern in ignore:
+        if not any(name_matches(n, pattern) for n, _ in model.named_modules()):
+            raise ConfigError(f"head-dim pruning: ignore pattern {pattern!r} matches no module")
     blocks = find_blocks(model)
     units = {u.name: u for u in blocks.attention}
     names = [*units, *blocks.unknown]

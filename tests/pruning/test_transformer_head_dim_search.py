@@ -85,6 +85,11 @@ def test_magnitude_scores_need_no_data_and_out_of_reach_is_an_error():
         prune_head_dims(model, X, qk=0.25, v=0.25, mac_target=20.0)
     with pytest.raises(ConfigError, match="needs calibration batches"):
         prune_head_dims(model, X, qk=0.5, v=0.5, head_dim_importance="activation")
+    one = prune_head_dims(model, X, qk=0.5, v=0.5, ignore=["encoder.layers.0.self_attn"])
+    assert type(one.encoder.layers[0].self_attn) is torch.nn.MultiheadAttention
+    assert isinstance(one.encoder.layers[1].self_attn, HeadDimAttention)
+    with pytest.raises(ConfigError, match="ignore pattern 'encoder.layers.9' matches no module"):
+        prune_head_dims(model, X, qk=0.5, v=0.5, ignore=["encoder.layers.9"])
 
 
 @pytest.mark.parametrize(
