@@ -26,7 +26,7 @@ The trained baseline is cached (``--cache``, default ``/tmp/netcompress-vit``), 
         --heads-share 0.25 --ffn-share 0.75 --reconstruct --finetune-lr 1e-3 --alpha 0.5 --temperature 2 \
         --headline ce --tp-exact [--run-seed 1 --no-latency]     # session 8
     ... --extra-unlabelled 10000    # session 12: KD rows on 10,000 extra unlabelled images, equal steps
-    ... --head-dim 0.25,0.25        # session 12: head dims inside heads (vit_head_dim) + FFN, not whole heads
+    ... --head-dim 0.25,0.25        # session 12: head dims inside heads + FFN, not whole heads (library since s12)
     python benchmarks/vit_pruning.py --quick      # tiny ViT on synthetic data, seconds, no RESULTS.md
 """
 
@@ -54,13 +54,11 @@ from netcompress.training import TrainConfig, fit, seed_everything
 try:
     from benchmarks import cifar_protocol as cp
     from benchmarks import vit_extra_data as xd
-    from benchmarks import vit_head_dim as hd
     from benchmarks.vit_report import ort_latency, table, targets
     from benchmarks.vit_torch_pruning import prune_torch_pruning
 except ModuleNotFoundError:  # run as `python benchmarks/vit_pruning.py`: its folder is on sys.path
     import cifar_protocol as cp
     import vit_extra_data as xd
-    import vit_head_dim as hd
     from vit_report import ort_latency, table, targets
     from vit_torch_pruning import prune_torch_pruning
 
@@ -168,14 +166,36 @@ def prune_ours(
     """``prune/transformer``: heads + FFN neurons, ``--heads-share``/``--ffn-share`` scaled to ``--mac-reduction``."""
     from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
 
-    if args.head_dim:  # head dims inside every head + FFN neurons (vit_head_dim, session 12)
-        return hd.prune_for_benchmark(args, model, x, lambda: train_loader(args, train))
+    if args.head_dim:  # head dims inside every head + FFN neurons (session 12)
+        qk, v = (float(s) for s in args.head_dim.split(","))
+        return prune_head_dims(
+            args, model, train, x, qk=qk, v=v, ffn=args.ffn_share, importance=args.importance,
+            reconstruct=args.reconstruct,
+        )  # fmt: skip
     config = TransformerPruneConfig(
         heads=args.heads_share, ffn=args.ffn_share, importance=args.importance, mac_target=args.mac_reduction,
         calib_batches=8, reconstruct=args.reconstruct, allocation=args.allocation,
     )  # fmt: skip
     seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
     return transformer_prune(model, x, config, loader=train_loader(args, train))
+
+
+def prune_head_dims(
+    args: argparse.Namespace, model: nn.Module, train: Any, x: torch.Tensor, *, qk: float, v: float, ffn: float,
+    importance: str, reconstruct: bool,
+) -> tuple[nn.Module, dict]:  # fmt: skip
+    """``prune/transformer`` with ``head_dim_qk``/``head_dim_v``: channels inside every head (every head kept)
+    and FFN neurons, the split scaled to ``--mac-reduction``; the summary gains ``qk_dim``/``v_dim`` per layer."""
+    from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
+
+    config = TransformerPruneConfig(
+        heads=0.0, ffn=ffn, head_dim_qk=qk, head_dim_v=v, importance=importance, reconstruct=reconstruct,
+        mac_target=args.mac_reduction, calib_batches=8,
+    )  # fmt: skip
+    seed_everything(args.seed)  # the loader's augmentation draws from the global RNG: same batches every run
+    small, s = transformer_prune(model, x, config, loader=train_loader(args, train))
+    dims = {"qk_dim": [u["qk_after"] for u in s["head_dims"]], "v_dim": [u["v_after"] for u in s["head_dims"]]}
+    return small.eval(), {**s, **dims}
 
 
 def int8_onnx(args: argparse.Namespace, model: nn.Module, train: Any, x: torch.Tensor, folder: Path) -> Path:

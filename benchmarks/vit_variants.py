@@ -7,7 +7,7 @@ class-balanced CIFAR-10 *training* images outside the 10,000-image training subs
 
 - prune: ``h<heads>f<ffn>[d<hidden>]-<importance>`` (the split that ``mac_target`` scales; e.g.
   ``h.5f.5-taylor``, ``h.25f.75-wanda``, ``h.3f.6d.1-taylor``) or ``q<qk>v<v>f<ffn>-<importance>[+rec]`` (head
-  dims inside every head + FFN neurons, ``vit_head_dim``; e.g. ``q.5v.25f.5-taylor+rec``) or ``tp`` (Torch-Pruning at >= 2x,
+  dims inside every head + FFN neurons, ``prune/transformer`` ``head_dim_qk``/``head_dim_v``; e.g. ``q.5v.25f.5-taylor+rec``) or ``tp`` (Torch-Pruning at >= 2x,
   ``vit_pruning.prune_torch_pruning``) or ``none`` (the unpruned model);
 - finetune: ``ce`` | ``kd<alpha>t<T>`` | ``...+hs<w>`` (TinyBERT-style hidden-state MSE to the teacher per
   layer, weight w) | ``...+at<w>`` (attention-map KL) | ``kd...+x<N>`` (KD on N extra *unlabelled* training
@@ -41,12 +41,10 @@ from netcompress.training import fit, seed_everything
 try:
     from benchmarks import cifar_protocol as cp
     from benchmarks import vit_extra_data as xd
-    from benchmarks import vit_head_dim as hd
     from benchmarks import vit_pruning as vp
 except ModuleNotFoundError:  # run as `python benchmarks/vit_variants.py`
     import cifar_protocol as cp
     import vit_extra_data as xd
-    import vit_head_dim as hd
     import vit_pruning as vp
 
 PRUNE = re.compile(
@@ -69,11 +67,15 @@ def prune(
     if spec == "tp":
         return vp.prune_torch_pruning(args, model, x)
     m = HEAD_DIM.match(spec)
-    if m is not None:  # head dims inside every head + FFN neurons (vit_head_dim, session 12)
-        return hd.prune_to_target(
-            model, x, lambda: vp.train_loader(args, train), qk=float(m["q"]), v=float(m["v"]), ffn=float(m["f"]),
-            importance=m["imp"], reconstruct=bool(m["rec"]), mac_target=args.mac_reduction, seed=args.seed,
+    if m is not None:  # head dims inside every head + FFN neurons (session 12)
+        small, s = vp.prune_head_dims(
+            args, model, train, x, qk=float(m["q"]), v=float(m["v"]), ffn=float(m["f"]), importance=m["imp"],
+            reconstruct=bool(m["rec"]),
         )  # fmt: skip
+        return small, {
+            "ffn": [u["after"] for u in s["ffn"]], "mac_reduction": s["mac_reduction"], "factor": s["factor"],
+            "qk_dim": s["qk_dim"], "v_dim": s["v_dim"],
+        }  # fmt: skip
     m = PRUNE.match(spec)
     if m is None:
         raise SystemExit(f"bad prune spec {spec!r}")

@@ -54,6 +54,7 @@ _LAZY = {
     "distill_": ("netcompress.distillation", "distill_"),
     "run_recipe": ("netcompress.recipes", "run_recipe"),
     "prune_transformer": ("netcompress.pruning", "prune_transformer"),
+    "prune_head_dims": ("netcompress.pruning", "prune_head_dims"),
     "prune_n_m_": ("netcompress.pruning", "prune_n_m_"),
     "prune_wanda_": ("netcompress.pruning", "prune_wanda_"),
     "prune_sparsegpt_": ("netcompress.pruning", "prune_sparsegpt_"),

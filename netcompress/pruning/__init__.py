@@ -83,6 +83,8 @@ from netcompress.pruning.sparse_storage import (
     read_sparse_state_dict,
     save_sparse,
 )
+from netcompress.pruning.transformer_head_dim import HeadDimAttention, head_dim_scores
+from netcompress.pruning.transformer_head_dim_api import prune_head_dims
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, prune_transformer
 from netcompress.pruning.unstructured import SCORES as UNSTRUCTURED_METHODS
@@ -157,8 +159,11 @@ __all__ = [
     "save_sparse",
     "sparsity_report",
     # transformers: attention heads, FFN neurons, residual-stream width
+    "HeadDimAttention",
     "PrunedMultiheadAttention",
     "TransformerPruneConfig",
+    "head_dim_scores",
+    "prune_head_dims",
     "prune_transformer",
     # semi-structured N:M sparsity and one-shot (Wanda, SparseGPT) pruning
     "NMConfig",

@@ -46,6 +46,8 @@ from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_allocation import plan_global
 from netcompress.pruning.transformer_blocks import Blocks, find_blocks
 from netcompress.pruning.transformer_experts import check_fused_experts
+from netcompress.pruning.transformer_head_dim import IMPORTANCES as HEAD_DIM_IMPORTANCES
+from netcompress.pruning.transformer_head_dim_search import check_head_dim_config, head_dim_prune
 from netcompress.pruning.transformer_importance import CRITERIA, UnitScores, unit_importance
 from netcompress.pruning.transformer_reconstruction import reconstruct_outputs_
 from netcompress.pruning.transformer_selection import (
@@ -79,6 +81,9 @@ class TransformerPruneConfig(Config):
     the share values are otherwise unused). ``reconstruct``: after the verified prune, refit each pruned block's
     output projection (attention out, FFN down) by least squares to the unpruned model's outputs on
     ``calib_batches`` batches (``transformer_reconstruction``); the summary gains ``reconstruction``.
+    ``head_dim_qk``/``head_dim_v``: shares of the query/key and value channels removed inside every head
+    (every head stays; ``transformer_head_dim_search``), with ``heads=0`` and ``hidden=0``; ``mac_target``
+    scales them with ``ffn``. ``head_dim_importance``: ``activation`` (calibration batches) or ``magnitude``.
     """
 
     heads: float = 0.25
@@ -93,9 +98,12 @@ class TransformerPruneConfig(Config):
     mac_target: float = 0.0
     reconstruct: bool = False
     allocation: str = "uniform"
+    head_dim_qk: float = 0.0
+    head_dim_v: float = 0.0
+    head_dim_importance: str = "activation"
 
     def __post_init__(self) -> None:
-        for name in ("heads", "ffn", "hidden"):
+        for name in ("heads", "ffn", "hidden", "head_dim_qk", "head_dim_v"):
             check_fraction(name, getattr(self, name))
         check_choice("importance", self.importance, CRITERIA)
         check_choice("gqa", self.gqa, GQA_MODES)
@@ -103,6 +111,8 @@ class TransformerPruneConfig(Config):
         check_range("round_to", self.round_to, 1)
         check_range("calib_batches", self.calib_batches, 1)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("head_dim_importance", self.head_dim_importance, HEAD_DIM_IMPORTANCES)
+        check_head_dim_config(self)
         if self.allocation == "global" and (not self.mac_target or self.hidden > 0):
             raise ConfigError(
                 "allocation='global' spends a mac_target over heads and FFN neurons: set mac_target, hidden=0"
@@ -199,6 +209,15 @@ def transformer_prune(
     if example_inputs is None:
         raise ConfigError("prune_transformer needs example_inputs (what the model is called with)")
     check_model_call(model, example_inputs, where="prune_transformer")
+    if config.head_dim_qk or config.head_dim_v:
+        return head_dim_prune(
+            model,
+            example_inputs,
+            config,
+            loader=loader,
+            transformer_prune=transformer_prune,
+            count_macs=count_macs,
+        )
     if config.reconstruct and loader is None:
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
