@@ -158,12 +158,22 @@ def batch_inputs(batch: Any) -> Any:
     return split_batch(batch)[0]
 
 
+def _echoed_input(value: Any) -> bool:
+    """An integer or boolean tensor (token ids, masks) or a string in an output dict: inputs passed back
+    (a sentence-transformers model returns its features dict, ``input_ids`` first), never a result."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex())
+
+
 def output_tensor(output: Any) -> torch.Tensor:
     """The main tensor of a model's output: itself, ``.logits``, or the first item that is no loss.
 
     A Hugging Face ``ModelOutput`` holds its main result first (``last_hidden_state`` of an encoder,
     ``prediction_outputs`` of PatchTSMixer, ``itm_score`` of BLIP, ``sample`` of a diffusers UNet), after
-    ``loss`` when labels were passed; a later ``last_hidden_state`` is an auxiliary output.
+    ``loss`` when labels were passed; a later ``last_hidden_state`` is an auxiliary output. A dict's integer
+    tensors and strings are inputs passed back, skipped; a sentence-transformers dict gives its
+    ``sentence_embedding``.
 
     Example:
         >>> output_tensor((torch.ones(1), torch.zeros(1))).tolist()
@@ -174,8 +184,10 @@ def output_tensor(output: Any) -> torch.Tensor:
     value = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
     if isinstance(value, torch.Tensor):
         return value
+    if isinstance(output, Mapping) and isinstance(output.get("sentence_embedding"), torch.Tensor):
+        return output["sentence_embedding"]  # sentence-transformers: the features dict, inputs included
     if isinstance(output, Mapping) and output:
-        main = [v for k, v in output.items() if k != "loss" and v is not None]
+        main = [v for k, v in output.items() if k != "loss" and v is not None and not _echoed_input(v)]
         if main:
             return output_tensor(main[0])
     value = None if isinstance(output, Mapping) else getattr(output, "last_hidden_state", None)

@@ -104,7 +104,27 @@ def check_model_on_data(
                 if count > num_classes
                 else ""
             )
+            + _scored_item(output)
         )
+
+
+def _scored_item(output: Any) -> str:
+    """Which part of a several-output model netcompress scored, for the class-count message: a tuple's first
+    item, a dict's ``logits`` or first entry (a two-head model returning ``(aux, logits)`` is easy to misread)."""
+    from collections.abc import Mapping
+
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        return (
+            f"; the model returns {len(output)} outputs and the first one is scored as class scores: "
+            "return the classifier's logits first"
+        )
+    if isinstance(output, Mapping) and len(output) > 1 and "logits" not in output:
+        first = next(iter(output))
+        return (
+            f"; the model returns a dict without 'logits', so its first entry {first!r} is scored as class "
+            "scores: name the classifier's output 'logits'"
+        )
+    return ""
 
 
 def check_last_batch(model: nn.Module, example_inputs: Any, *, train_size: int, batch_size: int) -> None:

@@ -274,7 +274,14 @@ def _load_named_inputs(config: TensorsConfig) -> DataBundle:
     y_key = (config.keys or {}).get("y", "y")
     missing = [k for k in [*(config.inputs or []), y_key] if k not in content]
     if missing:
-        raise DataError(f"{path} has no key {missing[0]!r}; it holds {', '.join(map(repr, sorted(content)))}")
+        held = ", ".join(map(repr, sorted(content)))
+        if missing == [y_key]:  # inputs without labels: embedding-style data
+            raise DataError(
+                f"{path} has no key {y_key!r} for the class labels (it holds {held}); the tensors data set "
+                "needs one integer label per sample (keys: {y: NAME}); unlabelled sentences for an encoder "
+                "are the sentences data set (name: sentences, with the model's folder as path)"
+            )
+        raise DataError(f"{path} has no key {missing[0]!r}; it holds {held}")
     tensors = {name: _inputs(content[name], where=f"{path} (key {name!r})") for name in config.inputs or []}
     y = class_labels(content[y_key], where=f"{path} (key {y_key!r})")
     for name, tensor in tensors.items():

@@ -42,6 +42,12 @@ def check_teacher_spec(spec: Any) -> None:
             "teacher needs 'model' (a registered name), 'factory' ('package.module:function'), "
             "'checkpoint' (a path) or 'step' (the model after that step of this run, e.g. step: 1)"
         )
+    step = spec.get("step")
+    if "step" in spec and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise ConfigError(
+            f"teacher: step={step!r}: steps count from 1 (step: 1 is the model after the recipe's first "
+            "step); the model before any step is the recipe's model block: teacher: {model: {...}}"
+        )
     if "model" in spec and "factory" in spec:
         raise ConfigError("teacher: give either 'model' or 'factory', not both")
 

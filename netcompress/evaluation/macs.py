@@ -7,6 +7,10 @@ come from forward hooks that read the running total before and after each module
 a module's count is what ran inside it minus what ran inside its child modules, so the
 per-layer numbers sum exactly to the total and a layer called twice is counted twice.
 Element-wise ops (ReLU, BN in eval mode, additions) are not MACs and count zero.
+
+Recurrent layers (``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their dynamic int8 versions) run as one fused op
+that the FLOP counter does not see; their MACs are counted from their sizes instead (every gate's input
+and hidden matmuls, each time step, layer and direction), so an LSTM is not reported as nearly free.
 """
 
 from __future__ import annotations
@@ -35,15 +39,58 @@ class _MacRecorder:
         self.stack: list[list[Any]] = []
         self.exclusive_flops: dict[str, int] = {}
 
+        self.recurrent_flops = 0  # what the fused recurrent ops ran, which the counter does not see
+
+    def total(self) -> int:
+        return self.counter.get_total_flops() + self.recurrent_flops
+
     def pre(self, module: nn.Module, args: Any) -> None:
-        self.stack.append([self.names[module], self.counter.get_total_flops(), 0])
+        self.stack.append([self.names.get(module, ""), self.total(), 0])
 
     def post(self, module: nn.Module, args: Any, output: Any) -> None:
         name, start, inside_children = self.stack.pop()
-        inclusive = self.counter.get_total_flops() - start
+        if self.total() == start and _is_recurrent(module):  # the counter saw nothing: the fused op
+            self.recurrent_flops += 2 * recurrent_macs(module, args)
+        inclusive = self.total() - start
         self.exclusive_flops[name] = self.exclusive_flops.get(name, 0) + inclusive - inside_children
         if self.stack:
             self.stack[-1][2] += inclusive
+
+
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _is_recurrent(module: nn.Module) -> bool:
+    return getattr(module, "mode", None) in RECURRENT_GATES and hasattr(module, "hidden_size")
+
+
+def recurrent_macs(module: nn.Module, args: Any) -> int:
+    """MACs of one call of a recurrent layer on ``args[0]`` (batched, unbatched or a PackedSequence).
+
+    Per time step and sample, each layer and direction runs ``gates * hidden * (input + state)`` MACs
+    (``state`` is ``proj_size`` for a projected LSTM, which adds ``proj_size * hidden``).
+
+    Example:
+        >>> recurrent_macs(nn.LSTM(8, 32, batch_first=True), (torch.randn(2, 20, 8),))  # 2 * 20 * 4 * 32 * 40
+        204800
+    """
+    x = args[0] if args else None
+    data = getattr(x, "data", x) if type(x).__name__ == "PackedSequence" else x
+    if not isinstance(data, torch.Tensor):
+        return 0
+    if type(x).__name__ == "PackedSequence" or data.dim() == 2:
+        steps = data.shape[0]  # a packed sequence's rows are (time step, sample) pairs; unbatched: T rows
+    else:
+        steps = data.shape[0] * data.shape[1]
+    gates = RECURRENT_GATES[module.mode]
+    hidden, proj = int(module.hidden_size), int(getattr(module, "proj_size", 0) or 0)
+    state = proj or hidden
+    directions = 2 if getattr(module, "bidirectional", False) else 1
+    macs, inputs = 0, int(module.input_size)
+    for _ in range(int(module.num_layers)):
+        macs += directions * (gates * hidden * (inputs + state) + proj * hidden)
+        inputs = directions * state
+    return steps * macs
 
 
 def count_macs(
@@ -67,7 +114,8 @@ def count_macs(
     counter = FlopCounterMode(display=False)
     recorder = _MacRecorder(counter, names)
     handles = []
-    for module in names:
+    hooked = names or {m: "" for m in model.modules() if _is_recurrent(m)}
+    for module in hooked:
         handles.append(module.register_forward_pre_hook(recorder.pre))
         handles.append(module.register_forward_hook(recorder.post))
     # FlopCounterMode's module tracker hooks the gradient of every input that requires one; a view of a
@@ -84,7 +132,7 @@ def count_macs(
             p.requires_grad_(True)
         for handle in handles:
             handle.remove()
-    total_flops = counter.get_total_flops()
+    total_flops = recorder.total()
     if not per_layer:
         return total_flops // 2, {}
     layers = {name: flops // 2 for name, flops in recorder.exclusive_flops.items() if flops > 0}

@@ -39,7 +39,7 @@ from netcompress.core.inputs import batch_inputs, call_model, move_inputs
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.block_calibration import BlockPlan, plan_blocks, prune_blocks
 from netcompress.pruning.layer_inputs import InputStats, probe, prune_groups
-from netcompress.pruning.masks import enforce_masks, sparsity_report
+from netcompress.pruning.masks import enforce_masks, recurrent_weights, sparsity_report
 from netcompress.pruning.weight_targets import (
     WeightTarget,
     module_target,
@@ -265,6 +265,12 @@ def _dense_stacked_weights(model: nn.Module, covered: set[int], skipped: dict[st
     for mod_name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             continue
+        for p_name in recurrent_weights(module):
+            key = f"{mod_name}.{p_name}" if mod_name else p_name
+            if key not in skipped:
+                found[key] = (
+                    f"a weight of {type(module).__name__} (recurrent), not a Linear/Conv weight: left dense"
+                )
         for p_name, param in module.named_parameters(recurse=False):
             key = f"{mod_name}.{p_name}" if mod_name else p_name
             if param.dim() >= 3 and id(param) not in covered and key not in skipped:

@@ -34,6 +34,22 @@ MASK_SUFFIX = "_mask"
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
+RECURRENT_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+
+
+def recurrent_weights(module: nn.Module) -> list[str]:
+    """Names of the weight matrices of an LSTM/GRU/RNN layer (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...),
+    which no Conv/Linear-based pruning covers; empty for any other module.
+
+    Example:
+        >>> recurrent_weights(nn.GRU(4, 8))
+        ['weight_ih_l0', 'weight_hh_l0']
+    """
+    if getattr(module, "mode", None) not in RECURRENT_MODES:
+        return []
+    return [n for n, p in module._parameters.items() if p is not None and n.startswith("weight_")]
+
+
 def _mask_names(module: nn.Module) -> list[str]:
     """Names of the parameters of ``module`` (not its children) that carry a mask buffer."""
     return [
@@ -166,8 +182,8 @@ def _report_key(mod_name: str, p_name: str) -> str:
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
     """Share of zero entries per prunable weight and over all of them (masks counted as zeros).
 
-    Covers the weights of Conv1d/Conv2d/Linear layers plus any other masked parameter; layer
-    keys are module names (``"features.0"``), or ``"module.param"`` for non-weight parameters.
+    Covers the weights of Conv1d/Conv2d/Linear layers, the weight matrices of LSTM/GRU/RNN layers, plus
+    any other masked parameter; layer keys are module names (``"features.0"``), or ``"module.param"`` for non-weight parameters.
 
     Example:
         >>> sparsity_report(model)
@@ -178,6 +194,9 @@ def sparsity_report(model: nn.Module) -> dict[str, Any]:
         names = set(_mask_names(module))
         if isinstance(module, PRUNABLE_TYPES) and module._parameters.get("weight") is not None:
             names.add("weight")
+        names.update(
+            recurrent_weights(module)
+        )  # left dense by every pruner, counted so the share is the model's
         for p_name in sorted(names):
             mask = module._buffers.get(p_name + MASK_SUFFIX)
             entries[_report_key(mod_name, p_name)] = (module._parameters[p_name], mask)

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,14 @@ from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.registry import Registry
 from netcompress.core.selection import select_modules
-from netcompress.pruning.masks import MASK_SUFFIX, PRUNABLE_TYPES, apply_mask, enforce_masks, sparsity_report
+from netcompress.pruning.masks import (
+    MASK_SUFFIX,
+    PRUNABLE_TYPES,
+    apply_mask,
+    enforce_masks,
+    recurrent_weights,
+    sparsity_report,
+)
 from netcompress.pruning.sparse_storage import write_sparse
 
 ScoreFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -313,12 +321,14 @@ def _summary(
     selected = sum(layers[n].weight.numel() for n in layers)
     zeros = _zero_count(layer.weight for layer in layers.values())
     params = sum(p.numel() for p in model.parameters())
+    skipped = left_dense_recurrent(model)
     return {
         "method": method,
         "scope": config.scope,
         "amount": config.amount,
         "max_layer_sparsity": config.max_layer_sparsity if config.scope == "global" else None,
         "per_layer": per_layer,
+        "skipped": skipped,
         "global_sparsity": zeros / max(1, selected),
         "selected_params": selected,
         "zero_params": zeros,
@@ -332,3 +342,36 @@ def _summary(
 def _zero_count(tensors: Any) -> int:
     """Zero entries over ``tensors`` (masks are enforced, so pruned weights are real zeros)."""
     return sum(int(t.numel() - torch.count_nonzero(t)) for t in tensors)
+
+
+def left_dense_recurrent(model: nn.Module) -> dict[str, str]:
+    """The unmasked LSTM/GRU/RNN weight matrices of ``model``, each with why it stayed dense; warns once
+    when there are any, so an LSTM classifier "pruned 50%" is not read as half zeros (only its Linear
+    head was pruned; ``model_sparsity`` counts the recurrent weights).
+
+    Example:
+        >>> left_dense_recurrent(nn.Sequential(nn.LSTM(4, 8)))
+        {'0.weight_ih_l0': '...', '0.weight_hh_l0': '...'}
+    """
+    found = {}
+    for mod_name, module in model.named_modules():
+        for p_name in recurrent_weights(module):
+            if p_name + MASK_SUFFIX not in module._buffers:
+                key = f"{mod_name}.{p_name}" if mod_name else p_name
+                found[key] = (
+                    f"a weight of {type(module).__name__} (recurrent): pruning covers Conv1d/Conv2d/Linear "
+                    "weights, so it is left dense"
+                )
+    if found:
+        count = sum(
+            getattr(
+                model.get_submodule(k.rpartition(".")[0]) if "." in k else model, k.rpartition(".")[2]
+            ).numel()
+            for k in found
+        )
+        warnings.warn(
+            f"{len(found)} recurrent weight matrices ({count} parameters, e.g. {next(iter(found))}) are left "
+            "dense: pruning covers Conv1d/Conv2d/Linear weights; see the summary's skipped and model_sparsity",
+            stacklevel=3,
+        )
+    return found

@@ -68,6 +68,9 @@ def finish_run(
     if resolved["report"].get("plots", True) or resolved["report"].get("title"):
         md, html = write_run_report(run_dir, resolved, state, stages, model, exports, splits)
         say(progress, f"report: {md}  and  {html}")
+    from netcompress.recipes.run_folder import release_lock
+
+    release_lock(run_dir)
     return RunResult(run_dir, resolved, stages, state["finished_steps"], md, html)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ MARKER = ".netcompress-run"
 MARKER_FORMAT = "netcompress-run"
 MARKER_VERSION = 1
 STATE_FILE = "state.json"
+# which process is writing the folder: --resume refuses a folder another live process still writes
+LOCK_FILE = ".netcompress-lock"
 # what an atomic write killed midway leaves: tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") in
 # core.io, suffix ".tmp.onnx" in the ONNX export
 STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.onnx)?$")
@@ -59,7 +62,7 @@ def plan_run_dir(
                     f"run folder {path} already exists and is not empty; pass --resume to continue it "
                     "or choose another --out"
                 )
-        return check_writable(path)
+        return check_not_in_use(check_writable(path)) if resume else check_writable(path)
     name = resolved["name"]
     candidates = sorted(
         (
@@ -76,7 +79,7 @@ def plan_run_dir(
             raise ConfigError(
                 f"--resume: no earlier run of {name!r} under {runs_root}/ to resume; pass --out to name one"
             )
-        return check_writable(candidates[-1])
+        return check_not_in_use(check_writable(candidates[-1]))
     path, n = runs_root / name, 2
     while path.exists():
         path, n = runs_root / f"{name}-{n}", n + 1
@@ -156,3 +159,55 @@ def remove_stale_tmp(path: Path) -> list[Path]:
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
+
+
+def _lock_owner(path: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads((path / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def check_not_in_use(path: Path) -> Path:
+    """Refuse to resume a run folder that another live process is still writing (its lock file names a
+    running process): two runs in one folder overwrite each other's steps, and the resume would delete the
+    other run's temporary files. A lock left by a killed run (its process gone) or by this process is stale."""
+    owner = _lock_owner(path)
+    if owner is None or owner["pid"] == os.getpid():
+        return path
+    here = owner.get("host") == socket.gethostname()
+    if here and not _alive(owner["pid"]):
+        return path
+    where = f"process {owner['pid']}" + ("" if here else f" on {owner.get('host')}")
+    raise ConfigError(
+        f"run folder {path} is in use by {where} (started {owner.get('started', '?')}); wait for that run "
+        f"to end or stop it, then --resume (if no run is going, delete {path / LOCK_FILE})"
+    )
+
+
+def hold_lock(path: Path) -> None:
+    """Mark ``path`` as written by this process (see :func:`check_not_in_use`)."""
+    import time
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_json(
+        path / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+    )
+
+
+def release_lock(path: Path) -> None:
+    """Remove this process's lock from ``path`` (a finished run)."""
+    owner = _lock_owner(path)
+    if owner is not None and owner["pid"] == os.getpid():
+        (path / LOCK_FILE).unlink(missing_ok=True)

@@ -48,6 +48,7 @@ from netcompress.recipes.run_folder import (
     create_run_dir,
     discard_run_dir,
     has_finished_step,
+    hold_lock,
     is_run_folder,
     plan_run_dir,
     remove_stale_tmp,
@@ -156,6 +157,7 @@ def run_recipe(
 
     def open_folder() -> Any:
         made = _open_run_dir(run_dir)
+        hold_lock(run_dir)
         atomic_write_json(run_dir / STATE_FILE, state)
         atomic_write_text(
             run_dir / "recipe.yaml", _recipe_header(recipe) + yaml.safe_dump(resolved, sort_keys=False)

@@ -294,6 +294,16 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         # method), and the dynamic steps take 0 to mean "build the heads/widths, train nothing"
         if isinstance(cfg, TrainConfig) and spec.op != "dynamic" and cfg.epochs < 1:
             raise ConfigError(f"epochs={cfg.epochs!r} in {where}: a training step needs at least 1 epoch")
+        teacher = getattr(cfg, "teacher", None)
+        if isinstance(teacher, dict) and "step" in teacher and not 1 <= teacher["step"] <= i:
+            raise ConfigError(
+                f"teacher: {{step: {teacher['step']}}} in {where}: a teacher step is an earlier step of this "
+                f"recipe, counted from 1 (1 to {i})"
+                if i
+                else f"teacher: {{step: {teacher['step']}}} in "
+                f"{where}: the first step has no earlier step to learn from; give the teacher as "
+                "teacher: {model: {factory: ..., checkpoint: ...}}"
+            )
         resolved_steps.append(
             {"op": spec.op, "method": spec.name, "label": step.get("label"), **cfg.to_dict()}
         )

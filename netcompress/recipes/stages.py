@@ -61,6 +61,10 @@ def split_loaders(bundle: Any, data_cfg: dict[str, Any], seed: int) -> SplitLoad
     return SplitLoaders(train, val, test, LimitedLoader(train, data_cfg["calib_batches"]))
 
 
+def _embedding_task(loader: Any) -> bool:
+    return getattr(getattr(loader, "dataset", None), "task", None) == "embedding"
+
+
 def measure_stage(
     model: nn.Module,
     loader: Any,
@@ -78,9 +82,7 @@ def measure_stage(
     from netcompress.evaluation import evaluate, profile
     from netcompress.evaluation.harness import model_device
 
-    if (
-        getattr(getattr(loader, "dataset", None), "task", None) == "embedding"
-    ):  # a sentence encoder's test split
+    if _embedding_task(loader):  # a sentence encoder's test split
         from netcompress.evaluation.embeddings import embedding_metrics
 
         metrics = embedding_metrics(model, loader, max_batches=cfg.get("max_batches"))
@@ -132,11 +134,20 @@ def measure_onnx_stage(
     from netcompress.export import OrtModel
 
     ort_model = OrtModel(path)
-    counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
+    if _embedding_task(loader):  # scored like the PyTorch stages: cosine and agreement to the references
+        from netcompress.evaluation.embeddings import embedding_metrics
+
+        metrics = embedding_metrics(ort_model, loader, max_batches=cfg.get("max_batches"))
+        scores = {k: metrics[k] for k in ("cosine_mean", "cosine_min", "nn_agreement", "accuracy_metric")}
+        accuracy = metrics["accuracy"]
+    else:
+        counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
+        scores, accuracy = {}, counts["correct"] / max(counts["total"], 1)
     row: dict[str, Any] = {
         "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
         "split": STAGE_SPLIT,
-        "accuracy": counts["correct"] / max(counts["total"], 1),
+        "accuracy": accuracy,
+        **scores,
         "size_bytes": path.stat().st_size,
         "latency_ms": None,
         "latency_b64_ms": None,

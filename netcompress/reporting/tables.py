@@ -232,7 +232,16 @@ def read_run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-COMPARE_KEYS = ("accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms")
+COMPARE_KEYS = (
+    "accuracy",
+    "params",
+    "nonzero_params",
+    "macs",
+    "size_bytes",
+    "stored_bytes",
+    "stored_format",
+    "latency_ms",
+)
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike], *, which: str = "last") -> list[dict[str, Any]]:

@@ -130,6 +130,12 @@ def test_tensors_with_named_inputs_give_keyword_batches(tmp_path):
             r"has no key 'mask'; it holds",
         ),
         (
+            {"inputs": ["input_ids"]},  # token ids and no key y (embedding-style data)
+            DataError,
+            r"has no key 'y' for the class labels \(it holds 'input_ids', 'labels'\);"
+            r" .* needs one integer label per sample .* the sentences data set",
+        ),
+        (
             {"inputs": ["input_ids"], "keys": {"x": "input_ids", "y": "labels"}},
             ConfigError,
             "give inputs or keys.x",
