@@ -43,7 +43,7 @@ from netcompress.core.inputs import call_model, split_batch
 from netcompress.core.selection import name_matches
 from netcompress.pruning.transformer_blocks import AttentionUnit
 from netcompress.pruning.transformer_head_dim_hf import apply_hf_, check_hf_unit, hf_sums, mask_hf_, out_norms
-from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.pruning.transformer_mha import PrunedMultiheadAttention, attend
 
 SOURCE_TYPES = (nn.MultiheadAttention, PrunedMultiheadAttention)
 IMPORTANCES = ("activation", "magnitude")
@@ -115,39 +115,11 @@ class HeadDimAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
         attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        if not self.batch_first or unbatched:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        b, lq, ls, h = query.shape[0], query.shape[1], key.shape[1], self.num_heads
-        sizes = [h * self.qk_dim, h * self.qk_dim, h * self.v_dim]
-        w_q, w_k, w_v = self.in_proj_weight.split(sizes)
-        b_q, b_k, b_v = self.in_proj_bias.split(sizes) if self.in_proj_bias is not None else (None,) * 3
-        q = F.linear(query, w_q, b_q).view(b, lq, h, self.qk_dim).transpose(1, 2)
-        k = F.linear(key, w_k, b_k).view(b, ls, h, self.qk_dim).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(b, ls, h, self.v_dim).transpose(1, 2)
-        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5  # the source's scale
-        # the same mask rules as PrunedMultiheadAttention (head_index/source_heads for per-head 3-D masks)
-        mask = PrunedMultiheadAttention._mask(
-            self, attn_mask, key_padding_mask, b, lq, ls, is_causal, scores.dtype
-        )  # type: ignore[arg-type]
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
-        out = self.out_proj((dropped @ v).transpose(1, 2).reshape(b, lq, h * self.v_dim))
-        if not self.batch_first or unbatched:
-            out = out.transpose(0, 1)
-        if unbatched:
-            out = out.squeeze(1)
-        if not need_weights:
-            return out, None
-        if average_attn_weights:
-            weights = weights.mean(1)
-        return out, weights.squeeze(0) if unbatched else weights
+        # PrunedMultiheadAttention's forward with qk_dim / v_dim channels and the source's 1/sqrt(head_dim)
+        return attend(
+            self, self.qk_dim, self.v_dim, query, key, value, key_padding_mask, need_weights, attn_mask,
+            average_attn_weights, is_causal,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, qk_dim={self.qk_dim}, v_dim={self.v_dim}"

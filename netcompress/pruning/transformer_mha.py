@@ -118,36 +118,52 @@ class PrunedMultiheadAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        if not self.batch_first or unbatched:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        b, lq, ls = query.shape[0], query.shape[1], key.shape[1]
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-        q = F.linear(query, w_q, b_q).view(b, lq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = F.linear(key, w_k, b_k).view(b, ls, self.num_heads, self.head_dim).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(b, ls, self.num_heads, self.head_dim).transpose(1, 2)
-        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5
-        mask = self._mask(attn_mask, key_padding_mask, b, lq, ls, is_causal, scores.dtype)
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
-        out = (dropped @ v).transpose(1, 2).reshape(b, lq, self.num_heads * self.head_dim)
-        out = self.out_proj(out)
-        if not self.batch_first or unbatched:
-            out = out.transpose(0, 1)
-        if unbatched:
-            out = out.squeeze(1)
-        if not need_weights:
-            return out, None
-        if average_attn_weights:
-            weights = weights.mean(1)
-        return out, weights.squeeze(0) if unbatched else weights
+        return attend(
+            self, self.head_dim, self.head_dim, query, key, value, key_padding_mask, need_weights, attn_mask,
+            average_attn_weights, is_causal,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+
+def attend(
+    module: nn.Module, qk_dim: int, v_dim: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None, need_weights: bool, attn_mask: torch.Tensor | None,
+    average_attn_weights: bool, is_causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """``nn.MultiheadAttention``'s forward for ``module``'s packed ``in_proj`` ([q | k | v] rows, per head) of
+    ``qk_dim`` query/key and ``v_dim`` value channels per head, scaled by ``module.head_dim`` (the source's);
+    the masks follow :meth:`PrunedMultiheadAttention._mask` (``head_index``/``source_heads`` on ``module``)."""
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    if not module.batch_first or unbatched:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    b, lq, ls, h = query.shape[0], query.shape[1], key.shape[1], module.num_heads
+    sizes = [h * qk_dim, h * qk_dim, h * v_dim]
+    w_q, w_k, w_v = module.in_proj_weight.split(sizes)
+    b_q, b_k, b_v = module.in_proj_bias.split(sizes) if module.in_proj_bias is not None else (None,) * 3
+    q = F.linear(query, w_q, b_q).view(b, lq, h, qk_dim).transpose(1, 2)
+    k = F.linear(key, w_k, b_k).view(b, ls, h, qk_dim).transpose(1, 2)
+    v = F.linear(value, w_v, b_v).view(b, ls, h, v_dim).transpose(1, 2)
+    scores = q @ k.transpose(-2, -1) * module.head_dim**-0.5
+    mask = PrunedMultiheadAttention._mask(
+        module, attn_mask, key_padding_mask, b, lq, ls, is_causal, scores.dtype
+    )  # type: ignore[arg-type]
+    if mask is not None:
+        scores = scores + mask
+    weights = scores.softmax(-1)
+    dropped = F.dropout(weights, module.dropout, module.training) if module.dropout > 0 else weights
+    out = module.out_proj((dropped @ v).transpose(1, 2).reshape(b, lq, h * v_dim))
+    if not module.batch_first or unbatched:
+        out = out.transpose(0, 1)
+    if unbatched:
+        out = out.squeeze(1)
+    if not need_weights:
+        return out, None
+    if average_attn_weights:
+        weights = weights.mean(1)
+    return out, weights.squeeze(0) if unbatched else weights
