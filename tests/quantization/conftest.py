@@ -172,3 +172,15 @@ def bert_batches(seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
         mask[0, 8:] = 0
         out.append({"input_ids": ids, "attention_mask": mask})
     return out
+
+
+OUTLIER = 5  # the planted outlier channel of every GELU output of :func:`outlier_bert`
+
+
+def outlier_bert() -> nn.Module:
+    """:func:`tiny_bert` with one GELU channel (:data:`OUTLIER`) far above the others, as trained encoders have."""
+    model = tiny_bert()
+    with torch.no_grad():
+        for i in (0, 1):
+            model.get_submodule(f"encoder.layer.{i}.intermediate.dense").bias[OUTLIER] = 25.0
+    return model

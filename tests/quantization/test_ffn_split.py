@@ -19,21 +19,12 @@ from netcompress.quantization.ffn_split import (
 from netcompress.quantization.input_smoothing import ScaledInputLinear, outlier_scale, smooth_inputs
 from netcompress.quantization.outlier_split import split_outliers
 
-from .conftest import bert_batches, tiny_bert
+from .conftest import OUTLIER, bert_batches, outlier_bert
 
 pytest.importorskip("transformers")
 
 FFN_OUT = r"re:encoder\.layer\.\d+\.output\.dense"
 FFN_IN = r"re:encoder\.layer\.\d+\.intermediate\.dense"
-OUTLIER = 5  # the planted outlier channel of every GELU output
-
-
-def _bert() -> nn.Module:
-    model = tiny_bert()
-    with torch.no_grad():  # one GELU channel far above the others, as trained encoders have
-        for i in (0, 1):
-            model.get_submodule(f"encoder.layer.{i}.intermediate.dense").bias[OUTLIER] = 25.0
-    return model
 
 
 def _out(model: nn.Module, x: dict) -> torch.Tensor:
@@ -46,7 +37,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_ffn_split_finds_the_pairs_is_exact_in_float_and_cuts_int8_error():
-    model = _bert()
+    model = outlier_bert()
     split, info = split_ffn_outliers(model, bert_batches(1), layers=[FFN_OUT], channels=2)
     assert list(info["layers"]) == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
     for i in (0, 1):
@@ -81,7 +72,7 @@ def test_ffn_split_finds_the_pairs_is_exact_in_float_and_cuts_int8_error():
 def test_ffn_split_on_smoothed_inputs_stays_exact_and_exports(tmp_path):
     from netcompress.export import OrtModel, export_onnx
 
-    model = _bert()
+    model = outlier_bert()
     smoothed, sinfo = smooth_inputs(
         model, bert_batches(1), layers=[r"re:.*(query|key|value|attention\.output\.dense)", FFN_IN], outliers=2
     )
@@ -119,10 +110,10 @@ def test_outlier_scale_moves_only_the_largest_channels():
 
 def test_ffn_split_errors_name_the_problem():
     with pytest.raises(ConfigError, match="no Linear matches 'encoder.nothing'"):
-        split_ffn_outliers(_bert(), bert_batches(1), layers=["encoder.nothing"])
+        split_ffn_outliers(outlier_bert(), bert_batches(1), layers=["encoder.nothing"])
     with pytest.raises(UnsupportedModelError, match="no Linear feeds encoder.layer.0.attention.output.dense"):
-        find_ffn_pairs(_bert(), bert_batches(1), ["encoder.layer.0.attention.output.dense"])
-    split, _ = split_ffn_outliers(_bert(), bert_batches(1), layers=[FFN_OUT], channels=1)
+        find_ffn_pairs(outlier_bert(), bert_batches(1), ["encoder.layer.0.attention.output.dense"])
+    split, _ = split_ffn_outliers(outlier_bert(), bert_batches(1), layers=[FFN_OUT], channels=1)
     with pytest.raises(UnsupportedModelError, match="ran before its FFN input layer"):
         split.get_submodule("encoder.layer.0.output.dense")(torch.randn(2, 3, 37))
 
@@ -149,7 +140,7 @@ def _graph_counts(path) -> tuple[dict[str, int], list[list[int]]]:
 def test_ffn_split_exports_integer_kernels_with_fewer_mul_and_gather_than_the_mask_split(tmp_path):
     from netcompress.export import OrtModel, export_onnx
 
-    model = _bert()
+    model = outlier_bert()
     example = bert_batches(3)[0]
     old, _ = split_outliers(model, bert_batches(1), layers=[FFN_OUT], channels=2)
     new, _ = split_ffn_outliers(model, bert_batches(1), layers=[FFN_OUT], channels=2)
@@ -174,7 +165,7 @@ def test_ffn_split_exports_integer_kernels_with_fewer_mul_and_gather_than_the_ma
 def test_ffn_split_int8_model_saves_and_loads_with_its_carry_shared(tmp_path):
     from netcompress.export import model_file
 
-    split, _ = split_ffn_outliers(_bert(), bert_batches(1), layers=[FFN_OUT], channels=2)
+    split, _ = split_ffn_outliers(outlier_bert(), bert_batches(1), layers=[FFN_OUT], channels=2)
     qmodel = quantize(split, mode="dynamic")
     model_file.save(qmodel, tmp_path / "q.nc", allow_modules=("transformers",))
     back = model_file.load(tmp_path / "q.nc", allow_modules=["transformers"])

@@ -12,20 +12,11 @@ from netcompress.quantization import quantize
 from netcompress.quantization.input_smoothing import smooth_inputs
 from netcompress.quantization.outlier_split import OutlierSplitLinear, split_linear, split_outliers
 
-from .conftest import bert_batches, tiny_bert
+from .conftest import OUTLIER, bert_batches, outlier_bert
 
 transformers = pytest.importorskip("transformers")
 
 FFN_OUT = r"re:encoder\.layer\.\d+\.output\.dense"
-OUTLIER = 5  # the planted outlier channel of every GELU output
-
-
-def _bert() -> nn.Module:
-    model = tiny_bert()
-    with torch.no_grad():  # one GELU channel far above the others, as trained encoders have
-        for i in (0, 1):
-            model.get_submodule(f"encoder.layer.{i}.intermediate.dense").bias[OUTLIER] = 25.0
-    return model
 
 
 _batches = bert_batches
@@ -55,7 +46,7 @@ def test_split_linear_moves_the_outlier_columns_to_a_float_path_and_keeps_the_fu
 
 
 def test_tiny_bert_split_is_exact_in_float_and_cuts_dynamic_int8_error():
-    model = _bert()
+    model = outlier_bert()
     split, info = split_outliers(model, _batches(1), layers=[FFN_OUT], channels=2)
     assert list(info["layers"]) == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
     for name, layer in info["layers"].items():
@@ -74,7 +65,7 @@ def test_tiny_bert_split_is_exact_in_float_and_cuts_dynamic_int8_error():
 
 
 def test_split_merges_with_smoothing_into_one_mul():
-    model = _bert()
+    model = outlier_bert()
     smoothed, _ = smooth_inputs(model, _batches(1), alpha=0.5)
     split, info = split_outliers(smoothed, _batches(1), layers=[FFN_OUT + r"(\.linear)?"], channels=1)
     layer = split.get_submodule("encoder.layer.1.output.dense")
@@ -88,7 +79,7 @@ def test_split_merges_with_smoothing_into_one_mul():
 
 def test_split_names_what_it_cannot_find():
     with pytest.raises(ConfigError, match="no Linear matches 'encoder.nothing'"):
-        split_outliers(_bert(), _batches(1), layers=["encoder.nothing"])
+        split_outliers(outlier_bert(), _batches(1), layers=["encoder.nothing"])
 
 
 def _channel_gathers(path) -> list[list[int]]:
@@ -112,7 +103,7 @@ def _channel_gathers(path) -> list[list[int]]:
 def test_split_dynamic_int8_exports_integer_kernels_and_a_float_gather(tmp_path):
     from netcompress.export import OrtModel, export_onnx
 
-    model = _bert()
+    model = outlier_bert()
     split, info = split_outliers(model, _batches(1), layers=[FFN_OUT], channels=2)
     qmodel = quantize(split, mode="dynamic")
     summary = export_onnx(qmodel, tmp_path / "split.onnx", _batches(3)[0], int8=True, check=True)
@@ -134,7 +125,7 @@ def test_split_dynamic_int8_exports_integer_kernels_and_a_float_gather(tmp_path)
 def test_accuracy_aware_chooses_a_split_before_float():
     from netcompress.quantization import AccuracyAwareConfig, quantize_accuracy_aware
 
-    model = _bert()
+    model = outlier_bert()
     planted = "encoder.layer.1.output.dense"
     with torch.no_grad():  # one GELU channel 100x the others' range, varying by token
         model.get_submodule("encoder.layer.1.intermediate.dense").weight[OUTLIER] *= 100.0
