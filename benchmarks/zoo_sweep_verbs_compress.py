@@ -20,6 +20,7 @@ from zoo_sweep_verbs import INTEGER_MATMULS, Wrong, _changed, _close_all, _expor
 
 import netcompress as nc
 from netcompress.clustering import ClusterLoss, ClusterPreserving, clustered_modules
+from netcompress.quantization import freeze_quantizers_
 from netcompress.training import TrainConfig
 
 CLUSTERS = 16
@@ -103,8 +104,10 @@ def c_qat(model: nn.Module, x: Any, ctx: dict) -> str:
     loss = hist.last["train_loss"]
     if not (loss == loss and abs(loss) < 1e6) or not _changed(before, q):
         raise Wrong(f"loss {loss}, weights changed: {_changed(before, q)}")
-    q.eval()
+    q.eval()  # exported as the user has it after training: observing (export freezes its copy)
     s = _export(q, x, ctx["tmp"], "qat", int8=True)
+    freeze_quantizers_(q)  # convert, as the qat method ends: the frozen model exports the same graph
+    _export(q, x, ctx["tmp"], "qat_frozen", int8=True)
     ints = sum(
         n for op, n in s["int8_op_counts"].items() if op.startswith("QLinear") or op in INTEGER_MATMULS
     )
