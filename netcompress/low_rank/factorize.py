@@ -98,8 +98,18 @@ def svd(model: nn.Module, config: FactorizeConfig, data: MethodData) -> Result:
     new_model = copy.deepcopy(model)
     chosen = select_modules(new_model, include=cfg.include, exclude=cfg.exclude)
     layers, skipped = [], []
+    owners: dict[int, list[str]] = {}  # a weight tied to another module's (an LM head and its embedding)
+    for owner, module in new_model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(owner)
     for name, layer in chosen.items():
         method, reason = _method_for(layer, cfg.conv_mode)
+        tied = [o for o in owners.get(id(getattr(layer, "weight", None)), []) if o != name]
+        if method is not None and tied:
+            method, reason = (
+                None,
+                f"its weight is tied to {tied[0]!r}'s: factorizing would untie it and add parameters",
+            )
         if method is None:
             skipped.append({"name": name, "reason": reason})
             continue

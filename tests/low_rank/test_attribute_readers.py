@@ -46,3 +46,25 @@ def test_without_example_inputs_the_error_names_the_attribute_and_the_fix():
     with pytest.raises(AttributeError, match=r"no attribute 'weight'.*exclude="):
         small(torch.randn(1, 3, 8, 8))
     assert not hasattr(small.patch, "stride")  # still an AttributeError: hasattr and getattr defaults work
+
+
+class TiedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight  # tied, as a language model's output layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mix(self.embed(ids)))
+
+
+def test_a_weight_tied_to_another_module_is_not_factorized():
+    model = TiedHead().eval()
+    small, summary = factorize(model, rank=2)
+    reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert "tied to 'embed'" in reasons["head"]
+    assert small.head.weight is small.embed.weight
+    assert [r["name"] for r in summary["layers"]] == ["mix"]
+    assert summary["params_after"] < summary["params_before"]
