@@ -84,10 +84,9 @@ def c_compressed(model: nn.Module, x: Any, ctx: dict) -> str:
         m = copy.deepcopy(model)
         nc.cluster_weights_(m, clusters=CLUSTERS)
     path = ctx["tmp"] / "m.ncz"
-    # the user's packages (transformers, efficientnet_pytorch), as nc.save names them
-    saved = nc.save(model, ctx["tmp"] / "probe.nc", example_inputs=x)
-    allow = tuple(sorted({n.partition(".")[0] for n in saved.get("allow_modules", [])}))
-    s = nc.save_compressed(m, path, example_inputs=x, allow_modules=allow)
+    s = nc.save_compressed(m, path, example_inputs=x)
+    # the user's packages (transformers, efficientnet_pytorch), as save_compressed names them
+    allow = sorted({n.partition(".")[0] for n in s["allow_modules"]})
     back = nc.load_compressed(path, allow_modules=allow)
     torch.manual_seed(0)
     a = _outs(m, x)
