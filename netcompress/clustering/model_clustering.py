@@ -23,7 +23,7 @@ from netcompress.clustering.weight_sharing import cluster_module
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, apply, register_method
-from netcompress.core.selection import select_modules
+from netcompress.core.selection import name_matches, select_modules
 
 
 @dataclasses.dataclass
@@ -145,6 +145,16 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
         "clustered_weight_bytes": ceil(packed / 8),
         "compression_ratio": dense / packed,
         "bn_folded": folded,
+        # weights of other layer types stay dense (HF GPT-2's Conv1D, Conv3d, ConvTranspose, Embedding): named
+        "not_clustered": {
+            n: type(m).__name__
+            for n, m in model.named_modules()
+            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and isinstance(getattr(m, "weight", None), nn.Parameter)
+            and all(m.weight is not c.weight for c in chosen.values())  # not tied to a clustered one
+            and m.weight.dim() >= 2
+            and not any(name_matches(n, p) for p in config.exclude)
+        },
     }
     history = pretraining.pop("rows", [])
     summary.update(pretraining)

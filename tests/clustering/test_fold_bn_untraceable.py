@@ -43,3 +43,30 @@ def test_example_inputs_let_a_shape_checked_model_fold():
     assert isinstance(model.bn, nn.Identity)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, atol=2e-3, rtol=1e-2)
+
+
+class Mixed(nn.Module):
+    """An LM-like model: a head tied to its embedding (GPT-2), an untied position table, a Conv3d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.pos = nn.Embedding(3, 4)
+        self.video = nn.Conv3d(4, 4, 1)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos.weight[: ids.shape[1]]
+        x = self.video(x.permute(0, 2, 1)[..., None, None])[..., 0, 0].permute(0, 2, 1)
+        return self.head(x)
+
+
+def test_layers_of_other_types_are_named_as_left_dense():
+    model, ids = Mixed(), torch.tensor([[1, 2, 3]])
+    summary = cluster_weights_(model, clusters=4)
+    # the tied embedding is clustered through its head; the others stay dense and are named
+    assert summary["not_clustered"] == {"pos": "Embedding", "video": "Conv3d"}
+    assert torch.unique(model.video.weight).numel() > 4
+    assert torch.unique(model.embed.weight).numel() <= 4
+    assert model(ids).shape == (1, 3, 10)
