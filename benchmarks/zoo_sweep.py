@@ -24,6 +24,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -90,7 +91,9 @@ def _run_verb(fn: Callable, model: nn.Module, x: Any, ctx: dict, seconds: int) -
     return status, " ".join(str(detail).split())[:400], time.perf_counter() - start
 
 
-def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[dict[str, Any]]:
+def sweep_model(
+    name: str, kind: str, verbs: list[str], seconds: int, verb_set: dict | None = None
+) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     other = text_inputs(3, 11, seed=5)
@@ -116,6 +119,7 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
         build, family, table = {**TEXT, **TEXT2}[name], "transformer", TEXT_VERBS
         x = text_inputs(2, 9, seed=0)
         batches = [(text_inputs(4, 9, seed=s), torch.randint(0, 3, (4,), generator=gen)) for s in (1, 2)]
+    table = verb_set or table  # --verb-set NAME: every model runs zoo_sweep_verbs_NAME.VERBS
     model = build().eval()
     if kind in ("vision", "text") and _out(model, x).dim() == 3:  # token outputs (LM logits, states): unlabelled batches
         batches = [b[0] for b in batches]
@@ -136,9 +140,10 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
     return rows
 
 
-def print_matrix(rows: list[dict[str, Any]]) -> None:
+def print_matrix(rows: list[dict[str, Any]], verb_set: dict | None = None) -> None:
     short = {"ok": "ok", "refused": "ref", "WRONG": "WRONG", "CRASH": "CRASH", "TIMEOUT": "TIME"}
-    for kind, verbs in (("vision", VISION_VERBS), ("text", TEXT_VERBS), ("other", TEXT_VERBS), ("r4", ALL_VERBS)):
+    tables = (("vision", VISION_VERBS), ("text", TEXT_VERBS), ("other", TEXT_VERBS), ("r4", ALL_VERBS))
+    for kind, verbs in ((k, verb_set or v) for k, v in tables):
         mine = [r for r in rows if r["kind"] == kind]
         if not mine:
             continue
@@ -160,12 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--round", choices=("all", "1", "3", "4"), default="all",
                    help="1: zoo_sweep_models, 3: ...2, 4: ...3 (all: rounds 1 and 3)")
     p.add_argument("--verbs", default="", help="comma-separated verbs (default: all of each kind)")
+    p.add_argument("--verb-set", default="", help="NAME: the verbs of zoo_sweep_verbs_NAME.py (compress, ...)")
     p.add_argument("--verb-seconds", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="append one JSON line per cell here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     only = {n for n in args.only.split(",") if n}
+    verb_set = importlib.import_module(f"zoo_sweep_verbs_{args.verb_set}").VERBS if args.verb_set else None
     rows: list[dict[str, Any]] = []
     start = time.time()
     kinds = "r4" if args.round == "4" else args.kinds
@@ -173,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
         names = {"vision": [*VISION, *VISION2], "text": [*TEXT, *TEXT2], "other": [*OTHER], "r4": [*ROUND4]}[kind]
         if args.round in ("1", "3"):
             names = [n for n in names if (n in VISION2 or n in TEXT2 or n in OTHER) == (args.round == "3")]
-        table = {"vision": VISION_VERBS, "r4": ALL_VERBS}.get(kind, TEXT_VERBS)
+        table = verb_set or {"vision": VISION_VERBS, "r4": ALL_VERBS}.get(kind, TEXT_VERBS)
         verbs = [v for v in args.verbs.split(",") if v] or list(table)
         for name in names:
             if only and name not in only:
                 continue
-            rows += sweep_model(name, kind, verbs, args.verb_seconds)
-    print_matrix(rows)
+            rows += sweep_model(name, kind, verbs, args.verb_seconds, verb_set)
+    print_matrix(rows, verb_set)
     print(f"wall {time.time() - start:.0f} s")
     if args.out:
         with open(args.out, "a") as f:

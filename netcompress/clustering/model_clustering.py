@@ -23,7 +23,7 @@ from netcompress.clustering.weight_sharing import cluster_module
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, apply, register_method
-from netcompress.core.selection import select_modules
+from netcompress.core.selection import name_matches, select_modules
 
 
 @dataclasses.dataclass
@@ -56,9 +56,11 @@ class ClusterConfig(Config):
         check_range("cluster_loss_epochs", self.cluster_loss_epochs, 1)
 
 
-def fold_bn_(model: nn.Module) -> list[list[str]]:
+def fold_bn_(model: nn.Module, example_inputs: Any = None) -> list[list[str]]:
     """Fold every ``Conv/Linear -> BatchNorm`` pair of ``model`` IN PLACE (the BN becomes ``Identity``);
     return the folded pairs. Clustering after this keeps its sharing through PTQ/QAT, which fold BN.
+    A model without BatchNorm has nothing to fold (no trace); ``example_inputs`` lets a model with
+    shape checks trace.
 
     Example:
         >>> fold_bn_(model.eval())
@@ -67,17 +69,19 @@ def fold_bn_(model: nn.Module) -> list[list[str]]:
     from netcompress.core.selection import set_submodule
     from netcompress.quantization.bn_folding import fold_bn_into
 
-    pairs = _bn_pairs(model)
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return []
+    pairs = _bn_pairs(model, example_inputs)
     for layer_name, bn_name in pairs:
         fold_bn_into(model.get_submodule(layer_name), model.get_submodule(bn_name))
         set_submodule(model, bn_name, nn.Identity())
     return pairs
 
 
-def _bn_pairs(model: nn.Module) -> list[list[str]]:
+def _bn_pairs(model: nn.Module, example_inputs: Any = None) -> list[list[str]]:
     from netcompress.quantization.bn_folding import fold_bn_and_report
 
-    return fold_bn_and_report(model)[1]["folded"]
+    return fold_bn_and_report(model, example_inputs=example_inputs)[1]["folded"]
 
 
 def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: MethodData) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: Method
 @register_method("cluster", "kmeans", config=ClusterConfig)
 def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
     """Per-layer k-means weight sharing (codebook + indices), kept through fine-tuning; in place."""
-    folded = fold_bn_(model) if config.fold_bn else []
+    folded = fold_bn_(model, data.example_inputs) if config.fold_bn else []
     chosen = select_modules(model, include=config.include, exclude=config.exclude)
     if not chosen:
         raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
@@ -141,6 +145,16 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
         "clustered_weight_bytes": ceil(packed / 8),
         "compression_ratio": dense / packed,
         "bn_folded": folded,
+        # weights of other layer types stay dense (HF GPT-2's Conv1D, Conv3d, ConvTranspose, Embedding): named
+        "not_clustered": {
+            n: type(m).__name__
+            for n, m in model.named_modules()
+            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and isinstance(getattr(m, "weight", None), nn.Parameter)
+            and all(m.weight is not c.weight for c in chosen.values())  # not tied to a clustered one
+            and m.weight.dim() >= 2
+            and not any(name_matches(n, p) for p in config.exclude)
+        },
     }
     history = pretraining.pop("rows", [])
     summary.update(pretraining)
@@ -151,13 +165,15 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
     return Result(model=model, summary=summary, history=history)
 
 
-def cluster_weights_(model: nn.Module, config: ClusterConfig | None = None, **fields: Any) -> dict[str, Any]:
+def cluster_weights_(
+    model: nn.Module, config: ClusterConfig | None = None, *, example_inputs: Any = None, **fields: Any
+) -> dict[str, Any]:
     """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
 
     ``fields`` are :class:`ClusterConfig` fields (``clusters``, ``include``, ``exclude``,
     ``init``: linear / kmeans++ / density, ``seed``, ``preserve_zeros``: zero is its own centroid so
     pruned weights stay zero, ``fold_bn``: fold BatchNorm into the layers first so PTQ/QAT keep the
-    sharing, ``cluster_loss`` > 0: first train ``cluster_loss_epochs`` with that regulariser weight);
+    sharing (``example_inputs`` lets a model with shape checks trace for it), ``cluster_loss`` > 0: first train ``cluster_loss_epochs`` with that regulariser weight);
     they override ``config``. Per layer, 1-D k-means (``init``: "linear"
     between min and max, or "kmeans++") finds ``clusters`` centroids; every weight becomes its
     centroid, and ``weight_codebook`` / ``weight_indices`` buffers plus a ``ClusterSharing``
@@ -171,13 +187,15 @@ def cluster_weights_(model: nn.Module, config: ClusterConfig | None = None, **fi
     """
     base = config.to_dict() if config is not None else {}
     cfg = ClusterConfig.from_dict({**base, **fields}, where="cluster_weights")
-    return apply(model, cfg).summary
+    return apply(model, cfg, MethodData(example_inputs=example_inputs)).summary
 
 
-def cluster_weights(model: nn.Module, config: ClusterConfig | None = None, **fields: Any) -> dict[str, Any]:
+def cluster_weights(
+    model: nn.Module, config: ClusterConfig | None = None, *, example_inputs: Any = None, **fields: Any
+) -> dict[str, Any]:
     """Alias of :func:`cluster_weights_` (clusters IN PLACE, returns the summary).
 
     Example:
         >>> summary = nc.cluster_weights(model, clusters=16)
     """
-    return cluster_weights_(model, config, **fields)
+    return cluster_weights_(model, config, example_inputs=example_inputs, **fields)

@@ -32,7 +32,8 @@ from torch import nn
 
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import atomic_write_bytes
-from netcompress.export.model_file import _decode, _user_modules
+from netcompress.export.allowlist import TRUSTED_CLASS_ROOTS
+from netcompress.export.model_file import _class_modules, _decode, _user_modules
 from netcompress.export.object_codec import Encoder
 from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
 
@@ -60,7 +61,9 @@ def save_compressed(
     tensor; with ``example_inputs`` also the outputs, which must be equal): anything that would not
     come back is an error, never a file. Pruned and clustered weights come back bit for bit;
     a frozen quantized layer's weight comes back as its dequantized integer codes, whose fake-quantized
-    value (what the layer computes with) is identical, so its outputs are too.
+    value (what the layer computes with) is identical, so its outputs are too. ``allow_modules`` in the
+    summary names the modules outside torch/netcompress whose classes the file holds (a transformers model's
+    and its config's): pass them to :func:`load_compressed`, as with ``nc.save``.
 
     Example:
         >>> nc.save_compressed(model, "vgg.ncz")["compression_ratio"]
@@ -80,7 +83,10 @@ def save_compressed(
         if entry["enc"] == "dequant":
             entry["q"] = encode_tensor(entry.pop("codes"), writer)
     data = _assemble(table, description, writer)
-    rebuilt = _rebuild(data, "the file being written", allow_modules + _user_modules(model))
+    # as nc.save: the write-time check may import the modules of every class written (the model's, its
+    # config's: a transformers model's config class is no nn.Module); the summary names them for the load
+    needed = tuple(sorted(_class_modules(encoder.objects)))
+    rebuilt = _rebuild(data, "the file being written", allow_modules + _user_modules(model) + needed)
     requantized = {k for k, e in derived.items() if e["enc"] == "dequant"}
     skip = {i for i, k in encoder._tensor_keys.items() if k in requantized}
     _check_same(model, rebuilt, example_inputs, skip_ids=skip)
@@ -97,6 +103,7 @@ def save_compressed(
         "compression_ratio": baseline / len(data),
         "tensors": len(table),
         "encodings": _encoding_counts(table),
+        "allow_modules": sorted({m for m in needed if not m.startswith(TRUSTED_CLASS_ROOTS)}),
     }
 
 

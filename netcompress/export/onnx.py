@@ -85,7 +85,9 @@ def _tmp_path(folder: Path, name: str) -> Path:
 
 
 def _check_quantizers(model: nn.Module) -> dict[str, int]:
-    """Refuse quantizers the exporter cannot express (above 8 bits); count the rest."""
+    """Refuse quantizers the exporter cannot express (above 8 bits); count the rest. Freeze (in the export
+    copy) every calibrated static quantizer still observing (a QAT model not yet frozen): the file holds
+    today's scales, so the copy traced and checked keeps them too (else the check's own forwards moved them)."""
     from netcompress.quantization.fake_quant import FakeQuantize
 
     counts: Counter[str] = Counter()
@@ -98,6 +100,8 @@ def _check_quantizers(model: nn.Module) -> dict[str, int]:
                 "export the float model or requantize at <= 8 bits"
             )
         counts["dynamic" if q.dynamic else q.role] += 1
+        if q.observing and not q.dynamic and q.calibrated:
+            q.freeze()
     return dict(counts)
 
 

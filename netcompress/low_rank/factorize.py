@@ -17,13 +17,20 @@ import copy
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
 from netcompress.architecture.layer_costs import add_layer_macs, param_count
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.selection import select_modules, set_submodule
-from netcompress.low_rank.layers import FACTORIZATIONS, LowRank, factorize_layer, svd_factors
+from netcompress.low_rank.layers import (
+    FACTORIZATIONS,
+    LowRank,
+    LowRankAttributeError,
+    factorize_layer,
+    svd_factors,
+)
 from netcompress.low_rank.rank import energy_kept, rank_for_budget, rank_for_energy
 
 CONV_MODES = ("channel", "spatial")
@@ -91,8 +98,18 @@ def svd(model: nn.Module, config: FactorizeConfig, data: MethodData) -> Result:
     new_model = copy.deepcopy(model)
     chosen = select_modules(new_model, include=cfg.include, exclude=cfg.exclude)
     layers, skipped = [], []
+    owners: dict[int, list[str]] = {}  # a weight tied to another module's (an LM head and its embedding)
+    for owner, module in new_model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(owner)
     for name, layer in chosen.items():
         method, reason = _method_for(layer, cfg.conv_mode)
+        tied = [o for o in owners.get(id(getattr(layer, "weight", None)), []) if o != name]
+        if method is not None and tied:
+            method, reason = (
+                None,
+                f"its weight is tied to {tied[0]!r}'s: factorizing would untie it and add parameters",
+            )
         if method is None:
             skipped.append({"name": name, "reason": reason})
             continue
@@ -141,8 +158,34 @@ def svd(model: nn.Module, config: FactorizeConfig, data: MethodData) -> Result:
         "params_after": param_count(new_model),
     }
     if example_inputs is not None:
+        _keep_dense_where_read(new_model, chosen, layers, skipped, example_inputs)
+        summary.update(factorized=len(layers), params_after=param_count(new_model))
         add_layer_macs(summary, layers, model, new_model, example_inputs)
     return Result(model=new_model, summary=summary)
+
+
+def _keep_dense_where_read(
+    model: nn.Module, originals: dict[str, nn.Module], layers: list[dict], skipped: list[dict], inputs: Any
+) -> None:
+    """Run ``model``; a factorized layer whose ``weight`` / ``stride``... the model's own code reads
+    (HF ViT reads the patch conv's ``weight.dtype``, HF MobileNetV2 its convs' ``stride``) goes back to
+    its dense original, reported under ``skipped`` with the attribute read."""
+    from netcompress.core.inputs import call_model
+
+    while True:
+        try:
+            with torch.no_grad():
+                call_model(model.eval(), inputs)
+            return
+        except LowRankAttributeError as exc:
+            name = next((n for n, m in model.named_modules() if m is exc.module), None)
+            if name is None or name not in originals:
+                raise
+            set_submodule(model, name, originals[name])
+            layers[:] = [r for r in layers if r["name"] != name]
+            skipped.append(
+                {"name": name, "reason": f"the model reads its {exc.name!r} outside the layer; kept dense"}
+            )
 
 
 def factorize(

@@ -14,11 +14,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from math import prod
+from typing import Any
 
 import torch
 from torch import nn
 
 from netcompress.core.registry import Registry
+
+
+class LowRankAttributeError(AttributeError):
+    """Code outside a :class:`LowRank` read an attribute of the layer it replaced (``weight``, ``stride``)."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        super().__init__(
+            f"a factorized layer (LowRank, rank {module.rank}) has no attribute {name!r}: code outside the "
+            f"layer reads the {name!r} of the layer it replaced; factorize with that layer in exclude=[...], "
+            "or pass example_inputs so factorize keeps such layers dense"
+        )
+        self.module, self.name = module, name
 
 
 class LowRank(nn.Sequential):
@@ -28,6 +41,14 @@ class LowRank(nn.Sequential):
         super().__init__()
         self.first, self.second = first, second
         self.rank = rank
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "rank" not in self.__dict__:
+                raise
+            raise LowRankAttributeError(self, name) from None
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}"

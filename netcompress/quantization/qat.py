@@ -24,7 +24,7 @@ from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.selection import set_submodule
-from netcompress.quantization.calibration import run_batches
+from netcompress.quantization.calibration import first_inputs, run_batches
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
 from netcompress.quantization.modules import QUANTIZERS, quantizers
 from netcompress.quantization.observers import OBSERVERS
@@ -105,8 +105,14 @@ def build_qat_model(
     *,
     calib_loader: Iterable | None = None,
     from_ptq: nn.Module | None = None,
+    example_inputs: Any = None,
 ) -> nn.Module:
-    """A new fake-quantized model in train mode for QAT, as ``config`` says (``model`` untouched)."""
+    """A new fake-quantized model in train mode for QAT, as ``config`` says (``model`` untouched).
+
+    ``example_inputs`` (default: the first calibration batch's inputs, as PTQ) let a model torch.fx cannot
+    trace symbolically (HF ResNet, MobileNetV2) trace with values, so BN folds and activations are placed
+    on the graph, as PTQ does; without them such a model fell back to eager wrapping, BN unfolded.
+    """
     from netcompress.clustering.grid import per_tensor_for_clustered, snap_codebooks_to_grid
 
     method = config.quantizer
@@ -134,6 +140,7 @@ def build_qat_model(
             mode="static",
             method=method,
             fold_bn=config.fold_bn,
+            example_inputs=example_inputs if example_inputs is not None else first_inputs(calib_loader),
         )
     _apply_qat_state(qmodel, method=method, freeze_scales=config.freeze_scales)
     if calib_loader is not None and not config.freeze_scales:
@@ -151,6 +158,7 @@ def prepare_qat(
     from_ptq: nn.Module | None = None,
     calib_loader: Iterable | None = None,
     config: QATPrepareConfig | None = None,
+    example_inputs: Any = None,
     **fields: Any,
 ) -> nn.Module:
     """A new fake-quantized model in train mode for quantization-aware training (``model`` untouched).
@@ -162,6 +170,7 @@ def prepare_qat(
     ``from_ptq`` (a model from :func:`netcompress.quantize`), ``model`` is ignored and a copy of
     ``from_ptq`` with its calibrated scales is returned. ``calib_loader`` initialises activation
     ranges (and LSQ step sizes) before training, so an optimizer built afterwards sees them.
+    ``example_inputs`` (default: ``calib_loader``'s first batch) let a model with shape checks trace.
 
     Example:
         >>> qat_model = prepare_qat(model, bits=4, act_bits=8, method="lsq", calib_loader=loader)
@@ -176,7 +185,9 @@ def prepare_qat(
         config = QATPrepareConfig.from_dict(fields, where="prepare_qat")
     elif fields:
         raise ConfigError("prepare_qat: pass either config or fields, not both")
-    return build_qat_model(model, config, calib_loader=calib_loader, from_ptq=from_ptq)
+    return build_qat_model(
+        model, config, calib_loader=calib_loader, from_ptq=from_ptq, example_inputs=example_inputs
+    )
 
 
 def qat_summary(model: nn.Module) -> dict[str, Any]:
@@ -195,7 +206,7 @@ def qat(model: nn.Module, config: QATConfig, data: MethodData) -> Result:
     from netcompress.clustering.grid import GridClusterPreserving
     from netcompress.training import fit  # the training loop, loaded when the method runs
 
-    qmodel = build_qat_model(model, config, calib_loader=data.calibration)
+    qmodel = build_qat_model(model, config, calib_loader=data.calibration, example_inputs=data.example_inputs)
     train_config = config.train_config()
     train_config = train_config.replace(
         # a device left at the default follows the run's (cuda:LOCAL_RANK under torchrun); a quiet run stays quiet
