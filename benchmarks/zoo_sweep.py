@@ -44,6 +44,9 @@ from zoo_sweep_models import IMAGE_SIZE, LABELS, TEXT, VISION, text_inputs  # no
 from zoo_sweep_models2 import IMAGE_SIZE2, OTHER, TEXT2, VISION2  # noqa: E402
 from zoo_sweep_models3 import ROUND4  # noqa: E402
 from zoo_sweep_verbs import ALL_VERBS, TEXT_VERBS, VISION_VERBS, Wrong, _out  # noqa: E402
+from zoo_sweep_verbs_dynamic import DYNAMIC_VERBS  # noqa: E402
+
+VERB_SETS = {"dynamic": DYNAMIC_VERBS}  # --verb-set: one table for every kind of model
 
 from netcompress.core.errors import NetcompressError  # noqa: E402
 
@@ -90,7 +93,9 @@ def _run_verb(fn: Callable, model: nn.Module, x: Any, ctx: dict, seconds: int) -
     return status, " ".join(str(detail).split())[:400], time.perf_counter() - start
 
 
-def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[dict[str, Any]]:
+def sweep_model(
+    name: str, kind: str, verbs: list[str], seconds: int, verb_set: dict | None = None
+) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     other = text_inputs(3, 11, seed=5)
@@ -116,6 +121,7 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
         build, family, table = {**TEXT, **TEXT2}[name], "transformer", TEXT_VERBS
         x = text_inputs(2, 9, seed=0)
         batches = [(text_inputs(4, 9, seed=s), torch.randint(0, 3, (4,), generator=gen)) for s in (1, 2)]
+    table = table if verb_set is None else verb_set
     model = build().eval()
     if kind in ("vision", "text") and _out(model, x).dim() == 3:  # token outputs (LM logits, states): unlabelled batches
         batches = [b[0] for b in batches]
@@ -136,9 +142,10 @@ def sweep_model(name: str, kind: str, verbs: list[str], seconds: int) -> list[di
     return rows
 
 
-def print_matrix(rows: list[dict[str, Any]]) -> None:
+def print_matrix(rows: list[dict[str, Any]], verb_set: dict | None = None) -> None:
     short = {"ok": "ok", "refused": "ref", "WRONG": "WRONG", "CRASH": "CRASH", "TIMEOUT": "TIME"}
     for kind, verbs in (("vision", VISION_VERBS), ("text", TEXT_VERBS), ("other", TEXT_VERBS), ("r4", ALL_VERBS)):
+        verbs = verbs if verb_set is None else verb_set
         mine = [r for r in rows if r["kind"] == kind]
         if not mine:
             continue
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--round", choices=("all", "1", "3", "4"), default="all",
                    help="1: zoo_sweep_models, 3: ...2, 4: ...3 (all: rounds 1 and 3)")
     p.add_argument("--verbs", default="", help="comma-separated verbs (default: all of each kind)")
+    p.add_argument("--verb-set", choices=("base", *VERB_SETS), default="base",
+                   help="base: the 13 verbs of zoo_sweep_verbs; dynamic: zoo_sweep_verbs_dynamic")
     p.add_argument("--verb-seconds", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="append one JSON line per cell here")
@@ -173,13 +182,13 @@ def main(argv: list[str] | None = None) -> None:
         names = {"vision": [*VISION, *VISION2], "text": [*TEXT, *TEXT2], "other": [*OTHER], "r4": [*ROUND4]}[kind]
         if args.round in ("1", "3"):
             names = [n for n in names if (n in VISION2 or n in TEXT2 or n in OTHER) == (args.round == "3")]
-        table = {"vision": VISION_VERBS, "r4": ALL_VERBS}.get(kind, TEXT_VERBS)
+        table = VERB_SETS.get(args.verb_set) or {"vision": VISION_VERBS, "r4": ALL_VERBS}.get(kind, TEXT_VERBS)
         verbs = [v for v in args.verbs.split(",") if v] or list(table)
         for name in names:
             if only and name not in only:
                 continue
-            rows += sweep_model(name, kind, verbs, args.verb_seconds)
-    print_matrix(rows)
+            rows += sweep_model(name, kind, verbs, args.verb_seconds, VERB_SETS.get(args.verb_set))
+    print_matrix(rows, VERB_SETS.get(args.verb_set))
     print(f"wall {time.time() - start:.0f} s")
     if args.out:
         with open(args.out, "a") as f:
