@@ -55,11 +55,13 @@ def d_early_exit(model: nn.Module, x: Any, ctx: dict) -> str:
     ee = dynamic.add_early_exits(model, exits=_exit_points(model), example_inputs=x[:1])
     cal = dynamic.calibrate_early_exit(ee, batches, max_accuracy_drop=0.5, example_inputs=x[:1])
     ee.eval()
-    # force routing through several exits: the median confidence of the first exit as its threshold
-    with torch.no_grad():
-        first = torch.softmax(ee.forward_all(x)[0], -1).max(-1).values
-    ee.set_policy(criterion="confidence", threshold=[float(first.median())] * len(ee.heads))
+    # route some samples out early: a threshold halfway between two middle confidences of the first exit
+    # (not at a sample's own confidence, where batch-size rounding noise would flip its exit)
     xb = torch.cat([x, batches[0][0]])
+    with torch.no_grad():
+        first = torch.softmax(ee.forward_all(xb)[0], -1).max(-1).values.sort().values
+    k = len(first) // 2
+    ee.set_policy(criterion="confidence", threshold=[float(first[k - 1] + first[k]) / 2] * len(ee.heads))
     with torch.no_grad():
         routed = _out(ee, xb)
         single = torch.cat([_out(ee, xb[i : i + 1]) for i in range(len(xb))])
