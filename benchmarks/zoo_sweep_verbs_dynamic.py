@@ -24,15 +24,9 @@ from zoo_sweep_verbs import Wrong, _close_all, _masked_channels, _out, _outs
 
 import netcompress as nc
 from netcompress import dynamic
-from netcompress.core.errors import ExportMismatchError, UnsupportedModelError
+from netcompress.core.errors import ExportMismatchError
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _tensor_input(x: Any, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise UnsupportedModelError(f"{what} takes one tensor input; this model takes {type(x).__name__}")
-    return x
 
 
 def _labelled(ctx: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -48,12 +42,10 @@ def _exit_points(model: nn.Module) -> list[str]:
 
 
 def d_early_exit(model: nn.Module, x: Any, ctx: dict) -> str:
-    x = _tensor_input(x, "early exits")
+    one = x[:1] if isinstance(x, torch.Tensor) else x  # the library refuses other inputs by name
+    ee = dynamic.add_early_exits(model, exits=_exit_points(model), example_inputs=one)
+    cal = dynamic.calibrate_early_exit(ee, ctx["calib"], max_accuracy_drop=0.5, example_inputs=one)
     batches = _labelled(ctx)
-    if not batches:
-        raise UnsupportedModelError("early exits need labelled batches; this model's batches are unlabelled")
-    ee = dynamic.add_early_exits(model, exits=_exit_points(model), example_inputs=x[:1])
-    cal = dynamic.calibrate_early_exit(ee, batches, max_accuracy_drop=0.5, example_inputs=x[:1])
     ee.eval()
     # route some samples out early: a threshold halfway between two middle confidences of the first exit
     # (not at a sample's own confidence, where batch-size rounding noise would flip its exit)
