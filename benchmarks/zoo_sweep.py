@@ -19,6 +19,7 @@ Usage (from the repository root)::
     PYTHONPATH=$PWD nice -n 10 python benchmarks/zoo_sweep.py --out benchmarks/zoo_sweep.jsonl
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --only swin,llama --verbs quant_int8,export_float
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 4 --only lstm_bi_2l,detr   # zoo_sweep_models3
+    PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 4 --verb-set dynamic   # zoo_sweep_verbs_dynamic
 """
 
 from __future__ import annotations
