@@ -19,6 +19,7 @@ Usage (from the repository root)::
     PYTHONPATH=$PWD nice -n 10 python benchmarks/zoo_sweep.py --out benchmarks/zoo_sweep.jsonl
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --only swin,llama --verbs quant_int8,export_float
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 4 --only lstm_bi_2l,detr   # zoo_sweep_models3
+    PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 4 --verb-set dynamic   # zoo_sweep_verbs_dynamic
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from zoo_sweep_models import IMAGE_SIZE, LABELS, TEXT, VISION, text_inputs  # no
 from zoo_sweep_models2 import IMAGE_SIZE2, OTHER, TEXT2, VISION2  # noqa: E402
 from zoo_sweep_models3 import ROUND4  # noqa: E402
 from zoo_sweep_verbs import ALL_VERBS, TEXT_VERBS, VISION_VERBS, Wrong, _out  # noqa: E402
+from zoo_sweep_verbs_dynamic import DYNAMIC_VERBS  # noqa: E402
+
+VERB_SETS = {"dynamic": DYNAMIC_VERBS}  # --verb-set: one table for every kind of model
 
 from netcompress.core.errors import NetcompressError  # noqa: E402
 

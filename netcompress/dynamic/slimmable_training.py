@@ -36,6 +36,7 @@ from torch import nn
 
 from netcompress.core.config import check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
+from netcompress.core.inputs import call_model, output_tensor
 from netcompress.core.io import atomic_write_json
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve, train_summary
@@ -119,13 +120,14 @@ class SlimmableHook:
         model = _as_slimmable(model)
         weights = self._weight_of(model)
         widest = max(model.widths)
+        outputs = output_tensor(outputs)  # a ModelOutput / tuple of a Hugging Face model: its logits
         self._count(widest, outputs, targets)
         total = weights[widest] * loss
         soft_targets = F.softmax(outputs.detach(), dim=1) if self.inplace_distillation else None
         try:
             for width in self._widths_this_batch(model):
                 model.set_width(width)
-                logits = model(inputs)
+                logits = output_tensor(call_model(model, inputs))
                 self._count(width, logits, targets)
                 if soft_targets is not None:
                     term = F.cross_entropy(logits, soft_targets)

@@ -4,8 +4,10 @@ rules themselves build on)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -59,13 +61,33 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
+@contextlib.contextmanager
+def _attributes_restored(model: nn.Module) -> Iterator[None]:
+    """Put back every module attribute a traced forward rebinds: a forward that caches a size on its module
+    (Swin's ``window_size``) would otherwise keep an fx Proxy there and break the user's model."""
+    saved = [(m, dict(vars(m))) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attrs in saved:
+            for key in [k for k in vars(module) if k not in attrs]:
+                delattr(module, key)
+            vars(module).update(attrs)
+
+
 def trace_model(model: nn.Module, example_inputs: Any = None) -> torch.fx.GraphModule:
     """Symbolically trace ``model``; an untraceable model raises UnsupportedModelError naming the line.
 
     When plain tracing fails and ``example_inputs`` is given, the model is traced again with values
     computed on them (:mod:`netcompress.quantization.value_tracing`), so branches on shapes (the input
     checks of Hugging Face vision models, "same" padding) resolve; branches on tensor data still fail.
+    Attributes the forward sets on its modules while traced are put back (the model is not modified).
     """
+    with _attributes_restored(model):
+        return _trace_model(model, example_inputs)
+
+
+def _trace_model(model: nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
     protocol_ids = {id(m) for m in model.modules() if is_prunable_custom(m)}
     tracer = _LeafTracer(protocol_ids)
     try:

@@ -213,6 +213,13 @@ def prune_neurons(
     """
     config = NeuronPruneConfig(criterion=criterion, amount=amount, layers=layers, max_batches=max_batches)
     groups, stats, extra = _measure(model, loader, layers=config.layers, max_batches=config.max_batches)
+    if not groups:  # a silent no-op would read as success; say what was found and why nothing qualifies
+        why = "; ".join(f"{n!r}: {r}" for n, r in extra["skipped"].items()) or "none found in the traced graph"
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no neuron group to prune: a group needs a Conv/Linear output followed by "
+            f"an activation and read only by layers that can be sliced (recurrent layers are left whole); "
+            f"left whole: {why}"
+        )
     graph = extra["traced"].graph
     report: dict[str, Any] = {}
     pruned_units: set[int] = set()

@@ -228,3 +228,29 @@ def test_grouped_conv_group_norm_and_prelu_slice_whole_groups():
     assert (small[1].num_groups, small[3].groups, small[3].out_channels, small[6].groups) == (2, 2, 6, 6)
     # conv 3->4 (+bias), GN 4, PReLU 4, grouped conv 4->6 in 2 groups (+bias), BN 6, depthwise 6, Linear 6->3
     assert _params(small) == (3 * 4 * 9 + 4) + 8 + 4 + (6 * 2 * 9 + 6) + 12 + (6 * 9 + 6) + (6 * 3 + 3) == 331
+
+
+class _DictOutput(nn.Module):
+    """A model that returns its logits in a dict, as Hugging Face classifiers do (a ModelOutput)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = models.create("digits_cnn")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def test_sandwich_training_of_a_model_with_dict_outputs():
+    torch.manual_seed(0)
+    slim = make_slimmable(_DictOutput(), widths=(0.25, 0.5, 1.0), example_inputs=X[:1])
+    before = copy.deepcopy(slim.state_dict())
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(2)]
+    hook = SlimmableHook(sandwich=True, num_random=1)
+    history = train_slimmable(slim, batches, config=TrainConfig(epochs=1, lr=0.05, progress=False), hook=hook)
+    assert {"w0.25_train_acc", "w1_train_acc"} <= set(history.last)
+    changed = [k for k, v in slim.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed
+    small = extract_width(slim, 0.5).eval()
+    set_width(slim.eval(), 0.5)
+    torch.testing.assert_close(small(X)["logits"], slim(X)["logits"], rtol=1e-5, atol=1e-5)

@@ -152,3 +152,30 @@ def test_submodule_named_like_a_graph_module_attribute_is_named() -> None:
         UnsupportedModelError, match=r"cannot rebuild SubmoduleNamedMeta as a torch.fx GraphModule .*'meta'"
     ):
         prune_channels(SubmoduleNamedMeta(), inputs, ratio=0.5)
+
+
+class _CachesSizeOnFirstCall(nn.Module):
+    """Caches a size on the module the first time it runs (as Swin caches its window size), then branches
+    on tensor data, so tracing fails after the cache was written with an fx Proxy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.size = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is None:
+            self.size = x.shape[-1]
+        y = self.conv(x)
+        if y.sum() > 0:  # data-dependent: untraceable
+            y = y + 1
+        return y * self.size
+
+
+def test_a_failed_trace_leaves_the_users_model_working():
+    model = _CachesSizeOnFirstCall()
+    x = torch.randn(2, 3, 5, 5)
+    with pytest.raises(UnsupportedModelError, match="cannot trace"):
+        build_channel_graph(model, x)
+    assert model.size is None  # the Proxy the traced forward stored is gone
+    assert model(x).shape == (2, 4, 5, 5) and model.size == 5

@@ -209,3 +209,20 @@ def test_reinitialise_option_keeps_the_pruned_architecture_and_draws_fresh_seede
     # the survivors' weights are the original rows without the dead ones
     live = [i for i in range(8) if i not in DEAD["0"]]
     assert torch.equal(kept.model[0].weight, _mlp_with_dead_neurons()[0].weight[live])
+
+
+class _LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.rnn = nn.LSTM(8, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.emb(ids))[0][:, -1])
+
+
+def test_a_model_with_no_neuron_group_is_refused_not_returned_unchanged():
+    ids = torch.randint(0, 20, (4, 5))
+    with pytest.raises(UnsupportedModelError, match=r"no neuron group to prune.*'head': they are the model's output"):
+        prune_neurons(_LSTMClassifier(), [(ids, torch.zeros(4, dtype=torch.long))], criterion="apoz", amount=0.25)
