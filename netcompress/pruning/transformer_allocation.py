@@ -163,3 +163,21 @@ def plan_global(
         model, blocks, scores, width, mac_target=config.mac_target, head_floors=heads, neuron_floors=neurons,
         count=count,
     )  # fmt: skip
+
+
+def smallest_reaching(
+    trial: Callable[[float], Any], reached: Callable[[Any], bool], hi: float, best: Any, rounds: int
+) -> tuple[float, Any]:
+    """Bisect ``(0, hi]`` ``rounds`` times for the smallest factor whose ``trial`` is ``reached``.
+
+    ``best`` is ``trial(hi)``, already known to be reached; returns ``(factor, its trial)``.
+    """
+    lo = 0.0
+    for _ in range(rounds):
+        mid = (lo + hi) / 2
+        found = trial(mid)
+        if reached(found):
+            hi, best = mid, found
+        else:
+            lo = mid
+    return hi, best

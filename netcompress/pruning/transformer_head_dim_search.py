@@ -29,6 +29,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import call_model, output_tensor
+from netcompress.pruning.transformer_allocation import smallest_reaching
 from netcompress.pruning.transformer_head_dim import (
     HeadDimAttention,
     apply_head_dims_,
@@ -94,29 +95,20 @@ def head_dim_prune(
     if not config.mac_target:
         best = build(1.0)
     else:
-        lo, hi = 0.0, 1.0 / max(qk, v, ffn)
+        hi = 1.0 / max(qk, v, ffn)
         best = build(hi)
         if best["mac_reduction"] < config.mac_target:
             raise ConfigError(
                 f"mac_target={config.mac_target} is out of reach: removing up to {MAX_SHARE:.0%} of the head dims "
                 f"(q/k {qk}, v {v}) and FFN neurons ({ffn}) leaves {best['mac_reduction']:.2f}x fewer MACs"
             )
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            found = build(mid)
-            if found["mac_reduction"] >= config.mac_target:
-                hi, best = mid, found
-            else:
-                lo = mid
+
+        def reached(found: dict[str, Any]) -> bool:
+            return found["mac_reduction"] >= config.mac_target
+
+        hi, best = smallest_reaching(build, reached, hi, best, rounds=12)
         if ffn > 0:  # head dims step in whole channels: the fewest FFN neurons that still reach the target
-            lo_f, hi_f = 0.0, hi
-            for _ in range(10):
-                mid = (lo_f + hi_f) / 2
-                found = build(hi, mid)
-                if found["mac_reduction"] >= config.mac_target:
-                    hi_f, best = mid, found
-                else:
-                    lo_f = mid
+            _, best = smallest_reaching(lambda f: build(hi, f), reached, hi, best, rounds=10)
     small = best["model"].train(model.training)
     _verify(masked_reference(best["before"], best["kept"]), small, example_inputs)
     return small, _summary(model, small, config, best, base)

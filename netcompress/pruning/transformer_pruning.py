@@ -43,7 +43,7 @@ from netcompress.core.methods import MethodData, Result, register_method
 from netcompress.core.model_check import check_model_call
 from netcompress.core.selection import name_matches
 from netcompress.evaluation.harness import eval_mode
-from netcompress.pruning.transformer_allocation import plan_global
+from netcompress.pruning.transformer_allocation import plan_global, smallest_reaching
 from netcompress.pruning.transformer_blocks import Blocks, find_blocks
 from netcompress.pruning.transformer_experts import check_fused_experts
 from netcompress.pruning.transformer_head_dim import IMPORTANCES as HEAD_DIM_IMPORTANCES
@@ -282,20 +282,14 @@ def _plan_for_macs(
             seen[key] = (base / max(count_macs(small, inputs), 1), small)
         return seen[key][0], cfg, plan, seen[key][1]
 
-    lo, hi = 0.0, MAX_SHARE / min(shares.values())
+    hi = MAX_SHARE / min(shares.values())
     best = trial(hi)
     if best[0] < config.mac_target:
         raise ConfigError(
             f"mac_target={config.mac_target} is out of reach: removing up to {MAX_SHARE:.0%} of "
             f"{', '.join(shares)} leaves {best[0]:.2f}x fewer MACs (prune more kinds of unit, e.g. hidden)"
         )
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        found = trial(mid)
-        if found[0] >= config.mac_target:
-            hi, best = mid, found
-        else:
-            lo = mid
+    _, best = smallest_reaching(trial, lambda found: found[0] >= config.mac_target, hi, best, rounds=14)
     return best[1], best[2], best[3]
 
 
