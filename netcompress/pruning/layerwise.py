@@ -37,13 +37,13 @@ from netcompress.core.config import Config, check_choice, check_fraction, check_
 from netcompress.core.errors import ConfigError
 from netcompress.core.inputs import batch_inputs, call_model, move_inputs
 from netcompress.evaluation.harness import eval_mode
+from netcompress.export.onnx_trace import no_mha_fastpath
 from netcompress.pruning.block_calibration import BlockPlan, plan_blocks, prune_blocks
 from netcompress.pruning.layer_inputs import InputStats, probe, prune_groups
 from netcompress.pruning.masks import enforce_masks, recurrent_weights, sparsity_report
 from netcompress.pruning.weight_targets import (
     WeightTarget,
     module_target,
-    no_fast_path,
     select_targets,
     why_not_calibrated,
 )
@@ -193,7 +193,7 @@ def prune_layerwise(
     def run(inputs: Any) -> Any:
         return call_model(model, inputs)
 
-    with eval_mode(model), no_fast_path(), no_cache(model):
+    with eval_mode(model), no_mha_fastpath(), no_cache(model):
         plan = (
             plan_blocks(model, usable, batches[0])
             if calibration != "model" and usable

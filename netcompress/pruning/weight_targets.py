@@ -31,10 +31,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -200,17 +199,6 @@ def attention_context(attn: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
         weight.data = saved[0]
         if bias is not None:
             bias.data = saved[1]
-
-
-@contextlib.contextmanager
-def no_fast_path() -> Iterator[None]:
-    """Keep nn.MultiheadAttention / nn.TransformerEncoderLayer on their module-calling path (restored after)."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _attention_targets(name: str, attn: nn.Module) -> tuple[list[WeightTarget], dict[str, str]]:
