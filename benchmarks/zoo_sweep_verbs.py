@@ -137,15 +137,19 @@ def v_prune(model: nn.Module, x: Any, ctx: dict) -> str:
     return f"{before}->{after} params"
 
 
-def v_quant_int8(model: nn.Module, x: Any, ctx: dict) -> str:
-    q = nc.quantize(model, ctx["calib"], bits=8)
-    s = _export(q, x, ctx["tmp"], "int8", int8=True)
+def _int8_kernels(s: dict) -> str:
+    """The export summary ``s``'s check and integer-kernel count; WRONG when the ORT graph has none."""
     ints = sum(
         n for op, n in s["int8_op_counts"].items() if op.startswith("QLinear") or op in INTEGER_MATMULS
     )
     if ints == 0:
         raise Wrong(f"no integer kernel in the ORT graph: {s['op_counts']}")
     return f"rel {s['check']['max_rel_diff']:.3f}, {ints} int ops"
+
+
+def v_quant_int8(model: nn.Module, x: Any, ctx: dict) -> str:
+    q = nc.quantize(model, ctx["calib"], bits=8)
+    return _int8_kernels(_export(q, x, ctx["tmp"], "int8", int8=True))
 
 
 def v_export_float(model: nn.Module, x: Any, ctx: dict) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from zoo_sweep_verbs import INTEGER_MATMULS, Wrong, _changed, _close_all, _export, _out, _outs
+from zoo_sweep_verbs import Wrong, _changed, _close_all, _export, _int8_kernels, _out, _outs
 
 import netcompress as nc
 from netcompress.clustering import ClusterLoss, ClusterPreserving, clustered_modules
@@ -107,12 +107,7 @@ def c_qat(model: nn.Module, x: Any, ctx: dict) -> str:
     s = _export(q, x, ctx["tmp"], "qat", int8=True)
     freeze_quantizers_(q)  # convert, as the qat method ends: the frozen model exports the same graph
     _export(q, x, ctx["tmp"], "qat_frozen", int8=True)
-    ints = sum(
-        n for op, n in s["int8_op_counts"].items() if op.startswith("QLinear") or op in INTEGER_MATMULS
-    )
-    if ints == 0:
-        raise Wrong(f"no integer kernel in the ORT graph: {s['op_counts']}")
-    return f"rel {s['check']['max_rel_diff']:.3f}, {ints} int ops"
+    return _int8_kernels(s)
 
 
 def c_low_rank(model: nn.Module, x: Any, ctx: dict) -> str:
