@@ -80,3 +80,19 @@ def test_traceable_model_without_batchnorm_then_equalisation_and_static_quantiza
     _, eager = prepare_quantized(Untraceable(), plan_defaults={"bits": 8, "act_bits": 8}, layers=None, mode="static")
     assert eager["graph"].startswith("eager (fx failed: torch.fx cannot trace Untraceable")
     assert eager["fold_bn"]["num_folded"] == 0
+
+
+def test_a_folded_graph_module_saves_loads_and_exports(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 6, 6)
+    folded, summary = fold_bn_and_report(model)
+    assert summary["folded"] == [["0", "1"]] and "nothing_to_fold" not in summary
+    assert isinstance(folded, torch.fx.GraphModule)
+    assert list(folded.state_dict()) == ["0.weight", "0.bias", "4.weight", "4.bias"]
+    nc.save(folded, tmp_path / "f.nc")
+    loaded = nc.load(tmp_path / "f.nc")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-4)
+    nc.export_onnx(folded, tmp_path / "f.onnx", x, check=True)
