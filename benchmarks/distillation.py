@@ -27,39 +27,44 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
-import hashlib
 import json
-import math
-import random
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from netcompress.core import Config, atomic_torch_save, atomic_write_json, check_choice, check_range
-from netcompress.core.io import load_checkpoint
-from netcompress.core.methods import MethodData, apply
-from netcompress.distillation import SoftTargetsConfig
+from netcompress.core import Config, atomic_write_json, check_choice, check_range
 from netcompress.evaluation import time_alternating
 from netcompress.low_rank import CONV_MODES, factorize
 from netcompress.pruning.channel import ChannelPruneConfig, channel_prune
-from netcompress.training import TrainConfig, fit
+from netcompress.training import fit
 
 try:
     from benchmarks import cifar_protocol as cp
 except ModuleNotFoundError:  # run as `python benchmarks/distillation.py`: its folder is on sys.path
     import cifar_protocol as cp
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere: its modules beside it
+    sys.path.append(str(Path(__file__).resolve().parent))
+from distillation_report import (  # noqa: E402, F401  (re-exported: the script's names stay importable from it)
+    COLUMNS,
+    section_body,
+)
+from distillation_steps import (  # noqa: E402, F401  (re-exported: the script's names stay importable from it)
+    cached_model,
+    compare_reference,
+    distill_with_history,
+    max_weight_diff,
+    reference_kd_fit,
+    step_check,
+    train_config,
+    weights_key,
+)
 
 SECTION = "## Distillation and low rank (CIFAR-10 CPU protocol, E3)"
-# Bump when a run below changes how it trains, so stale cached models are not reused.
-FORMAT_VERSION = 1
 # E3's models join the protocol's model table, so train_baseline trains and caches them like the
 # protocol's own baselines (its cache key holds the registry name and options).
 E3_MODELS = {
@@ -70,7 +75,6 @@ for _name, _spec in E3_MODELS.items():
     cp.PROTOCOL_MODELS.setdefault(_name, _spec)
 
 # food_cnn's classifier and its last four convs (the 2x2-resolution stage): 93% of its parameters
-KL_FORMS = ("textbook", "log_target")
 LOW_RANK_LAYERS = ["features.16", "features.19", "features.22", "features.25", "fc"]
 
 
@@ -116,118 +120,6 @@ BENCH_CONFIGS = {
     ),
     "cpu": DistillBenchConfig(),
 }
-
-
-def train_config(protocol: cp.ProtocolConfig, *, epochs: int, lr: float) -> TrainConfig:
-    """The settings ``train_baseline`` trains with, so KD and scratch runs differ only in the loss."""
-    return cp.train_config(protocol, epochs=epochs, lr=lr)
-
-
-def distill_with_history(
-    student: nn.Module, teacher: nn.Module, train_loader: Any, config: TrainConfig, **kd: Any
-) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """``netcompress.distill`` through ``apply``, keeping the per-epoch rows: (student, rows)."""
-    cfg = SoftTargetsConfig.from_dict({**config.to_dict(), **kd}, where="distill")
-    data = MethodData(train_loader=train_loader, device=cfg.device, extras={"teacher": teacher})
-    result = apply(student, cfg, data)
-    return result.model, result.history
-
-
-def reference_kd_fit(
-    student: nn.Module,
-    teacher: nn.Module,
-    train_loader: Any,
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    seed: int,
-    temperature: float,
-    alpha: float,
-    kl_form: str = "textbook",
-) -> list[dict[str, float]]:
-    """Knowledge distillation as a bare PyTorch loop, the way one writes it by hand; trains IN PLACE.
-
-    SGD with a per-batch cosine rate and the textbook loss
-    ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``. Seeding matches
-    ``fit`` (random, NumPy, torch at the start), so with the same initial weights and loader it
-    sees the same augmented batches as ``netcompress.distill``. Returns per-epoch rows.
-
-    ``kl_form="log_target"`` computes the KL from log-probabilities on both sides, the floating-
-    point form netcompress uses: then the two runs are bitwise equal. The textbook form (softmax
-    target) differs in the last bits, and SGD amplifies that into seed-like differences.
-
-    Example:
-        >>> rows = reference_kd_fit(student, teacher, loader, epochs=1, lr=0.05, momentum=0.9,
-        ...                         weight_decay=5e-4, seed=0, temperature=4.0, alpha=0.9)
-    """
-    check_choice("kl_form", kl_form, KL_FORMS)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    teacher.eval()
-    total_steps, step, rows = epochs * len(train_loader), 0, []
-    for epoch in range(epochs):
-        student.train()
-        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for inputs, targets in train_loader:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            with torch.no_grad():
-                teacher_logits = teacher(inputs)
-            logits = student(inputs)
-            log_p_student = F.log_softmax(logits / temperature, dim=1)
-            hard = F.cross_entropy(logits, targets)
-            if kl_form == "textbook":
-                p_teacher = F.softmax(teacher_logits / temperature, dim=1)
-                kl = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
-                loss = alpha * temperature**2 * kl + (1.0 - alpha) * hard
-            else:
-                log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-                kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-                loss = alpha * (kl * temperature**2) + (1.0 - alpha) * hard
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(targets)
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += len(targets)
-        rows.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_acc": correct / seen,
-                "time_s": round(time.perf_counter() - started, 3),
-            }
-        )
-    return rows
-
-
-def weights_key(model: nn.Module) -> str:
-    """Short hash of every tensor's bytes in ``model``'s state dict (its weights and its shapes)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def cached_model(
-    kind: str, settings: dict[str, Any], produce: Callable[[], tuple[nn.Module, dict[str, Any]]]
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the pickled model of ``kind`` + ``settings`` from the cache, or produce and save it."""
-    path = cp.CACHE_DIR / f"distill-{kind}-{cp.cache_key({**settings, 'version': FORMAT_VERSION})}.pt"
-    if path.exists():
-        saved = load_checkpoint(path)  # signed by atomic_torch_save below
-        return saved["model"].eval(), {**saved["info"], "cache_hit": True}
-    started = time.perf_counter()
-    model, info = produce()
-    info = {**info, "train_time_s": round(time.perf_counter() - started, 1)}
-    atomic_torch_save({"model": model.cpu(), "info": info}, path, sign=True)
-    return model.eval(), {**info, "cache_hit": False}
 
 
 class Bench:
@@ -440,132 +332,6 @@ def run(bench: Bench) -> None:
         bench.log(f"step check: {bench.extra['step_check']}")
     for row in bench.rows:
         row["delta_points"] = 100 * (row["accuracy"] - base["accuracy"])
-
-
-def max_weight_diff(a: nn.Module, b: nn.Module) -> float:
-    """Largest absolute difference between matching state-dict tensors of two same-shaped models."""
-    pairs = zip(a.state_dict().values(), b.state_dict().values())
-    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)
-
-
-def step_check(bench: Bench, teacher: nn.Module, *, steps: int = 20) -> dict[str, Any]:
-    """The first ``steps`` KD batches three ways from one init: ``netcompress.distill``, the bare
-    loop with the library's log-target KL, and with the textbook KL; weight gaps to netcompress.
-
-    Separates "the loops differ" from "rounding differs": the log-target loop must end bitwise
-    equal; the textbook one differs only by amplified rounding.
-    """
-    cfg, protocol = bench.config, bench.protocol
-    order = torch.randperm(len(bench.bundle.train), generator=torch.Generator().manual_seed(protocol.seed))
-    sampler = order[: steps * protocol.batch_size].tolist()
-    config = train_config(protocol, epochs=1, lr=cfg.student_lr)
-    kd = {"temperature": cfg.temperature, "alpha": cfg.alpha}
-
-    def loader() -> DataLoader:
-        return DataLoader(bench.bundle.train, batch_size=protocol.batch_size, sampler=sampler)
-
-    ours, _ = distill_with_history(bench.fresh_student(), teacher, loader(), config, **kd)
-    result: dict[str, Any] = {"steps": steps}
-    for form in KL_FORMS:
-        ref = bench.fresh_student()
-        reference_kd_fit(
-            ref,
-            teacher,
-            loader(),
-            epochs=1,
-            lr=cfg.student_lr,
-            momentum=protocol.momentum,
-            weight_decay=protocol.weight_decay,
-            seed=protocol.seed,
-            kl_form=form,
-            **kd,
-        )
-        result[f"max_abs_weight_diff_{form}"] = max_weight_diff(ours, ref)
-    return result
-
-
-def compare_reference(
-    model: nn.Module, info: dict, row: dict, ref: nn.Module, ref_info: dict, ref_row: dict
-) -> dict[str, Any]:
-    """netcompress KD vs the bare loop: accuracy gap, weight gap, per-epoch time and loss trace."""
-    ours, bare = info.get("history", []), ref_info.get("history", [])
-    return {
-        "accuracy_gap_points": 100 * (row["accuracy"] - ref_row["accuracy"]),
-        "max_abs_weight_diff": max_weight_diff(model, ref),
-        "first_epoch_train_loss": [ours[0]["train_loss"], bare[0]["train_loss"]] if ours and bare else None,
-        "epoch_time_s": [
-            sum(r["time_s"] for r in ours) / max(len(ours), 1),
-            sum(r["time_s"] for r in bare) / max(len(bare), 1),
-        ],
-    }
-
-
-COLUMNS = [
-    ("run", "row", cp.fmt_text),
-    ("model", "model", cp.fmt_text),
-    ("teacher", "teacher", cp.fmt_text),
-    ("epochs", "epochs", cp.fmt_number()),
-    ("params", "params", cp.fmt_number()),
-    ("MACs", "macs", cp.fmt_number()),
-    ("test acc. %", "accuracy", cp.fmt_percent),
-    ("vs student alone (points)", "delta_points", cp.fmt_number(2)),
-    ("train s", "train_time_s", cp.fmt_number()),
-]
-
-
-def section_body(bench: Bench, *, command: str, timings: dict[str, dict[str, float]]) -> str:
-    """The RESULTS.md section: command, machine, setup, the table, reference and low-rank details."""
-    cfg, by_row = bench.config, {r["row"]: r for r in bench.rows}
-    gain = by_row["student, KD from strong teacher"]["delta_points"]
-    lines = [
-        f"Command: `{command}` ({datetime.date.today().isoformat()}), {time.perf_counter() - bench.started:.0f} s "
-        "in all (cached baselines load instead of training; `train s` shows the time of the run that trained them).",
-        cp.describe_machine(cp.machine_description(), timing_threads=1),
-        f"Setup: CIFAR-10 {len(bench.bundle.train):,} training images (class-balanced subset, crop+flip), the full "
-        f"{len(bench.bundle.test):,}-image test set, 32x32. Students train {cfg.student_epochs} epochs, SGD "
-        f"lr {cfg.student_lr} momentum 0.9, wd 5e-4, per-batch cosine, same seed, initial weights and batch order "
-        f"for every student run; KD T={cfg.temperature}, alpha={cfg.alpha} (fixed beforehand, not tuned). "
-        f"Teachers: {cfg.weak_teacher} trained {cfg.weak_teacher_epochs} epochs (weak) and "
-        f"{cfg.strong_teacher_epochs} epochs (strong, the protocol baseline). Fine-tunes: {cfg.finetune_epochs} "
-        f"epochs at lr {cfg.finetune_lr}. Accuracy is measured once on the test set at the end (no epoch picked).",
-        "",
-        cp.markdown_table(bench.rows, COLUMNS),
-        "",
-        f"KD from the strong teacher vs the student alone: **{gain:+.2f} points** (target >= +2: "
-        f"{'met' if gain >= 2 else 'NOT met'}).",
-    ]
-    if "reference" in bench.extra:
-        ref = bench.extra["reference"]
-        lines.append(
-            f"netcompress `distill` vs the bare PyTorch KD loop (same init, batches, schedule and loss): accuracy "
-            f"gap {ref['accuracy_gap_points']:+.2f} points, max |weight difference| {ref['max_abs_weight_diff']:.2e}, "
-            f"first-epoch train loss {ref['first_epoch_train_loss'][0]:.5f} vs {ref['first_epoch_train_loss'][1]:.5f}, "
-            f"{ref['epoch_time_s'][0]:.1f} vs {ref['epoch_time_s'][1]:.1f} s per epoch."
-        )
-        check = bench.extra["step_check"]
-        lines.append(
-            f"Step check, first {check['steps']} batches from one init: bare loop with the KL on log-probabilities "
-            f"(netcompress's floating-point form) max |weight difference| "
-            f"{check['max_abs_weight_diff_log_target']:.2e}; with the textbook softmax-target KL "
-            f"{check['max_abs_weight_diff_textbook']:.2e}."
-        )
-    low = bench.extra["low_rank"]
-    ranks = ", ".join(f"{r['name']} rank {r['rank']}/{r['full_rank']}" for r in low["layers"])
-    lines.append(
-        f"Low rank ({low['mode']} SVD, {cfg.low_rank_budget:g} of each layer's parameters): {ranks}; "
-        f"{low['params_before']:,} -> {low['params_after']:,} params in the model."
-    )
-    prune = bench.extra["pruning"]
-    lines.append(
-        f"Pruning: {prune['params_before']:,} -> {prune['params_after']:,} params, "
-        f"{prune['macs_before']:,} -> {prune['macs_after']:,} MACs."
-    )
-    if timings:
-        cells = "; ".join(
-            f"{name} {t['latency_ms']:.2f} / {t['latency_b64_ms']:.1f}" for name, t in timings.items()
-        )
-        lines.append(f"CPU latency ms, batch 1 / batch 64, 1 thread, median of interleaved rounds: {cells}.")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ _LAZY = {
     "fit_": ("netcompress.training", "fit_"),
     "TrainConfig": ("netcompress.training", "TrainConfig"),
     "evaluate": ("netcompress.evaluation", "evaluate"),
+    "select_output": ("netcompress.core.output_select", "select_output"),
     "profile": ("netcompress.evaluation", "profile"),
     "prune_unstructured": ("netcompress.pruning", "prune_unstructured"),
     "prune_unstructured_": ("netcompress.pruning", "prune_unstructured_"),

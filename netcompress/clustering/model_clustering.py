@@ -19,7 +19,7 @@ from torch import nn
 
 from netcompress.clustering.kmeans import KMEANS_INITS
 from netcompress.clustering.storage import save_clustered
-from netcompress.clustering.weight_sharing import cluster_module
+from netcompress.clustering.weight_sharing import cluster_module, one_per_weight
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, apply, register_method
@@ -115,6 +115,7 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
     chosen = select_modules(model, include=config.include, exclude=config.exclude)
     if not chosen:
         raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
+    owners, tied = one_per_weight(model, chosen)
     pretraining: dict[str, Any] = {}
     if config.cluster_loss > 0:
         if data.train_loader is None:
@@ -131,8 +132,11 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
                 preserve_zeros=config.preserve_zeros,
             ),
         }
-        for name, m in chosen.items()
+        for name, m in owners.items()
     ]
+    for row in layers:  # a weight shared by several layers is clustered and counted once, the tie kept
+        if row["name"] in tied:
+            row["tied"] = tied[row["name"]]
     dense = sum(r["dense_bits"] for r in layers)
     packed = sum(r["clustered_bits"] for r in layers)
     summary: dict[str, Any] = {

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d, nearest_centroid
+from netcompress.clustering.weight_sharing import one_per_weight
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.selection import select_modules
@@ -74,7 +75,7 @@ class ClusterLoss:
             self.codebooks = {n: c for n, c in self.fixed.items()}
             return
         self.codebooks = {}
-        for name, module in layers.items():
+        for name, module in one_per_weight(model, layers)[0].items():  # a tied weight is penalised once
             stored = getattr(module, "weight_codebook", None)
             self.codebooks[name] = (
                 stored.detach().clone()

@@ -96,6 +96,32 @@ def clustered_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def one_per_weight(
+    model: nn.Module, chosen: dict[str, nn.Module]
+) -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
+    """The layers of ``chosen`` with one per distinct weight Parameter (the first by name order), and for each
+    kept layer the other layers of ``model`` using the same Parameter (tied weights: clustered once, through
+    the first; the tie is kept, the partners run on the shared clustered tensor).
+
+    Example:
+        >>> owners, tied = one_per_weight(lm, select_modules(lm))   # lm.head.weight is lm.embed.weight
+        >>> tied
+        {'embed': ['head']}
+    """
+    owners: dict[str, nn.Module] = {}
+    seen: dict[int, str] = {}
+    for name, module in chosen.items():
+        if id(module.weight) not in seen:
+            seen[id(module.weight)] = name
+            owners[name] = module
+    tied: dict[str, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        owner = seen.get(id(getattr(module, "weight", None)))
+        if owner is not None and name != owner:
+            tied.setdefault(owner, []).append(name)
+    return owners, tied
+
+
 def _kmeans_keeping_zero(
     weight: torch.Tensor, *, clusters: int, init: str, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,13 +116,15 @@ def _scored_item(output: Any) -> str:
     if isinstance(output, (tuple, list)) and len(output) > 1:
         return (
             f"; the model returns {len(output)} outputs and the first one is scored as class scores: "
-            "return the classifier's logits first"
+            "name the one to score (recipe model: {output: 1}; Python nc.select_output(model, 1)) or return the "
+            "classifier's logits first"
         )
     if isinstance(output, Mapping) and len(output) > 1 and "logits" not in output:
         first = next(iter(output))
         return (
             f"; the model returns a dict without 'logits', so its first entry {first!r} is scored as class "
-            "scores: name the classifier's output 'logits'"
+            "scores: name the one to score (recipe model: {output: KEY}; Python nc.select_output(model, KEY)) or "
+            "name the classifier's output 'logits'"
         )
     return ""
 

@@ -62,6 +62,8 @@ def validation_indices(labels: torch.Tensor, *, count: int, seed: int) -> tuple[
         (80, 20, [2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
+    if labels.dim() != 1:  # class maps or multi-label rows: one group, a plain seeded random split
+        labels = torch.zeros(len(labels), dtype=torch.int64)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     shuffled = labels[order]
     rank = torch.zeros(len(labels), dtype=torch.int64)  # position of each sample within its class

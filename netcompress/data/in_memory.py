@@ -9,6 +9,7 @@ loading must not dominate a small CNN's training step on 2 cores.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -176,10 +177,11 @@ class FloatTensorDataset(_TensorDataset):
         index = torch.as_tensor(indices, dtype=torch.int64)
         return self.inputs[index], self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, Any]]:
         inputs, labels = self.batch(indices)
-        return list(zip(inputs.unbind(0), labels.tolist()))
+        # class maps (N, H, W) and multi-label rows (N, K) stay tensors per sample
+        return list(zip(inputs.unbind(0), labels.unbind(0) if labels.dim() > 1 else labels.tolist()))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         inputs, labels = self.batch([int(index)])
-        return inputs[0], int(labels[0])
+        return inputs[0], labels[0] if labels.dim() > 1 else int(labels[0])

@@ -28,6 +28,8 @@ def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int) -> 
         (16, 4, [2, 2])
     """
     labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1:  # class maps or multi-label rows: one group, a plain seeded random split
+        labels = np.zeros(len(labels), dtype=np.int64)
     rng = np.random.default_rng(seed)
     test_parts = []
     for cls in np.unique(labels):
@@ -65,6 +67,63 @@ def class_labels(values: object, *, where: str) -> np.ndarray:
     if len(array) and int(array.min()) < 0:
         raise DataError(f"{where}: class labels must be >= 0, found {int(array.min())}")
     return array.astype(np.int64)
+
+
+IGNORED_CLASS = 255  # the usual "skip this pixel" value of segmentation masks (VOC), never counted as a class
+
+
+def training_targets(values: object, *, where: str) -> tuple[np.ndarray, str]:
+    """``(targets, kind)``: one class per sample (``class``, see :func:`class_labels`), per-pixel class maps
+    (N, H, W, ...) of integers (``dense``), or multi-label rows (N, K) of 0/1 (``multilabel``).
+
+    Example:
+        >>> training_targets(np.array([[0, 1, 1], [1, 0, 0]]), where="y.npy")[1]
+        'multilabel'
+    """
+    array = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if array.ndim <= 1 or (array.ndim == 2 and array.shape[1] == 1):
+        return class_labels(array, where=where), "class"
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.integer):
+        if array.ndim == 2 and np.isin(array, (0.0, 1.0)).all():
+            return array.astype(np.int64), "multilabel"
+        what = "multi-label rows (N, K) of 0/1" if array.ndim == 2 else "class maps (N, H, W) of integers"
+        raise DataError(f"{where}: targets of shape {array.shape} are read as {what}, got dtype {array.dtype}")
+    if array.ndim == 2:
+        if not np.isin(array, (0, 1)).all():
+            bad = array[~np.isin(array, (0, 1))][0]
+            raise DataError(
+                f"{where}: targets of shape {array.shape} are read as multi-label rows (one 0/1 per label), "
+                f"found {bad}; one class per sample is shape (N,)"
+            )
+        return array.astype(np.int64), "multilabel"
+    return array.astype(np.int64), "dense"
+
+
+def target_kind(targets: np.ndarray) -> str:
+    """The kind of targets :func:`training_targets` returned, from their dimensions."""
+    return {1: "class", 2: "multilabel"}.get(targets.ndim, "dense")
+
+
+def target_classes(parts: list[np.ndarray], kind: str, *, given: int | None, where: str) -> int:
+    """Classes of ``kind`` targets: :func:`count_classes` for classes, K for (N, K) multi-label rows, and for
+    class maps ``given`` or the largest value plus one, leaving out ``IGNORED_CLASS`` and negative values.
+
+    Example:
+        >>> target_classes([np.array([[[0, 2], [255, 1]]])], "dense", given=None, where="y.npy")
+        3
+    """
+    if kind == "class":
+        return count_classes(parts, given=given, where=where)
+    if kind == "multilabel":
+        return int(parts[0].shape[1])
+    if given is not None:
+        return given
+    values = np.concatenate([p.reshape(-1) for p in parts])
+    values = values[(values >= 0) & (values != IGNORED_CLASS)]
+    top = int(values.max()) if len(values) else -1
+    if top < 1:
+        raise DataError(f"{where}: the class maps hold fewer than two classes; set num_classes")
+    return top + 1
 
 
 def count_classes(labels: list[np.ndarray], *, given: int | None, where: str) -> int:

@@ -29,7 +29,13 @@ from netcompress.core.io import load_checkpoint
 from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.catalog import register_dataset
 from netcompress.data.in_memory import FloatTensorDataset
-from netcompress.data.splits import class_labels, count_classes, stratified_split
+from netcompress.data.splits import (
+    class_labels,
+    count_classes,
+    stratified_split,
+    target_classes,
+    training_targets,
+)
 
 ROLES = ("x", "y", "x_test", "y_test")
 ARCHIVE_SUFFIXES = (".npz", ".pt", ".pth")
@@ -185,15 +191,15 @@ def _inputs(value: Any, *, where: str) -> torch.Tensor:
     return value
 
 
-def _pair(arrays: dict[str, tuple[Any, str]], x_role: str, y_role: str) -> tuple[torch.Tensor, np.ndarray]:
+def _pair(arrays: dict[str, tuple[Any, str]], x_role: str, y_role: str) -> tuple[torch.Tensor, np.ndarray, str]:
     (x_value, x_where), (y_value, y_where) = arrays[x_role], arrays[y_role]
     x = _inputs(x_value, where=x_where)
-    y = class_labels(y_value, where=y_where)
+    y, kind = training_targets(y_value, where=y_where)
     if len(x) != len(y):
         raise DataError(f"{x_where} has {len(x)} samples but {y_where} has {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{x_where} holds no samples")
-    return x, y
+    return x, y, kind
 
 
 @register_dataset("tensors", config=TensorsConfig)
@@ -208,9 +214,14 @@ def load_tensors(config: TensorsConfig) -> DataBundle:
     if config.inputs:
         return _load_named_inputs(config)
     arrays = read_tensor_arrays(config)
-    x, y = _pair(arrays, "x", "y")
+    x, y, kind = _pair(arrays, "x", "y")
     if "x_test" in arrays:
-        test_x, test_y = _pair(arrays, "x_test", "y_test")
+        test_x, test_y, test_kind = _pair(arrays, "x_test", "y_test")
+        if test_kind != kind or test_y.shape[1:] != y.shape[1:]:
+            raise DataError(
+                f"{arrays['y_test'][1]} holds targets of shape {test_y.shape[1:]} ({test_kind}), "
+                f"but {arrays['y'][1]} holds {y.shape[1:]} ({kind})"
+            )
         if test_x.shape[1:] != x.shape[1:]:
             raise DataError(
                 f"{arrays['x_test'][1]} has samples of shape {tuple(test_x.shape[1:])}, "
@@ -222,7 +233,7 @@ def load_tensors(config: TensorsConfig) -> DataBundle:
         test_x, test_y = x[torch.from_numpy(test_idx)], y[test_idx]
         x, y = x[torch.from_numpy(train_idx)], y[train_idx]
         split_from = "test_fraction"
-    num_classes = count_classes([y, test_y], given=config.num_classes, where=arrays["y"][1])
+    num_classes = target_classes([y, test_y], kind, given=config.num_classes, where=arrays["y"][1])
     train, val = hold_out_validation(FloatTensorDataset(x, torch.from_numpy(y)), config)
     return DataBundle(
         name="tensors",
@@ -235,6 +246,7 @@ def load_tensors(config: TensorsConfig) -> DataBundle:
         info={
             "source": config.path or config.x,
             "split_from": split_from,
+            "targets": kind,  # class / dense (class maps) / multilabel: fit's loss: auto reads the same
             "num_train": len(train),
             "num_val": 0 if val is None else len(val),
             "num_test": len(test_y),

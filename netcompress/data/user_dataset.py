@@ -7,7 +7,9 @@ passed as positional arguments, or a dict passed as keyword arguments; or dict s
 inputs and ``labels``), split here into train and test (seeded,
 stratified by ``test_fraction``), or ``{"train": ds, "test": ds}``. The validation split is held out
 of train as for every data set. Labels are read once (from a ``targets`` or ``labels`` attribute
-when the dataset has one, else by reading every sample) and checked: one integer class per sample.
+when the dataset has one, else by reading every sample) and checked: one integer class per sample, or per-pixel
+class maps (N, H, W) or multi-label 0/1 rows (N, K) (:func:`~netcompress.data.splits.training_targets`; the
+splits are then plain seeded random ones, and ``fit`` picks the matching loss).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from netcompress.core.factory import call_factory
 from netcompress.core.inputs import LABEL_KEYS
 from netcompress.data.bundle import DataBundle, ValidationSplit, hold_out_validation, split_counts
 from netcompress.data.catalog import register_dataset
-from netcompress.data.splits import class_labels, count_classes, stratified_split
+from netcompress.data.splits import stratified_split, target_classes, target_kind, training_targets
 
 
 @dataclasses.dataclass
@@ -76,9 +78,10 @@ class LabelledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
         inputs = sample_inputs(self.base[int(self.indices[index])])
-        return _as_tensors(inputs), int(self.labels[index])
+        label = self.labels[index]  # a class map or multi-label row stays a tensor
+        return _as_tensors(inputs), label if label.dim() else int(label)
 
     def subset(self, indices: Any, *, augment: bool | None = None) -> LabelledDataset:
         del augment  # a user's dataset applies its own transforms
@@ -173,13 +176,13 @@ def dataset_labels(dataset: Any, *, where: str) -> np.ndarray:
     for attr in ("targets", "labels"):
         known = getattr(dataset, attr, None)
         if known is not None and hasattr(known, "__len__") and len(known) == count:
-            return class_labels(known, where=f"{where} ({attr})")
+            return training_targets(known, where=f"{where} ({attr})")[0]
     labels = [_label_of(dataset[i], index=i, where=where) for i in range(count)]
     try:
         array = np.array(labels)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: labels must be integer classes: {exc}") from None
-    return class_labels(array, where=f"{where} (labels)")
+    return training_targets(array, where=f"{where} (labels)")[0]
 
 
 def build_user_data(config: FactoryDataConfig) -> dict[str, Dataset]:
@@ -246,7 +249,11 @@ def load_factory_data(config: FactoryDataConfig) -> DataBundle:
         raise DataError(
             f"{where}: train inputs have shape {shapes['train']} but test inputs {shapes['test']}"
         )
-    num_classes = count_classes(list(labels.values()), given=config.num_classes, where=where)
+    kinds = {name: target_kind(part) for name, part in labels.items()}
+    if len(set(kinds.values())) > 1 or len({part.shape[1:] for part in labels.values()}) > 1:
+        shapes = {name: f"{part.shape[1:]} ({kinds[name]})" for name, part in labels.items()}
+        raise DataError(f"{where}: train and test targets differ: {shapes}")
+    num_classes = target_classes(list(labels.values()), kinds["train"], given=config.num_classes, where=where)
     train, val = hold_out_validation(train, config)
     return DataBundle(
         name="factory",

@@ -329,7 +329,10 @@ def distill_transformer_(
     """Train ``student`` IN PLACE on ``teacher``'s hidden states and attention maps (TinyBERT/MiniLM); return the summary.
 
     ``fields`` are :class:`TransformerDistillConfig` fields (``hidden_weight``, ``attention_weight``,
-    ``value_weight``, ``layer_map``, ``epochs``, ``lr``, ...) over ``config``.
+    ``value_weight``, ``layer_map``, ``epochs``, ``lr``, ...) over ``config``. The student may be
+    head-pruned (``nc.prune_transformer``) or head-dim-pruned (``nc.prune_head_dims``: every head kept, so its
+    attention maps match the teacher's head for head); value relations then need a ``relation_heads`` that
+    divides the student's narrower value width.
 
     Example:
         >>> s = nc.distill_transformer_(pruned, original, loader, val_loader=held_out, epochs=2)

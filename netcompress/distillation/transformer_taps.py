@@ -2,7 +2,8 @@
 
 :class:`TransformerTaps` finds a model's layers from its attention blocks (``pruning.transformer_blocks``:
 ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer``, Hugging Face BERT/ViT-style q/k/v ``Linear``
-layouts, hand-written blocks) and puts forward hooks on them, so the states are captured by the forward
+layouts, hand-written blocks, and head-dim-pruned attention from ``nc.prune_head_dims``: every head is kept,
+so its maps line up with the teacher's) and puts forward hooks on them, so the states are captured by the forward
 the training loop runs anyway (no second forward, gradients flow for the student):
 
 - ``hidden(0)`` is the input of the first layer (the embedding output), ``hidden(i)`` the output of layer i;
@@ -29,6 +30,7 @@ from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
+from netcompress.pruning.transformer_head_dim import HeadDimAttention
 
 MASK_KWARGS = ("attention_mask", "attn_mask", "mask")
 
@@ -105,6 +107,17 @@ def _layer_of(name: str, modules: dict[str, nn.Module]) -> str:
     return ".".join(parts[:-1])
 
 
+def _head_dim_unit(name: str, module: HeadDimAttention) -> AttentionUnit:
+    """An ``"mha"`` unit of a head-dim-pruned attention (``head_dim`` stays the source's: it sets the scale)."""
+    heads = module.num_heads
+    return AttentionUnit(name, "mha", heads, module.head_dim, heads, name, name, name, name)
+
+
+def _qkv_widths(attn: nn.Module, head_dim: int) -> tuple[int, int]:
+    """Query/key and value channels per head of an ``in_proj``-packed attention (fewer after head-dim pruning)."""
+    return getattr(attn, "qk_dim", head_dim), getattr(attn, "v_dim", head_dim)
+
+
 class TransformerTaps:
     """Forward hooks on every transformer layer of ``model`` (``who`` names it in errors)."""
 
@@ -116,11 +129,14 @@ class TransformerTaps:
         }
         modules = dict(model.named_modules())
         blocks = find_blocks(model)
+        # a head-dim-pruned nn.MultiheadAttention keeps every head (fewer channels in each): the pruner does
+        # not take it as a block (it cannot be pruned again), the distiller reads it like the original
+        head_dim = [_head_dim_unit(n, m) for n, m in modules.items() if isinstance(m, HeadDimAttention)]
         self.units: dict[str, list[AttentionUnit]] = {}
-        for unit in blocks.attention:
+        for unit in sorted([*blocks.attention, *head_dim], key=lambda u: list(modules).index(u.name)):
             self.units.setdefault(_layer_of(unit.name, modules), []).append(unit)
         self.layer_names = list(self.units)
-        self.unknown = blocks.unknown
+        self.unknown = {n: r for n, r in blocks.unknown.items() if n not in {u.name for u in head_dim}}
         self.slots = _Slots()
         self._handles: list[Any] = []
         for i, layer_name in enumerate(self.layer_names, start=1):
@@ -238,9 +254,11 @@ class TransformerTaps:
             batch_first = attn.batch_first
         if not batch_first:
             query, key = query.transpose(0, 1), key.transpose(0, 1)
-        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-        n, lq, ls, h, d = query.shape[0], query.shape[1], key.shape[1], unit.num_heads, unit.head_dim
+        n, lq, ls, h = query.shape[0], query.shape[1], key.shape[1], unit.num_heads
+        d, d_v = _qkv_widths(attn, unit.head_dim)
+        sizes = [h * d, h * d, h * d_v]
+        w_q, w_k, w_v = attn.in_proj_weight.split(sizes)
+        b_q, b_k, b_v = attn.in_proj_bias.split(sizes) if attn.in_proj_bias is not None else (None, None, None)
         q = F.linear(query, w_q, b_q).view(n, lq, h, d).transpose(1, 2)
         k = F.linear(key, w_k, b_k).view(n, ls, h, d).transpose(1, 2)
         v = F.linear(key, w_v, b_v)

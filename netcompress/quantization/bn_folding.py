@@ -4,6 +4,10 @@ In inference a BatchNorm is an affine map per channel, so ``Conv -> BN`` equals 
 ``w' = w * gamma / sqrt(var + eps)`` and ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
 Quantizing the folded weight is what an int8 runtime executes, so PTQ folds first.
 
+A model without BatchNorm has nothing to fold: it comes back as an eval-mode copy of its own class (no
+trace, so models torch.fx cannot trace pass), with ``summary["nothing_to_fold"]`` saying so. A folded model
+is a ``torch.fx.GraphModule`` (class name of the original, same state-dict keys less the folded BNs).
+
 Example:
     >>> folded, summary = fold_bn_and_report(model)   # model is untouched
     >>> summary["folded"]
@@ -16,7 +20,7 @@ import copy
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from netcompress.quantization.kernel_calls import has_own_forward, probe_input
 from netcompress.quantization.tracing import module_of, trace_for_quantization
@@ -105,11 +109,20 @@ def _recluster(layer: nn.Module) -> bool:
     return True
 
 
+NOTHING_TO_FOLD = "the model has no BatchNorm layer: returned an eval-mode copy of it, its own class, not traced"
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def fold_bn_and_report(
     model: nn.Module, *, example_inputs: Any = None
-) -> tuple[fx.GraphModule, dict[str, Any]]:
-    """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(graph_module, summary)``.
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Copy ``model``, fold every ``Conv/Linear -> BatchNorm`` pair, return ``(folded, summary)``.
 
+    ``folded`` is a ``torch.fx.GraphModule`` when the model holds BatchNorm (traced to find the pairs), and
+    an eval-mode copy of the model itself when it holds none (``summary["nothing_to_fold"]``; never traced).
     A pair folds only when the BN is the conv's sole user and the conv module is called once. A
     clustered layer folded into is re-clustered with its k (summary ``reclustered``).
     Folding uses running statistics, i.e. eval-mode behaviour; the result is put in eval mode.
@@ -119,6 +132,9 @@ def fold_bn_and_report(
         >>> folded, summary = fold_bn_and_report(model); summary["num_folded"]
         7
     """
+    if not has_batchnorm(model):
+        empty: dict[str, Any] = {"folded": [], "num_folded": 0, "bn_left": [], "not_folded": []}
+        return copy.deepcopy(model).eval(), {**empty, "nothing_to_fold": NOTHING_TO_FOLD}
     gm = trace_for_quantization(copy.deepcopy(model).eval(), example_inputs=example_inputs)
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -155,8 +171,9 @@ def fold_bn_and_report(
     return gm.eval(), summary
 
 
-def fold_bn(model: nn.Module) -> fx.GraphModule:
-    """A copy of ``model`` with BatchNorm folded into preceding Conv/Linear layers (model untouched).
+def fold_bn(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with BatchNorm folded into preceding Conv/Linear layers (model untouched): a
+    ``torch.fx.GraphModule``, or a plain eval-mode copy when the model has no BatchNorm (nothing to fold).
 
     Example:
         >>> folded = fold_bn(model.eval())

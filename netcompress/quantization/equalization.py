@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from netcompress.quantization.kernel_calls import has_own_forward, probe_input
-from netcompress.quantization.tracing import module_of
+from netcompress.quantization.tracing import module_of, trace_for_quantization
 
 # ops f with f(s * x) = s * f(x) for a positive per-channel s (channels on dim 1)
 _COMMUTING_MODULES = (
@@ -151,13 +151,20 @@ def _in_channels(m: nn.Module) -> int:
     return m.weight.shape[0] if _is_depthwise(m) else m.weight.shape[1]
 
 
-def find_equalization_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
+def find_equalization_pairs(gm: nn.Module) -> list[tuple[str, str]]:
     """``(A, B)`` module names where A's output reaches only B through ops that commute with scales."""
     return [(a, b) for a, b, _ in _pairs(gm)]
 
 
-def _pairs(gm: fx.GraphModule) -> list[tuple[str, str, int]]:
+def _graph_module(model: nn.Module) -> fx.GraphModule:
+    """``model`` itself when traced already; else its trace, which shares its submodules (``fold_bn`` of a
+    model without BatchNorm returns the model's own class: scaling the traced layers scales the model's)."""
+    return model if isinstance(model, fx.GraphModule) else trace_for_quantization(model)
+
+
+def _pairs(gm: nn.Module) -> list[tuple[str, str, int]]:
     """``(A, B, k)``: each of A's output channels feeds ``k`` consecutive inputs of B (k > 1 after a flatten)."""
+    gm = _graph_module(gm)
     pairs = []
     for node in gm.graph.nodes:
         first = module_of(gm, node)
@@ -209,7 +216,7 @@ def _equalize_pair(first: nn.Module, second: nn.Module, k: int = 1) -> float:
         return float(s.log().abs().max())
 
 
-def equalize_cross_layer_(gm: fx.GraphModule, *, iterations: int = 4) -> dict[str, Any]:
+def equalize_cross_layer_(gm: nn.Module, *, iterations: int = 4) -> dict[str, Any]:
     """Equalise every ``A -> (commuting ops) -> B`` pair of ``gm`` IN PLACE, ``iterations`` sweeps.
 
     Example:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from netcompress.clustering.grid import per_tensor_for_clustered
 from netcompress.core.config import Config, check_choice, check_range
@@ -76,9 +76,9 @@ def prepare_quantized(
     gm = None
     try:
         if fold_bn:
-            gm, info["fold_bn"] = fold_bn_and_report(work, example_inputs=example_inputs)
-        else:
-            gm = trace_for_quantization(work, example_inputs=example_inputs)
+            work, info["fold_bn"] = fold_bn_and_report(work, example_inputs=example_inputs)
+        # folded: a GraphModule already; nothing to fold (no BatchNorm): the copy, traced here
+        gm = work if isinstance(work, fx.GraphModule) else trace_for_quantization(work, example_inputs=example_inputs)
     except UnsupportedModelError as exc:
         info["graph"] = f"eager (fx failed: {exc})"
     if equalize:

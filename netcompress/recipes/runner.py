@@ -37,12 +37,12 @@ from netcompress.core.io import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
-    load_state_dict_file,
     to_jsonable,
 )
 from netcompress.core.methods import MethodData
 from netcompress.core.model_check import check_last_batch, check_model_on_data, model_label
 from netcompress.recipes.finish import finish_run
+from netcompress.recipes.model_spec import build_model
 from netcompress.recipes.run_folder import (
     STATE_FILE,
     create_run_dir,
@@ -55,7 +55,6 @@ from netcompress.recipes.run_folder import (
 )
 from netcompress.recipes.schema import (
     LOADER_KEYS,
-    MODEL_SPEC_KEYS,
     apply_overrides,
     apply_profile,
     load_recipe_file,
@@ -324,36 +323,6 @@ def _reuse_step(
             atomic_write_json(run_dir / STATE_FILE, state)
             return _load_step_model(target / "model.pt"), state
     return None
-
-
-def build_model(spec: dict[str, Any], *, num_classes: int) -> nn.Module:
-    """Build the recipe's model: a registry ``name`` or a ``factory`` (with ``kwargs``), optionally with
-    a state dict ``checkpoint`` (.pt or .safetensors); or a pickled whole model with ``trust: true``."""
-    from netcompress import models as models_mod
-    from netcompress.core.factory import call_factory
-
-    kwargs = {**{k: v for k, v in spec.items() if k not in MODEL_SPEC_KEYS}, **(spec.get("kwargs") or {})}
-    checkpoint = spec.get("checkpoint")
-    if spec.get("name"):
-        kwargs.setdefault("num_classes", num_classes)
-        model = models_mod.create(spec["name"], **kwargs)
-    elif spec.get("factory"):
-        model = call_factory(spec["factory"], spec.get("kwargs") or {}, where="model.factory")
-        if not isinstance(model, nn.Module):
-            raise ConfigError(
-                f"model.factory {spec['factory']} returned a {type(model).__name__}, not an nn.Module"
-            )
-    else:
-        loaded = load_checkpoint(checkpoint, trust=bool(spec.get("trust", False)))
-        if not isinstance(loaded, nn.Module):
-            raise CheckpointError(
-                f"checkpoint {checkpoint} holds a {type(loaded).__name__}, not a whole model; a state dict "
-                "needs model.name or model.factory to build the model into"
-            )
-        return loaded
-    if checkpoint:
-        load_state_dict_file(model, checkpoint, trust=bool(spec.get("trust", False)))
-    return model
 
 
 def _example_inputs(bundle: Any) -> Any:

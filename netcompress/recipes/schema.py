@@ -28,6 +28,7 @@ import yaml
 
 from netcompress.core.config import Config, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.output_select import check_output_choice
 
 TOP_LEVEL_KEYS = (
     "name",
@@ -65,12 +66,18 @@ class LoaderConfig(Config):
 @dataclasses.dataclass
 class EvaluateConfig(Config):
     """What to measure after every step, on the test split: accuracy, sizes, and latency (when
-    ``latency``) at each of ``batch_sizes``, the median of ``repeats`` timed calls."""
+    ``latency``) at each of ``batch_sizes``, the median of ``repeats`` timed calls.
+
+    ``accuracy`` follows the targets (:mod:`netcompress.core.targets`): top-1, or for class maps pixel
+    accuracy (and ``miou``) skipping ``ignore_index`` (255 for VOC-style masks; the training step names the
+    same value), or for multi-label rows the exact-match rate (and ``label_f1``); ``accuracy_metric`` names
+    the latter two."""
 
     latency: bool = True
     batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 64])
     repeats: int = 20
     max_batches: int | None = None  # limit the test batches measured (None = all of them)
+    ignore_index: int = -100
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
@@ -202,7 +209,7 @@ def _check_keys(mapping: Any, allowed: tuple[str, ...] | list[str], where: str) 
     return dict(mapping)
 
 
-MODEL_SPEC_KEYS = ("name", "factory", "kwargs", "checkpoint", "trust")
+MODEL_SPEC_KEYS = ("name", "factory", "kwargs", "checkpoint", "trust", "output")
 
 
 def _seed(value: Any) -> int:
@@ -252,13 +259,15 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             {**{k: v for k, v in model.items() if k not in MODEL_SPEC_KEYS}, **(model.get("kwargs") or {})}
         )
     elif model.get("factory"):
-        extra = sorted(set(model) - {"factory", "kwargs", "checkpoint", "trust"})
+        extra = sorted(set(model) - set(MODEL_SPEC_KEYS) - {"name"})
         if extra:
             raise ConfigError(
-                f"unknown key {extra[0]!r} in model; a factory model takes factory, kwargs, checkpoint, trust"
+                f"unknown key {extra[0]!r} in model; a factory model takes factory, kwargs, checkpoint, trust, output"
             )
         if not isinstance(model.get("kwargs") or {}, dict):
             raise ConfigError("model.kwargs must be a mapping of keyword arguments")
+    if model.get("output") is not None:  # a tuple/dict output: which item is scored (default the first / logits)
+        check_output_choice(model["output"], where="model.output")
     if "trust" in model and not isinstance(model["trust"], bool):
         raise ConfigError(f"model.trust must be true or false, got {model['trust']!r}")
     out["model"] = dict(model)

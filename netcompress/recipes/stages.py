@@ -87,10 +87,12 @@ def measure_stage(
 
         metrics = embedding_metrics(model, loader, max_batches=cfg.get("max_batches"))
     else:
-        metrics = evaluate(model, loader, max_batches=cfg.get("max_batches"))
+        metrics = evaluate(
+            model, loader, max_batches=cfg.get("max_batches"), ignore_index=cfg.get("ignore_index", -100)
+        )
     scores = {
         k: metrics[k]
-        for k in ("cosine_mean", "cosine_min", "nn_agreement", "accuracy_metric")
+        for k in ("cosine_mean", "cosine_min", "nn_agreement", "accuracy_metric", "miou", "label_f1")
         if k in metrics
     }
 
@@ -141,8 +143,13 @@ def measure_onnx_stage(
         scores = {k: metrics[k] for k in ("cosine_mean", "cosine_min", "nn_agreement", "accuracy_metric")}
         accuracy = metrics["accuracy"]
     else:
-        counts = top1_counts(ort_model, loader, max_batches=cfg.get("max_batches"))
-        scores, accuracy = {}, counts["correct"] / max(counts["total"], 1)
+        counts = top1_counts(
+            ort_model, loader, max_batches=cfg.get("max_batches"), ignore_index=cfg.get("ignore_index", -100)
+        )
+        accuracy = counts["correct"] / max(counts["total"], 1)
+        scores = {k: counts[k] for k in ("miou", "label_f1") if k in counts}
+        if counts["task"] != "cross_entropy":
+            scores["accuracy_metric"] = counts["metric"]
     row: dict[str, Any] = {
         "name": "onnx int8 (ORT)" if int8 else "onnx fp32 (ORT)",
         "split": STAGE_SPLIT,

@@ -12,6 +12,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, DataError, NonFiniteLossError
 from netcompress.core.inputs import input_tensors, map_inputs, split_batch
+from netcompress.core.targets import check_pairing
 
 
 def split_batch_to(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor | None]:
@@ -41,20 +42,7 @@ def check_cross_entropy_shapes(outputs: Any, targets: torch.Tensor) -> None:
         Traceback (most recent call last):
         netcompress.core.errors.DataError: fit: the model returns (2, 8, 99) ...
     """
-    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0:
-        return
-    got, shape = tuple(targets.shape), tuple(outputs.shape)
-    indices = (shape[0], *shape[2:]) if outputs.dim() > 1 else ()
-    if (got == indices and not targets.is_floating_point()) or (got == shape and targets.is_floating_point()):
-        return
-    what = " (batch, tokens, vocab): a language-model head" if outputs.dim() == 3 else ""
-    raise DataError(
-        f"fit: the model returns {shape}{what}, but the batch's targets are {got} "
-        f"({targets.dtype}); the default loss, cross entropy, needs (batch, classes) logits with "
-        f"(batch,) class indices. Pass unlabelled batches (inputs only, the loss from a hook such as "
-        f"distillation), a loss_fn(outputs, targets) for these shapes, or a wrapper model returning "
-        f"(batch, classes) logits"
-    )
+    check_pairing("cross_entropy", outputs, targets, where="fit")
 
 
 def no_target_loss(loss_hooks: list[Any], device: torch.device) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
+from netcompress.core.targets import TASKS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -37,6 +38,10 @@ class TrainConfig(Config):
     gamma: float = 0.1  # decay factor for schedule="step"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    # the task's loss (netcompress.core.targets): "auto" from the first batch's shapes, or named:
+    # "cross_entropy", "segmentation" (per-pixel, skipping ignore_index), "multilabel" (BCE with logits)
+    loss: str = "auto"
+    ignore_index: int = -100
     grad_clip_norm: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -60,6 +65,7 @@ class TrainConfig(Config):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("loss", self.loss, TASKS)
         check_range("epochs", self.epochs, 0)
         check_range("lr", self.lr, 0.0)
         check_range("momentum", self.momentum, 0.0, 1.0)

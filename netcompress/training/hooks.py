@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 # Keys fit writes itself into every history row; a hook's epoch_end dict may not reuse them.
-CORE_ROW_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time_s")
+CORE_ROW_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time_s", "acc_metric")
 
 
 @runtime_checkable

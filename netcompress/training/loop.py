@@ -21,6 +21,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, DataError
 from netcompress.core.inputs import batch_size_of, call_model, output_tensor
 from netcompress.core.model_check import call_or_explain, check_loader, check_model
+from netcompress.core.targets import METRICS
 from netcompress.evaluation.metrics import evaluate
 from netcompress.training import checkpointing as ckpt
 from netcompress.training import distributed as dist_mod
@@ -39,6 +40,7 @@ from netcompress.training.progress import SilentReporter, make_reporter
 from netcompress.training.run_state import Run, as_config, load_resume_state, resume_run, save_last
 from netcompress.training.runtime import Runtime, seed_everything
 from netcompress.training.schedules import LRSchedule
+from netcompress.training.task_losses import TaskLoss
 
 __all__ = ["check_cross_entropy_shapes", "fit"]  # the shape check stays importable from here
 
@@ -64,11 +66,16 @@ def fit(
     - ``config`` (:class:`TrainConfig` or a dict of its fields): optimiser, schedule, epochs, seed...
       Fit starts with ``seed_everything(config.seed)``; for repeatable shuffles give the loader
       its own seeded generator (see :mod:`netcompress.training.runtime`).
-    - ``loss_fn(outputs, targets)``: default cross entropy with ``config.label_smoothing``.
+    - ``loss_fn(outputs, targets)``: default the task's loss, ``config.loss`` (``auto``: from the first
+      batch: cross entropy with ``config.label_smoothing`` for (N, C) logits with (N,) classes, per-pixel
+      cross entropy skipping ``config.ignore_index`` for (N, C, H, W) logits with (N, H, W) class maps, BCE
+      with logits for (N, C) 0/1 targets; :mod:`netcompress.training.task_losses`). A model returning a
+      tuple is trained on its first item (a dict: ``logits``). ``train_acc``/``val_acc`` are then top-1,
+      pixel accuracy or exact match, and rows name the latter two (``acc_metric``).
       ``train_loss`` in the history is the loss that was back-propagated (after loss hooks).
     - ``hooks``: objects with any of the methods of :class:`netcompress.training.hooks.TrainingHook`.
     - ``extra_parameters``: trained along with the model's own parameters (and checkpointed).
-    - ``val_loader``: evaluated after every epoch (``val_loss`` is plain cross entropy);
+    - ``val_loader``: evaluated after every epoch (``val_loss`` is the task's plain loss, unsmoothed);
       with ``config.keep_best`` the weights of the best ``val_acc`` epoch (earliest on ties) are
       put back at the end and ``history.best_epoch`` names it.
     - ``checkpoint_dir``: ``last.pt``, ``best.pt`` and ``history.json`` written atomically every
@@ -116,7 +123,9 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     run = Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler, loss_fn is None)
     history, best = run.history, run.best
-    criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = loss_fn or TaskLoss(
+        config.loss, label_smoothing=config.label_smoothing, ignore_index=config.ignore_index
+    )
     start_epoch, saved = 0, None
     if resume and (directory / ckpt.LAST_FILE).exists():
         saved = load_resume_state(directory, run)
@@ -136,9 +145,11 @@ def fit(
                 run, net, criterion, params, device, reporter, runtime, epoch=epoch, directory=directory
             )
             val_acc, val_loss = (
-                (None, None) if val_loader is None else _validate(model, val_loader, device, runtime)
+                (None, None) if val_loader is None else _validate(model, val_loader, device, runtime, criterion)
             )
             row = {"epoch": epoch, **train, "val_loss": val_loss, "val_acc": val_acc}
+            if isinstance(criterion, TaskLoss) and criterion.task not in (None, "cross_entropy"):
+                row["acc_metric"] = METRICS[criterion.task]  # pixel_accuracy / exact_match, not top-1
             row["time_s"] = round(time.perf_counter() - started, 4)
             # a hook sees only this rank's batches: its metrics are averaged over ranks, by samples
             row.update(runtime.reduce_metrics(_hook_metrics(hooks, model, epoch), weight=local_samples))
@@ -198,8 +209,6 @@ def _train_one_epoch(
             outputs = call_model(net, inputs) if run.called else call_or_explain(net, inputs, where=BATCH)
             run.called = True
             outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
-            if targets is not None and run.default_loss:
-                check_cross_entropy_shapes(outputs, targets)
             # no targets (unlabelled text): the loss comes from the hooks alone
             loss = criterion(outputs, targets) if targets is not None else no_target_loss(loss_hooks, device)
             if loss_hooks:
@@ -223,15 +232,11 @@ def _train_one_epoch(
         n = batch_size_of(inputs)
         seen += n
         loss_sum += loss.detach() * n
-        if (
-            targets is not None
-            and isinstance(outputs, torch.Tensor)
-            and outputs.dim() == 2
-            and targets.dim() == 1
-        ):
-            correct += (outputs.detach().argmax(dim=1) == targets).sum()
-            counted += n
-        reporter.batch(loss_sum, correct, seen)
+        right = _correct(criterion, outputs, targets)
+        if right is not None:
+            correct += right[0]
+            counted += right[1]
+        reporter.batch(loss_sum, correct, seen, counted)
     local_seen = seen
     if runtime.distributed:  # sums and counts over every rank, never an average of averages
         totals = torch.stack([loss_sum.double(), correct.double()]).to(device)
@@ -250,16 +255,31 @@ def _train_one_epoch(
     return row, local_seen
 
 
+def _correct(criterion: Any, outputs: Any, targets: torch.Tensor | None) -> tuple[torch.Tensor, int] | None:
+    """``(right, counted)`` for ``train_acc``: the task's (top-1, pixels, exact match), or top-1 under a
+    ``loss_fn`` of the user's for (N, classes) logits with (N,) labels."""
+    if targets is None or not isinstance(outputs, torch.Tensor):
+        return None
+    if isinstance(criterion, TaskLoss):
+        return criterion.correct(outputs, targets)
+    if outputs.dim() == 2 and targets.dim() == 1:
+        return (outputs.detach().argmax(dim=1) == targets).sum(), targets.shape[0]
+    return None
+
+
 def _validate(
-    model: nn.Module, loader: Iterable, device: torch.device, runtime: Runtime | None = None
+    model: nn.Module, loader: Iterable, device: torch.device, runtime: Runtime | None = None, criterion: Any = None
 ) -> tuple[float, float]:
+    """Validation accuracy and loss; a task the training batches chose (segmentation, multi-label) is kept."""
+    task = criterion.task if isinstance(criterion, TaskLoss) and criterion.task else "auto"
+    ignore = criterion.ignore_index if isinstance(criterion, TaskLoss) else -100
     if (
         runtime is not None and runtime.distributed
     ):  # rank 0's buffers, then each rank a share of the batches, counts summed
         runtime.sync_model(model, where="validation")
         result = dist_mod.evaluate_sharded(model, loader, device=device)
         return float(result["accuracy"]), float(result["loss"])
-    result = evaluate(model, loader, device=str(device))
+    result = evaluate(model, loader, device=str(device), task=task, ignore_index=ignore)
     return float(result["accuracy"]), float(result["loss"])
 
 

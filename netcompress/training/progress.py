@@ -48,7 +48,7 @@ class SilentReporter:
     def epoch_start(self, epoch: int, epochs: int, num_batches: int) -> None:
         pass
 
-    def batch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+    def batch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, counted: int = 0) -> None:
         pass
 
     def epoch_end(self, row: dict[str, Any], epochs: int) -> None:
@@ -88,13 +88,14 @@ class RichReporter(SilentReporter):
         self._task = self._progress.add_task(f"epoch {epoch + 1}/{epochs}", total=num_batches, metrics="")
         self._last_refresh = time.monotonic()
 
-    def batch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+    def batch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, counted: int = 0) -> None:
         now = time.monotonic()
         if now - self._last_refresh < REFRESH_S:
             self._progress.advance(self._task)
             return
         self._last_refresh = now
-        metrics = f"loss {float(loss_sum) / seen:.4f}  acc {int(correct) / seen:.4f}"
+        # counted: what accuracy counts (samples, or pixels of a segmentation map)
+        metrics = f"loss {float(loss_sum) / seen:.4f}  acc {int(correct) / (counted or seen):.4f}"
         self._progress.update(self._task, advance=1, metrics=metrics)
 
     def epoch_end(self, row: dict[str, Any], epochs: int) -> None:

@@ -41,7 +41,9 @@ def _loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_top1_counts_are_exact() -> None:
     counts = top1_counts(_picker(), _loader())
-    assert counts == {"correct": 3, "total": 5, "loss_sum": None}
+    assert counts == {
+        "correct": 3, "total": 5, "loss_sum": None, "samples": 5, "task": "cross_entropy", "metric": "top1"
+    }  # fmt: skip
     assert top1_counts(_picker(), _loader(), max_batches=1)["correct"] == 2
     assert top1_accuracy(_picker(), _loader()) == 3 / 5
     assert top1_accuracy(_picker(), _loader(), max_batches=1) == 2 / 3
