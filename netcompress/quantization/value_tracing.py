@@ -83,6 +83,43 @@ class ValueProxy(fx.Proxy):
         return iter([self[i] for i in range(len(self))])
 
 
+_JIT_ISINSTANCE = torch.jit.isinstance
+
+
+def _proxy_isinstance(obj: Any, target_type: Any) -> bool:
+    """``torch.jit.isinstance`` that answers for a traced value from its example value, never a silent False.
+
+    Plain fx hands the proxy to ``torch.jit.isinstance``, which says False for ``(proxy, torch.Tensor)``, so
+    ``if skip is not None and torch.jit.isinstance(skip, torch.Tensor)`` (MONAI's U-Net up-sampling) traces
+    the branch the model never takes: a graph that crashes or computes something else.
+    """
+    if not isinstance(obj, fx.Proxy):
+        return _JIT_ISINSTANCE(obj, target_type)
+    value = obj.value if isinstance(obj, ValueProxy) else _MISSING
+    if value is _MISSING:
+        raise fx.proxy.TraceError(
+            f"torch.jit.isinstance({obj.node.name}, {getattr(target_type, '__name__', target_type)}) needs the "
+            "traced value's type (given only by example inputs)"
+        )
+    return _JIT_ISINSTANCE(value, target_type)
+
+
+class TypeCheckedTracer(fx.Tracer):
+    """An fx tracer under which ``torch.jit.isinstance`` on a traced value is answered, or fails the trace
+    (see :func:`_proxy_isinstance`); every netcompress tracer derives from it.
+
+    Example:
+        >>> graph = TypeCheckedTracer().trace(model)
+    """
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        saved, torch.jit.isinstance = torch.jit.isinstance, _proxy_isinstance
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.jit.isinstance = saved
+
+
 def _value(a: Any) -> Any:
     # create_proxy receives its arguments already turned into graph nodes
     return fx.node.map_aggregate(
