@@ -197,7 +197,10 @@ def _train_one_epoch(
             # the first batch a model cannot take is one error naming the inputs (nothing trained yet)
             outputs = call_model(net, inputs) if run.called else call_or_explain(net, inputs, where=BATCH)
             run.called = True
-            outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
+            # HF ModelOutput; under the default cross entropy also a tuple whose first item is the logits (MONAI's
+            # ViT returns (logits, hidden states), TabNet (logits, sparsity loss)); a user's loss_fn gets the tuple
+            if isinstance(outputs, Mapping) or (run.default_loss and isinstance(outputs, (tuple, list))):
+                outputs = output_tensor(outputs)
             if targets is not None and run.default_loss:
                 check_cross_entropy_shapes(outputs, targets)
             # no targets (unlabelled text): the loss comes from the hooks alone
