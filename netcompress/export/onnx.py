@@ -273,7 +273,9 @@ def export_onnx(
 
 
 def _flat_outputs(outputs: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
-    return torch.cat([o.detach().float().reshape(batch, -1) for o in outputs], dim=1)
+    """One row per sample; one row in all when an output is not batch-first (per-graph rows of a node batch)."""
+    rows = batch if all(o.dim() and o.shape[0] == batch for o in outputs) else 1
+    return torch.cat([o.detach().float().reshape(rows, -1) for o in outputs], dim=1)
 
 
 def check_onnx(

@@ -170,8 +170,11 @@ def infer_dynamic_axes(
             if out.dim() >= 3 and int(out.shape[1]) in decoder_first:
                 axes[name] = {1: decoder_first[int(out.shape[1])]}
     if dynamic_batch:
+        # dim 0 of the first input is the batch; a tensor whose dim 0 differs (a graph's (2, edges) edge_index,
+        # one row per graph out of a node batch) keeps that dim fixed rather than tying it to the batch
+        batch = next((int(t.shape[0]) for t in spec.tensors if t.dim() >= 1), None)
         for name, tensor in [*zip(spec.names, spec.tensors), *zip(output_names, outputs)]:
-            if tensor.dim() >= 1:
+            if tensor.dim() >= 1 and int(tensor.shape[0]) == batch:
                 axes.setdefault(name, {}).setdefault(0, "batch")
     return {name: dict(sorted(dims.items())) for name, dims in axes.items() if dims}
 
