@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import inspect
 import operator
@@ -24,6 +25,7 @@ import torch
 from torch import fx, nn
 
 _MISSING = object()
+_BUILTIN_LEN = builtins.len
 # side-effect free, so safe to drop when unused (setitem and in-place operators are not here)
 _PURE_FUNCTIONS = {
     getattr,
@@ -190,6 +192,21 @@ def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
             if self.evaluating:
                 return forward(*args, **kwargs)
             return super().call_module(m, forward, args, kwargs)
+
+        def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+            # ``batch_size = len(q)`` (rtdl's attention): the ``len`` protocol must return an int, which froze
+            # the calibration batch's size into every reshape; ``len`` called by name records ``q.size(0)``
+            builtins.len = self._len
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                builtins.len = _BUILTIN_LEN
+
+        def _len(self, obj: Any) -> Any:
+            value = obj.value if isinstance(obj, ValueProxy) and not self.evaluating else None
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return obj.size(0)
+            return _BUILTIN_LEN(obj)
 
         def getattr(self, attr, attr_val, parameter_proxy_cache):  # noqa: ANN001
             if self.evaluating:
