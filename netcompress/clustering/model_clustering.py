@@ -108,10 +108,15 @@ def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: Method
     }
 
 
+def _class(cls: type) -> str:
+    """torch.nn's classes by name, others with their module (PyG's own ``Linear`` is no ``nn.Linear``)."""
+    return cls.__name__ if cls.__module__.startswith("torch.nn.") else f"{cls.__module__}.{cls.__name__}"
+
+
 def _others(model: nn.Module) -> str:
     """The weighted layer types the model has instead, for a refusal (ConvTranspose, Embedding, HF Conv1D)."""
     weighted = [m for m in model.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
-    kinds = sorted({type(m).__name__ for m in weighted if m.weight.dim() >= 2})
+    kinds = sorted({_class(type(m)) for m in weighted if m.weight.dim() >= 2})
     return f"; {type(model).__name__}'s weighted layers are {', '.join(kinds)}, not clustered" if kinds else ""
 
 

@@ -36,6 +36,17 @@ class OnlyTransposed(nn.Module):
         return self.up(x)
 
 
+class Linear(nn.Module):
+    """A package's own ``Linear`` (PyG's): no nn.Linear, so not clustered, and named with its module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
 X = torch.randn(2, 2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 BATCHES = [(X, torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1)))]
 
@@ -70,6 +81,8 @@ def test_cluster_loss_covers_conv3d_and_refuses_a_model_with_nothing_to_select()
         ClusterLoss(1e-3).penalty(OnlyTransposed())
     with pytest.raises(ConfigError, match="OnlyTransposed's weighted layers are ConvTranspose3d, not clustered"):
         nc.cluster_weights_(OnlyTransposed(), clusters=4)
+    with pytest.raises(ConfigError, match=r"weighted layers are tests\.clustering\.test_conv3d\.Linear, not clustered"):
+        nc.cluster_weights_(nn.Sequential(Linear()), clusters=4)
 
 
 def test_factorize_conv3d_full_energy_is_exact_half_energy_is_smaller():
