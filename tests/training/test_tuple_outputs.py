@@ -59,3 +59,16 @@ def test_a_user_loss_gets_the_whole_tuple():
     hist = nc.fit_(model, [(X, Y)], config=TrainConfig(epochs=1, lr=0.0, progress=False, weight_decay=0),
                    loss_fn=loss_fn)  # fmt: skip
     assert seen == [tuple, tuple] and abs(hist.last["train_loss"] - want) < 1e-5
+
+
+
+def test_distillation_reads_the_first_item_of_tuple_outputs():
+    # the teacher's tuple was refused ("teacher returned tuple; distillation needs a logits tensor")
+    torch.manual_seed(0)
+    teacher, student = LogitsAndAuxLoss(), LogitsAndAuxLoss()
+    s = nc.distill_(student, teacher, [(X, Y)], epochs=1, lr=0.0, alpha=1.0, progress=False)
+    assert s["final_train_acc"] == float((student(X)[0].argmax(1) == Y).float().mean())
+    assert s["teacher_train_acc"] == float((teacher(X)[0].argmax(1) == Y).float().mean())
+    before = student.head.weight.detach().clone()
+    nc.distill_(student, teacher, [(X, Y)], epochs=1, lr=0.1, alpha=1.0, progress=False)
+    assert not torch.equal(before, student.head.weight)
