@@ -19,7 +19,7 @@ from torch import nn
 
 from netcompress.clustering.kmeans import KMEANS_INITS
 from netcompress.clustering.storage import save_clustered
-from netcompress.clustering.weight_sharing import cluster_module, one_per_weight
+from netcompress.clustering.weight_sharing import CLUSTER_TYPES, cluster_module, one_per_weight
 from netcompress.core.config import Config, check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, apply, register_method
@@ -108,13 +108,25 @@ def _cluster_loss_training(model: nn.Module, config: ClusterConfig, data: Method
     }
 
 
+def _class(cls: type) -> str:
+    """torch.nn's classes by name, others with their module (PyG's own ``Linear`` is no ``nn.Linear``)."""
+    return cls.__name__ if cls.__module__.startswith("torch.nn.") else f"{cls.__module__}.{cls.__name__}"
+
+
+def _others(model: nn.Module) -> str:
+    """The weighted layer types the model has instead, for a refusal (ConvTranspose, Embedding, HF Conv1D)."""
+    weighted = [m for m in model.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
+    kinds = sorted({_class(type(m)) for m in weighted if m.weight.dim() >= 2})
+    return f"; {type(model).__name__}'s weighted layers are {', '.join(kinds)}, not clustered" if kinds else ""
+
+
 @register_method("cluster", "kmeans", config=ClusterConfig)
 def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
     """Per-layer k-means weight sharing (codebook + indices), kept through fine-tuning; in place."""
     folded = fold_bn_(model, data.example_inputs) if config.fold_bn else []
-    chosen = select_modules(model, include=config.include, exclude=config.exclude)
+    chosen = select_modules(model, types=CLUSTER_TYPES, include=config.include, exclude=config.exclude)
     if not chosen:
-        raise ConfigError("cluster_weights: no Linear/Conv1d/Conv2d layer selected")
+        raise ConfigError(f"cluster_weights: no Linear/Conv1d/Conv2d/Conv3d layer selected{_others(model)}")
     owners, tied = one_per_weight(model, chosen)
     pretraining: dict[str, Any] = {}
     if config.cluster_loss > 0:
@@ -153,7 +165,7 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
         "not_clustered": {
             n: type(m).__name__
             for n, m in model.named_modules()
-            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            if not isinstance(m, CLUSTER_TYPES)
             and isinstance(getattr(m, "weight", None), nn.Parameter)
             and all(m.weight is not c.weight for c in chosen.values())  # not tied to a clustered one
             and m.weight.dim() >= 2
@@ -172,7 +184,7 @@ def kmeans(model: nn.Module, config: ClusterConfig, data: MethodData) -> Result:
 def cluster_weights_(
     model: nn.Module, config: ClusterConfig | None = None, *, example_inputs: Any = None, **fields: Any
 ) -> dict[str, Any]:
-    """Cluster the weights of Linear/Conv1d/Conv2d layers IN PLACE; return a summary.
+    """Cluster the weights of Linear/Conv1d/Conv2d/Conv3d layers IN PLACE; return a summary.
 
     ``fields`` are :class:`ClusterConfig` fields (``clusters``, ``include``, ``exclude``,
     ``init``: linear / kmeans++ / density, ``seed``, ``preserve_zeros``: zero is its own centroid so

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d, nearest_centroid
-from netcompress.clustering.weight_sharing import one_per_weight
+from netcompress.clustering.weight_sharing import CLUSTER_TYPES, one_per_weight
 from netcompress.core.config import check_choice, check_range
 from netcompress.core.errors import ConfigError
 from netcompress.core.selection import select_modules
@@ -67,7 +67,12 @@ class ClusterLoss:
 
     def refresh(self, model: nn.Module) -> None:
         """Recompute the centroids of every selected layer from its current weights."""
-        layers = select_modules(model, include=self.include, exclude=self.exclude)
+        layers = select_modules(model, types=CLUSTER_TYPES, include=self.include, exclude=self.exclude)
+        if not layers:
+            raise ConfigError(
+                f"ClusterLoss: no Linear/Conv1d/Conv2d/Conv3d layer selected in {type(model).__name__} "
+                f"(include={self.include}, exclude={list(self.exclude)})"
+            )
         if self.fixed is not None:
             missing = [n for n in self.fixed if n not in layers]
             if missing:

@@ -23,6 +23,7 @@ from netcompress.clustering.kmeans import kmeans_1d
 
 CODEBOOK = "weight_codebook"
 INDICES = "weight_indices"
+CLUSTER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the layers clustering selects (their weight only)
 KEEP_ZERO = "cluster_keep_zero"  # module attribute: the codebook's 0.0 entry stays 0 (pruned weights)
 
 

@@ -33,7 +33,9 @@ def _device_of(inputs: Any) -> torch.device:
 
 
 def _logits(out: Any, who: str) -> torch.Tensor:
-    if isinstance(out, Mapping):  # a Hugging Face ModelOutput: its logits
+    # a Hugging Face ModelOutput: its logits; a tuple: its first item, as fit's default loss reads it
+    # (MONAI's ViT returns (logits, hidden states), TabNet (logits, sparsity loss))
+    if isinstance(out, (Mapping, tuple, list)):
         out = output_tensor(out)
     if not isinstance(out, torch.Tensor):
         raise UnsupportedModelError(

@@ -220,6 +220,8 @@ class OrtEarlyExit:
             )
             for s in self.segments
         ]
+        # a state a segment reads only for its dtype or device is no input of its graph: it is not fed
+        self._declared = [{i.name for i in session.get_inputs()} for session in self.sessions]
         self.last_exit_counts: list[int] = []
         self.last_exit_index: torch.Tensor | None = None
 
@@ -229,7 +231,8 @@ class OrtEarlyExit:
 
     def _run(self, index: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         spec = self.segments[index]
-        out = self.sessions[index].run(spec["outputs"], dict(zip(spec["inputs"], state)))
+        feed = {name: value for name, value in zip(spec["inputs"], state) if name in self._declared[index]}
+        out = self.sessions[index].run(spec["outputs"], feed)
         return out[0], list(out[1:])
 
     def forward_all(self, x: torch.Tensor | np.ndarray) -> list[torch.Tensor]:

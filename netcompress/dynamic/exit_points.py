@@ -27,9 +27,10 @@ from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.dynamic.early_exit import EarlyExitModel, as_state
 from netcompress.dynamic.exit_heads import HEADS
 from netcompress.evaluation.harness import eval_mode
+from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
 
 
-class _ExitTracer(fx.Tracer):
+class _ExitTracer(TypeCheckedTracer):
     """Keeps the exit layers whole (leaves), so an exit may name a block such as ``layer2``."""
 
     def __init__(self, exits: set[str]) -> None:
@@ -40,16 +41,29 @@ class _ExitTracer(fx.Tracer):
         return module_qualified_name in self.exits or super().is_leaf_module(m, module_qualified_name)
 
 
-def _trace(model: nn.Module, exits: Sequence[str]) -> fx.GraphModule:
+def _trace(model: nn.Module, exits: Sequence[str], example_inputs: torch.Tensor) -> fx.GraphModule:
+    """Plain fx first; when that fails, again with values on ``example_inputs`` (branches on shapes and on
+    ``torch.jit.isinstance`` resolve as on that input; see :mod:`netcompress.quantization.value_tracing`)."""
     tracer = _ExitTracer(set(exits))
     try:
-        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, tracer.trace(model), type(model).__name__)
     except Exception as exc:  # fx raises several types for data-dependent code
+        error = f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc})"
+
+    class _Bound(_ExitTracer):
+        def __init__(self) -> None:
+            super().__init__(set(exits))
+
+    try:
+        graph, root = trace_with_values(model, example_inputs=example_inputs, tracer_class=_Bound)
+    except Exception as exc2:
         raise UnsupportedModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+            f"{error}; with values on the example input: {type(exc2).__name__}: {exc2}; "
             f"early exits at {list(exits)} need a traceable forward"
-        ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        ) from exc2
+    for node in graph.nodes:  # string annotations break pickling the GraphModule
+        node.type = None
+    return fx.GraphModule(root, graph, type(model).__name__)
 
 
 def _input_dependent(nodes: Sequence[fx.Node]) -> set[fx.Node]:
@@ -212,7 +226,7 @@ def add_early_exits(
         for other in exits:
             if name.startswith(other + "."):
                 raise ConfigError(f"exit {name!r} lies inside exit {other!r}: name one or the other")
-    gm = _trace(copy.deepcopy(model), exits)
+    gm = _trace(copy.deepcopy(model), exits, example_inputs)
     cuts = _cut_nodes(gm, exits)
     segments, states = _split(gm, cuts)
     exit_names = [str(c.target) for c in cuts]

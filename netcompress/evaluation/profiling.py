@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import ConfigError
-from netcompress.core.inputs import move_inputs
+from netcompress.core.inputs import input_tensors, move_inputs
 from netcompress.core.model_check import check_model_call
 from netcompress.evaluation.harness import expand_batch, model_device, model_inputs
 from netcompress.evaluation.latency import keep_heap_warm, time_rounds, torch_threads
@@ -89,7 +89,8 @@ def profile(
     """Measure a model; returns a JSON-able dict.
 
     Keys: ``params``, ``nonzero_params``, ``sparsity`` (share of parameters that are zero),
-    ``macs`` (per sample: one forward on the first sample of ``example_inputs``),
+    ``macs`` (per sample: one forward on the first sample of ``example_inputs``; on the whole example when
+    its inputs do not share dim 0, e.g. a graph batch, as ``profiled_on`` says),
     ``size_bytes`` (bytes of the saved state dict), ``latency_ms`` / ``latency_p95_ms``
     (batch 1, p50 and p95), ``latency_b<N>_ms`` / ``latency_b<N>_p95_ms`` for every other
     batch size (the batch repeats the first sample), ``latency_repeats``,
@@ -114,7 +115,12 @@ def profile(
     """
     check_model_call(model, example_inputs, where="profile")
     device = model_device(model)
-    sample = move_inputs(expand_batch(model_inputs(example_inputs), 1), device)
+    inputs = model_inputs(example_inputs)
+    rows = [int(t.shape[0]) if t.dim() else 0 for t in input_tensors(inputs)]
+    # inputs whose dim 0 differ (a graph batch: (nodes, F) features, a (2, edges) edge_index) have no first
+    # sample to cut: everything is measured on the example as given (``profiled_on``)
+    whole = len(set(rows)) > 1 and 0 not in rows
+    sample = move_inputs(inputs if whole else expand_batch(inputs, 1), device)
     sizes = sorted({int(b) for b in batch_sizes})
     if any(b < 1 for b in sizes):
         raise ConfigError(f"batch_sizes={list(batch_sizes)} must all be >= 1")
@@ -132,6 +138,7 @@ def profile(
         "size_bytes": state_dict_size_bytes(model),
         "latency_ms": None,
         "latency_p95_ms": None,
+        "profiled_on": f"the example as given (inputs' dim 0: {rows})" if whole else "one sample",
     }
     for batch in sizes:
         if batch != 1:
@@ -150,20 +157,20 @@ def profile(
             timing = time_rounds(
                 {"model": model},
                 sample,
-                batch_sizes=sizes,
+                batch_sizes=None if whole else sizes,
                 rounds=rounds,
                 repeats=repeats,
                 warmup=warmup,
                 max_seconds=max_seconds,
             )["model"]
             for batch, summary in timing.items():
-                prefix = "latency" if batch == 1 else f"latency_b{batch}"
+                prefix = "latency" if batch == 1 or whole else f"latency_b{batch}"
                 stats[f"{prefix}_ms"] = summary["p50_ms"]
                 stats[f"{prefix}_p95_ms"] = summary["p95_ms"]
                 stats[f"{prefix}_spread"] = summary["spread"]
                 stats["latency_repeats"][str(batch)] = summary["repeats"]
             stats["latency_rounds"] = min(rounds, repeats)
-            stats["latency_device"] = timing[sizes[0]]["device"]
+            stats["latency_device"] = next(iter(timing.values()))["device"]
             stats["heap_kept_warm"] = keep_heap_warm()
 
     if memory:

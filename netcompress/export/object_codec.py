@@ -9,7 +9,8 @@ each as plain data; decoding rebuilds them without running any code from the fil
 - functions (activation attributes, graph calls) only from ``torch``, ``torch.nn.functional``,
   ``operator`` and ``math``, never a name that starts with ``_`` or reads or writes files; a module's own
   method bound to it (a hook such as Mamba's ``self.load_hook``) by its name on the module's class;
-- tensors are references into the safetensors part of the file, shared tensors and modules stay shared.
+- tensors are references into the safetensors part of the file, shared tensors and modules stay shared;
+  numpy number scalars (``np.int64``) are written as their value and dtype.
 
 Anything else (a lambda, an open file, a class from elsewhere) is an error that names where it sits.
 """
@@ -25,6 +26,7 @@ import math
 import types
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -55,6 +57,8 @@ class Encoder:
             return value if math.isfinite(value) else {"__float__": repr(value)}
         if isinstance(value, torch.Tensor):
             return self._tensor(value, where)
+        if isinstance(value, (np.bool_, np.integer, np.floating)):  # MONAI's ``n_patches = np.prod(...)``
+            return {"__numpy__": value.dtype.str, "value": self.encode(value.item(), where)}
         if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
             return {"__torch__": str(value).removeprefix("torch.")}
         if isinstance(value, torch.Size):
@@ -217,6 +221,11 @@ class Decoder:
             return Ellipsis
         if tag == "__float__":
             return float(value[tag])
+        if tag == "__numpy__":  # a numpy scalar keeps its type (np.int64 stays np.int64)
+            dtype = np.dtype(value[tag])
+            if dtype.kind not in "biuf":
+                raise CheckpointError(f"the model description holds a numpy {dtype} scalar, which is not a number")
+            return dtype.type(self.decode(value["value"]))
         if tag == "__size__":
             return torch.Size(value[tag])
         if tag == "__torch__":

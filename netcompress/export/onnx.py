@@ -34,6 +34,7 @@ from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
 from netcompress.export.onnx_inputs import (
     ExportCall,
+    axes_the_model_takes,
     check_input_sets,
     infer_dynamic_axes,
     input_spec,
@@ -194,6 +195,8 @@ def export_onnx(
     axes = infer_dynamic_axes(
         spec, out_names, outputs, dynamic_batch=dynamic_batch, dynamic_axes=dynamic_axes
     )
+    if dynamic_axes is None:  # inferred sequence axes the model does not take are fixed instead
+        axes = axes_the_model_takes(ExportCall(work, spec, output_names), spec, axes)
     exported, dynamic_info = work, None
     if int8 and quantizer_counts.get("dynamic"):
         # dynamic int8 Linears export as DynamicQuantizeLinear + MatMulInteger with their int8 codes
@@ -273,7 +276,9 @@ def export_onnx(
 
 
 def _flat_outputs(outputs: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
-    return torch.cat([o.detach().float().reshape(batch, -1) for o in outputs], dim=1)
+    """One row per sample; one row in all when an output is not batch-first (per-graph rows of a node batch)."""
+    rows = batch if all(o.dim() and o.shape[0] == batch for o in outputs) else 1
+    return torch.cat([o.detach().float().reshape(rows, -1) for o in outputs], dim=1)
 
 
 def check_onnx(

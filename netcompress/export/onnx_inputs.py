@@ -170,8 +170,11 @@ def infer_dynamic_axes(
             if out.dim() >= 3 and int(out.shape[1]) in decoder_first:
                 axes[name] = {1: decoder_first[int(out.shape[1])]}
     if dynamic_batch:
+        # dim 0 of the first input is the batch; a tensor whose dim 0 differs (a graph's (2, edges) edge_index,
+        # one row per graph out of a node batch) keeps that dim fixed rather than tying it to the batch
+        batch = next((int(t.shape[0]) for t in spec.tensors if t.dim() >= 1), None)
         for name, tensor in [*zip(spec.names, spec.tensors), *zip(output_names, outputs)]:
-            if tensor.dim() >= 1:
+            if tensor.dim() >= 1 and int(tensor.shape[0]) == batch:
                 axes.setdefault(name, {}).setdefault(0, "batch")
     return {name: dict(sorted(dims.items())) for name, dims in axes.items() if dims}
 
@@ -182,7 +185,8 @@ def check_input_sets(
     """The input sets a check runs: the example, a random batch, and a shorter sequence.
 
     The random batch (when ``batch_size`` > 0 and dim 0 is dynamic) draws float inputs from a
-    normal distribution, token ids uniformly between the example's smallest and largest id, and
+    normal distribution, token ids / category indices uniformly between the example's smallest and largest
+    value at each position (a column of categories keeps its cardinality), and
     other integer inputs (masks) as rows of the example. The shorter sequence (when an input has
     a dynamic dim other than 0) cuts the example to half its length along those dims.
     """
@@ -196,8 +200,10 @@ def check_input_sets(
             if t.is_floating_point():
                 batch.append(torch.randn((batch_size, *t.shape[1:]), generator=gen).to(t.dtype))
             elif t.dtype != torch.bool and t.numel() and int(t.max()) > 1:
-                lo, hi = int(t.min()), int(t.max())
-                batch.append(torch.randint(lo, hi + 1, (batch_size, *t.shape[1:]), generator=gen).to(t.dtype))
+                # each position within its own range: columns of categories each have their own cardinality
+                lo, hi = t.amin(0, keepdim=True).double(), t.amax(0, keepdim=True).double()
+                u = torch.rand((batch_size, *t.shape[1:]), generator=gen, dtype=torch.float64)
+                batch.append((lo + (u * (hi - lo + 1)).floor().clamp(max=hi - lo)).to(t.dtype))
             else:
                 batch.append(t[torch.randint(0, t.shape[0], (batch_size,), generator=row_gen)])
         sets.append((f"random batch of {batch_size}", batch))
@@ -282,3 +288,23 @@ def mask_padding(
         masked[0].append(ref)
         masked[1].append(got)
     return masked[0], masked[1], count
+
+
+def axes_the_model_takes(
+    call: Any, spec: InputSpec, axes: dict[str, dict[int, str]]
+) -> dict[str, dict[int, str]]:
+    """``axes`` less the inferred ones beyond dim 0 when the model fails on the example cut along them.
+
+    A 2-D integer input is read as token ids with a sequence axis; columns of categories (rtdl's FT-Transformer:
+    one column per categorical feature) are no sequence, and the graph must keep their count fixed.
+    """
+    cut = [tensors for label, tensors in check_input_sets(spec, axes, 0) if label == "shorter sequence"]
+    if not cut:
+        return axes
+    try:
+        with torch.no_grad():
+            call(*cut[0])
+        return axes
+    except Exception:  # noqa: BLE001 - whatever the model raises, the cut input is not one it takes
+        return {name: {0: dims[0]} for name, dims in axes.items() if 0 in dims}
+

@@ -3,6 +3,7 @@ turned into an :class:`UnsupportedModelError` naming the operation (never a raw 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import re
 from pathlib import Path
@@ -26,6 +27,26 @@ def no_mha_fastpath() -> Any:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
+_BUILTIN_LEN = builtins.len
+
+
+def _traced_len(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor) and obj.dim() > 0 and torch.jit.is_tracing():
+        return obj.size(0)  # recorded as a Shape read, so a dynamic batch stays dynamic
+    return _BUILTIN_LEN(obj)
+
+
+@contextlib.contextmanager
+def len_as_size() -> Any:
+    """``len(x)`` of a tensor as ``x.size(0)`` while tracing: ``Tensor.__len__`` gives the tracer a constant,
+    which froze the example's batch into the graph (rtdl's attention: ``batch_size = len(q)``)."""
+    builtins.len = _traced_len
+    try:
+        yield
+    finally:
+        builtins.len = _BUILTIN_LEN
+
+
 # an op the exporter has only from a later opset (``aten::col2im`` = ``F.fold`` in MobileViTV2: 18) is
 # exported at that opset, up to this one (ONNX Runtime 1.32 runs opsets up to 21)
 MAX_OPSET = 21
@@ -42,7 +63,7 @@ def _torch_export(
     raised_for = None
     while True:
         try:
-            with torch.no_grad(), no_mha_fastpath():
+            with torch.no_grad(), no_mha_fastpath(), len_as_size():
                 torch.onnx.export(
                     call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
                     input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,

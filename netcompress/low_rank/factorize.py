@@ -22,6 +22,7 @@ from torch import nn
 
 from netcompress.architecture.layer_costs import add_layer_macs, param_count
 from netcompress.core.config import Config, check_choice, check_range
+from netcompress.core.errors import ConfigError
 from netcompress.core.methods import MethodData, Result, apply, register_method
 from netcompress.core.selection import select_modules, set_submodule
 from netcompress.low_rank.layers import (
@@ -62,6 +63,9 @@ class FactorizeConfig(Config):
             check_range("param_budget", self.param_budget, 1e-6, 1.0)
 
 
+LOW_RANK_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # a Conv3d factorises in channel mode like the others
+
+
 def _method_for(layer: nn.Module, conv_mode: str) -> tuple[str | None, str | None]:
     """(registered factorisation name, or None with the reason it cannot be factorised)."""
     base = next((c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn.")), nn.Module)
@@ -96,7 +100,12 @@ def svd(model: nn.Module, config: FactorizeConfig, data: MethodData) -> Result:
     """
     cfg, example_inputs = config, data.example_inputs
     new_model = copy.deepcopy(model)
-    chosen = select_modules(new_model, include=cfg.include, exclude=cfg.exclude)
+    chosen = select_modules(new_model, types=LOW_RANK_TYPES, include=cfg.include, exclude=cfg.exclude)
+    if not chosen:
+        raise ConfigError(
+            f"factorize: no Linear/Conv1d/Conv2d/Conv3d layer selected in {type(model).__name__} "
+            f"(include={cfg.include}, exclude={list(cfg.exclude)})"
+        )
     layers, skipped = [], []
     owners: dict[int, list[str]] = {}  # a weight tied to another module's (an LM head and its embedding)
     for owner, module in new_model.named_modules():
@@ -191,7 +200,7 @@ def _keep_dense_where_read(
 def factorize(
     model: nn.Module, config: FactorizeConfig | None = None, *, example_inputs: Any = None, **fields: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return a copy of ``model`` with Linear/Conv1d/Conv2d layers replaced by low-rank pairs,
+    """Return a copy of ``model`` with Linear/Conv1d/Conv2d/Conv3d layers replaced by low-rank pairs,
     and a summary (per layer: method, full rank, chosen rank, energy kept, parameters, and
     MACs when ``example_inputs`` is given). The input model is not modified.
 

@@ -63,7 +63,8 @@ def _containers(model: nn.Module, targets: dict[str, WeightTarget]) -> list[tupl
     for name, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
             continue
-        counts = [sum(id(m) in modules for m in child.modules()) for child in module]
+        # a None entry (x-transformers keeps optional norms as None in a ModuleList) holds nothing
+        counts = [0 if child is None else sum(id(m) in modules for m in child.modules()) for child in module]
         holding = sum(c > 0 for c in counts)
         if holding >= 2:
             found.append(((holding, sum(counts)), name, module))

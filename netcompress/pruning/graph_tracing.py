@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.graph import ChannelGraph, as_inputs, eval_mode, is_prunable_custom
 from netcompress.pruning.graph_rules import LEAF_TYPES, label_node
-from netcompress.quantization.value_tracing import trace_with_values
+from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
 
 _LEAF_FORWARDS = {t.forward for t in LEAF_TYPES}
 
@@ -32,7 +32,7 @@ def _keeps_forward(m: nn.Module) -> bool:
     return isinstance(m, LEAF_TYPES) and type(m).forward in _LEAF_FORWARDS
 
 
-class _LeafTracer(torch.fx.Tracer):
+class _LeafTracer(TypeCheckedTracer):
     """Keeps standard layers, subclasses that keep their forward, and protocol modules as single
     call_module nodes.
 

@@ -27,12 +27,13 @@ from torch import fx, nn
 
 from netcompress.core.inputs import batch_inputs, call_model
 from netcompress.core.selection import set_submodule
+from netcompress.quantization.value_tracing import TypeCheckedTracer
 
 _EQUIVARIANT_MODULES = (nn.ReLU, nn.Dropout, nn.Identity)  # f(x / s) == f(x) / s for s > 0
 _EQUIVARIANT_FUNCTIONS = {F.relu, torch.relu, F.dropout}
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(TypeCheckedTracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (nn.Linear, nn.LayerNorm)) or super().is_leaf_module(m, qualname)
 

@@ -23,7 +23,7 @@ from torch import fx, nn
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.quantization.fake_quant import FakeQuantize
 from netcompress.quantization.modules import QuantFilterBank, QuantLayer, is_quantizable
-from netcompress.quantization.value_tracing import trace_with_values
+from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
 
 _LEAF_TYPES = (nn.modules.batchnorm._BatchNorm, QuantLayer, QuantFilterBank, FakeQuantize)
 
@@ -66,7 +66,7 @@ PASS_THROUGH_FUNCTIONS = {
 PASS_THROUGH_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute"}
 
 
-class QuantTracer(fx.Tracer):
+class QuantTracer(TypeCheckedTracer):
     """fx tracer that keeps quantizable layers, BatchNorm and quantizers as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import inspect
 import operator
@@ -24,6 +25,7 @@ import torch
 from torch import fx, nn
 
 _MISSING = object()
+_BUILTIN_LEN = builtins.len
 # side-effect free, so safe to drop when unused (setitem and in-place operators are not here)
 _PURE_FUNCTIONS = {
     getattr,
@@ -82,12 +84,95 @@ class ValueProxy(fx.Proxy):
     def __iter__(self):  # noqa: ANN204
         return iter([self[i] for i in range(len(self))])
 
+    def __getattr__(self, k: str) -> fx.Proxy:
+        # ``b, n, _, h = *x.shape, heads`` (lucidrains' vit-pytorch) unpacks the attribute itself
+        return _ValueAttribute(self, k)
 
-def _value(a: Any) -> Any:
-    # create_proxy receives its arguments already turned into graph nodes
-    return fx.node.map_aggregate(
-        a, lambda v: v.meta.get("example_value", _MISSING) if isinstance(v, fx.Node) else v
-    )
+
+class _ValueAttribute(ValueProxy, fx.proxy.Attribute):
+    """fx's lazily added attribute read (``x.shape``), answering ``len`` / iteration / ``bool`` from its value."""
+
+
+_JIT_ISINSTANCE = torch.jit.isinstance
+
+
+def _proxy_isinstance(obj: Any, target_type: Any) -> bool:
+    """``torch.jit.isinstance`` that answers for a traced value from its example value, never a silent False.
+
+    Plain fx hands the proxy to ``torch.jit.isinstance``, which says False for ``(proxy, torch.Tensor)``, so
+    ``if skip is not None and torch.jit.isinstance(skip, torch.Tensor)`` (MONAI's U-Net up-sampling) traces
+    the branch the model never takes: a graph that crashes or computes something else.
+    """
+    if not isinstance(obj, fx.Proxy):
+        return _JIT_ISINSTANCE(obj, target_type)
+    value = obj.value if isinstance(obj, ValueProxy) else _MISSING
+    if value is _MISSING:
+        raise fx.proxy.TraceError(
+            f"torch.jit.isinstance({obj.node.name}, {getattr(target_type, '__name__', target_type)}) needs the "
+            "traced value's type (given only by example inputs)"
+        )
+    return _JIT_ISINSTANCE(value, target_type)
+
+
+def _einops() -> tuple[tuple[Any, ...], tuple[type, ...]]:
+    """einops' functions and layers, kept whole in a graph: they read ``x.ndim`` / ``x.shape`` into a recipe
+    cache (a dict keyed by the shape), which a proxy cannot index (``KeyError: Proxy(getattr_2)``)."""
+    try:
+        import einops
+        import einops.layers.torch as layers
+    except ImportError:  # einops is not a dependency; models without it need none of this
+        return (), ()
+    names = ("rearrange", "repeat", "reduce", "einsum", "pack", "unpack")
+    functions = tuple(getattr(einops, n) for n in names if hasattr(einops, n))
+    return functions, tuple(getattr(layers, n) for n in ("Rearrange", "Reduce", "EinMix") if hasattr(layers, n))
+
+
+_EINOPS_FUNCTIONS, _EINOPS_LAYERS = _einops()
+
+
+class TypeCheckedTracer(fx.Tracer):
+    """An fx tracer under which ``torch.jit.isinstance`` on a traced value is answered, or fails the trace
+    (see :func:`_proxy_isinstance`), and einops calls and layers stay single nodes (see :func:`_einops`);
+    every netcompress tracer derives from it.
+
+    Example:
+        >>> graph = TypeCheckedTracer().trace(model)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=_EINOPS_FUNCTIONS)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _EINOPS_LAYERS) or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        saved, torch.jit.isinstance = torch.jit.isinstance, _proxy_isinstance
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.jit.isinstance = saved
+
+
+def _value(a: Any, root: nn.Module | None = None) -> Any:
+    # create_proxy receives its arguments already turned into graph nodes; a tensor attribute that is no
+    # parameter or buffer (a fixed position table) becomes a get_attr node fx adds without create_proxy
+    def one(v: Any) -> Any:
+        if not isinstance(v, fx.Node):
+            return v
+        if "example_value" not in v.meta and v.op == "get_attr" and root is not None:
+            return _attribute(root, str(v.target))
+        return v.meta.get("example_value", _MISSING)
+
+    return fx.node.map_aggregate(a, one)
+
+
+def _attribute(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            break
+    return obj
 
 
 def _has_missing(a: Any) -> bool:
@@ -107,6 +192,21 @@ def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
             if self.evaluating:
                 return forward(*args, **kwargs)
             return super().call_module(m, forward, args, kwargs)
+
+        def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+            # ``batch_size = len(q)`` (rtdl's attention): the ``len`` protocol must return an int, which froze
+            # the calibration batch's size into every reshape; ``len`` called by name records ``q.size(0)``
+            builtins.len = self._len
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                builtins.len = _BUILTIN_LEN
+
+        def _len(self, obj: Any) -> Any:
+            value = obj.value if isinstance(obj, ValueProxy) and not self.evaluating else None
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return obj.size(0)
+            return _BUILTIN_LEN(obj)
 
         def getattr(self, attr, attr_val, parameter_proxy_cache):  # noqa: ANN001
             if self.evaluating:
@@ -131,7 +231,7 @@ def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
         def _evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
             if kind == "placeholder":
                 return self.example_values.get(str(target).lstrip("*"), _MISSING)
-            values, kw_values = _value(args), _value(kwargs)
+            values, kw_values = _value(args, self.root), _value(kwargs, self.root)
             if _has_missing((values, kw_values)):
                 return _MISSING
             self.evaluating = True
@@ -144,10 +244,7 @@ def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
                     if kind == "call_module":
                         return self.root.get_submodule(target)(*values, **kw_values)
                     if kind == "get_attr":
-                        obj: Any = self.root
-                        for part in str(target).split("."):
-                            obj = getattr(obj, part)
-                        return obj
+                        return _attribute(self.root, str(target))
             except Exception:  # the node still traces; only its value is unknown
                 return _MISSING
             finally:

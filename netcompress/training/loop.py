@@ -208,7 +208,10 @@ def _train_one_epoch(
             # the first batch a model cannot take is one error naming the inputs (nothing trained yet)
             outputs = call_model(net, inputs) if run.called else call_or_explain(net, inputs, where=BATCH)
             run.called = True
-            outputs = output_tensor(outputs) if isinstance(outputs, Mapping) else outputs  # HF ModelOutput
+            # HF ModelOutput; under the task's own loss also a tuple whose first item is the logits (MONAI's ViT
+            # returns (logits, hidden states), TabNet (logits, sparsity loss)); a user's loss_fn gets the tuple
+            if isinstance(outputs, Mapping) or (isinstance(criterion, TaskLoss) and isinstance(outputs, (tuple, list))):
+                outputs = output_tensor(outputs)
             # no targets (unlabelled text): the loss comes from the hooks alone
             loss = criterion(outputs, targets) if targets is not None else no_target_loss(loss_hooks, device)
             if loss_hooks:

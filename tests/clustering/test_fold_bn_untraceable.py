@@ -65,8 +65,8 @@ class Mixed(nn.Module):
 def test_layers_of_other_types_are_named_as_left_dense():
     model, ids = Mixed(), torch.tensor([[1, 2, 3]])
     summary = cluster_weights_(model, clusters=4)
-    # the tied embedding is clustered through its head; the others stay dense and are named
-    assert summary["not_clustered"] == {"pos": "Embedding", "video": "Conv3d"}
-    assert torch.unique(model.video.weight).numel() > 4
+    # the tied embedding is clustered through its head, the Conv3d too (session 13); the other stays dense, named
+    assert summary["not_clustered"] == {"pos": "Embedding"}
+    assert torch.unique(model.video.weight).numel() <= 4
     assert torch.unique(model.embed.weight).numel() <= 4
     assert model(ids).shape == (1, 3, 10)
