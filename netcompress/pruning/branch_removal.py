@@ -234,6 +234,8 @@ def remove_branches_(model: nn.Module, branches: Iterable[Branch]) -> nn.Module:
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
         gm.recompile()
+        # pickling re-traces the code with the graph's tracer class, built without arguments: the plain one
+        gm._tracer_cls = gm.graph._tracer_cls = None
         if not owner:
             return gm
         parent, _, name = owner.rpartition(".")
