@@ -50,6 +50,7 @@ from pruning_methods import (  # noqa: E402
     finetune_config,
     macs_of,
 )
+from pruning_recovery import validation_loader  # noqa: E402
 
 from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
@@ -129,6 +130,8 @@ def run_method(
         **pruned.info,
         "acc_before": acc_before,
         "acc_after": evaluate(model, ctx.test_loader)["accuracy"],
+        # the validation split's accuracy (1,000 training images outside the protocol's): choices read this
+        "acc_val": evaluate(model, validation_loader(ctx))["accuracy"],
         **counts,
         "macs": macs_of(model, ctx.example),
         "size_bytes": state_dict_size_bytes(model),
@@ -191,7 +194,8 @@ def benchmark_model(
     base_acc = evaluate(base, test_loader)["accuracy"]
     rows = [{"method": "unpruned", "label": "unpruned baseline", "acc_before": base_acc, "acc_after": base_acc,
              **parameter_counts(base), "macs": base_macs, "size_bytes": state_dict_size_bytes(base),
-             "sparse_size_bytes": None, "train_s": base_info["train_time_s"]}]  # fmt: skip
+             "sparse_size_bytes": None, "train_s": base_info["train_time_s"],
+             "acc_val": evaluate(base, validation_loader(ctx))["accuracy"]}]  # fmt: skip
     models: dict[str, nn.Module] = {"unpruned": base}
     for name in methods:
         model, row = _cached_run(name, base, ctx, fresh=fresh)

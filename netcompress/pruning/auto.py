@@ -113,6 +113,7 @@ def prune_to_target(
     ship_form: str = AutoPruneConfig.ship_form,
     cache_dir: str | None = None,
     quantize: str | None = None,
+    remove_branches: bool = AutoPruneConfig.remove_branches,
     calib_loader: Any = None,
     out_dir: Any = None,
     seed: int = 0,
@@ -130,6 +131,8 @@ def prune_to_target(
     against the measured int8 ORT graph, ``"int8"`` quantizes every layer (:mod:`netcompress.pruning.latency_joint`):
     the result is the fake-quantized model (export it with ``export_onnx(..., int8=True)``), calibrated on
     ``calib_loader`` (else ``loader``), its plan and the reasons layers stayed float in ``summary["precision"]``.
+    ``remove_branches=True`` (latency / bytes) also offers removing whole residual branches with an identity
+    shortcut (depth pruning: the block keeps its shortcut; :mod:`netcompress.pruning.branch_removal`).
     ``loader`` gives (inputs, targets) batches: needed for ``method="sensitivity"`` (accuracy on
     ``max_batches`` batches) and ``importance="taylor"``. The summary lists the chosen rate of
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
@@ -159,6 +162,7 @@ def prune_to_target(
                 "ignore": list(ignore), "rate_grid": list(rate_grid), "runtime": runtime, "batch_size": batch_size,
                 "threads": threads, "widths": list(widths), "max_rounds": max_rounds, "ship_form": ship_form,
                 "tolerance": tolerance, "timing_rounds": timing_rounds, "quantize": quantize,
+                "remove_branches": remove_branches,
                 "cache_dir": None if cache_dir is None else str(cache_dir),
             },
             where="prune_to_target",

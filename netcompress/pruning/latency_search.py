@@ -5,7 +5,9 @@ Under ``prune_to_target(target="latency" | "bytes")``:
 1. every candidate group gets the widths ``config.widths`` (fractions kept, rounded as ``round_to``;
    under ``"auto"`` a width whose multiple of 8 repeats a wider one's takes a finer multiple:
    :func:`~netcompress.pruning.latency_widths.width_counts`), pruning its lowest-importance channels;
-   the :func:`~netcompress.pruning.latency_table.cost_table` of measured costs is read from the cache
+   with ``remove_branches`` a residual branch's inner group may also go to 0 channels (the branch removed,
+   :mod:`~netcompress.pruning.branch_removal`); the
+   :func:`~netcompress.pruning.latency_table.cost_table` of measured costs is read from the cache
    or measured once;
 2. an accuracy proxy per group and width: ``strategy="sensitivity"`` measures the accuracy drop of
    pruning the group alone on ``max_batches`` validation batches; otherwise the importance lost (the
@@ -48,6 +50,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, NetcompressError
 from netcompress.evaluation.metrics import top1_accuracy
+from netcompress.pruning.branch_removal import Branch, removable_branches, remove_branches_
 from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, select_local
 from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph import ChannelGraph
@@ -88,28 +91,44 @@ def group_rates(graph: ChannelGraph, group_ids: Sequence[int], plan: ChannelPlan
 
 @dataclasses.dataclass
 class Variants:
-    """Per candidate group (by label): the units pruned at each width index, and the channels kept."""
+    """Per candidate group (by label): the units pruned at each width index, and the channels kept.
+
+    With ``branches`` (group id -> :class:`~netcompress.pruning.branch_removal.Branch`) every group gets one
+    more width index: 0 channels (its residual branch removed) where the group is a removable branch, a
+    repeat of its narrowest count (shares that measurement, never chosen) where it is not."""
 
     model: nn.Module
     graph: ChannelGraph
     labels: dict[str, int]  # label -> group id
     pruned: dict[str, list[set[int]]]
     kept: dict[str, list[int]]
+    branches: dict[str, Branch] = dataclasses.field(default_factory=dict)  # label -> removable branch
 
     @classmethod
     def of(
         cls, model: nn.Module, graph: ChannelGraph, scores: Mapping[int, torch.Tensor], widths: Sequence[float],
-        *, round_to: int | str, min_channels: int,
+        *, round_to: int | str, min_channels: int, branches: Mapping[int, Branch] | None = None,
     ) -> Variants:  # fmt: skip
-        labels, pruned, kept = {}, {}, {}
+        labels, pruned, kept, removable = {}, {}, {}, {}
         for gid, values in scores.items():
             group = graph.groups[gid]
             label = "+".join(group.producers) or f"group{gid}"
             labels[label] = gid
             counts = width_counts(group.num_units, widths, round_to=round_to, min_channels=min_channels)
+            if branches is not None:
+                counts.append(0 if gid in branches else counts[-1])
+                if gid in branches:
+                    removable[label] = branches[gid]
             kept[label] = counts
-            pruned[label] = [select_local(values, k, group.unit_ids) for k in counts]
-        return cls(model, graph, labels, pruned, kept)
+            # a removed branch prunes no channels: the whole branch goes (build)
+            pruned[label] = [select_local(values, k, group.unit_ids) if k else set() for k in counts]
+        return cls(model, graph, labels, pruned, kept, removable)
+
+    def removed(self, state: Mapping[str, int]) -> list[Branch]:
+        """The branches ``state`` removes (groups at 0 channels)."""
+        return [
+            b for label, b in self.branches.items() if label in state and self.kept[label][state[label]] == 0
+        ]
 
     def units(self, state: Mapping[str, int]) -> set[int]:
         return set().union(*(self.pruned[label][index] for label, index in state.items()))
@@ -119,9 +138,11 @@ class Variants:
         return self.build({label: index})
 
     def build(self, state: Mapping[str, int]) -> nn.Module:
-        return shrink_model_(
+        small = shrink_model_(
             copy.deepcopy(self.model), self.graph, self.graph.keep_indices(self.units(state))
         )
+        removed = self.removed(state)
+        return remove_branches_(small, removed) if removed else small
 
 
 def importance_proxy(variants: Variants, scores: Mapping[int, torch.Tensor]) -> dict[str, list[float]]:
@@ -147,7 +168,7 @@ def sensitivity_proxy(
     for label, counts in variants.kept.items():
         drops, worst = [], 0.0
         for index in range(len(counts)):
-            if index:
+            if index and counts[index] != counts[index - 1]:  # a repeated count: the same model
                 accuracy = top1_accuracy(variants.variant(label, index), loader, max_batches=max_batches)
                 worst = max(worst, base - float(accuracy or 0.0))
             drops.append(worst)
@@ -210,8 +231,14 @@ def search_measured_target(
     says which layers the int8 file keeps float (:func:`~netcompress.pruning.latency_joint.quantize_plan`)."""
     spec = MeasureSpec(target=config.target, runtime=config.runtime, batch_size=config.batch_size,
                        threads=config.threads, rounds=config.timing_rounds, ship_form=config.ship_form)  # fmt: skip
+    branches = None
+    if config.remove_branches:  # depth: width 0 (branch removed) offered to residual branches' inner groups
+        if config.quantize:
+            raise ConfigError("remove_branches is not supported with quantize (the int8 joint search)")
+        branches = removable_branches(model, graph, example_inputs, scores)
+    widths = [*config.widths, 0.0] if branches is not None else list(config.widths)
     variants = Variants.of(model, graph, scores, config.widths, round_to=config.round_to,
-                           min_channels=config.min_channels)  # fmt: skip
+                           min_channels=config.min_channels, branches=branches)  # fmt: skip
     base_accuracy = None
     if config.strategy == "sensitivity":
         if loader is None:
@@ -221,7 +248,7 @@ def search_measured_target(
         proxy, base_accuracy = sensitivity_proxy(variants, loader, config.max_batches)
     else:
         proxy = importance_proxy(variants, scores)
-    joint = None
+    joint, plain = None, variants
     if config.quantize:  # widths and int8/float per layer against the int8 ONNX Runtime graph
         from netcompress.pruning.latency_joint import JointSearch
 
@@ -231,7 +258,7 @@ def search_measured_target(
         table, variants, proxy, priors = joint.table, joint.variants, joint.proxy, joint.priors
     else:
         table = cost_table(model, example_inputs, variants.variant, spec, kept=variants.kept,
-                           widths=config.widths, cache_dir=config.cache_dir)  # fmt: skip
+                           widths=widths, cache_dir=config.cache_dir)  # fmt: skip
         weights = layer_weights(model, example_inputs, spec.target)
         priors = smooth_savings(variants, table, weights)
         table.pairs = interaction_terms(variants, table, weights)
@@ -299,8 +326,15 @@ def search_measured_target(
     values, state = results[pick]
     plan = ChannelPlan(graph=graph, pruned_units=variants.units(state), group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)
+    removed = plain.removed(state)
+    if removed:
+        small = remove_branches_(small, removed)
     summary = pruning_summary(model, small, plan, example_inputs, method=f"auto_{spec.target}",
                               importance=config.importance)  # fmt: skip
+    rates = group_rates(graph, list(variants.labels.values()), plan)
+    for rate, label in zip(rates, plain.labels):
+        if label in plain.branches and plain.kept[label][state[label]] == 0:
+            rate.update(kept=0, rate=1.0, removed_branch=plain.branches[label].owner)
     table_points = [
         {"group": label, "width": table.widths[i], "kept": table.kept[label][i], "cost": table.costs[label][i],
          "proxy_lost": proxy[label][i]}
@@ -311,7 +345,9 @@ def search_measured_target(
         achieved_reduction=rows[pick]["reduction"], target_before=values["unpruned"],
         target_after=values["candidate"], met=bool(rows[pick]["met"]), reason=None if rows[pick]["met"] else reason,
         strategy=config.strategy, proxy="sensitivity" if base_accuracy is not None else "importance",
-        baseline_accuracy=base_accuracy, bisection=bracket.to_dict(), rates=group_rates(graph, list(variants.labels.values()), plan),
+        baseline_accuracy=base_accuracy, bisection=bracket.to_dict(), rates=rates,
+        removable_branches={label: b.owner for label, b in plain.branches.items()},
+        removed_branches=[b.owner for b in removed],
         candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory,
         cost_table={"path": table.path, "cached": table.cached, "measured_s": table.measured_s,
                     "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs,

@@ -68,7 +68,10 @@ class MeasuredTargetFields(Config):
     result faster or smaller than asked by more than it is widened again; ``timing_rounds``: interleaved rounds per
     timing; ``ship_form``: the file a bytes target counts; ``cache_dir``: where cost tables are kept;
     ``quantize``: ``"int8"`` (every layer int8) or ``"joint"`` (int8 or float per layer, chosen with the widths)
-    against the int8 ONNX Runtime graph (:mod:`netcompress.pruning.latency_joint`; latency on onnxruntime only).
+    against the int8 ONNX Runtime graph (:mod:`netcompress.pruning.latency_joint`; latency on onnxruntime only);
+    ``remove_branches``: depth as well as width, every residual branch with an identity shortcut may also be
+    removed whole (its inner group at width 0, :mod:`netcompress.pruning.branch_removal`), measured in the cost
+    table and scored by the proxy like any width (float search only).
     """
 
     runtime: str = "onnxruntime"
@@ -81,6 +84,7 @@ class MeasuredTargetFields(Config):
     ship_form: str = "onnx"
     cache_dir: str | None = None
     quantize: str | None = None
+    remove_branches: bool = False
 
     def check_measured(self) -> None:
         """Validate the fields (called by the config that mixes them in); errors name the key."""
@@ -95,6 +99,8 @@ class MeasuredTargetFields(Config):
         for name in ("batch_size", "threads", "max_rounds", "timing_rounds"):
             check_range(name, getattr(self, name), 1)
         check_range("tolerance", self.tolerance, 0.0, 0.5)
+        if not isinstance(self.remove_branches, bool):
+            raise ConfigError(f"remove_branches must be true or false, got {self.remove_branches!r}")
         if not self.widths:
             raise ConfigError("widths must list at least one width (fractions of channels kept)")
         for width in self.widths:
