@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -279,7 +280,9 @@ def train_baseline(
 
     ``epochs`` defaults to the protocol's (15 on ``cpu``), ``lr`` to the model's (0.05 VGG,
     0.05 ResNet-20). The checkpoint ``<cache_dir>/baseline-<name>-<key>.pt`` holds the state dict,
-    the settings and the training history; ``cache_dir=None`` always trains. ``info`` has
+    the settings and the training history; ``cache_dir=None`` always trains. While it trains, per-epoch
+    checkpoints in ``<key>.run/`` let a killed run resume where it stopped (``train_time_s`` then counts the
+    last process only). ``info`` has
     ``settings``, ``history`` (per-epoch rows), ``train_time_s``, ``cache_hit`` and ``path``.
     No test-set evaluation happens during training (no selection on the test set).
 
@@ -305,9 +308,12 @@ def train_baseline(
             return model.eval(), {**saved["info"], "cache_hit": True, "path": str(path)}
         train_loader, _ = loaders(bundle, protocol)
         config = train_config(protocol, epochs=epochs, lr=lr, progress=progress)
+        # per-epoch checkpoints beside the cache file: a killed run resumes at its last finished epoch and
+        # ends with the weights of an uninterrupted one (fit's resume guarantee); removed once the cache is written
+        run_dir = None if path is None else path.with_suffix(".run")
         started = time.perf_counter()
         with torch_threads(protocol.train_threads):
-            history = fit(model, train_loader, config=config)
+            history = fit(model, train_loader, config=config, checkpoint_dir=run_dir, resume=run_dir is not None)
         model.to("cpu")
         info = {
             "name": name,
@@ -318,6 +324,7 @@ def train_baseline(
         }
         if path is not None:
             atomic_torch_save({"state_dict": model.state_dict(), "info": info}, path)
+            shutil.rmtree(run_dir, ignore_errors=True)
     return model.eval(), {**info, "cache_hit": False, "path": None if path is None else str(path)}
 
 

@@ -291,3 +291,33 @@ def test_baseline_training_variants_parse_as_yaml_values():
     }
     with pytest.raises(ConfigError, match="'lr0.02' is not key=value"):
         bt.parse_variant(["lr0.02"])
+
+
+class _KillAt:
+    """Raises at the start of epoch ``epoch``: the process killed after the previous epoch's checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_start(self, model, epoch):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated kill at epoch {epoch}")
+
+
+def test_a_killed_baseline_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    protocol = cp.ProtocolConfig(name="t", train_subset=None, epochs=2, batch_size=8)
+    bundle = _tiny_bundle()
+    full, _ = cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle, cache_dir=tmp_path / "full")
+    assert not list((tmp_path / "full").glob("*.run"))  # the per-epoch checkpoints go once the cache is written
+
+    real_fit = cp.fit
+    monkeypatch.setattr(cp, "fit", lambda *a, **k: real_fit(*a, **k, hooks=[_KillAt(1)]))
+    with pytest.raises(KeyboardInterrupt):
+        cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle, cache_dir=tmp_path / "killed")
+    (run_dir,) = (tmp_path / "killed").glob("*.run")
+    assert (run_dir / "last.pt").exists() and not list((tmp_path / "killed").glob("*.pt"))
+    monkeypatch.setattr(cp, "fit", real_fit)
+    resumed, info = cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle, cache_dir=tmp_path / "killed")
+    assert not info["cache_hit"] and len(info["history"]) == 2 and not run_dir.exists()
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
