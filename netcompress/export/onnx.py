@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
+from netcompress.export.onnx_float_layers import float_layers, no_integer_kernel_message
 from netcompress.export.onnx_inputs import (
     ExportCall,
     axes_the_model_takes,
@@ -154,7 +156,8 @@ def export_onnx(
 
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
-    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``). The model is
+    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``; quantized layers ONNX Runtime
+    still runs in float are named in ``float_layers``, and a file with no integer kernel warns). The model is
     exported and checked as a copy that computes what the int8 kernels compute (biases on the int32
     grid, ``QLinearConv``/``QLinearAdd``/... rounding: :func:`netcompress.quantization.int_arithmetic.
     match_int8_kernels_`; counts in ``int8_arithmetic``), so the check compares like with like.
@@ -261,6 +264,10 @@ def export_onnx(
         summary["matmul_nbits"] = nbits_info
     if embedding_info and embedding_info["layers"]:
         summary["quantized_embeddings"] = embedding_info
+    if int8:  # quantized layers ORT left in float are named, never silent (onnx_float_layers.py)
+        summary["float_layers"] = float_layers(path)
+        if not summary["int8_op_counts"]:
+            warnings.warn(no_integer_kernel_message(summary["float_layers"]), stacklevel=2)
     if check:
         summary["check"] = check_onnx(
             work,
