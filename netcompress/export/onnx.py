@@ -44,7 +44,7 @@ from netcompress.export.onnx_inputs import (
     run_on_inputs,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
-from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
+from netcompress.export.onnx_rewrites import rewrite_float_gemms, rewrite_for_qdq_fusion
 from netcompress.export.onnx_trace import MAX_OPSET, _torch_export, no_mha_fastpath  # noqa: F401 - re-exported
 from netcompress.export.ort_model import OrtModel, ort_session
 
@@ -227,6 +227,10 @@ def export_onnx(
             rewrites = rewrite_for_qdq_fusion(raw)  # e.g. Flatten -> Reshape: ORT fuses across the latter
             try:
                 ort_session(raw, optimized_path=str(final))
+                if not set(op_counts(final)) & set(INT8_OPS) and (gemms := rewrite_float_gemms(raw)):
+                    # no integer kernel (e.g. an eager Linear's DQ -> Gemm): as MatMul it fuses (onnx_rewrites.py)
+                    rewrites["float_gemm_to_integer_matmul"] = gemms
+                    ort_session(raw, optimized_path=str(final))
             except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph: the traced graph is invalid
                 raise UnsupportedModelError(
                     f"export_onnx: ONNX Runtime cannot load the graph torch traced from {type(model).__name__} "
