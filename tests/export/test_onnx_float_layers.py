@@ -99,3 +99,53 @@ def test_layer_name_from_node_name(name, expected):
     from netcompress.export.onnx_float_layers import layer_name
 
     assert layer_name(name, "Gemm") == expected
+
+
+def _gemm_graph(quantized_output: bool):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (4, 8)).astype(np.int8), "w"),
+        numpy_helper.from_array(np.array([0.01, 0.02, 0.03, 0.04], np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"], axis=0),
+        helper.make_node("Gemm", ["xd", "wd", "b"], ["g" if quantized_output else "y"], transB=1),
+    ]
+    if quantized_output:
+        nodes += [helper.make_node("QuantizeLinear", ["g", "x_scale", "x_zp"], ["gq"]),
+                  helper.make_node("DequantizeLinear", ["gq", "x_scale", "x_zp"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_float_gemm_rewrite_keeps_values_and_leaves_quantized_outputs_alone():
+    import copy
+
+    import numpy as np
+
+    from netcompress.export.onnx_rewrites import float_gemm_to_integer_matmul
+
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    for quantized_output, expected in ((False, 1), (True, 0)):
+        model = _gemm_graph(quantized_output)
+        rewritten = copy.deepcopy(model)
+        assert float_gemm_to_integer_matmul(rewritten) == expected
+        ops = [n.op_type for n in rewritten.graph.node]
+        assert ("Gemm" in ops) == quantized_output
+        np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=0, atol=1e-5)
