@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from netcompress.export.divergence import divergence_note, first_divergence
 from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
+from netcompress.export.onnx_float_layers import float_layers, no_integer_kernel_message
 from netcompress.export.onnx_inputs import (
     ExportCall,
     axes_the_model_takes,
@@ -42,7 +44,7 @@ from netcompress.export.onnx_inputs import (
     run_on_inputs,
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
-from netcompress.export.onnx_rewrites import rewrite_for_qdq_fusion
+from netcompress.export.onnx_rewrites import rewrite_float_gemms, rewrite_for_qdq_fusion
 from netcompress.export.onnx_trace import MAX_OPSET, _torch_export, no_mha_fastpath  # noqa: F401 - re-exported
 from netcompress.export.ort_model import OrtModel, ort_session
 
@@ -154,7 +156,8 @@ def export_onnx(
 
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
-    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``). The model is
+    ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``; quantized layers ONNX Runtime
+    still runs in float are named in ``float_layers``, and a file with no integer kernel warns). The model is
     exported and checked as a copy that computes what the int8 kernels compute (biases on the int32
     grid, ``QLinearConv``/``QLinearAdd``/... rounding: :func:`netcompress.quantization.int_arithmetic.
     match_int8_kernels_`; counts in ``int8_arithmetic``), so the check compares like with like.
@@ -224,6 +227,10 @@ def export_onnx(
             rewrites = rewrite_for_qdq_fusion(raw)  # e.g. Flatten -> Reshape: ORT fuses across the latter
             try:
                 ort_session(raw, optimized_path=str(final))
+                if not set(op_counts(final)) & set(INT8_OPS) and (gemms := rewrite_float_gemms(raw)):
+                    # no integer kernel (e.g. an eager Linear's DQ -> Gemm): as MatMul it fuses (onnx_rewrites.py)
+                    rewrites["float_gemm_to_integer_matmul"] = gemms
+                    ort_session(raw, optimized_path=str(final))
             except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph: the traced graph is invalid
                 raise UnsupportedModelError(
                     f"export_onnx: ONNX Runtime cannot load the graph torch traced from {type(model).__name__} "
@@ -261,6 +268,10 @@ def export_onnx(
         summary["matmul_nbits"] = nbits_info
     if embedding_info and embedding_info["layers"]:
         summary["quantized_embeddings"] = embedding_info
+    if int8:  # quantized layers ORT left in float are named, never silent (onnx_float_layers.py)
+        summary["float_layers"] = float_layers(path)
+        if not summary["int8_op_counts"]:
+            warnings.warn(no_integer_kernel_message(summary["float_layers"]), stacklevel=2)
     if check:
         summary["check"] = check_onnx(
             work,
