@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -88,20 +89,32 @@ def loader(sentences: Sequence[str], tokenizer: Any, batch_size: int = 32) -> Da
 
 def parse_candidate(text: str) -> dict[str, Any]:
     """``wanda+rec@0.25:0.5`` -> importance wanda, reconstruct, heads 0.25, ffn 0.5 (``+global``: allocation
-    global at the uniform shares' MACs)."""
+    global at the uniform shares' MACs). ``@0:0.5:0.5:0.25``: heads 0, ffn 0.5, and the shares of query/key
+    and value channels removed inside every head (``nc.prune_head_dims``; heads must be 0)."""
     name, _, shares = text.partition("@")
-    heads, ffn = (float(x) for x in (shares or "0.25:0.5").split(":"))
+    values = [float(x) for x in (shares or "0.25:0.5").split(":")]
+    heads, ffn = values[:2]
+    qk, v = (values[2:] + [0.0, 0.0])[:2]
     words = name.split("+")
+    if (qk or v) and (heads or "global" in words):
+        raise SystemExit(f"{text}: head-dim shares go with heads 0 and no global allocation")
     return {
         "importance": words[0],
         "reconstruct": "rec" in words,
         "global": "global" in words,
         "heads": heads,
         "ffn": ffn,
+        "qk": qk,
+        "v": v,
     }
 
 
 def prune_candidate(teacher: nn.Module, example: Any, calib: DataLoader, cand: dict[str, Any]) -> nn.Module:
+    if cand["qk"] or cand["v"]:
+        return nc.prune_head_dims(
+            teacher, example, qk=cand["qk"], v=cand["v"], ffn=cand["ffn"], calib=calib,
+            calib_batches=len(calib), importance=cand["importance"], reconstruct=cand["reconstruct"],
+        )  # fmt: skip
     kwargs = {"heads": cand["heads"], "ffn": cand["ffn"], "importance": cand["importance"], "loader": calib}
     kwargs.update(calib_batches=len(calib), reconstruct=cand["reconstruct"])
     if cand["global"]:
@@ -147,18 +160,47 @@ def run_name(args: argparse.Namespace) -> str:
     return (
         f"lr{args.lr:g}-d{args.dropout:g}-h{args.hidden_weight:g}-a{args.attention_weight:g}-e{args.embedding_weight:g}"
         f"-c{args.chunk}-n{args.chunks}-w{args.warmup}" + ("-emb" if args.train_embeddings else "")
+        + (f"-s{args.similarity_weight:g}t{args.similarity_temperature:g}" if args.similarity_weight else "")
+        + (f"-site{args.site_sentences}" if args.site_sentences else "")
+        + (f"-from-{args.start.name}" if args.start else "")
     )
+
+
+def site_corpus(parts: dict[str, list[str]], limit: int, cache: Path, seed: int) -> list[str]:
+    """``limit`` seeded sentences of the installed packages' docstrings and text files (``source_sentences``
+    over site-packages, nothing imported) that are not already a train / validation / test sentence."""
+    import sysconfig
+
+    from netcompress.data.text_corpus import source_sentences
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.exists():
+        found = json.loads(cache.read_text())
+    else:
+        paths = sysconfig.get_paths()
+        roots = sorted({paths["purelib"], paths["platlib"], paths["stdlib"]})
+        found = source_sentences(roots)
+        cache.write_text(json.dumps(found))
+    held = set(parts["val"]) | set(parts["test"]) | set(parts["train"])
+    fresh = [s for s in found if s not in held]
+    random.Random(seed).shuffle(fresh)
+    return fresh[:limit]
 
 
 def stage_distill(
     args: argparse.Namespace, teacher: nn.Module, tokenizer: Any, parts: dict[str, list[str]]
 ) -> None:
-    student = nc.load(args.out / "pruned.nc", allow_modules=allowed_modules(teacher))
+    start = args.start or args.out / "pruned.nc"
+    student = nc.load(start, allow_modules=allowed_modules(teacher))
     student.embeddings.word_embeddings.weight.requires_grad_(args.train_embeddings)
     for module in student.modules():
         if isinstance(module, nn.Dropout):
             module.p = args.dropout
-    train_set = TokenizedSentences(parts["train"], tokenizer, 64)
+    train_text = parts["train"]
+    if args.site_sentences:
+        extra = site_corpus(parts, args.site_sentences, args.out.parent / "site_sentences.json", args.seed)
+        train_text = train_text + extra
+    train_set = TokenizedSentences(train_text, tokenizer, 64)
     sampler = ChunkSampler(
         train_set.attention_mask.sum(1).tolist(), chunk=args.chunk, batch_size=32, seed=args.seed
     )
@@ -166,7 +208,7 @@ def stage_distill(
     val = loader(parts["val"], tokenizer)
     folder = args.out / run_name(args)
     print(
-        f"{len(parts['train'])} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
+        f"{len(train_text)} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
     )
     hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes, stop_at=args.stop_at)]
     started, stopped = time.perf_counter(), None
@@ -174,7 +216,8 @@ def stage_distill(
         nc.distill_transformer_(
             student, teacher, train, example_inputs=next(iter(val)), hooks=hooks, checkpoint_dir=folder, resume=True,
             hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
-            embedding_weight=args.embedding_weight, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
+            embedding_weight=args.embedding_weight, similarity_weight=args.similarity_weight,
+            similarity_temperature=args.similarity_temperature, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
             seed=args.seed, progress=False,
         )  # fmt: skip
     except BudgetReached as exc:
@@ -182,7 +225,7 @@ def stage_distill(
     history = folder / "history.json"
     rows = json.loads(history.read_text())["rows"] if history.exists() else []
     nc.save(student, folder / "student.nc", allow_modules=allowed_modules(teacher))
-    keys = ("hidden_loss", "attention_loss", "embedding_loss", "val_cosine", "val_cosine_min", "val_nn")
+    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "val_cosine", "val_cosine_min", "val_nn")
     print("chunk  lr        " + " ".join(f"{k:>14}" for k in keys) + "  seconds")
     for row in rows:
         cells = " ".join(f"{row.get(k, float('nan')):>14.4f}" for k in keys)
@@ -304,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument("--embedding-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--similarity-weight", type=float, default=0.0, help="relational loss on the batch's similarity rows"
+    )
+    parser.add_argument("--similarity-temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--site-sentences", type=int, default=0,
+        help="add this many sentences from the installed packages' docstrings / text files (source_sentences)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start", type=Path, default=None, help="the student to start from (default: <out>/pruned.nc)"
+    )
     parser.add_argument(
         "--chunk", type=int, default=640, help="sentences per chunk (one fit epoch, one checkpoint)"
     )
