@@ -199,6 +199,10 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
         "2",
         "--calib",
         "64",
+        "--ffn-split",
+        r"2:re:encoder\.layer\.1\.output\.dense",
+        "--outlier-scale",
+        r"2:re:encoder\.layer\.\d+\.intermediate\.dense",
     ]
     bench.stage_final(
         args("final", tmp_path, *common, "--rounds", "1", "--json", str(tmp_path / "f.json"), *split),
@@ -213,6 +217,9 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
     assert abs(int8["cosine_mean"] - rows["PyTorch pruned + distilled"]["cosine_mean"]) < 0.05
     split_row = rows["student int8, outlier split k=2 on 1 layers (ORT)"]
     assert split_row["int_ops"] and split_row["speedup"] > 0
+    ffn_row = rows["student int8, FFN split k=2 on 1 FFNs, 2 outlier channels scaled on 2 Linears (ORT)"]
+    assert ffn_row["int_ops"] and ffn_row["speedup"] > 0
+    assert abs(ffn_row["cosine_mean"] - rows["PyTorch pruned + distilled"]["cosine_mean"]) < 0.05
 
 
 def test_site_corpus_drops_held_out_and_training_sentences_and_caches(tmp_path, monkeypatch):
