@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from benchmarks.minilm_student import allowed_modules, load_minilm, loader  # noqa: E402
-from benchmarks.transformers_distill import corpus  # noqa: E402
+from netcompress.data.sentences import python_doc_sentences, split_sentences  # noqa: E402
 from netcompress.evaluation.embeddings import compare_embeddings, embed  # noqa: E402
 
 COSINES = (0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     teacher, tokenizer = load_minilm()
-    val = loader(corpus(seed=0)["val"], tokenizer)
+    val = loader(split_sentences(python_doc_sentences(), val=256, test=512, seed=0)["val"], tokenizer)
     t = F.normalize(embed(teacher, val).double(), dim=1)
     out: dict[str, list[dict[str, float]]] = {"isotropic": []}
     for c in COSINES:
