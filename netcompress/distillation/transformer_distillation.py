@@ -83,7 +83,9 @@ class TransformerDistillConfig(TrainConfig):
     ``ceil(i * teacher_layers / student_layers)``); ``include_embeddings`` maps the embedding outputs too.
     Weights: ``hidden_weight`` (MSE through a projection where widths differ), ``attention_weight``
     (attention-map KL), ``value_weight`` (MiniLM value-relation KL over ``relation_heads``, 0 = the teacher's
-    head count), ``embedding_weight`` (cosine of the mean-pooled outputs).
+    head count), ``embedding_weight`` (cosine of the mean-pooled outputs), ``similarity_weight`` (relational KL
+    between the batch's embedding cosine-similarity rows, student vs teacher, at ``similarity_temperature``:
+    :func:`~netcompress.distillation.transformer_losses.similarity_kl`).
     """
 
     epochs: int = 3
@@ -94,6 +96,8 @@ class TransformerDistillConfig(TrainConfig):
     attention_weight: float = 1.0
     value_weight: float = 0.0
     embedding_weight: float = 0.0
+    similarity_weight: float = 0.0
+    similarity_temperature: float = 0.05
     relation_heads: int = 0
     layer_map: list[int] | None = None
     include_embeddings: bool = False
@@ -101,8 +105,10 @@ class TransformerDistillConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("hidden_weight", "attention_weight", "value_weight", "embedding_weight"):
+        for name in ("hidden_weight", "attention_weight", "value_weight", "embedding_weight", "similarity_weight"):
             check_range(name, getattr(self, name), 0.0)
+        if not self.similarity_temperature > 0:
+            raise ConfigError(f"similarity_temperature must be > 0, got {self.similarity_temperature!r}")
         check_range("relation_heads", self.relation_heads, 0)
         if self.teacher is not None:
             check_teacher_spec(self.teacher)
@@ -250,8 +256,15 @@ def transformer(model: nn.Module, config: TransformerDistillConfig, data: Method
             relation_heads=config.relation_heads,
         )
         hooks.append(layer_hook)
-    if config.embedding_weight:
-        hooks.append(EmbeddingDistillation(teacher_forward, cosine_weight=config.embedding_weight))
+    if config.embedding_weight or config.similarity_weight:
+        hooks.append(
+            EmbeddingDistillation(
+                teacher_forward,
+                cosine_weight=config.embedding_weight,
+                similarity_weight=config.similarity_weight,
+                similarity_temperature=config.similarity_temperature,
+            )
+        )
     try:
         before = (
             layer_hook.evaluate(model, data.val_loader) if layer_hook and data.val_loader is not None else {}
@@ -264,7 +277,7 @@ def transformer(model: nn.Module, config: TransformerDistillConfig, data: Method
         if layer_hook is not None:
             layer_hook.close()
     rows = list(history.rows)
-    keys = ("hidden_loss", "attention_loss", "value_loss", "embedding_loss")
+    keys = ("hidden_loss", "attention_loss", "value_loss", "embedding_loss", "similarity_loss")
     summary = _summary("transformer", teacher, model, rows, keys)
     summary["layer_map"] = layer_hook.layer_map if layer_hook else None
     for key, value in before.items():

@@ -31,6 +31,7 @@ from netcompress.distillation.transformer_losses import (
     hidden_mse,
     relation_scores,
     sentence_embedding,
+    similarity_kl,
 )
 from netcompress.distillation.transformer_taps import TransformerTaps
 from netcompress.evaluation.harness import eval_mode
@@ -60,7 +61,9 @@ class EmbeddingDistillation:
 
     ``pool``: ``"mean"`` over the attention mask (sentence-transformers' pooling) or ``"cls"`` (first token);
     models returning (N, D) are used as they are. Rows gain ``embedding_loss`` and ``embedding_cosine``
-    (the mean cosine to the teacher on the training batches).
+    (the mean cosine to the teacher on the training batches). ``similarity_weight`` adds the relational term
+    :func:`~netcompress.distillation.transformer_losses.similarity_kl` (the batch's cosine-similarity rows,
+    student vs teacher, at ``similarity_temperature``); rows then gain ``similarity_loss``.
     """
 
     def __init__(
@@ -70,14 +73,22 @@ class EmbeddingDistillation:
         cosine_weight: float = 1.0,
         mse_weight: float = 0.0,
         pool: str = "mean",
+        similarity_weight: float = 0.0,
+        similarity_temperature: float = 0.05,
     ) -> None:
         check_range("cosine_weight", cosine_weight, 0.0)
         check_range("mse_weight", mse_weight, 0.0)
+        check_range("similarity_weight", similarity_weight, 0.0)
         check_choice("pool", pool, POOLS)
-        if cosine_weight == 0 and mse_weight == 0:
-            raise ConfigError("embedding distillation needs cosine_weight > 0 or mse_weight > 0")
+        if not similarity_temperature > 0:
+            raise ConfigError(f"similarity_temperature must be > 0, got {similarity_temperature!r}")
+        if cosine_weight == 0 and mse_weight == 0 and similarity_weight == 0:
+            raise ConfigError(
+                "embedding distillation needs cosine_weight > 0, mse_weight > 0 or similarity_weight > 0"
+            )
         self.teacher_forward = _teacher(teacher)
         self.cosine_weight, self.mse_weight, self.pool = float(cosine_weight), float(mse_weight), pool
+        self.similarity_weight, self.similarity_temperature = float(similarity_weight), float(similarity_temperature)
         self.epoch_start(None, 0)
 
     def embeddings(self, outputs: Any, inputs: Any) -> torch.Tensor:
@@ -94,6 +105,10 @@ class EmbeddingDistillation:
         term, cosine = embedding_loss(
             student, teacher.detach(), cosine_weight=self.cosine_weight, mse_weight=self.mse_weight
         )
+        if self.similarity_weight:
+            relational = similarity_kl(student, teacher.detach(), temperature=self.similarity_temperature)
+            self._sim_sum = self._sim_sum + relational.detach()
+            term = term + self.similarity_weight * relational
         self._loss_sum = self._loss_sum + term.detach()
         self._cos_sum = self._cos_sum + cosine.detach()
         self._batches += 1
@@ -103,16 +118,19 @@ class EmbeddingDistillation:
         self.teacher_forward.clear()
 
     def epoch_start(self, model: nn.Module | None, epoch: int) -> None:
-        self._loss_sum = self._cos_sum = torch.zeros(())
+        self._loss_sum = self._cos_sum = self._sim_sum = torch.zeros(())
         self._batches = 0
 
     def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
         if not self._batches:
             return {}
-        return {
+        row = {
             "embedding_loss": float(self._loss_sum) / self._batches,
             "embedding_cosine": float(self._cos_sum) / self._batches,
         }
+        if self.similarity_weight:
+            row["similarity_loss"] = float(self._sim_sum) / self._batches
+        return row
 
 
 def _lstsq_projection(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None) -> nn.Linear:

@@ -139,3 +139,34 @@ def embedding_loss(
     if mse_weight:
         loss = loss + mse_weight * F.mse_loss(s, t)
     return loss, cosine.mean()
+
+
+def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Relational loss on a batch's (N, D) embeddings: how each sentence ranks the OTHER sentences.
+
+    Row ``i`` of each side is ``softmax_j(cos(e_i, e_j) / temperature)`` over ``j != i``; the loss is
+    ``KL(teacher row || student row)`` averaged over rows. A small temperature weights the closest sentences
+    most, which is what nearest-neighbour agreement measures. Zero for batches of fewer than 3.
+
+    Example:
+        >>> e = torch.randn(8, 4)
+        >>> float(similarity_kl(e, e, temperature=0.05))
+        0.0
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ConfigError(
+            f"similarity_kl needs (N, D) embeddings of one shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}"
+        )
+    n = student.shape[0]
+    if n < 3:
+        return student.new_zeros(()).float()
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_rows(e: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(e.float(), dim=-1)
+        sims = (e @ e.T)[off].view(n, n - 1) / temperature
+        return F.log_softmax(sims, dim=-1)
+
+    log_s, log_t = log_rows(student), log_rows(teacher)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()

@@ -199,6 +199,10 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
         "2",
         "--calib",
         "64",
+        "--ffn-split",
+        r"2:re:encoder\.layer\.1\.output\.dense",
+        "--outlier-scale",
+        r"2:re:encoder\.layer\.\d+\.intermediate\.dense",
     ]
     bench.stage_final(
         args("final", tmp_path, *common, "--rounds", "1", "--json", str(tmp_path / "f.json"), *split),
@@ -213,3 +217,30 @@ def test_stages_prune_distill_resume_final_on_a_tiny_bert(tmp_path, monkeypatch,
     assert abs(int8["cosine_mean"] - rows["PyTorch pruned + distilled"]["cosine_mean"]) < 0.05
     split_row = rows["student int8, outlier split k=2 on 1 layers (ORT)"]
     assert split_row["int_ops"] and split_row["speedup"] > 0
+    ffn_row = rows["student int8, FFN split k=2 on 1 FFNs, 2 outlier channels scaled on 2 Linears (ORT)"]
+    assert ffn_row["int_ops"] and ffn_row["speedup"] > 0
+    assert abs(ffn_row["cosine_mean"] - rows["PyTorch pruned + distilled"]["cosine_mean"]) < 0.05
+
+
+def test_site_corpus_drops_held_out_and_training_sentences_and_caches(tmp_path, monkeypatch):
+    import netcompress.data.text_corpus as tc
+
+    parts = {"train": ["Train sentence one."], "val": ["Val sentence."], "test": ["Test sentence."]}
+    found = ["Val sentence.", "New one.", "Test sentence.", "Train sentence one.", "New two.", "New three."]
+    calls = []
+    monkeypatch.setattr(tc, "source_sentences", lambda roots: calls.append(roots) or list(found))
+    cache = tmp_path / "cache" / "site.json"
+    got = bench.site_corpus(parts, 2, cache, seed=0)
+    assert len(got) == 2 and set(got) <= {"New one.", "New two.", "New three."}
+    assert bench.site_corpus(parts, 10, cache, seed=0)[:2] == got  # seeded; the cache is read, not rebuilt
+    assert len(calls) == 1 and cache.exists()
+    assert sorted(bench.site_corpus(parts, 10, cache, seed=0)) == ["New one.", "New three.", "New two."]
+
+
+def test_parse_candidate_head_dims():
+    assert bench.parse_candidate("wanda+rec@0:0.5:0.5") == {
+        "importance": "wanda", "reconstruct": True, "global": False, "heads": 0.0, "ffn": 0.5, "qk": 0.5, "v": 0.0,
+    }  # fmt: skip
+    assert bench.parse_candidate("wanda@0.25:0.5")["qk"] == 0.0
+    with pytest.raises(SystemExit, match="head-dim shares"):
+        bench.parse_candidate("wanda+global@0:0.5:0.5")
