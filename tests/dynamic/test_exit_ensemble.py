@@ -179,3 +179,26 @@ def test_stronger_heads_compute_what_they_say_and_cost_what_they_say():
     # X is 16 x 16: layer1.0's 16 channels pool to 8 x 8, a 16 -> 32 1x1 conv, then 32 * 16 -> 10
     extra = 64 * 16 * 32 + 32 * 16 * 10 - 16 * 16 * 10
     assert exit_path_macs(strong, X[:1])[0] - exit_path_macs(plain, X[:1])[0] == extra
+
+
+def test_method_trains_cascade_heads_fits_the_ensemble_and_calibrates_on_it():
+    from netcompress import data
+    from netcompress.dynamic import collect_exit_logits, with_early_exits
+    from netcompress.evaluation import evaluate
+
+    bundle = data.load("synthetic", num_samples=160, input_shape=(1, 8, 8), num_classes=4, separation=2.0)
+    train, val = bundle.loaders(batch_size=32, eval_batch_size=40)
+    torch.manual_seed(0)
+    ee, summary = with_early_exits(
+        models.create("digits_cnn", num_classes=4), train, val_loader=val, example_inputs=torch.randn(2, 1, 8, 8),
+        exits=["features.2", "features.5"], epochs=1, progress=False, max_accuracy_drop=0.02,
+        per_exit_thresholds=True, cascade=True, ensemble=True, ensemble_final=False,
+    )  # fmt: skip
+    assert isinstance(ee.heads[1], CascadeHead) and ee.exit_ensemble is not None
+    assert not ee.exit_ensemble.include_final and float(ee.exit_ensemble.weight[1, 0]) >= 0
+    decided, labels = collect_exit_logits(ee, val)
+    raw, _ = collect_exit_logits(ee, val, raw=True)
+    assert not torch.allclose(decided[1], raw[1])  # the exits decide by the ensemble
+    calibration = summary["calibration"]
+    assert evaluate(ee, val)["accuracy"] == pytest.approx(calibration["accuracy"])
+    assert calibration["accuracy"] >= calibration["final_accuracy"] - 0.02
