@@ -28,6 +28,18 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).mean(dim=2) if x.dim() > 2 else x
 
 
+def grid_average(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Average pooling of a (N, C, H, W) map to ``grid`` x ``grid``: ``avg_pool2d`` with an exact kernel
+    when the grid divides the map (the same numbers as ``adaptive_avg_pool2d``, 1.4-1.8x faster on one CPU
+    thread at batch 64, and paid by every sample an exit sees), else ``adaptive_avg_pool2d``."""
+    if torch.jit.is_tracing():  # an ONNX export: the map's size would be traced as a constant
+        return F.adaptive_avg_pool2d(x, grid)
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if height % grid or width % grid:
+        return F.adaptive_avg_pool2d(x, grid)
+    return F.avg_pool2d(x, (height // grid, width // grid))
+
+
 class PoolLinearHead(nn.Module):
     """Global average pool over every spatial/time axis, then one Linear to the classes."""
 
@@ -100,7 +112,7 @@ class PoolGridLinearHead(nn.Module):
             size = self.grid**2
         else:
             pool, size = (F.adaptive_max_pool2d, F.adaptive_avg_pool2d), self.grid
-        pooled = pool[1](x, size)
+        pooled = grid_average(x, size) if x.dim() == 4 else pool[1](x, size)
         if self.mix is not None:
             weight = torch.sigmoid(self.mix)
             pooled = weight * pool[0](x, size) + (1 - weight) * pooled
@@ -127,8 +139,8 @@ class PoolConvGridLinearHead(nn.Module):
         self.fc = nn.Linear(hidden * self.grid**2, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(x, 2 * self.grid)
-        return F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(pooled))), self.grid).flatten(1)
+        pooled = grid_average(x, 2 * self.grid)
+        return grid_average(F.relu(self.bn(self.conv(pooled))), self.grid).flatten(1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)

@@ -202,3 +202,12 @@ def test_method_trains_cascade_heads_fits_the_ensemble_and_calibrates_on_it():
     calibration = summary["calibration"]
     assert evaluate(ee, val)["accuracy"] == pytest.approx(calibration["accuracy"])
     assert calibration["accuracy"] >= calibration["final_accuracy"] - 0.02
+
+
+def test_grid_average_equals_adaptive_pooling_where_the_grid_divides_and_falls_back_elsewhere():
+    from netcompress.dynamic.exit_heads import grid_average
+
+    gen = torch.Generator().manual_seed(5)
+    for shape, grid in [((3, 4, 32, 32), 4), ((3, 4, 8, 8), 2), ((3, 4, 10, 6), 4), ((3, 4, 6, 6), 4)]:
+        x = torch.randn(shape, generator=gen)
+        assert torch.allclose(grid_average(x, grid), F.adaptive_avg_pool2d(x, grid), atol=1e-6), shape
