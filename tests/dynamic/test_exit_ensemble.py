@@ -43,7 +43,7 @@ def _ztw(*, ensemble: bool = True, include_final: bool = True):
     return ee
 
 
-def test_cascade_head_adds_the_previous_logits_through_its_matrix():
+def test_cascade_head_adds_the_previous_probabilities_through_its_matrix():
     ee = _ztw(ensemble=False)
     assert [isinstance(h, CascadeHead) for h in ee.heads] == [False, True, True]
     with torch.no_grad():
@@ -51,9 +51,9 @@ def test_cascade_head_adds_the_previous_logits_through_its_matrix():
         s0 = ee.run_segment(0, (X,))
         s1 = ee.run_segment(1, s0)
         head = ee.heads[1]
-        expected = head.base(s1[0]) + raw[0] @ head.previous.weight.T
+        expected = head.base(s1[0]) + F.softmax(raw[0], dim=1) @ head.previous.weight.T
     assert torch.allclose(raw[1], expected, atol=1e-5)
-    assert (raw[1] - head.base(s1[0])).abs().max() > 1.0  # the cascade term is not negligible here
+    assert (raw[1] - head.base(s1[0])).abs().max() > 0.3  # the cascade term is not negligible here
     # a fresh cascade head starts as its base head (zero matrix)
     fresh = add_early_exits(models.create("cifar_resnet20").eval(), exits=EXITS, example_inputs=X[:1], cascade=True)
     assert float(fresh.heads[2].previous.weight.detach().abs().sum()) == 0.0
@@ -145,7 +145,11 @@ def test_per_segment_onnx_carries_the_logits_and_matches_pytorch_per_exit(tmp_pa
     ee = _ztw()
     with torch.no_grad():
         decided = ee.forward_all(X)
-    ee.set_policy(threshold=float(torch.cat([F.softmax(lg, 1).amax(1) for lg in decided[:3]]).median()))
+    scores = torch.cat([F.softmax(lg, 1).amax(1) for lg in decided[:3]]).sort().values
+    gaps, lo = scores.diff(), len(scores) // 4
+    i = int(gaps[lo : 3 * lo].argmax()) + lo  # a threshold far from every score: ORT's rounding cannot flip one
+    assert gaps[i] > 1e-3
+    ee.set_policy(threshold=float(scores[i] + scores[i + 1]) / 2)
     summary = export_early_exit_onnx(ee, tmp_path, X[:1])
     assert summary["segments"][1]["inputs"] == ["in0", "in1", "carry_in0"]
     assert summary["segments"][2]["outputs"] == ["logits", "out0", "carry_out0", "carry_out1", "carry_out2"]
