@@ -47,6 +47,9 @@ from netcompress.dynamic import (  # noqa: E402
 )
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 
+VARIANTS = {"confidence": "each exit's own softmax", "ensemble": "ZTW ensemble, final exit included",
+            "ensemble, final alone": "ZTW ensemble, the final exit answers alone"}
+
 
 def raw_logits_cached(ee, model, loaders, folder: Path) -> dict[str, Any]:
     path = folder / "ztw-raw-logits.pt"
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--fit-steps", type=int, default=300)
     own.add_argument("--profile", action="store_true")
+    own.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+        help="decision variants to choose and time (each bound's threshold search takes minutes on a loaded CPU)",
+    )  # fmt: skip
     mine, rest = own.parse_known_args(argv)
     args = eeb.parse(rest)
     torch.set_num_threads(args.threads)  # fitting and choosing too: spinning thread pools under load cost minutes
@@ -101,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     base_val = accuracy(va["logits"][-1], va["labels"]) if frozen else evaluate(model, setup.val)["accuracy"]
     base_test = accuracy(te["logits"][-1], te["labels"]) if frozen else evaluate(model, setup.test)["accuracy"]
     classes = tr["logits"][0].shape[1]
-    variants: dict[str, Any] = {"confidence": None}
+    variants: dict[str, Any] = {"confidence": None} if "confidence" in mine.variants else {}
     for name, final in (("ensemble", True), ("ensemble, final alone", False)):
+        if name not in mine.variants:
+            continue
         torch.manual_seed(0)
         variants[name] = fit_exit_ensemble(tr["logits"], tr["labels"], include_final=final, steps=mine.fit_steps)
     decided, macs = {}, {}
