@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -96,6 +97,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--exit-weights", type=float, nargs="+", default=None,
         help="loss weight per exit, the final classifier last (default: 1 each)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cascade", action="store_const", const=True, default=None,
+        help="Zero Time Waste cascade heads: each head also reads the previous head's logits",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=None,
+        help="a SHORTER baseline than the protocol's (trained on 1 thread, cached under its own key): "
+        "for a machine too loaded to retrain the protocol baseline; not the protocol",
+    )  # fmt: skip
     parser.add_argument("--chunks", type=int, default=4, help="checkpoint every 1/N epoch (resumable)")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02])
@@ -113,6 +123,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def protocol_of(args: argparse.Namespace) -> Any:
+    """The CPU (or quick) protocol; with ``--baseline-epochs`` its baseline is shorter and trained on 1 thread."""
+    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    if getattr(args, "baseline_epochs", None) is not None:
+        protocol = dataclasses.replace(protocol, epochs=args.baseline_epochs, train_threads=1)
+    return protocol
+
+
 def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float, Path]:
     """The early-exit model, trained (heads or jointly) and cached, its training seconds and its cache
     folder; resumes a killed run."""
@@ -122,7 +140,9 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
     folder = cp.CACHE_DIR / f"ee-resnet20-{cp.cache_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    ee = add_early_exits(model, exits=args.exits, example_inputs=example, head=args.head)
+    ee = add_early_exits(
+        model, exits=args.exits, example_inputs=example, head=args.head, cascade=bool(getattr(args, "cascade", None))
+    )
     done = folder / "trained.pt"
     if done.exists():
         ee.load_state_dict(load_checkpoint(done))
@@ -144,7 +164,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
 
 TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
 EVAL_FLAGS = ("val_size", "drops", "mac_fractions", "thresholds")
-TRAIN_FLAGS_SINCE = {"exit_weights"}  # in the cache key only when given (older caches stay valid)
+TRAIN_FLAGS_SINCE = {"exit_weights", "cascade", "baseline_epochs"}  # in the cache key only when given (older caches stay valid)
 
 
 def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:
@@ -212,7 +232,7 @@ def choose_per_exit(ee, model, val, full_macs: int, args) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    protocol = protocol_of(args)
     bundle = cp.load_data(protocol)
     model, info = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
     model.eval()

@@ -62,7 +62,7 @@ def gate_setup(args: Any, collect: Any) -> SimpleNamespace:
     flags), their MACs and the exit outputs ``collect(ee, model, loaders, folder)`` reads (cached in the exits'
     folder) for the un-augmented train split, the held-out val split and the test split."""
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    protocol = cp.protocol_from_flags(quick=args.quick, full=False)
+    protocol = eeb.protocol_of(args)
     bundle = cp.load_data(protocol)
     model, _ = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
     model.eval()

@@ -10,12 +10,20 @@ Example::
     ee, summary = with_early_exits(model, train, val_loader=val, example_inputs=x, exits=["features.5"])
     calibrate_early_exit(ee, val_loader, max_accuracy_drop=0.01)     # threshold chosen on validation
     calibrate_exit_thresholds(ee, val_loader, max_accuracy_drop=0.01)  # one per exit, on validation
+    ztw = add_early_exits(model, exits=["features.5"], example_inputs=x, cascade=True)  # Zero Time Waste
+    attach_exit_ensemble(ztw, train_loader)          # exits decide by a geometric ensemble
     export_early_exit_onnx(ee, "ee_onnx", x[:1]); OrtEarlyExit("ee_onnx")(images)
 """
 
 from netcompress.dynamic.early_exit import EarlyExitModel
 from netcompress.dynamic.exit_calibration import calibrate_early_exit, candidate_thresholds, choose_threshold
 from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA, route_exits
+from netcompress.dynamic.exit_ensemble import (
+    CascadeHead,
+    ExitEnsemble,
+    attach_exit_ensemble,
+    fit_exit_ensemble,
+)
 from netcompress.dynamic.exit_evaluation import (
     collect_exit_logits,
     evaluate_early_exit,
@@ -72,7 +80,11 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "EXIT_CRITERIA",
     "HEADS",
+    "CascadeHead",
     "EarlyExitHook",
+    "ExitEnsemble",
+    "attach_exit_ensemble",
+    "fit_exit_ensemble",
     "ExitGates",
     "FeatureExitGates",
     "collect_exit_features",

@@ -11,6 +11,11 @@ the compute saved is real, not only counted.
 A segment returns its *state*: one tensor, or a tuple when a value computed before the cut is
 still needed after it (a skip connection crossing the cut); the first item feeds the head.
 
+Zero Time Waste (:mod:`netcompress.dynamic.exit_ensemble`): with cascade heads (each head also reads
+the previous head's logits) or an exit ensemble (each exit decides on a weighted geometric ensemble
+of every exit so far), the earlier heads' raw logits travel with the state as its *carry*; routing
+index-selects them with the state, and the ONNX export passes them between segment files.
+
 Example::
 
     ee = add_early_exits(model, exits=["features.5"], example_inputs=torch.randn(1, 1, 8, 8))
@@ -89,6 +94,13 @@ class EarlyExitModel(nn.Module):
         self.last_exit_index: torch.Tensor | None = None
         self._stashed: list[torch.Tensor] | None = None
         self.exit_gate: nn.Module | None = None  # learned exit decision (exit_gates.ExitGates)
+        # Zero Time Waste: a geometric ensemble of the exits so far decides (exit_ensemble.ExitEnsemble)
+        self.exit_ensemble: nn.Module | None = None
+
+    @property
+    def carries_logits(self) -> bool:
+        """Whether exits read earlier heads' logits (cascade heads or an exit ensemble)."""
+        return self.exit_ensemble is not None or any(getattr(h, "takes_previous", False) for h in self.heads)
 
     @property
     def num_exits(self) -> int:
@@ -120,6 +132,11 @@ class EarlyExitModel(nn.Module):
         ``threshold`` is one gate-probability threshold per head. ``set_gate(None, None)`` removes it.
         A gate with ``uses_features`` (:class:`~netcompress.dynamic.feature_gates.FeatureExitGates`) also
         gets the head's pooled input (``head.features``), computed once and shared with the head."""
+        if gate is not None and self.carries_logits:
+            raise UnsupportedModelError(
+                "a learned exit gate reads one head's logits; this model's exits read earlier heads' logits "
+                "too (cascade heads or an exit ensemble): route it by its criterion thresholds"
+            )
         if gate is not None and getattr(gate, "num_heads", len(self.heads)) != len(self.heads):
             raise ConfigError(f"a gate for {gate.num_heads} heads on a model with {len(self.heads)} heads")
         if gate is not None and getattr(gate, "uses_features", False):
@@ -136,16 +153,38 @@ class EarlyExitModel(nn.Module):
         """Segment ``index`` on ``state`` (the previous segment's values; ``(x,)`` for the first)."""
         return as_state(self.segments[index](*state))
 
-    def exit_logits(self, index: int, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Exit ``index``'s logits from segment ``index``'s state (the last exit: the model's output)."""
-        return self.heads[index](state[0]) if index < len(self.heads) else state[0]
+    def exit_logits(
+        self, index: int, state: tuple[torch.Tensor, ...], carry: tuple[torch.Tensor, ...] = ()
+    ) -> torch.Tensor:
+        """Exit ``index``'s raw logits from segment ``index``'s state (the last exit: the model's
+        output); a cascade head also reads the previous head's raw logits (``carry[-1]``)."""
+        if index == len(self.heads):
+            return state[0]
+        head = self.heads[index]
+        if getattr(head, "takes_previous", False):
+            return head(state[0], carry[-1] if carry else None)
+        return head(state[0])
 
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every exit's logits for every sample (what training and the trade-off sweep use)."""
-        outputs, state = [], (x,)
+    def step(
+        self, index: int, state: tuple[torch.Tensor, ...], carry: tuple[torch.Tensor, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Segment ``index`` and its exit: ``(decision logits, raw logits, next state, next carry)``.
+
+        The decision logits are what the exit answers and is judged by (the raw logits, or the exit
+        ensemble's); the carry is every earlier head's raw logits when :attr:`carries_logits`."""
+        state = self.run_segment(index, state)
+        raw = self.exit_logits(index, state, carry)
+        seen = (*carry, raw) if self.carries_logits else carry
+        decision = raw if self.exit_ensemble is None else self.exit_ensemble(index, seen)
+        return decision, raw, state, (seen if index < len(self.heads) else ())
+
+    def forward_all(self, x: torch.Tensor, *, raw: bool = False) -> list[torch.Tensor]:
+        """Every exit's logits for every sample (what training and the trade-off sweep use): the
+        decision logits, or with ``raw`` the heads' own (what training's losses read)."""
+        outputs, state, carry = [], (x,), ()
         for index in range(self.num_exits):
-            state = self.run_segment(index, state)
-            outputs.append(self.exit_logits(index, state))
+            decision, logits, state, carry = self.step(index, state, carry)
+            outputs.append(logits if raw else decision)
         return outputs
 
     def pop_exit_logits(self) -> list[torch.Tensor] | None:
@@ -155,15 +194,18 @@ class EarlyExitModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         if self.training:
-            outputs = self.forward_all(x)
+            outputs = self.forward_all(x, raw=True)
             if self.stash_exit_logits:
                 self._stashed = outputs
                 return outputs[-1]
             return outputs
         if self.threshold is None:
-            state = (x,)
-            for index in range(self.num_exits):
-                state = self.run_segment(index, state)
+            state: tuple[torch.Tensor, ...] = (x,)
+            if self.exit_ensemble is not None and self.exit_ensemble.include_final:
+                state = (self.forward_all(x)[-1],)
+            else:
+                for index in range(self.num_exits):
+                    state = self.run_segment(index, state)
             if not _exporting():  # ONNX export traces this path: no Python ints from shapes
                 self.last_exit_counts = [0] * len(self.heads) + [int(x.shape[0])]
                 self.last_exit_index = torch.full((x.shape[0],), len(self.heads), dtype=torch.long)
@@ -185,16 +227,17 @@ class EarlyExitModel(nn.Module):
         exit_index = torch.full((count,), len(self.heads), dtype=torch.long, device=x.device)
         remaining = torch.arange(count, device=x.device)
         state: tuple[torch.Tensor, ...] = (x,)
+        carry: tuple[torch.Tensor, ...] = ()
         result: torch.Tensor | None = None
         gate, previous = self.exit_gate, None
         for index in range(self.num_exits):
-            state = self.run_segment(index, state)
             features = None
             if index < len(self.heads) and gate is not None and getattr(gate, "uses_features", False):
+                state = self.run_segment(index, state)
                 features = self.heads[index].features(state[0])  # pooled once: the head and the gate read it
                 logits = self.heads[index].classify(features)
             else:
-                logits = self.exit_logits(index, state)
+                logits, _, state, carry = self.step(index, state, carry)
             if result is None:
                 result = logits.new_empty((count, *logits.shape[1:]))
             if index == len(self.heads):
@@ -216,6 +259,7 @@ class EarlyExitModel(nn.Module):
                 # only the undecided samples run on: this is where the compute is saved
                 staying = (~done).nonzero().squeeze(1)
                 state = tuple(s.index_select(0, staying) for s in state)
+                carry = tuple(c.index_select(0, staying) for c in carry)
                 remaining = remaining.index_select(0, staying)
                 if previous is not None:
                     previous = previous.index_select(0, staying)

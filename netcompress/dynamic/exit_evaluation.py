@@ -33,11 +33,10 @@ class _ExitPath(nn.Module):
         self.index = index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, state = x, (x,)
+        logits, state, carry = x, (x,), ()
         for i in range(self.index + 1):
-            state = self.model.run_segment(i, state)
             # earlier heads ran and were not confident enough: their cost is paid too
-            logits = self.model.exit_logits(i, state)
+            logits, _, state, carry = self.model.step(i, state, carry)
         return logits
 
 
@@ -57,9 +56,15 @@ def exit_path_macs(model: EarlyExitModel, example_inputs: torch.Tensor) -> list[
 
 @torch.no_grad()
 def collect_exit_logits(
-    model: EarlyExitModel, loader: Iterable, *, device: str = "cpu", max_batches: int | None = None
+    model: EarlyExitModel,
+    loader: Iterable,
+    *,
+    device: str = "cpu",
+    max_batches: int | None = None,
+    raw: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every exit's logits for every sample of ``loader`` (eval mode), and the labels.
+    """Every exit's logits for every sample of ``loader`` (eval mode), and the labels: the logits each
+    exit decides by (an exit ensemble's, when the model has one), or with ``raw`` the heads' own.
 
     Example:
         >>> exit_logits, labels = collect_exit_logits(ee, test_loader, max_batches=2)
@@ -71,7 +76,7 @@ def collect_exit_logits(
         for index, (inputs, targets) in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
-            for bucket, logits in zip(per_exit, model.forward_all(inputs.to(device))):
+            for bucket, logits in zip(per_exit, model.forward_all(inputs.to(device), raw=raw)):
                 bucket.append(logits.float().cpu())
             labels.append(torch.as_tensor(targets).cpu())
     if not labels:

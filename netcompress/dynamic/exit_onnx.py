@@ -39,16 +39,18 @@ FORMAT_VERSION = 1
 
 
 class _SegmentWithExit(nn.Module):
-    """Segment ``index`` and its exit: ``(*state) -> (logits, *next state)`` (the last: logits)."""
+    """Segment ``index`` and its exit: ``(*state, *carry) -> (logits, *next state, *next carry)`` (the
+    last: logits). The carry (earlier heads' raw logits, for cascade heads or an exit ensemble) follows
+    the state, so the runtime wrapper hands every output but the logits to the next file as it is."""
 
-    def __init__(self, model: EarlyExitModel, index: int) -> None:
+    def __init__(self, model: EarlyExitModel, index: int, state_size: int) -> None:
         super().__init__()
-        self.model, self.index = model, index
+        self.model, self.index, self.state_size = model, index, state_size
 
-    def forward(self, *state: torch.Tensor) -> Any:
-        out = self.model.run_segment(self.index, state)
-        logits = self.model.exit_logits(self.index, out)
-        return logits if self.index == len(self.model.heads) else (logits, *out)
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        state, carry = inputs[: self.state_size], inputs[self.state_size :]
+        logits, _, out, carry = self.model.step(self.index, state, carry)
+        return logits if self.index == len(self.model.heads) else (logits, *out, *carry)
 
 
 def _state_sizes(model: EarlyExitModel, example: torch.Tensor) -> list[int]:
@@ -58,6 +60,11 @@ def _state_sizes(model: EarlyExitModel, example: torch.Tensor) -> list[int]:
             state = model.run_segment(index, state)
             sizes.append(len(state))
     return sizes
+
+
+def _carry_size(model: EarlyExitModel, index: int) -> int:
+    """How many raw-logit tensors segment ``index`` receives (every earlier head's, when carried)."""
+    return index if model.carries_logits else 0
 
 
 def export_early_exit_onnx(
@@ -95,19 +102,22 @@ def export_early_exit_onnx(
     work = copy.deepcopy(model).eval()
     example = example_inputs[:1]
     sizes = _state_sizes(work, example)
-    files, state = [], (example,)
+    files, state, carry = [], (example,), ()
     for index in range(work.num_exits):
         last = index == len(work.heads)
         inputs = ["input"] if index == 0 else [f"in{i}" for i in range(sizes[index - 1])]
+        inputs += [f"carry_in{i}" for i in range(_carry_size(work, index))]
         outputs = ["logits"] + ([] if last else [f"out{i}" for i in range(sizes[index])])
+        outputs += [] if last else [f"carry_out{i}" for i in range(_carry_size(work, index + 1))]
         name = f"segment{index}.onnx"
         where = f"segment {index} (up to exit {work.exit_names[index]!r})" if not last else "the last segment"
-        _export_one(_SegmentWithExit(work, index).eval(), state, folder / name, inputs, outputs, opset, where)
+        segment = _SegmentWithExit(work, index, len(state)).eval()
+        _export_one(segment, (*state, *carry), folder / name, inputs, outputs, opset, where)
         files.append(
             {"file": name, "inputs": inputs, "outputs": outputs, "op_counts": op_counts(folder / name)}
         )
         with torch.no_grad():
-            state = work.run_segment(index, state)
+            _, _, state, carry = work.step(index, state, carry)
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -25,6 +25,7 @@ from torch import nn
 from netcompress.core.config import check_choice
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.dynamic.early_exit import EarlyExitModel, as_state
+from netcompress.dynamic.exit_ensemble import cascade_heads
 from netcompress.dynamic.exit_heads import HEADS
 from netcompress.evaluation.harness import eval_mode
 from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
@@ -198,12 +199,15 @@ def add_early_exits(
     head: str = "pool_linear",
     criterion: str = "confidence",
     threshold: float | None = None,
+    cascade: bool = False,
 ) -> EarlyExitModel:
     """A new :class:`EarlyExitModel`: ``model`` cut after each module in ``exits``, a head at each cut.
 
     ``exits`` are module names (``features.5``, a whole block such as ``layer2``, or a layer inside a
     residual block such as ``layer1.0.conv1``). Heads come from :data:`HEADS`; their classes are the
     model's output width. The input model is not modified (the new one holds copies of its layers).
+    ``cascade``: every head after the first also reads the previous head's logits (Zero Time Waste,
+    :class:`~netcompress.dynamic.exit_ensemble.CascadeHead`).
 
     Example:
         >>> ee = add_early_exits(digits_cnn(), exits=["features.2", "features.6"],
@@ -241,6 +245,8 @@ def add_early_exits(
         if len(shape) < 1:
             raise UnsupportedModelError(f"exit {name!r}: output of shape {shape} has no channel axis")
         heads.append(HEADS.get(head)(in_channels=shape[0], num_classes=num_classes))
+    if cascade:
+        heads = cascade_heads(heads, num_classes=num_classes)
     return EarlyExitModel(
         segments=segments, heads=heads, exit_names=exit_names, criterion=criterion, threshold=threshold
     )

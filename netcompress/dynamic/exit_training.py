@@ -42,6 +42,7 @@ from netcompress.dynamic.curves import accuracy_vs_macs, param_count, plot_curve
 from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
 from netcompress.dynamic.exit_calibration import choose_threshold
 from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA
+from netcompress.dynamic.exit_ensemble import attach_exit_ensemble
 from netcompress.dynamic.exit_evaluation import collect_exit_logits, exit_path_macs, trade_off_rows
 from netcompress.dynamic.exit_heads import HEADS
 from netcompress.dynamic.exit_points import add_early_exits
@@ -224,7 +225,8 @@ class EarlyExitConfig(TrainConfig):
     final exit, a fraction) or ``max_macs_fraction`` (the most accurate threshold within that share
     of the full path's MACs); with ``per_exit_thresholds`` one threshold per head under that bound
     (:func:`~netcompress.dynamic.exit_thresholds.choose_exit_thresholds`). ``thresholds`` None uses
-    the criterion's default grid.
+    the criterion's default grid. ``cascade`` / ``ensemble``: Zero Time Waste
+    (:mod:`~netcompress.dynamic.exit_ensemble`; the ensemble is fitted on the training loader).
 
     Example:
         >>> EarlyExitConfig(exits=["features.5"], epochs=5, deploy_threshold=0.9)
@@ -241,6 +243,9 @@ class EarlyExitConfig(TrainConfig):
     max_macs_fraction: float | None = None
     per_exit_thresholds: bool = False
     max_eval_batches: int | None = None
+    cascade: bool = False  # Zero Time Waste: heads read the previous head's logits
+    ensemble: bool = False  # ... and exits decide by a geometric ensemble fitted on the training split
+    ensemble_final: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -285,7 +290,7 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
     data.require("train_loader", "val_loader", "example_inputs", method="dynamic/early_exit")
     example = data.example_inputs[:1]
     ee = model if isinstance(model, EarlyExitModel) else add_early_exits(
-        model, exits=config.exits, example_inputs=example, head=config.head
+        model, exits=config.exits, example_inputs=example, head=config.head, cascade=config.cascade
     )  # fmt: skip
     train_config = run_config(config.train_config(), data)
     history = None
@@ -301,6 +306,9 @@ def early_exit_method(model: nn.Module, config: EarlyExitConfig, data: MethodDat
             checkpoint_dir=data.out_dir / "checkpoints" if data.out_dir is not None else None,
             resume=data.out_dir is not None,
         )
+    if config.ensemble:
+        attach_exit_ensemble(ee, data.train_loader, include_final=config.ensemble_final,
+                             device=data.device, max_batches=config.max_eval_batches)  # fmt: skip
     exit_logits, labels = collect_exit_logits(
         ee, data.val_loader, device=data.device, max_batches=config.max_eval_batches
     )
