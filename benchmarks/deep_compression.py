@@ -16,7 +16,8 @@ From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stage
    the scales train in float), sparsity-preserving k-means per layer (``--clusters``, ``--big-clusters``;
    zero its own centroid), then ``--cluster-epochs`` of cluster-preserving fine-tuning at ``--cluster-lr`` with the
    centroid gradient ``--centroid-grad`` (mean / sqrt / sum, see ``ClusterPreserving``), distilled too;
-3. ``nc.save_compressed`` (``--dense-dtype float16``: raw tensors such as the scales in float16), reloaded with ``nc.load_compressed`` and evaluated again.
+3. ``nc.save_compressed`` without the pruning masks (zero is a pinned centroid), raw tensors (scales) in
+   ``--dense-dtype``, reloaded with ``nc.load_compressed`` and evaluated again.
 
 Every choice is read on the validation split (``cp.heldout_loader``: ``--val-size`` training images outside
 the protocol's subset); the test set is read once, at the end (and for the baseline, cached). Each stage's
@@ -53,6 +54,7 @@ from netcompress.data import balanced_subset  # noqa: E402
 from netcompress.distillation.hooks import SoftTargetDistillation  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.export.compressed_file import float32_bytes  # noqa: E402
+from netcompress.pruning.masks import remove_masks  # noqa: E402
 
 # flags that do not change the result (where it runs, what it prints): left out of the cache key
 NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
@@ -94,11 +96,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clusters", type=int, default=16, help="shared values per layer (zero included)")
     parser.add_argument("--big-clusters", type=int, default=None, help="clusters of the big layers")
     parser.add_argument("--fold-bn", action="store_true", help="fold BN into the convs before clustering")
-    parser.add_argument(
-        "--channel-scale",
-        action="store_true",
-        help="BN -> float per-channel scale (bn_to_channel_scale_), layers clustered scale-free",
-    )
+    parser.add_argument("--channel-scale", action="store_true", help="BN -> float per-channel scales first")
     parser.add_argument(
         "--dense-dtype", choices=("float32", "float16"), default="float32", help="raw tensors in the file"
     )
@@ -327,8 +325,10 @@ def cluster(model: nn.Module, rates: dict[str, float], args) -> None:
 def finish(model, base, bundle, test_loader, run: Run, args, variant: str) -> dict:
     """Test accuracy, the file (bytes by part, ratio to the dense float32 file) and the reloaded model's accuracy."""
     path = run.folder / f"{variant}.ncz"
+    shipped = copy.deepcopy(model)
+    remove_masks(shipped)  # the pruned zeros stay: zero is a pinned centroid of every clustered layer
     summary = nc.save_compressed(
-        model, path, example_inputs=cp.example_input(bundle), dense_dtype=args.dense_dtype
+        shipped, path, example_inputs=cp.example_input(bundle), dense_dtype=args.dense_dtype
     )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
