@@ -327,3 +327,18 @@ def test_format2_files_still_load_and_format3_metadata_is_smaller(tmp_path):
     bad.write_bytes(old[:-10])
     with pytest.raises(CheckpointError, match="truncated"):
         load_compressed(bad)
+
+
+def test_format3_metadata_damaged_under_a_valid_checksum_is_a_clear_error(tmp_path):
+    import hashlib
+
+    from netcompress.export.compressed_container import DIGEST
+
+    save_compressed(_deep_compressed(), tmp_path / "m.ncz")
+    data = bytearray((tmp_path / "m.ncz").read_bytes())
+    data[30] ^= 0xFF  # inside the LZMA2 metadata; the digest recomputed, as a forger would
+    body = bytes(data[:-DIGEST])
+    (tmp_path / "bad.ncz").write_bytes(body + hashlib.blake2b(body, digest_size=DIGEST).digest())
+    with pytest.raises(CheckpointError, match="bad.ncz") as err:
+        load_compressed(tmp_path / "bad.ncz")
+    assert "damaged" in str(err.value) or "cannot be decoded" in str(err.value) or "missing" in str(err.value)
