@@ -11,10 +11,13 @@ From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stage
    with the masks kept, distilled from the unpruned model (``--kd-alpha``, ``--kd-temperature``;
    ``--kd-alpha 0`` is plain cross entropy), then ``--extra-epochs`` more as a stage of its own;
 2. ``cluster``: BatchNorm folded into the convs when ``--fold-bn`` (after the pruning fine-tuning, which
-   trains with BN), sparsity-preserving k-means per layer (``--clusters``, ``--big-clusters``; zero its own
-   centroid), then ``--cluster-epochs`` of cluster-preserving fine-tuning at ``--cluster-lr`` with the
+   trains with BN), or with ``--channel-scale`` each BN replaced by a float per-channel scale + bias and
+   the conv's channels normalised to unit RMS (``bn_to_channel_scale_``: the shared values are scale-free,
+   the scales train in float), sparsity-preserving k-means per layer (``--clusters``, ``--big-clusters``;
+   zero its own centroid), then ``--cluster-epochs`` of cluster-preserving fine-tuning at ``--cluster-lr`` with the
    centroid gradient ``--centroid-grad`` (mean / sqrt / sum, see ``ClusterPreserving``), distilled too;
-3. ``nc.save_compressed``, reloaded with ``nc.load_compressed`` and evaluated again.
+3. ``nc.save_compressed`` without the pruning masks (zero is a pinned centroid), raw tensors (scales) in
+   ``--dense-dtype``, reloaded with ``nc.load_compressed`` and evaluated again.
 
 Every choice is read on the validation split (``cp.heldout_loader``: ``--val-size`` training images outside
 the protocol's subset); the test set is read once, at the end (and for the baseline, cached). Each stage's
@@ -43,7 +46,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 import netcompress as nc  # noqa: E402
-from netcompress.clustering import ClusterPreserving  # noqa: E402
+from netcompress.clustering import ClusterPreserving, bn_to_channel_scale_  # noqa: E402
 from netcompress.clustering.model_clustering import fold_bn_  # noqa: E402
 from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
 from netcompress.core.io import load_checkpoint  # noqa: E402
@@ -51,6 +54,7 @@ from netcompress.data import balanced_subset  # noqa: E402
 from netcompress.distillation.hooks import SoftTargetDistillation  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
 from netcompress.export.compressed_file import float32_bytes  # noqa: E402
+from netcompress.pruning.masks import remove_masks  # noqa: E402
 
 # flags that do not change the result (where it runs, what it prints): left out of the cache key
 NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
@@ -64,6 +68,8 @@ CLUSTER_FLAGS = {
     "cluster_lr",
     "centroid_grad",
     "extra_epochs",
+    "channel_scale",
+    "dense_dtype",
 }
 
 
@@ -90,6 +96,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clusters", type=int, default=16, help="shared values per layer (zero included)")
     parser.add_argument("--big-clusters", type=int, default=None, help="clusters of the big layers")
     parser.add_argument("--fold-bn", action="store_true", help="fold BN into the convs before clustering")
+    parser.add_argument("--channel-scale", action="store_true", help="BN -> float per-channel scales first")
+    parser.add_argument(
+        "--dense-dtype", choices=("float32", "float16"), default="float32", help="raw tensors in the file"
+    )
     parser.add_argument("--cluster-epochs", type=int, default=2)
     parser.add_argument("--cluster-lr", type=float, default=0.002)
     parser.add_argument("--centroid-grad", choices=("mean", "sqrt", "sum"), default="sqrt")
@@ -298,8 +308,12 @@ def channel_pruned(base: nn.Module, ratio: float, example: torch.Tensor) -> nn.M
 
 def cluster(model: nn.Module, rates: dict[str, float], args) -> None:
     """Fold BN (``--fold-bn``) and cluster every pruned layer IN PLACE, zero kept as its own centroid."""
+    if args.fold_bn and args.channel_scale:
+        raise SystemExit("--fold-bn and --channel-scale exclude each other")
     if args.fold_bn:
         fold_bn_(model.eval())
+    if args.channel_scale:
+        bn_to_channel_scale_(model.eval())
     big = [n for n in rates if model.get_submodule(n).weight.numel() >= args.big_size]
     if args.big_clusters is None or not big:
         nc.cluster_weights_(model.eval(), clusters=args.clusters, preserve_zeros=True)
@@ -311,7 +325,11 @@ def cluster(model: nn.Module, rates: dict[str, float], args) -> None:
 def finish(model, base, bundle, test_loader, run: Run, args, variant: str) -> dict:
     """Test accuracy, the file (bytes by part, ratio to the dense float32 file) and the reloaded model's accuracy."""
     path = run.folder / f"{variant}.ncz"
-    summary = nc.save_compressed(model, path, example_inputs=cp.example_input(bundle))
+    shipped = copy.deepcopy(model)
+    remove_masks(shipped)  # the pruned zeros stay: zero is a pinned centroid of every clustered layer
+    summary = nc.save_compressed(
+        shipped, path, example_inputs=cp.example_input(bundle), dense_dtype=args.dense_dtype
+    )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"{args.model}.ncz").write_bytes(path.read_bytes())

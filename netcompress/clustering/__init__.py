@@ -8,6 +8,7 @@ Example::
     save_clustered(model, "model.clustered.pt")     # indices at 4 bits + codebooks
 """
 
+from netcompress.clustering.channel_scale import ChannelScale, bn_to_channel_scale_
 from netcompress.clustering.kmeans import KMEANS_INITS, kmeans_1d, nearest_centroid
 from netcompress.clustering.model_clustering import ClusterConfig, cluster_weights, cluster_weights_
 from netcompress.clustering.regularizer import ClusterLoss, cluster_distance
@@ -28,6 +29,8 @@ __all__ = [
     "ClusterLoss",
     "ClusterPreserving",
     "ClusterSharing",
+    "ChannelScale",
+    "bn_to_channel_scale_",
     "cluster_distance",
     "cluster_module",
     "cluster_weights",

@@ -8,8 +8,14 @@ clustered weight is rebuilt as ``codebook[indices]``, a pruning mask as ``weight
 that is exactly true when saving). The model's structure is the same pickle-free description
 ``nc.save`` writes (:mod:`netcompress.export.object_codec`).
 
-Layout: ``magic | version | sizes | table (zlib JSON) | structure (zlib JSON) | body | BLAKE2b``; the
-digest covers every byte before it, so a changed, truncated or foreign file is a clear error.
+Layout (:mod:`netcompress.export.compressed_container`): ``magic | version | sizes | table + structure
+(one LZMA2 stream of JSON) | body | BLAKE2b``; the digest covers every byte before it, so a changed,
+truncated or foreign file is a clear error. Files of formats 1 and 2 (zlib metadata) still load.
+
+``dense_dtype="float16"`` is the one lossy option: the tensors stored raw (biases, BatchNorm, per-channel
+scales: everything not pruned, clustered or quantized, other than codebooks and quantization
+parameters) are rounded to float16, half their bytes; the file then reproduces exactly the model with
+those tensors rounded (``round_dense_``), which the write-time check compares against.
 
 Example:
     >>> summary = nc.save_compressed(model, "model.ncz", example_inputs=x)
@@ -19,11 +25,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
+import lzma
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +38,13 @@ from torch import nn
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.core.io import atomic_write_bytes
 from netcompress.export.allowlist import TRUSTED_CLASS_ROOTS
+from netcompress.export.compressed_container import FORMAT_FILTERS, MAGIC, meta_bytes, pack, unpack
 from netcompress.export.model_file import _class_modules, _decode, _user_modules
 from netcompress.export.object_codec import Encoder
 from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
 
-MAGIC = b"NCDCMP\r\n"
-VERSION = 2  # 2: position fillers hold no value (tensor_coding); 1 still loads
-READABLE_VERSIONS = (1, 2)
-_FIXED = struct.Struct("<8sHQII")  # magic, version, body bytes, table bytes, structure bytes
-_DIGEST = 32
+__all__ = ["MAGIC", "float32_bytes", "load_compressed", "round_dense_", "save_compressed"]
+DENSE_DTYPES = {"float32": None, "float16": torch.float16}
 _NOT_STATE = ("_mask", "weight_codebook", "weight_indices")  # bookkeeping, not part of a float model
 
 
@@ -51,10 +54,12 @@ def save_compressed(
     *,
     example_inputs: Any = None,
     allow_modules: tuple[str, ...] = (),
+    dense_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write ``model`` as one Deep-Compression file; return sizes by part and the compression ratio.
 
-    The summary's ``parts`` splits the bytes into ``header``, ``structure``, ``positions``,
+    The summary's ``parts`` splits the bytes into ``header`` (fixed header, tensor table, digest),
+    ``structure`` (the structure's JSON, compressed alone), ``positions``,
     ``indices``, ``codebooks`` (codebooks, fill values, Huffman tables) and ``dense`` (raw tensors);
     ``compression_ratio`` is the float32 state dict's bytes (masks, codebooks and indices left out)
     over the file's. Before writing, the bytes are decoded again and compared with ``model`` (every
@@ -64,36 +69,53 @@ def save_compressed(
     value (what the layer computes with) is identical, so its outputs are too. ``allow_modules`` in the
     summary names the modules outside torch/netcompress whose classes the file holds (a transformers model's
     and its config's): pass them to :func:`load_compressed`, as with ``nc.save``.
+    ``dense_dtype="float16"`` stores the raw tensors (biases, BatchNorm, per-channel scales; not
+    codebooks or quantization parameters) rounded to float16; the file then holds, exactly, the model
+    :func:`round_dense_` makes, and ``summary["rounded"]`` names those tensors.
 
     Example:
         >>> nc.save_compressed(model, "vgg.ncz")["compression_ratio"]
     """
+    if dense_dtype not in DENSE_DTYPES:
+        raise ConfigError(
+            f"save_compressed: dense_dtype must be one of {sorted(DENSE_DTYPES)}, not {dense_dtype!r}"
+        )
     encoder = Encoder()
     root = encoder.encode(model, "model")
     description = json.dumps({"root": root, "objects": encoder.objects}, separators=(",", ":"))
     derived = _derived_entries(model, encoder)
+    exact = _referenced(derived)  # codebooks, scales, zero points: never rounded
     writer = SegmentWriter()
     table: dict[str, Any] = {}
     for key, tensor in encoder.tensors.items():
         if key in derived:
             table[key] = derived[key]
         else:
-            table[key] = encode_tensor(tensor, writer)
+            small = None if key in exact else DENSE_DTYPES[dense_dtype]
+            table[key] = encode_tensor(tensor, writer, raw_dtype=small)
     for entry in derived.values():
         if entry["enc"] == "dequant":
             entry["q"] = encode_tensor(entry.pop("codes"), writer)
-    data = _assemble(table, description, writer)
+    data = pack(table, description, bytes(writer.body))
     # as nc.save: the write-time check may import the modules of every class written (the model's, its
     # config's: a transformers model's config class is no nn.Module); the summary names them for the load
     needed = tuple(sorted(_class_modules(encoder.objects)))
     rebuilt = _rebuild(data, "the file being written", allow_modules + _user_modules(model) + needed)
+    keys = encoder._tensor_keys
     requantized = {k for k, e in derived.items() if e["enc"] == "dequant"}
-    skip = {i for i, k in encoder._tensor_keys.items() if k in requantized}
-    _check_same(model, rebuilt, example_inputs, skip_ids=skip)
+    state = model.state_dict(keep_vars=True)
+    skip = {n for n, t in state.items() if keys.get(id(t)) in requantized}
+    names = sorted(n for n, t in state.items() if "stored" in table.get(keys.get(id(t), ""), {}))
+    reference = model
+    if names:  # dense_dtype rounded these: the file must hold exactly the rounded model
+        reference = round_dense_(copy.deepcopy(model), names, DENSE_DTYPES[dense_dtype])
+    _check_same(reference, rebuilt, example_inputs, skip_names=skip)
     written = atomic_write_bytes(path, data)
     parts = dict(writer.parts)
-    parts["structure"] = len(zlib.compress(description.encode("utf-8"), 9))
-    parts["header"] = len(data) - sum(parts.values())
+    meta = meta_bytes(data)
+    alone = len(lzma.compress(description.encode("utf-8"), format=lzma.FORMAT_RAW, filters=FORMAT_FILTERS))
+    parts["structure"] = min(alone, meta)
+    parts["header"] = meta - parts["structure"]
     baseline = float32_bytes(model)
     return {
         "path": str(written),
@@ -104,6 +126,8 @@ def save_compressed(
         "tensors": len(table),
         "encodings": _encoding_counts(table),
         "allow_modules": sorted({m for m in needed if not m.startswith(TRUSTED_CLASS_ROOTS)}),
+        "dense_dtype": dense_dtype,
+        "rounded": names,
     }
 
 
@@ -203,48 +227,13 @@ def _quantized_entry(module: nn.Module, keys: dict[int, str]) -> dict[str, Any] 
     }
 
 
-def _assemble(table: dict[str, Any], description: str, writer: SegmentWriter) -> bytes:
-    table_bytes = zlib.compress(json.dumps(table, separators=(",", ":")).encode("utf-8"), 9)
-    structure = zlib.compress(description.encode("utf-8"), 9)
-    head = _FIXED.pack(MAGIC, VERSION, len(writer.body), len(table_bytes), len(structure))
-    data = head + table_bytes + structure + bytes(writer.body)
-    return data + hashlib.blake2b(data, digest_size=_DIGEST).digest()
-
-
 def _rebuild(data: bytes, where: str, allow_modules: tuple[str, ...]) -> nn.Module:
-    if len(data) < _FIXED.size or not data.startswith(MAGIC):
-        raise CheckpointError(
-            f"{where} is not a netcompress compressed model (write one with nc.save_compressed)"
-        )
-    _, version, body_len, table_len, structure_len = _FIXED.unpack_from(data)
-    if version not in READABLE_VERSIONS:
-        raise CheckpointError(
-            f"{where} has compressed-file version {version}; this netcompress reads {READABLE_VERSIONS}"
-        )
-    expected = _FIXED.size + table_len + structure_len + body_len + _DIGEST
-    if len(data) != expected:
-        problem = "is truncated" if len(data) < expected else "has extra bytes"
-        raise CheckpointError(
-            f"{where} {problem}: its header says {expected} bytes, the file has {len(data)}"
-        )
-    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
-        raise CheckpointError(
-            f"{where}: checksum mismatch, the file was changed or damaged after it was written"
-        )
-    start = _FIXED.size
-    try:
-        table = json.loads(zlib.decompress(data[start : start + table_len]))
-        description = zlib.decompress(data[start + table_len : start + table_len + structure_len]).decode(
-            "utf-8"
-        )
-    except (ValueError, zlib.error) as exc:
-        raise CheckpointError(f"{where}: the tensor table or structure is damaged: {exc}") from None
-    body = data[start + table_len + structure_len : -_DIGEST]
+    table, description, body = unpack(data, where)
     try:
         tensors = _decode_tensors(table, body)
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{where}: a tensor cannot be decoded: {type(exc).__name__}: {exc}") from None
     return _decode(description, tensors, allow_modules=allow_modules, where=where)
 
@@ -294,12 +283,40 @@ def _encoding_counts(table: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any, *, skip_ids: set[int]) -> None:
+def round_dense_(model: nn.Module, names: list[str], dtype: torch.dtype = torch.float16) -> nn.Module:
+    """Round ``model``'s state tensors ``names`` to ``dtype`` and back IN PLACE; return ``model``.
+
+    ``save_compressed(dense_dtype="float16")`` stores its raw tensors so (``summary["rounded"]``):
+    this gives the float model the file reproduces, e.g. to evaluate it before loading.
+
+    Example:
+        >>> summary = nc.save_compressed(model, "m.ncz", dense_dtype="float16")
+        >>> round_dense_(model, summary["rounded"])   # model now equals nc.load_compressed("m.ncz")
+    """
+    state = model.state_dict(keep_vars=True)
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ConfigError(f"round_dense_: the model has no state tensors {missing}")
+    with torch.no_grad():
+        for name in names:
+            tensor = state[name]
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).to(tensor.dtype))
+    return model
+
+
+def _referenced(derived: dict[str, dict[str, Any]]) -> set[str]:
+    """Tensors that define other tensors (codebooks, quantization scales and zero points)."""
+    fields = ("codebook", "scale", "zero_point")
+    return {entry[f] for entry in derived.values() for f in fields if f in entry}
+
+
+def _check_same(model: nn.Module, rebuilt: nn.Module, example_inputs: Any, *, skip_names: set[str]) -> None:
     from netcompress.core.inputs import call_model, output_tensor
     from netcompress.evaluation.harness import eval_mode
 
     a, b = model.state_dict(keep_vars=True), rebuilt.state_dict(keep_vars=True)
-    requantized = {k for k, v in a.items() if id(v) in skip_ids}  # compared through the outputs
+    requantized = skip_names  # compared through the outputs
     if set(a) != set(b) or any(not torch.equal(a[k], b[k]) for k in a if k not in requantized):
         raise ConfigError(
             "save_compressed: the model did not come back the same from the file; nothing was written"

@@ -136,13 +136,38 @@ def _skip_positions(symbols: np.ndarray, skip_bits: int) -> np.ndarray:
     return (np.cumsum(np.where(filler, span, symbols + 1)) - 1)[~filler]
 
 
-def encode_tensor(tensor: torch.Tensor, writer: SegmentWriter, *, part: str = "indices") -> dict[str, Any]:
+def encode_tensor(
+    tensor: torch.Tensor,
+    writer: SegmentWriter,
+    *,
+    part: str = "indices",
+    raw_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
     """Code ``tensor`` into ``writer`` the smallest exact way; return its table entry.
 
     ``part`` is where Huffman-coded values are counted (``indices``); their codebooks go to
-    ``codebooks``, positions to ``positions`` and raw bytes to ``dense``.
+    ``codebooks``, positions to ``positions`` and raw bytes to ``dense``. ``raw_dtype`` (a smaller
+    float dtype, e.g. ``torch.float16``): a floating tensor that would be stored raw is stored as
+    ``tensor.to(raw_dtype)`` instead (entry ``"stored"``; it decodes to that rounded value in the
+    tensor's own dtype): the one lossy choice, and only when asked for.
     """
     tensor = tensor.detach().cpu().contiguous()
+    if raw_dtype is not None and tensor.is_floating_point() and _narrower(raw_dtype, tensor.dtype):
+        scratch = SegmentWriter()
+        entry = encode_tensor(tensor, scratch, part=part)
+        if "raw" in entry:
+            small = tensor.to(raw_dtype).reshape(-1)
+            data = small.view(torch.uint8).numpy().tobytes() if small.numel() else b""
+            return {
+                **entry,
+                "stored": str(raw_dtype).removeprefix("torch."),
+                "raw": writer.add(data, "dense"),
+            }
+        _shift(entry, len(writer.body))
+        writer.body += scratch.body
+        for name, size in scratch.parts.items():
+            writer.parts[name] += size
+        return entry
     if tensor.is_floating_point():  # -0.0 (a negative weight times a pruning mask) is stored as 0.0
         tensor = torch.where(tensor == 0, torch.zeros_like(tensor), tensor)
     view = view_dtype(tensor.dtype)
@@ -171,6 +196,10 @@ def encode_tensor(tensor: torch.Tensor, writer: SegmentWriter, *, part: str = "i
     for name, size in scratch.parts.items():
         writer.parts[name] += size
     return entry
+
+
+def _narrower(small: torch.dtype, dtype: torch.dtype) -> bool:
+    return small.is_floating_point and torch.finfo(small).bits < torch.finfo(dtype).bits
 
 
 def _shift(entry: dict[str, Any], base: int) -> None:
@@ -246,12 +275,16 @@ def decode_tensor(entry: dict[str, Any], body: bytes) -> torch.Tensor:
     view = view_dtype(dtype)
     np_dtype = torch.empty(0, dtype=view).numpy().dtype
     if "raw" in entry:
+        stored = dtype_from_name(entry.get("stored", entry["dtype"]))
+        if stored.is_floating_point != dtype.is_floating_point:
+            raise CheckpointError(f"a {dtype} tensor cannot be stored as {stored}")
         data = _segment(body, entry["raw"])
-        if len(data) != count * torch.empty(0, dtype=dtype).element_size():
+        if len(data) != count * torch.empty(0, dtype=stored).element_size():
             raise CheckpointError(f"raw tensor data of {len(data)} bytes does not fit shape {shape}")
         if not data:
             return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(stored).reshape(shape)
+        return raw.to(dtype) if stored != dtype else raw.clone()
     if "fill" in entry:
         entries = int(entry["entries"])
         gaps = _unhuffman(entry["positions"], body, entries)

@@ -52,9 +52,9 @@ def test_rounds_take_the_same_share_each_and_end_at_the_rate() -> None:
     assert _sparsity(model, "8") == pytest.approx(0.8, abs=1 / 160)
 
 
-@pytest.mark.parametrize("fold", [False, True])
-def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, fold) -> None:
-    args = _args("--clusters", "4", *(["--fold-bn"] if fold else []))
+@pytest.mark.parametrize("bn", ["kept", "--fold-bn", "--channel-scale"])
+def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, bn) -> None:
+    args = _args("--clusters", "4", *([bn] if bn != "kept" else []))
     model = _net()
     rates = dc.layer_rates(model, args)
     for step in (1, 2):
@@ -73,7 +73,10 @@ def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, fold)
     assert not run.load("cluster-b", copy.deepcopy(again))  # no such stage: nothing loaded
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(again.eval()(x), model.eval()(x))
-    assert isinstance(again[1], nn.Identity) == fold
+    from netcompress.clustering import ChannelScale
+
+    kind = {"kept": nn.BatchNorm2d, "--fold-bn": nn.Identity, "--channel-scale": ChannelScale}[bn]
+    assert isinstance(again[1], kind) and isinstance(again[4], kind)
     for name in rates:
         layer = again.get_submodule(name)
         assert layer.weight.unique().numel() <= 4 and _sparsity(again, name) >= rates[name] - 0.01

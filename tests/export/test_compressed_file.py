@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.core.errors import CheckpointError
+from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.export.compressed_file import MAGIC, float32_bytes, load_compressed, save_compressed
 from netcompress.export.entropy_coding import code_lengths, huffman_decode, huffman_encode
 from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
@@ -234,3 +234,111 @@ def test_format1_sparse_entries_still_decode():
         },
     }
     assert torch.equal(decode_tensor(entry, bytes(writer.body)), tensor)
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    with torch.no_grad():  # BN statistics of a trained net: many distinct floats, stored raw
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.normal_()
+        model[1].bias.normal_()
+    nc.prune_unstructured_(model, amount=0.8, scope="layer")
+    nc.cluster_weights_(model, clusters=8)
+    return model.eval()
+
+
+def test_dense_float16_option_round_trips_the_rounded_model_in_a_fresh_process(tmp_path):
+    from netcompress.export.compressed_file import round_dense_
+
+    model = _bn_net()
+    x = torch.randn(4, 3, 8, 8)
+    full = save_compressed(model, tmp_path / "f32.ncz", example_inputs=x)
+    half = save_compressed(model, tmp_path / "f16.ncz", example_inputs=x, dense_dtype="float16")
+    assert full["rounded"] == [] and full["dense_dtype"] == "float32"
+    # BN's four vectors and the Linear's weight and bias are raw; codebooks (define the weights) never rounded
+    assert half["rounded"] == ["1.bias", "1.running_mean", "1.running_var", "1.weight", "5.bias"]
+    assert full["parts"]["dense"] - half["parts"]["dense"] == 2 * (4 * 16 + 10)
+    assert half["size_bytes"] < full["size_bytes"]
+    reference = round_dense_(_bn_net(), half["rounded"])
+    assert not torch.equal(reference[1].running_var, model[1].running_var)  # the rounding did something
+    with torch.no_grad():
+        torch.save(reference(x), tmp_path / "expected.pt")
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch, netcompress as nc
+        m = nc.load_compressed({str(tmp_path / "f16.ncz")!r})
+        assert m[1].running_var.dtype == torch.float32
+        with torch.no_grad():
+            ok = torch.equal(m(torch.load({str(tmp_path / "x.pt")!r})), torch.load({str(tmp_path / "expected.pt")!r}))
+        print("EQUAL" if ok else "DIFFERENT")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert out.stdout.strip() == "EQUAL", out.stderr[-2000:]
+    loaded = load_compressed(tmp_path / "f16.ncz")
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    with pytest.raises(ConfigError, match="dense_dtype must be one of"):
+        save_compressed(model, tmp_path / "bad.ncz", dense_dtype="int8")
+    assert not (tmp_path / "bad.ncz").exists()
+
+
+def test_format2_files_still_load_and_format3_metadata_is_smaller(tmp_path):
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    from netcompress.export.compressed_container import DIGEST, meta_bytes, unpack
+
+    model = _bn_net()
+    x = torch.randn(2, 3, 8, 8)
+    save_compressed(model, tmp_path / "m.ncz", example_inputs=x)
+    data = (tmp_path / "m.ncz").read_bytes()
+    table, description, body = unpack(data, "m.ncz")
+    # the same content in the layout format 2 wrote (two zlib streams, absolute segment starts)
+    table_bytes = zlib.compress(json.dumps(table, separators=(",", ":")).encode(), 9)
+    structure = zlib.compress(description.encode(), 9)
+    old = struct.pack("<8sHQII", MAGIC, 2, len(body), len(table_bytes), len(structure))
+    old += table_bytes + structure + body
+    old += hashlib.blake2b(old, digest_size=DIGEST).digest()
+    (tmp_path / "v2.ncz").write_bytes(old)
+    loaded = load_compressed(tmp_path / "v2.ncz")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert meta_bytes(data) < len(old) - len(body)  # LZMA + relative starts beat two zlib streams
+    bad = tmp_path / "bad.ncz"
+    bad.write_bytes(old[:-10])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_compressed(bad)
+
+
+def test_format3_metadata_damaged_under_a_valid_checksum_is_a_clear_error(tmp_path):
+    import hashlib
+
+    from netcompress.export.compressed_container import DIGEST
+
+    save_compressed(_deep_compressed(), tmp_path / "m.ncz")
+    data = bytearray((tmp_path / "m.ncz").read_bytes())
+    data[30] ^= 0xFF  # inside the LZMA2 metadata; the digest recomputed, as a forger would
+    body = bytes(data[:-DIGEST])
+    (tmp_path / "bad.ncz").write_bytes(body + hashlib.blake2b(body, digest_size=DIGEST).digest())
+    with pytest.raises(CheckpointError, match="bad.ncz") as err:
+        load_compressed(tmp_path / "bad.ncz")
+    assert "damaged" in str(err.value) or "cannot be decoded" in str(err.value) or "missing" in str(err.value)
