@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -15,8 +10,7 @@ from netcompress.clustering import ChannelScale, ClusterPreserving, bn_to_channe
 from netcompress.clustering.channel_scale import channel_rms
 from netcompress.export.compressed_file import load_compressed, round_dense_, save_compressed
 from netcompress.models.resnet import cifar_resnet20
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fresh_process import assert_fresh_load_equal
 
 
 def _trained_like_resnet() -> nn.Module:
@@ -91,25 +85,8 @@ def test_scaled_clustered_file_loads_exactly_in_a_fresh_process(tmp_path):
     assert scale_names <= set(summary["rounded"])  # the float scales are the dense part, in float16
     round_dense_(model, summary["rounded"])
     with torch.no_grad():
-        torch.save(model(x), tmp_path / "expected.pt")
-    torch.save(x, tmp_path / "x.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch, netcompress as nc
-        m = nc.load_compressed({str(tmp_path / "m.ncz")!r})
-        with torch.no_grad():
-            ok = torch.equal(m(torch.load({str(tmp_path / "x.pt")!r})), torch.load({str(tmp_path / "expected.pt")!r}))
-        print("EQUAL" if ok else "DIFFERENT")
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
-    assert out.stdout.strip() == "EQUAL", out.stderr[-2000:]
+        expected = model(x)
+    assert_fresh_load_equal(tmp_path / "m.ncz", x, expected, tmp_path)
     assert isinstance(load_compressed(tmp_path / "m.ncz").bn1, ChannelScale)
 
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +12,7 @@ from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.export.compressed_file import MAGIC, float32_bytes, load_compressed, save_compressed
 from netcompress.export.entropy_coding import code_lengths, huffman_decode, huffman_encode
 from netcompress.export.tensor_coding import SegmentWriter, decode_tensor, encode_tensor
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fresh_process import assert_fresh_load_equal
 
 
 def _net() -> nn.Module:
@@ -96,27 +90,9 @@ def test_fresh_interpreter_loads_the_same_outputs(tmp_path):
     model = _deep_compressed()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        torch.save(model(x), tmp_path / "expected.pt")
-    torch.save(x, tmp_path / "x.pt")
+        expected = model(x)
     save_compressed(model, tmp_path / "m.ncz")
-    script = textwrap.dedent(
-        f"""
-        import torch, netcompress as nc
-        m = nc.load_compressed({str(tmp_path / "m.ncz")!r})
-        x = torch.load({str(tmp_path / "x.pt")!r})
-        with torch.no_grad():
-            ok = torch.equal(m(x), torch.load({str(tmp_path / "expected.pt")!r}))
-        print("EQUAL" if ok else "DIFFERENT")
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
-    assert out.stdout.strip() == "EQUAL", out.stderr[-2000:]
+    assert_fresh_load_equal(tmp_path / "m.ncz", x, expected, tmp_path)
 
 
 def test_quantized_model_stores_integer_codes_and_computes_the_same(tmp_path):
@@ -271,26 +247,9 @@ def test_dense_float16_option_round_trips_the_rounded_model_in_a_fresh_process(t
     reference = round_dense_(_bn_net(), half["rounded"])
     assert not torch.equal(reference[1].running_var, model[1].running_var)  # the rounding did something
     with torch.no_grad():
-        torch.save(reference(x), tmp_path / "expected.pt")
-    torch.save(x, tmp_path / "x.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch, netcompress as nc
-        m = nc.load_compressed({str(tmp_path / "f16.ncz")!r})
-        assert m[1].running_var.dtype == torch.float32
-        with torch.no_grad():
-            ok = torch.equal(m(torch.load({str(tmp_path / "x.pt")!r})), torch.load({str(tmp_path / "expected.pt")!r}))
-        print("EQUAL" if ok else "DIFFERENT")
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
-    assert out.stdout.strip() == "EQUAL", out.stderr[-2000:]
+        expected = reference(x)
+    check = "assert m[1].running_var.dtype == torch.float32"
+    assert_fresh_load_equal(tmp_path / "f16.ncz", x, expected, tmp_path, check)
     loaded = load_compressed(tmp_path / "f16.ncz")
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
