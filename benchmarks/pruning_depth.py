@@ -21,15 +21,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 from pruning_methods import METHODS, Context, Pruned, with_recalibration
-from pruning_recovery import LATENCY_BATCH, VALIDATION_BATCHES, validation_loader
+from pruning_recovery import latency_search, row_pruned_model
 from torch import nn
 
-from netcompress.core.io import load_checkpoint
 from netcompress.distillation import SoftTargetDistillation
-from netcompress.pruning import prune_to_target
 
 KD_ALPHA, KD_TEMPERATURE = 0.5, 4.0
 DEPTH_ROWS = ("nc_latency_depth", "nc_latency_depth_kd")
@@ -37,41 +33,21 @@ DEPTH_ROWS = ("nc_latency_depth", "nc_latency_depth_kd")
 
 @METHODS.register("nc_latency_depth")
 def _nc_latency_depth(base: nn.Module, ctx: Context) -> Pruned:
-    reduction = ctx.config.latency_reduction
-    small, summary = prune_to_target(
-        base, ctx.example, target="latency", reduction=reduction, runtime="onnxruntime",
-        batch_size=LATENCY_BATCH, threads=ctx.config.timing_threads, importance="group_l2", round_to="auto",
-        method="sensitivity", loader=validation_loader(ctx), max_batches=VALIDATION_BATCHES,
-        remove_branches=True, cache_dir=str(ctx.work_dir / "cost_tables"),
-        out_dir=ctx.work_dir / "nc_latency_depth",
-    )  # fmt: skip
-    info: dict[str, Any] = {
-        "label": f"netcompress latency target {reduction}x (ORT b64), depth + width (residual branches "
-                 "removable), sensitivity proxy (validation) + BN recal.",
-        "arch": summary["architecture"], "met": summary["met"], "reason": summary["reason"],
-        "search_speedup": summary["achieved_reduction"], "speedup_by_form": summary["speedup_by_form"],
-        "search_rounds": len(summary["candidates"]), "table_cached": summary["cost_table"]["cached"],
-        "table_s": round(summary["cost_table"]["measured_s"], 1),
-        "removed_branches": summary["removed_branches"], "rates": summary["rates"],
-        "candidates": [{k: r[k] for k in ("round", "predicted", "measured", "reduction", "proxy_lost", "met")}
-                       | {"widths": r["widths"]} for r in summary["candidates"]],
-        "table_entries": summary["cost_table"]["entries"], "table_base": summary["cost_table"]["base"],
+    label = "depth + width (residual branches removable), sensitivity proxy (validation) + BN recal."
+    small, summary, info = latency_search(base, ctx, "nc_latency_depth", label, remove_branches=True)
+    table = summary["cost_table"]
+    info |= {
+        "table_s": round(table["measured_s"], 1), "removed_branches": summary["removed_branches"],
+        "rates": summary["rates"], "table_entries": table["entries"], "table_base": table["base"],
     }  # fmt: skip
+    for row, searched in zip(info["candidates"], summary["candidates"]):
+        row["widths"] = searched["widths"]
     return with_recalibration(Pruned(small, info=info), ctx)
 
 
 @METHODS.register("nc_latency_depth_kd")
 def _nc_latency_depth_kd(base: nn.Module, ctx: Context) -> Pruned:
-    stem = "nc_latency_depth" if ctx.seed == 0 else f"nc_latency_depth-seed{ctx.seed}"
-    kept = ctx.work_dir / f"{stem}.pruned.pt"  # run_method's copy: pruned, BN recalibrated, not fine-tuned
-    if kept.exists():
-        saved = load_checkpoint(kept)
-        pruned = Pruned(
-            saved["model"], info={**saved["info"], "widths_from": f"{kept.name} (the row's model)"}
-        )
-    else:  # a search under load would not find the same model again: say so in the row
-        pruned = METHODS.get("nc_latency_depth")(base, ctx)
-        pruned.info["widths_from"] = "a new search (no nc_latency_depth pruned model in the work folder)"
+    pruned = row_pruned_model(base, ctx, "nc_latency_depth", "model")
     teacher = METHODS.get("dense_finetune")(base, ctx).model.eval()  # a copy of the unpruned model
     pruned.hooks = (SoftTargetDistillation(teacher, temperature=KD_TEMPERATURE, alpha=KD_ALPHA),)
     pruned.info["label"] += f" + KD from the unpruned model (T {KD_TEMPERATURE:g}, alpha {KD_ALPHA})"

@@ -28,6 +28,7 @@ import cifar_protocol as cp
 from pruning_methods import METHODS, Context, Pruned, kd_hook, with_recalibration, with_reconstruction
 from torch import nn
 
+from netcompress.core.io import load_checkpoint
 from netcompress.pruning import prune_to_target
 
 # the validation images every sensitivity choice reads: 1,000 (two batches of the protocol's 500); 2,000
@@ -92,23 +93,44 @@ def _nc_macs_high_sens(base: nn.Module, ctx: Context) -> Pruned:
     return _macs_high(base, ctx, strategy="sensitivity")
 
 
-@METHODS.register("nc_latency_sens")
-def _nc_latency_sens(base: nn.Module, ctx: Context) -> Pruned:
+def latency_search(base: nn.Module, ctx: Context, row: str, label: str, **options: Any) -> tuple[nn.Module, dict, dict]:
+    """The sensitivity-proxy latency search of row ``row`` (``options``: more ``prune_to_target`` keywords):
+    ``(pruned model, search summary, the row's info)``, the label ``netcompress latency target ...x, <label>``."""
     reduction = ctx.config.latency_reduction
     small, summary = prune_to_target(
         base, ctx.example, target="latency", reduction=reduction, runtime="onnxruntime",
         batch_size=LATENCY_BATCH, threads=ctx.config.timing_threads, importance="group_l2", round_to="auto",
         method="sensitivity", loader=validation_loader(ctx), max_batches=VALIDATION_BATCHES,
-        cache_dir=str(ctx.work_dir / "cost_tables"), out_dir=ctx.work_dir / "nc_latency_sens",
+        cache_dir=str(ctx.work_dir / "cost_tables"), out_dir=ctx.work_dir / row, **options,
     )  # fmt: skip
     info: dict[str, Any] = {
-        "label": f"netcompress latency target {reduction}x (ORT b64), sensitivity proxy (validation) + BN recal.",
+        "label": f"netcompress latency target {reduction}x (ORT b64), {label}",
         "arch": summary["architecture"], "met": summary["met"], "reason": summary["reason"],
         "search_speedup": summary["achieved_reduction"], "speedup_by_form": summary["speedup_by_form"],
         "search_rounds": len(summary["candidates"]), "table_cached": summary["cost_table"]["cached"],
         "candidates": [{k: r[k] for k in ("round", "predicted", "measured", "reduction", "proxy_lost", "met")}
                        for r in summary["candidates"]],
     }  # fmt: skip
+    return small, summary, info
+
+
+def row_pruned_model(base: nn.Module, ctx: Context, row: str, what: str) -> Pruned:
+    """Row ``row``'s own pruned model (run_method's copy: pruned, BN recalibrated, not fine-tuned) when the work
+    folder has it, else the row's search run again; ``info["widths_from"]`` says which (``what``: the row's what)."""
+    stem = row if ctx.seed == 0 else f"{row}-seed{ctx.seed}"
+    kept = ctx.work_dir / f"{stem}.pruned.pt"
+    if kept.exists():
+        saved = load_checkpoint(kept)
+        return Pruned(saved["model"], info={**saved["info"], "widths_from": f"{kept.name} (the row's {what})"})
+    # a search under load would not find the same model again: say so in the row
+    pruned = METHODS.get(row)(base, ctx)
+    pruned.info["widths_from"] = f"a new search (no {row} pruned model in the work folder)"
+    return pruned
+
+
+@METHODS.register("nc_latency_sens")
+def _nc_latency_sens(base: nn.Module, ctx: Context) -> Pruned:
+    small, _, info = latency_search(base, ctx, "nc_latency_sens", "sensitivity proxy (validation) + BN recal.")
     return with_recalibration(Pruned(small, info=info), ctx)
 
 

@@ -46,10 +46,9 @@ from pruning_methods import (
     finetune_config,
     macs_of,
 )
-from pruning_recovery import validation_loader
+from pruning_recovery import row_pruned_model, validation_loader
 from torch import nn
 
-from netcompress.core.io import load_checkpoint
 from netcompress.evaluation import count_macs
 from netcompress.evaluation.metrics import top1_accuracy
 from netcompress.pruning import prune_to_target, recalibrate_bn
@@ -259,15 +258,7 @@ def _tp_macs_high_long(base: nn.Module, ctx: Context) -> Pruned:
 
 @METHODS.register("nc_latency_sens_long")
 def _nc_latency_sens_long(base: nn.Module, ctx: Context) -> Pruned:
-    stem = "nc_latency_sens" if ctx.seed == 0 else f"nc_latency_sens-seed{ctx.seed}"
-    kept = ctx.work_dir / f"{stem}.pruned.pt"  # run_method's copy: pruned, BN recalibrated, not fine-tuned
-    if kept.exists():
-        saved = load_checkpoint(kept)
-        info = {**saved["info"], "widths_from": f"{kept.name} (the row's widths)"}
-        pruned = Pruned(saved["model"], info=info)
-    else:  # a search under load would not find the same widths again: say so in the row
-        pruned = METHODS.get("nc_latency_sens")(base, ctx)
-        pruned.info["widths_from"] = "a new search (no nc_latency_sens pruned model in the work folder)"
+    pruned = row_pruned_model(base, ctx, "nc_latency_sens", "widths")
     pruned.epochs_used = ctx.config.finetune_epochs - LONG_EPOCHS  # the harness trains LONG_EPOCHS
     pruned.info["label"] += f", fine-tuned {LONG_EPOCHS} epochs (bound: {LONG_EPOCHS // 5}x the budget)"
     return pruned
