@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from netcompress.core import ConfigError
 from netcompress.data import DataBundle
+from tests.crash_hooks import CrashAt
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -293,17 +294,6 @@ def test_baseline_training_variants_parse_as_yaml_values():
         bt.parse_variant(["lr0.02"])
 
 
-class _KillAt:
-    """Raises at the start of epoch ``epoch``: the process killed after the previous epoch's checkpoint."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def epoch_start(self, model, epoch):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill at epoch {epoch}")
-
-
 def test_a_killed_baseline_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     protocol = cp.ProtocolConfig(name="t", train_subset=None, epochs=2, batch_size=8)
     bundle = _tiny_bundle()
@@ -311,7 +301,7 @@ def test_a_killed_baseline_resumes_to_the_uninterrupted_weights(tmp_path, monkey
     assert not list((tmp_path / "full").glob("*.run"))  # the per-epoch checkpoints go once the cache is written
 
     real_fit = cp.fit
-    monkeypatch.setattr(cp, "fit", lambda *a, **k: real_fit(*a, **k, hooks=[_KillAt(1)]))
+    monkeypatch.setattr(cp, "fit", lambda *a, **k: real_fit(*a, **k, hooks=[CrashAt(1)]))
     with pytest.raises(KeyboardInterrupt):
         cp.train_baseline("narrow_vgg", protocol=protocol, bundle=bundle, cache_dir=tmp_path / "killed")
     (run_dir,) = (tmp_path / "killed").glob("*.run")

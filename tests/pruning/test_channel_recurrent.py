@@ -5,8 +5,6 @@ layer's own hidden size."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -14,6 +12,7 @@ from torch import nn
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
+from tests.masked_inputs import masked_inputs
 
 
 class AroundLSTM(nn.Module):
@@ -29,17 +28,6 @@ class AroundLSTM(nn.Module):
         return self.head(torch.relu(self.fc(y[:, -1])))
 
 
-def _masked(model: nn.Module, keep: dict) -> nn.Module:
-    ref = copy.deepcopy(model)
-    for name, module in ref.named_modules():
-        kept = keep.get(name, {}).get("in")
-        if kept is not None and isinstance(module, nn.Linear):
-            mask = torch.zeros(module.in_features)
-            mask[kept] = 1
-            module.register_forward_pre_hook(lambda m, a, mask=mask: (a[0] * mask,))
-    return ref
-
-
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_layers_after_a_recurrent_layer_prune_and_it_stays_whole(cell):
     torch.manual_seed(0)
@@ -48,7 +36,7 @@ def test_layers_after_a_recurrent_layer_prune_and_it_stays_whole(cell):
     small = apply_channel_plan(model, plan, x)
     assert small.fc.out_features == 8 and small.head.in_features == 8
     assert small.inp.out_features == 12 and small.rnn.hidden_size == 10  # read whole / not pruned
-    assert torch.allclose(small(x), _masked(model, plan.keep_indices())(x), atol=1e-6)
+    assert torch.allclose(small(x), masked_inputs(model, plan.keep_indices())(x), atol=1e-6)
     reasons = " ".join(g.reason for g in plan.graph.groups)
     assert f"{cell} 'rnn' reads them all" in reasons
 

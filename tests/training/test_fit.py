@@ -20,6 +20,7 @@ from netcompress.core.errors import CheckpointError, ConfigError, DataError
 from netcompress.training import History, TrainConfig, fit, lr_at
 from netcompress.training import progress as progress_mod
 from netcompress.training.loop import _validate
+from tests.crash_hooks import CrashAt
 
 NUM_FEATURES, NUM_CLASSES, BATCH = 8, 3, 16
 
@@ -102,17 +103,6 @@ class CountingHook:
 
     def load_state_dict(self, state):
         self.batches = state["batches"]
-
-
-class CrashAt:
-    """Raises at the start of epoch ``epoch``: a process killed after the previous epoch's checkpoint."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def epoch_start(self, model, epoch):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill at epoch {epoch}")
 
 
 class Sabotage:
