@@ -121,7 +121,7 @@ def fit(
     optimizer = build_optimizer(params, config)
     schedule = LRSchedule(optimizer, config, steps_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    run = Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler, loss_fn is None)
+    run = Run(config, model, extra, optimizer, schedule, hooks, train_loader, scaler)
     history, best = run.history, run.best
     criterion = loss_fn or TaskLoss(
         config.loss, label_smoothing=config.label_smoothing, ignore_index=config.ignore_index

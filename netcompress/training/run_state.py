@@ -31,7 +31,6 @@ class Run:
     hooks: list[Any]
     loader: Iterable
     scaler: Any = None  # torch.amp.GradScaler; enabled only for precision="fp16"
-    default_loss: bool = True  # no loss_fn given: cross entropy, whose shapes fit checks
     called: bool = False  # the model has run on a batch of this fit call
     history: History = dataclasses.field(default_factory=History)
     # best validation epoch so far: epoch, val_acc, and a weights snapshot
