@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import platform
 import re
@@ -85,12 +86,18 @@ def corpus(
     *, val: int = 256, test: int = 512, seed: int = 0, docstrings: bool = True
 ) -> dict[str, list[str]]:
     """``minilm_int8.py``'s split of the documentation sentences; ``train`` gains the docstring sentences
-    that are not a validation or test sentence."""
+    that are not a validation or test sentence. Parsed once per process (each stage of a script asks again);
+    every call returns fresh lists."""
+    return {k: list(v) for k, v in _corpus(val, test, seed, docstrings).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus(val: int, test: int, seed: int, docstrings: bool) -> dict[str, tuple[str, ...]]:
     parts = split_sentences(python_doc_sentences(), val=val, test=test, seed=seed)
     if docstrings:
         held = set(parts["val"]) | set(parts["test"]) | set(parts["train"])
         parts["train"] = parts["train"] + [s for s in docstring_sentences() if s not in held]
-    return parts
+    return {k: tuple(v) for k, v in parts.items()}
 
 
 def trim_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
