@@ -31,6 +31,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.graph_tracing import _attributes_restored
 from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
 
 SPLITS = ("chunk", "split", "tensor_split")
@@ -146,10 +148,11 @@ def split_from_graph(graph: fx.Graph, root: nn.Module, qkv: str, inner: int) -> 
 
 
 def trace_tokens(module: nn.Module, dim: int) -> tuple[fx.Graph, nn.Module] | str:
-    """Trace ``module``'s forward on ``(2, 5, dim)`` tokens with shapes recorded, or the reason it failed."""
-    x = torch.zeros(2, 5, dim)
-    try:
-        with torch.no_grad():
+    """Trace ``module``'s forward on ``(2, 5, dim)`` zero tokens with shapes recorded, or the reason it failed; the
+    module is left as it was (training flags, attributes)."""
+    x = torch.zeros(2, 5, dim, dtype=next(module.parameters()).dtype, device=next(module.parameters()).device)
+    try:  # in eval mode (no BatchNorm statistics touched), every attribute the forward rebinds put back
+        with torch.no_grad(), eval_mode(module), _attributes_restored(module):
             graph, root = trace_with_values(module, example_inputs=x, tracer_class=TypeCheckedTracer)
             gm = fx.GraphModule(root, graph)
             ShapeProp(gm).propagate(x)

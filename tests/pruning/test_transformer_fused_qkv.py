@@ -231,3 +231,24 @@ def test_monai_sablock_and_rtdl_attention() -> None:
     layer = rtdl.MultiheadAttention(d_embedding=DIM, n_heads=HEADS, dropout=0.0)
     unit = find_blocks(layer).attention[0]
     assert (unit.layout, unit.num_heads, unit.q, unit.o) == ("linear", HEADS, "W_q", "W_out")
+
+
+class CachingAttention(TimmAttention):
+    """Caches the token count on itself (as Swin caches a window size) and holds a BatchNorm over the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(DIM)
+
+    def forward(self, x):
+        self.tokens = x.shape[1]
+        return self.bn(super().forward(x).transpose(1, 2)).transpose(1, 2)
+
+
+def test_reading_the_split_leaves_the_module_as_it_was() -> None:
+    attn = CachingAttention().train()
+    stats = attn.bn.running_mean.clone(), attn.bn.running_var.clone(), int(attn.bn.num_batches_tracked)
+    assert find_blocks(Net([Block(attn, Mlp())])).attention[0].layout == "packed"
+    assert attn.training and attn.bn.training and not hasattr(attn, "tokens")
+    assert torch.equal(attn.bn.running_mean, stats[0]) and torch.equal(attn.bn.running_var, stats[1])
+    assert int(attn.bn.num_batches_tracked) == stats[2]
