@@ -362,7 +362,7 @@ def find_blocks(model: nn.Module) -> Blocks:
             unit = _packed_unit(name, module, pair)
             unit = checked_by_graph(unit, module, HEAD_ATTRS) if isinstance(unit, AttentionUnit) else unit
         elif (fused := fused_qkv_layout(module, HEAD_ATTRS)) is not None:  # found by form, split read from forward
-            unit = fused if isinstance(fused, str) else _fused_unit(name, *fused)
+            unit = fused if isinstance(fused, str) else _fused_unit(name, *fused) if fused else None
         elif any(_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)) or _looks_like_attention(
             module
         ):

@@ -161,12 +161,27 @@ def trace_tokens(module: nn.Module, dim: int) -> tuple[fx.Graph, nn.Module] | st
     return gm.graph, gm
 
 
-def fused_qkv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> tuple[str, str, str, int, int] | str | None:
+def _one_head_without_output(module: nn.Module) -> bool:
+    """One fused Linear child, no output Linear, and a forward that splits it into ONE head (vit-pytorch's
+    ``Attention`` with ``heads=1, dim_head=dim``: ``to_out`` is ``Identity``, as in T2T-ViT's token-to-token
+    stage): an attention with no head to remove and no projection to slice."""
+    dense = _dense_children(module)
+    if len(dense) != 1 or "." in dense[0][0] or dense[0][1].out_features % 3:
+        return False
+    qn, q = dense[0]
+    traced = trace_tokens(module, q.in_features)
+    return not isinstance(traced, str) and split_from_graph(*traced, qn, q.out_features // 3) == ("packed", 1)
+
+
+def fused_qkv_layout(
+    module: nn.Module, head_attrs: tuple[str, ...]
+) -> tuple[str, str, str, int, int] | str | bool | None:
     """``(qkv name, output name, layout, heads, head size)`` of a fused-qkv attention module, a reason it is
-    not one that can be pruned, or None when ``module`` does not have that form."""
+    not one that can be pruned, False for a one-head attention without output projection (nothing to prune, not
+    reported), or None when ``module`` does not have that form."""
     form = _form(module)
     if form is None:
-        return None
+        return False if _one_head_without_output(module) else None
     qn, q, on, _ = form
     inner = q.out_features // 3
     traced = trace_tokens(module, q.in_features)

@@ -82,8 +82,9 @@ class Net(nn.Module):
         return self.head(x.mean(1))
 
 
-def lucidrains_model() -> nn.Module:
-    """vit-pytorch's ``Attention`` and ``FeedForward`` as written there (pre-norm inside each)."""
+def lucidrains_model(one_head_stem: bool = False) -> nn.Module:
+    """vit-pytorch's ``Attention`` and ``FeedForward`` as written there (pre-norm inside each); ``one_head_stem``:
+    first a one-head attention without output projection (T2T-ViT's token-to-token stage)."""
     if rearrange is None:
         pytest.skip("einops is not installed")
 
@@ -94,7 +95,8 @@ def lucidrains_model() -> nn.Module:
             self.heads, self.scale = heads, dim_head**-0.5
             self.norm, self.attend = nn.LayerNorm(dim), nn.Softmax(dim=-1)
             self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-            self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+            project_out = not (heads == 1 and dim_head == dim)
+            self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0)) if project_out else nn.Identity()
 
         def forward(self, x):
             x = self.norm(x)
@@ -116,10 +118,12 @@ def lucidrains_model() -> nn.Module:
     class Transformer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.stem = Attention(heads=1, dim_head=DIM) if one_head_stem else nn.Identity()
             self.layers = nn.ModuleList([nn.ModuleList([Attention(), FeedForward()]) for _ in range(2)])
             self.head = nn.Linear(DIM, 3)
 
         def forward(self, x):
+            x = x + self.stem(x)
             for attn, ff in self.layers:
                 x = attn(x) + x
                 x = ff(x) + x
@@ -170,6 +174,14 @@ def test_lucidrains_to_qkv_chunk_rearrange() -> None:
     attn = small.layers[0][0]
     assert (attn.heads, attn.to_qkv.out_features, attn.to_out[0].in_features) == (2, 3 * 2 * DIM_HEAD, 2 * DIM_HEAD)
     assert small.layers[0][1].net[1].out_features == 12
+
+
+def test_a_one_head_attention_without_output_projection_is_left_alone() -> None:
+    model = lucidrains_model(one_head_stem=True)
+    blocks = find_blocks(model)
+    assert blocks.unknown == {} and [u.name for u in blocks.attention] == ["layers.0.0", "layers.1.0"]
+    small, _ = prune_and_compare(model, X)
+    assert small.stem.to_qkv.out_features == 3 * DIM and small.layers[1][0].heads == 2
 
 
 @pytest.mark.parametrize(("heads_outer", "layout"), [(False, "packed"), (True, "packed_heads")])
