@@ -94,11 +94,11 @@ def v_profile(model: nn.Module, x: Any, ctx: dict) -> str:
 
 
 def _masked_channels(model: nn.Module, keep: dict[str, dict[str, list[int] | None]]) -> nn.Module:
-    """The original where every Conv/Linear ignores its removed input channels (zeroed by a pre-hook)."""
+    """The original where every Conv/ConvTranspose/Linear ignores its removed input channels (zeroed by a pre-hook)."""
     ref = copy.deepcopy(model)
     for name, module in ref.named_modules():
         kept = keep.get(name, {}).get("in")
-        if kept is None or not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if kept is None or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
         width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
         mask = torch.zeros(width)

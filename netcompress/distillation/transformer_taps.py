@@ -136,6 +136,9 @@ class TransformerTaps:
         for unit in sorted([*blocks.attention, *head_dim], key=lambda u: list(modules).index(u.name)):
             self.units.setdefault(_layer_of(unit.name, modules), []).append(unit)
         self.layer_names = list(self.units)
+        # a ModuleList/ModuleDict per layer (vit-pytorch, x-transformers, rtdl) is never called: the model calls
+        # its blocks one by one, so no module returns the layer's output
+        self.uncalled = [n for n in self.layer_names if isinstance(modules[n], (nn.ModuleList, nn.ModuleDict))]
         self.unknown = {n: r for n, r in blocks.unknown.items() if n not in {u.name for u in head_dim}}
         self.slots = _Slots()
         self._handles: list[Any] = []
@@ -211,6 +214,12 @@ class TransformerTaps:
         try:
             return self.slots.values[key]
         except KeyError:
+            if self.uncalled:
+                raise UnsupportedModelError(
+                    f"{self.who}: its layer {self.uncalled[0]!r} is a {type(self.model.get_submodule(self.uncalled[0])).__name__} "
+                    "the model never calls (it calls the blocks inside one by one), so no module returns a layer's "
+                    "output for transformer distillation to read"
+                ) from None
             drop = f"; its config drops layers at random in training ({self.layer_drop})" if self.layer_drop else ""
             raise UnsupportedModelError(
                 f"{self.who}: nothing was captured for {key!r} in the last forward "

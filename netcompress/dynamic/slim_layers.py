@@ -128,6 +128,58 @@ class SlimGroupNorm(SlimLayer, nn.GroupNorm):
         return F.group_norm(x, s.groups, _pick(self.weight, s.out_sel), _pick(self.bias, s.out_sel), self.eps)
 
 
+class SlimConvTranspose(SlimLayer):
+    """Body of slimmable ConvTranspose1d/2d/3d, weight ``(in, out / groups, *kernel)``: the inputs that arrive
+    (``in_sel``, along dim 0) and each group's selected output positions (dim 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.selection()
+        weight = _pick(self.weight, s.in_sel)
+        per_in, per_out = self.in_channels // self.groups, self.out_channels // self.groups
+        if self.groups == 1:
+            weight = _pick(weight, s.out_sel, 1)
+        elif per_in > 1:  # grouped: the kept positions of the first group, the same in every group
+            outs = range(self.out_channels)[s.out_sel] if isinstance(s.out_sel, slice) else s.out_sel
+            weight = _pick(weight, [o for o in outs if o < per_out], 1)
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(self.kernel_size) - 1]
+        return conv(x, weight, _pick(self.bias, s.out_sel), self.stride, self.padding, self.output_padding,
+                    s.groups, self.dilation)  # fmt: skip
+
+
+class SlimConvTranspose1d(SlimConvTranspose, nn.ConvTranspose1d):
+    """Slimmable ConvTranspose1d."""
+
+
+class SlimConvTranspose2d(SlimConvTranspose, nn.ConvTranspose2d):
+    """Slimmable ConvTranspose2d."""
+
+
+class SlimConvTranspose3d(SlimConvTranspose, nn.ConvTranspose3d):
+    """Slimmable ConvTranspose3d."""
+
+
+class SlimInstanceNorm(SlimLayer):
+    """InstanceNorm normalises each channel of each sample alone: the selected channels' affine parameters.
+    Running statistics are refused when the layer is made slimmable (a selection would update a copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.selection()
+        return F.instance_norm(x, None, None, _pick(self.weight, s.out_sel), _pick(self.bias, s.out_sel),
+                               True, self.momentum or 0.0, self.eps)  # fmt: skip
+
+
+class SlimInstanceNorm1d(SlimInstanceNorm, nn.InstanceNorm1d):
+    """Slimmable InstanceNorm1d."""
+
+
+class SlimInstanceNorm2d(SlimInstanceNorm, nn.InstanceNorm2d):
+    """Slimmable InstanceNorm2d."""
+
+
+class SlimInstanceNorm3d(SlimInstanceNorm, nn.InstanceNorm3d):
+    """Slimmable InstanceNorm3d."""
+
+
 # exact layer type -> slimmable class (a subclass may compute something else, so it is refused)
 SLIM_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: SlimConv1d,
@@ -136,13 +188,19 @@ SLIM_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: SlimLinear,
     nn.PReLU: SlimPReLU,
     nn.GroupNorm: SlimGroupNorm,
+    nn.ConvTranspose1d: SlimConvTranspose1d,
+    nn.ConvTranspose2d: SlimConvTranspose2d,
+    nn.ConvTranspose3d: SlimConvTranspose3d,
+    nn.InstanceNorm1d: SlimInstanceNorm1d,
+    nn.InstanceNorm2d: SlimInstanceNorm2d,
+    nn.InstanceNorm3d: SlimInstanceNorm3d,
 }
 PLAIN_CLASSES = {slim: plain for plain, slim in SLIM_CLASSES.items()}
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def slim_copy(module: nn.Module) -> nn.Module:
-    """A slimmable copy of a Conv/Linear/PReLU/GroupNorm: same tensors, the slim class."""
+    """A slimmable copy of a Conv/ConvTranspose/Linear/PReLU/GroupNorm/InstanceNorm: same tensors, the slim class."""
     new = copy.deepcopy(module)
     new.__class__ = SLIM_CLASSES[type(module)]  # the slim classes add no tensors of their own
     return new

@@ -214,6 +214,9 @@ def _selection(kind: str, module: nn.Module, in_keep: list[int] | None, out_keep
             return Selection(as_index(out_keep), None, len(in_keep))
         positions = [i for i in in_keep if i < module.in_channels // groups]
         return Selection(as_index(out_keep), as_index(positions), groups)
+    if kind == "conv_transpose":  # the layer reads its weight's rows by in_sel, its group positions from out_sel
+        per_in = module.in_channels // module.groups
+        return Selection(as_index(out_keep), as_index(in_keep), len(in_keep) if per_in == 1 else module.groups)
     if kind == "linear":
         return Selection(as_index(out_keep), as_index(in_keep))
     if kind == "groupnorm":
@@ -243,6 +246,11 @@ def _swap_layers(net: nn.Module, graph: ChannelGraph, plan: WidthPlan, widths: l
             raise UnsupportedModelError(
                 f"layer {name!r} ({type(module).__name__}) sits on channels that change with the width; "
                 f"slimmable width can slice {', '.join(t.__name__ for t in SLIM_CLASSES)} and BatchNorm"
+            )
+        if layer.kind == "instancenorm" and module.track_running_stats:
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) tracks running statistics; slimmable width switches "
+                "InstanceNorm without them (track_running_stats=False)"
             )
         new = slim_copy(module)
         new.selections = {

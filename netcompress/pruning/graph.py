@@ -80,7 +80,8 @@ class UnionFind:
 class LayerChannels:
     """The channel ids along one layer's input and output channel dimensions.
 
-    ``kind`` selects the surgery: "conv", "linear", "batchnorm", "groupnorm", "prelu" or "custom".
+    ``kind`` selects the surgery: "conv", "conv_transpose", "linear", "batchnorm", "instancenorm",
+    "groupnorm", "prelu" or "custom".
     ``in_labels`` is None where the input dimension is not pruned by this layer (BatchNorm and
     PReLU keep one per-channel vector, stored in ``out_labels``).
     """
@@ -93,7 +94,7 @@ class LayerChannels:
 
 
 # layers that hold one vector per channel and produce nothing themselves
-PER_CHANNEL_KINDS = ("batchnorm", "groupnorm", "prelu")
+PER_CHANNEL_KINDS = ("batchnorm", "instancenorm", "groupnorm", "prelu")
 
 
 @dataclasses.dataclass

@@ -2,7 +2,8 @@
 
 Every rule receives an fx node whose inputs are already labelled and returns the channel ids of
 its output (dim 1), or None for values that are not channel-carrying tensors (sizes, shapes).
-Module rules live here; rules by function/method name in :mod:`graph_tensor_rules`.
+Module rules live here, the convolutions' in :mod:`graph_conv_rules`; rules by function/method name in
+:mod:`graph_tensor_rules`.
 Rules are looked up in registries (module types, function names, method names); an op that is in
 none of them and touches a labelled tensor raises UnsupportedModelError naming it.
 """
@@ -19,6 +20,12 @@ from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.graph import ChannelGraph, LayerChannels, is_prunable_custom
+from netcompress.pruning.graph_conv_rules import (
+    CONV_TRANSPOSE_TYPES,
+    FUNCTION_LAYER_RULES,
+    _existing,
+    conv_rule,
+)
 from netcompress.pruning.graph_tensor_rules import (
     NAMED_RULES,
     Labels,
@@ -35,70 +42,6 @@ from netcompress.pruning.graph_tensor_rules import (
     same_channels,
     spatial_channels,
 )
-
-
-def _existing(ctx: RuleContext, name: str) -> LayerChannels | None:
-    return ctx.graph.layers.get(name)
-
-
-def conv_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext, name: str | None = None) -> Labels:
-    arg, x = _first(node, ctx)
-    if len(_shape(arg)) != len(module.kernel_size) + 2:
-        raise _fail(node, f"{type(module).__name__} called on an unbatched input of shape {_shape(arg)}")
-    x = ctx.labels_on(arg, node, 1)
-    ctx.dims[node] = 1  # a conv's output channels are dim 1, wherever its input's came from (an unsqueeze)
-    name, graph = name or str(node.target), ctx.graph
-    if (layer := _existing(ctx, name)) is not None:  # shared weights: both calls shrink together
-        graph.unite(layer.in_labels, x, where=_describe(node))
-        return layer.out_labels
-    groups, c_out = module.groups, module.out_channels
-    per_in, per_out = module.in_channels // groups, c_out // groups
-    if groups == 1:
-        out = graph.uf.new(c_out)
-    elif per_in == 1:  # depthwise: output channel o is computed from input channel o // per_out only
-        out = list(x) if per_out == 1 else graph.uf.new(c_out)
-        for o in range(c_out if per_out > 1 else 0):
-            graph.uf.union(out[o], x[o // per_out])
-    else:  # grouped: position j is removed in every group so the groups stay equal in size
-        for j in range(per_in):
-            for k in range(1, groups):
-                graph.uf.union(x[j], x[k * per_in + j])
-        out = graph.uf.new(c_out)
-        for j in range(per_out):
-            for k in range(1, groups):
-                graph.uf.union(out[j], out[k * per_out + j])
-    graph.layers[name] = LayerChannels(name, "conv", type(module).__name__, list(x), out)
-    return out
-
-
-def _own_parameter(ctx: RuleContext, value: object, attr: str) -> str | None:
-    """The module owning ``value`` when it is that module's parameter ``attr`` read as it is (get_attr)."""
-    if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
-        return None
-    owner, _, leaf = str(value.target).rpartition(".")
-    return owner if leaf == attr and owner in ctx.modules else None
-
-
-def functional_conv_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
-    """``F.conv1d/2d/3d`` traced inside a Conv subclass's own forward (TF "same" padding, as in
-    efficientnet-pytorch): that Conv layer, provided the call uses the module's own ``weight`` and
-    ``bias`` unchanged and its ``groups``. A weight transformed in ``forward`` (weight standardisation
-    couples every input channel of a filter) is refused, naming the layer."""
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-    owner = _own_parameter(ctx, weight, "weight")
-    module = ctx.modules.get(owner) if owner is not None else None
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        raise _fail(
-            node,
-            "its weight is not a Conv layer's own weight parameter used as it is (a weight computed in "
-            "forward, e.g. standardised, ties all input channels of a filter together)",
-        )
-    if (bias is not None and _own_parameter(ctx, bias, "bias") != owner) or groups != module.groups:
-        raise _fail(node, f"it does not use the bias/groups of its layer {owner!r}")
-    return conv_rule(node, module, ctx, name=owner)
-
 
 SPLITS = ("split", "chunk", "tensor_split")
 
@@ -136,13 +79,6 @@ def _piece(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     source, index = node.args
     ctx.dims[node] = ctx.dim(source.args[0])
     return ctx.pieces[source][index]
-
-
-FUNCTION_LAYER_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
-    "conv1d": functional_conv_rule,
-    "conv2d": functional_conv_rule,
-    "conv3d": functional_conv_rule,
-}
 
 
 def linear_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
@@ -191,7 +127,7 @@ def recurrent_rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> 
 
 
 def per_channel_rule(kind: str) -> Callable[[torch.fx.Node, nn.Module, RuleContext], Labels]:
-    """BatchNorm / PReLU: one parameter vector over the channels, coupled to the input's ids."""
+    """BatchNorm / InstanceNorm / PReLU: one vector (or none) over the channels, coupled to the input's ids."""
 
     def rule(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
         arg, _ = _first(node, ctx)
@@ -306,11 +242,12 @@ _SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
 
 # ordered: the first matching type wins (protocol modules are checked before these)
 MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = [
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv_rule),
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE_TYPES), conv_rule),
     ((nn.Linear,), linear_rule),
     ((nn.Embedding, nn.EmbeddingBag), embedding_rule),
     ((nn.LSTM, nn.GRU, nn.RNN), recurrent_rule),
     ((nn.modules.batchnorm._BatchNorm,), per_channel_rule("batchnorm")),
+    ((nn.modules.instancenorm._InstanceNorm,), per_channel_rule("instancenorm")),  # per channel and per sample
     ((nn.PReLU,), per_channel_rule("prelu")),
     ((nn.GroupNorm,), groupnorm_rule),
     ((nn.LayerNorm, nn.RMSNorm), layernorm_rule),
@@ -351,7 +288,8 @@ def label_node(
         if rule is None:
             raise UnsupportedModelError(
                 f"channel pruning cannot handle module {str(node.target)!r} of type {type(module).__name__} "
-                f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, "
+                f"(fx node {node.name!r}); supported layers: Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear, BatchNorm, "
+                "InstanceNorm, GroupNorm, "
                 "LayerNorm/RMSNorm, Embedding/EmbeddingBag, LSTM/GRU/RNN (channels kept whole), PReLU, "
                 "activations, pooling, dropout, Flatten, or a module with out_channels + prune_out_channels()"
             )

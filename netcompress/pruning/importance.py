@@ -39,7 +39,14 @@ from netcompress.pruning.graph import ChannelGraph
 ImportanceFn = Callable[..., dict[str, torch.Tensor]]
 IMPORTANCES: Registry[ImportanceFn] = Registry("channel importance")
 
-_FILTER_KINDS = ("conv", "linear", "custom")
+_FILTER_KINDS = ("conv", "conv_transpose", "linear", "custom")
+
+
+def transposed_rows(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A ConvTranspose's ``(in, out / groups, *kernel)`` weight (or its gradient) as one row per output channel."""
+    groups = module.groups
+    per_in, per_out = tensor.shape[0] // groups, tensor.shape[1]
+    return tensor.reshape(groups, per_in, per_out, -1).transpose(1, 2).reshape(groups * per_out, -1)
 
 
 def filter_weights(module: nn.Module, *, kind: str, out_channels: int) -> torch.Tensor | None:
@@ -50,6 +57,8 @@ def filter_weights(module: nn.Module, *, kind: str, out_channels: int) -> torch.
     """
     if kind in ("conv", "linear"):
         return module.weight.detach().flatten(1)
+    if kind == "conv_transpose":
+        return transposed_rows(module, module.weight.detach())
     if kind == "custom":
         if callable(getattr(module, "channel_weights", None)):
             return module.channel_weights().detach().reshape(out_channels, -1)
@@ -106,6 +115,8 @@ def _group_magnitude(model: nn.Module, graph: ChannelGraph, power: int) -> dict[
         if layer.in_labels and layer.kind in ("conv", "linear") and getattr(module, "groups", 1) == 1:
             magnitude = weight.detach().float().abs().pow(power)
             out[f"{name}:in"] = magnitude.transpose(0, 1).reshape(magnitude.shape[1], -1).sum(1)
+        if layer.in_labels and layer.kind == "conv_transpose" and module.groups == 1:  # inputs are its dim 0
+            out[f"{name}:in"] = weight.detach().float().abs().pow(power).flatten(1).sum(1)
     return out
 
 
@@ -160,10 +171,15 @@ def taylor_importance(
         )
     work = copy.deepcopy(model).eval()
     params: dict[str, list[nn.Parameter]] = {}
+    transposed: dict[str, nn.Module] = {}  # a ConvTranspose's weight holds its outputs along dim 1
     for name, layer in graph.layers.items():
         if layer.out_labels:
             n_out = len(layer.out_labels)
             module = work.get_submodule(name)
+            if layer.kind == "conv_transpose":
+                transposed[name] = module
+                params[name] = [p for p in (module.weight, module.bias) if p is not None and p.requires_grad]
+                continue
             params[name] = [
                 p for p in module.parameters() if p.dim() and p.shape[0] == n_out and p.requires_grad
             ]
@@ -182,7 +198,10 @@ def taylor_importance(
         for name in totals:
             for p in params[name]:
                 if p.grad is not None:
-                    totals[name] += (p.detach() * p.grad).abs().reshape(p.shape[0], -1).sum(1)
+                    score = (p.detach() * p.grad).abs()
+                    if name in transposed and p.dim() > 1:
+                        score = transposed_rows(transposed[name], score)
+                    totals[name] += score.reshape(score.shape[0], -1).sum(1)
         seen += 1
     if seen == 0:
         raise ConfigError("importance='taylor': the loader yielded no batches")

@@ -36,7 +36,7 @@ def interaction_terms(
     label_of = {gid: label for label, gid in variants.labels.items()}
     ends: dict[str, tuple[int | None, int | None]] = {}
     for name, layer in graph.layers.items():
-        if layer.kind in ("conv", "linear", "custom") and layer.in_labels and layer.out_labels:
+        if layer.kind in ("conv", "conv_transpose", "linear", "custom") and layer.in_labels and layer.out_labels:
             ends[name] = (
                 group_of.get(graph.uf.find(layer.in_labels[0])),
                 group_of.get(graph.uf.find(layer.out_labels[0])),

@@ -57,7 +57,7 @@ CALIBRATION = ("auto", "blocks", "model")
 class LayerSelection(Config):
     """Which weights a one-shot method prunes and how much calibration data it reads (shared fields).
 
-    ``include`` (None = every Conv1d/Conv2d/Linear/Conv1D layer and attention projection) and ``exclude``
+    ``include`` (None = every Conv1d/2d/3d/Linear/Conv1D layer and attention projection) and ``exclude``
     hold names or ``re:`` patterns (``"0.self_attn.in_proj_weight"`` for a packed attention projection);
     ``calib_batches`` batches of the calibration loader are used; ``calibration`` is ``auto`` (block by
     block when the model's blocks are found, else whole-model passes), ``blocks`` or ``model``; a recipe

@@ -31,7 +31,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError
 
 MASK_SUFFIX = "_mask"
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 RECURRENT_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -182,7 +182,7 @@ def _report_key(mod_name: str, p_name: str) -> str:
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
     """Share of zero entries per prunable weight and over all of them (masks counted as zeros).
 
-    Covers the weights of Conv1d/Conv2d/Linear layers, the weight matrices of LSTM/GRU/RNN layers, plus
+    Covers the weights of Conv1d/Conv2d/Conv3d/Linear layers, the weight matrices of LSTM/GRU/RNN layers, plus
     any other masked parameter; layer keys are module names (``"features.0"``), or ``"module.param"`` for non-weight parameters.
 
     Example:

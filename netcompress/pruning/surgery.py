@@ -63,6 +63,31 @@ def shrink_conv_(module: nn.Module, in_keep: list[int] | None, out_keep: list[in
     module.in_channels, module.out_channels, module.groups = len(in_keep), len(out_keep), new_groups
 
 
+@SHRINKERS.register("conv_transpose")
+def shrink_conv_transpose_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
+    """Slice a ConvTranspose1d/2d/3d, whose weight is ``(in, out / groups, *kernel)``: inputs along dim 0,
+    each group's output positions along dim 1 (a depthwise one keeps whole groups: one per kept input)."""
+    groups, c_in, c_out = module.groups, module.in_channels, module.out_channels
+    per_in, per_out = c_in // groups, c_out // groups
+    _slice_param(module, "weight", in_keep)
+    if groups == 1:
+        _slice_param(module, "weight", out_keep, 1)
+        new_groups = 1
+    elif per_in == 1:
+        new_groups = len(in_keep)
+        if out_keep != [i * per_out + j for i in in_keep for j in range(per_out)]:
+            raise UnsupportedModelError(f"depthwise transposed conv: outputs {out_keep} are not whole groups")
+    else:
+        positions = [o for o in out_keep if o < per_out]
+        if len(out_keep) != groups * len(positions) or len(in_keep) % groups:
+            raise UnsupportedModelError(f"grouped transposed conv ({groups} groups): uneven channels kept per group")
+        _slice_param(module, "weight", positions, 1)
+        new_groups = groups
+    if module.bias is not None:
+        _slice_param(module, "bias", out_keep)
+    module.in_channels, module.out_channels, module.groups = len(in_keep), len(out_keep), new_groups
+
+
 @SHRINKERS.register("linear")
 def shrink_linear_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
     _slice_param(module, "weight", out_keep)
@@ -74,6 +99,7 @@ def shrink_linear_(module: nn.Module, in_keep: list[int] | None, out_keep: list[
 
 @SHRINKERS.register("batchnorm")
 def shrink_batchnorm_(module: nn.Module, in_keep: list[int] | None, out_keep: list[int] | None) -> None:
+    """BatchNorm, and InstanceNorm (kind ``instancenorm``): the affine vectors and running statistics if any."""
     for name in ("weight", "bias"):
         if getattr(module, name, None) is not None:
             _slice_param(module, name, out_keep)
@@ -81,6 +107,9 @@ def shrink_batchnorm_(module: nn.Module, in_keep: list[int] | None, out_keep: li
         if getattr(module, name, None) is not None:
             setattr(module, name, _index(getattr(module, name), out_keep))
     module.num_features = len(out_keep)
+
+
+SHRINKERS.register("instancenorm", shrink_batchnorm_)
 
 
 @SHRINKERS.register("groupnorm")

@@ -1,4 +1,4 @@
-"""Find the attention and FFN blocks of a transformer by their structure (no tracing).
+"""Find the attention and FFN blocks of a transformer by their structure (fused q|k|v: and its traced forward).
 
 Three attention layouts are recognised:
 
@@ -13,6 +13,9 @@ Three attention layouts are recognised:
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
   ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
 - ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
+- a fused q|k|v Linear under any name (vit-pytorch's ``to_qkv``, timm's ``qkv``, MONAI's ``SABlock``) whose split
+  ``"packed"`` or ``"packed_heads"`` and head count are read from the traced forward
+  (:mod:`~netcompress.pruning.transformer_qkv_graph`);
 - ``"packed_mp"``: CodeGen's ``qkv_proj`` with ``mp_num`` shards, each q|v|k of ``inner / mp_num`` channels;
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
@@ -44,14 +47,15 @@ from torch import nn
 
 from netcompress.pruning.transformer_ffn_forms import sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.pruning.transformer_qkv_graph import checked_by_graph, fused_qkv_layout
 
-Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj")
-K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin", "key_proj")
-V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin", "value_proj")
-O_NAMES = ("o_proj", "out_proj", "out", "o", "proj", "wo", "to_out", "out_lin", "dense")
-HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+Q_NAMES = ("q_proj", "query", "q", "wq", "to_q", "q_lin", "query_proj", "W_q")
+K_NAMES = ("k_proj", "key", "k", "wk", "to_k", "k_lin", "key_proj", "W_k")
+V_NAMES = ("v_proj", "value", "v", "wv", "to_v", "v_lin", "value_proj", "W_v")
+O_NAMES = ("o_proj", "out_proj", "out", "o", "proj", "wo", "to_out", "out_lin", "dense", "W_out")
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "_n_heads")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
-KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 FFN_PATTERNS = (
     (("gate_proj", "up_proj"), "down_proj"),
     (("w1", "w3"), "w2"),
@@ -66,7 +70,8 @@ FFN_PATTERNS = (
     (("fc_in",), "fc_out"),  # GPT-J, CodeGen
     (("intermediate_dense",), "output_dense"),  # wav2vec 2.0, HuBERT, WavLM
 )
-PACKED_GLU = (("gate_up_proj", "down_proj"), ("Wi", "Wo"))  # Phi-3, ModernBERT: up = gate | up, chunked
+# Phi-3, ModernBERT, rtdl's ReGLU: up = gate | up, chunked
+PACKED_GLU = (("gate_up_proj", "down_proj"), ("Wi", "Wo"), ("linear1", "linear2"))
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -230,35 +235,9 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
     return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p, shards)
 
 
-def mp_rows(unit: AttentionUnit, heads: list[int], part: int) -> torch.Tensor:
-    """CodeGen's ``mp_num`` layout: rows of ``heads`` in q (part 0), v (1) or k (2); each shard holds
-    q|v|k of ``inner / shards`` channels and the heads run across the shards' q (v, k) parts in order."""
-    local = unit.num_heads * unit.head_dim // unit.shards
-    flat = head_rows_of(heads, unit.head_dim)
-    return (flat // local) * 3 * local + part * local + flat % local
-
-
-def head_rows_of(heads: list[int], head_dim: int) -> torch.Tensor:
-    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
-
-
-def packed_rows(unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> torch.Tensor:
-    """The output rows of a packed q|k|v layer that the kept query / key-value heads use."""
-    d, inner, kv_width = unit.head_dim, unit.num_heads * unit.head_dim, unit.num_kv_heads * unit.head_dim
-    if unit.layout == "packed_heads":  # head after head, each q_h | k_h | v_h
-        return torch.tensor([h * 3 * d + i for h in keep_q for i in range(3 * d)], dtype=torch.long)
-    if unit.layout == "packed_mp":  # written back as one shard q|v|k (mp_num becomes 1)
-        return torch.cat([mp_rows(unit, keep_q, 0), mp_rows(unit, keep_kv, 1), mp_rows(unit, keep_kv, 2)])
-    if unit.layout == "packed_groups":  # per key/value head g: its query heads, k_g, v_g
-        r, rows = unit.groups, []
-        for g in keep_kv:
-            base = g * (r + 2) * d
-            rows += [base + (h - g * r) * d + i for h in keep_q if h // r == g for i in range(d)]
-            rows += [base + (r + j) * d + i for j in (0, 1) for i in range(d)]
-        return torch.tensor(rows, dtype=torch.long)
-    q = torch.tensor([h * d + i for h in keep_q for i in range(d)], dtype=torch.long)
-    kv = torch.tensor([h * d + i for h in keep_kv for i in range(d)], dtype=torch.long)
-    return torch.cat([q, kv + inner, kv + inner + kv_width])
+def _fused_unit(name: str, qkv: str, out: str, layout: str, heads: int, head_dim: int) -> AttentionUnit:
+    c = _join(name, qkv)
+    return AttentionUnit(name, layout, heads, head_dim, heads, c, c, c, _join(name, out))
 
 
 NORM_PAIRS = (("q_norm", "q_layernorm"), ("k_norm", "k_layernorm"))
@@ -284,7 +263,7 @@ def _linear_unit(
 ) -> AttentionUnit | str:
     found = [_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)]
     if any(f is None for f in found):
-        return "no separate query/key/value Linear children (packed qkv layouts are not supported)"
+        return "no separate query/key/value Linear children, nor one fused q|k|v Linear and an output Linear"
     (qn, q), (kn, k), (vn, v) = found  # type: ignore[misc]
     if not all(isinstance(m, nn.Linear) for m in (q, k, v)):
         return "query/key/value must be nn.Linear"
@@ -349,6 +328,18 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
     return None
 
 
+def _beside_attention(name: str, parent: str, attention: list[AttentionUnit]) -> bool:
+    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent) also holds an attention unit,
+    and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
+    if any(name.startswith(u.name + ".") for u in attention):
+        return False
+    while parent:
+        if any(u.name.startswith(parent + ".") for u in attention):
+            return True
+        parent = parent.rpartition(".")[0]
+    return False
+
+
 def _looks_like_attention(module: nn.Module) -> bool:
     kind = type(module).__name__.lower()
     return "attention" in kind or "attn" in kind
@@ -369,6 +360,9 @@ def find_blocks(model: nn.Module) -> Blocks:
             unit = _mha_unit(name, module)
         elif (pair := _packed_pair(module)) is not None:
             unit = _packed_unit(name, module, pair)
+            unit = checked_by_graph(unit, module, HEAD_ATTRS) if isinstance(unit, AttentionUnit) else unit
+        elif (fused := fused_qkv_layout(module, HEAD_ATTRS)) is not None:  # found by form, split read from forward
+            unit = fused if isinstance(fused, str) else _fused_unit(name, *fused) if fused else None
         elif any(_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)) or _looks_like_attention(
             module
         ):
@@ -381,9 +375,9 @@ def find_blocks(model: nn.Module) -> Blocks:
         if found is not None:
             ffn.append(found)
         elif name and (seq := sequential_ffn(name, module)) is not None:
-            sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2])))
+            sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2], halves=seq[3])))
     # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
-    ffn += [f for p, f in sequential if p and any(u.name.startswith(p + ".") for u in attention)]
+    ffn += [f for p, f in sequential if _beside_attention(f.name, p, attention)]
     claimed = {u.name for u in attention}
     attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
     ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too

@@ -1,28 +1,65 @@
 """FFN blocks not named by their children (``transformer_blocks.FFN_PATTERNS``), found by their form.
 
-``nn.Sequential(Linear(d, w), activation, [dropout], Linear(w, d))``: PatchTST's ``ff`` and hand-written layers.
-:func:`~netcompress.pruning.transformer_blocks.find_blocks` takes one only beside an attention block of the same
-layer (a model's MLP head is not an FFN), and every prune checks it against the masked original.
+``nn.Sequential(Linear(d, w), activation, [dropout], Linear(w, d))``: PatchTST's ``ff`` and hand-written layers;
+also with a norm over ``d`` first (vit-pytorch's ``FeedForward.net``: ``LayerNorm, Linear, GELU, Dropout, Linear,
+Dropout``), with the up layer and its activation in a nested ``Sequential`` (x-transformers' ``ff``), or with a
+GLU module whose one Linear ``proj`` is ``2 * w`` wide and chunked in its forward (x-transformers' ``GLU``).
+:func:`~netcompress.pruning.transformer_blocks.find_blocks` takes one only inside a block that also holds an
+attention block (a model's MLP head is not an FFN), and every prune checks it against the masked original.
 
 Example:
     >>> sequential_ffn("ff", nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8)))
-    ('ff.0', 'ff.2', 32)
+    ('ff.0', 'ff.2', 32, 1)
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+_NORMS = (nn.LayerNorm, nn.RMSNorm)
 
-def sequential_ffn(name: str, module: nn.Module) -> tuple[str, str, int] | None:
-    """(up layer, down layer, width) of a ``Sequential(Linear(d, w), parameter-free modules..., Linear(w, d))``."""
-    if not isinstance(module, nn.Sequential) or len(module) < 3:
+
+def _leaves(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The items of a Sequential, nested Sequentials opened, with their qualified names."""
+    out = []
+    for key, child in module.named_children():
+        full = f"{name}.{key}"
+        out += _leaves(full, child) if isinstance(child, nn.Sequential) else [(full, child)]
+    return out
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _glu_proj(name: str, module: nn.Module) -> tuple[str, nn.Linear] | None:
+    """A GLU module holding one Linear child ``proj`` and no other parameters."""
+    proj = getattr(module, "proj", None)
+    if "glu" not in type(module).__name__.lower() or not isinstance(proj, nn.Linear):
         return None
-    first, last, middle = module[0], module[-1], list(module)[1:-1]
-    if not (isinstance(first, nn.Linear) and isinstance(last, nn.Linear)):
+    if sum(p.numel() for p in module.parameters()) != sum(p.numel() for p in proj.parameters()):
         return None
-    if any(next(m.parameters(), None) is not None for m in middle):
+    return f"{name}.proj", proj
+
+
+def sequential_ffn(name: str, module: nn.Module) -> tuple[str, str, int, int] | None:
+    """(up layer, down layer, width, halves) of a Sequential FFN (see the module docstring); ``halves`` is 2
+    when the up layer holds value | gate for a GLU."""
+    if not isinstance(module, nn.Sequential) or len(module) < 2:
         return None
-    if first.out_features != last.in_features or first.in_features != last.out_features:
+    leaves = _leaves(name, module)
+    weighted = [i for i, (_, m) in enumerate(leaves) if _has_parameters(m)]
+    if weighted and isinstance(leaves[weighted[0]][1], _NORMS) and len(weighted) == 3:
+        weighted = weighted[1:]  # a norm over d before the up layer: not touched by neuron pruning
+    if len(weighted) != 2:
         return None
-    return f"{name}.0", f"{name}.{len(module) - 1}", first.out_features
+    (up_name, up), (down_name, down) = (leaves[i] for i in weighted)
+    halves = 1
+    if (glu := _glu_proj(up_name, up)) is not None:
+        (up_name, up), halves = glu, 2
+    if not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear)):
+        return None
+    width = down.in_features
+    if up.out_features != halves * width or up.in_features != down.out_features:
+        return None
+    return up_name, down_name, width, halves

@@ -13,6 +13,7 @@ projections are sliced) updates, per attention module:
   each kept head keeps its own slope;
 - CodeGen's ``mp_num`` layout (q|v|k interleaved over ``mp_num`` shards): the surgery writes the kept rows
   as one shard, so ``mp_num`` becomes 1 and ``embed_dim`` (read only to size a shard) the kept width;
+- einops ``Rearrange`` children built with the head count (MONAI's ``SABlock``): rebuilt with the kept count;
 - a q/k norm over ALL heads at once (OLMo-2's ``q_norm``/``k_norm``, RMSNorm over ``heads * head_dim``):
   its statistic reads every head, so the projection keeps every head's rows and the norm is wrapped in
   :class:`KeptHeadsNorm`, which normalises the full width and hands on the kept heads' channels.
@@ -129,12 +130,26 @@ def _alibi_hook(module: nn.Module, unit: AttentionUnit, keep_q: list[int]) -> No
         module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+def _rearrange_layers_(module: nn.Module, unit: AttentionUnit, n_q: int) -> None:
+    """einops ``Rearrange`` children built with the head count as an axis length (MONAI's ``SABlock``:
+    ``Rearrange('b h (qkv l d) -> qkv b l h d', qkv=3, l=num_heads)``) are rebuilt with the kept count; one
+    with several axes of that length is left as it is (the prune's check then names the block)."""
+    for name, child in list(module.named_children()):
+        lengths = getattr(child, "axes_lengths", None)
+        if type(child).__name__ != "Rearrange" or not isinstance(lengths, dict):
+            continue
+        axes = [a for a, n in lengths.items() if n == unit.num_heads]
+        if len(axes) == 1:
+            setattr(module, name, type(child)(child.pattern, **{**lengths, axes[0]: n_q}))
+
+
 def follow_head_state_(module: nn.Module, unit: AttentionUnit, keep_q: list[int], keep_kv: list[int]) -> None:
     """Update what ``module``'s forward reads about its heads after its projections kept ``keep_q`` /
     ``keep_kv`` (see the module docstring)."""
     n_q, n_kv = len(keep_q), len(keep_kv)
     _own_config(module, unit, n_q, n_kv)
     _alibi_hook(module, unit, keep_q)
+    _rearrange_layers_(module, unit, n_q)
     for attr in HEAD_ATTRS:
         if isinstance(getattr(module, attr, None), int):
             setattr(module, attr, n_q)

@@ -41,9 +41,9 @@ from netcompress.pruning.transformer_blocks import (
     FFNUnit,
     is_conv1d,
     kept_heads_norm,
-    mp_rows,
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.pruning.transformer_packed_rows import mp_rows
 from netcompress.pruning.transformer_surgery import StreamLayers, get_module, set_module
 
 CRITERIA = ("magnitude", "taylor", "wanda")

@@ -34,7 +34,6 @@ from netcompress.pruning.transformer_blocks import (
     in_out,
     is_conv1d,
     is_dense,
-    packed_rows,
 )
 from netcompress.pruning.transformer_experts import is_expert_module
 from netcompress.pruning.transformer_head_state import (
@@ -43,6 +42,7 @@ from netcompress.pruning.transformer_head_state import (
     wrap_all_heads_norm_,
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.pruning.transformer_packed_rows import packed_rows
 
 
 @dataclasses.dataclass

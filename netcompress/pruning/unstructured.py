@@ -147,7 +147,7 @@ def _selected_weights(model: nn.Module, config: WeightSelection) -> dict[str, nn
     layers = {n: m for n, m in layers.items() if m._parameters.get("weight") is not None}
     if not layers:
         raise ConfigError(
-            f"no Conv1d/Conv2d/Linear weight selected (include={config.include}, exclude={config.exclude})"
+            f"no Conv1d/Conv2d/Conv3d/Linear weight selected (include={config.include}, exclude={config.exclude})"
         )
     return layers
 
@@ -226,7 +226,7 @@ def prune_unstructured_(
     seed: int = RandomUnstructuredConfig.seed,
     config: L1UnstructuredConfig | RandomUnstructuredConfig | None = None,
 ) -> dict[str, Any]:
-    """Mask the lowest-scoring weights of Conv1d/Conv2d/Linear layers IN PLACE; return a summary.
+    """Mask the lowest-scoring weights of Conv1d/Conv2d/Conv3d/Linear layers IN PLACE; return a summary.
 
     ``method`` picks the registered method (``"l1"``: ``prune/l1_unstructured``, ``"random"``:
     ``prune/random_unstructured``, seeded by ``seed``); the other keywords are its config's fields.
@@ -359,7 +359,7 @@ def left_dense_recurrent(model: nn.Module) -> dict[str, str]:
             if p_name + MASK_SUFFIX not in module._buffers:
                 key = f"{mod_name}.{p_name}" if mod_name else p_name
                 found[key] = (
-                    f"a weight of {type(module).__name__} (recurrent): pruning covers Conv1d/Conv2d/Linear "
+                    f"a weight of {type(module).__name__} (recurrent): pruning covers Conv1d/Conv2d/Conv3d/Linear "
                     "weights, so it is left dense"
                 )
     if found:
@@ -371,7 +371,7 @@ def left_dense_recurrent(model: nn.Module) -> dict[str, str]:
         )
         warnings.warn(
             f"{len(found)} recurrent weight matrices ({count} parameters, e.g. {next(iter(found))}) are left "
-            "dense: pruning covers Conv1d/Conv2d/Linear weights; see the summary's skipped and model_sparsity",
+            "dense: pruning covers Conv1d/Conv2d/Conv3d/Linear weights; see the summary's skipped and model_sparsity",
             stacklevel=3,
         )
     return found

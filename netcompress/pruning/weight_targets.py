@@ -2,7 +2,7 @@
 
 A :class:`WeightTarget` is one matrix ``W`` with ``y = x W^T`` (rows of ``x`` = input positions):
 
-- ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (weight seen as ``(out, in * kernel)``, inputs unfolded);
+- ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` (weight seen as ``(out, in * kernel)``, inputs unfolded);
 - Hugging Face's ``Conv1D`` (GPT-2), whose weight is stored transposed ``(in, out)``: the matrix is
   ``weight.T``, so N:M groups, Wanda's norms and SparseGPT's Hessian run along its input dimension
   (dim 0 of the stored weight) exactly as for a Linear;
@@ -167,6 +167,8 @@ def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
 
 def conv_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A convolution's input unfolded into rows ``(positions, in * kernel)`` matching its weight matrix."""
+    if isinstance(layer, nn.Conv3d):
+        return _conv3d_rows(layer, x)
     if isinstance(layer, nn.Conv1d):  # as a 1 x k 2-D convolution
         x = x.unsqueeze(2)
         kernel, dilation = (1, layer.kernel_size[0]), (1, layer.dilation[0])
@@ -177,6 +179,20 @@ def conv_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(0)
     columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
     return columns.transpose(1, 2).reshape(-1, columns.shape[1])
+
+
+def _conv3d_rows(layer: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A Conv3d's input unfolded into ``(positions, in * kd * kh * kw)`` rows (torch has no 3-D ``F.unfold``):
+    each spatial dim is padded, then windows of the dilated kernel's span are taken at the stride and every
+    ``dilation``-th element kept; columns in the order of ``weight.flatten(1)``."""
+    if x.dim() == 4:  # an unbatched call
+        x = x.unsqueeze(0)
+    pads = [p for pad in reversed(layer.padding) for p in (pad, pad)]
+    x = F.pad(x, pads)
+    for i, (k, s, d) in enumerate(zip(layer.kernel_size, layer.stride, layer.dilation, strict=True)):
+        x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]  # appends a kernel axis; the window axis stays at 2 + i
+    x = x.permute(0, 2, 3, 4, 1, 5, 6, 7)  # (N, D', H', W', C, kd, kh, kw)
+    return x.reshape(-1, x.shape[4] * x.shape[5] * x.shape[6] * x.shape[7])
 
 
 @torch.no_grad()
@@ -241,7 +257,7 @@ def all_targets(model: nn.Module) -> list[WeightTarget]:
             continue
         elif isinstance(module, nn.Linear):
             targets.append(WeightTarget(name, name, module, module, "weight", "linear"))
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             targets.append(WeightTarget(name, name, module, module, "weight", "conv"))
         elif is_conv1d(module):
             targets.append(WeightTarget(name, name, module, module, "weight", "conv1d"))
@@ -265,7 +281,7 @@ def select_targets(
         for pattern in include:
             if not any(name_matches(k, pattern) for k in keys):
                 raise ConfigError(
-                    f"layer pattern {pattern!r} matches no Conv1d/Conv2d/Linear/Conv1D/MultiheadAttention "
+                    f"layer pattern {pattern!r} matches no Conv1d/2d/3d/Linear/Conv1D/MultiheadAttention "
                     f"weight; layers: {', '.join(keys) or '(none)'}"
                 )
     chosen = [
@@ -276,7 +292,7 @@ def select_targets(
     ]
     if not chosen:
         raise ConfigError(
-            f"{method}: no Conv1d/Conv2d/Linear weight selected (include={include}, exclude={list(exclude)})"
+            f"{method}: no Conv1d/Conv2d/Conv3d/Linear weight selected (include={include}, exclude={list(exclude)})"
         )
     holders: dict[int, dict[int, str]] = {}  # a parameter held by two modules (tied embeddings)
     for mod_name, module in model.named_modules(remove_duplicate=False):
@@ -294,15 +310,15 @@ def select_targets(
 
 
 def module_target(name: str, module: nn.Module) -> WeightTarget:
-    """The target of a plain Linear / Conv1d / Conv2d / Conv1D module."""
+    """The target of a plain Linear / Conv1d / Conv2d / Conv3d / Conv1D module."""
     if is_conv1d(module):
         kind = "conv1d"
-    elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         kind = "conv"
     elif isinstance(module, nn.Linear):
         kind = "linear"
     else:
-        raise ConfigError(f"{name}: {type(module).__name__} is not a Conv1d/Conv2d/Linear/Conv1D layer")
+        raise ConfigError(f"{name}: {type(module).__name__} is not a Conv1d/Conv2d/Conv3d/Linear/Conv1D layer")
     return WeightTarget(name, name, module, module, "weight", kind)
 
 

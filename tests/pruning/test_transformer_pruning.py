@@ -343,7 +343,7 @@ def test_unknown_attention_structure_is_reported_by_name():
     model = nn.Sequential(nn.Embedding(50, H))
     model.add_module("blk", PackedAttention())
     assert "blk" in find_blocks(model).unknown
-    with pytest.raises(UnsupportedModelError, match=r"'blk' \(PackedAttention: no separate query/key/value"):
+    with pytest.raises(UnsupportedModelError, match=r"'blk' \(PackedAttention: fused q\|k\|v layer 'fused' .*getitem"):
         prune_transformer(model, IDS, heads=0.5, ffn=0.0)
 
 

@@ -119,7 +119,7 @@ def test_random_is_seeded():
         ({"scope": "local"}, "scope"),
         ({"include": ["nope"]}, "'nope'"),
         ({"exclude": "fc"}, "exclude"),
-        ({"exclude": ["conv1d", "conv", "fc"]}, "no Conv1d/Conv2d/Linear weight selected"),
+        ({"exclude": ["conv1d", "conv", "fc"]}, "no Conv1d/Conv2d/Conv3d/Linear weight selected"),
     ],
 )
 def test_bad_arguments_raise_config_error_naming_them(kwargs, named):

@@ -1,0 +1,216 @@
+"""Fused q|k|v attention read from its traced forward, not from attribute names.
+
+User code fuses the three projections into one Linear and splits its output in ``forward``, in a few forms:
+
+- lucidrains (vit-pytorch): ``self.to_qkv(x).chunk(3, dim=-1)``, then ``rearrange(t, 'b n (h d) -> b h n d',
+  h=self.heads)`` on each piece;
+- timm / DeiT / Swin: ``self.qkv(x).reshape(B, N, 3, self.num_heads, D).permute(2, 0, 3, 1, 4)``;
+- MONAI's ``SABlock``: ``Rearrange('b h (qkv l d) -> qkv b l h d', qkv=3, l=num_heads)`` on ``self.qkv(x)``.
+
+:func:`fused_qkv_unit` finds such a module by its form (one Linear child ``3 * inner`` wide, one output Linear,
+possibly first in a ``Sequential``, reading ``inner`` features), traces its forward on ``(2, 5, dim)`` tokens and
+follows the fused output to the op that splits it: the order of its factors (3 outer: q|k|v one after the
+other, ``"packed"``; heads outer: q_h|k_h|v_h head after head, ``"packed_heads"``) and the head count. The
+module must hold that head count in an attribute its forward reads (``heads``, ``num_heads``, ...: pruning
+updates it); every prune then checks the claim numerically (pruned == masked original).
+
+Example:
+    >>> fused_qkv_unit("attn", Attention(dim=32, heads=4, dim_head=8))  # vit-pytorch's
+    AttentionUnit(name='attn', layout='packed', num_heads=4, head_dim=8, num_kv_heads=4, q='attn.to_qkv', ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from netcompress.evaluation.harness import eval_mode
+from netcompress.pruning.graph_tracing import _attributes_restored
+from netcompress.quantization.value_tracing import TypeCheckedTracer, trace_with_values
+
+SPLITS = ("chunk", "split", "tensor_split")
+RESHAPES = ("reshape", "view", "unflatten")
+
+
+def _dense_children(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Direct Linear children, and the first item of a ``Sequential`` child (``to_out = Sequential(Linear, Dropout)``)."""
+    found = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            found.append((name, child))
+        elif isinstance(child, nn.Sequential) and len(child) and isinstance(child[0], nn.Linear):
+            found.append((f"{name}.0", child[0]))
+    return found
+
+
+def _form(module: nn.Module) -> tuple[str, nn.Linear, str, nn.Linear] | None:
+    """(qkv name, qkv, output name, output) when ``module`` has exactly one such pair, else None."""
+    dense = _dense_children(module)
+    pairs = [
+        (qn, q, on, o)
+        for qn, q in dense
+        for on, o in dense
+        if qn != on and "." not in qn and q.out_features % 3 == 0 and o.in_features == q.out_features // 3
+    ]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
+def _einops_factors(pattern: str, lengths: dict[str, Any], width: int) -> tuple[list[str], list[int]] | None:
+    """The names and sizes of the last input axis's factors in an einops pattern (``'b n (qkv h d) -> ...'``)."""
+    left = pattern.split("->")[0]
+    groups = re.findall(r"\(([^)]*)\)\s*$", left.strip())
+    if not groups:
+        return None
+    names = groups[0].split()
+    known = {n: int(lengths[n]) for n in names if isinstance(lengths.get(n), int)}
+    unknown = [n for n in names if n not in known]
+    if len(unknown) > 1 or width % math.prod(known.values()):
+        return None
+    sizes = [known.get(n, width // math.prod(known.values())) for n in names]
+    return names, sizes
+
+
+def _factors(node: fx.Node, root: nn.Module, width: int) -> tuple[list[str], list[int]] | None:
+    """How ``node`` splits its input's last axis (``width`` wide) into factors, outermost first, or None."""
+    if _name(node) in RESHAPES:
+        source, out = _shape(node.args[0]), _shape(node)
+        if source is None or out is None or len(out) <= len(source):
+            return None
+        lead = len(source) - 1
+        if out[:lead] != source[:lead] or math.prod(out[lead:]) != width:
+            return None
+        return [f"a{i}" for i in range(len(out) - lead)], list(out[lead:])
+    if node.op == "call_function" and _name(node) == "rearrange":
+        pattern = node.args[1] if len(node.args) > 1 else node.kwargs.get("pattern")
+        return _einops_factors(pattern, dict(node.kwargs), width) if isinstance(pattern, str) else None
+    if node.op == "call_module":
+        layer = root.get_submodule(str(node.target))
+        if type(layer).__name__ == "Rearrange" and isinstance(getattr(layer, "pattern", None), str):
+            return _einops_factors(layer.pattern, dict(getattr(layer, "axes_lengths", {}) or {}), width)
+    return None
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = [u for u in node.users if not (u.op == "call_function" and _name(u) == "getattr")]
+    return users[0] if len(users) == 1 else None
+
+
+def split_from_graph(graph: fx.Graph, root: nn.Module, qkv: str, inner: int) -> tuple[str, int] | str:
+    """``(layout, heads)`` of the fused layer ``qkv`` (``3 * inner`` outputs) read from ``graph``, or the reason
+    it cannot be (a sentence about the layer's output)."""
+    node = next((n for n in graph.nodes if n.op == "call_module" and str(n.target) == qkv), None)
+    if node is None:
+        return "it is not called in forward"
+    user = _only_user(node)
+    if user is None:
+        return f"its output is read by {len(node.users)} ops, not split by one"
+    if _name(user) in SPLITS:  # three pieces of `inner` each, then each split into heads
+        pieces = user.meta.get("tensor_meta")
+        shapes = [tuple(m.shape) for m in pieces] if isinstance(pieces, (tuple, list)) else []
+        source = _shape(node)
+        if len(shapes) != 3 or any(s[-1] != inner or s[:-1] != source[:-1] for s in shapes):
+            return f"its {_name(user)} is not three pieces of {inner} along the last axis"
+        heads = set()
+        for item in [u for u in user.users if _name(u) == "getitem"]:
+            split = _only_user(item)
+            factors = _factors(split, root, inner) if split is not None else None
+            if factors is None or len(factors[1]) != 2:
+                return "a piece of its output is not reshaped into (heads, head size)"
+            heads.add(factors[1][0])
+        if len(heads) != 1:
+            return f"its pieces are split into different head counts {sorted(heads)}"
+        return "packed", heads.pop()
+    factors = _factors(user, root, 3 * inner)
+    if factors is None or len(factors[1]) != 3:
+        return f"its output goes to {_name(user)!r}, not to a split into (3, heads, head size)"
+    sizes = factors[1]
+    if sizes[0] == 3 and sizes[1] != 3:
+        return "packed", sizes[1]
+    if sizes[1] == 3 and sizes[0] != 3:
+        return "packed_heads", sizes[0]
+    return f"its output is split into factors {sizes}: which is q|k|v cannot be told"
+
+
+def trace_tokens(module: nn.Module, dim: int) -> tuple[fx.Graph, nn.Module] | str:
+    """Trace ``module``'s forward on ``(2, 5, dim)`` zero tokens with shapes recorded, or the reason it failed; the
+    module is left as it was (training flags, attributes)."""
+    x = torch.zeros(2, 5, dim, dtype=next(module.parameters()).dtype, device=next(module.parameters()).device)
+    try:  # in eval mode (no BatchNorm statistics touched), every attribute the forward rebinds put back
+        with torch.no_grad(), eval_mode(module), _attributes_restored(module):
+            graph, root = trace_with_values(module, example_inputs=x, tracer_class=TypeCheckedTracer)
+            gm = fx.GraphModule(root, graph)
+            ShapeProp(gm).propagate(x)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not read from the graph"; the reason is kept
+        return f"its forward could not be traced on (2, 5, {dim}) tokens ({type(exc).__name__}: {exc})"[:300]
+    return gm.graph, gm
+
+
+def _one_head_without_output(module: nn.Module) -> bool:
+    """One fused Linear child, no output Linear, and a forward that splits it into ONE head (vit-pytorch's
+    ``Attention`` with ``heads=1, dim_head=dim``: ``to_out`` is ``Identity``, as in T2T-ViT's token-to-token
+    stage): an attention with no head to remove and no projection to slice."""
+    dense = _dense_children(module)
+    if len(dense) != 1 or "." in dense[0][0] or dense[0][1].out_features % 3:
+        return False
+    qn, q = dense[0]
+    traced = trace_tokens(module, q.in_features)
+    return not isinstance(traced, str) and split_from_graph(*traced, qn, q.out_features // 3) == ("packed", 1)
+
+
+def fused_qkv_layout(
+    module: nn.Module, head_attrs: tuple[str, ...]
+) -> tuple[str, str, str, int, int] | str | bool | None:
+    """``(qkv name, output name, layout, heads, head size)`` of a fused-qkv attention module, a reason it is
+    not one that can be pruned, False for a one-head attention without output projection (nothing to prune, not
+    reported), or None when ``module`` does not have that form."""
+    form = _form(module)
+    if form is None:
+        return False if _one_head_without_output(module) else None
+    qn, q, on, _ = form
+    inner = q.out_features // 3
+    traced = trace_tokens(module, q.in_features)
+    if isinstance(traced, str):
+        return f"fused q|k|v layer {qn!r} (3 x {inner}): {traced}"
+    found = split_from_graph(*traced, qn, inner)
+    if isinstance(found, str):
+        return f"fused q|k|v layer {qn!r} (3 x {inner}): {found}"
+    layout, heads = found
+    if inner % heads:
+        return f"fused q|k|v layer {qn!r}: {inner} features are not {heads} heads"
+    attrs = [a for a in head_attrs if getattr(module, a, None) == heads]
+    if not attrs:
+        return (
+            f"fused q|k|v layer {qn!r} splits into {heads} heads, but no attribute ({', '.join(head_attrs)}) holds that "
+            "count for pruning to update"
+        )
+    return qn, on, layout, heads, inner // heads
+
+
+def checked_by_graph(unit: Any, module: nn.Module, head_attrs: tuple[str, ...]) -> Any:
+    """A unit matched by names (``qkv``/``proj`` is Hiera's q|k|v but GPT-NeoX-style code writes head after
+    head under the same names) takes the split its traced forward shows, where the forward can be read."""
+    if unit.layout not in ("packed", "packed_heads") or unit.num_kv_heads != unit.num_heads:
+        return unit
+    found = fused_qkv_layout(module, head_attrs)
+    if not isinstance(found, tuple) or unit.q != (f"{unit.name}.{found[0]}" if unit.name else found[0]):
+        return unit
+    _, _, layout, heads, head_dim = found
+    if (layout, heads) == (unit.layout, unit.num_heads):
+        return unit
+    return dataclasses.replace(unit, layout=layout, num_heads=heads, head_dim=head_dim, num_kv_heads=heads)

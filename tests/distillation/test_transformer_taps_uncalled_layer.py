@@ -1,0 +1,56 @@
+"""vit-pytorch, x-transformers and rtdl keep a layer's blocks in a ModuleList / ModuleDict and call the blocks one
+by one: no module returns a layer's output, so hidden-state distillation has nothing to read. Since the transformer
+pruner recognises their attention (session 14) the distiller got that far and said only "nothing was captured for
+'out1'"; it now names the uncalled container."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import netcompress as nc
+from netcompress.core.errors import UnsupportedModelError
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v, self.to_out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class Blocks(nn.Module):
+    """vit-pytorch's ``Transformer``: ``layers = ModuleList([ModuleList([attention, feed-forward])])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList([Attention(), nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16))])
+            for _ in range(2)
+        )
+
+    def forward(self, x):
+        for attn, ff in self.layers:
+            x = x + attn(x)
+            x = x + ff(x)
+        return x
+
+
+def test_an_uncalled_layer_container_is_named() -> None:
+    torch.manual_seed(0)
+    teacher = Blocks().eval()
+    batches = [torch.randn(2, 5, 16) for _ in range(2)]
+    small = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)  # the attention is recognised
+    assert small.layers[0][0].heads == 1
+    with pytest.raises(UnsupportedModelError, match=r"layer 'layers\.0' is a ModuleList the model never calls"):
+        nc.distill_transformer_(copy.deepcopy(teacher), teacher, batches, example_inputs=batches[0], epochs=1,
+                                progress=False)  # fmt: skip
