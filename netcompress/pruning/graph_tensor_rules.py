@@ -370,6 +370,7 @@ _BINARY = (
 # shared by call_function (by __name__) and call_method (by method name)
 NAMED_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
     **dict.fromkeys(_SAME, same_channels),
+    "zeros_like": same_channels,  # DIA-ResNet's first LSTM state: zeros of the pooled features' channels
     **dict.fromkeys(_SPATIAL, spatial_channels),
     **dict.fromkeys(_BINARY, broadcast_binary),
     **dict.fromkeys(("cat", "concat", "concatenate"), concatenate),
