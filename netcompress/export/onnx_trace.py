@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
+from netcompress.export.onnx_rewrites import positive_transpose_perms
 
 
 @contextlib.contextmanager
@@ -68,6 +69,7 @@ def _torch_export(
                     call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
                     input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,
                 )  # fmt: skip
+            positive_transpose_perms(raw)  # torch writes permute(0, -2, -1, 1) as is; ONNX Runtime refuses it
             return opset, raised_for
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             found = _NEEDS_OPSET.search(str(exc))
