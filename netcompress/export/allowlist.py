@@ -1,6 +1,6 @@
 """What a saved model may name: classes from ``torch.nn``, ``netcompress`` and modules the caller
-allows; functions from ``torch``, ``torch.nn.functional``, ``operator`` and ``math``, never a private
-one or one that touches files, processes or global state."""
+allows; functions from ``torch``, ``torch.nn.functional``, ``torch.fft``, ``torch.linalg``, ``operator`` and
+``math``, never a private one or one that touches files, processes or global state."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from netcompress.core.errors import CheckpointError, ConfigError
 
 TRUSTED_CLASS_ROOTS = ("torch.nn.", "netcompress.")
-FUNCTION_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "math": math}
+FUNCTION_MODULES = {
+    "torch": torch,
+    "torch.nn.functional": F,
+    "torch.fft": torch.fft,  # FNet's token mixing: functools.partial(torch.fft.fftn, dim=(1, 2))
+    "torch.linalg": torch.linalg,
+    "operator": operator,
+    "math": math,
+}
 # torch functions a saved graph may never call: they touch files, processes or global state
 FORBIDDEN_FUNCTIONS = {
     "load",
@@ -54,7 +61,7 @@ def function_name(fn: Any, where: str) -> str:
                 return f"{module_name}:{name}"
     raise ConfigError(
         f"cannot save {where}: {getattr(fn, '__name__', fn)!r} is not a function of torch, "
-        "torch.nn.functional, operator or math"
+        "torch.nn.functional, torch.fft, torch.linalg, operator or math"
     )
 
 

@@ -97,7 +97,7 @@ def module_calls(
     def post(module: nn.Module, args: Any, output: Any) -> None:
         _, index = stack.pop()
         if isinstance(output, torch.Tensor) and output.is_floating_point():
-            calls[index].output = output.detach()
+            calls[index].output = output.detach().clone()  # a later in-place op (ReLU(inplace=True)) changes it
 
     handles = []
     for module in call.modules():

@@ -8,7 +8,8 @@ each as plain data; decoding rebuilds them without running any code from the fil
   attributes restored (``__init__`` is not called, so pruned shapes come back as they were);
 - functions (activation attributes, graph calls) only from ``torch``, ``torch.nn.functional``,
   ``operator`` and ``math``, never a name that starts with ``_`` or reads or writes files; a module's own
-  method bound to it (a hook such as Mamba's ``self.load_hook``) by its name on the module's class;
+  method bound to it (a hook such as Mamba's ``self.load_hook``) by its name on the module's class; a custom
+  autograd op's ``Function.apply`` by its class (looked up as classes are);
 - tensors are references into the safetensors part of the file, shared tensors and modules stay shared;
   numpy number scalars (``np.int64``) are written as their value and dtype.
 
@@ -39,6 +40,8 @@ from netcompress.export.allowlist import (
     is_function,
 )
 from netcompress.export.graph_codec import decode_graph_module, encode_graph_module
+
+_AUTOGRAD_APPLY = torch.autograd.Function.apply.__func__
 
 
 class Encoder:
@@ -114,6 +117,12 @@ class Encoder:
             if name.startswith("__") or getattr(type(value.__self__), name, None) is not value.__func__:
                 raise ConfigError(f"cannot save {where}: method {name!r} is not one of its module's class")
             return {"__method__": self.encode(value.__self__, f"{where}.__self__"), "name": name}
+        if isinstance(value, types.MethodType) and isinstance(value.__self__, type):
+            # a custom autograd op kept as an attribute (pytorchcv's ``self.shake_shake = ShakeShake.apply``)
+            if issubclass(value.__self__, torch.autograd.Function) and value.__func__ is _AUTOGRAD_APPLY:
+                return {"__autograd_apply__": class_name(value.__self__)}
+            raise ConfigError(f"cannot save {where}: {value.__self__.__qualname__}.{value.__func__.__name__} is a "
+                              "method bound to a class, not a function a saved model may name")  # fmt: skip
         if is_function(value) or (callable(value) and not hasattr(value, "__dict__")):
             return {"__function__": function_name(value, where)}
         return self._object(value, where)
@@ -236,6 +245,11 @@ class Decoder:
             return self.find_class(value[tag])
         if tag == "__function__":
             return find_function(value[tag])
+        if tag == "__autograd_apply__":  # ``Function.apply`` of an autograd op whose class was allowed
+            cls = self.find_class(value[tag])
+            if not issubclass(cls, torch.autograd.Function):
+                raise CheckpointError(f"the model description applies {value[tag]}, which is no autograd Function")
+            return cls.apply
         if tag == "__method__":  # a method of a module (whose class was allowed) bound to it
             owner, name = self.decode(value[tag]), value.get("name")
             func = (

@@ -173,3 +173,34 @@ def rewrite_float_gemms(path: str | os.PathLike) -> int:
     if count:
         onnx.save(model, str(path))
     return count
+
+
+def positive_transpose_perms(path: str | os.PathLike) -> int:
+    """Rewrite (IN PLACE, on the file) every ``Transpose`` whose ``perm`` holds negative dims as the same
+    permutation with non-negative ones; returns how many changed.
+
+    torch's exporter writes ``x.permute(0, -2, -1, 1)`` as is (transformers' Mamba-2 mixer), and ONNX Runtime
+    refuses to load it (``Invalid attribute perm {0, -2, -1, 1}``). The rank is the perm's length.
+
+    Example:
+        >>> positive_transpose_perms("mamba2.onnx")
+        2
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graphs, changed = [model.graph], 0
+    while graphs:  # the main graph and the bodies of If / Loop / Scan nodes
+        graph = graphs.pop()
+        for node in graph.node:
+            graphs += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+            perm = _attr(node, "perm", None) if node.op_type == "Transpose" else None
+            if perm is not None and any(p < 0 for p in perm):
+                kept = [a for a in node.attribute if a.name != "perm"]
+                del node.attribute[:]
+                node.attribute.extend([*kept, helper.make_attribute("perm", [p % len(perm) for p in perm])])
+                changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
+from netcompress.export.onnx_rewrites import positive_transpose_perms
 
 
 @contextlib.contextmanager
@@ -47,6 +48,36 @@ def len_as_size() -> Any:
         builtins.len = _BUILTIN_LEN
 
 
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def _sdpa_heads_expanded(
+    query: Any, key: Any, value: Any, *args: Any, enable_gqa: bool = False, **kw: Any
+) -> Any:
+    if enable_gqa and key.shape[-3] != query.shape[-3]:  # query head i reads key/value head i // group
+        key, value = _repeat_heads(key, query.shape[-3]), _repeat_heads(value, query.shape[-3])
+    return _SDPA(query, key, value, *args, **kw)
+
+
+def _repeat_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., kv_heads, L, D) -> (..., heads, L, D), each head repeated in place (transformers' ``repeat_kv``)."""
+    *lead, kv_heads, length, dim = t.shape
+    grown = t.unsqueeze(-3).expand(*lead, kv_heads, heads // kv_heads, length, dim)
+    return grown.reshape(*lead, heads, length, dim)
+
+
+@contextlib.contextmanager
+def sdpa_without_gqa() -> Any:
+    """``F.scaled_dot_product_attention(..., enable_gqa=True)`` with its key/value heads repeated while
+    tracing: the exporter asserts on ``enable_gqa`` (transformers' Cohere / Jamba / Llama-family models with
+    fewer key/value heads, called without an attention mask)."""
+    torch.nn.functional.scaled_dot_product_attention = _sdpa_heads_expanded
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = _SDPA
+
+
 # an op the exporter has only from a later opset (``aten::col2im`` = ``F.fold`` in MobileViTV2: 18) is
 # exported at that opset, up to this one (ONNX Runtime 1.32 runs opsets up to 21)
 MAX_OPSET = 21
@@ -63,11 +94,12 @@ def _torch_export(
     raised_for = None
     while True:
         try:
-            with torch.no_grad(), no_mha_fastpath(), len_as_size():
+            with torch.no_grad(), no_mha_fastpath(), len_as_size(), sdpa_without_gqa():
                 torch.onnx.export(
                     call, tuple(spec.tensors), str(raw), dynamo=False, opset_version=opset,
                     input_names=spec.names, output_names=out_names, dynamic_axes=axes or None,
                 )  # fmt: skip
+            positive_transpose_perms(raw)  # torch writes permute(0, -2, -1, 1) as is; ONNX Runtime refuses it
             return opset, raised_for
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             found = _NEEDS_OPSET.search(str(exc))

@@ -128,6 +128,11 @@ def spatial_channels(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     arg, labels = _first(node, ctx)
     if ctx.dim(arg) != 1 and not ctx.graph.is_blocked(labels):
         raise _fail(node, f"it treats dim 1 as channels, but the channels are on dim {ctx.dim(arg)}")
+    out = _shape(node)
+    if getattr(node.target, "__name__", node.target) == "pad" and out and out[1:2] != (len(labels),):
+        from netcompress.pruning.graph_channel_pad import channel_pad  # it builds on this module's helpers
+
+        return channel_pad(node, ctx, labels)
     return same_channels(node, ctx)
 
 
@@ -370,6 +375,7 @@ _BINARY = (
 # shared by call_function (by __name__) and call_method (by method name)
 NAMED_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
     **dict.fromkeys(_SAME, same_channels),
+    "zeros_like": same_channels,  # DIA-ResNet's first LSTM state: zeros of the pooled features' channels
     **dict.fromkeys(_SPATIAL, spatial_channels),
     **dict.fromkeys(_BINARY, broadcast_binary),
     **dict.fromkeys(("cat", "concat", "concatenate"), concatenate),

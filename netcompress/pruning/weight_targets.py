@@ -45,6 +45,7 @@ from netcompress.core.selection import name_matches
 from netcompress.pruning.masks import MASK_SUFFIX, apply_mask, enforce_masks
 from netcompress.pruning.transformer_blocks import is_conv1d
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
+from netcompress.quantization.kernel_calls import takes_several_inputs
 
 ATTENTION_TYPES = (nn.MultiheadAttention, PrunedMultiheadAttention)
 PARTS = ("query", "key", "value")
@@ -325,6 +326,8 @@ def module_target(name: str, module: nn.Module) -> WeightTarget:
 def why_not_calibrated(target: WeightTarget) -> str | None:
     """Why a target's inputs cannot be turned into rows of its matrix (None when they can)."""
     layer = target.module
+    if target.kind in ("conv", "linear") and takes_several_inputs(layer):  # pytorchcv's OctConv
+        return f"{type(layer).__name__}'s own forward takes several inputs: its input rows are not one matrix"
     if target.kind == "conv":
         if layer.groups != 1:
             return "grouped/depthwise convolution: its input rows are not one matrix"

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -106,14 +107,36 @@ def own_forward_problem(layer: nn.Module, *, observed_later: bool) -> str | None
     stock_type = isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear))
     if not stock_type or not has_own_forward(layer) or callable(getattr(type(layer), "filters", None)):
         return None  # a stock layer, or a filter bank (quantized through its filters())
+    inputs = _positional_inputs(layer)
+    if len(inputs) > 1:  # pytorchcv's OctConv(nn.Conv2d): forward(hx, lx=None) -> (hy, ly)
+        return (
+            f"its own forward takes {len(inputs)} inputs ({', '.join(inputs)}); a quantized layer takes one"
+        )
     counter = _QuantizeKernel(None, None)
     try:
         with torch.no_grad(), counter:
-            layer(probe_input(layer))
+            out = layer(probe_input(layer))
     except Exception as exc:
         if observed_later:
             return None
         return f"its own forward failed on a probe input ({type(exc).__name__}: {exc}) and no calibration runs it"
     if counter.calls != 1:
         return f"its own forward makes {counter.calls} conv/linear calls (one is quantizable)"
+    if not isinstance(out, torch.Tensor):
+        return f"its own forward returns a {type(out).__name__}, not a tensor"
     return None
+
+
+def takes_several_inputs(layer: nn.Module) -> bool:
+    """A Conv/Linear subclass whose own forward takes more than one input: not a layer a quantizer can wrap."""
+    return has_own_forward(layer) and len(_positional_inputs(layer)) > 1
+
+
+def _positional_inputs(layer: nn.Module) -> list[str]:
+    """The names of the inputs ``type(layer).forward`` can take by position."""
+    try:
+        params = list(inspect.signature(type(layer).forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ["x"]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds]

@@ -20,7 +20,12 @@ from torch import nn
 
 from netcompress.core.registry import Registry
 from netcompress.quantization.fake_quant import FakeQuantize, LSQFakeQuantize
-from netcompress.quantization.kernel_calls import has_own_forward, kernel_weight, run_quantized_kernel
+from netcompress.quantization.kernel_calls import (
+    has_own_forward,
+    kernel_weight,
+    run_quantized_kernel,
+    takes_several_inputs,
+)
 from netcompress.quantization.qparams import QuantSpec
 
 # quantizer kind -> class; "ste" observes and rounds straight-through, "lsq" learns its step size
@@ -195,7 +200,9 @@ def is_filter_bank(module: nn.Module) -> bool:
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    """True for Conv1d/2d/3d/Linear (and subclasses) and filter-bank layers."""
+    """True for Conv1d/2d/3d/Linear (and subclasses whose forward takes one input) and filter-bank layers."""
+    if takes_several_inputs(module):  # pytorchcv's OctConv(nn.Conv2d).forward(hx, lx) -> (hy, ly)
+        return False
     return is_filter_bank(module) or any(isinstance(module, t) for t in WRAPPERS)
 
 

@@ -1,0 +1,22 @@
+"""The first-divergence note of a failed export check records each module's output; a later in-place op
+(pytorchcv's ``BatchNorm -> ReLU(inplace=True)`` in MixNet) rewrote the recorded tensor, so an ONNX file that
+matched PyTorch everywhere was reported as diverging at the BatchNorm (a MixNet int8 check named a BatchNorm
+"91.7% off" while the growth was in its SE gates). Outputs are copied when recorded."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import netcompress as nc
+from netcompress.export.divergence import first_divergence
+
+
+def test_an_inplace_relu_after_a_module_does_not_fake_a_divergence(tmp_path):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2)).eval(), torch.randn(5, 4)
+    assert (model[0](x) < 0).any()  # the ReLU changes the first layer's output
+    nc.export_onnx(model, tmp_path / "m.onnx", x, int8=False, check=True)
+    found = first_divergence(model, tmp_path / "m.onnx", x, tolerance=1e-4)
+    assert found is not None and found["compared"] >= 2
+    assert not found["exceeds"] and found["rel_diff"] < 1e-4
