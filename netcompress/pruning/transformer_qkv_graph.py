@@ -7,16 +7,17 @@ User code fuses the three projections into one Linear and splits its output in `
 - timm / DeiT / Swin: ``self.qkv(x).reshape(B, N, 3, self.num_heads, D).permute(2, 0, 3, 1, 4)``;
 - MONAI's ``SABlock``: ``Rearrange('b h (qkv l d) -> qkv b l h d', qkv=3, l=num_heads)`` on ``self.qkv(x)``.
 
-:func:`fused_qkv_unit` finds such a module by its form (one Linear child ``3 * inner`` wide, one output Linear,
-possibly first in a ``Sequential``, reading ``inner`` features), traces its forward on ``(2, 5, dim)`` tokens and
-follows the fused output to the op that splits it: the order of its factors (3 outer: q|k|v one after the
-other, ``"packed"``; heads outer: q_h|k_h|v_h head after head, ``"packed_heads"``) and the head count. The
-module must hold that head count in an attribute its forward reads (``heads``, ``num_heads``, ...: pruning
-updates it); every prune then checks the claim numerically (pruned == masked original).
+:func:`fused_qkv_layout` finds such a module by its form (one Linear child ``3 * inner`` wide, one output Linear,
+possibly first in a ``Sequential``, reading ``inner`` features; or a query Linear and one k|v Linear twice as wide,
+``to_kv(context).chunk(2, -1)``: layout ``"q_kv"``), traces its forward on ``(2, 5, dim)`` zero tokens and follows
+the fused output to the op that splits it: the order of its factors (3 outer: q|k|v one after the other,
+``"packed"``; heads outer: q_h|k_h|v_h head after head, ``"packed_heads"``) and the head count. The module must hold
+that head count in an attribute its forward reads (``heads``, ``num_heads``, ...: pruning updates it); every prune
+then checks the claim numerically (pruned == masked original).
 
 Example:
-    >>> fused_qkv_unit("attn", Attention(dim=32, heads=4, dim_head=8))  # vit-pytorch's
-    AttentionUnit(name='attn', layout='packed', num_heads=4, head_dim=8, num_kv_heads=4, q='attn.to_qkv', ...)
+    >>> fused_qkv_layout(Attention(dim=32, heads=4, dim_head=8), ("heads",))  # vit-pytorch's
+    ('to_qkv', 'to_qkv', 'to_out.0', 'packed', 4, 8)
 """
 
 from __future__ import annotations
