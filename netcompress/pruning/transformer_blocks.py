@@ -16,6 +16,7 @@ Three attention layouts are recognised:
 - a fused q|k|v Linear under any name (vit-pytorch's ``to_qkv``, timm's ``qkv``, MONAI's ``SABlock``) whose split
   ``"packed"`` or ``"packed_heads"`` and head count are read from the traced forward
   (:mod:`~netcompress.pruning.transformer_qkv_graph`);
+- ``"q_kv"``: a query Linear and one k|v Linear split in forward (vit-pytorch's ``to_q`` + ``to_kv(...).chunk(2)``);
 - ``"packed_mp"``: CodeGen's ``qkv_proj`` with ``mp_num`` shards, each q|v|k of ``inner / mp_num`` channels;
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
@@ -235,9 +236,9 @@ def _packed_unit(name: str, module: nn.Module, pair: tuple[str, str, str]) -> At
     return AttentionUnit(name, layout, heads, head_dim, kv, c, c, c, p, shards)
 
 
-def _fused_unit(name: str, qkv: str, out: str, layout: str, heads: int, head_dim: int) -> AttentionUnit:
-    c = _join(name, qkv)
-    return AttentionUnit(name, layout, heads, head_dim, heads, c, c, c, _join(name, out))
+def _fused_unit(name: str, q: str, kv: str, out: str, layout: str, heads: int, head_dim: int) -> AttentionUnit:
+    q, kv = _join(name, q), _join(name, kv)
+    return AttentionUnit(name, layout, heads, head_dim, heads, q, kv, kv, _join(name, out))
 
 
 NORM_PAIRS = (("q_norm", "q_layernorm"), ("k_norm", "k_layernorm"))
@@ -361,11 +362,12 @@ def find_blocks(model: nn.Module) -> Blocks:
         elif (pair := _packed_pair(module)) is not None:
             unit = _packed_unit(name, module, pair)
             unit = checked_by_graph(unit, module, HEAD_ATTRS) if isinstance(unit, AttentionUnit) else unit
-        elif (fused := fused_qkv_layout(module, HEAD_ATTRS)) is not None:  # found by form, split read from forward
+        # separate q/k/v named children are read as such; otherwise a fused form, its split read from forward
+        elif not all(named := [_child(module, n) for n in (Q_NAMES, K_NAMES, V_NAMES)]) and (
+            fused := fused_qkv_layout(module, HEAD_ATTRS)
+        ) is not None:
             unit = fused if isinstance(fused, str) else _fused_unit(name, *fused) if fused else None
-        elif any(_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)) or _looks_like_attention(
-            module
-        ):
+        elif any(named) or _looks_like_attention(module):
             unit = _linear_unit(name, module, parent, parent_name)
         if isinstance(unit, AttentionUnit):
             attention.append(unit)

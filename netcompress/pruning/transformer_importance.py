@@ -80,6 +80,9 @@ def attention_weights(model: nn.Module, unit: AttentionUnit) -> tuple[torch.Tens
         elif unit.layout == "packed_mp":  # CodeGen: q|v|k per mp_num shard
             w, every = _io(q_layer.weight, q_layer).t(), list(range(h))
             q, v, k = (w[mp_rows(unit, every, part)] for part in range(3))
+        elif unit.layout == "q_kv":  # a query layer and one k|v layer
+            q = _io(q_layer.weight, q_layer).t()
+            k, v = get_module(model, unit.k).weight.split([kv * d, kv * d])
         elif unit.layout == "packed_groups":  # per key/value head: its query heads, k, v (Falcon)
             w = _io(q_layer.weight, q_layer).t().reshape(kv, unit.groups + 2, d, -1)
             q, k, v = w[:, : unit.groups], w[:, -2], w[:, -1]

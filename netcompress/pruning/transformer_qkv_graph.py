@@ -7,16 +7,17 @@ User code fuses the three projections into one Linear and splits its output in `
 - timm / DeiT / Swin: ``self.qkv(x).reshape(B, N, 3, self.num_heads, D).permute(2, 0, 3, 1, 4)``;
 - MONAI's ``SABlock``: ``Rearrange('b h (qkv l d) -> qkv b l h d', qkv=3, l=num_heads)`` on ``self.qkv(x)``.
 
-:func:`fused_qkv_unit` finds such a module by its form (one Linear child ``3 * inner`` wide, one output Linear,
-possibly first in a ``Sequential``, reading ``inner`` features), traces its forward on ``(2, 5, dim)`` tokens and
-follows the fused output to the op that splits it: the order of its factors (3 outer: q|k|v one after the
-other, ``"packed"``; heads outer: q_h|k_h|v_h head after head, ``"packed_heads"``) and the head count. The
-module must hold that head count in an attribute its forward reads (``heads``, ``num_heads``, ...: pruning
-updates it); every prune then checks the claim numerically (pruned == masked original).
+:func:`fused_qkv_layout` finds such a module by its form (one Linear child ``3 * inner`` wide, one output Linear,
+possibly first in a ``Sequential``, reading ``inner`` features; or a query Linear and one k|v Linear twice as wide,
+``to_kv(context).chunk(2, -1)``: layout ``"q_kv"``), traces its forward on ``(2, 5, dim)`` zero tokens and follows
+the fused output to the op that splits it: the order of its factors (3 outer: q|k|v one after the other,
+``"packed"``; heads outer: q_h|k_h|v_h head after head, ``"packed_heads"``) and the head count. The module must hold
+that head count in an attribute its forward reads (``heads``, ``num_heads``, ...: pruning updates it); every prune
+then checks the claim numerically (pruned == masked original).
 
 Example:
-    >>> fused_qkv_unit("attn", Attention(dim=32, heads=4, dim_head=8))  # vit-pytorch's
-    AttentionUnit(name='attn', layout='packed', num_heads=4, head_dim=8, num_kv_heads=4, q='attn.to_qkv', ...)
+    >>> fused_qkv_layout(Attention(dim=32, heads=4, dim_head=8), ("heads",))  # vit-pytorch's
+    ('to_qkv', 'to_qkv', 'to_out.0', 'packed', 4, 8)
 """
 
 from __future__ import annotations
@@ -111,21 +112,28 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
-def split_from_graph(graph: fx.Graph, root: nn.Module, qkv: str, inner: int) -> tuple[str, int] | str:
-    """``(layout, heads)`` of the fused layer ``qkv`` (``3 * inner`` outputs) read from ``graph``, or the reason
-    it cannot be (a sentence about the layer's output)."""
+def split_from_graph(
+    graph: fx.Graph, root: nn.Module, qkv: str, inner: int, parts: int = 3
+) -> tuple[str, int] | str:
+    """``(layout, heads)`` of the fused layer ``qkv`` (``parts * inner`` outputs: 3 for q|k|v, 2 for k|v, 1 for a
+    lone q) read from ``graph``, or the reason it cannot be (a sentence about the layer's output)."""
     node = next((n for n in graph.nodes if n.op == "call_module" and str(n.target) == qkv), None)
     if node is None:
         return "it is not called in forward"
     user = _only_user(node)
     if user is None:
         return f"its output is read by {len(node.users)} ops, not split by one"
-    if _name(user) in SPLITS:  # three pieces of `inner` each, then each split into heads
+    if parts == 1:
+        factors = _factors(user, root, inner)
+        if factors is None or len(factors[1]) != 2:
+            return "its output is not reshaped into (heads, head size)"
+        return "packed", factors[1][0]
+    if _name(user) in SPLITS:  # `parts` pieces of `inner` each, then each split into heads
         pieces = user.meta.get("tensor_meta")
         shapes = [tuple(m.shape) for m in pieces] if isinstance(pieces, (tuple, list)) else []
         source = _shape(node)
-        if len(shapes) != 3 or any(s[-1] != inner or s[:-1] != source[:-1] for s in shapes):
-            return f"its {_name(user)} is not three pieces of {inner} along the last axis"
+        if len(shapes) != parts or any(s[-1] != inner or s[:-1] != source[:-1] for s in shapes):
+            return f"its {_name(user)} is not {parts} pieces of {inner} along the last axis"
         heads = set()
         for item in [u for u in user.users if _name(u) == "getitem"]:
             split = _only_user(item)
@@ -136,15 +144,15 @@ def split_from_graph(graph: fx.Graph, root: nn.Module, qkv: str, inner: int) -> 
         if len(heads) != 1:
             return f"its pieces are split into different head counts {sorted(heads)}"
         return "packed", heads.pop()
-    factors = _factors(user, root, 3 * inner)
+    factors = _factors(user, root, parts * inner)
     if factors is None or len(factors[1]) != 3:
-        return f"its output goes to {_name(user)!r}, not to a split into (3, heads, head size)"
+        return f"its output goes to {_name(user)!r}, not to a split into ({parts}, heads, head size)"
     sizes = factors[1]
-    if sizes[0] == 3 and sizes[1] != 3:
+    if sizes[0] == parts and sizes[1] != parts:
         return "packed", sizes[1]
-    if sizes[1] == 3 and sizes[0] != 3:
+    if sizes[1] == parts and sizes[0] != parts:
         return "packed_heads", sizes[0]
-    return f"its output is split into factors {sizes}: which is q|k|v cannot be told"
+    return f"its output is split into factors {sizes}: which factor is q|k|v cannot be told"
 
 
 def trace_tokens(module: nn.Module, dim: int) -> tuple[fx.Graph, nn.Module] | str:
@@ -173,15 +181,58 @@ def _one_head_without_output(module: nn.Module) -> bool:
     return not isinstance(traced, str) and split_from_graph(*traced, qn, q.out_features // 3) == ("packed", 1)
 
 
-def fused_qkv_layout(
-    module: nn.Module, head_attrs: tuple[str, ...]
-) -> tuple[str, str, str, int, int] | str | bool | None:
-    """``(qkv name, output name, layout, heads, head size)`` of a fused-qkv attention module, a reason it is
-    not one that can be pruned, False for a one-head attention without output projection (nothing to prune, not
-    reported), or None when ``module`` does not have that form."""
+Found = tuple[str, str, str, str, int, int]  # (q layer, k|v layer, output layer, layout, heads, head size)
+
+
+def _head_count(module: nn.Module, head_attrs: tuple[str, ...], what: str, heads: int) -> str | None:
+    if any(getattr(module, a, None) == heads for a in head_attrs):
+        return None
+    return f"{what} splits into {heads} heads, but no attribute ({', '.join(head_attrs)}) holds that count for pruning to update"
+
+
+def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str | None:
+    """A query Linear, a fused k|v Linear twice as wide (``to_kv(context).chunk(2, -1)``: vit-pytorch's CrossViT,
+    CaiT, Perceiver-style cross-attention) and an output Linear: layout ``"q_kv"``."""
+    dense = _dense_children(module)
+    found = [
+        (qn, q, kn, on)
+        for qn, q in dense
+        for kn, kv in dense
+        for on, o in dense
+        if len({qn, kn, on}) == 3 and "." not in qn + kn
+        and kv.out_features == 2 * q.out_features and o.in_features == q.out_features
+    ]  # fmt: skip
+    if len(found) != 1:
+        return None
+    qn, q, kn, on = found[0]
+    inner, what = q.out_features, f"q layer {qn!r} and fused k|v layer {kn!r} (2 x {q.out_features})"
+    traced = trace_tokens(module, q.in_features)
+    if isinstance(traced, str):
+        return f"{what}: {traced}"
+    q_split, kv_split = (split_from_graph(*traced, n, inner, parts=p) for n, p in ((qn, 1), (kn, 2)))
+    for name, split in ((qn, q_split), (kn, kv_split)):
+        if isinstance(split, str):
+            return f"{what}: {name!r}: {split}"
+    if kv_split != ("packed", q_split[1]):
+        return f"{what}: q splits into {q_split[1]} heads, k|v into {kv_split[1]} ({kv_split[0]})"
+    heads = q_split[1]
+    if inner % heads:
+        return f"{what}: {inner} features are not {heads} heads"
+    if (reason := _head_count(module, head_attrs, what, heads)) is not None:
+        return reason
+    return qn, kn, on, "q_kv", heads, inner // heads
+
+
+def fused_qkv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str | bool | None:
+    """``(q layer, k|v layer, output layer, layout, heads, head size)`` of a fused-qkv (or q + fused k|v) attention
+    module (for fused q|k|v the three names' first two are the one layer), a reason it is not one that can be
+    pruned, False for a one-head attention without output projection (nothing to prune, not reported), or None
+    when ``module`` does not have that form."""
     form = _form(module)
     if form is None:
-        return False if _one_head_without_output(module) else None
+        if _one_head_without_output(module):
+            return False
+        return _q_kv_layout(module, head_attrs)
     qn, q, on, _ = form
     inner = q.out_features // 3
     traced = trace_tokens(module, q.in_features)
@@ -193,13 +244,9 @@ def fused_qkv_layout(
     layout, heads = found
     if inner % heads:
         return f"fused q|k|v layer {qn!r}: {inner} features are not {heads} heads"
-    attrs = [a for a in head_attrs if getattr(module, a, None) == heads]
-    if not attrs:
-        return (
-            f"fused q|k|v layer {qn!r} splits into {heads} heads, but no attribute ({', '.join(head_attrs)}) holds that "
-            "count for pruning to update"
-        )
-    return qn, on, layout, heads, inner // heads
+    if (reason := _head_count(module, head_attrs, f"fused q|k|v layer {qn!r}", heads)) is not None:
+        return reason
+    return qn, qn, on, layout, heads, inner // heads
 
 
 def checked_by_graph(unit: Any, module: nn.Module, head_attrs: tuple[str, ...]) -> Any:
@@ -208,9 +255,9 @@ def checked_by_graph(unit: Any, module: nn.Module, head_attrs: tuple[str, ...]) 
     if unit.layout not in ("packed", "packed_heads") or unit.num_kv_heads != unit.num_heads:
         return unit
     found = fused_qkv_layout(module, head_attrs)
-    if not isinstance(found, tuple) or unit.q != (f"{unit.name}.{found[0]}" if unit.name else found[0]):
+    if not isinstance(found, tuple) or found[0] != found[1] or unit.q != (f"{unit.name}.{found[0]}" if unit.name else found[0]):
         return unit
-    _, _, layout, heads, head_dim = found
+    layout, heads, head_dim = found[3:]
     if (layout, heads) == (unit.layout, unit.num_heads):
         return unit
     return dataclasses.replace(unit, layout=layout, num_heads=heads, head_dim=head_dim, num_kv_heads=heads)

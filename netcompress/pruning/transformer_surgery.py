@@ -134,6 +134,10 @@ def prune_heads_(
         return
     if unit.layout.startswith("packed"):
         slice_dense(get_module(model, unit.q), slicer, out=packed_rows(unit, keep_q, keep_kv))
+    elif unit.layout == "q_kv":  # a query layer and one k|v layer (k rows, then v rows)
+        kv_rows = head_rows(keep_kv, d)
+        slice_dense(get_module(model, unit.q), slicer, out=rows)
+        slice_dense(get_module(model, unit.k), slicer, out=torch.cat([kv_rows, kv_rows + unit.num_kv_heads * d]))
     else:
         kv_rows, norms = head_rows(keep_kv, d), all_heads_norms(module, unit)
         for side, layer, kept in (("q", unit.q, rows), ("k", unit.k, kv_rows)):

@@ -264,3 +264,38 @@ def test_reading_the_split_leaves_the_module_as_it_was() -> None:
     assert attn.training and attn.bn.training and not hasattr(attn, "tokens")
     assert torch.equal(attn.bn.running_mean, stats[0]) and torch.equal(attn.bn.running_var, stats[1])
     assert int(attn.bn.num_batches_tracked) == stats[2]
+
+
+class QueryKVAttention(nn.Module):
+    """vit-pytorch's CrossViT / CaiT attention: ``to_q`` and one ``to_kv`` chunked into k | v."""
+
+    def __init__(self, heads: int = HEADS) -> None:
+        super().__init__()
+        self.heads, self.norm = heads, nn.LayerNorm(DIM)
+        self.to_q, self.to_kv = nn.Linear(DIM, heads * DIM_HEAD, bias=False), nn.Linear(DIM, 2 * heads * DIM_HEAD)
+        self.to_out = nn.Sequential(nn.Linear(heads * DIM_HEAD, DIM), nn.Dropout(0.0))
+
+    def forward(self, x, context=None):
+        x = self.norm(x)
+        context = x if context is None else context
+        qkv = (self.to_q(x), *self.to_kv(context).chunk(2, dim=-1))
+        q, k, v = map(lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.heads), qkv)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def test_query_and_fused_key_value() -> None:
+    if rearrange is None:
+        pytest.skip("einops is not installed")
+    model = Net([Block(QueryKVAttention(), Mlp()) for _ in range(2)])
+    unit = find_blocks(model).attention[0]
+    assert (unit.layout, unit.num_heads, unit.q, unit.k, unit.v, unit.o) == (
+        "q_kv", HEADS, "blocks.0.attn.to_q", "blocks.0.attn.to_kv", "blocks.0.attn.to_kv", "blocks.0.attn.to_out.0"
+    )  # fmt: skip
+    small, summary = prune_and_compare(model, X)
+    attn = small.blocks[0].attn
+    assert (attn.heads, attn.to_q.out_features, attn.to_kv.out_features) == (2, 2 * DIM_HEAD, 4 * DIM_HEAD)
+    kept = summary["heads"][0]["kept"]  # k rows of the kept heads, then their v rows
+    rows = torch.cat([torch.arange(h * DIM_HEAD, (h + 1) * DIM_HEAD) for h in kept])
+    want = model.blocks[0].attn.to_kv.weight[torch.cat([rows, rows + HEADS * DIM_HEAD])]
+    assert torch.equal(attn.to_kv.weight, want)
