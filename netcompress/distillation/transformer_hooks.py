@@ -221,6 +221,7 @@ class TransformerDistillation:
             inputs = move_inputs(example_inputs, param.device) if param is not None else example_inputs
             with eval_mode(model), torch.no_grad():
                 call_model(model, inputs)
+            taps.resolve()  # looped layers (vit-pytorch, rtdl): where the residual stream is
             if self.weights["attention"] or self.weights["value"]:
                 for index in sorted(set(layers)):
                     taps.verify_attention(index)

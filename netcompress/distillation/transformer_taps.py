@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
+from netcompress.distillation.looped_layers import LoopedCalls, stream_form
 from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
 from netcompress.pruning.transformer_head_dim import HeadDimAttention
 
@@ -98,11 +99,17 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype, *, true_means_masked: bool
 
 
 def _layer_of(name: str, modules: dict[str, nn.Module]) -> str:
-    """The nearest ancestor of ``name`` held in an ``nn.ModuleList`` (a transformer layer), else its parent."""
+    """The nearest ancestor of ``name`` held in an ``nn.ModuleList`` (a transformer layer), else its parent.
+
+    Where that ancestor's container is itself an entry of a ModuleList (vit-pytorch's CaiT:
+    ``layers = ModuleList([ModuleList([LayerScale(attention), LayerScale(ff)])])``), the layer is the container:
+    the wrapper around the attention returns the attention branch, not the residual stream."""
     parts = name.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         parent = ".".join(parts[: cut - 1])
         if isinstance(modules.get(parent), nn.ModuleList):
+            if cut > 1 and isinstance(modules.get(".".join(parts[: cut - 2])), nn.ModuleList):
+                return parent
             return ".".join(parts[:cut])
     return ".".join(parts[:-1])
 
@@ -137,15 +144,22 @@ class TransformerTaps:
             self.units.setdefault(_layer_of(unit.name, modules), []).append(unit)
         self.layer_names = list(self.units)
         # a ModuleList/ModuleDict per layer (vit-pytorch, x-transformers, rtdl) is never called: the model calls
-        # its blocks one by one, so no module returns the layer's output
+        # its blocks one by one, so no module returns the layer's output; hooks on its children read the stream
         self.uncalled = [n for n in self.layer_names if isinstance(modules[n], (nn.ModuleList, nn.ModuleDict))]
         self.unknown = {n: r for n, r in blocks.unknown.items() if n not in {u.name for u in head_dim}}
         self.slots = _Slots()
         self._handles: list[Any] = []
+        looped = {i: n for i, n in enumerate(self.layer_names, start=1) if n in self.uncalled}
+        self.looped = LoopedCalls(self.slots.values, looped, modules) if looped else None
+        self.stream_form: str | None = None  # of looped layers: set by resolve() on a real forward
+        if self.looped is not None:
+            self._handles.extend(self.looped.handles)
+            self._hook(model.register_forward_pre_hook(self.looped.reset, with_kwargs=True))
         for i, layer_name in enumerate(self.layer_names, start=1):
             layer = modules[layer_name]
-            self._hook(layer.register_forward_pre_hook(_SaveCall(self.slots, f"in{i}"), with_kwargs=True))
-            self._hook(layer.register_forward_hook(_SaveOutput(self.slots, f"out{i}")))
+            if layer_name not in self.uncalled:
+                self._hook(layer.register_forward_pre_hook(_SaveCall(self.slots, f"in{i}"), with_kwargs=True))
+                self._hook(layer.register_forward_hook(_SaveOutput(self.slots, f"out{i}")))
             unit = self.units[layer_name][0]
             if unit.layout == "linear":
                 for part in ("q", "k", "v"):
@@ -204,22 +218,35 @@ class TransformerTaps:
 
     def captured(self, index: int) -> bool:
         """Whether layer ``index`` (0: the first layer's input) ran in the last forward (LayerDrop skips some)."""
+        if self.looped is not None and max(index, 1) in self.looped.layers:
+            return self.looped.ran(max(index, 1))
         return (f"in{max(index, 1)}" if index == 0 else f"out{index}") in self.slots.values
 
     def skips_layers(self) -> bool:
         """True while the model may skip layers at random (LayerDrop in training mode)."""
         return bool(self.layer_drop) and self.model.training
 
+    def resolve(self) -> None:
+        """After a forward: find where looped layers keep the residual stream (refused by name if nowhere)."""
+        if self.looped is not None and self.stream_form is None:
+            self.stream_form = stream_form(self.looped, who=self.who)
+
+    def _looped_hidden(self, index: int) -> torch.Tensor | None:
+        if self.stream_form is None:
+            raise UnsupportedModelError(f"{self.who}: looped layers are read only after resolve() on a forward")
+        try:
+            if index == 0:
+                return self.looped.first_input(1)
+            return self.looped.stream(index, self.stream_form)
+        except KeyError:
+            raise UnsupportedModelError(
+                f"{self.who}: layer {self.layer_names[max(index, 1) - 1]!r} did not run in the last forward"
+            ) from None
+
     def _get(self, key: str) -> Any:
         try:
             return self.slots.values[key]
         except KeyError:
-            if self.uncalled:
-                raise UnsupportedModelError(
-                    f"{self.who}: its layer {self.uncalled[0]!r} is a {type(self.model.get_submodule(self.uncalled[0])).__name__} "
-                    "the model never calls (it calls the blocks inside one by one), so no module returns a layer's "
-                    "output for transformer distillation to read"
-                ) from None
             drop = f"; its config drops layers at random in training ({self.layer_drop})" if self.layer_drop else ""
             raise UnsupportedModelError(
                 f"{self.who}: nothing was captured for {key!r} in the last forward "
@@ -228,6 +255,11 @@ class TransformerTaps:
 
     def hidden(self, index: int) -> torch.Tensor:
         """Layer ``index``'s output (``0``: the first layer's input, the embedding output)."""
+        if self.looped is not None and max(index, 1) in self.looped.layers:
+            out = self._looped_hidden(index)
+            if out is None:
+                raise UnsupportedModelError(f"{self.who}: layer {self.layer_names[index - 1]!r} returned no tensor")
+            return out
         if index == 0:
             args, kwargs = self._get("in1")
             return _arg(args, kwargs, 0, ("hidden_states", "src", "x"))
