@@ -13,7 +13,8 @@ import torch
 
 from netcompress.core.errors import ConfigError
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
-from tests.pruning.test_transformer_pruning import _masked, _out
+from tests.pruning.transformer_cases import masked_original as _masked
+from tests.pruning.transformer_cases import model_output as _out
 from tests.tiny_hf import hf_family as _hf
 
 transformers = pytest.importorskip("transformers")
