@@ -36,15 +36,18 @@ def _first(value: Any) -> torch.Tensor | None:
 
 
 class _Record:
-    def __init__(self, values: dict[str, Any], key: str, child: str) -> None:
-        self.values, self.key, self.child = values, key, child
+    """Hooks of one child; ``slots.values`` holds the calls (the slots object pickles empty, so a deep copy
+    of the hooked model does not copy captured tensors)."""
+
+    def __init__(self, slots: Any, key: str, child: str) -> None:
+        self.slots, self.key, self.child = slots, key, child
 
     def pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         first = args[0] if args else next(iter(kwargs.values()), None)
-        self.values.setdefault(self.key, []).append([self.child, _first(first), None])
+        self.slots.values.setdefault(self.key, []).append([self.child, _first(first), None])
 
     def post(self, module: nn.Module, args: Any, output: Any) -> None:
-        calls = self.values.get(self.key)
+        calls = self.slots.values.get(self.key)
         if calls:
             calls[-1][2] = _first(output)
 
@@ -52,25 +55,25 @@ class _Record:
 class LoopedCalls:
     """Hooks on the children of each uncalled layer container; ``layers`` maps the 1-based layer index to its name."""
 
-    def __init__(self, values: dict[str, Any], layers: dict[int, str], modules: dict[str, nn.Module]) -> None:
-        self.values, self.layers, self.modules = values, layers, modules
+    def __init__(self, slots: Any, layers: dict[int, str], modules: dict[str, nn.Module]) -> None:
+        self.slots, self.layers, self.modules = slots, layers, modules
         self.handles: list[Any] = []
         for index, name in layers.items():
             for child_name, child in modules[name].named_children():
-                record = _Record(values, f"calls{index}", child_name)
+                record = _Record(slots, f"calls{index}", child_name)
                 self.handles.append(child.register_forward_pre_hook(record.pre, with_kwargs=True))
                 self.handles.append(child.register_forward_hook(record.post))
 
     def reset(self, *_: Any, **__: Any) -> None:
         """Forget the calls of the last forward (a forward pre-hook on the model: one forward, one record)."""
         for index in self.layers:
-            self.values.pop(f"calls{index}", None)
+            self.slots.values.pop(f"calls{index}", None)
 
     def ran(self, index: int) -> bool:
-        return bool(self.values.get(f"calls{index}"))
+        return bool(self.slots.values.get(f"calls{index}"))
 
     def calls(self, index: int) -> list[list[Any]]:
-        calls = self.values.get(f"calls{index}")
+        calls = self.slots.values.get(f"calls{index}")
         if not calls:
             raise KeyError(f"calls{index}")
         return calls

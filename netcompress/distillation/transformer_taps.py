@@ -150,7 +150,7 @@ class TransformerTaps:
         self.slots = _Slots()
         self._handles: list[Any] = []
         looped = {i: n for i, n in enumerate(self.layer_names, start=1) if n in self.uncalled}
-        self.looped = LoopedCalls(self.slots.values, looped, modules) if looped else None
+        self.looped = LoopedCalls(self.slots, looped, modules) if looped else None
         self.stream_form: str | None = None  # of looped layers: set by resolve() on a real forward
         if self.looped is not None:
             self._handles.extend(self.looped.handles)

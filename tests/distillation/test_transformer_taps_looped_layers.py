@@ -191,6 +191,9 @@ def test_the_taps_are_rewritten_by_every_forward() -> None:
         model(x)
     got = taps.hidden(2)
     assert len(taps.looped.calls(1)) == 2  # attention and feed-forward of one forward
+    clone = copy.deepcopy(model)  # (best-state copies in training) the captured tensors are not copied
+    records = [h.__self__ for h in clone.layers[0][0]._forward_pre_hooks.values() if hasattr(h, "__self__")]
+    assert len(records) == 1 and records[0].slots.values == {} and taps.slots.values
     taps.close()
     with torch.no_grad():
         want = model.by_hand(x)
