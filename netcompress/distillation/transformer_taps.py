@@ -14,6 +14,10 @@ the training loop runs anyway (no second forward, gradients flow for the student
   output projection), so a block with rotary or relative-position terms is an error naming it;
 - ``values(i)``: the value projections, (N, S, width), for MiniLM's value relation.
 
+A layer kept in a ModuleList / ModuleDict the model never calls (vit-pytorch, rtdl: the loop calls the blocks
+inside) is read from its children (:mod:`netcompress.distillation.looped_layers`); :meth:`resolve`, after a
+forward, finds which form of the residual stream every layer boundary confirms, or refuses naming the layer.
+
 Example:
     >>> taps = TransformerTaps(model, who="student")
     >>> model(**batch); taps.hidden(taps.num_layers).shape, taps.attention_scores(1).shape
