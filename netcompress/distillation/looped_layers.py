@@ -91,16 +91,28 @@ class LoopedCalls:
 
     def boundaries(self) -> list[tuple[int, int]]:
         """(i, i + 1) pairs whose containers sit next to each other in the same parent container."""
-        pairs = []
-        for i, name in self.layers.items():
-            after = self.layers.get(i + 1)
-            if after is None:
-                continue
-            parent, _, key = name.rpartition(".")
-            keys = list(dict(self.modules[parent].named_children())) if parent in self.modules else []
-            if key in keys and keys.index(key) + 1 < len(keys) and after == f"{parent}.{keys[keys.index(key) + 1]}":
-                pairs.append((i, i + 1))
-        return pairs
+        return [
+            (i, i + 1)
+            for i, name in self.layers.items()
+            if i + 1 in self.layers and adjacent(name, self.layers[i + 1], self.modules)
+        ]
+
+
+def adjacent(first: str, second: str, modules: dict[str, nn.Module]) -> bool:
+    """Whether module ``second`` is the entry right after ``first`` in the same parent container."""
+    parent, _, key = first.rpartition(".")
+    keys = list(dict(modules[parent].named_children())) if parent in modules else []
+    if key not in keys or keys.index(key) + 1 >= len(keys):
+        return False
+    return second == (f"{parent}." if parent else "") + keys[keys.index(key) + 1]
+
+
+def differs(out: Any, following: Any) -> bool:
+    """True where a layer's output and the next layer's input are tensors of one shape with other values (the
+    layer returns a branch the loop adds to the stream: its output is not the residual stream)."""
+    if not isinstance(out, torch.Tensor) or not isinstance(following, torch.Tensor) or out.shape != following.shape:
+        return False
+    return not _same(out, following)
 
 
 def _same(got: torch.Tensor | None, want: torch.Tensor | None) -> bool:

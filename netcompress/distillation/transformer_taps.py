@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress.core.errors import UnsupportedModelError
-from netcompress.distillation.looped_layers import LoopedCalls, stream_form
+from netcompress.distillation.looped_layers import LoopedCalls, adjacent, differs, stream_form
 from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
 from netcompress.pruning.transformer_head_dim import HeadDimAttention
 
@@ -231,9 +231,20 @@ class TransformerTaps:
         return bool(self.layer_drop) and self.model.training
 
     def resolve(self) -> None:
-        """After a forward: find where looped layers keep the residual stream (refused by name if nowhere)."""
+        """After a forward: find where looped layers keep the residual stream (refused by name if nowhere) and
+        check that a called layer returns what the next layer of its container receives."""
         if self.looped is not None and self.stream_form is None:
             self.stream_form = stream_form(self.looped, who=self.who)
+        modules, values = dict(self.model.named_modules()), self.slots.values
+        for i, (a, b) in enumerate(zip(self.layer_names, self.layer_names[1:]), start=1):
+            call = values.get(f"in{i + 1}")
+            following = _arg(*call, 0, ("hidden_states", "src", "x")) if call else None
+            if adjacent(a, b, modules) and differs(values.get(f"out{i}"), following):
+                raise UnsupportedModelError(
+                    f"{self.who}: layer {a!r} ({type(modules[a]).__name__}) returns something other than the input "
+                    f"of the next layer {b!r} (the residual is added outside it?), so its output is not the "
+                    "residual stream hidden-state distillation reads; distill its logits instead (nc.distill_)"
+                )
 
     def _looped_hidden(self, index: int) -> torch.Tensor | None:
         if self.stream_form is None:

@@ -223,3 +223,23 @@ def test_distillation_trains_a_pruned_looped_student() -> None:
                                 lr=1e-3, attention_weight=0, progress=False)  # fmt: skip
     assert s["val_hidden_loss_after"] < s["val_hidden_loss_before"]
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+class BranchBlocks(nn.Module):
+    """Called layers that return their branch, the loop adds the residual: ``x = layer(x) + x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(LayerScale(Attention()) for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x) + x
+        return x
+
+
+def test_a_called_layer_returning_its_branch_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(UnsupportedModelError, match=r"layer 'layers\.0' \(LayerScale\) returns something other than "
+                       r"the input of the next layer 'layers\.1'"):  # fmt: skip
+        _taps(BranchBlocks().eval(), torch.randn(2, 5, 16))
