@@ -22,6 +22,8 @@ the offline routing of its own exit logits.
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -32,9 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import early_exit as eeb  # noqa: E402
 import early_exit_gate as egate  # noqa: E402
+import early_exit_paths as paths  # noqa: E402
 import early_exit_ztw as ztw  # noqa: E402
 
-from netcompress.dynamic import OrtEarlyExit, export_early_exit_onnx, route_exits  # noqa: E402
+from netcompress.dynamic import OrtEarlyExit, choose_exit_thresholds, export_early_exit_onnx, route_exits  # noqa: E402
 from netcompress.dynamic.exit_folding import fold_early_exit_bn  # noqa: E402
 from netcompress.evaluation import torch_threads  # noqa: E402
 from netcompress.export.onnx import export_onnx  # noqa: E402
@@ -88,6 +91,80 @@ def check_routing(routed: Any, batch: torch.Tensor, name: str) -> None:
     assert torch.allclose(out, picked, atol=1e-4), name
 
 
+def time_paths(forms, runners, images, size: int, setup, mine) -> dict[str, Any]:
+    """Per form: each exit's path time and (torch forms) the backbone cut there, ms per SAMPLE, with the
+    unmodified model of the form, in interleaved rounds at batch ``size``."""
+    routed = next(iter(runners))
+    exits = setup.ee.num_exits
+    flat = {}
+    for form, models in forms.items():
+        flat[f"{form} | full model"] = models["full model"]
+        for name, fn in paths.path_models(form, models[routed], exits).items():
+            flat[f"{form} | {name}"] = fn
+    before = Path("/proc/loadavg").read_text().split()[:3]
+    ms = eeb.time_batches(flat, list(images.split(size)), rounds=mine.path_rounds)
+    out: dict[str, Any] = {"load": [before, Path("/proc/loadavg").read_text().split()[:3]]}
+    for form in forms:
+        out[form] = {
+            "full": round(ms[f"{form} | full model"] / size, 4),
+            "path": [round(ms[f"{form} | path {k}"] / size, 4) for k in range(exits)],
+            "backbone": [round(ms[f"{form} | backbone {k}"] / size, 4) for k in range(exits) if form != "ort"],
+        }
+    print(f"batch {size} paths:", out, flush=True)
+    return out
+
+
+def time_cost_rows(forms, runners, chosen, images, labels, order, size: int, path_ms, args, mine) -> list[dict[str, Any]]:
+    """Per form, for each ``--drops`` bound: thresholds chosen on VALIDATION with this form's measured path
+    times at this batch size as the exit costs (the chosen rows' variant), read once on test, timed against
+    the unmodified model and the MAC-chosen row of the same bound in interleaved rounds."""
+    out = []
+    for drop in args.drops:
+        mac_rule = next(r["rule"] for r in chosen.table if r["chosen_on_val"] and r["rule"].endswith(f"drop <= {drop:g}"))
+        variant = mac_rule.split(" | ")[0]
+        val = chosen.decided[variant]["val"]
+        final_val = float((val[-1].argmax(1) == chosen.labels["val"]).float().mean())
+        models, picks = {}, {}
+        for form, form_models in forms.items():
+            costs = path_ms[form]["path"]
+            pick = choose_exit_thresholds(
+                val, chosen.labels["val"], exit_macs=costs, max_accuracy_drop=drop + final_val - chosen.base_val
+            )
+            picks[form] = pick
+            if form == "ort":
+                routed = OrtEarlyExit(form_models[mac_rule].folder, threshold=pick["thresholds"], threads=1)
+            else:
+                routed = copy.deepcopy(form_models[mac_rule]).set_policy(threshold=pick["thresholds"])
+            models[f"{form} | full model"] = form_models["full model"]
+            models[f"{form} | MAC-chosen"] = form_models[mac_rule]
+            models[f"{form} | time-chosen"] = routed
+        batches = list(images[order[: (mine.single_images if size == 1 else mine.images)]].split(size))
+        before = Path("/proc/loadavg").read_text().split()[:3]
+        ms = eeb.time_batches(models, batches, rounds=args.rounds)
+        after = Path("/proc/loadavg").read_text().split()[:3]
+        for form in forms:
+            routed = models[f"{form} | time-chosen"]
+            costs = path_ms[form]["path"]
+            read = read_test(routed, images, labels, len(costs))
+            full = ms[f"{form} | full model"]
+            out.append(
+                {
+                    "rule": f"{variant} | val drop <= {drop:g}, time costs b{size}", "form": form, "batch": size,
+                    "thresholds": [round(t, 4) for t in picks[form]["thresholds"]], "val_acc": round(picks[form]["accuracy"], 4),
+                    "val_time_x": round(path_ms[form]["full"] / picks[form]["expected_macs"], 3), "test_acc": round(read["acc"], 4),
+                    "drop_pts": round(100 * (chosen.base_test - read["acc"]), 2),
+                    "macs_x": round(chosen.setup.full_macs / paths.predicted_ms(read["shares"], chosen.macs[variant]), 3),
+                    "exit_shares": [round(s, 3) for s in read["shares"]],
+                    "latency_x": round(full / ms[f"{form} | time-chosen"], 3),
+                    "mac_chosen_latency_x": round(full / ms[f"{form} | MAC-chosen"], 3),
+                    "predicted_latency_x": round(path_ms[form]["full"] / paths.predicted_ms(read["shares"], costs), 3),
+                    "load": [before, after],
+                }
+            )  # fmt: skip
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     own = ztw.own_parser()
     own.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
@@ -95,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--images", type=int, default=512, help="test images timed per round per model")
     own.add_argument("--single-images", type=int, default=256, help="images per round at batch 1 (streaming)")
     own.add_argument("--chosen-only", action="store_true", help="time only each bound's validation choice")
+    own.add_argument("--paths", action="store_true", help="also time each exit's path (early_exit_paths.py)")
+    own.add_argument("--path-rounds", type=int, default=5)
+    own.add_argument("--path-images", type=int, default=256)
+    own.add_argument(
+        "--time-costs", action="store_true",
+        help="with --paths: thresholds chosen on validation with the measured path times as exit costs",
+    )  # fmt: skip
     mine, rest = own.parse_known_args(argv)
     args = eeb.parse(rest)
     torch.set_num_threads(args.threads)
@@ -115,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 reads[f"{form} | {rule}"] = read_test(models[rule], images, labels, setup.ee.num_exits)
         ms: dict[int, dict[str, float]] = {}
         load: dict[int, list[list[str]]] = {}
+        path_ms: dict[int, dict[str, Any]] = {}
+        timed_rows: list[dict[str, Any]] = []
         for size in mine.batch_sizes:
             count = mine.single_images if size == 1 else mine.images
             batches = list(images[order[:count]].split(size))
@@ -123,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             ms[size] = eeb.time_batches(flat, batches, rounds=args.rounds)
             load[size] = [before, Path("/proc/loadavg").read_text().split()[:3]]
             print(f"batch {size}: load {load[size]}", {k: round(v, 3) for k, v in ms[size].items()}, flush=True)
+            if mine.paths:
+                path_ms[size] = time_paths(forms, runners, images[order[: mine.path_images]], size, setup, mine)
+            if mine.time_costs:
+                timed_rows += time_cost_rows(forms, runners, chosen, images, labels, order, size, path_ms[size], args, mine)
     rows = []
     for row in table:
         rule = row["rule"]
@@ -141,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
                 out[f"b{size}_full_ms_per_sample"] = round(full / size, 4)
                 out[f"b{size}_ms_per_sample"] = round(routed / size, 4)
                 out[f"b{size}_latency_x"] = round(full / routed, 3)
+                if size in path_ms:
+                    predicted = paths.predicted_ms(read["shares"], path_ms[size][form]["path"])
+                    out[f"b{size}_predicted_latency_x"] = round(path_ms[size][form]["full"] / predicted, 3)
             rows.append(out)
+    rows += timed_rows
     head = {
         "baseline_val": round(chosen.base_val, 4), "baseline_test": round(chosen.base_test, 4),
         "exits": setup.ee.exit_names, "full_macs_M": round(setup.full_macs / 1e6, 3),
         "full_ms_per_sample": {f"b{s}": {f: round(ms[s][f"{f} | full model"] / s, 4) for f in forms} for s in ms},
         "val_rows": [{k: r[k] for k in ("rule", "chosen_on_val", "val_acc", "val_macs_x", "thresholds")} for r in table],
-        "load_per_batch_size": load, "loadavg_before": setup.load_before,
+        "path_ms_per_sample": path_ms, "load_per_batch_size": load, "loadavg_before": setup.load_before,
         "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
         "args": {k: str(v) for k, v in {**vars(args), **vars(mine)}.items()},
     }  # fmt: skip

@@ -162,7 +162,8 @@ def choose_rows(args: argparse.Namespace, mine: argparse.Namespace) -> SimpleNam
             runners[rule] = runner.set_policy(threshold=pick["thresholds"])
     return SimpleNamespace(
         setup=setup, table=table, runners=runners, variants=variants, exit_accs=exit_accs,
-        base_val=base_val, base_test=base_test,
+        base_val=base_val, base_test=base_test, decided=decided, macs=macs,
+        labels={"val": va["labels"], "test": te["labels"]},
     )  # fmt: skip
 
 
