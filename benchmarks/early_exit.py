@@ -1,4 +1,4 @@
-"""Early exit on ResNet-20 (CIFAR-10, CPU protocol): accuracy, average MACs and measured batch latency per threshold.
+"""Early exit on ResNet-20 or the narrow VGG (``--model``), CIFAR-10, CPU protocol: accuracy, MACs, batch latency.
 
 The protocol baseline (``cifar_protocol.train_baseline``, cached) gets exit heads after ``--exits``
 (default: after each of the first seven of ResNet-20's nine residual blocks) of kind ``--head``
@@ -6,7 +6,7 @@ The protocol baseline (``cifar_protocol.train_baseline``, cached) gets exit head
 Networks head), trained for ``--head-epochs`` with the backbone frozen (``--train heads``: the final
 exit IS the unmodified model) or jointly (``--train joint``, optionally distilled from the unmodified
 model into every exit, ``--kd-alpha``). Trained weights and every quarter epoch are cached under
-``benchmarks/.cache/ee-resnet20-<settings hash>/`` (a killed run resumes). The thresholds are then
+``benchmarks/.cache/ee-<model>-<settings hash>/`` (a killed run resumes). The thresholds are then
 chosen on a held-out VALIDATION split (training images outside the protocol subset): one for each
 accuracy bound (``--drops``: accuracy at least the UNMODIFIED model's validation accuracy minus the
 drop) and each MAC budget (``--mac-fractions`` of the unmodified model's MACs), beside a fixed grid
@@ -76,12 +76,23 @@ def time_batches(models: dict[str, Any], batches: list[torch.Tensor], *, rounds:
 
 
 RESNET20_EXITS = ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "layer3.0"]
+# narrow VGG: after the first two max-pools and after the ReLUs between them (MAC shares .24 .35 .57 .68); the
+# maps stay >= 8 x 8, so every head kind (pool_conv_grid_linear pools to 8 x 8) exports to ONNX
+DEFAULT_EXITS = {"resnet20": RESNET20_EXITS, "narrow_vgg": ["features.6", "features.9", "features.13", "features.16"]}
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The protocol model the exits go into (``--model``; resnet20 when not given)."""
+    return getattr(args, "model", None) or "resnet20"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--exits", nargs="+", default=RESNET20_EXITS)
+    parser.add_argument(
+        "--model", choices=sorted(DEFAULT_EXITS), default=None, help="protocol baseline (default resnet20)"
+    )
+    parser.add_argument("--exits", nargs="+", default=None, help="default: DEFAULT_EXITS of the model")
     parser.add_argument("--head", default="pool_grid_linear", help="exit head (netcompress.dynamic.HEADS)")
     parser.add_argument(
         "--train", choices=("heads", "joint"), default="heads",
@@ -120,7 +131,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--per-exit", action="store_true", help="also one threshold per exit, and the validation oracle"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.exits is None:
+        args.exits = DEFAULT_EXITS[model_name(args)]
+    return args
 
 
 def protocol_of(args: argparse.Namespace) -> Any:
@@ -137,7 +151,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
     settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
     settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
     settings.update(protocol=protocol.name)
-    folder = cp.CACHE_DIR / f"ee-resnet20-{cp.cache_key(settings)}"
+    folder = cp.CACHE_DIR / f"ee-{model_name(args)}-{cp.cache_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     ee = add_early_exits(
@@ -164,7 +178,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
 
 TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
 EVAL_FLAGS = ("val_size", "drops", "mac_fractions", "thresholds")
-TRAIN_FLAGS_SINCE = {"exit_weights", "cascade", "baseline_epochs"}  # in the cache key only when given (older caches stay valid)
+TRAIN_FLAGS_SINCE = {"exit_weights", "cascade", "baseline_epochs", "model"}  # in the cache key only when given (older caches stay valid)
 
 
 def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     protocol = protocol_of(args)
     bundle = cp.load_data(protocol)
-    model, info = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
+    model, info = cp.train_baseline(model_name(args), protocol=protocol, bundle=bundle)
     model.eval()
     val = cp.heldout_loader(protocol, size=1000 if args.quick else args.val_size)
     train, test = cp.loaders(bundle, protocol)

@@ -58,13 +58,13 @@ def exit_logits_cached(ee, loaders: dict[str, DataLoader], folder: Path) -> dict
 
 
 def gate_setup(args: Any, collect: Any) -> SimpleNamespace:
-    """What both gate benchmarks start from: the resnet20 baseline, its trained exits (``args``: the early-exit
+    """What both gate benchmarks start from: the protocol baseline (``--model``, default resnet20), its trained exits (``args``: the early-exit
     flags), their MACs and the exit outputs ``collect(ee, model, loaders, folder)`` reads (cached in the exits'
     folder) for the un-augmented train split, the held-out val split and the test split."""
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     protocol = eeb.protocol_of(args)
     bundle = cp.load_data(protocol)
-    model, _ = cp.train_baseline("resnet20", protocol=protocol, bundle=bundle)
+    model, _ = cp.train_baseline(eeb.model_name(args), protocol=protocol, bundle=bundle)
     model.eval()
     val = cp.heldout_loader(protocol, size=args.val_size)
     train, test = cp.loaders(bundle, protocol)

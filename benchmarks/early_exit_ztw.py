@@ -29,6 +29,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -90,17 +91,10 @@ def routed_rows(
     return {"accuracy": acc, "shares": shares, "macs": sum(s * m for s, m in zip(shares, macs))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--fit-steps", type=int, default=300)
-    own.add_argument("--profile", action="store_true")
-    own.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-        help="decision variants to choose and time (each bound's threshold search takes minutes on a loaded CPU)",
-    )  # fmt: skip
-    mine, rest = own.parse_known_args(argv)
-    args = eeb.parse(rest)
-    torch.set_num_threads(args.threads)  # fitting and choosing too: spinning thread pools under load cost minutes
+def choose_rows(args: argparse.Namespace, mine: argparse.Namespace) -> SimpleNamespace:
+    """The trained exits (``egate.gate_setup``), the fitted ensembles and, per (variant, bound), the thresholds
+    chosen on the validation split and the test row (read once): ``table`` (rows, ``chosen_on_val`` marks each
+    bound's choice) and ``runners`` (``{rule: EarlyExitModel routed by that row}``)."""
     setup = egate.gate_setup(args, raw_logits_cached)
     ee, model, data, full_macs = setup.ee, setup.model, setup.data, setup.full_macs
     tr, va, te = data["train"], data["val"], data["test"]
@@ -166,6 +160,33 @@ def main(argv: list[str] | None = None) -> int:
             runner = copy.deepcopy(ee).eval()
             runner.exit_ensemble = copy.deepcopy(variants[name])
             runners[rule] = runner.set_policy(threshold=pick["thresholds"])
+    return SimpleNamespace(
+        setup=setup, table=table, runners=runners, variants=variants, exit_accs=exit_accs,
+        base_val=base_val, base_test=base_test, decided=decided, macs=macs,
+        labels={"val": va["labels"], "test": te["labels"]},
+    )  # fmt: skip
+
+
+def own_parser() -> argparse.ArgumentParser:
+    """This script's flags beyond ``early_exit.py``'s (``early_exit_latency.py`` adds its own)."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--fit-steps", type=int, default=300)
+    own.add_argument("--profile", action="store_true")
+    own.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+        help="decision variants to choose and time (each bound's threshold search takes minutes on a loaded CPU)",
+    )  # fmt: skip
+    return own
+
+
+def main(argv: list[str] | None = None) -> int:
+    mine, rest = own_parser().parse_known_args(argv)
+    args = eeb.parse(rest)
+    torch.set_num_threads(args.threads)  # fitting and choosing too: spinning thread pools under load cost minutes
+    chosen = choose_rows(args, mine)
+    setup, table, runners, variants = chosen.setup, chosen.table, chosen.runners, chosen.variants
+    model, ee, full_macs, exit_accs = setup.model, setup.ee, setup.full_macs, chosen.exit_accs
+    base_val, base_test = chosen.base_val, chosen.base_test
 
     def check_route(name: str, runner: Any, batch: torch.Tensor) -> None:
         offline = runner.forward_all(batch)

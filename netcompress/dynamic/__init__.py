@@ -13,6 +13,7 @@ Example::
     ztw = add_early_exits(model, exits=["features.5"], example_inputs=x, cascade=True)  # Zero Time Waste
     attach_exit_ensemble(ztw, train_loader)          # exits decide by a geometric ensemble
     export_early_exit_onnx(ee, "ee_onnx", x[:1]); OrtEarlyExit("ee_onnx")(images)
+    folded, _ = fold_early_exit_bn(ee, x[:1])        # BN folded into the convs: the deployed form
 """
 
 from netcompress.dynamic.early_exit import EarlyExitModel
@@ -30,6 +31,7 @@ from netcompress.dynamic.exit_evaluation import (
     exit_path_macs,
     trade_off_rows,
 )
+from netcompress.dynamic.exit_folding import fold_early_exit_bn
 from netcompress.dynamic.exit_gates import (
     ExitGates,
     choose_gate_thresholds,
@@ -119,6 +121,7 @@ __all__ = [
     "evaluate_widths",
     "exit_path_macs",
     "export_early_exit_onnx",
+    "fold_early_exit_bn",
     "extract_width",
     "make_slimmable",
     "oracle_exit_macs",

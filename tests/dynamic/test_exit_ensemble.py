@@ -212,6 +212,9 @@ def test_grid_average_equals_adaptive_pooling_where_the_grid_divides_and_falls_b
     from netcompress.dynamic.exit_heads import grid_average
 
     gen = torch.Generator().manual_seed(5)
-    for shape, grid in [((3, 4, 32, 32), 4), ((3, 4, 8, 8), 2), ((3, 4, 10, 6), 4), ((3, 4, 6, 6), 4)]:
+    cases = [((3, 4, 32, 32), 4), ((3, 4, 8, 8), 2), ((3, 4, 10, 6), 4), ((3, 4, 6, 6), 4), ((3, 4, 4, 4), 4)]
+    # from MATMUL_POOL_ROWS (N * C * H) rows on, two matrix products (square and non-square maps)
+    cases += [((8, 16, 32, 32), 8), ((16, 32, 16, 8), 4), ((64, 32, 8, 8), 4)]
+    for shape, grid in cases:
         x = torch.randn(shape, generator=gen)
         assert torch.allclose(grid_average(x, grid), F.adaptive_avg_pool2d(x, grid), atol=1e-6), shape
