@@ -10,7 +10,11 @@ from torch import nn
 
 
 def test_row_is_a_latency_row_with_the_confirmation_switches(monkeypatch, tmp_path) -> None:
-    assert vl.VGG_LATENCY_ROWS == ("nc_latency_fill",)
+    assert vl.VGG_LATENCY_ROWS == (
+        "nc_latency_fill",
+        "nc_latency_fill_fine",
+        "tp_magnitude_at_latency_median",
+    )
     assert "nc_latency_fill" in METHODS.names() and "nc_latency_fill" in pl.LATENCY_ROWS
     calls = []
     checks = [{"round": 1, "phase": "search", "reduction": 2.9, "ratios": [2.8, 2.9, 3.0], "spread": 0.069,
