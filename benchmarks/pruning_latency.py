@@ -34,6 +34,7 @@ from pruning_depth import DEPTH_ROWS  # registers session 13's rows (depth + wid
 from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of, with_recalibration
 from pruning_recovery import RECOVERY_ROWS  # registers the session-8 rows (fill-up, sensitivity, KD)
 from pruning_stages import BOUND_ROWS, LATENCY_BOUND_ROWS, STAGES_ROWS  # registers session 9-10 rows, bounds
+from pruning_vgg_latency import VGG_LATENCY_ROWS  # registers session 14's row (steadier latency checks)
 from torch import nn
 
 from netcompress.pruning import prune_channels, prune_to_target
@@ -43,6 +44,7 @@ LATENCY_BATCH = 64
 LATENCY_ROWS = (
     "nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency", "nc_macs_high", "tp_magnitude_macs_high",
     *RECOVERY_ROWS, *(f"{name}_kd" for name in (*RECOVERY_ROWS, "nc_latency")), *STAGES_ROWS, *DEPTH_ROWS,
+    *VGG_LATENCY_ROWS,
 )  # fmt: skip
 TP_ROWS = ("tp_magnitude_at_latency", "tp_magnitude_macs_high")
 TP_MISSING = "Torch-Pruning is not installed (pip install torch-pruning): its rows are skipped"
@@ -62,14 +64,15 @@ def measured_speedup(base: nn.Module, model: nn.Module, ctx: Context) -> float:
 
 
 def bisect_on_latency(
-    base: nn.Module, prune_at: Callable[[float], nn.Module], ctx: Context, *, hi: float = 0.9
-) -> tuple[float, float, list[dict[str, float]]]:
-    """Smallest ratio in [0, hi] (to ``RATIO_STEP``) whose measured speed-up reaches the latency target."""
+    base: nn.Module, prune_at: Callable[[float], nn.Module], ctx: Context, *, hi: float = 0.9,
+    speedup_of: Callable[[nn.Module, nn.Module, Context], float] = measured_speedup,
+) -> tuple[float, float, list[dict[str, float]]]:  # fmt: skip
+    """Smallest ratio in [0, hi] (to ``RATIO_STEP``) whose measured speed-up (``speedup_of``) reaches the target."""
     target = ctx.config.latency_reduction
     steps = []
 
     def fits(ratio: float) -> bool:
-        speedup = measured_speedup(base, prune_at(ratio), ctx)
+        speedup = speedup_of(base, prune_at(ratio), ctx)
         steps.append({"ratio": ratio, "speedup": speedup})
         return speedup >= target
 
@@ -229,7 +232,7 @@ def latency_checks(
         lines.append(f"{name} ORT batch-64 speed-up after fine-tuning {got:.2f}x for {target}x (met within 5 %: "
                      f"{'PASS' if got >= target / 1.05 else 'MISS'}); search's own confirmation "
                      f"{ours['search_speedup']:.2f}x, met={ours['met']} in {ours['search_rounds']} round(s)")  # fmt: skip
-        for peer in ("tp_magnitude_at_latency", "nc_uniform_at_latency"):
+        for peer in ("tp_magnitude_at_latency", "tp_magnitude_at_latency_median", "nc_uniform_at_latency"):
             if peer in by:
                 gap = 100 * (accuracy(ours) - accuracy(by[peer]))
                 lines.append(f"{name} vs {peer} (ORT b64 {by[peer]['ort_speedup_b64']:.2f}x): {gap:+.2f} points "

@@ -114,6 +114,9 @@ def prune_to_target(
     cache_dir: str | None = None,
     quantize: str | None = None,
     remove_branches: bool = AutoPruneConfig.remove_branches,
+    confirm_rounds: int = AutoPruneConfig.confirm_rounds,
+    fill_up: int = AutoPruneConfig.fill_up,
+    finalists: int = AutoPruneConfig.finalists,
     calib_loader: Any = None,
     out_dir: Any = None,
     seed: int = 0,
@@ -133,6 +136,9 @@ def prune_to_target(
     ``calib_loader`` (else ``loader``), its plan and the reasons layers stayed float in ``summary["precision"]``.
     ``remove_branches=True`` (latency / bytes) also offers removing whole residual branches with an identity
     shortcut (depth pruning: the block keeps its shortcut; :mod:`netcompress.pruning.branch_removal`).
+    ``confirm_rounds`` (median of that many interleaved rounds per end-to-end check), ``fill_up`` (measured
+    widening steps once met) and ``finalists`` (best met candidates re-timed together) steady a latency search
+    on a loaded machine (:mod:`netcompress.pruning.latency_confirm`).
     ``loader`` gives (inputs, targets) batches: needed for ``method="sensitivity"`` (accuracy on
     ``max_batches`` batches) and ``importance="taylor"``. The summary lists the chosen rate of
     every group (``rates``), the requested and achieved reduction, and the usual pruning summary.
@@ -162,7 +168,8 @@ def prune_to_target(
                 "ignore": list(ignore), "rate_grid": list(rate_grid), "runtime": runtime, "batch_size": batch_size,
                 "threads": threads, "widths": list(widths), "max_rounds": max_rounds, "ship_form": ship_form,
                 "tolerance": tolerance, "timing_rounds": timing_rounds, "quantize": quantize,
-                "remove_branches": remove_branches,
+                "remove_branches": remove_branches, "confirm_rounds": confirm_rounds, "fill_up": fill_up,
+                "finalists": finalists,
                 "cache_dir": None if cache_dir is None else str(cache_dir),
             },
             where="prune_to_target",

@@ -26,7 +26,9 @@ Under ``prune_to_target(target="latency" | "bytes")``:
    them instead (:mod:`~netcompress.pruning.latency_widths`: rescaling by a noisy measurement jumped
    between the two); at most ``max_rounds`` rounds. Of the models that met the target the one that
    lost the least proxy is returned; a target that cannot be met returns the fastest model measured
-   with ``met: false`` and the reason.
+   with ``met: false`` and the reason. ``confirm_rounds`` / ``fill_up`` / ``finalists`` make each check a
+   median over interleaved rounds, widen a met model toward the budget, and re-time the best met ones
+   together before one is returned (:mod:`~netcompress.pruning.latency_confirm`).
 
 The summary lists every candidate measured (predicted and measured cost, proxy), the speed-up (or
 size) of the result in each deployed form, and, with ``out_dir``, a plot of cost vs proxy.
@@ -54,6 +56,7 @@ from netcompress.pruning.branch_removal import Branch, removable_branches, remov
 from netcompress.pruning.channel import ChannelPlan, apply_channel_plan, select_local
 from netcompress.pruning.channel_report import pruning_summary
 from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.latency_confirm import fill_up_and_confirm, retime, state_macs
 from netcompress.pruning.latency_priors import interaction_terms, layer_weights, smooth_savings
 from netcompress.pruning.latency_table import (
     RUNTIMES,
@@ -272,28 +275,39 @@ def search_measured_target(
     results: list[tuple[dict[str, float], dict[str, int]]] = []
     reason, bracket, bisected = None, ScaleBracket(), None
     measured: dict[tuple[tuple[str, int], ...], dict[str, Any]] = {}
-    for round_index in range(1, config.max_rounds + 1):
+    confirming = config.confirm_rounds > 1 or config.fill_up or config.finalists
+    macs = state_macs(variants, example_inputs) if confirming else None
+
+    def check(state: dict[str, int], phase: str, bisected: bool = False) -> dict[str, Any]:
+        """Measure ``state`` end to end (``confirm_rounds`` rounds); its row is recorded and returned."""
+        small = variants.build(state)
+        timing = retime(model, {"candidate": small}, example_inputs, spec, config.confirm_rounds)["candidate"]
+        values = {k: timing[k] for k in ("unpruned", "candidate")}
+        row = {"round": len(rows) + 1, "phase": phase, "predicted": table.predict(state),
+               "measured": values["candidate"], "unpruned": values["unpruned"], "reduction": timing["ratio"],
+               "scale": table.scale, "proxy_lost": sum(proxy[g][i] for g, i in state.items()),
+               "bisected": bisected, "widths": {g: table.widths[i] for g, i in state.items() if i}}  # fmt: skip
+        if confirming:
+            row.update(macs=macs(state), **{k: timing[k] for k in ("timings", "ratios", "spread")})
+        if base_accuracy is not None:
+            row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
+        row["met"] = row["reduction"] * slack >= config.reduction
+        # faster (smaller) than asked by more than the tolerance: accuracy given away for nothing
+        row["overshoot"] = row["reduction"] > config.reduction * (1.0 + config.tolerance)
+        rows.append(row)
+        results.append((values, dict(state)))
+        measured[state_key(state)] = row
+        return row
+
+    for _ in range(config.max_rounds):
         if bisected is None:  # the table rescaled by the last measurement: go on from the last widths
             trajectory += greedy_widths(state, table, proxy, budget)
             exhausted = table.predict(state) > budget
             give_back(state, table, proxy, budget)
         else:  # widths chosen afresh at the middle of the bracket a miss and an overshoot left
             state, exhausted = bisected, False
-        small = variants.build(state)
-        values = measure({"unpruned": model, "candidate": small}, example_inputs, spec)
-        achieved = values["unpruned"] / max(values["candidate"], 1e-12)
-        row = {"round": round_index, "predicted": table.predict(state), "measured": values["candidate"],
-               "unpruned": values["unpruned"], "reduction": achieved, "scale": table.scale,
-               "proxy_lost": sum(proxy[g][i] for g, i in state.items()), "bisected": bisected is not None,
-               "widths": {g: table.widths[i] for g, i in state.items() if i}}  # fmt: skip
-        if base_accuracy is not None:
-            row["accuracy"] = top1_accuracy(small, loader, max_batches=config.max_batches)
-        row["met"] = achieved * slack >= config.reduction
-        # faster (smaller) than asked by more than the tolerance: accuracy given away for nothing
-        row["overshoot"] = achieved > config.reduction * (1.0 + config.tolerance)
-        rows.append(row)
-        results.append((values, dict(state)))
-        measured[state_key(state)] = row
+        row = check(state, "search", bisected is not None)
+        achieved = row["reduction"]
         bracket.record(table.scale, met=row["met"], overshoot=row["overshoot"])
         if row["met"] and not row["overshoot"]:
             break
@@ -323,7 +337,18 @@ def search_measured_target(
     met = [k for k, r in enumerate(rows) if r["met"]]
     pick = (min(met, key=lambda k: (rows[k]["proxy_lost"], -k)) if met
             else max(range(len(rows)), key=lambda k: rows[k]["reduction"]))  # fmt: skip
+    confirmation = None
+    if met and (config.fill_up or config.finalists):  # widen toward the budget; re-time the best met together
+        pick, confirmation, why = fill_up_and_confirm(
+            rows, results, pick, config, table=table, proxy=proxy, macs=macs, check=check, build=variants.build,
+            reference=model, example_inputs=example_inputs, spec=spec, slack=slack,
+        )  # fmt: skip
+        reason = why or reason
     values, state = results[pick]
+    achieved, met_final = rows[pick]["reduction"], bool(rows[pick]["met"])
+    if confirmation is not None:  # the re-timing of the finalists decides
+        values = {k: confirmation["timing"][k] for k in ("unpruned", "candidate")}
+        achieved, met_final = confirmation["timing"]["ratio"], confirmation["met"]
     plan = ChannelPlan(graph=graph, pruned_units=variants.units(state), group_ratios={})
     small = apply_channel_plan(model, plan, example_inputs)
     removed = plain.removed(state)
@@ -342,13 +367,13 @@ def search_measured_target(
     ]  # fmt: skip
     summary.update(
         target=spec.target, unit=spec.unit, requested_reduction=config.reduction,
-        achieved_reduction=rows[pick]["reduction"], target_before=values["unpruned"],
-        target_after=values["candidate"], met=bool(rows[pick]["met"]), reason=None if rows[pick]["met"] else reason,
+        achieved_reduction=achieved, target_before=values["unpruned"],
+        target_after=values["candidate"], met=met_final, reason=None if met_final else reason,
         strategy=config.strategy, proxy="sensitivity" if base_accuracy is not None else "importance",
         baseline_accuracy=base_accuracy, bisection=bracket.to_dict(), rates=rates,
         removable_branches={label: b.owner for label, b in plain.branches.items()},
         removed_branches=[b.owner for b in removed],
-        candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory,
+        candidates=rows, chosen_round=rows[pick]["round"], trajectory=trajectory, confirmation=confirmation,
         cost_table={"path": table.path, "cached": table.cached, "measured_s": table.measured_s,
                     "base": table.base, "widths": table.widths, "entries": table_points, "pairs": table.pairs,
                     "prior_entries": priors},

@@ -71,7 +71,10 @@ class MeasuredTargetFields(Config):
     against the int8 ONNX Runtime graph (:mod:`netcompress.pruning.latency_joint`; latency on onnxruntime only);
     ``remove_branches``: depth as well as width, every residual branch with an identity shortcut may also be
     removed whole (its inner group at width 0, :mod:`netcompress.pruning.branch_removal`), measured in the cost
-    table and scored by the proxy like any width (float search only).
+    table and scored by the proxy like any width (float search only); ``confirm_rounds`` (> 1: every end-to-end
+    check is that many interleaved rounds against the unpruned model, their median ratio decides), ``fill_up``
+    (measured widening steps once the target is met) and ``finalists`` (met candidates re-timed together at the
+    end): :mod:`netcompress.pruning.latency_confirm` (latency only; 1 / 0 / 0: off).
     """
 
     runtime: str = "onnxruntime"
@@ -85,6 +88,9 @@ class MeasuredTargetFields(Config):
     cache_dir: str | None = None
     quantize: str | None = None
     remove_branches: bool = False
+    confirm_rounds: int = 1
+    fill_up: int = 0
+    finalists: int = 0
 
     def check_measured(self) -> None:
         """Validate the fields (called by the config that mixes them in); errors name the key."""
@@ -96,9 +102,15 @@ class MeasuredTargetFields(Config):
                 raise ConfigError(
                     "quantize needs target='latency' and runtime='onnxruntime' (the int8 ORT graph)"
                 )
-        for name in ("batch_size", "threads", "max_rounds", "timing_rounds"):
+        for name in ("batch_size", "threads", "max_rounds", "timing_rounds", "confirm_rounds"):
             check_range(name, getattr(self, name), 1)
+        for name in ("fill_up", "finalists"):
+            check_range(name, getattr(self, name), 0)
         check_range("tolerance", self.tolerance, 0.0, 0.5)
+        if self.quantize is not None and (self.confirm_rounds > 1 or self.fill_up or self.finalists):
+            raise ConfigError(
+                "confirm_rounds, fill_up and finalists are not supported with quantize (the int8 search)"
+            )
         if not isinstance(self.remove_branches, bool):
             raise ConfigError(f"remove_branches must be true or false, got {self.remove_branches!r}")
         if not self.widths:
