@@ -1,0 +1,182 @@
+"""Soft, progressive channel pruning: shrink the channels to be removed to zero while the network trains.
+
+One-shot removal at a high ratio (8x fewer MACs) throws away most of a network at once; the fine-tune then
+starts near chance. :class:`ChannelShrink` (a :func:`netcompress.training.fit` hook) instead trains the
+full-width network while the channels a selection chooses fade out: after optimiser step ``t`` of ``steps``
+their output slices (the producing filters and biases, and the BatchNorm scale and shift on the channel) are
+scaled so that they stand at ``1 - t / steps`` of what they were when chosen. Every ``every`` steps the
+selection is made again on the current weights (soft filter pruning, He et al. 2018: a channel that was
+fading and is chosen no more is left free to regrow; a newly chosen one starts fading at the current level).
+At the last step the chosen channels are exactly zero, so removing them (:meth:`ChannelShrink.remove`)
+changes no output: the pruned model equals the masked one (for activations with ``f(0) = 0``).
+
+:func:`shrink_to_target` runs it end to end: the selection is ``prune_to_target``'s plan at the requested
+reduction on the current weights (its target, importance, strategy and rounding), the schedule is
+``epochs`` of training, then the removal and BatchNorm recalibration.
+
+Example:
+    >>> small, summary = shrink_to_target(model, x, train_loader, reduction=8.0, epochs=2, lr=0.02)
+    >>> summary["achieved_reduction"] >= 8.0
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from netcompress.core.config import check_range
+from netcompress.pruning.channel import ChannelPlan, apply_channel_plan
+from netcompress.pruning.graph import ChannelGraph
+from netcompress.pruning.graph_tracing import build_channel_graph
+
+Selection = Callable[[nn.Module], set[int]]
+
+
+def units_from_keep(graph: ChannelGraph, keep: dict[str, dict[str, list[int] | None]]) -> set[int]:
+    """The pruning units of ``graph`` whose channels ``keep`` (a summary's ``kept_indices``) drops."""
+    pruned: set[int] = set()
+    for group in graph.prunable_groups():
+        for unit_id, members in zip(group.unit_ids, group.units, strict=True):
+            layer, dim, index = next(m for m in members if m[1] == "out")
+            kept = keep.get(layer, {}).get(dim)
+            if kept is not None and index not in kept:
+                pruned.add(unit_id)
+    return pruned
+
+
+class ChannelShrink:
+    """Training hook: the units ``select(model)`` names fade to exactly zero over ``steps`` optimiser steps.
+
+    ``select`` is called on the first step and every ``every`` steps after, until ``refresh_until`` (a
+    fraction of ``steps``; later the choice stays, so the last stretch of the fade is not interrupted).
+    ``selected`` is the current choice; ``done`` is true once the chosen units are zero.
+    """
+
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        select: Selection,
+        *,
+        steps: int,
+        every: int = 10,
+        refresh_until: float = 0.5,
+    ) -> None:
+        check_range("steps", steps, 1)
+        check_range("every", every, 1)
+        check_range("refresh_until", refresh_until, 0.0, 1.0)
+        self.graph, self.select = graph, select
+        self.steps, self.every, self.refresh_until = steps, every, refresh_until
+        self.step = 0
+        self.selected: set[int] = set()
+        self.gate: dict[int, float] = {}  # unit -> the share of its chosen-time size it now stands at
+        self.history: list[dict[str, Any]] = []
+        self._slices = {u: self._unit_slices(members) for g in graph.prunable_groups()
+                        for u, members in zip(g.unit_ids, g.units, strict=True)}  # fmt: skip
+
+    @staticmethod
+    def _unit_slices(members: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
+        return [(layer, index) for layer, dim, index in members if dim == "out"]
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.done:
+            return
+        self.step += 1
+        refresh = self.step == 1 or (
+            (self.step - 1) % self.every == 0 and self.step <= self.refresh_until * self.steps
+        )
+        if refresh:
+            chosen = self.select(model)
+            swapped = len(chosen - self.selected)
+            for unit in self.selected - chosen:
+                self.gate.pop(unit, None)  # free to regrow
+            self.selected = chosen
+            self.history.append({"step": self.step, "selected": len(chosen), "new": swapped})
+        level = 1.0 - self.step / self.steps
+        self._scale(model, level)
+
+    @torch.no_grad()
+    def _scale(self, model: nn.Module, level: float) -> None:
+        for unit in self.selected:
+            before = self.gate.get(unit, 1.0)
+            factor = 0.0 if level <= 0 or before <= 0 else level / before
+            if factor >= 1.0:
+                continue
+            for layer, index in self._slices[unit]:
+                module = model.get_submodule(layer)
+                for name in ("weight", "bias"):
+                    param = getattr(module, name, None)
+                    if isinstance(param, torch.Tensor) and param.dim() and param.shape[0] > index:
+                        param[index].mul_(factor)
+            self.gate[unit] = level
+
+    def plan(self) -> ChannelPlan:
+        return ChannelPlan(graph=self.graph, pruned_units=set(self.selected), group_ratios={})
+
+    def remove(self, model: nn.Module, example_inputs: Any) -> nn.Module:
+        """A copy of ``model`` without the chosen units (call when ``done``: they are zero then)."""
+        if not self.done:
+            raise RuntimeError(
+                f"ChannelShrink.remove before the fade ended (step {self.step} of {self.steps})"
+            )
+        return apply_channel_plan(model, self.plan(), example_inputs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "select": None}
+
+
+@dataclasses.dataclass
+class ShrinkSchedule:
+    """How :func:`shrink_to_target` fades: over ``epochs`` of training, choice refreshed every ``every``
+    steps until ``refresh_until`` of the fade."""
+
+    epochs: int = 2
+    every: int = 10
+    refresh_until: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_range("epochs", self.epochs, 1)
+        check_range("every", self.every, 1)
+        check_range("refresh_until", self.refresh_until, 0.0, 1.0)
+
+
+def plan_selection(example_inputs: Any, graph: ChannelGraph, **target: Any) -> Selection:
+    """A selection that runs ``prune_to_target(model, example_inputs, **target)`` on the current weights and
+    returns the units its plan removes (on ``graph``, the unpruned model's)."""
+    from netcompress.pruning.auto import prune_to_target
+
+    def select(model: nn.Module) -> set[int]:
+        was = model.training
+        _, summary = prune_to_target(model, example_inputs, **target)
+        model.train(was)
+        return units_from_keep(graph, summary["kept_indices"])
+
+    return select
+
+
+def shrink_to_target(
+    model: nn.Module, example_inputs: Any, train_loader: Any, *, train_config: Any,
+    schedule: ShrinkSchedule | None = None, hooks: tuple[Any, ...] = (), **target: Any,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """Train ``model`` IN PLACE for ``schedule.epochs`` (``train_config``'s other settings) while
+    ``prune_to_target(**target)``'s choice fades out; return (the pruned copy, summary)."""
+    from netcompress.training import fit
+
+    schedule = schedule or ShrinkSchedule()
+    graph = build_channel_graph(model, example_inputs)
+    steps = schedule.epochs * len(train_loader)
+    hook = ChannelShrink(graph, plan_selection(example_inputs, graph, **target), steps=steps,
+                         every=schedule.every, refresh_until=schedule.refresh_until)  # fmt: skip
+    config = dataclasses.replace(train_config, epochs=schedule.epochs)
+    history = fit(model, train_loader, config=config, hooks=[*hooks, hook])
+    model.eval()
+    small = hook.remove(model, example_inputs)
+    return small, {"refreshes": hook.history, "history": history.rows, "pruned_units": len(hook.selected)}
