@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from torch import nn
 
+import netcompress.pruning  # noqa: F401  (registers the methods)
+from netcompress.core import ConfigError
+from netcompress.core.methods import METHODS, MethodData
 from netcompress.pruning.auto import prune_to_target
 from netcompress.pruning.channel import count_total_macs
 from netcompress.pruning.graph_tracing import build_channel_graph
@@ -113,3 +117,36 @@ def test_plan_selection_follows_the_current_weights() -> None:
         model[1].weight[index] = 0.0
         model[3].weight[:, index].mul_(1e-6)
     assert kept[0] in select(model)
+
+
+def test_recipe_step_reaches_the_target_and_reports_json(tmp_path) -> None:
+    spec = METHODS.get("prune/shrink")
+    config = spec.config.from_dict(
+        {"target": "macs", "reduction": 3.0, "epochs": 1, "every": 2, "train": {"lr": 0.05}}, where="test"
+    )
+    model = net().eval()
+    data = MethodData(train_loader=loader(), val_loader=loader(2), example_inputs=X, progress=False)
+    result = spec.fn(model, config, data)
+    json.dumps(result.summary)
+    assert result.summary["achieved_reduction"] == pytest.approx(
+        count_total_macs(model, X) / count_total_macs(result.model, X)
+    )
+    assert 3.0 <= result.summary["achieved_reduction"] <= 3.3
+    assert len(result.history) == 1 and result.summary["bn_recalibration"]
+    assert torch.equal(model[0].weight, net()[0].weight)  # the step's input model is left untouched
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [({"target": "latency"}, "target"), ({"every": 0}, "every"), ({"train": {"lrr": 0.1}}, "'lrr'")],
+)
+def test_recipe_step_rejects_bad_settings(fields: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        METHODS.get("prune/shrink").config.from_dict(fields, where="test")
+
+
+def test_recipe_step_needs_a_loader_with_a_length() -> None:
+    spec = METHODS.get("prune/shrink")
+    data = MethodData(train_loader=iter(loader()), example_inputs=X, progress=False)
+    with pytest.raises(ConfigError, match="length"):
+        spec.fn(net(), spec.config(), data)
