@@ -9,7 +9,8 @@ fill-up, BN recalibration after the removal:
   plan at 8x would remove fade linearly to zero, the plan re-made on the current weights every
   ``SHRINK_EVERY`` steps during the first ``SHRINK_REFRESH`` of the fade (channels no longer chosen regrow);
   then the zero channels are removed and the rest of the budget trains the small model (cosine);
-- ``nc_macs_high_shrink<E>_fixed``: the same with the plan made once, on the unpruned weights.
+- ``nc_macs_high_shrink<E>_fixed``: the same with the plan made once, on the unpruned weights (not run in session
+  14: the refreshed rows never changed their first plan, so this row would train the same model).
 
 Example:
     python benchmarks/pruning.py --latency-mode --models narrow_vgg --methods nc_macs_high_shrink2 \
