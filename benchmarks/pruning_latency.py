@@ -33,6 +33,7 @@ import cifar_protocol as cp
 from pruning_depth import DEPTH_ROWS  # registers session 13's rows (depth + width)
 from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of, with_recalibration
 from pruning_recovery import RECOVERY_ROWS  # registers the session-8 rows (fill-up, sensitivity, KD)
+from pruning_soft import SOFT_ROWS  # registers session 14's rows (channels faded inside the budget)
 from pruning_stages import BOUND_ROWS, LATENCY_BOUND_ROWS, STAGES_ROWS  # registers session 9-10 rows, bounds
 from pruning_vgg_latency import VGG_LATENCY_ROWS  # registers session 14's row (steadier latency checks)
 from torch import nn
@@ -44,7 +45,7 @@ LATENCY_BATCH = 64
 LATENCY_ROWS = (
     "nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency", "nc_macs_high", "tp_magnitude_macs_high",
     *RECOVERY_ROWS, *(f"{name}_kd" for name in (*RECOVERY_ROWS, "nc_latency")), *STAGES_ROWS, *DEPTH_ROWS,
-    *VGG_LATENCY_ROWS,
+    *VGG_LATENCY_ROWS, *SOFT_ROWS,
 )  # fmt: skip
 TP_ROWS = ("tp_magnitude_at_latency", "tp_magnitude_macs_high")
 TP_MISSING = "Torch-Pruning is not installed (pip install torch-pruning): its rows are skipped"

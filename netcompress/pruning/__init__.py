@@ -77,6 +77,7 @@ from netcompress.pruning.slimming import (
     bn_sparsity,
     slim,
 )
+from netcompress.pruning.soft_shrink import ChannelShrink, ShrinkConfig, ShrinkSchedule, shrink_to_target
 from netcompress.pruning.sparse_storage import (
     dense_size_bytes,
     load_sparse,
@@ -172,6 +173,11 @@ __all__ = [
     "prune_n_m_",
     "prune_sparsegpt_",
     "prune_wanda_",
+    # soft progressive channel pruning: the channels to remove fade to zero while the network trains
+    "ChannelShrink",
+    "ShrinkConfig",
+    "ShrinkSchedule",
+    "shrink_to_target",
     # measured targets: latency of the deployed form, bytes of the shipped file
     "CostTable",
     "MeasureSpec",

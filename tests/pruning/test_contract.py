@@ -22,6 +22,8 @@ from netcompress.pruning import (
     L1UnstructuredConfig,
     MeanActivationConfig,
     RandomUnstructuredConfig,
+    ShrinkConfig,
+    ShrinkSchedule,
     SlimmingConfig,
     SlimmingTrainConfig,
     prune_channels,
@@ -38,6 +40,7 @@ from netcompress.pruning import (
     prune_unstructured_,
     reconstruct_weights,
     reconstruct_weights_,
+    shrink_to_target,
     slim,
 )
 from netcompress.pruning.channel import channel_prune
@@ -109,6 +112,7 @@ PRUNING_METHODS = {
     "prune/auto": AutoPruneConfig,
     "prune/slimming": SlimmingConfig,
     "prune/iterative_channel": IterativeChannelConfig,
+    "prune/shrink": ShrinkConfig,
     "train/slimming": SlimmingTrainConfig,
 }
 
@@ -189,6 +193,18 @@ def test_prune_to_target_verb_equals_the_method():
     result = apply(_cnn(), config, MethodData(example_inputs=X))
     _same(verb, result.model)
     assert summary["achieved_reduction"] == result.summary["achieved_reduction"]
+
+
+def test_shrink_to_target_verb_equals_the_method():
+    verb, _ = shrink_to_target(
+        _cnn(), X, _cnn_loader(), train_config=nc.training.TrainConfig(lr=0.01, keep_best=False, progress=False),
+        schedule=ShrinkSchedule(epochs=1, every=2), target="macs", reduction=2.0,
+    )  # fmt: skip
+    config = ShrinkConfig(
+        target="macs", reduction=2.0, epochs=1, every=2, train={"lr": 0.01}, recalibrate_bn_batches=0
+    )
+    result = apply(_cnn(), config, _data(_cnn_loader(), example_inputs=X))
+    _same(verb, result.model)
 
 
 def test_slim_verb_equals_the_method():
