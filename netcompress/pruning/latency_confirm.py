@@ -183,8 +183,8 @@ def fill_up_and_confirm(
     checks, recorded through ``check(state, phase)``), then :func:`choose_finalist` (``config.finalists``).
     Returns (the row chosen, the finalists' record or None, the reason when no finalist re-timed within)."""
 
-    def holds(row: dict[str, Any]) -> bool:  # held at the target itself: the tolerance stays noise margin
-        row["held"] = row["reduction"] >= config.reduction
+    def holds(row: dict[str, Any]) -> bool:  # at the target itself unless fill_up_slack gives some of the tolerance
+        row["held"] = row["reduction"] >= config.reduction * (1.0 - config.fill_up_slack)
         return row["held"]
 
     if config.fill_up:

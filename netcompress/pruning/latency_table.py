@@ -73,7 +73,8 @@ class MeasuredTargetFields(Config):
     removed whole (its inner group at width 0, :mod:`netcompress.pruning.branch_removal`), measured in the cost
     table and scored by the proxy like any width (float search only); ``confirm_rounds`` (> 1: every end-to-end
     check is that many interleaved rounds against the unpruned model, their median ratio decides), ``fill_up``
-    (measured widening steps once the target is met) and ``finalists`` (met candidates re-timed together at the
+    (measured widening steps once the target is met; ``fill_up_slack`` s keeps one measured at (1 - s) x the target,
+    at most the tolerance, 0: the target itself) and ``finalists`` (met candidates re-timed together at the
     end): :mod:`netcompress.pruning.latency_confirm` (latency only; 1 / 0 / 0: off).
     """
 
@@ -90,6 +91,7 @@ class MeasuredTargetFields(Config):
     remove_branches: bool = False
     confirm_rounds: int = 1
     fill_up: int = 0
+    fill_up_slack: float = 0.0
     finalists: int = 0
 
     def check_measured(self) -> None:
@@ -107,6 +109,7 @@ class MeasuredTargetFields(Config):
         for name in ("fill_up", "finalists"):
             check_range(name, getattr(self, name), 0)
         check_range("tolerance", self.tolerance, 0.0, 0.5)
+        check_range("fill_up_slack", self.fill_up_slack, 0.0, self.tolerance)
         if self.quantize is not None and (self.confirm_rounds > 1 or self.fill_up or self.finalists):
             raise ConfigError(
                 "confirm_rounds, fill_up and finalists are not supported with quantize (the int8 search)"

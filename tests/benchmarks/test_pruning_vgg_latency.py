@@ -14,6 +14,7 @@ def test_row_is_a_latency_row_with_the_confirmation_switches(monkeypatch, tmp_pa
         "nc_latency_fill",
         "nc_latency_fill_fine",
         "tp_magnitude_at_latency_median",
+        "nc_latency_fill_slack",
     )
     assert "nc_latency_fill" in METHODS.names() and "nc_latency_fill" in pl.LATENCY_ROWS
     calls = []
@@ -40,3 +41,20 @@ def test_row_is_a_latency_row_with_the_confirmation_switches(monkeypatch, tmp_pa
     }
     assert pruned.info["candidates"][1]["held"] is True and pruned.info["table_base"] == 40.0
     assert "median of 7 rounds per check, fill-up, 4 finalists re-timed" in label
+
+
+def test_slack_row_keeps_widenings_from_097_of_the_target(monkeypatch, tmp_path) -> None:
+    calls = []
+    summary = {"candidates": [], "confirmation": None, "chosen_round": 1, "rates": [], "cost_table": {"base": 1.0}}
+
+    def search(base, ctx, row, label, **options):
+        calls.append((row, label, options))
+        return nn.Identity(), summary, {"label": label}
+
+    monkeypatch.setattr(vl, "latency_search", search)
+    monkeypatch.setattr(vl, "with_recalibration", lambda pruned, ctx: pruned)
+    ctx = Context(None, None, PruningBenchConfig(), None, None, None, 0, tmp_path)
+    METHODS.get("nc_latency_fill_slack")(nn.Identity(), ctx)
+    ((row, label, options),) = calls
+    assert row == "nc_latency_fill_slack" and "fill-up kept from 0.97 x the target" in label
+    assert options == {"confirm_rounds": 7, "fill_up": 12, "finalists": 4, "max_rounds": 6, "fill_up_slack": 0.03}

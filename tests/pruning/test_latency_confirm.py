@@ -96,6 +96,20 @@ def test_fill_up_widens_a_met_model_back_toward_the_target(monkeypatch, tmp_path
     assert kept["a"] + kept["b"] == 18
 
 
+def test_fill_up_slack_keeps_a_widening_measured_just_under_the_target(monkeypatch, tmp_path) -> None:
+    # as above, with fill_up_slack 0.02: a widening is kept from 1.96x on. 20 channels (0.8 * 104 = 83.2 ms,
+    # 1.971x) now holds; 22 (91.2 ms, 1.798x) misses in either group
+    clock = RoundClock([0.8] * 10)
+    summary = _search(monkeypatch, tmp_path, clock, fill_up=6, fill_up_slack=0.02)
+    rows = summary["candidates"]
+    assert [sum(c) for (c,) in clock.checks] == [14, 16, 18, 20, 22, 22]
+    assert [r["held"] for r in rows[1:]] == [True, True, True, False, False]
+    assert summary["chosen_round"] == 4
+    assert summary["achieved_reduction"] == pytest.approx(UNPRUNED_MS / (0.8 * 104.0))
+    kept = {r["layers"][0]: r["kept"] for r in summary["rates"]}
+    assert kept["a"] + kept["b"] == 20
+
+
 def test_finalists_are_retimed_together_and_the_best_within_tolerance_is_kept(monkeypatch, tmp_path) -> None:
     # as above, then the two best met candidates (18 and 16 channels) are timed again in one interleaved call:
     # the 18-channel one now measures 1.3x slow (1.34x: out), the 16-channel one holds (2.44x): it is returned
@@ -146,6 +160,7 @@ def test_retime_takes_per_round_ratios_against_the_same_rounds(monkeypatch) -> N
         ({"confirm_rounds": 0}, "confirm_rounds=0"),
         ({"fill_up": -1}, "fill_up=-1"),
         ({"finalists": -2}, "finalists=-2"),
+        ({"fill_up_slack": 0.05, "tolerance": 0.03}, "fill_up_slack=0.05"),
         ({"quantize": "joint", "finalists": 2}, "not supported with quantize"),
     ],
 )
