@@ -248,14 +248,19 @@ def _reference(calls: list[ModuleCall], index: int, owner: dict[int, Any]) -> to
     return after.output if folded else call.output
 
 
+def percent(fraction: float) -> str:
+    """``0.05`` -> ``5.0%``; small fractions keep two significant digits (the float check's 1e-4 -> ``0.01%``)."""
+    return f"{fraction:.1%}" if fraction >= 0.01 else f"{fraction * 100:.2g}%"
+
+
 def divergence_note(found: dict[str, Any] | None, tolerance: float) -> str:
     """One sentence for an error message (``first diverging node: ... (module ...), 28.0% off``)."""
     if found is None:
         return "no intermediate tensor could be matched to a PyTorch module"
-    where = f"{found['node']} ({found['op_type']}, module {found['module'] or '<root>'}), {found['rel_diff']:.1%} off"
+    where = f"{found['node']} ({found['op_type']}, module {found['module'] or '<root>'}), {percent(found['rel_diff'])} off"
     if found["exceeds"]:
         return f"first diverging node: {where}"
     return (
-        f"no single node of {found['compared']} compared is {tolerance:.1%} off (the difference builds up); "
+        f"no single node of {found['compared']} compared is {percent(tolerance)} off (the difference builds up); "
         f"largest: {where}"
     )

@@ -35,3 +35,9 @@ def test_a_conv_with_its_batchnorm_folded_is_compared_after_the_norm(tmp_path):
     nc.export_onnx(model, tmp_path / "m.onnx", x, int8=False, check=True)
     found = first_divergence(model, tmp_path / "m.onnx", x, tolerance=1e-4)
     assert found is not None and not found["exceeds"] and found["rel_diff"] < 1e-4
+
+
+def test_small_fractions_keep_two_digits_in_the_note():
+    from netcompress.export.divergence import percent
+
+    assert (percent(0.05), percent(1e-4), percent(3.2e-4)) == ("5.0%", "0.01%", "0.032%")
