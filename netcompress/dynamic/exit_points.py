@@ -47,7 +47,8 @@ def _trace(model: nn.Module, exits: Sequence[str], example_inputs: torch.Tensor)
     ``torch.jit.isinstance`` resolve as on that input; see :mod:`netcompress.quantization.value_tracing`)."""
     tracer = _ExitTracer(set(exits))
     try:
-        return fx.GraphModule(tracer.root, tracer.trace(model), type(model).__name__)
+        graph = tracer.trace(model)  # first: the tracer has no ``root`` before it traced
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises several types for data-dependent code
         error = f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc})"
 

@@ -72,6 +72,7 @@ class ModuleCall:
     module: str
     output: torch.Tensor | None
     parent: int | None  # index of the calling module's call
+    kind: str = ""  # the module's class name
 
 
 def module_calls(
@@ -90,14 +91,17 @@ def module_calls(
     def pre(module: nn.Module, args: Any) -> None:
         qualified = names.get(id(module), "")
         parent = stack[-1][1] if stack else None
-        calls.append(ModuleCall(qualified.removeprefix("model").lstrip("."), None, parent))
+        calls.append(
+            ModuleCall(qualified.removeprefix("model").lstrip("."), None, parent, type(module).__name__)
+        )
         stack.append((_unqualified(qualified), len(calls) - 1))
         scopes.setdefault("/".join(name for name, _ in stack), []).append(len(calls) - 1)
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
         _, index = stack.pop()
         if isinstance(output, torch.Tensor) and output.is_floating_point():
-            calls[index].output = output.detach().clone()  # a later in-place op (ReLU(inplace=True)) changes it
+            # copied: a later in-place op (ReLU(inplace=True)) would change it
+            calls[index].output = output.detach().clone()
 
     handles = []
     for module in call.modules():
@@ -204,7 +208,7 @@ def first_divergence(
     # tensor -> the innermost call it is the output of (calls are recorded outer first)
     outputs: dict[str, int] = {}
     for index in sorted(owner):
-        name, ref = owner[index][1], calls[index].output
+        name, ref = owner[index][1], _reference(calls, index, owner)
         if ref is not None and name in values and tuple(values[name].shape) == tuple(ref.shape):
             outputs[name] = index
     producers = {out: node for node in graph.node for out in node.output}
@@ -214,7 +218,7 @@ def first_divergence(
         got = _dequantize(node, values[name], constants)
         if got is None:
             continue
-        reference = call.output.float().numpy()
+        reference = _reference(calls, outputs[name], owner).float().numpy()
         peak = float(np.abs(reference).max()) if reference.size else 0.0
         rel = float(np.abs(got - reference).max()) / max(peak, 1e-12) if reference.size else 0.0
         # a DequantizeLinear only rescales: the node that computed the codes is the one to name
@@ -233,14 +237,30 @@ def first_divergence(
     return None if worst is None else {**worst, "compared": len(outputs), "exceeds": False}
 
 
+def _reference(calls: list[ModuleCall], index: int, owner: dict[int, Any]) -> torch.Tensor | None:
+    """The PyTorch value a call's ONNX tensor holds: a conv's BatchNorm is folded into the ONNX ``Conv`` on export
+    (the BatchNorm's own scope holds no node), so that ``Conv`` holds the BatchNorm's output."""
+    call, after = calls[index], calls[index + 1] if index + 1 < len(calls) else None
+    folded = (
+        after is not None and call.kind.startswith("Conv") and after.kind.startswith("BatchNorm")
+        and after.parent == call.parent and index + 1 not in owner and after.output is not None
+    )  # fmt: skip
+    return after.output if folded else call.output
+
+
+def percent(fraction: float) -> str:
+    """``0.05`` -> ``5.0%``; small fractions keep two significant digits (the float check's 1e-4 -> ``0.01%``)."""
+    return f"{fraction:.1%}" if fraction >= 0.01 else f"{fraction * 100:.2g}%"
+
+
 def divergence_note(found: dict[str, Any] | None, tolerance: float) -> str:
     """One sentence for an error message (``first diverging node: ... (module ...), 28.0% off``)."""
     if found is None:
         return "no intermediate tensor could be matched to a PyTorch module"
-    where = f"{found['node']} ({found['op_type']}, module {found['module'] or '<root>'}), {found['rel_diff']:.1%} off"
+    where = f"{found['node']} ({found['op_type']}, module {found['module'] or '<root>'}), {percent(found['rel_diff'])} off"
     if found["exceeds"]:
         return f"first diverging node: {where}"
     return (
-        f"no single node of {found['compared']} compared is {tolerance:.1%} off (the difference builds up); "
+        f"no single node of {found['compared']} compared is {percent(tolerance)} off (the difference builds up); "
         f"largest: {where}"
     )

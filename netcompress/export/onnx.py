@@ -29,7 +29,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, ExportMismatchError, UnsupportedModelError
 from netcompress.core.io import _file_mode
 from netcompress.core.model_check import check_model_call
-from netcompress.export.divergence import divergence_note, first_divergence
+from netcompress.export.divergence import divergence_note, first_divergence, percent
 from netcompress.export.onnx_contrib import drop_uncalled
 from netcompress.export.onnx_dynamic import swap_dynamic_linears
 from netcompress.export.onnx_embeddings import swap_quant_embeddings
@@ -363,8 +363,8 @@ def check_onnx(
             output_names=output_names,
         )
         raise ExportMismatchError(
-            f"{path}: ONNX Runtime output differs from PyTorch by {result['max_rel_diff']:.1%} of the largest "
-            f"output {peak:.4g} (tolerance {tolerance:.1%}); {divergence_note(found, tolerance)}; worst output "
+            f"{path}: ONNX Runtime output differs from PyTorch by {percent(result['max_rel_diff'])} of the largest "
+            f"output {peak:.4g} (tolerance {percent(tolerance)}); {divergence_note(found, tolerance)}; worst output "
             f"at sample {sample}, index {index}: PyTorch {float(ref[sample, index]):.5g}, ONNX Runtime "
             f"{float(cand[sample, index]):.5g} (file kept for inspection; op types {op_counts(path)})"
         )
