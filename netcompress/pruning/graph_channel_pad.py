@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from netcompress.pruning.graph_tensor_rules import Labels, RuleContext, _describe, _fail, _shape
+from netcompress.pruning.graph_tensor_rules import CHANNEL_PAD, Labels, RuleContext, _describe, _fail, _shape
 
 
 def channel_pad(node: torch.fx.Node, ctx: RuleContext, labels: list[int]) -> Labels:
@@ -20,3 +20,6 @@ def channel_pad(node: torch.fx.Node, ctx: RuleContext, labels: list[int]) -> Lab
     front, back = ctx.graph.uf.new(widths[0]), ctx.graph.uf.new(widths[1])
     ctx.graph.block(front + back, f"{_describe(node)} adds them as constant channels")
     return [*front, *labels, *back]
+
+
+CHANNEL_PAD.append(channel_pad)

@@ -18,6 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
+import netcompress.pruning.graph_channel_pad  # noqa: F401  (registers the F.pad channel rule)
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.graph import ChannelGraph, LayerChannels, is_prunable_custom
 from netcompress.pruning.graph_conv_rules import (

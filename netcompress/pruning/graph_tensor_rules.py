@@ -123,6 +123,11 @@ def _channel_dim(ctx: RuleContext, node: torch.fx.Node, args: list[torch.fx.Node
     return dim
 
 
+# F.pad that changes the channel count: graph_channel_pad builds on this module's helpers and registers its rule
+# here on import (graph_rules imports it), so the two files do not import each other
+CHANNEL_PAD: list[Callable[[torch.fx.Node, RuleContext, Labels], Labels]] = []
+
+
 def spatial_channels(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     """Pooling, padding, resizing: they treat dim 1 as channels and the dims after it as space."""
     arg, labels = _first(node, ctx)
@@ -130,9 +135,9 @@ def spatial_channels(node: torch.fx.Node, ctx: RuleContext) -> Labels:
         raise _fail(node, f"it treats dim 1 as channels, but the channels are on dim {ctx.dim(arg)}")
     out = _shape(node)
     if getattr(node.target, "__name__", node.target) == "pad" and out and out[1:2] != (len(labels),):
-        from netcompress.pruning.graph_channel_pad import channel_pad  # it builds on this module's helpers
-
-        return channel_pad(node, ctx, labels)
+        if not CHANNEL_PAD:  # registered by graph_channel_pad, which graph_rules imports
+            raise _fail(node, "it pads the channel dim (netcompress.pruning.graph_channel_pad is not loaded)")
+        return CHANNEL_PAD[0](node, ctx, labels)
     return same_channels(node, ctx)
 
 
