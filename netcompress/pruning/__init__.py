@@ -34,6 +34,7 @@ from netcompress.pruning.iterative import (
     prune_one_shot_,
 )
 from netcompress.pruning.iterative_channel import IterativeChannelConfig
+from netcompress.pruning.kernels import prune_kernels_
 from netcompress.pruning.latency_table import (
     CostTable,
     MeasuredTargetFields,
@@ -170,6 +171,7 @@ __all__ = [
     "SparseGPTConfig",
     "WandaConfig",
     "prune_n_m_",
+    "prune_kernels_",
     "prune_sparsegpt_",
     "prune_wanda_",
     # measured targets: latency of the deployed form, bytes of the shipped file
