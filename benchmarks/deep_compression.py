@@ -7,7 +7,9 @@ From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stage
    fine-tuning; the per-layer rates below then apply to the smaller layers;
 1. ``prune-r<i>``: ``--rounds`` rounds of per-layer L1 unstructured pruning to the layer's rate
    (``--rates first/middle/big``: the first conv, the others, the layers >= ``--big-size`` weights;
-   geometric steps, the same share each round), each followed by ``--prune-epochs`` of fine-tuning
+   geometric steps, the same share each round; with ``--kernel-rates first/middle/big`` each conv with a
+   spatial kernel first loses that share of its whole kxk kernels, ``nc.prune_kernels_``, on the same steps,
+   so the kept weights sit in fewer kernels and their positions cost fewer bits), each followed by ``--prune-epochs`` of fine-tuning
    with the masks kept, distilled from the unpruned model (``--kd-alpha``, ``--kd-temperature``;
    ``--kd-alpha 0`` is plain cross entropy), then ``--extra-epochs`` more as a stage of its own;
 2. ``cluster``: BatchNorm folded into the convs when ``--fold-bn`` (after the pruning fine-tuning, which
@@ -36,20 +38,19 @@ import copy
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
 import torch  # noqa: E402
+from dc_run import ChunkedLoader, Run  # noqa: E402, F401  (ChunkedLoader: early_exit.py imports it from here)
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 import netcompress as nc  # noqa: E402
 from netcompress.clustering import ClusterPreserving, bn_to_channel_scale_  # noqa: E402
 from netcompress.clustering.model_clustering import fold_bn_  # noqa: E402
-from netcompress.core import atomic_torch_save, atomic_write_text  # noqa: E402
-from netcompress.core.io import load_checkpoint  # noqa: E402
+from netcompress.core import atomic_write_text  # noqa: E402
 from netcompress.data import balanced_subset  # noqa: E402
 from netcompress.distillation.hooks import SoftTargetDistillation  # noqa: E402
 from netcompress.evaluation import evaluate, torch_threads  # noqa: E402
@@ -80,6 +81,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="narrow_vgg", choices=sorted(cp.PROTOCOL_MODELS))
     parser.add_argument(
         "--rates", default="0.5/0.9/0.93", help="pruning rate: first conv / others / big layers"
+    )
+    parser.add_argument(
+        "--kernel-rates", default=None, help="share of whole kxk kernels pruned first: first/others/big (off)"
     )
     parser.add_argument("--big-size", type=int, default=100_000, help="weights from which a layer is big")
     parser.add_argument("--rounds", type=int, default=2, help="prune to the rates in this many rounds")
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings.update(protocol=protocol.name, baseline=Path(info["path"] or "").name)
     if not args.channel_ratio:  # off: the settings (and the cache keys) of the runs before the flag
         settings.pop("channel_ratio"), settings.pop("channel_epochs")
+    if not args.kernel_rates:  # off: the cache keys of the runs before the flag
+        settings.pop("kernel_rates")
     clustering = {k: v for k, v in vars(args).items() if k in CLUSTER_FLAGS}
     run = Run(cp.CACHE_DIR / f"dc-{args.model}-{cp.cache_key(settings)}", settings)
     variant = f"cluster-{cp.cache_key(clustering)}"
@@ -217,85 +223,15 @@ def main(argv: list[str] | None = None) -> dict:
     return {**shared, **row}
 
 
-class Run:
-    """One configuration's folder: each stage's weights, ``fit`` checkpoints, and ``rows.json``."""
-
-    def __init__(self, folder: Path, settings: dict) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "rows.json"
-        self.rows = json.loads(path.read_text()) if path.exists() else {}
-        self.rows.setdefault("summary", {"settings": settings})
-
-    def write(self) -> None:
-        atomic_write_text(self.folder / "rows.json", json.dumps(self.rows, indent=1, sort_keys=True))
-
-    def note_invocation(self, what: str) -> None:
-        calls = self.rows.setdefault("invocations", [])
-        calls.append({"at": time.strftime("%H:%M:%S"), what: Path("/proc/loadavg").read_text().split()[:3]})
-        self.write()
-
-    def load(self, stage: str, model: nn.Module) -> bool:
-        path = self.folder / f"{stage}.pt"
-        if not path.exists():
-            return False
-        model.load_state_dict(load_checkpoint(path))
-        return True
-
-    def save(self, stage: str, model: nn.Module) -> None:
-        atomic_torch_save(model.state_dict(), self.folder / f"{stage}.pt")
-        self.write()
-
-    def fit(self, stage: str, model, loader, config, hooks) -> None:
-        started = time.perf_counter()
-        history = nc.fit(
-            model.train(), loader, config=config, hooks=hooks, checkpoint_dir=self.folder / f"fit-{stage}",
-            resume=True,
-        )  # fmt: skip
-        self.rows[f"history_{stage}"] = history.rows
-        self.rows["summary"][f"time_s_{stage}"] = round(time.perf_counter() - started, 1)
-        self.write()
-
-
-class ChunkedLoader:
-    """Each pass yields the next ``1/chunks`` of an epoch's shuffled batches, so ``fit`` checkpoints (and
-    resumes) every part epoch; ``fit(epochs=E * chunks)`` sees every image E times, in the same order after
-    a resume (epoch ``e`` is part ``e % chunks`` of shuffle ``e // chunks``, told through ``set_epoch``).
-
-    Example:
-        >>> loader = ChunkedLoader(DataLoader(data, batch_size=128), 4)
-        >>> loader.set_epoch(5); len(list(loader))  # the second quarter of the second shuffle
-    """
-
-    def __init__(self, loader: DataLoader, chunks: int, *, seed: int = 0) -> None:
-        self.dataset, self.batch_size = loader.dataset, loader.batch_size
-        self.chunks, self.seed, self.epoch = chunks, seed, 0
-        self.sampler = self  # fit calls loader.sampler.set_epoch(epoch) before each pass
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _bounds(self) -> list[int]:
-        batches = -(-len(self.dataset) // self.batch_size)
-        return [round(i * batches / self.chunks) * self.batch_size for i in range(self.chunks + 1)]
-
-    def __len__(self) -> int:
-        bounds = self._bounds()
-        return max(-(-(b - a) // self.batch_size) for a, b in zip(bounds, bounds[1:], strict=False))
-
-    def __iter__(self):
-        shuffle, part = divmod(self.epoch, self.chunks)
-        order = torch.randperm(
-            len(self.dataset), generator=torch.Generator().manual_seed(self.seed + shuffle)
-        )
-        bounds = self._bounds()
-        picked = order[bounds[part] : min(bounds[part + 1], len(order))].tolist()
-        return iter(DataLoader(Subset(self.dataset, picked), batch_size=self.batch_size, shuffle=False))
-
-
 def structure(model: nn.Module, rates: dict[str, float], step: int, args) -> None:
-    """Prune ``model`` IN PLACE to round ``step``'s rates (geometric: the same share each round)."""
+    """Prune ``model`` IN PLACE to round ``step``'s rates (geometric: the same share each round); with
+    ``--kernel-rates`` each Conv2d with a spatial kernel first loses that round's share of whole kernels."""
+    kernels = layer_rates(model, args, args.kernel_rates) if args.kernel_rates else {}
     for name, rate in rates.items():
+        module = model.get_submodule(name)
+        if kernels.get(name) and isinstance(module, nn.Conv2d) and module.weight[0, 0].numel() > 1:
+            kfrac = 1 - (1 - kernels[name]) ** (step / args.rounds)
+            nc.prune_kernels_(model, amount=kfrac, include=[name])
         frac = 1 - (1 - rate) ** (step / args.rounds)
         nc.prune_unstructured_(model, amount=frac, scope="layer", include=[name])
 
@@ -359,19 +295,30 @@ def baseline_test_acc(info: dict, base: nn.Module, test_loader, test_subset: int
     return known[key]
 
 
-def layer_rates(model: nn.Module, args) -> dict[str, float]:
-    """Pruning rate per Conv/Linear from ``--rates first/middle/big``.
+def layer_rates(model: nn.Module, args, spec: str | None = None) -> dict[str, float]:
+    """Pruning rate per Conv/Linear from ``--rates first/middle/big`` (or ``spec``, same form).
 
     Example:
         >>> layer_rates(vgg, parse(["--rates", "0.5/0.9/0.93"]))["features.0"]
         0.5
     """
-    first, middle, big = (float(r) for r in args.rates.split("/"))
+    first, middle, big = parse_rates(spec or args.rates)
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     rates = {}
     for i, name in enumerate(layers):
         size = model.get_submodule(name).weight.numel()
         rates[name] = first if i == 0 else big if size >= args.big_size else middle
+    return rates
+
+
+def parse_rates(spec: str) -> tuple[float, float, float]:
+    parts = spec.split("/")
+    try:
+        rates = tuple(float(r) for r in parts)
+    except ValueError:
+        rates = ()
+    if len(rates) != 3 or not all(0 <= r < 1 for r in rates):
+        raise SystemExit(f"rates {spec!r}: expected first/others/big, three numbers in [0, 1)")
     return rates
 
 

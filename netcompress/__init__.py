@@ -57,6 +57,7 @@ _LAZY = {
     "prune_transformer": ("netcompress.pruning", "prune_transformer"),
     "prune_head_dims": ("netcompress.pruning", "prune_head_dims"),
     "prune_n_m_": ("netcompress.pruning", "prune_n_m_"),
+    "prune_kernels_": ("netcompress.pruning", "prune_kernels_"),
     "prune_wanda_": ("netcompress.pruning", "prune_wanda_"),
     "prune_sparsegpt_": ("netcompress.pruning", "prune_sparsegpt_"),
     "distill_embeddings_": ("netcompress.distillation", "distill_embeddings_"),

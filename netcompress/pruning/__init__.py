@@ -34,6 +34,7 @@ from netcompress.pruning.iterative import (
     prune_one_shot_,
 )
 from netcompress.pruning.iterative_channel import IterativeChannelConfig
+from netcompress.pruning.kernels import prune_kernels_
 from netcompress.pruning.latency_table import (
     CostTable,
     MeasuredTargetFields,
@@ -171,6 +172,7 @@ __all__ = [
     "SparseGPTConfig",
     "WandaConfig",
     "prune_n_m_",
+    "prune_kernels_",
     "prune_sparsegpt_",
     "prune_wanda_",
     # soft progressive channel pruning: the channels to remove fade to zero while the network trains

@@ -52,6 +52,22 @@ def test_rounds_take_the_same_share_each_and_end_at_the_rate() -> None:
     assert _sparsity(model, "8") == pytest.approx(0.8, abs=1 / 160)
 
 
+def test_kernel_rates_prune_whole_kernels_first_on_the_same_rounds() -> None:
+    model, args = _net(), _args("--kernel-rates", "0/0.5/0.75")
+    rates = dc.layer_rates(model, args)
+    dc.structure(model, rates, 1, args)
+    zero_kernels = ~(model[3].weight != 0).flatten(2).any(dim=2)
+    assert int(zero_kernels.sum()) == round((1 - 0.25**0.5) * 128)  # round 1 of 2: half the log-share
+    dc.structure(model, rates, 2, args)
+    zero_kernels = ~(model[3].weight != 0).flatten(2).any(dim=2)
+    assert int(zero_kernels.sum()) == 96  # 0.75 of the 8 x 16 kernels
+    assert _sparsity(model, "3") == pytest.approx(0.9, abs=1 / 1152)  # then thinned to the weight rate
+    assert not bool(((model[0].weight != 0).flatten(2).any(dim=2) == 0).any())  # first conv: kernel rate 0
+    assert _sparsity(model, "8") == pytest.approx(0.8, abs=1 / 160)  # the Linear: no kernels, its own rate
+    with pytest.raises(SystemExit, match="three numbers"):
+        dc.layer_rates(model, _args("--kernel-rates", "0.5/1.2/0.1"), "0.5/1.2/0.1")
+
+
 @pytest.mark.parametrize("bn", ["kept", "--fold-bn", "--channel-scale"])
 def test_a_cached_stage_rebuilds_the_same_pruned_clustered_model(tmp_path, bn) -> None:
     args = _args("--clusters", "4", *([bn] if bn != "kept" else []))
