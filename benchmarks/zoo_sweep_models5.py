@@ -31,31 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 from zoo_sweep_models import LABELS, VOCAB, _hf
+from zoo_sweep_models3 import Make, _fixed, _gen, _ids, _ids_mask  # round 4's inputs, the same here
 
-Make = Callable[[int, bool, int], Any]
 Entry = tuple[Callable[[], nn.Module], Make, bool, str]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _fixed(*shape: int) -> Make:
-    def make(n: int, long: bool, seed: int) -> torch.Tensor:
-        return torch.randn(n, *shape, generator=_gen(seed))
-
-    return make
-
-
-def _ids(n: int, long: bool, seed: int) -> torch.Tensor:
-    return torch.randint(2, VOCAB, (n, 11 if long else 9), generator=_gen(seed))
-
-
-def _ids_mask(n: int, long: bool, seed: int) -> dict[str, torch.Tensor]:
-    seq = 11 if long else 9
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[0, seq * 2 // 3 :] = 0
-    return {"input_ids": torch.randint(2, VOCAB, (n, seq), generator=_gen(seed)), "attention_mask": mask}
 
 
 # ------------------------------------------------------------------------------------------ pytorchcv
