@@ -18,26 +18,7 @@ from torch import nn
 from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
 from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import layer_scores
-
-
-def masked_consumers(model: nn.Module, keep: dict) -> nn.Module:
-    """A copy of ``model`` whose Conv / ConvTranspose / Linear layers zero the inputs ``keep`` removes."""
-    ref = copy.deepcopy(model)
-    for name, module in ref.named_modules():
-        kept = keep.get(name, {}).get("in")
-        if kept is None or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            continue
-        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-        mask = torch.zeros(width)
-        mask[kept] = 1
-
-        def hook(mod: nn.Module, args: tuple, mask: torch.Tensor = mask) -> tuple:
-            shape = [1] * args[0].dim()
-            shape[-1 if isinstance(mod, nn.Linear) else 1] = -1
-            return (args[0] * mask.view(shape), *args[1:])
-
-        module.register_forward_pre_hook(hook)
-    return ref.eval()
+from tests.masked_inputs import masked_inputs
 
 
 def prune_and_compare(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, **kw) -> nn.Module:
@@ -45,7 +26,7 @@ def prune_and_compare(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, **k
     plan = plan_channel_pruning(model, x, ratio=ratio, **kw)
     pruned = apply_channel_plan(model, plan, x).eval()
     with torch.no_grad():
-        want, got = masked_consumers(model, plan.keep_indices())(x), pruned(x)
+        want, got = masked_inputs(model, plan.keep_indices()).eval()(x), pruned(x)
         assert got.shape == want.shape
         assert (got - want).abs().max().item() < 1e-5
         assert (model(x) - got).abs().max().item() > 1e-3  # the comparison can tell a pruned model apart
