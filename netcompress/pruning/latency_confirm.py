@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from netcompress.evaluation.latency import time_rounds
-from netcompress.pruning.latency_table import CostTable, MeasureSpec, deployed_form, measure
+from netcompress.pruning.latency_table import CostTable, MeasureSpec, measure, time_forms
 from netcompress.pruning.latency_widths import state_key
 
 REFERENCE = "unpruned"
@@ -46,14 +43,8 @@ def time_deployed_rounds(
 ) -> dict[str, list[float]]:
     """Per interleaved round (``spec.rounds`` of them), every model's deployed-form latency in ms: the
     round's median of 3 timed forwards (10 at batch 1) after 2 warm-ups; the models rotate within a round."""
-    per_round = max(3, 10 // spec.batch_size)
-    with tempfile.TemporaryDirectory(prefix="nc-confirm-") as folder:
-        forms = {name: deployed_form(m, example_inputs, spec, Path(folder)) for name, m in models.items()}
-        timing = time_rounds(
-            forms, example_inputs, batch_sizes=(spec.batch_size,), rounds=spec.rounds,
-            repeats=spec.rounds * per_round, warmup=2, threads=spec.threads,
-        )  # fmt: skip
-    return {name: [float(v) for v in timing[name][spec.batch_size]["round_p50_ms"]] for name in models}
+    timing = time_forms(models, example_inputs, spec)
+    return {name: [float(v) for v in timing[name]["round_p50_ms"]] for name in models}
 
 
 def retime(

@@ -226,6 +226,13 @@ def time_deployed(
         >>> time_deployed({"a": model, "b": small}, x, MeasureSpec(runtime="torch", batch_size=64))
         {'a': 41.2, 'b': 17.9}
     """
+    timing = time_forms(models, example_inputs, spec)
+    return {name: float(timing[name]["min_ms"]) for name in models}
+
+
+def time_forms(models: Mapping[str, nn.Module], example_inputs: Any, spec: MeasureSpec) -> dict[str, dict]:
+    """Every model's deployed form timed in ``spec.rounds`` interleaved rounds at ``spec.batch_size`` (3 timed
+    forwards per round, 10 at batch 1, after 2 warm-ups): ``time_rounds``' statistics per model at that batch size."""
     per_round = max(3, 10 // spec.batch_size)
     with tempfile.TemporaryDirectory(prefix="nc-latency-") as folder:
         forms = {name: deployed_form(m, example_inputs, spec, Path(folder)) for name, m in models.items()}
@@ -233,7 +240,7 @@ def time_deployed(
             forms, example_inputs, batch_sizes=(spec.batch_size,), rounds=spec.rounds,
             repeats=spec.rounds * per_round, warmup=2, threads=spec.threads,
         )  # fmt: skip
-    return {name: float(timing[name][spec.batch_size]["min_ms"]) for name in models}
+    return {name: timing[name][spec.batch_size] for name in models}
 
 
 def shipped_bytes(model: nn.Module, example_inputs: Any, spec: MeasureSpec) -> int:
