@@ -10,6 +10,7 @@ from torch import nn
 import netcompress as nc
 from netcompress.clustering import ClusterConfig, cluster_weights, cluster_weights_
 from netcompress.core.methods import MethodData, apply, method_for
+from tests.state_checks import same_weights
 
 FIELDS = {"clusters": 4, "exclude": ["2"], "init": "kmeans++", "seed": 3}
 
@@ -19,18 +20,13 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(6, 3))
 
 
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_cluster_verb_and_method_give_the_same_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the verb has no folder: it writes nothing, here or anywhere
     by_verb, by_method = _model(), _model()
     summary = cluster_weights_(by_verb, **FIELDS)
     assert method_for(ClusterConfig).key == "cluster/kmeans"
     result = apply(by_method, ClusterConfig.from_dict({**FIELDS, "save": False}, where="test"), MethodData())
-    assert result.model is by_method and _same(by_verb, by_method)
+    assert result.model is by_method and same_weights(by_verb, by_method)
     assert summary == result.summary
     assert list(tmp_path.iterdir()) == []
 
@@ -43,4 +39,4 @@ def test_cluster_weights_underscore_changes_the_model_in_place_and_the_alias_mat
     assert not torch.equal(model[0].weight, before["0.weight"])
     other = _model()
     assert cluster_weights(other, ClusterConfig(clusters=4)) == summary
-    assert _same(model, other)
+    assert same_weights(model, other)

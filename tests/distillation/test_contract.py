@@ -15,6 +15,7 @@ from netcompress.core.io import atomic_torch_save
 from netcompress.core.methods import MethodData, apply, method_for
 from netcompress.distillation import SoftTargetsConfig, distill, distill_
 from netcompress.training import TrainConfig
+from tests.state_checks import same_weights
 
 FIELDS = {"epochs": 2, "lr": 0.1, "temperature": 2.0, "alpha": 0.7, "seed": 1, "progress": False}
 
@@ -32,11 +33,6 @@ def _net(seed: int, hidden: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
 
 
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_distill_verb_and_method_give_the_same_student():
     teacher = _net(7, hidden=32)
     by_verb, by_method = _net(0), _net(0)
@@ -47,7 +43,7 @@ def test_distill_verb_and_method_give_the_same_student():
         SoftTargetsConfig.from_dict(FIELDS, where="test"),
         MethodData(train_loader=_loader(), val_loader=_loader(5), extras={"teacher": teacher}),
     )
-    assert _same(by_verb, by_method)
+    assert same_weights(by_verb, by_method)
     assert summary == result.summary
 
 
@@ -56,10 +52,10 @@ def test_distill_underscore_trains_in_place_and_the_alias_returns_the_student():
     before = copy.deepcopy(student)
     summary = nc.distill_(student, teacher, _loader(), **FIELDS)
     assert isinstance(summary, dict) and summary["epochs"] == 2
-    assert not _same(student, before)
+    assert not same_weights(student, before)
     again = _net(0)
     out = nc.distill(again, teacher, _loader(), **FIELDS)
-    assert out is again and _same(again, student)
+    assert out is again and same_weights(again, student)
 
 
 def test_distill_takes_a_train_config_with_fields_on_top():
@@ -68,7 +64,7 @@ def test_distill_takes_a_train_config_with_fields_on_top():
     train = TrainConfig(epochs=2, lr=0.1, seed=1, progress=False)
     distill(a, teacher, _loader(), config=train, temperature=2.0, alpha=0.7)
     distill(b, teacher, _loader(), **FIELDS)
-    assert _same(a, b)
+    assert same_weights(a, b)
 
 
 def test_teacher_from_an_earlier_step_is_the_model_saved_there(tmp_path):
@@ -85,7 +81,7 @@ def test_teacher_from_an_earlier_step_is_the_model_saved_there(tmp_path):
         SoftTargetsConfig.from_dict(FIELDS, where="test"),
         MethodData(train_loader=_loader(), extras={"teacher": teacher}),
     )
-    assert _same(by_step, by_module)
+    assert same_weights(by_step, by_module)
 
 
 def _bert_pair():
@@ -127,7 +123,7 @@ def test_transformer_distillation_verbs_and_apply_give_the_same_student(name, co
         cls.from_dict(fields, where="test"),
         MethodData(train_loader=batches, val_loader=batches[:1], extras={"teacher": teacher}),
     )
-    assert _same(by_verb, by_method) and not _same(by_verb, student)
+    assert same_weights(by_verb, by_method) and not same_weights(by_verb, student)
     assert summary == result.summary
     # the teacher is frozen: same weights, no gradients, still in eval mode
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
@@ -145,4 +141,4 @@ def test_transformer_distillation_teacher_from_an_earlier_step(tmp_path):
         MethodData(train_loader=batches, extras={"step_models": {1: path}}),
     )
     nc.distill_embeddings_(by_module, teacher, batches, **fields)
-    assert _same(by_step, by_module)
+    assert same_weights(by_step, by_module)

@@ -65,11 +65,6 @@ def _bert(hidden: int = 32, layers: int = 2, seed: int = 0):
     return transformers.BertModel(config).eval()  # initializer_range 0.2: layers that matter
 
 
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_uniform_layer_map_is_ceil_of_the_ratio():
     assert uniform_layer_map(3, 6) == [2, 4, 6]
     assert uniform_layer_map(4, 6) == [2, 3, 5, 6]

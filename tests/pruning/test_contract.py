@@ -45,6 +45,7 @@ from netcompress.pruning import (
 )
 from netcompress.pruning.channel import channel_prune
 from netcompress.pruning.iterative_channel import prune_channels_iteratively
+from tests.state_checks import same_weights, state_of, unchanged
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
@@ -77,22 +78,6 @@ def _cnn_loader() -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 3, 8, 8, generator=g)
     return DataLoader(TensorDataset(x, (x[:, 0, 0, 0] > 0).long()), batch_size=8)
-
-
-def _same(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    after = model.state_dict()
-    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def _data(loader: DataLoader, **kw) -> MethodData:
@@ -145,7 +130,7 @@ def test_prune_unstructured_verb_equals_the_method(method):
     cls = {"l1": L1UnstructuredConfig, "random": RandomUnstructuredConfig}[method]
     step_fields = {**fields, "seed": 3} if method == "random" else fields
     result = apply(_mlp(), cls.from_dict(step_fields), MethodData())
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
     assert summary == result.summary
 
 
@@ -154,7 +139,7 @@ def test_prune_gradual_verb_equals_the_method():
     verb = _mlp()
     prune_gradual_(verb, _mlp_loader(), config=config, val_loader=_mlp_loader())
     result = apply(_mlp(), config, _data(_mlp_loader()))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 def test_prune_iterative_verb_equals_the_method():
@@ -162,7 +147,7 @@ def test_prune_iterative_verb_equals_the_method():
     verb = _mlp()
     prune_iterative_(verb, _mlp_loader(), config=config, val_loader=_mlp_loader())
     result = apply(_mlp(), config, _data(_mlp_loader()))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 @pytest.mark.parametrize(
@@ -171,27 +156,27 @@ def test_prune_iterative_verb_equals_the_method():
 def test_neuron_verbs_equal_the_methods(criterion, cls):
     one, _ = prune_neurons(_mlp(), _mlp_loader(), criterion=criterion, amount=0.25, max_batches=2)
     result = apply(_mlp(), cls(amount=0.25, max_batches=2), MethodData(calib_loader=_mlp_loader()))
-    _same(one, result.model)
+    assert same_weights(one, result.model)
     rounds, _ = prune_neurons_iterative(
         _mlp(), _mlp_loader(), train_loader=_mlp_loader(), criterion=criterion, amount_per_round=0.25,
         rounds=2, max_batches=2, train_config={"epochs": 1, "lr": 0.01},
     )  # fmt: skip
     config = cls(amount=0.25, rounds=2, epochs_per_round=1, max_batches=2, train={"lr": 0.01})
-    _same(rounds, apply(_mlp(), config, _data(_mlp_loader(), calib_loader=_mlp_loader())).model)
+    assert same_weights(rounds, apply(_mlp(), config, _data(_mlp_loader(), calib_loader=_mlp_loader())).model)
 
 
 def test_prune_channels_verb_equals_the_method():
     fields = {"ratio": 0.5, "importance": "l2", "scope": "global", "recalibrate_bn_batches": 0}
     verb = prune_channels(_cnn(), X, ratio=0.5, importance="l2", scope="global")
     result = apply(_cnn(), ChannelPruneConfig.from_dict(fields), MethodData(example_inputs=X))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 def test_prune_to_target_verb_equals_the_method():
     verb, summary = prune_to_target(_cnn(), X, target="macs", reduction=2.0, importance="l1")
     config = AutoPruneConfig(target="macs", reduction=2.0, importance="l1", recalibrate_bn_batches=0)
     result = apply(_cnn(), config, MethodData(example_inputs=X))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
     assert summary["achieved_reduction"] == result.summary["achieved_reduction"]
 
 
@@ -204,7 +189,7 @@ def test_shrink_to_target_verb_equals_the_method():
         target="macs", reduction=2.0, epochs=1, every=2, train={"lr": 0.01}, recalibrate_bn_batches=0
     )
     result = apply(_cnn(), config, _data(_cnn_loader(), example_inputs=X))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 def test_slim_verb_equals_the_method():
@@ -212,7 +197,7 @@ def test_slim_verb_equals_the_method():
     result = apply(
         _cnn(), SlimmingConfig(percent=0.4, recalibrate_bn_batches=0), MethodData(example_inputs=X)
     )
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 def test_slimming_training_equals_fit_with_the_penalty(tmp_path):
@@ -224,14 +209,14 @@ def test_slimming_training_equals_fit_with_the_penalty(tmp_path):
     fit(verb, _cnn_loader(), config=TrainConfig(**train), hooks=[BNL1Penalty(lambda_=1e-3)])
     config = SlimmingTrainConfig(lambda_=1e-3, **train)
     result = apply(_cnn().train(), config, _data(_cnn_loader(), out_dir=tmp_path))
-    _same(verb, result.model)
+    assert same_weights(verb, result.model)
 
 
 def test_iterative_channel_function_equals_the_method():
     config = IterativeChannelConfig(keep_per_round=0.75, rounds=1, train={"epochs": 1, "lr": 0.01})
     data = _data(_cnn_loader(), example_inputs=X)
     direct, _, _ = prune_channels_iteratively(_cnn(), data, config=config)
-    _same(direct, apply(_cnn(), config, data).model)
+    assert same_weights(direct, apply(_cnn(), config, data).model)
 
 
 # --- the in-place rule -----------------------------------------------------------------------------------
@@ -248,18 +233,18 @@ def test_iterative_channel_function_equals_the_method():
 )
 def test_verbs_without_underscore_leave_their_argument_untouched(call):
     model = _cnn()
-    before = _state(model)
+    before = state_of(model)
     small = call(model)
     small = small[0] if isinstance(small, tuple) else small
-    assert small is not model and _unchanged(model, before)
+    assert small is not model and unchanged(model, before)
 
 
 def test_neuron_verbs_leave_their_argument_untouched():
     model = _mlp()
-    before = _state(model)
+    before = state_of(model)
     prune_neurons(model, _mlp_loader(), amount=0.25)
     prune_neurons_iterative(model, _mlp_loader(), train_loader=None, rounds=2)
-    assert _unchanged(model, before)
+    assert unchanged(model, before)
 
 
 @pytest.mark.parametrize(
@@ -282,29 +267,29 @@ def test_neuron_verbs_leave_their_argument_untouched():
 )
 def test_underscore_verbs_change_their_argument_and_the_old_names_are_aliases(inplace, alias):
     a, b = _mlp(), _mlp()
-    before = _state(a)
+    before = state_of(a)
     summary = inplace(a)
-    assert isinstance(summary, dict) and not _unchanged(a, before)
+    assert isinstance(summary, dict) and not unchanged(a, before)
     assert alias(b).keys() == summary.keys()
-    _same(a, b)
+    assert same_weights(a, b)
 
 
 def test_reconstruct_weights_changes_the_pruned_model_in_place():
     model = _cnn()
     small, summary = channel_prune(model, X, ChannelPruneConfig(ratio=0.5, importance="l1"))
     twin = copy.deepcopy(small)
-    before, original = _state(small), _state(model)
+    before, original = state_of(small), state_of(model)
     report = reconstruct_weights_(
         small, model, _cnn_loader(), kept_indices=summary["kept_indices"], num_batches=2
     )
-    assert not _unchanged(small, before) and _unchanged(model, original)
+    assert not unchanged(small, before) and unchanged(model, original)
     assert (
         reconstruct_weights(twin, model, _cnn_loader(), kept_indices=summary["kept_indices"], num_batches=2)[
             "layers"
         ]
         == report["layers"]
     )
-    _same(small, twin)
+    assert same_weights(small, twin)
 
 
 def test_top_level_names():
@@ -367,8 +352,8 @@ def test_prune_transformer_verb_equals_the_method():
     verb = prune_transformer(
         model, inputs, heads=0.5, ffn=0.5, hidden=0.25, importance="wanda", calib_batches=1, loader=batches
     )
-    _same(verb, result.model)
-    _same(prune_transformer(model, inputs, config=config, loader=batches), result.model)
+    assert same_weights(verb, result.model)
+    assert same_weights(prune_transformer(model, inputs, config=config, loader=batches), result.model)
     assert result.summary["hidden_after"] == 24 and [r["after"] for r in result.summary["heads"]] == [2, 2]
     assert method_for(config).key == "prune/transformer"
 
@@ -400,9 +385,9 @@ def _calib() -> list[torch.Tensor]:
 )
 def test_one_shot_verbs_equal_the_methods(verb, config):
     a = _mlp()
-    before = _state(a)
+    before = state_of(a)
     summary = verb(a)
     result = apply(_mlp(), config, MethodData(calib_loader=_calib()))
-    assert not _unchanged(a, before)  # in place
-    _same(a, result.model)
+    assert not unchanged(a, before)  # in place
+    assert same_weights(a, result.model)
     assert summary == result.summary

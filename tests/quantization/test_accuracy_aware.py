@@ -15,6 +15,7 @@ from netcompress.quantization import AccuracyAwareConfig, quantize_accuracy_awar
 from netcompress.quantization.accuracy_aware import _moves
 from netcompress.quantization.fidelity import Outputs, resolve_bounds, score_outputs, shortfall
 from netcompress.quantization.modules import QuantLayer
+from tests.state_checks import state_of
 
 from .conftest import SmallCNN, bert_batches, tiny_bert
 
@@ -51,13 +52,9 @@ FIELDS = {
 }
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def test_the_outlier_layer_ranks_first_and_stays_float_until_the_bound_holds():
     model = _cnn()
-    before = _state(model)
+    before = state_of(model)
     qmodel, summary = quantize_accuracy_aware(model, _images(1), _images(2), min_agreement=0.9, **FIELDS)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # input untouched
     assert summary["metric"] == "agreement" and summary["bounds"] == {"min_agreement": 0.9}
@@ -114,7 +111,7 @@ def test_verb_and_registered_method_give_identical_weights():
         AccuracyAwareConfig.from_dict(fields, where="step"),
         MethodData(calib_loader=calib, val_loader=val),
     )
-    a, b = _state(qmodel), _state(result.model)
+    a, b = state_of(qmodel), state_of(result.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert summary["fallback_layers"] == result.summary["fallback_layers"] == {"classifier": "float"}
 

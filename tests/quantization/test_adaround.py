@@ -13,16 +13,7 @@ from netcompress.quantization import PTQStaticConfig, quantize
 from netcompress.quantization.adaround import adaround_, beta_at, rectified_sigmoid
 from netcompress.quantization.modules import QuantLayer
 from netcompress.quantization.qparams import dequantize_tensor, quantize_tensor
-
-
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+from tests.state_checks import assert_same_state, state_of
 
 
 def _ptq(model, calib, **fields):
@@ -99,13 +90,13 @@ def test_rounding_fields_follow_the_method_contract(small_cnn, image_batches):
         "act_range": "search",
         "act_observer": "minmax",
     }
-    before = _state(small_cnn)
+    before = state_of(small_cnn)
     verb = quantize(small_cnn, image_batches, **fields)
-    assert_same_state(before, _state(small_cnn))
+    assert_same_state(before, state_of(small_cnn))
     step = apply(
         small_cnn, PTQStaticConfig.from_dict(fields, where="steps[0]"), MethodData(calib_loader=image_batches)
     )
-    assert_same_state(_state(verb), _state(step.model))
+    assert_same_state(state_of(verb), state_of(step.model))
     assert PTQStaticConfig().rounding == "nearest" and PTQStaticConfig().act_range == "observer"
     with pytest.raises(ConfigError, match="rounding"):
         PTQStaticConfig(rounding="stochastic")

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from netcompress.core.methods import MethodData, apply, method_for
 from netcompress.training import FinetuneConfig, TrainConfig, fit
+from tests.state_checks import same_weights
 
 
 def _loader(seed: int = 0) -> DataLoader:
@@ -22,11 +23,6 @@ def _loader(seed: int = 0) -> DataLoader:
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.mark.parametrize(
@@ -43,8 +39,8 @@ def test_fit_and_the_registered_method_give_the_same_model(config_cls, key):
         MethodData(train_loader=_loader(), val_loader=_loader(5), seed=3, progress=False),
     )
     assert result.model is by_method and len(result.history) == 2
-    assert _same(by_verb, by_method)
-    assert not _same(by_verb, _model())  # training moved the weights
+    assert same_weights(by_verb, by_method)
+    assert not same_weights(by_verb, _model())  # training moved the weights
 
 
 def test_train_method_without_a_folder_writes_nothing(tmp_path, monkeypatch):
