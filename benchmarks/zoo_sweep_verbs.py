@@ -18,6 +18,7 @@ from torch import nn
 import netcompress as nc
 from netcompress.core.errors import ExportMismatchError, NetcompressError
 from netcompress.core.inputs import call_model, output_tensor
+from netcompress.pruning import masked_reference
 from netcompress.training import TrainConfig
 
 INTEGER_MATMULS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul", "QGemm")
@@ -93,27 +94,6 @@ def v_profile(model: nn.Module, x: Any, ctx: dict) -> str:
     return f"{stats['macs']:,} MACs"
 
 
-def _masked_channels(model: nn.Module, keep: dict[str, dict[str, list[int] | None]]) -> nn.Module:
-    """The original where every Conv/ConvTranspose/Linear ignores its removed input channels (zeroed by a pre-hook)."""
-    ref = copy.deepcopy(model)
-    for name, module in ref.named_modules():
-        kept = keep.get(name, {}).get("in")
-        if kept is None or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            continue
-        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-        mask = torch.zeros(width)
-        mask[kept] = 1
-
-        def hook(mod: nn.Module, args: tuple, mask: torch.Tensor = mask) -> tuple:
-            t = args[0]
-            shape = [1] * t.dim()
-            shape[-1 if isinstance(mod, nn.Linear) else 1] = -1
-            return (t * mask.view(shape), *args[1:])
-
-        module.register_forward_pre_hook(hook)
-    return ref
-
-
 def v_prune(model: nn.Module, x: Any, ctx: dict) -> str:
     if ctx["family"] == "transformer":
         small = nc.prune_transformer(model, x, heads=0.5, ffn=0.5)  # verified against the masked model inside
@@ -132,7 +112,7 @@ def v_prune(model: nn.Module, x: Any, ctx: dict) -> str:
     if after >= before:
         nc.prune_channels(model, x, ratio=0.3)  # what the user calls: a refusal naming why, or a silent no-op
         raise Wrong(f"nothing removed ({before} -> {after} params)")
-    _close_all(_outs(_masked_channels(model, plan.keep_indices()), x), _outs(small, x), 1e-4, "pruned vs masked")
+    _close_all(_outs(masked_reference(model, plan.keep_indices()), x), _outs(small, x), 1e-4, "pruned vs masked")
     ctx["small"] = small
     return f"{before}->{after} params"
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from zoo_sweep_verbs import Wrong, _close_all, _masked_channels, _out, _outs
+from zoo_sweep_verbs import Wrong, _close_all, _out, _outs
 
 import netcompress as nc
 from netcompress import dynamic
 from netcompress.core.errors import ExportMismatchError
+from netcompress.pruning import masked_reference
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -90,7 +91,7 @@ def _neurons(criterion: str):  # noqa: ANN202
         before, after = s["params_before"], s["params_after"]
         if after >= before:
             raise Wrong(f"nothing removed ({before} -> {after} params)")
-        _close_all(_outs(_masked_channels(model, s["kept_indices"]), x), _outs(small, x), 1e-4, "pruned vs masked")
+        _close_all(_outs(masked_reference(model, s["kept_indices"]), x), _outs(small, x), 1e-4, "pruned vs masked")
         return f"{before}->{after} params, {len(s['layers'])} groups"
 
     return verb

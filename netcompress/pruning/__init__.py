@@ -42,6 +42,7 @@ from netcompress.pruning.latency_table import (
     cost_table,
     time_deployed,
 )
+from netcompress.pruning.masked_reference import masked_reference
 from netcompress.pruning.masks import (
     MaskKeeper,
     apply_mask,
@@ -100,6 +101,7 @@ from netcompress.pruning.unstructured import (
 )
 
 __all__ = [
+    "masked_reference",
     # structured channel pruning, network slimming, automatic rates
     "AUTO_STRATEGIES",
     "IMPORTANCES",

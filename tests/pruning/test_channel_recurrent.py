@@ -11,8 +11,8 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
+from netcompress.pruning import masked_reference
 from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
-from tests.masked_inputs import masked_inputs
 
 
 class AroundLSTM(nn.Module):
@@ -36,7 +36,7 @@ def test_layers_after_a_recurrent_layer_prune_and_it_stays_whole(cell):
     small = apply_channel_plan(model, plan, x)
     assert small.fc.out_features == 8 and small.head.in_features == 8
     assert small.inp.out_features == 12 and small.rnn.hidden_size == 10  # read whole / not pruned
-    assert torch.allclose(small(x), masked_inputs(model, plan.keep_indices())(x), atol=1e-6)
+    assert torch.allclose(small(x), masked_reference(model, plan.keep_indices())(x), atol=1e-6)
     reasons = " ".join(g.reason for g in plan.graph.groups)
     assert f"{cell} 'rnn' reads them all" in reasons
 

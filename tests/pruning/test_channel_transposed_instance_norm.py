@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.pruning import masked_reference
 from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
 from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.importance import layer_scores
-from tests.masked_inputs import masked_inputs
 
 
 def prune_and_compare(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, **kw) -> nn.Module:
@@ -26,7 +26,7 @@ def prune_and_compare(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, **k
     plan = plan_channel_pruning(model, x, ratio=ratio, **kw)
     pruned = apply_channel_plan(model, plan, x).eval()
     with torch.no_grad():
-        want, got = masked_inputs(model, plan.keep_indices()).eval()(x), pruned(x)
+        want, got = masked_reference(model, plan.keep_indices()).eval()(x), pruned(x)
         assert got.shape == want.shape
         assert (got - want).abs().max().item() < 1e-5
         assert (model(x) - got).abs().max().item() > 1e-3  # the comparison can tell a pruned model apart
