@@ -5,10 +5,11 @@ Three attention layouts are recognised:
 - ``"mha"``: ``nn.MultiheadAttention`` (packed ``in_proj_weight``, ``out_proj``; self-attention widths only,
   no ``bias_k``/``add_zero_attn``) and :class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention`;
 - ``"linear"``: separate query/key/value ``nn.Linear`` children (``q_proj``/``query``/``q``/``wq``/...) and
-  an output ``nn.Linear`` (a child ``o_proj``/``out_proj``/``out``/``proj``/... or, BERT-style, the parent's
-  ``output.dense``), with a head count attribute (``num_heads``/``num_attention_heads``/``n_heads``/...) and
-  optionally ``head_dim``/``attention_head_size`` and a key/value head count (grouped-query attention,
-  Llama). This covers Hugging Face BERT, ViT, Llama and hand-written blocks;
+  an output ``nn.Linear`` (a child ``o_proj``/``out_proj``/``out``/``proj``/..., the first item of such a
+  ModuleList (diffusers' ``to_out[0]``) or, BERT-style, the parent's ``output.dense``), with a head count
+  attribute (``num_heads``/``num_attention_heads``/``n_heads``/``heads``/...) and optionally
+  ``head_dim``/``attention_head_size`` and a key/value head count (grouped-query attention, Llama). This covers
+  Hugging Face BERT, ViT, Llama, diffusers' ``Attention`` and hand-written blocks;
 - ``"packed"``: one layer holding q|k|v one after the other (key/value heads may be fewer) and an output
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
   ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
@@ -46,7 +47,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from netcompress.pruning.transformer_ffn_forms import sequential_ffn
+from netcompress.pruning.transformer_ffn_forms import depthwise_between, sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_qkv_graph import checked_by_graph, fused_qkv_layout
 
@@ -175,6 +176,16 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] |
     return None
 
 
+def _listed_child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
+    """A child ModuleList/Sequential whose first item is the layer (diffusers' ``to_out = [Linear, Dropout]``)."""
+    children = dict(module.named_children())
+    for name in names:
+        seq = children.get(name)
+        if isinstance(seq, (nn.ModuleList, nn.Sequential)) and len(seq) and is_dense(seq[0]):
+            return f"{name}.0", seq[0]
+    return None
+
+
 def _mha_unit(name: str, module: nn.Module) -> AttentionUnit | str:
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:
@@ -282,7 +293,7 @@ def _linear_unit(
         return f"query/key/value widths do not match {heads} heads x {head_dim} ({kv} key/value heads)"
     if heads % kv:
         return f"{heads} query heads cannot share {kv} key/value heads evenly"
-    out = _child(module, O_NAMES)
+    out = _child(module, O_NAMES) or _listed_child(module, O_NAMES)
     o_name = _join(name, out[0]) if out else ""
     if out is None and parent is not None:  # BERT: BertAttention.output.dense
         dense = getattr(getattr(parent, "output", None), "dense", None)
@@ -291,17 +302,6 @@ def _linear_unit(
     if out is None or not isinstance(out[1], nn.Linear) or out[1].in_features != inner:
         return "no output projection Linear (o_proj/out_proj/out/proj or the parent's output.dense) of matching width"
     return AttentionUnit(name, "linear", heads, head_dim, kv, *(_join(name, n) for n in (qn, kn, vn)), o_name)
-
-
-def _with_depthwise(unit: FFNUnit, module: nn.Module) -> FFNUnit:
-    """Record the depthwise convs over the unit's ``width`` neurons inside its module (Mix-FFN)."""
-    for sub, layer in module.named_modules():
-        if (
-            isinstance(layer, nn.Conv2d)
-            and layer.in_channels == layer.out_channels == layer.groups == unit.width
-        ):
-            unit.mid.append(_join(unit.name, sub))
-    return unit
 
 
 def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
@@ -313,9 +313,8 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
                 continue
             width = in_out(layers[0])[1]
             if all(in_out(m)[1] == width for m in layers) and in_out(children[down])[0] == width:
-                return _with_depthwise(
-                    FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width), module
-                )
+                mid = depthwise_between(name, width, module)
+                return FFNUnit(name, [_join(name, u) for u in ups], _join(name, down), width, mid)
     for up, down in PACKED_GLU:
         if up in children and down in children and is_dense(children[up]) and is_dense(children[down]):
             width = in_out(children[down])[0]

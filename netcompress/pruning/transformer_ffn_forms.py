@@ -3,7 +3,8 @@
 ``nn.Sequential(Linear(d, w), activation, [dropout], Linear(w, d))``: PatchTST's ``ff`` and hand-written layers;
 also with a norm over ``d`` first (vit-pytorch's ``FeedForward.net``: ``LayerNorm, Linear, GELU, Dropout, Linear,
 Dropout``), with the up layer and its activation in a nested ``Sequential`` (x-transformers' ``ff``), or with a
-GLU module whose one Linear ``proj`` is ``2 * w`` wide and chunked in its forward (x-transformers' ``GLU``).
+GLU module whose one Linear ``proj`` is ``2 * w`` wide and chunked in its forward (x-transformers' ``GLU``),
+and diffusers' ``FeedForward.net`` (a ModuleList run in order: ``GELU``/``GEGLU`` holding ``proj``, Dropout, Linear).
 :func:`~netcompress.pruning.transformer_blocks.find_blocks` takes one only inside a block that also holds an
 attention block (a model's MLP head is not an FFN), and every prune checks it against the masked original.
 
@@ -32,20 +33,28 @@ def _has_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
 
 
-def _glu_proj(name: str, module: nn.Module) -> tuple[str, nn.Linear] | None:
-    """A GLU module holding one Linear child ``proj`` and no other parameters."""
+def _proj_activation(name: str, module: nn.Module) -> tuple[str, nn.Linear, int] | None:
+    """(name, layer, halves) of an activation module holding one Linear child ``proj`` and no other parameters:
+    a GLU (``2 * w`` wide, chunked: x-transformers' ``GLU``, diffusers' ``GEGLU``/``SwiGLU``, halves 2) or an
+    activation of its output (diffusers' ``GELU``/``ApproximateGELU``/``LinearActivation``, halves 1)."""
     proj = getattr(module, "proj", None)
-    if "glu" not in type(module).__name__.lower() or not isinstance(proj, nn.Linear):
+    if not isinstance(proj, nn.Linear):
         return None
     if sum(p.numel() for p in module.parameters()) != sum(p.numel() for p in proj.parameters()):
         return None
-    return f"{name}.proj", proj
+    return f"{name}.proj", proj, 2 if "glu" in type(module).__name__.lower() else 1
+
+
+def _in_order(name: str, module: nn.Module) -> bool:
+    """Layers applied one after the other: a Sequential, or diffusers' ``FeedForward.net`` (a ModuleList its
+    forward runs item after item)."""
+    return isinstance(module, nn.Sequential) or (isinstance(module, nn.ModuleList) and name.rsplit(".")[-1] == "net")
 
 
 def sequential_ffn(name: str, module: nn.Module) -> tuple[str, str, int, int] | None:
     """(up layer, down layer, width, halves) of a Sequential FFN (see the module docstring); ``halves`` is 2
     when the up layer holds value | gate for a GLU."""
-    if not isinstance(module, nn.Sequential) or len(module) < 2:
+    if not _in_order(name, module) or len(module) < 2:
         return None
     leaves = _leaves(name, module)
     weighted = [i for i, (_, m) in enumerate(leaves) if _has_parameters(m)]
@@ -55,11 +64,20 @@ def sequential_ffn(name: str, module: nn.Module) -> tuple[str, str, int, int] | 
         return None
     (up_name, up), (down_name, down) = (leaves[i] for i in weighted)
     halves = 1
-    if (glu := _glu_proj(up_name, up)) is not None:
-        (up_name, up), halves = glu, 2
+    if (proj := _proj_activation(up_name, up)) is not None:
+        up_name, up, halves = proj
     if not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear)):
         return None
     width = down.in_features
     if up.out_features != halves * width or up.in_features != down.out_features:
         return None
     return up_name, down_name, width, halves
+
+
+def depthwise_between(name: str, width: int, module: nn.Module) -> list[str]:
+    """The depthwise convs over an FFN's ``width`` neurons inside its module ``name`` (SegFormer's Mix-FFN)."""
+    return [
+        f"{name}.{sub}" if name and sub else name or sub
+        for sub, layer in module.named_modules()
+        if isinstance(layer, nn.Conv2d) and layer.in_channels == layer.out_channels == layer.groups == width
+    ]

@@ -7,7 +7,8 @@ differ), slices the q/k/v rows and the output projection's columns, sets ``atten
 ``all_head_size`` and leaves ``scaling`` alone, so the result equals the original with the removed rows zeroed
 (checked afterwards by ``transformer_head_dim_search``). Refused with an error naming the class: grouped-query
 attention, relative position embeddings (``position_embedding_type`` other than ``absolute``), modules without
-``attention_head_size``/``scaling`` (RoPE decoders such as Llama, GPT-2's packed ``Conv1D``).
+``attention_head_size``/``scaling`` (RoPE decoders such as Llama, GPT-2's packed ``Conv1D``). A fused q|k|v
+``Linear`` (vit-pytorch, timm, MONAI) is handed to :mod:`~netcompress.pruning.transformer_head_dim_fused`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.pruning.transformer_blocks import AttentionUnit
+from netcompress.pruning.transformer_head_dim_fused import (
+    FUSED,
+    apply_fused_,
+    check_fused_unit,
+    fused_sums,
+    masked_fused_,
+)
 
 
 def check_hf_unit(module: nn.Module, unit: AttentionUnit) -> None:
     """Raise an error naming ``module`` unless its head dims can be pruned exactly."""
     where = f"head-dim pruning {unit.name!r} ({type(module).__name__})"
+    if unit.layout in FUSED:
+        check_fused_unit(module, unit)
+        return
     if unit.layout != "linear":
         raise UnsupportedModelError(
             f"{where}: {unit.layout} q/k/v layout (e.g. GPT-2 Conv1D) is not supported"
@@ -62,35 +73,35 @@ def hf_sums(
     """Per unit: [q, k, v] channel scores before the products, ``(num_heads, head_dim)`` each: mean
     ``|activation|`` over the batches' tokens (``run(batches)`` calls the model) or, without batches, row norms."""
     sums: dict[str, list[torch.Tensor]] = {}
+    # per layer: its rows' scores (one fused q|k|v layer serves all three)
+    layers = {name: list(dict.fromkeys((u.q, u.k, u.v))) for name, u in units.items()}
     if batches is None:
-        for name, u in units.items():
-            sums[name] = [
-                _linear(model, n).weight.detach().norm(dim=1).view(u.num_heads, u.head_dim)
-                for n in (u.q, u.k, u.v)
-            ]
-        return sums
-    got: dict[tuple[str, int], torch.Tensor] = {}
+        got = {(name, n): _linear(model, n).weight.detach().norm(dim=1) for name in units for n in layers[name]}
+    else:
+        got = {}
 
-    def hook(name: str, i: int, u: AttentionUnit) -> Any:
-        def post(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            flat = out.detach().abs().reshape(-1, u.num_heads, u.head_dim).mean(0)
-            got[(name, i)] = flat if (name, i) not in got else got[(name, i)] + flat
+        def hook(key: tuple[str, str]) -> Any:
+            def post(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+                flat = out.detach().abs().reshape(-1, out.shape[-1]).mean(0)
+                got[key] = flat if key not in got else got[key] + flat
 
-        return post
+            return post
 
-    handles = [
-        _linear(model, n).register_forward_hook(hook(name, i, u))
-        for name, u in units.items()
-        for i, n in enumerate((u.q, u.k, u.v))
-    ]
-    try:
-        run(batches)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name in units:
-        if all((name, i) in got for i in range(3)):
-            sums[name] = [got[(name, i)] for i in range(3)]
+        handles = [
+            _linear(model, n).register_forward_hook(hook((name, n))) for name in units for n in layers[name]
+        ]
+        try:
+            run(batches)
+        finally:
+            for handle in handles:
+                handle.remove()
+    for name, u in units.items():
+        if not all((name, n) in got for n in layers[name]):
+            continue
+        if u.layout in FUSED:
+            sums[name] = fused_sums(got[(name, u.q)], u)
+        else:
+            sums[name] = [got[(name, n)].view(u.num_heads, u.head_dim) for n in (u.q, u.k, u.v)]
     return sums
 
 
@@ -108,6 +119,9 @@ def _rows(layer: nn.Linear, idx: torch.Tensor) -> None:
 
 def apply_hf_(model: nn.Module, unit: AttentionUnit, qk_idx: list[list[int]], v_idx: list[list[int]]) -> None:
     """Keep ``qk_idx[h]``/``v_idx[h]`` (indices inside head ``h``) of ``unit``'s q/k and v rows, in place."""
+    if unit.layout in FUSED:
+        apply_fused_(model, unit, qk_idx, v_idx)
+        return
     module = model.get_submodule(unit.name)
     check_hf_unit(module, unit)
     if len(qk_idx[0]) != len(v_idx[0]):
@@ -131,6 +145,9 @@ def apply_hf_(model: nn.Module, unit: AttentionUnit, qk_idx: list[list[int]], v_
 
 def mask_hf_(model: nn.Module, unit: AttentionUnit, qk_idx: list[list[int]], v_idx: list[list[int]]) -> None:
     """Zero the q/k/v rows (and biases) head-dim pruning removes, in place (the reference it must equal)."""
+    if unit.layout in FUSED:
+        masked_fused_(model, unit, qk_idx, v_idx)
+        return
     d = unit.head_dim
     gone_qk = [h * d + i for h, kept in enumerate(qk_idx) for i in range(d) if i not in kept]
     gone_v = [h * d + i for h, kept in enumerate(v_idx) for i in range(d) if i not in kept]

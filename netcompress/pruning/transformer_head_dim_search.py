@@ -30,6 +30,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import call_model, output_tensor
 from netcompress.pruning.transformer_allocation import smallest_reaching
+from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_head_dim import (
     HeadDimAttention,
     apply_head_dims_,
@@ -132,8 +133,11 @@ def _verify(reference: nn.Module, small: nn.Module, example_inputs: Any) -> None
 
 def _summary(model: nn.Module, small: nn.Module, config: Any, best: dict, base: int) -> dict[str, Any]:
     before = best["before"]
+    units = {u.name: u.head_dim for u in find_blocks(before).attention}  # a fused q|k|v module may store none
     dims = {
-        n: getattr(before.get_submodule(n), "head_dim", None) or before.get_submodule(n).attention_head_size
+        n: getattr(before.get_submodule(n), "head_dim", None)
+        or getattr(before.get_submodule(n), "attention_head_size", None)
+        or units[n]
         for n in best["kept"]
     }
     heads = {n: len(qk) for n, (qk, _) in best["kept"].items()}

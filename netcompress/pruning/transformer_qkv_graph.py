@@ -223,11 +223,61 @@ def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str 
     return qn, kn, on, "q_kv", heads, inner // heads
 
 
+def _value_key(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_value_key(v) for v in value))
+    try:  # functions, classes, partials: by identity (a deep copy of a module shares them)
+        hash(value)
+        return value
+    except TypeError:
+        return type(value)
+
+
+def structure_key(module: nn.Module) -> tuple:
+    """What a trace on zero tokens can depend on: every submodule's class, its scalar attributes (head counts,
+    flags) and other attributes' identity or type, and its parameters' and buffers' shapes and dtypes."""
+    return tuple(
+        (
+            name, type(sub),
+            tuple((k, _value_key(v)) for k, v in sorted(vars(sub).items()) if not k.startswith("_")),
+            tuple((k, tuple(t.shape), t.dtype) for k, t in [*sub._parameters.items(), *sub._buffers.items()]
+                  if t is not None),
+        )
+        for name, sub in module.named_modules()
+    )  # fmt: skip
+
+
+_LAYOUTS: dict[tuple, Any] = {}  # structure_key + head attributes -> fused_qkv_layout's answer (most recent last)
+_LAYOUTS_KEPT = 256
+
+
 def fused_qkv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str | bool | None:
     """``(q layer, k|v layer, output layer, layout, heads, head size)`` of a fused-qkv (or q + fused k|v) attention
     module (for fused q|k|v the three names' first two are the one layer), a reason it is not one that can be
     pruned, False for a one-head attention without output projection (nothing to prune, not reported), or None
-    when ``module`` does not have that form."""
+    when ``module`` does not have that form.
+
+    The answer is kept per module structure (:func:`structure_key`): the pruners call ``find_blocks`` on every
+    candidate copy of a model (the head-dim search: 71 calls, 142 traces on a two-layer ViT), and a copy of the
+    same structure traces the same."""
+    try:
+        key = (structure_key(module), head_attrs)
+    except Exception:  # noqa: BLE001 - an attribute that cannot be compared: no cache
+        return _fused_qkv_layout(module, head_attrs)
+    if key in _LAYOUTS:
+        _LAYOUTS[key] = _LAYOUTS.pop(key)
+        return _LAYOUTS[key]
+    found = _LAYOUTS[key] = _fused_qkv_layout(module, head_attrs)
+    while len(_LAYOUTS) > _LAYOUTS_KEPT:
+        _LAYOUTS.pop(next(iter(_LAYOUTS)))
+    return found
+
+
+def _fused_qkv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str | bool | None:
     form = _form(module)
     if form is None:
         if _one_head_without_output(module):

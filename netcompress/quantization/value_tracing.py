@@ -149,8 +149,33 @@ class TypeCheckedTracer(fx.Tracer):
         saved, torch.jit.isinstance = torch.jit.isinstance, _proxy_isinstance
         try:
             return super().trace(root, concrete_args)
+        except ValueError as exc:
+            if "co_varnames" not in str(exc):
+                raise
+            raise fx.proxy.TraceError(_wrapped_forward_problem(root)) from exc
         finally:
             torch.jit.isinstance = saved
+
+
+def _wrapped_forward_problem(root: Any) -> str:
+    """What fx's "code: co_varnames is too small" means: fx binds the arguments of the function under a
+    ``functools.wraps`` decorator to the wrapper's own code, which has fewer local names (a ``wrapper(*args,
+    **kwargs)`` over a forward of many parameters: transformers' ``deprecate_kwarg``, ``can_return_tuple``)."""
+    fn = type(root).forward if isinstance(root, nn.Module) else root
+    owner = f"{type(root).__name__}.forward" if isinstance(root, nn.Module) else getattr(fn, "__qualname__", "")
+    inner = inspect.unwrap(fn)
+    if inner is fn or not hasattr(fn, "__code__"):
+        return f"torch.fx cannot bind the arguments of {owner or fn!r} (code: co_varnames is too small)"
+    code = fn.__code__  # the wrapper's own code (functools.wraps copied the forward's names onto it)
+    wrapper = f"{fn.__globals__.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}"
+    child = next((n for n, _ in root.named_children()), None) if isinstance(root, nn.Module) else None
+    where = f" (such as {child!r})" if child else ""
+    return (
+        f"{owner} is wrapped by the decorator {wrapper}, whose (*args, **kwargs) torch.fx cannot bind the "
+        f"{len(inspect.signature(inner).parameters)} parameters of the forward under it to; pass example_inputs "
+        f"(the forward under the decorator is then traced and checked against the model's output) or apply this "
+        f"to a submodule whose forward is not decorated{where}"
+    )
 
 
 def _value(a: Any, root: nn.Module | None = None) -> Any:

@@ -2,9 +2,9 @@
 by one: no module returns a layer's output, so hidden-state distillation has nothing to read. Since the transformer
 pruner recognises their attention (session 14) the distiller got that far and said only "nothing was captured for
 'out1'"; it now names the uncalled container. Since the distiller reads the residual stream from such a container's
-children (test_transformer_taps_looped_layers.py), the refusal stays where no layer boundary shows the stream:
-x-transformers keeps attention and feed-forward in separate containers, so the next attention container is not the
-next entry."""
+children (test_transformer_taps_looped_layers.py), the refusal stays where no layer boundary shows the stream.
+Since session 15 an attention container and the containers after it (x-transformers' feed-forward) are one layer
+(test_transformer_taps_layer_groups.py); this layout adds the residual in the loop, so it stays refused."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def test_an_uncalled_layer_container_is_named() -> None:
     batches = [torch.randn(2, 5, 16) for _ in range(2)]
     small = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)  # the attention is recognised
     assert small.layers[0][1].heads == 1
+    # the attention container and the feed-forward one after it are one layer (x-transformers), but here the loop
+    # adds the residual: the next layer's input is neither the last block's output nor output + input
     with pytest.raises(UnsupportedModelError, match=r"layer 'layers\.0' is a ModuleList the model never calls.*"
-                       r"no next layer in the same container"):
+                       r"neither the last block's output"):
         nc.distill_transformer_(copy.deepcopy(teacher), teacher, batches, example_inputs=batches[0], epochs=1,
                                 progress=False)  # fmt: skip
