@@ -22,6 +22,7 @@ Usage (from the repository root)::
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 4 --verb-set dynamic   # zoo_sweep_verbs_dynamic
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 5 --verb-set compress   # zoo_sweep_models4 (PyPI zoo)
     PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 6 --only pcv_ghostnet   # zoo_sweep_models5 (pytorchcv ...)
+    PYTHONPATH=$PWD python benchmarks/zoo_sweep.py --round 7 --only peft_lora_bert   # zoo_sweep_models6 (peft ...)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from zoo_sweep_models3 import ROUND4  # noqa: E402
 from zoo_sweep_models4 import ROUND5, SKIPPED  # noqa: E402
 from zoo_sweep_models5 import ROUND6  # noqa: E402
 from zoo_sweep_models5 import SKIPPED as SKIPPED6  # noqa: E402
+from zoo_sweep_models6 import ROUND7  # noqa: E402
+from zoo_sweep_models6 import SKIPPED as SKIPPED7  # noqa: E402
 from zoo_sweep_verbs import ALL_VERBS, TEXT_VERBS, VISION_VERBS, Wrong, _out  # noqa: E402
 from zoo_sweep_verbs_dynamic import DYNAMIC_VERBS  # noqa: E402
 
@@ -106,8 +109,8 @@ def sweep_model(
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     other = text_inputs(3, 11, seed=5)
-    if kind in ("r4", "r5", "r6"):  # rounds 4-6: any inputs, every verb
-        build, make, labelled, family = {**ROUND4, **ROUND5, **ROUND6}[name]
+    if kind in ("r4", "r5", "r6", "r7"):  # rounds 4-7: any inputs, every verb
+        build, make, labelled, family = {**ROUND4, **ROUND5, **ROUND6, **ROUND7}[name]
         table, x, other = ALL_VERBS, make(2, False, 0), make(3, True, 5)
         labels = [torch.randint(0, LABELS, (4,), generator=gen) for _ in range(2)]
         # unlabelled several positional inputs: a 1-tuple (a 2-tuple batch reads as (inputs, targets))
@@ -152,7 +155,7 @@ def sweep_model(
 def print_matrix(rows: list[dict[str, Any]], verb_set: dict | None = None) -> None:
     short = {"ok": "ok", "refused": "ref", "WRONG": "WRONG", "CRASH": "CRASH", "TIMEOUT": "TIME"}
     tables = (("vision", VISION_VERBS), ("text", TEXT_VERBS), ("other", TEXT_VERBS), ("r4", ALL_VERBS), ("r5", ALL_VERBS),
-              ("r6", ALL_VERBS))
+              ("r6", ALL_VERBS), ("r7", ALL_VERBS))
     for kind, verbs in ((k, verb_set or v) for k, v in tables):
         mine = [r for r in rows if r["kind"] == kind]
         if not mine:
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated model names (default: all)")
     p.add_argument("--kinds", default="vision,text,other", help="round 4's models are of kind r4")
-    p.add_argument("--round", choices=("all", "1", "3", "4", "5", "6"), default="all",
-                   help="1: zoo_sweep_models, 3: ...2, 4: ...3, 5: ...4, 6: ...5 (all: rounds 1 and 3)")
+    p.add_argument("--round", choices=("all", "1", "3", "4", "5", "6", "7"), default="all",
+                   help="1: zoo_sweep_models, 3: ...2, 4: ...3, 5: ...4, 6: ...5, 7: ...6 (all: rounds 1 and 3)")
     p.add_argument("--verbs", default="", help="comma-separated verbs (default: all of each kind)")
     p.add_argument("--verb-set", default="", help="NAME: the verbs of zoo_sweep_verbs_NAME.py (compress, ...)")
     p.add_argument("--verb-seconds", type=int, default=120)
@@ -185,16 +188,17 @@ def main(argv: list[str] | None = None) -> None:
     verb_set = importlib.import_module(f"zoo_sweep_verbs_{args.verb_set}").VERBS if args.verb_set else None
     rows: list[dict[str, Any]] = []
     start = time.time()
-    kinds = {"4": "r4", "5": "r5", "6": "r6"}.get(args.round, args.kinds)
-    skipped = {"5": SKIPPED, "6": SKIPPED6}.get(args.round)
+    kinds = {"4": "r4", "5": "r5", "6": "r6", "7": "r7"}.get(args.round, args.kinds)
+    skipped = {"5": SKIPPED, "6": SKIPPED6, "7": SKIPPED7}.get(args.round)
     if skipped:
         print(f"round {args.round} skips packages not installed:", ", ".join(skipped))
     for kind in kinds.split(","):
         names = {"vision": [*VISION, *VISION2], "text": [*TEXT, *TEXT2], "other": [*OTHER], "r4": [*ROUND4],
-                 "r5": [*ROUND5], "r6": [*ROUND6]}[kind]
+                 "r5": [*ROUND5], "r6": [*ROUND6], "r7": [*ROUND7]}[kind]
         if args.round in ("1", "3"):
             names = [n for n in names if (n in VISION2 or n in TEXT2 or n in OTHER) == (args.round == "3")]
-        table = verb_set or {"vision": VISION_VERBS, "r4": ALL_VERBS, "r5": ALL_VERBS, "r6": ALL_VERBS}.get(kind, TEXT_VERBS)
+        table = verb_set or {"vision": VISION_VERBS, "r4": ALL_VERBS, "r5": ALL_VERBS, "r6": ALL_VERBS,
+                             "r7": ALL_VERBS}.get(kind, TEXT_VERBS)
         verbs = [v for v in args.verbs.split(",") if v] or list(table)
         for name in names:
             if only and name not in only:

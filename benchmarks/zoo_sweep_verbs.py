@@ -151,7 +151,9 @@ def v_save_load(model: nn.Module, x: Any, ctx: dict) -> str:
 
 
 def _changed(before: dict, model: nn.Module) -> bool:
-    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+    # a key added by training (brevitas initialises its scales on the first training step) is a change
+    return any(k not in before or not torch.equal(before[k], v) for k, v in model.state_dict().items()
+               if v.is_floating_point())  # fmt: skip
 
 
 def v_fit(model: nn.Module, x: Any, ctx: dict) -> str:

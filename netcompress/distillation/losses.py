@@ -29,6 +29,12 @@ def soft_target_loss(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape; both models must predict the same classes"
         )
+    if student_logits.dim() < 2 or not student_logits.is_floating_point():
+        raise ConfigError(
+            f"soft targets need class scores (N, classes, ...) as floating point; the models' main output is "
+            f"{str(student_logits.dtype).removeprefix('torch.')} {tuple(student_logits.shape)} (chosen actions or "
+            "labels carry no class distribution to match): return the logits, or distill a wrapper that does"
+        )
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)

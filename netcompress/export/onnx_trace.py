@@ -119,7 +119,15 @@ def _torch_export(
                     "export it"
                 ) from exc
             if not isinstance(exc, torch.onnx.errors.OnnxExporterError):
-                raise
+                functions = custom_functions_called(call, spec.tensors) if isinstance(exc, RuntimeError) else []
+                if not functions:
+                    raise
+                raise UnsupportedModelError(
+                    f"export_onnx cannot export {model_name}: torch's ONNX exporter fails while tracing its forward "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0]}); the forward calls custom "
+                    f"torch.autograd.Function(s) {', '.join(functions)}, which the exporter's trace cannot follow "
+                    "here: export a forward that computes the same without them"
+                ) from exc
             # e.g. an LSTM with proj_size, multinomial / randint with sizes computed in forward,
             # adaptive pooling to a size that does not divide the input
             why = _EXPORTER_NOISE.split(str(exc).splitlines()[0])[0].strip().rstrip(".")
@@ -127,3 +135,24 @@ def _torch_export(
                 f"export_onnx cannot export {model_name} at opset {opset}: torch's ONNX exporter refuses an "
                 f"operation of its forward ({why}); keep that op out of the exported forward to export it"
             ) from exc
+
+
+def custom_functions_called(call: nn.Module, args: Any) -> list[str]:
+    """``module.Class`` of every custom ``torch.autograd.Function`` applied in one no-grad call of ``call``
+    (Reformer's ``_ReversibleFunction``): named when the exporter's trace fails without saying where."""
+    seen: dict[str, None] = {}
+    original = vars(torch.autograd.Function)["apply"]
+
+    def apply(cls: type, *a: Any, **k: Any) -> Any:
+        seen[f"{cls.__module__}.{cls.__qualname__}"] = None
+        return original.__func__(cls, *a, **k)
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+    try:
+        with torch.no_grad():
+            call(*args)
+    except Exception:  # noqa: BLE001 - only the functions seen so far are asked for
+        pass
+    finally:
+        torch.autograd.Function.apply = original  # type: ignore[method-assign]
+    return list(seen)

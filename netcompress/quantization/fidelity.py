@@ -121,6 +121,12 @@ def score_outputs(reference: Outputs, candidate: Outputs) -> dict[str, float]:
         raise ConfigError(
             f"outputs differ in shape: float {tuple(ref.shape)} vs quantized {tuple(out.shape)}"
         )
+    if ref.dim() < 2 or not ref.is_floating_point():
+        raise ConfigError(
+            f"metric {reference.metric!r} compares (N, classes) scores or (N, features...) embeddings; the model's "
+            f"main output is {str(ref.dtype).removeprefix('torch.')} {tuple(ref.shape)} (one value per sample, or "
+            "chosen actions / labels): score a wrapper that returns the scores the model decides from"
+        )
     if reference.metric == "embedding":
         scores = compare_embeddings(ref.flatten(1), out.flatten(1))
         return {**scores, "error": round(1.0 - scores["cosine_mean"], 8)}

@@ -30,6 +30,7 @@ from netcompress.quantization.bn_folding import fold_bn_and_report
 from netcompress.quantization.calibration import calibrate_, correct_bias_, first_inputs
 from netcompress.quantization.embeddings import EMBEDDING_MODES, check_embedding_options, quantize_embeddings_
 from netcompress.quantization.equalization import equalize_cross_layer_
+from netcompress.quantization.foreign_layers import refuse_quantized_layers
 from netcompress.quantization.kernel_calls import own_forward_problem
 from netcompress.quantization.modules import is_quantizable, quantizers
 from netcompress.quantization.observers import OBSERVERS
@@ -70,6 +71,7 @@ def prepare_quantized(
     Example:
         >>> qm, info = prepare_quantized(model, plan_defaults={"bits": 8, "act_bits": 8}, layers=None, mode="static")
     """
+    refuse_quantized_layers(model, "quantize")
     spec = MODES.get(mode)
     info: dict[str, Any] = {"mode": mode}
     work: nn.Module = copy.deepcopy(model).eval()
@@ -234,6 +236,7 @@ def run_ptq(
     ``(x, y)`` or ``x``.
     """
     s = settings
+    refuse_quantized_layers(model, f"quantize(mode={mode!r})")
     if mode == "static" and s.act_bits and calib_loader is None:
         raise ConfigError("mode='static' needs calib_loader (batches to observe activation ranges)")
     defaults = {
@@ -304,6 +307,7 @@ def ptq_dynamic(model: nn.Module, config: PTQDynamicConfig, data: MethodData) ->
 def weight_only(model: nn.Module, config: WeightOnlyConfig, data: MethodData) -> Result:
     """Weight-only quantization (block-wise Linear scales, optional AWQ scaling and GPTQ rounding)."""
     calib = data.calibration
+    refuse_quantized_layers(model, "quantize(mode='weight_only')")
     model, info = prepare_weight_only(model, config, calib)
     base = {f.name: getattr(config, f.name) for f in dataclasses.fields(PTQWeightConfig)}
     result = run_ptq(model, None, PTQStaticConfig(**base), mode="weight_only")

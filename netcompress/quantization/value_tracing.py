@@ -148,7 +148,8 @@ class TypeCheckedTracer(fx.Tracer):
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         saved, torch.jit.isinstance = torch.jit.isinstance, _proxy_isinstance
         try:
-            return super().trace(root, concrete_args)
+            with _attributes_kept(root):
+                return super().trace(root, concrete_args)
         except ValueError as exc:
             if "co_varnames" not in str(exc):
                 raise
@@ -176,6 +177,32 @@ def _wrapped_forward_problem(root: Any) -> str:
         f"(the forward under the decorator is then traced and checked against the model's output) or apply this "
         f"to a submodule whose forward is not decorated{where}"
     )
+
+
+_SLOTS = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def _attributes_kept(root: Any) -> Iterator[None]:
+    """Undo what a traced forward assigned to its modules (``self.mem = mem``: snntorch's neurons keep their
+    state so): left in place, a proxy stays in the user's model and breaks every later call on it. The
+    attributes fx adds for tensor constants (``_tensor_constant0``, read by the graph) stay."""
+    modules = list(root.modules()) if isinstance(root, nn.Module) else []
+    before = [(m, dict(m.__dict__), {k: dict(getattr(m, k)) for k in _SLOTS}) for m in modules]
+    try:
+        yield
+    finally:
+        for m, attrs, slots in before:
+            for key, value in list(m.__dict__.items()):
+                if key in attrs and attrs[key] is not value:
+                    m.__dict__[key] = attrs[key]
+                elif key not in attrs and isinstance(value, fx.Proxy):
+                    del m.__dict__[key]
+            for key, saved in slots.items():
+                now = getattr(m, key)
+                if any(now.get(k, _MISSING) is not v for k, v in saved.items()) or now.keys() - saved.keys():
+                    now.clear()
+                    now.update(saved)
 
 
 def _value(a: Any, root: nn.Module | None = None) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netcompress.core.errors import ConfigError, DataError, NonFiniteLossError
+from netcompress.core.errors import ConfigError, DataError, NonFiniteLossError, UnsupportedModelError
 from netcompress.core.inputs import input_tensors, map_inputs, split_batch
 from netcompress.core.targets import check_pairing
 
@@ -121,3 +121,17 @@ def _kept(directory: Path | None) -> str:
     if directory is None:
         return "nothing was saved"
     return f"the checkpoints in {directory} (from the last finished epoch, if any) are kept as they were"
+
+
+def check_loss_has_grad(loss: torch.Tensor, where: dict[str, Any], model: nn.Module) -> None:
+    """A loss that carries no gradient cannot train (``backward`` would fail with "element 0 of tensors does not
+    require grad"): say why it may be so. Distillation taps on layers run inside a custom autograd.Function
+    (Reformer's reversible layers compute their hidden states under ``no_grad``) are one such case."""
+    if loss.requires_grad:
+        return
+    raise UnsupportedModelError(
+        f"fit: the training loss at epoch {where['epoch']}/{where['epochs']}, step {where['step']}/{where['steps']} "
+        f"carries no gradient, so it cannot train {type(model).__name__}: it was computed from tensors with no "
+        "gradient (outputs or tapped layers computed under torch.no_grad or inside a custom torch.autograd.Function, "
+        "as Reformer's reversible layers are); nothing was changed by this step"
+    )

@@ -28,6 +28,7 @@ from netcompress.training import distributed as dist_mod
 from netcompress.training.batch_checks import (
     check_cross_entropy_shapes,
     check_finite_loss,
+    check_loss_has_grad,
     no_target_loss,
     num_batches,
     split_batch_to,
@@ -218,6 +219,7 @@ def _train_one_epoch(
                 loss = call_loss_hooks(loss_hooks, model, inputs, outputs, targets, loss)
         where = {"epoch": epoch + 1, "epochs": run.config.epochs, "step": step, "steps": steps, "lr": lr}
         check_finite_loss(loss, where, (inputs, targets), model=model, runtime=runtime, directory=directory)
+        check_loss_has_grad(loss, where, model)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(optimizer)  # hooks and clipping see true gradients (no-op without fp16)
         if runtime.distributed and run.extra:
