@@ -38,6 +38,7 @@ from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
 from netcompress.pruning.transformer_head_dim import HeadDimAttention
 
 MASK_KWARGS = ("attention_mask", "attn_mask", "mask")
+_MAPS_ADVICE = "use attention_weight=0 and value_weight=0"
 
 
 class _Slots:
@@ -376,7 +377,11 @@ class TransformerTaps:
         unit = self._unit(index)
         if unit.layout != "linear":
             return  # nn.MultiheadAttention's computation is known exactly
-        probs = self.attention_scores(index).softmax(-1)
+        try:
+            probs = self.attention_scores(index).softmax(-1)
+        except RuntimeError as exc:  # a mask not shaped like the scores (Longformer's sliding-window mask)
+            why = f"its mask does not fit the (N, heads, L, S) scores: {str(exc).splitlines()[0]}"
+            raise UnsupportedModelError(f"{self.who}: attention maps of {unit.name!r}: {why}; {_MAPS_ADVICE}") from exc
         v = self._get(f"v{index}")
         n, ls, d = v.shape[0], v.shape[1], unit.head_dim
         v = v.view(n, ls, -1, d).transpose(1, 2).float()
@@ -389,5 +394,5 @@ class TransformerTaps:
             raise UnsupportedModelError(
                 f"{self.who}: attention maps of {unit.name!r} cannot be read from its query/key projections "
                 "(softmax(q k^T / sqrt(d) + mask) @ v differs from what the block computes: rotary or "
-                "relative-position terms?); use attention_weight=0 and value_weight=0"
+                f"relative-position terms?); {_MAPS_ADVICE}"
             )
