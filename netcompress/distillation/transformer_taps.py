@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.adapters import adapter_hint
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.distillation.looped_layers import LoopedCalls, adjacent, differs, stream_form
 from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
 from netcompress.pruning.transformer_head_dim import HeadDimAttention
 
 MASK_KWARGS = ("attention_mask", "attn_mask", "mask")
-_MAPS_ADVICE = "use attention_weight=0 and value_weight=0"
 
 
 class _Slots:
@@ -192,6 +192,7 @@ class TransformerTaps:
     def require_layers(self) -> None:
         if not self.layer_names:
             extra = f" (unrecognised attention modules: {', '.join(self.unknown)})" if self.unknown else ""
+            extra += adapter_hint(self.model)
             raise UnsupportedModelError(
                 f"{self.who}: no transformer layer found (no attention block the distiller recognises){extra}"
             )
@@ -380,8 +381,8 @@ class TransformerTaps:
         try:
             probs = self.attention_scores(index).softmax(-1)
         except RuntimeError as exc:  # a mask not shaped like the scores (Longformer's sliding-window mask)
-            why = f"its mask does not fit the (N, heads, L, S) scores: {str(exc).splitlines()[0]}"
-            raise UnsupportedModelError(f"{self.who}: attention maps of {unit.name!r}: {why}; {_MAPS_ADVICE}") from exc
+            why = f"attention mask does not fit its (N, heads, L, S) scores ({str(exc).splitlines()[0]})"
+            raise UnsupportedModelError(f"{self.who}: {unit.name!r}: {why}; use attention_weight=0 and value_weight=0") from exc
         v = self._get(f"v{index}")
         n, ls, d = v.shape[0], v.shape[1], unit.head_dim
         v = v.view(n, ls, -1, d).transpose(1, 2).float()
@@ -394,5 +395,5 @@ class TransformerTaps:
             raise UnsupportedModelError(
                 f"{self.who}: attention maps of {unit.name!r} cannot be read from its query/key projections "
                 "(softmax(q k^T / sqrt(d) + mask) @ v differs from what the block computes: rotary or "
-                f"relative-position terms?); {_MAPS_ADVICE}"
+                "relative-position terms?); use attention_weight=0 and value_weight=0"
             )

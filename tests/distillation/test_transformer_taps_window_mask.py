@@ -30,7 +30,7 @@ def test_a_window_mask_is_refused_with_advice_and_hidden_states_distil():
     batches = [({"input_ids": torch.randint(2, 50, (2, 8), generator=gen), "attention_mask": torch.ones(2, 8).long()},
                 torch.randint(0, 3, (2,), generator=gen)) for _ in range(2)]  # fmt: skip
     student = copy.deepcopy(teacher)
-    with pytest.raises(UnsupportedModelError, match=r"mask does not fit the \(N, heads, L, S\) scores.*"
+    with pytest.raises(UnsupportedModelError, match=r"attention mask does not fit its \(N, heads, L, S\) scores.*"
                                                    r"attention_weight=0 and value_weight=0"):  # fmt: skip
         nc.distill_transformer_(student, teacher, batches, example_inputs=batches[0][0], epochs=1, progress=False)
     before = copy.deepcopy(student.state_dict())
