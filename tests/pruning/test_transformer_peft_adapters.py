@@ -1,4 +1,4 @@
-"""A peft LoRA / IA3 wrapped transformer (what users bring after fine-tuning): the transformer pruner and the
+"""A peft LoRA / IA3 wrapped transformer or LoHa-wrapped CNN (what users bring after fine-tuning): the pruners and the
 distillation taps do not see its attention (the query is a ``lora.Linear``, not an ``nn.Linear``); the refusal
 names the adapter layer and says to merge first, and the merged model then prunes (zoo round 7). Skipped where
 peft is absent."""
@@ -46,3 +46,23 @@ def test_prune_and_distill_name_the_adapter_and_the_merged_model_prunes():
         assert torch.allclose(merged(**x).logits, want, atol=1e-5)  # the hint keeps the outputs
     small = nc.prune_transformer(merged, x, heads=0.5, ffn=0.5)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in merged.parameters())
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_channel_pruning_names_a_loha_conv_and_the_merged_model_prunes():
+    torch.manual_seed(0)
+    model = peft.get_peft_model(SmallCNN(), peft.LoHaConfig(r=2, target_modules=["conv2"])).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedModelError, match=r"'base_model\.model\.conv2' is a peft adapter layer \(loha Conv2d"):
+        nc.prune_channels(model, x, ratio=0.5)
+    small = nc.prune_channels(model.merge_and_unload(), x, ratio=0.5)
+    assert small.conv1.out_channels == 4
