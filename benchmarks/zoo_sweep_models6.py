@@ -33,6 +33,7 @@ from zoo_sweep_models import LABELS, VOCAB, _hf
 from zoo_sweep_models3 import Make, _fixed, _gen, _ids, _ids_mask, _seq2seq, _wave  # round 4's inputs
 
 Entry = tuple[Callable[[], nn.Module], Make, bool, str]
+SKIPPED: list[str] = []  # packages not installed: their models are left out
 
 
 # ------------------------------------------------------------------------------------------ peft
@@ -126,7 +127,9 @@ def _lucidrains_models() -> dict[str, Entry]:
         "nystrom": (_cls("nystrom_attention", "Nystromformer", dim=32, dim_head=8, heads=4, depth=2,
                          num_landmarks=4), _fixed(16, 32), False, tf),
     }  # fmt: skip
-    return {n: e for n, e in found.items() if importlib.util.find_spec(_LUCIDRAINS[n]) is not None}
+    absent = sorted({p for p in _LUCIDRAINS.values() if importlib.util.find_spec(p) is None})
+    SKIPPED.extend(absent)  # each package on its own: an absent one is named, the others still run
+    return {n: e for n, e in found.items() if _LUCIDRAINS[n] not in absent}
 
 
 _LUCIDRAINS = {"perceiver": "perceiver_pytorch", "mlp_mixer": "mlp_mixer_pytorch", "conformer_block": "conformer",
@@ -336,7 +339,6 @@ _PACKAGES = {"peft": _peft_models, "einops": _lucidrains_models, "esm": lambda: 
     "esm2": (_Esm2, _protein, False, "transformer")}, "stable_baselines3": _sb3_models, "snntorch": _snn_models,
     "brevitas": _brevitas_models, "kornia": _kornia_models, "transformers": _hf_models}  # fmt: skip
 ROUND7: dict[str, Entry] = {}
-SKIPPED: list[str] = []  # packages not installed: their models are left out
 for _pkg, _models in _PACKAGES.items():
     if importlib.util.find_spec(_pkg) is None:
         SKIPPED.append(_pkg)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.core.adapters import adapter_hint
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.distillation.looped_layers import LoopedCalls, adjacent, differs, stream_form
 from netcompress.pruning.transformer_blocks import AttentionUnit, find_blocks
@@ -191,6 +192,7 @@ class TransformerTaps:
     def require_layers(self) -> None:
         if not self.layer_names:
             extra = f" (unrecognised attention modules: {', '.join(self.unknown)})" if self.unknown else ""
+            extra += adapter_hint(self.model)
             raise UnsupportedModelError(
                 f"{self.who}: no transformer layer found (no attention block the distiller recognises){extra}"
             )
@@ -376,7 +378,11 @@ class TransformerTaps:
         unit = self._unit(index)
         if unit.layout != "linear":
             return  # nn.MultiheadAttention's computation is known exactly
-        probs = self.attention_scores(index).softmax(-1)
+        try:
+            probs = self.attention_scores(index).softmax(-1)
+        except RuntimeError as exc:  # a mask not shaped like the scores (Longformer's sliding-window mask)
+            why = f"attention mask does not fit its (N, heads, L, S) scores ({str(exc).splitlines()[0]})"
+            raise UnsupportedModelError(f"{self.who}: {unit.name!r}: {why}; use attention_weight=0 and value_weight=0") from exc
         v = self._get(f"v{index}")
         n, ls, d = v.shape[0], v.shape[1], unit.head_dim
         v = v.view(n, ls, -1, d).transpose(1, 2).float()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netcompress.core.adapters import adapter_hint
 from netcompress.core.config import check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.methods import MethodData, Result, register_method
@@ -232,7 +233,13 @@ def plan_channel_pruning(
     ignore, ratios = list(ignore), dict(ratios or {})
     for pattern, value in ratios.items():
         check_fraction(f"ratios[{pattern!r}]", value)
-    graph = graph or build_channel_graph(model, example_inputs)
+    try:
+        graph = graph or build_channel_graph(model, example_inputs)
+    except UnsupportedModelError as exc:  # a peft LoHa / LoKr conv computes its weight in forward: merge first
+        hint = adapter_hint(model)
+        if not hint:
+            raise
+        raise UnsupportedModelError(f"{exc}{hint}") from exc
     _check_patterns(graph, ignore, "ignore")
     _check_patterns(graph, ratios, "ratios")
     scores = unit_scores(

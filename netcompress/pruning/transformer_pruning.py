@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from netcompress.core.adapters import adapter_hint
 from netcompress.core.config import Config, check_choice, check_fraction, check_range
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.core.inputs import call_model
@@ -126,7 +127,7 @@ class TransformerPruneConfig(Config):
         self.ignore = list(self.ignore)
 
 
-def _check_blocks(blocks: Blocks, config: TransformerPruneConfig) -> None:
+def _check_blocks(blocks: Blocks, config: TransformerPruneConfig, model: nn.Module) -> None:
     unknown = {
         n: r
         for n, r in blocks.unknown.items()
@@ -136,6 +137,7 @@ def _check_blocks(blocks: Blocks, config: TransformerPruneConfig) -> None:
         listed = "; ".join(f"{n!r} ({r})" for n, r in unknown.items())
         raise UnsupportedModelError(
             f"attention modules with a structure the transformer pruner does not recognise: {listed}"
+            f"{adapter_hint(model)}"
         )
     if config.heads > 0 and not blocks.attention:
         raise UnsupportedModelError(
@@ -222,7 +224,7 @@ def transformer_prune(
         raise ConfigError("prune/transformer reconstruct=True needs calibration batches (a loader)")
     blocks = find_blocks(model)
     dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
-    _check_blocks(blocks, config)
+    _check_blocks(blocks, config, model)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
     width = stream.width if stream is not None else _width(model, blocks)
     scores = unit_importance(
