@@ -103,11 +103,14 @@ def _slice(model: nn.Module, unit: AttentionUnit, rows: dict[str, torch.Tensor],
 def _probe(a: nn.Module, b: nn.Module, width: int) -> bool | None:
     """Whether modules ``a`` and ``b`` agree on a random ``(2, 5, width)`` input (None: it takes another input)."""
     x = torch.randn(2, 5, width, generator=torch.Generator().manual_seed(0))
+    was = b.training
     try:
         with torch.no_grad():
             want, got = a.eval()(x), b.eval()(x)
     except Exception:  # the module needs other inputs: the whole model's check decides
         return None
+    finally:
+        b.train(was)
     want, got = (t[0] if isinstance(t, (tuple, list)) else t for t in (want, got))
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + want.abs().max().item())))
 
