@@ -159,7 +159,7 @@ class TransformerTaps:
         self.stream_form: str | None = None  # of looped layers: set by resolve() on a real forward
         if self.looped is not None:
             self._handles.extend(self.looped.handles)
-            self._hook(model.register_forward_pre_hook(self.looped.reset, with_kwargs=True))
+            self._hook(model.register_forward_pre_hook(self.looped.reset, with_kwargs=True, prepend=True))
         for i, layer_name in enumerate(self.layer_names, start=1):
             layer = modules[layer_name]
             if layer_name not in self.uncalled:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -249,6 +250,8 @@ def run_on_inputs(
         if "onnxruntime" not in type(exc).__module__:
             raise
         first = " ".join(str(exc).split())[:300]
+        if label == "example" and (wrong := _wrong_node(str(exc))) is not None:
+            raise UnsupportedModelError(f"{path}: {wrong}") from exc
         fixed = {
             "example": "",
             "shorter sequence": "dynamic_axes with the batch dim only (e.g. {'input_ids': {0: 'batch'}} per input)",
@@ -256,6 +259,31 @@ def run_on_inputs(
         hint = f"; the traced graph holds the example's shapes (the forward branches on them): export with {fixed}"
         hint = hint if fixed else ""
         raise UnsupportedModelError(f"{path}: ONNX Runtime fails on the {label}: {first}{hint}") from exc
+
+
+_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+_SHAPES = re.compile(r"(Input shape:\{[^}]*\}, requested shape:\{[^}]*\}|broadcast an axis by a dimension other than 1\. \d+ by \d+)")
+
+
+def _wrong_node(message: str) -> str | None:
+    """What ONNX Runtime failing on the very example the exporter traced means (the PyTorch model ran it): a node
+    the exporter wrote with a shape that does not fit (Cohere: a ``view(*shape, -1, head_dim)`` written as a fixed
+    ``Reshape`` to the key/value head count). Named by node, op and module scope instead of the runtime's text."""
+    node = _NODE.search(message)
+    if node is None:
+        return None
+    op, name = node.groups()
+    parts = name.strip("/").split("/")[:-1]
+    parts = parts[1:] if parts[:1] == ["model"] else parts  # ExportCall holds the user's model as ``model``
+    scope = ".".join(parts) or "the top level"
+    shapes = _SHAPES.search(message)
+    what = f" ({shapes.group(1)})" if shapes else ""
+    return (
+        f"the exported graph is wrong at its {op} node {name!r} (module scope {scope!r}): ONNX Runtime cannot run "
+        f"it on the example the graph was traced from{what}, which the PyTorch model runs; torch's ONNX exporter "
+        f"wrote a shape there that does not fit the tensor it receives, so this forward cannot be exported as is "
+        f"(keep the {op} of that module out of the exported forward, e.g. export a part of the model)"
+    )
 
 
 def mask_padding(

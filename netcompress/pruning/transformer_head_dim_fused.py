@@ -1,9 +1,10 @@
-"""Head-dim pruning of fused q|k|v attention: one ``Linear`` holding q, k and v, split in the forward.
+"""Head-dim pruning of fused q|k|v attention: one ``Linear`` holding q, k and v (or k and v), split in the forward.
 
-The two layouts the block finder reads from the traced forward (:mod:`~netcompress.pruning.transformer_qkv_graph`):
+The layouts the block finder reads from the traced forward (:mod:`~netcompress.pruning.transformer_qkv_graph`):
 ``"packed"`` (q | k | v, each head after head: vit-pytorch's ``to_qkv(x).chunk(3)`` + ``rearrange(h=heads)``, timm's
 ``qkv(x).reshape(B, N, 3, num_heads, head_dim)``, MONAI's ``SABlock``) and ``"packed_heads"`` (per head q_h | k_h | v_h,
-GPT-NeoX order). Every head keeps the same number of q/k and v channels (the fused width is split in equal thirds or
+GPT-NeoX order), and ``"q_kv"`` (a query Linear and one k|v Linear, ``to_kv(context).chunk(2)``: vit-pytorch's CaiT
+and CrossViT). Every head keeps the same number of q/k and v channels (the fused width is split in equal thirds or
 reshaped with one head size); the kept rows of the fused layer and the output projection's matching columns stay,
 and a head-size attribute equal to the old size (timm's ``head_dim``) is set to the kept count.
 
@@ -28,7 +29,7 @@ from torch import nn
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.pruning.transformer_blocks import HEAD_DIM_ATTRS, AttentionUnit
 
-FUSED = ("packed", "packed_heads")
+FUSED = ("packed", "packed_heads", "q_kv")
 
 
 def check_fused_unit(module: nn.Module, unit: AttentionUnit) -> None:
@@ -37,50 +38,64 @@ def check_fused_unit(module: nn.Module, unit: AttentionUnit) -> None:
     if unit.num_kv_heads != unit.num_heads:
         raise UnsupportedModelError(f"{where}: grouped-query attention is not supported")
     rel = _relative(unit)
-    for name in (rel.q, rel.o):
+    for name in (rel.q, rel.k, rel.o):
         if not isinstance(module.get_submodule(name), nn.Linear):
             kind = type(module.get_submodule(name)).__name__
             raise UnsupportedModelError(f"{where}: {unit.layout} q/k/v layer {name!r} is a {kind}, not nn.Linear")
 
 
 def _index(unit: AttentionUnit, idx: list[list[int]], part: int) -> torch.Tensor:
-    """Rows of the fused layer of the channels ``idx[h]`` of part ``part`` (0 q, 1 k, 2 v) of every head."""
+    """Rows of the channels ``idx[h]`` of part ``part`` (0 q, 1 k, 2 v) of every head in the layer holding that part
+    (the fused layer; for ``"q_kv"`` the query layer or the k|v layer)."""
     d, inner = unit.head_dim, unit.num_heads * unit.head_dim
-    if unit.layout == "packed":
+    if unit.layout == "q_kv":
+        rows = [(part == 2) * inner + h * d + i for h, kept in enumerate(idx) for i in kept]
+    elif unit.layout == "packed":
         rows = [part * inner + h * d + i for h, kept in enumerate(idx) for i in kept]
     else:
         rows = [h * 3 * d + part * d + i for h, kept in enumerate(idx) for i in kept]
     return torch.tensor(rows, dtype=torch.long)
 
 
-def fused_rows(unit: AttentionUnit, qk_idx: list[list[int]], v_idx: list[list[int]]) -> torch.Tensor:
-    """The fused layer's kept rows in its own order (q, k, v of ``"packed"``; head after head otherwise)."""
-    rows = torch.cat([_index(unit, qk_idx, 0), _index(unit, qk_idx, 1), _index(unit, v_idx, 2)])
-    return rows.sort().values
+def _layer_of(unit: AttentionUnit, part: int) -> str:
+    return unit.q if part == 0 else unit.k
 
 
-def fused_sums(layer_out: torch.Tensor, unit: AttentionUnit) -> list[torch.Tensor]:
-    """[q, k, v] channel scores ``(num_heads, head_dim)`` out of per-row scores of the fused layer."""
+def fused_rows(unit: AttentionUnit, qk_idx: list[list[int]], v_idx: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Per layer (the fused one, or the query and k|v layers) its kept rows, in its own order."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    for part, idx in enumerate((qk_idx, qk_idx, v_idx)):
+        rows.setdefault(_layer_of(unit, part), []).append(_index(unit, idx, part))
+    return {name: torch.cat(parts).sort().values for name, parts in rows.items()}
+
+
+def fused_sums(layer_out: dict[str, torch.Tensor], unit: AttentionUnit) -> list[torch.Tensor]:
+    """[q, k, v] channel scores ``(num_heads, head_dim)`` out of per-row scores of each layer."""
     every = [list(range(unit.head_dim))] * unit.num_heads
-    return [layer_out[_index(unit, every, p)].view(unit.num_heads, unit.head_dim) for p in range(3)]
+    return [
+        layer_out[_layer_of(unit, p)][_index(unit, every, p)].view(unit.num_heads, unit.head_dim) for p in range(3)
+    ]
 
 
 def masked_fused_(model: nn.Module, unit: AttentionUnit, qk_idx: list[list[int]], v_idx: list[list[int]]) -> None:
     """Zero the fused layer's rows (and biases) head-dim pruning removes, in place."""
-    layer = model.get_submodule(unit.q)
-    gone = sorted(set(range(layer.out_features)) - set(fused_rows(unit, qk_idx, v_idx).tolist()))
-    with torch.no_grad():
-        layer.weight[gone] = 0
+    for name, kept in fused_rows(unit, qk_idx, v_idx).items():
+        layer = model.get_submodule(name)
+        gone = sorted(set(range(layer.out_features)) - set(kept.tolist()))
+        with torch.no_grad():
+            layer.weight[gone] = 0
+            if layer.bias is not None:
+                layer.bias[gone] = 0
+
+
+def _slice(model: nn.Module, unit: AttentionUnit, rows: dict[str, torch.Tensor], cols: torch.Tensor) -> None:
+    for name, kept in rows.items():
+        layer = model.get_submodule(name)
+        layer.weight = nn.Parameter(layer.weight.detach()[kept].clone(), requires_grad=layer.weight.requires_grad)
         if layer.bias is not None:
-            layer.bias[gone] = 0
-
-
-def _slice(model: nn.Module, unit: AttentionUnit, rows: torch.Tensor, cols: torch.Tensor) -> None:
-    layer, out = model.get_submodule(unit.q), model.get_submodule(unit.o)
-    layer.weight = nn.Parameter(layer.weight.detach()[rows].clone(), requires_grad=layer.weight.requires_grad)
-    if layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias.detach()[rows].clone(), requires_grad=layer.bias.requires_grad)
-    layer.out_features = len(rows)
+            layer.bias = nn.Parameter(layer.bias.detach()[kept].clone(), requires_grad=layer.bias.requires_grad)
+        layer.out_features = len(kept)
+    out = model.get_submodule(unit.o)
     out.weight = nn.Parameter(out.weight.detach()[:, cols].clone(), requires_grad=out.weight.requires_grad)
     out.in_features = len(cols)
 
@@ -88,11 +103,14 @@ def _slice(model: nn.Module, unit: AttentionUnit, rows: torch.Tensor, cols: torc
 def _probe(a: nn.Module, b: nn.Module, width: int) -> bool | None:
     """Whether modules ``a`` and ``b`` agree on a random ``(2, 5, width)`` input (None: it takes another input)."""
     x = torch.randn(2, 5, width, generator=torch.Generator().manual_seed(0))
+    was = b.training
     try:
         with torch.no_grad():
             want, got = a.eval()(x), b.eval()(x)
     except Exception:  # the module needs other inputs: the whole model's check decides
         return None
+    finally:
+        b.train(was)
     want, got = (t[0] if isinstance(t, (tuple, list)) else t for t in (want, got))
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + want.abs().max().item())))
 
@@ -117,8 +135,8 @@ def apply_fused_(model: nn.Module, unit: AttentionUnit, qk_idx: list[list[int]],
             setattr(module, name, kept)
     if kept == d or _probe(reference, module, width) in (True, None):
         return
-    queries = torch.tensor([i for i, r in enumerate(fused_rows(unit, qk_idx, v_idx).tolist())
-                            if r in set(_index(unit, qk_idx, 0).tolist())])  # fmt: skip
+    wanted = set(_index(unit, qk_idx, 0).tolist())
+    queries = torch.tensor([i for i, r in enumerate(fused_rows(unit, qk_idx, v_idx)[unit.q].tolist()) if r in wanted])
     layer, factor = model.get_submodule(unit.q), math.sqrt(kept / d)
     with torch.no_grad():
         layer.weight[queries] *= factor

@@ -8,7 +8,8 @@ differ), slices the q/k/v rows and the output projection's columns, sets ``atten
 (checked afterwards by ``transformer_head_dim_search``). Refused with an error naming the class: grouped-query
 attention, relative position embeddings (``position_embedding_type`` other than ``absolute``), modules without
 ``attention_head_size``/``scaling`` (RoPE decoders such as Llama, GPT-2's packed ``Conv1D``). A fused q|k|v
-``Linear`` (vit-pytorch, timm, MONAI) is handed to :mod:`~netcompress.pruning.transformer_head_dim_fused`.
+``Linear`` (vit-pytorch, timm, MONAI) or a fused k|v one (``"q_kv"``) is handed to
+:mod:`~netcompress.pruning.transformer_head_dim_fused`.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def hf_sums(
         if not all((name, n) in got for n in layers[name]):
             continue
         if u.layout in FUSED:
-            sums[name] = fused_sums(got[(name, u.q)], u)
+            sums[name] = fused_sums({n: got[(name, n)] for n in layers[name]}, u)
         else:
             sums[name] = [got[(name, n)].view(u.num_heads, u.head_dim) for n in (u.q, u.k, u.v)]
     return sums

@@ -264,6 +264,8 @@ def fused_qkv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | 
     The answer is kept per module structure (:func:`structure_key`): the pruners call ``find_blocks`` on every
     candidate copy of a model (the head-dim search: 71 calls, 142 traces on a two-layer ViT), and a copy of the
     same structure traces the same."""
+    if not _dense_children(module):  # no Linear child: none of the forms (and no key over a whole model's tree)
+        return None
     try:
         key = (structure_key(module), head_attrs)
     except Exception:  # noqa: BLE001 - an attribute that cannot be compared: no cache

@@ -114,6 +114,16 @@ def test_one_layer_stages_read_the_stream_their_stage_confirms(norm: bool) -> No
         torch.testing.assert_close(got[1], single.by_hand(x), rtol=1e-5, atol=1e-6)
 
 
+def test_a_one_layer_model_is_confirmed_by_its_own_output() -> None:
+    # the owner is the model itself: its output hook must not be cleared by the per-forward reset
+    torch.manual_seed(0)
+    model, x = Stage(norm=False).eval(), torch.randn(2, 5, 16)
+    taps, got = _tapped(model, x)
+    assert taps.layer_names == ["layers.0"] and taps.stream_form == "sum"
+    with torch.no_grad():
+        torch.testing.assert_close(got[1], model.by_hand(x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_one_layer_stage_whose_output_is_not_the_stream_is_refused_by_name() -> None:
     model = nn.Sequential(Stage(norm=False, head=True)).eval()  # returns the first token only
     with pytest.raises(UnsupportedModelError, match=r"layer '0\.layers\.0' is a ModuleList.*what its owner does after"):

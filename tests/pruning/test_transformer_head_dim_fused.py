@@ -1,7 +1,7 @@
 """Head-dim pruning (``nc.prune_head_dims``) of fused q|k|v attention (``transformer_head_dim_fused``): vit-pytorch's
 ``to_qkv(x).chunk(3)`` with a stored ``scale``, timm's ``qkv(x).reshape(B, N, 3, H, head_dim)`` with
 ``scaled_dot_product_attention``'s default scale (the kept query rows are rescaled so the scores stay those of the
-original head size), and the GPT-NeoX head-after-head order. Each pruned model equals the original with the removed
+original head size), the GPT-NeoX head-after-head order, and CaiT's ``to_q`` + ``to_kv``. Each pruned model equals the original with the removed
 fused rows zeroed; the comparison tells pruned from unpruned."""
 
 from __future__ import annotations
@@ -60,6 +60,24 @@ class TimmAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
+class QKVAttention(nn.Module):
+    """vit-pytorch's CaiT / CrossViT: ``to_q`` and one ``to_kv`` (k | v), keys and values over ``x`` and a context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.scale = HEADS, D**-0.5
+        self.to_q, self.to_kv = nn.Linear(DIM, HEADS * D, bias=False), nn.Linear(DIM, 2 * HEADS * D, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(HEADS * D, DIM), nn.Dropout(0.0))
+
+    def forward(self, x, context=None):
+        b, n, _ = x.shape
+        kv = x if context is None else torch.cat((x, context), dim=1)
+        q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(1, 2)
+        k, v = (t.reshape(b, kv.shape[1], self.heads, -1).transpose(1, 2) for t in self.to_kv(kv).chunk(2, dim=-1))
+        attn = (q @ k.transpose(-1, -2) * self.scale).softmax(-1)
+        return self.to_out((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
 class Block(nn.Module):
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
@@ -86,6 +104,7 @@ BATCHES = [torch.randn(3, 7, DIM, generator=torch.Generator().manual_seed(s)) fo
         (ViTPytorchAttention, "packed"),
         (TimmAttention, "packed"),
         (lambda: TimmAttention(heads_outer=True), "packed_heads"),
+        (QKVAttention, "q_kv"),
     ],
 )
 @pytest.mark.parametrize("calib", [None, BATCHES])
@@ -93,8 +112,10 @@ def test_fused_attention_keeps_fewer_channels_per_head(make, layout, calib) -> N
     model = _net(make)
     assert [u.layout for u in find_blocks(model).attention] == [layout, layout]
     small = prune_head_dims(model, X, qk=0.5, v=0.5, calib=calib)
-    fused = small[0].attn.to_qkv if hasattr(small[0].attn, "to_qkv") else small[0].attn.qkv
-    assert fused.out_features == 3 * HEADS * D // 2
+    attn = small[0].attn
+    widths = [attn.to_q.out_features, attn.to_kv.out_features] if layout == "q_kv" else [
+        (attn.to_qkv if hasattr(attn, "to_qkv") else attn.qkv).out_features]  # fmt: skip
+    assert sum(widths) == 3 * HEADS * D // 2
     assert getattr(small[0].attn, "head_dim", D // 2) == D // 2
     # the reference: the original with the removed fused rows zeroed (same scores, so the same kept channels)
     scores = head_dim_scores(copy.deepcopy(model), calib)
