@@ -170,3 +170,39 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, *, temperature: 
 
     log_s, log_t = log_rows(student), log_rows(teacher)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+def tail_cosine_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, power: float = 2.0, top_k: int = 0
+) -> torch.Tensor:
+    """A loss on the batch's WORST sentences: the gaps ``d_i = 1 - cos(s_i, t_i)`` weighted towards the largest.
+
+    ``top_k > 0`` keeps only the ``k`` largest gaps of the batch (the hardest ``k`` sentences). Among the
+    kept gaps each sentence is weighted by ``w_i = d_i^(power-1) / mean(d^(power-1))`` (detached, mean 1),
+    so the value is ``mean(d^power) / mean(d^(power-1))`` and its gradient is that of ``mean(d^power)``
+    rescaled to the plain ``mean(1 - cos)``'s size: as the student improves the term does not fade, it only
+    shifts the effort to the sentences furthest from the teacher. ``power=1`` and ``top_k=0`` is the plain
+    mean gap. Zero when every embedding points where the teacher's does.
+
+    Example:
+        >>> t = torch.randn(8, 4)
+        >>> float(tail_cosine_loss(t, t, power=3.0))
+        0.0
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ConfigError(
+            f"tail_cosine_loss needs (N, D) embeddings of one shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}"
+        )
+    if not power >= 1:
+        raise ConfigError(f"tail power must be >= 1 (1 = the plain mean gap), got {power!r}")
+    if top_k < 0:
+        raise ConfigError(f"tail top_k must be >= 0 (0 = every sentence), got {top_k!r}")
+    gaps = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)
+    if 0 < top_k < gaps.shape[0]:
+        gaps = gaps.topk(top_k).values
+    if power == 1:
+        return gaps.mean()
+    weights = gaps.detach().clamp_min(0.0).pow(power - 1)
+    weights = weights / weights.mean().clamp_min(torch.finfo(weights.dtype).tiny)
+    return (weights * gaps).mean()
