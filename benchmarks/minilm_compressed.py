@@ -149,7 +149,10 @@ def teacher_embeddings(teacher: nn.Module, sentences: list[str], tokenizer: Any,
     path = out / f"teacher-train-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    found = embed(teacher, loader(sentences, tokenizer))
+    data = TokenizedSentences(sentences, tokenizer, 64)
+    order = sorted(range(len(sentences)), key=data.attention_mask.sum(1).tolist().__getitem__)
+    batches = DataLoader(data, batch_size=64, sampler=order, collate_fn=trimmed_collate)  # little padding
+    found = embed(teacher, batches)[torch.argsort(torch.tensor(order))]
     out.mkdir(parents=True, exist_ok=True)
     torch.save(found, path)
     return found
