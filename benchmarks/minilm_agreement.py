@@ -7,6 +7,11 @@ embeddings ``t`` are moved towards a candidate and the agreement measured at eac
 - ``student``: ``t + a * (u - t)`` with ``u`` a distilled student's unit embeddings, ``a`` in (0, 1]: the
   student's own error shrunk uniformly (what a student ``a`` times closer in every direction would give).
 
+And where each student's error sits (``error_shape``): the quantiles of its per-sentence gaps ``1 - cos``,
+the share of the total gap held by the 10 worst sentences, and whether the sentences whose nearest neighbour
+changed are the far ones (their mean gap) or the ones whose teacher neighbour was barely the nearest (the
+teacher's margin between its first and second neighbour).
+
     python benchmarks/minilm_agreement.py --student benchmarks/.cache/m13/<run>/student.nc
 """
 
@@ -57,6 +62,28 @@ def along_student(t: torch.Tensor, u: torch.Tensor, cosine: float) -> torch.Tens
     return t + lo * (u - t)
 
 
+def error_shape(t: torch.Tensor, u: torch.Tensor, worst: int = 10) -> dict[str, float]:
+    """Where a student's error sits, on unit embeddings ``t`` (teacher) and ``u`` (student), (N, D)."""
+    gaps = 1.0 - (t * u).sum(1)
+    off = ~torch.eye(len(t), dtype=torch.bool)
+    teacher_sims, student_sims = (t @ t.T).masked_fill(~off, -2.0), (u @ u.T).masked_fill(~off, -2.0)
+    same = teacher_sims.argmax(1) == student_sims.argmax(1)
+    top2 = teacher_sims.topk(2, dim=1).values
+    margin = top2[:, 0] - top2[:, 1]
+    nan = float("nan")
+    return {
+        "gap_mean": float(gaps.mean()),
+        **{f"gap_q{q}": float(gaps.quantile(q / 100)) for q in (50, 90, 99)},
+        "gap_max": float(gaps.max()),
+        "worst_share": float(gaps.topk(min(worst, len(gaps))).values.sum() / gaps.sum().clamp_min(1e-12)),
+        "changed": int((~same).sum()),
+        "gap_kept": float(gaps[same].mean()) if same.any() else nan,
+        "gap_changed": float(gaps[~same].mean()) if (~same).any() else nan,
+        "margin_kept": float(margin[same].median()) if same.any() else nan,
+        "margin_changed": float(margin[~same].median()) if (~same).any() else nan,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", type=Path, action="append", default=[], help="nc.save'd students")
@@ -69,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     val = loader(split_sentences(python_doc_sentences(), val=256, test=512, seed=0)["val"], tokenizer)
     t = F.normalize(embed(teacher, val).double(), dim=1)
     out: dict[str, list[dict[str, float]]] = {"isotropic": []}
+    shapes: dict[str, dict[str, float]] = {}
     for c in COSINES:
         runs = [compare_embeddings(t, isotropic_at(t, c, seed)) for seed in range(args.seeds)]
         out["isotropic"].append(
@@ -82,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         student = nc.load(path, allow_modules=allowed_modules(teacher))
         u = F.normalize(embed(student, val).double(), dim=1)
         rows = [{"a": 1.0, **compare_embeddings(t, u)}]
+        shapes[str(path)] = error_shape(t, u)
         for c in COSINES:
             moved = along_student(t, u, c)
             if moved is not None:
@@ -93,8 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             a = f"{r['a']:.3f}" if "a" in r else ""
             label = "isotropic (mean of seeds)" if name == "isotropic" else f"student {Path(name).parent.name}"
             print(f"| {label} | {a} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} |")
+    print(
+        "\n| student | gap mean | q50 | q90 | q99 | max | 10 worst share | NN changed | gap kept / changed "
+        "| teacher margin kept / changed |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for name, e in shapes.items():
+        print(
+            f"| {Path(name).parent.name} | {e['gap_mean']:.4f} | {e['gap_q50']:.4f} | {e['gap_q90']:.4f} | "
+            f"{e['gap_q99']:.4f} | {e['gap_max']:.4f} | {e['worst_share']:.3f} | {e['changed']} | "
+            f"{e['gap_kept']:.4f} / {e['gap_changed']:.4f} | {e['margin_kept']:.4f} / {e['margin_changed']:.4f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+        args.json.write_text(json.dumps({**out, "error_shape": shapes}, indent=1))
     return 0
 
 
