@@ -10,7 +10,9 @@ embeddings ``t`` are moved towards a candidate and the agreement measured at eac
 And where each student's error sits (``error_shape``): the quantiles of its per-sentence gaps ``1 - cos``,
 the share of the total gap held by the 10 worst sentences, and whether the sentences whose nearest neighbour
 changed are the far ones (their mean gap) or the ones whose teacher neighbour was barely the nearest (the
-teacher's margin between its first and second neighbour).
+teacher's margin between its first and second neighbour); and which directions the error takes
+(``direction_share``: the share of its energy in the top-k principal directions of the teacher's embeddings,
+against isotropic noise at the same mean cosine).
 
     python benchmarks/minilm_agreement.py --student benchmarks/.cache/m13/<run>/student.nc
 """
@@ -84,6 +86,20 @@ def error_shape(t: torch.Tensor, u: torch.Tensor, worst: int = 10) -> dict[str, 
     }
 
 
+def direction_share(t: torch.Tensor, u: torch.Tensor, ks: tuple[int, ...] = (8, 32, 64)) -> dict[str, float]:
+    """Share of the error ``|u - t|^2`` in the top-k principal directions of the teacher's (centred)
+    embeddings ``t``, for each k; ``teacher_k``: the teacher's own variance there."""
+    centred = t - t.mean(0)
+    _, sv, vt = torch.linalg.svd(centred, full_matrices=False)
+    error = u - t
+    total = (error**2).sum().clamp_min(1e-30)
+    out = {}
+    for k in ks:
+        out[f"teacher_{k}"] = float((sv[:k] ** 2).sum() / (sv**2).sum())
+        out[f"error_{k}"] = float(((error @ vt[:k].T) ** 2).sum() / total)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", type=Path, action="append", default=[], help="nc.save'd students")
@@ -111,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         u = F.normalize(embed(student, val).double(), dim=1)
         rows = [{"a": 1.0, **compare_embeddings(t, u)}]
         shapes[str(path)] = error_shape(t, u)
+        noise = F.normalize(isotropic_at(t, float((t * u).sum(1).mean()), 0), dim=1)
+        shapes[str(path)].update(direction_share(t, u))
+        shapes[str(path)].update({f"isotropic_{k}": v for k, v in direction_share(t, noise).items()})
         for c in COSINES:
             moved = along_student(t, u, c)
             if moved is not None:
@@ -131,6 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| {Path(name).parent.name} | {e['gap_mean']:.4f} | {e['gap_q50']:.4f} | {e['gap_q90']:.4f} | "
             f"{e['gap_q99']:.4f} | {e['gap_max']:.4f} | {e['worst_share']:.3f} | {e['changed']} | "
             f"{e['gap_kept']:.4f} / {e['gap_changed']:.4f} | {e['margin_kept']:.4f} / {e['margin_changed']:.4f} |"
+        )
+    if shapes:
+        first = next(iter(shapes.values()))
+        print(
+            "\n| student | error energy in the teacher's top 8 / 32 / 64 directions | isotropic noise at its cosine |"
+            f"\n|---|---:|---:|\n| (teacher variance there) | {first['teacher_8']:.3f} / {first['teacher_32']:.3f} / "
+            f"{first['teacher_64']:.3f} | |"
+        )
+    for name, e in shapes.items():
+        print(
+            f"| {Path(name).parent.name} | {e['error_8']:.3f} / {e['error_32']:.3f} / {e['error_64']:.3f} | "
+            f"{e['isotropic_error_8']:.3f} / {e['isotropic_error_32']:.3f} / {e['isotropic_error_64']:.3f} |"
         )
     if args.json:
         args.json.write_text(json.dumps({**out, "error_shape": shapes}, indent=1))

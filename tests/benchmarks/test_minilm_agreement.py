@@ -58,3 +58,18 @@ def test_error_shape_against_direct_counts():
     same = agreement.error_shape(t, t)
     assert same["changed"] == 0 and same["gap_max"] == pytest.approx(0.0, abs=1e-12)
     assert same["gap_changed"] != same["gap_changed"]  # NaN: no changed sentence
+
+
+def test_direction_share_finds_an_error_along_the_teachers_main_direction():
+    g = torch.Generator().manual_seed(0)
+    # teacher embeddings spread mostly along axis 0
+    t = F.normalize(torch.randn(50, 6, generator=g, dtype=torch.float64) * torch.tensor([5.0, 1, 1, 1, 1, 1]), dim=1)
+    along = t.clone()
+    along[:, 0] += 0.1  # error all along axis 0
+    across = t.clone()
+    across[:, 5] += 0.1  # error along a minor axis
+    s_along = agreement.direction_share(t, along, ks=(1, 6))
+    s_across = agreement.direction_share(t, across, ks=(1, 6))
+    assert s_along["teacher_1"] > 0.5 and s_along["teacher_6"] == pytest.approx(1.0)
+    assert s_along["error_1"] > 0.9 and s_across["error_1"] < 0.1
+    assert s_along["error_6"] == pytest.approx(1.0) and s_across["error_6"] == pytest.approx(1.0)
