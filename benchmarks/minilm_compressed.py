@@ -187,6 +187,12 @@ def stage_distill(
         f"{len(train_text)} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
     )
     hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes, stop_at=args.stop_at)]
+    if args.bank_weight:  # its own hook (a tensor is no config field): one more teacher forward a step
+        from netcompress.distillation import EmbeddingDistillation
+
+        found = teacher_embeddings(teacher, train_text, tokenizer, args.out)
+        pick = torch.randperm(len(found), generator=torch.Generator().manual_seed(args.seed))[: args.bank_size]
+        hooks.append(EmbeddingDistillation(teacher, cosine_weight=0, bank_weight=args.bank_weight, bank=found[pick]))
     started, stopped = time.perf_counter(), None
     try:
         nc.distill_transformer_(
@@ -202,7 +208,7 @@ def stage_distill(
     history = folder / "history.json"
     rows = json.loads(history.read_text())["rows"] if history.exists() else []
     nc.save(student, folder / "student.nc", allow_modules=allowed_modules(teacher))
-    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "tail_loss", "val_cosine",
+    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "tail_loss", "bank_loss", "val_cosine",
             "val_cosine_min", "val_nn")  # fmt: skip
     print("chunk  lr        " + " ".join(f"{k:>14}" for k in keys) + "  seconds")
     for row in rows:
@@ -243,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--tail-power", type=float, default=2.0, help="tail weights grow as gap^(power-1)")
     parser.add_argument("--tail-top-k", type=int, default=0, help="only the batch's k hardest sentences (0: all)")
+    parser.add_argument(
+        "--bank-weight", type=float, default=0.0,
+        help="weight of bank_similarity_loss: the error of the similarities to --bank-size teacher embeddings",
+    )  # fmt: skip
+    parser.add_argument("--bank-size", type=int, default=2048, help="training sentences in the similarity bank")
     parser.add_argument(
         "--neighbour-groups", type=int, default=0,
         help="batches of groups of this many teacher neighbours (NeighbourChunkSampler; 0: length-sorted batches)",

@@ -286,12 +286,13 @@ def test_distill_with_the_tail_term_and_neighbour_batches_on_a_tiny_bert(tmp_pat
 
     bench.stage_prune(args("prune", "--calib", "64", "--candidates", "magnitude", "--max-params", "0.7"), teacher, tok, parts)
     flags = ["--chunk", "64", "--chunks", "2", "--lr", "1e-3", "--warmup", "0", "--tail-weight", "2",
-             "--tail-power", "3", "--tail-top-k", "8", "--neighbour-groups", "4"]  # fmt: skip
+             "--tail-power", "3", "--tail-top-k", "8", "--neighbour-groups", "4", "--bank-weight", "1.5",
+             "--bank-size", "16"]  # fmt: skip
     bench.stage_distill(args("distill", *flags), teacher, tok, parts)
     run = bench.run_name(args("distill", *flags))
-    assert run.endswith("-tail2p3k8-nb4")
+    assert run.endswith("-tail2p3k8-nb4-bank1.5m16")
     rows = __import__("json").loads((tmp_path / run / "history.json").read_text())["rows"]
-    assert len(rows) == 2 and all(r["tail_loss"] > 0 for r in rows)
+    assert len(rows) == 2 and all(r["tail_loss"] > 0 and r["bank_loss"] > 0 for r in rows)
     assert "2/2 chunks" in capsys.readouterr().out
     # the teacher's training embeddings are cached beside the runs and reused
     (cached,) = tmp_path.glob("teacher-train-*.pt")

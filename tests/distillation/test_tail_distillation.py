@@ -158,3 +158,60 @@ def test_bad_tail_settings_are_named(fields, message):
         distill_transformer_(teacher, teacher, batches, epochs=1, **fields, **QUIET)
     with pytest.raises(ConfigError, match=message):
         EmbeddingDistillation(teacher, **fields)
+
+
+def test_bank_similarity_loss_against_a_direct_computation_and_its_scale():
+    from netcompress.distillation.transformer_losses import bank_similarity_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t, bank = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g), torch.randn(7, 6, generator=g)
+    rows = [bank[j] / bank[j].norm() for j in range(7)]
+    mean = sum(rows) / 7
+    rows = [r - mean for r in rows]
+    total = 0.0
+    for i in range(5):
+        e = s[i] / s[i].norm() - t[i] / t[i].norm()
+        total += sum(float(e @ r) ** 2 for r in rows)
+    expected = total / 35 * 6 / (2 * sum(float(r @ r) for r in rows) / 7)
+    assert float(bank_similarity_loss(s, t, bank)) == pytest.approx(expected, rel=1e-5)
+    assert float(bank_similarity_loss(2 * t, t, bank)) == pytest.approx(0.0, abs=1e-10)
+    # an error spread over all directions costs about the plain mean gap
+    t = F.normalize(torch.randn(64, 384, generator=g), dim=1)
+    noisy = t + 0.05 * torch.randn(64, 384, generator=g)
+    gap = float((1 - F.cosine_similarity(noisy, t, dim=-1)).mean())
+    assert float(bank_similarity_loss(noisy, t, torch.randn(4096, 384, generator=g))) == pytest.approx(gap, rel=0.05)
+
+
+def test_bank_similarity_loss_weighs_errors_along_the_banks_spread():
+    from netcompress.distillation.transformer_losses import bank_similarity_loss
+
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randn(500, 8, generator=g) * torch.tensor([6.0, 1, 1, 1, 1, 1, 1, 1]) + torch.tensor([0, 0, 0, 0, 0, 0, 0, 9.0])
+    t = F.normalize(torch.randn(20, 8, generator=g), dim=1)
+    along, across = t.clone(), t.clone()
+    along[:, 0] += 0.05  # where the bank's (centred) sentences differ
+    across[:, 7] += 0.05  # the bank's common direction: centred away
+    gap = lambda s: float((1 - F.cosine_similarity(s, t, dim=-1)).mean())  # noqa: E731
+    assert gap(along) == pytest.approx(gap(across), rel=0.5)  # alike for the plain gap
+    assert float(bank_similarity_loss(along, t, bank)) > 5 * float(bank_similarity_loss(across, t, bank))
+    with pytest.raises(ConfigError, match="bank"):
+        bank_similarity_loss(t, t, torch.randn(10, 5))
+    with pytest.raises(ConfigError, match="at least 2"):
+        bank_similarity_loss(t, t, torch.randn(1, 8))
+
+
+def test_the_hook_adds_the_bank_term_and_names_a_missing_bank():
+    teacher, batches = _bert(), _batches()
+    student = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)
+    cfg = TrainConfig(epochs=1, optimizer="adamw", lr=0.0, **QUIET)
+    bank = torch.randn(50, 32, generator=torch.Generator().manual_seed(0))
+    plain = fit(student, batches, config=cfg, hooks=[EmbeddingDistillation(teacher)]).rows[-1]
+    both = fit(
+        student, batches, config=cfg, hooks=[EmbeddingDistillation(teacher, bank_weight=2.0, bank=bank)]
+    ).rows[-1]
+    assert "bank_loss" not in plain and both["bank_loss"] > 0.0
+    assert both["embedding_loss"] == pytest.approx(plain["embedding_loss"] + 2.0 * both["bank_loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="needs bank"):
+        EmbeddingDistillation(teacher, bank_weight=1.0)
+    with pytest.raises(ConfigError, match="bank_weight"):
+        EmbeddingDistillation(teacher, bank_weight=-1.0, bank=bank)
