@@ -58,6 +58,7 @@ from benchmarks.minilm_student import (  # noqa: E402
 from benchmarks.transformers_distill import (  # noqa: E402
     BudgetReached,
     ChunkSampler,
+    NeighbourChunkSampler,
     TimeBudget,
     ValidationCurve,
     corpus,
@@ -140,6 +141,23 @@ def stage_prune(
     print(f"chosen on validation: {best['candidate']} -> {args.out / 'pruned.nc'}")
 
 
+def teacher_embeddings(teacher: nn.Module, sentences: list[str], tokenizer: Any, out: Path) -> torch.Tensor:
+    """The teacher's embeddings of the training sentences, cached beside the run (our own tensor file)."""
+    import hashlib
+
+    key = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16]
+    path = out / f"teacher-train-{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    data = TokenizedSentences(sentences, tokenizer, 64)
+    order = sorted(range(len(sentences)), key=data.attention_mask.sum(1).tolist().__getitem__)
+    batches = DataLoader(data, batch_size=64, sampler=order, collate_fn=trimmed_collate)  # little padding
+    found = embed(teacher, batches)[torch.argsort(torch.tensor(order))]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(found, path)
+    return found
+
+
 def stage_distill(
     args: argparse.Namespace, teacher: nn.Module, tokenizer: Any, parts: dict[str, list[str]]
 ) -> None:
@@ -154,9 +172,14 @@ def stage_distill(
         extra = site_corpus(parts, args.site_sentences, args.out.parent / "site_sentences.json", args.seed)
         train_text = train_text + extra
     train_set = TokenizedSentences(train_text, tokenizer, 64)
-    sampler = ChunkSampler(
-        train_set.attention_mask.sum(1).tolist(), chunk=args.chunk, batch_size=32, seed=args.seed
-    )
+    lengths = train_set.attention_mask.sum(1).tolist()
+    if args.neighbour_groups:
+        sampler: ChunkSampler = NeighbourChunkSampler(
+            lengths, teacher_embeddings(teacher, train_text, tokenizer, args.out), chunk=args.chunk,
+            batch_size=32, group=args.neighbour_groups, seed=args.seed,
+        )  # fmt: skip
+    else:
+        sampler = ChunkSampler(lengths, chunk=args.chunk, batch_size=32, seed=args.seed)
     train = DataLoader(train_set, batch_size=32, sampler=sampler, collate_fn=trimmed_collate)
     val = loader(parts["val"], tokenizer)
     folder = args.out / run_name(args)
@@ -164,13 +187,20 @@ def stage_distill(
         f"{len(train_text)} training sentences, {sampler.chunks} chunks of {sampler.chunk} a pass; {folder}"
     )
     hooks = [ValidationCurve(embed(teacher, val), val), TimeBudget(args.max_minutes, stop_at=args.stop_at)]
+    if args.bank_weight:  # its own hook (a tensor is no config field): one more teacher forward a step
+        from netcompress.distillation import EmbeddingDistillation
+
+        found = teacher_embeddings(teacher, train_text, tokenizer, args.out)
+        pick = torch.randperm(len(found), generator=torch.Generator().manual_seed(args.seed))[: args.bank_size]
+        hooks.append(EmbeddingDistillation(teacher, cosine_weight=0, bank_weight=args.bank_weight, bank=found[pick]))
     started, stopped = time.perf_counter(), None
     try:
         nc.distill_transformer_(
             student, teacher, train, example_inputs=next(iter(val)), hooks=hooks, checkpoint_dir=folder, resume=True,
             hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
             embedding_weight=args.embedding_weight, similarity_weight=args.similarity_weight,
-            similarity_temperature=args.similarity_temperature, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
+            similarity_temperature=args.similarity_temperature, tail_weight=args.tail_weight,
+            tail_power=args.tail_power, tail_top_k=args.tail_top_k, epochs=args.chunks, lr=args.lr, warmup_epochs=args.warmup,
             seed=args.seed, progress=False,
         )  # fmt: skip
     except BudgetReached as exc:
@@ -178,7 +208,8 @@ def stage_distill(
     history = folder / "history.json"
     rows = json.loads(history.read_text())["rows"] if history.exists() else []
     nc.save(student, folder / "student.nc", allow_modules=allowed_modules(teacher))
-    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "val_cosine", "val_cosine_min", "val_nn")
+    keys = ("hidden_loss", "attention_loss", "embedding_loss", "similarity_loss", "tail_loss", "bank_loss", "val_cosine",
+            "val_cosine_min", "val_nn")  # fmt: skip
     print("chunk  lr        " + " ".join(f"{k:>14}" for k in keys) + "  seconds")
     for row in rows:
         cells = " ".join(f"{row.get(k, float('nan')):>14.4f}" for k in keys)
@@ -212,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--similarity-weight", type=float, default=0.0, help="relational loss on the batch's similarity rows"
     )
     parser.add_argument("--similarity-temperature", type=float, default=0.05)
+    parser.add_argument(
+        "--tail-weight", type=float, default=0.0,
+        help="weight of the worst-sentence loss (tail_cosine_loss: gaps 1 - cos weighted towards the largest)",
+    )  # fmt: skip
+    parser.add_argument("--tail-power", type=float, default=2.0, help="tail weights grow as gap^(power-1)")
+    parser.add_argument("--tail-top-k", type=int, default=0, help="only the batch's k hardest sentences (0: all)")
+    parser.add_argument(
+        "--bank-weight", type=float, default=0.0,
+        help="weight of bank_similarity_loss: the error of the similarities to --bank-size teacher embeddings",
+    )  # fmt: skip
+    parser.add_argument("--bank-size", type=int, default=2048, help="training sentences in the similarity bank")
+    parser.add_argument(
+        "--neighbour-groups", type=int, default=0,
+        help="batches of groups of this many teacher neighbours (NeighbourChunkSampler; 0: length-sorted batches)",
+    )  # fmt: skip
     parser.add_argument(
         "--site-sentences", type=int, default=0,
         help="add this many sentences from the installed packages' docstrings / text files (source_sentences)",

@@ -42,6 +42,9 @@ def run_name(args: argparse.Namespace) -> str:
         f"lr{args.lr:g}-d{args.dropout:g}-h{args.hidden_weight:g}-a{args.attention_weight:g}-e{args.embedding_weight:g}"
         f"-c{args.chunk}-n{args.chunks}-w{args.warmup}" + ("-emb" if args.train_embeddings else "")
         + (f"-s{args.similarity_weight:g}t{args.similarity_temperature:g}" if args.similarity_weight else "")
+        + (f"-tail{args.tail_weight:g}p{args.tail_power:g}k{args.tail_top_k}" if getattr(args, "tail_weight", 0) else "")
+        + (f"-nb{args.neighbour_groups}" if getattr(args, "neighbour_groups", 0) else "")
+        + (f"-bank{args.bank_weight:g}m{args.bank_size}" if getattr(args, "bank_weight", 0) else "")
         + (f"-site{args.site_sentences}" if args.site_sentences else "")
         + (f"-from-{args.start.name}" if args.start else "")
     )

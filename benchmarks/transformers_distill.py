@@ -147,6 +147,55 @@ class ChunkSampler(Sampler[int]):
             yield from batches[b]
 
 
+class NeighbourChunkSampler(ChunkSampler):
+    """``ChunkSampler``'s chunks, but every batch made of groups of teacher NEIGHBOURS (hard examples for a
+    relational loss: nearest-neighbour agreement turns on the close pairs, which random batches rarely hold).
+
+    Within a chunk, greedily: the first unassigned sentence and its ``group - 1`` most similar unassigned
+    sentences (cosine of the teacher's ``embeddings``) form a group; ``batch_size / group`` consecutive
+    groups form a batch; the batches come in a seeded random order. Same sentences per chunk as
+    ``ChunkSampler``, so only the grouping differs.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], embeddings: torch.Tensor, *, chunk: int, batch_size: int, group: int,
+        seed: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__(lengths, chunk=chunk, batch_size=batch_size, seed=seed)
+        if group < 2 or batch_size % group:
+            raise ValueError(f"group {group} must be >= 2 and divide the batch size {batch_size}")
+        if len(embeddings) != len(self.lengths):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(self.lengths)} sentences")
+        self.unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
+        self.group = group
+
+    def groups(self, picked: list[int]) -> list[list[int]]:
+        sims = self.unit[picked] @ self.unit[picked].T
+        free = torch.ones(len(picked), dtype=torch.bool)
+        out = []
+        for i in range(len(picked)):
+            if not free[i]:
+                continue
+            free[i] = False
+            row = sims[i].masked_fill(~free, -2.0)
+            near = row.topk(self.group - 1).indices
+            free[near] = False
+            out.append([picked[i]] + [picked[j] for j in near.tolist()])
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        passes, part = divmod(self.epoch, self.chunks)
+        order = torch.randperm(
+            len(self.lengths), generator=torch.Generator().manual_seed(self.seed * 7919 + passes)
+        )
+        groups = self.groups(order[part * self.chunk : (part + 1) * self.chunk].tolist())
+        per = self.batch_size // self.group
+        batches = [sum(groups[i : i + per], []) for i in range(0, len(groups), per)]
+        shuffle = torch.Generator().manual_seed(self.seed * 104729 + self.epoch + 1)
+        for b in torch.randperm(len(batches), generator=shuffle).tolist():
+            yield from batches[b]
+
+
 class BudgetReached(Exception):
     """Raised at the start of a chunk that would end past ``--max-minutes`` (the last chunk is saved)."""
 

@@ -85,7 +85,9 @@ class TransformerDistillConfig(TrainConfig):
     (attention-map KL), ``value_weight`` (MiniLM value-relation KL over ``relation_heads``, 0 = the teacher's
     head count), ``embedding_weight`` (cosine of the mean-pooled outputs), ``similarity_weight`` (relational KL
     between the batch's embedding cosine-similarity rows, student vs teacher, at ``similarity_temperature``:
-    :func:`~netcompress.distillation.transformer_losses.similarity_kl`).
+    :func:`~netcompress.distillation.transformer_losses.similarity_kl`), ``tail_weight`` (the embedding gaps
+    weighted towards the batch's worst sentences, ``tail_power`` / ``tail_top_k``:
+    :func:`~netcompress.distillation.transformer_losses.tail_cosine_loss`).
     """
 
     epochs: int = 3
@@ -98,6 +100,9 @@ class TransformerDistillConfig(TrainConfig):
     embedding_weight: float = 0.0
     similarity_weight: float = 0.0
     similarity_temperature: float = 0.05
+    tail_weight: float = 0.0
+    tail_power: float = 2.0
+    tail_top_k: int = 0
     relation_heads: int = 0
     layer_map: list[int] | None = None
     include_embeddings: bool = False
@@ -105,8 +110,12 @@ class TransformerDistillConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("hidden_weight", "attention_weight", "value_weight", "embedding_weight", "similarity_weight"):
+        for name in (
+            "hidden_weight", "attention_weight", "value_weight", "embedding_weight", "similarity_weight", "tail_weight"
+        ):  # fmt: skip
             check_range(name, getattr(self, name), 0.0)
+        check_range("tail_power", self.tail_power, 1.0)
+        check_range("tail_top_k", self.tail_top_k, 0)
         if not self.similarity_temperature > 0:
             raise ConfigError(f"similarity_temperature must be > 0, got {self.similarity_temperature!r}")
         check_range("relation_heads", self.relation_heads, 0)
@@ -256,13 +265,16 @@ def transformer(model: nn.Module, config: TransformerDistillConfig, data: Method
             relation_heads=config.relation_heads,
         )
         hooks.append(layer_hook)
-    if config.embedding_weight or config.similarity_weight:
+    if config.embedding_weight or config.similarity_weight or config.tail_weight:
         hooks.append(
             EmbeddingDistillation(
                 teacher_forward,
                 cosine_weight=config.embedding_weight,
                 similarity_weight=config.similarity_weight,
                 similarity_temperature=config.similarity_temperature,
+                tail_weight=config.tail_weight,
+                tail_power=config.tail_power,
+                tail_top_k=config.tail_top_k,
             )
         )
     try:
@@ -277,7 +289,7 @@ def transformer(model: nn.Module, config: TransformerDistillConfig, data: Method
         if layer_hook is not None:
             layer_hook.close()
     rows = list(history.rows)
-    keys = ("hidden_loss", "attention_loss", "value_loss", "embedding_loss", "similarity_loss")
+    keys = ("hidden_loss", "attention_loss", "value_loss", "embedding_loss", "similarity_loss", "tail_loss")
     summary = _summary("transformer", teacher, model, rows, keys)
     summary["layer_map"] = layer_hook.layer_map if layer_hook else None
     for key, value in before.items():

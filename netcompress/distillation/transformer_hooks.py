@@ -26,12 +26,14 @@ from netcompress.core.inputs import batch_inputs, call_model, move_inputs, outpu
 from netcompress.distillation.hooks import TeacherForward
 from netcompress.distillation.transformer_losses import (
     attention_kl,
+    bank_similarity_loss,
     check_layer_map,
     embedding_loss,
     hidden_mse,
     relation_scores,
     sentence_embedding,
     similarity_kl,
+    tail_cosine_loss,
 )
 from netcompress.distillation.transformer_taps import TransformerTaps
 from netcompress.evaluation.harness import eval_mode
@@ -63,7 +65,12 @@ class EmbeddingDistillation:
     models returning (N, D) are used as they are. Rows gain ``embedding_loss`` and ``embedding_cosine``
     (the mean cosine to the teacher on the training batches). ``similarity_weight`` adds the relational term
     :func:`~netcompress.distillation.transformer_losses.similarity_kl` (the batch's cosine-similarity rows,
-    student vs teacher, at ``similarity_temperature``); rows then gain ``similarity_loss``.
+    student vs teacher, at ``similarity_temperature``); rows then gain ``similarity_loss``. ``tail_weight``
+    adds :func:`~netcompress.distillation.transformer_losses.tail_cosine_loss` (the gaps ``1 - cos`` weighted
+    towards the batch's worst sentences by ``tail_power``, or only its ``tail_top_k`` hardest); rows then gain
+    ``tail_loss``. ``bank_weight`` adds
+    :func:`~netcompress.distillation.transformer_losses.bank_similarity_loss` against ``bank`` ((M, D) teacher
+    embeddings of other sentences); rows then gain ``bank_loss``.
     """
 
     def __init__(
@@ -75,20 +82,34 @@ class EmbeddingDistillation:
         pool: str = "mean",
         similarity_weight: float = 0.0,
         similarity_temperature: float = 0.05,
+        tail_weight: float = 0.0,
+        tail_power: float = 2.0,
+        tail_top_k: int = 0,
+        bank_weight: float = 0.0,
+        bank: torch.Tensor | None = None,
     ) -> None:
         check_range("cosine_weight", cosine_weight, 0.0)
         check_range("mse_weight", mse_weight, 0.0)
         check_range("similarity_weight", similarity_weight, 0.0)
+        check_range("tail_weight", tail_weight, 0.0)
+        check_range("tail_power", tail_power, 1.0)
+        check_range("tail_top_k", tail_top_k, 0)
+        check_range("bank_weight", bank_weight, 0.0)
+        if bank_weight and (not isinstance(bank, torch.Tensor) or bank.dim() != 2 or bank.shape[0] < 2):
+            raise ConfigError("bank_weight > 0 needs bank: an (M, D) tensor of teacher embeddings, M >= 2")
         check_choice("pool", pool, POOLS)
         if not similarity_temperature > 0:
             raise ConfigError(f"similarity_temperature must be > 0, got {similarity_temperature!r}")
-        if cosine_weight == 0 and mse_weight == 0 and similarity_weight == 0:
+        if not any((cosine_weight, mse_weight, similarity_weight, tail_weight, bank_weight)):
             raise ConfigError(
-                "embedding distillation needs cosine_weight > 0, mse_weight > 0 or similarity_weight > 0"
+                "embedding distillation needs cosine_weight, mse_weight, similarity_weight, tail_weight or "
+                "bank_weight > 0"
             )
         self.teacher_forward = _teacher(teacher)
         self.cosine_weight, self.mse_weight, self.pool = float(cosine_weight), float(mse_weight), pool
         self.similarity_weight, self.similarity_temperature = float(similarity_weight), float(similarity_temperature)
+        self.tail_weight, self.tail_power, self.tail_top_k = float(tail_weight), float(tail_power), int(tail_top_k)
+        self.bank_weight, self.bank = float(bank_weight), (bank.detach() if bank_weight else None)
         self.epoch_start(None, 0)
 
     def embeddings(self, outputs: Any, inputs: Any) -> torch.Tensor:
@@ -109,6 +130,14 @@ class EmbeddingDistillation:
             relational = similarity_kl(student, teacher.detach(), temperature=self.similarity_temperature)
             self._sim_sum = self._sim_sum + relational.detach()
             term = term + self.similarity_weight * relational
+        if self.tail_weight:
+            tail = tail_cosine_loss(student, teacher.detach(), power=self.tail_power, top_k=self.tail_top_k)
+            self._tail_sum = self._tail_sum + tail.detach()
+            term = term + self.tail_weight * tail
+        if self.bank_weight:
+            banked = bank_similarity_loss(student, teacher.detach(), self.bank.to(student.device))
+            self._bank_sum = self._bank_sum + banked.detach()
+            term = term + self.bank_weight * banked
         self._loss_sum = self._loss_sum + term.detach()
         self._cos_sum = self._cos_sum + cosine.detach()
         self._batches += 1
@@ -118,7 +147,7 @@ class EmbeddingDistillation:
         self.teacher_forward.clear()
 
     def epoch_start(self, model: nn.Module | None, epoch: int) -> None:
-        self._loss_sum = self._cos_sum = self._sim_sum = torch.zeros(())
+        self._loss_sum = self._cos_sum = self._sim_sum = self._tail_sum = self._bank_sum = torch.zeros(())
         self._batches = 0
 
     def epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
@@ -130,6 +159,10 @@ class EmbeddingDistillation:
         }
         if self.similarity_weight:
             row["similarity_loss"] = float(self._sim_sum) / self._batches
+        if self.tail_weight:
+            row["tail_loss"] = float(self._tail_sum) / self._batches
+        if self.bank_weight:
+            row["bank_loss"] = float(self._bank_sum) / self._batches
         return row
 
 

@@ -170,3 +170,68 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, *, temperature: 
 
     log_s, log_t = log_rows(student), log_rows(teacher)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+def tail_cosine_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, power: float = 2.0, top_k: int = 0
+) -> torch.Tensor:
+    """A loss on the batch's WORST sentences: the gaps ``d_i = 1 - cos(s_i, t_i)`` weighted towards the largest.
+
+    ``top_k > 0`` keeps only the ``k`` largest gaps of the batch (the hardest ``k`` sentences). Among the
+    kept gaps each sentence is weighted by ``w_i = d_i^(power-1) / mean(d^(power-1))`` (detached, mean 1),
+    so the value is ``mean(d^power) / mean(d^(power-1))`` and its gradient is that of ``mean(d^power)``
+    rescaled to the plain ``mean(1 - cos)``'s size: as the student improves the term does not fade, it only
+    shifts the effort to the sentences furthest from the teacher. ``power=1`` and ``top_k=0`` is the plain
+    mean gap. Zero when every embedding points where the teacher's does.
+
+    Example:
+        >>> t = torch.randn(8, 4)
+        >>> float(tail_cosine_loss(t, t, power=3.0))
+        0.0
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ConfigError(
+            f"tail_cosine_loss needs (N, D) embeddings of one shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}"
+        )
+    if not power >= 1:
+        raise ConfigError(f"tail power must be >= 1 (1 = the plain mean gap), got {power!r}")
+    if top_k < 0:
+        raise ConfigError(f"tail top_k must be >= 0 (0 = every sentence), got {top_k!r}")
+    gaps = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)
+    if 0 < top_k < gaps.shape[0]:
+        gaps = gaps.topk(top_k).values
+    if power == 1:
+        return gaps.mean()
+    weights = gaps.detach().clamp_min(0.0).pow(power - 1)
+    weights = weights / weights.mean().clamp_min(torch.finfo(weights.dtype).tiny)
+    return (weights * gaps).mean()
+
+
+def bank_similarity_loss(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """The error of each sentence's similarities to a BANK of teacher embeddings: ``e_i^T C e_i``.
+
+    ``e_i = s_i/|s_i| - t_i/|t_i|`` and ``C`` the covariance of the bank's unit rows (rows normalised, then
+    centred): the mean over bank rows ``b_j`` of ``(e_i . b_j)^2``, i.e. how far the student's cosine
+    similarities to the bank move, first order. An error along the directions that separate the teacher's
+    sentences costs more than one across them (the plain gap ``1 - cos`` weighs both alike). Scaled by
+    ``D / (2 mean |b_j|^2)`` so that an error spread evenly over all ``D`` directions gives about the plain mean
+    gap. Zero when every embedding points where the teacher's does.
+
+    Example:
+        >>> t, bank = torch.randn(8, 4), torch.randn(100, 4)
+        >>> float(bank_similarity_loss(t, t, bank))
+        0.0
+    """
+    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
+        raise ConfigError(
+            f"bank_similarity_loss needs (N, D) embeddings of one shape and an (M, D) bank, got "
+            f"{tuple(student.shape)}, {tuple(teacher.shape)} and bank {tuple(bank.shape)}"
+        )
+    if bank.shape[0] < 2:
+        raise ConfigError(f"the similarity bank needs at least 2 rows (it is centred), got {bank.shape[0]}")
+    rows = F.normalize(bank.detach().float(), dim=-1)
+    rows = rows - rows.mean(0)
+    error = F.normalize(student.float(), dim=-1) - F.normalize(teacher.float(), dim=-1)
+    scale = student.shape[1] / (2.0 * rows.pow(2).sum(-1).mean().clamp_min(1e-12))
+    return (error @ rows.T).pow(2).mean() * scale

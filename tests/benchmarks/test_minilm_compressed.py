@@ -74,6 +74,37 @@ def test_chunk_sampler_covers_a_pass_once_in_length_sorted_batches():
     assert list(sampler) != seen[:40]
 
 
+def test_neighbour_sampler_groups_teacher_neighbours_within_the_chunk_sampler_chunks():
+    # 4 well separated clusters of 10 points; 100 sentences
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 5
+    labels = torch.arange(100) % 4
+    emb = centres[labels] + 0.1 * torch.randn(100, 16, generator=g)
+    lengths = [int(x) for x in torch.randint(3, 60, (100,), generator=g)]
+    plain = td.ChunkSampler(lengths, chunk=40, batch_size=8, seed=3)
+    near = td.NeighbourChunkSampler(lengths, emb, chunk=40, batch_size=8, group=4, seed=3)
+    for epoch in (0, 1, 2):
+        plain.set_epoch(epoch)
+        near.set_epoch(epoch)
+        order = list(near)
+        assert order == list(near) and sorted(order) == sorted(plain)  # same sentences, resumable
+        groups = [order[i : i + 4] for i in range(0, 40, 4)]
+        # greedy grouping inside 40 random points of 4 clusters: at most 4 groups (one per cluster) mix
+        mixed = sum(len({int(labels[i]) for i in grp}) > 1 for grp in groups)
+        assert mixed <= 4
+        random_groups = [sorted(plain)[i : i + 4] for i in range(0, 40, 4)]
+        assert mixed < sum(len({int(labels[i]) for i in grp}) > 1 for grp in random_groups)
+    # the first sentence's group holds its 3 most similar sentences of the chunk
+    picked = list(range(40))
+    first = near.groups(picked)[0]
+    sims = torch.nn.functional.normalize(emb[:40], dim=1) @ torch.nn.functional.normalize(emb[0], dim=0)
+    assert set(first[1:]) == set(sims[1:].topk(3).indices.add(1).tolist())
+    with pytest.raises(ValueError, match="divide"):
+        td.NeighbourChunkSampler(lengths, emb, chunk=40, batch_size=8, group=3)
+    with pytest.raises(ValueError, match="embeddings"):
+        td.NeighbourChunkSampler(lengths, emb[:50], chunk=40, batch_size=8, group=4)
+
+
 def test_trim_batch_cuts_padding_and_keeps_embeddings():
     transformers = pytest.importorskip("transformers")
     model = _tiny_bert(transformers)
@@ -244,3 +275,27 @@ def test_parse_candidate_head_dims():
     assert bench.parse_candidate("wanda@0.25:0.5")["qk"] == 0.0
     with pytest.raises(SystemExit, match="head-dim shares"):
         bench.parse_candidate("wanda+global@0:0.5:0.5")
+
+
+def test_distill_with_the_tail_term_and_neighbour_batches_on_a_tiny_bert(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    teacher, tok, parts = _tiny_bert(transformers), _Tokenizer(), _parts()
+
+    def args(stage, *extra):
+        return bench.build_parser().parse_args([stage, "--out", str(tmp_path), "--threads", "1", *extra])
+
+    bench.stage_prune(args("prune", "--calib", "64", "--candidates", "magnitude", "--max-params", "0.7"), teacher, tok, parts)
+    flags = ["--chunk", "64", "--chunks", "2", "--lr", "1e-3", "--warmup", "0", "--tail-weight", "2",
+             "--tail-power", "3", "--tail-top-k", "8", "--neighbour-groups", "4", "--bank-weight", "1.5",
+             "--bank-size", "16"]  # fmt: skip
+    bench.stage_distill(args("distill", *flags), teacher, tok, parts)
+    run = bench.run_name(args("distill", *flags))
+    assert run.endswith("-tail2p3k8-nb4-bank1.5m16")
+    rows = __import__("json").loads((tmp_path / run / "history.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["tail_loss"] > 0 and r["bank_loss"] > 0 for r in rows)
+    assert "2/2 chunks" in capsys.readouterr().out
+    # the teacher's training embeddings are cached beside the runs and reused
+    (cached,) = tmp_path.glob("teacher-train-*.pt")
+    found = torch.load(cached, weights_only=True)
+    # computed length-sorted and trimmed, returned in the sentences' order: the plain padded embeddings
+    assert torch.allclose(found, td.embed(teacher, bench.loader(parts["train"], tok)), atol=1e-5)
