@@ -65,7 +65,9 @@ class HeadOnState:
         return self.head(self.state)
 
 
-def head_costs(ee: Any, model: Any, batch: torch.Tensor, kinds: list[str], rounds: int) -> dict[str, Any]:
+def head_costs(
+    ee: Any, model: Any, batch: torch.Tensor, kinds: list[str], rounds: int, repeats: int = 8
+) -> dict[str, Any]:
     """ms per batch of each head kind at each exit's map, and as a share of the unmodified model's batch."""
     classes = int(model(batch[:1]).shape[1])
     fns: dict[str, Any] = {"full model": model}
@@ -77,7 +79,7 @@ def head_costs(ee: Any, model: Any, batch: torch.Tensor, kinds: list[str], round
                 torch.manual_seed(0)
                 head = HEADS.get(kind)(in_channels=int(state[0].shape[1]), num_classes=classes).eval()
                 fns[f"{exit_name} {kind}"] = HeadOnState(head, state[0].clone())
-    ms = eeb.time_batches(fns, [batch], rounds=rounds)
+    ms = eeb.time_batches(fns, [batch] * repeats, rounds=rounds)  # several calls per round: a steadier median
     full = ms["full model"]
     return {
         "full_ms": round(full, 3),

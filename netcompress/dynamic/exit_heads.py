@@ -1,7 +1,7 @@
 """The small classifiers attached at early exits: global average pool + Linear (or a small MLP),
 or a grid pool + Linear that keeps where things are (``pool_grid_linear``; ``pool_grid2_linear`` pools to
 2 x 2; ``pool_grid_mix_linear``: SDN's head; ``pool_conv_grid_linear``: a pooled 1x1 conv before the grid;
-``pool_grid_conv_linear``: the 1x1 conv on the grid itself, cheaper).
+``pool_grid_conv_linear``: the 1x1 conv on the grid itself, cheaper; ``pool_grid_conv4_linear``: the same, 4x wide).
 
 Every head here is ``classify(features(x))``: ``features`` is the pooled, flattened tensor its first
 Linear reads (what a feature exit gate, :mod:`netcompress.dynamic.feature_gates`, also reads).
@@ -215,3 +215,4 @@ HEADS.register("pool_grid_mix_linear", functools.partial(PoolGridLinearHead, mix
 HEADS.register("pool_grid2_linear", functools.partial(PoolGridLinearHead, grid=2))
 HEADS.register("pool_conv_grid_linear", PoolConvGridLinearHead)
 HEADS.register("pool_grid_conv_linear", PoolGridConvLinearHead)
+HEADS.register("pool_grid_conv4_linear", functools.partial(PoolGridConvLinearHead, width=4))

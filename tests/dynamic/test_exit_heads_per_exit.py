@@ -14,7 +14,12 @@ from netcompress import models
 from netcompress.core.errors import ConfigError
 from netcompress.dynamic import CascadeHead, ExitEnsemble, add_early_exits, exit_path_macs, route_exits
 from netcompress.dynamic.exit_folding import fold_early_exit_bn
-from netcompress.dynamic.exit_heads import PoolConvGridLinearHead, PoolGridConvLinearHead, PoolLinearHead
+from netcompress.dynamic.exit_heads import (
+    HEADS,
+    PoolConvGridLinearHead,
+    PoolGridConvLinearHead,
+    PoolLinearHead,
+)
 
 X = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(6))
 EXITS = ["layer1.1", "layer2.0", "layer3.0"]  # maps 16 x 32 x 32, 32 x 16 x 16, 64 x 8 x 8
@@ -93,6 +98,8 @@ def test_grid_conv_head_computes_what_it_says_and_costs_a_quarter_of_the_conv_he
         hidden = F.relu(head.bn(head.conv(F.avg_pool2d(x, 8))))  # 32 x 32 -> 4 x 4, then 16 -> 32 channels
         assert torch.allclose(head(x), head.fc(hidden.flatten(1)), atol=1e-5)
         assert torch.allclose(head.features(x), hidden.flatten(1), atol=1e-6)
+    wide = HEADS.get("pool_grid_conv4_linear")(in_channels=16, num_classes=10)
+    assert (wide.conv.out_channels, wide.fc.in_features) == (64, 64 * 16)
     resnet = models.create("cifar_resnet20").eval()
     plain = add_early_exits(resnet, exits=["layer1.0"], example_inputs=X[:1], head="pool_grid_linear")
     grid_conv = add_early_exits(resnet, exits=["layer1.0"], example_inputs=X[:1], head="pool_grid_conv_linear")
