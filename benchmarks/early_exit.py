@@ -93,7 +93,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--model", choices=sorted(DEFAULT_EXITS), default=None, help="protocol baseline (default resnet20)"
     )
     parser.add_argument("--exits", nargs="+", default=None, help="default: DEFAULT_EXITS of the model")
-    parser.add_argument("--head", default="pool_grid_linear", help="exit head (netcompress.dynamic.HEADS)")
+    parser.add_argument(
+        "--head", nargs="+", default=["pool_grid_linear"],
+        help="exit head (netcompress.dynamic.HEADS): one for every exit, or one per --exits entry",
+    )  # fmt: skip
     parser.add_argument(
         "--train", choices=("heads", "joint"), default="heads",
         help="heads: backbone frozen (the final exit IS the unmodified model); joint: backbone trained too",
@@ -134,6 +137,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.exits is None:
         args.exits = DEFAULT_EXITS[model_name(args)]
+    if len(args.head) == 1:
+        args.head = args.head[0]  # one kind for all exits: a string, as in the cache keys before per-exit heads
+    elif len(args.head) != len(args.exits):
+        parser.error(f"--head names {len(args.head)} kinds for {len(args.exits)} exits: give one, or one per exit")
     return args
 
 

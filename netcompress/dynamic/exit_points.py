@@ -192,12 +192,27 @@ def _state_shapes(
     return shapes
 
 
+def _head_kinds(head: str | Sequence[str], exits: list[str]) -> dict[str, str]:
+    """``{exit name: head kind}`` from one kind for all exits or one kind per exit (checked)."""
+    if isinstance(head, str):
+        kinds = [head] * len(exits)
+    elif isinstance(head, Sequence) and all(isinstance(k, str) for k in head):
+        kinds = list(head)
+    else:
+        raise ConfigError(f"head={head!r} must be a head name or one head name per exit")
+    if len(kinds) != len(exits):
+        raise ConfigError(f"head names {len(kinds)} kinds for {len(exits)} exits {exits}: give one, or one per exit")
+    for kind in kinds:
+        check_choice("head", kind, HEADS.names())
+    return dict(zip(exits, kinds))
+
+
 def add_early_exits(
     model: nn.Module,
     *,
     exits: Sequence[str],
     example_inputs: torch.Tensor,
-    head: str = "pool_linear",
+    head: str | Sequence[str] = "pool_linear",
     criterion: str = "confidence",
     threshold: float | None = None,
     cascade: bool = False,
@@ -206,7 +221,9 @@ def add_early_exits(
 
     ``exits`` are module names (``features.5``, a whole block such as ``layer2``, or a layer inside a
     residual block such as ``layer1.0.conv1``). Heads come from :data:`HEADS`; their classes are the
-    model's output width. The input model is not modified (the new one holds copies of its layers).
+    model's output width; ``head`` is one kind for every exit or one kind per exit, in the order of
+    ``exits`` (e.g. a cheap global-pool head at an early exit every later sample pays for, a conv head
+    later). The input model is not modified (the new one holds copies of its layers).
     ``cascade``: every head after the first also reads the previous head's logits (Zero Time Waste,
     :class:`~netcompress.dynamic.exit_ensemble.CascadeHead`).
 
@@ -216,10 +233,10 @@ def add_early_exits(
         >>> [t.shape for t in ee.train()(torch.randn(4, 1, 8, 8))]
         [torch.Size([4, 10]), torch.Size([4, 10]), torch.Size([4, 10])]
     """
-    check_choice("head", head, HEADS.names())
     exits = list(exits)
     if not exits:
         raise ConfigError("exits is empty: name at least one layer after which to attach a head")
+    kinds = _head_kinds(head, exits)
     if len(set(exits)) != len(exits):
         raise ConfigError(f"exits {exits} name a layer twice")
     if not isinstance(example_inputs, torch.Tensor):
@@ -245,7 +262,7 @@ def add_early_exits(
     for name, shape in zip(exit_names, shapes[:-1]):
         if len(shape) < 1:
             raise UnsupportedModelError(f"exit {name!r}: output of shape {shape} has no channel axis")
-        heads.append(HEADS.get(head)(in_channels=shape[0], num_classes=num_classes))
+        heads.append(HEADS.get(kinds[name])(in_channels=shape[0], num_classes=num_classes))
     if cascade:
         heads = cascade_heads(heads, num_classes=num_classes)
     return EarlyExitModel(
