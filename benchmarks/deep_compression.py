@@ -22,13 +22,18 @@ From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stage
    ``--dense-dtype``, reloaded with ``nc.load_compressed`` and evaluated again.
 
 Every choice is read on the validation split (``cp.heldout_loader``: ``--val-size`` training images outside
-the protocol's subset); the test set is read once, at the end (and for the baseline, cached). Each stage's
+the protocol's subset; ``--select-size 5000`` also scores the pruned and clustered models on a larger held-out
+split, for choices between close variants, and ``--no-test`` leaves the test set unread until the choice is made);
+the test set is read once, at the end (and for the baseline, cached). Each stage's
 weights, and each fine-tuning epoch (``fit``'s resumable checkpoint), are cached under
 ``benchmarks/.cache/dc-<settings hash>/``: a run killed by ``timeout 900`` resumes where it stopped.
 
     python benchmarks/deep_compression.py --quick            # smoke run
     python benchmarks/deep_compression.py --rates 0.5/0.9/0.93 --rounds 2 --prune-epochs 2 --extra-epochs 8 \\
         --cluster-epochs 1 --cluster-lr 0.01 --centroid-grad mean    # CPU protocol, 72.07 % at 36.5x (RESULTS.md)
+    python benchmarks/deep_compression.py --channel-ratio 0.375 --rates 0.5/0.6/0.7 --rounds 6 --prune-epochs 1 \
+        --extra-epochs 20 --channel-scale --dense-dtype float16 --clusters 16 --big-clusters 8 --cluster-epochs 1 \
+        --cluster-lr 0.001 --centroid-grad mean    # narrow VGG, 72.94 % (-0.72) at 36.9x (RESULTS.md, session 15)
 """
 
 from __future__ import annotations
