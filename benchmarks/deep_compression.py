@@ -22,13 +22,18 @@ From the protocol baseline (``cifar_protocol.train_baseline``, cached), in stage
    ``--dense-dtype``, reloaded with ``nc.load_compressed`` and evaluated again.
 
 Every choice is read on the validation split (``cp.heldout_loader``: ``--val-size`` training images outside
-the protocol's subset); the test set is read once, at the end (and for the baseline, cached). Each stage's
+the protocol's subset; ``--select-size 5000`` also scores the pruned and clustered models on a larger held-out
+split, for choices between close variants, and ``--no-test`` leaves the test set unread until the choice is made);
+the test set is read once, at the end (and for the baseline, cached). Each stage's
 weights, and each fine-tuning epoch (``fit``'s resumable checkpoint), are cached under
 ``benchmarks/.cache/dc-<settings hash>/``: a run killed by ``timeout 900`` resumes where it stopped.
 
     python benchmarks/deep_compression.py --quick            # smoke run
     python benchmarks/deep_compression.py --rates 0.5/0.9/0.93 --rounds 2 --prune-epochs 2 --extra-epochs 8 \\
         --cluster-epochs 1 --cluster-lr 0.01 --centroid-grad mean    # CPU protocol, 72.07 % at 36.5x (RESULTS.md)
+    python benchmarks/deep_compression.py --channel-ratio 0.375 --rates 0.5/0.6/0.7 --rounds 6 --prune-epochs 1 \
+        --extra-epochs 20 --channel-scale --dense-dtype float16 --clusters 16 --big-clusters 8 --cluster-epochs 1 \
+        --cluster-lr 0.001 --centroid-grad mean    # narrow VGG, 72.94 % (-0.72) at 36.9x (RESULTS.md, session 15)
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from netcompress.export.compressed_file import float32_bytes  # noqa: E402
 from netcompress.pruning.masks import remove_masks  # noqa: E402
 
 # flags that do not change the result (where it runs, what it prints): left out of the cache key
-NOT_IN_KEY = {"quick", "full", "out", "report", "threads"}
+NOT_IN_KEY = {"quick", "full", "out", "report", "threads", "select_size", "no_test"}
 # flags of the clustering stage: its cache file is keyed by them, so variants share the pruning stages
 # (and --extra-epochs: the pruning rounds are shared by every length of the extra fine-tuning)
 CLUSTER_FLAGS = {
@@ -112,6 +117,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--channel-epochs", type=int, default=2, help="fine-tuning after the channel pruning")
     parser.add_argument("--val-size", type=int, default=2000, help="held-out validation images")
+    parser.add_argument(
+        "--select-size",
+        type=int,
+        default=None,
+        help="also score the pruned and the clustered model on this many held-out images, for the choice "
+        "between runs (not in the cache key: a cached run is scored without training again)",
+    )
+    parser.add_argument(
+        "--no-test", action="store_true", help="write the file but do not read the test set (choose first)"
+    )
     parser.add_argument("--test-subset", type=int, default=None, help="SHORTENED: N balanced test images")
     parser.add_argument("--baseline-epochs", type=int, default=None, help="SHORTENED baseline (cached)")
     parser.add_argument(
@@ -141,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     base, info = cp.train_baseline(args.model, protocol=protocol, bundle=bundle, epochs=args.baseline_epochs)
     val_size = min(args.val_size, 1000) if args.quick else args.val_size
     val_loader = cp.heldout_loader(protocol, size=val_size)
+    select = f"acc_sel{args.select_size}" if args.select_size else None
+    select_loader = cp.heldout_loader(protocol, size=args.select_size) if select else None
     settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_KEY | CLUSTER_FLAGS}
     settings.update(protocol=protocol.name, baseline=Path(info["path"] or "").name)
     if not args.channel_ratio:  # off: the settings (and the cache keys) of the runs before the flag
@@ -201,6 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
                 run.fit(stage, model, train_loader, tune, hooks if kd else [])
                 shared[f"acc_val_{stage}"] = evaluate(model.eval(), val_loader)["accuracy"]
                 run.save(stage, model)
+        last = f"extra{args.extra_epochs}" if args.extra_epochs else f"prune-r{args.rounds}"
+        if select and f"{select}_{last}" not in shared:
+            shared[f"{select}_{last}"] = evaluate(model.eval(), select_loader)["accuracy"]
+            shared[f"{select}_baseline"] = evaluate(base.eval(), select_loader)["accuracy"]
+            run.write()
         cluster(model, rates, args)
         if not run.load(variant, model):
             if "acc_val_clustered_before_ft" not in row:
@@ -215,8 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
             run.fit(variant, model, train_loader, tune, hooks)
             row["acc_val_clustered"] = evaluate(model.eval(), val_loader)["accuracy"]
             run.save(variant, model)
-        if "acc_test_reloaded" not in row:
-            row.update(finish(model.eval(), base, bundle, test_loader, run, args, variant))
+        if select and f"{select}_clustered" not in row:
+            row[f"{select}_clustered"] = evaluate(model.eval(), select_loader)["accuracy"]
+            run.write()
+        if "acc_test_reloaded" not in row and not (args.no_test and "file_bytes" in row):
+            row.update(
+                finish(model.eval(), base, bundle, None if args.no_test else test_loader, run, args, variant)
+            )
             run.write()
     run.note_invocation("end")
     print(json.dumps({**shared, **row}, indent=1))
@@ -259,7 +286,8 @@ def cluster(model: nn.Module, rates: dict[str, float], args) -> None:
 
 
 def finish(model, base, bundle, test_loader, run: Run, args, variant: str) -> dict:
-    """Test accuracy, the file (bytes by part, ratio to the dense float32 file) and the reloaded model's accuracy."""
+    """Test accuracy, the file (bytes by part, ratio to the dense float32 file) and the reloaded model's accuracy
+    (``test_loader`` None: the file and its bytes only; ``save_compressed`` has checked it decodes to the model)."""
     path = run.folder / f"{variant}.ncz"
     shipped = copy.deepcopy(model)
     remove_masks(shipped)  # the pruned zeros stay: zero is a pinned centroid of every clustered layer
@@ -272,9 +300,16 @@ def finish(model, base, bundle, test_loader, run: Run, args, variant: str) -> di
     reloaded = nc.load_compressed(summary["path"])
     dense = float32_bytes(base)  # the unpruned, unfolded model's float file
     kept = nonzero_weights(model)
+    tested = (
+        {}
+        if test_loader is None
+        else {
+            "acc_test": evaluate(model, test_loader)["accuracy"],
+            "acc_test_reloaded": evaluate(reloaded, test_loader)["accuracy"],
+        }
+    )
     return {
-        "acc_test": evaluate(model, test_loader)["accuracy"],
-        "acc_test_reloaded": evaluate(reloaded, test_loader)["accuracy"],
+        **tested,
         "file_bytes": summary["size_bytes"],
         "float32_bytes": dense,
         "ratio_vs_float32": round(dense / summary["size_bytes"], 2),

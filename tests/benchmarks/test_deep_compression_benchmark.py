@@ -133,3 +133,32 @@ def test_channel_stage_halves_every_group_and_rebuilds_the_same_shapes(tmp_path)
     assert run.load("channels", again)
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(again.eval()(x), small.eval()(x))
+
+
+def test_finish_without_a_test_loader_writes_the_file_and_reads_no_test_set(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import netcompress as nc
+
+    base = _net().eval()
+    args = _args("--clusters", "4", "--channel-scale", "--dense-dtype", "float16", "--no-test")
+    assert args.no_test and {"no_test", "select_size"} <= dc.NOT_IN_KEY  # a cached run is chosen, then tested
+    model = copy.deepcopy(base)
+    rates = dc.layer_rates(model, args)
+    for step in (1, 2):
+        dc.structure(model, rates, step, args)
+    dc.cluster(model, rates, args)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    bundle = SimpleNamespace(test=[(x[0], 0)])
+    run = dc.Run(tmp_path / "run", {"x": 1})
+    row = dc.finish(model.eval(), base, bundle, None, run, args, "cluster-a")
+    assert "acc_test" not in row and "acc_test_reloaded" not in row
+    path = tmp_path / "run" / "cluster-a.ncz"
+    assert row["file_bytes"] == path.stat().st_size
+    assert row["kept_weights"] == dc.nonzero_weights(model)
+    assert dc.nonzero_weights(nc.load_compressed(path)) == row["kept_weights"]  # the file holds the model
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 1, 2, 3])), batch_size=2)
+    tested = dc.finish(model.eval(), base, bundle, loader, run, args, "cluster-b")
+    assert tested["acc_test"] == tested["acc_test_reloaded"] and tested["file_bytes"] == row["file_bytes"]
