@@ -12,7 +12,7 @@ Three attention layouts are recognised:
   Hugging Face BERT, ViT, Llama, diffusers' ``Attention`` and hand-written blocks;
 - ``"packed"``: one layer holding q|k|v one after the other (key/value heads may be fewer) and an output
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
-  ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
+  ``Wqkv``/``Wo`` (ModernBERT) or ``out_proj`` (MPT), ``qkv``/``proj`` (Hiera);
 - ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
 - a fused q|k|v Linear under any name (vit-pytorch's ``to_qkv``, timm's ``qkv``, MONAI's ``SABlock``) whose split
   ``"packed"`` or ``"packed_heads"`` and head count are read from the traced forward
@@ -22,7 +22,7 @@ Three attention layouts are recognised:
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
 
-FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
+FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``up_proj -> down_proj`` (MPT), ``(w1, w3) -> w2``,
 an ``nn.Sequential(Linear, activation, Linear)`` beside an attention block (PatchTST's ``ff``),
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
 ``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), ``fc_in -> fc_out``
@@ -61,6 +61,7 @@ KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 FFN_PATTERNS = (
     (("gate_proj", "up_proj"), "down_proj"),
     (("w1", "w3"), "w2"),
+    (("up_proj",), "down_proj"),  # MPT (ungated; after the gated form above)
     (("fc1",), "fc2"),
     (("c_fc",), "c_proj"),
     (("linear1",), "linear2"),
@@ -203,6 +204,7 @@ PACKED = (
     ("qkv_proj", "o_proj", "packed"),
     ("qkv_proj", "out_proj", "packed"),
     ("Wqkv", "Wo", "packed"),
+    ("Wqkv", "out_proj", "packed"),  # MPT
     ("qkv", "proj", "packed"),
     ("query_key_value", "dense", "packed_heads"),
 )
