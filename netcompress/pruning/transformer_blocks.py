@@ -331,15 +331,16 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
 
 
 def _beside_attention(name: str, parent: str, attention: list[AttentionUnit]) -> bool:
-    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent) also holds an attention unit,
-    and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
+    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent), or the model when it is one
+    block, also holds an attention unit, and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
     if any(name.startswith(u.name + ".") for u in attention):
         return False
     while parent:
         if any(u.name.startswith(parent + ".") for u in attention):
             return True
         parent = parent.rpartition(".")[0]
-    return False
+    # the model is one block (lucidrains' ConformerBlock): its attention is in no numbered layer
+    return bool(attention) and not any(p.isdigit() for u in attention for p in u.name.split("."))
 
 
 def _looks_like_attention(module: nn.Module) -> bool:

@@ -202,6 +202,8 @@ def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str 
         if len({qn, kn, on}) == 3 and "." not in qn + kn
         and kv.out_features == 2 * q.out_features and o.in_features == q.out_features
     ]  # fmt: skip
+    if len(found) > 1:  # dim == inner (Conformer): the output layer is the one called after the other two
+        found = _output_called_last(module, found)
     if len(found) != 1:
         return None
     qn, q, kn, on = found[0]
@@ -221,6 +223,17 @@ def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str 
     if (reason := _head_count(module, head_attrs, what, heads)) is not None:
         return reason
     return qn, kn, on, "q_kv", heads, inner // heads
+
+
+def _output_called_last(module: nn.Module, found: list) -> list:
+    """The candidates ``(q, q layer, k|v, output)`` whose output layer the traced forward calls after q and k|v
+    (none when it cannot be traced)."""
+    traced = trace_tokens(module, found[0][1].in_features)
+    if isinstance(traced, str):
+        return []
+    order = {str(n.target): i for i, n in enumerate(traced[0].nodes) if n.op == "call_module"}
+    first = lambda name: order.get(name, -1)  # noqa: E731
+    return [f for f in found if first(f[3]) > max(first(f[0]), first(f[2])) >= 0]
 
 
 def _value_key(value: Any) -> Any:

@@ -94,3 +94,49 @@ def test_alibi_hook_hands_a_4d_position_bias_on_unchanged():
         7,
         8,
     ]
+
+
+def _conformer_block() -> torch.nn.Module:
+    conformer = pytest.importorskip("conformer")  # lucidrains' package: skipped by name where absent
+    torch.manual_seed(0)
+    return conformer.ConformerBlock(
+        dim=32, dim_head=8, heads=4, ff_mult=2, conv_expansion_factor=2, conv_kernel_size=7
+    ).eval()
+
+
+def test_conformer_q_kv_attention_with_dim_equal_inner_is_told_by_call_order():
+    """``to_q`` (32 -> 32), ``to_kv`` (32 -> 64), ``to_out`` (32 -> 32): by widths alone ``to_out`` could be the
+    query; the traced forward calls it last. The block is the whole model: its Sequential FFNs are its own."""
+    blocks = find_blocks(_conformer_block())
+    assert [(u.layout, u.num_heads, u.head_dim, u.q, u.k, u.o) for u in blocks.attention] == [
+        ("q_kv", 4, 8, "attn.fn.to_q", "attn.fn.to_kv", "attn.fn.to_out")
+    ]
+    assert [(f.up, f.down, f.width) for f in blocks.ffn] == [
+        ([f"{n}.fn.fn.net.0"], f"{n}.fn.fn.net.3", 64) for n in ("ff1", "ff2")
+    ]
+    assert blocks.unknown == {}
+
+
+def test_conformer_relative_position_attention_pruned_equals_masked():
+    model = _conformer_block()
+    x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(2))
+    plan = TransformerPlan(
+        heads={"attn.fn": [0, 3]}, kv_heads={"attn.fn": [0, 3]}, neurons={"ff1.fn.fn.net": [1, 5, 9]}
+    )
+    ref = masked_reference(model, find_blocks(model), plan, None)
+    small = copy.deepcopy(model)
+    apply_transformer_plan_(small, find_blocks(small), plan)
+    with torch.no_grad():
+        want, got, full = ref(x), small(x), model(x)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert (full - want).abs().max() > 1e-3
+    attn = small.attn.fn
+    assert (attn.heads, attn.to_q.out_features, attn.to_kv.out_features, attn.to_out.in_features) == (
+        2,
+        16,
+        32,
+        16,
+    )
+    assert small.ff1.fn.fn.net[0].out_features == 3
+    pruned = nc.prune_transformer(model, x, heads=0.5, ffn=0.5)
+    assert pruned.attn.fn.heads == 2 and pruned(x).shape == x.shape
