@@ -46,6 +46,8 @@ class AlibiHeads:
     ``position_bias`` argument, shaped ``(num_heads, queries, keys)`` (``name="position_bias"``: only a 3-d
     tensor of ``num_heads`` rows is sliced; any other is handed on as it is and the prune's check judges it)."""
 
+    name = "alibi"  # hooks saved before ``name`` existed load with BLOOM's argument
+
     def __init__(
         self, keep: list[int], num_heads: int, position: int | None = None, name: str = "alibi"
     ) -> None:

@@ -73,12 +73,15 @@ def test_mpt_pruned_heads_keep_their_own_alibi_slopes():
     assert (attn.n_heads, attn.Wqkv.out_features, attn.out_proj.in_features) == (2, 3 * 2 * 8, 2 * 8)
 
 
-def test_mpt_prune_transformer_heads_ffn_hidden():
+def test_mpt_prune_transformer_heads_ffn_hidden_and_saves(tmp_path):
     model = _mpt()
     small = nc.prune_transformer(model, {"input_ids": _ids()}, heads=0.5, ffn=0.5, hidden=0.25)
     assert [b.attn.n_heads for b in small.transformer.blocks] == [2, 2]
     assert small.transformer.blocks[0].ffn.up_proj.out_features == 64
-    assert small(input_ids=_ids()).logits.shape == (2, 7, 50)
+    nc.save(small, tmp_path / "mpt.nc")
+    loaded = nc.load(tmp_path / "mpt.nc", allow_modules=["transformers"])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=_ids()).logits, small(input_ids=_ids()).logits)
 
 
 def test_alibi_hook_hands_a_4d_position_bias_on_unchanged():
