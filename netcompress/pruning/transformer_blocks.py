@@ -47,7 +47,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from netcompress.pruning.transformer_ffn_forms import depthwise_between, sequential_ffn
+from netcompress.pruning.transformer_ffn_forms import beside_attention, depthwise_between, sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_qkv_graph import checked_by_graph, fused_qkv_layout
 
@@ -272,6 +272,13 @@ def _handed_on(module: nn.Module, names: tuple[str, ...], layer: nn.Linear) -> i
     return len(norm.keep) if norm is not None else layer.out_features
 
 
+LONGFORMER = (
+    "Longformer-style sliding-window attention (query/key/value and query_global/key_global/value_global): its "
+    "forward reshapes the heads' output to its input's width, so heads and stream channels cannot be removed; "
+    "prune its FFNs only (heads=0, hidden=0) or leave it whole (ignore=[its name])"
+)
+
+
 def _linear_unit(
     name: str, module: nn.Module, parent: nn.Module | None, parent_name: str
 ) -> AttentionUnit | str:
@@ -301,6 +308,8 @@ def _linear_unit(
         dense = getattr(getattr(parent, "output", None), "dense", None)
         if dense is not None and is_dense(dense):
             out, o_name = ("dense", dense), _join(parent_name, "output.dense")
+    if out is None and all(is_dense(getattr(module, f"{n}_global", None)) for n in ("query", "key", "value")):
+        return LONGFORMER  # LED's encoder: the output Linear is the parent's ``output``
     if out is None or not isinstance(out[1], nn.Linear) or out[1].in_features != inner:
         return "no output projection Linear (o_proj/out_proj/out/proj or the parent's output.dense) of matching width"
     return AttentionUnit(name, "linear", heads, head_dim, kv, *(_join(name, n) for n in (qn, kn, vn)), o_name)
@@ -328,19 +337,6 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
     if found and in_out(up)[1] == in_out(down)[0]:
         return FFNUnit(name, [_join(name, "intermediate.dense")], _join(name, "output.dense"), in_out(up)[1])
     return None
-
-
-def _beside_attention(name: str, parent: str, attention: list[AttentionUnit]) -> bool:
-    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent), or the model when it is one
-    block, also holds an attention unit, and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
-    if any(name.startswith(u.name + ".") for u in attention):
-        return False
-    while parent:
-        if any(u.name.startswith(parent + ".") for u in attention):
-            return True
-        parent = parent.rpartition(".")[0]
-    # the model is one block (lucidrains' ConformerBlock): its attention is in no numbered layer
-    return bool(attention) and not any(p.isdigit() for u in attention for p in u.name.split("."))
 
 
 def _looks_like_attention(module: nn.Module) -> bool:
@@ -381,7 +377,7 @@ def find_blocks(model: nn.Module) -> Blocks:
         elif name and (seq := sequential_ffn(name, module)) is not None:
             sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2], halves=seq[3])))
     # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
-    ffn += [f for p, f in sequential if _beside_attention(f.name, p, attention)]
+    ffn += [f for p, f in sequential if beside_attention(f.name, p, [u.name for u in attention])]
     claimed = {u.name for u in attention}
     attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
     ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too
@@ -391,6 +387,7 @@ def find_blocks(model: nn.Module) -> Blocks:
         own_weights = any(is_dense(m) for m in modules[name].children()) or any(
             True for _ in modules[name].parameters(recurse=False)
         )
-        if not related and own_weights and _looks_like_attention(modules[name]):
+        inner = any(n.startswith(name + ".") for n in reasons)  # reported by the module holding q/k/v
+        if not related and not inner and own_weights and _looks_like_attention(modules[name]):
             unknown[name] = f"{type(modules[name]).__name__}: {reason}"
     return Blocks(attention, ffn, unknown)

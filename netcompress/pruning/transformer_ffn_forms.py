@@ -81,3 +81,17 @@ def depthwise_between(name: str, width: int, module: nn.Module) -> list[str]:
         for sub, layer in module.named_modules()
         if isinstance(layer, nn.Conv2d) and layer.in_channels == layer.out_channels == layer.groups == width
     ]
+
+
+def beside_attention(name: str, parent: str, attention: list[str]) -> bool:
+    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent), or the model when it is one
+    block, also holds one of the ``attention`` units (their names), and ``name`` is not inside one (Swin-V2's
+    position-bias MLP)."""
+    if any(name.startswith(u + ".") for u in attention):
+        return False
+    while parent:
+        if any(u.startswith(parent + ".") for u in attention):
+            return True
+        parent = parent.rpartition(".")[0]
+    # the model is one block (lucidrains' ConformerBlock): its attention is in no numbered layer
+    return bool(attention) and not any(p.isdigit() for u in attention for p in u.split("."))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import netcompress as nc
+from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_head_state import AlibiHeads
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
@@ -143,3 +144,35 @@ def test_conformer_relative_position_attention_pruned_equals_masked():
     assert small.ff1.fn.fn.net[0].out_features == 3
     pruned = nc.prune_transformer(model, x, heads=0.5, ffn=0.5)
     assert pruned.attn.fn.heads == 2 and pruned(x).shape == x.shape
+
+
+def _led() -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    cfg = transformers.LEDConfig(
+        vocab_size=50, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, pad_token_id=0, decoder_start_token_id=2,
+        max_encoder_position_embeddings=64, max_decoder_position_embeddings=32, attention_window=[4, 4],
+    )  # fmt: skip
+    ids = torch.randint(2, 50, (2, 8), generator=torch.Generator().manual_seed(3))
+    return transformers.LEDForConditionalGeneration(cfg).eval(), {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+
+
+def test_led_longformer_encoder_attention_is_refused_by_name_and_reason_once_per_layer():
+    """LED's encoder self-attention (Longformer's, output Linear in the parent) reshapes the heads' output to its
+    input's width: refused with that reason, named once (the module holding q/k/v, not also its parent)."""
+    model, inputs = _led()
+    names = [f"led.encoder.layers.{i}.self_attn.longformer_self_attn" for i in (0, 1)]
+    blocks = find_blocks(model)
+    assert sorted(blocks.unknown) == names
+    assert all("reshapes the heads' output to its input's width" in r for r in blocks.unknown.values())
+    with pytest.raises(UnsupportedModelError, match="Longformer-style sliding-window attention") as err:
+        nc.prune_transformer(model, inputs, heads=0.5, ffn=0.5)
+    assert names[0] in str(err.value) and "'led.encoder.layers.0.self_attn' (" not in str(err.value)
+
+
+def test_led_ffn_only_prunes_and_keeps_the_outputs_of_the_masked_model():
+    model, inputs = _led()
+    small = nc.prune_transformer(model, inputs, heads=0.0, ffn=0.5)  # checked against the masked original inside
+    assert small.led.encoder.layers[0].fc1.out_features == 24 and small.led.decoder.layers[0].fc1.out_features == 24
+    with torch.no_grad():
+        assert small(**inputs).logits.shape == model(**inputs).logits.shape
