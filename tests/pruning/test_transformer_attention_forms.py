@@ -176,3 +176,50 @@ def test_led_ffn_only_prunes_and_keeps_the_outputs_of_the_masked_model():
     assert small.led.encoder.layers[0].fc1.out_features == 24 and small.led.decoder.layers[0].fc1.out_features == 24
     with torch.no_grad():
         assert small(**inputs).logits.shape == model(**inputs).logits.shape
+
+
+def _perceiver() -> torch.nn.Module:
+    perceiver_pytorch = pytest.importorskip("perceiver_pytorch")  # lucidrains' package: skipped by name where absent
+    torch.manual_seed(0)
+    return perceiver_pytorch.Perceiver(
+        input_channels=3, input_axis=2, num_freq_bands=4, max_freq=10.0, depth=2, num_latents=8, latent_dim=32,
+        cross_heads=2, latent_heads=4, cross_dim_head=8, latent_dim_head=8, num_classes=10, self_per_cross_attn=1,
+    ).eval()  # fmt: skip
+
+
+def test_perceiver_cross_attention_is_traced_with_a_context_and_geglu_ffn_found():
+    """The cross-attention's ``to_kv`` reads the 21-channel Fourier-encoded image, not the 32-wide latents: its
+    forward is traced with a context of that width. The FFN is ``Sequential(Linear(d, 2w), GEGLU(), Linear(w, d))``."""
+    blocks = find_blocks(_perceiver())
+    units = {u.name: (u.layout, u.num_heads, u.head_dim) for u in blocks.attention}
+    assert units == {
+        **{f"layers.{i}.cross_attn.fn": ("q_kv", 2, 8) for i in (0, 1)},
+        **{f"layers.{i}.self_attns.0.0.fn": ("q_kv", 4, 8) for i in (0, 1)},
+    }
+    ffn = {f.name: (f.up, f.down, f.width, f.halves) for f in blocks.ffn}
+    assert ffn["layers.0.cross_ff.fn.net"] == (["layers.0.cross_ff.fn.net.0"], "layers.0.cross_ff.fn.net.2", 128, 2)
+    assert len(ffn) == 4 and blocks.unknown == {}
+
+
+def test_perceiver_cross_and_self_attention_and_geglu_pruned_equal_masked():
+    model = _perceiver()
+    x = torch.randn(2, 8, 8, 3, generator=torch.Generator().manual_seed(4))
+    cross, selfa = "layers.0.cross_attn.fn", "layers.1.self_attns.0.0.fn"
+    plan = TransformerPlan(
+        heads={cross: [1], selfa: [0, 2]}, kv_heads={cross: [1], selfa: [0, 2]},
+        neurons={"layers.0.cross_ff.fn.net": [3, 70, 127], "layers.1.self_attns.0.1.fn.net": list(range(0, 128, 2))},
+    )  # fmt: skip
+    ref = masked_reference(model, find_blocks(model), plan, None)
+    small = copy.deepcopy(model)
+    apply_transformer_plan_(small, find_blocks(small), plan)
+    with torch.no_grad():
+        want, got, full = ref(x), small(x), model(x)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert (full - want).abs().max() > 1e-3
+    attn = small.layers[0].cross_attn.fn
+    assert (attn.heads, attn.to_q.out_features, attn.to_kv.in_features, attn.to_kv.out_features) == (1, 8, 21, 16)
+    assert small.layers[0].cross_ff.fn.net[0].out_features == 6 and small.layers[0].cross_ff.fn.net[2].in_features == 3
+    pruned = nc.prune_transformer(model, x, heads=0.5, ffn=0.5)
+    assert pruned.layers[1].self_attns[0][0].fn.heads == 2 and pruned(x).shape == (2, 10)
+    with pytest.raises(UnsupportedModelError, match="'layers.0.cross_attn.fn.to_kv' reads 21 channels"):
+        nc.prune_transformer(model, x, heads=0.5, ffn=0.5, hidden=0.25)
