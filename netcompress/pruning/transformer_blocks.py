@@ -283,6 +283,8 @@ def _linear_unit(
     name: str, module: nn.Module, parent: nn.Module | None, parent_name: str
 ) -> AttentionUnit | str:
     found = [_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)]
+    if found[0] is None and _child(module, ("query_key",)) is not None:
+        return "LSH attention (Reformer): one shared query_key projection whose heads are hashed into buckets"
     if any(f is None for f in found):
         return "no separate query/key/value Linear children, nor one fused q|k|v Linear and an output Linear"
     (qn, q), (kn, k), (vn, v) = found  # type: ignore[misc]

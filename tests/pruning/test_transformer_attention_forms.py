@@ -223,3 +223,17 @@ def test_perceiver_cross_and_self_attention_and_geglu_pruned_equal_masked():
     assert pruned.layers[1].self_attns[0][0].fn.heads == 2 and pruned(x).shape == (2, 10)
     with pytest.raises(UnsupportedModelError, match="'layers.0.cross_attn.fn.to_kv' reads 21 channels"):
         nc.prune_transformer(model, x, heads=0.5, ffn=0.5, hidden=0.25)
+
+
+def test_reformer_lsh_attention_is_refused_by_name():
+    torch.manual_seed(0)
+    cfg = transformers.ReformerConfig(
+        vocab_size=50, hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=48,
+        axial_pos_shape=[4, 4], axial_pos_embds_dim=[16, 16], max_position_embeddings=16, attn_layers=["local", "lsh"],
+        local_attn_chunk_length=4, lsh_attn_chunk_length=4, num_buckets=2, is_decoder=True, pad_token_id=0,
+    )  # fmt: skip
+    blocks = find_blocks(transformers.ReformerModelWithLMHead(cfg).eval())
+    assert blocks.unknown == {
+        "reformer.encoder.layers.1.attention.self_attention": "LSHSelfAttention: LSH attention (Reformer): one shared "
+        "query_key projection whose heads are hashed into buckets"
+    }
