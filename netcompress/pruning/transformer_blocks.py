@@ -379,7 +379,8 @@ def find_blocks(model: nn.Module) -> Blocks:
         elif name and (seq := sequential_ffn(name, module)) is not None:
             sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2], halves=seq[3])))
     # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
-    ffn += [f for p, f in sequential if beside_attention(f.name, p, [u.name for u in attention])]
+    one_block = type(model).__name__.lower().endswith(("block", "layer"))
+    ffn += [f for p, f in sequential if beside_attention(f.name, p, [u.name for u in attention], one_block)]
     claimed = {u.name for u in attention}
     attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
     ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too

@@ -95,10 +95,10 @@ def depthwise_between(name: str, width: int, module: nn.Module) -> list[str]:
     ]
 
 
-def beside_attention(name: str, parent: str, attention: list[str]) -> bool:
+def beside_attention(name: str, parent: str, attention: list[str], one_block: bool = False) -> bool:
     """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent), or the model when it is one
-    block, also holds one of the ``attention`` units (their names), and ``name`` is not inside one (Swin-V2's
-    position-bias MLP)."""
+    block (``one_block``: a class named ``*Block``/``*Layer``), also holds one of the ``attention`` units (their
+    names), and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
     if any(name.startswith(u + ".") for u in attention):
         return False
     while parent:
@@ -106,4 +106,4 @@ def beside_attention(name: str, parent: str, attention: list[str]) -> bool:
             return True
         parent = parent.rpartition(".")[0]
     # the model is one block (lucidrains' ConformerBlock): its attention is in no numbered layer
-    return bool(attention) and not any(p.isdigit() for u in attention for p in u.split("."))
+    return one_block and bool(attention) and not any(p.isdigit() for u in attention for p in u.split("."))
