@@ -390,7 +390,8 @@ def find_blocks(model: nn.Module) -> Blocks:
         own_weights = any(is_dense(m) for m in modules[name].children()) or any(
             True for _ in modules[name].parameters(recurse=False)
         )
-        inner = any(n.startswith(name + ".") for n in reasons)  # reported by the module holding q/k/v
-        if not related and not inner and own_weights and _looks_like_attention(modules[name]):
+        if not related and own_weights and _looks_like_attention(modules[name]):
             unknown[name] = f"{type(modules[name]).__name__}: {reason}"
+    # a wrapper is not listed beside the module holding q/k/v that is (LED's LEDEncoderAttention)
+    unknown = {n: r for n, r in unknown.items() if not any(c.startswith(n + ".") for c in unknown)}
     return Blocks(attention, ffn, unknown)
