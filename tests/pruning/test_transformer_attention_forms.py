@@ -85,6 +85,15 @@ def test_mpt_prune_transformer_heads_ffn_hidden_and_saves(tmp_path):
         assert torch.equal(loaded(input_ids=_ids()).logits, small(input_ids=_ids()).logits)
 
 
+def test_mpt_pruned_twice_indexes_the_config_heads():
+    model = _mpt()
+    once = nc.prune_transformer(model, {"input_ids": _ids()}, heads=0.25, ffn=0.0)  # 3 heads
+    twice = nc.prune_transformer(once, {"input_ids": _ids()}, heads=0.34, ffn=0.0)  # 2, checked against `once`
+    (first,) = once.transformer.blocks[0].attn._forward_pre_hooks.values()
+    (hook,) = twice.transformer.blocks[0].attn._forward_pre_hooks.values()
+    assert len(first.keep) == 3 and len(hook.keep) == 2 and set(hook.keep) < set(first.keep) and hook.num_heads == 4
+
+
 def test_alibi_hook_hands_a_4d_position_bias_on_unchanged():
     hook = AlibiHeads([0, 2], 4, name="position_bias")
     t5_bias = torch.arange(32.0).view(1, 4, 2, 4)
