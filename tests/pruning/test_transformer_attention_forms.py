@@ -153,6 +153,8 @@ def test_conformer_relative_position_attention_pruned_equals_masked():
     assert small.ff1.fn.fn.net[0].out_features == 3
     pruned = nc.prune_transformer(model, x, heads=0.5, ffn=0.5)
     assert pruned.attn.fn.heads == 2 and pruned(x).shape == x.shape
+    with pytest.raises(UnsupportedModelError, match=r"convolution 'conv.net.2' reads the 32-wide residual stream"):
+        nc.prune_transformer(model, x, heads=0.5, ffn=0.5, hidden=0.25)  # its conv module's pointwise conv
 
 
 def _led() -> tuple[torch.nn.Module, dict]:
