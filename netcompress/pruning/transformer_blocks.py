@@ -12,7 +12,7 @@ Three attention layouts are recognised:
   Hugging Face BERT, ViT, Llama, diffusers' ``Attention`` and hand-written blocks;
 - ``"packed"``: one layer holding q|k|v one after the other (key/value heads may be fewer) and an output
   layer: GPT-2's ``c_attn``/``c_proj`` (transformers ``Conv1D``), ``qkv_proj``/``o_proj`` or ``out_proj``,
-  ``Wqkv``/``Wo`` (ModernBERT), ``qkv``/``proj`` (Hiera);
+  ``Wqkv``/``Wo`` (ModernBERT) or ``out_proj`` (MPT), ``qkv``/``proj`` (Hiera);
 - ``"packed_heads"``: ``query_key_value``/``dense`` holding q_h|k_h|v_h head after head (GPT-NeoX, BLOOM);
 - a fused q|k|v Linear under any name (vit-pytorch's ``to_qkv``, timm's ``qkv``, MONAI's ``SABlock``) whose split
   ``"packed"`` or ``"packed_heads"`` and head count are read from the traced forward
@@ -22,7 +22,7 @@ Three attention layouts are recognised:
 - ``"packed_groups"``: Falcon's ``query_key_value`` (new decoder architecture or multi-query): per key/value head g,
   its query heads then k_g then v_g.
 
-FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``(w1, w3) -> w2``,
+FFN blocks are a module's children ``(gate_proj, up_proj) -> down_proj``, ``up_proj -> down_proj`` (MPT), ``(w1, w3) -> w2``,
 an ``nn.Sequential(Linear, activation, Linear)`` beside an attention block (PatchTST's ``ff``),
 ``fc1 -> fc2``, ``c_fc -> c_proj``, ``linear1 -> linear2``, ``lin1 -> lin2``, ``wi -> wo``,
 ``dense_h_to_4h -> dense_4h_to_h``, ``ffn -> ffn_output`` (ALBERT), ``dense1 -> dense2`` (PVT), ``fc_in -> fc_out``
@@ -47,7 +47,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from netcompress.pruning.transformer_ffn_forms import depthwise_between, sequential_ffn
+from netcompress.pruning.transformer_ffn_forms import beside_attention, depthwise_between, sequential_ffn
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_qkv_graph import checked_by_graph, fused_qkv_layout
 
@@ -61,6 +61,7 @@ KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
 FFN_PATTERNS = (
     (("gate_proj", "up_proj"), "down_proj"),
     (("w1", "w3"), "w2"),
+    (("up_proj",), "down_proj"),  # MPT (ungated; after the gated form above)
     (("fc1",), "fc2"),
     (("c_fc",), "c_proj"),
     (("linear1",), "linear2"),
@@ -203,6 +204,7 @@ PACKED = (
     ("qkv_proj", "o_proj", "packed"),
     ("qkv_proj", "out_proj", "packed"),
     ("Wqkv", "Wo", "packed"),
+    ("Wqkv", "out_proj", "packed"),  # MPT
     ("qkv", "proj", "packed"),
     ("query_key_value", "dense", "packed_heads"),
 )
@@ -270,10 +272,19 @@ def _handed_on(module: nn.Module, names: tuple[str, ...], layer: nn.Linear) -> i
     return len(norm.keep) if norm is not None else layer.out_features
 
 
+LONGFORMER = (
+    "Longformer-style sliding-window attention (query/key/value and query_global/key_global/value_global): its "
+    "forward reshapes the heads' output to its input's width, so heads and stream channels cannot be removed; "
+    "prune its FFNs only (heads=0, hidden=0) or leave it whole (ignore=[its name])"
+)
+
+
 def _linear_unit(
     name: str, module: nn.Module, parent: nn.Module | None, parent_name: str
 ) -> AttentionUnit | str:
     found = [_child(module, names) for names in (Q_NAMES, K_NAMES, V_NAMES)]
+    if found[0] is None and _child(module, ("query_key",)) is not None:
+        return "LSH attention (Reformer): one shared query_key projection whose heads are hashed into buckets"
     if any(f is None for f in found):
         return "no separate query/key/value Linear children, nor one fused q|k|v Linear and an output Linear"
     (qn, q), (kn, k), (vn, v) = found  # type: ignore[misc]
@@ -299,6 +310,8 @@ def _linear_unit(
         dense = getattr(getattr(parent, "output", None), "dense", None)
         if dense is not None and is_dense(dense):
             out, o_name = ("dense", dense), _join(parent_name, "output.dense")
+    if out is None and all(is_dense(getattr(module, f"{n}_global", None)) for n in ("query", "key", "value")):
+        return LONGFORMER  # LED's encoder: the output Linear is the parent's ``output``
     if out is None or not isinstance(out[1], nn.Linear) or out[1].in_features != inner:
         return "no output projection Linear (o_proj/out_proj/out/proj or the parent's output.dense) of matching width"
     return AttentionUnit(name, "linear", heads, head_dim, kv, *(_join(name, n) for n in (qn, kn, vn)), o_name)
@@ -326,18 +339,6 @@ def _ffn_unit(name: str, module: nn.Module) -> FFNUnit | None:
     if found and in_out(up)[1] == in_out(down)[0]:
         return FFNUnit(name, [_join(name, "intermediate.dense")], _join(name, "output.dense"), in_out(up)[1])
     return None
-
-
-def _beside_attention(name: str, parent: str, attention: list[AttentionUnit]) -> bool:
-    """Some block between the model and ``parent`` (Sequential FFN ``name``'s parent) also holds an attention unit,
-    and ``name`` is not inside one (Swin-V2's position-bias MLP)."""
-    if any(name.startswith(u.name + ".") for u in attention):
-        return False
-    while parent:
-        if any(u.name.startswith(parent + ".") for u in attention):
-            return True
-        parent = parent.rpartition(".")[0]
-    return False
 
 
 def _looks_like_attention(module: nn.Module) -> bool:
@@ -378,7 +379,8 @@ def find_blocks(model: nn.Module) -> Blocks:
         elif name and (seq := sequential_ffn(name, module)) is not None:
             sequential.append((parent_name, FFNUnit(name, [seq[0]], seq[1], seq[2], halves=seq[3])))
     # a Sequential MLP is an FFN only beside an attention block of the same layer (not a model's head)
-    ffn += [f for p, f in sequential if _beside_attention(f.name, p, attention)]
+    one_block = type(model).__name__.lower().endswith(("block", "layer"))
+    ffn += [f for p, f in sequential if beside_attention(f.name, p, [u.name for u in attention], one_block)]
     claimed = {u.name for u in attention}
     attn_layers = set().union(*(u.layers() for u in attention)) if attention else set()
     ffn = [f for f in ffn if not (f.layers() & attn_layers)]  # GPT-2's attention has a c_proj too
@@ -390,4 +392,6 @@ def find_blocks(model: nn.Module) -> Blocks:
         )
         if not related and own_weights and _looks_like_attention(modules[name]):
             unknown[name] = f"{type(modules[name]).__name__}: {reason}"
+    # a wrapper is not listed beside the module holding q/k/v that is (LED's LEDEncoderAttention)
+    unknown = {n: r for n, r in unknown.items() if not any(c.startswith(n + ".") for c in unknown)}
     return Blocks(attention, ffn, unknown)

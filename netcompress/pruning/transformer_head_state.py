@@ -9,8 +9,8 @@ projections are sliced) updates, per attention module:
 - a ``config`` it reads head counts from (Phi-3's ``self.config.num_attention_heads``): the module gets
   its own shallow copy with the kept counts (the model's config, shared by every layer, is left alone);
 - ALiBi slopes computed per CONFIG head by the model and handed to every layer (BLOOM's ``alibi`` argument,
-  ``(batch * heads, 1, keys)``): an :class:`AlibiHeads` forward pre-hook keeps the kept heads' rows, so
-  each kept head keeps its own slope;
+  ``(batch * heads, 1, keys)``; MPT's ``position_bias``, ``(heads, 1, keys)``): an :class:`AlibiHeads` forward
+  pre-hook keeps the kept heads' rows, so each kept head keeps its own slope;
 - CodeGen's ``mp_num`` layout (q|v|k interleaved over ``mp_num`` shards): the surgery writes the kept rows
   as one shard, so ``mp_num`` becomes 1 and ``embed_dim`` (read only to size a shard) the kept width;
 - einops ``Rearrange`` children built with the head count (MONAI's ``SABlock``): rebuilt with the kept count;
@@ -42,22 +42,35 @@ NORM_NAMES = (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"))
 
 class AlibiHeads:
     """Forward pre-hook (with kwargs) keeping heads ``keep`` (of ``num_heads`` config heads) of the
-    ``alibi`` argument, shaped ``(batch * num_heads, ...)`` head-minor as BLOOM builds it."""
+    ``alibi`` argument, shaped ``(batch * num_heads, ...)`` head-minor as BLOOM builds it, or of MPT's
+    ``position_bias`` argument, shaped ``(num_heads, queries, keys)`` (``name="position_bias"``: only a 3-d
+    tensor of ``num_heads`` rows is sliced; any other is handed on as it is and the prune's check judges it)."""
 
-    def __init__(self, keep: list[int], num_heads: int, position: int | None = None) -> None:
+    name = "alibi"  # hooks saved before ``name`` existed load with BLOOM's argument
+
+    def __init__(
+        self, keep: list[int], num_heads: int, position: int | None = None, name: str = "alibi"
+    ) -> None:
         self.keep = [int(h) for h in keep]
         self.num_heads = int(num_heads)
         self.position = position  # index in args when alibi is passed positionally
+        self.name = name
 
     def select(self, alibi: torch.Tensor) -> torch.Tensor:
+        if self.name == "position_bias" and (alibi.dim() != 3 or alibi.shape[0] != self.num_heads):
+            return alibi
         per_head = alibi.reshape(-1, self.num_heads, *alibi.shape[1:])
         idx = torch.tensor(self.keep, dtype=torch.long, device=alibi.device)
         return per_head.index_select(1, idx).reshape(-1, *alibi.shape[1:])
 
     def __call__(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if isinstance(kwargs.get("alibi"), torch.Tensor):
-            kwargs = {**kwargs, "alibi": self.select(kwargs["alibi"])}
-        elif self.position is not None and len(args) > self.position:
+        if isinstance(kwargs.get(self.name), torch.Tensor):
+            kwargs = {**kwargs, self.name: self.select(kwargs[self.name])}
+        elif (
+            self.position is not None
+            and len(args) > self.position
+            and isinstance(args[self.position], torch.Tensor)
+        ):
             args = (*args[: self.position], self.select(args[self.position]), *args[self.position + 1 :])
         return args, kwargs
 
@@ -125,8 +138,10 @@ def _alibi_hook(module: nn.Module, unit: AttentionUnit, keep_q: list[int]) -> No
         params = list(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
         return
-    if "alibi" in params:
-        hook = AlibiHeads(keep_q, unit.num_heads, params.index("alibi"))
+    # BLOOM's ``alibi``; MPT's ``position_bias`` (ALiBi, per config head; a 4-d one, T5's, is handed on as it is)
+    name = next((n for n in ("alibi", "position_bias") if n in params), None)
+    if name is not None:
+        hook = AlibiHeads(keep_q, unit.num_heads, params.index(name), name)
         module.register_forward_pre_hook(hook, with_kwargs=True)
 
 

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from typing import Any
@@ -155,18 +156,33 @@ def split_from_graph(
     return f"its output is split into factors {sizes}: which factor is q|k|v cannot be told"
 
 
-def trace_tokens(module: nn.Module, dim: int) -> tuple[fx.Graph, nn.Module] | str:
-    """Trace ``module``'s forward on ``(2, 5, dim)`` zero tokens with shapes recorded, or the reason it failed; the
-    module is left as it was (training flags, attributes)."""
-    x = torch.zeros(2, 5, dim, dtype=next(module.parameters()).dtype, device=next(module.parameters()).device)
+def trace_tokens(module: nn.Module, dim: int, context: int | None = None) -> tuple[fx.Graph, nn.Module] | str:
+    """Trace ``module``'s forward on ``(2, 5, dim)`` zero tokens (and, for a cross-attention whose forward takes a
+    ``context``, ``(2, 7, context)`` zero context tokens) with shapes recorded, or the reason it failed; the module
+    is left as it was (training flags, attributes)."""
+    like = next(module.parameters())
+    x = torch.zeros(2, 5, dim, dtype=like.dtype, device=like.device)
+    inputs: Any = x
+    if context is not None:
+        first = next(iter(inspect.signature(module.forward).parameters))
+        inputs = {first: x, "context": torch.zeros(2, 7, context, dtype=like.dtype, device=like.device)}
+    what = f"(2, 5, {dim}) tokens" + (f" and (2, 7, {context}) context" if context is not None else "")
     try:  # in eval mode (no BatchNorm statistics touched), every attribute the forward rebinds put back
         with torch.no_grad(), eval_mode(module), _attributes_restored(module):
-            graph, root = trace_with_values(module, example_inputs=x, tracer_class=TypeCheckedTracer)
+            graph, root = trace_with_values(module, example_inputs=inputs, tracer_class=TypeCheckedTracer)
             gm = fx.GraphModule(root, graph)
-            ShapeProp(gm).propagate(x)
+            ShapeProp(gm).propagate(*([x] if context is None else _leading(graph, inputs)))
     except Exception as exc:  # noqa: BLE001 - any failure means "not read from the graph"; the reason is kept
-        return f"its forward could not be traced on (2, 5, {dim}) tokens ({type(exc).__name__}: {exc})"[:300]
+        return f"its forward could not be traced on {what} ({type(exc).__name__}: {exc})"[:300]
     return gm.graph, gm
+
+
+def _leading(graph: fx.Graph, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``inputs`` in the order of the graph's leading placeholders (the fixed arguments after them keep their
+    defaults)."""
+    names = [str(n.target) for n in graph.nodes if n.op == "placeholder"]
+    count = next((i for i, n in enumerate(names) if n not in inputs), len(names))
+    return [inputs[n] for n in names[:count]]
 
 
 def _one_head_without_output(module: nn.Module) -> bool:
@@ -202,11 +218,15 @@ def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str 
         if len({qn, kn, on}) == 3 and "." not in qn + kn
         and kv.out_features == 2 * q.out_features and o.in_features == q.out_features
     ]  # fmt: skip
+    if len(found) > 1:  # dim == inner (Conformer): the output layer is the one called after the other two
+        found = _output_called_last(module, found)
     if len(found) != 1:
         return None
     qn, q, kn, on = found[0]
     inner, what = q.out_features, f"q layer {qn!r} and fused k|v layer {kn!r} (2 x {q.out_features})"
-    traced = trace_tokens(module, q.in_features)
+    kv_in = dict(dense)[kn].in_features
+    cross = kv_in != q.in_features and "context" in inspect.signature(module.forward).parameters
+    traced = trace_tokens(module, q.in_features, kv_in if cross else None)  # Perceiver: latents x image context
     if isinstance(traced, str):
         return f"{what}: {traced}"
     q_split, kv_split = (split_from_graph(*traced, n, inner, parts=p) for n, p in ((qn, 1), (kn, 2)))
@@ -221,6 +241,17 @@ def _q_kv_layout(module: nn.Module, head_attrs: tuple[str, ...]) -> Found | str 
     if (reason := _head_count(module, head_attrs, what, heads)) is not None:
         return reason
     return qn, kn, on, "q_kv", heads, inner // heads
+
+
+def _output_called_last(module: nn.Module, found: list) -> list:
+    """The candidates ``(q, q layer, k|v, output)`` whose output layer the traced forward calls after q and k|v
+    (none when it cannot be traced)."""
+    traced = trace_tokens(module, found[0][1].in_features)
+    if isinstance(traced, str):
+        return []
+    order = {str(n.target): i for i, n in enumerate(traced[0].nodes) if n.op == "call_module"}
+    first = lambda name: order.get(name, -1)  # noqa: E731
+    return [f for f in found if first(f[3]) > max(first(f[0]), first(f[2])) >= 0]
 
 
 def _value_key(value: Any) -> Any:

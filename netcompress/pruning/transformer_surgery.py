@@ -315,6 +315,12 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
         elif is_norm(module, width):
             layers.norms.append(name)
         elif isinstance(module, nn.modules.conv._ConvNd):
+            if module.in_channels == width != module.out_channels and module.groups == 1:
+                raise UnsupportedModelError(  # Conformer's conv module: a pointwise conv on the stream
+                    f"hidden-width pruning: convolution {name!r} reads the {width}-wide residual stream into "
+                    f"{module.out_channels} channels; convolutions reading the stream are not followed: prune "
+                    "heads and FFN neurons only"
+                )
             if module.out_channels == width and module.groups == 1:
                 layers.convs.append(name)
         else:
