@@ -73,6 +73,7 @@ def probe(
     train_loader, _ = cp.loaders(bundle, protocol)
     train_loader.generator.manual_seed(protocol.seed)
     set_rng_state(saved["rng"], train_loader)
+    train_loader = recipe.loader(train_loader)
     config = cp.train_config(protocol, epochs=epochs, lr=FINETUNE_LR)
     config = recipe.train_config(config)
     started = time.perf_counter()

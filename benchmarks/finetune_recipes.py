@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from netcompress.core import ConfigError, Registry, check_range
 from netcompress.distillation import FeatureDistillation, SoftTargetDistillation
@@ -49,6 +50,7 @@ class Recipe:
     kd_temperature: float = 4.0
     hint_weight: float = 0.0  # 0: no feature hint
     hint_layer: str = HINT_LAYER
+    batch_size: int | None = None  # another training batch size over the same data (same epochs: more steps)
 
     def __post_init__(self) -> None:
         if self.lr is not None:
@@ -58,6 +60,8 @@ class Recipe:
         check_range("hint_weight", self.hint_weight, 0.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
         check_range("warmup_epochs", self.warmup_epochs, 0)
+        if self.batch_size is not None:
+            check_range("batch_size", self.batch_size, 1)
 
     @property
     def distils(self) -> bool:
@@ -75,6 +79,8 @@ class Recipe:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.weight_decay is not None:
             parts.append(f"wd {self.weight_decay:g}")
+        if self.batch_size is not None:
+            parts.append(f"batch {self.batch_size}")
         if self.recalibrate:
             parts.append("BN recal.")
         if self.kd_alpha:
@@ -91,6 +97,14 @@ class Recipe:
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         return dataclasses.replace(config, **changes)
+
+    def loader(self, loader: DataLoader) -> DataLoader:
+        """``loader`` itself, or (``batch_size`` set) a shuffling loader of the same data at that batch size,
+        drawing its order from the same generator (so a saved shuffle state carries over)."""
+        if self.batch_size is None or self.batch_size == loader.batch_size:
+            return loader
+        return DataLoader(loader.dataset, batch_size=self.batch_size, shuffle=True, generator=loader.generator,
+                          num_workers=loader.num_workers, drop_last=loader.drop_last)  # fmt: skip
 
     def prepare(
         self, teacher: nn.Module, student: nn.Module, loader: Any, example: torch.Tensor

@@ -133,10 +133,11 @@ def run_method(
     epochs = ctx.config.finetune_epochs - pruned.epochs_used
     # the run's fine-tune recipe (finetune_recipes.py): optimiser settings, BN recalibration, distillation
     how = recipe(ctx.config.finetune_recipe)
-    extra_hooks, extra_params = how.prepare(base, pruned.model, ctx.train_loader, ctx.example)
+    loader = how.loader(ctx.train_loader)
+    extra_hooks, extra_params = how.prepare(base, pruned.model, loader, ctx.example)
     resume = resumable and not how.distils  # a hint adapter's weights are not in the fine-tune checkpoint
     try:
-        fit(pruned.model, ctx.train_loader, config=how.train_config(finetune_config(ctx, epochs=epochs)),
+        fit(pruned.model, loader, config=how.train_config(finetune_config(ctx, epochs=epochs)),
             hooks=[*pruned.hooks, *extra_hooks], extra_parameters=extra_params,
             checkpoint_dir=ctx.work_dir / f"{stem}.finetune" if resume else None, resume=resume)  # fmt: skip
     finally:

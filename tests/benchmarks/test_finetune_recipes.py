@@ -140,3 +140,20 @@ def test_run_method_fine_tunes_with_the_recipe(monkeypatch, tmp_path) -> None:
     assert [type(h) for h in seen["hooks"]] == [SoftTargetDistillation, FeatureDistillation]
     assert len(seen["params"]) == 1 and not student.features._forward_hooks  # closed after fit
     assert row["finetune_recipe"] == "_test_kd: lr 0.1, KD T 4 alpha 0.5, hint features x1"
+
+
+def test_batch_size_recipe_reads_the_same_data_in_smaller_batches_from_the_same_generator() -> None:
+    data = [(torch.full((1,), float(i)), i) for i in range(10)]
+    gen = torch.Generator().manual_seed(3)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=gen)
+    assert fr.Recipe().loader(loader) is loader and fr.Recipe(batch_size=4).loader(loader) is loader
+    small = fr.Recipe(batch_size=3).loader(loader)
+    assert small.generator is gen and small.batch_size == 3
+    state = gen.get_state()
+    seen = [int(t) for _, targets in small for t in targets]
+    assert sorted(seen) == list(range(10)) and len(list(small)) == 4  # every image once per epoch, 4 steps
+    gen.set_state(state)
+    expected = [int(t) for _, targets in loader for t in targets]
+    assert seen == expected  # the order the original loader gives from the same shuffle state
+    with pytest.raises(ConfigError, match="batch_size"):
+        fr.Recipe(batch_size=0)
