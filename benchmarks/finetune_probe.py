@@ -66,16 +66,17 @@ def parse_recipe(spec: str) -> tuple[str, Recipe]:
 
 def probe(
     row: str, recipe: Recipe, *, epochs: int, base: torch.nn.Module, work: Path, bundle: Any,
-    protocol: cp.ProtocolConfig, val: Any, heldout: Any,
+    protocol: cp.ProtocolConfig, val: Any, heldout: Any, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     saved = load_checkpoint(work / f"{row}.pruned.pt")
     model = copy.deepcopy(saved["model"])
     train_loader, _ = cp.loaders(bundle, protocol)
-    train_loader.generator.manual_seed(protocol.seed)
-    set_rng_state(saved["rng"], train_loader)
+    train_loader.generator.manual_seed(protocol.seed + seed)
+    if seed == 0:  # the shuffle state the row's own fine-tune started from (pruning.run_method)
+        set_rng_state(saved["rng"], train_loader)
     train_loader = recipe.loader(train_loader)
     config = cp.train_config(protocol, epochs=epochs, lr=FINETUNE_LR)
-    config = recipe.train_config(config)
+    config = recipe.train_config(dataclasses.replace(config, seed=protocol.seed + seed))
     started = time.perf_counter()
     hooks, params = recipe.prepare(base, model, train_loader, cp.example_input(bundle))
     try:
@@ -85,7 +86,7 @@ def probe(
     seconds = time.perf_counter() - started
     model.eval()
     return {
-        "row": row, "epochs": epochs, "recipe": recipe.describe(), "fields": dataclasses.asdict(recipe),
+        "row": row, "epochs": epochs, "seed": seed, "recipe": recipe.describe(), "fields": dataclasses.asdict(recipe),
         "acc_val1000": evaluate(model, val)["accuracy"], "acc_heldout5000": evaluate(model, heldout)["accuracy"],
         "train_loss_last": history.rows[-1].get("train_loss") if getattr(history, "rows", None) else None,
         "seconds": round(seconds, 1),
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--work", default=WORK, help="work folder under benchmarks/.cache/pruning/cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="fine-tune seed (pruning.py's --seeds: shuffle + init)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     args = parser.parse_args(argv)
     recipes = [parse_recipe(s) for s in args.recipes]
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no pruned model for row {row!r} in {work}")
         for name, recipe in recipes:
             result = {"name": name, **probe(row, recipe, epochs=args.epochs, base=base, work=work, bundle=bundle,
-                                            protocol=protocol, val=val, heldout=heldout)}  # fmt: skip
+                                            protocol=protocol, val=val, heldout=heldout, seed=args.seed)}  # fmt: skip
             print(json.dumps(result), flush=True)
             with args.out.open("a") as handle:
                 handle.write(json.dumps(result) + "\n")
