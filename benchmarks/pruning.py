@@ -38,6 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
+from finetune_recipes import close_hooks, recipe  # noqa: E402
 from pruning_latency import latency_methods, latency_table  # noqa: E402
 from pruning_methods import (  # noqa: E402
     FINISHERS,
@@ -81,7 +82,7 @@ __all__ = ["METHODS", "PruningBenchConfig", "bisect_ratio", "main", "target_chec
 
 TIMING_FIELDS = ("latency_rounds", "timing_threads")
 # fields added after rows were cached: left out of the key at their defaults, so those rows stay valid
-LATER_FIELDS = {"latency_reduction": 2.5, "high_mac_reduction": 8.0}
+LATER_FIELDS = {"latency_reduction": 2.5, "high_mac_reduction": 8.0, "finetune_recipe": "default"}
 # dense_finetune (the unpruned model given the same extra epochs) is left out of the default run only
 # to fit the ~25-minute budget on a shared 2-core machine; pass it in --methods when time allows.
 DEFAULT_METHODS = (
@@ -130,8 +131,19 @@ def run_method(
                           kept, sign=True)  # fmt: skip
     started = time.perf_counter()
     epochs = ctx.config.finetune_epochs - pruned.epochs_used
-    fit(pruned.model, ctx.train_loader, config=finetune_config(ctx, epochs=epochs), hooks=list(pruned.hooks),
-        checkpoint_dir=ctx.work_dir / f"{stem}.finetune" if resumable else None, resume=resumable)  # fmt: skip
+    # the run's fine-tune recipe (finetune_recipes.py): optimiser settings, BN recalibration, distillation
+    how = recipe(ctx.config.finetune_recipe)
+    loader = how.loader(ctx.train_loader)
+    extra_hooks, extra_params = how.prepare(base, pruned.model, loader, ctx.example)
+    resume = resumable and not how.distils  # a hint adapter's weights are not in the fine-tune checkpoint
+    try:
+        fit(pruned.model, loader, config=how.train_config(finetune_config(ctx, epochs=epochs)),
+            hooks=[*pruned.hooks, *extra_hooks], extra_parameters=extra_params,
+            checkpoint_dir=ctx.work_dir / f"{stem}.finetune" if resume else None, resume=resume)  # fmt: skip
+    finally:
+        close_hooks(extra_hooks)
+    if ctx.config.finetune_recipe != "default":
+        pruned.info["finetune_recipe"] = f"{ctx.config.finetune_recipe}: {how.describe()}"
     finetune_s = time.perf_counter() - started
     model = pruned.model.to("cpu").eval()
     extra = FINISHERS.get(pruned.kind)(model, ctx, name)

@@ -33,6 +33,7 @@ from typing import Any
 
 import cifar_protocol as cp
 import torch
+from finetune_recipes import recipe
 from torch import nn
 
 from netcompress.core import Config, Registry, check_range
@@ -80,6 +81,8 @@ class PruningBenchConfig(Config):
     latency_reduction: float = 2.5
     # ... and the MAC reduction of its high-compression pair (nc_macs_high vs tp_magnitude_macs_high)
     high_mac_reduction: float = 8.0
+    # what the fine-tune epochs do (finetune_recipes.RECIPES; "default": SGD, cosine, finetune_lr)
+    finetune_recipe: str = "default"
 
     def __post_init__(self) -> None:
         check_range("mac_reduction", self.mac_reduction, 1.0)
@@ -91,6 +94,7 @@ class PruningBenchConfig(Config):
         check_range("timing_threads", self.timing_threads, 1)
         check_range("latency_reduction", self.latency_reduction, 1.0)
         check_range("high_mac_reduction", self.high_mac_reduction, 1.0)
+        recipe(self.finetune_recipe)  # a clear error naming the known recipes
 
 
 @dataclasses.dataclass
