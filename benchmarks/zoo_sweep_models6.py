@@ -342,5 +342,7 @@ ROUND7: dict[str, Entry] = {}
 for _pkg, _models in _PACKAGES.items():
     if importlib.util.find_spec(_pkg) is None:
         SKIPPED.append(_pkg)
+        if _pkg == "einops":  # lucidrains' packages all need it: name the absent ones too, as when einops is there
+            SKIPPED.extend(sorted({p for p in _LUCIDRAINS.values() if importlib.util.find_spec(p) is None}))
     else:
         ROUND7.update(_models())
