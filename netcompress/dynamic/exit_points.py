@@ -192,7 +192,7 @@ def _state_shapes(
     return shapes
 
 
-def _head_kinds(head: str | Sequence[str], exits: list[str]) -> dict[str, str]:
+def head_kinds(head: str | Sequence[str], exits: list[str]) -> dict[str, str]:
     """``{exit name: head kind}`` from one kind for all exits or one kind per exit (checked)."""
     if isinstance(head, str):
         kinds = [head] * len(exits)
@@ -236,7 +236,7 @@ def add_early_exits(
     exits = list(exits)
     if not exits:
         raise ConfigError("exits is empty: name at least one layer after which to attach a head")
-    kinds = _head_kinds(head, exits)
+    kinds = head_kinds(head, exits)
     if len(set(exits)) != len(exits):
         raise ConfigError(f"exits {exits} name a layer twice")
     if not isinstance(example_inputs, torch.Tensor):

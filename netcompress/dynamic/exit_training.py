@@ -44,8 +44,7 @@ from netcompress.dynamic.exit_calibration import choose_threshold
 from netcompress.dynamic.exit_criteria import DEFAULT_THRESHOLDS, EXIT_CRITERIA
 from netcompress.dynamic.exit_ensemble import attach_exit_ensemble
 from netcompress.dynamic.exit_evaluation import collect_exit_logits, exit_path_macs, trade_off_rows
-from netcompress.dynamic.exit_heads import HEADS
-from netcompress.dynamic.exit_points import add_early_exits
+from netcompress.dynamic.exit_points import add_early_exits, head_kinds
 from netcompress.dynamic.exit_thresholds import choose_exit_thresholds
 from netcompress.training.config import TrainConfig
 
@@ -233,7 +232,7 @@ class EarlyExitConfig(TrainConfig):
     """
 
     exits: list[str] = dataclasses.field(default_factory=list)
-    head: str = "pool_linear"
+    head: str | list[str] = "pool_linear"  # one kind for every exit, or one kind per exit (in the order of exits)
     criterion: str = "confidence"
     thresholds: list[float] | None = None
     exit_weights: list[float] | None = None
@@ -251,7 +250,7 @@ class EarlyExitConfig(TrainConfig):
         super().__post_init__()
         if not self.exits:
             raise ConfigError("exits is empty: list the layers after which to attach exit heads")
-        check_choice("head", self.head, HEADS.names())
+        head_kinds(self.head, self.exits)  # one known kind, or one per exit
         check_choice("criterion", self.criterion, EXIT_CRITERIA.names())
         for w in self.exit_weights or []:
             check_range("exit_weights entry", w, 0.0)
