@@ -10,6 +10,7 @@ from torch import nn
 
 from netcompress.architecture import DepthwiseSeparableConfig, to_depthwise_separable
 from netcompress.core.methods import MethodData, apply, method_for
+from tests.state_checks import same_weights
 
 FIELDS = {"skip_first": False, "activation": "relu", "init": "svd"}
 
@@ -17,11 +18,6 @@ FIELDS = {"skip_first": False, "activation": "relu", "init": "svd"}
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
-
-
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_depthwise_separable_verb_and_method_give_the_same_model():
@@ -33,7 +29,7 @@ def test_depthwise_separable_verb_and_method_give_the_same_model():
     result = apply(
         _model(), DepthwiseSeparableConfig.from_dict(FIELDS, where="test"), MethodData(example_inputs=x)
     )
-    assert _same(new, result.model) and summary == result.summary
+    assert same_weights(new, result.model) and summary == result.summary
     assert summary["converted"] == 2
 
 

@@ -19,6 +19,7 @@ from netcompress.dynamic import (
     with_early_exits,
     with_slimmable_width,
 )
+from tests.state_checks import same_weights
 
 X = torch.randn(2, 1, 8, 8)
 CASES = [
@@ -39,11 +40,6 @@ def _model() -> nn.Module:
     return models.create("digits_cnn", num_classes=4)
 
 
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 @pytest.mark.parametrize("verb, config_cls, key, fields", CASES)
 def test_dynamic_verb_and_method_give_the_same_model(verb, config_cls, key, fields):
     train, val = _loaders()
@@ -52,7 +48,7 @@ def test_dynamic_verb_and_method_give_the_same_model(verb, config_cls, key, fiel
     train, val = _loaders()
     config = config_cls.from_dict({**fields, "progress": False}, where="test")
     result = apply(_model(), config, MethodData(train_loader=train, val_loader=val, example_inputs=X))
-    assert _same(new, result.model)
+    assert same_weights(new, result.model)
     assert summary["curves"] == result.summary["curves"] and summary["plot"] is None
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from netcompress.core.methods import MethodData, apply, method_for
 from netcompress.low_rank import FactorizeConfig, factorize
+from tests.state_checks import same_weights
 
 FIELDS = {"energy": 0.8, "conv_mode": "spatial", "exclude": ["3"]}
 
@@ -18,17 +19,12 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 10))
 
 
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_factorize_verb_and_method_give_the_same_model():
     x = torch.randn(1, 3, 8, 8)
     small, summary = factorize(_model(), example_inputs=x, **FIELDS)
     assert method_for(FactorizeConfig).key == "low_rank/svd"
     result = apply(_model(), FactorizeConfig.from_dict(FIELDS, where="test"), MethodData(example_inputs=x))
-    assert _same(small, result.model) and summary == result.summary
+    assert same_weights(small, result.model) and summary == result.summary
     assert summary["factorized"] == 1
 
 
