@@ -102,6 +102,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="heads: backbone frozen (the final exit IS the unmodified model); joint: backbone trained too",
     )  # fmt: skip
     parser.add_argument("--head-epochs", type=int, default=None, help="default: 1 quick, 5 otherwise")
+    parser.add_argument(
+        "--head-seed", type=int, default=None, help="another seed for the heads' init and shuffle (default: 0)"
+    )
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument(
         "--kd-alpha", type=float, default=0.0, help="distil every exit from the unmodified model"
@@ -152,15 +155,21 @@ def protocol_of(args: argparse.Namespace) -> Any:
     return protocol
 
 
+def train_settings(args: argparse.Namespace, protocol: Any) -> dict[str, Any]:
+    """What the trained exits depend on (their cache key); a flag added later enters it only when given."""
+    settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
+    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
+    return {**settings, "protocol": protocol.name}
+
+
 def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, float, Path]:
     """The early-exit model, trained (heads or jointly) and cached, its training seconds and its cache
     folder; resumes a killed run."""
-    settings = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS}
-    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_FLAGS_SINCE and v is not None})
-    settings.update(protocol=protocol.name)
+    settings = train_settings(args, protocol)
     folder = cp.CACHE_DIR / f"ee-{model_name(args)}-{cp.cache_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    seed = getattr(args, "head_seed", None) or 0
+    torch.manual_seed(seed)
     ee = add_early_exits(
         model, exits=args.exits, example_inputs=example, head=args.head, cascade=bool(getattr(args, "cascade", None))
     )
@@ -170,9 +179,10 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
         return ee, json.loads((folder / "time.json").read_text())["seconds"], folder
     epochs = args.head_epochs if args.head_epochs is not None else (1 if args.quick else 5)
     config = cp.train_config(protocol, epochs=epochs * args.chunks, lr=args.lr)
+    config = dataclasses.replace(config, seed=protocol.seed + seed)
     started = time.perf_counter()
     train_early_exit(
-        ee, ChunkedLoader(train_loader, args.chunks, seed=protocol.seed), config=config,
+        ee, ChunkedLoader(train_loader, args.chunks, seed=protocol.seed + seed), config=config,
         freeze_backbone=args.train == "heads", checkpoint_dir=folder / "fit", resume=True,
         teacher=copy.deepcopy(model).eval() if args.kd_alpha > 0 else None,
         temperature=args.kd_temperature, alpha=args.kd_alpha, weights=args.exit_weights,
@@ -185,7 +195,7 @@ def train_exits(model, args, protocol, train_loader, example) -> tuple[Any, floa
 
 TRAIN_FLAGS = {"exits", "head", "train", "head_epochs", "lr", "kd_alpha", "kd_temperature", "chunks", "quick"}
 EVAL_FLAGS = ("val_size", "drops", "mac_fractions", "thresholds")
-TRAIN_FLAGS_SINCE = {"exit_weights", "cascade", "baseline_epochs", "model"}  # in the cache key only when given (older caches stay valid)
+TRAIN_FLAGS_SINCE = {"exit_weights", "cascade", "baseline_epochs", "model", "head_seed"}  # in the cache key only when given (older caches stay valid)
 
 
 def choose(ee, model, val, full_macs: int, args) -> dict[str, float]:

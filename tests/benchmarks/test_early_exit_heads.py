@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+import cifar_protocol as cp
 import early_exit as eeb
 import early_exit_heads as heads
 import pytest
@@ -50,3 +51,11 @@ def test_head_costs_time_every_kind_at_every_exit_on_the_exit_maps():
     torch.manual_seed(0)
     probe = heads.HeadOnState(heads.HEADS.get("pool_linear")(in_channels=16, num_classes=10).eval(), state)
     assert probe(torch.empty(0)).shape == (4, 10)
+
+
+def test_head_seed_enters_the_cache_key_only_when_given():
+    protocol = eeb.protocol_of(eeb.parse(["--quick"]))
+    plain = eeb.train_settings(eeb.parse(["--quick"]), protocol)
+    seeded = eeb.train_settings(eeb.parse(["--quick", "--head-seed", "1"]), protocol)
+    assert "head_seed" not in plain  # earlier caches keep their keys
+    assert seeded == {**plain, "head_seed": 1} and cp.cache_key(seeded) != cp.cache_key(plain)
