@@ -176,7 +176,7 @@ class PoolConvGridLinearHead(nn.Module):
         return self.classify(self.features(x))
 
 
-class PoolGridConvLinearHead(nn.Module):
+class PoolGridConvLinearHead(PoolConvGridLinearHead):
     """Average pooling to ``grid`` x ``grid`` FIRST, then a 1x1 convolution to ``width * C`` channels with
     BatchNorm and ReLU, one Linear: :class:`PoolConvGridLinearHead`'s non-linearity for a quarter of its
     convolution (``grid^2`` positions instead of ``(2 grid)^2``) and without its second pooling, which a
@@ -188,22 +188,8 @@ class PoolGridConvLinearHead(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, grid: int = 4, width: int = 2) -> None:
-        super().__init__()
-        self.grid = int(grid)
-        hidden = in_channels * int(width)
-        self.conv = nn.Conv2d(in_channels, hidden, 1, bias=False)
-        self.bn = nn.BatchNorm2d(hidden)
-        self.fc = nn.Linear(hidden * self.grid**2, num_classes)
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(grid_average(x, self.grid)))).flatten(1)
-
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
 
 
 # name -> head class built with (in_channels=, num_classes=)
