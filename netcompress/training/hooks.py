@@ -54,14 +54,21 @@ def call_loss_hooks(
 
 
 def call_hooks(hooks: list[Any], name: str, *args: Any) -> dict[str, Any]:
-    """Call method ``name`` on every hook that has it; merge the dicts they return."""
+    """Call method ``name`` on every hook that has it; merge the dicts they return. A key an earlier hook
+    already returned is kept for both: the later hook's value goes under ``key_2`` (``key_3``, ...), so two hooks
+    of one kind (two distillation terms) never overwrite each other's metrics."""
     merged: dict[str, Any] = {}
     for hook in hooks:
         fn = getattr(hook, name, None)
         if fn is not None:
             out = fn(*args)
             if isinstance(out, dict):
-                merged.update(out)
+                for key, value in out.items():
+                    slot, n = key, 1
+                    while slot in merged:
+                        n += 1
+                        slot = f"{key}_{n}"
+                    merged[slot] = value
     return merged
 
 
