@@ -73,3 +73,27 @@ def hf_family(name: str) -> tuple[nn.Module, Any]:
     mask[1, 4:] = 0
     model = tiny(*FAMILIES[name][:2], **FAMILIES[name][2])
     return model, (torch.randn(2, 3, 16, 16) if name == "vit" else {"input_ids": ids, "attention_mask": mask})
+
+
+def bert_encoder(seed: int = 0) -> nn.Module:
+    """A 2-layer BertModel at width 32 without dropout, weights drawn wide (initializer_range 0.2) so that the
+    layers matter: the sentence-embedding distillation tests' teacher / student."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
+    )  # fmt: skip
+    return transformers.BertModel(config).eval()
+
+
+def sentence_batches(count: int = 4, size: int = 16, length: int = 12, seed: int = 1) -> list[dict[str, Any]]:
+    """``count`` batches of token ids (vocabulary 99) with padded attention masks of random lengths 4..length."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(2, 99, (size, length), generator=g)
+        lengths = torch.randint(4, length + 1, (size,), generator=g)
+        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out

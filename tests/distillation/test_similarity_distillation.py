@@ -12,30 +12,11 @@ from netcompress.core.errors import ConfigError
 from netcompress.distillation import EmbeddingDistillation, distill_transformer_
 from netcompress.distillation.transformer_losses import similarity_kl
 from netcompress.training import TrainConfig, fit
+from tests.tiny_hf import bert_encoder, sentence_batches
 
 transformers = pytest.importorskip("transformers")
 
 QUIET = {"progress": False}
-
-
-def _bert(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
-    )  # fmt: skip
-    return transformers.BertModel(config).eval()
-
-
-def _batches(count: int = 4, size: int = 16, length: int = 12, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(2, 99, (size, length), generator=g)
-        lengths = torch.randint(4, length + 1, (size,), generator=g)
-        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
 
 
 def test_similarity_kl_against_a_direct_computation():
@@ -76,7 +57,7 @@ def test_similarity_kl_refuses_mismatched_embeddings():
 
 
 def test_the_hook_adds_the_relational_term_and_reports_it():
-    teacher, batches = _bert(), _batches()
+    teacher, batches = bert_encoder(), sentence_batches()
     student = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)
     cfg = TrainConfig(epochs=1, optimizer="adamw", lr=0.0, **QUIET)  # lr 0: the losses of one fixed student
     plain = fit(student, batches, config=cfg, hooks=[EmbeddingDistillation(teacher)]).rows[-1]
@@ -95,7 +76,7 @@ def test_the_hook_adds_the_relational_term_and_reports_it():
 
 
 def test_distill_transformer_with_the_relational_term_lowers_it():
-    teacher, batches = _bert(), _batches()
+    teacher, batches = bert_encoder(), sentence_batches()
     student = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)
     summary = distill_transformer_(
         student, teacher, batches, example_inputs=batches[0], hidden_weight=0, attention_weight=0,
@@ -119,7 +100,7 @@ def test_distill_transformer_with_the_relational_term_lowers_it():
     ],
 )
 def test_bad_relational_settings_are_named(fields, message):
-    teacher, batches = _bert(), _batches(count=1)
+    teacher, batches = bert_encoder(), sentence_batches(count=1)
     with pytest.raises(ConfigError, match=message):
         distill_transformer_(teacher, teacher, batches, epochs=1, **fields, **QUIET)
     with pytest.raises(ConfigError, match=message):

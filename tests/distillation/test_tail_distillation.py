@@ -12,30 +12,11 @@ from netcompress.core.errors import ConfigError
 from netcompress.distillation import EmbeddingDistillation, distill_transformer_
 from netcompress.distillation.transformer_losses import tail_cosine_loss
 from netcompress.training import TrainConfig, fit
+from tests.tiny_hf import bert_encoder, sentence_batches
 
 transformers = pytest.importorskip("transformers")
 
 QUIET = {"progress": False}
-
-
-def _bert(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
-    )  # fmt: skip
-    return transformers.BertModel(config).eval()
-
-
-def _batches(count: int = 4, size: int = 16, length: int = 12, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        ids = torch.randint(2, 99, (size, length), generator=g)
-        lengths = torch.randint(4, length + 1, (size,), generator=g)
-        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
 
 
 def _direct(s: torch.Tensor, t: torch.Tensor, power: float, top_k: int) -> float:
@@ -114,7 +95,7 @@ def test_tail_loss_refuses_bad_settings():
 
 
 def test_the_hook_adds_the_tail_term_and_reports_it():
-    teacher, batches = _bert(), _batches()
+    teacher, batches = bert_encoder(), sentence_batches()
     student = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)
     cfg = TrainConfig(epochs=1, optimizer="adamw", lr=0.0, **QUIET)  # lr 0: the losses of one fixed student
     plain = fit(student, batches, config=cfg, hooks=[EmbeddingDistillation(teacher)]).rows[-1]
@@ -133,7 +114,7 @@ def test_the_hook_adds_the_tail_term_and_reports_it():
 
 
 def test_distill_transformer_with_the_tail_term_lowers_it():
-    teacher, batches = _bert(), _batches()
+    teacher, batches = bert_encoder(), sentence_batches()
     fields = {"tail_weight": 1.0, "tail_power": 3.0}
     first = fit(
         nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5), batches,
@@ -153,7 +134,7 @@ def test_distill_transformer_with_the_tail_term_lowers_it():
     [({"tail_weight": -1.0}, "tail_weight"), ({"tail_power": 0.5}, "tail_power"), ({"tail_top_k": -2}, "tail_top_k")],
 )
 def test_bad_tail_settings_are_named(fields, message):
-    teacher, batches = _bert(), _batches(count=1)
+    teacher, batches = bert_encoder(), sentence_batches(count=1)
     with pytest.raises(ConfigError, match=message):
         distill_transformer_(teacher, teacher, batches, epochs=1, **fields, **QUIET)
     with pytest.raises(ConfigError, match=message):
@@ -201,7 +182,7 @@ def test_bank_similarity_loss_weighs_errors_along_the_banks_spread():
 
 
 def test_the_hook_adds_the_bank_term_and_names_a_missing_bank():
-    teacher, batches = _bert(), _batches()
+    teacher, batches = bert_encoder(), sentence_batches()
     student = nc.prune_transformer(teacher, batches[0], heads=0.5, ffn=0.5)
     cfg = TrainConfig(epochs=1, optimizer="adamw", lr=0.0, **QUIET)
     bank = torch.randn(50, 32, generator=torch.Generator().manual_seed(0))
