@@ -141,6 +141,14 @@ def embedding_loss(
     return loss, cosine.mean()
 
 
+def _check_pair(loss: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """``loss`` compares (N, D) student and teacher embeddings row by row: refuse anything else, naming the shapes."""
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ConfigError(
+            f"{loss} needs (N, D) embeddings of one shape, got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+
+
 def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """Relational loss on a batch's (N, D) embeddings: how each sentence ranks the OTHER sentences.
 
@@ -153,11 +161,7 @@ def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, *, temperature: 
         >>> float(similarity_kl(e, e, temperature=0.05))
         0.0
     """
-    if student.shape != teacher.shape or student.dim() != 2:
-        raise ConfigError(
-            f"similarity_kl needs (N, D) embeddings of one shape, got {tuple(student.shape)} and "
-            f"{tuple(teacher.shape)}"
-        )
+    _check_pair("similarity_kl", student, teacher)
     n = student.shape[0]
     if n < 3:
         return student.new_zeros(()).float()
@@ -189,11 +193,7 @@ def tail_cosine_loss(
         >>> float(tail_cosine_loss(t, t, power=3.0))
         0.0
     """
-    if student.shape != teacher.shape or student.dim() != 2:
-        raise ConfigError(
-            f"tail_cosine_loss needs (N, D) embeddings of one shape, got {tuple(student.shape)} and "
-            f"{tuple(teacher.shape)}"
-        )
+    _check_pair("tail_cosine_loss", student, teacher)
     if not power >= 1:
         raise ConfigError(f"tail power must be >= 1 (1 = the plain mean gap), got {power!r}")
     if top_k < 0:
