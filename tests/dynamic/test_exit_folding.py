@@ -13,6 +13,7 @@ from netcompress import models
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.dynamic import ExitEnsemble, add_early_exits
 from netcompress.dynamic.exit_folding import fold_early_exit_bn
+from tests.exit_checks import assert_ort_runs_like_pytorch
 
 X = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 EXITS = ["layer1.0", "layer1.2", "layer2.1"]  # the conv head pools to 8 x 8: maps of at least that (16 x 16 input)
@@ -80,21 +81,9 @@ def test_folded_routed_model_equals_the_unfolded_one_and_holds_no_batchnorm():
 
 def test_folded_model_per_segment_onnx_matches_pytorch_per_exit_and_routes_alike(tmp_path):
     pytest.importorskip("onnxruntime")
-    from netcompress.dynamic import OrtEarlyExit, export_early_exit_onnx
-
     folded, _ = fold_early_exit_bn(_ztw_conv_heads(), X[:1])
-    summary = export_early_exit_onnx(folded, tmp_path, X[:1])
-    assert all(row["max_rel_diff"] < 1e-4 for row in summary["check"])
+    summary = assert_ort_runs_like_pytorch(folded, tmp_path, X)
     assert all("BatchNormalization" not in f["op_counts"] for f in summary["segments"])
-    runner = OrtEarlyExit(tmp_path)
-    with torch.no_grad():
-        reference = folded.forward_all(X)
-        expected = folded(X)
-    for ref, got in zip(reference, runner.forward_all(X)):
-        assert (ref - got).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
-    got = runner(X)
-    assert runner.last_exit_index.tolist() == folded.last_exit_index.tolist()
-    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
 
 
 def test_bad_inputs_are_refused_by_name():

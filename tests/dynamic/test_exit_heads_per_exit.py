@@ -20,6 +20,7 @@ from netcompress.dynamic.exit_heads import (
     PoolGridConvLinearHead,
     PoolLinearHead,
 )
+from tests.exit_checks import assert_ort_runs_like_pytorch
 
 X = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(6))
 EXITS = ["layer1.1", "layer2.0", "layer3.0"]  # maps 16 x 32 x 32, 32 x 16 x 16, 64 x 8 x 8
@@ -125,20 +126,8 @@ def test_batched_routing_with_mixed_heads_equals_the_offline_routing_of_the_exit
 @pytest.mark.parametrize("folded", [False, True])
 def test_mixed_heads_per_segment_onnx_match_pytorch_per_exit_and_route_alike(tmp_path, folded):
     pytest.importorskip("onnxruntime")
-    from netcompress.dynamic import OrtEarlyExit, export_early_exit_onnx
-
     ee = _mixed()
     if folded:
         ee, report = fold_early_exit_bn(ee, X[:1])
         assert report["bn_left"] == [] and report["num_folded"] == 21 + 2  # backbone + the two conv heads
-    summary = export_early_exit_onnx(ee, tmp_path, X[:1])
-    assert all(row["max_rel_diff"] < 1e-4 for row in summary["check"])
-    runner = OrtEarlyExit(tmp_path)
-    with torch.no_grad():
-        reference = ee.forward_all(X)
-        expected = ee(X)
-    for ref, got in zip(reference, runner.forward_all(X)):
-        assert (ref - got).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
-    got = runner(X)
-    assert runner.last_exit_index.tolist() == ee.last_exit_index.tolist()
-    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+    assert_ort_runs_like_pytorch(ee, tmp_path, X)
