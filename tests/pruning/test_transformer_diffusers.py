@@ -9,38 +9,22 @@ zero (``masked``): a wrong claim about which rows are q, k, v or which half of a
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
+from tests.transformer_masks import masked_heads_and_neurons
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def masked(model: nn.Module, summary: dict) -> nn.Module:
-    ref, blocks = copy.deepcopy(model), find_blocks(model)
-    outs = {u.name: (u.o, u.head_dim) for u in blocks.attention}
-    downs = {u.name: u.down for u in blocks.ffn}
-    with torch.no_grad():
-        for entry in summary["heads"]:
-            o, d = outs[entry["name"]]
-            for h in set(range(entry["before"])) - set(entry["kept"]):
-                ref.get_submodule(o).weight[:, h * d : (h + 1) * d] = 0
-        for entry in summary["ffn"]:
-            gone = sorted(set(range(entry["before"])) - set(entry["kept"]))
-            ref.get_submodule(downs[entry["name"]]).weight[:, gone] = 0
-    return ref.eval()
 
 
 def prune_and_compare(model: nn.Module, x: tuple) -> tuple[nn.Module, dict]:
     model = model.eval()
     small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.5, ffn=0.5))
     with torch.no_grad():
-        got, want, full = small(*x)[0], masked(model, summary)(*x)[0], model(*x)[0]
+        got, want, full = small(*x)[0], masked_heads_and_neurons(model, summary)(*x)[0], model(*x)[0]
     assert (got - want).abs().max().item() < 1e-5
     assert (got - full).abs().max().item() > 1e-4  # the comparison tells pruned from unpruned
     return small, summary

@@ -10,8 +10,6 @@ down-projection columns are zero (``masked``): a wrong claim about which rows ar
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,7 @@ from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_pruning import TransformerPruneConfig, transformer_prune
 from netcompress.pruning.transformer_qkv_graph import split_from_graph, trace_tokens
+from tests.transformer_masks import masked_heads_and_neurons
 
 try:  # imported by name as vit-pytorch does (``from einops import rearrange``)
     from einops import rearrange
@@ -132,28 +131,12 @@ def lucidrains_model(one_head_stem: bool = False) -> nn.Module:
     return Transformer()
 
 
-def masked(model: nn.Module, summary: dict) -> nn.Module:
-    """The original with the removed heads' output columns and removed neurons' down columns zeroed."""
-    ref, blocks = copy.deepcopy(model), find_blocks(model)
-    outs = {u.name: (u.o, u.head_dim) for u in blocks.attention}
-    downs = {u.name: u.down for u in blocks.ffn}
-    with torch.no_grad():
-        for entry in summary["heads"]:
-            o, d = outs[entry["name"]]
-            for h in set(range(entry["before"])) - set(entry["kept"]):
-                ref.get_submodule(o).weight[:, h * d : (h + 1) * d] = 0
-        for entry in summary["ffn"]:
-            gone = sorted(set(range(entry["before"])) - set(entry["kept"]))
-            ref.get_submodule(downs[entry["name"]]).weight[:, gone] = 0
-    return ref.eval()
-
-
 def prune_and_compare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = model.eval()
     small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.5, ffn=0.5))
     with torch.no_grad():
-        got, want = small(x), masked(model, summary)(x)
+        got, want = small(x), masked_heads_and_neurons(model, summary)(x)
         assert (got - want).abs().max().item() < 1e-5
         assert (got - model(x)).abs().max().item() > 1e-4  # the comparison tells pruned from unpruned
     assert all(h["after"] == HEADS // 2 for h in summary["heads"]) and summary["heads"]

@@ -1,0 +1,27 @@
+"""The reference a head / FFN-pruned transformer is compared with, built from the pruning summary alone: the
+original with the removed heads' output-projection columns and the removed neurons' down-projection columns zeroed."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from netcompress.pruning.transformer_blocks import find_blocks
+
+
+def masked_heads_and_neurons(model: nn.Module, summary: dict) -> nn.Module:
+    """A copy of ``model`` in eval mode without the heads and FFN neurons ``summary`` (``prune_transformer``'s) removed."""
+    ref, blocks = copy.deepcopy(model), find_blocks(model)
+    outs = {u.name: (u.o, u.head_dim) for u in blocks.attention}
+    downs = {u.name: u.down for u in blocks.ffn}
+    with torch.no_grad():
+        for entry in summary["heads"]:
+            o, d = outs[entry["name"]]
+            for h in set(range(entry["before"])) - set(entry["kept"]):
+                ref.get_submodule(o).weight[:, h * d : (h + 1) * d] = 0
+        for entry in summary["ffn"]:
+            gone = sorted(set(range(entry["before"])) - set(entry["kept"]))
+            ref.get_submodule(downs[entry["name"]]).weight[:, gone] = 0
+    return ref.eval()
