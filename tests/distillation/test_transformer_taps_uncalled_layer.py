@@ -16,19 +16,7 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int = 16, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v, self.to_out = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, x):
-        b, n, _ = x.shape
-        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+from tests.tiny_attention import Attention
 
 
 class Blocks(nn.Module):
