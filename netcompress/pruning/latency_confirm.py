@@ -150,15 +150,17 @@ def choose_finalist(
 
 
 def state_macs(variants: Any, example_inputs: Any) -> Callable[[Mapping[str, int]], float]:
-    """``macs(state)``: the MACs of ``variants.build(state)`` (counted once per width assignment)."""
+    """``macs(state)``: the MACs of ``variants.build(state)`` (counted once per width assignment); keys that
+    are not ``variants``' groups (the joint search's ``"int8:<layer>"`` precision moves) are left out."""
     from netcompress.evaluation.macs import count_macs
 
     counted: dict[tuple, float] = {}
 
     def macs(state: Mapping[str, int]) -> float:
-        key = state_key(state)
+        widths = {k: v for k, v in state.items() if k in variants.pruned}
+        key = state_key(widths)
         if key not in counted:
-            counted[key] = float(count_macs(variants.build(state), example_inputs, per_layer=False)[0])
+            counted[key] = float(count_macs(variants.build(widths), example_inputs, per_layer=False)[0])
         return counted[key]
 
     return macs

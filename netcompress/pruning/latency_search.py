@@ -276,7 +276,7 @@ def search_measured_target(
     reason, bracket, bisected = None, ScaleBracket(), None
     measured: dict[tuple[tuple[str, int], ...], dict[str, Any]] = {}
     confirming = config.confirm_rounds > 1 or config.fill_up or config.finalists
-    macs = state_macs(variants, example_inputs) if confirming else None
+    macs = state_macs(plain, example_inputs) if confirming else None  # the float model's MACs (widths only)
 
     def check(state: dict[str, int], phase: str, bisected: bool = False) -> dict[str, Any]:
         """Measure ``state`` end to end (``confirm_rounds`` rounds); its row is recorded and returned."""

@@ -161,7 +161,6 @@ def test_retime_takes_per_round_ratios_against_the_same_rounds(monkeypatch) -> N
         ({"fill_up": -1}, "fill_up=-1"),
         ({"finalists": -2}, "finalists=-2"),
         ({"fill_up_slack": 0.05, "tolerance": 0.03}, "fill_up_slack=0.05"),
-        ({"quantize": "joint", "finalists": 2}, "not supported with quantize"),
     ],
 )
 def test_bad_confirmation_fields_are_errors_naming_them(fields, message) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 import netcompress.pruning  # noqa: F401  (registers the methods)
 from netcompress.core.errors import ConfigError
 from netcompress.core.methods import METHODS, MethodData
-from netcompress.pruning import latency_table
+from netcompress.pruning import latency_confirm, latency_table
 from netcompress.pruning.auto import AutoPruneConfig, prune_to_target
 from netcompress.pruning.latency_joint import JointTable
 from netcompress.pruning.latency_table import CostTable
@@ -183,3 +183,46 @@ def test_recipe_step_returns_the_int8_model_after_recovery(clock, tmp_path):
     )
     assert "export_check" in result.summary["precision"]
     json.dumps(result.summary)
+
+
+def test_joint_search_with_median_checks_fill_up_and_finalists(clock, monkeypatch, tmp_path):
+    fake = clock({"a": 5.0, "b": 5.0}, {"a": 0.5, "b": 0.5})
+    rounds: list[int] = []
+
+    def per_round(models, example_inputs, spec):  # every check: spec.rounds rounds of the same fake clock
+        rounds.append(spec.rounds)
+        return {name: [fake.ms(m)] * spec.rounds for name, m in models.items()}
+
+    monkeypatch.setattr(latency_confirm, "time_deployed_rounds", per_round)
+    # float 4 + 80 + 80 = 164 ms; 2x: the search meets it with both int8 and "b" at 12 of 16 (74 ms, 2.22x); the
+    # fill-up gives "b" back (both int8, full width: 84 ms, 1.95x >= 0.97 x 2: held); keeping "a" or "b" float
+    # again (124 ms, 1.32x) is refused; the held step loses the least proxy and re-times within the tolerance
+    qmodel, summary = _joint(tmp_path, reduction=2.0, widths=[1.0, 0.75, 0.5], confirm_rounds=3, fill_up=4,
+                             finalists=2, fill_up_slack=0.03)  # fmt: skip
+    rows = summary["candidates"]
+    assert [r["phase"] for r in rows] == ["search", "fill_up", "fill_up", "fill_up"]
+    assert (
+        rows[0]["widths"] == {"b": 0.75} and rows[0]["int8_layers"] == ["a", "b"] and rows[0]["met"] is True
+    )
+    assert rows[1]["widths"] == {} and rows[1]["int8_layers"] == ["a", "b"] and rows[1]["held"] is True
+    assert rows[1]["reduction"] == pytest.approx(164 / 84) and [r["held"] for r in rows[2:]] == [False, False]
+    assert sorted(r["int8_layers"][0] for r in rows[2:]) == ["a", "b"] and all(
+        r["widths"] == {} for r in rows[2:]
+    )
+    # MACs are the float model's: the precision moves leave them alone, the widening adds "b"'s back
+    assert rows[0]["macs"] < rows[1]["macs"] == rows[2]["macs"] == rows[3]["macs"]
+    assert all(
+        r["timings"] == 3 and r["ratios"] == pytest.approx([r["reduction"]] * 3, abs=1e-4) for r in rows
+    )
+    finalists = summary["confirmation"]["finalists"]
+    assert (
+        [f["round"] for f in finalists] == [2, 1] and summary["chosen_round"] == 2 and summary["met"] is True
+    )
+    assert set(rounds) == {3} and len(rounds) == 5  # four checks, one re-timing of both finalists
+    assert {"a", "b"} <= _int8(qmodel) and qmodel.get_submodule("b").layer.out_channels == 16
+    assert fake.ms(qmodel) == summary["target_after"] == 84.0 and summary["precision"]["float"] == [
+        "a2",
+        "b2",
+        "fc",
+    ]
+    json.dumps(summary)
