@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_protocol as cp  # noqa: E402
 from finetune_recipes import close_hooks, recipe  # noqa: E402
+from pruning_joint_rows import FLOAT_FORM, deploy_int8, heldout_loader, is_int8  # noqa: E402
 from pruning_latency import latency_methods, latency_table  # noqa: E402
 from pruning_methods import (  # noqa: E402
     FINISHERS,
@@ -163,6 +164,10 @@ def run_method(
         "prune_s": round(prune_s, 1),
         "finetune_s": round(finetune_s, 1),
     }
+    if pruned.info.get("deploy") == "int8":  # the row IS its int8 ORT file (pruning_joint_rows.py)
+        row.update(acc_after_float=row["acc_after"], acc_val_float=row["acc_val"])
+        model, deployed = deploy_int8(model, pruned.info, ctx, name)
+        row.update(deployed)
     return model, row
 
 
@@ -233,23 +238,31 @@ def benchmark_model(
         )
         models[name], rows = model, [*rows, row]
     repeats = {1: 20, 64: 5} if protocol.name != "quick" else {1: 3, 64: 1}
+    # an int8 row (fake-quantized in PyTorch) is timed only as its int8 ORT file: no eager / folded figures
     timings = time_alternating(
-        models, example, rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats
-    )
+        {k: m for k, m in models.items() if not is_int8(m)}, example, rounds=config.latency_rounds,
+        threads=config.timing_threads, repeats=repeats,
+    )  # fmt: skip
     deployed = time_alternating(
         deployed_forms(models, example, work_dir / "onnx", threads=config.timing_threads), example,
         batch_sizes=(64,), rounds=config.latency_rounds, threads=config.timing_threads, repeats=repeats,
     )  # fmt: skip
     for row in rows:
-        row.update(timings[row["method"]])
+        row.update(timings.get(row["method"], {}))
+        row.setdefault("deployed_form", FLOAT_FORM)
+        if "acc_val5k" not in row and not heldout:  # the steadier 5,000-image validation split
+            row["acc_val5k"] = evaluate(models[row["method"]], heldout_loader(ctx))["accuracy"]
         for form in DEPLOY_FORMS:
-            ms = deployed[f"{row['method']}|{form}"]["latency_b64_ms"]
+            ms = deployed.get(f"{row['method']}|{form}", {}).get("latency_b64_ms")
             row[f"{form}_b64_ms"] = ms
-            row[f"{form}_speedup_b64"] = deployed[f"unpruned|{form}"]["latency_b64_ms"] / ms
+            row[f"{form}_speedup_b64"] = (
+                None if ms is None else deployed[f"unpruned|{form}"]["latency_b64_ms"] / ms
+            )
         row["model"] = model_name
         row["mac_reduction"] = base_macs / max(row["macs"], 1)
-        row["speedup_b1"] = timings["unpruned"]["latency_ms"] / row["latency_ms"]
-        row["speedup_b64"] = timings["unpruned"]["latency_b64_ms"] / row["latency_b64_ms"]
+        if "latency_ms" in row:
+            row["speedup_b1"] = timings["unpruned"]["latency_ms"] / row["latency_ms"]
+            row["speedup_b64"] = timings["unpruned"]["latency_b64_ms"] / row["latency_b64_ms"]
         if row["sparse_size_bytes"] is not None:
             row["sparse_ratio"] = row["sparse_size_bytes"] / rows[0]["size_bytes"]
     return rows
@@ -266,6 +279,11 @@ def deployed_forms(
     does not export faithfully stops the benchmark instead of being timed."""
     forms: dict[str, nn.Module] = {}
     for name, model in models.items():
+        if is_int8(model):  # its int8 file, checked against PyTorch within the int8 tolerance by the export
+            path = onnx_dir / f"{name}.int8.onnx"
+            export_onnx(model, path, example, int8=True, check=True)
+            forms[f"{name}|ort"] = OrtModel(path, threads=threads)
+            continue
         forms[f"{name}|folded"] = fold_bn(model)
         path = onnx_dir / f"{name}.onnx"
         summary = export_onnx(model, path, example, check=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import cifar_protocol as cp
 from pruning_depth import DEPTH_ROWS  # registers session 13's rows (depth + width)
+from pruning_joint_rows import JOINT_ROWS, joint_checks  # registers session 16's int8-deployed rows
 from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of, with_recalibration
 from pruning_recovery import RECOVERY_ROWS  # registers the session-8 rows (fill-up, sensitivity, KD)
 from pruning_soft import SOFT_ROWS  # registers session 14's rows (channels faded inside the budget)
@@ -45,7 +46,7 @@ LATENCY_BATCH = 64
 LATENCY_ROWS = (
     "nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency", "nc_macs_high", "tp_magnitude_macs_high",
     *RECOVERY_ROWS, *(f"{name}_kd" for name in (*RECOVERY_ROWS, "nc_latency")), *STAGES_ROWS, *DEPTH_ROWS,
-    *VGG_LATENCY_ROWS, *SOFT_ROWS,
+    *VGG_LATENCY_ROWS, *SOFT_ROWS, *JOINT_ROWS,
 )  # fmt: skip
 TP_ROWS = ("tp_magnitude_at_latency", "tp_magnitude_macs_high")
 TP_MISSING = "Torch-Pruning is not installed (pip install torch-pruning): its rows are skipped"
@@ -198,12 +199,15 @@ def latency_methods() -> list[str]:
 # the latency mode's own table: the measured ORT batch-64 latency, the reductions, MACs and accuracy
 LATENCY_COLUMNS: list[cp.Column] = [
     ("method", "label", cp.fmt_text),
+    ("deployed form", "deployed_form", cp.fmt_text),  # int8 rows: accuracy and latency of the int8 ORT file
+    ("int8 layers", "int8_layers", cp.fmt_text),
     ("ORT b64 ms", "ort_b64_ms", cp.fmt_number(1)),
     ("ORT speed-up", "ort_speedup_b64", cp.fmt_number(2)),
     ("MMACs", "mmacs", cp.fmt_number(2)),
     ("MAC red. x", "mac_reduction", cp.fmt_number(2)),
     ("acc after FT %", "acc_after", cp.fmt_percent),
     ("val acc %", "acc_val", cp.fmt_percent),
+    ("val 5k acc %", "acc_val5k", cp.fmt_percent),
 ]
 
 
@@ -230,10 +234,12 @@ def latency_checks(
         r for r in rows if r["method"].startswith("nc_latency") and r["method"] not in LATENCY_BOUND_ROWS
     ):
         name, got = ours["method"], ours["ort_speedup_b64"]
-        lines.append(f"{name} ORT batch-64 speed-up after fine-tuning {got:.2f}x for {target}x (met within 5 %: "
+        lines.append(f"{name} ORT batch-64 speed-up after fine-tuning {got:.2f}x for {target}x "
+                     f"({ours.get('deployed_form', 'float ORT')} file; met within 5 %: "
                      f"{'PASS' if got >= target / 1.05 else 'MISS'}); search's own confirmation "
                      f"{ours['search_speedup']:.2f}x, met={ours['met']} in {ours['search_rounds']} round(s)")  # fmt: skip
-        for peer in ("tp_magnitude_at_latency", "tp_magnitude_at_latency_median", "nc_uniform_at_latency"):
+        for peer in ("tp_magnitude_at_latency", "tp_magnitude_at_latency_median", "tp_magnitude_at_latency_int8",
+                     "nc_uniform_at_latency"):  # fmt: skip
             if peer in by:
                 gap = 100 * (accuracy(ours) - accuracy(by[peer]))
                 lines.append(f"{name} vs {peer} (ORT b64 {by[peer]['ort_speedup_b64']:.2f}x): {gap:+.2f} points "
@@ -242,6 +248,7 @@ def latency_checks(
         lines.append(
             f"{name} vs unpruned: {drop:.2f} points lower (target <= 1): {'PASS' if drop <= 1 else 'MISS'}"
         )
+    lines += joint_checks(rows, target, accuracy)
     peer = by.get("tp_magnitude_macs_high")
     for ours in (r for r in rows if r["method"].startswith("nc_macs_high")):
         name, red = ours["method"], ours["mac_reduction"]
