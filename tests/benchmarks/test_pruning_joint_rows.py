@@ -132,3 +132,14 @@ def test_int8_only_checks(speedup, acc, verdicts) -> None:
     (line,) = jr.joint_checks(rows, 2.5, lambda r: r["acc_after"])
     assert line.startswith(f"nc_int8_only (int8 ORT vs unpruned float ORT): {speedup:.2f}x for 2.5x")
     assert f"met within 5 %: {verdicts[0]}" in line and f"(target <= 1: {verdicts[1]})" in line
+
+
+def test_retime_table_reports_the_median_per_round_ratio_and_its_range() -> None:
+    import pruning_retime
+
+    timed = {
+        "row": {"ratio": 2.5, "ratios": [2.0, 2.5, 3.5], "spread": 0.6, "unpruned": 30.0, "candidate": 12.0}
+    }
+    lines = pruning_retime.retime_table(timed).splitlines()
+    assert lines[0].startswith("| row | median ratio (unpruned float ORT / row) | spread | min - max |")
+    assert lines[2] == "| row | 2.50 | 0.60 | 2.00 - 3.50 | 30.0 | 12.0 |"
