@@ -168,6 +168,7 @@ def joint_checks(rows: list[dict[str, Any]], target: float, accuracy: Any) -> li
         got = row["ort_speedup_b64"]
         drop = 100 * (accuracy(by["unpruned"]) - accuracy(row))
         lines.append(f"{row['method']} ({INT8_FORM} vs unpruned float ORT): {got:.2f}x for {target}x (met within "
-                     f"5 %: {'PASS' if got >= target / 1.05 else 'MISS'}); {drop:.2f} points below unpruned "
+                     f"5 %: {'PASS' if got >= target / 1.05 else 'MISS'}); {abs(drop):.2f} points "
+                     f"{'below' if drop >= 0 else 'above'} unpruned "
                      f"(target <= 1: {'PASS' if drop <= 1 else 'MISS'})")  # fmt: skip
     return lines

@@ -245,9 +245,8 @@ def latency_checks(
                 lines.append(f"{name} vs {peer} (ORT b64 {by[peer]['ort_speedup_b64']:.2f}x): {gap:+.2f} points "
                              f"(target >= +1): {'PASS' if gap >= 1 else 'MISS'}")  # fmt: skip
         drop = 100 * (accuracy(by["unpruned"]) - accuracy(ours))
-        lines.append(
-            f"{name} vs unpruned: {drop:.2f} points lower (target <= 1): {'PASS' if drop <= 1 else 'MISS'}"
-        )
+        lines.append(f"{name} vs unpruned: {abs(drop):.2f} points {'lower' if drop >= 0 else 'higher'} (target <= 1): "
+                     f"{'PASS' if drop <= 1 else 'MISS'}")  # fmt: skip
     lines += joint_checks(rows, target, accuracy)
     peer = by.get("tp_magnitude_macs_high")
     for ours in (r for r in rows if r["method"].startswith("nc_macs_high")):

@@ -123,15 +123,17 @@ def test_joint_row_runs_the_joint_search_with_the_confirmation_switches(monkeypa
 
 
 @pytest.mark.parametrize(
-    ("speedup", "acc", "verdicts"), [(2.6, 0.73, ("PASS", "PASS")), (2.2, 0.70, ("MISS", "MISS"))]
-)
-def test_int8_only_checks(speedup, acc, verdicts) -> None:
+    ("speedup", "acc", "verdicts", "gap"),
+    [(2.6, 0.73, ("PASS", "PASS"), "0.66 points below"), (2.2, 0.70, ("MISS", "MISS"), "3.66 points below"),
+     (2.4, 0.75, ("PASS", "PASS"), "1.34 points above")],
+)  # fmt: skip
+def test_int8_only_checks(speedup, acc, verdicts, gap) -> None:
     rows = [{"method": "unpruned", "acc_after": 0.7366},
             {"method": "nc_int8_only", "deployed_form": "int8 ORT", "ort_speedup_b64": speedup, "acc_after": acc},
             {"method": "nc_latency_fill", "ort_speedup_b64": 2.8, "acc_after": 0.72}]  # fmt: skip
     (line,) = jr.joint_checks(rows, 2.5, lambda r: r["acc_after"])
     assert line.startswith(f"nc_int8_only (int8 ORT vs unpruned float ORT): {speedup:.2f}x for 2.5x")
-    assert f"met within 5 %: {verdicts[0]}" in line and f"(target <= 1: {verdicts[1]})" in line
+    assert f"met within 5 %: {verdicts[0]}" in line and f"{gap} unpruned (target <= 1: {verdicts[1]})" in line
 
 
 def test_retime_table_reports_the_median_per_round_ratio_and_its_range() -> None:
@@ -143,3 +145,14 @@ def test_retime_table_reports_the_median_per_round_ratio_and_its_range() -> None
     lines = pruning_retime.retime_table(timed).splitlines()
     assert lines[0].startswith("| row | median ratio (unpruned float ORT / row) | spread | min - max |")
     assert lines[2] == "| row | 2.50 | 0.60 | 2.00 - 3.50 | 30.0 | 12.0 |"
+
+
+def test_latency_checks_say_higher_when_a_row_beats_the_unpruned_model() -> None:
+    rows = [{"method": "unpruned", "acc_after": 0.7366},
+            {"method": "nc_latency_joint", "deployed_form": "int8 ORT", "ort_speedup_b64": 2.67, "acc_after": 0.7508,
+             "search_speedup": 2.7, "met": True, "search_rounds": 12}]  # fmt: skip
+    lines = pl.latency_checks(rows, 2.5, lambda r: r["acc_after"])
+    assert lines[0].startswith(
+        "nc_latency_joint ORT batch-64 speed-up after fine-tuning 2.67x for 2.5x (int8 ORT file;"
+    )
+    assert lines[-1] == "nc_latency_joint vs unpruned: 1.42 points higher (target <= 1): PASS"
