@@ -56,7 +56,8 @@ from netcompress.pruning.transformer_selection import (
     plan_transformer_pruning,
     queries_fallback,
 )
-from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
+from netcompress.pruning.transformer_stream import find_outputs_only, stream_layers
+from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
 from netcompress.pruning.transformer_verify import verify_pruned
 
 GQA_MODES = ("groups", "queries")
@@ -225,6 +226,9 @@ def transformer_prune(
     blocks = find_blocks(model)
     dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
     _check_blocks(blocks, config, model)
+    if config.hidden > 0:
+        with eval_mode(model):
+            blocks.outputs_only = find_outputs_only(model, example_inputs)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
     width = stream.width if stream is not None else _width(model, blocks)
     scores = unit_importance(
