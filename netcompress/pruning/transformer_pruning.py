@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -244,6 +245,14 @@ def transformer_prune(
         check_removes_something(blocks, plan, config)
         small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
     verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    if stream is not None and stream.buffers:
+        names = ", ".join(f"{m}.{b}" if m else b for m, b in stream.buffers)
+        warnings.warn(
+            f"buffer(s) {names} (stream-wide tables, e.g. a sin-cos position table) now hold the kept channels; a "
+            "forward that recomputes such a table for another input size (diffusers' PatchEmbed at another "
+            "resolution) builds it at the new width instead of slicing it: run the pruned model at the example's size",
+            stacklevel=2,
+        )
     summary = {
         "method": "transformer",
         **config.to_dict(),

@@ -7,7 +7,8 @@ output is ``k`` chunks of ``width`` values, each applied channel by channel to t
 ``norm(x) * (1 + scale) + shift``); its rows ``j * width + c`` follow stream channel ``c`` in every chunk ``j``.
 It is recognised by name (a layer inside a module whose class or name says adaLN / ``AdaLayerNorm``); in a
 model that has one, every other dense layer outside the blocks writing a whole multiple (2 or more) of the
-width is taken as one too (diffusers' DiT reads its final shift and scale from ``proj_out_1``). A wrong guess
+width and read by some module is taken as one too (diffusers' DiT reads its final shift and scale from
+``proj_out_1``; PixArt's ``proj_out``, two widths of patch pixels that no module reads, is not). A wrong guess
 cannot pass silently: ``transformer_verify`` compares the pruned model with the masked original built from the
 same lists. The conditioning vector such a layer reads, when it is as wide as the stream, is pruned like the
 stream (PixArt adds it to the stream's shift / scale table, so its channels must follow the stream's).
@@ -143,7 +144,8 @@ def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = Tr
                 if _stream_buffer(buf, width):
                     layers.buffers.append((name, bname))
     if layers.modulations:
-        layers.modulations += _other_modulations(model, width, inside, {n for n, _ in layers.modulations})
+        known = {n for n, _ in layers.modulations} | blocks.outputs_only  # PixArt's proj_out: 2 widths, an output
+        layers.modulations += _other_modulations(model, width, inside, known)
     inside_writers = {u.o for u in blocks.attention} | {u.down for u in blocks.ffn}
     if require_source and not (
         layers.embeddings or layers.convs or layers.params or layers.buffers or set(layers.writers) - inside_writers

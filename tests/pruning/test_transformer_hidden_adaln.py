@@ -25,6 +25,7 @@ from netcompress.pruning.transformer_verify import masked_reference
 from tests.tiny_attention import Attention
 
 D = 16
+pytestmark = pytest.mark.filterwarnings("ignore:buffer.s. .* now hold the kept channels")
 
 
 class Block(nn.Module):
@@ -123,6 +124,26 @@ def test_a_model_without_adaln_has_no_modulations() -> None:
     assert stream_layers(model, blocks).modulations == []
 
 
+def _check_against_masked(
+    model: nn.Module, small: nn.Module, x: tuple, summary: dict, patch: str = "pos_embed.proj"
+) -> list[int]:
+    """pruned == the masked original (the reference ``transformer_verify`` documents); returns the kept channels,
+    read off the patch convolution's rows."""
+    w, w_small = model.get_submodule(patch).weight, small.get_submodule(patch).weight
+    kept = [next(i for i in range(w.shape[0]) if torch.equal(w[i], row)) for row in w_small]
+    blocks = find_blocks(model)
+    blocks.outputs_only = find_outputs_only(model, x)
+    plan = TransformerPlan(hidden=kept, hidden_width=D)
+    plan.neurons = {f["name"]: f["kept"] for f in summary["ffn"]}
+    ref = masked_reference(model, blocks, plan, stream_layers(model, blocks))
+    with torch.no_grad():
+        got, want, full = small(*x)[0], ref(*x)[0], model(*x)[0]
+    assert got.shape == full.shape
+    assert (got - want).abs().max().item() < 1e-5
+    assert (got - full).abs().max().item() > 1e-4
+    return kept
+
+
 def test_diffusers_dit_hidden_width_equals_the_masked_original() -> None:
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
@@ -131,25 +152,45 @@ def test_diffusers_dit_hidden_width_equals_the_masked_original() -> None:
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 1000, (2,), generator=g),
          torch.randint(0, 10, (2,), generator=g))  # fmt: skip
-    small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.0, ffn=0.0, hidden=0.25))
+    with pytest.warns(UserWarning, match="pos_embed.pos_embed .* another input size"):
+        small, summary = transformer_prune(model, x, TransformerPruneConfig(hidden=0.25))
     assert summary["hidden_after"] == 12
-    w, w_small = model.pos_embed.proj.weight, small.pos_embed.proj.weight  # the kept channels, from the patch conv
-    kept = [next(i for i in range(D) if torch.equal(w[i], row)) for row in w_small]
+    kept = _check_against_masked(model, small, x, summary)
     linear, small_linear = model.transformer_blocks[0].norm1.linear, small.transformer_blocks[0].norm1.linear
-    rows = [j * D + c for j in range(6) for c in kept]
+    rows = [j * D + c for j in range(6) for c in kept]  # shift, scale, gate (attention, then FFN): channel c each
     assert torch.equal(small_linear.weight, linear.weight[rows][:, kept])
     assert torch.equal(small.proj_out_1.bias, model.proj_out_1.bias[[j * D + c for j in range(2) for c in kept]])
-    assert small.proj_out_2.out_features == D and torch.equal(small.pos_embed.pos_embed, model.pos_embed.pos_embed[..., kept])
-    blocks = find_blocks(model)
-    blocks.outputs_only = find_outputs_only(model, x)
-    plan = TransformerPlan(hidden=kept, hidden_width=D)
-    plan.neurons = {f["name"]: f["kept"] for f in summary["ffn"]}
-    ref = masked_reference(model, blocks, plan, stream_layers(model, blocks))
-    with torch.no_grad():
-        got, want, full = small(*x)[0], ref(*x)[0], model(*x)[0]
-    assert got.shape == full.shape == (2, 4, 8, 8)
-    assert (got - want).abs().max().item() < 1e-5
-    assert (got - full).abs().max().item() > 1e-4
+    assert small.proj_out_2.out_features == D  # 2 x 2 x 4 pixels per patch, as wide as the stream by chance
+    assert torch.equal(small.pos_embed.pos_embed, model.pos_embed.pos_embed[..., kept])
+
+
+class _PixArt(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.pixart = model
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.pixart(x, encoder_hidden_states=text, timestep=t).sample
+
+
+def test_diffusers_pixart_hidden_width_equals_the_masked_original() -> None:
+    """PixArt: one AdaLayerNormSingle outside the blocks (Linear(d, 6d)), per-block ``scale_shift_table`` (6, d), the
+    caption projection writing the cross-attention's d-wide keys, and ``proj_out`` writing 2 widths of pixels."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    model = _PixArt(diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, cross_attention_dim=16, caption_channels=12, norm_num_groups=4, use_additional_conditions=False,
+    )).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 12, generator=g),
+         torch.randint(0, 1000, (2,), generator=g))  # fmt: skip
+    small, summary = transformer_prune(model, x, TransformerPruneConfig(heads=0.0, ffn=0.0, hidden=0.25))
+    assert summary["hidden_after"] == 12
+    kept = _check_against_masked(model, small, x, summary, "pixart.pos_embed.proj")
+    assert small.pixart.adaln_single.linear.out_features == 72 and small.pixart.proj_out.out_features == 32
+    assert torch.equal(small.pixart.transformer_blocks[1].scale_shift_table,
+                       model.pixart.transformer_blocks[1].scale_shift_table[:, kept])  # fmt: skip
 
 
 def test_hidden_width_of_a_copy_leaves_the_original() -> None:
