@@ -60,6 +60,7 @@ from netcompress.pruning.transformer_selection import (
 from netcompress.pruning.transformer_stream import find_outputs_only, stream_layers
 from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
 from netcompress.pruning.transformer_verify import verify_pruned
+from netcompress.quantization.value_tracing import module_state_kept
 
 GQA_MODES = ("groups", "queries")
 ALLOCATIONS = ("uniform", "global")
@@ -174,8 +175,9 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     Attention's ``softmax(QK^T)V`` products count too (PyTorch's counter misses the CPU kernel).
     """
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
-    # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see
-    with eval_mode(model), torch.enable_grad(), counter:
+    # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see; what the
+    # forward stores on its modules (a recurrent state, then holding a graph) is put back
+    with eval_mode(model), module_state_kept(model), torch.enable_grad(), counter:
         call_model(model, example_inputs)
     return counter.get_total_flops() // 2
 
@@ -227,9 +229,8 @@ def transformer_prune(
     blocks = find_blocks(model)
     dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
     _check_blocks(blocks, config, model)
-    if config.hidden > 0:
-        with eval_mode(model):
-            blocks.outputs_only = find_outputs_only(model, example_inputs)
+    if config.hidden > 0:  # a copy: a forward under grad may leave graph tensors on the modules (a recurrent state)
+        blocks.outputs_only = find_outputs_only(copy.deepcopy(model).eval(), example_inputs)
     stream = stream_layers(model, blocks) if config.hidden > 0 else None
     width = stream.width if stream is not None else _width(model, blocks)
     scores = unit_importance(

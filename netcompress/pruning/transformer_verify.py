@@ -42,6 +42,7 @@ from netcompress.pruning.transformer_surgery import (
     head_rows,
     set_module,
 )
+from netcompress.quantization.value_tracing import module_state_kept
 
 RTOL = 1e-5
 
@@ -228,7 +229,8 @@ def verify_pruned(
         # grad mode keeps nn.TransformerEncoderLayer off its fused fast path (which FLOP counters and
         # forward hooks on the attention cannot see)
         # both under one seed: a forward that samples (ViLT's image patches) draws the same for both
-        with eval_mode(ref_model), eval_mode(pruned), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        with eval_mode(ref_model), eval_mode(pruned), module_state_kept(pruned), torch.enable_grad(), \
+                torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             ref_out = call_model(ref_model, example_inputs)
             torch.manual_seed(0)

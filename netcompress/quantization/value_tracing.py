@@ -191,6 +191,9 @@ def _attributes_kept(root: Any) -> Iterator[None]:
                     now.update(saved)
 
 
+module_state_kept = _attributes_kept  # public: any forward run that must leave the modules as they were
+
+
 def _value(a: Any, root: nn.Module | None = None) -> Any:
     # create_proxy receives its arguments already turned into graph nodes; a tensor attribute that is no
     # parameter or buffer (a fixed position table) becomes a get_attr node fx adds without create_proxy

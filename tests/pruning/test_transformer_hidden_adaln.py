@@ -198,3 +198,21 @@ def test_hidden_width_of_a_copy_leaves_the_original() -> None:
     before = copy.deepcopy(model.state_dict())
     transformer_prune(model, X, TransformerPruneConfig(heads=0.0, ffn=0.0, hidden=0.25))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_forward_keeping_state_on_its_modules_prunes_and_stays_copyable() -> None:
+    """The autograd probe for final projections runs on a copy, and the MAC count and the verification (run under
+    grad) put back what the forward stores: a forward that keeps a tensor on its module (RecurrentGemma's recurrent
+    state) would otherwise leave a graph tensor there, and the model no longer copies (a CRASH in the sweep)."""
+
+    class Stateful(HandDiT):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x, y)
+            self.last = out
+            return out
+
+    model = Stateful().eval()
+    small, summary = transformer_prune(model, X, TransformerPruneConfig(heads=0.0, ffn=0.0, hidden=0.25))
+    assert summary["hidden_after"] == 12
+    copy.deepcopy(model)
+    copy.deepcopy(small)  # the pruned copy too (verified under grad)
