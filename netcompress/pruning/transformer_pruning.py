@@ -208,6 +208,28 @@ def _summary(
     }  # fmt: skip
 
 
+def _prune_and_verify(
+    model: nn.Module, example_inputs: Any, config: TransformerPruneConfig, blocks: Blocks, loader: Any
+) -> tuple[TransformerPruneConfig, TransformerPlan, nn.Module, Any]:
+    """Score, plan, slice a copy and verify it: (config, plan, pruned copy, stream layers or None)."""
+    stream = stream_layers(model, blocks) if config.hidden > 0 else None
+    width = stream.width if stream is not None else _width(model, blocks)
+    scores = unit_importance(
+        model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
+    )
+    if config.allocation == "global":
+        plan = plan_global(model, blocks, scores, config, width, lambda m: count_macs(m, example_inputs))
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    elif config.mac_target:
+        config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
+    else:
+        plan = plan_transformer_pruning(blocks, scores, config, width)
+        check_removes_something(blocks, plan, config)
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    return config, plan, small, stream
+
+
 def transformer_prune(
     model: nn.Module, example_inputs: Any, config: TransformerPruneConfig, *, loader: Any = None
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -229,23 +251,22 @@ def transformer_prune(
     blocks = find_blocks(model)
     dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
     _check_blocks(blocks, config, model)
-    if config.hidden > 0:  # a copy: a forward under grad may leave graph tensors on the modules (a recurrent state)
-        blocks.outputs_only = find_outputs_only(copy.deepcopy(model).eval(), example_inputs)
-    stream = stream_layers(model, blocks) if config.hidden > 0 else None
-    width = stream.width if stream is not None else _width(model, blocks)
-    scores = unit_importance(
-        model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
-    )
-    if config.allocation == "global":
-        plan = plan_global(model, blocks, scores, config, width, lambda m: count_macs(m, example_inputs))
-        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
-    elif config.mac_target:
-        config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
-    else:
-        plan = plan_transformer_pruning(blocks, scores, config, width)
-        check_removes_something(blocks, plan, config)
-        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
-    verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    try:
+        config, plan, small, stream = _prune_and_verify(model, example_inputs, config, blocks, loader)
+    except UnsupportedModelError as first:
+        if not config.hidden:
+            raise
+        # a layer as wide as the stream whose output no module reads (DiT's proj_out_2: pixels) is no stream
+        # writer; found on a copy (a forward under grad may leave graph tensors on the modules), tried second
+        # (SigLIP's heads feed a matmul of both towers: their outputs are the stream)
+        only = find_outputs_only(copy.deepcopy(model).eval(), example_inputs)
+        if not only:
+            raise
+        blocks.outputs_only = only
+        try:
+            config, plan, small, stream = _prune_and_verify(model, example_inputs, config, blocks, loader)
+        except UnsupportedModelError:
+            raise first from None
     if stream is not None and stream.buffers:
         names = ", ".join(f"{m}.{b}" if m else b for m, b in stream.buffers)
         warnings.warn(
