@@ -53,7 +53,7 @@ class HandDiT(nn.Module):
         self.label = nn.Embedding(10, D)
         self.blocks = nn.ModuleList(Block() for _ in range(2))
         self.final_mod = nn.Linear(D, 2 * D)
-        self.proj = nn.Linear(D, D)  # 16 = 2 x 2 patch x 4 channels: the output, not the stream
+        self.proj = nn.Linear(D, D)  # 16 = 2 x 2 patch x 4 channels: the output, not the stream (reshaped)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.patch(x).flatten(2).transpose(1, 2) + self.pos
@@ -61,7 +61,8 @@ class HandDiT(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_mod(nn.functional.silu(c))[:, None].chunk(2, dim=-1)
-        return self.proj(h * (1 + scale) + shift)
+        pixels = self.proj(h * (1 + scale) + shift)  # (N, 16 patches, 2 x 2 x 4): unpatchified as DiT does
+        return pixels.reshape(-1, 4, 4, 2, 2, 4).permute(0, 5, 1, 3, 2, 4).reshape(-1, 4, 8, 8)
 
 
 X = (torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 7]))
