@@ -356,6 +356,10 @@ def label_node(
             FUNCTION_LAYER_RULES.get(name) if node.op == "call_function" else None
         )
         if rule is None:
+            if all(graph.is_blocked(env[a]) for a in _flat_nodes((node.args, node.kwargs)) if env.get(a) is not None):
+                # every channel it reads is kept whole (HardNet8's PCA `mm` after an L2 norm over channels): its
+                # inputs are those of the masked original, so is its output, a new tensor never pruned
+                return _fresh_blocked(graph, shape)
             raise _fail(
                 node, "this op is not known to keep or couple channels; rewrite it with supported ops"
             )

@@ -75,6 +75,35 @@ def test_std_mean_over_inner_channels_keeps_them_whole() -> None:
     assert small.features[0].out_channels == 16 and small.features[3].out_channels < 16
 
 
+class PCADescriptor(Descriptor):
+    """HardNet8's tail: the L2-normalised descriptor projected by a PCA matrix (a buffer) with ``torch.mm``, an op
+    the channel rules do not know, reading only channels kept whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("components", torch.randn(8, 4, generator=torch.Generator().manual_seed(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.normalize(self.features(x).flatten(1), dim=1)
+        return nn.functional.normalize(torch.mm(out, self.components), dim=1)
+
+
+def test_an_unknown_op_reading_only_whole_channels_is_followed() -> None:
+    small = _pruned_equals_masked(PCADescriptor(), X)
+    assert small.features[0].out_channels < 16 and small.features[6].out_channels == 8
+
+
+def test_an_unknown_op_on_prunable_channels_is_refused() -> None:
+    class Cumsum(Descriptor):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.features
+            h = torch.cumsum(f[2](f[1](f[0](x))), dim=1)  # mixes channels a later conv could prune
+            return f[6](f[5](f[4](f[3](h)))).flatten(1)
+
+    with pytest.raises(UnsupportedModelError, match="cumsum.*not known to keep or couple channels"):
+        nc.prune_channels(Cumsum().eval(), X, ratio=0.3)
+
+
 def test_std_mean_over_the_batch_is_refused() -> None:
     class OverBatch(Descriptor):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +114,7 @@ def test_std_mean_over_the_batch_is_refused() -> None:
         nc.prune_channels(OverBatch().eval(), X, ratio=0.3)
 
 
-@pytest.mark.parametrize("name", ["HardNet", "SOSNet"])
+@pytest.mark.parametrize("name", ["HardNet", "HardNet8", "SOSNet"])
 def test_kornia_descriptors_prune(name: str) -> None:
     feature = pytest.importorskip("kornia.feature")
     torch.manual_seed(0)

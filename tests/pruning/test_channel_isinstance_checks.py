@@ -75,7 +75,7 @@ def test_a_policy_whose_log_prob_broadcasts_is_refused_by_op() -> None:
             dist = torch.distributions.Categorical(logits=self.net(obs))
             return dist.log_prob(dist.logits.argmax(dim=1))
 
-    with pytest.raises(UnsupportedModelError, match="channel pruning cannot handle call_function 'broadcast_tensors'"):
+    with pytest.raises(UnsupportedModelError, match=r"channel pruning cannot handle call_function 'getitem'.*Ellipsis"):
         nc.prune_channels(Sampling().eval(), X, ratio=0.3)
 
 
