@@ -32,7 +32,7 @@ from netcompress.core.inputs import call_model
 from netcompress.pruning.transformer_blocks import Blocks, in_out, is_dense
 from netcompress.pruning.transformer_head_state import all_heads_norms
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
-from netcompress.pruning.transformer_surgery import _Slicer, get_module, set_module, slice_dense
+from netcompress.pruning.transformer_slicing import _Slicer, get_module, set_module, slice_dense
 
 
 def is_norm(module: nn.Module, width: int) -> bool:
