@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import tempfile
 import warnings
@@ -45,6 +46,7 @@ from netcompress.export.onnx_inputs import (
 )
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.export.onnx_rewrites import rewrite_float_gemms, rewrite_for_qdq_fusion
+from netcompress.export.onnx_state import carried_state, describe, empty_state_, state_free_outputs
 from netcompress.export.onnx_trace import MAX_OPSET, _torch_export, no_mha_fastpath  # noqa: F401 - re-exported
 from netcompress.export.ort_model import OrtModel, ort_session
 
@@ -191,7 +193,12 @@ def export_onnx(
 
         int8_arithmetic = match_int8_kernels_(work)
     with torch.no_grad():
-        outputs = ExportCall(work, spec, output_names)(*spec.tensors)
+        run = functools.partial(ExportCall(work, spec, output_names), *spec.tensors)
+        states, outputs = carried_state(work, run)  # snntorch's neurons: self.mem = ...
+    if states and dynamic_batch and state_free_outputs(work, states, run, outputs):
+        emptied, states = states, []  # traced from empty state, the forward builds it from the input's batch
+    else:
+        emptied = []
     out_names = list(output_names) if output_names is not None else ["output"]
     if set(out_names) & set(spec.names):
         raise ConfigError(f"output_names {out_names} reuse input names {spec.names}")
@@ -219,6 +226,7 @@ def export_onnx(
     raw = _tmp_path(path.parent, path.name)
     final = _tmp_path(path.parent, path.name)
     try:
+        empty_state_(exported, emptied)
         call = ExportCall(exported, spec, output_names)
         opset, raised_for = _torch_export(call, spec, raw, opset, out_names, axes, type(model).__name__)
         raw_size = raw.stat().st_size
@@ -272,17 +280,29 @@ def export_onnx(
         summary["float_layers"] = float_layers(path)
         if not summary["int8_op_counts"]:
             warnings.warn(no_integer_kernel_message(summary["float_layers"]), stacklevel=2)
+    if emptied:
+        summary["state_emptied"] = [f"{m}.{a}" if m else a for m, a in emptied]
     if check:
-        summary["check"] = check_onnx(
-            work,
-            path,
-            example_inputs,
-            batch_size=check_batch_size if dynamic_batch else 0,
-            tolerance=TOLERANCE[bool(int8)] if tolerance is None else tolerance,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=axes,
-        )
+        try:
+            summary["check"] = check_onnx(
+                work,
+                path,
+                example_inputs,
+                batch_size=check_batch_size if dynamic_batch else 0,
+                tolerance=TOLERANCE[bool(int8)] if tolerance is None else tolerance,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=axes,
+            )
+        except (UnsupportedModelError, ExportMismatchError) as exc:
+            if not states:
+                raise
+            raise type(exc)(
+                f"{exc}; the forward stores state on its modules between calls, which the traced graph holds as "
+                f"constants of the previous call: {describe(work, states)}, and its outputs depend on that state, "
+                "so it cannot start empty for the export: reset it inside forward or export the step function with "
+                "the state as inputs and outputs"
+            ) from exc
     return summary
 
 

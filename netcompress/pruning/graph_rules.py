@@ -75,6 +75,34 @@ def split_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     return None
 
 
+def reduce_pair_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``std_mean`` / ``var_mean`` (a pair read by ``getitem``) over the channel dim (per-sample normalisation over
+    (C, H, W): kornia's HardNet normalises its input so): it mixes them, so they are kept whole (as a sum over
+    channels is); each result is a new tensor whose channels are never pruned."""
+    arg, labels = _first(node, ctx)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    ndim = len(_shape(arg))
+    over = {_norm_dim(d, ndim) for d in ([dims] if isinstance(dims, int) else dims or ())}
+    if not (over and 0 not in over and ctx.dim(arg) in over):
+        raise _fail(node, f"it reduces over dims {dims}; only a reduction over the channel dim (not the batch) is "
+                    "followed")  # fmt: skip
+    ctx.graph.block(labels, f"{_describe(node)} reduces over them")
+    ctx.pieces[node] = [None, None]
+    return None
+
+
+def normalize_rule(node: torch.fx.Node, ctx: RuleContext) -> Labels:
+    """``F.normalize(x, p, dim)``: over the channel dim it mixes them (kept whole, as softmax does)."""
+    arg, labels = _first(node, ctx)
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 1)
+    if _norm_dim(dim, len(_shape(arg))) == ctx.dim(arg):
+        ctx.graph.block(labels, f"{_describe(node)} mixes them")
+    return same_channels(node, ctx)
+
+
+NAMED_RULES["normalize"] = normalize_rule
+
+
 def _piece(node: torch.fx.Node, ctx: RuleContext) -> Labels:
     """``pieces[i]`` of a split: that piece's channel ids, on its input's channel dim."""
     source, index = node.args
@@ -205,6 +233,12 @@ def _module_spatial(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) ->
     return spatial_channels(node, ctx)
 
 
+def _module_lrn(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
+    arg, labels = _first(node, ctx)  # LocalResponseNorm divides each channel by a window of its neighbours
+    ctx.graph.block(labels, f"{_describe(node)} mixes neighbouring channels")
+    return same_channels(node, ctx)
+
+
 def _module_softmax(node: torch.fx.Node, module: nn.Module, ctx: RuleContext) -> Labels:
     arg, labels = _first(node, ctx)
     if module.dim is None or _norm_dim(module.dim, len(_shape(arg))) == ctx.dim(arg):
@@ -256,6 +290,7 @@ MODULE_RULES: list[tuple[tuple[type[nn.Module], ...], Callable[..., Labels]]] = 
     (_SPATIAL_MODULES, _module_spatial),
     ((nn.Flatten,), _module_flatten),
     ((nn.Softmax, nn.LogSoftmax, nn.Softmin), _module_softmax),
+    ((nn.LocalResponseNorm, nn.CrossMapLRN2d), _module_lrn),
 ]
 LEAF_TYPES: tuple[type[nn.Module], ...] = tuple(t for types, _ in MODULE_RULES for t in types)
 
@@ -303,6 +338,10 @@ def label_node(
         and env.get(node.args[0]) is not None
     ):
         labels = split_rule(node, ctx)
+    elif node.op in ("call_function", "call_method") and _op_name(node) in ("std_mean", "var_mean") and (
+        env.get(node.args[0]) is not None
+    ):
+        labels = reduce_pair_rule(node, ctx)
     elif not any(env.get(a) is not None for a in _flat_nodes((node.args, node.kwargs))):
         return _fresh_blocked(graph, shape)  # built from sizes/constants only: nothing to prune
     else:
@@ -317,6 +356,10 @@ def label_node(
             FUNCTION_LAYER_RULES.get(name) if node.op == "call_function" else None
         )
         if rule is None:
+            if all(graph.is_blocked(env[a]) for a in _flat_nodes((node.args, node.kwargs)) if env.get(a) is not None):
+                # every channel it reads is kept whole (HardNet8's PCA `mm` after an L2 norm over channels): its
+                # inputs are those of the masked original, so is its output, a new tensor never pruned
+                return _fresh_blocked(graph, shape)
             raise _fail(
                 node, "this op is not known to keep or couple channels; rewrite it with supported ops"
             )

@@ -235,14 +235,16 @@ def _dims_arg(node: torch.fx.Node, position: int, key: str = "dim") -> Any:
 
 
 def reduce_spatial(node: torch.fx.Node, ctx: RuleContext) -> Labels:
-    """mean/sum/amax over spatial dims only (global pooling); reducing N is refused, and C too unless its
-    channels are kept whole anyway (a dot product of embedding rows, ``(u * v).sum(-1)``)."""
+    """mean/sum/amax over spatial dims only (global pooling); reducing N is refused. Reducing C (a dot product of
+    embedding rows ``(u * v).sum(-1)``, an L2 norm over a descriptor's channels) mixes them: like softmax over C,
+    they are kept whole, and the output's channels are new ones, never pruned."""
     arg, labels = _first(node, ctx)
     dims, ndim, dim = _dims_arg(node, 1), len(_shape(arg)), ctx.dim(arg)
     dims = [dims] if isinstance(dims, int) else dims
     over = {_norm_dim(d, ndim) for d in dims or ()}
-    if dims and 0 not in over and dim in over and ctx.graph.is_blocked(labels):
-        return None  # nothing prunable is summed: the output's channels are new ones, never pruned
+    if dims and 0 not in over and dim in over:
+        ctx.graph.block(labels, f"{_describe(node)} reduces over them")
+        return None
     if not dims or 0 in over or dim in over:
         raise _fail(node, f"it reduces over dims {dims}, which include the batch or channel dimension")
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
@@ -373,24 +375,24 @@ _SPATIAL = (
 )
 _BINARY = (
     "add", "sub", "mul", "div", "truediv", "true_divide", "floordiv", "iadd", "isub", "imul", "itruediv",
-    "add_", "sub_", "mul_", "div_", "pow", "maximum", "minimum", "rsub", "where",
+    "add_", "sub_", "mul_", "div_", "pow", "maximum", "minimum", "rsub", "where", "eq", "ne", "lt", "le", "gt", "ge",
 )
 # fmt: on
 
 # shared by call_function (by __name__) and call_method (by method name)
 NAMED_RULES: dict[str, Callable[[torch.fx.Node, RuleContext], Labels]] = {
     **dict.fromkeys(_SAME, same_channels),
-    "zeros_like": same_channels,  # DIA-ResNet's first LSTM state: zeros of the pooled features' channels
+    **dict.fromkeys(("zeros_like", "ones_like"), same_channels),  # DIA-ResNet's first LSTM state: zeros of the pooled features' channels
     **dict.fromkeys(_SPATIAL, spatial_channels),
     **dict.fromkeys(_BINARY, broadcast_binary),
     **dict.fromkeys(("cat", "concat", "concatenate"), concatenate),
     **dict.fromkeys(("view", "reshape"), reshape),
     **dict.fromkeys(("flatten", "squeeze", "unsqueeze"), flatten_like),
-    **dict.fromkeys(("mean", "sum", "amax", "amin", "std", "var", "logsumexp"), reduce_spatial),
+    **dict.fromkeys(("mean", "sum", "amax", "amin", "std", "var", "logsumexp", "argmax", "argmin"), reduce_spatial),
     **dict.fromkeys(("softmax", "log_softmax", "softmin"), softmax_like),
     **dict.fromkeys(("transpose", "permute", "swapaxes"), reorder_dims),
     **dict.fromkeys(("layer_norm", "rms_norm"), layer_norm_function),
     "group_norm": group_norm_function,
     "getitem": index_spatial,
-    **dict.fromkeys(("size", "dim", "numel", "getattr", "type", "is_contiguous"), metadata),
+    **dict.fromkeys(("size", "dim", "ndimension", "numel", "nelement", "getattr", "type", "is_contiguous"), metadata),
 }

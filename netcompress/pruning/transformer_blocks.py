@@ -149,6 +149,7 @@ class Blocks:
     attention: list[AttentionUnit]
     ffn: list[FFNUnit]
     unknown: dict[str, str]
+    outputs_only: set[str] = dataclasses.field(default_factory=set)  # layers no module reads (model outputs)
 
     def layer_names(self) -> set[str]:
         names: set[str] = set()

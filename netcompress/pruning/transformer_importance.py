@@ -44,7 +44,8 @@ from netcompress.pruning.transformer_blocks import (
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_packed_rows import mp_rows
-from netcompress.pruning.transformer_surgery import StreamLayers, get_module, set_module
+from netcompress.pruning.transformer_stream import StreamLayers
+from netcompress.pruning.transformer_surgery import get_module, set_module
 
 CRITERIA = ("magnitude", "taylor", "wanda")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,8 +57,10 @@ from netcompress.pruning.transformer_selection import (
     plan_transformer_pruning,
     queries_fallback,
 )
-from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_, stream_layers
+from netcompress.pruning.transformer_stream import find_outputs_only, stream_layers
+from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
 from netcompress.pruning.transformer_verify import verify_pruned
+from netcompress.quantization.value_tracing import module_state_kept
 
 GQA_MODES = ("groups", "queries")
 ALLOCATIONS = ("uniform", "global")
@@ -172,8 +175,9 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     Attention's ``softmax(QK^T)V`` products count too (PyTorch's counter misses the CPU kernel).
     """
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
-    # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see
-    with eval_mode(model), torch.enable_grad(), counter:
+    # grad mode keeps nn.TransformerEncoderLayer off its fused fast path, which the counter cannot see; what the
+    # forward stores on its modules (a recurrent state, then holding a graph) is put back
+    with eval_mode(model), module_state_kept(model), torch.enable_grad(), counter:
         call_model(model, example_inputs)
     return counter.get_total_flops() // 2
 
@@ -204,6 +208,28 @@ def _summary(
     }  # fmt: skip
 
 
+def _prune_and_verify(
+    model: nn.Module, example_inputs: Any, config: TransformerPruneConfig, blocks: Blocks, loader: Any
+) -> tuple[TransformerPruneConfig, TransformerPlan, nn.Module, Any]:
+    """Score, plan, slice a copy and verify it: (config, plan, pruned copy, stream layers or None)."""
+    stream = stream_layers(model, blocks) if config.hidden > 0 else None
+    width = stream.width if stream is not None else _width(model, blocks)
+    scores = unit_importance(
+        model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
+    )
+    if config.allocation == "global":
+        plan = plan_global(model, blocks, scores, config, width, lambda m: count_macs(m, example_inputs))
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    elif config.mac_target:
+        config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
+    else:
+        plan = plan_transformer_pruning(blocks, scores, config, width)
+        check_removes_something(blocks, plan, config)
+        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
+    verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    return config, plan, small, stream
+
+
 def transformer_prune(
     model: nn.Module, example_inputs: Any, config: TransformerPruneConfig, *, loader: Any = None
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -225,21 +251,30 @@ def transformer_prune(
     blocks = find_blocks(model)
     dense_experts = check_fused_experts(model, bool(blocks.ffn), config.ffn)
     _check_blocks(blocks, config, model)
-    stream = stream_layers(model, blocks) if config.hidden > 0 else None
-    width = stream.width if stream is not None else _width(model, blocks)
-    scores = unit_importance(
-        model, blocks, config.importance, stream=stream, loader=loader, batches=config.calib_batches
-    )
-    if config.allocation == "global":
-        plan = plan_global(model, blocks, scores, config, width, lambda m: count_macs(m, example_inputs))
-        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
-    elif config.mac_target:
-        config, plan, small = _plan_for_macs(model, blocks, scores, config, width, example_inputs)
-    else:
-        plan = plan_transformer_pruning(blocks, scores, config, width)
-        check_removes_something(blocks, plan, config)
-        small = apply_transformer_plan_(copy.deepcopy(model), blocks, plan)
-    verify_pruned(model, small, blocks, plan, example_inputs, stream)
+    try:
+        config, plan, small, stream = _prune_and_verify(model, example_inputs, config, blocks, loader)
+    except UnsupportedModelError as first:
+        if not config.hidden:
+            raise
+        # a layer as wide as the stream whose output no module reads (DiT's proj_out_2: pixels) is no stream
+        # writer; found on a copy (a forward under grad may leave graph tensors on the modules), tried second
+        # (SigLIP's heads feed a matmul of both towers: their outputs are the stream)
+        only = find_outputs_only(copy.deepcopy(model).eval(), example_inputs)
+        if not only:
+            raise
+        blocks.outputs_only = only
+        try:
+            config, plan, small, stream = _prune_and_verify(model, example_inputs, config, blocks, loader)
+        except UnsupportedModelError:
+            raise first from None
+    if stream is not None and stream.buffers:
+        names = ", ".join(f"{m}.{b}" if m else b for m, b in stream.buffers)
+        warnings.warn(
+            f"buffer(s) {names} (stream-wide tables, e.g. a sin-cos position table) now hold the kept channels; a "
+            "forward that recomputes such a table for another input size (diffusers' PatchEmbed at another "
+            "resolution) builds it at the new width instead of slicing it: run the pruned model at the example's size",
+            stacklevel=2,
+        )
     summary = {
         "method": "transformer",
         **config.to_dict(),

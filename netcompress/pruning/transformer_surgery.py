@@ -8,7 +8,8 @@
   ``num_key_value_groups``); an ``nn.MultiheadAttention`` becomes a
   :class:`~netcompress.pruning.transformer_mha.PrunedMultiheadAttention`;
 - FFN neurons: the rows of the up (and gate) layers and the columns of the down layer;
-- hidden width: one channel set everywhere the residual stream is read or written (:func:`stream_layers`).
+- hidden width: one channel set everywhere the residual stream is read or written
+  (:func:`~netcompress.pruning.transformer_stream.stream_layers`).
 
 Weights shared between layers (GPT-2's tied ``wte``/``lm_head``) are sliced once and stay shared. The
 result is checked by ``transformer_verify`` before anyone sees it.
@@ -26,13 +27,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import (
     AttentionUnit,
     Blocks,
     FFNUnit,
     in_out,
-    is_conv1d,
     is_dense,
 )
 from netcompress.pruning.transformer_experts import is_expert_module
@@ -43,6 +42,14 @@ from netcompress.pruning.transformer_head_state import (
 )
 from netcompress.pruning.transformer_mha import PrunedMultiheadAttention
 from netcompress.pruning.transformer_packed_rows import packed_rows
+from netcompress.pruning.transformer_slicing import (  # noqa: F401 - re-exported: the helpers' former home
+    _Slicer,
+    get_module,
+    head_rows,
+    set_module,
+    slice_dense,
+)
+from netcompress.pruning.transformer_stream import prune_hidden_, stream_layers
 
 
 @dataclasses.dataclass
@@ -55,62 +62,6 @@ class TransformerPlan:
     neurons: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     hidden: list[int] | None = None
     hidden_width: int = 0
-
-
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name) if name else model
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(get_module(model, parent), leaf, new)
-
-
-def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
-    """The channel indices of ``heads`` in a projection of ``head_dim``-wide heads laid out head after head."""
-    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
-
-
-class _Slicer:
-    """Slices parameters, once per parameter object, so tied weights stay tied."""
-
-    def __init__(self) -> None:
-        # id -> (old, new): holding the old parameter keeps its id from being reused by a new object
-        self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
-
-    def __call__(self, module: nn.Module, attr: str, index: dict[int, torch.Tensor]) -> None:
-        param = getattr(module, attr, None)
-        if param is None:
-            return
-        if id(param) in self.done:
-            setattr(module, attr, self.done[id(param)][1])
-            return
-        value = param.detach()
-        for dim, idx in index.items():
-            value = value.index_select(dim, idx.to(value.device))
-        new = nn.Parameter(value.clone(), requires_grad=param.requires_grad)
-        self.done[id(param)] = (param, new)
-        setattr(module, attr, new)
-
-
-def slice_dense(
-    layer: nn.Module, slicer: _Slicer, *, out: torch.Tensor | None = None, inp: torch.Tensor | None = None
-) -> None:
-    """Keep output features ``out`` and input features ``inp`` of a Linear or transformers Conv1D."""
-    conv1d = is_conv1d(layer)
-    index = {}
-    if out is not None:
-        index[1 if conv1d else 0] = out
-    if inp is not None:
-        index[0 if conv1d else 1] = inp
-    slicer(layer, "weight", index)
-    if out is not None and getattr(layer, "bias", None) is not None:
-        slicer(layer, "bias", {0: out})
-    n_in, n_out = in_out(layer)
-    if conv1d:
-        layer.nf, layer.nx = n_out, n_in
-    else:
-        layer.in_features, layer.out_features = n_in, n_out
 
 
 def prune_heads_(
@@ -228,150 +179,6 @@ def prune_neurons_(model: nn.Module, unit: FFNUnit, keep: list[int], slicer: _Sl
     module = get_module(model, unit.name)
     if getattr(module, "intermediate_size", None) == unit.width:
         module.intermediate_size = len(keep)
-
-
-def is_norm(module: nn.Module, width: int) -> bool:
-    """A LayerNorm/RMSNorm over the last dimension of size ``width``."""
-    if isinstance(module, nn.LayerNorm):
-        return tuple(module.normalized_shape) == (width,)
-    kind = type(module).__name__
-    weight = getattr(module, "weight", None)
-    if kind.endswith(("RMSNorm", "LayerNorm")) and next(module.parameters(recurse=False), None) is None:
-        return tuple(getattr(module, "normalized_shape", ())) == (width,)  # OLMo's LayerNorm has no weight
-    return (
-        kind.endswith(("RMSNorm", "LayerNorm"))
-        and isinstance(weight, torch.Tensor)
-        and weight.shape == (width,)
-    )
-
-
-@dataclasses.dataclass
-class StreamLayers:
-    """Every place the residual stream (``width`` channels) is read or written, by qualified name."""
-
-    width: int
-    embeddings: list[str]
-    norms: list[str]
-    readers: list[str]
-    writers: list[str]
-    convs: list[str]
-    params: list[tuple[str, str]]
-    attention: list[str]
-
-
-def stream_layers(model: nn.Module, blocks: Blocks, *, require_source: bool = True) -> StreamLayers:
-    """Where the residual stream is read and written: the units' input/output layers, every other Linear
-    with ``width`` inputs (reader) or outputs (writer), embeddings, LayerNorm/RMSNorm, convolutions producing
-    ``width`` channels (ViT's patch embedding) and other parameters whose last dimension is ``width``."""
-    widths = {
-        get_module(model, u.name).embed_dim if u.layout == "mha" else in_out(get_module(model, u.q))[0]
-        for u in blocks.attention
-    }
-    widths |= {in_out(get_module(model, u.up[0]))[0] for u in blocks.ffn}
-    if len(widths) != 1:
-        raise UnsupportedModelError(
-            f"hidden-width pruning needs one residual width; the blocks read widths {sorted(widths)}"
-        )
-    width = widths.pop()
-    inside = {n for u in blocks.attention for n in (u.q, u.k, u.v, u.o)} | {
-        n for u in blocks.ffn for n in u.layers()
-    }
-    mha = [u.name for u in blocks.attention if u.layout == "mha"]
-    inside |= {  # a q/k norm over all heads (OLMo-2) may be as wide as the stream: it is not on it
-        f"{u.name}.{c}{inner}"
-        for u in blocks.attention
-        for c in all_heads_norms(get_module(model, u.name), u).values()
-        for inner in ("", ".norm")  # KeptHeadsNorm's own norm
-    }
-    layers = StreamLayers(width, [], [], [], [], [], [], mha)
-    for u in blocks.attention:
-        if u.layout != "mha":
-            layers.readers += sorted({u.q, u.k, u.v})
-            layers.writers.append(u.o)
-    for u in blocks.ffn:
-        layers.readers += u.up
-        layers.writers.append(u.down)
-    for name, side in [*((n, 0) for n in layers.readers), *((n, 1) for n in layers.writers)]:
-        found = in_out(get_module(model, name))[side]
-        if (
-            found != width
-        ):  # e.g. MobileBERT: value reads the 32-wide stream, query/key/FFN a 16-wide bottleneck
-            raise UnsupportedModelError(
-                f"hidden-width pruning: {name!r} {('reads', 'writes')[side]} {found} channels, not the {width}-wide "
-                "stream its block's other layers use (a bottleneck block): prune heads and FFN neurons only"
-            )
-    for name, module in model.named_modules():
-        if name in inside or name in mha or any(name.startswith(m + ".") for m in mha):
-            continue
-        if is_dense(module):
-            n_in, n_out = in_out(module)
-            if n_in == width:
-                layers.readers.append(name)
-            if n_out == width:
-                layers.writers.append(name)
-        elif isinstance(module, nn.Embedding):
-            if module.embedding_dim == width:
-                layers.embeddings.append(name)
-        elif is_norm(module, width):
-            layers.norms.append(name)
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            if module.in_channels == width != module.out_channels and module.groups == 1:
-                raise UnsupportedModelError(  # Conformer's conv module: a pointwise conv on the stream
-                    f"hidden-width pruning: convolution {name!r} reads the {width}-wide residual stream into "
-                    f"{module.out_channels} channels; convolutions reading the stream are not followed: prune "
-                    "heads and FFN neurons only"
-                )
-            if module.out_channels == width and module.groups == 1:
-                layers.convs.append(name)
-        else:
-            for pname, param in module.named_parameters(recurse=False):
-                if param.dim() >= 1 and param.shape[-1] == width:
-                    layers.params.append((name, pname))
-    inside_writers = {u.o for u in blocks.attention} | {u.down for u in blocks.ffn}
-    if require_source and not (
-        layers.embeddings or layers.convs or layers.params or set(layers.writers) - inside_writers
-    ):
-        raise UnsupportedModelError(
-            f"hidden-width pruning: nothing inside the model writes the {width}-wide residual stream (no embedding, "
-            "input projection or patch convolution), so it is the model's input and cannot be narrowed"
-        )
-    return layers
-
-
-def prune_hidden_(model: nn.Module, layers: StreamLayers, keep: list[int], slicer: _Slicer) -> None:
-    """Keep residual-stream channels ``keep`` everywhere in ``layers``."""
-    idx = torch.tensor(keep, dtype=torch.long)
-    for name in layers.readers:
-        slice_dense(get_module(model, name), slicer, inp=idx)
-    for name in layers.writers:
-        slice_dense(get_module(model, name), slicer, out=idx)
-    for name in layers.embeddings:
-        emb = get_module(model, name)
-        slicer(emb, "weight", {1: idx})
-        emb.embedding_dim = len(keep)
-    for name in layers.norms:
-        norm = get_module(model, name)
-        slicer(norm, "weight", {0: idx})
-        if isinstance(getattr(norm, "bias", None), torch.Tensor):
-            slicer(norm, "bias", {0: idx})
-        if isinstance(getattr(norm, "normalized_shape", None), tuple):
-            norm.normalized_shape = (len(keep),)
-    for name in layers.convs:
-        conv = get_module(model, name)
-        slicer(conv, "weight", {0: idx})
-        slicer(conv, "bias", {0: idx})
-        conv.out_channels = len(keep)
-    for name, pname in layers.params:
-        module = get_module(model, name)
-        slicer(module, pname, {getattr(module, pname).dim() - 1: idx})
-    for name in layers.attention:
-        attn = get_module(model, name)
-        if isinstance(attn, nn.MultiheadAttention):
-            attn = PrunedMultiheadAttention.from_attention(attn, list(range(attn.num_heads)))
-            set_module(model, name, attn)
-        slicer(attn, "in_proj_weight", {1: idx})
-        slice_dense(attn.out_proj, slicer, out=idx)
-        attn.embed_dim = len(keep)
 
 
 def apply_transformer_plan_(model: nn.Module, blocks: Blocks, plan: TransformerPlan) -> nn.Module:

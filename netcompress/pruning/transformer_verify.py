@@ -5,7 +5,8 @@ The reference (:func:`masked_reference`) is a copy of the ORIGINAL model in whic
 - each removed head's output-projection columns are zero (so the head contributes nothing),
 - each removed FFN neuron's down-projection column is zero,
 - each removed residual-stream channel is zero everywhere it is written (embeddings, extra parameters such
-  as ViT's ``cls_token``, the rows and biases of every layer writing the stream) and every
+  as ViT's ``cls_token`` and buffers such as DiT's position table, the rows and biases of every layer writing the stream, the channel's row in every
+  chunk of an adaLN modulation layer) and every
   LayerNorm/RMSNorm computes its statistics over the kept channels only (and outputs zero on the others).
 
 Heads and neurons: the reference computes exactly the original model with those units masked, and the
@@ -34,13 +35,14 @@ from netcompress.core.errors import UnsupportedModelError
 from netcompress.core.inputs import call_model
 from netcompress.evaluation.harness import eval_mode
 from netcompress.pruning.transformer_blocks import Blocks, is_conv1d
+from netcompress.pruning.transformer_stream import StreamLayers
 from netcompress.pruning.transformer_surgery import (
-    StreamLayers,
     TransformerPlan,
     get_module,
     head_rows,
     set_module,
 )
+from netcompress.quantization.value_tracing import module_state_kept
 
 RTOL = 1e-5
 
@@ -134,6 +136,8 @@ def masked_reference(
     gone = torch.tensor([c for c in range(stream.width) if c not in set(plan.hidden)], dtype=torch.long)
     for name in stream.writers:
         _zero_out(get_module(ref, name), gone)
+    for name, chunks in stream.modulations:  # adaLN shift / scale / gate of a removed channel: zero
+        _zero_out(get_module(ref, name), stream.modulation_rows(chunks, gone))
     for name in stream.attention:
         _zero_out(get_module(ref, name).out_proj, gone)
     for name in stream.convs:
@@ -142,6 +146,8 @@ def masked_reference(
         get_module(ref, name).weight[:, gone] = 0
     for name, pname in stream.params:
         getattr(get_module(ref, name), pname)[..., gone] = 0
+    for name, bname in stream.buffers:
+        getattr(get_module(ref, name), bname)[..., gone] = 0
     for name in stream.norms:
         set_module(ref, name, KeptChannelNorm(get_module(ref, name), plan.hidden))
     return ref
@@ -223,7 +229,8 @@ def verify_pruned(
         # grad mode keeps nn.TransformerEncoderLayer off its fused fast path (which FLOP counters and
         # forward hooks on the attention cannot see)
         # both under one seed: a forward that samples (ViLT's image patches) draws the same for both
-        with eval_mode(ref_model), eval_mode(pruned), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        with eval_mode(ref_model), eval_mode(pruned), module_state_kept(pruned), torch.enable_grad(), \
+                torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             ref_out = call_model(ref_model, example_inputs)
             torch.manual_seed(0)

@@ -24,6 +24,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from netcompress.quantization.trace_context import (
+    isinstance_answered,
+    isinstance_check_module,
+    no_distribution_validation,
+    wrapped_forward_problem,
+)
+
 _MISSING = object()
 _BUILTIN_LEN = builtins.len
 # side-effect free, so safe to drop when unused (setitem and in-place operators are not here)
@@ -148,35 +155,14 @@ class TypeCheckedTracer(fx.Tracer):
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         saved, torch.jit.isinstance = torch.jit.isinstance, _proxy_isinstance
         try:
-            with _attributes_kept(root):
+            with _attributes_kept(root), no_distribution_validation():
                 return super().trace(root, concrete_args)
         except ValueError as exc:
             if "co_varnames" not in str(exc):
                 raise
-            raise fx.proxy.TraceError(_wrapped_forward_problem(root)) from exc
+            raise fx.proxy.TraceError(wrapped_forward_problem(root)) from exc
         finally:
             torch.jit.isinstance = saved
-
-
-def _wrapped_forward_problem(root: Any) -> str:
-    """What fx's "code: co_varnames is too small" means: fx binds the arguments of the function under a
-    ``functools.wraps`` decorator to the wrapper's own code, which has fewer local names (a ``wrapper(*args,
-    **kwargs)`` over a forward of many parameters: transformers' ``deprecate_kwarg``, ``can_return_tuple``)."""
-    fn = type(root).forward if isinstance(root, nn.Module) else root
-    owner = f"{type(root).__name__}.forward" if isinstance(root, nn.Module) else getattr(fn, "__qualname__", "")
-    inner = inspect.unwrap(fn)
-    if inner is fn or not hasattr(fn, "__code__"):
-        return f"torch.fx cannot bind the arguments of {owner or fn!r} (code: co_varnames is too small)"
-    code = fn.__code__  # the wrapper's own code (functools.wraps copied the forward's names onto it)
-    wrapper = f"{fn.__globals__.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}"
-    child = next((n for n, _ in root.named_children()), None) if isinstance(root, nn.Module) else None
-    where = f" (such as {child!r})" if child else ""
-    return (
-        f"{owner} is wrapped by the decorator {wrapper}, whose (*args, **kwargs) torch.fx cannot bind the "
-        f"{len(inspect.signature(inner).parameters)} parameters of the forward under it to; pass example_inputs "
-        f"(the forward under the decorator is then traced and checked against the model's output) or apply this "
-        f"to a submodule whose forward is not decorated{where}"
-    )
 
 
 _SLOTS = ("_parameters", "_buffers", "_modules")
@@ -203,6 +189,9 @@ def _attributes_kept(root: Any) -> Iterator[None]:
                 if any(now.get(k, _MISSING) is not v for k, v in saved.items()) or now.keys() - saved.keys():
                     now.clear()
                     now.update(saved)
+
+
+module_state_kept = _attributes_kept  # public: any forward run that must leave the modules as they were
 
 
 def _value(a: Any, root: nn.Module | None = None) -> Any:
@@ -268,6 +257,7 @@ def value_tracer(tracer_class: type[fx.Tracer]) -> type[fx.Tracer]:
         def proxy(self, node: fx.Node) -> fx.Proxy:
             return ValueProxy(node, self)
 
+
         def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *a, **kw):  # noqa: ANN001
             proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *a, **kw)
             if isinstance(proxy, ValueProxy):
@@ -331,10 +321,19 @@ def trace_with_values(
         for name, p in signature.parameters.items()
         if name not in given and p.default is not inspect.Parameter.empty
     }
-    tracer = value_tracer(tracer_class)()
-    tracer.example_values = given
-    with _unwrapped_forward(model) as unwrapped:
-        graph = tracer.trace(model, concrete_args=fixed or None)
+    answered: list[dict[str, Any]] = []  # modules whose isinstance(x, torch.Tensor) checks the example value
+    while True:
+        tracer = value_tracer(tracer_class)()
+        tracer.example_values = given
+        try:
+            with _unwrapped_forward(model) as unwrapped, isinstance_answered(answered, ValueProxy):
+                graph = tracer.trace(model, concrete_args=fixed or None)
+            break
+        except (AssertionError, TypeError, ValueError) as exc:  # SB3's preprocess_obs: assert isinstance(obs, Tensor)
+            found = isinstance_check_module(exc)
+            if found is None or any(found is g for g in answered) or len(answered) >= 4:
+                raise
+            answered.append(found)
     for node in graph.nodes:  # the values were for tracing only; the graph module must not hold them
         node.meta.pop("example_value", None)
         node.meta.pop("data_dependent", None)

@@ -64,8 +64,6 @@ def test_untraceable_model_names_the_line() -> None:
     [
         ("cumsum", "cumsum"),
         ("slice", "getitem"),
-        ("local_response_norm", "LocalResponseNorm"),
-        ("channel_mean", "mean"),
         ("transpose", "transpose"),
     ],
 )
@@ -73,6 +71,22 @@ def test_unsupported_op_is_named(op: str, named: str) -> None:
     with pytest.raises(UnsupportedModelError, match=named) as info:
         build_channel_graph(WithOp(op), X)
     assert "fx node" in str(info.value)
+
+
+@pytest.mark.parametrize("op", ["local_response_norm", "channel_mean"])
+def test_an_op_mixing_channels_keeps_them_whole(op: str) -> None:
+    """LocalResponseNorm and a mean over channels mix c1's channels: those are kept whole (refused before session
+    16), c2 still prunes, and pruned == masked original."""
+    from netcompress.pruning import masked_reference
+    from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
+
+    torch.manual_seed(0)
+    model = WithOp(op).eval()
+    plan = plan_channel_pruning(model, X, ratio=0.5)
+    small = apply_channel_plan(model, plan, X)
+    assert small.c1.out_channels == 8 and small.c2.out_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(small(X), masked_reference(model, plan.keep_indices())(X), atol=1e-5, rtol=1e-5)
 
 
 class HardCodedView(nn.Module):
