@@ -12,6 +12,12 @@ needs, so it cannot simply be switched off. When (and only when) it quantized a 
 ``round(b / (s_x * s_w))`` in float32 behind a ``DequantizeLinear``, as constant initializers) and
 optimises again with the transformer disabled. Otherwise nothing changes.
 
+ONNX Runtime applies the transformer again whenever it loads such a file (DequantizeLinear -> float Conv is
+still there), so the file also carries the metadata ``netcompress.kept_float`` (the layers), and
+:func:`~netcompress.export.ort_model.ort_session` (hence :class:`OrtModel`, the export check, the timings)
+loads it with ``WeightBiasQuantization`` disabled. Another ONNX Runtime session must pass
+``disabled_optimizers=["WeightBiasQuantization"]`` itself to run those layers in float.
+
 Example:
     >>> keep_float_layers("raw_int8.onnx", "model_int8.onnx")
     {'kept_float': ['features.7', 'features.14'], 'warning': None}
