@@ -15,6 +15,7 @@ from torch import nn
 
 import netcompress as nc
 import netcompress.export.onnx as export_module
+from netcompress.export.divergence import first_divergence
 from netcompress.export.onnx import export_onnx
 from netcompress.export.onnx_kept_float import keep_float_layers, quantize_biases
 from netcompress.export.ort_model import ort_session
@@ -188,6 +189,10 @@ def test_accuracy_aware_fallback_layer_is_float_in_the_file(tmp_path):
     inits = {i.name: i for i in onnx.load(str(tmp_path / "aa.onnx")).graph.initializer}
     weight = numpy_helper.to_array(inits[_nodes(tmp_path / "aa.onnx")["/model/conv1/Conv"].input[1]])
     assert np.array_equal(weight, model.conv1.weight.detach().numpy())
+    # the divergence finder runs the file as ort_session does: conv1 float, nothing exceeds (ORT's load-time
+    # quantization of conv1 would put it 100 % off)
+    found = first_divergence(qmodel, tmp_path / "aa.onnx", x, tolerance=0.05)
+    assert found is not None and found["compared"] > 0 and not found["exceeds"]
 
 
 def test_unrewritable_bias_keeps_todays_file_and_warns(tmp_path, monkeypatch):
