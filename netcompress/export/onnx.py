@@ -44,6 +44,7 @@ from netcompress.export.onnx_inputs import (
     mask_padding,
     run_on_inputs,
 )
+from netcompress.export.onnx_kept_float import keep_float_layers
 from netcompress.export.onnx_nbits import swap_nbits_linears
 from netcompress.export.onnx_rewrites import rewrite_float_gemms, rewrite_for_qdq_fusion
 from netcompress.export.onnx_state import carried_state, describe, empty_state_, state_free_outputs
@@ -159,7 +160,9 @@ def export_onnx(
     ``int8=True`` expects a fake-quantized model (see :func:`netcompress.quantize`) and saves
     ONNX Runtime's optimised graph (int8 initializers, fused ``QLinearConv``/``QLinearMatMul``,
     ``MatMulIntegerToFloat``...; :data:`INT8_OPS` found are in ``int8_op_counts``; quantized layers ONNX Runtime
-    still runs in float are named in ``float_layers``, and a file with no integer kernel warns). The model is
+    still runs in float are named in ``float_layers``, and a file with no integer kernel warns; float layers the
+    model keeps float between quantized ones stay float in the file, named in ``kept_float``:
+    :mod:`netcompress.export.onnx_kept_float`). The model is
     exported and checked as a copy that computes what the int8 kernels compute (biases on the int32
     grid, ``QLinearConv``/``QLinearAdd``/... rounding: :func:`netcompress.quantization.int_arithmetic.
     match_int8_kernels_`; counts in ``int8_arithmetic``), so the check compares like with like.
@@ -230,7 +233,7 @@ def export_onnx(
         call = ExportCall(exported, spec, output_names)
         opset, raised_for = _torch_export(call, spec, raw, opset, out_names, axes, type(model).__name__)
         raw_size = raw.stat().st_size
-        rewrites = {}
+        rewrites, kept = {}, None
         if int8:
             rewrites = rewrite_for_qdq_fusion(raw)  # e.g. Flatten -> Reshape: ORT fuses across the latter
             try:
@@ -239,6 +242,7 @@ def export_onnx(
                     # no integer kernel (e.g. an eager Linear's DQ -> Gemm): as MatMul it fuses (onnx_rewrites.py)
                     rewrites["float_gemm_to_integer_matmul"] = gemms
                     ort_session(raw, optimized_path=str(final))
+                kept = keep_float_layers(raw, final)  # float layers ORT would quantize (onnx_kept_float.py)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph: the traced graph is invalid
                 raise UnsupportedModelError(
                     f"export_onnx: ONNX Runtime cannot load the graph torch traced from {type(model).__name__} "
@@ -276,8 +280,12 @@ def export_onnx(
         summary["matmul_nbits"] = nbits_info
     if embedding_info and embedding_info["layers"]:
         summary["quantized_embeddings"] = embedding_info
+    if kept is not None:
+        summary["kept_float"] = kept["kept_float"]
+        if kept["warning"]:
+            warnings.warn(kept["warning"], stacklevel=2)
     if int8:  # quantized layers ORT left in float are named, never silent (onnx_float_layers.py)
-        summary["float_layers"] = float_layers(path)
+        summary["float_layers"] = [f for f in float_layers(path) if f["layer"] not in summary["kept_float"]]
         if not summary["int8_op_counts"]:
             warnings.warn(no_integer_kernel_message(summary["float_layers"]), stacklevel=2)
     if emptied:

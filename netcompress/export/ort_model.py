@@ -16,13 +16,24 @@ from torch import nn
 from netcompress.core.errors import CheckpointError, ConfigError
 from netcompress.export.onnx_inputs import ort_feed
 
+# metadata key of an int8 file that holds float layers ONNX Runtime would quantize at load (onnx_kept_float.py)
+KEPT_FLOAT_KEY = "netcompress.kept_float"
+
 
 def ort_session(
-    path: str | os.PathLike, *, threads: int = 1, optimized_path: str | None = None, spinning: bool = True
+    path: str | os.PathLike,
+    *,
+    threads: int = 1,
+    optimized_path: str | None = None,
+    spinning: bool = True,
+    disabled_optimizers: list[str] | None = None,
 ) -> Any:
     """An ONNX Runtime CPU session (``threads`` intra-op); with ``optimized_path`` it also writes the
     extended-level optimised graph there. ``spinning=False`` makes the intra-op threads sleep between
-    runs instead of spinning (ORT's ``session.intra_op.allow_spinning``; see :class:`OrtModel`)."""
+    runs instead of spinning (ORT's ``session.intra_op.allow_spinning``; see :class:`OrtModel`).
+    ``disabled_optimizers``: graph transformers by name that ONNX Runtime must not apply. A file whose
+    metadata names layers kept float (:data:`KEPT_FLOAT_KEY`, written by ``export_onnx(int8=True)``) is run
+    with ONNX Runtime's ``WeightBiasQuantization`` off: it would quantize those float layers again at load."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -35,7 +46,15 @@ def ort_session(
         # but no hardware-specific layout transforms, so the saved file stays portable
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"], **extra)
+    if optimized_path is None and KEPT_FLOAT_KEY in session.get_modelmeta().custom_metadata_map:
+        disabled = sorted({*(disabled_optimizers or ()), "WeightBiasQuantization"})
+        if disabled != sorted(disabled_optimizers or ()):
+            session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            )
+    return session
 
 
 class OrtModel(nn.Module):
