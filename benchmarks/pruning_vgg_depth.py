@@ -102,8 +102,9 @@ def _depth(tag: str, *, refit: bool, fade: bool):
         acc_stale = evaluate(small, ctx.test_loader)["accuracy"]
         recalibrate_bn(small, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
         how = "least-squares refit of the next conv" if refit else "no refit"
-        width = f"widths faded out over {epochs_used} epochs" if fade else "one-shot widths"
-        label = (f"netcompress depth + width: {', '.join(names)} removed ({how}), {width} (uniform group L2, x8) "
+        width = (f"widths faded out over {epochs_used} epochs (uniform group L2, any channel count)" if fade
+                 else "one-shot widths (uniform group L2, x8)")  # fmt: skip
+        label = (f"netcompress depth + width: {', '.join(names)} removed ({how}), {width} "
                  f"at {high:g}x fewer MACs + BN recal.")  # fmt: skip
         refit_errors = None
         if removal["refit"] is not None:
