@@ -18,6 +18,10 @@ Every row gets the shared fine-tune budget in total and records ``acc_depth_only
 removal and BN recalibration, before any width is pruned) on the run's evaluation split. ``depth_only_<tag>``
 (a diagnostic, not an 8x row) fine-tunes the shallower model at full width: what the removal alone costs.
 
+Measured (``RESULTS.md``, issue 18 session 16, validation split): every depth + width row is below Torch-Pruning
+(-0.9 to -3.4 points; -7.5 without the refit) and below width alone; the 4-conv model reaches only 70.5 % at full
+width after the same 5 epochs, so the removed depth is worth more than the width its MACs buy back.
+
 Example:
     python benchmarks/pruning.py --latency-mode --heldout --models narrow_vgg \
         --methods nc_macs_high_depth_c246 nc_macs_high_depth_c2 tp_magnitude_macs_high

@@ -4,7 +4,10 @@ A VGG has no residual branches (:mod:`netcompress.pruning.branch_removal`), but 
 channels to C channels at the same resolution, followed by its BatchNorm and ReLU, can be taken out of its
 ``nn.Sequential`` whole: the next layer then reads the removed layer's input, which has the same shape. On the
 narrow CIFAR VGG (``cifar_vgg(cfg="narrow")``) the three C->C convolutions hold 28.3 of 43.4 MMACs; removing
-them lets a MAC target keep ~0.6 of every remaining width where width pruning alone keeps ~0.35.
+them lets a MAC target keep ~0.6 of every remaining width where width pruning alone keeps ~0.35. Measured
+(``benchmarks/RESULTS.md``, issue 18 session 16, 5 fine-tune epochs, validation split): at 8x fewer MACs that trade
+LOSES (66.9-69.5 % against 70.3-71.1 % for width alone; the 4-conv model reaches only 70.5 % even at full width),
+while removing conv2 alone (32x32, 1.28x fewer MACs) costs nothing after the same fine-tune (74.7 % vs 74.3 %).
 
 A layer is *removable* when:
 
@@ -155,9 +158,9 @@ def remove_layers(
 
     ``loader`` (batches of ``inputs`` or ``(inputs, targets)``): refit the first Conv/Linear layer after each
     removed chain (one that is not removed itself) on ``num_batches`` batches so it reproduces its output in
-    ``model`` from the removed chain's input (ridge regression, ``ridge`` relative to the inputs' mean
-    variance). Returns ``(smaller copy, summary)``: the removed chains, the refit layers and their relative
-    output errors before / after the refit (``refit``: None without a loader)."""
+    ``model`` from the removed chain's input (ridge regression; ``ridge`` is relative to the mean diagonal of the
+    inputs' Gram matrix). Returns ``(smaller copy, summary)``: the removed chains and, under ``refit`` (None
+    without a loader), the refit layers with their relative output errors before / after."""
     if isinstance(names, str) or not names:
         raise ConfigError("remove_layers: names must be a non-empty list of layer names")
     if len(set(names)) != len(names):
