@@ -36,7 +36,7 @@ from netcompress.pruning.graph_tracing import build_channel_graph
 from netcompress.pruning.soft_shrink import ChannelShrink, plan_selection
 from netcompress.training import fit
 
-HINT_WEIGHTS = {"1": 1.0, "3": 3.0, "10": 10.0}
+HINT_WEIGHTS = {"03": 0.3, "1": 1.0, "3": 3.0, "10": 10.0}
 FADE_EPOCHS = 2
 HINT_ROWS = tuple(f"nc_macs_high_shrink2_hint{tag}" for tag in HINT_WEIGHTS)
 
