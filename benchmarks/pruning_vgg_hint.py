@@ -10,8 +10,9 @@ once, on the unpruned weights: session 14's refresh never changed it) and the fi
 
 - ``nc_macs_high_shrink2_hint<tag>``: hint weight ``HINT_WEIGHTS[tag]``.
 
-Measured (``RESULTS.md``, issue 18 session 16): weight 1 was the best of 1 / 3 / 10 on the validation split; on the
-test set 70.47 % on three seeds against Torch-Pruning's 69.44 % (+1.03, target +2) and the fade's 70.03 %.
+Measured (``RESULTS.md``, issue 18 session 16): on the validation split weight 0.3 and 1 are level and ahead of 3 and
+10; on the test set, three seeds, 70.50 % (0.3) and 70.47 % (1) against Torch-Pruning's 69.44 % (+1.06, target +2)
+and the fade's 70.03 %.
 
 Example:
     python benchmarks/pruning.py --latency-mode --heldout --models narrow_vgg \
