@@ -141,8 +141,8 @@ def run_method(
         fit(pruned.model, loader, config=how.train_config(finetune_config(ctx, epochs=epochs)),
             hooks=[*pruned.hooks, *extra_hooks], extra_parameters=extra_params,
             checkpoint_dir=ctx.work_dir / f"{stem}.finetune" if resume else None, resume=resume)  # fmt: skip
-    finally:
-        close_hooks(extra_hooks)
+    finally:  # a method's own hint hooks (pruning_vgg_hint.py) come off the model too
+        close_hooks([*pruned.hooks, *extra_hooks])
     if ctx.config.finetune_recipe != "default":
         pruned.info["finetune_recipe"] = f"{ctx.config.finetune_recipe}: {how.describe()}"
     finetune_s = time.perf_counter() - started

@@ -36,6 +36,8 @@ from pruning_methods import METHODS, Context, Pruned, _tp, bisect_ratio, macs_of
 from pruning_recovery import RECOVERY_ROWS  # registers the session-8 rows (fill-up, sensitivity, KD)
 from pruning_soft import SOFT_ROWS  # registers session 14's rows (channels faded inside the budget)
 from pruning_stages import BOUND_ROWS, LATENCY_BOUND_ROWS, STAGES_ROWS  # registers session 9-10 rows, bounds
+from pruning_vgg_depth import VGG_DEPTH_ROWS  # registers session 16's rows (narrow VGG depth + width at 8x)
+from pruning_vgg_hint import HINT_ROWS  # registers session 16's rows (the 8x fade with a kept-channel hint)
 from pruning_vgg_latency import VGG_LATENCY_ROWS  # registers session 14's row (steadier latency checks)
 from torch import nn
 
@@ -46,7 +48,7 @@ LATENCY_BATCH = 64
 LATENCY_ROWS = (
     "nc_latency", "nc_uniform_at_latency", "tp_magnitude_at_latency", "nc_macs_high", "tp_magnitude_macs_high",
     *RECOVERY_ROWS, *(f"{name}_kd" for name in (*RECOVERY_ROWS, "nc_latency")), *STAGES_ROWS, *DEPTH_ROWS,
-    *VGG_LATENCY_ROWS, *SOFT_ROWS, *JOINT_ROWS,
+    *VGG_LATENCY_ROWS, *SOFT_ROWS, *JOINT_ROWS, *VGG_DEPTH_ROWS, *HINT_ROWS,
 )  # fmt: skip
 TP_ROWS = ("tp_magnitude_at_latency", "tp_magnitude_macs_high")
 TP_MISSING = "Torch-Pruning is not installed (pip install torch-pruning): its rows are skipped"
