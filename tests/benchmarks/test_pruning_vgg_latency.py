@@ -16,6 +16,7 @@ def test_row_is_a_latency_row_with_the_confirmation_switches(monkeypatch, tmp_pa
         "tp_magnitude_at_latency_median",
         "nc_latency_fill_slack",
         "nc_latency_fill_depth_c2",
+        "nc_latency_fill_idle",
     )
     assert "nc_latency_fill" in METHODS.names() and "nc_latency_fill" in pl.LATENCY_ROWS
     calls = []
