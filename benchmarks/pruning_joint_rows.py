@@ -30,7 +30,7 @@ from typing import Any
 import cifar_protocol as cp
 from pruning_methods import METHODS, Context, Pruned, with_recalibration
 from pruning_recovery import VALIDATION_BATCHES, validation_loader
-from pruning_vgg_latency import CHECK_FIELDS, CONFIRM_ROUNDS, FILL_UP, FINALISTS, MAX_ROUNDS
+from pruning_vgg_latency import CHECK_FIELDS, CONFIRM_ROUNDS, FILL_UP, FINALISTS, MAX_ROUNDS, tp_at_latency
 from torch import nn
 
 from netcompress.evaluation import evaluate
@@ -145,17 +145,10 @@ def int8_speedup(base: nn.Module, model: nn.Module, ctx: Context) -> float:
 
 @METHODS.register("tp_magnitude_at_latency_int8")
 def _tp_at_latency_int8(base: nn.Module, ctx: Context) -> Pruned:
-    from pruning_latency import _tp_magnitude, bisect_on_latency
-
-    def prune_at(ratio: float) -> nn.Module:
-        return _tp_magnitude(base, ctx, ratio)
-
-    ratio, speedup, steps = bisect_on_latency(base, prune_at, ctx, hi=0.8, speedup_of=int8_speedup)
+    model, found = tp_at_latency(base, ctx, int8_speedup)
     label = (f"Torch-Pruning MagnitudeImportance p=2, ratio tuned so its int8 ORT file (our PTQ) reaches "
              f"{ctx.config.latency_reduction}x ORT b64 (median of {CONFIRM_ROUNDS} rounds per step), then int8")  # fmt: skip
-    info = {"label": label, "deploy": "int8", "precision": {"float": []}, "pruning_ratio": ratio,
-            "search_speedup": speedup, "steps": steps}  # fmt: skip
-    return Pruned(prune_at(ratio), info=info)
+    return Pruned(model, info={"label": label, "deploy": "int8", "precision": {"float": []}, **found})
 
 
 def joint_checks(rows: list[dict[str, Any]], target: float, accuracy: Any) -> list[str]:

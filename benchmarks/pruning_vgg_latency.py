@@ -121,16 +121,22 @@ def steady_speedup(base: nn.Module, model: nn.Module, ctx: Context) -> float:
     return retime(base, {"pruned": model}, ctx.example, _spec(ctx), CONFIRM_ROUNDS)["pruned"]["ratio"]
 
 
-@METHODS.register("tp_magnitude_at_latency_median")
-def _tp_at_latency_median(base: nn.Module, ctx: Context) -> Pruned:
+def tp_at_latency(base: nn.Module, ctx: Context, speedup_of: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Torch-Pruning's ratio bisected (up to 0.8) until ``speedup_of(base, pruned, ctx)`` reaches the target:
+    ``(pruned model, {"pruning_ratio", "search_speedup", "steps"})``."""
     # imported here: pruning_latency imports this module
     from pruning_latency import _tp_magnitude, bisect_on_latency
 
     def prune_at(ratio: float) -> nn.Module:
         return _tp_magnitude(base, ctx, ratio)
 
-    ratio, speedup, steps = bisect_on_latency(base, prune_at, ctx, hi=0.8, speedup_of=steady_speedup)
+    ratio, speedup, steps = bisect_on_latency(base, prune_at, ctx, hi=0.8, speedup_of=speedup_of)
+    return prune_at(ratio), {"pruning_ratio": ratio, "search_speedup": speedup, "steps": steps}
+
+
+@METHODS.register("tp_magnitude_at_latency_median")
+def _tp_at_latency_median(base: nn.Module, ctx: Context) -> Pruned:
+    model, found = tp_at_latency(base, ctx, steady_speedup)
     label = (f"Torch-Pruning MagnitudeImportance p=2, ratio tuned to {ctx.config.latency_reduction}x ORT b64 "
              f"(median of {CONFIRM_ROUNDS} rounds per step)")  # fmt: skip
-    info = {"label": label, "pruning_ratio": ratio, "search_speedup": speedup, "steps": steps}
-    return Pruned(prune_at(ratio), info=info)
+    return Pruned(model, info={"label": label, **found})
