@@ -17,34 +17,14 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import NetcompressError
-
-
-class Neuron(nn.Module):
-    """snntorch's Leaky in miniature: an empty ``mem`` buffer at first, replaced by every call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mem", torch.zeros(0), False)
-
-    def reset_mem(self) -> torch.Tensor:
-        self.mem = torch.zeros_like(self.mem)
-        return self.mem
-
-    def forward(self, x: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.mem = mem
-        if self.mem.shape != x.shape:
-            self.mem = torch.zeros_like(x)
-        self.mem = 0.9 * self.mem + x
-        spk = (self.mem > 1.0).float()
-        self.mem = self.mem - spk
-        return spk, self.mem
+from tests.tiny_spiking import Leaky
 
 
 class SpikingNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.fc1, self.lif1, self.fc2, self.lif2 = nn.Linear(6, 12), Neuron(), nn.Linear(12, 3), Neuron()
+        self.fc1, self.lif1, self.fc2, self.lif2 = nn.Linear(6, 12), Leaky(), nn.Linear(12, 3), Leaky()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m1, m2, total = self.lif1.reset_mem(), self.lif2.reset_mem(), 0

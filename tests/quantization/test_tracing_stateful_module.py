@@ -11,23 +11,7 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
-
-
-class Leaky(nn.Module):
-    """snntorch.Leaky's shape: state kept as an attribute, replaced when the input's shape changes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mem", torch.zeros(0), persistent=False)
-
-    def forward(self, x: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.mem = mem
-        if not self.mem.shape == x.shape:  # noqa: SIM201 - snntorch writes it so
-            self.mem = torch.zeros_like(x)
-        self.mem = 0.9 * self.mem + x
-        spk = (self.mem > 1.0).float()
-        self.mem = self.mem - spk
-        return spk, self.mem
+from tests.tiny_spiking import Leaky
 
 
 class SpikingNet(nn.Module):
