@@ -155,4 +155,6 @@ def test_latency_checks_say_higher_when_a_row_beats_the_unpruned_model() -> None
     assert lines[0].startswith(
         "nc_latency_joint ORT batch-64 speed-up after fine-tuning 2.67x for 2.5x (int8 ORT file;"
     )
-    assert lines[-1] == "nc_latency_joint vs unpruned: 1.42 points higher (target <= 1): PASS"
+    # without Torch-Pruning installed (CI) the checks end with a line saying its rows are skipped
+    assert "nc_latency_joint vs unpruned: 1.42 points higher (target <= 1): PASS" in lines
+    assert not any("points lower" in line for line in lines)
