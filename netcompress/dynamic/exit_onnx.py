@@ -32,6 +32,7 @@ from netcompress.core.io import atomic_write_json
 from netcompress.dynamic.early_exit import EarlyExitModel, as_early_exit
 from netcompress.dynamic.exit_criteria import EXIT_CRITERIA, per_exit_thresholds
 from netcompress.export.onnx import compare_outputs, op_counts
+from netcompress.export.ort_model import ort_session
 
 MANIFEST = "early_exit.json"
 FORMAT = "netcompress-early-exit-onnx"
@@ -211,8 +212,6 @@ class OrtEarlyExit:
         threshold: Any = _UNSET,
         threads: int = 1,
     ) -> None:
-        import onnxruntime as ort
-
         self.folder = Path(folder)
         manifest = _read_manifest(self.folder)
         self.exit_names = list(manifest["exit_names"])
@@ -220,16 +219,9 @@ class OrtEarlyExit:
         if self.criterion not in EXIT_CRITERIA.names():
             raise ConfigError(f"criterion {self.criterion!r} is not one of {EXIT_CRITERIA.names()}")
         self.threshold = manifest["threshold"] if threshold is self._UNSET else threshold
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         self.segments = manifest["segments"]
-        self.sessions = [
-            ort.InferenceSession(
-                str(self.folder / s["file"]), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-            for s in self.segments
-        ]
+        # ort_session: a segment whose int8 file keeps layers float is run with them float
+        self.sessions = [ort_session(self.folder / s["file"], threads=threads) for s in self.segments]
         # a state a segment reads only for its dtype or device is no input of its graph: it is not fed
         self._declared = [{i.name for i in session.get_inputs()} for session in self.sessions]
         self.last_exit_counts: list[int] = []
