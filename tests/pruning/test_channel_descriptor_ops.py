@@ -12,8 +12,7 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
-from netcompress.pruning import masked_reference
-from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
+from tests.channel_checks import pruned_equals_masked
 
 X = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -39,26 +38,9 @@ class Descriptor(nn.Module):
         return torch.where(zero, torch.zeros_like(out), nn.functional.normalize(out, dim=1))
 
 
-def _pruned_equals_masked(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    model.eval()
-    with torch.no_grad():  # non-trivial BN statistics
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    plan = plan_channel_pruning(model, x, ratio=0.3)
-    small = apply_channel_plan(model, plan, x)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
-    with torch.no_grad():
-        got, want, full = small(x), masked_reference(model, plan.keep_indices())(x), model(x)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert got.shape == full.shape and (got - full).abs().max() > 1e-4
-    return small
-
-
 @pytest.mark.parametrize("lrn", [False, True])
 def test_normalised_descriptor_prunes_its_inner_convolutions(lrn: bool) -> None:
-    small = _pruned_equals_masked(Descriptor(lrn), X)
+    small = pruned_equals_masked(Descriptor(lrn), X, randomise_bn=True)
     assert small.features[0].out_channels < 16 and small.features[6].out_channels == 8  # the descriptor stays
 
 
@@ -71,7 +53,7 @@ class Inner(Descriptor):
 
 
 def test_std_mean_over_inner_channels_keeps_them_whole() -> None:
-    small = _pruned_equals_masked(Inner(), X)
+    small = pruned_equals_masked(Inner(), X, randomise_bn=True)
     assert small.features[0].out_channels == 16 and small.features[3].out_channels < 16
 
 
@@ -89,7 +71,7 @@ class PCADescriptor(Descriptor):
 
 
 def test_an_unknown_op_reading_only_whole_channels_is_followed() -> None:
-    small = _pruned_equals_masked(PCADescriptor(), X)
+    small = pruned_equals_masked(PCADescriptor(), X, randomise_bn=True)
     assert small.features[0].out_channels < 16 and small.features[6].out_channels == 8
 
 
@@ -119,4 +101,5 @@ def test_kornia_descriptors_prune(name: str) -> None:
     feature = pytest.importorskip("kornia.feature")
     torch.manual_seed(0)
     model = getattr(feature, name)(pretrained=False)
-    _pruned_equals_masked(model, torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    pruned_equals_masked(model, x, randomise_bn=True)

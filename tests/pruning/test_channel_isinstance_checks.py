@@ -13,8 +13,7 @@ from torch import nn
 
 import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
-from netcompress.pruning import masked_reference
-from netcompress.pruning.channel import apply_channel_plan, plan_channel_pruning
+from tests.channel_checks import pruned_equals_masked
 
 X = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -32,20 +31,8 @@ class CheckedMLP(nn.Module):
         return self.net(obs.float())
 
 
-def _pruned_equals_masked(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    model.eval()
-    plan = plan_channel_pruning(model, x, ratio=0.3)
-    small = apply_channel_plan(model, plan, x)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
-    with torch.no_grad():
-        got, want, full = small(x), masked_reference(model, plan.keep_indices())(x), model(x)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert (got - full).abs().max() > 1e-4  # the comparison sees what was removed
-    return small
-
-
 def test_an_isinstance_assert_on_the_input_no_longer_stops_channel_pruning() -> None:
-    small = _pruned_equals_masked(CheckedMLP(), X)
+    small = pruned_equals_masked(CheckedMLP(), X)
     assert small.net[0].out_features < 32 and small.net[4].out_features == 4
 
 
@@ -54,7 +41,7 @@ def test_isinstance_on_a_traced_value_answers_as_the_example_value() -> None:
         def forward(self, obs: torch.Tensor) -> torch.Tensor:  # the tensor branch is the one the model takes
             return self.net(obs) if isinstance(obs, torch.Tensor) else self.net(torch.as_tensor(obs))
 
-    _pruned_equals_masked(Branchy(), X)
+    pruned_equals_masked(Branchy(), X)
 
 
 def test_a_distribution_built_in_forward_traces_and_its_inputs_stay_whole() -> None:
@@ -65,7 +52,7 @@ def test_a_distribution_built_in_forward_traces_and_its_inputs_stay_whole() -> N
         def forward(self, obs: torch.Tensor) -> torch.Tensor:
             return torch.distributions.Categorical(logits=self.net(obs)).logits
 
-    small = _pruned_equals_masked(Policy(), X)
+    small = pruned_equals_masked(Policy(), X)
     assert small.net[4].out_features == 4 and small.net[2].out_features < 32
 
 
@@ -95,4 +82,4 @@ def test_sb3_q_network_and_td3_actor_prune(kind: str) -> None:
         model = QNetwork(vec, spaces.Discrete(4), ext, 8, net_arch=[32, 32])
     else:
         model = Actor(vec, spaces.Box(-1.0, 1.0, (3,), dtype=np.float32), [32, 32], ext, 8)
-    _pruned_equals_masked(model, X)
+    pruned_equals_masked(model, X)
