@@ -41,7 +41,7 @@ from torch import nn
 
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.pruning.graph import as_inputs, eval_mode
-from netcompress.pruning.reconstruction import reconstruct_weights_
+from netcompress.pruning.reconstruction import layer_call_order, reconstruct_weights_
 
 __all__ = ["LayerChain", "find_chain", "remove_layers"]
 
@@ -129,22 +129,6 @@ def find_chain(model: nn.Module, name: str, example_inputs: Any) -> LayerChain:
     return LayerChain(parent=parent_name, modules=tuple(chain))
 
 
-def _call_order(model: nn.Module, example_inputs: Any) -> list[str]:
-    order: list[str] = []
-    handles = [
-        module.register_forward_hook(lambda *_a, name=name: order.append(name))
-        for name, module in model.named_modules()
-        if isinstance(module, _LAYERS)
-    ]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(*as_inputs(example_inputs))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(dict.fromkeys(order))
-
-
 def remove_layers(
     model: nn.Module,
     example_inputs: Any,
@@ -174,7 +158,8 @@ def remove_layers(
             setattr(parent, module.rpartition(".")[2], nn.Identity())
     refit = None
     if loader is not None:
-        order = _call_order(model, example_inputs)
+        with eval_mode(model):
+            order = layer_call_order(model, example_inputs)
         targets = []
         for chain in chains:
             after = [n for n in order[order.index(chain.modules[0]) + 1 :] if n not in removed]

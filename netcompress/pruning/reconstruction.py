@@ -49,7 +49,7 @@ def _batches(loader: Any, num_batches: int) -> list[Any]:
     return batches
 
 
-def _call_order(model: nn.Module, inputs: Any) -> list[str]:
+def layer_call_order(model: nn.Module, inputs: Any) -> list[str]:
     """Names of the Conv/Linear layers in the order a forward pass calls them (each once)."""
     order: list[str] = []
     handles = [
@@ -154,7 +154,7 @@ def reconstruct_weights_(
     batches = _batches(loader, num_batches)
     layers, skipped = [], []
     with eval_mode(pruned), eval_mode(original):
-        names = _call_order(pruned, batches[0])
+        names = layer_call_order(pruned, batches[0])
         if only is not None:
             missing = sorted(set(only) - set(names))
             if missing:
