@@ -8,8 +8,6 @@ per layer against the masked original, and inside ``nc.prune_transformer``).
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -17,8 +15,8 @@ import netcompress as nc
 from netcompress.core.errors import UnsupportedModelError
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_head_state import AlibiHeads
-from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
-from netcompress.pruning.transformer_verify import masked_reference
+from netcompress.pruning.transformer_surgery import TransformerPlan
+from tests.transformer_masks import plan_equals_masked
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,14 +52,7 @@ def test_mpt_pruned_heads_keep_their_own_alibi_slopes():
     plan = TransformerPlan(
         heads={names[0]: [1, 3], names[1]: [0, 2, 3]}, kv_heads={names[0]: [1, 3], names[1]: [0, 2, 3]}
     )
-    blocks = find_blocks(model)
-    ref = masked_reference(model, blocks, plan, None)
-    small = copy.deepcopy(model)
-    apply_transformer_plan_(small, find_blocks(small), plan)
-    with torch.no_grad():
-        want, got, full = (m(input_ids=_ids()).logits for m in (ref, small, model))
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
-    assert (full - want).abs().max() > 1e-3  # the masking is seen
+    small = plan_equals_masked(model, plan, lambda m: m(input_ids=_ids()).logits)
     hooks = [
         [h for h in b.attn._forward_pre_hooks.values() if isinstance(h, AlibiHeads)]
         for b in small.transformer.blocks
@@ -136,13 +127,7 @@ def test_conformer_relative_position_attention_pruned_equals_masked():
     plan = TransformerPlan(
         heads={"attn.fn": [0, 3]}, kv_heads={"attn.fn": [0, 3]}, neurons={"ff1.fn.fn.net": [1, 5, 9]}
     )
-    ref = masked_reference(model, find_blocks(model), plan, None)
-    small = copy.deepcopy(model)
-    apply_transformer_plan_(small, find_blocks(small), plan)
-    with torch.no_grad():
-        want, got, full = ref(x), small(x), model(x)
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
-    assert (full - want).abs().max() > 1e-3
+    small = plan_equals_masked(model, plan, lambda m: m(x))
     attn = small.attn.fn
     assert (attn.heads, attn.to_q.out_features, attn.to_kv.out_features, attn.to_out.in_features) == (
         2,
@@ -220,13 +205,7 @@ def test_perceiver_cross_and_self_attention_and_geglu_pruned_equal_masked():
         heads={cross: [1], selfa: [0, 2]}, kv_heads={cross: [1], selfa: [0, 2]},
         neurons={"layers.0.cross_ff.fn.net": [3, 70, 127], "layers.1.self_attns.0.1.fn.net": list(range(0, 128, 2))},
     )  # fmt: skip
-    ref = masked_reference(model, find_blocks(model), plan, None)
-    small = copy.deepcopy(model)
-    apply_transformer_plan_(small, find_blocks(small), plan)
-    with torch.no_grad():
-        want, got, full = ref(x), small(x), model(x)
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
-    assert (full - want).abs().max() > 1e-3
+    small = plan_equals_masked(model, plan, lambda m: m(x))
     attn = small.layers[0].cross_attn.fn
     assert (attn.heads, attn.to_q.out_features, attn.to_kv.in_features, attn.to_kv.out_features) == (1, 8, 21, 16)
     assert small.layers[0].cross_ff.fn.net[0].out_features == 6 and small.layers[0].cross_ff.fn.net[2].in_features == 3

@@ -8,16 +8,14 @@ plan with uneven, non-contiguous heads per layer, and inside ``nc.prune_transfor
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 import netcompress as nc
 from netcompress.pruning.transformer_blocks import find_blocks
 from netcompress.pruning.transformer_head_state import AlibiHeads, KeptHeadsNorm
-from netcompress.pruning.transformer_surgery import TransformerPlan, apply_transformer_plan_
-from netcompress.pruning.transformer_verify import masked_reference
+from netcompress.pruning.transformer_surgery import TransformerPlan
+from tests.transformer_masks import plan_equals_masked
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,16 +41,8 @@ def _pruned_equals_masked(
 ) -> torch.nn.Module:
     """Apply an explicit head plan; assert the pruned logits equal the masked original's (and differ from
     the unmasked original's, so the masking is seen)."""
-    blocks = find_blocks(model)
     plan = TransformerPlan(heads=heads, kv_heads=kv)
-    ref = masked_reference(model, blocks, plan, None)
-    small = copy.deepcopy(model)
-    apply_transformer_plan_(small, find_blocks(small), plan)
-    with torch.no_grad():
-        want, got, full = (m(**_inputs(mask)).logits for m in (ref, small, model))
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
-    assert (full - want).abs().max() > 1e-3
-    return small
+    return plan_equals_masked(model, plan, lambda m: m(**_inputs(mask)).logits)
 
 
 def test_phi3_attention_gets_its_own_config_copy_with_the_kept_head_count():
