@@ -26,3 +26,14 @@ def assert_ort_runs_like_pytorch(ee: nn.Module, folder: Path, x: torch.Tensor) -
     assert runner.last_exit_index.tolist() == ee.last_exit_index.tolist()
     assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
     return summary
+
+
+def randomise_bn_(model: nn.Module, gen: torch.Generator) -> None:
+    """Give every BatchNorm2d of ``model`` non-trivial running statistics and affine parameters, IN PLACE (a fresh BN
+    folds to the identity and would prove nothing)."""
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+        bn.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+        bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)

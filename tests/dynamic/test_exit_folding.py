@@ -13,7 +13,7 @@ from netcompress import models
 from netcompress.core.errors import ConfigError, UnsupportedModelError
 from netcompress.dynamic import ExitEnsemble, add_early_exits
 from netcompress.dynamic.exit_folding import fold_early_exit_bn
-from tests.exit_checks import assert_ort_runs_like_pytorch
+from tests.exit_checks import assert_ort_runs_like_pytorch, randomise_bn_
 
 X = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 EXITS = ["layer1.0", "layer1.2", "layer2.1"]  # the conv head pools to 8 x 8: maps of at least that (16 x 16 input)
@@ -30,12 +30,7 @@ def _ztw_conv_heads():
     resnet = models.create("cifar_resnet20", num_classes=10).eval()
     ee = add_early_exits(resnet, exits=EXITS, example_inputs=X[:1], head="pool_conv_grid_linear", cascade=True)
     gen = torch.Generator().manual_seed(4)
-    for bn in (m for m in ee.modules() if isinstance(m, nn.BatchNorm2d)):
-        n = bn.num_features
-        bn.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-        bn.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-        bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-        bn.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    randomise_bn_(ee, gen)
     for head in ee.heads:
         base = getattr(head, "base", head)
         base.fc.weight.data.mul_(30)

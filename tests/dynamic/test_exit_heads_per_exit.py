@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from netcompress import models
 from netcompress.core.errors import ConfigError
@@ -20,7 +19,7 @@ from netcompress.dynamic.exit_heads import (
     PoolGridConvLinearHead,
     PoolLinearHead,
 )
-from tests.exit_checks import assert_ort_runs_like_pytorch
+from tests.exit_checks import assert_ort_runs_like_pytorch, randomise_bn_
 
 X = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(6))
 EXITS = ["layer1.1", "layer2.0", "layer3.0"]  # maps 16 x 32 x 32, 32 x 16 x 16, 64 x 8 x 8
@@ -34,12 +33,7 @@ def _mixed(*, cascade: bool = True, ensemble: bool = True):
     resnet = models.create("cifar_resnet20", num_classes=10).eval()
     ee = add_early_exits(resnet, exits=EXITS, example_inputs=X[:1], head=KINDS, cascade=cascade)
     gen = torch.Generator().manual_seed(9)
-    for bn in (m for m in ee.modules() if isinstance(m, nn.BatchNorm2d)):
-        n = bn.num_features
-        bn.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-        bn.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-        bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-        bn.bias.data.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    randomise_bn_(ee, gen)
     for head in ee.heads:
         getattr(head, "base", head).fc.weight.data.mul_(10)
         if isinstance(head, CascadeHead):
