@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from netcompress.export.onnx_inputs import ExportCall, input_spec, ort_feed
-from netcompress.export.ort_model import KEPT_FLOAT_KEY
+from netcompress.export.ort_model import KEPT_FLOAT_DISABLES, KEPT_FLOAT_KEY
 
 # op type -> input positions of its output scale and zero point (int8 outputs are dequantized)
 OUTPUT_QPARAMS = {
@@ -205,7 +205,7 @@ def first_divergence(
     opts.intra_op_num_threads = 1
     # a file with layers kept float runs as ort_session runs it (ORT would quantize them at load)
     kept = any(p.key == KEPT_FLOAT_KEY for p in proto.metadata_props)
-    extra = {"disabled_optimizers": ["WeightBiasQuantization"]} if kept else {}
+    extra = {"disabled_optimizers": [KEPT_FLOAT_DISABLES]} if kept else {}
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"], **extra)
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, ort_feed(session, spec.names, list(spec.tensors)))))

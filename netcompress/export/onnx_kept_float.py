@@ -29,8 +29,9 @@ import os
 from typing import Any
 
 from netcompress.export.onnx_float_layers import COMPUTE_OPS, layer_name
+from netcompress.export.ort_model import KEPT_FLOAT_DISABLES
 
-TRANSFORMER = "WeightBiasQuantization"
+TRANSFORMER = KEPT_FLOAT_DISABLES
 # single-input ops ONNX Runtime moves a DequantizeLinear across (QDQ propagation) before the transformer runs
 # a layer still float in the optimised file is one of these ops (CPU fusions keep the weight as input 1)
 _FLOAT_OPS = (*COMPUTE_OPS, "FusedConv", "FusedGemm", "FusedMatMul")

@@ -18,6 +18,8 @@ from netcompress.export.onnx_inputs import ort_feed
 
 # metadata key of an int8 file that holds float layers ONNX Runtime would quantize at load (onnx_kept_float.py)
 KEPT_FLOAT_KEY = "netcompress.kept_float"
+# the ONNX Runtime graph transformer that would quantize a kept-float layer again at load (onnx_kept_float.py)
+KEPT_FLOAT_DISABLES = "WeightBiasQuantization"
 
 
 def ort_session(
@@ -49,7 +51,7 @@ def ort_session(
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"], **extra)
     if optimized_path is None and KEPT_FLOAT_KEY in session.get_modelmeta().custom_metadata_map:
-        disabled = sorted({*(disabled_optimizers or ()), "WeightBiasQuantization"})
+        disabled = sorted({*(disabled_optimizers or ()), KEPT_FLOAT_DISABLES})
         if disabled != sorted(disabled_optimizers or ()):
             session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
