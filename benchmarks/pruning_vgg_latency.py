@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pruning_methods import METHODS, RECALIBRATE_BN_BATCHES, Context, Pruned, with_recalibration
+from pruning_methods import METHODS, Context, Pruned, with_recalibration
 from pruning_recovery import latency_search
 from torch import nn
 
@@ -94,14 +94,8 @@ def _nc_latency_fill_depth_c2(base: nn.Module, ctx: Context) -> Pruned:
     """conv2 removed first (session 16 task W, chosen on the 5,000-image validation split: 74.72 % there at full
     width after the budget vs 74.26 % unpruned), then ``nc_latency_fill``'s search on what is left, asked for the
     rest of the target: 2.5x / (unpruned over shallow, median of ``CONFIRM_ROUNDS`` interleaved rounds)."""
-    from pruning_vgg_depth import REFIT_BATCHES, square_convs
-
-    from netcompress.pruning import recalibrate_bn
-    from netcompress.pruning.layer_removal import remove_layers
-
-    name = square_convs(base)[0]
-    shallow, _ = remove_layers(base, ctx.example, [name], loader=ctx.train_loader, num_batches=REFIT_BATCHES)
-    recalibrate_bn(shallow, ctx.train_loader, num_batches=RECALIBRATE_BN_BATCHES)
+    removal = METHODS.get("depth_only_c2")(base, ctx)  # task W's removal + refit + BN recal., no width pruned
+    shallow, (name,) = removal.model, removal.info["removed"]
     depth_speedup = steady_speedup(base, shallow, ctx)
     target = ctx.config.latency_reduction
     rest = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, latency_reduction=target / depth_speedup))
